@@ -1,0 +1,58 @@
+//! # warden-core
+//!
+//! The pure, deterministic heart of Warden. Everything that *decides* lives here:
+//!
+//! - [`health`]: the multi-signal health score (0–100) of an agent;
+//! - [`detector`]: liveness detectors over heartbeat arrivals (fixed timeout, phi accrual,
+//!   two-window);
+//! - [`anomaly`]: adaptive anomaly detection on signals (EWMA z-score with warm-up, outlier
+//!   clipping and k-of-n hysteresis);
+//! - [`lifecycle`]: the agent lifecycle state machine, flap damping and the mass-failure brake;
+//! - [`fencing`]: when a singleton's replacement may start;
+//! - [`placement`]: which agent gets which task;
+//! - [`planner`]: `plan(desired, observed, now) -> Vec<Action>`;
+//! - [`recovery`]: recovery records and RTO;
+//! - [`qos`] and [`trace`]: failure-detector quality metrics on seeded heartbeat traces.
+//!
+//! Nothing here performs I/O, spawns, or reads a clock: time is always an argument
+//! ([`Time`]), so every decision can be replayed and tested exactly. The runtime
+//! (`warden-server`, `warden-agent`) feeds events in and carries out what comes back.
+//!
+//! ```
+//! use std::time::Duration;
+//! use warden_core::detector::{LivenessDetector, PhiAccrual, PhiConfig};
+//! use warden_core::Time;
+//!
+//! let mut phi = PhiAccrual::new(PhiConfig::default());
+//! for seq in 1..=20u64 {
+//!     phi.heartbeat(seq, Time::from_millis(seq * 500));
+//! }
+//! let last = Time::from_millis(20 * 500);
+//! assert!(!phi.is_suspect(last + Duration::from_millis(600)));
+//! assert!(phi.is_suspect(last + Duration::from_secs(5)));
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod anomaly;
+pub mod detector;
+pub mod duration_serde;
+pub mod error;
+pub mod fencing;
+pub mod health;
+pub mod lifecycle;
+pub mod placement;
+pub mod planner;
+pub mod qos;
+pub mod recovery;
+pub mod rng;
+pub mod time;
+pub mod trace;
+pub mod types;
+
+pub use error::ConfigError;
+pub use time::Time;
+pub use types::{
+    AgentId, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Lease, Resources, SignalKind,
+    Signals, TaskId,
+};

@@ -1,0 +1,1247 @@
+//! The agent lifecycle, as the server sees it, for the whole fleet.
+//!
+//! ```text
+//! Joining ──► Healthy ◄──► Degraded
+//!               │  ▲          │
+//!               ▼  │ refuted  ▼
+//!              Suspect ───────► Failed ──► (agent returns: new generation, re-joins)
+//! Healthy/Degraded ──► Quarantined (flapping: too many transitions in a window; no new work)
+//! any ──► Left (graceful shutdown)
+//! ```
+//!
+//! [`Fleet`] is an I/O-free state machine: the runtime feeds it [`AgentEvent`]s with the time
+//! they happened and carries out the [`Output`]s it returns (renew a lease, run probes, record a
+//! transition, raise an alarm). It owns one liveness detector, one health score and one anomaly
+//! detector per signal for every agent generation.
+//!
+//! Rules worth knowing:
+//! - **Suspect never triggers recovery by itself.** It asks for probes (direct and indirect).
+//! - **Failed** needs one of: the process confirmed gone on a live host (session reset *and*
+//!   probe port refused), every probe failing with no answer, or the lease surely expired (the
+//!   agent has fenced itself by then, whatever the probes say). Only Failed moves work.
+//! - A probe that merely *connects* proves nothing (the kernel accepts connections for a
+//!   stopped process); only an application-level answer refutes death.
+//! - **Flap damping**: an agent with more than `flap_max_transitions` transitions within
+//!   `flap_window` goes to Quarantined instead of Healthy/Degraded, for `quarantine_for`.
+//! - **Mass-failure brake**: when at least `brake_min_agents` agents, and more than
+//!   `brake_share` of the fleet, turned Suspect within `brake_window`, no agent is declared
+//!   Failed and an alarm is raised instead; the likeliest cause is the server's own network.
+//!   Suspects keep their evidence and fail normally once the brake releases.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::{AnomalyConfig, AnomalyDetector};
+use crate::detector::{Detector, DetectorConfig, LivenessDetector};
+use crate::duration_serde;
+use crate::error::{ConfigError, check_range};
+use crate::fencing::{DeathEvidence, FencingConfig};
+use crate::health::{HealthConfig, HealthScore};
+use crate::time::Time;
+use crate::types::{AgentId, SignalKind, Signals};
+
+/// The lifecycle state of one agent generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Session open, no heartbeat yet.
+    Joining,
+    /// Alive and healthy: eligible for new work.
+    Healthy,
+    /// Alive but unhealthy (low score or anomalous signal): no new work.
+    Degraded,
+    /// Liveness in doubt: being confirmed by probes. No new work, no recovery yet.
+    Suspect,
+    /// Established dead or lost: its work moves elsewhere. Terminal for this generation.
+    Failed,
+    /// Flapping: alive but untrusted for a while; no new work.
+    Quarantined,
+    /// Left gracefully. Terminal for this generation.
+    Left,
+}
+
+impl AgentState {
+    /// Lower-case name used by the API, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Joining => "joining",
+            AgentState::Healthy => "healthy",
+            AgentState::Degraded => "degraded",
+            AgentState::Suspect => "suspect",
+            AgentState::Failed => "failed",
+            AgentState::Quarantined => "quarantined",
+            AgentState::Left => "left",
+        }
+    }
+
+    /// Whether this generation is over (Failed or Left).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AgentState::Failed | AgentState::Left)
+    }
+
+    /// Whether the agent may receive new work.
+    pub fn accepts_work(self) -> bool {
+        matches!(self, AgentState::Healthy)
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Settings of the lifecycle. Defaults suit 500 ms heartbeats and a 2 s lease on a LAN.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// How often agents send heartbeats (default 500 ms).
+    #[serde(with = "duration_serde")]
+    pub heartbeat_interval: Duration,
+    /// Liveness detector (default: phi accrual).
+    pub detector: DetectorConfig,
+    /// Health score weights and thresholds.
+    pub health: HealthConfig,
+    /// Anomaly detection on signals.
+    pub anomaly: AnomalyConfig,
+    /// Lease and fencing settings.
+    pub fencing: FencingConfig,
+    /// How often to probe again a Suspect agent that is not yet confirmed (default 1 s).
+    #[serde(with = "duration_serde")]
+    pub probe_interval: Duration,
+    /// Window for counting transitions (default 60 s).
+    #[serde(with = "duration_serde")]
+    pub flap_window: Duration,
+    /// More transitions than this within `flap_window` quarantine the agent (default 6).
+    pub flap_max_transitions: u32,
+    /// How long a quarantine lasts at least (default 2 min).
+    #[serde(with = "duration_serde")]
+    pub quarantine_for: Duration,
+    /// Share of the fleet (0–1) turning Suspect within `brake_window` that engages the
+    /// mass-failure brake (default 0.3).
+    pub brake_share: f64,
+    /// Fewest Suspect agents that can engage the brake (default 3), so that one crash in a
+    /// three-agent fleet is still handled.
+    pub brake_min_agents: u32,
+    /// Window for the brake's count (default 10 s).
+    #[serde(with = "duration_serde")]
+    pub brake_window: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            detector: DetectorConfig::default(),
+            health: HealthConfig::default(),
+            anomaly: AnomalyConfig::default(),
+            fencing: FencingConfig::default(),
+            probe_interval: Duration::from_secs(1),
+            flap_window: Duration::from_secs(60),
+            flap_max_transitions: 6,
+            quarantine_for: Duration::from_secs(120),
+            brake_share: 0.3,
+            brake_min_agents: 3,
+            brake_window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::new(
+                "heartbeat_interval",
+                "must be greater than zero",
+            ));
+        }
+        self.fencing.validate().map_err(|e| e.within("fencing"))?;
+        if self.fencing.lease_ttl < self.heartbeat_interval * 2 {
+            return Err(ConfigError::new(
+                "fencing.lease_ttl",
+                format!(
+                    "must be at least twice heartbeat_interval ({}), or one late heartbeat would \
+                     fence every singleton",
+                    duration_serde::format(&self.heartbeat_interval)
+                ),
+            ));
+        }
+        self.detector.validate().map_err(|e| e.within("detector"))?;
+        self.health.validate()?;
+        self.anomaly.validate()?;
+        if self.probe_interval.is_zero() {
+            return Err(ConfigError::new(
+                "probe_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.flap_max_transitions == 0 {
+            return Err(ConfigError::new(
+                "flap_max_transitions",
+                "must be at least 1",
+            ));
+        }
+        if self.flap_window.is_zero() {
+            return Err(ConfigError::new("flap_window", "must be greater than zero"));
+        }
+        if !(self.brake_share.is_finite() && self.brake_share > 0.0 && self.brake_share <= 1.0) {
+            return Err(ConfigError::new("brake_share", "must be in (0, 1]"));
+        }
+        if self.brake_window.is_zero() {
+            return Err(ConfigError::new(
+                "brake_window",
+                "must be greater than zero",
+            ));
+        }
+        check_range(
+            "brake_min_agents",
+            f64::from(self.brake_min_agents),
+            1.0,
+            1e9,
+        )?;
+        // The detector must suspect a silent agent before its lease has surely run out,
+        // or suspicion (and confirmation by probes) would always come too late to matter.
+        let nominal = self.nominal_detection_delay();
+        let lease = self
+            .fencing
+            .lease_surely_expired_at(Time::ZERO)
+            .saturating_since(Time::ZERO);
+        if nominal >= lease {
+            return Err(ConfigError::new(
+                "detector",
+                format!(
+                    "suspects a silent agent only after {} but its lease has surely expired after \
+                     {}: lower the detector's threshold or raise fencing.lease_ttl",
+                    duration_serde::format(&round_ms(nominal)),
+                    duration_serde::format(&round_ms(lease))
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long after its last heartbeat the detector suspects an agent that had been sending
+    /// perfectly regular heartbeats.
+    pub fn nominal_detection_delay(&self) -> Duration {
+        let mut d = self.detector.build();
+        let step = self.heartbeat_interval;
+        let mut t = Time::ZERO;
+        for seq in 1..=200 {
+            t = t + step;
+            d.heartbeat(seq, t);
+        }
+        d.suspect_at()
+            .map_or(Duration::MAX, |s| s.saturating_since(t))
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How a probe reached the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// TCP connect to the probe port.
+    Tcp,
+    /// HTTP `GET /healthz` on the probe port.
+    Http,
+    /// ICMP echo to the host.
+    Icmp,
+}
+
+/// What one probe found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeOutcome {
+    /// The agent process answered at the application level: it is alive.
+    Answered,
+    /// A TCP handshake or ICMP echo succeeded: the host is up. Says nothing about the
+    /// process (the kernel answers for a stopped one).
+    Connected,
+    /// The host actively refused the connection: up, but nothing listens — the process is gone.
+    Refused,
+    /// No answer in time.
+    TimedOut,
+    /// No route, host unreachable.
+    Unreachable,
+    /// Not run (e.g. ICMP not permitted); ignored.
+    Skipped,
+}
+
+/// The results of one round of probes for a Suspect agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// The round this answers ([`Output::Probe`]); reports for older rounds are ignored.
+    pub round: u64,
+    /// Probes from the server itself.
+    pub direct: Vec<(ProbeKind, ProbeOutcome)>,
+    /// Probes run on the server's behalf by other healthy agents (SWIM-style); empty when no
+    /// healthy helper was available.
+    pub indirect: Vec<ProbeOutcome>,
+}
+
+impl ProbeReport {
+    fn answered(&self) -> bool {
+        self.direct
+            .iter()
+            .any(|(_, o)| *o == ProbeOutcome::Answered)
+            || self.indirect.contains(&ProbeOutcome::Answered)
+    }
+
+    fn refused(&self) -> bool {
+        self.direct
+            .iter()
+            .any(|(k, o)| *k != ProbeKind::Icmp && *o == ProbeOutcome::Refused)
+    }
+
+    fn all_failed(&self) -> bool {
+        let ran: Vec<ProbeOutcome> = self
+            .direct
+            .iter()
+            .map(|(_, o)| *o)
+            .chain(self.indirect.iter().copied())
+            .filter(|o| *o != ProbeOutcome::Skipped)
+            .collect();
+        // At least one application-level attempt must have been made and failed; a mere
+        // Connected counts as a failure to answer.
+        !ran.is_empty()
+            && self
+                .direct
+                .iter()
+                .any(|(k, o)| *k != ProbeKind::Icmp && *o != ProbeOutcome::Skipped)
+            && !ran.contains(&ProbeOutcome::Answered)
+    }
+}
+
+/// Something that happened to one agent generation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    /// The agent (re)opened a session with the same generation, e.g. after a network blip.
+    SessionOpened,
+    /// Heartbeat number `seq` arrived.
+    Heartbeat {
+        /// Sequence number, growing by one per heartbeat sent.
+        seq: u64,
+    },
+    /// Health signals arrived (normally with a heartbeat).
+    Signals(Signals),
+    /// The session broke (stream error, reset, or its deadline passed).
+    SessionLost,
+    /// Results of a probe round.
+    Probes(ProbeReport),
+    /// The lease was found expired by an outside lease keeper (the fleet also checks on
+    /// every tick from its own record of renewals).
+    LeaseExpired,
+    /// Graceful shutdown: the agent has stopped its tasks.
+    Leave,
+    /// Time passed.
+    Tick,
+}
+
+/// Why a transition happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum Cause {
+    /// First heartbeat of a joining agent.
+    FirstHeartbeat,
+    /// Health score fell under the threshold.
+    LowScore {
+        /// The score.
+        score: f64,
+    },
+    /// A signal turned anomalous.
+    Anomaly {
+        /// The signal.
+        signal: SignalKind,
+    },
+    /// Score and signals back to normal.
+    Recovered {
+        /// The score.
+        score: f64,
+    },
+    /// The liveness detector crossed its threshold.
+    Detector {
+        /// Suspicion level at that moment.
+        suspicion: f64,
+    },
+    /// The session broke.
+    SessionLost,
+    /// A heartbeat arrived from a Suspect agent.
+    HeartbeatResumed,
+    /// Session reset and probe port refused: the process is gone.
+    ProcessGone,
+    /// Every probe, direct and indirect, failed to get an answer.
+    ProbesFailed,
+    /// No renewal for longer than the lease surely lasts.
+    LeaseExpired,
+    /// Too many transitions within the flap window.
+    Flapping {
+        /// Transitions counted in the window.
+        transitions: u32,
+    },
+    /// Quarantine over.
+    QuarantineOver,
+    /// A newer generation of the same agent joined: this one's process is gone.
+    Superseded {
+        /// The newer generation.
+        by: u64,
+    },
+    /// Graceful shutdown.
+    Leave,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::FirstHeartbeat => write!(f, "first heartbeat"),
+            Cause::LowScore { score } => write!(f, "health score {score:.1} under threshold"),
+            Cause::Anomaly { signal } => write!(f, "anomaly on {}", signal.as_str()),
+            Cause::Recovered { score } => write!(f, "recovered (score {score:.1})"),
+            Cause::Detector { suspicion } => write!(f, "detector suspicion {suspicion:.2}"),
+            Cause::SessionLost => write!(f, "session lost"),
+            Cause::HeartbeatResumed => write!(f, "heartbeat resumed"),
+            Cause::ProcessGone => write!(f, "process gone (session reset, probe port refused)"),
+            Cause::ProbesFailed => write!(f, "all probes failed"),
+            Cause::LeaseExpired => write!(f, "lease surely expired"),
+            Cause::Flapping { transitions } => write!(f, "flapping ({transitions} transitions)"),
+            Cause::QuarantineOver => write!(f, "quarantine over"),
+            Cause::Superseded { by } => write!(f, "superseded by generation {by}"),
+            Cause::Leave => write!(f, "left gracefully"),
+        }
+    }
+}
+
+/// A state change of one agent generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The agent.
+    pub agent: AgentId,
+    /// State before.
+    pub from: AgentState,
+    /// State after.
+    pub to: AgentState,
+    /// When.
+    pub at: Time,
+    /// Why.
+    pub cause: Cause,
+}
+
+/// A fleet-wide alarm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "alarm", rename_all = "snake_case")]
+pub enum Alarm {
+    /// The mass-failure brake engaged: no agent will be declared Failed until it releases.
+    BrakeEngaged {
+        /// When.
+        at: Time,
+        /// Agents that turned Suspect within the window.
+        suspects: u32,
+        /// Agents in the fleet.
+        fleet: u32,
+    },
+    /// The brake released.
+    BrakeReleased {
+        /// When.
+        at: Time,
+    },
+}
+
+/// What the runtime must do or record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Acknowledge heartbeat `seq`: this renews the agent's lease. The fleet has recorded the
+    /// renewal at the heartbeat's arrival time, which is no later than the agent's send time
+    /// plus transit, so the server never believes a lease ends earlier than it does.
+    RenewLease {
+        /// The agent.
+        agent: AgentId,
+        /// Heartbeat acknowledged.
+        seq: u64,
+    },
+    /// Record (and act on) a transition.
+    Transition(Transition),
+    /// Probe this agent directly and through up to k healthy agents, then report back with
+    /// [`AgentEvent::Probes`] carrying `round`.
+    Probe {
+        /// The agent.
+        agent: AgentId,
+        /// Round number to echo in the report.
+        round: u64,
+    },
+    /// Raise or clear an alarm.
+    Alarm(Alarm),
+    /// The agent reported under a generation that is over: tell it to stop its old work and
+    /// rejoin with a new generation.
+    StaleGeneration {
+        /// The stale identity.
+        agent: AgentId,
+    },
+}
+
+/// Evidence gathered while an agent is Suspect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Evidence {
+    session_lost: bool,
+    /// A probe got an application-level answer in the current suspicion.
+    answered: bool,
+    /// A verdict ready to apply (held back only by the brake).
+    pending: Option<PendingFailure>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PendingFailure {
+    ProcessGone { at: Time },
+    ProbesFailed,
+    LeaseExpired,
+}
+
+/// Where one agent generation is in its lifecycle, with the data each state needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    /// See [`AgentState::Joining`].
+    Joining {
+        /// Since when.
+        since: Time,
+    },
+    /// See [`AgentState::Healthy`].
+    Healthy {
+        /// Since when.
+        since: Time,
+    },
+    /// See [`AgentState::Degraded`].
+    Degraded {
+        /// Since when.
+        since: Time,
+    },
+    /// See [`AgentState::Suspect`].
+    Suspect {
+        /// Since when.
+        since: Time,
+        /// Evidence so far.
+        evidence: SuspectEvidence,
+    },
+    /// See [`AgentState::Failed`].
+    Failed {
+        /// When it was declared.
+        at: Time,
+        /// Evidence of the process's death, for the fencing rule.
+        death: DeathEvidence,
+    },
+    /// See [`AgentState::Quarantined`].
+    Quarantined {
+        /// Since when.
+        since: Time,
+    },
+    /// See [`AgentState::Left`].
+    Left {
+        /// When.
+        at: Time,
+    },
+}
+
+/// Evidence gathered while Suspect (opaque outside this module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SuspectEvidence(Evidence);
+
+impl Phase {
+    /// The state tag.
+    pub fn state(&self) -> AgentState {
+        match self {
+            Phase::Joining { .. } => AgentState::Joining,
+            Phase::Healthy { .. } => AgentState::Healthy,
+            Phase::Degraded { .. } => AgentState::Degraded,
+            Phase::Suspect { .. } => AgentState::Suspect,
+            Phase::Failed { .. } => AgentState::Failed,
+            Phase::Quarantined { .. } => AgentState::Quarantined,
+            Phase::Left { .. } => AgentState::Left,
+        }
+    }
+
+    /// When the current state began.
+    pub fn since(&self) -> Time {
+        match self {
+            Phase::Joining { since }
+            | Phase::Healthy { since }
+            | Phase::Degraded { since }
+            | Phase::Suspect { since, .. }
+            | Phase::Quarantined { since } => *since,
+            Phase::Failed { at, .. } | Phase::Left { at } => *at,
+        }
+    }
+}
+
+/// Everything the fleet tracks for one agent generation.
+#[derive(Clone, Debug)]
+pub struct AgentRecord {
+    id: AgentId,
+    phase: Phase,
+    detector: Detector,
+    last_seq: u64,
+    last_heartbeat: Option<Time>,
+    last_renewal: Option<Time>,
+    signals: Signals,
+    score: HealthScore,
+    anomalies: [AnomalyDetector; SignalKind::ALL.len()],
+    transitions: VecDeque<Time>,
+    quarantined_until: Option<Time>,
+    probe_round: u64,
+    last_probe_at: Option<Time>,
+    joined_at: Time,
+}
+
+impl AgentRecord {
+    fn new(id: AgentId, cfg: &LifecycleConfig, now: Time) -> Self {
+        AgentRecord {
+            id,
+            phase: Phase::Joining { since: now },
+            detector: cfg.detector.build(),
+            last_seq: 0,
+            last_heartbeat: None,
+            last_renewal: None,
+            signals: Signals::default(),
+            score: HealthScore::PERFECT,
+            anomalies: SignalKind::ALL.map(|k| AnomalyDetector::for_signal(cfg.anomaly.clone(), k)),
+            transitions: VecDeque::new(),
+            quarantined_until: None,
+            probe_round: 0,
+            last_probe_at: None,
+            joined_at: now,
+        }
+    }
+
+    /// The agent's identity.
+    pub fn id(&self) -> &AgentId {
+        &self.id
+    }
+
+    /// Current lifecycle state.
+    pub fn state(&self) -> AgentState {
+        self.phase.state()
+    }
+
+    /// Current phase with its data.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Latest health score.
+    pub fn score(&self) -> HealthScore {
+        self.score
+    }
+
+    /// Latest signals.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    /// Signals currently flagged anomalous.
+    pub fn anomalous_signals(&self) -> Vec<SignalKind> {
+        SignalKind::ALL
+            .into_iter()
+            .zip(self.anomalies.iter())
+            .filter(|(_, d)| d.is_anomalous())
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// When the last heartbeat arrived.
+    pub fn last_heartbeat(&self) -> Option<Time> {
+        self.last_heartbeat
+    }
+
+    /// When the lease was last renewed, on the server's clock (for the fencing rule).
+    pub fn last_renewal(&self) -> Option<Time> {
+        self.last_renewal
+    }
+
+    /// The liveness detector's suspicion at `now` (φ for phi accrual).
+    pub fn suspicion(&self, now: Time) -> f64 {
+        self.detector.suspicion(now)
+    }
+
+    /// When the generation joined.
+    pub fn joined_at(&self) -> Time {
+        self.joined_at
+    }
+
+    /// Evidence of death for the fencing rule (only meaningful once Failed).
+    pub fn death_evidence(&self) -> DeathEvidence {
+        match self.phase {
+            Phase::Failed { death, .. } => death,
+            Phase::Joining { .. }
+            | Phase::Healthy { .. }
+            | Phase::Degraded { .. }
+            | Phase::Suspect { .. }
+            | Phase::Quarantined { .. }
+            | Phase::Left { .. } => DeathEvidence::None,
+        }
+    }
+
+    fn is_unhealthy(&self, health: &HealthConfig) -> Option<Cause> {
+        let degraded = self.state() == AgentState::Degraded;
+        if !health.is_healthy(self.score, degraded) {
+            return Some(Cause::LowScore {
+                score: self.score.0,
+            });
+        }
+        self.anomalous_signals()
+            .first()
+            .map(|&signal| Cause::Anomaly { signal })
+    }
+
+    /// The live state this agent should be in when nothing is wrong with its liveness.
+    fn settled_state(&self, cfg: &LifecycleConfig, now: Time) -> (AgentState, Option<Cause>) {
+        if self.quarantined_until.is_some_and(|u| now < u) {
+            return (AgentState::Quarantined, None);
+        }
+        match self.is_unhealthy(&cfg.health) {
+            Some(c) => (AgentState::Degraded, Some(c)),
+            None => (AgentState::Healthy, None),
+        }
+    }
+}
+
+/// The lifecycle of every agent in the fleet. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    cfg: LifecycleConfig,
+    agents: BTreeMap<AgentId, AgentRecord>,
+    current: HashMap<Arc<str>, u64>,
+    suspect_entries: VecDeque<(Time, AgentId)>,
+    brake_since: Option<Time>,
+}
+
+impl Fleet {
+    /// An empty fleet. Fails when the configuration is impossible.
+    pub fn new(cfg: LifecycleConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Fleet {
+            cfg,
+            agents: BTreeMap::new(),
+            current: HashMap::new(),
+            suspect_entries: VecDeque::new(),
+            brake_since: None,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.cfg
+    }
+
+    /// One agent generation's record.
+    pub fn agent(&self, id: &AgentId) -> Option<&AgentRecord> {
+        self.agents.get(id)
+    }
+
+    /// The newest generation of the agent called `name`.
+    pub fn current(&self, name: &str) -> Option<&AgentRecord> {
+        let generation = *self.current.get(name)?;
+        self.agents.get(&AgentId::new(name, generation))
+    }
+
+    /// Every generation of every agent, in id order.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.values()
+    }
+
+    /// Whether the mass-failure brake is engaged.
+    pub fn brake_engaged(&self) -> bool {
+        self.brake_since.is_some()
+    }
+
+    /// Drop terminal generations that are not the newest of their name and ended before
+    /// `before`, to bound memory. The runtime keeps its own history in the store.
+    pub fn forget_before(&mut self, before: Time) {
+        let current = &self.current;
+        self.agents.retain(|id, rec| {
+            current.get(&id.name) == Some(&id.generation)
+                || !rec.state().is_terminal()
+                || rec.phase.since() >= before
+        });
+    }
+
+    /// A generation opens its first session. A newer generation supersedes older ones (their
+    /// process has restarted, so the old one is gone); an older or equal one is refused with
+    /// [`Output::StaleGeneration`].
+    pub fn join(&mut self, id: AgentId, now: Time) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Some(&cur) = self.current.get(&id.name) {
+            if id.generation <= cur {
+                if id.generation == cur
+                    && let Some(rec) = self.agents.get(&id)
+                    && !rec.state().is_terminal()
+                {
+                    // A reconnect that used `join` instead of `SessionOpened`: same thing.
+                    return self.step(&id, AgentEvent::SessionOpened, now);
+                }
+                out.push(Output::StaleGeneration { agent: id });
+                return out;
+            }
+            let old = AgentId::new(id.name.clone(), cur);
+            if let Some(rec) = self.agents.get(&old)
+                && !rec.state().is_terminal()
+            {
+                let cause = Cause::Superseded { by: id.generation };
+                let death = DeathEvidence::ProcessGone { at: now };
+                self.force_failed(&old, cause, death, now, &mut out);
+            }
+        }
+        self.current.insert(id.name.clone(), id.generation);
+        self.agents
+            .insert(id.clone(), AgentRecord::new(id, &self.cfg, now));
+        out
+    }
+
+    /// Apply one event to one agent generation.
+    pub fn step(&mut self, id: &AgentId, event: AgentEvent, now: Time) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(rec) = self.agents.get_mut(id) else {
+            out.push(Output::StaleGeneration { agent: id.clone() });
+            return out;
+        };
+        let state = rec.state();
+        match (state, event) {
+            (AgentState::Failed | AgentState::Left, AgentEvent::Heartbeat { .. })
+            | (AgentState::Failed | AgentState::Left, AgentEvent::SessionOpened)
+            | (AgentState::Failed | AgentState::Left, AgentEvent::Signals(_)) => {
+                out.push(Output::StaleGeneration { agent: id.clone() });
+            }
+            (
+                AgentState::Failed | AgentState::Left,
+                AgentEvent::SessionLost
+                | AgentEvent::Probes(_)
+                | AgentEvent::LeaseExpired
+                | AgentEvent::Leave
+                | AgentEvent::Tick,
+            ) => {}
+            (_, AgentEvent::SessionOpened) => {
+                if let Phase::Suspect { evidence, .. } = &mut rec.phase {
+                    evidence.0.session_lost = false;
+                }
+            }
+            (_, AgentEvent::Heartbeat { seq }) => {
+                if seq <= rec.last_seq {
+                    return out;
+                }
+                rec.last_seq = seq;
+                rec.detector.heartbeat(seq, now);
+                rec.last_heartbeat = Some(now);
+                rec.last_renewal = Some(now);
+                out.push(Output::RenewLease {
+                    agent: id.clone(),
+                    seq,
+                });
+                match state {
+                    AgentState::Joining => {
+                        let (to, _) = rec.settled_state(&self.cfg, now);
+                        self.transition(id, to, Cause::FirstHeartbeat, now, &mut out);
+                    }
+                    AgentState::Suspect => {
+                        let (to, _) = rec.settled_state(&self.cfg, now);
+                        self.transition(id, to, Cause::HeartbeatResumed, now, &mut out);
+                    }
+                    AgentState::Healthy
+                    | AgentState::Degraded
+                    | AgentState::Quarantined
+                    | AgentState::Failed
+                    | AgentState::Left => {}
+                }
+            }
+            (_, AgentEvent::Signals(signals)) => {
+                rec.signals = signals;
+                rec.score = self.cfg.health.score(&signals);
+                for (kind, det) in SignalKind::ALL.into_iter().zip(rec.anomalies.iter_mut()) {
+                    if let Some(v) = signals.get(kind) {
+                        det.observe(v);
+                    }
+                }
+                match state {
+                    AgentState::Healthy => {
+                        if let Some(cause) = rec.is_unhealthy(&self.cfg.health) {
+                            self.transition(id, AgentState::Degraded, cause, now, &mut out);
+                        }
+                    }
+                    AgentState::Degraded => {
+                        if rec.is_unhealthy(&self.cfg.health).is_none() {
+                            let cause = Cause::Recovered { score: rec.score.0 };
+                            self.transition(id, AgentState::Healthy, cause, now, &mut out);
+                        }
+                    }
+                    AgentState::Joining
+                    | AgentState::Suspect
+                    | AgentState::Quarantined
+                    | AgentState::Failed
+                    | AgentState::Left => {}
+                }
+            }
+            (AgentState::Joining, AgentEvent::SessionLost) => {
+                // Never heartbeated, so it holds no lease and no work.
+                let death = DeathEvidence::ProcessGone { at: now };
+                self.force_failed(id, Cause::SessionLost, death, now, &mut out);
+            }
+            (
+                AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined,
+                AgentEvent::SessionLost,
+            ) => {
+                self.suspect(id, Cause::SessionLost, now, &mut out);
+                if let Some(rec) = self.agents.get_mut(id)
+                    && let Phase::Suspect { evidence, .. } = &mut rec.phase
+                {
+                    evidence.0.session_lost = true;
+                }
+            }
+            (AgentState::Suspect, AgentEvent::SessionLost) => {
+                if let Phase::Suspect { evidence, .. } = &mut rec.phase
+                    && !evidence.0.session_lost
+                {
+                    evidence.0.session_lost = true;
+                    // New evidence: probe again now rather than at the next interval.
+                    self.request_probe(id, now, &mut out);
+                }
+            }
+            (AgentState::Suspect, AgentEvent::Probes(report)) => {
+                if report.round != rec.probe_round {
+                    return out;
+                }
+                let Phase::Suspect { evidence, .. } = &mut rec.phase else {
+                    return out;
+                };
+                let ev = &mut evidence.0;
+                if report.answered() {
+                    // Alive. It stays Suspect until heartbeats resume or the lease runs out.
+                    ev.answered = true;
+                } else if report.refused() && ev.session_lost {
+                    ev.pending = Some(PendingFailure::ProcessGone { at: now });
+                } else if report.all_failed() && ev.pending.is_none() {
+                    ev.pending = Some(PendingFailure::ProbesFailed);
+                }
+                self.apply_pending(id, now, &mut out);
+            }
+            (
+                AgentState::Joining
+                | AgentState::Healthy
+                | AgentState::Degraded
+                | AgentState::Quarantined,
+                AgentEvent::Probes(_),
+            ) => {}
+            (_, AgentEvent::LeaseExpired) => self.lease_expired(id, now, &mut out),
+            (_, AgentEvent::Leave) => {
+                self.transition(id, AgentState::Left, Cause::Leave, now, &mut out);
+            }
+            (_, AgentEvent::Tick) => self.tick_agent(id, now, &mut out),
+        }
+        out
+    }
+
+    /// Let time pass for every agent: detector deadlines, lease expiry, probe retries,
+    /// quarantine ends, and the brake.
+    pub fn tick(&mut self, now: Time) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.update_brake(now, &mut out);
+        let ids: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(_, r)| !r.state().is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.tick_agent(&id, now, &mut out);
+        }
+        out
+    }
+
+    /// Release the brake by hand (operator override). It engages again only on a new wave of
+    /// suspicion.
+    pub fn release_brake(&mut self, now: Time) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.brake_since.take().is_some() {
+            self.suspect_entries.clear();
+            out.push(Output::Alarm(Alarm::BrakeReleased { at: now }));
+        }
+        out
+    }
+
+    fn tick_agent(&mut self, id: &AgentId, now: Time, out: &mut Vec<Output>) {
+        let Some(rec) = self.agents.get(id) else {
+            return;
+        };
+        if rec
+            .last_renewal
+            .is_some_and(|r| now >= self.cfg.fencing.lease_surely_expired_at(r))
+        {
+            self.lease_expired(id, now, out);
+            return;
+        }
+        match rec.state() {
+            AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined => {
+                if rec.detector.is_suspect(now) {
+                    let suspicion = rec.detector.suspicion(now);
+                    self.suspect(id, Cause::Detector { suspicion }, now, out);
+                } else if rec.state() == AgentState::Quarantined
+                    && rec.quarantined_until.is_some_and(|u| now >= u)
+                {
+                    let (to, _) = rec.settled_state(&self.cfg, now);
+                    self.transition(id, to, Cause::QuarantineOver, now, out);
+                }
+            }
+            AgentState::Suspect => {
+                self.apply_pending(id, now, out);
+                if let Some(rec) = self.agents.get(id)
+                    && rec.state() == AgentState::Suspect
+                    && rec
+                        .last_probe_at
+                        .is_none_or(|t| now >= t + self.cfg.probe_interval)
+                {
+                    self.request_probe(id, now, out);
+                }
+            }
+            AgentState::Joining | AgentState::Failed | AgentState::Left => {}
+        }
+    }
+
+    fn lease_expired(&mut self, id: &AgentId, now: Time, out: &mut Vec<Output>) {
+        let Some(rec) = self.agents.get(id) else {
+            return;
+        };
+        match rec.state() {
+            AgentState::Joining => {
+                let death = DeathEvidence::None;
+                self.force_failed(id, Cause::LeaseExpired, death, now, out);
+            }
+            AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined => {
+                self.suspect(id, Cause::LeaseExpired, now, out);
+                self.set_pending(id, PendingFailure::LeaseExpired);
+                self.apply_pending(id, now, out);
+            }
+            AgentState::Suspect => {
+                self.set_pending(id, PendingFailure::LeaseExpired);
+                self.apply_pending(id, now, out);
+            }
+            AgentState::Failed | AgentState::Left => {}
+        }
+    }
+
+    fn set_pending(&mut self, id: &AgentId, p: PendingFailure) {
+        if let Some(rec) = self.agents.get_mut(id)
+            && let Phase::Suspect { evidence, .. } = &mut rec.phase
+        {
+            // Keep the strongest evidence: a confirmed process death beats the rest.
+            match evidence.0.pending {
+                Some(PendingFailure::ProcessGone { .. }) => {}
+                _ => evidence.0.pending = Some(p),
+            }
+        }
+    }
+
+    /// Declare Failed if evidence is complete and the brake allows it.
+    fn apply_pending(&mut self, id: &AgentId, now: Time, out: &mut Vec<Output>) {
+        let Some(rec) = self.agents.get(id) else {
+            return;
+        };
+        let Phase::Suspect { evidence, .. } = rec.phase else {
+            return;
+        };
+        let Some(pending) = evidence.0.pending else {
+            return;
+        };
+        if self.brake_since.is_some() {
+            return;
+        }
+        let (cause, death) = match pending {
+            PendingFailure::ProcessGone { at } => {
+                (Cause::ProcessGone, DeathEvidence::ProcessGone { at })
+            }
+            PendingFailure::ProbesFailed => {
+                // Probes failing is not proof that the process is gone; the fencing rule will
+                // wait for the lease.
+                (Cause::ProbesFailed, DeathEvidence::None)
+            }
+            PendingFailure::LeaseExpired => (Cause::LeaseExpired, DeathEvidence::None),
+        };
+        self.force_failed(id, cause, death, now, out);
+    }
+
+    fn suspect(&mut self, id: &AgentId, cause: Cause, now: Time, out: &mut Vec<Output>) {
+        self.transition(id, AgentState::Suspect, cause, now, out);
+        self.suspect_entries.push_back((now, id.clone()));
+        self.update_brake(now, out);
+        self.request_probe(id, now, out);
+    }
+
+    fn request_probe(&mut self, id: &AgentId, now: Time, out: &mut Vec<Output>) {
+        if let Some(rec) = self.agents.get_mut(id) {
+            rec.probe_round += 1;
+            rec.last_probe_at = Some(now);
+            out.push(Output::Probe {
+                agent: id.clone(),
+                round: rec.probe_round,
+            });
+        }
+    }
+
+    fn force_failed(
+        &mut self,
+        id: &AgentId,
+        cause: Cause,
+        death: DeathEvidence,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(rec) = self.agents.get_mut(id) else {
+            return;
+        };
+        let from = rec.state();
+        if from.is_terminal() {
+            return;
+        }
+        rec.phase = Phase::Failed { at: now, death };
+        out.push(Output::Transition(Transition {
+            agent: id.clone(),
+            from,
+            to: AgentState::Failed,
+            at: now,
+            cause,
+        }));
+    }
+
+    /// Move to `to` (a non-Failed state), applying flap damping.
+    fn transition(
+        &mut self,
+        id: &AgentId,
+        mut to: AgentState,
+        mut cause: Cause,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) {
+        let window = self.cfg.flap_window;
+        let max = self.cfg.flap_max_transitions;
+        let quarantine_for = self.cfg.quarantine_for;
+        let Some(rec) = self.agents.get_mut(id) else {
+            return;
+        };
+        let from = rec.state();
+        if from == to || from.is_terminal() {
+            return;
+        }
+        if to != AgentState::Left {
+            while rec
+                .transitions
+                .front()
+                .is_some_and(|&t| now.saturating_since(t) > window)
+            {
+                rec.transitions.pop_front();
+            }
+            rec.transitions.push_back(now);
+            let count = u32::try_from(rec.transitions.len()).unwrap_or(u32::MAX);
+            if count > max && matches!(to, AgentState::Healthy | AgentState::Degraded) {
+                rec.quarantined_until = Some(now + quarantine_for);
+                to = AgentState::Quarantined;
+                cause = Cause::Flapping { transitions: count };
+                if from == to {
+                    return;
+                }
+            }
+        }
+        rec.phase = match to {
+            AgentState::Joining => Phase::Joining { since: now },
+            AgentState::Healthy => Phase::Healthy { since: now },
+            AgentState::Degraded => Phase::Degraded { since: now },
+            AgentState::Suspect => Phase::Suspect {
+                since: now,
+                evidence: SuspectEvidence::default(),
+            },
+            AgentState::Quarantined => Phase::Quarantined { since: now },
+            AgentState::Left => Phase::Left { at: now },
+            AgentState::Failed => Phase::Failed {
+                at: now,
+                death: DeathEvidence::None,
+            },
+        };
+        if to == AgentState::Healthy || to == AgentState::Degraded {
+            rec.quarantined_until = rec.quarantined_until.filter(|&u| now < u);
+        }
+        out.push(Output::Transition(Transition {
+            agent: id.clone(),
+            from,
+            to,
+            at: now,
+            cause,
+        }));
+    }
+
+    /// Engage or release the mass-failure brake.
+    fn update_brake(&mut self, now: Time, out: &mut Vec<Output>) {
+        let window = self.cfg.brake_window;
+        while self
+            .suspect_entries
+            .front()
+            .is_some_and(|(t, _)| now.saturating_since(*t) > window)
+        {
+            self.suspect_entries.pop_front();
+        }
+        let fleet = self
+            .current
+            .iter()
+            .filter_map(|(name, g)| self.agents.get(&AgentId::new(name.clone(), *g)))
+            .filter(|r| match r.phase {
+                Phase::Left { .. } => false,
+                Phase::Failed { at, .. } => now.saturating_since(at) <= window,
+                Phase::Joining { .. } => false,
+                Phase::Healthy { .. }
+                | Phase::Degraded { .. }
+                | Phase::Suspect { .. }
+                | Phase::Quarantined { .. } => true,
+            })
+            .count();
+        let mut recent: Vec<&AgentId> = self
+            .suspect_entries
+            .iter()
+            .map(|(_, id)| id)
+            .filter(|id| {
+                self.agents
+                    .get(*id)
+                    .is_some_and(|r| matches!(r.state(), AgentState::Suspect | AgentState::Failed))
+            })
+            .collect();
+        recent.sort();
+        recent.dedup();
+        let suspects = recent.len();
+        let (min, share) = (self.cfg.brake_min_agents as usize, self.cfg.brake_share);
+        let over = move |n: usize| n >= min && n as f64 > share * fleet as f64;
+        match self.brake_since {
+            None if over(suspects) => {
+                self.brake_since = Some(now);
+                out.push(Output::Alarm(Alarm::BrakeEngaged {
+                    at: now,
+                    suspects: u32::try_from(suspects).unwrap_or(u32::MAX),
+                    fleet: u32::try_from(fleet).unwrap_or(u32::MAX),
+                }));
+            }
+            Some(_) => {
+                // Release once the agents still Suspect are no longer a mass.
+                let still = self
+                    .agents
+                    .values()
+                    .filter(|r| r.state() == AgentState::Suspect)
+                    .count();
+                if !over(still) {
+                    self.brake_since = None;
+                    self.suspect_entries.clear();
+                    out.push(Output::Alarm(Alarm::BrakeReleased { at: now }));
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
