@@ -39,6 +39,7 @@ pub mod detector;
 pub mod duration_serde;
 pub mod error;
 pub mod fencing;
+pub mod hash;
 pub mod health;
 pub mod lifecycle;
 pub mod placement;
