@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::Cause;
 use crate::planner::OperationId;
+use crate::qos::percentile;
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, TaskId};
 
@@ -147,15 +148,6 @@ pub struct RecoveryStats {
     pub rto_max_ms: Option<f64>,
 }
 
-/// Nearest-rank percentile of sorted values (`q` in 0–1); `None` when empty.
-pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 impl RecoveryStats {
     /// Summarise records.
     pub fn of<'a>(records: impl IntoIterator<Item = &'a RecoveryRecord>) -> Self {
@@ -238,8 +230,5 @@ mod tests {
         assert_eq!((s.total, s.succeeded, s.failed), (3, 1, 1));
         assert_eq!(s.success_rate, 0.5);
         assert_eq!(s.rto_p99_ms, Some(1_000.0));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.0));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), Some(4.0));
-        assert_eq!(percentile(&[], 0.5), None);
     }
 }
