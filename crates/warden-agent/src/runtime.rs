@@ -1,0 +1,475 @@
+//! The agent runtime: one session to a server, heartbeats with signals, the lease, and the
+//! task supervisor carrying out the server's orders.
+//!
+//! ## The lease, on the agent's side
+//!
+//! Each heartbeat is stamped with its *send* time on the agent's monotonic clock. When the
+//! server acknowledges heartbeat `seq`, the lease runs until `sent(seq) + ttl` — measured from
+//! the send, not the ack's arrival, so the agent's lease always ends no later than the server
+//! believes. The supervisor passes that deadline on to every singleton's shim; when it passes
+//! with no newer ack the agent fences itself (stops every singleton at once) while services
+//! keep running from the local state (offline mode) until a session returns.
+//!
+//! ## Sessions
+//!
+//! The agent connects to its servers in turn. A session is dropped and re-opened when the
+//! stream fails, or when no ack arrived within the session deadline (a silent partition gives
+//! no stream error). On reconnect the agent keeps its generation and tells the server what it
+//! runs. If the server says the generation is over (`Rejoin`), the agent stops every task of
+//! that generation and joins again as a new generation: its old work was moved elsewhere.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use warden_core::lifecycle::ProbeOutcome;
+use warden_core::{FencingToken, HealthCheck, JobName, Resources, TaskId};
+use warden_proto::v1::{self, agent_message, server_message};
+
+use crate::signals::HostSampler;
+use crate::supervisor::{
+    ShimLauncher, Supervisor, SupervisorConfig, TaskEvent, TaskEventKind, TaskSpec, TaskState,
+};
+
+/// Settings of an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Server gRPC endpoints, e.g. `http://127.0.0.1:7400`, tried in turn.
+    pub servers: Vec<String>,
+    /// Agent name, unique in the fleet.
+    pub name: String,
+    /// Where task logs go.
+    pub data_dir: std::path::PathBuf,
+    /// Address the probe listener is bound to (as reported to the server).
+    pub probe_addr: SocketAddr,
+    /// Capacity offered.
+    pub capacity: Resources,
+    /// How the supervisor launches shims.
+    pub launcher: ShimLauncher,
+    /// Grace for stopping tasks on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The supervisor could not start.
+    #[error("start the supervisor: {0}")]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
+}
+
+type Tx = mpsc::Sender<v1::AgentMessage>;
+
+fn msg(m: agent_message::Msg) -> v1::AgentMessage {
+    v1::AgentMessage { msg: Some(m) }
+}
+
+fn phase_of(state: &TaskState) -> v1::TaskPhase {
+    match state {
+        TaskState::Starting | TaskState::BackingOff { .. } => v1::TaskPhase::Starting,
+        TaskState::Running { .. } => v1::TaskPhase::Running,
+        TaskState::Stopping => v1::TaskPhase::Stopping,
+        TaskState::Stopped | TaskState::Completed | TaskState::Fenced => v1::TaskPhase::Stopped,
+        TaskState::Failed { .. } => v1::TaskPhase::Failed,
+    }
+}
+
+/// Run an agent until `cancel` fires; then stop every task and leave gracefully.
+pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    let (supervisor, mut events) = Supervisor::new(SupervisorConfig::new(cfg.launcher.clone()))?;
+    let mut generation = 0u64;
+    let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
+    let mut next_server = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        let server = cfg.servers[next_server % cfg.servers.len().max(1)].clone();
+        next_server += 1;
+        let outcome = session(
+            &cfg,
+            &server,
+            &supervisor,
+            &mut events,
+            &mut generation,
+            &mut health,
+            &cancel,
+        )
+        .await;
+        match outcome {
+            SessionEnd::Cancelled => break,
+            SessionEnd::Rejoin(reason) => {
+                warn!(%reason, generation, "generation over: stopping its tasks and rejoining");
+                for (task, epoch) in supervisor.running() {
+                    let _ = supervisor.stop(&task, epoch, Duration::ZERO).await;
+                }
+                generation = 0;
+                backoff = Duration::from_millis(100);
+            }
+            SessionEnd::Lost(reason) => {
+                debug!(%server, %reason, "session lost; reconnecting");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            SessionEnd::Established => backoff = Duration::from_millis(100),
+        }
+    }
+    info!("agent stopping: stopping tasks");
+    supervisor.shutdown(cfg.shutdown_grace).await;
+    Ok(())
+}
+
+enum SessionEnd {
+    Cancelled,
+    Rejoin(String),
+    Lost(String),
+    /// The session ran for a while and then ended; reconnect at once.
+    Established,
+}
+
+#[allow(clippy::too_many_lines)]
+async fn session(
+    cfg: &AgentConfig,
+    server: &str,
+    supervisor: &Supervisor,
+    events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+    generation: &mut u64,
+    health: &mut BTreeMap<TaskId, bool>,
+    cancel: &CancellationToken,
+) -> SessionEnd {
+    let endpoint = match tonic::transport::Endpoint::from_shared(server.to_string()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true),
+        Err(e) => return SessionEnd::Lost(format!("bad server address {server:?}: {e}")),
+    };
+    let channel = tokio::select! {
+        () = cancel.cancelled() => return SessionEnd::Cancelled,
+        c = endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
+        },
+    };
+    let mut client = v1::agent_session_client::AgentSessionClient::new(channel);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
+    let running: Vec<v1::RunningTask> = running_tasks(supervisor, health);
+    let hello = v1::Hello {
+        name: cfg.name.clone(),
+        generation: *generation,
+        probe_addr: cfg.probe_addr.to_string(),
+        capacity: Some(v1::Resources {
+            cpu_millis: cfg.capacity.cpu_millis,
+            memory_mb: cfg.capacity.memory_mb,
+        }),
+        running,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if tx
+        .send(msg(agent_message::Msg::Hello(hello)))
+        .await
+        .is_err()
+    {
+        return SessionEnd::Lost("session channel closed".into());
+    }
+    let response = tokio::select! {
+        () = cancel.cancelled() => return SessionEnd::Cancelled,
+        r = client.session(ReceiverStream::new(rx)) => r,
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            return SessionEnd::Rejoin(status.message().to_string());
+        }
+        Err(status) => return SessionEnd::Lost(format!("open session: {status}")),
+    };
+    // The Welcome tells us our generation and the timing.
+    let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.next()).await {
+        Ok(Some(Ok(v1::ServerMessage {
+            msg: Some(server_message::Msg::Welcome(w)),
+        }))) => w,
+        Ok(Some(Ok(v1::ServerMessage {
+            msg: Some(server_message::Msg::Rejoin(r)),
+        }))) => return SessionEnd::Rejoin(r.reason),
+        other => return SessionEnd::Lost(format!("no welcome: {other:?}")),
+    };
+    *generation = welcome.generation;
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
+    let deadline = Duration::from_millis(
+        welcome
+            .session_deadline_ms
+            .max(welcome.heartbeat_interval_ms * 2),
+    );
+    info!(server, generation = *generation, "session established");
+    let opened = Instant::now();
+
+    let mut sampler = HostSampler::new();
+    let mut seq = 0u64;
+    let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut last_ack = Instant::now();
+    let mut lease_until: Option<Instant> = None;
+    let mut fenced = false;
+    let mut beat = tokio::time::interval(interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stops = mpsc::unbounded_channel::<(TaskId, FencingToken)>();
+    let (stop_done_tx, mut stop_done_rx) = stops;
+
+    loop {
+        let lease_timer = async {
+            match lease_until {
+                Some(t) if !fenced => tokio::time::sleep_until(t).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => {
+                let _ = tx.try_send(msg(agent_message::Msg::Leave(v1::Leave {})));
+                return SessionEnd::Cancelled;
+            }
+            _ = beat.tick() => {
+                if last_ack.elapsed() > deadline && !sent.is_empty() {
+                    return SessionEnd::Lost(format!("no ack for {:?}", last_ack.elapsed()));
+                }
+                seq += 1;
+                let now = Instant::now();
+                sent.insert(seq, now);
+                // Heartbeats that were never acked within the lease are useless for renewal.
+                while sent.len() > 64 {
+                    sent.pop_first();
+                }
+                let mut signals = sampler.sample();
+                let checks: Vec<bool> = health.values().copied().collect();
+                if !checks.is_empty() {
+                    signals.task_success = Some(checks.iter().filter(|h| **h).count() as f64 / checks.len() as f64);
+                }
+                let hb = v1::Heartbeat {
+                    seq,
+                    signals: Some(v1::Signals {
+                        cpu: signals.cpu,
+                        memory: signals.memory,
+                        error_rate: signals.error_rate,
+                        latency_ms: signals.latency_ms,
+                        task_success: signals.task_success,
+                        restarts: signals.restarts,
+                        pressure: signals.pressure,
+                    }),
+                    running: running_tasks(supervisor, health),
+                };
+                if tx.try_send(msg(agent_message::Msg::Heartbeat(hb))).is_err() {
+                    return SessionEnd::Lost("outbound queue full or closed".into());
+                }
+            }
+            () = lease_timer => {
+                warn!("lease ran out: fencing singletons");
+                supervisor.fence_now();
+                fenced = true;
+            }
+            m = inbound.next() => {
+                let m = match m {
+                    Some(Ok(v1::ServerMessage { msg: Some(m) })) => m,
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return end_after(opened, format!("stream: {status}")),
+                    None => return end_after(opened, "server closed the session".into()),
+                };
+                match m {
+                    server_message::Msg::Ack(ack) => {
+                        last_ack = Instant::now();
+                        if let Some(&at) = sent.get(&ack.seq) {
+                            let until = at + Duration::from_millis(ack.lease_ttl_ms);
+                            if lease_until.is_none_or(|u| until > u) {
+                                lease_until = Some(until);
+                                if until > Instant::now() {
+                                    supervisor.extend_all_fenced(until - Instant::now());
+                                    fenced = false;
+                                }
+                            }
+                        }
+                        sent.retain(|s, _| *s > ack.seq);
+                    }
+                    server_message::Msg::Assign(a) => assign(cfg, supervisor, &a, &tx),
+                    server_message::Msg::Stop(s) => {
+                        let Some(task) = TaskId::parse(&s.task) else { continue };
+                        let sup = supervisor.clone();
+                        let done = stop_done_tx.clone();
+                        let epoch = FencingToken(s.epoch);
+                        tokio::spawn(async move {
+                            if sup.stop(&task, epoch, Duration::from_millis(s.grace_ms)).await.is_ok() {
+                                let _ = done.send((task, epoch));
+                            }
+                        });
+                    }
+                    server_message::Msg::Probe(p) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let limit = Duration::from_millis(p.timeout_ms.clamp(10, 10_000));
+                            let outcome = match p.target_addr.parse::<SocketAddr>() {
+                                Ok(addr) => warden_probe::probe::http(addr, limit).await,
+                                Err(_) => ProbeOutcome::Skipped,
+                            };
+                            let _ = tx.try_send(msg(agent_message::Msg::ProbeResult(v1::ProbeResult {
+                                request_id: p.request_id,
+                                outcome: outcome_to_wire(outcome) as i32,
+                            })));
+                        });
+                    }
+                    server_message::Msg::Rejoin(r) => return SessionEnd::Rejoin(r.reason),
+                    server_message::Msg::Welcome(_) => {}
+                }
+            }
+            Some((task, epoch)) = stop_done_rx.recv() => {
+                let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
+                    task: task.to_string(),
+                    epoch: epoch.0,
+                    phase: v1::TaskPhase::Stopped as i32,
+                    exit_code: None,
+                    message: "stopped on request".into(),
+                    healthy: false,
+                })));
+            }
+            Some(ev) = events.recv() => report_event(&ev, &tx, health),
+        }
+    }
+}
+
+fn end_after(opened: Instant, reason: String) -> SessionEnd {
+    if opened.elapsed() > Duration::from_secs(5) {
+        debug!(%reason, "session ended");
+        SessionEnd::Established
+    } else {
+        SessionEnd::Lost(reason)
+    }
+}
+
+fn running_tasks(supervisor: &Supervisor, health: &BTreeMap<TaskId, bool>) -> Vec<v1::RunningTask> {
+    supervisor
+        .tasks()
+        .into_iter()
+        .filter(|r| r.state.is_active())
+        .map(|r| v1::RunningTask {
+            healthy: health.get(&r.task).copied().unwrap_or(true),
+            task: r.task.to_string(),
+            epoch: r.epoch.0,
+            phase: phase_of(&r.state) as i32,
+            restarts: 0,
+        })
+        .collect()
+}
+
+fn assign(cfg: &AgentConfig, supervisor: &Supervisor, a: &v1::Assign, tx: &Tx) {
+    let Some(task) = TaskId::parse(&a.task) else {
+        warn!(task = %a.task, "assignment with an invalid task id ignored");
+        return;
+    };
+    let health: Option<HealthCheck> = if a.health_json.is_empty() {
+        None
+    } else {
+        serde_json::from_str(&a.health_json).ok()
+    };
+    let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("PATH".into(), path);
+    let spec = TaskSpec {
+        task: TaskId::new(JobName::new(task.job.as_str()), task.index),
+        epoch: FencingToken(a.epoch),
+        command: a.command.clone(),
+        args: a.args.clone(),
+        env,
+        fenced: a.singleton,
+        log_dir: cfg.data_dir.join("logs"),
+        health,
+    };
+    if let Err(e) = supervisor.start(spec) {
+        warn!(task = %task, epoch = a.epoch, error = %e, "assignment refused");
+        let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
+            task: task.to_string(),
+            epoch: a.epoch,
+            phase: v1::TaskPhase::Failed as i32,
+            exit_code: None,
+            message: e.to_string(),
+            healthy: false,
+        })));
+    }
+}
+
+fn report_event(ev: &TaskEvent, tx: &Tx, health: &mut BTreeMap<TaskId, bool>) {
+    let (phase, exit_code, message, healthy) = match &ev.kind {
+        TaskEventKind::Started { pid } => {
+            health.entry(ev.task.clone()).or_insert(true);
+            (
+                v1::TaskPhase::Running,
+                None,
+                format!("running as pid {pid}"),
+                true,
+            )
+        }
+        TaskEventKind::Health { healthy } => {
+            health.insert(ev.task.clone(), *healthy);
+            (
+                v1::TaskPhase::Running,
+                None,
+                format!(
+                    "health check {}",
+                    if *healthy { "passing" } else { "failing" }
+                ),
+                *healthy,
+            )
+        }
+        TaskEventKind::Exited { exit } => (
+            v1::TaskPhase::Starting,
+            None,
+            format!("exited: {exit:?}"),
+            false,
+        ),
+        TaskEventKind::Restarting { attempt, after } => (
+            v1::TaskPhase::Starting,
+            None,
+            format!("restart {attempt} in {after:?}"),
+            false,
+        ),
+        TaskEventKind::Failed { reason } => {
+            health.remove(&ev.task);
+            (v1::TaskPhase::Failed, None, reason.clone(), false)
+        }
+        TaskEventKind::Stopped => {
+            health.remove(&ev.task);
+            (v1::TaskPhase::Stopped, None, "stopped".into(), false)
+        }
+        TaskEventKind::Fenced => {
+            health.remove(&ev.task);
+            (
+                v1::TaskPhase::Stopped,
+                None,
+                "fenced: lease ran out".into(),
+                false,
+            )
+        }
+    };
+    let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
+        task: ev.task.to_string(),
+        epoch: ev.epoch.0,
+        phase: phase as i32,
+        exit_code,
+        message,
+        healthy,
+    })));
+}
+
+fn outcome_to_wire(o: ProbeOutcome) -> v1::ProbeOutcome {
+    match o {
+        ProbeOutcome::Answered => v1::ProbeOutcome::Answered,
+        ProbeOutcome::Connected => v1::ProbeOutcome::Connected,
+        ProbeOutcome::Refused => v1::ProbeOutcome::Refused,
+        ProbeOutcome::TimedOut => v1::ProbeOutcome::TimedOut,
+        ProbeOutcome::Unreachable => v1::ProbeOutcome::Unreachable,
+        ProbeOutcome::Skipped => v1::ProbeOutcome::Skipped,
+    }
+}

@@ -1,0 +1,634 @@
+//! `warden shim`: the per-task watchdog process.
+//!
+//! The agent never runs a task directly. It starts `warden shim … -- program args` (the same
+//! binary), and the shim runs the task as its only child, in a process group of its own, with
+//! stdout and stderr appended to log files. The shim then watches three things and kills the
+//! task's *whole group* (so `sh -c` grandchildren die too) when any of them says so:
+//!
+//! 1. **The control pipe** (its stdin, written by the agent). End of file means the agent
+//!    process is gone — crashed, killed, or dropped its [`Supervisor`](crate::Supervisor):
+//!    SIGKILL at once.
+//! 2. **The deadline** (fenced mode, for singletons). The agent extends it with `extend <ms>`
+//!    on each lease renewal; when the monotonic clock passes it, the agent is paused, hung or
+//!    cut off and its lease has run out: SIGKILL at once and report `fenced`.
+//! 3. **Signals to the shim itself.** `PR_SET_PDEATHSIG` turns the death of the parent into a
+//!    SIGTERM (a second, independent path besides the pipe); SIGTERM, SIGINT, SIGHUP and
+//!    SIGQUIT all kill the group and end the shim.
+//!
+//! It is deliberately small, synchronous and single-threaded: one `poll(2)` over the control
+//! pipe and a signalfd, with the next timer as timeout. Signals are blocked and read from the
+//! signalfd (no handlers, no `unsafe`). The task is started with `posix_spawnp` rather than
+//! `std::process::Command`, because std lets a child inherit the signal mask and only
+//! `posix_spawn` attributes can give the task an empty mask and default dispositions without
+//! `pre_exec`. Without `pre_exec` the task cannot get a parent-death signal of its own either,
+//! which is exactly why the shim does the group kill itself.
+//!
+//! The group is only ever signalled while its leader is alive or an unreaped zombie, so its
+//! process-group id cannot have been reused: when the leader exits, the shim SIGKILLs what is
+//! left of the group *before* reaping the leader. The shim also makes itself a child
+//! subreaper, so orphaned grandchildren are reparented to it and reaped rather than left as
+//! zombies. A process that leaves the group on purpose (`setsid`) escapes; containing that
+//! needs cgroups.
+//!
+//! The protocol (argv, stdin lines, stdout lines, exit codes) is in [`protocol`] and
+//! [`ShimArgs`].
+
+mod args;
+pub mod protocol;
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
+use nix::sys::prctl;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{SFlag, fstat};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{Pid, getppid};
+use tracing::{debug, error, info, warn};
+
+pub use args::{ShimArgs, USAGE};
+use protocol::{
+    Control, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SHIM_FAILED, KillReason, MAX_LINE, Status,
+    TaskExit,
+};
+
+/// How long the shim keeps reaping adopted orphans after its task's leader exited (they were
+/// SIGKILLed with the group and die within milliseconds; the bound only matters for a process
+/// that escaped the group).
+const ORPHAN_REAP_BOUND: Duration = Duration::from_millis(500);
+
+/// Run one task under watch, and return the shim's exit code: the task's own exit code, or
+/// `128 + signal` when a signal killed it, or 125/126/127 when the task could not be run (see
+/// [`protocol`]). Never panics on I/O errors: whatever goes wrong, the task's group is killed
+/// before the shim returns.
+pub fn main(args: ShimArgs) -> ExitCode {
+    let out = StatusWriter::stdout();
+    ExitCode::from(run(&args, &out))
+}
+
+fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
+    // Read the parent first: a change later means the agent died (we were reparented).
+    let parent = getppid();
+    let signals = match TermSignals::block() {
+        Ok(s) => s,
+        Err(e) => return fail(out, format!("block signals: {e}")),
+    };
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGTERM) {
+        return fail(out, format!("set parent-death signal: {e}"));
+    }
+    // The agent may have died before the parent-death signal was armed: that race is closed
+    // by checking the parent again now that it is.
+    if getppid() != parent {
+        warn!("agent gone before the task started");
+        out.send(&Status::Killed(KillReason::AgentGone));
+        return EXIT_SHIM_FAILED;
+    }
+    if let Err(e) = prctl::set_child_subreaper(true) {
+        // Not fatal: orphans are then reaped by init instead.
+        warn!(error = %e, "cannot become a child subreaper");
+    }
+
+    let started_at = Instant::now();
+    let deadline = args.deadline.map(|d| started_at + d);
+    if args.deadline == Some(Duration::ZERO) {
+        warn!("deadline already passed: not starting the task");
+        out.send(&Status::Fenced);
+        return EXIT_SHIM_FAILED;
+    }
+
+    let (stdout, stderr) = match (open_log(&args.stdout), open_log(&args.stderr)) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) => return fail(out, format!("open {}: {e}", args.stdout.display())),
+        (_, Err(e)) => return fail(out, format!("open {}: {e}", args.stderr.display())),
+    };
+    let leader = match spawn_task(args, &stdout, &stderr) {
+        Ok(pid) => pid,
+        Err(SpawnError::Setup(message)) => return fail(out, message),
+        Err(SpawnError::Exec(errno)) => {
+            let (code, kind) = match errno {
+                Errno::ENOENT | Errno::ENOTDIR => (EXIT_NOT_FOUND, "not-found"),
+                Errno::EACCES | Errno::EPERM | Errno::ENOEXEC | Errno::EISDIR => {
+                    (EXIT_CANNOT_EXECUTE, "cannot-execute")
+                }
+                _ => (EXIT_SHIM_FAILED, "error"),
+            };
+            error!(program = %args.program, error = %errno, "cannot start the task");
+            out.send(&Status::SpawnFailed {
+                reason: format!("{kind}: {}", errno.desc()),
+            });
+            return code;
+        }
+    };
+    drop((stdout, stderr));
+    let raw_pid = leader.as_raw();
+    let group = Group {
+        pgid: leader,
+        live: true,
+    };
+    info!(task = %args.task, epoch = %args.epoch, pid = raw_pid, fenced = deadline.is_some(), "task started");
+    out.send(&Status::Started {
+        pid: child_pid(raw_pid),
+    });
+
+    let mut watch = Watch {
+        out,
+        signals,
+        parent,
+        leader,
+        group,
+        deadline,
+        kill_at: None,
+        killed: false,
+        control_open: true,
+        line: Vec::new(),
+        discarding: false,
+    };
+    let exit = watch.run();
+    watch.reap_orphans();
+    info!(task = %args.task, exit = %exit, "task exited");
+    out.send(&Status::Exited(exit));
+    exit.shim_exit_code()
+}
+
+enum SpawnError {
+    /// Preparing the spawn failed (attributes, a NUL byte in an argument…).
+    Setup(String),
+    /// The program could not be executed.
+    Exec(Errno),
+}
+
+/// Start the task with `posix_spawnp`: in its own process group, with an empty signal mask
+/// and default dispositions for the signals the shim blocks or std ignores, stdin on
+/// `/dev/null`, stdout and stderr on the log files, and exactly the shim's environment.
+///
+/// Not `std::process::Command`: it lets the child inherit the caller's signal mask, and the
+/// shim blocks SIGTERM (to read it from a signalfd), so the task would never see a stop's
+/// SIGTERM. Changing the mask in the child would need `pre_exec`, i.e. `unsafe`.
+fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, SpawnError> {
+    let setup = |what: &str, e: Errno| SpawnError::Setup(format!("{what}: {e}"));
+    let cstring = |bytes: Vec<u8>| {
+        CString::new(bytes)
+            .map_err(|_| SpawnError::Setup("NUL byte in the command line or environment".into()))
+    };
+    let program = cstring(args.program.clone().into_bytes())?;
+    let mut argv = vec![program.clone()];
+    for arg in &args.args {
+        argv.push(cstring(arg.clone().into_bytes())?);
+    }
+    let mut envp = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let mut pair = key.into_vec();
+        pair.push(b'=');
+        pair.extend(value.into_vec());
+        envp.push(cstring(pair)?);
+    }
+
+    let mut attr = PosixSpawnAttr::init().map_err(|e| setup("posix_spawnattr_init", e))?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )
+    .map_err(|e| setup("set spawn flags", e))?;
+    attr.set_pgroup(Pid::from_raw(0))
+        .map_err(|e| setup("set process group", e))?;
+    attr.set_sigmask(&SigSet::empty())
+        .map_err(|e| setup("set signal mask", e))?;
+    let mut defaults = TermSignals::mask();
+    defaults.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&defaults)
+        .map_err(|e| setup("set signal defaults", e))?;
+
+    let devnull =
+        File::open("/dev/null").map_err(|e| SpawnError::Setup(format!("open /dev/null: {e}")))?;
+    let mut actions =
+        PosixSpawnFileActions::init().map_err(|e| setup("posix_spawn_file_actions_init", e))?;
+    for (fd, target) in [
+        (devnull.as_raw_fd(), 0),
+        (stdout.as_raw_fd(), 1),
+        (stderr.as_raw_fd(), 2),
+    ] {
+        actions
+            .add_dup2(fd, target)
+            .map_err(|e| setup("add dup2", e))?;
+    }
+    posix_spawnp(&program, &actions, &attr, &argv, &envp).map_err(SpawnError::Exec)
+}
+
+fn child_pid(raw: i32) -> u32 {
+    u32::try_from(raw).unwrap_or_default()
+}
+
+fn fail(out: &StatusWriter, message: String) -> u8 {
+    error!("{message}");
+    out.send(&Status::Error(message));
+    EXIT_SHIM_FAILED
+}
+
+fn open_log(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The task's process group. Signals go to it only while `live`: while its leader is alive or
+/// an unreaped zombie, which pins the group id so it cannot name someone else's group.
+struct Group {
+    pgid: Pid,
+    live: bool,
+}
+
+impl Group {
+    fn kill(&self, signal: Signal) {
+        if !self.live {
+            return;
+        }
+        match killpg(self.pgid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => error!(pgid = self.pgid.as_raw(), error = %e, "cannot signal the task group"),
+        }
+    }
+}
+
+impl Drop for Group {
+    /// Last line of defence: should the shim ever unwind with its task alive, take the task
+    /// with it.
+    fn drop(&mut self) {
+        self.kill(Signal::SIGKILL);
+    }
+}
+
+/// The terminating signals the shim handles, plus SIGCHLD, blocked and read from a signalfd.
+struct TermSignals {
+    fd: SignalFd,
+}
+
+impl TermSignals {
+    fn mask() -> SigSet {
+        let mut mask = SigSet::empty();
+        for sig in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            mask.add(sig);
+        }
+        mask
+    }
+
+    fn block() -> nix::Result<TermSignals> {
+        let mask = Self::mask();
+        // The shim is single-threaded, so the process mask is the thread mask.
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(TermSignals { fd })
+    }
+}
+
+/// The status channel: the shim's stdout. Best effort and never blocking, so that a paused
+/// agent that does not read its end cannot stall the shim past a deadline, and a dead agent
+/// (EPIPE) cannot make it fail.
+struct StatusWriter {
+    stdout: io::Stdout,
+}
+
+impl StatusWriter {
+    fn stdout() -> StatusWriter {
+        let stdout = io::stdout();
+        // Only a pipe is made non-blocking: on a terminal the flag would be shared with the
+        // user's shell.
+        let is_pipe = fstat(&stdout).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO
+        });
+        if is_pipe && let Ok(flags) = fcntl(&stdout, FcntlArg::F_GETFL) {
+            let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+            if let Err(e) = fcntl(&stdout, FcntlArg::F_SETFL(flags)) {
+                warn!(error = %e, "cannot make the status pipe non-blocking");
+            }
+        }
+        StatusWriter { stdout }
+    }
+
+    fn send(&self, status: &Status) {
+        let line = format!("{status}\n");
+        // One write(2) straight to the descriptor, bypassing std's line buffer (which could
+        // keep half a line and glue it to the next). Lines are far below PIPE_BUF, so on a
+        // pipe the write is all or nothing, even when non-blocking.
+        match nix::unistd::write(&self.stdout, line.as_bytes()) {
+            Ok(n) if n == line.len() => {}
+            Ok(n) => debug!(written = n, status = %status, "status line cut short"),
+            Err(e) => debug!(error = %e, status = %status, "status line not delivered"),
+        }
+    }
+}
+
+/// The running watch over one task.
+struct Watch<'a> {
+    out: &'a StatusWriter,
+    signals: TermSignals,
+    parent: Pid,
+    leader: Pid,
+    group: Group,
+    /// Fenced mode: SIGKILL the group when the monotonic clock passes this.
+    deadline: Option<Instant>,
+    /// After a `stop`: SIGKILL the group when the grace runs out.
+    kill_at: Option<Instant>,
+    /// SIGKILL has been sent to the group; nothing can undo it.
+    killed: bool,
+    /// Whether the control pipe can still be read.
+    control_open: bool,
+    /// Partial control line.
+    line: Vec<u8>,
+    /// Dropping the rest of an over-long control line.
+    discarding: bool,
+}
+
+impl Watch<'_> {
+    /// Watch until the leader exits; returns how it exited.
+    fn run(&mut self) -> TaskExit {
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some(exit) = self.reap() {
+                return exit;
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            let timeout = match self.next_timer() {
+                None => PollTimeout::NONE,
+                // Round up: waking a little late is harmless (the timer is re-checked against
+                // the clock), waking early would spin.
+                Some(at) => {
+                    let ms = at.saturating_duration_since(now).as_micros().div_ceil(1000);
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+
+            let stdin = io::stdin();
+            let mut fds = vec![PollFd::new(self.signals.fd.as_fd(), PollFlags::POLLIN)];
+            if self.control_open {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // Cannot watch any more: fail safe.
+                    error!(error = %e, "poll failed; killing the task");
+                    self.kill_now();
+                    return self.reap_blocking();
+                }
+            }
+            let ready = |fd: Option<&PollFd>| {
+                fd.and_then(PollFd::revents).is_some_and(|r| {
+                    r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                })
+            };
+            let signal_ready = ready(fds.first());
+            let control_ready = ready(fds.get(1));
+            drop(fds);
+
+            if signal_ready {
+                self.drain_signals();
+            }
+            if control_ready {
+                match nix::unistd::read(&stdin, &mut buf) {
+                    Ok(0) => self.control_closed("end of file"),
+                    Ok(n) => self.control_bytes(&buf[..n]),
+                    Err(Errno::EAGAIN | Errno::EINTR) => {}
+                    // An unreadable control pipe means we can no longer hear the agent.
+                    Err(e) => self.control_closed(&e.to_string()),
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        if self.killed {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            warn!("deadline passed without extension: fencing the task");
+            self.out.send(&Status::Fenced);
+            self.kill_now();
+        } else if self.kill_at.is_some_and(|k| now >= k) {
+            info!("stop grace over: killing the task");
+            self.kill_now();
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        if self.killed {
+            return None;
+        }
+        match (self.deadline, self.kill_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn kill_now(&mut self) {
+        self.group.kill(Signal::SIGKILL);
+        self.killed = true;
+        self.kill_at = None;
+    }
+
+    fn drain_signals(&mut self) {
+        loop {
+            match self.signals.fd.read_signal() {
+                Ok(Some(info)) => {
+                    let signo = i32::try_from(info.ssi_signo).unwrap_or_default();
+                    if signo == Signal::SIGCHLD as i32 {
+                        continue; // reaped at the top of the loop
+                    }
+                    if self.killed {
+                        continue;
+                    }
+                    let reason = if getppid() != self.parent {
+                        KillReason::AgentGone
+                    } else {
+                        KillReason::Signal(signo)
+                    };
+                    warn!(signal = signo, ?reason, "shim signalled: killing the task");
+                    self.out.send(&Status::Killed(reason));
+                    self.kill_now();
+                }
+                Ok(None) => return,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    error!(error = %e, "cannot read the signalfd; killing the task");
+                    self.kill_now();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn control_closed(&mut self, why: &str) {
+        self.control_open = false;
+        if self.killed {
+            return;
+        }
+        warn!(
+            why,
+            "control pipe closed: the agent is gone; killing the task"
+        );
+        self.out.send(&Status::Killed(KillReason::AgentGone));
+        self.kill_now();
+    }
+
+    fn control_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                if std::mem::take(&mut self.discarding) {
+                    self.out.send(&Status::Error(format!(
+                        "control line longer than {MAX_LINE} bytes"
+                    )));
+                    continue;
+                }
+                self.control_line(&String::from_utf8_lossy(&line));
+            } else if self.line.len() >= MAX_LINE {
+                self.discarding = true;
+                self.line.clear();
+            } else if !self.discarding {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn control_line(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let control = match Control::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "bad control line");
+                self.out.send(&Status::Error(e.to_string()));
+                return;
+            }
+        };
+        let now = Instant::now();
+        match control {
+            Control::Ping => self.out.send(&Status::Pong),
+            // Once SIGKILL is sent nothing can bring the task back; later orders are moot.
+            _ if self.killed => debug!(%control, "ignored: task already killed"),
+            Control::Extend(d) => {
+                debug!(ms = d.as_millis(), "deadline extended");
+                self.deadline = Some(now + d);
+            }
+            Control::Stop(grace) => {
+                let kill_at = now + grace;
+                if self.kill_at.is_none() {
+                    info!(grace_ms = grace.as_millis(), "stopping the task");
+                    self.out.send(&Status::Stopping { grace });
+                    self.group.kill(Signal::SIGTERM);
+                }
+                self.kill_at = Some(self.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+            }
+        }
+    }
+
+    /// Reap whatever child has exited without blocking. Adopted orphans are simply reaped;
+    /// when the leader has exited, the rest of its group is SIGKILLed while the zombie leader
+    /// still pins the group id, then the leader is reaped and its exit returned.
+    fn reap(&mut self) -> Option<TaskExit> {
+        loop {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return None,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    error!(error = %e, "waitid failed");
+                    return None;
+                }
+                Ok(status) => {
+                    let pid = status.pid()?;
+                    if pid == self.leader {
+                        return Some(self.reap_leader(status));
+                    }
+                    // An orphan adopted as subreaper.
+                    debug!(pid = pid.as_raw(), "reaping an adopted orphan");
+                    if let Err(e) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                        debug!(pid = pid.as_raw(), error = %e, "reap orphan");
+                    }
+                }
+            }
+        }
+    }
+
+    fn reap_leader(&mut self, peeked: WaitStatus) -> TaskExit {
+        self.group.kill(Signal::SIGKILL);
+        let status = loop {
+            match waitpid(self.leader, None) {
+                Err(Errno::EINTR) => {}
+                Ok(status) => break status,
+                Err(e) => {
+                    error!(error = %e, "reap the task");
+                    break peeked;
+                }
+            }
+        };
+        self.group.live = false;
+        match status {
+            WaitStatus::Exited(_, code) => TaskExit::Code(code),
+            WaitStatus::Signaled(_, sig, _) => TaskExit::Signal(sig as i32),
+            other => {
+                error!(?other, "unexpected wait status for the task");
+                TaskExit::Signal(Signal::SIGKILL as i32)
+            }
+        }
+    }
+
+    /// After a fatal error: wait for the (SIGKILLed) leader.
+    fn reap_blocking(&mut self) -> TaskExit {
+        loop {
+            match waitid(
+                Id::Pid(self.leader),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            ) {
+                Err(Errno::EINTR) => {}
+                Ok(status) => return self.reap_leader(status),
+                Err(e) => {
+                    error!(error = %e, "cannot wait for the task");
+                    self.group.live = false;
+                    return TaskExit::Signal(Signal::SIGKILL as i32);
+                }
+            }
+        }
+    }
+
+    /// Reap the grandchildren that were SIGKILLed with the group and reparented to the shim,
+    /// for a bounded time.
+    fn reap_orphans(&mut self) {
+        let until = Instant::now() + ORPHAN_REAP_BOUND;
+        loop {
+            match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+                Err(Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) => {
+                    let now = Instant::now();
+                    if now >= until {
+                        debug!("children still alive after the task exited; leaving them");
+                        return;
+                    }
+                    let ms = until.saturating_duration_since(now).as_millis();
+                    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+                    let mut fds = [PollFd::new(self.signals.fd.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, timeout);
+                    while let Ok(Some(_)) = self.signals.fd.read_signal() {}
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}

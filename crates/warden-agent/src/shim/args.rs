@@ -1,0 +1,219 @@
+//! The shim's command line. Parsed by hand (no clap) because the shim is internal, must start
+//! fast, and must pass everything after `--` to the task untouched.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use warden_core::{FencingToken, TaskId};
+
+/// Usage text for `warden shim`.
+pub const USAGE: &str = "usage: warden shim --task <job/index> --epoch <n> --stdout <file> \
+--stderr <file> [--deadline-ms <ms>] -- <program> [args...]";
+
+/// What `warden shim` runs and how. Built by the supervisor ([`ShimArgs::to_args`]) and parsed
+/// back by the shim process ([`ShimArgs::from_args`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimArgs {
+    /// The task this shim runs (`--task job/index`).
+    pub task: TaskId,
+    /// The task's fencing token (`--epoch n`).
+    pub epoch: FencingToken,
+    /// File the task's stdout is appended to (`--stdout`).
+    pub stdout: PathBuf,
+    /// File the task's stderr is appended to (`--stderr`).
+    pub stderr: PathBuf,
+    /// Initial deadline, measured from the shim's start (`--deadline-ms`). Present for
+    /// singletons ("fenced" mode): the task is SIGKILLed unless an `extend` arrives before
+    /// it. Absent for services, which only die with the agent or on `stop`.
+    pub deadline: Option<Duration>,
+    /// Program to run, a path or a name looked up in the shim's `PATH`. Never a shell line.
+    pub program: String,
+    /// The program's arguments, passed as they are.
+    pub args: Vec<String>,
+}
+
+impl ShimArgs {
+    /// Parse the arguments that follow `warden shim`.
+    pub fn from_args(args: impl Iterator<Item = String>) -> Result<ShimArgs, String> {
+        let mut args = args;
+        let mut task = None;
+        let mut epoch = None;
+        let mut stdout = None;
+        let mut stderr = None;
+        let mut deadline = None;
+        let mut command = None;
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                command = Some(args.by_ref().collect::<Vec<_>>());
+                break;
+            }
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value)),
+                _ => (arg.clone(), None),
+            };
+            let mut value = || match inline {
+                Some(v) => Ok(v.to_string()),
+                None => args.next().ok_or_else(|| format!("{flag} needs a value")),
+            };
+            match flag.as_str() {
+                "--task" => {
+                    let v = value()?;
+                    let id = TaskId::parse(&v)
+                        .ok_or_else(|| format!("--task {v:?} is not of the form job/index"))?;
+                    set_once(&mut task, id, &flag)?;
+                }
+                "--epoch" => {
+                    let v = value()?;
+                    let n = v
+                        .parse()
+                        .map_err(|_| format!("--epoch {v:?} is not a whole number"))?;
+                    set_once(&mut epoch, FencingToken(n), &flag)?;
+                }
+                "--stdout" => set_once(&mut stdout, PathBuf::from(value()?), &flag)?,
+                "--stderr" => set_once(&mut stderr, PathBuf::from(value()?), &flag)?,
+                "--deadline-ms" => {
+                    let v = value()?;
+                    let ms = v
+                        .parse()
+                        .map_err(|_| format!("--deadline-ms {v:?} is not a whole number"))?;
+                    set_once(&mut deadline, Duration::from_millis(ms), &flag)?;
+                }
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        let mut command = command
+            .ok_or("missing `--` before the program")?
+            .into_iter();
+        let program = command.next().ok_or("missing program after `--`")?;
+        if program.is_empty() {
+            return Err("the program must not be empty".into());
+        }
+        Ok(ShimArgs {
+            task: task.ok_or("missing --task")?,
+            epoch: epoch.ok_or("missing --epoch")?,
+            stdout: stdout.ok_or("missing --stdout")?,
+            stderr: stderr.ok_or("missing --stderr")?,
+            deadline,
+            program,
+            args: command.collect(),
+        })
+    }
+
+    /// The arguments that make `warden shim` run this; [`ShimArgs::from_args`] reads them
+    /// back. `OsString` because log paths need not be UTF-8 on the agent's side (the shim
+    /// rejects such paths when it parses them).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out: Vec<OsString> = vec![
+            "--task".into(),
+            self.task.to_string().into(),
+            "--epoch".into(),
+            self.epoch.0.to_string().into(),
+            "--stdout".into(),
+            self.stdout.clone().into(),
+            "--stderr".into(),
+            self.stderr.clone().into(),
+        ];
+        if let Some(deadline) = self.deadline {
+            out.push("--deadline-ms".into());
+            out.push(deadline.as_millis().to_string().into());
+        }
+        out.push("--".into());
+        out.push(self.program.clone().into());
+        out.extend(self.args.iter().map(OsString::from));
+        out
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, flag: &str) -> Result<(), String> {
+    if slot.replace(value).is_some() {
+        return Err(format!("{flag} given twice"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_core::JobName;
+
+    fn strings(args: &[&str]) -> impl Iterator<Item = String> {
+        args.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn sample() -> ShimArgs {
+        ShimArgs {
+            task: TaskId::new(JobName::new("web"), 3),
+            epoch: FencingToken(42),
+            stdout: "/tmp/web.3.stdout.log".into(),
+            stderr: "/tmp/web.3.stderr.log".into(),
+            deadline: Some(Duration::from_millis(1500)),
+            program: "sh".into(),
+            // Arguments that look like the shim's own flags and a second `--` must reach the
+            // task untouched.
+            args: vec!["-c".into(), "echo --task -- x".into(), "--".into()],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_argv() {
+        for args in [
+            sample(),
+            ShimArgs {
+                deadline: None,
+                args: vec![],
+                ..sample()
+            },
+        ] {
+            let argv = args
+                .to_args()
+                .into_iter()
+                .map(|a| a.into_string().expect("utf-8"));
+            assert_eq!(ShimArgs::from_args(argv), Ok(args));
+        }
+    }
+
+    #[test]
+    fn accepts_flag_equals_value() {
+        let parsed = ShimArgs::from_args(strings(&[
+            "--task=db/0",
+            "--epoch=7",
+            "--stdout=o",
+            "--stderr=e",
+            "--",
+            "true",
+        ]))
+        .expect("parses");
+        assert_eq!(parsed.task, TaskId::new(JobName::new("db"), 0));
+        assert_eq!(parsed.epoch, FencingToken(7));
+        assert_eq!(parsed.deadline, None);
+        assert_eq!(parsed.program, "true");
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        let base = [
+            "--task", "a/1", "--epoch", "1", "--stdout", "o", "--stderr", "e",
+        ];
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (base.to_vec(), "missing `--`"),
+            ([&base[..], &["--"]].concat(), "missing program"),
+            ([&base[2..], &["--", "x"]].concat(), "missing --task"),
+            (
+                [&base[..], &["--task", "b/2", "--", "x"]].concat(),
+                "given twice",
+            ),
+            ([&["--bogus"][..], &base, &["--", "x"]].concat(), "unknown"),
+            (vec!["--task", "nojob", "--", "x"], "job/index"),
+            (vec!["--epoch", "-1", "--", "x"], "whole number"),
+            (vec!["--deadline-ms"], "needs a value"),
+        ];
+        for (argv, want) in cases {
+            let err = ShimArgs::from_args(strings(&argv)).expect_err(want);
+            assert!(err.contains(want), "{argv:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,1463 @@
+//! The control plane: the runtime around `warden-core`'s [`Fleet`] and [`plan`].
+//!
+//! One [`ControlPlane`] holds the fleet's lifecycle state, the desired jobs, the observed task
+//! slots and the open sessions behind one mutex. Everything that touches the mutex is quick
+//! (microseconds): session handlers feed heartbeats and reports in and send acks out while
+//! holding it; the store, which fsyncs, is only called *outside* it. The [`ControlPlane::run`]
+//! loop ticks the fleet, runs probes, flushes events to the store and reconciles.
+//!
+//! Safety-relevant order: a new assignment's fencing token is written to the store (a fenced,
+//! compare-and-set write) *before* the assignment is sent to the agent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use warden_core::duration_serde;
+use warden_core::fencing::DeathEvidence;
+use warden_core::lifecycle::{
+    AgentEvent, AgentState, Alarm, Cause, Fleet, LifecycleConfig, Output, ProbeKind, ProbeOutcome,
+    ProbeReport, Transition,
+};
+use warden_core::planner::{
+    Action, AgentView, Desired, Observed, PlanAlarm, PlannerConfig, TaskState, TaskView,
+    TokenBucket, apply, plan,
+};
+use warden_core::recovery::{Outcome, RecoveryRecord};
+use warden_core::{
+    AgentId, ConfigError, FencingToken, JobKind, JobName, JobSpec, Resources, Signals, TaskId, Time,
+};
+use warden_proto::v1;
+use warden_store::{NewEvent, Store, TaskRecord, WriteOp};
+
+use crate::view::{
+    AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo,
+    SubmitOutcome, TaskInfo,
+};
+use warden_probe::probe;
+
+/// Settings of the control plane. Defaults: 500 ms heartbeats, 2 s lease.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Lifecycle: detector, health score, lease, brake, flap damping.
+    pub lifecycle: LifecycleConfig,
+    /// Planner: backoff.
+    pub planner: PlannerConfig,
+    /// How often the fleet is ticked and the desired state reconciled (default 50 ms).
+    #[serde(with = "duration_serde")]
+    pub tick: Duration,
+    /// Timeout of one probe (default 500 ms).
+    #[serde(with = "duration_serde")]
+    pub probe_timeout: Duration,
+    /// Healthy agents asked to probe a suspect on the server's behalf (default 2).
+    pub indirect_probes: usize,
+    /// Reschedules per second allowed on average (default 50).
+    pub reschedule_rate: f64,
+    /// Reschedules allowed in a burst (default 200).
+    pub reschedule_burst: u32,
+    /// Grace between SIGTERM and SIGKILL when a task is stopped (default 5 s).
+    #[serde(with = "duration_serde")]
+    pub stop_grace: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            lifecycle: LifecycleConfig::default(),
+            planner: PlannerConfig::default(),
+            tick: Duration::from_millis(50),
+            probe_timeout: Duration::from_millis(500),
+            indirect_probes: 2,
+            reschedule_rate: 50.0,
+            reschedule_burst: 200,
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.lifecycle.validate()?;
+        self.planner.validate().map_err(|e| e.within("planner"))?;
+        if self.planner.fencing != self.lifecycle.fencing {
+            return Err(ConfigError::new(
+                "planner.fencing",
+                "must equal lifecycle.fencing (set the lease once, under [lifecycle.fencing])",
+            ));
+        }
+        if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
+            return Err(ConfigError::new("tick", "must be between 1ms and 1s"));
+        }
+        if self.probe_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "probe_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if !(self.reschedule_rate.is_finite() && self.reschedule_rate > 0.0) {
+            return Err(ConfigError::new(
+                "reschedule_rate",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The server's clock: monotonic, expressed as nanoseconds since the Unix epoch at the moment
+/// the server started plus the monotonic time elapsed since. Readings are monotonic within
+/// one server process and close to wall-clock time, so persisted records stay readable.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: tokio::time::Instant,
+    origin_unix_ns: u64,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Clock {
+            origin: tokio::time::Instant::now(),
+            origin_unix_ns: u64::try_from(unix.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Now.
+    pub fn now(&self) -> Time {
+        let elapsed = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Time::from_nanos(self.origin_unix_ns.saturating_add(elapsed))
+    }
+
+    /// A reading as (approximate) Unix milliseconds.
+    pub fn unix_ms(t: Time) -> u64 {
+        t.as_nanos() / 1_000_000
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One open agent session.
+#[derive(Debug)]
+struct Session {
+    id: AgentId,
+    /// Distinguishes two sessions of the same generation (reconnects).
+    serial: u64,
+    tx: mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+}
+
+/// A recovery under way, with what is needed to finish its record.
+#[derive(Debug)]
+struct Pending {
+    record: RecoveryRecord,
+    has_health_check: bool,
+}
+
+/// A probe round to run outside the lock.
+#[derive(Debug)]
+struct ProbeJob {
+    agent: AgentId,
+    round: u64,
+    target: Option<SocketAddr>,
+    helpers: Vec<(mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    fleet: Option<Fleet>,
+    desired: Desired,
+    observed: Observed,
+    sessions: HashMap<Arc<str>, Session>,
+    next_serial: u64,
+    suspect_since: HashMap<AgentId, Time>,
+    failed_at: HashMap<AgentId, Time>,
+    failed_cause: HashMap<AgentId, Cause>,
+    probe_addrs: HashMap<AgentId, SocketAddr>,
+    recoveries: HashMap<TaskId, Pending>,
+    events: Vec<NewEvent>,
+    probes: Vec<ProbeJob>,
+    probe_waiters: HashMap<u64, oneshot::Sender<ProbeOutcome>>,
+    next_probe: u64,
+    /// Agents known only from task records after a restart, and when they must have come back.
+    restart_deadline: Option<Time>,
+    last_alarm: Option<String>,
+}
+
+impl Inner {
+    fn fleet(&mut self) -> &mut Fleet {
+        self.fleet.get_or_insert_with(|| {
+            // Unreachable in practice: the fleet is created in ControlPlane::new.
+            Fleet::new(LifecycleConfig::default()).unwrap_or_else(|_| unreachable_fleet())
+        })
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_fleet() -> Fleet {
+    panic!("the default lifecycle configuration is valid")
+}
+
+/// The control plane. Cheap to share: wrap it in an `Arc`.
+pub struct ControlPlane {
+    inner: Mutex<Inner>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    cfg: ControlConfig,
+    wake: Notify,
+}
+
+/// Errors starting the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is impossible.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be read.
+    #[error("read the store: {0}")]
+    Store(#[from] warden_store::StoreError),
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn event(kind: &str, agent: Option<&AgentId>, task: Option<&TaskId>, message: String) -> NewEvent {
+    NewEvent {
+        unix_ms: unix_now_ms(),
+        kind: kind.to_string(),
+        agent: agent.map(|a| a.to_string()),
+        task: task.map(|t| t.to_string()),
+        message,
+        data: serde_json::Value::Null,
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock leaves consistent-enough state for reads; keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn task_phase(p: i32) -> Option<TaskState> {
+    match v1::TaskPhase::try_from(p).ok()? {
+        v1::TaskPhase::Starting => Some(TaskState::Starting),
+        v1::TaskPhase::Running => Some(TaskState::Running),
+        v1::TaskPhase::Stopping => Some(TaskState::Stopping),
+        v1::TaskPhase::Stopped => Some(TaskState::Stopped),
+        v1::TaskPhase::Failed => Some(TaskState::Failed),
+        v1::TaskPhase::Unspecified => None,
+    }
+}
+
+/// Convert wire signals.
+pub fn signals_from_wire(s: &v1::Signals) -> Signals {
+    Signals {
+        cpu: s.cpu,
+        memory: s.memory,
+        error_rate: s.error_rate,
+        latency_ms: s.latency_ms,
+        task_success: s.task_success,
+        restarts: s.restarts,
+        pressure: s.pressure,
+    }
+}
+
+fn outcome_from_wire(o: i32) -> ProbeOutcome {
+    match v1::ProbeOutcome::try_from(o) {
+        Ok(v1::ProbeOutcome::Answered) => ProbeOutcome::Answered,
+        Ok(v1::ProbeOutcome::Connected) => ProbeOutcome::Connected,
+        Ok(v1::ProbeOutcome::Refused) => ProbeOutcome::Refused,
+        Ok(v1::ProbeOutcome::TimedOut) => ProbeOutcome::TimedOut,
+        Ok(v1::ProbeOutcome::Unreachable) => ProbeOutcome::Unreachable,
+        Ok(v1::ProbeOutcome::Skipped | v1::ProbeOutcome::Unspecified) | Err(_) => {
+            ProbeOutcome::Skipped
+        }
+    }
+}
+
+fn send(tx: &mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, msg: v1::server_message::Msg) {
+    // A full or closed channel means the session is going away; the lifecycle handles that.
+    let _ = tx.try_send(Ok(v1::ServerMessage { msg: Some(msg) }));
+}
+
+/// What a session handler gets when an agent says Hello.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The agent's identity for this session.
+    pub id: AgentId,
+    /// Session serial, to pass back on every later call.
+    pub serial: u64,
+}
+
+impl ControlPlane {
+    /// Open the control plane on `store`, loading jobs and task records.
+    pub fn new(store: Arc<dyn Store>, cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+        cfg.validate()?;
+        let clock = Clock::new();
+        let now = clock.now();
+        let mut fleet = Fleet::new(cfg.lifecycle.clone())?;
+        let desired: Desired = store
+            .list_jobs()?
+            .into_iter()
+            .map(|j| (j.name.clone(), j))
+            .collect();
+        let mut observed = Observed::default();
+        let mut agents: BTreeMap<AgentId, Resources> = BTreeMap::new();
+        for rec in store.list_tasks()? {
+            let slots = observed.tasks.entry(rec.task.job.clone()).or_default();
+            let i = rec.task.index as usize;
+            if slots.len() <= i {
+                slots.resize_with(i + 1, TaskView::pending);
+            }
+            slots[i] = rec.to_view();
+            if let Some(a) = &rec.agent
+                && matches!(
+                    rec.state,
+                    TaskState::Starting | TaskState::Running | TaskState::Stopping
+                )
+            {
+                let res = desired
+                    .get(&rec.task.job)
+                    .map(|j| j.resources)
+                    .unwrap_or_default();
+                let e = agents.entry(a.clone()).or_default();
+                *e = e.plus(&res);
+            }
+        }
+        // Agents we only know from task records: they must reconnect before their lease could
+        // have run out, counted from now (the previous server sent their last ack before it
+        // stopped, so no lease outlives now + L). Until then their work is respected.
+        let restart_deadline =
+            (!agents.is_empty()).then(|| cfg.lifecycle.fencing.lease_surely_expired_at(now));
+        for (id, allocated) in agents {
+            fleet.join(id.clone(), now);
+            observed.agents.insert(
+                id,
+                AgentView {
+                    state: AgentState::Joining,
+                    capacity: Resources::default(),
+                    allocated,
+                    cordoned: false,
+                    last_renewal: Some(now),
+                    death: DeathEvidence::None,
+                    running: vec![],
+                },
+            );
+        }
+        let bucket = TokenBucket::new(cfg.reschedule_rate, cfg.reschedule_burst, now);
+        let inner = Inner {
+            fleet: Some(fleet),
+            desired,
+            observed,
+            restart_deadline,
+            ..Inner::default()
+        };
+        let cp = Arc::new(ControlPlane {
+            inner: Mutex::new(inner),
+            store,
+            clock,
+            cfg,
+            wake: Notify::new(),
+        });
+        lock(&cp.inner)
+            .events
+            .push(event("server.started", None, None, "server started".into()));
+        let _ = bucket; // the bucket lives in the reconcile loop
+        Ok(cp)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ControlConfig {
+        &self.cfg
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// An agent said Hello. Assigns a generation when it asks for one (`generation == 0`).
+    /// Returns `Err` with a reason when the agent must rejoin with a new generation.
+    pub fn admit(
+        &self,
+        hello: &v1::Hello,
+        tx: mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+    ) -> Result<Admitted, String> {
+        let name = hello.name.trim();
+        if name.is_empty() || name.len() > 253 || name.contains(['#', '/', '\0']) {
+            return Err(format!("invalid agent name {name:?}"));
+        }
+        let generation = if hello.generation == 0 {
+            self.store
+                .next_generation(name)
+                .map_err(|e| format!("assign a generation: {e}"))?
+        } else {
+            hello.generation
+        };
+        let id = AgentId::new(name, generation);
+        let probe_addr = hello.probe_addr.parse::<SocketAddr>().ok();
+        let capacity = hello
+            .capacity
+            .as_ref()
+            .map(|c| Resources::new(c.cpu_millis, c.memory_mb))
+            .unwrap_or_default();
+        let now = self.clock.now();
+        let mut g = lock(&self.inner);
+        let outs = g.fleet().join(id.clone(), now);
+        if outs
+            .iter()
+            .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
+        {
+            return Err(format!("generation {generation} of {name} is over; rejoin"));
+        }
+        g.next_serial += 1;
+        let serial = g.next_serial;
+        g.sessions.insert(
+            id.name.clone(),
+            Session {
+                id: id.clone(),
+                serial,
+                tx: tx.clone(),
+            },
+        );
+        if let Some(addr) = probe_addr {
+            g.probe_addrs.insert(id.clone(), addr);
+        }
+        let running: Vec<(TaskId, FencingToken)> = hello
+            .running
+            .iter()
+            .filter_map(|r| Some((TaskId::parse(&r.task)?, FencingToken(r.epoch))))
+            .collect();
+        let view = g
+            .observed
+            .agents
+            .entry(id.clone())
+            .or_insert_with(|| AgentView {
+                state: AgentState::Joining,
+                capacity,
+                allocated: Resources::default(),
+                cordoned: false,
+                last_renewal: None,
+                death: DeathEvidence::None,
+                running: vec![],
+            });
+        view.capacity = capacity;
+        view.running = running;
+        g.events.push(event(
+            "agent.session",
+            Some(&id),
+            None,
+            format!("session opened from {}", hello.probe_addr),
+        ));
+        self.handle(&mut g, outs, now);
+        drop(g);
+        let l = &self.cfg.lifecycle;
+        send(
+            &tx,
+            v1::server_message::Msg::Welcome(v1::Welcome {
+                generation,
+                lease_ttl_ms: ms(l.fencing.lease_ttl),
+                heartbeat_interval_ms: ms(l.heartbeat_interval),
+                session_deadline_ms: ms(l.fencing.lease_ttl),
+            }),
+        );
+        info!(agent = %id, "agent admitted");
+        Ok(Admitted { id, serial })
+    }
+
+    /// A heartbeat arrived on a session.
+    pub fn heartbeat(&self, who: &Admitted, hb: &v1::Heartbeat) {
+        let now = self.clock.now();
+        let mut g = lock(&self.inner);
+        let mut outs = g
+            .fleet()
+            .step(&who.id, AgentEvent::Heartbeat { seq: hb.seq }, now);
+        if let Some(s) = &hb.signals {
+            outs.extend(
+                g.fleet()
+                    .step(&who.id, AgentEvent::Signals(signals_from_wire(s)), now),
+            );
+        }
+        let running: Vec<(TaskId, FencingToken, Option<TaskState>, bool)> = hb
+            .running
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    TaskId::parse(&r.task)?,
+                    FencingToken(r.epoch),
+                    task_phase(r.phase),
+                    r.healthy,
+                ))
+            })
+            .collect();
+        if let Some(v) = g.observed.agents.get_mut(&who.id) {
+            v.running = running.iter().map(|(t, e, _, _)| (t.clone(), *e)).collect();
+        }
+        for (task, epoch, phase, healthy) in running {
+            if let Some(phase) = phase {
+                self.task_seen(&mut g, &who.id, &task, epoch, phase, healthy, None, now);
+            }
+        }
+        self.handle(&mut g, outs, now);
+    }
+
+    /// A task report arrived on a session.
+    pub fn task_report(&self, who: &Admitted, r: &v1::TaskReport) {
+        let now = self.clock.now();
+        let Some(task) = TaskId::parse(&r.task) else {
+            return;
+        };
+        let Some(phase) = task_phase(r.phase) else {
+            return;
+        };
+        let mut g = lock(&self.inner);
+        self.task_seen(
+            &mut g,
+            &who.id,
+            &task,
+            FencingToken(r.epoch),
+            phase,
+            r.healthy,
+            Some(&r.message),
+            now,
+        );
+    }
+
+    /// A probe result arrived on a session.
+    pub fn probe_result(&self, r: &v1::ProbeResult) {
+        let mut g = lock(&self.inner);
+        if let Some(w) = g.probe_waiters.remove(&r.request_id) {
+            let _ = w.send(outcome_from_wire(r.outcome));
+        }
+    }
+
+    /// The agent left gracefully.
+    pub fn leave(&self, who: &Admitted) {
+        let now = self.clock.now();
+        let mut g = lock(&self.inner);
+        let outs = g.fleet().step(&who.id, AgentEvent::Leave, now);
+        self.handle(&mut g, outs, now);
+    }
+
+    /// The session ended (stream closed, reset or failed).
+    pub fn session_closed(&self, who: &Admitted) {
+        let now = self.clock.now();
+        let mut g = lock(&self.inner);
+        let current = g
+            .sessions
+            .get(&who.id.name)
+            .is_some_and(|s| s.serial == who.serial);
+        if !current {
+            return; // a newer session of this agent took over
+        }
+        g.sessions.remove(&who.id.name);
+        let outs = g.fleet().step(&who.id, AgentEvent::SessionLost, now);
+        self.handle(&mut g, outs, now);
+    }
+
+    /// Record what an agent says about a task copy.
+    #[allow(clippy::too_many_arguments)]
+    fn task_seen(
+        &self,
+        g: &mut Inner,
+        agent: &AgentId,
+        task: &TaskId,
+        epoch: FencingToken,
+        phase: TaskState,
+        healthy: bool,
+        message: Option<&str>,
+        now: Time,
+    ) {
+        let Some(slot) = g
+            .observed
+            .tasks
+            .get_mut(&task.job)
+            .and_then(|s| s.get_mut(task.index as usize))
+        else {
+            return;
+        };
+        if slot.epoch != epoch || slot.agent.as_ref() != Some(agent) {
+            return; // a stale copy; the planner stops it
+        }
+        let before = slot.state;
+        let next = match (before, phase) {
+            (TaskState::Starting, TaskState::Running) => TaskState::Running,
+            (TaskState::Stopping, TaskState::Stopped) => TaskState::Stopped,
+            (TaskState::Starting | TaskState::Running, TaskState::Failed) => TaskState::Failed,
+            (TaskState::Starting | TaskState::Running, TaskState::Stopped) => TaskState::Failed,
+            (s, _) => s,
+        };
+        if next == TaskState::Failed && before != TaskState::Failed {
+            slot.failures = slot.failures.saturating_add(1);
+            slot.last_failure_at = Some(now);
+        }
+        if next == TaskState::Running && healthy {
+            slot.failures = 0;
+        }
+        let changed = next != before;
+        slot.state = next;
+        if next == TaskState::Stopped {
+            slot.agent = None;
+        }
+        let failures = slot.failures;
+        if changed {
+            g.events.push(event(
+                "task.state",
+                Some(agent),
+                Some(task),
+                format!(
+                    "{task}@{epoch} {} → {}{}",
+                    before.as_str(),
+                    next.as_str(),
+                    message.map(|m| format!(": {m}")).unwrap_or_default()
+                ),
+            ));
+            let store = self.store.clone();
+            let (t, s) = (task.clone(), next);
+            // State reports are fenced by epoch in the store; written off the lock.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.put_task_state(&t, epoch, s, failures, unix_now_ms()) {
+                    warn!(task = %t, error = %e, "persist task state");
+                }
+            });
+        }
+        if next == TaskState::Running
+            && let Some(p) = g.recoveries.get_mut(task)
+            && p.record.epoch == epoch
+        {
+            p.record.started(now, p.has_health_check);
+            if healthy {
+                p.record.healthy(now);
+            }
+            if p.record.outcome == Outcome::Succeeded {
+                let record = p.record.clone();
+                g.recoveries.remove(task);
+                self.persist_recovery(g, record);
+            }
+        }
+        if changed {
+            self.wake.notify_one();
+        }
+    }
+
+    fn persist_recovery(&self, g: &mut Inner, record: RecoveryRecord) {
+        if record.outcome == Outcome::Succeeded {
+            let rto = record.rto().map(|d| d.as_millis()).unwrap_or_default();
+            g.events.push(event(
+                "recovery.succeeded",
+                Some(&record.from),
+                Some(&record.task),
+                format!(
+                    "{} recovered on {} (RTO {rto} ms)",
+                    record.task,
+                    record
+                        .to
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            ));
+            info!(task = %record.task, rto_ms = rto, "recovery succeeded");
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.upsert_recovery(&record, unix_now_ms()) {
+                warn!(op = %record.op, error = %e, "persist recovery record");
+            }
+        });
+    }
+
+    /// Carry out the fleet's outputs. Called with the lock held; only cheap work here.
+    fn handle(&self, g: &mut Inner, outs: Vec<Output>, now: Time) {
+        for out in outs {
+            match out {
+                Output::RenewLease { agent, seq } => {
+                    if let Some(s) = g.sessions.get(&agent.name)
+                        && s.id == agent
+                    {
+                        send(
+                            &s.tx,
+                            v1::server_message::Msg::Ack(v1::Ack {
+                                seq,
+                                lease_ttl_ms: ms(self.cfg.lifecycle.fencing.lease_ttl),
+                            }),
+                        );
+                    }
+                    if let Some(v) = g.observed.agents.get_mut(&agent) {
+                        v.last_renewal = Some(now);
+                    }
+                }
+                Output::Transition(t) => self.transition(g, t),
+                Output::Probe { agent, round } => {
+                    // The session may be gone; where it listened is remembered.
+                    let target = g.probe_addrs.get(&agent).copied();
+                    let k = self.cfg.indirect_probes;
+                    let helpers: Vec<(
+                        mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+                        u64,
+                    )> = {
+                        let mut hs: Vec<&Session> = g
+                            .sessions
+                            .values()
+                            .filter(|s| s.id.name != agent.name)
+                            .filter(|s| {
+                                g.fleet
+                                    .as_ref()
+                                    .and_then(|f| f.agent(&s.id))
+                                    .is_some_and(|r| r.state() == AgentState::Healthy)
+                            })
+                            .collect();
+                        hs.sort_by(|a, b| a.id.cmp(&b.id));
+                        hs.truncate(k);
+                        let txs: Vec<_> = hs.iter().map(|s| s.tx.clone()).collect();
+                        let mut out = Vec::new();
+                        for tx in txs {
+                            g.next_probe += 1;
+                            out.push((tx, g.next_probe));
+                        }
+                        out
+                    };
+                    g.probes.push(ProbeJob {
+                        agent,
+                        round,
+                        target,
+                        helpers,
+                    });
+                    self.wake.notify_one();
+                }
+                Output::Alarm(a) => {
+                    let (kind, msg) = match &a {
+                        Alarm::BrakeEngaged {
+                            suspects, fleet, ..
+                        } => (
+                            "alarm.brake_engaged",
+                            format!(
+                                "mass-failure brake engaged: {suspects} of {fleet} agents suspect; no agent will be declared failed"
+                            ),
+                        ),
+                        Alarm::BrakeReleased { .. } => (
+                            "alarm.brake_released",
+                            "mass-failure brake released".to_string(),
+                        ),
+                    };
+                    warn!("{msg}");
+                    g.events.push(event(kind, None, None, msg));
+                }
+                Output::StaleGeneration { agent } => {
+                    if let Some(s) = g.sessions.get(&agent.name)
+                        && s.id == agent
+                    {
+                        send(
+                            &s.tx,
+                            v1::server_message::Msg::Rejoin(v1::Rejoin {
+                                reason: format!("generation {} is over", agent.generation),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn transition(&self, g: &mut Inner, t: Transition) {
+        info!(agent = %t.agent, from = %t.from, to = %t.to, cause = %t.cause, "agent transition");
+        let death = g
+            .fleet
+            .as_ref()
+            .and_then(|f| f.agent(&t.agent))
+            .map(|r| r.death_evidence())
+            .unwrap_or(DeathEvidence::None);
+        if let Some(v) = g.observed.agents.get_mut(&t.agent) {
+            v.state = t.to;
+            v.death = death;
+        }
+        match t.to {
+            AgentState::Suspect => {
+                g.suspect_since.insert(t.agent.clone(), t.at);
+            }
+            AgentState::Failed => {
+                g.failed_at.insert(t.agent.clone(), t.at);
+                g.failed_cause.insert(t.agent.clone(), t.cause.clone());
+                g.suspect_since.entry(t.agent.clone()).or_insert(t.at);
+            }
+            AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined => {
+                g.suspect_since.remove(&t.agent);
+                if t.to == AgentState::Healthy
+                    && let Some(v) = g.observed.agents.get_mut(&t.agent)
+                {
+                    // A quarantine that ended releases its cordon.
+                    v.cordoned = false;
+                }
+            }
+            AgentState::Joining | AgentState::Left => {}
+        }
+        g.events.push(NewEvent {
+            data: serde_json::json!({ "from": t.from.as_str(), "to": t.to.as_str(), "cause": t.cause }),
+            ..event("agent.transition", Some(&t.agent), None, format!("{} → {}: {}", t.from, t.to, t.cause))
+        });
+        self.wake.notify_one();
+    }
+
+    /// Run the control loops until `cancel` fires: tick, probes, events, reconcile.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut bucket = TokenBucket::new(
+            self.cfg.reschedule_rate,
+            self.cfg.reschedule_burst,
+            self.clock.now(),
+        );
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                () = self.wake.notified() => {}
+            }
+            let now = self.clock.now();
+            let (probes, events) = {
+                let mut g = lock(&self.inner);
+                let mut outs = g.fleet().tick(now);
+                if let Some(deadline) = g.restart_deadline
+                    && now >= deadline
+                {
+                    g.restart_deadline = None;
+                    let stale: Vec<AgentId> = g
+                        .fleet
+                        .as_ref()
+                        .map(|f| {
+                            f.agents()
+                                .filter(|r| r.state() == AgentState::Joining)
+                                .map(|r| r.id().clone())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for id in stale {
+                        outs.extend(g.fleet().step(&id, AgentEvent::LeaseExpired, now));
+                    }
+                }
+                self.handle(&mut g, outs, now);
+                (std::mem::take(&mut g.probes), std::mem::take(&mut g.events))
+            };
+            for job in probes {
+                tokio::spawn(self.clone().probe(job));
+            }
+            if !events.is_empty() {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    for e in events {
+                        if let Err(err) = store.append_event(&e) {
+                            warn!(error = %err, "persist event");
+                        }
+                    }
+                });
+            }
+            self.reconcile(&mut bucket).await;
+        }
+        debug!("control loop stopped");
+    }
+
+    async fn probe(self: Arc<Self>, job: ProbeJob) {
+        let limit = self.cfg.probe_timeout;
+        let direct = match job.target {
+            Some(addr) => probe::direct(addr, limit).await,
+            None => vec![
+                (ProbeKind::Tcp, ProbeOutcome::Skipped),
+                (ProbeKind::Http, ProbeOutcome::Skipped),
+            ],
+        };
+        let mut indirect = Vec::new();
+        if let Some(addr) = job.target {
+            let mut waits = Vec::new();
+            {
+                let mut g = lock(&self.inner);
+                for (tx, id) in &job.helpers {
+                    let (wtx, wrx) = oneshot::channel();
+                    g.probe_waiters.insert(*id, wtx);
+                    send(
+                        tx,
+                        v1::server_message::Msg::Probe(v1::ProbeRequest {
+                            request_id: *id,
+                            target_addr: addr.to_string(),
+                            timeout_ms: ms(limit),
+                        }),
+                    );
+                    waits.push((*id, wrx));
+                }
+            }
+            for (id, w) in waits {
+                let outcome = tokio::time::timeout(limit * 2, w)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(ProbeOutcome::TimedOut);
+                lock(&self.inner).probe_waiters.remove(&id);
+                indirect.push(outcome);
+            }
+        }
+        let now = self.clock.now();
+        let report = ProbeReport {
+            round: job.round,
+            direct,
+            indirect,
+        };
+        debug!(agent = %job.agent, ?report, "probe round done");
+        let mut g = lock(&self.inner);
+        let outs = g.fleet().step(&job.agent, AgentEvent::Probes(report), now);
+        self.handle(&mut g, outs, now);
+    }
+
+    /// Plan and execute once.
+    async fn reconcile(&self, bucket: &mut TokenBucket) {
+        let now = self.clock.now();
+        let (actions, resources) = {
+            let mut g = lock(&self.inner);
+            let brake = g.fleet.as_ref().is_some_and(Fleet::brake_engaged);
+            g.observed.brake_engaged = brake;
+            g.observed.reschedule_budget = bucket.available(now);
+            let actions = plan(&self.cfg.planner, &g.desired, &g.observed, now);
+            let resources: HashMap<JobName, Resources> = g
+                .desired
+                .iter()
+                .map(|(n, j)| (n.clone(), j.resources))
+                .collect();
+            (actions, resources)
+        };
+        if actions.is_empty() {
+            return;
+        }
+        let mut moved = 0u32;
+        for action in actions {
+            if matches!(action, Action::Reschedule { .. } | Action::Evict { .. }) {
+                moved += 1;
+            }
+            self.execute(action, &resources, now).await;
+        }
+        bucket.take(moved, now);
+    }
+
+    async fn execute(&self, action: Action, resources: &HashMap<JobName, Resources>, now: Time) {
+        let res_of = |j: &JobName| resources.get(j).copied().unwrap_or_default();
+        // 1. Persist (fenced) before anything is sent.
+        let write = {
+            let g = lock(&self.inner);
+            let slot_epoch = |task: &TaskId| {
+                g.observed
+                    .tasks
+                    .get(&task.job)
+                    .and_then(|s| s.get(task.index as usize))
+                    .map_or(FencingToken::NONE, |t| t.epoch)
+            };
+            match &action {
+                Action::Start {
+                    task, epoch, agent, ..
+                }
+                | Action::Reschedule {
+                    task,
+                    epoch,
+                    to: agent,
+                    ..
+                } => Some(WriteOp::CasTask {
+                    expected: slot_epoch(task),
+                    record: TaskRecord {
+                        task: task.clone(),
+                        epoch: *epoch,
+                        agent: Some(agent.clone()),
+                        state: TaskState::Starting,
+                        failures: failures_of(&g.observed, task),
+                        updated_unix_ms: unix_now_ms(),
+                    },
+                }),
+                Action::Evict { task, epoch, .. } => Some(WriteOp::CasTask {
+                    expected: slot_epoch(task),
+                    record: TaskRecord {
+                        task: task.clone(),
+                        epoch: *epoch,
+                        agent: None,
+                        state: TaskState::Pending,
+                        failures: 0,
+                        updated_unix_ms: unix_now_ms(),
+                    },
+                }),
+                Action::Stop { .. } | Action::Quarantine { .. } | Action::Alarm(_) => None,
+            }
+        };
+        if let Some(op) = write {
+            let store = self.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.apply(&[op])).await;
+            match result {
+                Ok(Ok(outcome)) if outcome.is_applied() => {}
+                Ok(Ok(warden_store::BatchOutcome::Conflict {
+                    current,
+                    stored_epoch,
+                    ..
+                })) => {
+                    // Our view was stale (e.g. a job re-created under an old name keeps its
+                    // slots' epochs): adopt the store's and plan again.
+                    warn!(
+                        ?action,
+                        stored = stored_epoch.0,
+                        "fenced write lost; refreshing the slot"
+                    );
+                    if let Some(task) = action_task(&action) {
+                        let mut g = lock(&self.inner);
+                        let slots = g.observed.tasks.entry(task.job.clone()).or_default();
+                        let i = task.index as usize;
+                        if slots.len() <= i {
+                            slots.resize_with(i + 1, TaskView::pending);
+                        }
+                        slots[i] = current.map_or_else(
+                            || TaskView {
+                                epoch: stored_epoch,
+                                ..TaskView::pending()
+                            },
+                            |r| r.to_view(),
+                        );
+                    }
+                    return;
+                }
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => {
+                    warn!(?action, error = %e, "persist assignment");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "persist assignment task panicked");
+                    return;
+                }
+            }
+        }
+        // 2. Apply to the in-memory view and send.
+        let mut g = lock(&self.inner);
+        apply(&mut g.observed, std::slice::from_ref(&action), res_of);
+        match &action {
+            Action::Start {
+                task, epoch, agent, ..
+            } => {
+                g.events.push(event(
+                    "task.start",
+                    Some(agent),
+                    Some(task),
+                    format!("start {task}@{epoch} on {agent}"),
+                ));
+                self.send_assign(&g, task, *epoch, agent);
+            }
+            Action::Reschedule {
+                op,
+                task,
+                epoch,
+                from,
+                to,
+                ..
+            } => {
+                let detected = g.suspect_since.get(from).copied().unwrap_or(now);
+                let failed = g.failed_at.get(from).copied().unwrap_or(now);
+                let last_hb = g
+                    .fleet
+                    .as_ref()
+                    .and_then(|f| f.agent(from))
+                    .and_then(|r| r.last_heartbeat());
+                let cause = g.failed_cause.get(from).cloned().unwrap_or(Cause::Leave);
+                let has_health_check = g.desired.get(&task.job).is_some_and(|j| j.health.is_some());
+                let record = RecoveryRecord {
+                    op: op.clone(),
+                    task: task.clone(),
+                    epoch: *epoch,
+                    from: from.clone(),
+                    to: Some(to.clone()),
+                    last_heartbeat_at: last_hb,
+                    detected_at: detected,
+                    declared_failed_at: failed,
+                    replacement_ordered_at: now,
+                    replacement_started_at: None,
+                    replacement_healthy_at: None,
+                    outcome: Outcome::InProgress,
+                    cause,
+                };
+                if let Some(old) = g.recoveries.insert(
+                    task.clone(),
+                    Pending {
+                        record: record.clone(),
+                        has_health_check,
+                    },
+                ) {
+                    let mut old = old.record;
+                    old.outcome = Outcome::Superseded;
+                    self.persist_recovery(&mut g, old);
+                }
+                self.persist_recovery(&mut g, record);
+                g.events.push(event(
+                    "task.reschedule",
+                    Some(from),
+                    Some(task),
+                    format!("reschedule {task}@{epoch} from {from} to {to}"),
+                ));
+                info!(task = %task, %from, %to, epoch = epoch.0, "reschedule");
+                self.send_assign(&g, task, *epoch, to);
+            }
+            Action::Evict {
+                task, epoch, from, ..
+            } => {
+                g.events.push(event(
+                    "task.evict",
+                    Some(from),
+                    Some(task),
+                    format!("{task}@{epoch} evicted from {from}: no agent has room"),
+                ));
+            }
+            Action::Stop {
+                task,
+                epoch,
+                agent,
+                reason,
+                ..
+            } => {
+                if let Some(a) = agent
+                    && let Some(s) = g.sessions.get(&a.name)
+                    && &s.id == a
+                {
+                    send(
+                        &s.tx,
+                        v1::server_message::Msg::Stop(v1::StopTask {
+                            task: task.to_string(),
+                            epoch: epoch.0,
+                            grace_ms: ms(self.cfg.stop_grace),
+                        }),
+                    );
+                }
+                g.events.push(event(
+                    "task.stop",
+                    agent.as_ref(),
+                    Some(task),
+                    format!("stop {task}@{epoch}: {reason:?}"),
+                ));
+                let state = g
+                    .observed
+                    .tasks
+                    .get(&task.job)
+                    .and_then(|s| s.get(task.index as usize))
+                    .map(|t| (t.state, t.failures, t.epoch));
+                if let Some((state, failures, cur)) = state
+                    && cur == *epoch
+                {
+                    let store = self.store.clone();
+                    let (t, e) = (task.clone(), *epoch);
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(err) =
+                            store.put_task_state(&t, e, state, failures, unix_now_ms())
+                        {
+                            warn!(task = %t, error = %err, "persist stop");
+                        }
+                    });
+                }
+            }
+            Action::Quarantine { agent, .. } => {
+                g.events.push(event(
+                    "agent.cordon",
+                    Some(agent),
+                    None,
+                    format!("{agent} cordoned: flapping"),
+                ));
+            }
+            Action::Alarm(a) => {
+                let msg = match a {
+                    PlanAlarm::RescheduleFrozen { tasks } => {
+                        format!("{tasks} reschedules held by the mass-failure brake")
+                    }
+                    PlanAlarm::RateLimited { tasks } => {
+                        format!("{tasks} reschedules deferred by the rate limit")
+                    }
+                    PlanAlarm::NoCapacity { job, tasks } => {
+                        format!("no agent has room for {tasks} task(s) of {job}")
+                    }
+                };
+                if g.last_alarm.as_deref() != Some(msg.as_str()) {
+                    warn!("{msg}");
+                    g.events.push(event("alarm.plan", None, None, msg.clone()));
+                    g.last_alarm = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn send_assign(&self, g: &Inner, task: &TaskId, epoch: FencingToken, agent: &AgentId) {
+        let Some(spec) = g.desired.get(&task.job) else {
+            return;
+        };
+        let Some(s) = g.sessions.get(&agent.name) else {
+            return;
+        };
+        if &s.id != agent {
+            return;
+        }
+        let health_json = spec
+            .health
+            .as_ref()
+            .and_then(|h| serde_json::to_string(h).ok())
+            .unwrap_or_default();
+        send(
+            &s.tx,
+            v1::server_message::Msg::Assign(v1::Assign {
+                task: task.to_string(),
+                epoch: epoch.0,
+                singleton: spec.kind == JobKind::Singleton,
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                env: spec.env.clone().into_iter().collect(),
+                resources: Some(v1::Resources {
+                    cpu_millis: spec.resources.cpu_millis,
+                    memory_mb: spec.resources.memory_mb,
+                }),
+                health_json,
+            }),
+        );
+    }
+}
+
+fn action_task(a: &Action) -> Option<&TaskId> {
+    match a {
+        Action::Start { task, .. }
+        | Action::Reschedule { task, .. }
+        | Action::Evict { task, .. }
+        | Action::Stop { task, .. } => Some(task),
+        Action::Quarantine { .. } | Action::Alarm(_) => None,
+    }
+}
+
+fn failures_of(obs: &Observed, task: &TaskId) -> u32 {
+    obs.tasks
+        .get(&task.job)
+        .and_then(|s| s.get(task.index as usize))
+        .map_or(0, |t| t.failures)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new(ApiErrorKind::NotFound, what.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ApiErrorKind::Internal, format!("store: {e}"))
+}
+
+fn recovery_info(r: &RecoveryRecord) -> RecoveryInfo {
+    let split = r.split();
+    let ms_of = |d: Duration| ms(d);
+    RecoveryInfo {
+        op: r.op.to_string(),
+        task: r.task.to_string(),
+        epoch: r.epoch.0,
+        from: r.from.to_string(),
+        to: r.to.as_ref().map(ToString::to_string),
+        detected_at_unix_ms: Clock::unix_ms(r.detected_at),
+        declared_failed_at_unix_ms: Clock::unix_ms(r.declared_failed_at),
+        replacement_ordered_at_unix_ms: Clock::unix_ms(r.replacement_ordered_at),
+        replacement_started_at_unix_ms: r.replacement_started_at.map(Clock::unix_ms),
+        replacement_healthy_at_unix_ms: r.replacement_healthy_at.map(Clock::unix_ms),
+        rto_ms: r.rto().map(ms_of),
+        detection_ms: split.detection.map(ms_of),
+        confirmation_ms: ms_of(split.confirmation),
+        fencing_wait_ms: ms_of(split.fencing_wait),
+        start_up_ms: split.start_up.map(ms_of),
+        outcome: match r.outcome {
+            Outcome::InProgress => "in_progress",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Superseded => "superseded",
+        }
+        .to_string(),
+        cause: r.cause.to_string(),
+    }
+}
+
+impl ControlApi for ControlPlane {
+    fn agents(&self) -> Vec<AgentInfo> {
+        let now = self.clock.now();
+        let g = lock(&self.inner);
+        let Some(fleet) = g.fleet.as_ref() else {
+            return vec![];
+        };
+        let mut tasks_of: HashMap<&AgentId, Vec<String>> = HashMap::new();
+        let mut jobs: Vec<(&JobName, &Vec<TaskView>)> = g.observed.tasks.iter().collect();
+        jobs.sort_by(|a, b| a.0.cmp(b.0));
+        for (job, slots) in jobs {
+            for (i, t) in slots.iter().enumerate() {
+                if let Some(a) = &t.agent
+                    && matches!(
+                        t.state,
+                        TaskState::Starting | TaskState::Running | TaskState::Stopping
+                    )
+                {
+                    tasks_of.entry(a).or_default().push(format!("{job}/{i}"));
+                }
+            }
+        }
+        let mut newest: BTreeMap<&str, &warden_core::lifecycle::AgentRecord> = BTreeMap::new();
+        for r in fleet.agents() {
+            let e = newest.entry(&r.id().name).or_insert(r);
+            if r.id().generation > e.id().generation {
+                *e = r;
+            }
+        }
+        newest
+            .into_values()
+            .map(|r| {
+                let id = r.id();
+                let view = g.observed.agents.get(id);
+                AgentInfo {
+                    name: id.name.to_string(),
+                    generation: id.generation,
+                    state: r.state().as_str().to_string(),
+                    health_score: (r.score().0 * 10.0).round() / 10.0,
+                    last_heartbeat_ms_ago: r.last_heartbeat().map(|t| ms(now.saturating_since(t))),
+                    phi: {
+                        let p = r.suspicion(now);
+                        if p.is_finite() {
+                            (p * 100.0).round() / 100.0
+                        } else {
+                            1e9
+                        }
+                    },
+                    state_ms: ms(now.saturating_since(r.phase().since())),
+                    probe_addr: g
+                        .probe_addrs
+                        .get(id)
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    signals: *r.signals(),
+                    anomalies: r
+                        .anomalous_signals()
+                        .iter()
+                        .map(|k| k.as_str().to_string())
+                        .collect(),
+                    tasks: tasks_of.remove(id).unwrap_or_default(),
+                    cordoned: view.is_some_and(|v| v.cordoned),
+                }
+            })
+            .collect()
+    }
+
+    fn tasks(&self) -> Vec<TaskInfo> {
+        let g = lock(&self.inner);
+        let mut jobs: Vec<(&JobName, &Vec<TaskView>)> = g.observed.tasks.iter().collect();
+        jobs.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::new();
+        for (job, slots) in jobs {
+            for (i, t) in slots.iter().enumerate() {
+                out.push(TaskInfo {
+                    id: format!("{job}/{i}"),
+                    job: job.to_string(),
+                    agent: t.agent.as_ref().map(|a| a.name.to_string()),
+                    generation: t.agent.as_ref().map(|a| a.generation),
+                    state: t.state.as_str().to_string(),
+                    epoch: t.epoch.0,
+                    failures: t.failures,
+                });
+            }
+        }
+        out
+    }
+
+    fn jobs(&self) -> Result<Vec<JobInfo>, ApiError> {
+        let g = lock(&self.inner);
+        Ok(g.desired
+            .values()
+            .map(|spec| {
+                let running = g.observed.tasks.get(&spec.name).map_or(0, |s| {
+                    s.iter().filter(|t| t.state == TaskState::Running).count()
+                });
+                JobInfo {
+                    spec: spec.clone(),
+                    desired: spec.desired_count(),
+                    running: u32::try_from(running).unwrap_or(u32::MAX),
+                }
+            })
+            .collect())
+    }
+
+    fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
+        spec.validate()
+            .map_err(|e| ApiError::new(ApiErrorKind::Invalid, e.to_string()))?;
+        let existing = lock(&self.inner).desired.get(&spec.name).cloned();
+        let outcome = match existing {
+            Some(old) if old == spec => return Ok(SubmitOutcome::Unchanged),
+            Some(_) => SubmitOutcome::Updated,
+            None => SubmitOutcome::Created,
+        };
+        // Persist first: a job the API acknowledged survives a crash.
+        self.store.put_job(&spec).map_err(internal)?;
+        let mut g = lock(&self.inner);
+        g.events.push(event(
+            "job.submit",
+            None,
+            None,
+            format!("job {} {outcome:?}", spec.name),
+        ));
+        g.desired.insert(spec.name.clone(), spec);
+        drop(g);
+        self.wake.notify_one();
+        Ok(outcome)
+    }
+
+    fn delete_job(&self, name: &str) -> Result<(), ApiError> {
+        let job = JobName::new(name);
+        if !lock(&self.inner).desired.contains_key(&job) {
+            return Err(not_found(&format!("no job named {name:?}")));
+        }
+        self.store.delete_job(&job).map_err(internal)?;
+        let mut g = lock(&self.inner);
+        g.desired.remove(&job);
+        g.events.push(event(
+            "job.delete",
+            None,
+            None,
+            format!("job {name} deleted; stopping its tasks"),
+        ));
+        drop(g);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError> {
+        self.store.events_since(since, limit).map_err(internal)
+    }
+
+    fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError> {
+        let stored = self
+            .store
+            .list_recoveries(&warden_store::RecoveryQuery::all())
+            .map_err(internal)?;
+        Ok(stored.iter().map(|s| recovery_info(&s.record)).collect())
+    }
+
+    fn health(&self) -> HealthInfo {
+        let g = lock(&self.inner);
+        HealthInfo {
+            status: "ok".to_string(),
+            sessions: g.sessions.len(),
+            brake_engaged: g.fleet.as_ref().is_some_and(Fleet::brake_engaged),
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The REST API: routes, request parsing, error mapping and the limits that keep a busy or
+//! hostile client from hurting the control plane. It owns the HTTP edge only; every answer comes
+//! from a [`ControlApi`], and the JSON shapes are those of [`crate::view`]. `docs/api.md` is the
+//! user-facing reference.
+//!
+//! - [`router`] builds the routes with the default [`Limits`]; [`serve`] runs them on a listener
+//!   the caller bound, until a shutdown future completes.
+//! - Every failure is a JSON error with a stable [`ErrorCode`]; unknown routes (404) and wrong
+//!   methods (405) included.
+//! - A submitted job spec is parsed and validated before [`ControlApi::submit_job`] is called,
+//!   so a rejected request never changes what is stored.
+//! - [`ControlApi`] calls that may touch the store run on tokio's blocking pool.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run(api: std::sync::Arc<dyn warden_server::view::ControlApi>) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7401").await?;
+//! let shutdown = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! warden_server::http::serve(listener, api, shutdown).await
+//! # }
+//! ```
+
+mod error;
+mod job_body;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, LOCATION};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{BoxError, Json, Router};
+use serde::{Deserialize, Serialize};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+
+pub use self::error::ErrorCode;
+use self::error::HttpError;
+use crate::view::{
+    AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo, SubmitOutcome, TaskInfo,
+};
+
+/// Largest accepted request body, bytes (1 MiB). A larger body gets `413 payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Requests served at once (512) before new ones are shed with `503 overloaded`. Matches
+/// tokio's default blocking-pool size, which the store-touching calls run on.
+pub const MAX_CONCURRENT_REQUESTS: usize = 512;
+/// Longest a request may take (10 s) before it is answered with `503 timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After shutdown is signalled, how long [`serve`] waits for open connections to finish (15 s:
+/// the request timeout plus a margin) before it returns anyway.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+/// Events returned by `GET /v1/events` when `limit` is not given.
+pub const DEFAULT_EVENT_LIMIT: usize = 1000;
+/// Largest `limit` accepted by `GET /v1/events`.
+pub const MAX_EVENT_LIMIT: usize = 10_000;
+
+/// The protective limits of the API. [`Limits::default`] is what [`router`] and [`serve`] use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body, bytes (default [`MAX_BODY_BYTES`]).
+    pub max_body_bytes: usize,
+    /// Requests in flight before new ones are shed (default [`MAX_CONCURRENT_REQUESTS`]).
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take (default [`REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: MAX_BODY_BYTES,
+            max_concurrent_requests: MAX_CONCURRENT_REQUESTS,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+type Api = Arc<dyn ControlApi>;
+
+/// What every handler gets.
+#[derive(Clone)]
+struct AppState {
+    api: Api,
+    limits: Limits,
+}
+
+/// The REST API's routes over `api`, with the default [`Limits`].
+pub fn router(api: Arc<dyn ControlApi>) -> Router {
+    router_with_limits(api, Limits::default())
+}
+
+/// The REST API's routes over `api`, with the given limits.
+pub fn router_with_limits(api: Arc<dyn ControlApi>, limits: Limits) -> Router {
+    // Outermost first. `Router::layer` wraps each route separately, so the concurrency limit
+    // must be the *global* one (one semaphore shared by every route). Load shedding sits right
+    // above it: when no permit is free the request is answered at once instead of queued.
+    let protection = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(protection_error))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
+        .layer(TimeoutLayer::new(limits.request_timeout));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/v1/jobs/{name}", get(get_job).delete(delete_job))
+        .route("/v1/events", get(list_events))
+        .route("/v1/recoveries", get(list_recoveries))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(protection)
+        .with_state(AppState { api, limits })
+}
+
+/// Serve the REST API on `listener` until `shutdown` completes, then stop accepting, let open
+/// requests finish and return. The drain is bounded by [`DRAIN_DEADLINE`]: connections still
+/// open after it are abandoned (their requests are cut at [`REQUEST_TIMEOUT`] anyway).
+///
+/// The caller binds the listener, so tests can hand in `127.0.0.1:0`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<dyn ControlApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "REST API listening");
+    }
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("REST API shutting down: draining open requests");
+        let _ = signalled_tx.send(());
+    };
+    let server = axum::serve(listener, router(api))
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let drain_deadline = async move {
+        match signalled_rx.await {
+            Ok(()) => tokio::time::sleep(DRAIN_DEADLINE).await,
+            // The signal future was dropped without firing: the server ended by itself.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = drain_deadline => {
+            tracing::warn!(
+                deadline_ms = DRAIN_DEADLINE.as_millis() as u64,
+                "REST API drain deadline passed; abandoning open connections"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Answer for errors raised by the protection layers (shed load, timeout).
+async fn protection_error(err: BoxError) -> HttpError {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        HttpError::new(
+            ErrorCode::Overloaded,
+            "too many requests in flight; retry later",
+        )
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        HttpError::new(
+            ErrorCode::Timeout,
+            "the request took too long; a write may still have been applied, retry to be sure",
+        )
+    } else {
+        tracing::error!(error = %err, "REST API middleware failed");
+        HttpError::new(ErrorCode::Internal, format!("request failed: {err}"))
+    }
+}
+
+async fn unknown_route(request: Request) -> HttpError {
+    HttpError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> HttpError {
+    HttpError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}; see the Allow header",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Run `f` on tokio's blocking pool: it may wait on the store, which must not stall the
+/// runtime's worker threads.
+async fn blocking<T, F>(api: &Api, f: F) -> Result<T, HttpError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn ControlApi) -> Result<T, HttpError> + Send + 'static,
+{
+    let api = Arc::clone(api);
+    match tokio::task::spawn_blocking(move || f(api.as_ref())).await {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => {
+            tracing::error!(error = %join, "control plane call panicked");
+            Err(HttpError::new(
+                ErrorCode::Internal,
+                "the control plane failed while serving the request",
+            ))
+        }
+        Err(_) => Err(HttpError::new(
+            ErrorCode::Unavailable,
+            "the server is shutting down",
+        )),
+    }
+}
+
+fn query_error(rejection: QueryRejection) -> HttpError {
+    HttpError::new(ErrorCode::InvalidQuery, rejection.body_text())
+}
+
+fn path_error(rejection: PathRejection) -> HttpError {
+    HttpError::new(ErrorCode::InvalidPath, rejection.body_text())
+}
+
+fn api_error(err: crate::view::ApiError) -> HttpError {
+    HttpError::from_api(err, ErrorCode::InvalidRequest)
+}
+
+fn no_such_job(name: &str) -> HttpError {
+    HttpError::new(ErrorCode::NotFound, format!("no job named {name:?}"))
+}
+
+// In-memory reads (infallible by their signature) are answered on the worker thread.
+
+async fn healthz(State(AppState { api, .. }): State<AppState>) -> Json<HealthInfo> {
+    Json(api.health())
+}
+
+async fn list_agents(State(AppState { api, .. }): State<AppState>) -> Json<Vec<AgentInfo>> {
+    Json(api.agents())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TasksQuery {
+    /// Only the tasks of this job.
+    job: Option<String>,
+}
+
+async fn list_tasks(
+    State(AppState { api, .. }): State<AppState>,
+    query: Result<Query<TasksQuery>, QueryRejection>,
+) -> Result<Json<Vec<TaskInfo>>, HttpError> {
+    let Query(query) = query.map_err(query_error)?;
+    let mut tasks = api.tasks();
+    if let Some(job) = &query.job {
+        tasks.retain(|t| &t.job == job);
+    }
+    Ok(Json(tasks))
+}
+
+async fn list_jobs(
+    State(AppState { api, .. }): State<AppState>,
+) -> Result<Json<Vec<JobInfo>>, HttpError> {
+    blocking(&api, |api| api.jobs().map_err(api_error))
+        .await
+        .map(Json)
+}
+
+async fn get_job(
+    State(AppState { api, .. }): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobInfo>, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    blocking(&api, move |api| {
+        let jobs = api.jobs().map_err(api_error)?;
+        jobs.into_iter()
+            .find(|j| j.spec.name.as_str() == name)
+            .ok_or_else(|| no_such_job(&name))
+    })
+    .await
+    .map(Json)
+}
+
+/// What `POST /v1/jobs` and `DELETE /v1/jobs/{name}` answer.
+#[derive(Debug, Serialize)]
+struct JobChange {
+    job: String,
+    /// created, updated, unchanged or deleted.
+    outcome: &'static str,
+}
+
+async fn submit_job(
+    State(AppState { api, limits }): State<AppState>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    let format = job_body::body_format(request.headers())?;
+    // Refuse an announced oversized body before reading any of it (a client that sent
+    // `Expect: 100-continue` then never has to send it). The body limit catches the rest.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = limits.max_body_bytes;
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| body_error(rejection, limit))?;
+    let (name, outcome) = blocking(&api, move |api| {
+        let spec = job_body::parse_job_spec(format, &body)?;
+        job_body::check_job_spec(&spec)?;
+        let name = spec.name.to_string();
+        let outcome = api
+            .submit_job(spec)
+            .map_err(|e| HttpError::from_api(e, ErrorCode::InvalidJobSpec))?;
+        Ok((name, outcome))
+    })
+    .await?;
+    let (status, outcome) = match outcome {
+        SubmitOutcome::Created => (StatusCode::CREATED, "created"),
+        SubmitOutcome::Updated => (StatusCode::OK, "updated"),
+        SubmitOutcome::Unchanged => (StatusCode::OK, "unchanged"),
+    };
+    tracing::info!(job = %name, outcome, "job submitted");
+    // The name passed validation (ASCII letters, digits, '-', '_', '.'), so it is a valid
+    // header value and needs no escaping in a path.
+    let location = HeaderValue::try_from(format!("/v1/jobs/{name}")).ok();
+    let mut response = (status, Json(JobChange { job: name, outcome })).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn too_large(limit: usize) -> HttpError {
+    HttpError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+fn body_error(rejection: BytesRejection, limit: usize) -> HttpError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(limit)
+    } else {
+        HttpError::new(ErrorCode::MalformedBody, rejection.body_text())
+    }
+}
+
+async fn delete_job(
+    State(AppState { api, .. }): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobChange>, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    blocking(&api, move |api| {
+        api.delete_job(&name).map_err(api_error)?;
+        tracing::info!(job = %name, "job deleted");
+        Ok(Json(JobChange {
+            job: name,
+            outcome: "deleted",
+        }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only events with a larger sequence number.
+    #[serde(default)]
+    since: u64,
+    /// At most this many events.
+    #[serde(default = "default_event_limit")]
+    limit: usize,
+}
+
+fn default_event_limit() -> usize {
+    DEFAULT_EVENT_LIMIT
+}
+
+async fn list_events(
+    State(AppState { api, .. }): State<AppState>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Vec<EventInfo>>, HttpError> {
+    let Query(query) = query.map_err(query_error)?;
+    if !(1..=MAX_EVENT_LIMIT).contains(&query.limit) {
+        return Err(HttpError::new(
+            ErrorCode::InvalidQuery,
+            format!("limit must be between 1 and {MAX_EVENT_LIMIT}"),
+        ));
+    }
+    blocking(&api, move |api| {
+        api.events(query.since, query.limit).map_err(api_error)
+    })
+    .await
+    .map(Json)
+}
+
+async fn list_recoveries(
+    State(AppState { api, .. }): State<AppState>,
+) -> Result<Json<Vec<RecoveryInfo>>, HttpError> {
+    blocking(&api, |api| api.recoveries().map_err(api_error))
+        .await
+        .map(Json)
+}

@@ -1,0 +1,63 @@
+//! `warden server`: wires the store, the control plane, the gRPC session service and the REST
+//! API together. The server never binds its own sockets: it is handed listeners (tests pass
+//! `127.0.0.1:0`) and a cancellation token, and shuts down in order when it fires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use warden_proto::v1::agent_session_server::AgentSessionServer;
+use warden_store::Store;
+
+use crate::control::{ControlConfig, ControlPlane, StartError};
+use crate::session::SessionService;
+use crate::view::ControlApi;
+
+/// Errors running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The gRPC listener failed.
+    #[error("serve gRPC: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP listener failed.
+    #[error("serve HTTP: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Run a server on `store` until `cancel` fires.
+pub async fn run(
+    store: Arc<dyn Store>,
+    cfg: ControlConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let cp = ControlPlane::new(store, cfg)?;
+    info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "warden server listening");
+    let control = tokio::spawn(cp.clone().run(cancel.child_token()));
+    let service = AgentSessionServer::new(SessionService::new(cp.clone(), cancel.child_token()))
+        .max_decoding_message_size(1 << 20);
+    let grpc_cancel = cancel.clone();
+    let grpc_task = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_cancel.cancelled_owned());
+    let api: Arc<dyn ControlApi> = cp.clone();
+    let http_cancel = cancel.clone();
+    let http_task = crate::http::serve(http, api, http_cancel.cancelled_owned());
+    let (g, h) = tokio::join!(grpc_task, http_task);
+    cancel.cancel();
+    let _ = control.await;
+    g?;
+    h?;
+    info!("warden server stopped");
+    Ok(())
+}

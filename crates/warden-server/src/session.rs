@@ -1,0 +1,107 @@
+//! The gRPC session service: one long-lived bidirectional stream per agent.
+//!
+//! The handler is thin: it decodes each agent message and hands it to the
+//! [`ControlPlane`](crate::control::ControlPlane); everything the control plane wants to tell
+//! the agent goes out through the session's channel. When the stream ends — cleanly, by a
+//! reset, or by an HTTP/2 keepalive failure — the control plane learns that the session was
+//! lost. A *silent* partition produces no stream error at all; the liveness detector catches
+//! it from the missing heartbeats.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+use warden_proto::v1::agent_message::Msg;
+use warden_proto::v1::agent_session_server::AgentSession;
+use warden_proto::v1::{AgentMessage, ServerMessage};
+
+use crate::control::ControlPlane;
+
+/// How long an agent has to say Hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outbound messages queued per session before new ones are dropped (the agent is too slow
+/// or gone; the lifecycle will notice).
+const OUTBOUND_QUEUE: usize = 256;
+
+/// The `AgentSession` service.
+pub struct SessionService {
+    cp: Arc<ControlPlane>,
+    cancel: CancellationToken,
+}
+
+impl SessionService {
+    /// A service feeding `cp`, whose streams end when `cancel` fires.
+    pub fn new(cp: Arc<ControlPlane>, cancel: CancellationToken) -> Self {
+        SessionService { cp, cancel }
+    }
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AgentSession for SessionService {
+    type SessionStream = Outbound;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 5s"))??;
+        let hello = match first {
+            Some(AgentMessage {
+                msg: Some(Msg::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello",
+                ));
+            }
+        };
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let who = self
+            .cp
+            .admit(&hello, tx)
+            .map_err(Status::failed_precondition)?;
+        let cp = self.cp.clone();
+        let cancel = self.cancel.child_token();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    m = inbound.message() => m,
+                };
+                match msg {
+                    Ok(Some(AgentMessage { msg: Some(m) })) => match m {
+                        Msg::Heartbeat(hb) => cp.heartbeat(&who, &hb),
+                        Msg::TaskReport(r) => cp.task_report(&who, &r),
+                        Msg::ProbeResult(r) => cp.probe_result(&r),
+                        Msg::Leave(_) => cp.leave(&who),
+                        Msg::Hello(_) => {
+                            warn!(agent = %who.id, "second Hello on one session ignored");
+                        }
+                    },
+                    Ok(Some(AgentMessage { msg: None })) => {}
+                    Ok(None) => {
+                        debug!(agent = %who.id, "session closed by the agent");
+                        break;
+                    }
+                    Err(status) => {
+                        debug!(agent = %who.id, %status, "session broke");
+                        break;
+                    }
+                }
+            }
+            cp.session_closed(&who);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

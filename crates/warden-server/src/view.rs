@@ -1,0 +1,189 @@
+//! What the control plane shows to the outside: the JSON shapes of the REST API and the
+//! [`ControlApi`] trait the HTTP layer calls. Wire shapes are kept apart from the core's types
+//! on purpose: the core may change its internals without breaking scripts.
+//!
+//! Times in these shapes are wall-clock milliseconds since the Unix epoch (`*_unix_ms`) or
+//! durations in milliseconds (`*_ms`, `*_ms_ago`).
+
+use serde::{Deserialize, Serialize};
+use warden_core::{JobSpec, Signals};
+
+/// An agent (its newest generation), as `GET /v1/agents` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Agent name.
+    pub name: String,
+    /// Generation (grows on every agent start).
+    pub generation: u64,
+    /// Lifecycle state, lower case: joining, healthy, degraded, suspect, failed, quarantined, left.
+    pub state: String,
+    /// Health score 0–100.
+    pub health_score: f64,
+    /// Milliseconds since its last heartbeat arrived (`null` before the first).
+    pub last_heartbeat_ms_ago: Option<u64>,
+    /// The liveness detector's suspicion now (φ for phi accrual).
+    pub phi: f64,
+    /// Milliseconds in the current state.
+    pub state_ms: u64,
+    /// host:port of its probe listener.
+    pub probe_addr: String,
+    /// Latest signals.
+    pub signals: Signals,
+    /// Signals currently anomalous.
+    pub anomalies: Vec<String>,
+    /// Tasks assigned to it ("job/index").
+    pub tasks: Vec<String>,
+    /// Cordoned: receives no new work.
+    pub cordoned: bool,
+}
+
+/// A task slot, as `GET /v1/tasks` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// "job/index".
+    pub id: String,
+    /// Job name.
+    pub job: String,
+    /// Agent name, or `null` when unassigned.
+    pub agent: Option<String>,
+    /// That agent's generation.
+    pub generation: Option<u64>,
+    /// pending, starting, running, stopping, stopped, failed.
+    pub state: String,
+    /// Fencing token of the current assignment.
+    pub epoch: u64,
+    /// Failures in a row.
+    pub failures: u32,
+}
+
+/// A job, as `GET /v1/jobs` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The spec as submitted.
+    pub spec: JobSpec,
+    /// Copies wanted.
+    pub desired: u32,
+    /// Copies reported running.
+    pub running: u32,
+}
+
+/// What `POST /v1/jobs` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmitOutcome {
+    /// A new job.
+    Created,
+    /// An existing job's spec changed.
+    Updated,
+    /// The same spec was already stored.
+    Unchanged,
+}
+
+/// A recovery, as `GET /v1/recoveries` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryInfo {
+    /// Operation id.
+    pub op: String,
+    /// Task moved.
+    pub task: String,
+    /// New fencing token.
+    pub epoch: u64,
+    /// Agent it was lost on ("name#generation").
+    pub from: String,
+    /// Agent it moved to.
+    pub to: Option<String>,
+    /// When the lost agent turned Suspect.
+    pub detected_at_unix_ms: u64,
+    /// When it was declared Failed.
+    pub declared_failed_at_unix_ms: u64,
+    /// When the replacement was ordered.
+    pub replacement_ordered_at_unix_ms: u64,
+    /// When the replacement ran.
+    pub replacement_started_at_unix_ms: Option<u64>,
+    /// When the replacement was healthy.
+    pub replacement_healthy_at_unix_ms: Option<u64>,
+    /// Detection → healthy replacement, ms.
+    pub rto_ms: Option<u64>,
+    /// Last heartbeat → Suspect, ms.
+    pub detection_ms: Option<u64>,
+    /// Suspect → Failed, ms.
+    pub confirmation_ms: u64,
+    /// Failed → ordered (the fencing rule's wait), ms.
+    pub fencing_wait_ms: u64,
+    /// Ordered → healthy, ms.
+    pub start_up_ms: Option<u64>,
+    /// in_progress, succeeded, failed, superseded.
+    pub outcome: String,
+    /// Why the agent was declared Failed.
+    pub cause: String,
+}
+
+/// One entry of the event log (`GET /v1/events`).
+pub use warden_store::StoredEvent as EventInfo;
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthInfo {
+    /// Always "ok" when the server answers.
+    pub status: String,
+    /// Agents with an open session.
+    pub sessions: usize,
+    /// Whether the mass-failure brake is engaged.
+    pub brake_engaged: bool,
+}
+
+/// Why an API call failed. The HTTP layer maps the kind to a status code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub kind: ApiErrorKind,
+    /// What went wrong, naming the offending field or object.
+    pub message: String,
+}
+
+/// Kinds of API failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// The request is malformed or impossible (400 / 422).
+    Invalid,
+    /// The object does not exist (404).
+    NotFound,
+    /// The request conflicts with the current state (409).
+    Conflict,
+    /// The server cannot serve it now, try again (503).
+    Unavailable,
+    /// A bug or a storage failure (500).
+    Internal,
+}
+
+impl ApiError {
+    /// An error of `kind`.
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The control plane as the REST API sees it. Calls are synchronous and quick (they read
+/// in-memory state or the embedded store).
+pub trait ControlApi: Send + Sync + 'static {
+    /// Every agent, newest generation of each name, by name.
+    fn agents(&self) -> Vec<AgentInfo>;
+    /// Every task slot, by job then index.
+    fn tasks(&self) -> Vec<TaskInfo>;
+    /// Every job, by name.
+    fn jobs(&self) -> Result<Vec<JobInfo>, ApiError>;
+    /// Create or update a job. The spec has been parsed but not validated yet.
+    fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError>;
+    /// Stop and remove a job.
+    fn delete_job(&self, name: &str) -> Result<(), ApiError>;
+    /// Events with `seq > since`, oldest first, at most `limit`.
+    fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError>;
+    /// Recovery records, oldest first.
+    fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError>;
+    /// Liveness of the server itself.
+    fn health(&self) -> HealthInfo;
+}

@@ -1,0 +1,372 @@
+//! The operator's commands: `job`, `agents`, `tasks`, `events`, `report`. They talk to the
+//! server's REST API (`WARDEN_ADDR`, default `http://127.0.0.1:7401`) and print tables for
+//! people or JSON for scripts (`--output json`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::client::Client;
+
+/// How to print results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Options every API command takes.
+#[derive(Clone, Debug, Args)]
+pub struct ApiOpts {
+    /// REST address of the Warden server.
+    #[arg(
+        long,
+        env = "WARDEN_ADDR",
+        default_value = "http://127.0.0.1:7401",
+        global = true
+    )]
+    pub addr: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+/// `warden job …`
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job spec (TOML; see docs/jobs.md). Creates the job or updates it.
+    Run {
+        /// The job file.
+        file: PathBuf,
+    },
+    /// List jobs.
+    Ls,
+    /// Stop a job's tasks and remove it.
+    Stop {
+        /// Job name.
+        name: String,
+    },
+}
+
+/// `warden report …`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Every recovery with its RTO and where the time went, and a summary.
+    Recoveries,
+}
+
+/// Print `rows` under `headers`, columns aligned.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            s.push_str(c);
+            if i + 1 < cells.len() {
+                s.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".to_string(),
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Rows of `GET /v1/agents` for a table.
+pub fn agent_rows(v: &Value) -> Vec<Vec<String>> {
+    items(v)
+        .iter()
+        .map(|a| {
+            let tasks = a.get("tasks").and_then(Value::as_array).map_or(0, Vec::len);
+            vec![
+                s(a, "name"),
+                s(a, "generation"),
+                s(a, "state"),
+                s(a, "health_score"),
+                a.get("last_heartbeat_ms_ago")
+                    .and_then(Value::as_u64)
+                    .map_or("-".into(), |m| format!("{m} ms")),
+                s(a, "phi"),
+                tasks.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// Headers matching [`agent_rows`].
+pub const AGENT_HEADERS: [&str; 7] = [
+    "NAME",
+    "GEN",
+    "STATE",
+    "SCORE",
+    "LAST HEARTBEAT",
+    "PHI",
+    "TASKS",
+];
+
+/// Rows of `GET /v1/tasks` for a table.
+pub fn task_rows(v: &Value) -> Vec<Vec<String>> {
+    items(v)
+        .iter()
+        .map(|t| {
+            vec![
+                s(t, "id"),
+                s(t, "state"),
+                s(t, "agent"),
+                s(t, "epoch"),
+                s(t, "failures"),
+            ]
+        })
+        .collect()
+}
+
+/// Headers matching [`task_rows`].
+pub const TASK_HEADERS: [&str; 5] = ["TASK", "STATE", "AGENT", "EPOCH", "FAILURES"];
+
+/// Rows of `GET /v1/recoveries` for a table.
+pub fn recovery_rows(v: &Value) -> Vec<Vec<String>> {
+    let ms = |r: &Value, k: &str| {
+        r.get(k)
+            .and_then(Value::as_u64)
+            .map_or("-".into(), |m| format!("{m}"))
+    };
+    items(v)
+        .iter()
+        .map(|r| {
+            vec![
+                s(r, "task"),
+                s(r, "from"),
+                s(r, "to"),
+                s(r, "outcome"),
+                ms(r, "rto_ms"),
+                ms(r, "detection_ms"),
+                ms(r, "confirmation_ms"),
+                ms(r, "fencing_wait_ms"),
+                ms(r, "start_up_ms"),
+                s(r, "cause"),
+            ]
+        })
+        .collect()
+}
+
+/// Headers matching [`recovery_rows`].
+pub const RECOVERY_HEADERS: [&str; 10] = [
+    "TASK", "FROM", "TO", "OUTCOME", "RTO ms", "DETECT", "CONFIRM", "FENCE", "START", "CAUSE",
+];
+
+/// `warden job …`
+pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
+    let client = Client::new(&opts.addr)?;
+    match cmd {
+        JobCommand::Run { file } => {
+            let body =
+                std::fs::read(file).with_context(|| format!("read job file {}", file.display()))?;
+            let ct = if file.extension().is_some_and(|e| e == "json") {
+                "application/json"
+            } else {
+                "application/toml"
+            };
+            let v = client
+                .request("POST", "/v1/jobs", Some(ct), &body)?
+                .json()?;
+            match opts.output {
+                OutputFormat::Json => print_json(&v)?,
+                OutputFormat::Table => println!("job {} {}", s(&v, "job"), s(&v, "outcome")),
+            }
+        }
+        JobCommand::Ls => {
+            let v = client.get("/v1/jobs")?;
+            match opts.output {
+                OutputFormat::Json => print_json(&v)?,
+                OutputFormat::Table => {
+                    let rows: Vec<Vec<String>> = items(&v)
+                        .iter()
+                        .map(|j| {
+                            let spec = j.get("spec").cloned().unwrap_or(Value::Null);
+                            vec![
+                                s(&spec, "name"),
+                                s(&spec, "kind"),
+                                s(j, "desired"),
+                                s(j, "running"),
+                                s(&spec, "command"),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        table(&["NAME", "KIND", "DESIRED", "RUNNING", "COMMAND"], &rows)
+                    );
+                }
+            }
+        }
+        JobCommand::Stop { name } => {
+            let v = client
+                .request("DELETE", &format!("/v1/jobs/{name}"), None, b"")?
+                .json()?;
+            match opts.output {
+                OutputFormat::Json => print_json(&v)?,
+                OutputFormat::Table => println!("job {name} stopped"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `warden agents`
+pub fn agents(opts: &ApiOpts) -> Result<()> {
+    let v = Client::new(&opts.addr)?.get("/v1/agents")?;
+    match opts.output {
+        OutputFormat::Json => print_json(&v),
+        OutputFormat::Table => {
+            print!("{}", table(&AGENT_HEADERS, &agent_rows(&v)));
+            Ok(())
+        }
+    }
+}
+
+/// `warden tasks`
+pub fn tasks(opts: &ApiOpts) -> Result<()> {
+    let v = Client::new(&opts.addr)?.get("/v1/tasks")?;
+    match opts.output {
+        OutputFormat::Json => print_json(&v),
+        OutputFormat::Table => {
+            print!("{}", table(&TASK_HEADERS, &task_rows(&v)));
+            Ok(())
+        }
+    }
+}
+
+/// `warden events [--follow] [--since N]`
+pub fn events(opts: &ApiOpts, follow: bool, since: u64) -> Result<()> {
+    let client = Client::new(&opts.addr)?;
+    let mut since = since;
+    loop {
+        let v = client.get(&format!("/v1/events?since={since}&limit=1000"))?;
+        for e in items(&v) {
+            since = since.max(e.get("seq").and_then(Value::as_u64).unwrap_or(since));
+            match opts.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string(e)?),
+                OutputFormat::Table => println!(
+                    "{:>6}  {}  {:<18}  {:<16}  {}",
+                    s(e, "seq"),
+                    fmt_unix_ms(e.get("unix_ms").and_then(Value::as_u64).unwrap_or(0)),
+                    s(e, "kind"),
+                    e.get("agent")
+                        .and_then(Value::as_str)
+                        .or_else(|| e.get("task").and_then(Value::as_str))
+                        .unwrap_or("-"),
+                    s(e, "message")
+                ),
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `warden report recoveries`
+pub fn report(cmd: &ReportCommand, opts: &ApiOpts) -> Result<()> {
+    let ReportCommand::Recoveries = cmd;
+    let v = Client::new(&opts.addr)?.get("/v1/recoveries")?;
+    if opts.output == OutputFormat::Json {
+        return print_json(&v);
+    }
+    print!("{}", table(&RECOVERY_HEADERS, &recovery_rows(&v)));
+    let mut rtos: Vec<u64> = items(&v)
+        .iter()
+        .filter_map(|r| r.get("rto_ms").and_then(Value::as_u64))
+        .collect();
+    rtos.sort_unstable();
+    let ended = items(&v)
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.get("outcome").and_then(Value::as_str),
+                Some("succeeded" | "failed")
+            )
+        })
+        .count();
+    let ok = items(&v)
+        .iter()
+        .filter(|r| r.get("outcome").and_then(Value::as_str) == Some("succeeded"))
+        .count();
+    let pct =
+        |q: f64| warden_core::qos::percentile(&rtos, q).map_or("-".into(), |m| format!("{m} ms"));
+    println!(
+        "\n{} recoveries, success rate {}, RTO p50 {}, p99 {}, max {}",
+        items(&v).len(),
+        if ended == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", 100.0 * ok as f64 / ended as f64)
+        },
+        pct(0.5),
+        pct(0.99),
+        rtos.last().map_or("-".into(), |m| format!("{m} ms"))
+    );
+    Ok(())
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
+pub fn fmt_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(t, "A     LONGER\nxxxx  y\n");
+        assert_eq!(fmt_unix_ms(3_723_004), "01:02:03.004");
+    }
+}

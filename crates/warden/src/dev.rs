@@ -1,0 +1,258 @@
+//! `warden dev`: a whole cluster on this machine in one command — a server and N agents as
+//! separate processes on loopback, the embedded store under a data directory, two sample jobs,
+//! and a live table until Ctrl-C, after which every process is stopped (SIGTERM, then SIGKILL
+//! after a deadline) and none is left behind.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::cli;
+use crate::client::Client;
+
+/// `warden dev` flags.
+#[derive(Clone, Debug, Args)]
+pub struct DevArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 3)]
+    pub agents: u32,
+    /// Directory for the store, agent data and every process's log.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "warden-dev")]
+    pub data_dir: PathBuf,
+    /// Server address for agent sessions.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub grpc_addr: SocketAddr,
+    /// Server address for the REST API.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub http_addr: SocketAddr,
+    /// Do not submit the sample jobs.
+    #[arg(long)]
+    pub no_jobs: bool,
+    /// Print one status line every few seconds instead of a live table.
+    #[arg(long)]
+    pub plain: bool,
+    /// Stop by itself after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub duration: u64,
+}
+
+const SAMPLE_JOBS: [(&str, &str); 2] = [
+    (
+        "ticker",
+        "name = \"ticker\"\nkind = \"singleton\"\ncommand = \"{exe}\"\nargs = [\"workload\", \"sleep\"]\n[resources]\ncpu_millis = 100\nmemory_mb = 32\n",
+    ),
+    (
+        "web",
+        "name = \"web\"\nkind = \"service\"\nreplicas = 2\ncommand = \"{exe}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"5\"]\n[resources]\ncpu_millis = 100\nmemory_mb = 32\n",
+    ),
+];
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+fn spawn(exe: &Path, name: &str, args: &[String], logs: &Path) -> Result<Proc> {
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))
+        .with_context(|| format!("create log for {name}"))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {name}"))?;
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+    })
+}
+
+async fn stop_all(procs: &mut Vec<Proc>) {
+    // Agents first (they stop their tasks), then the server.
+    for p in procs.iter().rev() {
+        if let Some(pid) = p.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for p in procs.iter_mut().rev() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(left, p.child.wait()).await.is_err() {
+            eprintln!("{} did not stop in time; killing it", p.name);
+            let _ = p.child.kill().await;
+        }
+    }
+    procs.clear();
+}
+
+async fn wait_healthy(client: &Client, server: &mut Proc) -> Result<()> {
+    for _ in 0..100 {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!("the server exited ({status}); see its log");
+        }
+        let c = client.clone();
+        if tokio::task::spawn_blocking(move || c.get("/healthz"))
+            .await?
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server did not answer /healthz within 10 s")
+}
+
+fn render(client: &Client) -> Result<String> {
+    let agents = client.get("/v1/agents")?;
+    let tasks = client.get("/v1/tasks")?;
+    let recoveries = client.get("/v1/recoveries")?;
+    let mut out = String::new();
+    out.push_str("AGENTS\n");
+    out.push_str(&cli::table(&cli::AGENT_HEADERS, &cli::agent_rows(&agents)));
+    out.push_str("\nTASKS\n");
+    out.push_str(&cli::table(&cli::TASK_HEADERS, &cli::task_rows(&tasks)));
+    let rows = cli::recovery_rows(&recoveries);
+    let recent: Vec<Vec<String>> = rows.iter().rev().take(5).rev().cloned().collect();
+    out.push_str(&format!("\nRECOVERIES ({} in all, latest 5)\n", rows.len()));
+    out.push_str(&cli::table(&cli::RECOVERY_HEADERS, &recent));
+    Ok(out)
+}
+
+/// Run the dev cluster.
+pub async fn run(args: &DevArgs) -> Result<()> {
+    if args.agents == 0 || args.agents > 64 {
+        bail!("--agents must be between 1 and 64");
+    }
+    let exe = std::env::current_exe().context("find the warden executable")?;
+    let logs = args.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let mut procs = Vec::new();
+    let server_args = vec![
+        "server".to_string(),
+        "--data-dir".into(),
+        args.data_dir.join("server").display().to_string(),
+        "--grpc-addr".into(),
+        args.grpc_addr.to_string(),
+        "--http-addr".into(),
+        args.http_addr.to_string(),
+    ];
+    procs.push(spawn(&exe, "server", &server_args, &logs)?);
+    let client = Client::new(&format!("http://{}", args.http_addr))?;
+    let result = async {
+        wait_healthy(&client, &mut procs[0]).await?;
+        for i in 1..=args.agents {
+            let name = format!("agent-{i}");
+            let a = vec![
+                "agent".to_string(),
+                "--server".into(),
+                args.grpc_addr.to_string(),
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                args.data_dir.join(&name).display().to_string(),
+                "--cpu-millis".into(),
+                "2000".into(),
+                "--memory-mb".into(),
+                "2048".into(),
+            ];
+            procs.push(spawn(&exe, &name, &a, &logs)?);
+        }
+        // Submit the jobs once every agent is in, so the first placement can spread them.
+        let want = args.agents as usize;
+        for _ in 0..100 {
+            let c = client.clone();
+            let healthy = tokio::task::spawn_blocking(move || c.get("/v1/agents"))
+                .await?
+                .map_or(0, |v| {
+                    v.as_array().map_or(0, |a| {
+                        a.iter()
+                            .filter(|x| x.get("state").and_then(|s| s.as_str()) == Some("healthy"))
+                            .count()
+                    })
+                });
+            if healthy >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !args.no_jobs {
+            for (name, spec) in SAMPLE_JOBS {
+                let body = spec.replace(
+                    "{exe}",
+                    &exe.display()
+                        .to_string()
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\""),
+                );
+                let c = client.clone();
+                tokio::task::spawn_blocking(move || {
+                    c.request(
+                        "POST",
+                        "/v1/jobs",
+                        Some("application/toml"),
+                        body.as_bytes(),
+                    )?
+                    .json()
+                })
+                .await?
+                .with_context(|| format!("submit sample job {name}"))?;
+            }
+        }
+        println!(
+            "warden dev: server on {} (REST) / {} (agents), {} agents, data and logs in {}",
+            args.http_addr,
+            args.grpc_addr,
+            args.agents,
+            args.data_dir.display()
+        );
+        println!(
+            "try: WARDEN_ADDR=http://{} warden agents   — Ctrl-C stops everything",
+            args.http_addr
+        );
+        let live = !args.plain && std::io::stdout().is_terminal();
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                () = tokio::time::sleep(Duration::from_secs(if live { 1 } else { 5 })) => {}
+            }
+            if args.duration > 0 && started.elapsed() >= Duration::from_secs(args.duration) {
+                break;
+            }
+            for p in &mut procs {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    eprintln!(
+                        "{} exited ({status}); see {}",
+                        p.name,
+                        logs.join(format!("{}.log", p.name)).display()
+                    );
+                }
+            }
+            let c = client.clone();
+            let view = tokio::task::spawn_blocking(move || render(&c)).await?;
+            match (view, live) {
+                (Ok(text), true) => {
+                    print!("\x1b[2J\x1b[H{text}\nCtrl-C to stop\n");
+                    let _ = std::io::stdout().flush();
+                }
+                (Ok(text), false) => println!("{text}"),
+                (Err(e), _) => eprintln!("status: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    println!("stopping the cluster…");
+    stop_all(&mut procs).await;
+    result
+}

@@ -1,0 +1,113 @@
+//! `warden server`: flags, `WARDEN_*` environment variables and a TOML config file, with the
+//! precedence defaults < file < environment < flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use warden_server::control::ControlConfig;
+use warden_store::RedbStore;
+
+/// `warden server` flags.
+#[derive(Clone, Debug, Args)]
+pub struct ServerArgs {
+    /// TOML config file (see docs/configuration.md); flags and WARDEN_* variables override it.
+    #[arg(long, env = "WARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded store [default: ./warden-data]
+    #[arg(long, env = "WARDEN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for agent sessions (gRPC) [default: 127.0.0.1:7400]
+    #[arg(long, env = "WARDEN_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address for the REST API [default: 127.0.0.1:7401]
+    #[arg(long, env = "WARDEN_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Directory for the embedded store.
+    pub data_dir: Option<PathBuf>,
+    /// Address for agent sessions.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address for the REST API.
+    pub http_addr: Option<SocketAddr>,
+    /// Control-plane tuning.
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// Settings after merging.
+#[derive(Debug)]
+pub struct ServerSettings {
+    /// Directory for the embedded store.
+    pub data_dir: PathBuf,
+    /// Address for agent sessions.
+    pub grpc_addr: SocketAddr,
+    /// Address for the REST API.
+    pub http_addr: SocketAddr,
+    /// Control-plane tuning.
+    pub control: ControlConfig,
+}
+
+fn load_file(path: &Path) -> Result<ServerFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+impl ServerArgs {
+    /// Merge defaults, file and flags, and validate.
+    pub fn settings(&self) -> Result<ServerSettings> {
+        let file = match &self.config {
+            Some(p) => load_file(p)?,
+            None => ServerFile::default(),
+        };
+        let s = ServerSettings {
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("warden-data")),
+            grpc_addr: self
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400))),
+            http_addr: self
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            control: file.control,
+        };
+        s.control.validate().context("invalid configuration")?;
+        Ok(s)
+    }
+}
+
+/// Run the server until SIGINT/SIGTERM.
+pub async fn run(args: &ServerArgs) -> Result<()> {
+    let s = args.settings()?;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+    let store_dir = s.data_dir.join("store");
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
+        .await?
+        .context("open the store")?;
+    let grpc = tokio::net::TcpListener::bind(s.grpc_addr)
+        .await
+        .with_context(|| format!("bind gRPC address {}", s.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(s.http_addr)
+        .await
+        .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
+    let cancel = CancellationToken::new();
+    tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
+    warden_server::server::run(Arc::new(store), s.control, grpc, http, cancel).await?;
+    Ok(())
+}

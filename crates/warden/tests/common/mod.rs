@@ -1,0 +1,250 @@
+//! Helpers shared by the real-process tests: process guards that kill by PID on drop (even
+//! when a test fails), liveness checks that count zombies as dead, and condition waits with
+//! deadlines.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// The `warden` binary under test.
+pub fn warden_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// Whether `pid` is a live process. A zombie counts as dead: it runs no code, and whether it
+/// has been reaped yet depends on who its parent is.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // "pid (comm) S …": the state follows the last ')'.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Poll `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills a process (or its whole process group) by id when dropped, if it is still alive.
+pub struct PidGuard {
+    pid: i32,
+    group: bool,
+}
+
+impl PidGuard {
+    /// Guard a single process.
+    pub fn process(pid: i32) -> Self {
+        PidGuard { pid, group: false }
+    }
+
+    /// Guard the process group led by `pid`.
+    pub fn group(pid: i32) -> Self {
+        PidGuard { pid, group: true }
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if self.group {
+            // Members may outlive the leader; killpg fails harmlessly when none is left.
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        } else if is_alive(self.pid) {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kills and reaps a child when dropped.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.0.id()).expect("pid fits")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A shim run directly by the test, which plays the agent: it holds the control pipe and
+/// reads the status lines.
+pub struct ShimProc {
+    /// Guards of processes learned about while running (task group, grandchildren). Dropped
+    /// before the shim.
+    pub guards: Vec<PidGuard>,
+    child: ChildGuard,
+    control: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    /// Every status line received so far.
+    pub seen: Vec<String>,
+    pub stdout_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl ShimProc {
+    /// Start `warden shim` for task `t/0` with logs in `dir`, passing `env` as the whole
+    /// environment (plus PATH).
+    pub fn spawn(dir: &Path, deadline_ms: Option<u64>, command: &[&str]) -> ShimProc {
+        Self::spawn_with_env(dir, deadline_ms, command, &[])
+    }
+
+    pub fn spawn_with_env(
+        dir: &Path,
+        deadline_ms: Option<u64>,
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> ShimProc {
+        let stdout_log = dir.join("task.stdout.log");
+        let stderr_log = dir.join("task.stderr.log");
+        let shim_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("shim.log"))
+            .expect("open shim log");
+        let mut cmd = Command::new(warden_bin());
+        cmd.arg("shim")
+            .args(["--task", "t/0", "--epoch", "3"])
+            .arg("--stdout")
+            .arg(&stdout_log)
+            .arg("--stderr")
+            .arg(&stderr_log);
+        if let Some(ms) = deadline_ms {
+            cmd.args(["--deadline-ms", &ms.to_string()]);
+        }
+        cmd.arg("--")
+            .args(command)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            )
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(shim_log);
+        let mut child = cmd.spawn().expect("spawn shim");
+        let control = child.stdin.take();
+        let stdout = child.stdout.take().expect("status pipe");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ShimProc {
+            guards: Vec::new(),
+            child: ChildGuard(child),
+            control,
+            lines,
+            seen: Vec::new(),
+            stdout_log,
+            stderr_log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.pid()
+    }
+
+    /// Write one control line.
+    pub fn send(&mut self, line: &str) {
+        let pipe = self.control.as_mut().expect("control pipe open");
+        writeln!(pipe, "{line}").expect("write control line");
+    }
+
+    /// Close the control pipe, as a dying agent does.
+    pub fn close_control(&mut self) {
+        self.control = None;
+    }
+
+    /// Wait for a status line starting with `prefix`; returns it.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return Some(line.clone());
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Wait for `started <pid>`, guard the task's group, and return the pid.
+    pub fn task_pid(&mut self) -> i32 {
+        let line = self
+            .wait_line("started ", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no `started` line; saw {:?}", self.seen));
+        let pid: i32 = line["started ".len()..].parse().expect("pid");
+        self.guards.push(PidGuard::group(pid));
+        pid
+    }
+
+    /// Wait for the shim to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.0.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status
+    }
+
+    /// Collect the remaining status lines (after the shim exited).
+    pub fn drain_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}
+
+impl Drop for ShimProc {
+    fn drop(&mut self) {
+        // The guards run first (task group, grandchildren), then the shim's ChildGuard.
+        self.guards.clear();
+    }
+}
+
+/// The first line of a file, once it has one.
+pub fn first_line(path: &Path, timeout: Duration) -> Option<String> {
+    let mut found = None;
+    wait_until(timeout, || {
+        found = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string));
+        found.is_some()
+    });
+    found
+}
