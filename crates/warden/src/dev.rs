@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::cli;
-use crate::client::Client;
+use warden_chaos::client::Client;
 
 /// `warden dev` flags.
 #[derive(Clone, Debug, Args)]

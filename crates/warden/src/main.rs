@@ -16,7 +16,6 @@ use warden_agent::shim::{self, ShimArgs, protocol::EXIT_SHIM_FAILED};
 mod agent_cmd;
 mod bench;
 mod cli;
-mod client;
 mod dev;
 mod server_cmd;
 mod workload;

@@ -1,0 +1,419 @@
+//! A real Warden cluster on this machine: one server and N agents as separate OS processes on
+//! loopback, each in a temporary directory, with faults a test or benchmark can inject — kill
+//! (SIGKILL), pause (SIGSTOP) and resume (SIGCONT), restart — and ground truth read from the
+//! processes themselves.
+//!
+//! Ground truth about tasks comes from `/proc`: every job the harness submits carries the
+//! cluster's unique marker in its environment, so the harness finds the task processes that
+//! belong to *this* cluster (and their `WARDEN_FENCING_TOKEN`) without trusting the server.
+//!
+//! Every process is stopped when the [`Cluster`] is dropped — also when a test fails — and the
+//! temporary directory removed. Only processes this cluster started are ever signalled, by PID.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::client::Client;
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Poll `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// One task process found in `/proc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskProc {
+    /// Process id.
+    pub pid: i32,
+    /// `WARDEN_TASK_ID`.
+    pub task: String,
+    /// `WARDEN_FENCING_TOKEN`.
+    pub token: u64,
+}
+
+/// A managed process.
+struct Proc {
+    child: Child,
+    args: Vec<String>,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
+    }
+}
+
+/// A local cluster.
+pub struct Cluster {
+    exe: PathBuf,
+    dir: tempfile::TempDir,
+    marker: String,
+    server: Option<Proc>,
+    agents: BTreeMap<String, Proc>,
+    /// Where agent sessions connect (may be a proxy in front of the server).
+    pub grpc_addr: SocketAddr,
+    /// The REST API.
+    pub http_addr: SocketAddr,
+    /// The API client.
+    pub client: Client,
+    env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Start a server (no agents yet) using the `warden` executable `exe`.
+    pub fn start(exe: &Path) -> Result<Cluster> {
+        Self::start_with_env(exe, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra environment variables for every process.
+    pub fn start_with_env(exe: &Path, env: &[(&str, &str)]) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("warden-cluster-")
+            .tempdir()?;
+        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let marker = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "warden-cluster".into());
+        let mut c = Cluster {
+            exe: exe.to_path_buf(),
+            client: Client::new(&format!("http://{http_addr}"))?,
+            dir,
+            marker,
+            server: None,
+            agents: BTreeMap::new(),
+            grpc_addr,
+            http_addr,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        c.start_server()?;
+        Ok(c)
+    }
+
+    /// The cluster's directory (store, agent data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The marker put in every submitted job's environment.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    fn spawn(&self, name: &str, args: &[String]) -> Result<Proc> {
+        let logs = self.dir.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        Ok(Proc {
+            child,
+            args: args.to_vec(),
+        })
+    }
+
+    /// (Re)start the server process on the same addresses and data.
+    pub fn start_server(&mut self) -> Result<()> {
+        let args = vec![
+            "server".to_string(),
+            "--data-dir".into(),
+            self.dir.path().join("server").display().to_string(),
+            "--grpc-addr".into(),
+            self.grpc_addr.to_string(),
+            "--http-addr".into(),
+            self.http_addr.to_string(),
+        ];
+        self.server = Some(self.spawn("server", &args)?);
+        if !wait_until(Duration::from_secs(20), || {
+            self.client.get("/healthz").is_ok()
+        }) {
+            bail!("the server did not come up; log: {}", self.log("server"));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the server.
+    pub fn kill_server(&mut self) -> Result<()> {
+        if let Some(mut p) = self.server.take() {
+            p.child.kill()?;
+            p.child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Start an agent called `name` connecting to `server` (default: the cluster's server).
+    pub fn add_agent_via(&mut self, name: &str, server: SocketAddr) -> Result<()> {
+        let args = vec![
+            "agent".to_string(),
+            "--server".into(),
+            server.to_string(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            self.dir.path().join(name).display().to_string(),
+            "--cpu-millis".into(),
+            "4000".into(),
+            "--memory-mb".into(),
+            "4096".into(),
+        ];
+        let p = self.spawn(name, &args)?;
+        self.agents.insert(name.to_string(), p);
+        Ok(())
+    }
+
+    /// Start an agent called `name`.
+    pub fn add_agent(&mut self, name: &str) -> Result<()> {
+        self.add_agent_via(name, self.grpc_addr)
+    }
+
+    /// Start agents `agent-1` … `agent-n` and wait until all are healthy.
+    pub fn add_agents(&mut self, n: usize) -> Result<()> {
+        for i in 1..=n {
+            self.add_agent(&format!("agent-{i}"))?;
+        }
+        let names: Vec<String> = (1..=n).map(|i| format!("agent-{i}")).collect();
+        if !wait_until(Duration::from_secs(20), || {
+            names
+                .iter()
+                .all(|n| self.agent_state(n).as_deref() == Some("healthy"))
+        }) {
+            bail!(
+                "agents did not all turn healthy: {:?}",
+                self.client.get("/v1/agents").ok()
+            );
+        }
+        Ok(())
+    }
+
+    /// PID of an agent process.
+    pub fn agent_pid(&self, name: &str) -> Option<i32> {
+        self.agents.get(name).map(Proc::pid)
+    }
+
+    /// Send `signal` to agent `name`.
+    pub fn signal_agent(&self, name: &str, signal: Signal) -> Result<()> {
+        let pid = self
+            .agent_pid(name)
+            .with_context(|| format!("no agent {name}"))?;
+        kill(Pid::from_raw(pid), signal)?;
+        Ok(())
+    }
+
+    /// SIGKILL agent `name` and reap it.
+    pub fn kill_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(p) = self.agents.get_mut(name) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        Ok(())
+    }
+
+    /// Start agent `name` again with the same arguments (after a kill).
+    pub fn restart_agent(&mut self, name: &str) -> Result<()> {
+        let args = self
+            .agents
+            .get(name)
+            .map(|p| p.args.clone())
+            .with_context(|| format!("no agent {name}"))?;
+        self.kill_agent(name)?;
+        let p = self.spawn(name, &args)?;
+        self.agents.insert(name.to_string(), p);
+        Ok(())
+    }
+
+    /// The agent's state as the server reports it.
+    pub fn agent_state(&self, name: &str) -> Option<String> {
+        self.agent(name)
+            .and_then(|a| a.get("state").and_then(Value::as_str).map(str::to_string))
+    }
+
+    /// The agent's entry of `GET /v1/agents`.
+    pub fn agent(&self, name: &str) -> Option<Value> {
+        let v = self.client.get("/v1/agents").ok()?;
+        v.as_array()?
+            .iter()
+            .find(|a| a.get("name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    }
+
+    /// Submit a job (TOML without an `[env]` table). `{exe}` is replaced by the `warden`
+    /// executable; the cluster's marker is added to its environment so its task processes can
+    /// be found in `/proc`.
+    pub fn submit(&self, toml: &str) -> Result<Value> {
+        let body = toml.replace("{exe}", &self.exe.display().to_string());
+        let body = format!(
+            "{body}\n[env]\nCLUSTER_MARKER_{} = \"1\"\n",
+            sanitize(&self.marker)
+        );
+        self.client
+            .request(
+                "POST",
+                "/v1/jobs",
+                Some("application/toml"),
+                body.as_bytes(),
+            )?
+            .json()
+    }
+
+    /// The task's entry of `GET /v1/tasks`.
+    pub fn task(&self, id: &str) -> Option<Value> {
+        let v = self.client.get("/v1/tasks").ok()?;
+        v.as_array()?
+            .iter()
+            .find(|t| t.get("id").and_then(Value::as_str) == Some(id))
+            .cloned()
+    }
+
+    /// Task processes of this cluster that exist now (running or stopped, not zombies).
+    pub fn task_procs(&self) -> Vec<TaskProc> {
+        let key = format!("CLUSTER_MARKER_{}=1", sanitize(&self.marker));
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            if !vars.iter().any(|v| *v == key.as_bytes()) {
+                continue;
+            }
+            // The shim carries its task's environment too; only the task itself counts.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()) {
+                continue;
+            }
+            let get = |name: &str| {
+                vars.iter().find_map(|v| {
+                    let s = std::str::from_utf8(v).ok()?;
+                    s.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
+                })
+            };
+            if !is_alive(pid) {
+                continue;
+            }
+            if let (Some(task), Some(token)) = (get("WARDEN_TASK_ID"), get("WARDEN_FENCING_TOKEN"))
+            {
+                out.push(TaskProc {
+                    pid,
+                    task,
+                    token: token.parse().unwrap_or(0),
+                });
+            }
+        }
+        out.sort_by_key(|t| t.pid);
+        out
+    }
+
+    /// A process's log so far (for failure messages).
+    pub fn log(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
+                .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Stop everything: SIGCONT (a paused process cannot exit), then SIGTERM, then SIGKILL
+    /// after a deadline.
+    pub fn shutdown(&mut self) {
+        let mut procs: Vec<Proc> = std::mem::take(&mut self.agents).into_values().collect();
+        procs.extend(self.server.take());
+        for p in &procs {
+            let _ = kill(Pid::from_raw(p.pid()), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(p.pid()), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &mut procs {
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        // Task processes die with their shims; make sure none of ours outlives the cluster.
+        let _ = wait_until(Duration::from_secs(5), || self.task_procs().is_empty());
+        for t in self.task_procs() {
+            let _ = kill(Pid::from_raw(t.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
