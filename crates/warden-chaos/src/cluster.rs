@@ -330,7 +330,7 @@ impl Cluster {
                 continue;
             };
             let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            if !vars.iter().any(|v| *v == key.as_bytes()) {
+            if !vars.contains(&key.as_bytes()) {
                 continue;
             }
             // The shim carries its task's environment too; only the task itself counts.
