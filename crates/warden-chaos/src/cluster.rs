@@ -56,6 +56,27 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
+/// CPU time (user + system) a process has used so far, and its resident set size in bytes.
+pub fn cpu_and_rss(pid: i32) -> Option<(Duration, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command name: state is field 3 of stat, utime 14, stime 15 (1-based).
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let ticks = 100; // USER_HZ on Linux
+    let cpu = Duration::from_millis((utime + stime) * 1000 / ticks);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((cpu, rss_kb * 1024))
+}
+
 /// One task process found in `/proc`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskProc {
@@ -234,6 +255,11 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// PID of the server process.
+    pub fn server_pid(&self) -> Option<i32> {
+        self.server.as_ref().map(Proc::pid)
     }
 
     /// PID of an agent process.

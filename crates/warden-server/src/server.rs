@@ -30,6 +30,20 @@ pub enum ServerError {
     Http(#[from] std::io::Error),
 }
 
+/// Accepted connections with Nagle's algorithm off: acks are small and latency-critical, and
+/// tonic's own `tcp_nodelay` only applies to sockets it accepts itself.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    })
+}
+
 /// Run a server on `store` until `cancel` fires.
 pub async fn run(
     store: Arc<dyn Store>,
@@ -49,7 +63,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_cancel.cancelled_owned());
+        .serve_with_incoming_shutdown(nodelay(grpc), grpc_cancel.cancelled_owned());
     let api: Arc<dyn ControlApi> = cp.clone();
     let http_cancel = cancel.clone();
     let http_task = crate::http::serve(http, api, http_cancel.cancelled_owned());

@@ -67,9 +67,11 @@ impl AgentSession for SessionService {
             }
         };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let who = self
-            .cp
-            .admit(&hello, tx)
+        // Admission may write the store (a new generation is persisted): off the async workers.
+        let admitting = self.cp.clone();
+        let who = tokio::task::spawn_blocking(move || admitting.admit(&hello, tx))
+            .await
+            .map_err(|e| Status::internal(format!("admit: {e}")))?
             .map_err(Status::failed_precondition)?;
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();

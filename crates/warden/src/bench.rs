@@ -20,6 +20,45 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A real server under N simulated agent sessions: heartbeat-to-ack latency, server CPU
+    /// and memory.
+    Sessions {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Heartbeat interval of each, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Warm-up, seconds.
+        #[arg(long, default_value_t = 20)]
+        warmup: u64,
+        /// Measurement window, seconds.
+        #[arg(long, default_value_t = 60)]
+        measure: u64,
+        /// HTTP/2 connections shared by the sessions.
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+    },
+    /// False verdicts under CPU stress: N agents with work, CPU burners saturating every
+    /// core, for a while; counts Suspect and Failed verdicts (none of the agents is down, so
+    /// every Failed is false).
+    Stress {
+        /// Agents.
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        /// Seconds under stress.
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// Busy threads per core.
+        #[arg(long, default_value_t = 2)]
+        per_core: usize,
+    },
+    /// One agent at idle with two tasks: its CPU share and resident memory.
+    AgentIdle {
+        /// Measurement window, seconds.
+        #[arg(long, default_value_t = 60)]
+        measure: u64,
+    },
     /// Singleton RTO on a real local cluster: kill -9 (or SIGSTOP) the agent running a
     /// singleton, measure until its replacement process runs, check the old copy was gone
     /// first; repeat.
@@ -79,6 +118,32 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             );
             Ok(())
         }
+        BenchCommand::AgentIdle { measure } => agent_idle(*measure),
+        BenchCommand::Stress {
+            agents,
+            duration,
+            per_core,
+        } => stress(*agents, *duration, *per_core),
+        BenchCommand::Sessions {
+            sessions,
+            interval_ms,
+            warmup,
+            measure,
+            connections,
+        } => {
+            let exe = std::env::current_exe()?;
+            let b = crate::bench_sessions::SessionsBench {
+                sessions: *sessions,
+                interval: std::time::Duration::from_millis(*interval_ms),
+                warmup: std::time::Duration::from_secs(*warmup),
+                measure: std::time::Duration::from_secs(*measure),
+                connections: *connections,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::bench_sessions::run(&exe, &b))
+        }
         BenchCommand::Recovery {
             fault,
             reps,
@@ -121,4 +186,113 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Start a server and one agent running two tasks; measure the agent's CPU and RSS at idle.
+fn agent_idle(measure: u64) -> Result<()> {
+    use std::time::{Duration, Instant};
+    use warden_chaos::cluster::{Cluster, cpu_and_rss, wait_until};
+    let exe = std::env::current_exe()?;
+    let mut cluster = Cluster::start(&exe)?;
+    cluster.add_agents(1)?;
+    for (name, kind) in [("idle-singleton", "singleton"), ("idle-service", "service")] {
+        cluster.submit(&format!(
+            "name = \"{name}\"\nkind = \"{kind}\"\ncommand = \"{{exe}}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"60\"]\n"
+        ))?;
+    }
+    if !wait_until(Duration::from_secs(30), || cluster.task_procs().len() == 2) {
+        anyhow::bail!("the two tasks did not start");
+    }
+    let pid = cluster
+        .agent_pid("agent-1")
+        .ok_or_else(|| anyhow::anyhow!("no agent"))?;
+    std::thread::sleep(Duration::from_secs(5));
+    let (c0, _) = cpu_and_rss(pid).ok_or_else(|| anyhow::anyhow!("read /proc"))?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(measure));
+    let (c1, rss) = cpu_and_rss(pid).ok_or_else(|| anyhow::anyhow!("read /proc"))?;
+    let share = (c1 - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    println!(
+        "agent at idle with 2 tasks, {measure} s: CPU {:.2}% of a core, RSS {:.1} MiB",
+        share * 100.0,
+        rss as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+/// Agents under CPU stress: count verdicts.
+fn stress(agents: usize, duration: u64, per_core: usize) -> Result<()> {
+    use std::time::{Duration, Instant};
+    use warden_chaos::cluster::Cluster;
+    let exe = std::env::current_exe()?;
+    let mut cluster = Cluster::start(&exe)?;
+    cluster.add_agents(agents)?;
+    cluster.submit("name = \"stress-singleton\"\nkind = \"singleton\"\ncommand = \"{exe}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"10\"]\n")?;
+    cluster.submit(&format!(
+        "name = \"stress-service\"\nkind = \"service\"\nreplicas = {agents}\ncommand = \"{{exe}}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"10\"]\n"
+    ))?;
+    let since = cluster
+        .client
+        .get("/v1/events?since=0&limit=10000")?
+        .as_array()
+        .and_then(|a| {
+            a.last()
+                .and_then(|e| e.get("seq"))
+                .and_then(serde_json::Value::as_u64)
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = cores * per_core.max(1);
+    let mut burner = std::process::Command::new(&exe)
+        .args([
+            "workload",
+            "burn",
+            "--threads",
+            &threads.to_string(),
+            "--seconds",
+            &duration.to_string(),
+        ])
+        .spawn()?;
+    eprintln!("{agents} agents, {threads} busy threads on {cores} cores for {duration} s…");
+    let t0 = Instant::now();
+    let mut suspects = 0usize;
+    let mut failed = 0usize;
+    let mut seq = since;
+    while t0.elapsed() < Duration::from_secs(duration) {
+        std::thread::sleep(Duration::from_secs(5));
+        if let Ok(v) = cluster
+            .client
+            .get(&format!("/v1/events?since={seq}&limit=10000"))
+        {
+            for e in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                seq = seq.max(
+                    e.get("seq")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(seq),
+                );
+                if e.get("kind").and_then(serde_json::Value::as_str) == Some("agent.transition") {
+                    match e.pointer("/data/to").and_then(serde_json::Value::as_str) {
+                        Some("suspect") => suspects += 1,
+                        Some("failed") => {
+                            failed += 1;
+                            eprintln!(
+                                "  false verdict: {}",
+                                e.get("message")
+                                    .and_then(serde_json::Value::as_str)
+                                    .unwrap_or("")
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let _ = burner.kill();
+    let _ = burner.wait();
+    println!(
+        "{agents} agents under CPU stress ({threads} busy threads on {cores} cores) for {duration} s: \
+         false Failed verdicts {failed}, Suspect verdicts {suspects}"
+    );
+    Ok(())
 }

@@ -15,6 +15,7 @@ use warden_agent::shim::{self, ShimArgs, protocol::EXIT_SHIM_FAILED};
 
 mod agent_cmd;
 mod bench;
+mod bench_sessions;
 mod cli;
 mod dev;
 mod server_cmd;

@@ -19,6 +19,15 @@ pub enum Workload {
         #[arg(long, default_value_t = 1)]
         every: u64,
     },
+    /// Burn CPU: `--threads` busy loops, for `--seconds` (0: until killed).
+    Burn {
+        /// Busy threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Stop after this many seconds (0: until killed).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
     /// Serve HTTP on WARDEN_PORT (or --port), answering which task served.
     Http {
         /// Port; default WARDEN_PORT, else 8080.
@@ -43,6 +52,31 @@ pub fn run(w: &Workload) -> Result<()> {
             let _ = std::io::stdout().flush();
             std::thread::sleep(Duration::from_secs((*every).max(1)));
         },
+        Workload::Burn { threads, seconds } => {
+            let until =
+                (*seconds > 0).then(|| std::time::Instant::now() + Duration::from_secs(*seconds));
+            let handles: Vec<_> = (0..(*threads).max(1))
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let mut x = 0u64;
+                        loop {
+                            for _ in 0..1_000_000 {
+                                x = std::hint::black_box(
+                                    x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                                );
+                            }
+                            if until.is_some_and(|u| std::time::Instant::now() >= u) {
+                                return;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                let _ = h.join();
+            }
+            Ok(())
+        }
         Workload::Http { port } => {
             let port = port
                 .or_else(|| {

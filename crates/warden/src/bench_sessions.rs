@@ -1,0 +1,231 @@
+//! `warden bench sessions`: a real server process under N simulated agent sessions, each
+//! sending one heartbeat per interval. Reports heartbeat-to-ack latency (measured by the
+//! simulator, send → ack received) and the server's CPU and resident memory (from `/proc`).
+//!
+//! The simulated agents multiplex their streams over a few HTTP/2 connections, as many agents
+//! behind one NAT would; each is a full session (Hello, Welcome, heartbeats with signals, acks)
+//! going through the same code as a real agent's.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use warden_chaos::cluster::{Cluster, cpu_and_rss};
+use warden_core::qos::percentile;
+use warden_proto::v1::{self, agent_message, server_message};
+
+/// Settings.
+pub struct SessionsBench {
+    /// Simulated agents.
+    pub sessions: usize,
+    /// Heartbeat interval of each.
+    pub interval: Duration,
+    /// Warm-up before measuring.
+    pub warmup: Duration,
+    /// Measurement window.
+    pub measure: Duration,
+    /// HTTP/2 connections the sessions share.
+    pub connections: usize,
+}
+
+/// Run the benchmark against a fresh server started from `exe`.
+pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
+    let cluster = tokio::task::spawn_blocking({
+        let exe = exe.to_path_buf();
+        move || Cluster::start(&exe)
+    })
+    .await??;
+    let server_pid = cluster.server_pid().context("no server process")?;
+    let endpoint = format!("http://{}", cluster.grpc_addr);
+    let mut channels = Vec::new();
+    for _ in 0..b.connections.max(1) {
+        let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect()
+            .await
+            .context("connect to the server")?;
+        channels.push(ch);
+    }
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
+    let acks = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(AtomicU64::new(0));
+    eprintln!(
+        "opening {} sessions over {} connections…",
+        b.sessions,
+        channels.len()
+    );
+    let t_open = Instant::now();
+    for i in 0..b.sessions {
+        let ch = channels[i % channels.len()].clone();
+        let (interval, measuring, latencies, acks, started) = (
+            b.interval,
+            measuring.clone(),
+            latencies.clone(),
+            acks.clone(),
+            started.clone(),
+        );
+        // Stagger the first heartbeats over one interval, as real agents would be.
+        let offset = interval.mul_f64(i as f64 / b.sessions as f64);
+        tokio::spawn(async move {
+            if let Err(e) =
+                agent(ch, i, interval, offset, measuring, latencies, acks, started).await
+                && (i < 5 || std::env::var_os("WARDEN_BENCH_VERBOSE").is_some())
+            {
+                // Sessions end when the server stops at the end; report only a few.
+                eprintln!("session {i}: {e:#}");
+            }
+        });
+        if i % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    while (started.load(Ordering::Relaxed) as usize) < b.sessions {
+        if t_open.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {} sessions opened in 120 s",
+                started.load(Ordering::Relaxed),
+                b.sessions
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{} sessions open after {:.1} s; warming up for {:?}",
+        b.sessions,
+        t_open.elapsed().as_secs_f64(),
+        b.warmup
+    );
+    tokio::time::sleep(b.warmup).await;
+    let (cpu0, _) = cpu_and_rss(server_pid).context("read server /proc")?;
+    let acks0 = acks.load(Ordering::Relaxed);
+    measuring.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    tokio::time::sleep(b.measure).await;
+    measuring.store(false, Ordering::SeqCst);
+    let elapsed = t0.elapsed();
+    let (cpu1, rss) = cpu_and_rss(server_pid).context("read server /proc")?;
+    let acked = acks.load(Ordering::Relaxed) - acks0;
+    let mut lat = latencies.lock().await.clone();
+    lat.sort_by(f64::total_cmp);
+    let agents = cluster.client.get("/v1/agents")?;
+    let healthy = agents.as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|x| x.get("state").and_then(|s| s.as_str()) == Some("healthy"))
+            .count()
+    });
+    println!(
+        "sessions: {}  heartbeats acked: {:.0}/s  ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        b.sessions,
+        acked as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.5).unwrap_or(0.0),
+        percentile(&lat, 0.99).unwrap_or(0.0),
+        lat.last().copied().unwrap_or(0.0),
+    );
+    println!(
+        "server: CPU {:.2} cores  RSS {:.0} MiB  agents healthy: {healthy}/{}",
+        (cpu1 - cpu0).as_secs_f64() / elapsed.as_secs_f64(),
+        rss as f64 / (1024.0 * 1024.0),
+        b.sessions
+    );
+    drop(cluster);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn agent(
+    ch: tonic::transport::Channel,
+    i: usize,
+    interval: Duration,
+    offset: Duration,
+    measuring: Arc<std::sync::atomic::AtomicBool>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    acks: Arc<AtomicU64>,
+    started: Arc<AtomicU64>,
+) -> Result<()> {
+    let mut client = v1::agent_session_client::AgentSessionClient::new(ch);
+    let (tx, rx) = mpsc::channel(16);
+    let msg = |m| v1::AgentMessage { msg: Some(m) };
+    tx.send(msg(agent_message::Msg::Hello(v1::Hello {
+        name: format!("sim-{i:05}"),
+        generation: 0,
+        probe_addr: "127.0.0.1:9".into(),
+        capacity: Some(v1::Resources {
+            cpu_millis: 1000,
+            memory_mb: 1024,
+        }),
+        running: vec![],
+        version: "sim".into(),
+    })))
+    .await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    match inbound.next().await {
+        Some(Ok(v1::ServerMessage {
+            msg: Some(server_message::Msg::Welcome(_)),
+        })) => {}
+        other => bail!("no welcome: {other:?}"),
+    }
+    started.fetch_add(1, Ordering::Relaxed);
+    let sent: Arc<Mutex<std::collections::VecDeque<(u64, Instant)>>> = Arc::default();
+    let reader = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = inbound.next().await {
+                if let Some(server_message::Msg::Ack(a)) = m.msg {
+                    let at = {
+                        let mut s = sent.lock().await;
+                        let mut at = None;
+                        while let Some(&(seq, t)) = s.front() {
+                            if seq > a.seq {
+                                break;
+                            }
+                            s.pop_front();
+                            if seq == a.seq {
+                                at = Some(t);
+                            }
+                        }
+                        at
+                    };
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = at
+                        && measuring.load(Ordering::Relaxed)
+                    {
+                        latencies.lock().await.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(offset).await;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0;
+    loop {
+        tick.tick().await;
+        seq += 1;
+        sent.lock().await.push_back((seq, Instant::now()));
+        let hb = v1::Heartbeat {
+            seq,
+            signals: Some(v1::Signals {
+                cpu: Some(0.2),
+                memory: Some(0.3),
+                ..Default::default()
+            }),
+            running: vec![],
+        };
+        if tx
+            .send(msg(agent_message::Msg::Heartbeat(hb)))
+            .await
+            .is_err()
+            || reader.is_finished()
+        {
+            bail!("session {i} ended");
+        }
+    }
+}
