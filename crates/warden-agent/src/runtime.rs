@@ -183,7 +183,11 @@ async fn session(
     }
     let response = tokio::select! {
         () = cancel.cancelled() => return SessionEnd::Cancelled,
-        r = client.session(ReceiverStream::new(rx)) => r,
+        // A silently cut link would leave the call hanging: bound it.
+        r = tokio::time::timeout(Duration::from_secs(5), client.session(ReceiverStream::new(rx))) => match r {
+            Ok(r) => r,
+            Err(_) => return SessionEnd::Lost("no answer to the session request within 5s".into()),
+        },
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
