@@ -86,6 +86,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: &AtomicBool, stop: &AtomicB
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                // Bytes that arrived while the cut began are held back until it heals, so a
+                // cut is exact from the moment it is made.
+                while cut.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

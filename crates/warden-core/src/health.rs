@@ -20,7 +20,9 @@
 //! (busy is not broken), but a saturated CPU *and* memory above 97 % (w = 0.45) give
 //! 100 · 0.70 · 0.55 = 38.5, Degraded. Error rate and task success (w = 0.60) can each make an
 //! agent Degraded on their own, because they measure the work itself rather than a resource.
-//! Signals an agent does not report are left out, not assumed perfect or terrible.
+//! Signals an agent does not report are left out, not assumed perfect or terrible. CPU
+//! utilisation and pressure stall information measure the same contention, so they count once,
+//! as the larger of their two shares: a busy host is not penalised twice for one cause.
 //!
 //! | signal | good | bad | weight |
 //! |---|---|---|---|
@@ -158,11 +160,22 @@ impl HealthConfig {
     /// The score of a set of signals.
     pub fn score(&self, signals: &Signals) -> HealthScore {
         let mut score = 100.0;
+        // CPU utilisation and pressure stall both measure contention for the same resource:
+        // they count once, as the larger of their two shares, instead of compounding.
+        let mut contention: f64 = 0.0;
         for (kind, value) in signals.iter() {
             let w = self.weight(kind);
-            score *= 1.0 - w.weight * w.penalty(value);
+            let share = w.weight * w.penalty(value);
+            match kind {
+                SignalKind::Cpu | SignalKind::Pressure => contention = contention.max(share),
+                SignalKind::Memory
+                | SignalKind::ErrorRate
+                | SignalKind::Latency
+                | SignalKind::TaskSuccess
+                | SignalKind::Restarts => score *= 1.0 - share,
+            }
         }
-        HealthScore(score)
+        HealthScore(score * (1.0 - contention))
     }
 
     /// Whether an agent with `score` counts as healthy, given whether it is Degraded now
@@ -216,6 +229,23 @@ mod tests {
                 false,
             ),
             (sig(|s| s.latency_ms = Some(1125.0)), 77.5, true),
+            // CPU and pressure are one contention signal: the larger share, not both.
+            (
+                sig(|s| {
+                    s.cpu = Some(1.0);
+                    s.pressure = Some(35.0);
+                }),
+                70.0,
+                true,
+            ),
+            (
+                sig(|s| {
+                    s.cpu = Some(1.0);
+                    s.pressure = Some(100.0);
+                }),
+                55.0,
+                false,
+            ),
             (sig(|s| s.cpu = Some(f64::NAN)), 100.0, true),
         ];
         for (signals, expected, healthy) in cases {

@@ -9,7 +9,7 @@
 //! Safety-relevant order: a new assignment's fencing token is written to the store (a fenced,
 //! compare-and-set write) *before* the assignment is sent to the agent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -193,7 +193,14 @@ struct Inner {
     next_probe: u64,
     /// Agents known only from task records after a restart, and when they must have come back.
     restart_deadline: Option<Time>,
-    last_alarm: Option<String>,
+    /// Plan alarms raised by the previous reconcile round (each is logged once while it stands).
+    last_alarms: BTreeSet<String>,
+    /// Assignments sent and not yet seen running, per agent: task → (epoch, when sent). An
+    /// order lost in flight (a dropped session, a server crash after persisting it) is sent
+    /// again from here.
+    assign_sent: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>>,
+    /// Stop orders sent and not yet confirmed, per agent: (task, epoch) → when sent.
+    stop_sent: HashMap<AgentId, HashMap<(TaskId, FencingToken), Time>>,
 }
 
 impl Inner {
@@ -318,6 +325,8 @@ impl ControlPlane {
             .collect();
         let mut observed = Observed::default();
         let mut agents: BTreeMap<AgentId, Resources> = BTreeMap::new();
+        let mut pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>> =
+            HashMap::new();
         for rec in store.list_tasks()? {
             let slots = observed.tasks.entry(rec.task.job.clone()).or_default();
             let i = rec.task.index as usize;
@@ -325,6 +334,13 @@ impl ControlPlane {
                 slots.resize_with(i + 1, TaskView::pending);
             }
             slots[i] = rec.to_view();
+            if let (Some(a), TaskState::Starting) = (&rec.agent, rec.state) {
+                // Persisted, perhaps never delivered: send again when the agent is back.
+                pending_assign
+                    .entry(a.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(rec.task.clone(), (rec.epoch, Time::ZERO));
+            }
             if let Some(a) = &rec.agent
                 && matches!(
                     rec.state,
@@ -365,6 +381,7 @@ impl ControlPlane {
             desired,
             observed,
             restart_deadline,
+            assign_sent: pending_assign,
             ..Inner::default()
         };
         let cp = Arc::new(ControlPlane {
@@ -462,7 +479,9 @@ impl ControlPlane {
                 running: vec![],
             });
         view.capacity = capacity;
-        view.running = running;
+        view.running = running.clone();
+        // A new session: whatever was sent on the previous one may be lost.
+        self.resend_pending(&mut g, &id, &running, now, true);
         g.events.push(event(
             "agent.session",
             Some(&id),
@@ -510,8 +529,11 @@ impl ControlPlane {
                 ))
             })
             .collect();
+        let copies: Vec<(TaskId, FencingToken)> =
+            running.iter().map(|(t, e, _, _)| (t.clone(), *e)).collect();
+        self.resend_pending(&mut g, &who.id, &copies, now, false);
         if let Some(v) = g.observed.agents.get_mut(&who.id) {
-            v.running = running.iter().map(|(t, e, _, _)| (t.clone(), *e)).collect();
+            v.running = copies;
         }
         for (task, epoch, phase, healthy) in running {
             if let Some(phase) = phase {
@@ -796,6 +818,9 @@ impl ControlPlane {
                 g.suspect_since.insert(t.agent.clone(), t.at);
             }
             AgentState::Failed => {
+                // Its orders die with it: a new generation starts from a clean slate.
+                g.assign_sent.remove(&t.agent);
+                g.stop_sent.remove(&t.agent);
                 g.failed_at.insert(t.agent.clone(), t.at);
                 g.failed_cause.insert(t.agent.clone(), t.cause.clone());
                 g.suspect_since.entry(t.agent.clone()).or_insert(t.at);
@@ -943,7 +968,28 @@ impl ControlPlane {
             (actions, resources)
         };
         if actions.is_empty() {
+            lock(&self.inner).last_alarms.clear();
             return;
+        }
+        // Standing alarms are logged when they appear, not on every round.
+        let alarms: BTreeSet<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Alarm(a) => Some(alarm_text(a)),
+                _ => None,
+            })
+            .collect();
+        {
+            let mut g = lock(&self.inner);
+            for msg in alarms
+                .difference(&g.last_alarms)
+                .cloned()
+                .collect::<Vec<_>>()
+            {
+                warn!("{msg}");
+                g.events.push(event("alarm.plan", None, None, msg));
+            }
+            g.last_alarms = alarms;
         }
         let mut moved = 0u32;
         for action in actions {
@@ -1059,7 +1105,7 @@ impl ControlPlane {
                     Some(task),
                     format!("start {task}@{epoch} on {agent}"),
                 ));
-                self.send_assign(&g, task, *epoch, agent);
+                self.send_assign(&mut g, task, *epoch, agent, now);
             }
             Action::Reschedule {
                 op,
@@ -1112,7 +1158,7 @@ impl ControlPlane {
                     format!("reschedule {task}@{epoch} from {from} to {to}"),
                 ));
                 info!(task = %task, %from, %to, epoch = epoch.0, "reschedule");
-                self.send_assign(&g, task, *epoch, to);
+                self.send_assign(&mut g, task, *epoch, to, now);
             }
             Action::Evict {
                 task, epoch, from, ..
@@ -1131,18 +1177,33 @@ impl ControlPlane {
                 reason,
                 ..
             } => {
-                if let Some(a) = agent
-                    && let Some(s) = g.sessions.get(&a.name)
-                    && &s.id == a
-                {
-                    send(
-                        &s.tx,
-                        v1::server_message::Msg::Stop(v1::StopTask {
-                            task: task.to_string(),
-                            epoch: epoch.0,
-                            grace_ms: ms(self.cfg.stop_grace),
-                        }),
-                    );
+                // A stop already out for this copy is re-sent by `resend_pending` if the agent
+                // keeps reporting the copy; the planner asking again changes nothing.
+                let first = agent.as_ref().is_none_or(|a| {
+                    !g.stop_sent
+                        .get(a)
+                        .is_some_and(|p| p.contains_key(&(task.clone(), *epoch)))
+                });
+                if !first {
+                    return;
+                }
+                if let Some(a) = agent {
+                    g.stop_sent
+                        .entry(a.clone())
+                        .or_default()
+                        .insert((task.clone(), *epoch), now);
+                    if let Some(s) = g.sessions.get(&a.name)
+                        && &s.id == a
+                    {
+                        send(
+                            &s.tx,
+                            v1::server_message::Msg::Stop(v1::StopTask {
+                                task: task.to_string(),
+                                epoch: epoch.0,
+                                grace_ms: ms(self.cfg.stop_grace),
+                            }),
+                        );
+                    }
                 }
                 g.events.push(event(
                     "task.stop",
@@ -1178,28 +1239,92 @@ impl ControlPlane {
                     format!("{agent} cordoned: flapping"),
                 ));
             }
-            Action::Alarm(a) => {
-                let msg = match a {
-                    PlanAlarm::RescheduleFrozen { tasks } => {
-                        format!("{tasks} reschedules held by the mass-failure brake")
-                    }
-                    PlanAlarm::RateLimited { tasks } => {
-                        format!("{tasks} reschedules deferred by the rate limit")
-                    }
-                    PlanAlarm::NoCapacity { job, tasks } => {
-                        format!("no agent has room for {tasks} task(s) of {job}")
-                    }
-                };
-                if g.last_alarm.as_deref() != Some(msg.as_str()) {
-                    warn!("{msg}");
-                    g.events.push(event("alarm.plan", None, None, msg.clone()));
-                    g.last_alarm = Some(msg);
+            Action::Alarm(_) => {
+                // Recorded once per round by `reconcile`.
+            }
+        }
+    }
+
+    /// Send again the orders `agent` has not acted on: assignments it does not report running
+    /// (after a second, or at once on a new session) and stops of copies it still reports
+    /// (after the stop grace plus a second, or at once on a new session). Orders are
+    /// idempotent on the agent (same epoch), so a duplicate is harmless.
+    fn resend_pending(
+        &self,
+        g: &mut Inner,
+        agent: &AgentId,
+        running: &[(TaskId, FencingToken)],
+        now: Time,
+        new_session: bool,
+    ) {
+        let reports =
+            |t: &TaskId, e: FencingToken| running.iter().any(|(rt, re)| rt == t && *re == e);
+        if let Some(pending) = g.assign_sent.get(agent) {
+            let mut resend = Vec::new();
+            let mut done = Vec::new();
+            for (task, (epoch, at)) in pending {
+                let slot = g
+                    .observed
+                    .tasks
+                    .get(&task.job)
+                    .and_then(|s| s.get(task.index as usize));
+                let still_ours = slot.is_some_and(|t| {
+                    t.epoch == *epoch
+                        && t.agent.as_ref() == Some(agent)
+                        && t.state == TaskState::Starting
+                });
+                if !still_ours || reports(task, *epoch) {
+                    done.push(task.clone());
+                } else if new_session || now.saturating_since(*at) >= RESEND_AFTER {
+                    resend.push((task.clone(), *epoch));
+                }
+            }
+            if let Some(p) = g.assign_sent.get_mut(agent) {
+                for t in done {
+                    p.remove(&t);
+                }
+            }
+            for (task, epoch) in resend {
+                debug!(%agent, %task, epoch = epoch.0, "assignment not acted on; sending again");
+                self.send_assign(g, &task, epoch, agent, now);
+            }
+        }
+        let grace = self.cfg.stop_grace + RESEND_AFTER;
+        let Some(session) = g.sessions.get(&agent.name).filter(|s| &s.id == agent) else {
+            return;
+        };
+        let tx = session.tx.clone();
+        if let Some(pending) = g.stop_sent.get_mut(agent) {
+            pending.retain(|(task, epoch), _| reports(task, *epoch));
+            for ((task, epoch), at) in pending.iter_mut() {
+                if new_session || now.saturating_since(*at) >= grace {
+                    debug!(%agent, %task, epoch = epoch.0, "copy still running after its stop; sending again");
+                    *at = now;
+                    send(
+                        &tx,
+                        v1::server_message::Msg::Stop(v1::StopTask {
+                            task: task.to_string(),
+                            epoch: epoch.0,
+                            grace_ms: ms(self.cfg.stop_grace),
+                        }),
+                    );
                 }
             }
         }
     }
 
-    fn send_assign(&self, g: &Inner, task: &TaskId, epoch: FencingToken, agent: &AgentId) {
+    fn send_assign(
+        &self,
+        g: &mut Inner,
+        task: &TaskId,
+        epoch: FencingToken,
+        agent: &AgentId,
+        now: Time,
+    ) {
+        g.assign_sent
+            .entry(agent.clone())
+            .or_default()
+            .insert(task.clone(), (epoch, now));
         let Some(spec) = g.desired.get(&task.job) else {
             return;
         };
@@ -1249,6 +1374,23 @@ fn failures_of(obs: &Observed, task: &TaskId) -> u32 {
         .and_then(|s| s.get(task.index as usize))
         .map_or(0, |t| t.failures)
 }
+
+fn alarm_text(a: &PlanAlarm) -> String {
+    match a {
+        PlanAlarm::RescheduleFrozen { tasks } => {
+            format!("{tasks} reschedules held by the mass-failure brake")
+        }
+        PlanAlarm::RateLimited { tasks } => {
+            format!("{tasks} reschedules deferred by the rate limit")
+        }
+        PlanAlarm::NoCapacity { job, tasks } => {
+            format!("no agent has room for {tasks} task(s) of {job}")
+        }
+    }
+}
+
+/// How long an order may go unanswered before it is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
