@@ -338,7 +338,7 @@ impl ControlPlane {
                 // Persisted, perhaps never delivered: send again when the agent is back.
                 pending_assign
                     .entry(a.clone())
-                    .or_insert_with(HashMap::new)
+                    .or_default()
                     .insert(rec.task.clone(), (rec.epoch, Time::ZERO));
             }
             if let Some(a) = &rec.agent
