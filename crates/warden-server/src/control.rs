@@ -852,6 +852,13 @@ impl ControlPlane {
         );
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // If this loop itself was stalled (the server starved of CPU, paused, swapping), the
+        // heartbeats of that time may still sit unread in socket buffers: judging agents
+        // before reading them would blame them for the server's own pause. Verdicts are held
+        // briefly after a stall; holding a verdict only ever delays recovery, never safety.
+        let stall = (self.cfg.tick * 8).max(Duration::from_millis(400));
+        let mut last_loop = self.clock.now();
+        let mut hold_until = Time::ZERO;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -859,9 +866,22 @@ impl ControlPlane {
                 () = self.wake.notified() => {}
             }
             let now = self.clock.now();
+            let gap = now.saturating_since(last_loop);
+            last_loop = now;
+            if gap > stall {
+                warn!(
+                    stalled_ms = ms(gap),
+                    "control loop was stalled; holding verdicts for 1s"
+                );
+                hold_until = now + Duration::from_secs(1);
+            }
             let (probes, events) = {
                 let mut g = lock(&self.inner);
-                let mut outs = g.fleet().tick(now);
+                let mut outs = if now < hold_until {
+                    Vec::new()
+                } else {
+                    g.fleet().tick(now)
+                };
                 if let Some(deadline) = g.restart_deadline
                     && now >= deadline
                 {
