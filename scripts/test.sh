@@ -28,7 +28,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== warden-core must not depend on tokio"
-if cargo tree -p warden-core -e normal --locked | grep -q '^.*tokio'; then
+core_tree=$(cargo tree -p warden-core -e normal --locked)
+if grep -q 'tokio' <<<"$core_tree"; then
     echo "warden-core depends on tokio" >&2
     exit 1
 fi
