@@ -175,9 +175,9 @@ struct ProbeJob {
     helpers: Vec<(mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, u64)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    fleet: Option<Fleet>,
+    fleet: Fleet,
     desired: Desired,
     observed: Observed,
     sessions: HashMap<Arc<str>, Session>,
@@ -204,17 +204,28 @@ struct Inner {
 }
 
 impl Inner {
-    fn fleet(&mut self) -> &mut Fleet {
-        self.fleet.get_or_insert_with(|| {
-            // Unreachable in practice: the fleet is created in ControlPlane::new.
-            Fleet::new(LifecycleConfig::default()).unwrap_or_else(|_| unreachable_fleet())
-        })
+    fn new(fleet: Fleet, desired: Desired, observed: Observed) -> Self {
+        Inner {
+            fleet,
+            desired,
+            observed,
+            sessions: HashMap::new(),
+            next_serial: 0,
+            suspect_since: HashMap::new(),
+            failed_at: HashMap::new(),
+            failed_cause: HashMap::new(),
+            probe_addrs: HashMap::new(),
+            recoveries: HashMap::new(),
+            events: Vec::new(),
+            probes: Vec::new(),
+            probe_waiters: HashMap::new(),
+            next_probe: 0,
+            restart_deadline: None,
+            last_alarms: BTreeSet::new(),
+            assign_sent: HashMap::new(),
+            stop_sent: HashMap::new(),
+        }
     }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_fleet() -> Fleet {
-    panic!("the default lifecycle configuration is valid")
 }
 
 /// The control plane. Cheap to share: wrap it in an `Arc`.
@@ -375,15 +386,9 @@ impl ControlPlane {
                 },
             );
         }
-        let bucket = TokenBucket::new(cfg.reschedule_rate, cfg.reschedule_burst, now);
-        let inner = Inner {
-            fleet: Some(fleet),
-            desired,
-            observed,
-            restart_deadline,
-            assign_sent: pending_assign,
-            ..Inner::default()
-        };
+        let mut inner = Inner::new(fleet, desired, observed);
+        inner.restart_deadline = restart_deadline;
+        inner.assign_sent = pending_assign;
         let cp = Arc::new(ControlPlane {
             inner: Mutex::new(inner),
             store,
@@ -394,7 +399,6 @@ impl ControlPlane {
         lock(&cp.inner)
             .events
             .push(event("server.started", None, None, "server started".into()));
-        let _ = bucket; // the bucket lives in the reconcile loop
         Ok(cp)
     }
 
@@ -440,7 +444,7 @@ impl ControlPlane {
             .unwrap_or_default();
         let now = self.clock.now();
         let mut g = lock(&self.inner);
-        let outs = g.fleet().join(id.clone(), now);
+        let outs = g.fleet.join(id.clone(), now);
         if outs
             .iter()
             .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
@@ -509,11 +513,11 @@ impl ControlPlane {
         let now = self.clock.now();
         let mut g = lock(&self.inner);
         let mut outs = g
-            .fleet()
+            .fleet
             .step(&who.id, AgentEvent::Heartbeat { seq: hb.seq }, now);
         if let Some(s) = &hb.signals {
             outs.extend(
-                g.fleet()
+                g.fleet
                     .step(&who.id, AgentEvent::Signals(signals_from_wire(s)), now),
             );
         }
@@ -577,7 +581,7 @@ impl ControlPlane {
     pub fn leave(&self, who: &Admitted) {
         let now = self.clock.now();
         let mut g = lock(&self.inner);
-        let outs = g.fleet().step(&who.id, AgentEvent::Leave, now);
+        let outs = g.fleet.step(&who.id, AgentEvent::Leave, now);
         self.handle(&mut g, outs, now);
     }
 
@@ -593,7 +597,7 @@ impl ControlPlane {
             return; // a newer session of this agent took over
         }
         g.sessions.remove(&who.id.name);
-        let outs = g.fleet().step(&who.id, AgentEvent::SessionLost, now);
+        let outs = g.fleet.step(&who.id, AgentEvent::SessionLost, now);
         self.handle(&mut g, outs, now);
     }
 
@@ -744,8 +748,7 @@ impl ControlPlane {
                             .filter(|s| s.id.name != agent.name)
                             .filter(|s| {
                                 g.fleet
-                                    .as_ref()
-                                    .and_then(|f| f.agent(&s.id))
+                                    .agent(&s.id)
                                     .is_some_and(|r| r.state() == AgentState::Healthy)
                             })
                             .collect();
@@ -805,8 +808,7 @@ impl ControlPlane {
         info!(agent = %t.agent, from = %t.from, to = %t.to, cause = %t.cause, "agent transition");
         let death = g
             .fleet
-            .as_ref()
-            .and_then(|f| f.agent(&t.agent))
+            .agent(&t.agent)
             .map(|r| r.death_evidence())
             .unwrap_or(DeathEvidence::None);
         if let Some(v) = g.observed.agents.get_mut(&t.agent) {
@@ -880,7 +882,7 @@ impl ControlPlane {
                 let mut outs = if now < hold_until {
                     Vec::new()
                 } else {
-                    g.fleet().tick(now)
+                    g.fleet.tick(now)
                 };
                 if let Some(deadline) = g.restart_deadline
                     && now >= deadline
@@ -888,16 +890,12 @@ impl ControlPlane {
                     g.restart_deadline = None;
                     let stale: Vec<AgentId> = g
                         .fleet
-                        .as_ref()
-                        .map(|f| {
-                            f.agents()
-                                .filter(|r| r.state() == AgentState::Joining)
-                                .map(|r| r.id().clone())
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                        .agents()
+                        .filter(|r| r.state() == AgentState::Joining)
+                        .map(|r| r.id().clone())
+                        .collect();
                     for id in stale {
-                        outs.extend(g.fleet().step(&id, AgentEvent::LeaseExpired, now));
+                        outs.extend(g.fleet.step(&id, AgentEvent::LeaseExpired, now));
                     }
                 }
                 self.handle(&mut g, outs, now);
@@ -967,7 +965,7 @@ impl ControlPlane {
         };
         debug!(agent = %job.agent, ?report, "probe round done");
         let mut g = lock(&self.inner);
-        let outs = g.fleet().step(&job.agent, AgentEvent::Probes(report), now);
+        let outs = g.fleet.step(&job.agent, AgentEvent::Probes(report), now);
         self.handle(&mut g, outs, now);
     }
 
@@ -976,7 +974,7 @@ impl ControlPlane {
         let now = self.clock.now();
         let (actions, resources) = {
             let mut g = lock(&self.inner);
-            let brake = g.fleet.as_ref().is_some_and(Fleet::brake_engaged);
+            let brake = g.fleet.brake_engaged();
             g.observed.brake_engaged = brake;
             g.observed.reschedule_budget = bucket.available(now);
             let actions = plan(&self.cfg.planner, &g.desired, &g.observed, now);
@@ -1137,11 +1135,7 @@ impl ControlPlane {
             } => {
                 let detected = g.suspect_since.get(from).copied().unwrap_or(now);
                 let failed = g.failed_at.get(from).copied().unwrap_or(now);
-                let last_hb = g
-                    .fleet
-                    .as_ref()
-                    .and_then(|f| f.agent(from))
-                    .and_then(|r| r.last_heartbeat());
+                let last_hb = g.fleet.agent(from).and_then(|r| r.last_heartbeat());
                 let cause = g.failed_cause.get(from).cloned().unwrap_or(Cause::Leave);
                 let has_health_check = g.desired.get(&task.job).is_some_and(|j| j.health.is_some());
                 let record = RecoveryRecord {
@@ -1458,9 +1452,7 @@ impl ControlApi for ControlPlane {
     fn agents(&self) -> Vec<AgentInfo> {
         let now = self.clock.now();
         let g = lock(&self.inner);
-        let Some(fleet) = g.fleet.as_ref() else {
-            return vec![];
-        };
+        let fleet = &g.fleet;
         let mut tasks_of: HashMap<&AgentId, Vec<String>> = HashMap::new();
         let mut jobs: Vec<(&JobName, &Vec<TaskView>)> = g.observed.tasks.iter().collect();
         jobs.sort_by(|a, b| a.0.cmp(b.0));
@@ -1619,7 +1611,7 @@ impl ControlApi for ControlPlane {
         HealthInfo {
             status: "ok".to_string(),
             sessions: g.sessions.len(),
-            brake_engaged: g.fleet.as_ref().is_some_and(Fleet::brake_engaged),
+            brake_engaged: g.fleet.brake_engaged(),
         }
     }
 }
