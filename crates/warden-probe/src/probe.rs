@@ -8,6 +8,9 @@
 //! - **HTTP `GET /healthz`**: only an application-level answer proves the agent runs. A stopped
 //!   agent accepts the connection (kernel) but never answers: `TimedOut`.
 //!
+//! - **ICMP echo**: a reply proves the host is up (`Connected`), nothing more; it is
+//!   `Skipped` where ICMP sockets are not permitted.
+//!
 //! The outcomes map onto [`ProbeOutcome`], which the lifecycle interprets.
 
 use std::net::SocketAddr;
@@ -81,10 +84,45 @@ pub async fn http(addr: SocketAddr, limit: Duration) -> ProbeOutcome {
         .unwrap_or(ProbeOutcome::TimedOut)
 }
 
-/// Run both direct probes concurrently.
+/// ICMP echo to `ip` within `limit`. A reply means only that the *host* is up (`Connected`).
+/// Where ICMP sockets are not permitted (no root, `net.ipv4.ping_group_range` closed) the
+/// probe is `Skipped`, which the lifecycle ignores.
+pub async fn icmp(ip: std::net::IpAddr, limit: Duration) -> ProbeOutcome {
+    use surge_ping::{Client, Config, ICMP, PingIdentifier, PingSequence, SurgeError};
+    let config = match ip {
+        std::net::IpAddr::V4(_) => Config::default(),
+        std::net::IpAddr::V6(_) => Config::builder().kind(ICMP::V6).build(),
+    };
+    let client = match Client::new(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "ICMP not permitted here; skipping the ICMP probe");
+            return ProbeOutcome::Skipped;
+        }
+    };
+    // Identifiers only need to differ between concurrent probes of this process.
+    static NEXT_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut pinger = client.pinger(ip, PingIdentifier(id)).await;
+    pinger.timeout(limit);
+    match pinger.ping(PingSequence(0), &[0u8; 16]).await {
+        Ok(_) => ProbeOutcome::Connected,
+        Err(SurgeError::Timeout { .. }) => ProbeOutcome::TimedOut,
+        Err(SurgeError::IOError(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            ProbeOutcome::Skipped
+        }
+        Err(_) => ProbeOutcome::Unreachable,
+    }
+}
+
+/// Run the direct probes (TCP connect, HTTP `/healthz`, ICMP echo) concurrently.
 pub async fn direct(addr: SocketAddr, limit: Duration) -> Vec<(ProbeKind, ProbeOutcome)> {
-    let (t, h) = tokio::join!(tcp(addr, limit), http(addr, limit));
-    vec![(ProbeKind::Tcp, t), (ProbeKind::Http, h)]
+    let (t, h, i) = tokio::join!(tcp(addr, limit), http(addr, limit), icmp(addr.ip(), limit));
+    vec![
+        (ProbeKind::Tcp, t),
+        (ProbeKind::Http, h),
+        (ProbeKind::Icmp, i),
+    ]
 }
 
 #[cfg(test)]
@@ -136,11 +174,22 @@ mod tests {
             .unwrap();
         let outcomes = direct(addr, LIMIT).await;
         assert_eq!(
-            outcomes,
-            vec![
+            outcomes[..2],
+            [
                 (ProbeKind::Tcp, ProbeOutcome::Refused),
                 (ProbeKind::Http, ProbeOutcome::Refused)
             ]
+        );
+        // The host itself is up: ICMP answers where permitted and is skipped where not.
+        assert!(
+            matches!(
+                outcomes[2],
+                (
+                    ProbeKind::Icmp,
+                    ProbeOutcome::Connected | ProbeOutcome::Skipped
+                )
+            ),
+            "{outcomes:?}"
         );
     }
 
@@ -152,8 +201,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let outcomes = direct(addr, Duration::from_millis(300)).await;
         assert_eq!(
-            outcomes,
-            vec![
+            outcomes[..2],
+            [
                 (ProbeKind::Tcp, ProbeOutcome::Connected),
                 (ProbeKind::Http, ProbeOutcome::TimedOut)
             ]
