@@ -118,34 +118,10 @@ impl HealthTracker {
     }
 }
 
-/// `(interval, timeout, failures)` of a check.
-pub fn timing(check: &HealthCheck) -> (Duration, Duration, u32) {
-    match check {
-        HealthCheck::Http {
-            interval,
-            timeout,
-            failures,
-            ..
-        }
-        | HealthCheck::Tcp {
-            interval,
-            timeout,
-            failures,
-            ..
-        }
-        | HealthCheck::Exec {
-            interval,
-            timeout,
-            failures,
-            ..
-        } => (*interval, *timeout, *failures),
-    }
-}
-
 /// Run one probe of `check`, bounded by its timeout. `env` is the environment of an exec
 /// check's command (the task's).
 pub async fn probe(check: &HealthCheck, env: &BTreeMap<String, String>) -> Result<(), ProbeError> {
-    let (_, limit, _) = timing(check);
+    let (_, limit, _) = check.timing();
     match check {
         HealthCheck::Http { port, path, .. } => timeout(limit, http_get(*port, path))
             .await
@@ -170,7 +146,7 @@ pub async fn run(
     cancel: CancellationToken,
     mut on_change: impl FnMut(bool) + Send,
 ) {
-    let (interval, _, failures) = timing(&check);
+    let (interval, _, failures) = check.timing();
     let mut tracker = HealthTracker::new(failures);
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

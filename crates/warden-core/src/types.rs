@@ -245,7 +245,8 @@ fn default_check_failures() -> u32 {
 }
 
 impl HealthCheck {
-    fn timing(&self) -> (Duration, Duration, u32) {
+    /// `(interval, timeout, failures)` of the check.
+    pub fn timing(&self) -> (Duration, Duration, u32) {
         match self {
             HealthCheck::Http {
                 interval,

@@ -19,10 +19,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -845,139 +842,19 @@ fn malformed_and_hostile_job_specs_are_refused_and_change_nothing() {
     );
 }
 
-/// A TCP proxy like `warden_chaos::proxy::Proxy` (cut and heal), which can also *reset*: close
-/// every open connection at once without forwarding what is queued in it, while it keeps
-/// listening — a connection that dies with a message in flight, and a peer that can reconnect
-/// at the same address.
-struct ResettableProxy {
-    addr: SocketAddr,
-    forward: Arc<AtomicBool>,
-    round: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl ResettableProxy {
-    fn start(target: SocketAddr) -> ResettableProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let forward = Arc::new(AtomicBool::new(true));
-        let round = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (f, r, s) = (forward.clone(), round.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let Ok((down, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let Ok(up) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
-                    let _ = down.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let _ = down.set_nonblocking(false);
-                let born = r.load(Ordering::SeqCst);
-                for (from, to) in [(&down, &up), (&up, &down)] {
-                    let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
-                        continue;
-                    };
-                    let (f, r, s) = (f.clone(), r.clone(), s.clone());
-                    std::thread::spawn(move || pump(from, to, born, &f, &r, &s));
-                }
-            }
-        });
-        ResettableProxy {
-            addr,
-            forward,
-            round,
-            stop,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stop forwarding; connections stay open and data waits.
-    fn cut(&self) {
-        self.forward.store(false, Ordering::SeqCst);
-    }
-
-    /// Forward again.
-    fn heal(&self) {
-        self.forward.store(true, Ordering::SeqCst);
-    }
-
-    /// Close every open connection, discarding whatever waits in it.
-    fn reset(&self) {
-        self.round.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl Drop for ResettableProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    born: u64,
-    forward: &AtomicBool,
-    round: &AtomicU64,
-    stop: &AtomicBool,
-) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(10)));
-    let mut buf = [0u8; 16 * 1024];
-    // Bytes read by a read that began before a cut: held back, never forwarded during the cut.
-    let mut held = Vec::new();
-    while !stop.load(Ordering::SeqCst) && round.load(Ordering::SeqCst) == born {
-        if !forward.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        if !held.is_empty() {
-            if to.write_all(&held).is_err() {
-                break;
-            }
-            held.clear();
-        }
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if forward.load(Ordering::SeqCst) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Ok(n) => held.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
-
 /// An assignment lost in flight is sent again: the server orders a singleton onto an agent
 /// whose link is cut (the order is persisted, then sent into the cut link), the link then dies
 /// with the order still in it, and the agent reconnects at once with the same generation,
 /// reporting that it runs nothing. The singleton must still come to run exactly once.
 ///
-/// Today it never does: the slot stays `starting` on the agent forever, because the server
-/// neither re-sends an assignment nor notices that the agent does not report it (see
-/// `copy_status` in warden-core's planner: a `starting` copy on a live agent is respected
-/// without limit). The same happens when the server crashes between persisting an assignment
-/// and the agent receiving it (the intermittent failure of
-/// `a_server_crash_right_after_a_submit_runs_the_job_exactly_once`).
+/// Before the fix the slot stayed `starting` forever: an assignment was sent once, and a
+/// `starting` copy on a live agent is respected without limit. The server now sends again any
+/// assignment the agent does not report (at once on a new session, else after a second); the
+/// same covers a server crash between persisting an assignment and delivering it.
 #[test]
 fn an_assignment_lost_in_flight_is_sent_again() {
     let mut c = start_cluster();
-    let proxy = ResettableProxy::start(c.grpc_addr);
+    let proxy = Proxy::start(c.grpc_addr).unwrap();
     c.add_agent_via("agent-1", proxy.addr()).unwrap();
     wait_healthy(&c, &["agent-1"]);
     let (generation, _, _) = agent_gen_state(&c, "agent-1").unwrap();
@@ -1012,13 +889,13 @@ fn an_assignment_lost_in_flight_is_sent_again() {
 /// in it, and the agent reconnects at once with the same generation, still running the task.
 /// The task process must still be stopped.
 ///
-/// Today it never is: the slot stays `stopping` and the process runs on although its job is
-/// gone, because a stop is sent once and a `stopping` copy the agent keeps reporting is neither
-/// stopped again nor treated as stale (see the stale-copy loop of warden-core's `plan`).
+/// Before the fix the slot stayed `stopping` and the process ran on although its job was gone:
+/// a stop was sent once. The server now sends a stop again while the agent keeps reporting the
+/// copy (at once on a new session, else after the stop grace).
 #[test]
 fn a_stop_lost_in_flight_is_sent_again() {
     let mut c = start_cluster();
-    let proxy = ResettableProxy::start(c.grpc_addr);
+    let proxy = Proxy::start(c.grpc_addr).unwrap();
     c.add_agent_via("agent-1", proxy.addr()).unwrap();
     wait_healthy(&c, &["agent-1"]);
     c.submit(&service("web", 1)).unwrap();
@@ -1056,9 +933,8 @@ fn a_stop_lost_in_flight_is_sent_again() {
 /// that cannot be placed (no agent at all), the `alarm.plan` events stay a handful after the
 /// control loop has run for a while (20 ticks a second).
 ///
-/// Today the server writes two events every tick (about 40 a second, each a store write, plus
-/// as many WARN lines): `execute` in warden-server's control.rs de-duplicates alarms against
-/// the single last message (`Inner::last_alarm`), and two alternating alarms defeat that.
+/// Before the fix two alternating alarms defeated a one-entry de-duplication and the server
+/// wrote two events every tick; alarms are now recorded when they appear.
 #[test]
 fn standing_plan_alarms_are_recorded_once() {
     let c = start_cluster();

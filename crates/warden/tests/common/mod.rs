@@ -17,34 +17,8 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// Whether `pid` is a live process. A zombie counts as dead: it runs no code, and whether it
-/// has been reaped yet depends on who its parent is.
-pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // "pid (comm) S …": the state follows the last ')'.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z" | "X") | None)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Poll `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+// Liveness (zombies count as dead) and condition waits are the chaos harness's own.
+pub use warden_chaos::cluster::{is_alive, wait_until};
 
 /// Kills a process (or its whole process group) by id when dropped, if it is still alive.
 pub struct PidGuard {
