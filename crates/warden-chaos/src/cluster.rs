@@ -56,6 +56,18 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
+/// The parent of a process (`None` when it is gone).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name: state, then the parent's PID.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// CPU time (user + system) a process has used so far, and its resident set size in bytes.
 pub fn cpu_and_rss(pid: i32) -> Option<(Duration, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -343,47 +355,16 @@ impl Cluster {
 
     /// Task processes of this cluster that exist now (running or stopped, not zombies).
     pub fn task_procs(&self) -> Vec<TaskProc> {
-        let key = format!("CLUSTER_MARKER_{}=1", sanitize(&self.marker));
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-                continue;
-            };
-            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            if !vars.contains(&key.as_bytes()) {
-                continue;
-            }
-            // The shim carries its task's environment too; only the task itself counts.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()) {
-                continue;
-            }
-            let get = |name: &str| {
-                vars.iter().find_map(|v| {
-                    let s = std::str::from_utf8(v).ok()?;
-                    s.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
-                })
-            };
-            if !is_alive(pid) {
-                continue;
-            }
-            if let (Some(task), Some(token)) = (get("WARDEN_TASK_ID"), get("WARDEN_FENCING_TOKEN"))
-            {
-                out.push(TaskProc {
-                    pid,
-                    task,
-                    token: token.parse().unwrap_or(0),
-                });
-            }
-        }
-        out.sort_by_key(|t| t.pid);
-        out
+        scan_task_procs(&self.marker)
+    }
+
+    /// The PID of every agent process this cluster started (name → PID; the process may have
+    /// been killed since).
+    pub fn agent_pids(&self) -> BTreeMap<String, i32> {
+        self.agents
+            .iter()
+            .map(|(name, p)| (name.clone(), p.pid()))
+            .collect()
     }
 
     /// A process's log so far (for failure messages).
@@ -430,6 +411,52 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Task processes that exist now (running or stopped, not zombies) of the cluster whose
+/// marker is `marker` (see [`Cluster::marker`]). A free function so that a sampler thread can
+/// read the ground truth while another thread injects faults into the [`Cluster`].
+pub fn scan_task_procs(marker: &str) -> Vec<TaskProc> {
+    let key = format!("CLUSTER_MARKER_{}=1", sanitize(marker));
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if !vars.contains(&key.as_bytes()) {
+            continue;
+        }
+        // The shim carries its task's environment too; only the task itself counts.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()) {
+            continue;
+        }
+        let get = |name: &str| {
+            vars.iter().find_map(|v| {
+                let s = std::str::from_utf8(v).ok()?;
+                s.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
+            })
+        };
+        if !is_alive(pid) {
+            continue;
+        }
+        if let (Some(task), Some(token)) = (get("WARDEN_TASK_ID"), get("WARDEN_FENCING_TOKEN")) {
+            out.push(TaskProc {
+                pid,
+                task,
+                token: token.parse().unwrap_or(0),
+            });
+        }
+    }
+    out.sort_by_key(|t| t.pid);
+    out
 }
 
 fn sanitize(s: &str) -> String {

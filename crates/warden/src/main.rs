@@ -16,6 +16,7 @@ use warden_agent::shim::{self, ShimArgs, protocol::EXIT_SHIM_FAILED};
 mod agent_cmd;
 mod bench;
 mod bench_sessions;
+mod chaos;
 mod cli;
 mod dev;
 mod server_cmd;
@@ -93,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         cmd: bench::BenchCommand,
     },
+    /// Fault-injection scenarios on a real local cluster, with a detection-quality report.
+    Chaos {
+        #[command(subcommand)]
+        cmd: chaos::ChaosCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
         Command::Events { follow, since, api } => cli::events(api, *follow, *since),
         Command::Report { cmd, api } => cli::report(cmd, api),
         Command::Bench { cmd } => bench::run(cmd),
+        Command::Chaos { cmd } => chaos::run(cmd),
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev::run(args))),
         Command::Server(args) => runtime().and_then(|rt| rt.block_on(server_cmd::run(args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent_cmd::run(args))),

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// The `warden` binary under test.
@@ -24,27 +24,63 @@ pub use warden_chaos::cluster::{is_alive, wait_until};
 pub struct PidGuard {
     pid: i32,
     group: bool,
+    /// The process's start time (clock ticks since boot) when the guard was made: PIDs are
+    /// reused quickly, and a guard must never kill a stranger that got its number.
+    start: Option<u64>,
+}
+
+/// `(start time, process group)` of a live process, from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(u64, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command name: state is field 3 of stat, pgrp 5, starttime 22 (1-based).
+    Some((fields.get(19)?.parse().ok()?, fields.get(2)?.parse().ok()?))
 }
 
 impl PidGuard {
     /// Guard a single process.
     pub fn process(pid: i32) -> Self {
-        PidGuard { pid, group: false }
+        PidGuard {
+            pid,
+            group: false,
+            start: stat(pid).map(|s| s.0),
+        }
     }
 
     /// Guard the process group led by `pid`.
     pub fn group(pid: i32) -> Self {
-        PidGuard { pid, group: true }
+        PidGuard {
+            pid,
+            group: true,
+            start: stat(pid).map(|s| s.0),
+        }
     }
 }
 
 impl Drop for PidGuard {
     fn drop(&mut self) {
-        if self.group {
-            // Members may outlive the leader; killpg fails harmlessly when none is left.
-            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-        } else if is_alive(self.pid) {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let Some(start) = self.start else { return };
+        if !self.group {
+            if is_alive(self.pid) && stat(self.pid).map(|s| s.0) == Some(start) {
+                let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            }
+            return;
+        }
+        // Members may outlive the leader. Kill the processes of that group that started no
+        // earlier than its leader: a group id can only be reused once the group is empty.
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some((started, pgrp)) = stat(pid)
+                && pgrp == self.pid
+                && started >= start
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
     }
 }

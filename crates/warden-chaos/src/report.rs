@@ -1,0 +1,644 @@
+//! The report of a chaos run, built from its [`Record`]: per-fault detection times and
+//! recoveries, their percentiles, a confusion matrix of the server's verdicts against ground
+//! truth, and the checkers' verdicts. Serialised as JSON; [`Report::summary`] renders the
+//! short table the CLI prints. `docs/chaos.md` explains every field.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use warden_core::qos::{Confusion, percentile};
+
+use crate::check::{self, CheckResult};
+use crate::record::{Record, SERVER};
+use crate::scenario::FaultKind;
+
+/// Width of a confusion-matrix window: one verdict sample per agent per window.
+pub const WINDOW_MS: u64 = 1000;
+
+/// The report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario description.
+    pub description: String,
+    /// Seed.
+    pub seed: u64,
+    /// Agents.
+    pub agents: Vec<String>,
+    /// When the fault schedule started (ms since the run started; all times below too).
+    pub schedule_start_ms: u64,
+    /// When the last fault ended.
+    pub faults_end_ms: u64,
+    /// When recording stopped.
+    pub end_ms: u64,
+    /// `/proc` samples taken.
+    pub samples: usize,
+    /// Largest gap between two samples (how sharp the ground truth is).
+    pub max_sample_gap_ms: u64,
+    /// Server events about agents seen.
+    pub events: usize,
+    /// Every fault.
+    pub faults: Vec<FaultReport>,
+    /// Detection time (fault → first Suspect or Failed) per fault kind.
+    pub detection: Vec<KindStats>,
+    /// RTO of singleton slots (fault → a process with a newer token), over every fault.
+    pub singleton_rto: Stats,
+    /// RTO of service slots.
+    pub service_rto: Stats,
+    /// Verdicts against ground truth.
+    pub confusion: ConfusionReport,
+    /// Mistakes: λ_M, T_M, P_A.
+    pub accuracy: Accuracy,
+    /// Checkers' verdicts.
+    pub checkers: Vec<CheckResult>,
+    /// Total violations (the run fails when this is not 0).
+    pub violations: usize,
+    /// Things that happened outside the harness's control (see `Record::anomalies`).
+    pub anomalies: Vec<String>,
+}
+
+/// One fault and what followed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaultReport {
+    /// Position in the schedule.
+    pub index: usize,
+    /// Kind.
+    pub kind: FaultKind,
+    /// Agent hit (or `server`).
+    pub target: String,
+    /// Start.
+    pub start_ms: u64,
+    /// End (`None`: never undone).
+    pub end_ms: Option<u64>,
+    /// Why it was not injected.
+    pub skipped: Option<String>,
+    /// T_D to Suspect: start → the server's first `suspect` of the agent's generation that was
+    /// current at the start.
+    pub suspect_ms: Option<u64>,
+    /// Start → first `failed` of that generation.
+    pub failed_ms: Option<u64>,
+    /// Start → the first of the two (the detection time).
+    pub detected_ms: Option<u64>,
+    /// The slots that ran on the agent when the fault started.
+    pub recoveries: Vec<Recovery>,
+}
+
+/// What became of one slot that ran on a faulted agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Recovery {
+    /// Task id.
+    pub task: String,
+    /// Whether it is a singleton.
+    pub singleton: bool,
+    /// Its token at the fault.
+    pub old_token: u64,
+    /// The token of its replacement, if one ran.
+    pub new_token: Option<u64>,
+    /// Fault start → the replacement process seen.
+    pub rto_ms: Option<u64>,
+}
+
+/// Percentiles of a set of durations (ms); `None` when empty.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Values.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
+    /// Largest.
+    pub max_ms: Option<f64>,
+}
+
+impl Stats {
+    fn of(values: impl IntoIterator<Item = u64>) -> Stats {
+        let mut v: Vec<f64> = values.into_iter().map(|x| x as f64).collect();
+        v.sort_by(f64::total_cmp);
+        Stats {
+            count: v.len(),
+            p50_ms: percentile(&v, 0.5),
+            p95_ms: percentile(&v, 0.95),
+            p99_ms: percentile(&v, 0.99),
+            max_ms: v.last().copied(),
+        }
+    }
+}
+
+/// Detection-time statistics of one fault kind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KindStats {
+    /// Fault kind.
+    pub kind: FaultKind,
+    /// Faults of the kind injected.
+    pub faults: usize,
+    /// Of those, detected.
+    pub detected: usize,
+    /// Detection times.
+    pub detection: Stats,
+}
+
+/// A confusion matrix with its derived figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Matrix {
+    /// Truly out, suspected or failed.
+    pub true_pos: u64,
+    /// Up, but suspected or failed.
+    pub false_pos: u64,
+    /// Up and trusted.
+    pub true_neg: u64,
+    /// Truly out, still trusted.
+    pub false_neg: u64,
+    /// TP / (TP + FP).
+    pub precision: Option<f64>,
+    /// TP / (TP + FN).
+    pub recall: Option<f64>,
+    /// Harmonic mean of the two.
+    pub f1: Option<f64>,
+}
+
+impl From<&Confusion> for Matrix {
+    fn from(c: &Confusion) -> Matrix {
+        Matrix {
+            true_pos: c.true_pos,
+            false_pos: c.false_pos,
+            true_neg: c.true_neg,
+            false_neg: c.false_neg,
+            precision: c.precision(),
+            recall: c.recall(),
+            f1: c.f1(),
+        }
+    }
+}
+
+/// Verdicts against ground truth, one sample per agent in the middle of every window after
+/// the schedule start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConfusionReport {
+    /// Window width.
+    pub window_ms: u64,
+    /// Per agent.
+    pub agents: Vec<(String, Matrix)>,
+    /// Over every agent.
+    pub total: Matrix,
+}
+
+/// Mistakes of the failure detector (Chen, Toueg & Aguilera 2002), from the server's verdicts
+/// against ground truth. An agent counts as *up* outside its truth intervals and the verdict
+/// tolerance after each; a *mistake* is a suspicion (Suspect, possibly followed by Failed)
+/// that begins while the agent is up, and lasts as long as it overlaps up time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// Time the agents were up, summed over agents, from the schedule start.
+    pub up_ms: u64,
+    /// Mistakes.
+    pub mistakes: usize,
+    /// Their total duration.
+    pub mistake_ms: u64,
+    /// λ_M: mistakes per second of up time.
+    pub mistake_rate_per_s: f64,
+    /// T_M: mean mistake duration (`None` without mistakes).
+    pub mean_mistake_ms: Option<f64>,
+    /// P_A: the probability that the verdict about an up agent, at a random moment, is
+    /// "trusted" (`None` without up time).
+    pub query_accuracy: Option<f64>,
+}
+
+/// Merge overlapping or touching intervals.
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Length of the overlap of `(a, b)` with the merged intervals `set`.
+fn overlap(a: u64, b: u64, set: &[(u64, u64)]) -> u64 {
+    set.iter()
+        .map(|&(x, y)| b.min(y).saturating_sub(a.max(x)))
+        .sum()
+}
+
+fn accuracy(record: &Record) -> Accuracy {
+    let (s0, end) = (
+        record.schedule_start_ms,
+        record.end_ms.max(record.schedule_start_ms),
+    );
+    let mut acc = Accuracy::default();
+    for agent in &record.agents {
+        let out = merge(
+            record
+                .truth_of(agent)
+                .map(|i| {
+                    let e = i.end_ms.unwrap_or(end) + record.verdict_tolerance_ms;
+                    (i.start_ms.clamp(s0, end), e.clamp(s0, end))
+                })
+                .collect(),
+        );
+        acc.up_ms += (end - s0) - overlap(s0, end, &out);
+        let suspicions = merge(
+            record
+                .verdict_intervals(agent)
+                .into_iter()
+                .map(|(a, b, _)| (a.clamp(s0, end), b.clamp(s0, end)))
+                .filter(|(a, b)| a < b)
+                .collect(),
+        );
+        for (a, b) in suspicions {
+            if out.iter().any(|&(x, y)| x <= a && a <= y) {
+                continue;
+            }
+            acc.mistakes += 1;
+            acc.mistake_ms += (b - a) - overlap(a, b, &out);
+        }
+    }
+    if acc.up_ms > 0 {
+        acc.mistake_rate_per_s = acc.mistakes as f64 / (acc.up_ms as f64 / 1e3);
+        acc.query_accuracy = Some(1.0 - acc.mistake_ms as f64 / acc.up_ms as f64);
+    }
+    if acc.mistakes > 0 {
+        acc.mean_mistake_ms = Some(acc.mistake_ms as f64 / acc.mistakes as f64);
+    }
+    acc
+}
+
+/// The generation of `agent` current at `t`: the newest the server had mentioned by then.
+fn generation_at(record: &Record, agent: &str, t: u64) -> Option<u64> {
+    record
+        .events
+        .iter()
+        .filter(|e| e.agent == agent && e.t_ms <= t)
+        .map(|e| e.generation)
+        .max()
+}
+
+fn fault_report(record: &Record, f: &crate::record::FaultRecord) -> FaultReport {
+    let mut r = FaultReport {
+        index: f.index,
+        kind: f.kind,
+        target: f.target.clone(),
+        start_ms: f.start_ms,
+        end_ms: f.end_ms,
+        skipped: f.skipped.clone(),
+        suspect_ms: None,
+        failed_ms: None,
+        detected_ms: None,
+        recoveries: Vec::new(),
+    };
+    if f.skipped.is_some() || f.target == SERVER {
+        return r;
+    }
+    let until = f
+        .end_ms
+        .unwrap_or(record.end_ms)
+        .saturating_add(record.verdict_tolerance_ms);
+    if let Some(generation) = generation_at(record, &f.target, f.start_ms) {
+        let first = |to: &str| {
+            record
+                .events
+                .iter()
+                .filter(|e| {
+                    e.agent == f.target
+                        && e.generation == generation
+                        && e.to.as_deref() == Some(to)
+                        && e.t_ms >= f.start_ms
+                        && e.t_ms <= until
+                })
+                .map(|e| e.t_ms - f.start_ms)
+                .min()
+        };
+        r.suspect_ms = first("suspect");
+        r.failed_ms = first("failed");
+        r.detected_ms = match (r.suspect_ms, r.failed_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    if let Some(before) = record.sample_at(f.start_ms) {
+        for p in before
+            .procs
+            .iter()
+            .filter(|p| p.agent.as_deref() == Some(f.target.as_str()))
+        {
+            let replacement = record
+                .samples
+                .iter()
+                .filter(|s| s.t_ms >= f.start_ms)
+                .find_map(|s| {
+                    s.procs
+                        .iter()
+                        .find(|q| q.task == p.task && q.token > p.token)
+                        .map(|q| (s.t_ms, q.token))
+                });
+            r.recoveries.push(Recovery {
+                task: p.task.clone(),
+                singleton: record.singletons.contains(&p.task),
+                old_token: p.token,
+                new_token: replacement.map(|(_, tok)| tok),
+                rto_ms: replacement.map(|(t, _)| t - f.start_ms),
+            });
+        }
+    }
+    r
+}
+
+fn confusion(record: &Record) -> ConfusionReport {
+    let mut total = Confusion::default();
+    let mut agents = Vec::new();
+    for agent in &record.agents {
+        let mut c = Confusion::default();
+        // Sampled in the middle of each window: faults scheduled on whole seconds never
+        // coincide with a sample (which would count the instant of the fault as a miss).
+        let mut t = record.schedule_start_ms + WINDOW_MS / 2;
+        while t <= record.end_ms {
+            let out = record.truly_out(agent, t, 0);
+            let suspected = matches!(record.verdict_at(agent, t), Some("suspect" | "failed"));
+            match (out, suspected) {
+                (true, true) => c.true_pos += 1,
+                (false, true) => c.false_pos += 1,
+                (false, false) => c.true_neg += 1,
+                (true, false) => c.false_neg += 1,
+            }
+            t += WINDOW_MS;
+        }
+        total.add(&c);
+        agents.push((agent.clone(), Matrix::from(&c)));
+    }
+    ConfusionReport {
+        window_ms: WINDOW_MS,
+        agents,
+        total: Matrix::from(&total),
+    }
+}
+
+impl Report {
+    /// Build the report of a record (runs the checkers).
+    pub fn build(record: &Record) -> Report {
+        let faults: Vec<FaultReport> = record
+            .faults
+            .iter()
+            .map(|f| fault_report(record, f))
+            .collect();
+        let mut kinds: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        let detection = kinds
+            .into_iter()
+            .map(|kind| {
+                let of_kind: Vec<&FaultReport> = faults
+                    .iter()
+                    .filter(|f| f.kind == kind && f.skipped.is_none())
+                    .collect();
+                let times: Vec<u64> = of_kind.iter().filter_map(|f| f.detected_ms).collect();
+                KindStats {
+                    kind,
+                    faults: of_kind.len(),
+                    detected: times.len(),
+                    detection: Stats::of(times),
+                }
+            })
+            .collect();
+        let rtos = |singleton: bool| {
+            Stats::of(
+                faults
+                    .iter()
+                    .flat_map(|f| &f.recoveries)
+                    .filter(|r| r.singleton == singleton)
+                    .filter_map(|r| r.rto_ms),
+            )
+        };
+        let checkers = check::all(record);
+        let max_gap = record
+            .samples
+            .windows(2)
+            .map(|w| w[1].t_ms.saturating_sub(w[0].t_ms))
+            .max()
+            .unwrap_or(0);
+        let (name, description) = record
+            .scenario
+            .as_ref()
+            .map(|s| (s.name.clone(), s.description.clone()))
+            .unwrap_or_default();
+        Report {
+            scenario: name,
+            description,
+            seed: record.seed,
+            agents: record.agents.clone(),
+            schedule_start_ms: record.schedule_start_ms,
+            faults_end_ms: record.faults_end_ms,
+            end_ms: record.end_ms,
+            samples: record.samples.len(),
+            max_sample_gap_ms: max_gap,
+            events: record.events.len(),
+            singleton_rto: rtos(true),
+            service_rto: rtos(false),
+            confusion: confusion(record),
+            accuracy: accuracy(record),
+            violations: checkers.iter().map(|c| c.violations.len()).sum(),
+            checkers,
+            detection,
+            faults,
+            anomalies: record.anomalies.clone(),
+        }
+    }
+
+    /// A short human summary: faults, figures, checkers.
+    pub fn summary(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
+        let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"));
+        let r = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "scenario {} (seed {}): {} agents, {} samples (largest gap {} ms), {} agent events",
+            self.scenario,
+            self.seed,
+            self.agents.len(),
+            self.samples,
+            self.max_sample_gap_ms,
+            self.events
+        );
+        let _ = writeln!(
+            s,
+            "\n{:<3} {:<12} {:<9} {:>9} {:>10} {:>10}  recoveries (RTO)",
+            "#", "fault", "target", "at", "T_D susp", "T_D fail"
+        );
+        for fr in &self.faults {
+            let rec = if let Some(why) = &fr.skipped {
+                format!("skipped: {why}")
+            } else {
+                fr.recoveries
+                    .iter()
+                    .map(|r| format!("{} {}", r.task, ms(r.rto_ms)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "{:<3} {:<12} {:<9} {:>7.1} s {:>10} {:>10}  {rec}",
+                fr.index,
+                fr.kind.as_str(),
+                if fr.target.is_empty() {
+                    "-"
+                } else {
+                    &fr.target
+                },
+                fr.start_ms.saturating_sub(self.schedule_start_ms) as f64 / 1e3,
+                ms(fr.suspect_ms),
+                ms(fr.failed_ms),
+            );
+        }
+        let _ = writeln!(s);
+        for k in &self.detection {
+            let _ = writeln!(
+                s,
+                "T_D {:<12} {}/{} detected, p50 {}, p99 {}, max {}",
+                k.kind.as_str(),
+                k.detected,
+                k.faults,
+                f(k.detection.p50_ms),
+                f(k.detection.p99_ms),
+                f(k.detection.max_ms)
+            );
+        }
+        for (name, st) in [
+            ("singleton", &self.singleton_rto),
+            ("service", &self.service_rto),
+        ] {
+            let _ = writeln!(
+                s,
+                "RTO {name:<10} {} recoveries, p50 {}, p99 {}, max {}",
+                st.count,
+                f(st.p50_ms),
+                f(st.p99_ms),
+                f(st.max_ms)
+            );
+        }
+        let t = &self.confusion.total;
+        let _ = writeln!(
+            s,
+            "verdicts vs truth ({} ms windows): TP {} FP {} TN {} FN {}; precision {}, recall {}, F1 {}",
+            self.confusion.window_ms,
+            t.true_pos,
+            t.false_pos,
+            t.true_neg,
+            t.false_neg,
+            r(t.precision),
+            r(t.recall),
+            r(t.f1)
+        );
+        let a = &self.accuracy;
+        let _ = writeln!(
+            s,
+            "mistakes (suspicions of up agents): {} in {:.1} s of up time; λ_M {:.4}/s, T_M {}, P_A {}",
+            a.mistakes,
+            a.up_ms as f64 / 1e3,
+            a.mistake_rate_per_s,
+            f(a.mean_mistake_ms),
+            a.query_accuracy
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.5}"))
+        );
+        for note in &self.anomalies {
+            let _ = writeln!(s, "WARNING: {note}");
+        }
+        let _ = writeln!(s);
+        for c in &self.checkers {
+            let _ = writeln!(
+                s,
+                "{:<18} {}",
+                c.checker,
+                if c.passed {
+                    "pass".to_string()
+                } else {
+                    format!("FAIL ({} violations)", c.violations.len())
+                }
+            );
+            for v in c.violations.iter().take(5) {
+                let _ = writeln!(s, "    at {} ms: {}", v.t_ms, v.message);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::check::testing::{p, record, sample, transition};
+    use crate::record::{FaultRecord, TruthInterval, TruthState};
+
+    #[test]
+    fn detection_rto_and_confusion_from_a_record() {
+        let mut r = record();
+        r.schedule_start_ms = 0;
+        r.end_ms = 10_000;
+        r.faults = vec![FaultRecord {
+            index: 0,
+            kind: FaultKind::Kill,
+            target: "agent-1".into(),
+            start_ms: 2_000,
+            end_ms: Some(6_000),
+            skipped: None,
+        }];
+        r.truth = vec![TruthInterval {
+            agent: "agent-1".into(),
+            state: TruthState::Down,
+            start_ms: 2_000,
+            end_ms: Some(6_000),
+        }];
+        r.events = vec![
+            transition(100, "agent-1", 1, "healthy"),
+            transition(100, "agent-2", 1, "healthy"),
+            transition(2_300, "agent-1", 1, "suspect"),
+            transition(2_900, "agent-1", 1, "failed"),
+            transition(6_500, "agent-1", 2, "healthy"),
+        ];
+        r.samples = vec![
+            sample(1_990, vec![p("db/0", 1, 10, "agent-1")]),
+            sample(3_400, vec![p("db/0", 2, 11, "agent-2")]),
+        ];
+        let rep = Report::build(&r);
+        let f = &rep.faults[0];
+        assert_eq!(
+            (f.suspect_ms, f.failed_ms, f.detected_ms),
+            (Some(300), Some(900), Some(300))
+        );
+        assert_eq!(f.recoveries[0].rto_ms, Some(1_400));
+        assert_eq!(rep.singleton_rto.count, 1);
+        // Samples at 0.5 s, 1.5 s, …: agent-1 is down and suspected at 2.5–5.5 s (TP), up and
+        // trusted at 0.5, 1.5 and 6.5–9.5 s; agent-2 always up and trusted.
+        let c = &rep.confusion.total;
+        assert_eq!((c.true_pos, c.false_pos, c.false_neg), (4, 0, 0));
+        assert_eq!(c.true_neg, 6 + 10);
+        assert!(rep.summary().contains("kill"));
+        // No mistakes: agent-1's suspicion began while it was down.
+        assert_eq!(rep.accuracy.mistakes, 0);
+        assert_eq!(rep.accuracy.query_accuracy, Some(1.0));
+    }
+
+    #[test]
+    fn a_suspicion_of_an_up_agent_is_a_mistake() {
+        let mut r = record();
+        r.schedule_start_ms = 0;
+        r.end_ms = 10_000;
+        r.events = vec![
+            transition(0, "agent-1", 1, "healthy"),
+            transition(0, "agent-2", 1, "healthy"),
+            transition(4_000, "agent-2", 1, "suspect"),
+            transition(4_500, "agent-2", 1, "healthy"),
+        ];
+        let a = Report::build(&r).accuracy;
+        assert_eq!((a.up_ms, a.mistakes, a.mistake_ms), (20_000, 1, 500));
+        assert_eq!(a.mean_mistake_ms, Some(500.0));
+        assert_eq!(a.query_accuracy, Some(1.0 - 500.0 / 20_000.0));
+    }
+}

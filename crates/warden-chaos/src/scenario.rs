@@ -1,0 +1,494 @@
+//! Chaos scenarios: the TOML format `warden chaos run` reads, and its validation.
+//!
+//! A scenario names a cluster size, a workload (singletons and replicated services running the
+//! built-in `warden workload sleep`), and a schedule of faults. Every time is an offset from
+//! the moment the workload runs (the *schedule start*):
+//!
+//! ```toml
+//! name = "crash"
+//! description = "kill -9 agents"
+//! agents = 3           # default 3
+//! duration = "45s"     # the schedule's length, settle included
+//! settle = "10s"       # quiet time after the last fault ends (default 10s)
+//! rto_bound = "10s"    # no-lost-work: every slot runs again this long after the last fault
+//!
+//! [[workload]]
+//! name = "db"
+//! kind = "singleton"
+//!
+//! [[workload]]
+//! name = "web"
+//! kind = "service"
+//! replicas = 2
+//!
+//! [[fault]]
+//! kind = "kill"              # kill | pause | restart | partition | server-kill
+//! at = "5s"
+//! duration = "8s"            # kill: restart after; pause, partition: required
+//! target = "singleton-holder" # an agent name, "random" (seeded) or "singleton-holder"
+//! ```
+//!
+//! Unknown fields are errors, and every validation error names the field it is about
+//! (`fault[1].duration: …`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Default number of agents.
+pub const DEFAULT_AGENTS: usize = 3;
+/// Largest number of agents a local scenario may ask for.
+pub const MAX_AGENTS: usize = 32;
+/// Default quiet time after the last fault.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(10);
+/// Default bound for the no-lost-work checker.
+pub const DEFAULT_RTO_BOUND: Duration = Duration::from_secs(10);
+/// Default tolerance of the no-false-verdict checker after a fault ends: the lease (2 s) with
+/// the server's drift and grace margins (`L·(1+ρ) + kill_grace` ≈ 2.35 s).
+pub const DEFAULT_VERDICT_TOLERANCE: Duration = Duration::from_millis(2350);
+
+/// A chaos scenario, as read from TOML.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (used for the output directory).
+    pub name: String,
+    /// What the scenario exercises.
+    #[serde(default)]
+    pub description: String,
+    /// Agents in the cluster, `agent-1` … `agent-N`.
+    #[serde(default = "default_agents")]
+    pub agents: usize,
+    /// Length of the fault schedule, settle time included.
+    #[serde(with = "warden_core::duration_serde")]
+    pub duration: Duration,
+    /// Quiet time after the last fault ends; the schedule must leave at least this much.
+    #[serde(default = "default_settle", with = "warden_core::duration_serde")]
+    pub settle: Duration,
+    /// Every desired task slot must run (exactly once) within this time after the last fault.
+    #[serde(default = "default_rto_bound", with = "warden_core::duration_serde")]
+    pub rto_bound: Duration,
+    /// A Failed verdict this soon after a fault on that agent ended is not counted as false.
+    #[serde(
+        default = "default_verdict_tolerance",
+        with = "warden_core::duration_serde"
+    )]
+    pub verdict_tolerance: Duration,
+    /// The jobs to run.
+    #[serde(default, rename = "workload")]
+    pub workloads: Vec<Workload>,
+    /// The faults to inject.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<FaultSpec>,
+}
+
+fn default_agents() -> usize {
+    DEFAULT_AGENTS
+}
+fn default_settle() -> Duration {
+    DEFAULT_SETTLE
+}
+fn default_rto_bound() -> Duration {
+    DEFAULT_RTO_BOUND
+}
+fn default_verdict_tolerance() -> Duration {
+    DEFAULT_VERDICT_TOLERANCE
+}
+
+/// Kind of a workload job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// At most one copy may ever run.
+    Singleton,
+    /// `replicas` copies; a brief duplicate is harmless.
+    Service,
+}
+
+/// One job of the workload (it runs `warden workload sleep`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Job name.
+    pub name: String,
+    /// Singleton or service.
+    pub kind: WorkloadKind,
+    /// Copies (services only; a singleton has exactly one).
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Workload {
+    /// The task ids of this job's slots (`name/0` …).
+    pub fn slots(&self) -> Vec<String> {
+        (0..self.replicas)
+            .map(|i| format!("{}/{i}", self.name))
+            .collect()
+    }
+
+    /// The job spec submitted to the server (`{exe}` is filled in by the cluster).
+    pub fn job_toml(&self) -> String {
+        let kind = match self.kind {
+            WorkloadKind::Singleton => "singleton",
+            WorkloadKind::Service => "service",
+        };
+        let replicas = match self.kind {
+            WorkloadKind::Singleton => String::new(),
+            WorkloadKind::Service => format!("replicas = {}\n", self.replicas),
+        };
+        format!(
+            "name = \"{}\"\nkind = \"{kind}\"\n{replicas}command = \"{{exe}}\"\n\
+             args = [\"workload\", \"sleep\", \"--every\", \"60\"]\n\
+             [resources]\ncpu_millis = 10\nmemory_mb = 16\n",
+            self.name
+        )
+    }
+}
+
+/// Kind of a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL the agent; with a `duration`, start it again after that long.
+    Kill,
+    /// SIGSTOP the agent for `duration`, then SIGCONT.
+    Pause,
+    /// SIGKILL the agent and start it again at once.
+    Restart,
+    /// Cut the agent's session (both directions, silently) for `duration`, then heal it.
+    Partition,
+    /// SIGKILL the server; start it again after `duration` (default: at once).
+    ServerKill,
+}
+
+impl FaultKind {
+    /// The name used in TOML and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Restart => "restart",
+            FaultKind::Partition => "partition",
+            FaultKind::ServerKill => "server-kill",
+        }
+    }
+
+    /// Whether the fault is aimed at one agent.
+    pub fn has_target(self) -> bool {
+        self != FaultKind::ServerKill
+    }
+}
+
+/// Whom a fault hits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The agent of that name.
+    Agent(String),
+    /// An agent chosen with the run's seeded generator among those not already faulted.
+    Random,
+    /// The agent running a singleton at the moment the fault starts.
+    SingletonHolder,
+}
+
+/// One fault of the schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// What to do.
+    pub kind: FaultKind,
+    /// When, from the schedule start.
+    #[serde(with = "warden_core::duration_serde")]
+    pub at: Duration,
+    /// How long (pause, partition: required; kill, server-kill: optional; restart: none).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<Duration>,
+    /// `agent-N`, `random` (default) or `singleton-holder`; not for `server-kill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl FaultSpec {
+    /// The target, parsed (`random` when not given).
+    pub fn target(&self) -> Target {
+        match self.target.as_deref() {
+            None | Some("random") => Target::Random,
+            Some("singleton-holder") => Target::SingletonHolder,
+            Some(name) => Target::Agent(name.to_string()),
+        }
+    }
+
+    /// When the fault ends, from the schedule start: `at + duration`, or `at` for faults
+    /// without a duration (a restart; a kill that is never undone ends, as far as the
+    /// schedule is concerned, when it is done).
+    pub fn end(&self) -> Duration {
+        self.at + self.duration.unwrap_or_default()
+    }
+}
+
+/// `Option<Duration>` in human form.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => warden_core::duration_serde::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        warden_core::duration_serde::deserialize(d).map(Some)
+    }
+}
+
+impl Scenario {
+    /// Parse and validate a scenario.
+    pub fn from_toml(text: &str) -> Result<Scenario> {
+        let s: Scenario = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Read, parse and validate a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read scenario {}", path.display()))?;
+        Scenario::from_toml(&text).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    /// Agent names, `agent-1` … `agent-N`.
+    pub fn agent_names(&self) -> Vec<String> {
+        (1..=self.agents).map(|i| format!("agent-{i}")).collect()
+    }
+
+    /// Task ids of singleton slots.
+    pub fn singleton_slots(&self) -> Vec<String> {
+        self.workloads
+            .iter()
+            .filter(|w| w.kind == WorkloadKind::Singleton)
+            .flat_map(Workload::slots)
+            .collect()
+    }
+
+    /// Task ids of every desired slot.
+    pub fn all_slots(&self) -> Vec<String> {
+        self.workloads.iter().flat_map(Workload::slots).collect()
+    }
+
+    /// When the last fault ends, from the schedule start (zero without faults).
+    pub fn last_fault_end(&self) -> Duration {
+        self.faults
+            .iter()
+            .map(FaultSpec::end)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Check everything that TOML types cannot; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() {
+            bail!("name: must not be empty");
+        }
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "name: {:?} may only contain letters, digits, '-' and '_'",
+                self.name
+            );
+        }
+        if self.agents == 0 || self.agents > MAX_AGENTS {
+            bail!(
+                "agents: {} is out of range (1 to {MAX_AGENTS})",
+                self.agents
+            );
+        }
+        if self.duration.is_zero() {
+            bail!("duration: must be greater than zero");
+        }
+        if self.rto_bound.is_zero() {
+            bail!("rto_bound: must be greater than zero");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            if w.name.is_empty()
+                || !w
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!(
+                    "workload[{i}].name: {:?} must be non-empty letters, digits, '-' and '_'",
+                    w.name
+                );
+            }
+            if !names.insert(w.name.as_str()) {
+                bail!("workload[{i}].name: {:?} is used twice", w.name);
+            }
+            match w.kind {
+                WorkloadKind::Singleton if w.replicas != 1 => {
+                    bail!(
+                        "workload[{i}].replicas: a singleton has exactly 1 (got {})",
+                        w.replicas
+                    );
+                }
+                WorkloadKind::Service if w.replicas == 0 || w.replicas > 100 => {
+                    bail!(
+                        "workload[{i}].replicas: {} is out of range (1 to 100)",
+                        w.replicas
+                    );
+                }
+                _ => {}
+            }
+        }
+        let agents = self.agent_names();
+        let latest_end = self.duration.saturating_sub(self.settle);
+        for (i, f) in self.faults.iter().enumerate() {
+            let kind = f.kind.as_str();
+            match (f.kind, f.duration) {
+                (FaultKind::Pause | FaultKind::Partition, None) => {
+                    bail!("fault[{i}].duration: required for {kind}");
+                }
+                (FaultKind::Pause | FaultKind::Partition, Some(d)) if d.is_zero() => {
+                    bail!("fault[{i}].duration: must be greater than zero");
+                }
+                (FaultKind::Restart, Some(_)) => {
+                    bail!(
+                        "fault[{i}].duration: not allowed for restart (use kill with a duration)"
+                    );
+                }
+                _ => {}
+            }
+            if f.kind.has_target() {
+                if let Target::Agent(name) = f.target()
+                    && !agents.contains(&name)
+                {
+                    bail!(
+                        "fault[{i}].target: {name:?} is not an agent of this scenario \
+                         (agent-1 to agent-{}, \"random\" or \"singleton-holder\")",
+                        self.agents
+                    );
+                }
+                if f.target() == Target::SingletonHolder && self.singleton_slots().is_empty() {
+                    bail!("fault[{i}].target: \"singleton-holder\" needs a singleton workload");
+                }
+            } else if f.target.is_some() {
+                bail!("fault[{i}].target: {kind} has no target");
+            }
+            if f.end() > latest_end {
+                bail!(
+                    "fault[{i}].{}: the fault ends at {:?}, later than duration - settle = {:?}",
+                    if f.duration.is_some() {
+                        "duration"
+                    } else {
+                        "at"
+                    },
+                    f.end(),
+                    latest_end
+                );
+            }
+        }
+        // Two faults on one named agent must not overlap (random targets avoid busy agents
+        // at run time).
+        for (i, a) in self.faults.iter().enumerate() {
+            for (j, b) in self.faults.iter().enumerate().skip(i + 1) {
+                if let (Target::Agent(x), Target::Agent(y)) = (a.target(), b.target())
+                    && x == y
+                    && a.at <= b.end()
+                    && b.at <= a.end()
+                    && a.kind.has_target()
+                    && b.kind.has_target()
+                {
+                    bail!("fault[{j}].at: overlaps fault[{i}] on the same agent {x:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+duration = "30s"
+settle = "5s"
+[[workload]]
+name = "db"
+kind = "singleton"
+[[workload]]
+name = "web"
+kind = "service"
+replicas = 2
+[[fault]]
+kind = "kill"
+at = "2s"
+duration = "3s"
+target = "singleton-holder"
+[[fault]]
+kind = "pause"
+at = "10s"
+duration = "1500ms"
+target = "agent-2"
+[[fault]]
+kind = "server-kill"
+at = "20s"
+"#;
+
+    #[test]
+    fn parses_a_scenario_with_defaults() {
+        let s = Scenario::from_toml(GOOD).unwrap();
+        assert_eq!(s.agents, 3);
+        assert_eq!(s.rto_bound, DEFAULT_RTO_BOUND);
+        assert_eq!(s.faults[1].duration, Some(Duration::from_millis(1500)));
+        assert_eq!(s.faults[0].target(), Target::SingletonHolder);
+        assert_eq!(s.faults[2].target(), Target::Random);
+        assert_eq!(s.all_slots(), ["db/0", "web/0", "web/1"]);
+        assert_eq!(s.singleton_slots(), ["db/0"]);
+        assert_eq!(s.last_fault_end(), Duration::from_secs(20));
+        assert!(s.workloads[1].job_toml().contains("replicas = 2"));
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Scenario::from_toml(text).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&GOOD.replace("settle", "setle")).contains("setle"));
+        assert!(
+            err(&GOOD.replace("duration = \"1500ms\"", ""))
+                .contains("fault[1].duration: required for pause")
+        );
+        assert!(err(&GOOD.replace("agent-2", "agent-9")).contains("fault[1].target"));
+        assert!(err(&GOOD.replace("at = \"20s\"", "at = \"26s\"")).contains("fault[2].at"));
+        assert!(err(&GOOD.replace("\"30s\"", "\"soon\"")).contains("duration"));
+        assert!(
+            err(&GOOD.replace("kind = \"server-kill\"", "kind = \"meteor\"")).contains("meteor")
+        );
+        assert!(
+            err(&GOOD.replace("replicas = 2", "replicas = 0")).contains("workload[1].replicas")
+        );
+        let overlap = GOOD
+            .replace("target = \"singleton-holder\"", "target = \"agent-2\"")
+            .replace("at = \"10s\"", "at = \"4s\"");
+        assert!(err(&overlap).contains("overlaps"));
+    }
+}
