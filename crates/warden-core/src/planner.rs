@@ -41,7 +41,9 @@ use crate::types::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlannerConfig {
-    /// The fencing rule's settings (must match the lifecycle's).
+    /// The fencing rule's settings. Not read from configuration files: the runtime copies the
+    /// lifecycle's, so the lease is set in one place.
+    #[serde(skip)]
     pub fencing: FencingConfig,
     /// Backoff after a task's first failure (default 1 s); doubles with each further failure.
     #[serde(with = "duration_serde")]

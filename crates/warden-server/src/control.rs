@@ -324,7 +324,9 @@ pub struct Admitted {
 
 impl ControlPlane {
     /// Open the control plane on `store`, loading jobs and task records.
-    pub fn new(store: Arc<dyn Store>, cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+    pub fn new(store: Arc<dyn Store>, mut cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+        // The lease is configured once, for the lifecycle; the planner's fencing rule uses it.
+        cfg.planner.fencing = cfg.lifecycle.fencing.clone();
         cfg.validate()?;
         let clock = Clock::new();
         let now = clock.now();

@@ -15,7 +15,8 @@ use warden_store::RedbStore;
 /// `warden server` flags.
 #[derive(Clone, Debug, Args)]
 pub struct ServerArgs {
-    /// TOML config file (see docs/configuration.md); flags and WARDEN_* variables override it.
+    /// TOML config file (see docs/configuration.md, or `--print-config`); flags and WARDEN_*
+    /// variables override it.
     #[arg(long, env = "WARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory for the embedded store [default: ./warden-data]
@@ -27,10 +28,14 @@ pub struct ServerArgs {
     /// Address for the REST API [default: 127.0.0.1:7401]
     #[arg(long, env = "WARDEN_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Print the effective configuration (defaults < file < environment < flags) as TOML and
+    /// exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// The config file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Directory for the embedded store.
@@ -86,6 +91,8 @@ impl ServerArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
             control: file.control,
         };
+        let mut s = s;
+        s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
         Ok(s)
     }
@@ -94,6 +101,19 @@ impl ServerArgs {
 /// Run the server until SIGINT/SIGTERM.
 pub async fn run(args: &ServerArgs) -> Result<()> {
     let s = args.settings()?;
+    if args.print_config {
+        let file = ServerFile {
+            data_dir: Some(s.data_dir.clone()),
+            grpc_addr: Some(s.grpc_addr),
+            http_addr: Some(s.http_addr),
+            control: s.control.clone(),
+        };
+        print!(
+            "{}",
+            toml::to_string_pretty(&file).context("render the configuration")?
+        );
+        return Ok(());
+    }
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
     let store_dir = s.data_dir.join("store");
