@@ -313,6 +313,34 @@ fn send(tx: &mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, msg: v1::se
     let _ = tx.try_send(Ok(v1::ServerMessage { msg: Some(msg) }));
 }
 
+/// Why an agent's Hello was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The Hello is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The generation is over: the agent must stop its old work and rejoin.
+    #[error("{0}")]
+    Stale(String),
+    /// Another generation of this name has a session open; try again later.
+    #[error("{0}")]
+    Busy(String),
+    /// The store failed; try again later.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<AdmitError> for tonic::Status {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::Invalid(m) => tonic::Status::invalid_argument(m),
+            AdmitError::Stale(m) => tonic::Status::failed_precondition(m),
+            AdmitError::Busy(m) => tonic::Status::already_exists(m),
+            AdmitError::Internal(m) => tonic::Status::unavailable(m),
+        }
+    }
+}
+
 /// What a session handler gets when an agent says Hello.
 #[derive(Debug)]
 pub struct Admitted {
@@ -425,15 +453,28 @@ impl ControlPlane {
         &self,
         hello: &v1::Hello,
         tx: mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
-    ) -> Result<Admitted, String> {
+    ) -> Result<Admitted, AdmitError> {
         let name = hello.name.trim();
         if name.is_empty() || name.len() > 253 || name.contains(['#', '/', '\0']) {
-            return Err(format!("invalid agent name {name:?}"));
+            return Err(AdmitError::Invalid(format!("invalid agent name {name:?}")));
+        }
+        // A *different* generation while a session of this name is open is either an agent
+        // that restarted before its old session was noticed gone, or a second agent with the
+        // same name. Admitting it would declare the first one's process dead and let its
+        // singletons start elsewhere while they may still run: refuse until the old session
+        // ends (on a restart that takes milliseconds; the agent retries).
+        if let Some(s) = lock(&self.inner).sessions.get(name)
+            && s.id.generation != hello.generation
+        {
+            return Err(AdmitError::Busy(format!(
+                "agent {name} is already connected as generation {}; agent names must be unique",
+                s.id.generation
+            )));
         }
         let generation = if hello.generation == 0 {
             self.store
                 .next_generation(name)
-                .map_err(|e| format!("assign a generation: {e}"))?
+                .map_err(|e| AdmitError::Internal(format!("assign a generation: {e}")))?
         } else {
             hello.generation
         };
@@ -451,7 +492,9 @@ impl ControlPlane {
             .iter()
             .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
         {
-            return Err(format!("generation {generation} of {name} is over; rejoin"));
+            return Err(AdmitError::Stale(format!(
+                "generation {generation} of {name} is over; rejoin"
+            )));
         }
         g.next_serial += 1;
         let serial = g.next_serial;
@@ -1615,5 +1658,55 @@ impl ControlApi for ControlPlane {
             sessions: g.sessions.len(),
             brake_engaged: g.fleet.brake_engaged(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn hello(name: &str, generation: u64) -> v1::Hello {
+        v1::Hello {
+            name: name.into(),
+            generation,
+            probe_addr: "127.0.0.1:9".into(),
+            capacity: Some(v1::Resources {
+                cpu_millis: 1000,
+                memory_mb: 1024,
+            }),
+            running: vec![],
+            version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_second_generation_is_refused_while_the_first_session_is_open() {
+        let cp = ControlPlane::new(
+            Arc::new(warden_store::MemStore::new()),
+            ControlConfig::default(),
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let first = cp.admit(&hello("a", 0), tx.clone()).unwrap();
+        assert_eq!(first.id.generation, 1);
+        // Same name, new process (or a duplicate name): refused, and no generation is burnt.
+        let busy = cp.admit(&hello("a", 0), tx.clone()).unwrap_err();
+        assert!(matches!(busy, AdmitError::Busy(_)), "{busy:?}");
+        assert_eq!(tonic::Status::from(busy).code(), tonic::Code::AlreadyExists);
+        // The same generation reconnecting is fine (a dropped session).
+        let again = cp.admit(&hello("a", 1), tx.clone()).unwrap();
+        assert_eq!(again.id, first.id);
+        // Once the session is gone, a restarted agent gets the next generation.
+        cp.session_closed(&again);
+        let restarted = cp.admit(&hello("a", 0), tx).unwrap();
+        assert_eq!(restarted.id.generation, 2);
+        // Garbage names are refused as invalid, not as a stale generation.
+        let (tx, _rx) = mpsc::channel(16);
+        let bad = cp.admit(&hello("a/b", 0), tx).unwrap_err();
+        assert_eq!(
+            tonic::Status::from(bad).code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -72,7 +72,7 @@ impl AgentSession for SessionService {
         let who = tokio::task::spawn_blocking(move || admitting.admit(&hello, tx))
             .await
             .map_err(|e| Status::internal(format!("admit: {e}")))?
-            .map_err(Status::failed_precondition)?;
+            .map_err(Status::from)?;
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();
         tokio::spawn(async move {
