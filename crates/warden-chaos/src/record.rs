@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::scenario::{FaultKind, Scenario};
 
+/// Longest a sampler scan of `/proc` may take (samples are stamped when it begins), in ms.
+pub const SCAN_SLACK_MS: u64 = 50;
 /// The name truth intervals use for the server.
 pub const SERVER: &str = "server";
 
@@ -257,8 +259,12 @@ impl Record {
             let Some((alive, seen_dead)) = death else {
                 continue;
             };
+            // A sample is stamped when its scan of /proc begins, so a kill made during the scan
+            // can be seen "before" the fault's own timestamp: allow the scan's duration.
             let explained = self.truth_of(&spawn.agent).any(|i| {
-                i.state == TruthState::Down && i.start_ms >= spawn.t_ms && i.start_ms <= seen_dead
+                i.state == TruthState::Down
+                    && i.start_ms >= spawn.t_ms
+                    && i.start_ms <= seen_dead + SCAN_SLACK_MS
             });
             if explained {
                 continue;
@@ -287,6 +293,12 @@ impl Record {
             self.truth.push(interval);
             self.anomalies.push(note);
         }
+    }
+
+    /// The last sample whose scan surely ended before `t`: what ran just before a fault
+    /// injected at `t`.
+    pub fn sample_before(&self, t: u64) -> Option<&Sample> {
+        self.sample_at(t.saturating_sub(SCAN_SLACK_MS + 1))
     }
 
     /// The sample at or just before `t`.

@@ -322,7 +322,7 @@ fn fault_report(record: &Record, f: &crate::record::FaultRecord) -> FaultReport 
             (a, b) => a.or(b),
         };
     }
-    if let Some(before) = record.sample_at(f.start_ms) {
+    if let Some(before) = record.sample_before(f.start_ms) {
         for p in before
             .procs
             .iter()
@@ -603,7 +603,7 @@ mod tests {
             transition(6_500, "agent-1", 2, "healthy"),
         ];
         r.samples = vec![
-            sample(1_990, vec![p("db/0", 1, 10, "agent-1")]),
+            sample(1_940, vec![p("db/0", 1, 10, "agent-1")]),
             sample(3_400, vec![p("db/0", 2, 11, "agent-2")]),
         ];
         let rep = Report::build(&r);
