@@ -653,6 +653,31 @@ fn release(obs: &mut Observed, agent: &Option<AgentId>, resources: Resources) {
     }
 }
 
+/// Record a new assignment of `task` at `epoch` on `to` (moved off `from`, if given); a no-op
+/// unless `epoch` is newer than the slot's.
+fn assign(
+    observed: &mut Observed,
+    task: &TaskId,
+    epoch: FencingToken,
+    to: &AgentId,
+    resources: Resources,
+    from: Option<&AgentId>,
+) {
+    let t = slot(observed, task);
+    if epoch <= t.epoch {
+        return;
+    }
+    t.epoch = epoch;
+    t.agent = Some(to.clone());
+    t.state = TaskState::Starting;
+    if let Some(from) = from {
+        release(observed, &Some(from.clone()), resources);
+    }
+    if let Some(v) = observed.agents.get_mut(to) {
+        v.allocated = v.allocated.plus(&resources);
+    }
+}
+
 /// Apply the bookkeeping of `actions` to `observed`, as an executor does once it has persisted
 /// them. Each action takes effect only on the epoch it names, so applying the same actions
 /// twice changes nothing the second time. `resources_of` gives a job's per-task reservation
@@ -670,18 +695,7 @@ pub fn apply(
                 agent,
                 resources,
                 ..
-            } => {
-                let t = slot(observed, task);
-                if *epoch <= t.epoch {
-                    continue;
-                }
-                t.epoch = *epoch;
-                t.agent = Some(agent.clone());
-                t.state = TaskState::Starting;
-                if let Some(v) = observed.agents.get_mut(agent) {
-                    v.allocated = v.allocated.plus(resources);
-                }
-            }
+            } => assign(observed, task, *epoch, agent, *resources, None),
             Action::Reschedule {
                 task,
                 epoch,
@@ -689,19 +703,7 @@ pub fn apply(
                 to,
                 resources,
                 ..
-            } => {
-                let t = slot(observed, task);
-                if *epoch <= t.epoch {
-                    continue;
-                }
-                t.epoch = *epoch;
-                t.agent = Some(to.clone());
-                t.state = TaskState::Starting;
-                release(observed, &Some(from.clone()), *resources);
-                if let Some(v) = observed.agents.get_mut(to) {
-                    v.allocated = v.allocated.plus(resources);
-                }
-            }
+            } => assign(observed, task, *epoch, to, *resources, Some(from)),
             Action::Evict {
                 task, epoch, from, ..
             } => {
