@@ -103,6 +103,8 @@ pub struct TaskProc {
 /// A managed process.
 struct Proc {
     child: Child,
+    /// Command prefix the process runs under (e.g. `ip netns exec NS`), may be empty.
+    wrapper: Vec<String>,
     args: Vec<String>,
 }
 
@@ -164,6 +166,11 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The `warden` executable the cluster runs.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     /// The cluster's directory (store, agent data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -175,13 +182,26 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: &[String]) -> Result<Proc> {
+        self.spawn_wrapped(name, &[], args)
+    }
+
+    /// Start `warden ARGS` under `wrapper` (a command prefix such as `ip netns exec NS`, which
+    /// must exec the command so that the PID is the process's own).
+    fn spawn_wrapped(&self, name: &str, wrapper: &[String], args: &[String]) -> Result<Proc> {
         let logs = self.dir.path().join("logs");
         std::fs::create_dir_all(&logs)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(logs.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -192,6 +212,7 @@ impl Cluster {
         let child = cmd.spawn().with_context(|| format!("start {name}"))?;
         Ok(Proc {
             child,
+            wrapper: wrapper.to_vec(),
             args: args.to_vec(),
         })
     }
@@ -227,7 +248,20 @@ impl Cluster {
 
     /// Start an agent called `name` connecting to `server` (default: the cluster's server).
     pub fn add_agent_via(&mut self, name: &str, server: SocketAddr) -> Result<()> {
-        let args = vec![
+        self.add_agent_in(name, server, &[], None)
+    }
+
+    /// Start an agent called `name` connecting to `server`, under the command prefix
+    /// `wrapper` (e.g. `ip netns exec NS`), with its probe listener on `probe_addr` (default:
+    /// a free loopback port).
+    pub fn add_agent_in(
+        &mut self,
+        name: &str,
+        server: SocketAddr,
+        wrapper: &[String],
+        probe_addr: Option<SocketAddr>,
+    ) -> Result<()> {
+        let mut args = vec![
             "agent".to_string(),
             "--server".into(),
             server.to_string(),
@@ -240,7 +274,10 @@ impl Cluster {
             "--memory-mb".into(),
             "4096".into(),
         ];
-        let p = self.spawn(name, &args)?;
+        if let Some(probe) = probe_addr {
+            args.extend(["--probe-addr".to_string(), probe.to_string()]);
+        }
+        let p = self.spawn_wrapped(name, wrapper, &args)?;
         self.agents.insert(name.to_string(), p);
         Ok(())
     }
@@ -299,13 +336,13 @@ impl Cluster {
 
     /// Start agent `name` again with the same arguments (after a kill).
     pub fn restart_agent(&mut self, name: &str) -> Result<()> {
-        let args = self
+        let (wrapper, args) = self
             .agents
             .get(name)
-            .map(|p| p.args.clone())
+            .map(|p| (p.wrapper.clone(), p.args.clone()))
             .with_context(|| format!("no agent {name}"))?;
         self.kill_agent(name)?;
-        let p = self.spawn(name, &args)?;
+        let p = self.spawn_wrapped(name, &wrapper, &args)?;
         self.agents.insert(name.to_string(), p);
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod html;
+pub mod netns;
 pub mod proxy;
 pub mod record;
 pub mod recovery;

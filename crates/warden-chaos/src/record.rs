@@ -21,6 +21,9 @@ pub struct Record {
     pub scenario: Option<Scenario>,
     /// Seed of the run's random choices.
     pub seed: u64,
+    /// `netns` (each agent in its own network namespace) or `loopback`.
+    #[serde(default)]
+    pub network: String,
     /// Agent names.
     pub agents: Vec<String>,
     /// Task ids of singleton slots.

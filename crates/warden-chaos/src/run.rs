@@ -25,11 +25,12 @@ use warden_core::rng::Rng;
 
 use crate::client::Client;
 use crate::cluster::{Cluster, is_alive, parent_pid, scan_task_procs, wait_until};
+use crate::netns::Netns;
 use crate::proxy::Proxy;
 use crate::record::{
     AgentEvent, FaultRecord, ProcSample, Record, SERVER, Sample, Spawn, TruthInterval, TruthState,
 };
-use crate::scenario::{FaultKind, Scenario, Target};
+use crate::scenario::{Direction, FaultKind, FaultSpec, Scenario, Target};
 
 /// How often the process sampler reads `/proc`.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
@@ -53,6 +54,31 @@ bad = 60.0
 weight = 0.0
 ";
 
+/// Where the cluster's network lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Network namespaces when they can be used (root, `ip`, `nft`), else loopback.
+    #[default]
+    Auto,
+    /// Each agent in its own network namespace (see [`crate::netns`]); an error if that
+    /// cannot be done.
+    Netns,
+    /// Everything on loopback; faults that need namespaces (packet loss) are skipped.
+    Loopback,
+}
+
+impl NetworkMode {
+    /// Parse `auto`, `netns` or `loopback`.
+    pub fn parse(s: &str) -> Result<NetworkMode> {
+        Ok(match s {
+            "auto" => NetworkMode::Auto,
+            "netns" => NetworkMode::Netns,
+            "loopback" => NetworkMode::Loopback,
+            other => bail!("network {other:?}: expected auto, netns or loopback"),
+        })
+    }
+}
+
 /// How to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -64,6 +90,28 @@ pub struct RunOptions {
     pub logs_to: Option<PathBuf>,
     /// Set (e.g. by a signal handler) to stop the run early; everything is still cleaned up.
     pub cancel: Arc<AtomicBool>,
+    /// Network namespaces or loopback.
+    pub network: NetworkMode,
+}
+
+/// A pressure process (stress-ng or the built-in burner); killed when dropped.
+struct Stressor(std::process::Child);
+
+impl Drop for Stressor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `stress-ng` can be run.
+fn have_stress_ng() -> bool {
+    std::process::Command::new("stress-ng")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn millis(d: Duration) -> u64 {
@@ -228,22 +276,38 @@ fn agent_event(e: &Value, seq: u64, t0_unix: u64) -> Option<AgentEvent> {
     })
 }
 
+/// A fault being carried out.
+struct Active {
+    /// Its record's position.
+    record: usize,
+    /// The agents it hits.
+    agents: Vec<String>,
+    /// Its open truth intervals' positions.
+    truth: Vec<usize>,
+    /// Its pressure processes.
+    stressors: Vec<Stressor>,
+}
+
 /// The fault schedule's state while it runs.
 struct Run<'a> {
     scenario: &'a Scenario,
     seed: u64,
     cancel: Arc<AtomicBool>,
+    /// Pressure processes and other per-fault state; dropped first.
+    active: BTreeMap<usize, Active>,
     /// Declared before the proxies, so dropped before them: agents shut down while their
     /// proxies still forward.
     cluster: Cluster,
     proxies: BTreeMap<String, Proxy>,
+    /// Dropped last: the namespaces outlive every process in them.
+    netns: Option<Netns>,
+    /// Why network namespaces are not used (loopback mode), if they are not.
+    no_netns: Option<String>,
     pids: PidMap,
     t0: Instant,
     record: Record,
     /// Agents under a fault now (no second fault is put on them).
     busy: BTreeSet<String>,
-    /// Fault index → (its record's position, its truth interval's position).
-    active: BTreeMap<usize, (usize, Option<usize>)>,
 }
 
 /// Run `scenario`. `progress` is told about every phase and fault as it happens.
@@ -259,21 +323,46 @@ pub fn run(
     let cfg = cfg_dir.path().join("server.toml");
     std::fs::write(&cfg, SERVER_CONFIG)?;
     let cfg = cfg.display().to_string();
-    progress(&format!(
-        "starting a server and {} agents (each session through its own proxy)",
-        scenario.agents
-    ));
+    let (netns, no_netns) = match (opts.network, crate::netns::unavailable()) {
+        (NetworkMode::Loopback, _) => (None, Some("loopback chosen".to_string())),
+        (NetworkMode::Netns, Some(why)) => bail!("network namespaces unavailable: {why}"),
+        (NetworkMode::Auto, Some(why)) => (None, Some(why)),
+        (NetworkMode::Auto | NetworkMode::Netns, None) => {
+            // The calling thread joins the server's namespace until `netns` is dropped.
+            (Some(Netns::create(&scenario.agent_names())?), None)
+        }
+    };
+    match &no_netns {
+        None => progress(&format!(
+            "starting a server and {} agents, each in its own network namespace",
+            scenario.agents
+        )),
+        Some(why) => progress(&format!(
+            "starting a server and {} agents on loopback ({why}: faults that need network \
+             namespaces are skipped)",
+            scenario.agents
+        )),
+    }
     let mut proxies = BTreeMap::new();
     let cluster = Cluster::start_with_env(&opts.exe, &[("WARDEN_CONFIG", cfg.as_str())])?;
     for name in scenario.agent_names() {
-        proxies.insert(name, Proxy::start(cluster.grpc_addr)?);
+        // Every session goes through a proxy (delay, jitter; cuts on loopback). In namespaces
+        // it listens on the server's side of the agent's link.
+        let bind = match netns.as_ref().and_then(|n| n.agent_net(&name)) {
+            Some(a) => std::net::SocketAddr::from((a.server_ip, 0)),
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        proxies.insert(name, Proxy::start_on(bind, cluster.grpc_addr)?);
     }
     let mut run = Run {
         scenario,
         seed: opts.seed,
         cancel: opts.cancel.clone(),
+        active: BTreeMap::new(),
         cluster,
         proxies,
+        netns,
+        no_netns: no_netns.clone(),
         pids: Arc::new(Mutex::new(BTreeMap::new())),
         t0,
         record: Record {
@@ -284,10 +373,14 @@ pub fn run(
             slots: scenario.all_slots(),
             rto_bound_ms: millis(scenario.rto_bound),
             verdict_tolerance_ms: millis(scenario.verdict_tolerance),
+            network: if no_netns.is_none() {
+                "netns".into()
+            } else {
+                "loopback".into()
+            },
             ..Record::default()
         },
         busy: BTreeSet::new(),
-        active: BTreeMap::new(),
     };
     let recorder = Recorder::start(
         run.cluster.marker().to_string(),
@@ -333,6 +426,10 @@ fn copy_logs(from: &Path, to: &Path) {
 enum Phase {
     /// Undo a fault (ordered first when a fault ends as another starts).
     End,
+    /// A flap's link comes back.
+    FlapHeal,
+    /// A flap's link is cut again.
+    FlapCut,
     /// Inject a fault.
     Start,
 }
@@ -377,7 +474,11 @@ impl Run<'_> {
                 .get(name)
                 .map(Proxy::addr)
                 .context("no proxy")?;
-            self.cluster.add_agent_via(name, addr)?;
+            let (wrapper, probe) = match &self.netns {
+                Some(n) => (n.wrapper(name)?, Some(n.probe_addr(name)?)),
+                None => (Vec::new(), None),
+            };
+            self.cluster.add_agent_in(name, addr, &wrapper, probe)?;
             self.spawned(name);
         }
         if !wait_until(Duration::from_secs(30), || {
@@ -422,6 +523,17 @@ impl Run<'_> {
             if let Some(d) = f.duration {
                 steps.push((f.at + d, Phase::End, i));
             }
+            if f.kind == FaultKind::Flap {
+                let cuts = f.flap_cuts();
+                for (k, (cut, heal)) in cuts.iter().enumerate() {
+                    if k > 0 {
+                        steps.push((*cut, Phase::FlapCut, i));
+                    }
+                    if *heal < f.end() {
+                        steps.push((*heal, Phase::FlapHeal, i));
+                    }
+                }
+            }
         }
         steps.sort();
         for (offset, phase, i) in steps {
@@ -429,6 +541,8 @@ impl Run<'_> {
             let line = match phase {
                 Phase::Start => self.inject(i)?,
                 Phase::End => self.undo(i)?,
+                Phase::FlapCut => self.flap(i, true)?,
+                Phase::FlapHeal => self.flap(i, false)?,
             };
             if let Some(line) = line {
                 progress(&format!("[{:>6.1}s] {line}", offset.as_secs_f64()));
@@ -467,6 +581,130 @@ impl Run<'_> {
         self.record.truth.len() - 1
     }
 
+    /// The agents a fault hits now, or why it is skipped.
+    fn targets(&self, i: usize, spec: &FaultSpec) -> std::result::Result<Vec<String>, String> {
+        let free: Vec<String> = self
+            .scenario
+            .agent_names()
+            .into_iter()
+            .filter(|a| !self.busy.contains(a))
+            .collect();
+        let picked = match spec.target() {
+            Target::Agent(name) => Some(name),
+            Target::SingletonHolder => match self.singleton_holder() {
+                Some(name) => Some(name),
+                None => return Err("no singleton process runs now".into()),
+            },
+            Target::Random => {
+                let n = u64::try_from(free.len()).unwrap_or(0);
+                let pick = Rng::stream(self.seed, u64::try_from(i).unwrap_or(0)).below(n);
+                usize::try_from(pick)
+                    .ok()
+                    .and_then(|k| free.get(k).cloned())
+            }
+            Target::All => None,
+        };
+        if spec.kind == FaultKind::Isolate || spec.target() == Target::All {
+            if free.len() < self.scenario.agents {
+                return Err("some agent is already under a fault".into());
+            }
+            return Ok(free);
+        }
+        match picked {
+            None => Err("every agent is already under a fault".into()),
+            Some(name) if self.busy.contains(&name) => {
+                Err(format!("{name} is already under a fault"))
+            }
+            Some(name) => Ok(vec![name]),
+        }
+    }
+
+    fn proxy(&self, name: &str) -> Result<&Proxy> {
+        self.proxies
+            .get(name)
+            .with_context(|| format!("no proxy for {name}"))
+    }
+
+    /// Cut an agent off from the server (both ways, or one): nftables in its namespace, or
+    /// its session's proxy on loopback.
+    fn cut(&self, name: &str, direction: Option<Direction>) -> Result<()> {
+        match &self.netns {
+            Some(n) => n.partition(name, direction),
+            None => {
+                let p = self.proxy(name)?;
+                match direction {
+                    None => p.cut(),
+                    Some(d) => p.cut_one_way(d == Direction::ToServer),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn heal(&self, name: &str) -> Result<()> {
+        if let Some(n) = &self.netns {
+            n.heal(name)?;
+        }
+        let p = self.proxy(name)?;
+        p.heal();
+        p.set_delay(Duration::ZERO, Duration::ZERO, 0);
+        Ok(())
+    }
+
+    /// Start a CPU or memory pressure process (in the agent's namespace, when there is one).
+    fn stressor(&self, name: &str, spec: &FaultSpec) -> Result<Stressor> {
+        let secs = spec.duration.unwrap_or_default().as_secs() + 5;
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut cmd: Vec<String> = match &self.netns {
+            Some(n) => n.wrapper(name)?,
+            None => Vec::new(),
+        };
+        match spec.kind {
+            FaultKind::Cpu if !have_stress_ng() => {
+                cmd.push(self.cluster_exe());
+                cmd.extend(["workload".into(), "burn".into(), "--threads".into()]);
+                cmd.push(spec.workers.map_or(cores, |w| w as usize).to_string());
+                cmd.extend(["--seconds".into(), secs.to_string()]);
+            }
+            FaultKind::Cpu => {
+                cmd.extend(["stress-ng".into(), "--quiet".into(), "--cpu".into()]);
+                cmd.push(spec.workers.map_or(cores, |w| w as usize).to_string());
+                cmd.extend(["--timeout".into(), format!("{secs}s")]);
+            }
+            FaultKind::Memory if !have_stress_ng() => {
+                bail!("memory pressure needs stress-ng (Debian package stress-ng)");
+            }
+            _ => {
+                cmd.extend([
+                    "stress-ng".into(),
+                    "--quiet".into(),
+                    "--vm".into(),
+                    "1".into(),
+                ]);
+                cmd.extend([
+                    "--vm-bytes".into(),
+                    format!("{}m", spec.megabytes.unwrap_or(256)),
+                    "--vm-keep".into(),
+                    "--timeout".into(),
+                    format!("{secs}s"),
+                ]);
+            }
+        }
+        let (program, args) = cmd.split_first().context("empty command")?;
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {program}"))?;
+        Ok(Stressor(child))
+    }
+
+    fn cluster_exe(&self) -> String {
+        self.cluster.exe().display().to_string()
+    }
+
     fn inject(&mut self, i: usize) -> Result<Option<String>> {
         let spec = self.scenario.faults[i].clone();
         let mut rec = FaultRecord {
@@ -489,124 +727,212 @@ impl Run<'_> {
                 self.record.faults.push(rec);
             } else {
                 self.record.faults.push(rec);
-                self.active
-                    .insert(i, (self.record.faults.len() - 1, Some(truth)));
+                let record = self.record.faults.len() - 1;
+                self.active.insert(
+                    i,
+                    Active {
+                        record,
+                        agents: Vec::new(),
+                        truth: vec![truth],
+                        stressors: Vec::new(),
+                    },
+                );
             }
             return Ok(Some(kind.to_string()));
         }
-        let target = match spec.target() {
-            Target::Agent(name) => Some(name),
-            Target::SingletonHolder => self.singleton_holder(),
-            Target::Random => {
-                let free: Vec<String> = self
-                    .scenario
-                    .agent_names()
-                    .into_iter()
-                    .filter(|a| !self.busy.contains(a))
-                    .collect();
-                let n = u64::try_from(free.len()).unwrap_or(0);
-                let pick = Rng::stream(self.seed, u64::try_from(i).unwrap_or(0)).below(n);
-                usize::try_from(pick)
-                    .ok()
-                    .and_then(|k| free.get(k).cloned())
-            }
-        };
-        let Some(name) = target else {
-            rec.skipped = Some(match spec.target() {
-                Target::SingletonHolder => "no singleton process runs now".to_string(),
-                _ => "every agent is already under a fault".to_string(),
-            });
+        if spec.kind.needs_netns()
+            && let Some(why) = &self.no_netns
+        {
+            rec.skipped = Some(format!("needs network namespaces ({why})"));
             let msg = format!("{kind}: skipped ({})", rec.skipped.as_deref().unwrap_or(""));
             self.record.faults.push(rec);
             return Ok(Some(msg));
-        };
-        rec.target = name.clone();
-        if self.busy.contains(&name) {
-            rec.skipped = Some(format!("{name} is already under a fault"));
-            let msg = format!("{kind} {name}: skipped (already under a fault)");
-            self.record.faults.push(rec);
-            return Ok(Some(msg));
         }
-        let how = match spec.target() {
-            Target::Agent(_) => String::new(),
-            Target::Random => " (random)".to_string(),
-            Target::SingletonHolder => " (singleton holder)".to_string(),
+        let agents = match self.targets(i, &spec) {
+            Ok(a) => a,
+            Err(why) => {
+                let msg = format!("{kind}: skipped ({why})");
+                rec.skipped = Some(why);
+                self.record.faults.push(rec);
+                return Ok(Some(msg));
+            }
         };
-        let truth = match spec.kind {
+        rec.target = match (spec.kind, spec.target()) {
+            (FaultKind::Isolate, _) => SERVER.to_string(),
+            (_, Target::All) => "all".to_string(),
+            _ => agents.join(","),
+        };
+        let how = match spec.target() {
+            Target::Random => " (random)",
+            Target::SingletonHolder => " (singleton holder)",
+            _ => "",
+        };
+        let mut truth = Vec::new();
+        let mut stressors = Vec::new();
+        let mut done = false;
+        match spec.kind {
             FaultKind::Kill => {
-                let t = self.open_truth(&name, TruthState::Down);
-                self.cluster.kill_agent(&name)?;
-                Some(t)
+                truth.push(self.open_truth(&agents[0], TruthState::Down));
+                self.cluster.kill_agent(&agents[0])?;
             }
             FaultKind::Pause => {
-                let t = self.open_truth(&name, TruthState::Paused);
-                self.cluster.signal_agent(&name, Signal::SIGSTOP)?;
-                Some(t)
-            }
-            FaultKind::Partition => {
-                let t = self.open_truth(&name, TruthState::Cut);
-                self.proxies
-                    .get(&name)
-                    .with_context(|| format!("no proxy for {name}"))?
-                    .cut();
-                Some(t)
+                truth.push(self.open_truth(&agents[0], TruthState::Paused));
+                self.cluster.signal_agent(&agents[0], Signal::SIGSTOP)?;
             }
             FaultKind::Restart => {
-                let t = self.open_truth(&name, TruthState::Down);
-                self.cluster.restart_agent(&name)?;
-                self.spawned(&name);
+                let t = self.open_truth(&agents[0], TruthState::Down);
+                self.cluster.restart_agent(&agents[0])?;
+                self.spawned(&agents[0]);
                 self.record.truth[t].end_ms = Some(self.now_ms());
                 rec.end_ms = Some(self.now_ms());
-                None
+                done = true;
             }
-            FaultKind::ServerKill => None,
-        };
-        self.record.faults.push(rec);
-        if truth.is_some() {
-            self.busy.insert(name.clone());
-            self.active.insert(i, (self.record.faults.len() - 1, truth));
+            FaultKind::Partition | FaultKind::Flap => {
+                truth.push(self.open_truth(&agents[0], TruthState::Cut));
+                self.cut(&agents[0], None)?;
+            }
+            FaultKind::Oneway => {
+                truth.push(self.open_truth(&agents[0], TruthState::Cut));
+                self.cut(&agents[0], spec.direction)?;
+            }
+            FaultKind::Isolate => {
+                truth.push(self.open_truth(SERVER, TruthState::Cut));
+                for a in &agents {
+                    truth.push(self.open_truth(a, TruthState::Cut));
+                    self.cut(a, None)?;
+                }
+            }
+            FaultKind::Loss | FaultKind::Delay => {
+                for (k, a) in agents.iter().enumerate() {
+                    if let (Some(p), Some(n)) = (spec.probability, &self.netns) {
+                        n.loss(a, p)?;
+                    }
+                    let seed = self.seed ^ ((i as u64) << 32) ^ k as u64;
+                    self.proxy(a)?.set_delay(
+                        spec.delay.unwrap_or_default(),
+                        spec.jitter.unwrap_or_default(),
+                        seed,
+                    );
+                }
+            }
+            FaultKind::Cpu | FaultKind::Memory => {
+                for a in &agents {
+                    stressors.push(self.stressor(a, &spec)?);
+                }
+            }
+            FaultKind::ServerKill => {}
         }
-        Ok(Some(format!("{kind} {name}{how}")))
+        self.record.faults.push(rec);
+        if !done {
+            self.busy.extend(agents.iter().cloned());
+            let record = self.record.faults.len() - 1;
+            self.active.insert(
+                i,
+                Active {
+                    record,
+                    agents: agents.clone(),
+                    truth,
+                    stressors,
+                },
+            );
+        }
+        let whom = match (spec.kind, spec.target()) {
+            (FaultKind::Isolate, _) => "the server from every agent".to_string(),
+            (_, Target::All) => "every agent".to_string(),
+            _ => agents.join(","),
+        };
+        Ok(Some(format!("{kind} {whom}{how}")))
+    }
+
+    /// A flap's link goes down (`cut`) or comes back.
+    fn flap(&mut self, i: usize, cut: bool) -> Result<Option<String>> {
+        let Some(name) = self.active.get(&i).and_then(|a| a.agents.first().cloned()) else {
+            return Ok(None);
+        };
+        if cut {
+            let t = self.open_truth(&name, TruthState::Cut);
+            self.cut(&name, None)?;
+            if let Some(a) = self.active.get_mut(&i) {
+                a.truth.push(t);
+            }
+        } else {
+            self.heal(&name)?;
+            let now = self.now_ms();
+            let open: Vec<usize> = self
+                .active
+                .get_mut(&i)
+                .map(|a| std::mem::take(&mut a.truth))
+                .unwrap_or_default();
+            for t in open {
+                if let Some(t) = self.record.truth.get_mut(t) {
+                    t.end_ms = Some(now);
+                }
+            }
+        }
+        Ok(Some(format!(
+            "flap {name}: {}",
+            if cut { "cut" } else { "healed" }
+        )))
     }
 
     fn undo(&mut self, i: usize) -> Result<Option<String>> {
-        let Some((rec, truth)) = self.active.remove(&i) else {
+        let Some(active) = self.active.remove(&i) else {
             return Ok(None);
         };
-        let (kind, name) = match self.record.faults.get(rec) {
-            Some(f) => (f.kind, f.target.clone()),
-            None => return Ok(None),
+        let Some(kind) = self.record.faults.get(active.record).map(|f| f.kind) else {
+            return Ok(None);
         };
         let what = match kind {
             FaultKind::Kill => {
-                self.cluster.restart_agent(&name)?;
-                self.spawned(&name);
+                for name in &active.agents {
+                    self.cluster.restart_agent(name)?;
+                    self.spawned(name);
+                }
                 "restarted"
             }
             FaultKind::Pause => {
-                self.cluster.signal_agent(&name, Signal::SIGCONT)?;
+                for name in &active.agents {
+                    self.cluster.signal_agent(name, Signal::SIGCONT)?;
+                }
                 "resumed"
             }
-            FaultKind::Partition => {
-                if let Some(p) = self.proxies.get(&name) {
-                    p.heal();
+            FaultKind::Partition
+            | FaultKind::Oneway
+            | FaultKind::Flap
+            | FaultKind::Isolate
+            | FaultKind::Loss
+            | FaultKind::Delay => {
+                for name in &active.agents {
+                    self.heal(name)?;
                 }
                 "healed"
             }
+            FaultKind::Cpu | FaultKind::Memory => "relieved",
             FaultKind::ServerKill => {
                 self.cluster.start_server()?;
                 "restarted"
             }
             FaultKind::Restart => return Ok(None),
         };
+        // Pressure processes end here (their Drop kills and reaps them).
+        drop(active.stressors);
         let now = self.now_ms();
-        if let Some(t) = truth.and_then(|t| self.record.truth.get_mut(t)) {
-            t.end_ms = Some(now);
+        for t in active.truth {
+            if let Some(t) = self.record.truth.get_mut(t) {
+                t.end_ms = Some(now);
+            }
         }
-        if let Some(f) = self.record.faults.get_mut(rec) {
+        if let Some(f) = self.record.faults.get_mut(active.record) {
             f.end_ms = Some(now);
         }
-        self.busy.remove(&name);
-        Ok(Some(format!("{name} {what}")))
+        for name in &active.agents {
+            self.busy.remove(name);
+        }
+        let whom = match kind {
+            FaultKind::ServerKill => SERVER.to_string(),
+            _ if active.agents.len() > 1 => "every agent".to_string(),
+            _ => active.agents.join(","),
+        };
+        Ok(Some(format!("{} {whom} {what}", kind.as_str())))
     }
 }

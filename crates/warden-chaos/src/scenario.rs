@@ -22,11 +22,20 @@
 //! replicas = 2
 //!
 //! [[fault]]
-//! kind = "kill"              # kill | pause | restart | partition | server-kill
+//! kind = "kill"              # see FaultKind: kill, pause, restart, partition, oneway, flap,
+//!                            # loss, delay, cpu, memory, isolate, server-kill
 //! at = "5s"
-//! duration = "8s"            # kill: restart after; pause, partition: required
-//! target = "singleton-holder" # an agent name, "random" (seeded) or "singleton-holder"
+//! duration = "8s"            # kill: restart after; most others: required
+//! target = "singleton-holder" # an agent name, "random" (seeded), "singleton-holder", or
+//!                            # "all" (loss, delay, cpu, memory)
 //! ```
+//!
+//! Kind-specific fields (an error on any other kind):
+//! - `oneway`: `direction = "to-server"` (the agent's packets are lost) or `"from-server"`;
+//! - `flap`: `on` and `off` (default 1 s each): cut for `on`, healed for `off`, repeatedly;
+//! - `loss`: `probability` (0–1) of dropping each packet, each way; also `delay`/`jitter`;
+//! - `delay`: `delay` and/or `jitter` added to every chunk of the agent's session (both ways);
+//! - `cpu`: `workers` busy processes (default: one per core); `memory`: `megabytes` held.
 //!
 //! Unknown fields are errors, and every validation error names the field it is about
 //! (`fault[1].duration: …`).
@@ -50,7 +59,7 @@ pub const DEFAULT_RTO_BOUND: Duration = Duration::from_secs(10);
 pub const DEFAULT_VERDICT_TOLERANCE: Duration = Duration::from_millis(2350);
 
 /// A chaos scenario, as read from TOML.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Short name (used for the output directory).
@@ -161,8 +170,23 @@ pub enum FaultKind {
     Pause,
     /// SIGKILL the agent and start it again at once.
     Restart,
-    /// Cut the agent's session (both directions, silently) for `duration`, then heal it.
+    /// Cut the agent off from the server, both directions, silently, for `duration`.
     Partition,
+    /// Lose one direction only (`direction`) for `duration`.
+    Oneway,
+    /// Partition on for `on`, off for `off`, repeatedly for `duration`.
+    Flap,
+    /// Drop each packet of the agent's link with `probability`, for `duration`.
+    Loss,
+    /// Delay the agent's session by `delay` plus up to `jitter`, for `duration`.
+    Delay,
+    /// Busy-loop `workers` processes for `duration` (stress-ng, or a built-in burner).
+    Cpu,
+    /// Hold `megabytes` of memory for `duration` (stress-ng, or a built-in allocator).
+    Memory,
+    /// Cut every agent off from the server at once (the server's own network fails): the
+    /// mass-failure brake must hold.
+    Isolate,
     /// SIGKILL the server; start it again after `duration` (default: at once).
     ServerKill,
 }
@@ -175,14 +199,56 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Restart => "restart",
             FaultKind::Partition => "partition",
+            FaultKind::Oneway => "oneway",
+            FaultKind::Flap => "flap",
+            FaultKind::Loss => "loss",
+            FaultKind::Delay => "delay",
+            FaultKind::Cpu => "cpu",
+            FaultKind::Memory => "memory",
+            FaultKind::Isolate => "isolate",
             FaultKind::ServerKill => "server-kill",
         }
     }
 
-    /// Whether the fault is aimed at one agent.
+    /// Whether the fault is aimed at agents (not the server as a whole).
     pub fn has_target(self) -> bool {
-        self != FaultKind::ServerKill
+        !matches!(self, FaultKind::ServerKill | FaultKind::Isolate)
     }
+
+    /// Whether the agent hit is truly not up and reachable while the fault lasts (so a
+    /// Failed verdict then is right). Loss, delay and pressure leave it up: a Failed verdict
+    /// under them is a false one.
+    pub fn takes_agent_out(self) -> bool {
+        !matches!(
+            self,
+            FaultKind::Loss | FaultKind::Delay | FaultKind::Cpu | FaultKind::Memory
+        )
+    }
+
+    /// Whether the fault may target `all` agents at once.
+    pub fn may_target_all(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Loss | FaultKind::Delay | FaultKind::Cpu | FaultKind::Memory
+        )
+    }
+
+    /// Whether the fault needs network namespaces (root and nft): packet loss cannot be
+    /// made by a TCP proxy, which can only cut or delay a byte stream.
+    pub fn needs_netns(self) -> bool {
+        self == FaultKind::Loss
+    }
+}
+
+/// Which direction a one-way partition loses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// The agent's packets to the server are lost (the server hears nothing; the agent
+    /// still hears the server).
+    ToServer,
+    /// The server's packets to the agent are lost.
+    FromServer,
 }
 
 /// Whom a fault hits.
@@ -194,10 +260,12 @@ pub enum Target {
     Random,
     /// The agent running a singleton at the moment the fault starts.
     SingletonHolder,
+    /// Every agent (loss, delay, cpu, memory).
+    All,
 }
 
 /// One fault of the schedule.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// What to do.
@@ -205,24 +273,87 @@ pub struct FaultSpec {
     /// When, from the schedule start.
     #[serde(with = "warden_core::duration_serde")]
     pub at: Duration,
-    /// How long (pause, partition: required; kill, server-kill: optional; restart: none).
+    /// How long (kill, server-kill: optional; restart: none; every other kind: required).
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub duration: Option<Duration>,
-    /// `agent-N`, `random` (default) or `singleton-holder`; not for `server-kill`.
+    /// `agent-N`, `random` (default), `singleton-holder` or `all`; not for `server-kill`
+    /// and `isolate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// `oneway`: the direction lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// `flap`: how long each cut lasts (default 1 s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on: Option<Duration>,
+    /// `flap`: how long the link works between cuts (default 1 s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub off: Option<Duration>,
+    /// `loss`: probability of dropping each packet (0 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    /// `delay`, `loss`: fixed delay added to the agent's session, each way.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delay: Option<Duration>,
+    /// `delay`, `loss`: random extra delay, uniform in `[0, jitter]` (order is kept).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
+    /// `cpu`: busy processes (default: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// `memory`: MiB to allocate and touch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub megabytes: Option<u64>,
 }
 
+/// Default length of each cut and each healed spell of a `flap`.
+pub const DEFAULT_FLAP: Duration = Duration::from_secs(1);
+
 impl FaultSpec {
+    /// A fault of `kind` at `at`, every optional field unset.
+    pub fn new(kind: FaultKind, at: Duration) -> FaultSpec {
+        FaultSpec {
+            kind,
+            at,
+            duration: None,
+            target: None,
+            direction: None,
+            on: None,
+            off: None,
+            probability: None,
+            delay: None,
+            jitter: None,
+            workers: None,
+            megabytes: None,
+        }
+    }
+
     /// The target, parsed (`random` when not given).
     pub fn target(&self) -> Target {
         match self.target.as_deref() {
             None | Some("random") => Target::Random,
             Some("singleton-holder") => Target::SingletonHolder,
+            Some("all") => Target::All,
             Some(name) => Target::Agent(name.to_string()),
         }
     }
@@ -232,6 +363,107 @@ impl FaultSpec {
     /// schedule is concerned, when it is done).
     pub fn end(&self) -> Duration {
         self.at + self.duration.unwrap_or_default()
+    }
+
+    /// A flap's cuts, as offsets from the schedule start: `(cut, heal)` pairs.
+    pub fn flap_cuts(&self) -> Vec<(Duration, Duration)> {
+        let on = self.on.unwrap_or(DEFAULT_FLAP);
+        let off = self.off.unwrap_or(DEFAULT_FLAP);
+        let end = self.end();
+        let mut cuts = Vec::new();
+        let mut t = self.at;
+        while t < end && !on.is_zero() {
+            cuts.push((t, (t + on).min(end)));
+            t += on + off;
+        }
+        cuts
+    }
+
+    /// The kind-specific fields that are set, by name.
+    fn extras(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.direction.is_some() {
+            v.push("direction");
+        }
+        if self.on.is_some() {
+            v.push("on");
+        }
+        if self.off.is_some() {
+            v.push("off");
+        }
+        if self.probability.is_some() {
+            v.push("probability");
+        }
+        if self.delay.is_some() {
+            v.push("delay");
+        }
+        if self.jitter.is_some() {
+            v.push("jitter");
+        }
+        if self.workers.is_some() {
+            v.push("workers");
+        }
+        if self.megabytes.is_some() {
+            v.push("megabytes");
+        }
+        v
+    }
+
+    /// Check the kind-specific fields of fault number `i`.
+    fn validate_fields(&self, i: usize) -> Result<()> {
+        let kind = self.kind.as_str();
+        let allowed: &[&str] = match self.kind {
+            FaultKind::Oneway => &["direction"],
+            FaultKind::Flap => &["on", "off"],
+            FaultKind::Loss => &["probability", "delay", "jitter"],
+            FaultKind::Delay => &["delay", "jitter"],
+            FaultKind::Cpu => &["workers"],
+            FaultKind::Memory => &["megabytes"],
+            _ => &[],
+        };
+        if let Some(field) = self.extras().into_iter().find(|f| !allowed.contains(f)) {
+            bail!("fault[{i}].{field}: not allowed for {kind}");
+        }
+        match self.kind {
+            FaultKind::Oneway if self.direction.is_none() => {
+                bail!(
+                    "fault[{i}].direction: required for oneway (\"to-server\" or \"from-server\")"
+                );
+            }
+            FaultKind::Loss => match self.probability {
+                None => bail!("fault[{i}].probability: required for loss"),
+                Some(p) if !(p > 0.0 && p < 1.0) => {
+                    bail!("fault[{i}].probability: {p} is out of range (between 0 and 1)");
+                }
+                _ => {}
+            },
+            FaultKind::Delay
+                if self.delay.unwrap_or_default().is_zero()
+                    && self.jitter.unwrap_or_default().is_zero() =>
+            {
+                bail!("fault[{i}].delay: delay needs a non-zero delay or jitter");
+            }
+            FaultKind::Cpu if self.workers == Some(0) || self.workers.is_some_and(|w| w > 64) => {
+                bail!("fault[{i}].workers: out of range (1 to 64)");
+            }
+            FaultKind::Memory => match self.megabytes {
+                None => bail!("fault[{i}].megabytes: required for memory"),
+                Some(m) if m == 0 || m > 65_536 => {
+                    bail!("fault[{i}].megabytes: {m} is out of range (1 to 65536)");
+                }
+                _ => {}
+            },
+            FaultKind::Flap if self.on.is_some_and(|d| d.is_zero()) => {
+                bail!("fault[{i}].on: must be greater than zero");
+            }
+            _ => {}
+        }
+        for (name, d) in [("delay", self.delay), ("jitter", self.jitter)] {
+            if d.is_some_and(|d| d > Duration::from_secs(10)) {
+                bail!("fault[{i}].{name}: at most 10s");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -359,11 +591,13 @@ impl Scenario {
         let latest_end = self.duration.saturating_sub(self.settle);
         for (i, f) in self.faults.iter().enumerate() {
             let kind = f.kind.as_str();
+            let optional = matches!(f.kind, FaultKind::Kill | FaultKind::ServerKill);
             match (f.kind, f.duration) {
-                (FaultKind::Pause | FaultKind::Partition, None) => {
+                (FaultKind::Restart, None) => {}
+                (_, None) if !optional => {
                     bail!("fault[{i}].duration: required for {kind}");
                 }
-                (FaultKind::Pause | FaultKind::Partition, Some(d)) if d.is_zero() => {
+                (_, Some(d)) if d.is_zero() => {
                     bail!("fault[{i}].duration: must be greater than zero");
                 }
                 (FaultKind::Restart, Some(_)) => {
@@ -373,13 +607,23 @@ impl Scenario {
                 }
                 _ => {}
             }
+            f.validate_fields(i)?;
+            if f.kind == FaultKind::Isolate && self.agents < 3 {
+                bail!(
+                    "fault[{i}].kind: isolate needs at least 3 agents (the mass-failure brake \
+                     engages from 3)"
+                );
+            }
             if f.kind.has_target() {
+                if f.target() == Target::All && !f.kind.may_target_all() {
+                    bail!("fault[{i}].target: \"all\" is only for loss, delay, cpu and memory");
+                }
                 if let Target::Agent(name) = f.target()
                     && !agents.contains(&name)
                 {
                     bail!(
                         "fault[{i}].target: {name:?} is not an agent of this scenario \
-                         (agent-1 to agent-{}, \"random\" or \"singleton-holder\")",
+                         (agent-1 to agent-{}, \"random\", \"singleton-holder\" or \"all\")",
                         self.agents
                     );
                 }
@@ -402,18 +646,23 @@ impl Scenario {
                 );
             }
         }
-        // Two faults on one named agent must not overlap (random targets avoid busy agents
-        // at run time).
+        // Two faults on one named agent (or on all) must not overlap (random targets avoid
+        // busy agents at run time).
         for (i, a) in self.faults.iter().enumerate() {
             for (j, b) in self.faults.iter().enumerate().skip(i + 1) {
-                if let (Target::Agent(x), Target::Agent(y)) = (a.target(), b.target())
-                    && x == y
+                let same = match (a.target(), b.target()) {
+                    (Target::Agent(x), Target::Agent(y)) => x == y,
+                    (Target::All, Target::Agent(_) | Target::All)
+                    | (Target::Agent(_), Target::All) => true,
+                    _ => false,
+                };
+                if same
                     && a.at <= b.end()
                     && b.at <= a.end()
                     && a.kind.has_target()
                     && b.kind.has_target()
                 {
-                    bail!("fault[{j}].at: overlaps fault[{i}] on the same agent {x:?}");
+                    bail!("fault[{j}].at: overlaps fault[{i}] on the same agent");
                 }
             }
         }

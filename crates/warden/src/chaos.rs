@@ -25,9 +25,15 @@ pub enum ChaosCommand {
         /// chaos-out/NAME.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Seed of random choices (random fault targets).
+        /// Seed of random choices (random fault targets, jitter).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Where the cluster's network lives: `netns` puts the server and every agent in
+        /// network namespaces of their own joined by veth links, so partitions and packet
+        /// loss are real (needs root, `ip` and `nft`); `loopback` runs everything on
+        /// 127.0.0.1 and skips packet loss; `auto` picks netns when it can.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "netns", "loopback"])]
+        network: String,
     },
 }
 
@@ -38,6 +44,7 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
             scenario,
             out,
             seed,
+            network,
         } => {
             let sc = Scenario::load(scenario)?;
             let out = out
@@ -49,6 +56,7 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
                 seed: *seed,
                 logs_to: Some(out.join("logs")),
                 cancel: cancel_on_signal(),
+                network: run::NetworkMode::parse(network)?,
             };
             eprintln!(
                 "chaos: scenario {} ({} faults, {:?}), seed {seed}, output {}",
