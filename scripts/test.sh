@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use. Installed only when missing, so a developer's second run is quick.
 need_pkgs=()
-# (none yet; the chaos, etcd and HAProxy tests will add theirs here)
-packages=()
+# prometheus: promtool and a Prometheus server for the /metrics tests (crates/warden/tests/metrics.rs).
+packages=(prometheus)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

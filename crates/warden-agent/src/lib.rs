@@ -17,6 +17,8 @@
 //!   [`warden_core::HealthCheck`], with consecutive-failure counting.
 //! - [`runtime`]: the agent itself: the session to the server, heartbeats with signals, the
 //!   lease measured from each acknowledged heartbeat's send time, and the server's orders.
+//! - [`metrics`]: the agent's Prometheus metrics (heartbeats, acks, sessions, restarts,
+//!   fencings, tasks by state, lease left), served on the probe listener's `/metrics`.
 //! - [`signals`]: host signals read from `/proc` (CPU, memory, pressure stall information).
 //!
 //! The safety argument, in one paragraph: a singleton task only runs while its shim's
@@ -29,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod health;
+pub mod metrics;
 pub mod runtime;
 pub mod shim;
 pub mod signals;

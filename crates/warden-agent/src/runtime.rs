@@ -32,6 +32,7 @@ use warden_core::lifecycle::ProbeOutcome;
 use warden_core::{FencingToken, HealthCheck, JobName, Resources, TaskId};
 use warden_proto::v1::{self, agent_message, server_message};
 
+use crate::metrics::AgentMetrics;
 use crate::signals::HostSampler;
 use crate::supervisor::{
     ShimLauncher, Supervisor, SupervisorConfig, TaskEvent, TaskEventKind, TaskSpec, TaskState,
@@ -54,6 +55,8 @@ pub struct AgentConfig {
     pub launcher: ShimLauncher,
     /// Grace for stopping tasks on shutdown.
     pub shutdown_grace: Duration,
+    /// Where the runtime records its metrics (served by the probe listener's `/metrics`).
+    pub metrics: AgentMetrics,
 }
 
 /// Why the agent stopped.
@@ -83,6 +86,7 @@ fn phase_of(state: &TaskState) -> v1::TaskPhase {
 /// Run an agent until `cancel` fires; then stop every task and leave gracefully.
 pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     let (supervisor, mut events) = Supervisor::new(SupervisorConfig::new(cfg.launcher.clone()))?;
+    cfg.metrics.attach(supervisor.clone());
     let mut generation = 0u64;
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut next_server = 0usize;
@@ -100,6 +104,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             &cancel,
         )
         .await;
+        cfg.metrics.session_ended();
         match outcome {
             SessionEnd::Cancelled => break,
             SessionEnd::Rejoin(reason) => {
@@ -214,6 +219,7 @@ async fn session(
             .max(welcome.heartbeat_interval_ms * 2),
     );
     info!(server, generation = *generation, "session established");
+    cfg.metrics.session_established(*generation);
     let opened = Instant::now();
 
     let mut sampler = HostSampler::new();
@@ -271,10 +277,12 @@ async fn session(
                 if tx.try_send(msg(agent_message::Msg::Heartbeat(hb))).is_err() {
                     return SessionEnd::Lost("outbound queue full or closed".into());
                 }
+                cfg.metrics.heartbeat_sent();
             }
             () = lease_timer => {
                 warn!("lease ran out: fencing singletons");
                 supervisor.fence_now();
+                cfg.metrics.fenced();
                 fenced = true;
             }
             m = inbound.next() => {
@@ -287,6 +295,7 @@ async fn session(
                 match m {
                     server_message::Msg::Ack(ack) => {
                         last_ack = Instant::now();
+                        cfg.metrics.ack_received();
                         if let Some(&at) = sent.get(&ack.seq) {
                             let until = at + Duration::from_millis(ack.lease_ttl_ms);
                             if lease_until.is_none_or(|u| until > u) {
@@ -339,7 +348,12 @@ async fn session(
                     healthy: false,
                 })));
             }
-            Some(ev) = events.recv() => report_event(&ev, &tx, health),
+            Some(ev) = events.recv() => {
+                if matches!(ev.kind, TaskEventKind::Restarting { .. }) {
+                    cfg.metrics.task_restarted();
+                }
+                report_event(&ev, &tx, health);
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The agent's probe listener: answers `GET /healthz` with `200 ok` from the agent's own
 //! runtime, so an answer proves the agent process is running (not just its host's kernel).
-//! Any other path gets `404`. Connections are handled one request each, bounded in size and
-//! time, so a misbehaving client cannot tie the agent up.
+//! Other `GET` paths go to the caller's `extra` handler (the agent serves `/metrics` there);
+//! what it does not answer gets `404`. Connections are handled one request each, bounded in
+//! size and time, so a misbehaving client cannot tie the agent up.
 
 use std::time::Duration;
 

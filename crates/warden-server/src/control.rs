@@ -35,6 +35,7 @@ use warden_core::{
 use warden_proto::v1;
 use warden_store::{NewEvent, Store, TaskRecord, WriteOp};
 
+use crate::metrics::{Metrics, TimedStore};
 use crate::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo,
     SubmitOutcome, TaskInfo,
@@ -235,6 +236,7 @@ pub struct ControlPlane {
     clock: Clock,
     cfg: ControlConfig,
     wake: Notify,
+    metrics: Metrics,
 }
 
 /// Errors starting the control plane.
@@ -356,6 +358,8 @@ impl ControlPlane {
         // The lease is configured once, for the lifecycle; the planner's fencing rule uses it.
         cfg.planner.fencing = cfg.lifecycle.fencing.clone();
         cfg.validate()?;
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> = Arc::new(TimedStore::new(store, metrics.clone()));
         let clock = Clock::new();
         let now = clock.now();
         let mut fleet = Fleet::new(cfg.lifecycle.clone())?;
@@ -425,6 +429,7 @@ impl ControlPlane {
             clock,
             cfg,
             wake: Notify::new(),
+            metrics,
         });
         lock(&cp.inner)
             .events
@@ -442,7 +447,7 @@ impl ControlPlane {
         &self.clock
     }
 
-    /// The store.
+    /// The store (wrapped so that its operations are timed).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -556,6 +561,7 @@ impl ControlPlane {
     /// A heartbeat arrived on a session.
     pub fn heartbeat(&self, who: &Admitted, hb: &v1::Heartbeat) {
         let now = self.clock.now();
+        self.metrics.heartbeat_received();
         let mut g = lock(&self.inner);
         let mut outs = g
             .fleet
@@ -732,6 +738,7 @@ impl ControlPlane {
     }
 
     fn persist_recovery(&self, g: &mut Inner, record: RecoveryRecord) {
+        self.metrics.recovery(&record);
         if record.outcome == Outcome::Succeeded {
             let rto = record.rto().map(|d| d.as_millis()).unwrap_or_default();
             g.events.push(event(
@@ -851,6 +858,7 @@ impl ControlPlane {
 
     fn transition(&self, g: &mut Inner, t: Transition) {
         info!(agent = %t.agent, from = %t.from, to = %t.to, cause = %t.cause, "agent transition");
+        self.metrics.transition(t.from, t.to);
         let death = g
             .fleet
             .agent(&t.agent)
@@ -865,6 +873,9 @@ impl ControlPlane {
                 g.suspect_since.insert(t.agent.clone(), t.at);
             }
             AgentState::Failed => {
+                if let Some(last) = g.fleet.agent(&t.agent).and_then(|r| r.last_heartbeat()) {
+                    self.metrics.detection(t.at.saturating_since(last));
+                }
                 // Its orders die with it: a new generation starts from a clean slate.
                 g.assign_sent.remove(&t.agent);
                 g.stop_sent.remove(&t.agent);
@@ -959,7 +970,10 @@ impl ControlPlane {
                     }
                 });
             }
+            // Real elapsed time on purpose: the work took this long whatever tokio's clock says.
+            let started = std::time::Instant::now();
             self.reconcile(&mut bucket).await;
+            self.metrics.reconcile(started.elapsed());
         }
         debug!("control loop stopped");
     }
@@ -1001,6 +1015,17 @@ impl ControlPlane {
                 lock(&self.inner).probe_waiters.remove(&id);
                 indirect.push(outcome);
             }
+        }
+        for (kind, outcome) in &direct {
+            let kind = match kind {
+                ProbeKind::Tcp => "tcp",
+                ProbeKind::Http => "http",
+                ProbeKind::Icmp => "icmp",
+            };
+            self.metrics.probe(kind, *outcome);
+        }
+        for outcome in &indirect {
+            self.metrics.probe("indirect", *outcome);
         }
         let now = self.clock.now();
         let report = ProbeReport {
@@ -1651,6 +1676,10 @@ impl ControlApi for ControlPlane {
         Ok(stored.iter().map(|s| recovery_info(&s.record)).collect())
     }
 
+    fn metrics(&self) -> String {
+        self.metrics.render(self)
+    }
+
     fn health(&self) -> HealthInfo {
         let g = lock(&self.inner);
         HealthInfo {
@@ -1707,6 +1736,147 @@ mod tests {
         assert_eq!(
             tonic::Status::from(bad).code(),
             tonic::Code::InvalidArgument
+        );
+    }
+
+    fn heartbeat(seq: u64) -> v1::Heartbeat {
+        v1::Heartbeat {
+            seq,
+            signals: None,
+            running: vec![],
+        }
+    }
+
+    /// The lines of `text` that start with `prefix`.
+    fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn the_exposition_has_every_family_and_no_series_of_ended_generations() {
+        let cp = ControlPlane::new(
+            Arc::new(warden_store::MemStore::new()),
+            ControlConfig::default(),
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(64);
+        let a = cp.admit(&hello("a", 0), tx.clone()).unwrap();
+        // A name that needs escaping in a label value.
+        let odd = cp.admit(&hello("q\"x\\y", 0), tx.clone()).unwrap();
+        for seq in 1..=3 {
+            cp.heartbeat(&a, &heartbeat(seq));
+        }
+        cp.heartbeat(&odd, &heartbeat(1));
+        let text = cp.metrics();
+
+        for family in [
+            "warden_heartbeats_received_total",
+            "warden_lifecycle_transitions_total",
+            "warden_recoveries_started_total",
+            "warden_recoveries_total",
+            "warden_recovery_rto_seconds",
+            "warden_detection_seconds",
+            "warden_reconcile_duration_seconds",
+            "warden_store_operation_seconds",
+            "warden_agents",
+            "warden_agent_health_score",
+            "warden_agent_phi",
+            "warden_sessions",
+            "warden_brake_engaged",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "no {family} in\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "no help for {family} in\n{text}"
+            );
+        }
+        assert_eq!(
+            lines(&text, "warden_heartbeats_received_total "),
+            ["warden_heartbeats_received_total 4"]
+        );
+        assert_eq!(
+            lines(
+                &text,
+                "warden_lifecycle_transitions_total{from=\"joining\",to=\"healthy\"}"
+            ),
+            ["warden_lifecycle_transitions_total{from=\"joining\",to=\"healthy\"} 2"]
+        );
+        assert_eq!(
+            lines(&text, "warden_agents{state=\"healthy\"}"),
+            ["warden_agents{state=\"healthy\"} 2"]
+        );
+        assert_eq!(
+            lines(&text, "warden_agents{state=\"left\"}"),
+            ["warden_agents{state=\"left\"} 0"]
+        );
+        assert_eq!(lines(&text, "warden_sessions "), ["warden_sessions 2"]);
+        assert_eq!(
+            lines(&text, "warden_brake_engaged "),
+            ["warden_brake_engaged 0"]
+        );
+        assert_eq!(
+            lines(&text, "warden_recoveries_total{outcome=\"succeeded\"}"),
+            ["warden_recoveries_total{outcome=\"succeeded\"} 0"]
+        );
+        assert_eq!(
+            lines(&text, "warden_agent_phi{agent=\"a\"}").len(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            lines(&text, "warden_agent_health_score{agent=\"a\"}"),
+            ["warden_agent_health_score{agent=\"a\"} 100"]
+        );
+        assert_eq!(
+            lines(&text, r#"warden_agent_phi{agent="q\"x\\y"}"#).len(),
+            1,
+            "{text}"
+        );
+        // Generations were handed out by the store, timed.
+        assert_eq!(
+            lines(
+                &text,
+                "warden_store_operation_seconds_count{op=\"next_generation\"}"
+            ),
+            ["warden_store_operation_seconds_count{op=\"next_generation\"} 2"]
+        );
+        // Histograms are histograms (buckets), not summaries.
+        assert!(
+            text.contains("warden_recovery_rto_seconds_bucket{le=\"+Inf\"} 0"),
+            "{text}"
+        );
+
+        // The generation ends: its per-agent series go at the next scrape, the counts stay.
+        cp.leave(&a);
+        cp.session_closed(&a);
+        let text = cp.metrics();
+        assert!(
+            lines(&text, "warden_agent_phi{agent=\"a\"}").is_empty(),
+            "{text}"
+        );
+        assert!(
+            lines(&text, "warden_agent_health_score{agent=\"a\"}").is_empty(),
+            "{text}"
+        );
+        assert_eq!(
+            lines(&text, "warden_agents{state=\"left\"}"),
+            ["warden_agents{state=\"left\"} 1"]
+        );
+        assert_eq!(lines(&text, "warden_sessions "), ["warden_sessions 1"]);
+        assert_eq!(
+            lines(
+                &text,
+                "warden_lifecycle_transitions_total{from=\"healthy\",to=\"left\"}"
+            ),
+            ["warden_lifecycle_transitions_total{from=\"healthy\",to=\"left\"} 1"]
+        );
+        assert_eq!(
+            lines(&text, r#"warden_agent_phi{agent="q\"x\\y"}"#).len(),
+            1,
+            "{text}"
         );
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`router`] builds the routes with the default [`Limits`]; [`serve`] runs them on a listener
 //!   the caller bound, until a shutdown future completes.
+//! - `GET /metrics` answers Prometheus text (see [`crate::metrics`]); everything else is JSON.
 //! - Every failure is a JSON error with a stable [`ErrorCode`]; unknown routes (404) and wrong
 //!   methods (405) included.
 //! - A submitted job spec is parsed and validated before [`ControlApi::submit_job`] is called,
@@ -34,7 +35,7 @@ use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::header::{CONTENT_LENGTH, LOCATION};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -115,6 +116,7 @@ pub fn router_with_limits(api: Arc<dyn ControlApi>, limits: Limits) -> Router {
         .layer(TimeoutLayer::new(limits.request_timeout));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/agents", get(list_agents))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
@@ -249,6 +251,18 @@ fn no_such_job(name: &str) -> HttpError {
 
 async fn healthz(State(AppState { api, .. }): State<AppState>) -> Json<HealthInfo> {
     Json(api.health())
+}
+
+/// Prometheus text, not JSON: the one exception to the API's conventions.
+async fn metrics(State(AppState { api, .. }): State<AppState>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        api.metrics(),
+    )
+        .into_response()
 }
 
 async fn list_agents(State(AppState { api, .. }): State<AppState>) -> Json<Vec<AgentInfo>> {

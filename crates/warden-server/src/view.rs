@@ -186,4 +186,6 @@ pub trait ControlApi: Send + Sync + 'static {
     fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError>;
     /// Liveness of the server itself.
     fn health(&self) -> HealthInfo;
+    /// The server's metrics in the Prometheus text exposition format (`GET /metrics`).
+    fn metrics(&self) -> String;
 }

@@ -58,6 +58,10 @@ impl Fake {
 }
 
 impl ControlApi for Fake {
+    fn metrics(&self) -> String {
+        "# TYPE fake_up gauge\nfake_up 1\n".to_string()
+    }
+
     fn agents(&self) -> Vec<AgentInfo> {
         self.lock().agents.clone()
     }
@@ -503,6 +507,22 @@ async fn healthz_reports_the_fake() {
     assert_eq!(
         reply.json(),
         json!({"status": "ok", "sessions": 2, "brake_engaged": false})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let server = Server::start(populated()).await;
+    let reply = server.get("/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        "# TYPE fake_up gauge\nfake_up 1\n"
     );
     server.stop().await;
 }

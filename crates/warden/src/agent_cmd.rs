@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
+use warden_agent::metrics::AgentMetrics;
 use warden_agent::runtime::AgentConfig;
 use warden_agent::supervisor::ShimLauncher;
 use warden_core::Resources;
@@ -68,10 +69,14 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     let probe_addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
+    let metrics = AgentMetrics::new();
+    let scrape = metrics.clone();
     tokio::spawn(warden_probe::listener::serve(
         listener,
         cancel.child_token(),
-        |_| None,
+        move |path: &str| {
+            (path == "/metrics").then(|| (warden_agent::metrics::CONTENT_TYPE, scrape.render()))
+        },
     ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let servers = args
@@ -96,6 +101,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         ),
         launcher: ShimLauncher::current_exe().context("find the warden executable for shims")?,
         shutdown_grace: Duration::from_secs(5),
+        metrics,
     };
     tracing::info!(name = %cfg.name, probe = %probe_addr, "warden agent starting");
     warden_agent::runtime::run(cfg, cancel).await?;

@@ -1,0 +1,294 @@
+//! The agent's Prometheus metrics, served on its probe listener's `GET /metrics`.
+//! `docs/metrics.md` lists every family for users.
+//!
+//! Counters (heartbeats sent, acks, sessions, local restarts, fencings) are recorded by the
+//! runtime as things happen. The gauges that describe the present — tasks by state, the lease
+//! left — are read from the [`Supervisor`] at scrape time, so they are never stale, even while
+//! the agent is cut off from every server and its session loop is waiting to reconnect.
+//!
+//! The recorder belongs to one [`AgentMetrics`] (no global recorder), so several agents in one
+//! process (tests) keep separate counts.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use crate::supervisor::{Supervisor, TaskState};
+
+/// `Content-Type` of the Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Heartbeats sent to a server.
+pub const HEARTBEATS_SENT: &str = "warden_agent_heartbeats_sent_total";
+/// Acks received (each renews the lease).
+pub const ACKS_RECEIVED: &str = "warden_agent_acks_received_total";
+/// Sessions established with a server.
+pub const SESSIONS: &str = "warden_agent_sessions_total";
+/// 1 while a session is established.
+pub const CONNECTED: &str = "warden_agent_connected";
+/// The generation this agent runs as (0 before the first Welcome).
+pub const GENERATION: &str = "warden_agent_generation";
+/// Local restarts of crashed tasks.
+pub const TASK_RESTARTS: &str = "warden_agent_task_restarts_total";
+/// Times the lease ran out and the singletons were fenced.
+pub const FENCINGS: &str = "warden_agent_fencings_total";
+/// Tasks known to the supervisor, by `state`.
+pub const TASKS: &str = "warden_agent_tasks";
+/// Seconds left on the lease (0 when it ran out or was never granted).
+pub const LEASE_REMAINING: &str = "warden_agent_lease_remaining_seconds";
+
+/// Task states as the `state` label of `warden_agent_tasks` shows them.
+const TASK_STATES: [&str; 8] = [
+    "starting",
+    "running",
+    "backing_off",
+    "stopping",
+    "stopped",
+    "completed",
+    "fenced",
+    "failed",
+];
+
+fn task_state(s: &TaskState) -> &'static str {
+    match s {
+        TaskState::Starting => "starting",
+        TaskState::Running { .. } => "running",
+        TaskState::BackingOff { .. } => "backing_off",
+        TaskState::Stopping => "stopping",
+        TaskState::Stopped => "stopped",
+        TaskState::Completed => "completed",
+        TaskState::Fenced => "fenced",
+        TaskState::Failed { .. } => "failed",
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The agent's metrics. Cheap to clone; clones share the counts.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    /// Set once the runtime has started its supervisor; scrapes before that show no tasks.
+    supervisor: OnceLock<Supervisor>,
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    /// Fresh metrics: every family described, counters at zero.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let counters = [
+            (HEARTBEATS_SENT, "Heartbeats sent to a server."),
+            (
+                ACKS_RECEIVED,
+                "Heartbeat acks received from a server; each renews the lease.",
+            ),
+            (SESSIONS, "Sessions established with a server."),
+            (
+                TASK_RESTARTS,
+                "Local restarts of crashed tasks (with backoff) by the supervisor.",
+            ),
+            (
+                FENCINGS,
+                "Times the lease ran out and every singleton task was fenced.",
+            ),
+        ];
+        for (name, help) in counters {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                Some(Unit::Count),
+                SharedString::const_str(help),
+            );
+            recorder
+                .register_counter(&Key::from_static_name(name), &METADATA)
+                .absolute(0);
+        }
+        let gauges = [
+            (CONNECTED, "1 while a session with a server is established."),
+            (
+                GENERATION,
+                "The generation this agent runs as (0 before it joined).",
+            ),
+            (TASKS, "Tasks known to the supervisor, by state."),
+            (
+                LEASE_REMAINING,
+                "Seconds left on the lease; 0 when it ran out or was never granted.",
+            ),
+        ];
+        for (name, help) in gauges {
+            recorder.describe_gauge(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+        }
+        for name in [CONNECTED, GENERATION, LEASE_REMAINING] {
+            recorder
+                .register_gauge(&Key::from_static_name(name), &METADATA)
+                .set(0.0);
+        }
+        AgentMetrics {
+            inner: Arc::new(Inner {
+                recorder,
+                supervisor: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Read task states and the lease from `supervisor` at every scrape. The first call wins.
+    pub fn attach(&self, supervisor: Supervisor) {
+        let _ = self.inner.supervisor.set(supervisor);
+    }
+
+    fn increment(&self, name: &'static str) {
+        self.inner
+            .recorder
+            .register_counter(&Key::from_static_name(name), &METADATA)
+            .increment(1);
+    }
+
+    fn set(&self, name: &'static str, value: f64) {
+        self.inner
+            .recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
+            .set(value);
+    }
+
+    /// A heartbeat was sent.
+    pub fn heartbeat_sent(&self) {
+        self.increment(HEARTBEATS_SENT);
+    }
+
+    /// An ack arrived.
+    pub fn ack_received(&self) {
+        self.increment(ACKS_RECEIVED);
+    }
+
+    /// A session was established as `generation`.
+    pub fn session_established(&self, generation: u64) {
+        self.increment(SESSIONS);
+        self.set(CONNECTED, 1.0);
+        self.set(GENERATION, generation as f64);
+    }
+
+    /// The session ended.
+    pub fn session_ended(&self) {
+        self.set(CONNECTED, 0.0);
+    }
+
+    /// The supervisor restarted a crashed task.
+    pub fn task_restarted(&self) {
+        self.increment(TASK_RESTARTS);
+    }
+
+    /// The lease ran out: singletons fenced.
+    pub fn fenced(&self) {
+        self.increment(FENCINGS);
+    }
+
+    /// The exposition, with the supervisor's gauges read now.
+    pub fn render(&self) -> String {
+        let r = &self.inner.recorder;
+        let tasks = self
+            .inner
+            .supervisor
+            .get()
+            .map(Supervisor::tasks)
+            .unwrap_or_default();
+        // Every state is written on every scrape, so a state that emptied shows 0.
+        for state in TASK_STATES {
+            let n = tasks
+                .iter()
+                .filter(|t| task_state(&t.state) == state)
+                .count();
+            r.register_gauge(
+                &Key::from_parts(TASKS, vec![Label::from_static_parts("state", state)]),
+                &METADATA,
+            )
+            .set(n as f64);
+        }
+        let lease = self
+            .inner
+            .supervisor
+            .get()
+            .and_then(Supervisor::lease_remaining)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.set(LEASE_REMAINING, lease);
+        r.handle().render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_every_family_before_and_after_activity() {
+        let m = AgentMetrics::new();
+        let text = m.render();
+        for family in [
+            HEARTBEATS_SENT,
+            ACKS_RECEIVED,
+            SESSIONS,
+            CONNECTED,
+            GENERATION,
+            TASK_RESTARTS,
+            FENCINGS,
+            TASKS,
+            LEASE_REMAINING,
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("warden_agent_tasks{state=\"running\"} 0"),
+            "{text}"
+        );
+        m.session_established(7);
+        m.heartbeat_sent();
+        m.heartbeat_sent();
+        m.ack_received();
+        m.task_restarted();
+        let text = m.render();
+        assert!(
+            text.contains("warden_agent_heartbeats_sent_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warden_agent_acks_received_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warden_agent_task_restarts_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("warden_agent_generation 7\n"), "{text}");
+        assert!(text.contains("warden_agent_connected 1\n"), "{text}");
+        m.session_ended();
+        assert!(m.render().contains("warden_agent_connected 0\n"));
+    }
+}
