@@ -85,9 +85,12 @@ fn phase_of(state: &TaskState) -> v1::TaskPhase {
 
 /// Run an agent until `cancel` fires; then stop every task and leave gracefully.
 pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    if fencing_broken_for_tests() {
+        warn!("{BREAK_FENCING_ENV}=1: singletons run WITHOUT self-fencing (test-only switch)");
+    }
     let (supervisor, mut events) = Supervisor::new(SupervisorConfig::new(cfg.launcher.clone()))?;
     cfg.metrics.attach(supervisor.clone());
-    let mut generation = 0u64;
+    let mut ids = Ids::default();
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut next_server = 0usize;
     let mut backoff = Duration::from_millis(100);
@@ -99,7 +102,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             &server,
             &supervisor,
             &mut events,
-            &mut generation,
+            &mut ids,
             &mut health,
             &cancel,
         )
@@ -108,15 +111,15 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
         match outcome {
             SessionEnd::Cancelled => break,
             SessionEnd::Rejoin(reason) => {
-                warn!(%reason, generation, "generation over: stopping its tasks and rejoining");
+                warn!(%reason, generation = ids.generation, "generation over: stopping its tasks and rejoining");
                 for (task, epoch) in supervisor.running() {
                     let _ = supervisor.stop(&task, epoch, Duration::ZERO).await;
                 }
-                generation = 0;
+                ids = Ids::default();
                 backoff = Duration::from_millis(100);
             }
             SessionEnd::Lost(reason) => {
-                debug!(%server, %reason, "session lost; reconnecting");
+                info!(%server, %reason, "session lost; reconnecting");
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -129,6 +132,16 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     info!("agent stopping: stopping tasks");
     supervisor.shutdown(cfg.shutdown_grace).await;
     Ok(())
+}
+
+/// What outlives one session: the agent's generation, and the last heartbeat number. Numbers
+/// keep growing across the sessions of one generation: the server ignores a heartbeat whose
+/// number it has seen, so a reconnect that started again from 1 would renew nothing until it
+/// passed the old session's count (the agent would lose its lease over and over).
+#[derive(Default)]
+struct Ids {
+    generation: u64,
+    last_seq: u64,
 }
 
 enum SessionEnd {
@@ -145,7 +158,7 @@ async fn session(
     server: &str,
     supervisor: &Supervisor,
     events: &mut mpsc::UnboundedReceiver<TaskEvent>,
-    generation: &mut u64,
+    ids: &mut Ids,
     health: &mut BTreeMap<TaskId, bool>,
     cancel: &CancellationToken,
 ) -> SessionEnd {
@@ -170,7 +183,7 @@ async fn session(
     let running: Vec<v1::RunningTask> = running_tasks(supervisor, health);
     let hello = v1::Hello {
         name: cfg.name.clone(),
-        generation: *generation,
+        generation: ids.generation,
         probe_addr: cfg.probe_addr.to_string(),
         capacity: Some(v1::Resources {
             cpu_millis: cfg.capacity.cpu_millis,
@@ -211,19 +224,19 @@ async fn session(
         }))) => return SessionEnd::Rejoin(r.reason),
         other => return SessionEnd::Lost(format!("no welcome: {other:?}")),
     };
-    *generation = welcome.generation;
+    ids.generation = welcome.generation;
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
     let deadline = Duration::from_millis(
         welcome
             .session_deadline_ms
             .max(welcome.heartbeat_interval_ms * 2),
     );
-    info!(server, generation = *generation, "session established");
-    cfg.metrics.session_established(*generation);
+    info!(server, generation = ids.generation, "session established");
+    cfg.metrics.session_established(ids.generation);
     let opened = Instant::now();
 
     let mut sampler = HostSampler::new();
-    let mut seq = 0u64;
+    let mut seq = ids.last_seq;
     let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut last_ack = Instant::now();
     let mut lease_until: Option<Instant> = None;
@@ -250,6 +263,7 @@ async fn session(
                     return SessionEnd::Lost(format!("no ack for {:?}", last_ack.elapsed()));
                 }
                 seq += 1;
+                ids.last_seq = seq;
                 let now = Instant::now();
                 sent.insert(seq, now);
                 // Heartbeats that were never acked within the lease are useless for renewal.
@@ -382,6 +396,18 @@ fn running_tasks(supervisor: &Supervisor, health: &BTreeMap<TaskId, bool>) -> Ve
         .collect()
 }
 
+/// Name of the test-only switch that breaks self-fencing (see [`fencing_broken_for_tests`]).
+pub const BREAK_FENCING_ENV: &str = "WARDEN_TEST_BREAK_FENCING";
+
+/// A deliberately broken fencing rule, for tests only: with `WARDEN_TEST_BREAK_FENCING=1` a
+/// *debug build* of the agent runs singletons like services — no shim deadline, no fencing
+/// when the lease runs out — so that a partitioned agent keeps its singleton while the server
+/// replaces it. The chaos harness's test uses it to prove that its at-most-one checker catches
+/// a violation. Release builds ignore the variable.
+pub fn fencing_broken_for_tests() -> bool {
+    cfg!(debug_assertions) && std::env::var(BREAK_FENCING_ENV).is_ok_and(|v| v == "1")
+}
+
 fn assign(cfg: &AgentConfig, supervisor: &Supervisor, a: &v1::Assign, tx: &Tx) {
     let Some(task) = TaskId::parse(&a.task) else {
         warn!(task = %a.task, "assignment with an invalid task id ignored");
@@ -401,7 +427,7 @@ fn assign(cfg: &AgentConfig, supervisor: &Supervisor, a: &v1::Assign, tx: &Tx) {
         command: a.command.clone(),
         args: a.args.clone(),
         env,
-        fenced: a.singleton,
+        fenced: a.singleton && !fencing_broken_for_tests(),
         log_dir: cfg.data_dir.join("logs"),
         health,
     };

@@ -587,6 +587,36 @@ impl ControlPlane {
         let copies: Vec<(TaskId, FencingToken)> =
             running.iter().map(|(t, e, _, _)| (t.clone(), *e)).collect();
         self.resend_pending(&mut g, &who.id, &copies, now, false);
+        // A copy the server saw running here that the agent no longer reports has ended
+        // without a report reaching the server — typically fenced by the agent while its
+        // session was down (its lease ran out) and the agent came back as the same generation.
+        // Without this the slot would look Running forever and never be started again.
+        let gone: Vec<(TaskId, FencingToken)> = g
+            .observed
+            .tasks
+            .iter()
+            .flat_map(|(job, slots)| {
+                slots.iter().enumerate().filter_map(|(i, t)| {
+                    let id = TaskId::new(job.clone(), u32::try_from(i).ok()?);
+                    (t.state == TaskState::Running
+                        && t.agent.as_ref() == Some(&who.id)
+                        && !copies.iter().any(|(c, e)| *c == id && *e == t.epoch))
+                    .then_some((id, t.epoch))
+                })
+            })
+            .collect();
+        for (task, epoch) in gone {
+            self.task_seen(
+                &mut g,
+                &who.id,
+                &task,
+                epoch,
+                TaskState::Stopped,
+                false,
+                Some("no longer running on its agent (ended while the session was down)"),
+                now,
+            );
+        }
         if let Some(v) = g.observed.agents.get_mut(&who.id) {
             v.running = copies;
         }
