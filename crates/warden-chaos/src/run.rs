@@ -583,11 +583,12 @@ impl Run<'_> {
 
     /// The agents a fault hits now, or why it is skipped.
     fn targets(&self, i: usize, spec: &FaultSpec) -> std::result::Result<Vec<String>, String> {
+        let exclusive = spec.kind.exclusive();
         let free: Vec<String> = self
             .scenario
             .agent_names()
             .into_iter()
-            .filter(|a| !self.busy.contains(a))
+            .filter(|a| !exclusive || !self.busy.contains(a))
             .collect();
         let picked = match spec.target() {
             Target::Agent(name) => Some(name),
@@ -612,7 +613,7 @@ impl Run<'_> {
         }
         match picked {
             None => Err("every agent is already under a fault".into()),
-            Some(name) if self.busy.contains(&name) => {
+            Some(name) if exclusive && self.busy.contains(&name) => {
                 Err(format!("{name} is already under a fault"))
             }
             Some(name) => Ok(vec![name]),
@@ -824,7 +825,9 @@ impl Run<'_> {
         }
         self.record.faults.push(rec);
         if !done {
-            self.busy.extend(agents.iter().cloned());
+            if spec.kind.exclusive() {
+                self.busy.extend(agents.iter().cloned());
+            }
             let record = self.record.faults.len() - 1;
             self.active.insert(
                 i,
@@ -925,8 +928,10 @@ impl Run<'_> {
         if let Some(f) = self.record.faults.get_mut(active.record) {
             f.end_ms = Some(now);
         }
-        for name in &active.agents {
-            self.busy.remove(name);
+        if kind.exclusive() {
+            for name in &active.agents {
+                self.busy.remove(name);
+            }
         }
         let whom = match kind {
             FaultKind::ServerKill => SERVER.to_string(),

@@ -225,6 +225,13 @@ impl FaultKind {
         )
     }
 
+    /// Whether the fault occupies its agent: no second exclusive fault is put on an agent
+    /// while one lasts. Pressure (cpu, memory) does not: it loads the host, and a pause or a
+    /// partition on top of it is a combination worth running.
+    pub fn exclusive(self) -> bool {
+        !matches!(self, FaultKind::Cpu | FaultKind::Memory)
+    }
+
     /// Whether the fault may target `all` agents at once.
     pub fn may_target_all(self) -> bool {
         matches!(
@@ -661,6 +668,8 @@ impl Scenario {
                     && b.at <= a.end()
                     && a.kind.has_target()
                     && b.kind.has_target()
+                    && a.kind.exclusive()
+                    && b.kind.exclusive()
                 {
                     bail!("fault[{j}].at: overlaps fault[{i}] on the same agent");
                 }
@@ -713,6 +722,66 @@ at = "20s"
         assert_eq!(s.singleton_slots(), ["db/0"]);
         assert_eq!(s.last_fault_end(), Duration::from_secs(20));
         assert!(s.workloads[1].job_toml().contains("replicas = 2"));
+    }
+
+    #[test]
+    fn every_shipped_scenario_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+        let mut n = 0;
+        for dir in [dir.clone(), dir.join("ci")] {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                if e.path().extension().is_some_and(|x| x == "toml") {
+                    Scenario::load(&e.path()).unwrap();
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 8, "{n} scenarios");
+    }
+
+    #[test]
+    fn kind_specific_fields_are_checked() {
+        let base = "name = \"t\"\nagents = 3\nduration = \"30s\"\nsettle = \"5s\"\n";
+        let with = |fault: &str| format!("{base}[[fault]]\n{fault}\n");
+        let ok = |f: &str| Scenario::from_toml(&with(f)).unwrap();
+        let s = ok("kind = \"flap\"\nat = \"1s\"\nduration = \"5s\"\non = \"1s\"\noff = \"1s\"");
+        assert_eq!(s.faults[0].flap_cuts().len(), 3);
+        ok(
+            "kind = \"loss\"\nat = \"1s\"\nduration = \"5s\"\nprobability = 0.05\njitter = \"100ms\"\ntarget = \"all\"",
+        );
+        ok("kind = \"isolate\"\nat = \"1s\"\nduration = \"5s\"");
+        let bad = |f: &str, want: &str| {
+            let e = format!("{:#}", Scenario::from_toml(&with(f)).unwrap_err());
+            assert!(e.contains(want), "{e} should mention {want}");
+        };
+        bad(
+            "kind = \"oneway\"\nat = \"1s\"\nduration = \"5s\"",
+            "fault[0].direction",
+        );
+        bad(
+            "kind = \"kill\"\nat = \"1s\"\nprobability = 0.5",
+            "fault[0].probability: not allowed for kill",
+        );
+        bad(
+            "kind = \"loss\"\nat = \"1s\"\nduration = \"5s\"\nprobability = 1.5",
+            "out of range",
+        );
+        bad(
+            "kind = \"delay\"\nat = \"1s\"\nduration = \"5s\"",
+            "fault[0].delay",
+        );
+        bad(
+            "kind = \"pause\"\nat = \"1s\"\nduration = \"5s\"\ntarget = \"all\"",
+            "fault[0].target",
+        );
+        bad(
+            "kind = \"isolate\"\nat = \"1s\"\nduration = \"5s\"\ntarget = \"agent-1\"",
+            "no target",
+        );
+        bad(
+            "kind = \"memory\"\nat = \"1s\"\nduration = \"5s\"",
+            "fault[0].megabytes",
+        );
     }
 
     fn err(text: &str) -> String {

@@ -35,11 +35,33 @@ pub enum ChaosCommand {
         #[arg(long, default_value = "auto", value_parser = ["auto", "netns", "loopback"])]
         network: String,
     },
+    /// Check scenario files without running them: parse, validate, and print each one's
+    /// faults. Exits non-zero at the first invalid file, naming the field at fault.
+    Validate {
+        /// Scenario files.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
 }
 
 /// Run a chaos command.
 pub fn run(cmd: &ChaosCommand) -> Result<()> {
     match cmd {
+        ChaosCommand::Validate { scenarios } => {
+            for path in scenarios {
+                let sc = Scenario::load(path)?;
+                let kinds: Vec<&str> = sc.faults.iter().map(|f| f.kind.as_str()).collect();
+                println!(
+                    "{}: ok — {} agents, {:?}, {} faults ({})",
+                    path.display(),
+                    sc.agents,
+                    sc.duration,
+                    sc.faults.len(),
+                    kinds.join(", ")
+                );
+            }
+            Ok(())
+        }
         ChaosCommand::Run {
             scenario,
             out,

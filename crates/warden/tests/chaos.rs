@@ -130,3 +130,161 @@ target = "singleton-holder"
         "{stdout}"
     );
 }
+
+/// Run `warden chaos run` on `scenario` with `env`; returns whether it succeeded, the parsed
+/// report, and a description (stdout, stderr, log tails) for failure messages.
+fn run_scenario(scenario: &Path, seed: u64, env: &[(&str, &str)]) -> (bool, Value, String) {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+    cmd.args(["chaos", "run"])
+        .arg(scenario)
+        .arg("--out")
+        .arg(out.path())
+        .args(["--seed", &seed.to_string()]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = cmd.output().unwrap();
+    let mut text = format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}\n",
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    if let Ok(entries) = std::fs::read_dir(out.path().join("logs")) {
+        for e in entries.flatten() {
+            let log = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text.push_str(&format!(
+                "--- {} (tail) ---\n{}\n",
+                e.file_name().to_string_lossy(),
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            ));
+        }
+    }
+    let report = std::fs::read(out.path().join("report.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    (run.status.success(), report, text)
+}
+
+fn ci_scenario(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../scenarios/{name}.toml"))
+}
+
+/// Whether this machine runs chaos clusters in network namespaces (root with `ip` and
+/// `nft`); the test command installs nftables, and CI runs as root.
+fn netns_expected() -> bool {
+    warden_chaos::netns::unavailable().is_none()
+}
+
+/// Every checker passed and every fault was injected (none skipped).
+fn assert_clean(ok: bool, report: &Value, text: &str) {
+    assert!(ok, "chaos run failed\n{text}");
+    assert_eq!(report["violations"], 0, "{text}");
+    assert!(
+        report["checkers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["passed"] == true),
+        "{text}"
+    );
+    for f in report["faults"].as_array().unwrap() {
+        assert!(f["skipped"].is_null(), "fault skipped: {f}\n{text}");
+    }
+    if netns_expected() {
+        assert_eq!(report["network"], "netns", "{text}");
+    }
+}
+
+/// The detection time of fault `i`, which must have been detected.
+fn detected_ms(report: &Value, i: usize, text: &str) -> u64 {
+    report["faults"][i]["detected_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("fault {i} not detected\n{text}"))
+}
+
+#[test]
+fn ci_pause_scenario_detects_the_long_pause_and_ignores_the_short_one() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/pause"), 3, &[]);
+    assert_clean(ok, &report, &text);
+    // The long pause is detected and its singleton replaced; the 800 ms one is not failed.
+    detected_ms(&report, 0, &text);
+    assert!(report["faults"][1]["failed_ms"].is_null(), "{text}");
+    assert!(
+        report["faults"][0]["recoveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["singleton"] == true && r["rto_ms"].as_u64().is_some()),
+        "{text}"
+    );
+}
+
+#[test]
+fn ci_partition_scenario_detects_full_and_one_way_cuts_without_two_copies() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/partition"), 5, &[]);
+    assert_clean(ok, &report, &text);
+    detected_ms(&report, 0, &text);
+    detected_ms(&report, 1, &text);
+}
+
+#[test]
+fn ci_lossy_scenario_declares_nobody_failed() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/lossy"), 1, &[]);
+    assert_clean(ok, &report, &text);
+    // No agent was down, so no transition to Failed may appear in the run.
+    let failed = report["faults"][0]["false_verdicts"].as_u64().unwrap_or(0);
+    assert_eq!(failed, 0, "{text}");
+}
+
+#[test]
+fn isolation_scenario_holds_the_brake_and_recovers_every_slot() {
+    let (ok, report, text) = run_scenario(&ci_scenario("isolation"), 1, &[]);
+    assert_clean(ok, &report, &text);
+}
+
+/// A checker that cannot fail is worthless: with self-fencing deliberately broken (a
+/// test-only switch of debug builds), a partitioned agent keeps its singleton while the
+/// server replaces it, and the at-most-one checker must say so.
+#[test]
+fn at_most_one_catches_a_broken_fencing_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("broken.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "broken-fencing"
+agents = 3
+duration = "20s"
+settle = "10s"
+[[workload]]
+name = "db"
+kind = "singleton"
+[[fault]]
+kind = "partition"
+at = "1s"
+duration = "8s"
+target = "singleton-holder"
+"#,
+    )
+    .unwrap();
+    let (ok, report, text) = run_scenario(&scenario, 1, &[("WARDEN_TEST_BREAK_FENCING", "1")]);
+    assert!(!ok, "the run must fail\n{text}");
+    let amo = report["checkers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["checker"] == "at-most-one")
+        .unwrap();
+    assert_eq!(amo["passed"], false, "{text}");
+    assert!(
+        amo["violations"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("db/0"),
+        "{text}"
+    );
+}
