@@ -1,6 +1,7 @@
-//! The report of a chaos run, built from its [`Record`]: per-fault detection times and
-//! recoveries, their percentiles, a confusion matrix of the server's verdicts against ground
-//! truth, and the checkers' verdicts. Serialised as JSON; [`Report::summary`] renders the
+//! The report of a chaos run, built from its [`Record`]: per-fault detection times (or, for
+//! faults that leave the agent up, the false verdicts they provoked) and recoveries, their
+//! percentiles, the recovery success rate, a confusion matrix of the server's verdicts against
+//! ground truth, the detector's mistakes, and the checkers' verdicts. Serialised as JSON; [`Report::summary`] renders the
 //! short table the CLI prints. `docs/chaos.md` explains every field.
 
 use std::fmt::Write as _;
@@ -9,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use warden_core::qos::{Confusion, percentile};
 
 use crate::check::{self, CheckResult};
-use crate::record::{Record, SERVER};
+use crate::record::{FaultRecord, Record, SERVER};
 use crate::scenario::FaultKind;
 
 /// Width of a confusion-matrix window: one verdict sample per agent per window.
 pub const WINDOW_MS: u64 = 1000;
+/// The target of a fault that hits every agent (loss, delay, cpu, memory).
+pub const ALL: &str = "all";
 
 /// The report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -24,6 +27,10 @@ pub struct Report {
     pub description: String,
     /// Seed.
     pub seed: u64,
+    /// Where the cluster's network lived: `netns` or `loopback` (empty in records from
+    /// before the field existed).
+    #[serde(default)]
+    pub network: String,
     /// Agents.
     pub agents: Vec<String>,
     /// When the fault schedule started (ms since the run started; all times below too).
@@ -46,6 +53,11 @@ pub struct Report {
     pub singleton_rto: Stats,
     /// RTO of service slots.
     pub service_rto: Stats,
+    /// The RTO bound of the run (no-lost-work; recovery success counts replacements within it).
+    #[serde(default)]
+    pub rto_bound_ms: u64,
+    /// How many of the slots that lost their process got it back, and in time.
+    pub recovery: RecoverySuccess,
     /// Verdicts against ground truth.
     pub confusion: ConfusionReport,
     /// Mistakes: λ_M, T_M, P_A.
@@ -80,6 +92,11 @@ pub struct FaultReport {
     pub failed_ms: Option<u64>,
     /// Start → the first of the two (the detection time).
     pub detected_ms: Option<u64>,
+    /// For faults that leave the agent up (loss, delay, cpu, memory; see
+    /// [`FaultKind::takes_agent_out`]): `failed` transitions of the agent hit (any agent, for
+    /// target `all`) during the fault and the verdict tolerance after it. Each one is wrong.
+    /// Always 0 for the other kinds, whose detection times are reported instead.
+    pub false_verdicts: usize,
     /// The slots that ran on the agent when the fault started.
     pub recoveries: Vec<Recovery>,
 }
@@ -93,10 +110,46 @@ pub struct Recovery {
     pub singleton: bool,
     /// Its token at the fault.
     pub old_token: u64,
+    /// Whether its process (`task`, `old_token`) was gone in some sample after the fault
+    /// started (and before the next fault on the same agent): the slot needed recovering.
+    pub lost: bool,
     /// The token of its replacement, if one ran.
     pub new_token: Option<u64>,
     /// Fault start → the replacement process seen.
     pub rto_ms: Option<u64>,
+}
+
+/// Recovery success: of the slots whose process a fault took away, how many ran again, and
+/// how many within the RTO bound.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RecoverySuccess {
+    /// Recoveries whose old process was lost ([`Recovery::lost`]).
+    pub needed: usize,
+    /// Of those, the ones whose replacement (a newer token) ran.
+    pub recovered: usize,
+    /// Of those, the ones replaced within the RTO bound (`rto_ms ≤ rto_bound_ms`).
+    pub within_bound: usize,
+    /// `within_bound / needed` (`None` when nothing needed recovering).
+    pub success_rate: Option<f64>,
+}
+
+impl RecoverySuccess {
+    fn of<'a>(recoveries: impl IntoIterator<Item = &'a Recovery>, bound_ms: u64) -> Self {
+        let mut s = RecoverySuccess::default();
+        for r in recoveries.into_iter().filter(|r| r.lost) {
+            s.needed += 1;
+            if r.new_token.is_some() {
+                s.recovered += 1;
+                if r.rto_ms.is_some_and(|rto| rto <= bound_ms) {
+                    s.within_bound += 1;
+                }
+            }
+        }
+        if s.needed > 0 {
+            s.success_rate = Some(s.within_bound as f64 / s.needed as f64);
+        }
+        s
+    }
 }
 
 /// Percentiles of a set of durations (ms); `None` when empty.
@@ -135,10 +188,12 @@ pub struct KindStats {
     pub kind: FaultKind,
     /// Faults of the kind injected.
     pub faults: usize,
-    /// Of those, detected.
+    /// Of those, detected (always 0 for kinds that leave the agent up).
     pub detected: usize,
     /// Detection times.
     pub detection: Stats,
+    /// False Failed verdicts under faults of the kind, summed (kinds that leave the agent up).
+    pub false_verdicts: usize,
 }
 
 /// A confusion matrix with its derived figures.
@@ -202,6 +257,9 @@ pub struct Accuracy {
     pub mistake_rate_per_s: f64,
     /// T_M: mean mistake duration (`None` without mistakes).
     pub mean_mistake_ms: Option<f64>,
+    /// T_MR: mean mistake recurrence time, the up time per mistake (1/λ_M; `None` without
+    /// mistakes).
+    pub mean_recurrence_ms: Option<f64>,
     /// P_A: the probability that the verdict about an up agent, at a random moment, is
     /// "trusted" (`None` without up time).
     pub query_accuracy: Option<f64>,
@@ -266,6 +324,7 @@ fn accuracy(record: &Record) -> Accuracy {
     }
     if acc.mistakes > 0 {
         acc.mean_mistake_ms = Some(acc.mistake_ms as f64 / acc.mistakes as f64);
+        acc.mean_recurrence_ms = Some(acc.up_ms as f64 / acc.mistakes as f64);
     }
     acc
 }
@@ -280,7 +339,22 @@ fn generation_at(record: &Record, agent: &str, t: u64) -> Option<u64> {
         .max()
 }
 
-fn fault_report(record: &Record, f: &crate::record::FaultRecord) -> FaultReport {
+/// Whether fault `f` (injected) hits `agent`: it names it, or targets every agent.
+fn hits(f: &FaultRecord, agent: &str) -> bool {
+    f.skipped.is_none()
+        && (f.kind == FaultKind::Isolate
+            || f.target == ALL
+            || f.target.split(',').any(|t| t == agent))
+}
+
+/// The end of a fault's window: its end (or the run's) plus the verdict tolerance.
+fn window_end(record: &Record, f: &FaultRecord) -> u64 {
+    f.end_ms
+        .unwrap_or(record.end_ms)
+        .saturating_add(record.verdict_tolerance_ms)
+}
+
+fn fault_report(record: &Record, f: &FaultRecord) -> FaultReport {
     let mut r = FaultReport {
         index: f.index,
         kind: f.kind,
@@ -291,16 +365,25 @@ fn fault_report(record: &Record, f: &crate::record::FaultRecord) -> FaultReport 
         suspect_ms: None,
         failed_ms: None,
         detected_ms: None,
+        false_verdicts: 0,
         recoveries: Vec::new(),
     };
     if f.skipped.is_some() || f.target == SERVER {
         return r;
     }
-    let until = f
-        .end_ms
-        .unwrap_or(record.end_ms)
-        .saturating_add(record.verdict_tolerance_ms);
-    if let Some(generation) = generation_at(record, &f.target, f.start_ms) {
+    let until = window_end(record, f);
+    if !f.kind.takes_agent_out() {
+        r.false_verdicts = record
+            .events
+            .iter()
+            .filter(|e| {
+                e.kind == "agent.transition"
+                    && e.to.as_deref() == Some("failed")
+                    && (f.start_ms..=until).contains(&e.t_ms)
+                    && hits(f, &e.agent)
+            })
+            .count();
+    } else if let Some(generation) = generation_at(record, &f.target, f.start_ms) {
         let first = |to: &str| {
             record
                 .events
@@ -322,12 +405,29 @@ fn fault_report(record: &Record, f: &crate::record::FaultRecord) -> FaultReport 
             (a, b) => a.or(b),
         };
     }
+    // A process gone after the next fault on its agent began is that fault's loss.
+    let next_fault = record
+        .faults
+        .iter()
+        .filter(|g| g.start_ms > f.start_ms && hits(g, &f.target))
+        .map(|g| g.start_ms)
+        .min()
+        .unwrap_or(u64::MAX);
     if let Some(before) = record.sample_before(f.start_ms) {
         for p in before
             .procs
             .iter()
             .filter(|p| p.agent.as_deref() == Some(f.target.as_str()))
         {
+            let lost = record
+                .samples
+                .iter()
+                .filter(|s| s.t_ms >= f.start_ms && s.t_ms < next_fault)
+                .any(|s| {
+                    !s.procs
+                        .iter()
+                        .any(|q| q.task == p.task && q.token == p.token)
+                });
             let replacement = record
                 .samples
                 .iter()
@@ -342,6 +442,7 @@ fn fault_report(record: &Record, f: &crate::record::FaultRecord) -> FaultReport 
                 task: p.task.clone(),
                 singleton: record.singletons.contains(&p.task),
                 old_token: p.token,
+                lost,
                 new_token: replacement.map(|(_, tok)| tok),
                 rto_ms: replacement.map(|(t, _)| t - f.start_ms),
             });
@@ -403,6 +504,7 @@ impl Report {
                     faults: of_kind.len(),
                     detected: times.len(),
                     detection: Stats::of(times),
+                    false_verdicts: of_kind.iter().map(|f| f.false_verdicts).sum(),
                 }
             })
             .collect();
@@ -431,6 +533,7 @@ impl Report {
             scenario: name,
             description,
             seed: record.seed,
+            network: record.network.clone(),
             agents: record.agents.clone(),
             schedule_start_ms: record.schedule_start_ms,
             faults_end_ms: record.faults_end_ms,
@@ -440,6 +543,11 @@ impl Report {
             events: record.events.len(),
             singleton_rto: rtos(true),
             service_rto: rtos(false),
+            recovery: RecoverySuccess::of(
+                faults.iter().flat_map(|f| &f.recoveries),
+                record.rto_bound_ms,
+            ),
+            rto_bound_ms: record.rto_bound_ms,
             confusion: confusion(record),
             accuracy: accuracy(record),
             violations: checkers.iter().map(|c| c.violations.len()).sum(),
@@ -458,9 +566,15 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "scenario {} (seed {}): {} agents, {} samples (largest gap {} ms), {} agent events",
+            "scenario {} (seed {}, network {}): {} agents, {} samples (largest gap {} ms), {} \
+             agent events",
             self.scenario,
             self.seed,
+            if self.network.is_empty() {
+                "unknown"
+            } else {
+                &self.network
+            },
             self.agents.len(),
             self.samples,
             self.max_sample_gap_ms,
@@ -475,11 +589,24 @@ impl Report {
             let rec = if let Some(why) = &fr.skipped {
                 format!("skipped: {why}")
             } else {
-                fr.recoveries
-                    .iter()
-                    .map(|r| format!("{} {}", r.task, ms(r.rto_ms)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                let mut parts: Vec<String> = Vec::new();
+                if !fr.kind.takes_agent_out() {
+                    parts.push(format!("{} false Failed", fr.false_verdicts));
+                }
+                parts.extend(fr.recoveries.iter().map(|r| {
+                    format!(
+                        "{} {}{}",
+                        r.task,
+                        ms(r.rto_ms),
+                        if r.lost { "" } else { " (kept)" }
+                    )
+                }));
+                parts.join(", ")
+            };
+            let (susp, fail) = if fr.kind.takes_agent_out() {
+                (ms(fr.suspect_ms), ms(fr.failed_ms))
+            } else {
+                ("n/a".to_string(), "n/a".to_string())
             };
             let _ = writeln!(
                 s,
@@ -492,12 +619,22 @@ impl Report {
                     &fr.target
                 },
                 fr.start_ms.saturating_sub(self.schedule_start_ms) as f64 / 1e3,
-                ms(fr.suspect_ms),
-                ms(fr.failed_ms),
+                susp,
+                fail,
             );
         }
         let _ = writeln!(s);
         for k in &self.detection {
+            if !k.kind.takes_agent_out() {
+                let _ = writeln!(
+                    s,
+                    "T_D {:<12} n/a (the agent stays up): {} false Failed in {} faults",
+                    k.kind.as_str(),
+                    k.false_verdicts,
+                    k.faults
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "T_D {:<12} {}/{} detected, p50 {}, p99 {}, max {}",
@@ -522,6 +659,16 @@ impl Report {
                 f(st.max_ms)
             );
         }
+        let rc = &self.recovery;
+        let _ = writeln!(
+            s,
+            "recovery: {} slots lost their process, {} replaced, {} within {} ms: success {}",
+            rc.needed,
+            rc.recovered,
+            rc.within_bound,
+            self.rto_bound_ms,
+            r(rc.success_rate)
+        );
         let t = &self.confusion.total;
         let _ = writeln!(
             s,
@@ -538,11 +685,13 @@ impl Report {
         let a = &self.accuracy;
         let _ = writeln!(
             s,
-            "mistakes (suspicions of up agents): {} in {:.1} s of up time; λ_M {:.4}/s, T_M {}, P_A {}",
+            "mistakes (suspicions of up agents): {} in {:.1} s of up time; λ_M {:.4}/s, T_M {}, \
+             T_MR {}, P_A {}",
             a.mistakes,
             a.up_ms as f64 / 1e3,
             a.mistake_rate_per_s,
             f(a.mean_mistake_ms),
+            f(a.mean_recurrence_ms),
             a.query_accuracy
                 .map_or_else(|| "-".to_string(), |v| format!("{v:.5}"))
         );
@@ -639,6 +788,136 @@ mod tests {
         let a = Report::build(&r).accuracy;
         assert_eq!((a.up_ms, a.mistakes, a.mistake_ms), (20_000, 1, 500));
         assert_eq!(a.mean_mistake_ms, Some(500.0));
+        // T_MR = 1/λ_M: one mistake in 20 s of up time.
+        assert_eq!(a.mean_recurrence_ms, Some(20_000.0));
         assert_eq!(a.query_accuracy, Some(1.0 - 500.0 / 20_000.0));
+    }
+
+    fn fault(
+        index: usize,
+        kind: FaultKind,
+        target: &str,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> FaultRecord {
+        FaultRecord {
+            index,
+            kind,
+            target: target.into(),
+            start_ms,
+            end_ms: Some(end_ms),
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn recovery_success_counts_lost_processes_replaced_within_the_bound() {
+        let mut r = record();
+        r.agents.push("agent-3".into());
+        r.network = "loopback".into();
+        r.schedule_start_ms = 0;
+        r.end_ms = 40_000;
+        r.rto_bound_ms = 5_000;
+        // agent-1 killed at 2 s: db/0 and web/0 lost; db/0 back in 3 s, web/0 only after 8 s.
+        // agent-2 paused briefly at 20 s: web/1 kept its process. At 30 s agent-2 is killed:
+        // web/1 lost then is the second fault's, not the pause's.
+        r.faults = vec![
+            fault(0, FaultKind::Kill, "agent-1", 2_000, 4_000),
+            fault(1, FaultKind::Pause, "agent-2", 20_000, 21_000),
+            fault(2, FaultKind::Kill, "agent-2", 30_000, 31_000),
+        ];
+        r.samples = vec![
+            sample(
+                1_900,
+                vec![p("db/0", 1, 10, "agent-1"), p("web/0", 1, 11, "agent-1")],
+            ),
+            sample(2_100, vec![]),
+            sample(5_000, vec![p("db/0", 2, 12, "agent-3")]),
+            sample(
+                10_000,
+                vec![p("db/0", 2, 12, "agent-3"), p("web/0", 2, 13, "agent-3")],
+            ),
+            sample(19_900, vec![p("web/1", 1, 14, "agent-2")]),
+            sample(25_000, vec![p("web/1", 1, 14, "agent-2")]),
+            sample(29_900, vec![p("web/1", 1, 14, "agent-2")]),
+            sample(31_000, vec![]),
+        ];
+        let rep = Report::build(&r);
+        let lost: Vec<(&str, bool, Option<u64>)> = rep
+            .faults
+            .iter()
+            .flat_map(|f| &f.recoveries)
+            .map(|x| (x.task.as_str(), x.lost, x.rto_ms))
+            .collect();
+        assert_eq!(
+            lost,
+            [
+                ("db/0", true, Some(3_000)),
+                ("web/0", true, Some(8_000)),
+                ("web/1", false, None),
+                ("web/1", true, None),
+            ]
+        );
+        let rc = &rep.recovery;
+        assert_eq!((rc.needed, rc.recovered, rc.within_bound), (3, 2, 1));
+        assert_eq!(rc.success_rate, Some(1.0 / 3.0));
+        assert_eq!(rep.network, "loopback");
+        let text = rep.summary();
+        assert!(text.contains("network loopback"), "{text}");
+        assert!(text.contains("3 slots lost their process, 2 replaced, 1 within 5000 ms"));
+    }
+
+    #[test]
+    fn faults_that_leave_agents_up_count_false_verdicts_not_detection() {
+        let mut r = record();
+        r.schedule_start_ms = 0;
+        r.end_ms = 40_000;
+        r.faults = vec![
+            fault(0, FaultKind::Cpu, "agent-1", 2_000, 6_000),
+            fault(1, FaultKind::Loss, ALL, 10_000, 14_000),
+            fault(2, FaultKind::Partition, "agent-2", 20_000, 26_000),
+        ];
+        r.truth = vec![TruthInterval {
+            agent: "agent-2".into(),
+            state: TruthState::Cut,
+            start_ms: 20_000,
+            end_ms: Some(26_000),
+        }];
+        r.events = vec![
+            transition(100, "agent-1", 1, "healthy"),
+            transition(100, "agent-2", 1, "healthy"),
+            // Under CPU pressure: suspected (no detection to report), then falsely failed,
+            // once within the tolerance after the end; agent-2 failing then is not this
+            // fault's.
+            transition(3_000, "agent-1", 1, "suspect"),
+            transition(7_000, "agent-1", 1, "failed"),
+            transition(7_500, "agent-2", 1, "failed"),
+            transition(9_000, "agent-1", 2, "healthy"),
+            transition(9_000, "agent-2", 2, "healthy"),
+            // Loss on every agent: any agent's Failed counts.
+            transition(12_000, "agent-2", 2, "failed"),
+            transition(13_000, "agent-1", 2, "failed"),
+            transition(15_000, "agent-1", 3, "healthy"),
+            transition(15_000, "agent-2", 3, "healthy"),
+            transition(21_000, "agent-2", 3, "suspect"),
+        ];
+        let rep = Report::build(&r);
+        let f: Vec<(Option<u64>, usize)> = rep
+            .faults
+            .iter()
+            .map(|f| (f.detected_ms, f.false_verdicts))
+            .collect();
+        assert_eq!(f, [(None, 1), (None, 2), (Some(1_000), 0)]);
+        let cpu = rep
+            .detection
+            .iter()
+            .find(|k| k.kind == FaultKind::Cpu)
+            .unwrap();
+        assert_eq!((cpu.faults, cpu.detected, cpu.false_verdicts), (1, 0, 1));
+        let text = rep.summary();
+        assert!(
+            text.contains("T_D cpu          n/a (the agent stays up): 1 false Failed"),
+            "{text}"
+        );
     }
 }

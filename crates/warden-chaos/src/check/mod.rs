@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::Record;
 
 pub mod at_most_one;
+pub mod brake;
 pub mod no_false_verdict;
 pub mod no_lost_work;
 
@@ -47,10 +48,11 @@ pub struct CheckResult {
 pub type Checker = (&'static str, fn(&Record) -> Vec<Violation>);
 
 /// Every checker.
-pub const CHECKERS: [Checker; 3] = [
+pub const CHECKERS: [Checker; 4] = [
     (at_most_one::NAME, at_most_one::check),
     (no_lost_work::NAME, no_lost_work::check),
     (no_false_verdict::NAME, no_false_verdict::check),
+    (brake::NAME, brake::check),
 ];
 
 /// Run every checker.
