@@ -26,7 +26,10 @@
 //! - **Mass-failure brake**: when at least `brake_min_agents` agents, and more than
 //!   `brake_share` of the fleet, turned Suspect within `brake_window`, no agent is declared
 //!   Failed and an alarm is raised instead; the likeliest cause is the server's own network.
-//!   Suspects keep their evidence and fail normally once the brake releases.
+//!   Suspects keep their evidence and fail normally once the brake releases, which it does
+//!   only after the mass has cleared for `brake_hold`: when the server's own network comes
+//!   back, agents reconnect one by one, and the last ones must not be failed just because
+//!   the first ones already made the count small again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -130,6 +133,14 @@ pub struct LifecycleConfig {
     /// Window for the brake's count (default 10 s).
     #[serde(with = "duration_serde")]
     pub brake_window: Duration,
+    /// How long the Suspect count must stay below the mass before the brake releases
+    /// (default 5 s): time for agents cut off together to reconnect after the network heals.
+    #[serde(with = "duration_serde", default = "default_brake_hold")]
+    pub brake_hold: Duration,
+}
+
+fn default_brake_hold() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for LifecycleConfig {
@@ -147,6 +158,7 @@ impl Default for LifecycleConfig {
             brake_share: 0.3,
             brake_min_agents: 3,
             brake_window: Duration::from_secs(10),
+            brake_hold: default_brake_hold(),
         }
     }
 }
@@ -716,6 +728,8 @@ pub struct Fleet {
     current: HashMap<Arc<str>, u64>,
     suspect_entries: VecDeque<(Time, AgentId)>,
     brake_since: Option<Time>,
+    /// While the brake is engaged: since when the Suspect count has been below the mass.
+    brake_cleared_at: Option<Time>,
 }
 
 impl Fleet {
@@ -728,6 +742,7 @@ impl Fleet {
             current: HashMap::new(),
             suspect_entries: VecDeque::new(),
             brake_since: None,
+            brake_cleared_at: None,
         })
     }
 
@@ -963,6 +978,7 @@ impl Fleet {
     pub fn release_brake(&mut self, now: Time) -> Vec<Output> {
         let mut out = Vec::new();
         if self.brake_since.take().is_some() {
+            self.brake_cleared_at = None;
             self.suspect_entries.clear();
             out.push(Output::Alarm(Alarm::BrakeReleased { at: now }));
         }
@@ -1226,16 +1242,22 @@ impl Fleet {
                 }));
             }
             Some(_) => {
-                // Release once the agents still Suspect are no longer a mass.
+                // Release once the agents still Suspect have not been a mass for `brake_hold`.
                 let still = self
                     .agents
                     .values()
                     .filter(|r| r.state() == AgentState::Suspect)
                     .count();
-                if !over(still) {
-                    self.brake_since = None;
-                    self.suspect_entries.clear();
-                    out.push(Output::Alarm(Alarm::BrakeReleased { at: now }));
+                if over(still) {
+                    self.brake_cleared_at = None;
+                } else {
+                    let since = *self.brake_cleared_at.get_or_insert(now);
+                    if now.saturating_since(since) >= self.cfg.brake_hold {
+                        self.brake_since = None;
+                        self.brake_cleared_at = None;
+                        self.suspect_entries.clear();
+                        out.push(Output::Alarm(Alarm::BrakeReleased { at: now }));
+                    }
                 }
             }
             None => {}

@@ -347,13 +347,25 @@ fn mass_suspicion_engages_the_brake_and_blocks_failed_verdicts() {
             "{out:?}"
         );
     }
-    // Three come back: the one left is no longer a mass, the brake releases and it fails.
+    // Three come back: the one left is no longer a mass. The brake holds for `brake_hold`
+    // (agents cut off together reconnect one by one), then releases and the last one fails.
     let mut out = vec![];
     for n in &names[..3] {
         f.step(&id(n), AgentEvent::SessionOpened, ms(t + 10));
         out.extend(heartbeat(&mut f, n, t + 10));
     }
     out.extend(f.tick(ms(t + 20)));
+    assert!(f.brake_engaged(), "released before the hold: {out:?}");
+    assert_eq!(f.agent(&id("n3")).unwrap().state(), AgentState::Suspect);
+    let hold = u64::try_from(f.config().brake_hold.as_millis()).unwrap();
+    let released_by = t + 20 + hold + HB;
+    while t < released_by {
+        t += HB;
+        for n in names.iter().filter(|n| *n != "n3") {
+            heartbeat(&mut f, n, t);
+        }
+        out.extend(f.tick(ms(t)));
+    }
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::Alarm(Alarm::BrakeReleased { .. }))),
