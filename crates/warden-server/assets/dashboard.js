@@ -23,8 +23,13 @@
       });
       el.textContent = "";
       var width = Math.max(300, el.clientWidth - 16);
+      // A fixed top for bounded quantities (score 0–100, shares 0–1); others grow from 0.
+      var top = parseFloat(el.getAttribute("data-max"));
+      var y = { range: function (u, min, max) {
+        return [0, isNaN(top) ? Math.max(1, max * 1.1) : Math.max(top, max)];
+      } };
       new uPlot({ title: el.getAttribute("data-title"), width: width, height: 200,
-                  series: series, scales: { x: { time: true } } }, cols, el);
+                  series: series, scales: { x: { time: true }, y: y } }, cols, el);
     });
   }
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
