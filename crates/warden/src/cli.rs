@@ -371,7 +371,9 @@ pub fn sla_path(args: &SlaArgs) -> String {
             path.push(sep);
             path.push_str(key);
             path.push('=');
-            path.push_str(&warden_core::duration_serde::format(&d));
+            path.push_str(&warden_server::http::dashboard::fmt_window(
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            ));
             sep = '&';
         }
     }
@@ -410,7 +412,7 @@ fn ms_text(ms: Option<u64>) -> String {
 pub fn sla_table(r: &SlaReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let d = |ms: u64| warden_core::duration_serde::format(&Duration::from_millis(ms));
+    let d = warden_server::http::dashboard::fmt_window;
     let pct = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{:.2}%", v * 100.0));
     let _ = writeln!(
         out,
@@ -570,7 +572,7 @@ mod tests {
             since: Some(Duration::from_secs(3600)),
             objective_rto: Some(Duration::from_millis(1500)),
         };
-        assert_eq!(sla_path(&args), "/v1/sla?since=3600s&objective_rto=1500ms");
+        assert_eq!(sla_path(&args), "/v1/sla?since=1h&objective_rto=1500ms");
         let none = SlaArgs {
             since: None,
             objective_rto: None,

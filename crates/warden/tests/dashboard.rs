@@ -279,6 +279,39 @@ fn the_browser_shows_the_fleet_and_a_killed_agent_turning_failed() {
     );
     assert!(dom.contains("data-job=\"ledger\""), "{dom}");
 
+    // The CLI reports the same figures (`warden report sla`, which asks `GET /v1/sla`).
+    let report = |args: &[&str]| {
+        let out = Command::new(exe())
+            .args(["report", "sla"])
+            .args(args)
+            .env("WARDEN_ADDR", &base)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, table, err) = report(&["--since", "1h", "--objective-rto", "2s"]);
+    println!("{table}");
+    assert!(ok, "{err}");
+    assert!(table.contains("objective RTO 2s"), "{table}");
+    assert!(table.contains("success rate    100.00%"), "{table}");
+    assert!(table.contains("ledger/0"), "{table}");
+    let (ok, html, err) = report(&["-o", "html"]);
+    assert!(ok, "{err}");
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("objective 7s"),
+        "{html}"
+    );
+    let (ok, _, err) = report(&["--since", "7d"]);
+    assert!(
+        !ok && err.contains("unknown unit") && err.contains("24h"),
+        "{err}"
+    );
+
     if let Some(dir) = &shots {
         for (page, file) in [
             ("/", "dashboard-fleet-failed.png"),

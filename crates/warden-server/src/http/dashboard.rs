@@ -122,6 +122,16 @@ pub fn fmt_unix_ms(ms: u64) -> String {
     )
 }
 
+/// A window or objective as it is typed: "24h", "30m", "5s", "1500ms".
+pub fn fmt_window(ms: u64) -> String {
+    match ms {
+        0 => "0s".to_string(),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ => warden_core::duration_serde::format(&std::time::Duration::from_millis(ms)),
+    }
+}
+
 fn fmt_pct(x: Option<f64>, decimals: usize) -> String {
     x.map_or_else(
         || "-".to_string(),
