@@ -1097,6 +1097,23 @@ async fn dashboard_pages_render_the_view() {
     assert!(events.contains("event 5"));
     server.get("/ui/jobs").await.html();
 
+    // Filters: by state, by name.
+    let suspect = server.get("/?state=suspect").await.html();
+    assert!(
+        suspect.contains("data-agent=\"node-b\"") && !suspect.contains("data-agent=\"node-a\"")
+    );
+    assert!(
+        suspect.contains("hx-get=\"/?state=suspect\""),
+        "the refresh keeps the filter"
+    );
+    let named = server.get("/?q=de-a").await.html();
+    assert!(named.contains("data-agent=\"node-a\"") && !named.contains("data-agent=\"node-b\""));
+    let web = server.get("/ui/tasks?job=web").await.html();
+    assert!(
+        web.contains("web/1") && !web.contains("<td>db/0</td>"),
+        "{web}"
+    );
+
     // htmx polls get the live content only, not the whole page.
     let frag = send(server.addr, "GET", "/", &[("HX-Request", "true")], None).await;
     let frag = frag.html();
@@ -1116,6 +1133,37 @@ async fn dashboard_pages_render_the_view() {
         .get("/ui/assets/nope.js")
         .await
         .assert_error(404, "not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_fleet_page_is_capped_problems_first() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.lock();
+        s.agents = (0..600)
+            .map(|i| {
+                agent(
+                    &format!("n{i:04}"),
+                    1,
+                    if i == 599 { "failed" } else { "healthy" },
+                )
+            })
+            .collect();
+    }
+    let server = Server::start(Arc::new(fake)).await;
+    let page = server.get("/").await.html();
+    assert_eq!(
+        page.matches("<tr class=\"state-").count(),
+        http::dashboard::ROWS_SHOWN
+    );
+    assert!(
+        page.contains("Showing 500 of 600 matching agents"),
+        "{page}"
+    );
+    // The failed one comes first although its name sorts last.
+    let first = page.find("data-agent=").expect("a row");
+    assert!(page[first..].starts_with("data-agent=\"n0599\" data-state=\"failed\""));
     server.stop().await;
 }
 

@@ -11,6 +11,7 @@
 //!   served under `/ui/assets/`, so the dashboard works offline and needs no build step.
 //! - Everything shown is HTML-escaped by askama; names in links are also URL-encoded.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use askama::Template;
@@ -21,6 +22,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use serde::Deserialize;
 
 use super::{
     AppState, ErrorCode, HttpError, SlaParams, api_error, blocking, path_error, query_error,
@@ -30,6 +32,11 @@ use crate::history::Sample;
 use crate::sla::SlaReport;
 use crate::view::{AgentInfo, ControlApi, EventInfo, RecoveryInfo, TaskInfo};
 
+/// Rows the fleet and tasks tables show at most (the fleet problems first); filters narrow
+/// them down. Keeps a page of a 10,000-agent fleet small enough to refresh every 2 s.
+pub const ROWS_SHOWN: usize = 500;
+/// Tasks listed per job on the jobs page.
+pub const TASKS_PER_JOB_SHOWN: usize = 50;
 /// Events shown on the timeline and history sections.
 pub const EVENTS_SHOWN: usize = 200;
 /// Recoveries listed on the recoveries page (newest first).
@@ -249,6 +256,10 @@ impl AgentRow {
 struct FleetPage {
     layout: Layout,
     agents: Vec<AgentRow>,
+    /// Agents in the view, before filters.
+    total: usize,
+    /// Said when the table does not show every agent.
+    note: Option<String>,
     counts: Vec<(&'static str, usize)>,
     sessions: usize,
     brake: bool,
@@ -264,17 +275,96 @@ const STATES: [&str; 7] = [
     "left",
 ];
 
-async fn fleet(State(st): State<AppState>, h: HeaderMap) -> Result<Response, HttpError> {
-    let agents = st.api.agents();
+/// Problems first: the order of the fleet table.
+fn severity(state: &str) -> u8 {
+    match state {
+        "failed" => 0,
+        "suspect" => 1,
+        "quarantined" => 2,
+        "degraded" => 3,
+        "joining" => 4,
+        "healthy" => 5,
+        _ => 6,
+    }
+}
+
+/// Filters of the list pages (`/?state=failed&q=web`, `/ui/tasks?job=web`). Unknown
+/// parameters are ignored: these are pages for people, not an API.
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    /// Only agents in this state.
+    state: Option<String>,
+    /// Only agents whose name contains this.
+    q: Option<String>,
+    /// Only the tasks of this job.
+    job: Option<String>,
+}
+
+/// `path?k=v&…` of the given parameters, percent-encoded.
+fn with_query(path: &str, params: &[(&str, Option<&String>)]) -> String {
+    let mut url = path.to_string();
+    let mut sep = '?';
+    for (k, v) in params {
+        if let Some(v) = v {
+            url.push(sep);
+            url.push_str(k);
+            url.push('=');
+            for b in v.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                    url.push(char::from(b));
+                } else {
+                    let _ = write!(url, "%{b:02X}");
+                }
+            }
+            sep = '&';
+        }
+    }
+    url
+}
+
+async fn fleet(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(query_error)?;
+    let mut agents = st.api.agents();
     let health = st.api.health();
     let counts = STATES
         .iter()
         .map(|s| (*s, agents.iter().filter(|a| a.state == *s).count()))
         .filter(|(_, n)| *n > 0)
         .collect();
+    let total = agents.len();
+    agents.retain(|a| {
+        params.state.as_ref().is_none_or(|s| &a.state == s)
+            && params
+                .q
+                .as_ref()
+                .is_none_or(|q| a.name.contains(q.as_str()))
+    });
+    agents.sort_by(|a, b| {
+        severity(&a.state)
+            .cmp(&severity(&b.state))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let matching = agents.len();
+    agents.truncate(ROWS_SHOWN);
+    let note = (matching < total || matching > ROWS_SHOWN).then(|| {
+        format!(
+            "Showing {} of {matching} matching agents ({total} in all), problems first.",
+            agents.len()
+        )
+    });
+    let refresh = with_query(
+        "/",
+        &[("state", params.state.as_ref()), ("q", params.q.as_ref())],
+    );
     let page = FleetPage {
-        layout: Layout::new("Fleet", "/", "/".into(), &h),
+        layout: Layout::new("Fleet", "/", refresh, &h),
         agents: agents.iter().map(AgentRow::of).collect(),
+        total,
+        note,
         counts,
         sessions: health.sessions,
         brake: health.brake_engaged,
@@ -490,21 +580,49 @@ struct TaskRow {
 struct TasksPage {
     layout: Layout,
     tasks: Vec<TaskRow>,
+    /// Said when the table does not show every slot.
+    note: Option<String>,
     events: Vec<EventRow>,
 }
 
-async fn tasks(State(st): State<AppState>, h: HeaderMap) -> Result<Response, HttpError> {
-    let tasks = st.api.tasks();
-    let (recoveries, events) = blocking(&st.api, |api| {
-        let r = api.recoveries().map_err(api_error)?;
-        let e = recent_events(api, 5_000, |e| e.task.is_some())?;
-        Ok((r, e))
+async fn tasks(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(query_error)?;
+    let mut tasks = st.api.tasks();
+    let total = tasks.len();
+    if let Some(job) = &params.job {
+        tasks.retain(|t| &t.job == job);
+    }
+    let matching = tasks.len();
+    tasks.truncate(ROWS_SHOWN);
+    let job = params.job.clone();
+    let (moves, events) = blocking(&st.api, move |api| {
+        let mut moves: HashMap<String, usize> = HashMap::new();
+        for r in api.recoveries().map_err(api_error)? {
+            *moves.entry(r.task).or_default() += 1;
+        }
+        let e = recent_events(api, 5_000, |e| {
+            e.task.as_deref().is_some_and(|t| {
+                job.as_deref()
+                    .is_none_or(|j| t.rsplit_once('/').is_some_and(|(tj, _)| tj == j))
+            })
+        })?;
+        Ok((moves, e))
     })
     .await?;
+    let note = (matching < total || matching > ROWS_SHOWN).then(|| {
+        format!(
+            "Showing {} of {matching} matching task slots ({total} in all).",
+            tasks.len().min(ROWS_SHOWN)
+        )
+    });
     let rows = tasks
         .into_iter()
         .map(|t| TaskRow {
-            moves: recoveries.iter().filter(|r| r.task == t.id).count(),
+            moves: moves.get(&t.id).copied().unwrap_or(0),
             generation: t.generation.map_or_else(String::new, |g| g.to_string()),
             id: t.id,
             job: t.job,
@@ -514,9 +632,11 @@ async fn tasks(State(st): State<AppState>, h: HeaderMap) -> Result<Response, Htt
             failures: t.failures,
         })
         .collect();
+    let refresh = with_query("/ui/tasks", &[("job", params.job.as_ref())]);
     let page = TasksPage {
-        layout: Layout::new("Tasks", "/ui/tasks", "/ui/tasks".into(), &h),
+        layout: Layout::new("Tasks", "/ui/tasks", refresh, &h),
         tasks: rows,
+        note,
         events,
     };
     render(&page, StatusCode::OK)
@@ -530,6 +650,8 @@ struct JobTask {
 }
 
 struct JobRow {
+    /// Task slots not listed (beyond [`TASKS_PER_JOB_SHOWN`]; `/ui/tasks?job=` lists them).
+    more: usize,
     name: String,
     kind: String,
     desired: u32,
@@ -558,6 +680,21 @@ async fn jobs(State(st): State<AppState>, h: HeaderMap) -> Result<Response, Http
         Ok((j, e))
     })
     .await?;
+    let mut by_job: HashMap<&str, Vec<JobTask>> = HashMap::new();
+    let mut more: HashMap<&str, usize> = HashMap::new();
+    for t in &tasks {
+        let shown = by_job.entry(t.job.as_str()).or_default();
+        if shown.len() >= TASKS_PER_JOB_SHOWN {
+            *more.entry(t.job.as_str()).or_default() += 1;
+            continue;
+        }
+        shown.push(JobTask {
+            id: t.id.clone(),
+            state: t.state.clone(),
+            agent: t.agent.clone().unwrap_or_else(|| "-".into()),
+            epoch: t.epoch,
+        });
+    }
     let rows = jobs
         .into_iter()
         .map(|j| {
@@ -572,16 +709,8 @@ async fn jobs(State(st): State<AppState>, h: HeaderMap) -> Result<Response, Http
                 command.push_str(a);
             }
             JobRow {
-                tasks: tasks
-                    .iter()
-                    .filter(|t| t.job == name)
-                    .map(|t| JobTask {
-                        id: t.id.clone(),
-                        state: t.state.clone(),
-                        agent: t.agent.clone().unwrap_or_else(|| "-".into()),
-                        epoch: t.epoch,
-                    })
-                    .collect(),
+                more: more.get(name.as_str()).copied().unwrap_or(0),
+                tasks: by_job.remove(name.as_str()).unwrap_or_default(),
                 name,
                 kind,
                 desired: j.desired,
