@@ -205,6 +205,7 @@ pub trait ControlApi: Send + Sync + 'static {
         }
         Ok(tail.into())
     }
+
     /// Recovery records, oldest first.
     fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError>;
     /// Liveness of the server itself.
