@@ -18,7 +18,7 @@ use askama::Template;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -198,9 +198,13 @@ fn render(t: &impl Template, status: StatusCode) -> Result<Response, HttpError> 
         tracing::error!(error = %e, "render dashboard page");
         HttpError::new(ErrorCode::Internal, format!("render page: {e}"))
     })?;
+    // One URL answers both the page and its htmx fragment: never cache either, and say so.
     Ok((
         status,
-        [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        [
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (VARY, HeaderValue::from_static("HX-Request")),
+        ],
         Html(html),
     )
         .into_response())
