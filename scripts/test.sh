@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # System packages the tests use. Installed only when missing, so a developer's second run is quick.
 need_pkgs=()
 # prometheus: promtool and a Prometheus server for the /metrics tests (crates/warden/tests/metrics.rs).
-packages=(prometheus)
+# chromium: headless browser for the dashboard test (crates/warden/tests/dashboard.rs).
+packages=(prometheus chromium)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

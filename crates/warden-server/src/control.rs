@@ -1698,6 +1698,12 @@ impl ControlApi for ControlPlane {
         self.store.events_since(since, limit).map_err(internal)
     }
 
+    fn recent_events(&self, limit: usize) -> Result<Vec<EventInfo>, ApiError> {
+        let last = self.store.last_event_seq().map_err(internal)?;
+        let since = last.saturating_sub(u64::try_from(limit).unwrap_or(u64::MAX));
+        self.store.events_since(since, limit).map_err(internal)
+    }
+
     fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError> {
         let stored = self
             .store

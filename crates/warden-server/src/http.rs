@@ -5,7 +5,10 @@
 //!
 //! - [`router`] builds the routes with the default [`Limits`]; [`serve`] runs them on a listener
 //!   the caller bound, until a shutdown future completes.
-//! - `GET /metrics` answers Prometheus text (see [`crate::metrics`]); everything else is JSON.
+//! - `GET /metrics` answers Prometheus text (see [`crate::metrics`]); the dashboard
+//!   ([`dashboard`]: `GET /` and `/ui/…`) answers HTML; everything else is JSON.
+//! - `GET /v1/sla` answers the SLA report of [`crate::sla`], the same figures the dashboard's
+//!   SLA page shows.
 //! - Every failure is a JSON error with a stable [`ErrorCode`]; unknown routes (404) and wrong
 //!   methods (405) included.
 //! - A submitted job spec is parsed and validated before [`ControlApi::submit_job`] is called,
@@ -24,6 +27,7 @@
 //! # }
 //! ```
 
+pub mod dashboard;
 mod error;
 mod job_body;
 
@@ -48,6 +52,8 @@ use tower::timeout::TimeoutLayer;
 
 pub use self::error::ErrorCode;
 use self::error::HttpError;
+use crate::history::History;
+use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
     AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo, SubmitOutcome, TaskInfo,
 };
@@ -95,15 +101,28 @@ type Api = Arc<dyn ControlApi>;
 struct AppState {
     api: Api,
     limits: Limits,
+    sla: SlaConfig,
+    history: Arc<History>,
 }
 
-/// The REST API's routes over `api`, with the default [`Limits`].
+/// The REST API's routes over `api`, with the default [`Limits`] and SLA settings.
 pub fn router(api: Arc<dyn ControlApi>) -> Router {
     router_with_limits(api, Limits::default())
 }
 
 /// The REST API's routes over `api`, with the given limits.
 pub fn router_with_limits(api: Arc<dyn ControlApi>, limits: Limits) -> Router {
+    router_with(api, limits, SlaConfig::default(), Arc::new(History::new()))
+}
+
+/// The REST API's routes over `api`, with the given limits, SLA settings and the agent
+/// history the dashboard charts (fed by the caller, see [`serve_with`]).
+pub fn router_with(
+    api: Arc<dyn ControlApi>,
+    limits: Limits,
+    sla: SlaConfig,
+    history: Arc<History>,
+) -> Router {
     // Outermost first. `Router::layer` wraps each route separately, so the concurrency limit
     // must be the *global* one (one semaphore shared by every route). Load shedding sits right
     // above it: when no permit is free the request is answered at once instead of queued.
@@ -123,11 +142,18 @@ pub fn router_with_limits(api: Arc<dyn ControlApi>, limits: Limits) -> Router {
         .route("/v1/jobs/{name}", get(get_job).delete(delete_job))
         .route("/v1/events", get(list_events))
         .route("/v1/recoveries", get(list_recoveries))
+        .route("/v1/sla", get(get_sla))
+        .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(protection)
-        .with_state(AppState { api, limits })
+        .with_state(AppState {
+            api,
+            limits,
+            sla,
+            history,
+        })
 }
 
 /// Serve the REST API on `listener` until `shutdown` completes, then stop accepting, let open
@@ -140,6 +166,53 @@ pub async fn serve(
     api: Arc<dyn ControlApi>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, api, SlaConfig::default(), shutdown).await
+}
+
+/// Like [`serve`], with the server's SLA settings. Also samples the agent view into the
+/// dashboard's [`History`] every [`crate::history::SAMPLE_EVERY`] while it serves.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    api: Arc<dyn ControlApi>,
+    sla: SlaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let history = Arc::new(History::new());
+    let sampler = tokio::spawn(sample_history(Arc::clone(&api), Arc::clone(&history)));
+    let result = serve_router(
+        listener,
+        router_with(api, Limits::default(), sla, history),
+        shutdown,
+    )
+    .await;
+    sampler.abort();
+    result
+}
+
+/// Feed the dashboard's history from the agent view, forever (the caller aborts it).
+async fn sample_history(api: Api, history: Arc<History>) {
+    let mut tick = tokio::time::interval(crate::history::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let agents = api.agents();
+        history.record(&agents, unix_now_ms());
+    }
+}
+
+/// Wall-clock now, Unix milliseconds.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "REST API listening");
     }
@@ -149,7 +222,7 @@ pub async fn serve(
         tracing::info!("REST API shutting down: draining open requests");
         let _ = signalled_tx.send(());
     };
-    let server = axum::serve(listener, router(api))
+    let server = axum::serve(listener, router)
         .with_graceful_shutdown(signal)
         .into_future();
     let drain_deadline = async move {
@@ -320,7 +393,7 @@ struct JobChange {
 }
 
 async fn submit_job(
-    State(AppState { api, limits }): State<AppState>,
+    State(AppState { api, limits, .. }): State<AppState>,
     request: Request,
 ) -> Result<Response, HttpError> {
     let format = job_body::body_format(request.headers())?;
@@ -432,6 +505,87 @@ async fn list_recoveries(
     State(AppState { api, .. }): State<AppState>,
 ) -> Result<Json<Vec<RecoveryInfo>>, HttpError> {
     blocking(&api, |api| api.recoveries().map_err(api_error))
+        .await
+        .map(Json)
+}
+
+/// Longest window `GET /v1/sla` accepts (366 days).
+pub const MAX_SLA_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlaParams {
+    /// Window length, e.g. "24h" (default: the server's `[sla] window`).
+    since: Option<String>,
+    /// Recovery time objective, e.g. "5s" (default: the server's `[sla] objective_rto`).
+    objective_rto: Option<String>,
+}
+
+/// Parse a duration parameter of the SLA query, naming it in the error.
+fn sla_duration(name: &str, value: Option<&str>, default: Duration) -> Result<Duration, HttpError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let d = warden_core::duration_serde::parse(text).map_err(|e| {
+        HttpError::new(
+            ErrorCode::InvalidQuery,
+            format!("{name}: {e} (expected e.g. \"30m\", \"24h\" or \"5s\")"),
+        )
+        .with_field(name)
+    })?;
+    if d.is_zero() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidQuery,
+            format!("{name} must be greater than zero"),
+        )
+        .with_field(name));
+    }
+    if d > MAX_SLA_WINDOW {
+        return Err(HttpError::new(
+            ErrorCode::InvalidQuery,
+            format!("{name} must be at most 366 days"),
+        )
+        .with_field(name));
+    }
+    Ok(d)
+}
+
+impl SlaParams {
+    fn query(&self, cfg: &SlaConfig, now_unix_ms: u64) -> Result<SlaQuery, HttpError> {
+        Ok(SlaQuery {
+            now_unix_ms,
+            window: sla_duration("since", self.since.as_deref(), cfg.window)?,
+            objective_rto: sla_duration(
+                "objective_rto",
+                self.objective_rto.as_deref(),
+                cfg.objective_rto,
+            )?,
+        })
+    }
+}
+
+/// The SLA report for `q`, from the API's recovery records and jobs.
+fn sla_report(api: &dyn ControlApi, q: &SlaQuery) -> Result<SlaReport, HttpError> {
+    let records = api.recoveries().map_err(api_error)?;
+    let jobs: Vec<JobSlots> = api
+        .jobs()
+        .map_err(api_error)?
+        .into_iter()
+        .map(|j| JobSlots {
+            job: j.spec.name.to_string(),
+            slots: j.desired,
+        })
+        .collect();
+    Ok(crate::sla::compute(q, &records, &jobs))
+}
+
+async fn get_sla(
+    State(AppState { api, sla, .. }): State<AppState>,
+    params: Result<Query<SlaParams>, QueryRejection>,
+) -> Result<Json<SlaReport>, HttpError> {
+    let Query(params) = params.map_err(query_error)?;
+    let q = params.query(&sla, unix_now_ms())?;
+    blocking(&api, move |api| sla_report(api, &q))
         .await
         .map(Json)
 }

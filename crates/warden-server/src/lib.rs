@@ -10,14 +10,19 @@
 //! - [`view`]: the REST API's JSON shapes and the [`view::ControlApi`] trait it calls;
 //! - [`metrics`]: the Prometheus metrics served on `GET /metrics`, and [`metrics::TimedStore`]
 //!   timing every store operation;
-//! - [`http`]: the REST API itself (axum): routes, JSON errors, body/concurrency/time limits;
+//! - [`http`]: the REST API itself (axum): routes, JSON errors, body/concurrency/time limits,
+//!   and the dashboard ([`http::dashboard`]);
+//! - [`sla`]: the SLA figures (success rate, RTO against an objective, availability);
+//! - [`history`]: the bounded per-agent history the dashboard charts;
 //! - [`server`]: wiring it all to listeners, with ordered shutdown.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod sla;
 pub mod view;

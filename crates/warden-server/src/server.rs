@@ -14,6 +14,7 @@ use warden_store::Store;
 
 use crate::control::{ControlConfig, ControlPlane, StartError};
 use crate::session::SessionService;
+use crate::sla::SlaConfig;
 use crate::view::ControlApi;
 
 /// Errors running the server.
@@ -44,10 +45,23 @@ fn nodelay(
     })
 }
 
-/// Run a server on `store` until `cancel` fires.
+/// Run a server on `store` until `cancel` fires, with the default SLA settings.
 pub async fn run(
     store: Arc<dyn Store>,
     cfg: ControlConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    run_with(store, cfg, SlaConfig::default(), grpc, http, cancel).await
+}
+
+/// Run a server on `store` until `cancel` fires; `sla` sets the defaults of the SLA report
+/// (`GET /v1/sla`, the dashboard's SLA page).
+pub async fn run_with(
+    store: Arc<dyn Store>,
+    cfg: ControlConfig,
+    sla: SlaConfig,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
@@ -66,7 +80,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(nodelay(grpc), grpc_cancel.cancelled_owned());
     let api: Arc<dyn ControlApi> = cp.clone();
     let http_cancel = cancel.clone();
-    let http_task = crate::http::serve(http, api, http_cancel.cancelled_owned());
+    let http_task = crate::http::serve_with(http, api, sla, http_cancel.cancelled_owned());
     let (g, h) = tokio::join!(grpc_task, http_task);
     cancel.cancel();
     let _ = control.await;

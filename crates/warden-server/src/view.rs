@@ -182,6 +182,30 @@ pub trait ControlApi: Send + Sync + 'static {
     fn delete_job(&self, name: &str) -> Result<(), ApiError>;
     /// Events with `seq > since`, oldest first, at most `limit`.
     fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError>;
+    /// The newest `limit` events, oldest first. The default pages through [`ControlApi::events`];
+    /// implementations that know the last sequence number read only the tail.
+    fn recent_events(&self, limit: usize) -> Result<Vec<EventInfo>, ApiError> {
+        let mut tail: std::collections::VecDeque<EventInfo> = std::collections::VecDeque::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut since = 0;
+        loop {
+            let page = self.events(since, 1000)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            since = last.seq;
+            for e in page {
+                if tail.len() == limit {
+                    tail.pop_front();
+                }
+                tail.push_back(e);
+            }
+        }
+        Ok(tail.into())
+    }
+
     /// Recovery records, oldest first.
     fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError>;
     /// Liveness of the server itself.

@@ -999,7 +999,7 @@ async fn body_over_one_mib_is_413() {
 async fn unknown_routes_and_methods_are_json_errors() {
     let server = Server::start(populated()).await;
     for path in [
-        "/",
+        "/ui/nope",
         "/v1/nope",
         "/v1/jobs/web/extra",
         "/v2/agents",
@@ -1024,6 +1024,246 @@ async fn unknown_routes_and_methods_are_json_errors() {
         .get("/v1/jobs/%FF%FE")
         .await
         .assert_error(400, "invalid_path");
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dashboard and the SLA report.
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A 200 HTML page; its text.
+    fn html(&self) -> String {
+        assert_eq!(self.status, 200, "{}", self.text());
+        let ct = self.header("content-type").unwrap_or_default();
+        assert!(ct.starts_with("text/html"), "{ct}");
+        self.text()
+    }
+}
+
+#[tokio::test]
+async fn dashboard_pages_render_the_view() {
+    let server = Server::start(populated()).await;
+    let fleet = server.get("/").await.html();
+    for needle in [
+        "<title>Fleet · Warden</title>",
+        "data-agent=\"node-a\" data-state=\"healthy\"",
+        "data-agent=\"node-b\" data-state=\"suspect\"",
+        "href=\"/ui/agents/node-a\"",
+        "97.5",
+        "hx-trigger=\"every 2s\"",
+        "/ui/assets/htmx.min.js",
+    ] {
+        assert!(
+            fleet.contains(needle),
+            "fleet page lacks {needle:?}:\n{fleet}"
+        );
+    }
+
+    let page = server.get("/ui/agents/node-a").await.html();
+    for needle in [
+        "Agent node-a",
+        "10.0.0.7:7071",
+        "class=\"chart\"",
+        "uPlot.iife.min.js",
+        "web/0",
+    ] {
+        assert!(
+            page.contains(needle),
+            "agent page lacks {needle:?}:\n{page}"
+        );
+    }
+    let missing = server.get("/ui/agents/nobody").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.text().contains("No agent named"));
+
+    let sla = server.get("/ui/sla?since=1h&objective_rto=2s").await.html();
+    for needle in [
+        "recovery success rate",
+        "Availability per job",
+        "objective 2s",
+        "Slowest recoveries",
+    ] {
+        assert!(sla.contains(needle), "SLA page lacks {needle:?}:\n{sla}");
+    }
+    let tasks = server.get("/ui/tasks").await.html();
+    assert!(tasks.contains("db/0") && tasks.contains(">7<"), "{tasks}");
+    let recoveries = server.get("/ui/recoveries").await.html();
+    assert!(recoveries.contains("heartbeats stopped") && recoveries.contains("3.0 s"));
+    let events = server.get("/ui/events").await.html();
+    assert!(events.contains("event 5"));
+    server.get("/ui/jobs").await.html();
+
+    // Filters: by state, by name.
+    let suspect = server.get("/?state=suspect").await.html();
+    assert!(
+        suspect.contains("data-agent=\"node-b\"") && !suspect.contains("data-agent=\"node-a\"")
+    );
+    assert!(
+        suspect.contains("hx-get=\"/?state=suspect\""),
+        "the refresh keeps the filter"
+    );
+    let named = server.get("/?q=de-a").await.html();
+    assert!(named.contains("data-agent=\"node-a\"") && !named.contains("data-agent=\"node-b\""));
+    let web = server.get("/ui/tasks?job=web").await.html();
+    assert!(
+        web.contains("web/1") && !web.contains("<td>db/0</td>"),
+        "{web}"
+    );
+
+    // htmx polls get the live content only, not the whole page.
+    let frag = send(server.addr, "GET", "/", &[("HX-Request", "true")], None).await;
+    let frag = frag.html();
+    assert!(frag.contains("node-a") && !frag.contains("<html"), "{frag}");
+
+    // The vendored files are served from the binary.
+    let js = server.get("/ui/assets/htmx.min.js").await;
+    assert_eq!(js.status, 200);
+    assert!(
+        js.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/javascript")
+    );
+    assert!(js.body.len() > 10_000);
+    assert_eq!(server.get("/ui/assets/uPlot.iife.min.js").await.status, 200);
+    server
+        .get("/ui/assets/nope.js")
+        .await
+        .assert_error(404, "not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_fleet_page_is_capped_problems_first() {
+    let fake = Fake::default();
+    {
+        let mut s = fake.lock();
+        s.agents = (0..600)
+            .map(|i| {
+                agent(
+                    &format!("n{i:04}"),
+                    1,
+                    if i == 599 { "failed" } else { "healthy" },
+                )
+            })
+            .collect();
+    }
+    let server = Server::start(Arc::new(fake)).await;
+    let page = server.get("/").await.html();
+    assert_eq!(
+        page.matches("<tr class=\"state-").count(),
+        http::dashboard::ROWS_SHOWN
+    );
+    assert!(
+        page.contains("Showing 500 of 600 matching agents"),
+        "{page}"
+    );
+    // The failed one comes first although its name sorts last.
+    let first = page.find("data-agent=").expect("a row");
+    assert!(page[first..].starts_with("data-agent=\"n0599\" data-state=\"failed\""));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dashboard_escapes_hostile_names() {
+    let fake = populated();
+    let evil = "<script>alert('x')</script>\"&";
+    {
+        let mut s = fake.lock();
+        let mut a = agent(evil, 1, "failed");
+        a.anomalies = vec!["<img src=x onerror=alert(1)>".into()];
+        a.tasks = vec![format!("{evil}/0")];
+        s.agents.push(a);
+        s.tasks.push(task(evil, 0, Some(evil), 1));
+        let mut r = recovery();
+        r.task = format!("{evil}/0");
+        r.cause = evil.into();
+        r.detected_at_unix_ms = now_ms() - 60_000;
+        s.recoveries.push(r);
+        let mut e = event(6);
+        e.message = evil.into();
+        s.events.push(e);
+    }
+    let server = Server::start(fake).await;
+    let encoded = "%3Cscript%3Ealert%28%27x%27%29%3C%2Fscript%3E%22%26";
+    let pages = [
+        "/".to_string(),
+        format!("/ui/agents/{encoded}"),
+        "/ui/tasks".into(),
+        "/ui/events".into(),
+        "/ui/recoveries".into(),
+        "/ui/sla".into(),
+    ];
+    for path in &pages {
+        let page = server.get(path).await.html();
+        assert!(
+            !page.contains("<script>alert"),
+            "{path} shows raw markup:\n{page}"
+        );
+        assert!(!page.contains("<img src=x"), "{path} shows raw markup");
+        assert!(
+            page.contains("&#60;script&#62;") || page.contains("&lt;script&gt;"),
+            "{path}:\n{page}"
+        );
+    }
+    // The link to the agent page is URL-encoded as well.
+    let fleet = server.get("/").await.html();
+    assert!(fleet.contains("/ui/agents/%3Cscript%3E"), "{fleet}");
+    server.stop().await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sla_endpoint_reports_and_rejects_bad_windows() {
+    let fake = populated();
+    {
+        let mut s = fake.lock();
+        let mut r = recovery();
+        r.detected_at_unix_ms = now_ms() - 60_000;
+        r.replacement_healthy_at_unix_ms = Some(r.detected_at_unix_ms + 3_000);
+        s.recoveries = vec![r];
+    }
+    let server = Server::start(fake).await;
+    let v = server.get("/v1/sla?since=1h&objective_rto=2s").await.json();
+    assert_eq!(v["window_ms"], 3_600_000);
+    assert_eq!(v["objective_rto_ms"], 2_000);
+    assert_eq!(v["succeeded"], 1);
+    assert_eq!(v["success_rate"], 1.0);
+    assert_eq!(v["rto"]["p99_ms"], 3_000);
+    assert_eq!(v["rto"]["meets_objective"], false);
+    assert_eq!(v["slowest"][0]["task"], "db/0");
+    let v = server.get("/v1/sla").await.json();
+    assert_eq!(v["window_ms"], 86_400_000, "the default window is 24h");
+    assert_eq!(v["objective_rto_ms"], 5_000, "the default objective is 5s");
+    for bad in [
+        "since=7d",
+        "since=0s",
+        "since=yesterday",
+        "objective_rto=-1s",
+        "since=9000h",
+        "window=1h",
+    ] {
+        let reply = server.get(&format!("/v1/sla?{bad}")).await;
+        reply.assert_error(400, "invalid_query");
+    }
+    let reply = server.get("/v1/sla?since=7d").await.json();
+    let msg = reply["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("since") && msg.contains("unknown unit"),
+        "{reply}"
+    );
     server.stop().await;
 }
 

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use warden_chaos::client::Client;
+use warden_server::sla::SlaReport;
 
 /// How to print results.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -19,6 +20,18 @@ pub enum OutputFormat {
     Table,
     /// JSON for scripts.
     Json,
+    /// A self-contained HTML file (only `warden report sla`).
+    Html,
+}
+
+/// Refuse `--output html` for commands that have no HTML form.
+fn no_html(opts: &ApiOpts, command: &str) -> Result<()> {
+    if opts.output == OutputFormat::Html {
+        anyhow::bail!(
+            "`{command}` has no html output (use table or json; html is for `warden report sla`)"
+        );
+    }
+    Ok(())
 }
 
 /// Options every API command takes.
@@ -59,6 +72,37 @@ pub enum JobCommand {
 pub enum ReportCommand {
     /// Every recovery with its RTO and where the time went, and a summary.
     Recoveries,
+    /// Service levels over a window: recovery success rate, RTO percentiles against an
+    /// objective, availability per job, and the slowest recoveries with where their time went.
+    Sla(SlaArgs),
+}
+
+/// `warden report sla` options.
+#[derive(Debug, Args)]
+pub struct SlaArgs {
+    /// Window ending now, e.g. 30m, 24h or 168h (units: ms, s, m, h) [default: the server's
+    /// `[sla] window`, 24h unless configured].
+    #[arg(long, value_parser = parse_window)]
+    pub since: Option<Duration>,
+    /// Recovery time objective, e.g. 5s or 1500ms [default: the server's
+    /// `[sla] objective_rto`, 5s unless configured].
+    #[arg(long, value_parser = parse_window)]
+    pub objective_rto: Option<Duration>,
+}
+
+/// Parse a positive duration such as `24h`, `30m`, `5s` or `1500ms`.
+pub fn parse_window(text: &str) -> std::result::Result<Duration, String> {
+    let d = warden_core::duration_serde::parse(text)
+        .map_err(|e| format!("{e}; expected a number with a unit: ms, s, m or h (e.g. 24h)"))?;
+    if d.is_zero() {
+        return Err(format!(
+            "{text:?} is zero; give a positive duration such as 24h"
+        ));
+    }
+    if d > warden_server::http::MAX_SLA_WINDOW {
+        return Err(format!("{text:?} is longer than 366 days"));
+    }
+    Ok(d)
 }
 
 /// Print `rows` under `headers`, columns aligned.
@@ -194,6 +238,7 @@ pub const RECOVERY_HEADERS: [&str; 10] = [
 
 /// `warden job …`
 pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
+    no_html(opts, "warden job")?;
     let client = Client::new(&opts.addr)?;
     match cmd {
         JobCommand::Run { file } => {
@@ -209,14 +254,16 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
                 .json()?;
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
-                OutputFormat::Table => println!("job {} {}", s(&v, "job"), s(&v, "outcome")),
+                OutputFormat::Table | OutputFormat::Html => {
+                    println!("job {} {}", s(&v, "job"), s(&v, "outcome"))
+                }
             }
         }
         JobCommand::Ls => {
             let v = client.get("/v1/jobs")?;
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
-                OutputFormat::Table => {
+                OutputFormat::Table | OutputFormat::Html => {
                     let rows: Vec<Vec<String>> = items(&v)
                         .iter()
                         .map(|j| {
@@ -243,7 +290,7 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
                 .json()?;
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
-                OutputFormat::Table => println!("job {name} stopped"),
+                OutputFormat::Table | OutputFormat::Html => println!("job {name} stopped"),
             }
         }
     }
@@ -252,10 +299,11 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
 
 /// `warden agents`
 pub fn agents(opts: &ApiOpts) -> Result<()> {
+    no_html(opts, "warden agents")?;
     let v = Client::new(&opts.addr)?.get("/v1/agents")?;
     match opts.output {
         OutputFormat::Json => print_json(&v),
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Html => {
             print!("{}", table(&AGENT_HEADERS, &agent_rows(&v)));
             Ok(())
         }
@@ -264,10 +312,11 @@ pub fn agents(opts: &ApiOpts) -> Result<()> {
 
 /// `warden tasks`
 pub fn tasks(opts: &ApiOpts) -> Result<()> {
+    no_html(opts, "warden tasks")?;
     let v = Client::new(&opts.addr)?.get("/v1/tasks")?;
     match opts.output {
         OutputFormat::Json => print_json(&v),
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Html => {
             print!("{}", table(&TASK_HEADERS, &task_rows(&v)));
             Ok(())
         }
@@ -276,6 +325,7 @@ pub fn tasks(opts: &ApiOpts) -> Result<()> {
 
 /// `warden events [--follow] [--since N]`
 pub fn events(opts: &ApiOpts, follow: bool, since: u64) -> Result<()> {
+    no_html(opts, "warden events")?;
     let client = Client::new(&opts.addr)?;
     let mut since = since;
     loop {
@@ -284,7 +334,7 @@ pub fn events(opts: &ApiOpts, follow: bool, since: u64) -> Result<()> {
             since = since.max(e.get("seq").and_then(Value::as_u64).unwrap_or(since));
             match opts.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string(e)?),
-                OutputFormat::Table => println!(
+                OutputFormat::Table | OutputFormat::Html => println!(
                     "{:>6}  {}  {:<18}  {:<16}  {}",
                     s(e, "seq"),
                     fmt_unix_ms(e.get("unix_ms").and_then(Value::as_u64).unwrap_or(0)),
@@ -304,9 +354,150 @@ pub fn events(opts: &ApiOpts, follow: bool, since: u64) -> Result<()> {
     }
 }
 
-/// `warden report recoveries`
+/// `warden report …`
 pub fn report(cmd: &ReportCommand, opts: &ApiOpts) -> Result<()> {
-    let ReportCommand::Recoveries = cmd;
+    match cmd {
+        ReportCommand::Recoveries => report_recoveries(opts),
+        ReportCommand::Sla(args) => report_sla(args, opts),
+    }
+}
+
+/// The query string of `GET /v1/sla` for `args`.
+pub fn sla_path(args: &SlaArgs) -> String {
+    let mut path = String::from("/v1/sla");
+    let mut sep = '?';
+    for (key, d) in [("since", args.since), ("objective_rto", args.objective_rto)] {
+        if let Some(d) = d {
+            path.push(sep);
+            path.push_str(key);
+            path.push('=');
+            path.push_str(&warden_server::http::dashboard::fmt_window(
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            ));
+            sep = '&';
+        }
+    }
+    path
+}
+
+/// `warden report sla`: the server computes (`GET /v1/sla`), this prints.
+fn report_sla(args: &SlaArgs, opts: &ApiOpts) -> Result<()> {
+    let v = Client::new(&opts.addr)?
+        .get(&sla_path(args))
+        .context("get the SLA report")?;
+    match opts.output {
+        OutputFormat::Json => print_json(&v),
+        OutputFormat::Html => {
+            let report: SlaReport =
+                serde_json::from_value(v).context("read the server's SLA report")?;
+            let html = warden_server::http::dashboard::sla_report_html(&report)
+                .context("render the HTML report")?;
+            println!("{html}");
+            Ok(())
+        }
+        OutputFormat::Table => {
+            let report: SlaReport =
+                serde_json::from_value(v).context("read the server's SLA report")?;
+            print!("{}", sla_table(&report));
+            Ok(())
+        }
+    }
+}
+
+fn ms_text(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".into(), |m| format!("{m} ms"))
+}
+
+/// The SLA report as text for people.
+pub fn sla_table(r: &SlaReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let d = warden_server::http::dashboard::fmt_window;
+    let pct = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{:.2}%", v * 100.0));
+    let _ = writeln!(
+        out,
+        "SLA over the last {} (since {} UTC), objective RTO {}\n",
+        d(r.window_ms),
+        warden_server::http::dashboard::fmt_unix_ms(r.since_unix_ms),
+        d(r.objective_rto_ms)
+    );
+    let _ = writeln!(
+        out,
+        "recoveries      {} ({} succeeded, {} failed, {} in progress, {} superseded)",
+        r.recoveries, r.succeeded, r.failed, r.in_progress, r.superseded
+    );
+    let _ = writeln!(out, "success rate    {}", pct(r.success_rate));
+    let _ = writeln!(
+        out,
+        "RTO             p50 {}  p95 {}  p99 {}  max {}  ({} measured)",
+        ms_text(r.rto.p50_ms),
+        ms_text(r.rto.p95_ms),
+        ms_text(r.rto.p99_ms),
+        ms_text(r.rto.max_ms),
+        r.rto.count
+    );
+    let verdict = match r.rto.meets_objective {
+        Some(true) => "met (p99 <= objective)",
+        Some(false) => "MISSED (p99 > objective)",
+        None => "no recoveries to judge",
+    };
+    let _ = writeln!(
+        out,
+        "objective       {verdict}; {} of {} within it ({})\n",
+        r.rto.within_objective,
+        r.rto.count,
+        pct(r.rto.within_objective_rate)
+    );
+    let rows: Vec<Vec<String>> = r
+        .jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.job.clone(),
+                j.slots.to_string(),
+                format!("{:.3}%", j.availability * 100.0),
+                format!("{} ms", j.downtime_ms),
+                j.recoveries.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["JOB", "SLOTS", "AVAILABILITY", "DOWNTIME", "RECOVERIES"],
+        &rows,
+    ));
+    if !r.slowest.is_empty() {
+        out.push_str("\nslowest recoveries (ms):\n");
+        let rows: Vec<Vec<String>> = r
+            .slowest
+            .iter()
+            .map(|s| {
+                let n = |v: Option<u64>| v.map_or_else(|| "-".into(), |m| m.to_string());
+                vec![
+                    s.task.clone(),
+                    s.from.clone(),
+                    s.to.clone().unwrap_or_else(|| "-".into()),
+                    n(s.rto_ms),
+                    n(s.detection_ms),
+                    s.confirmation_ms.to_string(),
+                    s.fencing_wait_ms.to_string(),
+                    n(s.start_up_ms),
+                    s.cause.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "TASK", "FROM", "TO", "RTO", "DETECT", "CONFIRM", "FENCE", "START", "CAUSE",
+            ],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// `warden report recoveries`
+fn report_recoveries(opts: &ApiOpts) -> Result<()> {
+    no_html(opts, "warden report recoveries")?;
     let v = Client::new(&opts.addr)?.get("/v1/recoveries")?;
     if opts.output == OutputFormat::Json {
         return print_json(&v);
@@ -361,7 +552,33 @@ pub fn fmt_unix_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn sla_windows_parse_with_clear_errors() {
+        assert_eq!(parse_window("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_window("1500ms"), Ok(Duration::from_millis(1500)));
+        let e = parse_window("7d").unwrap_err();
+        assert!(e.contains("unknown unit") && e.contains("24h"), "{e}");
+        assert!(parse_window("0s").unwrap_err().contains("zero"));
+        assert!(
+            parse_window("yesterday")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_window("9000h").unwrap_err().contains("366 days"));
+        let args = SlaArgs {
+            since: Some(Duration::from_secs(3600)),
+            objective_rto: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(sla_path(&args), "/v1/sla?since=1h&objective_rto=1500ms");
+        let none = SlaArgs {
+            since: None,
+            objective_rto: None,
+        };
+        assert_eq!(sla_path(&none), "/v1/sla");
+    }
 
     #[test]
     fn tables_align() {

@@ -215,6 +215,7 @@ pub async fn run(args: &DevArgs) -> Result<()> {
             args.agents,
             args.data_dir.display()
         );
+        println!("dashboard: http://{}/", args.http_addr);
         println!(
             "try: WARDEN_ADDR=http://{} warden agents   — Ctrl-C stops everything",
             args.http_addr

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warden_server::control::ControlConfig;
+use warden_server::sla::SlaConfig;
 use warden_store::RedbStore;
 
 /// `warden server` flags.
@@ -47,6 +48,9 @@ pub struct ServerFile {
     /// Control-plane tuning.
     #[serde(default)]
     pub control: ControlConfig,
+    /// Defaults of the SLA report (`GET /v1/sla`, the dashboard's SLA page).
+    #[serde(default)]
+    pub sla: SlaConfig,
 }
 
 /// Settings after merging.
@@ -60,6 +64,8 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     /// Control-plane tuning.
     pub control: ControlConfig,
+    /// SLA report defaults.
+    pub sla: SlaConfig,
 }
 
 fn load_file(path: &Path) -> Result<ServerFile> {
@@ -90,10 +96,15 @@ impl ServerArgs {
                 .or(file.http_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
             control: file.control,
+            sla: file.sla,
         };
         let mut s = s;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
+        s.sla
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .context("invalid configuration")?;
         Ok(s)
     }
 }
@@ -107,6 +118,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             grpc_addr: Some(s.grpc_addr),
             http_addr: Some(s.http_addr),
             control: s.control.clone(),
+            sla: s.sla.clone(),
         };
         print!(
             "{}",
@@ -128,6 +140,6 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
     let cancel = CancellationToken::new();
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
-    warden_server::server::run(Arc::new(store), s.control, grpc, http, cancel).await?;
+    warden_server::server::run_with(Arc::new(store), s.control, s.sla, grpc, http, cancel).await?;
     Ok(())
 }
