@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 # prometheus: promtool and a Prometheus server for the /metrics tests (crates/warden/tests/metrics.rs).
 # chromium: headless browser for the dashboard test (crates/warden/tests/dashboard.rs).
-packages=(prometheus chromium)
+# nftables, iproute2: network namespaces and packet drops for the chaos scenarios
+#   (crates/warden/tests/chaos.rs; as root each agent runs in its own namespace).
+# stress-ng: CPU and memory pressure faults of the chaos harness.
+packages=(prometheus chromium nftables iproute2 stress-ng)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

@@ -1,17 +1,21 @@
 //! # warden-chaos
 //!
-//! Warden's fault-injection harness. Built so far:
+//! Warden's fault-injection harness:
 //!
-//! - [`cluster`]: a real local cluster (server and agents as processes on loopback) with
-//!   faults — kill, pause/resume, restart, server kill — and ground truth about task
-//!   processes read from `/proc`;
-//! - [`proxy`]: a userspace TCP proxy that can cut a connection silently;
+//! - [`cluster`]: a real local cluster (server and agents as processes) with faults — kill,
+//!   pause/resume, restart, server kill — and ground truth about task processes read from
+//!   `/proc`;
+//! - [`netns`]: network namespaces (as root): the server and every agent in their own,
+//!   joined by veth links, with partitions, one-way cuts and packet loss as nftables rules;
+//! - [`proxy`]: a userspace TCP proxy that cuts (both ways or one), resets, and delays with
+//!   jitter (this kernel has no netem);
 //! - [`client`]: a small blocking client for the REST API;
 //! - [`recovery`]: the recovery benchmark (RTO after an agent is killed or paused);
-//! - `warden chaos`: [`scenario`] (the TOML format), [`run`] (runs one on a cluster of
-//!   agents behind proxies, recording ground truth and the server's verdicts into a
-//!   [`record::Record`]), [`check`] (one checker per property) and [`report`] (detection
-//!   times, RTOs, confusion matrix, checker verdicts; [`html`] renders it as a page with an SVG
+//! - `warden chaos`: [`scenario`] (the TOML format), [`run`] (runs one on a cluster, in
+//!   namespaces or on loopback, recording ground truth and the server's verdicts into a
+//!   [`record::Record`]), [`check`] (one checker per property: at-most-one, no lost work, no
+//!   false verdict, brake) and [`report`] (detection times, RTOs, recovery success, confusion
+//!   matrix, λ_M/T_M/T_MR/P_A, checker verdicts; [`html`] renders it as a page with an SVG
 //!   timeline).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
