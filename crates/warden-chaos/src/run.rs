@@ -92,6 +92,36 @@ pub struct RunOptions {
     pub cancel: Arc<AtomicBool>,
     /// Network namespaces or loopback.
     pub network: NetworkMode,
+    /// Set by the run while its fault schedule runs, for a progress bar.
+    pub clock: Arc<ScheduleClock>,
+}
+
+/// Where a run's fault schedule stands, for a progress bar drawn by another thread.
+#[derive(Debug, Default)]
+pub struct ScheduleClock {
+    inner: Mutex<Option<(Instant, Duration)>>,
+    done: AtomicBool,
+}
+
+impl ScheduleClock {
+    fn start(&self, total: Duration) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Some((Instant::now(), total));
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
+
+    /// `(elapsed, total)` while the schedule runs; `None` before it starts and after it ends.
+    pub fn position(&self) -> Option<(Duration, Duration)> {
+        if self.done.load(Ordering::SeqCst) {
+            return None;
+        }
+        let g = self.inner.lock().ok()?;
+        g.map(|(start, total)| (start.elapsed().min(total), total))
+    }
 }
 
 /// A pressure process (stress-ng or the built-in burner); killed when dropped.
@@ -389,7 +419,8 @@ pub fn run(
         t0,
         t0_unix,
     );
-    let result = run.execute(progress);
+    let result = run.execute(progress, &opts.clock);
+    opts.clock.finish();
     let (samples, events) = recorder.finish();
     run.record.end_ms = run.now_ms();
     run.record.samples = samples;
@@ -466,7 +497,7 @@ impl Run<'_> {
         }
     }
 
-    fn execute(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    fn execute(&mut self, progress: &mut dyn FnMut(&str), clock: &ScheduleClock) -> Result<()> {
         let names = self.scenario.agent_names();
         for name in &names {
             let addr = self
@@ -510,6 +541,7 @@ impl Run<'_> {
             );
         }
         let start = Instant::now();
+        clock.start(self.scenario.duration);
         self.record.schedule_start_ms = self.now_ms();
         progress(&format!(
             "workload running ({} slots); fault schedule of {:?} starts",

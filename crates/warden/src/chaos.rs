@@ -79,6 +79,7 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
                 logs_to: Some(out.join("logs")),
                 cancel: cancel_on_signal(),
                 network: run::NetworkMode::parse(network)?,
+                clock: Arc::new(run::ScheduleClock::default()),
             };
             eprintln!(
                 "chaos: scenario {} ({} faults, {:?}), seed {seed}, output {}",
@@ -87,7 +88,10 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
                 sc.duration,
                 out.display()
             );
-            let record = run::run(&sc, &opts, &mut |line| eprintln!("  {line}"))?;
+            let bar = ProgressBar::start(opts.clock.clone());
+            let record = run::run(&sc, &opts, &mut |line| bar.line(line));
+            drop(bar);
+            let record = record?;
             let report = Report::build(&record);
             std::fs::write(out.join("record.json"), serde_json::to_vec(&record)?)?;
             std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
@@ -112,6 +116,68 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
     }
 }
 
+/// The phases as lines on stderr and, on a terminal, a bar for the fault schedule below them.
+struct ProgressBar {
+    tty: bool,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressBar {
+    fn start(clock: Arc<run::ScheduleClock>) -> ProgressBar {
+        use std::io::IsTerminal as _;
+        let tty = std::io::stderr().is_terminal();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = tty.then(|| {
+            std::thread::spawn(move || {
+                while !s.load(Ordering::SeqCst) {
+                    if let Some((done, total)) = clock.position() {
+                        eprint!("\r\x1b[K{}", bar(done, total));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                eprint!("\r\x1b[K");
+            })
+        });
+        ProgressBar { tty, stop, thread }
+    }
+
+    fn line(&self, line: &str) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("  {line}");
+    }
+}
+
+impl Drop for ProgressBar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `  [##########··········]  12.3 s / 35.0 s  fault schedule`
+fn bar(done: std::time::Duration, total: std::time::Duration) -> String {
+    const WIDTH: usize = 30;
+    let frac = if total.is_zero() {
+        1.0
+    } else {
+        (done.as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0)
+    };
+    let filled = (frac * WIDTH as f64).round() as usize;
+    format!(
+        "  [{}{}] {:>6.1} s / {:.1} s  fault schedule",
+        "#".repeat(filled),
+        "·".repeat(WIDTH - filled),
+        done.as_secs_f64(),
+        total.as_secs_f64()
+    )
+}
+
 /// A flag set on SIGINT or SIGTERM, so that the run stops early *and cleans up*: without it
 /// the signal would end this process at once and leave its cluster (a paused agent, task
 /// processes) behind.
@@ -130,4 +196,24 @@ fn cancel_on_signal() -> Arc<AtomicBool> {
         set.store(true, Ordering::SeqCst);
     });
     flag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_bar_fills_with_the_schedule() {
+        let empty = bar(Duration::ZERO, Duration::from_secs(30));
+        assert!(
+            !empty.contains('#') && empty.contains("0.0 s / 30.0 s"),
+            "{empty}"
+        );
+        let half = bar(Duration::from_secs(15), Duration::from_secs(30));
+        assert_eq!(half.matches('#').count(), 15, "{half}");
+        let full = bar(Duration::from_secs(31), Duration::from_secs(30));
+        assert_eq!(full.matches('#').count(), 30, "{full}");
+        assert!(!bar(Duration::ZERO, Duration::ZERO).contains('·'));
+    }
 }
