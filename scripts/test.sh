@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 # prometheus: promtool and a Prometheus server for the /metrics tests (crates/warden/tests/metrics.rs).
 # chromium: headless browser for the dashboard test (crates/warden/tests/dashboard.rs).
-packages=(prometheus chromium)
+# haproxy: the real load balancer of the traffic-removal tests (crates/warden/tests/haproxy.rs).
+packages=(prometheus chromium haproxy)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
