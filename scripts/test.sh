@@ -11,7 +11,8 @@ need_pkgs=()
 # nftables, iproute2: network namespaces and packet drops for the chaos scenarios
 #   (crates/warden/tests/chaos.rs; as root each agent runs in its own namespace).
 # stress-ng: CPU and memory pressure faults of the chaos harness.
-packages=(prometheus chromium nftables iproute2 stress-ng)
+# haproxy: the real load balancer of the traffic-removal tests (crates/warden/tests/haproxy.rs).
+packages=(prometheus chromium nftables iproute2 stress-ng haproxy)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

@@ -92,6 +92,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     cfg.metrics.attach(supervisor.clone());
     let mut ids = Ids::default();
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
+    let mut endpoints = Endpoints::new();
     let mut next_server = 0usize;
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
@@ -104,6 +105,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             &mut events,
             &mut ids,
             &mut health,
+            &mut endpoints,
             &cancel,
         )
         .await;
@@ -138,6 +140,10 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
 /// keep growing across the sessions of one generation: the server ignores a heartbeat whose
 /// number it has seen, so a reconnect that started again from 1 would renew nothing until it
 /// passed the old session's count (the agent would lose its lease over and over).
+/// The endpoint (`host:port`) of each service copy, by task: chosen once per assignment (task
+/// and epoch), so a repeated order or an in-place restart keeps its port.
+type Endpoints = BTreeMap<TaskId, (FencingToken, SocketAddr)>;
+
 #[derive(Default)]
 struct Ids {
     generation: u64,
@@ -152,7 +158,7 @@ enum SessionEnd {
     Established,
 }
 
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn session(
     cfg: &AgentConfig,
     server: &str,
@@ -160,6 +166,7 @@ async fn session(
     events: &mut mpsc::UnboundedReceiver<TaskEvent>,
     ids: &mut Ids,
     health: &mut BTreeMap<TaskId, bool>,
+    endpoints: &mut Endpoints,
     cancel: &CancellationToken,
 ) -> SessionEnd {
     let endpoint = match tonic::transport::Endpoint::from_shared(server.to_string()) {
@@ -180,7 +187,7 @@ async fn session(
     };
     let mut client = v1::agent_session_client::AgentSessionClient::new(channel);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
-    let running: Vec<v1::RunningTask> = running_tasks(supervisor, health);
+    let running: Vec<v1::RunningTask> = running_tasks(supervisor, health, endpoints);
     let hello = v1::Hello {
         name: cfg.name.clone(),
         generation: ids.generation,
@@ -286,7 +293,7 @@ async fn session(
                         restarts: signals.restarts,
                         pressure: signals.pressure,
                     }),
-                    running: running_tasks(supervisor, health),
+                    running: running_tasks(supervisor, health, endpoints),
                 };
                 if tx.try_send(msg(agent_message::Msg::Heartbeat(hb))).is_err() {
                     return SessionEnd::Lost("outbound queue full or closed".into());
@@ -322,7 +329,7 @@ async fn session(
                         }
                         sent.retain(|s, _| *s > ack.seq);
                     }
-                    server_message::Msg::Assign(a) => assign(cfg, supervisor, &a, &tx),
+                    server_message::Msg::Assign(a) => assign(cfg, supervisor, &a, &tx, endpoints),
                     server_message::Msg::Stop(s) => {
                         let Some(task) = TaskId::parse(&s.task) else { continue };
                         let sup = supervisor.clone();
@@ -360,13 +367,15 @@ async fn session(
                     exit_code: None,
                     message: "stopped on request".into(),
                     healthy: false,
+                    endpoint: String::new(),
                 })));
+                forget_endpoint(endpoints, &task, epoch);
             }
             Some(ev) = events.recv() => {
                 if matches!(ev.kind, TaskEventKind::Restarting { .. }) {
                     cfg.metrics.task_restarted();
                 }
-                report_event(&ev, &tx, health);
+                report_event(&ev, &tx, health, endpoints);
             }
         }
     }
@@ -381,19 +390,52 @@ fn end_after(opened: Instant, reason: String) -> SessionEnd {
     }
 }
 
-fn running_tasks(supervisor: &Supervisor, health: &BTreeMap<TaskId, bool>) -> Vec<v1::RunningTask> {
+fn running_tasks(
+    supervisor: &Supervisor,
+    health: &BTreeMap<TaskId, bool>,
+    endpoints: &Endpoints,
+) -> Vec<v1::RunningTask> {
     supervisor
         .tasks()
         .into_iter()
         .filter(|r| r.state.is_active())
         .map(|r| v1::RunningTask {
             healthy: health.get(&r.task).copied().unwrap_or(true),
+            endpoint: endpoint_of(endpoints, &r.task, r.epoch),
             task: r.task.to_string(),
             epoch: r.epoch.0,
             phase: phase_of(&r.state) as i32,
             restarts: 0,
         })
         .collect()
+}
+
+/// Forget the endpoint of a copy that ended (not that of a newer copy of the same slot).
+fn forget_endpoint(endpoints: &mut Endpoints, task: &TaskId, epoch: FencingToken) {
+    if endpoints.get(task).is_some_and(|(e, _)| *e == epoch) {
+        endpoints.remove(task);
+    }
+}
+
+/// The reported endpoint of a copy: `host:port`, or empty when it serves none.
+fn endpoint_of(endpoints: &Endpoints, task: &TaskId, epoch: FencingToken) -> String {
+    endpoints
+        .get(task)
+        .filter(|(e, _)| *e == epoch)
+        .map(|(_, addr)| addr.to_string())
+        .unwrap_or_default()
+}
+
+/// The port of a new service copy on `ip`: the fixed one, or (`requested == 0`) a free one,
+/// found by binding port 0 and releasing it. The task binds it moments later; another process
+/// taking it in between makes the task fail to bind, and its restart (same port) or a
+/// reassignment (a new one) recovers.
+pub fn pick_port(ip: std::net::IpAddr, requested: u16) -> std::io::Result<u16> {
+    if requested != 0 {
+        return Ok(requested);
+    }
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// Name of the test-only switch that breaks self-fencing (see [`fencing_broken_for_tests`]).
@@ -408,7 +450,13 @@ pub fn fencing_broken_for_tests() -> bool {
     cfg!(debug_assertions) && std::env::var(BREAK_FENCING_ENV).is_ok_and(|v| v == "1")
 }
 
-fn assign(cfg: &AgentConfig, supervisor: &Supervisor, a: &v1::Assign, tx: &Tx) {
+fn assign(
+    cfg: &AgentConfig,
+    supervisor: &Supervisor,
+    a: &v1::Assign,
+    tx: &Tx,
+    endpoints: &mut Endpoints,
+) {
     let Some(task) = TaskId::parse(&a.task) else {
         warn!(task = %a.task, "assignment with an invalid task id ignored");
         return;
@@ -421,9 +469,33 @@ fn assign(cfg: &AgentConfig, supervisor: &Supervisor, a: &v1::Assign, tx: &Tx) {
     let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     env.insert("PATH".into(), path);
+    let epoch = FencingToken(a.epoch);
+    if let Some(service) = &a.service {
+        let ip = cfg.probe_addr.ip();
+        let known = endpoints
+            .get(&task)
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, addr)| *addr);
+        let addr = match known {
+            Some(addr) => addr,
+            None => {
+                let requested = u16::try_from(service.port).unwrap_or(0);
+                match pick_port(ip, requested) {
+                    Ok(port) => SocketAddr::new(ip, port),
+                    Err(e) => {
+                        refuse(tx, &task, a.epoch, format!("pick a port on {ip}: {e}"));
+                        return;
+                    }
+                }
+            }
+        };
+        endpoints.insert(task.clone(), (epoch, addr));
+        env.insert("WARDEN_HOST".into(), ip.to_string());
+        env.insert("WARDEN_PORT".into(), addr.port().to_string());
+    }
     let spec = TaskSpec {
         task: TaskId::new(JobName::new(task.job.as_str()), task.index),
-        epoch: FencingToken(a.epoch),
+        epoch,
         command: a.command.clone(),
         args: a.args.clone(),
         env,
@@ -432,19 +504,30 @@ fn assign(cfg: &AgentConfig, supervisor: &Supervisor, a: &v1::Assign, tx: &Tx) {
         health,
     };
     if let Err(e) = supervisor.start(spec) {
-        warn!(task = %task, epoch = a.epoch, error = %e, "assignment refused");
-        let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
-            task: task.to_string(),
-            epoch: a.epoch,
-            phase: v1::TaskPhase::Failed as i32,
-            exit_code: None,
-            message: e.to_string(),
-            healthy: false,
-        })));
+        refuse(tx, &task, a.epoch, e.to_string());
     }
 }
 
-fn report_event(ev: &TaskEvent, tx: &Tx, health: &mut BTreeMap<TaskId, bool>) {
+fn refuse(tx: &Tx, task: &TaskId, epoch: u64, message: String) {
+    warn!(task = %task, epoch, error = %message, "assignment refused");
+    let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
+        task: task.to_string(),
+        epoch,
+        phase: v1::TaskPhase::Failed as i32,
+        exit_code: None,
+        message,
+        healthy: false,
+        endpoint: String::new(),
+    })));
+}
+
+fn report_event(
+    ev: &TaskEvent,
+    tx: &Tx,
+    health: &mut BTreeMap<TaskId, bool>,
+    endpoints: &mut Endpoints,
+) {
+    let endpoint = endpoint_of(endpoints, &ev.task, ev.epoch);
     let (phase, exit_code, message, healthy) = match &ev.kind {
         TaskEventKind::Started { pid } => {
             health.entry(ev.task.clone()).or_insert(true);
@@ -481,14 +564,17 @@ fn report_event(ev: &TaskEvent, tx: &Tx, health: &mut BTreeMap<TaskId, bool>) {
         ),
         TaskEventKind::Failed { reason } => {
             health.remove(&ev.task);
+            forget_endpoint(endpoints, &ev.task, ev.epoch);
             (v1::TaskPhase::Failed, None, reason.clone(), false)
         }
         TaskEventKind::Stopped => {
             health.remove(&ev.task);
+            forget_endpoint(endpoints, &ev.task, ev.epoch);
             (v1::TaskPhase::Stopped, None, "stopped".into(), false)
         }
         TaskEventKind::Fenced => {
             health.remove(&ev.task);
+            forget_endpoint(endpoints, &ev.task, ev.epoch);
             (
                 v1::TaskPhase::Stopped,
                 None,
@@ -504,6 +590,7 @@ fn report_event(ev: &TaskEvent, tx: &Tx, health: &mut BTreeMap<TaskId, bool>) {
         exit_code,
         message,
         healthy,
+        endpoint,
     })));
 }
 

@@ -35,6 +35,7 @@ fn fleet() -> (Desired, Observed) {
             env: BTreeMap::new(),
             resources: res,
             health: None,
+            service: None,
         };
         let slots = (0..spec.desired_count())
             .map(|_| {

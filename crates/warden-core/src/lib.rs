@@ -37,6 +37,7 @@
 pub mod anomaly;
 pub mod detector;
 pub mod duration_serde;
+pub mod endpoints;
 pub mod error;
 pub mod fencing;
 pub mod hash;
@@ -54,6 +55,6 @@ pub mod types;
 pub use error::ConfigError;
 pub use time::Time;
 pub use types::{
-    AgentId, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Lease, Resources, SignalKind,
-    Signals, TaskId,
+    AgentId, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Lease, Resources, ServicePort,
+    ServiceSpec, SignalKind, Signals, TaskId,
 };

@@ -296,6 +296,93 @@ pub struct JobSpec {
     /// Optional health check run by the agent.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// Optional service endpoint: the port the task serves on, under a service name that load
+    /// balancers follow (`GET /v1/services/{name}`).
+    #[serde(default)]
+    pub service: Option<ServiceSpec>,
+}
+
+/// Which port a service instance listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServicePort {
+    /// The agent picks a free port for each instance (written `"dynamic"`).
+    Dynamic,
+    /// This port on every agent (two instances on one agent collide).
+    Fixed(u16),
+}
+
+impl Serialize for ServicePort {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ServicePort::Dynamic => s.serialize_str("dynamic"),
+            ServicePort::Fixed(p) => s.serialize_u16(*p),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServicePort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ServicePort;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"dynamic\" or a port number 1-65535")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServicePort, E> {
+                if v == "dynamic" {
+                    Ok(ServicePort::Dynamic)
+                } else {
+                    Err(E::custom(format!(
+                        "invalid port {v:?}: expected \"dynamic\" or a port number 1-65535"
+                    )))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ServicePort, E> {
+                u16::try_from(v).map(ServicePort::Fixed).map_err(|_| {
+                    E::custom(format!(
+                        "invalid port {v}: expected \"dynamic\" or a port number 1-65535"
+                    ))
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ServicePort, E> {
+                u64::try_from(v).map_or_else(
+                    |_| {
+                        Err(E::custom(format!(
+                            "invalid port {v}: expected \"dynamic\" or a port number 1-65535"
+                        )))
+                    },
+                    |v| self.visit_u64(v),
+                )
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A job's service endpoint (`[service]` in a job spec).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Service name load balancers follow; same rules as a job name (default: the job name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `"dynamic"` (the agent picks a free port, passed as `WARDEN_PORT`) or a fixed port.
+    pub port: ServicePort,
+    /// How long an instance drains (no new connections) before its task is stopped when the
+    /// job is stopped (default 0 s: stop at once).
+    #[serde(default, with = "duration_serde")]
+    pub drain: Duration,
+}
+
+/// Longest `service.drain` accepted (10 minutes).
+pub const MAX_DRAIN: Duration = Duration::from_secs(600);
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn default_replicas() -> u32 {
@@ -317,6 +404,13 @@ impl JobSpec {
     /// Task ids of every slot of this job.
     pub fn task_ids(&self) -> impl Iterator<Item = TaskId> + '_ {
         (0..self.desired_count()).map(|i| TaskId::new(self.name.clone(), i))
+    }
+
+    /// The name of the service this job's instances serve, if it declares one.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service
+            .as_ref()
+            .map(|s| s.name.as_deref().unwrap_or(self.name.as_str()))
     }
 
     /// Check the spec for values that can never work, naming the offending field.
@@ -382,6 +476,25 @@ impl JobSpec {
                 "resources.memory_mb",
                 "more than 64 TiB requested; the unit is MiB",
             ));
+        }
+        if let Some(service) = &self.service {
+            if let Some(name) = &service.name
+                && !valid_name(name)
+            {
+                return Err(ConfigError::new(
+                    "service.name",
+                    "must be 1 to 63 of ASCII letters, digits, '-', '_' and '.'",
+                ));
+            }
+            if service.port == ServicePort::Fixed(0) {
+                return Err(ConfigError::new(
+                    "service.port",
+                    "must not be 0; write port = \"dynamic\" to let the agent pick one",
+                ));
+            }
+            if service.drain > MAX_DRAIN {
+                return Err(ConfigError::new("service.drain", "must be at most 10m"));
+            }
         }
         if let Some(check) = &self.health {
             let (interval, timeout, failures) = check.timing();
@@ -558,7 +671,43 @@ mod tests {
             env: BTreeMap::new(),
             resources: Resources::new(100, 64),
             health: None,
+            service: None,
         }
+    }
+
+    #[test]
+    fn service_port_reads_dynamic_or_a_number() {
+        #[derive(Deserialize)]
+        struct W {
+            port: ServicePort,
+        }
+        let read = |t: &str| serde_json::from_str::<W>(t).map(|w| w.port);
+        assert_eq!(
+            read(r#"{"port": "dynamic"}"#).ok(),
+            Some(ServicePort::Dynamic)
+        );
+        assert_eq!(
+            read(r#"{"port": 8080}"#).ok(),
+            Some(ServicePort::Fixed(8080))
+        );
+        for bad in [
+            r#"{"port": "auto"}"#,
+            r#"{"port": 70000}"#,
+            r#"{"port": -1}"#,
+        ] {
+            let err = read(bad).expect_err(bad).to_string();
+            assert!(err.contains("dynamic"), "{bad}: {err}");
+        }
+        let json = serde_json::to_string(&ServiceSpec {
+            name: None,
+            port: ServicePort::Dynamic,
+            drain: Duration::from_secs(2),
+        })
+        .ok();
+        assert_eq!(
+            json.as_deref(),
+            Some(r#"{"name":null,"port":"dynamic","drain":"2s"}"#)
+        );
     }
 
     #[test]
@@ -620,6 +769,28 @@ mod tests {
                     ..spec(JobKind::Service, 1)
                 },
                 "health.timeout",
+            ),
+            (
+                JobSpec {
+                    service: Some(ServiceSpec {
+                        name: Some("bad name".into()),
+                        port: ServicePort::Dynamic,
+                        drain: Duration::ZERO,
+                    }),
+                    ..spec(JobKind::Service, 1)
+                },
+                "service.name",
+            ),
+            (
+                JobSpec {
+                    service: Some(ServiceSpec {
+                        name: None,
+                        port: ServicePort::Fixed(0),
+                        drain: Duration::ZERO,
+                    }),
+                    ..spec(JobKind::Service, 1)
+                },
+                "service.port",
             ),
         ];
         for (s, field) in cases {

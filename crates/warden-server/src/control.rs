@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warden_core::duration_serde;
+use warden_core::endpoints::{CopyFacts, Observation, Registry, judge};
 use warden_core::fencing::DeathEvidence;
 use warden_core::lifecycle::{
     AgentEvent, AgentState, Alarm, Cause, Fleet, LifecycleConfig, Output, ProbeKind, ProbeOutcome,
@@ -30,15 +31,16 @@ use warden_core::planner::{
 };
 use warden_core::recovery::{Outcome, RecoveryRecord};
 use warden_core::{
-    AgentId, ConfigError, FencingToken, JobKind, JobName, JobSpec, Resources, Signals, TaskId, Time,
+    AgentId, ConfigError, FencingToken, JobKind, JobName, JobSpec, Resources, ServicePort, Signals,
+    TaskId, Time,
 };
 use warden_proto::v1;
 use warden_store::{NewEvent, Store, TaskRecord, WriteOp};
 
 use crate::metrics::{Metrics, TimedStore};
 use crate::view::{
-    AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo,
-    SubmitOutcome, TaskInfo,
+    AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
+    RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
 };
 use warden_probe::probe;
 
@@ -202,6 +204,10 @@ struct Inner {
     assign_sent: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>>,
     /// Stop orders sent and not yet confirmed, per agent: (task, epoch) → when sent.
     stop_sent: HashMap<AgentId, HashMap<(TaskId, FencingToken), Time>>,
+    /// What agents report of each service copy: task → (epoch, `host:port`, healthy).
+    endpoints_seen: HashMap<TaskId, (FencingToken, String, bool)>,
+    /// The endpoints registry, synced every control round.
+    registry: Registry,
 }
 
 impl Inner {
@@ -225,6 +231,8 @@ impl Inner {
             last_alarms: BTreeSet::new(),
             assign_sent: HashMap::new(),
             stop_sent: HashMap::new(),
+            endpoints_seen: HashMap::new(),
+            registry: Registry::new(),
         }
     }
 }
@@ -237,6 +245,8 @@ pub struct ControlPlane {
     cfg: ControlConfig,
     wake: Notify,
     metrics: Metrics,
+    /// The registry's index, for watchers (long polls, load-balancer adapters).
+    services_index: watch::Sender<u64>,
 }
 
 /// Errors starting the control plane.
@@ -430,6 +440,7 @@ impl ControlPlane {
             cfg,
             wake: Notify::new(),
             metrics,
+            services_index: watch::Sender::new(0),
         });
         lock(&cp.inner)
             .events
@@ -586,6 +597,11 @@ impl ControlPlane {
             .collect();
         let copies: Vec<(TaskId, FencingToken)> =
             running.iter().map(|(t, e, _, _)| (t.clone(), *e)).collect();
+        for r in &hb.running {
+            if let Some(task) = TaskId::parse(&r.task) {
+                note_endpoint(&mut g, task, FencingToken(r.epoch), &r.endpoint, r.healthy);
+            }
+        }
         self.resend_pending(&mut g, &who.id, &copies, now, false);
         // A copy the server saw running here that the agent no longer reports has ended
         // without a report reaching the server — typically fenced by the agent while its
@@ -638,6 +654,13 @@ impl ControlPlane {
             return;
         };
         let mut g = lock(&self.inner);
+        note_endpoint(
+            &mut g,
+            task.clone(),
+            FencingToken(r.epoch),
+            &r.endpoint,
+            r.healthy,
+        );
         self.task_seen(
             &mut g,
             &who.id,
@@ -985,6 +1008,7 @@ impl ControlPlane {
                     }
                 }
                 self.handle(&mut g, outs, now);
+                self.sync_endpoints(&mut g, now);
                 (std::mem::take(&mut g.probes), std::mem::take(&mut g.events))
             };
             for job in probes {
@@ -1467,8 +1491,91 @@ impl ControlPlane {
                     memory_mb: spec.resources.memory_mb,
                 }),
                 health_json,
+                service: spec.service.as_ref().map(|s| v1::ServicePort {
+                    port: match s.port {
+                        ServicePort::Dynamic => 0,
+                        ServicePort::Fixed(p) => u32::from(p),
+                    },
+                }),
             }),
         );
+    }
+
+    /// Feed the endpoints registry with this round's service copies; wake its watchers when
+    /// it changed. Called with the lock held; a pass over the slots of service jobs.
+    fn sync_endpoints(&self, g: &mut Inner, now: Time) {
+        let mut declared = Vec::new();
+        let mut observed = Vec::new();
+        for (job, spec) in &g.desired {
+            let Some(service) = spec.service_name() else {
+                continue;
+            };
+            declared.push(service.to_string());
+            let Some(slots) = g.observed.tasks.get(job) else {
+                continue;
+            };
+            for (i, slot) in slots.iter().enumerate() {
+                let Some(agent) = &slot.agent else { continue };
+                let Ok(index) = u32::try_from(i) else {
+                    continue;
+                };
+                let task = TaskId::new(job.clone(), index);
+                let Some((epoch, addr, healthy)) = g.endpoints_seen.get(&task) else {
+                    continue;
+                };
+                if *epoch != slot.epoch {
+                    continue;
+                }
+                let agent_state = g
+                    .fleet
+                    .agent(agent)
+                    .map_or(AgentState::Failed, |r| r.state());
+                let (state, reason) = judge(CopyFacts {
+                    agent: agent_state,
+                    task: slot.state,
+                    healthy: *healthy,
+                    stopping: false,
+                });
+                observed.push(Observation {
+                    service: service.to_string(),
+                    task,
+                    epoch: *epoch,
+                    agent: agent.clone(),
+                    addr: addr.clone(),
+                    state,
+                    reason,
+                });
+            }
+        }
+        declared.sort();
+        declared.dedup();
+        let desired = &g.desired;
+        g.endpoints_seen.retain(|t, _| desired.contains_key(&t.job));
+        if g.registry.sync(&declared, observed, now) {
+            let index = g.registry.index();
+            debug!(index, "endpoints changed");
+            self.services_index.send_replace(index);
+        }
+    }
+
+    /// A snapshot of the endpoints registry.
+    pub fn registry(&self) -> Registry {
+        lock(&self.inner).registry.clone()
+    }
+}
+
+/// Remember the endpoint an agent reports for a copy (only copies that serve one).
+fn note_endpoint(g: &mut Inner, task: TaskId, epoch: FencingToken, endpoint: &str, healthy: bool) {
+    if endpoint.is_empty() {
+        return;
+    }
+    let newer = g
+        .endpoints_seen
+        .get(&task)
+        .is_none_or(|(e, _, _)| *e <= epoch);
+    if newer {
+        g.endpoints_seen
+            .insert(task, (epoch, endpoint.to_string(), healthy));
     }
 }
 
@@ -1714,6 +1821,42 @@ impl ControlApi for ControlPlane {
 
     fn metrics(&self) -> String {
         self.metrics.render(self)
+    }
+
+    fn services(&self) -> ServicesInfo {
+        let g = lock(&self.inner);
+        let origin = self.clock.now();
+        let wall = unix_now_ms();
+        let unix_ms = |t: Time| wall.saturating_sub(ms(origin.saturating_since(t)));
+        ServicesInfo {
+            index: g.registry.index(),
+            services: g
+                .registry
+                .services()
+                .iter()
+                .map(|(name, svc)| ServiceInfo {
+                    name: name.clone(),
+                    index: svc.index,
+                    instances: svc
+                        .instances
+                        .values()
+                        .map(|i| InstanceInfo {
+                            task: i.task.to_string(),
+                            epoch: i.epoch.0,
+                            agent: i.agent.to_string(),
+                            addr: i.addr.clone(),
+                            state: i.state.as_str().to_string(),
+                            reason: i.reason.clone(),
+                            since_unix_ms: unix_ms(i.since),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn watch_services(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.services_index.subscribe())
     }
 
     fn health(&self) -> HealthInfo {

@@ -55,7 +55,8 @@ use self::error::HttpError;
 use crate::history::History;
 use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
-    AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo, SubmitOutcome, TaskInfo,
+    AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo, ServiceInfo, ServicesInfo,
+    SubmitOutcome, TaskInfo,
 };
 
 /// Largest accepted request body, bytes (1 MiB). A larger body gets `413 payload_too_large`.
@@ -143,6 +144,8 @@ pub fn router_with(
         .route("/v1/events", get(list_events))
         .route("/v1/recoveries", get(list_recoveries))
         .route("/v1/sla", get(get_sla))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}", get(get_service))
         .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -588,4 +591,106 @@ async fn get_sla(
     blocking(&api, move |api| sla_report(api, &q))
         .await
         .map(Json)
+}
+
+/// Longest `wait` of a blocking query on `/v1/services` (9 s: under the request timeout).
+pub const MAX_SERVICES_WAIT: Duration = Duration::from_secs(9);
+
+/// Header carrying the registry index an answer reflects (pass it back as `?index=`).
+pub const INDEX_HEADER: &str = "x-warden-index";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchParams {
+    /// Answer once the index is greater than this (a blocking query); absent: at once.
+    index: Option<u64>,
+    /// Longest to block, e.g. "5s" (default and maximum [`MAX_SERVICES_WAIT`]).
+    wait: Option<String>,
+}
+
+impl WatchParams {
+    fn wait(&self) -> Result<Duration, HttpError> {
+        let Some(text) = self.wait.as_deref() else {
+            return Ok(MAX_SERVICES_WAIT);
+        };
+        let d = warden_core::duration_serde::parse(text).map_err(|e| {
+            HttpError::new(
+                ErrorCode::InvalidQuery,
+                format!("wait: {e} (expected e.g. \"5s\" or \"500ms\")"),
+            )
+            .with_field("wait")
+        })?;
+        if d > MAX_SERVICES_WAIT {
+            return Err(HttpError::new(
+                ErrorCode::InvalidQuery,
+                "wait must be at most 9s (the request timeout is 10s)",
+            )
+            .with_field("wait"));
+        }
+        Ok(d)
+    }
+}
+
+/// Block until `current(api)` reports an index above `params.index`, or the wait ends; then
+/// answer what it reports, with the index in [`INDEX_HEADER`].
+async fn blocking_query<T: Serialize>(
+    api: &Api,
+    params: &WatchParams,
+    current: impl Fn(&dyn ControlApi) -> Result<(u64, T), HttpError>,
+) -> Result<Response, HttpError> {
+    let wait = params.wait()?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut watch = api.watch_services();
+    loop {
+        if let Some(rx) = watch.as_mut() {
+            rx.borrow_and_update();
+        }
+        let (index, body) = current(api.as_ref())?;
+        let blocked = params.index.is_some_and(|n| index <= n);
+        let Some(rx) = watch.as_mut().filter(|_| blocked) else {
+            let mut response = Json(body).into_response();
+            response
+                .headers_mut()
+                .insert(INDEX_HEADER, HeaderValue::from(index));
+            return Ok(response);
+        };
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            // Timed out or the control plane is gone: answer what stands.
+            Ok(Err(_)) | Err(_) => watch = None,
+        }
+    }
+}
+
+async fn list_services(
+    State(AppState { api, .. }): State<AppState>,
+    params: Result<Query<WatchParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(query_error)?;
+    blocking_query(&api, &params, |api| {
+        let all: ServicesInfo = api.services();
+        Ok((all.index, all))
+    })
+    .await
+}
+
+async fn get_service(
+    State(AppState { api, .. }): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<WatchParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    let Query(params) = params.map_err(query_error)?;
+    blocking_query(&api, &params, |api| {
+        let service: ServiceInfo = api
+            .services()
+            .services
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                HttpError::new(ErrorCode::NotFound, format!("no service named {name:?}"))
+            })?;
+        Ok((service.index, service))
+    })
+    .await
 }

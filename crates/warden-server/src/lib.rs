@@ -14,11 +14,13 @@
 //!   and the dashboard ([`http::dashboard`]);
 //! - [`sla`]: the SLA figures (success rate, RTO against an objective, availability);
 //! - [`history`]: the bounded per-agent history the dashboard charts;
+//! - [`haproxy`]: the HAProxy adapter, keeping a backend in step with a service's endpoints;
 //! - [`server`]: wiring it all to listeners, with ordered shutdown.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod haproxy;
 pub mod history;
 pub mod http;
 pub mod metrics;

@@ -53,15 +53,26 @@ pub async fn run(
     http: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
-    run_with(store, cfg, SlaConfig::default(), grpc, http, cancel).await
+    run_with(
+        store,
+        cfg,
+        SlaConfig::default(),
+        Vec::new(),
+        grpc,
+        http,
+        cancel,
+    )
+    .await
 }
 
 /// Run a server on `store` until `cancel` fires; `sla` sets the defaults of the SLA report
-/// (`GET /v1/sla`, the dashboard's SLA page).
+/// (`GET /v1/sla`, the dashboard's SLA page); every `haproxy` entry runs an HAProxy adapter
+/// ([`crate::haproxy`]) until `cancel` fires.
 pub async fn run_with(
     store: Arc<dyn Store>,
     cfg: ControlConfig,
     sla: SlaConfig,
+    haproxy: Vec<crate::haproxy::HaproxyConfig>,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
@@ -79,11 +90,18 @@ pub async fn run_with(
         .add_service(service)
         .serve_with_incoming_shutdown(nodelay(grpc), grpc_cancel.cancelled_owned());
     let api: Arc<dyn ControlApi> = cp.clone();
+    let adapters: Vec<_> = haproxy
+        .into_iter()
+        .map(|h| tokio::spawn(crate::haproxy::run(h, api.clone(), cancel.child_token())))
+        .collect();
     let http_cancel = cancel.clone();
     let http_task = crate::http::serve_with(http, api, sla, http_cancel.cancelled_owned());
     let (g, h) = tokio::join!(grpc_task, http_task);
     cancel.cancel();
     let _ = control.await;
+    for a in adapters {
+        let _ = a.await;
+    }
     g?;
     h?;
     info!("warden server stopped");

@@ -118,6 +118,45 @@ pub struct RecoveryInfo {
     pub cause: String,
 }
 
+/// A service of the endpoints registry (`GET /v1/services/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// Service name.
+    pub name: String,
+    /// Modification index: the registry's index at this service's last change.
+    pub index: u64,
+    /// Instances, by task.
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// An instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// "job/index".
+    pub task: String,
+    /// Fencing token of the copy.
+    pub epoch: u64,
+    /// Agent incarnation ("name#generation").
+    pub agent: String,
+    /// `host:port` it serves on.
+    pub addr: String,
+    /// serving, draining or removed.
+    pub state: String,
+    /// Why it is in that state.
+    pub reason: String,
+    /// When it entered that state.
+    pub since_unix_ms: u64,
+}
+
+/// Every service (`GET /v1/services`), with the registry's index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesInfo {
+    /// The registry's modification index.
+    pub index: u64,
+    /// Services by name.
+    pub services: Vec<ServiceInfo>,
+}
+
 /// One entry of the event log (`GET /v1/events`).
 pub use warden_store::StoredEvent as EventInfo;
 
@@ -212,4 +251,13 @@ pub trait ControlApi: Send + Sync + 'static {
     fn health(&self) -> HealthInfo;
     /// The server's metrics in the Prometheus text exposition format (`GET /metrics`).
     fn metrics(&self) -> String;
+    /// The endpoints registry. The default has no services.
+    fn services(&self) -> ServicesInfo {
+        ServicesInfo::default()
+    }
+    /// Follow the registry's index (changes on every registry change); `None` when the
+    /// implementation cannot be watched (long polls then answer at once).
+    fn watch_services(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -175,6 +175,7 @@ pub fn job(name: &str, replicas: u32) -> JobSpec {
         env: BTreeMap::from([("MODE".to_string(), "test".to_string())]),
         resources: Resources::new(100, 64),
         health: None,
+        service: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn job(i: u64) -> JobSpec {
         env: Default::default(),
         resources: Resources::new(10, 10),
         health: None,
+        service: None,
     }
 }
 

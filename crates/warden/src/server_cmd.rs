@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warden_server::control::ControlConfig;
+use warden_server::haproxy::HaproxyConfig;
 use warden_server::sla::SlaConfig;
 use warden_store::RedbStore;
 
@@ -51,6 +52,9 @@ pub struct ServerFile {
     /// Defaults of the SLA report (`GET /v1/sla`, the dashboard's SLA page).
     #[serde(default)]
     pub sla: SlaConfig,
+    /// HAProxy backends kept in step with services (`[[haproxy]]`, none by default).
+    #[serde(default)]
+    pub haproxy: Vec<HaproxyConfig>,
 }
 
 /// Settings after merging.
@@ -66,6 +70,8 @@ pub struct ServerSettings {
     pub control: ControlConfig,
     /// SLA report defaults.
     pub sla: SlaConfig,
+    /// HAProxy adapters.
+    pub haproxy: Vec<HaproxyConfig>,
 }
 
 fn load_file(path: &Path) -> Result<ServerFile> {
@@ -97,6 +103,7 @@ impl ServerArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
             control: file.control,
             sla: file.sla,
+            haproxy: file.haproxy,
         };
         let mut s = s;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
@@ -105,6 +112,11 @@ impl ServerArgs {
             .validate()
             .map_err(anyhow::Error::msg)
             .context("invalid configuration")?;
+        for h in &s.haproxy {
+            h.validate()
+                .map_err(anyhow::Error::msg)
+                .context("invalid configuration")?;
+        }
         Ok(s)
     }
 }
@@ -119,6 +131,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             http_addr: Some(s.http_addr),
             control: s.control.clone(),
             sla: s.sla.clone(),
+            haproxy: s.haproxy.clone(),
         };
         print!(
             "{}",
@@ -140,6 +153,15 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
     let cancel = CancellationToken::new();
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
-    warden_server::server::run_with(Arc::new(store), s.control, s.sla, grpc, http, cancel).await?;
+    warden_server::server::run_with(
+        Arc::new(store),
+        s.control,
+        s.sla,
+        s.haproxy,
+        grpc,
+        http,
+        cancel,
+    )
+    .await?;
     Ok(())
 }

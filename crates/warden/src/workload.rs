@@ -85,8 +85,10 @@ pub fn run(w: &Workload) -> Result<()> {
                         .and_then(|p| p.parse().ok())
                 })
                 .unwrap_or(8080);
-            let listener = TcpListener::bind(("127.0.0.1", port))
-                .with_context(|| format!("bind port {port}"))?;
+            // WARDEN_HOST is the agent's address, where it reports the endpoint.
+            let host = std::env::var("WARDEN_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+            let listener = TcpListener::bind((host.as_str(), port))
+                .with_context(|| format!("bind {host}:{port}"))?;
             let me = identity();
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };

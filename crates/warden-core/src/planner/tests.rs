@@ -22,6 +22,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
         env: BTreeMap::new(),
         resources: Resources::new(100, 64),
         health: None,
+        service: None,
     }
 }
 

@@ -1,0 +1,416 @@
+//! The HAProxy adapter: keeps the servers of one HAProxy backend in step with one service of
+//! the endpoints registry, through HAProxy's runtime API (the admin socket).
+//!
+//! The backend is pre-sized with a server template (`server-template srv 1-10 127.0.0.1:1
+//! disabled`): slot `i` of the backend (servers ordered by id) carries the instance of task
+//! index `i`, so a replacement takes its predecessor's server over (`set server … addr … port
+//! …`). States map `serving` → `ready`, `draining` → `drain`, `removed` or no instance →
+//! `maint`.
+//!
+//! The adapter remembers what it applied and sends only changes. It forgets all of it — and
+//! so resyncs the whole backend — whenever a command fails or HAProxy's process id changes
+//! (a restart or reload puts the servers back as the configuration says), so a missed update
+//! is never permanent. It checks the process id every `poll` (default 500 ms).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warden_core::{ConfigError, duration_serde};
+
+use crate::view::{ControlApi, ServiceInfo};
+
+/// One HAProxy backend following one service (`[[haproxy]]` in the server's config file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyConfig {
+    /// The service to follow (its name in `GET /v1/services`). Required.
+    pub service: String,
+    /// Path of HAProxy's admin socket (`stats socket PATH level admin`). Required.
+    pub socket: PathBuf,
+    /// The backend whose servers carry the service's instances. Required.
+    pub backend: String,
+    /// How often HAProxy is checked for a restart (default 500 ms).
+    #[serde(default = "default_poll", with = "duration_serde")]
+    pub poll: Duration,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl HaproxyConfig {
+    /// Reject settings that can never work, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.service.trim().is_empty() {
+            return Err(ConfigError::new("haproxy.service", "must not be empty"));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::new("haproxy.socket", "must not be empty"));
+        }
+        if self.backend.is_empty() || self.backend.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "haproxy.backend",
+                "must be a backend name without whitespace",
+            ));
+        }
+        if self.poll.is_zero() {
+            return Err(ConfigError::new(
+                "haproxy.poll",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a runtime API exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// The socket could not be reached or the exchange broke (HAProxy down or restarting).
+    #[error("runtime API at {path}: {source}")]
+    Io {
+        /// Socket path.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// HAProxy refused a command (no such backend or server, bad argument).
+    #[error("HAProxy refused `{command}`: {answer}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// HAProxy's answer.
+        answer: String,
+    },
+}
+
+/// What one backend server should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerWant {
+    /// `(ip, port)` to point it at; `None` leaves its address alone.
+    pub addr: Option<(String, u16)>,
+    /// `ready`, `drain` or `maint`.
+    pub state: &'static str,
+}
+
+/// The wanted state of every server of the backend (`servers` in id order) for `service`.
+pub fn wanted(servers: &[String], service: Option<&ServiceInfo>) -> Vec<(String, ServerWant)> {
+    let mut by_slot: HashMap<usize, ServerWant> = HashMap::new();
+    for inst in service.map(|s| s.instances.as_slice()).unwrap_or_default() {
+        let Some(index) = inst
+            .task
+            .rsplit_once('/')
+            .and_then(|(_, i)| i.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let Some((ip, port)) = inst
+            .addr
+            .rsplit_once(':')
+            .and_then(|(ip, p)| Some((ip.trim_matches(['[', ']']).to_string(), p.parse().ok()?)))
+        else {
+            continue;
+        };
+        let state = match inst.state.as_str() {
+            "serving" => "ready",
+            "draining" => "drain",
+            _ => "maint",
+        };
+        by_slot.insert(
+            index,
+            ServerWant {
+                addr: Some((ip, port)),
+                state,
+            },
+        );
+    }
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let want = by_slot.remove(&i).unwrap_or(ServerWant {
+                addr: None,
+                state: "maint",
+            });
+            (name.clone(), want)
+        })
+        .collect()
+}
+
+/// The runtime API commands that bring server `server` of `backend` to `want`.
+pub fn commands(backend: &str, server: &str, want: &ServerWant) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((ip, port)) = &want.addr {
+        out.push(format!(
+            "set server {backend}/{server} addr {ip} port {port}"
+        ));
+    }
+    out.push(format!(
+        "set server {backend}/{server} state {}",
+        want.state
+    ));
+    out
+}
+
+/// Run one runtime API command (one connection, non-interactive mode) and return the answer.
+pub async fn command(socket: &std::path::Path, cmd: &str) -> Result<String, AdapterError> {
+    let io = |source| AdapterError::Io {
+        path: socket.display().to_string(),
+        source,
+    };
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await?;
+        stream.write_all(format!("{cmd}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<String, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| io(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+        .map_err(io)?;
+    let lower = answer.to_ascii_lowercase();
+    if [
+        "no such",
+        "unknown command",
+        "require",
+        "invalid",
+        "not allowed",
+        "permission denied",
+    ]
+    .iter()
+    .any(|bad| lower.contains(bad))
+    {
+        return Err(AdapterError::Refused {
+            command: cmd.to_string(),
+            answer: answer.trim().to_string(),
+        });
+    }
+    Ok(answer)
+}
+
+/// HAProxy's process id, from `show info`.
+async fn haproxy_pid(socket: &std::path::Path) -> Result<Option<u64>, AdapterError> {
+    let info = command(socket, "show info").await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok()))
+}
+
+/// The backend's server names in id order, from `show servers state BACKEND`.
+async fn backend_servers(
+    socket: &std::path::Path,
+    backend: &str,
+) -> Result<Vec<String>, AdapterError> {
+    let cmd = format!("show servers state {backend}");
+    let answer = command(socket, &cmd).await?;
+    let mut header: Vec<&str> = Vec::new();
+    let mut servers: Vec<(u64, String)> = Vec::new();
+    for line in answer.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            header = h.split_whitespace().collect();
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .and_then(|i| cols.get(i).copied())
+        };
+        if let (Some(id), Some(name)) = (col("srv_id"), col("srv_name"))
+            && let Ok(id) = id.parse()
+        {
+            servers.push((id, name.to_string()));
+        }
+    }
+    if servers.is_empty() {
+        return Err(AdapterError::Refused {
+            command: cmd,
+            answer: "no servers in the backend (pre-size it with server-template)".into(),
+        });
+    }
+    servers.sort();
+    Ok(servers.into_iter().map(|(_, n)| n).collect())
+}
+
+/// What the adapter believes HAProxy holds; cleared to force a full resync.
+#[derive(Default)]
+struct Applied {
+    pid: Option<u64>,
+    servers: Vec<String>,
+    state: HashMap<String, ServerWant>,
+}
+
+/// Keep `cfg.backend` in step with `cfg.service` until `cancel` fires.
+pub async fn run(cfg: HaproxyConfig, api: Arc<dyn ControlApi>, cancel: CancellationToken) {
+    let mut watch = api.watch_services();
+    let mut applied = Applied::default();
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    info!(service = %cfg.service, backend = %cfg.backend, socket = %cfg.socket.display(), "HAProxy adapter started");
+    loop {
+        match sync_once(&cfg, api.as_ref(), &mut applied).await {
+            Ok(changed) => {
+                if failing || changed > 0 {
+                    info!(backend = %cfg.backend, changed, "HAProxy backend in step");
+                }
+                failing = false;
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(backend = %cfg.backend, error = %e, "HAProxy out of step; will resync");
+                }
+                failing = true;
+                applied = Applied::default();
+            }
+        }
+        let pause = if failing { backoff } else { cfg.poll };
+        if failing {
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        let changed = async {
+            match watch.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+            () = changed, if !failing => {}
+        }
+    }
+}
+
+/// One round: detect a restart, then send what differs. Returns the servers changed.
+async fn sync_once(
+    cfg: &HaproxyConfig,
+    api: &dyn ControlApi,
+    applied: &mut Applied,
+) -> Result<usize, AdapterError> {
+    let pid = haproxy_pid(&cfg.socket).await?;
+    if pid.is_none() || pid != applied.pid || applied.servers.is_empty() {
+        if applied.pid.is_some() {
+            info!(backend = %cfg.backend, "HAProxy restarted; resyncing the whole backend");
+        }
+        *applied = Applied {
+            pid,
+            servers: backend_servers(&cfg.socket, &cfg.backend).await?,
+            state: HashMap::new(),
+        };
+    }
+    let services = api.services();
+    let service = services.services.iter().find(|s| s.name == cfg.service);
+    let mut changed = 0;
+    for (server, want) in wanted(&applied.servers, service) {
+        if applied.state.get(&server) == Some(&want) {
+            continue;
+        }
+        for cmd in commands(&cfg.backend, &server, &want) {
+            command(&cfg.socket, &cmd).await?;
+        }
+        applied.state.insert(server, want);
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::InstanceInfo;
+
+    fn inst(task: &str, addr: &str, state: &str) -> InstanceInfo {
+        InstanceInfo {
+            task: task.into(),
+            epoch: 1,
+            agent: "a#1".into(),
+            addr: addr.into(),
+            state: state.into(),
+            reason: String::new(),
+            since_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn slots_follow_task_indexes_and_states_map() {
+        let svc = ServiceInfo {
+            name: "web".into(),
+            index: 3,
+            instances: vec![
+                inst("web/0", "127.0.0.1:4000", "serving"),
+                inst("web/2", "127.0.0.1:4002", "draining"),
+                inst("web/1", "127.0.0.1:4001", "removed"),
+                inst("web/9", "127.0.0.1:4009", "serving"),
+            ],
+        };
+        let servers: Vec<String> = ["srv1", "srv2", "srv3", "srv4"].map(String::from).into();
+        let w = wanted(&servers, Some(&svc));
+        let states: Vec<(&str, &str)> = w.iter().map(|(s, w)| (s.as_str(), w.state)).collect();
+        assert_eq!(
+            states,
+            [
+                ("srv1", "ready"),
+                ("srv2", "maint"),
+                ("srv3", "drain"),
+                ("srv4", "maint")
+            ]
+        );
+        assert_eq!(
+            commands("be", "srv1", &w[0].1),
+            [
+                "set server be/srv1 addr 127.0.0.1 port 4000",
+                "set server be/srv1 state ready"
+            ]
+        );
+        assert_eq!(
+            commands("be", "srv4", &w[3].1),
+            ["set server be/srv4 state maint"]
+        );
+        assert!(
+            wanted(&servers, None)
+                .iter()
+                .all(|(_, w)| w.state == "maint")
+        );
+    }
+
+    #[test]
+    fn bad_config_names_the_field() {
+        let ok = HaproxyConfig {
+            service: "web".into(),
+            socket: "/run/haproxy.sock".into(),
+            backend: "web".into(),
+            poll: default_poll(),
+        };
+        assert!(ok.validate().is_ok());
+        let bad = HaproxyConfig {
+            backend: "a b".into(),
+            ..ok.clone()
+        };
+        assert_eq!(
+            bad.validate().map_err(|e| e.field).err().as_deref(),
+            Some("haproxy.backend")
+        );
+        let bad = HaproxyConfig {
+            service: String::new(),
+            ..ok
+        };
+        assert_eq!(
+            bad.validate().map_err(|e| e.field).err().as_deref(),
+            Some("haproxy.service")
+        );
+    }
+}

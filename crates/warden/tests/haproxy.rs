@@ -1,0 +1,339 @@
+//! End-to-end tests of traffic removal with a real HAProxy (Debian's `/usr/sbin/haproxy`): a
+//! Warden cluster on loopback runs a service of the built-in HTTP workload; the server's
+//! HAProxy adapter keeps a pre-sized backend in step with the service's endpoints; the test
+//! sends a steady request load through HAProxy while it injects faults.
+//!
+//! HAProxy is started by each test on a free loopback port and killed by PID when its guard is
+//! dropped (also when an assertion fails). Without the haproxy binary the tests fail with a
+//! message saying what to install.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use warden_chaos::cluster::{Cluster, free_port, wait_until};
+
+const LONG: Duration = Duration::from_secs(45);
+const HAPROXY: &str = "/usr/sbin/haproxy";
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// A running HAProxy, killed by PID on drop.
+struct Haproxy {
+    child: Child,
+    cfg: PathBuf,
+    port: u16,
+    socket: PathBuf,
+}
+
+impl Haproxy {
+    fn start(dir: &Path, port: u16) -> Haproxy {
+        assert!(
+            Path::new(HAPROXY).exists(),
+            "{HAPROXY} is missing: apt-get install haproxy (scripts/test.sh does)"
+        );
+        let socket = dir.join("haproxy.sock");
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  stats socket {sock} mode 600 level admin\n\
+                 defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
+                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend web\n\
+                 backend web\n  server-template srv 1-5 127.0.0.1:1 disabled\n",
+                sock = socket.display()
+            ),
+        )
+        .unwrap();
+        let mut h = Haproxy {
+            child: spawn_haproxy(&cfg),
+            cfg,
+            port,
+            socket,
+        };
+        h.wait_ready();
+        h
+    }
+
+    fn wait_ready(&mut self) {
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.socket.exists()
+            }),
+            "HAProxy did not start"
+        );
+    }
+
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_haproxy(&self.cfg);
+        self.wait_ready();
+    }
+
+    /// `show servers state web`: (server name, admin state bits, address, port).
+    fn servers(&self) -> Vec<(String, u32, String, String)> {
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
+            return vec![];
+        };
+        let _ = s.write_all(b"show servers state web\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines()
+            .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 18)
+            .map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                (
+                    c[3].to_string(),
+                    c[6].parse().unwrap_or(0),
+                    c[4].to_string(),
+                    c[18].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Servers taking new connections, by address:port: their admin state has neither a
+    /// maintenance bit (FMAINT 0x01, IMAINT 0x02, RMAINT 0x20) nor a drain bit (0x08, 0x10).
+    /// CMAINT (0x04) only records `disabled` in the configuration.
+    fn ready(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .servers()
+            .into_iter()
+            .filter(|(_, admin, _, _)| admin & 0x3b == 0)
+            .map(|(_, _, a, p)| format!("{a}:{p}"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn spawn_haproxy(cfg: &Path) -> Child {
+    Command::new(HAPROXY)
+        .arg("-db")
+        .arg("-f")
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy")
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET through HAProxy; the answering task id, or why it failed.
+fn request(port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(out.lines().next().unwrap_or("empty answer").to_string());
+    }
+    out.lines()
+        .find_map(|l| l.strip_prefix("task="))
+        .map(|t| t.split_whitespace().next().unwrap_or("").to_string())
+        .ok_or_else(|| "no task in the answer".to_string())
+}
+
+/// Every request of a load: when it was sent, and the answering task or the failure.
+type RequestLog = Arc<Mutex<Vec<(Instant, Result<String, String>)>>>;
+
+/// A steady request load in a thread.
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: RequestLog,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let r = request(port);
+                l.lock().unwrap().push((at, r));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Load {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    fn since(&self, t: Instant) -> Vec<Result<String, String>> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(haproxy_socket: &Path, dir: &Path) -> Cluster {
+    let cfg = dir.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control.lifecycle.health.cpu]\ngood = 0.85\nbad = 0.98\nweight = 0.0\n\n\
+             [control.lifecycle.health.pressure]\ngood = 10.0\nbad = 60.0\nweight = 0.0\n\n\
+             [[haproxy]]\nservice = \"web\"\nsocket = \"{}\"\nbackend = \"web\"\npoll = \"200ms\"\n",
+            haproxy_socket.display()
+        ),
+    )
+    .unwrap();
+    let path = cfg.display().to_string();
+    let mut c = Cluster::start_with_env(exe(), &[("WARDEN_CONFIG", path.as_str())]).unwrap();
+    c.add_agents(3).unwrap();
+    c.submit(
+        "name = \"web\"\nkind = \"service\"\nreplicas = 3\ncommand = \"{exe}\"\n\
+         args = [\"workload\", \"http\"]\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+         [service]\nport = \"dynamic\"\n",
+    )
+    .unwrap();
+    c
+}
+
+fn instances(c: &Cluster) -> Vec<Value> {
+    c.client
+        .get("/v1/services/web")
+        .ok()
+        .and_then(|v| v.get("instances").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+}
+
+fn serving(c: &Cluster) -> Vec<String> {
+    let mut v: Vec<String> = instances(c)
+        .iter()
+        .filter(|i| i["state"] == "serving")
+        .map(|i| i["addr"].as_str().unwrap_or("").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_killed_agent_is_removed_from_haproxy_and_later_requests_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(dir.path(), free_port().unwrap());
+    let mut c = start(&haproxy.socket, dir.path());
+    assert!(
+        wait_until(LONG, || serving(&c).len() == 3
+            && haproxy.ready() == serving(&c)),
+        "3 instances serving in HAProxy; registry {:?}, HAProxy {:?}\n{}",
+        instances(&c),
+        haproxy.servers(),
+        c.log("server")
+    );
+    let load = Load::start(haproxy.port);
+    assert!(wait_until(LONG, || load
+        .since(Instant::now() - Duration::from_secs(1))
+        .len()
+        > 20));
+    // The victim: the agent serving web/0.
+    let victim_inst = instances(&c)
+        .into_iter()
+        .find(|i| i["task"] == "web/0")
+        .unwrap();
+    let victim_addr = victim_inst["addr"].as_str().unwrap().to_string();
+    let victim = victim_inst["agent"]
+        .as_str()
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .to_string();
+    let killed = Instant::now();
+    c.kill_agent(&victim).unwrap();
+    assert!(
+        wait_until(LONG, || !haproxy.ready().contains(&victim_addr)),
+        "{victim_addr} still in HAProxy: {:?}",
+        haproxy.servers()
+    );
+    let removed = Instant::now();
+    eprintln!("kill -9 → out of HAProxy: {:?}", removed - killed);
+    // Every request sent after the removal succeeds, while the replacement comes and joins.
+    assert!(
+        wait_until(LONG, || serving(&c).len() == 3
+            && !serving(&c).contains(&victim_addr)
+            && haproxy.ready() == serving(&c)),
+        "a replacement serves; registry {:?}, HAProxy {:?}",
+        instances(&c),
+        haproxy.servers()
+    );
+    let settle = Instant::now();
+    assert!(wait_until(LONG, || load.since(settle).len() > 50));
+    let after = load.since(removed);
+    let failed: Vec<_> = after.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed after the removal: {failed:?}",
+        failed.len(),
+        after.len()
+    );
+    let during = load.since(killed);
+    eprintln!(
+        "requests since the kill: {}, failed: {}",
+        during.len(),
+        during.iter().filter(|r| r.is_err()).count()
+    );
+}
+
+#[test]
+fn the_adapter_resyncs_after_haproxy_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut haproxy = Haproxy::start(dir.path(), free_port().unwrap());
+    let c = start(&haproxy.socket, dir.path());
+    assert!(
+        wait_until(LONG, || serving(&c).len() == 3
+            && haproxy.ready() == serving(&c)),
+        "3 instances serving in HAProxy; registry {:?}, HAProxy {:?}",
+        instances(&c),
+        haproxy.servers()
+    );
+    // A restart brings the configuration's servers back: all in maintenance.
+    haproxy.restart();
+    assert!(
+        wait_until(LONG, || haproxy.ready() == serving(&c)),
+        "not resynced after the restart: registry {:?}, HAProxy {:?}\n{}",
+        instances(&c),
+        haproxy.servers(),
+        c.log("server")
+    );
+    let tasks: std::collections::BTreeSet<String> =
+        (0..30).filter_map(|_| request(haproxy.port).ok()).collect();
+    assert_eq!(tasks.len(), 3, "every instance answers: {tasks:?}");
+}
