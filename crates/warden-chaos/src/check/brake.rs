@@ -11,9 +11,12 @@
 //! The rule, for every injected `isolate` fault, in the window from its start to its end (or
 //! the end of the run) plus the verdict tolerance:
 //! - every `agent.transition` to `failed` is a violation;
-//! - every task process that starts is a violation: a `(task, token)` pair seen in a sample of
-//!   the window but in no sample taken before the fault started is a rescheduled or restarted
-//!   copy. (A process the agent already ran keeps its pair, and is not counted.)
+//! - a new task process — a `(task, token)` pair seen in a sample of the window but in no
+//!   sample taken before the fault started — is a violation when it starts while the server
+//!   is still cut off, or after the heal *while an older copy of that task still runs* (live
+//!   work moved, the symptom of rescheduling on false verdicts). A process the agent already
+//!   ran keeps its pair and is not counted; a singleton that fenced itself while cut off and is
+//!   started again after the heal (its old copy gone) is a recovery, not a reschedule.
 
 use std::collections::BTreeSet;
 
@@ -58,20 +61,30 @@ pub fn check(record: &Record) -> Vec<Violation> {
             .filter(|s| s.t_ms < start)
             .flat_map(|s| s.procs.iter().map(|p| (p.task.as_str(), p.token)))
             .collect();
+        let cut_until = f.end_ms.unwrap_or(record.end_ms);
         for s in record.samples.iter().filter(|s| within(s.t_ms)) {
             for p in &s.procs {
-                if seen.insert((p.task.as_str(), p.token)) {
+                let older_alive = s
+                    .procs
+                    .iter()
+                    .any(|q| q.task == p.task && q.token < p.token);
+                if seen.insert((p.task.as_str(), p.token)) && (s.t_ms <= cut_until || older_alive) {
                     out.push(Violation::new(
                         NAME,
                         s.t_ms,
                         format!(
-                            "{} started with token {} (pid {}, on {}) at {} ms while the \
-                             server was cut off (isolate fault {} from {start} ms)",
+                            "{} started with token {} (pid {}, on {}) at {} ms {} (isolate \
+                             fault {} from {start} ms)",
                             p.task,
                             p.token,
                             p.pid,
                             p.agent.as_deref().unwrap_or("an unknown agent"),
                             s.t_ms,
+                            if s.t_ms <= cut_until {
+                                "while the server was cut off"
+                            } else {
+                                "right after the heal, while an older copy still ran"
+                            },
                             f.index
                         ),
                     ));
@@ -158,6 +171,20 @@ mod tests {
             v[0].message
                 .contains("db/0 started with token 2 (pid 20, on agent-3) at 15000 ms")
         );
+    }
+
+    #[test]
+    fn after_the_heal_only_a_move_of_live_work_is_caught() {
+        // The fenced singleton started again after the heal, its old copy gone: a recovery.
+        let mut r = isolated();
+        r.samples[2].procs[0] = p("db/0", 2, 20, "agent-2");
+        assert_eq!(check(&r), vec![]);
+        // A new copy of web/0 while the old one still runs: work moved on a false verdict.
+        let mut r = isolated();
+        r.samples[2].procs.push(p("web/0", 2, 21, "agent-1"));
+        let v = check(&r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.contains("web/0 started with token 2"), "{v:?}");
     }
 
     #[test]
