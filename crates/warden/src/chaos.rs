@@ -35,6 +35,13 @@ pub enum ChaosCommand {
         #[arg(long, default_value = "auto", value_parser = ["auto", "netns", "loopback"])]
         network: String,
     },
+    /// Build the report again from a run's record.json (e.g. with newer checkers) and write
+    /// report.json and report.html next to it. Exits non-zero when a checker finds a
+    /// violation.
+    Report {
+        /// The record.json of a run.
+        record: PathBuf,
+    },
     /// Check scenario files without running them: parse, validate, and print each one's
     /// faults. Exits non-zero at the first invalid file, naming the field at fault.
     Validate {
@@ -47,6 +54,24 @@ pub enum ChaosCommand {
 /// Run a chaos command.
 pub fn run(cmd: &ChaosCommand) -> Result<()> {
     match cmd {
+        ChaosCommand::Report { record } => {
+            let text =
+                std::fs::read(record).with_context(|| format!("read {}", record.display()))?;
+            let rec: warden_chaos::record::Record = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a chaos record", record.display()))?;
+            let report = Report::build(&rec);
+            let dir = record.parent().unwrap_or_else(|| std::path::Path::new("."));
+            std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+            std::fs::write(
+                dir.join("report.html"),
+                warden_chaos::html::render(&rec, &report),
+            )?;
+            println!("{}", report.summary());
+            if report.violations > 0 {
+                bail!("{} checker violation(s)", report.violations);
+            }
+            Ok(())
+        }
         ChaosCommand::Validate { scenarios } => {
             for path in scenarios {
                 let sc = Scenario::load(path)?;
