@@ -181,7 +181,7 @@ impl Load {
                 let (s, l) = (stop.clone(), log.clone());
                 std::thread::spawn(move || {
                     // Stagger the loops so held requests are in flight at every moment.
-                    std::thread::sleep(Duration::from_millis(70 * i as u64));
+                    std::thread::sleep(Duration::from_millis(100 * i as u64));
                     while !s.load(Ordering::Relaxed) {
                         let at = Instant::now();
                         let r = request_path(port, path);
@@ -411,7 +411,7 @@ fn a_stopped_job_drains_before_its_stop_and_no_request_fails() {
     // Quick requests, and requests held 800 ms by the workload: some are in flight at every
     // moment, including when the job is stopped.
     let quick = Load::start(haproxy.port);
-    let slow = Load::start_path(haproxy.port, "/?sleep_ms=800", 4);
+    let slow = Load::start_path(haproxy.port, "/?sleep_ms=800", 8);
     assert!(wait_until(LONG, || quick
         .since(Instant::now() - Duration::from_secs(1))
         .len()
