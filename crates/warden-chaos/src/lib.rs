@@ -31,3 +31,4 @@ pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod traffic;

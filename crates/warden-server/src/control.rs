@@ -208,6 +208,9 @@ struct Inner {
     endpoints_seen: HashMap<TaskId, (FencingToken, String, bool)>,
     /// The endpoints registry, synced every control round.
     registry: Registry,
+    /// Deleted service jobs still draining: job → when their tasks are stopped. The job stays
+    /// in `desired` (its copies keep running) and its instances are `draining` until then.
+    draining: HashMap<JobName, Time>,
 }
 
 impl Inner {
@@ -233,6 +236,7 @@ impl Inner {
             stop_sent: HashMap::new(),
             endpoints_seen: HashMap::new(),
             registry: Registry::new(),
+            draining: HashMap::new(),
         }
     }
 }
@@ -1008,6 +1012,7 @@ impl ControlPlane {
                     }
                 }
                 self.handle(&mut g, outs, now);
+                self.end_drains(&mut g, now);
                 self.sync_endpoints(&mut g, now);
                 (std::mem::take(&mut g.probes), std::mem::take(&mut g.events))
             };
@@ -1534,7 +1539,7 @@ impl ControlPlane {
                     agent: agent_state,
                     task: slot.state,
                     healthy: *healthy,
-                    stopping: false,
+                    stopping: g.draining.contains_key(job),
                 });
                 observed.push(Observation {
                     service: service.to_string(),
@@ -1555,6 +1560,28 @@ impl ControlPlane {
             let index = g.registry.index();
             debug!(index, "endpoints changed");
             self.services_index.send_replace(index);
+        }
+    }
+
+    /// Stop the deleted jobs whose drain is over: they leave `desired`, so this round's plan
+    /// stops their tasks.
+    fn end_drains(&self, g: &mut Inner, now: Time) {
+        let over: Vec<JobName> = g
+            .draining
+            .iter()
+            .filter(|(_, until)| now >= **until)
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in over {
+            g.draining.remove(&job);
+            g.desired.remove(&job);
+            info!(job = %job, "drain over; stopping the job's tasks");
+            g.events.push(event(
+                "job.drained",
+                None,
+                None,
+                format!("job {job} drained; stopping its tasks"),
+            ));
         }
     }
 
@@ -1761,9 +1788,16 @@ impl ControlApi for ControlPlane {
     fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
         spec.validate()
             .map_err(|e| ApiError::new(ApiErrorKind::Invalid, e.to_string()))?;
-        let existing = lock(&self.inner).desired.get(&spec.name).cloned();
+        let (existing, draining) = {
+            let g = lock(&self.inner);
+            (
+                g.desired.get(&spec.name).cloned(),
+                g.draining.contains_key(&spec.name),
+            )
+        };
         let outcome = match existing {
-            Some(old) if old == spec => return Ok(SubmitOutcome::Unchanged),
+            // Submitting a draining job again cancels its stop (and stores it again).
+            Some(old) if old == spec && !draining => return Ok(SubmitOutcome::Unchanged),
             Some(_) => SubmitOutcome::Updated,
             None => SubmitOutcome::Created,
         };
@@ -1776,6 +1810,7 @@ impl ControlApi for ControlPlane {
             None,
             format!("job {} {outcome:?}", spec.name),
         ));
+        g.draining.remove(&spec.name);
         g.desired.insert(spec.name.clone(), spec);
         drop(g);
         self.wake.notify_one();
@@ -1788,14 +1823,36 @@ impl ControlApi for ControlPlane {
             return Err(not_found(&format!("no job named {name:?}")));
         }
         self.store.delete_job(&job).map_err(internal)?;
+        let now = self.clock.now();
         let mut g = lock(&self.inner);
-        g.desired.remove(&job);
-        g.events.push(event(
-            "job.delete",
-            None,
-            None,
-            format!("job {name} deleted; stopping its tasks"),
-        ));
+        let drain = g
+            .desired
+            .get(&job)
+            .and_then(|s| s.service.as_ref())
+            .map_or(Duration::ZERO, |s| s.drain);
+        // A service with `drain` keeps running, out of new traffic, for that long; deleting
+        // it again while it drains stops it at once.
+        if drain > Duration::ZERO && !g.draining.contains_key(&job) {
+            g.draining.insert(job, now + drain);
+            g.events.push(event(
+                "job.delete",
+                None,
+                None,
+                format!(
+                    "job {name} deleted; draining for {} ms before stopping its tasks",
+                    ms(drain)
+                ),
+            ));
+        } else {
+            g.draining.remove(&job);
+            g.desired.remove(&job);
+            g.events.push(event(
+                "job.delete",
+                None,
+                None,
+                format!("job {name} deleted; stopping its tasks"),
+            ));
+        }
         drop(g);
         self.wake.notify_one();
         Ok(())

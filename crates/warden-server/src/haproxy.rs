@@ -102,13 +102,30 @@ pub struct ServerWant {
 /// The wanted state of every server of the backend (`servers` in id order) for `service`.
 pub fn wanted(servers: &[String], service: Option<&ServiceInfo>) -> Vec<(String, ServerWant)> {
     let mut by_slot: HashMap<usize, ServerWant> = HashMap::new();
-    for inst in service.map(|s| s.instances.as_slice()).unwrap_or_default() {
-        let Some(index) = inst
-            .task
-            .rsplit_once('/')
-            .and_then(|(_, i)| i.parse::<usize>().ok())
-        else {
-            continue;
+    let instances = service.map(|s| s.instances.as_slice()).unwrap_or_default();
+    // One job: server i is slot i. Several jobs behind one service name (blue/green): servers
+    // follow the instances in task order.
+    let job = |task: &str| task.rsplit_once('/').map(|(j, _)| j.to_string());
+    let one_job = instances
+        .iter()
+        .map(|i| job(&i.task))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        <= 1;
+    let mut sorted: Vec<_> = instances.iter().collect();
+    sorted.sort_by(|a, b| a.task.cmp(&b.task));
+    for (position, inst) in sorted.into_iter().enumerate() {
+        let index = if one_job {
+            match inst
+                .task
+                .rsplit_once('/')
+                .and_then(|(_, i)| i.parse::<usize>().ok())
+            {
+                Some(i) => i,
+                None => continue,
+            }
+        } else {
+            position
         };
         let Some((ip, port)) = inst
             .addr
@@ -343,6 +360,34 @@ mod tests {
             reason: String::new(),
             since_unix_ms: 0,
         }
+    }
+
+    #[test]
+    fn several_jobs_behind_one_service_fill_servers_in_task_order() {
+        let svc = ServiceInfo {
+            name: "web".into(),
+            index: 3,
+            instances: vec![
+                inst("web-green/0", "127.0.0.1:5000", "serving"),
+                inst("web-blue/1", "127.0.0.1:4001", "draining"),
+                inst("web-blue/0", "127.0.0.1:4000", "draining"),
+            ],
+        };
+        let servers: Vec<String> = ["srv1", "srv2", "srv3", "srv4"].map(String::from).into();
+        let w = wanted(&servers, Some(&svc));
+        let got: Vec<(Option<u16>, &str)> = w
+            .iter()
+            .map(|(_, w)| (w.addr.as_ref().map(|a| a.1), w.state))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(4000), "drain"),
+                (Some(4001), "drain"),
+                (Some(5000), "ready"),
+                (None, "maint")
+            ]
+        );
     }
 
     #[test]

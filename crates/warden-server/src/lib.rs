@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod file_adapter;
 pub mod haproxy;
 pub mod history;
 pub mod http;

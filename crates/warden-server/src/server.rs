@@ -45,6 +45,15 @@ fn nodelay(
     })
 }
 
+/// The load-balancer adapters a server runs.
+#[derive(Clone, Debug, Default)]
+pub struct Adapters {
+    /// HAProxy backends (`[[haproxy]]`).
+    pub haproxy: Vec<crate::haproxy::HaproxyConfig>,
+    /// Rendered files (`[[file_adapter]]`).
+    pub files: Vec<crate::file_adapter::FileAdapterConfig>,
+}
+
 /// Run a server on `store` until `cancel` fires, with the default SLA settings.
 pub async fn run(
     store: Arc<dyn Store>,
@@ -57,7 +66,7 @@ pub async fn run(
         store,
         cfg,
         SlaConfig::default(),
-        Vec::new(),
+        Adapters::default(),
         grpc,
         http,
         cancel,
@@ -66,13 +75,14 @@ pub async fn run(
 }
 
 /// Run a server on `store` until `cancel` fires; `sla` sets the defaults of the SLA report
-/// (`GET /v1/sla`, the dashboard's SLA page); every `haproxy` entry runs an HAProxy adapter
-/// ([`crate::haproxy`]) until `cancel` fires.
+/// (`GET /v1/sla`, the dashboard's SLA page); every `adapters.haproxy` entry runs an HAProxy
+/// adapter ([`crate::haproxy`]) and every `adapters.files` entry a file adapter
+/// ([`crate::file_adapter`]) until `cancel` fires.
 pub async fn run_with(
     store: Arc<dyn Store>,
     cfg: ControlConfig,
     sla: SlaConfig,
-    haproxy: Vec<crate::haproxy::HaproxyConfig>,
+    adapters: Adapters,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
@@ -90,10 +100,18 @@ pub async fn run_with(
         .add_service(service)
         .serve_with_incoming_shutdown(nodelay(grpc), grpc_cancel.cancelled_owned());
     let api: Arc<dyn ControlApi> = cp.clone();
-    let adapters: Vec<_> = haproxy
+    let Adapters { haproxy, files } = adapters;
+    let mut adapters: Vec<_> = haproxy
         .into_iter()
         .map(|h| tokio::spawn(crate::haproxy::run(h, api.clone(), cancel.child_token())))
         .collect();
+    adapters.extend(files.into_iter().map(|f| {
+        tokio::spawn(crate::file_adapter::run(
+            f,
+            api.clone(),
+            cancel.child_token(),
+        ))
+    }));
     let http_cancel = cancel.clone();
     let http_task = crate::http::serve_with(http, api, sla, http_cancel.cancelled_owned());
     let (g, h) = tokio::join!(grpc_task, http_task);

@@ -76,6 +76,20 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Traffic removal with a real HAProxy: failed requests during an agent host crash (kill
+    /// -9 or SIGSTOP of the agent and its tasks), HAProxy's own health checks alone (`inter 2s
+    /// fall 3`) against Warden's HAProxy adapter, and the time from the crash to the removal.
+    Traffic {
+        /// Repetitions per fault and mode (a fresh cluster and HAProxy each).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Requests per second through HAProxy.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds after the crash whose requests are counted.
+        #[arg(long, default_value_t = 15)]
+        window: u64,
+    },
 }
 
 /// Faults for `bench recovery`.
@@ -143,6 +157,33 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(crate::bench_sessions::run(&exe, &b))
+        }
+        BenchCommand::Traffic { reps, rate, window } => {
+            let settings = warden_chaos::traffic::Settings {
+                reps: (*reps).max(1),
+                rate: (*rate).max(1),
+                window: std::time::Duration::from_secs((*window).max(1)),
+            };
+            let exe = std::env::current_exe()?;
+            eprintln!(
+                "{} reps x (kill, pause) x (HAProxy checks, Warden adapter); 3 instances of `warden workload http` on 3 agents; {} req/s",
+                settings.reps, settings.rate
+            );
+            let rows = warden_chaos::traffic::run(&exe, &settings, |s| {
+                eprintln!(
+                    "  {:?} {:<8?} failed {:>4} of {:>5}   removal {}",
+                    s.fault,
+                    s.mode,
+                    s.failed,
+                    s.sent,
+                    s.removal_ms.map_or_else(
+                        || "not within the window".to_string(),
+                        |m| format!("{m:.0} ms")
+                    )
+                );
+            })?;
+            print!("{}", warden_chaos::traffic::format_table(&settings, &rows));
+            Ok(())
         }
         BenchCommand::Recovery {
             fault,

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warden_server::control::ControlConfig;
+use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
 use warden_server::sla::SlaConfig;
 use warden_store::RedbStore;
@@ -55,6 +56,9 @@ pub struct ServerFile {
     /// HAProxy backends kept in step with services (`[[haproxy]]`, none by default).
     #[serde(default)]
     pub haproxy: Vec<HaproxyConfig>,
+    /// Files rendered from services, with a reload command (`[[file_adapter]]`, none by default).
+    #[serde(default)]
+    pub file_adapter: Vec<FileAdapterConfig>,
 }
 
 /// Settings after merging.
@@ -72,6 +76,8 @@ pub struct ServerSettings {
     pub sla: SlaConfig,
     /// HAProxy adapters.
     pub haproxy: Vec<HaproxyConfig>,
+    /// File adapters.
+    pub file_adapter: Vec<FileAdapterConfig>,
 }
 
 fn load_file(path: &Path) -> Result<ServerFile> {
@@ -104,6 +110,7 @@ impl ServerArgs {
             control: file.control,
             sla: file.sla,
             haproxy: file.haproxy,
+            file_adapter: file.file_adapter,
         };
         let mut s = s;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
@@ -114,6 +121,11 @@ impl ServerArgs {
             .context("invalid configuration")?;
         for h in &s.haproxy {
             h.validate()
+                .map_err(anyhow::Error::msg)
+                .context("invalid configuration")?;
+        }
+        for f in &s.file_adapter {
+            f.validate()
                 .map_err(anyhow::Error::msg)
                 .context("invalid configuration")?;
         }
@@ -132,6 +144,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             control: s.control.clone(),
             sla: s.sla.clone(),
             haproxy: s.haproxy.clone(),
+            file_adapter: s.file_adapter.clone(),
         };
         print!(
             "{}",
@@ -157,7 +170,10 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         Arc::new(store),
         s.control,
         s.sla,
-        s.haproxy,
+        warden_server::server::Adapters {
+            haproxy: s.haproxy,
+            files: s.file_adapter,
+        },
         grpc,
         http,
         cancel,

@@ -1,7 +1,7 @@
 //! Built-in workloads for demos and tests, so nothing else needs installing:
 //! `warden workload sleep` (runs until stopped, printing its fencing token) and
 //! `warden workload http` (serves `/` and `/healthz` on `WARDEN_PORT` or `--port`, answering
-//! with the task id that served the request).
+//! with the task id that served the request; `/?sleep_ms=N` holds the answer N ms).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -90,19 +90,56 @@ pub fn run(w: &Workload) -> Result<()> {
             let listener = TcpListener::bind((host.as_str(), port))
                 .with_context(|| format!("bind {host}:{port}"))?;
             let me = identity();
+            // A thread per connection, so a held request (`?sleep_ms=`) does not hold others.
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 2048];
-                let _ = conn.read(&mut buf);
-                let body = format!("{me}\n");
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let me = me.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 2048];
+                    let n = conn.read(&mut buf).unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    if let Some(ms) = sleep_ms(&head) {
+                        std::thread::sleep(Duration::from_millis(ms));
+                    }
+                    let body = format!("{me}\n");
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
             }
             Ok(())
         }
+    }
+}
+
+/// The `sleep_ms` query parameter of a request's first line (`GET /?sleep_ms=500 HTTP/1.1`):
+/// how long to hold the answer, at most 60 s.
+fn sleep_ms(head: &str) -> Option<u64> {
+    let target = head.lines().next()?.split_whitespace().nth(1)?;
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|v| v.min(60_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sleep_ms;
+
+    #[test]
+    fn sleep_ms_is_read_from_the_query() {
+        assert_eq!(
+            sleep_ms("GET /?sleep_ms=500 HTTP/1.1\r\nhost: x\r\n"),
+            Some(500)
+        );
+        assert_eq!(sleep_ms("GET /?a=1&sleep_ms=7 HTTP/1.1"), Some(7));
+        assert_eq!(sleep_ms("GET / HTTP/1.1"), None);
+        assert_eq!(sleep_ms("GET /?sleep_ms=x HTTP/1.1"), None);
+        assert_eq!(sleep_ms("GET /?sleep_ms=999999 HTTP/1.1"), Some(60_000));
     }
 }

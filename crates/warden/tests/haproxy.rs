@@ -137,9 +137,14 @@ impl Drop for Haproxy {
 
 /// One GET through HAProxy; the answering task id, or why it failed.
 fn request(port: u16) -> Result<String, String> {
+    request_path(port, "/")
+}
+
+/// One GET of `path` through HAProxy; the answering task id, or why it failed.
+fn request_path(port: u16, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
@@ -164,15 +169,31 @@ struct Load {
 
 impl Load {
     fn start(port: u16) -> Load {
+        Load::start_path(port, "/", 1)
+    }
+
+    /// `threads` request loops, each sending GET `path` one after the other.
+    fn start_path(port: u16, path: &'static str, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
-        let (s, l) = (stop.clone(), log.clone());
+        let loops: Vec<_> = (0..threads)
+            .map(|i| {
+                let (s, l) = (stop.clone(), log.clone());
+                std::thread::spawn(move || {
+                    // Stagger the loops so held requests are in flight at every moment.
+                    std::thread::sleep(Duration::from_millis(100 * i as u64));
+                    while !s.load(Ordering::Relaxed) {
+                        let at = Instant::now();
+                        let r = request_path(port, path);
+                        l.lock().unwrap().push((at, r));
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let at = Instant::now();
-                let r = request(port);
-                l.lock().unwrap().push((at, r));
-                std::thread::sleep(Duration::from_millis(10));
+            for t in loops {
+                let _ = t.join();
             }
         });
         Load {
@@ -180,6 +201,15 @@ impl Load {
             log,
             thread: Some(thread),
         }
+    }
+
+    /// Stop sending and wait for the requests in flight; the whole log.
+    fn finish(mut self) -> Vec<(Instant, Result<String, String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.log.lock().unwrap().clone()
     }
 
     fn since(&self, t: Instant) -> Vec<Result<String, String>> {
@@ -203,6 +233,19 @@ impl Drop for Load {
 }
 
 fn start(haproxy_socket: &Path, dir: &Path) -> Cluster {
+    start_jobs(
+        haproxy_socket,
+        dir,
+        &[
+            "name = \"web\"\nkind = \"service\"\nreplicas = 3\ncommand = \"{exe}\"\n\
+             args = [\"workload\", \"http\"]\n\
+             [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+             [service]\nport = \"dynamic\"\n",
+        ],
+    )
+}
+
+fn start_jobs(haproxy_socket: &Path, dir: &Path, jobs: &[&str]) -> Cluster {
     let cfg = dir.join("server.toml");
     std::fs::write(
         &cfg,
@@ -217,13 +260,9 @@ fn start(haproxy_socket: &Path, dir: &Path) -> Cluster {
     let path = cfg.display().to_string();
     let mut c = Cluster::start_with_env(exe(), &[("WARDEN_CONFIG", path.as_str())]).unwrap();
     c.add_agents(3).unwrap();
-    c.submit(
-        "name = \"web\"\nkind = \"service\"\nreplicas = 3\ncommand = \"{exe}\"\n\
-         args = [\"workload\", \"http\"]\n\
-         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
-         [service]\nport = \"dynamic\"\n",
-    )
-    .unwrap();
+    for job in jobs {
+        c.submit(job).unwrap();
+    }
     c
 }
 
@@ -336,4 +375,118 @@ fn the_adapter_resyncs_after_haproxy_restarts() {
     let tasks: std::collections::BTreeSet<String> =
         (0..30).filter_map(|_| request(haproxy.port).ok()).collect();
     assert_eq!(tasks.len(), 3, "every instance answers: {tasks:?}");
+}
+
+/// One color of the service `web`: a job of 2 replicas.
+fn color_job(name: &str, drain: &str) -> String {
+    format!(
+        "name = \"{name}\"\nkind = \"service\"\nreplicas = 2\ncommand = \"{{exe}}\"\n\
+         args = [\"workload\", \"http\"]\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+         [service]\nname = \"web\"\nport = \"dynamic\"\ndrain = \"{drain}\"\n"
+    )
+}
+
+#[test]
+fn a_stopped_job_drains_before_its_stop_and_no_request_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(dir.path(), free_port().unwrap());
+    let blue = color_job("web-blue", "3s");
+    let green = color_job("web-green", "0s");
+    let c = start_jobs(&haproxy.socket, dir.path(), &[&blue, &green]);
+    assert!(
+        wait_until(LONG, || serving(&c).len() == 4
+            && haproxy.ready() == serving(&c)),
+        "4 instances serving in HAProxy; registry {:?}, HAProxy {:?}\n{}",
+        instances(&c),
+        haproxy.servers(),
+        c.log("server")
+    );
+    let blue_addrs: Vec<String> = instances(&c)
+        .iter()
+        .filter(|i| i["task"].as_str().unwrap_or("").starts_with("web-blue/"))
+        .map(|i| i["addr"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(blue_addrs.len(), 2);
+    // Quick requests, and requests held 800 ms by the workload: some are in flight at every
+    // moment, including when the job is stopped.
+    let quick = Load::start(haproxy.port);
+    let slow = Load::start_path(haproxy.port, "/?sleep_ms=800", 8);
+    assert!(wait_until(LONG, || quick
+        .since(Instant::now() - Duration::from_secs(1))
+        .len()
+        > 20));
+    let deleted = Instant::now();
+    let r = c
+        .client
+        .request("DELETE", "/v1/jobs/web-blue", None, b"")
+        .unwrap();
+    assert!(r.status < 300, "delete: {}", r.status);
+    // At once: blue leaves new traffic (draining, HAProxy `drain`) but keeps running.
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let inst = instances(&c);
+            let draining = inst
+                .iter()
+                .filter(|i| {
+                    i["state"] == "draining"
+                        && blue_addrs.contains(&i["addr"].as_str().unwrap_or("").to_string())
+                })
+                .count();
+            draining == 2 && haproxy.ready().iter().all(|a| !blue_addrs.contains(a))
+        }),
+        "blue draining; registry {:?}, HAProxy {:?}",
+        instances(&c),
+        haproxy.servers()
+    );
+    let drained = Instant::now();
+    // Then, after the drain, blue is stopped and removed.
+    assert!(
+        wait_until(LONG, || instances(&c).iter().all(|i| {
+            !blue_addrs.contains(&i["addr"].as_str().unwrap_or("").to_string())
+                || i["state"] == "removed"
+        })),
+        "blue removed; registry {:?}",
+        instances(&c)
+    );
+    let removed = Instant::now();
+    assert!(
+        removed - deleted >= Duration::from_millis(2800),
+        "blue removed {:?} after the delete: the drain was skipped",
+        removed - deleted
+    );
+    // Let requests run on green alone for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    let quick = quick.finish();
+    let slow = slow.finish();
+    let blue_in_flight = slow
+        .iter()
+        .filter(|(at, r)| {
+            *at < drained
+                && *at + Duration::from_millis(800) > deleted
+                && r.as_ref().is_ok_and(|t| t.starts_with("web-blue/"))
+        })
+        .count();
+    eprintln!(
+        "delete → draining in HAProxy: {:?}; delete → removed: {:?}; {} quick and {} held requests; \
+         {blue_in_flight} held requests on blue in flight at the delete",
+        drained - deleted,
+        removed - deleted,
+        quick.len(),
+        slow.len()
+    );
+    let failed: Vec<_> = quick
+        .iter()
+        .chain(slow.iter())
+        .filter(|(_, r)| r.is_err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        blue_in_flight > 0,
+        "no held request was on blue when it was stopped"
+    );
 }
