@@ -39,24 +39,10 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// The server's configuration for these tests. Every agent of a test cluster runs on this one
-/// machine, so the host-wide signals — CPU utilisation and CPU pressure (PSI) — are the same
-/// for all of them and say nothing about any one agent. On a loaded CI machine they would turn
-/// every agent Degraded at once (CPU 0.99 and PSI 80 score 100 · 0.7 · 0.55 = 38.5 < 60), and a
-/// Degraded agent gets no new work, so nothing could be rescheduled. The tests are about
-/// leases, fencing and recovery, so those two signals are switched off (weight 0); every other
-/// setting is the default.
-const SERVER_CONFIG: &str = "\
-[control.lifecycle.health.cpu]
-good = 0.85
-bad = 0.98
-weight = 0.0
-
-[control.lifecycle.health.pressure]
-good = 10.0
-bad = 60.0
-weight = 0.0
-";
+/// The chaos harness's server configuration: every agent runs on this one machine, so host
+/// CPU and pressure say nothing about any one agent (they would make all of them Degraded on a
+/// loaded machine: no new work, no recovery); those two signals are switched off.
+use warden_chaos::run::SERVER_CONFIG;
 
 /// Start a server (no agents yet) with [`SERVER_CONFIG`].
 fn start_cluster() -> Cluster {

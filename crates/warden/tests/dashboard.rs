@@ -33,23 +33,14 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// As in `tests/cluster.rs`: host-wide CPU and pressure say nothing about one agent when all of
-/// them share this machine, so they are switched off; the SLA objective is set to show that the
-/// `[sla]` table is read.
-const SERVER_CONFIG: &str = "\
-[control.lifecycle.health.cpu]
-good = 0.85
-bad = 0.98
-weight = 0.0
-
-[control.lifecycle.health.pressure]
-good = 10.0
-bad = 60.0
-weight = 0.0
-
-[sla]
-objective_rto = \"7s\"
-";
+/// The chaos harness's server configuration (host CPU and pressure switched off: every agent
+/// shares this machine), with an SLA objective set to show that the `[sla]` table is read.
+fn server_config() -> String {
+    format!(
+        "{}\n[sla]\nobjective_rto = \"7s\"\n",
+        warden_chaos::run::SERVER_CONFIG
+    )
+}
 
 /// The Chromium executable, or a failure that says which package to install.
 fn chromium() -> PathBuf {
@@ -176,7 +167,7 @@ fn the_browser_shows_the_fleet_and_a_killed_agent_turning_failed() {
     chromium();
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("server.toml");
-    std::fs::write(&config, SERVER_CONFIG).unwrap();
+    std::fs::write(&config, server_config()).unwrap();
     let config = config.display().to_string();
     let mut c = Cluster::start_with_env(exe(), &[("WARDEN_CONFIG", config.as_str())]).unwrap();
     c.add_agents(3).unwrap();

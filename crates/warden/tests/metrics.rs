@@ -26,20 +26,10 @@ use common::ChildGuard;
 /// run needs, it only matters when a test fails.
 const LONG: Duration = Duration::from_secs(45);
 
-/// As in `cluster.rs`: every agent runs on this one machine, so host CPU and pressure say
-/// nothing about any one agent and would make all of them Degraded on a loaded CI machine
-/// (no new work, no recovery). Those two signals are switched off; the rest is the default.
-const SERVER_CONFIG: &str = "\
-[control.lifecycle.health.cpu]
-good = 0.85
-bad = 0.98
-weight = 0.0
-
-[control.lifecycle.health.pressure]
-good = 10.0
-bad = 60.0
-weight = 0.0
-";
+/// The chaos harness's server configuration: every agent runs on this one machine, so host
+/// CPU and pressure say nothing about any one agent (they would make all of them Degraded on a
+/// loaded machine: no new work, no recovery); those two signals are switched off.
+use warden_chaos::run::SERVER_CONFIG;
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_warden"))
