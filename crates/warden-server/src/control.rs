@@ -462,6 +462,11 @@ impl ControlPlane {
         &self.clock
     }
 
+    /// The metrics recorder (for the session service's own counters).
+    pub fn recorder(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The store (wrapped so that its operations are timed).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

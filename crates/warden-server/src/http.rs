@@ -28,8 +28,8 @@
 //! ```
 
 pub mod dashboard;
-mod error;
-mod job_body;
+pub(crate) mod error;
+pub mod job_body;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -43,15 +43,16 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{BoxError, Json, Router};
+use axum::{BoxError, Extension, Json, Router, middleware};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 
-pub use self::error::ErrorCode;
-use self::error::HttpError;
+pub use self::error::{ErrorCode, HttpError};
+use crate::auth::{self, ApiAuth, Caller};
+use crate::limits::JobLimits;
 use crate::history::History;
 use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
@@ -74,15 +75,42 @@ pub const DEFAULT_EVENT_LIMIT: usize = 1000;
 /// Largest `limit` accepted by `GET /v1/events`.
 pub const MAX_EVENT_LIMIT: usize = 10_000;
 
-/// The protective limits of the API. [`Limits::default`] is what [`router`] and [`serve`] use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The protective limits of the API (`[limits.api]`). [`Limits::default`] is what [`router`]
+/// and [`serve`] use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request body, bytes (default [`MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
     /// Requests in flight before new ones are shed (default [`MAX_CONCURRENT_REQUESTS`]).
     pub max_concurrent_requests: usize,
     /// Longest a request may take (default [`REQUEST_TIMEOUT`]).
+    #[serde(with = "warden_core::duration_serde")]
     pub request_timeout: Duration,
+}
+
+impl Limits {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<(), warden_core::ConfigError> {
+        use warden_core::ConfigError;
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::new("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::new(
+                "max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        // Blocking queries on /v1/services wait up to 9 s and must end before the timeout.
+        if self.request_timeout <= MAX_SERVICES_WAIT {
+            return Err(ConfigError::new(
+                "request_timeout",
+                "must be longer than 9s (blocking queries on /v1/services wait up to 9s)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -97,11 +125,25 @@ impl Default for Limits {
 
 type Api = Arc<dyn ControlApi>;
 
+/// Everything the REST API is configured with besides its [`ControlApi`].
+#[derive(Clone, Debug, Default)]
+pub struct HttpConfig {
+    /// Request limits.
+    pub limits: Limits,
+    /// Job spec limits, checked on `POST /v1/jobs`.
+    pub jobs: JobLimits,
+    /// Defaults of the SLA report.
+    pub sla: SlaConfig,
+    /// Token authentication; `None` leaves the API open (for development only).
+    pub auth: Option<Arc<ApiAuth>>,
+}
+
 /// What every handler gets.
 #[derive(Clone)]
 struct AppState {
     api: Api,
     limits: Limits,
+    jobs: JobLimits,
     sla: SlaConfig,
     history: Arc<History>,
 }
@@ -124,6 +166,32 @@ pub fn router_with(
     sla: SlaConfig,
     history: Arc<History>,
 ) -> Router {
+    router_with_config(
+        api,
+        HttpConfig {
+            limits,
+            sla,
+            ..HttpConfig::default()
+        },
+        history,
+    )
+}
+
+/// The REST API's routes over `api` as `cfg` says, charting `history` on the dashboard. With
+/// `cfg.auth` every request but `GET /healthz` (and what the access policy opens) needs a
+/// token of the right role; the check runs before anything else, so a request without one
+/// costs a hash and takes no slot of the concurrency limit.
+pub fn router_with_config(
+    api: Arc<dyn ControlApi>,
+    cfg: HttpConfig,
+    history: Arc<History>,
+) -> Router {
+    let HttpConfig {
+        limits,
+        jobs,
+        sla,
+        auth,
+    } = cfg;
     // Outermost first. `Router::layer` wraps each route separately, so the concurrency limit
     // must be the *global* one (one semaphore shared by every route). Load shedding sits right
     // above it: when no permit is free the request is answered at once instead of queued.
@@ -134,7 +202,7 @@ pub fn router_with(
             limits.max_concurrent_requests,
         ))
         .layer(TimeoutLayer::new(limits.request_timeout));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/agents", get(list_agents))
@@ -150,13 +218,18 @@ pub fn router_with(
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(protection)
-        .with_state(AppState {
-            api,
-            limits,
-            sla,
-            history,
-        })
+        .layer(protection);
+    let router = match auth {
+        Some(auth) => router.layer(middleware::from_fn_with_state(auth, auth::require_token)),
+        None => router,
+    };
+    router.with_state(AppState {
+        api,
+        limits,
+        jobs,
+        sla,
+        history,
+    })
 }
 
 /// Serve the REST API on `listener` until `shutdown` completes, then stop accepting, let open
@@ -180,14 +253,26 @@ pub async fn serve_with(
     sla: SlaConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let cfg = HttpConfig {
+        sla,
+        ..HttpConfig::default()
+    };
+    serve_with_config(listener, api, cfg, shutdown).await
+}
+
+/// Like [`serve`], configured by `cfg` (limits, SLA settings, authentication).
+pub async fn serve_with_config(
+    listener: tokio::net::TcpListener,
+    api: Arc<dyn ControlApi>,
+    cfg: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if cfg.auth.is_none() {
+        tracing::warn!("REST API without tokens: anyone who can reach it may change jobs (give --api-tokens outside development)");
+    }
     let history = Arc::new(History::new());
     let sampler = tokio::spawn(sample_history(Arc::clone(&api), Arc::clone(&history)));
-    let result = serve_router(
-        listener,
-        router_with(api, Limits::default(), sla, history),
-        shutdown,
-    )
-    .await;
+    let result = serve_router(listener, router_with_config(api, cfg, history), shutdown).await;
     sampler.abort();
     result
 }
@@ -396,9 +481,12 @@ struct JobChange {
 }
 
 async fn submit_job(
-    State(AppState { api, limits, .. }): State<AppState>,
+    State(AppState {
+        api, limits, jobs, ..
+    }): State<AppState>,
     request: Request,
 ) -> Result<Response, HttpError> {
+    let caller = caller_label(&request);
     let format = job_body::body_format(request.headers())?;
     // Refuse an announced oversized body before reading any of it (a client that sent
     // `Expect: 100-continue` then never has to send it). The body limit catches the rest.
@@ -415,9 +503,9 @@ async fn submit_job(
         .await
         .map_err(|rejection| body_error(rejection, limit))?;
     let (name, outcome) = blocking(&api, move |api| {
-        let spec = job_body::parse_job_spec(format, &body)?;
-        job_body::check_job_spec(&spec)?;
+        let spec = job_body::decode_job_spec(format, &body, &jobs)?;
         let name = spec.name.to_string();
+        check_job_count(api, &name, jobs.max_jobs)?;
         let outcome = api
             .submit_job(spec)
             .map_err(|e| HttpError::from_api(e, ErrorCode::InvalidJobSpec))?;
@@ -429,7 +517,7 @@ async fn submit_job(
         SubmitOutcome::Updated => (StatusCode::OK, "updated"),
         SubmitOutcome::Unchanged => (StatusCode::OK, "unchanged"),
     };
-    tracing::info!(job = %name, outcome, "job submitted");
+    tracing::info!(job = %name, outcome, by = %caller, "job submitted");
     // The name passed validation (ASCII letters, digits, '-', '_', '.'), so it is a valid
     // header value and needs no escaping in a path.
     let location = HeaderValue::try_from(format!("/v1/jobs/{name}")).ok();
@@ -438,6 +526,34 @@ async fn submit_job(
         response.headers_mut().insert(LOCATION, location);
     }
     Ok(response)
+}
+
+/// How logs name who made a request: its token's label, or "anonymous" on an open API.
+fn caller_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_string(), |c| c.label.clone())
+}
+
+/// Refuse a new job when the server already holds `max_jobs` (updates always pass). The count
+/// is read just before the submit, so concurrent creations may overshoot by a few.
+fn check_job_count(api: &dyn ControlApi, name: &str, max_jobs: usize) -> Result<(), HttpError> {
+    let jobs = api
+        .jobs()
+        .map_err(|e| HttpError::from_api(e, ErrorCode::InvalidJobSpec))?;
+    if jobs.len() >= max_jobs && !jobs.iter().any(|j| j.spec.name.as_str() == name) {
+        return Err(HttpError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the server already holds {} jobs, its limit (limits.jobs.max_jobs = {max_jobs}); \
+                 delete one first",
+                jobs.len()
+            ),
+        )
+        .with_field("name"));
+    }
+    Ok(())
 }
 
 fn too_large(limit: usize) -> HttpError {
@@ -457,12 +573,14 @@ fn body_error(rejection: BytesRejection, limit: usize) -> HttpError {
 
 async fn delete_job(
     State(AppState { api, .. }): State<AppState>,
+    caller: Option<Extension<Caller>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobChange>, HttpError> {
     let Path(name) = name.map_err(path_error)?;
+    let by = caller.map_or_else(|| "anonymous".to_string(), |Extension(c)| c.label);
     blocking(&api, move |api| {
         api.delete_job(&name).map_err(api_error)?;
-        tracing::info!(job = %name, "job deleted");
+        tracing::info!(job = %name, %by, "job deleted");
         Ok(Json(JobChange {
             job: name,
             outcome: "deleted",

@@ -15,15 +15,19 @@
 //! - [`sla`]: the SLA figures (success rate, RTO against an objective, availability);
 //! - [`history`]: the bounded per-agent history the dashboard charts;
 //! - [`haproxy`]: the HAProxy adapter, keeping a backend in step with a service's endpoints;
+//! - [`auth`]: REST API bearer tokens (hashes in a file) and the `read`/`operator` roles;
+//! - [`limits`]: every protective limit in one config (`[limits]`): API, sessions, job specs;
 //! - [`server`]: wiring it all to listeners, with ordered shutdown.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod control;
 pub mod file_adapter;
 pub mod haproxy;
 pub mod history;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod session;

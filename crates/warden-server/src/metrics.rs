@@ -39,6 +39,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Heartbeats that arrived on a session.
 pub const HEARTBEATS_RECEIVED: &str = "warden_heartbeats_received_total";
+/// Heartbeats dropped unread because their session exceeded its heartbeat rate limit
+/// (`[limits.sessions]`).
+pub const HEARTBEATS_DROPPED: &str = "warden_heartbeats_dropped_total";
 /// Lifecycle transitions, by `from` and `to` state.
 pub const TRANSITIONS: &str = "warden_lifecycle_transitions_total";
 /// Probes run for suspects, by `kind` and `result`.
@@ -161,6 +164,13 @@ impl Metrics {
         describe(
             r,
             Kind::Counter,
+            HEARTBEATS_DROPPED,
+            Some(Unit::Count),
+            "Heartbeats dropped because their session sent more than its rate limit allows.",
+        );
+        describe(
+            r,
+            Kind::Counter,
             TRANSITIONS,
             Some(Unit::Count),
             "Lifecycle transitions of agent generations, by from and to state.",
@@ -216,6 +226,8 @@ impl Metrics {
         );
         r.register_counter(&key(HEARTBEATS_RECEIVED, vec![]), &METADATA)
             .absolute(0);
+        r.register_counter(&key(HEARTBEATS_DROPPED, vec![]), &METADATA)
+            .absolute(0);
         r.register_counter(&key(RECOVERIES_STARTED, vec![]), &METADATA)
             .absolute(0);
         for outcome in ["succeeded", "failed", "superseded"] {
@@ -249,6 +261,11 @@ impl Metrics {
     /// A heartbeat arrived.
     pub fn heartbeat_received(&self) {
         self.counter(HEARTBEATS_RECEIVED, vec![]).increment(1);
+    }
+
+    /// A heartbeat was dropped by its session's rate limit.
+    pub fn heartbeat_dropped(&self) {
+        self.counter(HEARTBEATS_DROPPED, vec![]).increment(1);
     }
 
     /// An agent generation changed state.

@@ -54,6 +54,15 @@ pub struct Adapters {
     pub files: Vec<crate::file_adapter::FileAdapterConfig>,
 }
 
+/// The server's protections: its limits and the REST API's token authentication.
+#[derive(Clone, Debug, Default)]
+pub struct Protection {
+    /// Every limit (`[limits]`).
+    pub limits: crate::limits::LimitsConfig,
+    /// REST API tokens; `None` leaves the API open (for development only).
+    pub api_auth: Option<Arc<crate::auth::ApiAuth>>,
+}
+
 /// Run a server on `store` until `cancel` fires, with the default SLA settings.
 pub async fn run(
     store: Arc<dyn Store>,
@@ -67,6 +76,7 @@ pub async fn run(
         cfg,
         SlaConfig::default(),
         Adapters::default(),
+        Protection::default(),
         grpc,
         http,
         cancel,
@@ -77,21 +87,34 @@ pub async fn run(
 /// Run a server on `store` until `cancel` fires; `sla` sets the defaults of the SLA report
 /// (`GET /v1/sla`, the dashboard's SLA page); every `adapters.haproxy` entry runs an HAProxy
 /// adapter ([`crate::haproxy`]) and every `adapters.files` entry a file adapter
-/// ([`crate::file_adapter`]) until `cancel` fires.
+/// ([`crate::file_adapter`]) until `cancel` fires. `protection` sets the limits of sessions and
+/// of the REST API, and its tokens.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_with(
     store: Arc<dyn Store>,
     cfg: ControlConfig,
     sla: SlaConfig,
     adapters: Adapters,
+    protection: Protection,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
+    let Protection { limits, api_auth } = protection;
+    limits
+        .validate(cfg.lifecycle.heartbeat_interval)
+        .map_err(StartError::from)?;
     let cp = ControlPlane::new(store, cfg)?;
     info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "warden server listening");
     let control = tokio::spawn(cp.clone().run(cancel.child_token()));
-    let service = AgentSessionServer::new(SessionService::new(cp.clone(), cancel.child_token()))
-        .max_decoding_message_size(1 << 20);
+    let max_message = limits.sessions.max_message_bytes;
+    let service = AgentSessionServer::new(SessionService::with_limits(
+        cp.clone(),
+        cancel.child_token(),
+        limits.sessions.clone(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let grpc_cancel = cancel.clone();
     let grpc_task = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
@@ -113,7 +136,14 @@ pub async fn run_with(
         ))
     }));
     let http_cancel = cancel.clone();
-    let http_task = crate::http::serve_with(http, api, sla, http_cancel.cancelled_owned());
+    let http_cfg = crate::http::HttpConfig {
+        limits: limits.api,
+        jobs: limits.jobs,
+        sla,
+        auth: api_auth,
+    };
+    let http_task =
+        crate::http::serve_with_config(http, api, http_cfg, http_cancel.cancelled_owned());
     let (g, h) = tokio::join!(grpc_task, http_task);
     cancel.cancel();
     let _ = control.await;

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,23 +22,43 @@ use warden_proto::v1::agent_session_server::AgentSession;
 use warden_proto::v1::{AgentMessage, ServerMessage};
 
 use crate::control::ControlPlane;
+use crate::limits::{HeartbeatLimiter, SessionLimits};
 
 /// How long an agent has to say Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Outbound messages queued per session before new ones are dropped (the agent is too slow
-/// or gone; the lifecycle will notice).
-const OUTBOUND_QUEUE: usize = 256;
 
 /// The `AgentSession` service.
 pub struct SessionService {
     cp: Arc<ControlPlane>,
     cancel: CancellationToken,
+    limits: SessionLimits,
+    /// One permit per open stream ([`SessionLimits::max_sessions`]).
+    permits: Arc<Semaphore>,
 }
 
 impl SessionService {
-    /// A service feeding `cp`, whose streams end when `cancel` fires.
+    /// A service feeding `cp`, whose streams end when `cancel` fires, with the default limits.
     pub fn new(cp: Arc<ControlPlane>, cancel: CancellationToken) -> Self {
-        SessionService { cp, cancel }
+        Self::with_limits(cp, cancel, SessionLimits::default())
+    }
+
+    /// Like [`SessionService::new`], with the given limits. Each stream holds a permit from
+    /// the moment it opens (before its Hello) until its handler ends, an outbound queue of
+    /// `outbound_queue` messages, and a heartbeat token bucket: heartbeats beyond it are
+    /// dropped before they reach the control plane's lock, so one agent's storm costs the
+    /// others nothing but the decoding.
+    pub fn with_limits(
+        cp: Arc<ControlPlane>,
+        cancel: CancellationToken,
+        limits: SessionLimits,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(limits.max_sessions));
+        SessionService {
+            cp,
+            cancel,
+            limits,
+            permits,
+        }
     }
 }
 
@@ -52,6 +72,12 @@ impl AgentSession for SessionService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "the server holds its maximum of {} sessions (limits.sessions.max_sessions)",
+                self.limits.max_sessions
+            )));
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -66,7 +92,7 @@ impl AgentSession for SessionService {
                 ));
             }
         };
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
         // Admission may write the store (a new generation is persisted): off the async workers.
         let admitting = self.cp.clone();
         let who = tokio::task::spawn_blocking(move || admitting.admit(&hello, tx))
@@ -75,7 +101,9 @@ impl AgentSession for SessionService {
             .map_err(Status::from)?;
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();
+        let mut heartbeats = HeartbeatLimiter::new(&self.limits, cp.clock().now());
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let msg = tokio::select! {
                     () = cancel.cancelled() => break,
@@ -83,7 +111,10 @@ impl AgentSession for SessionService {
                 };
                 match msg {
                     Ok(Some(AgentMessage { msg: Some(m) })) => match m {
-                        Msg::Heartbeat(hb) => cp.heartbeat(&who, &hb),
+                        Msg::Heartbeat(hb) if heartbeats.admit(cp.clock().now()) => {
+                            cp.heartbeat(&who, &hb);
+                        }
+                        Msg::Heartbeat(_) => cp.recorder().heartbeat_dropped(),
                         Msg::TaskReport(r) => cp.task_report(&who, &r),
                         Msg::ProbeResult(r) => cp.probe_result(&r),
                         Msg::Leave(_) => cp.leave(&who),

@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warden_core::{JobSpec, Signals};
-use warden_server::http::{self, Limits, MAX_BODY_BYTES};
+use warden_server::auth::{AccessPolicy, ApiAuth, Role, TokenEntry, TokenSet, hash_token};
+use warden_server::http::{self, HttpConfig, Limits, MAX_BODY_BYTES};
+use warden_server::limits::JobLimits;
 use warden_server::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo,
     SubmitOutcome, TaskInfo,
@@ -278,8 +280,45 @@ impl Server {
         }
     }
 
+    /// The router configured by `cfg`, served by plain `axum::serve`.
+    async fn start_with_config(fake: Arc<Fake>, cfg: HttpConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = http::router_with_config(
+            fake.clone(),
+            cfg,
+            Arc::new(warden_server::history::History::new()),
+        );
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        Server {
+            addr,
+            fake,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
     async fn get(&self, path: &str) -> Reply {
         send(self.addr, "GET", path, &[], None).await
+    }
+
+    /// `method path` with `Authorization: auth` (when given) and a TOML body (when given).
+    async fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> Reply {
+        let mut headers = vec![];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a));
+        }
+        if body.is_some() {
+            headers.push(("Content-Type", "application/toml"));
+        }
+        send(self.addr, method, path, &headers, body.map(str::as_bytes)).await
     }
 
     async fn post(&self, content_type: Option<&str>, body: &[u8]) -> Reply {
@@ -325,6 +364,14 @@ impl Reply {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     fn json(&self) -> Value {
@@ -938,7 +985,16 @@ async fn unsupported_content_types_are_415() {
 
 #[tokio::test]
 async fn body_over_one_mib_is_413() {
-    let server = Server::start(populated()).await;
+    // The job spec limit (64 KiB by default) raised to the body limit, so that the body limit
+    // itself is what is tested here.
+    let cfg = HttpConfig {
+        jobs: JobLimits {
+            max_spec_bytes: MAX_BODY_BYTES,
+            ..JobLimits::default()
+        },
+        ..HttpConfig::default()
+    };
+    let server = Server::start_with_config(populated(), cfg).await;
 
     // Exactly at the limit: accepted (a valid spec padded with a comment).
     let spec = toml_with("");
@@ -1484,6 +1540,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed() {
     }
     let shed = shed.expect("a request was shed while the first one held the permit");
     shed.assert_error(503, "overloaded");
+    assert_eq!(shed.header("retry-after"), Some("1"), "503 says when to retry");
     release.send(()).expect("release the first request");
     let first = stuck.await.expect("first request");
     assert_eq!(first.status, 200);
@@ -1502,4 +1559,175 @@ async fn shutdown_stops_accepting_and_returns() {
         TcpStream::connect(addr).await.is_err(),
         "nothing listens after shutdown"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// API tokens and job limits.
+
+const OPERATOR_TOKEN: &str = "warden_api_operator-for-tests";
+const READ_TOKEN: &str = "warden_api_read-for-tests";
+
+fn auth(policy: AccessPolicy) -> Arc<ApiAuth> {
+    let tokens = TokenSet::new(vec![
+        TokenEntry {
+            role: Role::Operator,
+            hash: hash_token(OPERATOR_TOKEN),
+            name: Some("deploy".into()),
+        },
+        TokenEntry {
+            role: Role::Read,
+            hash: hash_token(READ_TOKEN),
+            name: None,
+        },
+    ]);
+    Arc::new(ApiAuth::from_tokens(tokens, policy))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn tokens_gate_the_api_by_role() {
+    let cfg = HttpConfig {
+        auth: Some(auth(AccessPolicy::default())),
+        ..HttpConfig::default()
+    };
+    let server = Server::start_with_config(populated(), cfg).await;
+    let (op, read) = (bearer(OPERATOR_TOKEN), bearer(READ_TOKEN));
+
+    // Liveness stays open.
+    assert_eq!(server.call("GET", "/healthz", None, None).await.status, 200);
+
+    // No token: 401 with a Bearer challenge, on known and unknown routes alike.
+    for path in ["/v1/agents", "/metrics", "/v1/nothing-here"] {
+        let reply = server.call("GET", path, None, None).await;
+        reply.assert_error(401, "unauthorized");
+        assert_eq!(
+            reply.headers_named("www-authenticate"),
+            ["Bearer realm=\"warden\""],
+            "{path}"
+        );
+    }
+    // An unknown or malformed token: 401 invalid_token.
+    for bad in ["Bearer not-a-token", "Token xyz", "Bearer"] {
+        let reply = server.call("GET", "/v1/agents", Some(bad), None).await;
+        reply.assert_error(401, "unauthorized");
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains("error=\"invalid_token\""), "{bad}: {challenge}");
+    }
+
+    // A read token reads, metrics included, and may not write.
+    assert_eq!(server.call("GET", "/v1/agents", Some(&read), None).await.status, 200);
+    let metrics = server.call("GET", "/metrics", Some(&read), None).await;
+    assert_eq!(metrics.status, 200);
+    let reply = server
+        .call("POST", "/v1/jobs", Some(&read), Some(WEB_TOML))
+        .await;
+    let error = reply.assert_error(403, "forbidden");
+    assert!(
+        error["message"].as_str().unwrap_or_default().contains("needs role operator"),
+        "{error}"
+    );
+    assert!(
+        reply
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .contains("insufficient_scope")
+    );
+    assert_eq!(server.fake.lock().submit_calls, 0, "a refused write never reaches the control plane");
+
+    // An operator token writes.
+    let created = server
+        .call("POST", "/v1/jobs", Some(&op), Some(WEB_TOML))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", String::from_utf8_lossy(&created.body));
+    server
+        .call("DELETE", "/v1/jobs/web", Some(&read), None)
+        .await
+        .assert_error(403, "forbidden");
+    assert!(server.stored_jobs().contains_key("web"));
+    assert_eq!(server.call("DELETE", "/v1/jobs/web", Some(&op), None).await.status, 200);
+    assert!(server.stored_jobs().is_empty());
+
+    // The dashboard needs the read role too, and offers browsers a Basic challenge; the token
+    // is the password, any user name.
+    let page = server.call("GET", "/", None, None).await;
+    page.assert_error(401, "unauthorized");
+    let challenges = page.headers_named("www-authenticate");
+    assert!(challenges.iter().any(|c| c.starts_with("Basic ")), "{challenges:?}");
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("me:{READ_TOKEN}"))
+    );
+    let page = server.call("GET", "/", Some(&basic), None).await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("<html"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_access_policy_can_open_metrics_and_the_dashboard() {
+    let cfg = HttpConfig {
+        auth: Some(auth(AccessPolicy {
+            public_metrics: true,
+            public_dashboard: true,
+        })),
+        ..HttpConfig::default()
+    };
+    let server = Server::start_with_config(populated(), cfg).await;
+    assert_eq!(server.call("GET", "/metrics", None, None).await.status, 200);
+    assert_eq!(server.call("GET", "/", None, None).await.status, 200);
+    assert_eq!(server.call("GET", "/ui/jobs", None, None).await.status, 200);
+    // The JSON API is still closed.
+    server
+        .call("GET", "/v1/jobs", None, None)
+        .await
+        .assert_error(401, "unauthorized");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn job_limits_refuse_specs_naming_the_field() {
+    let cfg = HttpConfig {
+        jobs: JobLimits {
+            max_jobs: 2,
+            max_spec_bytes: 2048,
+            max_replicas: 5,
+            max_env: 2,
+            max_args: 3,
+            max_command_bytes: 100,
+        },
+        ..HttpConfig::default()
+    };
+    let server = Server::start_with_config(Arc::new(Fake::default()), cfg).await;
+    let cases = [
+        ("replicas = 6", "replicas"),
+        ("env = { A = \"1\", B = \"2\", C = \"3\" }", "env"),
+        ("args = [\"1\", \"2\", \"3\", \"4\"]", "args"),
+        (&*format!("args = [\"{}\"]", "x".repeat(120)), "command"),
+    ];
+    for (extra, field) in cases {
+        let reply = server.post_toml(&toml_with(extra)).await;
+        let error = reply.assert_error(422, "limit_exceeded");
+        assert_eq!(error["field"], field, "{extra}: {error}");
+    }
+    // Larger than max_spec_bytes (but far below the body limit): 413.
+    let big = toml_with(&format!("# {}", "x".repeat(3000)));
+    let error = server.post_toml(&big).await.assert_error(413, "payload_too_large");
+    assert!(error["message"].as_str().unwrap_or_default().contains("max_spec_bytes"));
+    assert_eq!(server.fake.lock().submit_calls, 0);
+
+    // At most two jobs; updating one of them is still allowed.
+    for name in ["a", "b"] {
+        let spec = format!("name = \"{name}\"\nkind = \"service\"\ncommand = \"/bin/x\"\n");
+        assert_eq!(server.post_toml(&spec).await.status, 201);
+    }
+    let third = "name = \"c\"\nkind = \"service\"\ncommand = \"/bin/x\"\n";
+    let error = server.post_toml(third).await.assert_error(422, "limit_exceeded");
+    assert_eq!(error["field"], "name");
+    let update = "name = \"a\"\nkind = \"service\"\ncommand = \"/bin/y\"\n";
+    assert_eq!(server.post_toml(update).await.status, 200);
+    server.stop().await;
 }

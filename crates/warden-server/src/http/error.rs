@@ -8,7 +8,8 @@
 //! Clients branch on `code` (and the status), never on `message`, which is for people.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -28,6 +29,12 @@ pub enum ErrorCode {
     InvalidQuery,
     /// 400: a path segment cannot be decoded (e.g. percent-encoding that is not UTF-8).
     InvalidPath,
+    /// 401: the server requires an API token and the request has none, or one it does not
+    /// know. The `WWW-Authenticate` header carries the challenge.
+    Unauthorized,
+    /// 403: the request's token is valid but its role does not allow the request (a `read`
+    /// token on a write).
+    Forbidden,
     /// 404: no such route, or no such job.
     NotFound,
     /// 405: the route exists but not for this method (the `Allow` header lists the methods).
@@ -42,6 +49,9 @@ pub enum ErrorCode {
     InvalidJobSpec,
     /// 422: the control plane refused the request as impossible.
     InvalidRequest,
+    /// 422: the job spec is over one of the server's limits (`[limits.jobs]`: replicas, env
+    /// entries, arguments, command length, number of jobs); `field` names the field.
+    LimitExceeded,
     /// 503: the control plane cannot serve the request now; retry later.
     Unavailable,
     /// 503: too many requests in flight; the request was shed without being run. Retry later.
@@ -61,12 +71,14 @@ impl ErrorCode {
             | ErrorCode::UnknownField
             | ErrorCode::InvalidQuery
             | ErrorCode::InvalidPath => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidJobSpec | ErrorCode::InvalidRequest => {
+            ErrorCode::InvalidJobSpec | ErrorCode::InvalidRequest | ErrorCode::LimitExceeded => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Timeout => {
@@ -83,6 +95,8 @@ impl ErrorCode {
             ErrorCode::UnknownField => "unknown_field",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
@@ -90,6 +104,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidJobSpec => "invalid_job_spec",
             ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Timeout => "timeout",
@@ -100,7 +115,7 @@ impl ErrorCode {
 
 /// A failed request on its way to becoming an error response.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct HttpError {
+pub struct HttpError {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
     /// The offending field of a job spec, when one is known.
@@ -108,6 +123,21 @@ pub(crate) struct HttpError {
 }
 
 impl HttpError {
+    /// The error's code (and so its status).
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The offending field, when one is known.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         HttpError {
             code,
@@ -184,9 +214,19 @@ impl IntoResponse for HttpError {
                 field: self.field.as_deref(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is temporary: shed load, a slow call, a control plane not ready.
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
+
+/// `Retry-After` of every 503, seconds.
+pub const RETRY_AFTER_SECS: &str = "1";
 
 #[cfg(test)]
 mod tests {
@@ -199,6 +239,8 @@ mod tests {
             ErrorCode::UnknownField,
             ErrorCode::InvalidQuery,
             ErrorCode::InvalidPath,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
@@ -206,6 +248,7 @@ mod tests {
             ErrorCode::UnsupportedMediaType,
             ErrorCode::InvalidJobSpec,
             ErrorCode::InvalidRequest,
+            ErrorCode::LimitExceeded,
             ErrorCode::Unavailable,
             ErrorCode::Overloaded,
             ErrorCode::Timeout,

@@ -1,16 +1,19 @@
 //! Reading a submitted job spec: choosing TOML or JSON from the `Content-Type`, parsing with the
 //! parser's own line/column in the error, telling an unknown field from other mistakes, and
-//! validating the spec before anything is stored.
+//! validating the spec — against what can work and against the server's [`JobLimits`] — before
+//! anything is stored. [`decode_job_spec`] is the whole path a `POST /v1/jobs` body takes
+//! (public so that the fuzz targets exercise exactly it).
 
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use warden_core::{HealthCheck, JobSpec};
 
 use super::error::{ErrorCode, HttpError};
+use crate::limits::JobLimits;
 
 /// The two formats a job spec may be submitted in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BodyFormat {
+pub enum BodyFormat {
     /// The documented job file format (`docs/api.md`).
     Toml,
     /// The same fields as a JSON object.
@@ -20,7 +23,7 @@ pub(crate) enum BodyFormat {
 /// The body's format from its `Content-Type`: `application/json` is JSON; `application/toml`,
 /// `text/plain` or no header at all is TOML. Anything else, or a charset other than UTF-8, is
 /// refused rather than guessed at.
-pub(crate) fn body_format(headers: &HeaderMap) -> Result<BodyFormat, HttpError> {
+pub fn body_format(headers: &HeaderMap) -> Result<BodyFormat, HttpError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(BodyFormat::Toml);
     };
@@ -58,8 +61,36 @@ pub(crate) fn body_format(headers: &HeaderMap) -> Result<BodyFormat, HttpError> 
     Ok(format)
 }
 
+/// Everything a submitted body goes through before the control plane sees it: its size against
+/// `limits.max_spec_bytes` (`413`), parsing (`400`), validation (`422 invalid_job_spec`) and
+/// the other job limits (`422 limit_exceeded`); each error names the field where one is to
+/// blame.
+pub fn decode_job_spec(
+    format: BodyFormat,
+    body: &[u8],
+    limits: &JobLimits,
+) -> Result<JobSpec, HttpError> {
+    if body.len() > limits.max_spec_bytes {
+        return Err(HttpError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the job spec is {} bytes; this server accepts at most {} \
+                 (limits.jobs.max_spec_bytes)",
+                body.len(),
+                limits.max_spec_bytes
+            ),
+        ));
+    }
+    let spec = parse_job_spec(format, body)?;
+    check_job_spec(&spec)?;
+    limits.check(&spec).map_err(|e| {
+        HttpError::new(ErrorCode::LimitExceeded, e.to_string()).with_field(e.field)
+    })?;
+    Ok(spec)
+}
+
 /// Parse `body` as a job spec. Nothing is validated yet: see [`check_job_spec`].
-pub(crate) fn parse_job_spec(format: BodyFormat, body: &[u8]) -> Result<JobSpec, HttpError> {
+pub fn parse_job_spec(format: BodyFormat, body: &[u8]) -> Result<JobSpec, HttpError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         let valid = &body[..e.valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -130,7 +161,7 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 /// Reject a spec that can never work, naming the field, before the control plane sees it.
-pub(crate) fn check_job_spec(spec: &JobSpec) -> Result<(), HttpError> {
+pub fn check_job_spec(spec: &JobSpec) -> Result<(), HttpError> {
     spec.validate().map_err(|e| {
         let field = e.field.to_string();
         HttpError::new(ErrorCode::InvalidJobSpec, e.to_string()).with_field(field)
