@@ -185,7 +185,9 @@ async fn session(
             Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
         },
     };
-    let mut client = v1::agent_session_client::AgentSessionClient::new(channel);
+    let mut client = v1::agent_session_client::AgentSessionClient::new(channel)
+        .max_decoding_message_size(warden_proto::AGENT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(warden_proto::AGENT_MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
     let running: Vec<v1::RunningTask> = running_tasks(supervisor, health, endpoints);
     let hello = v1::Hello {

@@ -8,3 +8,8 @@
 pub mod v1 {
     tonic::include_proto!("warden.v1");
 }
+
+/// Largest session message an agent accepts from the server, and sends, bytes (4 MiB, tonic's
+/// default decoding limit, made explicit). The server has its own, configurable limit
+/// (`[limits.sessions] max_message_bytes`, 1 MiB by default) in both directions.
+pub const AGENT_MAX_MESSAGE_BYTES: usize = 4 << 20;
