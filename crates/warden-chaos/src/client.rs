@@ -8,11 +8,24 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// The server's REST address, from `WARDEN_ADDR` (default `http://127.0.0.1:7401`).
-#[derive(Clone, Debug)]
+/// The server's REST address, from `WARDEN_ADDR` (default `http://127.0.0.1:7401`), and the
+/// API token sent with every request, if any.
+#[derive(Clone)]
 pub struct Client {
     host: String,
     port: u16,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Client")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A response.
@@ -57,7 +70,19 @@ impl Client {
         Ok(Client {
             host: host.trim_matches(['[', ']']).to_string(),
             port,
+            token: None,
         })
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer` (none: no header).
+    pub fn with_token(mut self, token: Option<String>) -> Result<Self> {
+        if let Some(t) = &token
+            && (t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            bail!("the API token must be one word of printable ASCII (check WARDEN_TOKEN)");
+        }
+        self.token = token;
+        Ok(self)
     }
 
     /// Send one request.
@@ -86,6 +111,9 @@ impl Client {
         );
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
         head.push_str("\r\n");
         stream
@@ -163,5 +191,14 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (404, "abcde"));
         assert!(Client::new("http://127.0.0.1:7401").is_ok());
         assert!(Client::new("nonsense").is_err());
+        let with = Client::new("127.0.0.1:1")
+            .and_then(|c| c.with_token(Some("secret-token".into())))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{with:?}").contains("secret-token"));
+        assert!(
+            Client::new("127.0.0.1:1")
+                .and_then(|c| c.with_token(Some("two words".into())))
+                .is_err()
+        );
     }
 }

@@ -48,6 +48,18 @@ pub struct ApiOpts {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
+    /// API token, sent as `Authorization: Bearer` (servers started with --api-tokens need
+    /// one: `read` to look, `operator` to change jobs). Prefer the environment variable: a
+    /// flag is visible to other users in the process list.
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+impl ApiOpts {
+    /// A client for the server, with the token if one is given.
+    pub fn client(&self) -> Result<Client> {
+        Client::new(&self.addr)?.with_token(self.token.clone().filter(|t| !t.is_empty()))
+    }
 }
 
 /// `warden job …`
@@ -239,7 +251,7 @@ pub const RECOVERY_HEADERS: [&str; 10] = [
 /// `warden job …`
 pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
     no_html(opts, "warden job")?;
-    let client = Client::new(&opts.addr)?;
+    let client = opts.client()?;
     match cmd {
         JobCommand::Run { file } => {
             let body =
@@ -300,7 +312,7 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
 /// `warden agents`
 pub fn agents(opts: &ApiOpts) -> Result<()> {
     no_html(opts, "warden agents")?;
-    let v = Client::new(&opts.addr)?.get("/v1/agents")?;
+    let v = opts.client()?.get("/v1/agents")?;
     match opts.output {
         OutputFormat::Json => print_json(&v),
         OutputFormat::Table | OutputFormat::Html => {
@@ -313,7 +325,7 @@ pub fn agents(opts: &ApiOpts) -> Result<()> {
 /// `warden tasks`
 pub fn tasks(opts: &ApiOpts) -> Result<()> {
     no_html(opts, "warden tasks")?;
-    let v = Client::new(&opts.addr)?.get("/v1/tasks")?;
+    let v = opts.client()?.get("/v1/tasks")?;
     match opts.output {
         OutputFormat::Json => print_json(&v),
         OutputFormat::Table | OutputFormat::Html => {
@@ -326,7 +338,7 @@ pub fn tasks(opts: &ApiOpts) -> Result<()> {
 /// `warden events [--follow] [--since N]`
 pub fn events(opts: &ApiOpts, follow: bool, since: u64) -> Result<()> {
     no_html(opts, "warden events")?;
-    let client = Client::new(&opts.addr)?;
+    let client = opts.client()?;
     let mut since = since;
     loop {
         let v = client.get(&format!("/v1/events?since={since}&limit=1000"))?;
@@ -382,7 +394,7 @@ pub fn sla_path(args: &SlaArgs) -> String {
 
 /// `warden report sla`: the server computes (`GET /v1/sla`), this prints.
 fn report_sla(args: &SlaArgs, opts: &ApiOpts) -> Result<()> {
-    let v = Client::new(&opts.addr)?
+    let v = opts.client()?
         .get(&sla_path(args))
         .context("get the SLA report")?;
     match opts.output {
@@ -498,7 +510,7 @@ pub fn sla_table(r: &SlaReport) -> String {
 /// `warden report recoveries`
 fn report_recoveries(opts: &ApiOpts) -> Result<()> {
     no_html(opts, "warden report recoveries")?;
-    let v = Client::new(&opts.addr)?.get("/v1/recoveries")?;
+    let v = opts.client()?.get("/v1/recoveries")?;
     if opts.output == OutputFormat::Json {
         return print_json(&v);
     }

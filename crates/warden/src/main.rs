@@ -20,6 +20,7 @@ mod chaos;
 mod cli;
 mod dev;
 mod server_cmd;
+mod token_cmd;
 mod workload;
 
 /// Warden keeps a fleet of agents alive and their work running: fast failure detection without
@@ -84,6 +85,11 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiOpts,
     },
+    /// Credentials: REST API tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: token_cmd::TokenCommand,
+    },
     /// Built-in workloads for demos and tests.
     Workload {
         #[command(subcommand)]
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match &cli.command {
         Command::Workload { cmd } => workload::run(cmd),
+        Command::Token { cmd } => token_cmd::run(cmd),
         Command::Job { cmd, api } => cli::job(cmd, api),
         Command::Agents { api } => cli::agents(api),
         Command::Tasks { api } => cli::tasks(api),

@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use warden_server::auth::{AccessPolicy, ApiAuth};
 use warden_server::control::ControlConfig;
+use warden_server::limits::LimitsConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
 use warden_server::sla::SlaConfig;
@@ -31,6 +33,17 @@ pub struct ServerArgs {
     /// Address for the REST API [default: 127.0.0.1:7401]
     #[arg(long, env = "WARDEN_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// REST API token file: lines `role sha256:<hex> [name]`, role `read` or `operator`
+    /// (create tokens with `warden token api`). Without it the REST API is open to anyone who
+    /// can reach it — for development only. See docs/security.md.
+    #[arg(long, env = "WARDEN_API_TOKENS", value_name = "FILE")]
+    pub api_tokens: Option<PathBuf>,
+    /// With --api-tokens: serve GET /metrics without a token.
+    #[arg(long)]
+    pub public_metrics: bool,
+    /// With --api-tokens: serve the dashboard (GET /, /ui/…) without a token.
+    #[arg(long)]
+    pub public_dashboard: bool,
     /// Print the effective configuration (defaults < file < environment < flags) as TOML and
     /// exit.
     #[arg(long)]
@@ -47,6 +60,14 @@ pub struct ServerFile {
     pub grpc_addr: Option<SocketAddr>,
     /// Address for the REST API.
     pub http_addr: Option<SocketAddr>,
+    /// REST API token file (`--api-tokens`); none: the API is open (development only).
+    pub api_tokens: Option<PathBuf>,
+    /// What the REST API serves without a token when tokens are on (`[api]`).
+    #[serde(default)]
+    pub api: AccessPolicy,
+    /// Protective limits (`[limits.api]`, `[limits.sessions]`, `[limits.jobs]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Control-plane tuning.
     #[serde(default)]
     pub control: ControlConfig,
@@ -70,6 +91,12 @@ pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     /// Address for the REST API.
     pub http_addr: SocketAddr,
+    /// REST API token file.
+    pub api_tokens: Option<PathBuf>,
+    /// What is served without a token.
+    pub api: AccessPolicy,
+    /// Protective limits.
+    pub limits: LimitsConfig,
     /// Control-plane tuning.
     pub control: ControlConfig,
     /// SLA report defaults.
@@ -107,6 +134,12 @@ impl ServerArgs {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            api_tokens: self.api_tokens.clone().or(file.api_tokens),
+            api: AccessPolicy {
+                public_metrics: self.public_metrics || file.api.public_metrics,
+                public_dashboard: self.public_dashboard || file.api.public_dashboard,
+            },
+            limits: file.limits,
             control: file.control,
             sla: file.sla,
             haproxy: file.haproxy,
@@ -115,6 +148,9 @@ impl ServerArgs {
         let mut s = s;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
+        s.limits
+            .validate(s.control.lifecycle.heartbeat_interval)
+            .context("invalid configuration")?;
         s.sla
             .validate()
             .map_err(anyhow::Error::msg)
@@ -141,6 +177,9 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             data_dir: Some(s.data_dir.clone()),
             grpc_addr: Some(s.grpc_addr),
             http_addr: Some(s.http_addr),
+            api_tokens: s.api_tokens.clone(),
+            api: s.api,
+            limits: s.limits.clone(),
             control: s.control.clone(),
             sla: s.sla.clone(),
             haproxy: s.haproxy.clone(),
@@ -164,6 +203,15 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(s.http_addr)
         .await
         .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
+    let api_auth = match &s.api_tokens {
+        Some(path) => {
+            let auth = ApiAuth::from_file(path, s.api)
+                .with_context(|| format!("API token file {}", path.display()))?;
+            tracing::info!(file = %path.display(), tokens = auth.tokens().len(), "REST API requires tokens");
+            Some(Arc::new(auth))
+        }
+        None => None,
+    };
     let cancel = CancellationToken::new();
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
     warden_server::server::run_with(
@@ -173,6 +221,10 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         warden_server::server::Adapters {
             haproxy: s.haproxy,
             files: s.file_adapter,
+        },
+        warden_server::server::Protection {
+            limits: s.limits,
+            api_auth,
         },
         grpc,
         http,
