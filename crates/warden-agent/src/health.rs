@@ -8,7 +8,8 @@
 //!   that a process runs: the kernel completes TCP handshakes for a stopped process too.
 //! - **TCP**: a connect to `127.0.0.1:<port>` (weaker, for the reason above).
 //! - **Exec**: a command run directly (never through a shell) in its own process group, with
-//!   the task's environment; healthy on exit 0; the whole group is SIGKILLed on timeout.
+//!   the task's environment and as the task's user; healthy on exit 0; the whole group is
+//!   SIGKILLed on timeout.
 //!
 //! A [`HealthTracker`] turns probe results into verdicts: healthy after a success, unhealthy
 //! after `failures` consecutive failures, and reports only changes. [`run`] drives a check on
@@ -29,6 +30,8 @@ use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use warden_core::HealthCheck;
+
+use crate::isolation::TaskUser;
 
 /// Longest HTTP status line read, in bytes.
 const MAX_STATUS_LINE: usize = 1024;
@@ -121,6 +124,15 @@ impl HealthTracker {
 /// Run one probe of `check`, bounded by its timeout. `env` is the environment of an exec
 /// check's command (the task's).
 pub async fn probe(check: &HealthCheck, env: &BTreeMap<String, String>) -> Result<(), ProbeError> {
+    probe_as(check, env, None).await
+}
+
+/// [`probe`], running an exec check's command as `user` (the task's user) when given.
+pub async fn probe_as(
+    check: &HealthCheck,
+    env: &BTreeMap<String, String>,
+    user: Option<&TaskUser>,
+) -> Result<(), ProbeError> {
     let (_, limit, _) = check.timing();
     match check {
         HealthCheck::Http { port, path, .. } => timeout(limit, http_get(*port, path))
@@ -134,7 +146,7 @@ pub async fn probe(check: &HealthCheck, env: &BTreeMap<String, String>) -> Resul
                 .map(drop)
                 .map_err(|source| ProbeError::Connect { addr, source })
         }
-        HealthCheck::Exec { command, .. } => exec(command, env, limit).await,
+        HealthCheck::Exec { command, .. } => exec(command, env, user, limit).await,
     }
 }
 
@@ -143,6 +155,17 @@ pub async fn probe(check: &HealthCheck, env: &BTreeMap<String, String>) -> Resul
 pub async fn run(
     check: HealthCheck,
     env: BTreeMap<String, String>,
+    cancel: CancellationToken,
+    on_change: impl FnMut(bool) + Send,
+) {
+    run_as(check, env, None, cancel, on_change).await;
+}
+
+/// [`run`], with exec checks run as `user` (the task's user) when given.
+pub async fn run_as(
+    check: HealthCheck,
+    env: BTreeMap<String, String>,
+    user: Option<TaskUser>,
     cancel: CancellationToken,
     mut on_change: impl FnMut(bool) + Send,
 ) {
@@ -157,7 +180,7 @@ pub async fn run(
         }
         let result = tokio::select! {
             () = cancel.cancelled() => return,
-            result = probe(&check, &env) => result,
+            result = probe_as(&check, &env, user.as_ref()) => result,
         };
         if let Err(e) = &result {
             debug!(error = %e, "health probe failed");
@@ -225,10 +248,16 @@ fn parse_status_line(line: &str) -> Option<u16> {
 async fn exec(
     command: &[String],
     env: &BTreeMap<String, String>,
+    user: Option<&TaskUser>,
     limit: Duration,
 ) -> Result<(), ProbeError> {
     let (program, args) = command.split_first().ok_or(ProbeError::EmptyCommand)?;
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(u) = user {
+        // Supplementary groups are cleared too, as for the task.
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let mut child = cmd
         .args(args)
         .env_clear()
         .envs(env)

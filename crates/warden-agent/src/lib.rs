@@ -20,6 +20,8 @@
 //! - [`metrics`]: the agent's Prometheus metrics (heartbeats, acks, sessions, restarts,
 //!   fencings, tasks by state, lease left), served on the probe listener's `/metrics`.
 //! - [`signals`]: host signals read from `/proc` (CPU, memory, pressure stall information).
+//! - [`isolation`]: who tasks run as (`--task-user`; `nobody` for a root agent) and their
+//!   environment (the job's, the `WARDEN_*` variables and a fixed `PATH`).
 //!
 //! The safety argument, in one paragraph: a singleton task only runs while its shim's
 //! deadline lies in the future, the deadline is only ever moved by the agent on a lease
@@ -31,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod health;
+pub mod isolation;
 pub mod metrics;
 pub mod runtime;
 pub mod shim;

@@ -469,8 +469,8 @@ fn assign(
         serde_json::from_str(&a.health_json).ok()
     };
     let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    env.insert("PATH".into(), path);
+    env.entry("PATH".into())
+        .or_insert_with(|| crate::isolation::SAFE_PATH.into());
     let epoch = FencingToken(a.epoch);
     if let Some(service) = &a.service {
         let ip = cfg.probe_addr.ip();

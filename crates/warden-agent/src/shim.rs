@@ -34,6 +34,7 @@
 //! [`ShimArgs`].
 
 mod args;
+pub mod exec_as;
 pub mod protocol;
 
 use std::ffi::CString;
@@ -169,22 +170,80 @@ enum SpawnError {
 
 /// Start the task with `posix_spawnp`: in its own process group, with an empty signal mask
 /// and default dispositions for the signals the shim blocks or std ignores, stdin on
-/// `/dev/null`, stdout and stderr on the log files, and exactly the shim's environment.
+/// `/dev/null`, stdout and stderr on the log files, and exactly the shim's environment. With
+/// `--user`, the shim's own executable is started in the task's place as `warden shim-exec`,
+/// which switches user and executes the task (see [`exec_as`]).
 ///
 /// Not `std::process::Command`: it lets the child inherit the caller's signal mask, and the
 /// shim blocks SIGTERM (to read it from a signalfd), so the task would never see a stop's
 /// SIGTERM. Changing the mask in the child would need `pre_exec`, i.e. `unsafe`.
 fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, SpawnError> {
-    let setup = |what: &str, e: Errno| SpawnError::Setup(format!("{what}: {e}"));
-    let cstring = |bytes: Vec<u8>| {
-        CString::new(bytes)
-            .map_err(|_| SpawnError::Setup("NUL byte in the command line or environment".into()))
+    let Some((uid, gid)) = args.user else {
+        let program = cstring(args.program.clone().into_bytes())?;
+        let mut argv = vec![program.clone()];
+        for arg in &args.args {
+            argv.push(cstring(arg.clone().into_bytes())?);
+        }
+        let devnull = File::open("/dev/null")
+            .map_err(|e| SpawnError::Setup(format!("open /dev/null: {e}")))?;
+        return spawn_with(&program, &argv, devnull.as_raw_fd(), stdout, stderr);
     };
-    let program = cstring(args.program.clone().into_bytes())?;
-    let mut argv = vec![program.clone()];
-    for arg in &args.args {
-        argv.push(cstring(arg.clone().into_bytes())?);
+    let helper = exec_as::ExecAs {
+        uid,
+        gid,
+        program: args.program.clone(),
+        args: args.args.clone(),
+    };
+    let exe = cstring(b"/proc/self/exe".to_vec())?;
+    let mut argv = vec![
+        cstring(b"warden".to_vec())?,
+        cstring(exec_as::SUBCOMMAND.as_bytes().to_vec())?,
+    ];
+    for arg in helper.to_args() {
+        argv.push(cstring(arg.into_bytes())?);
     }
+    // The exec status pipe: the helper gets the write end as its stdin and keeps a
+    // close-on-exec copy; end of file means the task's program is running.
+    let (status_rd, status_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError::Setup(format!("create the exec status pipe: {e}")))?;
+    let pid = spawn_with(&exe, &argv, status_wr.as_raw_fd(), stdout, stderr)?;
+    drop(status_wr);
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(&status_rd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the exec status pipe; assuming the task started");
+                break;
+            }
+        }
+    }
+    if got < buf.len() {
+        return Ok(pid);
+    }
+    // The helper could not execute the program and is exiting: reap it, report why.
+    let _ = waitpid(pid, None);
+    Err(SpawnError::Exec(Errno::from_raw(i32::from_le_bytes(buf))))
+}
+
+fn cstring(bytes: Vec<u8>) -> Result<CString, SpawnError> {
+    CString::new(bytes)
+        .map_err(|_| SpawnError::Setup("NUL byte in the command line or environment".into()))
+}
+
+/// `posix_spawnp(program, argv)` with the shim's environment, in a new process group with a
+/// clean signal mask, `stdin` on fd 0 and the logs on 1 and 2.
+fn spawn_with(
+    program: &CString,
+    argv: &[CString],
+    stdin: std::os::fd::RawFd,
+    stdout: &File,
+    stderr: &File,
+) -> Result<Pid, SpawnError> {
+    let setup = |what: &str, e: Errno| SpawnError::Setup(format!("{what}: {e}"));
     let mut envp = Vec::new();
     for (key, value) in std::env::vars_os() {
         let mut pair = key.into_vec();
@@ -209,20 +268,14 @@ fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, Spaw
     attr.set_sigdefault(&defaults)
         .map_err(|e| setup("set signal defaults", e))?;
 
-    let devnull =
-        File::open("/dev/null").map_err(|e| SpawnError::Setup(format!("open /dev/null: {e}")))?;
     let mut actions =
         PosixSpawnFileActions::init().map_err(|e| setup("posix_spawn_file_actions_init", e))?;
-    for (fd, target) in [
-        (devnull.as_raw_fd(), 0),
-        (stdout.as_raw_fd(), 1),
-        (stderr.as_raw_fd(), 2),
-    ] {
+    for (fd, target) in [(stdin, 0), (stdout.as_raw_fd(), 1), (stderr.as_raw_fd(), 2)] {
         actions
             .add_dup2(fd, target)
             .map_err(|e| setup("add dup2", e))?;
     }
-    posix_spawnp(&program, &actions, &attr, &argv, &envp).map_err(SpawnError::Exec)
+    posix_spawnp(program, &actions, &attr, argv, &envp).map_err(SpawnError::Exec)
 }
 
 fn child_pid(raw: i32) -> u32 {

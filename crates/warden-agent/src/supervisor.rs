@@ -48,30 +48,40 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use warden_core::{FencingToken, HealthCheck, JobKind, JobSpec, TaskId};
 
 use crate::health;
+use crate::isolation::{SAFE_PATH, TaskUser};
 use crate::shim::ShimArgs;
 use crate::shim::protocol::{Control, Status, TaskExit};
 use restart::{Decision, RestartTracker};
 use spawner::Spawner;
 
-/// `PATH` given to tasks when the agent itself has none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How the supervisor starts a shim: `program args_prefix… <shim args>`.
+/// How the supervisor starts a shim: `program args_prefix… <shim args>`, and as whom the
+/// shims run their tasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimLauncher {
     /// The executable; in production the `warden` binary itself.
     pub program: PathBuf,
     /// Arguments before the shim's own; in production `["shim"]`.
     pub args_prefix: Vec<String>,
+    /// Run tasks (and their exec health checks) as this user; `None`: as the agent's user.
+    /// See [`crate::isolation`].
+    pub run_as: Option<TaskUser>,
 }
 
 impl ShimLauncher {
-    /// The production launcher: this very executable, `… shim`.
+    /// The production launcher: this very executable, `… shim`, tasks as the agent's user.
     pub fn current_exe() -> io::Result<ShimLauncher> {
         Ok(ShimLauncher {
             program: std::env::current_exe()?,
             args_prefix: vec!["shim".to_string()],
+            run_as: None,
         })
+    }
+
+    /// The same launcher, running tasks as `user`.
+    #[must_use]
+    pub fn run_as(mut self, user: Option<TaskUser>) -> Self {
+        self.run_as = user;
+        self
     }
 }
 
@@ -137,7 +147,8 @@ pub struct TaskSpec {
     /// The task's whole environment, apart from `WARDEN_TASK_ID`, `WARDEN_JOB`,
     /// `WARDEN_TASK_INDEX` and `WARDEN_FENCING_TOKEN`, which the supervisor sets at each launch
     /// so they always match the running epoch. Nothing else of the agent's environment is
-    /// passed. The agent puts `PATH`, the job's variables and e.g. `WARDEN_PORT` here.
+    /// passed. The agent puts the job's variables, `PATH` (the job's, else
+    /// [`SAFE_PATH`](crate::isolation::SAFE_PATH)) and e.g. `WARDEN_PORT` here.
     pub env: BTreeMap<String, String>,
     /// Singleton: run under the lease in the shim's fenced mode, never restart after fencing.
     pub fenced: bool,
@@ -150,7 +161,8 @@ pub struct TaskSpec {
 
 impl TaskSpec {
     /// The spec for slot `index` of `job` at `epoch`: the job's command, arguments, variables
-    /// and health check, plus the agent's `PATH`; fenced when the job is a singleton.
+    /// and health check, and `PATH` (the job's own, else the fixed
+    /// [`SAFE_PATH`](crate::isolation::SAFE_PATH)); fenced when the job is a singleton.
     pub fn for_job(
         job: &JobSpec,
         index: u32,
@@ -158,8 +170,8 @@ impl TaskSpec {
         log_dir: impl Into<PathBuf>,
     ) -> TaskSpec {
         let mut env = job.env.clone();
-        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
-        env.insert("PATH".to_string(), path);
+        env.entry("PATH".to_string())
+            .or_insert_with(|| SAFE_PATH.to_string());
         TaskSpec {
             task: TaskId::new(job.name.clone(), index),
             epoch,
@@ -898,6 +910,7 @@ impl Actor {
             // Rounded down, so the shim's deadline is never later than the lease.
             deadline: deadline
                 .map(|d| Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))),
+            user: self.launcher.run_as.as_ref().map(|u| (u.uid, u.gid)),
             program: self.spec.command.clone(),
             args: self.spec.args.clone(),
         };
@@ -1048,7 +1061,13 @@ impl Actor {
             });
         };
         tokio::spawn(
-            health::run(check, self.spec.task_env(), cancel.clone(), report)
+            health::run_as(
+                check,
+                self.spec.task_env(),
+                self.launcher.run_as.clone(),
+                cancel.clone(),
+                report,
+            )
                 .instrument(tracing::Span::current()),
         );
     }

@@ -277,6 +277,16 @@ impl Cluster {
         if let Some(probe) = probe_addr {
             args.extend(["--probe-addr".to_string(), probe.to_string()]);
         }
+        // Workloads run as the harness's user (explicitly root when it is root): they are
+        // this build's `warden` binary, which need not be reachable by `nobody`. Task
+        // isolation has its own tests.
+        if let Some(user) = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+        {
+            args.extend(["--task-user".to_string(), user]);
+        }
         let p = self.spawn_wrapped(name, wrapper, &args)?;
         self.agents.insert(name.to_string(), p);
         Ok(())

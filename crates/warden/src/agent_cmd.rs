@@ -38,6 +38,11 @@ pub struct AgentArgs {
     /// Memory offered to tasks, MiB [default: physical memory]
     #[arg(long, env = "WARDEN_MEMORY_MB")]
     pub memory_mb: Option<u64>,
+    /// User tasks run as. An agent running as root runs them as `nobody` by default, and as
+    /// root only when told `--task-user root`; an agent that is not root runs them as itself
+    /// and refuses another user. See docs/security.md.
+    #[arg(long, env = "WARDEN_TASK_USER", value_name = "NAME")]
+    pub task_user: Option<String>,
 }
 
 fn host_name() -> String {
@@ -61,6 +66,12 @@ fn physical_memory_mb() -> u64 {
 
 /// Run the agent until SIGINT/SIGTERM.
 pub async fn run(args: &AgentArgs) -> Result<()> {
+    let users = warden_agent::isolation::resolve(args.task_user.as_deref())?;
+    match &users.switch_to {
+        Some(u) => tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, "tasks run as an unprivileged user"),
+        None if users.as_root => tracing::warn!("tasks run as root (--task-user root)"),
+        None => tracing::info!("tasks run as the agent's user"),
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data dir {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.probe_addr)
@@ -99,7 +110,9 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
             args.cpu_millis.unwrap_or(cores * 1000),
             args.memory_mb.unwrap_or_else(physical_memory_mb),
         ),
-        launcher: ShimLauncher::current_exe().context("find the warden executable for shims")?,
+        launcher: ShimLauncher::current_exe()
+            .context("find the warden executable for shims")?
+            .run_as(users.switch_to),
         shutdown_grace: Duration::from_secs(5),
         metrics,
     };

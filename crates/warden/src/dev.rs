@@ -165,6 +165,12 @@ pub async fn run(args: &DevArgs) -> Result<()> {
                 "--memory-mb".into(),
                 "2048".into(),
             ];
+            // The sample jobs run this very binary, perhaps from a build tree `nobody` cannot
+            // reach: a development cluster runs its tasks as the user who started it.
+            let mut a = a;
+            if let Some(user) = warden_agent::isolation::current_user_name() {
+                a.extend(["--task-user".to_string(), user]);
+            }
             procs.push(spawn(&exe, &name, &a, &logs)?);
         }
         // Submit the jobs once every agent is in, so the first placement can spread them.

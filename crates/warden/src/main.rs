@@ -4,6 +4,7 @@
 //! `warden shim` is internal (the agent starts it once per task, see
 //! [`warden_agent::shim`]) and is dispatched *before* clap: its arguments after `--` belong
 //! to the task and must reach it untouched, and it must start fast. It is not in `--help`.
+//! Nor is `warden shim-exec`, which the shim starts in a task's place to switch its user.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -114,6 +115,9 @@ fn main() -> ExitCode {
     if rest.first().is_some_and(|a| a == "shim") {
         return run_shim(rest.into_iter().skip(1));
     }
+    if rest.first().is_some_and(|a| a == shim::exec_as::SUBCOMMAND) {
+        return run_shim_exec(rest.into_iter().skip(1));
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match &cli.command {
@@ -187,6 +191,26 @@ fn run_shim(args: impl Iterator<Item = OsString>) -> ExitCode {
         Err(e) => {
             // Never panic here, not even on a closed stderr.
             let _ = writeln!(std::io::stderr(), "warden shim: {e}\n{}", shim::USAGE);
+            ExitCode::from(EXIT_SHIM_FAILED)
+        }
+    }
+}
+
+/// `warden shim-exec` (internal, started by the shim): switch user and execute the task.
+fn run_shim_exec(args: impl Iterator<Item = OsString>) -> ExitCode {
+    let args: Result<Vec<String>, OsString> = args.map(OsString::into_string).collect();
+    let parsed = match args {
+        Ok(args) => shim::exec_as::ExecAs::from_args(args.into_iter()),
+        Err(bad) => Err(format!("argument {bad:?} is not UTF-8")),
+    };
+    match parsed {
+        Ok(exec) => shim::exec_as::main(&exec),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warden shim-exec: {e}\n{}",
+                shim::exec_as::USAGE
+            );
             ExitCode::from(EXIT_SHIM_FAILED)
         }
     }

@@ -35,6 +35,7 @@ impl Harness {
         let mut config = SupervisorConfig::new(ShimLauncher {
             program: warden_bin(),
             args_prefix: vec!["shim".into()],
+            run_as: None,
         });
         config.restart = restart;
         config.replace_grace = Duration::from_secs(2);

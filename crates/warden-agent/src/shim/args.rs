@@ -9,7 +9,7 @@ use warden_core::{FencingToken, TaskId};
 
 /// Usage text for `warden shim`.
 pub const USAGE: &str = "usage: warden shim --task <job/index> --epoch <n> --stdout <file> \
---stderr <file> [--deadline-ms <ms>] -- <program> [args...]";
+--stderr <file> [--deadline-ms <ms>] [--user <uid>:<gid>] -- <program> [args...]";
 
 /// What `warden shim` runs and how. Built by the supervisor ([`ShimArgs::to_args`]) and parsed
 /// back by the shim process ([`ShimArgs::from_args`]).
@@ -27,6 +27,9 @@ pub struct ShimArgs {
     /// singletons ("fenced" mode): the task is SIGKILLed unless an `extend` arrives before
     /// it. Absent for services, which only die with the agent or on `stop`.
     pub deadline: Option<Duration>,
+    /// Run the task as this uid and primary gid (`--user uid:gid`), through
+    /// `warden shim-exec`; the shim itself keeps its own user. Absent: the shim's user.
+    pub user: Option<(u32, u32)>,
     /// Program to run, a path or a name looked up in the shim's `PATH`. Never a shell line.
     pub program: String,
     /// The program's arguments, passed as they are.
@@ -42,6 +45,7 @@ impl ShimArgs {
         let mut stdout = None;
         let mut stderr = None;
         let mut deadline = None;
+        let mut user = None;
         let mut command = None;
         while let Some(arg) = args.next() {
             if arg == "--" {
@@ -79,6 +83,14 @@ impl ShimArgs {
                         .map_err(|_| format!("--deadline-ms {v:?} is not a whole number"))?;
                     set_once(&mut deadline, Duration::from_millis(ms), &flag)?;
                 }
+                "--user" => {
+                    let v = value()?;
+                    let ids = v
+                        .split_once(':')
+                        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+                        .ok_or_else(|| format!("--user {v:?} is not of the form uid:gid"))?;
+                    set_once(&mut user, ids, &flag)?;
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -95,6 +107,7 @@ impl ShimArgs {
             stdout: stdout.ok_or("missing --stdout")?,
             stderr: stderr.ok_or("missing --stderr")?,
             deadline,
+            user,
             program,
             args: command.collect(),
         })
@@ -117,6 +130,10 @@ impl ShimArgs {
         if let Some(deadline) = self.deadline {
             out.push("--deadline-ms".into());
             out.push(deadline.as_millis().to_string().into());
+        }
+        if let Some((uid, gid)) = self.user {
+            out.push("--user".into());
+            out.push(format!("{uid}:{gid}").into());
         }
         out.push("--".into());
         out.push(self.program.clone().into());
@@ -151,6 +168,7 @@ mod tests {
             stdout: "/tmp/web.3.stdout.log".into(),
             stderr: "/tmp/web.3.stderr.log".into(),
             deadline: Some(Duration::from_millis(1500)),
+            user: Some((65534, 65533)),
             program: "sh".into(),
             // Arguments that look like the shim's own flags and a second `--` must reach the
             // task untouched.
@@ -164,6 +182,7 @@ mod tests {
             sample(),
             ShimArgs {
                 deadline: None,
+                user: None,
                 args: vec![],
                 ..sample()
             },
@@ -210,6 +229,7 @@ mod tests {
             (vec!["--task", "nojob", "--", "x"], "job/index"),
             (vec!["--epoch", "-1", "--", "x"], "whole number"),
             (vec!["--deadline-ms"], "needs a value"),
+            (vec!["--user", "nobody", "--", "x"], "uid:gid"),
         ];
         for (argv, want) in cases {
             let err = ShimArgs::from_args(strings(&argv)).expect_err(want);
