@@ -39,6 +39,36 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         connections: usize,
     },
+    /// A heartbeat storm against a real server: many sessions send heartbeats at `factor`
+    /// times the normal rate beside a few well-behaved agents; reports the well-behaved agents'
+    /// ack latency and longest ack gap (lease 2 s), whether any left Healthy, the heartbeats
+    /// the per-session limit dropped, and the server's memory and CPU.
+    Storm {
+        /// Well-behaved agents (one heartbeat per 500 ms each).
+        #[arg(long, default_value_t = 20)]
+        normal: usize,
+        /// Storming sessions.
+        #[arg(long, default_value_t = 500)]
+        storm: usize,
+        /// Storm rate, as a multiple of the normal rate (10: 20 heartbeats/s per session).
+        #[arg(long, default_value_t = 10)]
+        factor: u32,
+        /// Storm length, seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Quiet seconds before the storm.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// HTTP/2 connections the storm sessions share.
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        /// Raise the server's heartbeat limit out of reach (for comparison).
+        #[arg(long)]
+        no_limit: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// False verdicts under CPU stress: N agents with work, CPU burners saturating every
     /// core, for a while; counts Suspect and Failed verdicts (none of the agents is down, so
     /// every Failed is false).
@@ -157,6 +187,37 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(crate::bench_sessions::run(&exe, &b))
+        }
+        BenchCommand::Storm {
+            normal,
+            storm,
+            factor,
+            duration,
+            warmup,
+            connections,
+            no_limit,
+            json,
+        } => {
+            let exe = std::env::current_exe()?;
+            let b = crate::bench_storm::StormBench {
+                normal: *normal,
+                storm: *storm,
+                factor: (*factor).max(1),
+                duration: std::time::Duration::from_secs((*duration).max(1)),
+                warmup: std::time::Duration::from_secs(*warmup),
+                connections: *connections,
+                no_limit: *no_limit,
+            };
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::bench_storm::run(&exe, &b))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
         }
         BenchCommand::Traffic { reps, rate, window } => {
             let settings = warden_chaos::traffic::Settings {
