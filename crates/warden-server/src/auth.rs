@@ -301,6 +301,11 @@ impl TokenSet {
         Self::parse(&text)
     }
 
+    /// The entries, in file order.
+    pub fn entries(&self) -> &[TokenEntry] {
+        &self.entries
+    }
+
     /// Number of tokens.
     pub fn len(&self) -> usize {
         self.entries.len()

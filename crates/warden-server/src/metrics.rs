@@ -19,6 +19,7 @@
 //! place.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
@@ -139,8 +140,34 @@ pub fn probe_result(o: ProbeOutcome) -> &'static str {
 /// The control plane's metrics. Cheap to clone (the recorder is shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    recorder: Arc<PrometheusRecorder>,
+    recorder: Arc<OwnedRecorder>,
+    /// Histogram samples recorded, for [`UPKEEP_EVERY`].
+    samples: Arc<AtomicU64>,
 }
+
+/// The recorder, drained when the last [`Metrics`] handle goes: a histogram's pending samples
+/// are only freed by a drain, not when the histogram is dropped.
+#[derive(Debug)]
+struct OwnedRecorder(PrometheusRecorder);
+
+impl std::ops::Deref for OwnedRecorder {
+    type Target = PrometheusRecorder;
+    fn deref(&self) -> &PrometheusRecorder {
+        &self.0
+    }
+}
+
+impl Drop for OwnedRecorder {
+    fn drop(&mut self) {
+        self.0.handle().run_upkeep();
+    }
+}
+
+/// Histogram samples after which the recorder's upkeep runs. The exporter keeps every sample
+/// of a histogram until something drains them into its buckets — a scrape, or an upkeep — so
+/// without this, a server nobody scrapes would grow by every reconcile round (20 a second) and
+/// every store operation, forever. Found by the fuzz targets' leak checker.
+pub const UPKEEP_EVERY: u64 = 1024;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -244,18 +271,30 @@ impl Metrics {
             let _ = r.register_histogram(&key(name, vec![]), &METADATA);
         }
         Metrics {
-            recorder: Arc::new(recorder),
+            recorder: Arc::new(OwnedRecorder(recorder)),
+            samples: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Record `value` in a histogram; every [`UPKEEP_EVERY`] samples, drain the pending
+    /// samples into the buckets so they cannot pile up.
+    fn observe(&self, name: &'static str, labels: Vec<Label>, value: f64) {
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
+            .record(value);
+        if self.samples.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+            self.recorder.handle().run_upkeep();
+        }
+    }
+
+    /// Histogram samples not yet drained into buckets, at most (for tests).
+    pub fn pending_samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed) % UPKEEP_EVERY
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> metrics::Counter {
         self.recorder
             .register_counter(&key(name, labels), &METADATA)
-    }
-
-    fn histogram(&self, name: &'static str, labels: Vec<Label>) -> metrics::Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
     }
 
     /// A heartbeat arrived.
@@ -311,26 +350,27 @@ impl Metrics {
         if record.outcome == Outcome::Succeeded
             && let Some(rto) = record.rto()
         {
-            self.histogram(RECOVERY_RTO, vec![])
-                .record(rto.as_secs_f64());
+            self.observe(RECOVERY_RTO, vec![], rto.as_secs_f64());
         }
     }
 
     /// An agent generation was declared Failed `since_last_heartbeat` after its last heartbeat.
     pub fn detection(&self, since_last_heartbeat: Duration) {
-        self.histogram(DETECTION, vec![])
-            .record(since_last_heartbeat.as_secs_f64());
+        self.observe(DETECTION, vec![], since_last_heartbeat.as_secs_f64());
     }
 
     /// A reconcile round took `took`.
     pub fn reconcile(&self, took: Duration) {
-        self.histogram(RECONCILE, vec![]).record(took.as_secs_f64());
+        self.observe(RECONCILE, vec![], took.as_secs_f64());
     }
 
     /// A store operation took `took`.
     pub fn store_operation(&self, op: &'static str, took: Duration) {
-        self.histogram(STORE_OPERATION, vec![Label::from_static_parts("op", op)])
-            .record(took.as_secs_f64());
+        self.observe(
+            STORE_OPERATION,
+            vec![Label::from_static_parts("op", op)],
+            took.as_secs_f64(),
+        );
     }
 
     /// The whole exposition: the recorded events, then the state gauges computed from `api`
@@ -521,5 +561,27 @@ impl Store for TimedStore {
     }
     fn last_event_seq(&self) -> StoreResult<u64> {
         self.timed("last_event_seq", |s| s.last_event_seq())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_drained_without_scrapes_and_lose_no_sample() {
+        let m = Metrics::new();
+        let n = 3 * UPKEEP_EVERY + 5;
+        for _ in 0..n {
+            m.reconcile(Duration::from_micros(100));
+        }
+        // Only the samples since the last upkeep are still held one by one.
+        assert_eq!(m.pending_samples(), 5);
+        let text = m.recorder.handle().render();
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{RECONCILE}_count ")))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert_eq!(count, Some(n), "{text}");
     }
 }
