@@ -44,3 +44,9 @@ cargo nextest run --workspace --locked --no-fail-fast
 
 echo "== doctests"
 cargo test --workspace --doc --locked
+
+# Fuzzing, bounded (about 20 s per target plus the instrumented build). FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-20}" != "0" ]; then
+    echo "== fuzz"
+    ./scripts/fuzz.sh
+fi

@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(set) = TokenSet::parse(file) {
         let lines: String = set.entries().iter().map(TokenEntry::to_line).collect();
-        assert_eq!(TokenSet::parse(&lines).ok().as_ref(), Some(&set), "{lines:?}");
+        assert_eq!(
+            TokenSet::parse(&lines).ok().as_ref(),
+            Some(&set),
+            "{lines:?}"
+        );
     }
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(header) {
@@ -34,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = credentials(&headers);
 
     let mut words = request.split(' ');
-    let method = Method::from_bytes(words.next().unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
+    let method =
+        Method::from_bytes(words.next().unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
     let path = words.next().unwrap_or("/");
     let flags: Vec<&str> = words.collect();
     let policy = AccessPolicy {

@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert!(e.code().status().is_client_error(), "{e:?}");
-            assert!(!e.message().is_empty() && e.message().len() <= 1024, "{e:?}");
+            assert!(
+                !e.message().is_empty() && e.message().len() <= 1024,
+                "{e:?}"
+            );
         }
     }
 });

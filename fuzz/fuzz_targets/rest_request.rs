@@ -76,7 +76,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request_line) = std::str::from_utf8(request_line) else {
         return;
     };
-    let (method, path) = request_line.split_once(' ').unwrap_or(("GET", request_line));
+    let (method, path) = request_line
+        .split_once(' ')
+        .unwrap_or(("GET", request_line));
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return;
     };
@@ -129,6 +131,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {text}");
     }
     if token != Some(OPERATOR.as_bytes()) {
-        assert_eq!(job_names(api.as_ref()), before, "changed without the operator token");
+        assert_eq!(
+            job_names(api.as_ref()),
+            before,
+            "changed without the operator token"
+        );
     }
 });

@@ -1068,7 +1068,7 @@ impl Actor {
                 cancel.clone(),
                 report,
             )
-                .instrument(tracing::Span::current()),
+            .instrument(tracing::Span::current()),
         );
     }
 }

@@ -268,9 +268,11 @@ impl TokenSet {
                 .strip_prefix("sha256:")
                 .and_then(unhex)
                 .ok_or_else(|| {
-                    bad("the hash must be written sha256:<64 hex digits> (the file holds \
+                    bad(
+                        "the hash must be written sha256:<64 hex digits> (the file holds \
                          hashes, never tokens; `warden token api` writes the line)"
-                        .into())
+                            .into(),
+                    )
                 })?;
             let name = words.next().map(str::to_string);
             if let Some(n) = &name {
@@ -775,7 +777,10 @@ mod tests {
         let (tokens, op, rd) = set();
         assert_eq!(tokens.len(), 2);
         let entry = tokens.verify(&op).expect("operator token");
-        assert_eq!((entry.role, entry.label().as_str()), (Role::Operator, "deploy"));
+        assert_eq!(
+            (entry.role, entry.label().as_str()),
+            (Role::Operator, "deploy")
+        );
         let entry = tokens.verify(&rd).expect("read token");
         assert_eq!(entry.role, Role::Read);
         assert!(entry.label().starts_with("sha256:"));
@@ -796,11 +801,18 @@ mod tests {
                 "line 3",
                 "already listed",
             ),
-            (format!("read sha256:{h} {}", "n".repeat(65)), "line 1", "name"),
+            (
+                format!("read sha256:{h} {}", "n".repeat(65)),
+                "line 1",
+                "name",
+            ),
         ];
         for (text, line, what) in cases {
             let err = TokenSet::parse(&text).expect_err(what).to_string();
-            assert!(err.starts_with(line) && err.contains(what), "{text:?}: {err}");
+            assert!(
+                err.starts_with(line) && err.contains(what),
+                "{text:?}: {err}"
+            );
         }
     }
 
@@ -830,7 +842,11 @@ mod tests {
             (Method::POST, "/", op, op),
         ];
         for (method, path, want_closed, want_open) in cases {
-            assert_eq!(closed.required(&method, path), want_closed, "{method} {path}");
+            assert_eq!(
+                closed.required(&method, path),
+                want_closed,
+                "{method} {path}"
+            );
             assert_eq!(open.required(&method, path), want_open, "{method} {path}");
         }
     }
@@ -845,8 +861,14 @@ mod tests {
         };
         let cases = [
             (None, Credentials::None),
-            (Some("Bearer abc".to_string()), Credentials::Token("abc".into())),
-            (Some("bearer   abc ".to_string()), Credentials::Token("abc".into())),
+            (
+                Some("Bearer abc".to_string()),
+                Credentials::Token("abc".into()),
+            ),
+            (
+                Some("bearer   abc ".to_string()),
+                Credentials::Token("abc".into()),
+            ),
             (Some("Bearer".to_string()), Credentials::Malformed),
             (Some("Token abc".to_string()), Credentials::Malformed),
             (Some(basic("any:abc")), Credentials::Token("abc".into())),
@@ -868,7 +890,10 @@ mod tests {
         let (tokens, op, rd) = set();
         let auth = ApiAuth::from_tokens(tokens, AccessPolicy::default());
         let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
-        assert_eq!(auth.authorize(&Method::GET, "/healthz", &headers(None)), Ok(None));
+        assert_eq!(
+            auth.authorize(&Method::GET, "/healthz", &headers(None)),
+            Ok(None)
+        );
         assert_eq!(
             auth.authorize(&Method::GET, "/v1/jobs", &headers(None)),
             Err(Denied::Unauthorized { presented: false })
@@ -911,7 +936,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let auth = ApiAuth::from_file(&path, AccessPolicy::default()).expect("load");
-        assert_eq!(auth.tokens().verify(&first).map(|e| e.role), Some(Role::Read));
+        assert_eq!(
+            auth.tokens().verify(&first).map(|e| e.role),
+            Some(Role::Read)
+        );
 
         // A line without its newline, then a new token: still one entry per line.
         std::fs::write(&path, text.trim_end()).expect("rewrite");

@@ -52,8 +52,8 @@ use tower::timeout::TimeoutLayer;
 
 pub use self::error::{ErrorCode, HttpError};
 use crate::auth::{self, ApiAuth, Caller};
-use crate::limits::JobLimits;
 use crate::history::History;
+use crate::limits::JobLimits;
 use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
     AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo, ServiceInfo, ServicesInfo,
@@ -268,7 +268,9 @@ pub async fn serve_with_config(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if cfg.auth.is_none() {
-        tracing::warn!("REST API without tokens: anyone who can reach it may change jobs (give --api-tokens outside development)");
+        tracing::warn!(
+            "REST API without tokens: anyone who can reach it may change jobs (give --api-tokens outside development)"
+        );
     }
     let history = Arc::new(History::new());
     let sampler = tokio::spawn(sample_history(Arc::clone(&api), Arc::clone(&history)));

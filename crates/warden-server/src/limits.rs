@@ -196,10 +196,12 @@ impl JobLimits {
     /// Check `spec` against the limits (not its size, which is checked on the raw body, nor
     /// the number of jobs, which needs the store).
     pub fn check(&self, spec: &JobSpec) -> Result<(), LimitError> {
-        let over = |field: &'static str, what: String| Err(LimitError {
-            field,
-            message: what,
-        });
+        let over = |field: &'static str, what: String| {
+            Err(LimitError {
+                field,
+                message: what,
+            })
+        };
         if spec.replicas > self.max_replicas {
             return over(
                 "replicas",
@@ -283,7 +285,8 @@ mod tests {
 
     #[test]
     fn impossible_settings_name_their_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut LimitsConfig)>)> = vec![
+        type Change = Box<dyn Fn(&mut LimitsConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "limits.sessions.heartbeat_rate",
                 Box::new(|l| l.sessions.heartbeat_rate = 3.0),

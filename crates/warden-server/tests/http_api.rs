@@ -310,7 +310,13 @@ impl Server {
     }
 
     /// `method path` with `Authorization: auth` (when given) and a TOML body (when given).
-    async fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> Reply {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
         let mut headers = vec![];
         if let Some(a) = auth {
             headers.push(("Authorization", a));
@@ -1540,7 +1546,11 @@ async fn requests_beyond_the_concurrency_limit_are_shed() {
     }
     let shed = shed.expect("a request was shed while the first one held the permit");
     shed.assert_error(503, "overloaded");
-    assert_eq!(shed.header("retry-after"), Some("1"), "503 says when to retry");
+    assert_eq!(
+        shed.header("retry-after"),
+        Some("1"),
+        "503 says when to retry"
+    );
     release.send(()).expect("release the first request");
     let first = stuck.await.expect("first request");
     assert_eq!(first.status, 200);
@@ -1614,11 +1624,20 @@ async fn tokens_gate_the_api_by_role() {
         let reply = server.call("GET", "/v1/agents", Some(bad), None).await;
         reply.assert_error(401, "unauthorized");
         let challenge = reply.header("www-authenticate").unwrap_or_default();
-        assert!(challenge.contains("error=\"invalid_token\""), "{bad}: {challenge}");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{bad}: {challenge}"
+        );
     }
 
     // A read token reads, metrics included, and may not write.
-    assert_eq!(server.call("GET", "/v1/agents", Some(&read), None).await.status, 200);
+    assert_eq!(
+        server
+            .call("GET", "/v1/agents", Some(&read), None)
+            .await
+            .status,
+        200
+    );
     let metrics = server.call("GET", "/metrics", Some(&read), None).await;
     assert_eq!(metrics.status, 200);
     let reply = server
@@ -1626,7 +1645,10 @@ async fn tokens_gate_the_api_by_role() {
         .await;
     let error = reply.assert_error(403, "forbidden");
     assert!(
-        error["message"].as_str().unwrap_or_default().contains("needs role operator"),
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("needs role operator"),
         "{error}"
     );
     assert!(
@@ -1635,19 +1657,34 @@ async fn tokens_gate_the_api_by_role() {
             .unwrap_or_default()
             .contains("insufficient_scope")
     );
-    assert_eq!(server.fake.lock().submit_calls, 0, "a refused write never reaches the control plane");
+    assert_eq!(
+        server.fake.lock().submit_calls,
+        0,
+        "a refused write never reaches the control plane"
+    );
 
     // An operator token writes.
     let created = server
         .call("POST", "/v1/jobs", Some(&op), Some(WEB_TOML))
         .await;
-    assert_eq!(created.status, 201, "{:?}", String::from_utf8_lossy(&created.body));
+    assert_eq!(
+        created.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&created.body)
+    );
     server
         .call("DELETE", "/v1/jobs/web", Some(&read), None)
         .await
         .assert_error(403, "forbidden");
     assert!(server.stored_jobs().contains_key("web"));
-    assert_eq!(server.call("DELETE", "/v1/jobs/web", Some(&op), None).await.status, 200);
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/jobs/web", Some(&op), None)
+            .await
+            .status,
+        200
+    );
     assert!(server.stored_jobs().is_empty());
 
     // The dashboard needs the read role too, and offers browsers a Basic challenge; the token
@@ -1655,7 +1692,10 @@ async fn tokens_gate_the_api_by_role() {
     let page = server.call("GET", "/", None, None).await;
     page.assert_error(401, "unauthorized");
     let challenges = page.headers_named("www-authenticate");
-    assert!(challenges.iter().any(|c| c.starts_with("Basic ")), "{challenges:?}");
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic ")),
+        "{challenges:?}"
+    );
     use base64::Engine as _;
     let basic = format!(
         "Basic {}",
@@ -1715,8 +1755,16 @@ async fn job_limits_refuse_specs_naming_the_field() {
     }
     // Larger than max_spec_bytes (but far below the body limit): 413.
     let big = toml_with(&format!("# {}", "x".repeat(3000)));
-    let error = server.post_toml(&big).await.assert_error(413, "payload_too_large");
-    assert!(error["message"].as_str().unwrap_or_default().contains("max_spec_bytes"));
+    let error = server
+        .post_toml(&big)
+        .await
+        .assert_error(413, "payload_too_large");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_spec_bytes")
+    );
     assert_eq!(server.fake.lock().submit_calls, 0);
 
     // At most two jobs; updating one of them is still allowed.
@@ -1725,7 +1773,10 @@ async fn job_limits_refuse_specs_naming_the_field() {
         assert_eq!(server.post_toml(&spec).await.status, 201);
     }
     let third = "name = \"c\"\nkind = \"service\"\ncommand = \"/bin/x\"\n";
-    let error = server.post_toml(third).await.assert_error(422, "limit_exceeded");
+    let error = server
+        .post_toml(third)
+        .await
+        .assert_error(422, "limit_exceeded");
     assert_eq!(error["field"], "name");
     let update = "name = \"a\"\nkind = \"service\"\ncommand = \"/bin/y\"\n";
     assert_eq!(server.post_toml(update).await.status, 200);

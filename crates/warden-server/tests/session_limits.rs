@@ -137,9 +137,7 @@ async fn open(addr: SocketAddr, name: &str) -> Result<Session, tonic::Status> {
 async fn acks_for(session: &mut Session, window: Duration) -> Vec<u64> {
     let deadline = tokio::time::Instant::now() + window;
     let mut seqs = vec![];
-    while let Ok(Ok(Some(m))) =
-        tokio::time::timeout_at(deadline, session.inbound.message()).await
-    {
+    while let Ok(Ok(Some(m))) = tokio::time::timeout_at(deadline, session.inbound.message()).await {
         if let Some(server_message::Msg::Ack(a)) = m.msg {
             seqs.push(a.seq);
         }
@@ -206,7 +204,11 @@ async fn a_heartbeat_storm_is_dropped_and_counted_without_hurting_a_calm_agent()
     calm_beats.await.expect("calm beats");
     let calm_acks = acks_for(&mut calm, Duration::from_millis(500)).await;
 
-    assert_eq!(calm_acks, (1..=8).collect::<Vec<_>>(), "every calm heartbeat is acked");
+    assert_eq!(
+        calm_acks,
+        (1..=8).collect::<Vec<_>>(),
+        "every calm heartbeat is acked"
+    );
     let allowed = 20.0 + 10.0 * elapsed + 2.0;
     assert!(
         !storm_acks.is_empty() && (storm_acks.len() as f64) <= allowed,
@@ -241,12 +243,7 @@ async fn an_oversized_message_ends_only_its_own_session() {
     big.tx.send(huge).await.expect("send");
     // The server drops the session: its stream to the agent ends.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match big.inbound.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = big.inbound.message().await {}
     })
     .await;
     assert!(ended.is_ok(), "the oversized session was not closed");

@@ -68,7 +68,9 @@ fn physical_memory_mb() -> u64 {
 pub async fn run(args: &AgentArgs) -> Result<()> {
     let users = warden_agent::isolation::resolve(args.task_user.as_deref())?;
     match &users.switch_to {
-        Some(u) => tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, "tasks run as an unprivileged user"),
+        Some(u) => {
+            tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, "tasks run as an unprivileged user")
+        }
         None if users.as_root => tracing::warn!("tasks run as root (--task-user root)"),
         None => tracing::info!("tasks run as the agent's user"),
     }

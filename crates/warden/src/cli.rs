@@ -394,7 +394,8 @@ pub fn sla_path(args: &SlaArgs) -> String {
 
 /// `warden report sla`: the server computes (`GET /v1/sla`), this prints.
 fn report_sla(args: &SlaArgs, opts: &ApiOpts) -> Result<()> {
-    let v = opts.client()?
+    let v = opts
+        .client()?
         .get(&sla_path(args))
         .context("get the SLA report")?;
     match opts.output {

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warden_server::auth::{AccessPolicy, ApiAuth};
 use warden_server::control::ControlConfig;
-use warden_server::limits::LimitsConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
+use warden_server::limits::LimitsConfig;
 use warden_server::sla::SlaConfig;
 use warden_store::RedbStore;
 

@@ -14,7 +14,8 @@ use warden_chaos::cluster::free_port;
 
 fn token(file: &Path, role: &str, name: Option<&str>) -> String {
     let mut cmd = Command::new(warden_bin());
-    cmd.args(["token", "api", "--role", role, "--file"]).arg(file);
+    cmd.args(["token", "api", "--role", role, "--file"])
+        .arg(file);
     if let Some(n) = name {
         cmd.args(["--name", n]);
     }
@@ -24,7 +25,10 @@ fn token(file: &Path, role: &str, name: Option<&str>) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let token = String::from_utf8(out.stdout).expect("UTF-8").trim().to_string();
+    let token = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_string();
     assert!(token.starts_with("warden_api_"), "{token}");
     token
 }
@@ -32,7 +36,9 @@ fn token(file: &Path, role: &str, name: Option<&str>) -> String {
 /// `warden ARGS` against the server at `addr` with `WARDEN_TOKEN` set (or removed).
 fn cli(addr: &str, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(warden_bin());
-    cmd.args(args).env("WARDEN_ADDR", addr).env_remove("WARDEN_TOKEN");
+    cmd.args(args)
+        .env("WARDEN_ADDR", addr)
+        .env_remove("WARDEN_TOKEN");
     if let Some(t) = token {
         cmd.env("WARDEN_TOKEN", t);
     }
@@ -72,9 +78,13 @@ fn tokens_gate_the_cli_by_role_and_are_never_logged() {
     let server = ChildGuard(server);
     let addr = format!("http://127.0.0.1:{http}");
     assert!(
-        wait_until(Duration::from_secs(20), || cli(&addr, Some(&read), &["agents"])
-            .status
-            .success()),
+        wait_until(Duration::from_secs(20), || cli(
+            &addr,
+            Some(&read),
+            &["agents"]
+        )
+        .status
+        .success()),
         "the server did not come up: {}",
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
@@ -82,7 +92,11 @@ fn tokens_gate_the_cli_by_role_and_are_never_logged() {
     // No token: refused with a message saying what to do.
     let out = cli(&addr, None, &["agents"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("401") && stderr(&out).contains("WARDEN_TOKEN"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("401") && stderr(&out).contains("WARDEN_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
 
     // The read token reads and may not write.
     let spec = dir.path().join("job.toml");
@@ -119,10 +133,19 @@ fn tokens_gate_the_cli_by_role_and_are_never_logged() {
 
     drop(server);
     let log = std::fs::read_to_string(&log_path).expect("server log");
-    assert!(log.contains("job submitted"), "the log has the request trace");
-    assert!(log.contains("deploy"), "writes are logged with the token's name");
+    assert!(
+        log.contains("job submitted"),
+        "the log has the request trace"
+    );
+    assert!(
+        log.contains("deploy"),
+        "writes are logged with the token's name"
+    );
     for t in [&operator, &read, &late] {
-        assert!(!log.contains(t.as_str()), "a token appeared in the server log");
+        assert!(
+            !log.contains(t.as_str()),
+            "a token appeared in the server log"
+        );
         // Not even its random part.
         assert!(!log.contains(&t["warden_api_".len()..]));
     }

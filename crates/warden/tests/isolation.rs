@@ -17,7 +17,9 @@ use common::{ChildGuard, PidGuard, wait_until, warden_bin};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use warden_agent::isolation::{self, SAFE_PATH, TaskUser, TaskUserError};
-use warden_agent::{ShimLauncher, Supervisor, SupervisorConfig, TaskEvent, TaskEventKind, TaskSpec};
+use warden_agent::{
+    ShimLauncher, Supervisor, SupervisorConfig, TaskEvent, TaskEventKind, TaskSpec,
+};
 use warden_chaos::cluster::{Cluster, free_port};
 use warden_core::{FencingToken, HealthCheck, JobSpec};
 
@@ -43,7 +45,11 @@ fn credentials(pid: i32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
         status
             .lines()
             .find_map(|l| l.strip_prefix(key))
-            .map(|rest| rest.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     (ids("Uid:"), ids("Gid:"), ids("Groups:"))
@@ -135,12 +141,18 @@ async fn a_root_agents_tasks_run_as_nobody_while_the_shim_stays_root() {
         return;
     }
     let choice = isolation::resolve(None).expect("resolve the default");
-    assert_eq!(choice.switch_to, Some(nobody()), "root agents default to nobody");
+    assert_eq!(
+        choice.switch_to,
+        Some(nobody()),
+        "root agents default to nobody"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sup = Sup::new(Some(nobody()));
     let spec = TaskSpec::for_job(
-        &job("name = \"iso\"\nkind = \"service\"\ncommand = \"sleep\"\nargs = [\"600\"]\nenv = { JOB_VAR = \"from-job\" }\n"),
+        &job(
+            "name = \"iso\"\nkind = \"service\"\ncommand = \"sleep\"\nargs = [\"600\"]\nenv = { JOB_VAR = \"from-job\" }\n",
+        ),
         0,
         FencingToken(7),
         dir.path(),
@@ -148,7 +160,11 @@ async fn a_root_agents_tasks_run_as_nobody_while_the_shim_stays_root() {
     let pid = sup.run(spec).await.expect("task started");
     let nobody = nobody();
     let (uids, gids, groups) = credentials(pid);
-    assert_eq!(uids, vec![nobody.uid; 4], "real, effective, saved and fs uid");
+    assert_eq!(
+        uids,
+        vec![nobody.uid; 4],
+        "real, effective, saved and fs uid"
+    );
     assert_eq!(gids, vec![nobody.gid; 4]);
     assert!(groups.is_empty(), "no supplementary groups: {groups:?}");
     // The watchdog that fences the task stays root: the task cannot signal or stop it.
@@ -205,7 +221,10 @@ async fn shell_metacharacters_in_job_fields_reach_the_task_literally() {
         let mut args = vec!["%s\\n".to_string()];
         args.extend(payloads.iter().cloned());
         let spec = TaskSpec {
-            task: warden_core::TaskId::new(warden_core::JobName::new("lit"), u32::try_from(i).expect("index")),
+            task: warden_core::TaskId::new(
+                warden_core::JobName::new("lit"),
+                u32::try_from(i).expect("index"),
+            ),
             epoch: FencingToken(1),
             command: "printf".into(),
             args,
@@ -219,7 +238,11 @@ async fn shell_metacharacters_in_job_fields_reach_the_task_literally() {
         sup.exited(&id).await;
         let printed = std::fs::read_to_string(&out).expect("stdout log");
         let lines: Vec<&str> = printed.lines().collect();
-        assert_eq!(lines, payloads.iter().map(String::as_str).collect::<Vec<_>>(), "as {run_as:?}");
+        assert_eq!(
+            lines,
+            payloads.iter().map(String::as_str).collect::<Vec<_>>(),
+            "as {run_as:?}"
+        );
         let created: Vec<_> = std::fs::read_dir(dir.path())
             .expect("read dir")
             .flatten()
@@ -237,7 +260,12 @@ fn shim_as(dir: &Path, user: &TaskUser, program: &str) -> (Vec<String>, Option<i
         .arg(dir.join("out.log"))
         .arg("--stderr")
         .arg(dir.join("err.log"))
-        .args(["--user", &format!("{}:{}", user.uid, user.gid), "--", program])
+        .args([
+            "--user",
+            &format!("{}:{}", user.uid, user.gid),
+            "--",
+            program,
+        ])
         .env_clear()
         .env("PATH", SAFE_PATH)
         .stdin(Stdio::piped())
@@ -246,7 +274,10 @@ fn shim_as(dir: &Path, user: &TaskUser, program: &str) -> (Vec<String>, Option<i
         .spawn()
         .expect("spawn the shim");
     let stdout = child.stdout.take().expect("status pipe");
-    let lines: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
     let code = child.wait().expect("wait").code();
     (lines, code)
 }
@@ -272,12 +303,19 @@ fn a_program_the_task_user_cannot_run_is_reported_as_a_spawn_failure() {
     let (lines, code) = shim_as(dir.path(), &nobody, &script.display().to_string());
     assert_eq!(code, Some(126), "{lines:?}");
     assert!(
-        lines.iter().any(|l| l.starts_with("spawn-failed cannot-execute")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("spawn-failed cannot-execute")),
         "{lines:?}"
     );
     let (lines, code) = shim_as(dir.path(), &nobody, "/nonexistent/program");
     assert_eq!(code, Some(127), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("spawn-failed not-found")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("spawn-failed not-found")),
+        "{lines:?}"
+    );
     let (lines, code) = shim_as(dir.path(), &nobody, "true");
     assert_eq!(code, Some(0), "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("started ")), "{lines:?}");
@@ -318,7 +356,13 @@ async fn exec_health_checks_run_as_the_task_user() {
 #[test]
 fn an_agent_refuses_an_unknown_task_user_at_start() {
     let out = Command::new(warden_bin())
-        .args(["agent", "--task-user", "no-such-user-warden-test", "--server", "127.0.0.1:1"])
+        .args([
+            "agent",
+            "--task-user",
+            "no-such-user-warden-test",
+            "--server",
+            "127.0.0.1:1",
+        ])
         .output()
         .expect("run the agent");
     assert!(!out.status.success());

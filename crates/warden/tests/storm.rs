@@ -15,8 +15,19 @@ use serde_json::Value;
 fn a_heartbeat_storm_does_not_starve_well_behaved_agents() {
     let out = Command::new(warden_bin())
         .args([
-            "bench", "storm", "--normal", "10", "--storm", "100", "--factor", "10",
-            "--duration", "10", "--warmup", "2", "--json",
+            "bench",
+            "storm",
+            "--normal",
+            "10",
+            "--storm",
+            "100",
+            "--factor",
+            "10",
+            "--duration",
+            "10",
+            "--warmup",
+            "2",
+            "--json",
         ])
         .output()
         .expect("run warden bench storm");
@@ -31,12 +42,18 @@ fn a_heartbeat_storm_does_not_starve_well_behaved_agents() {
 
     // The well-behaved agents keep their leases and stay Healthy.
     assert!(f("/normal/acked") >= 10.0 * 2.0 * 10.0 * 0.8, "acks: {r}");
-    assert!(f("/normal/max_ack_gap_ms") < 2000.0, "an ack gap reached the lease: {r}");
+    assert!(
+        f("/normal/max_ack_gap_ms") < 2000.0,
+        "an ack gap reached the lease: {r}"
+    );
     assert!(f("/normal/ack_p99_ms") < 1000.0, "{r}");
     assert_eq!(f("/normal/not_healthy"), 0.0, "{r}");
     // The limit did its work: what the storm sent beyond it was dropped, not processed.
     assert!(f("/storm/dropped") > 0.0, "{r}");
-    assert!(f("/storm/acked") + f("/storm/dropped") <= f("/storm/sent") + 100.0, "{r}");
+    assert!(
+        f("/storm/acked") + f("/storm/dropped") <= f("/storm/sent") + 100.0,
+        "{r}"
+    );
     assert!(
         f("/storm/acked") <= 100.0 * (10.0 * f("/duration_s") + 20.0) * 1.1,
         "more acks than the limit allows: {r}"

@@ -72,7 +72,10 @@ impl ExecAs {
         let mut command = command
             .ok_or("missing `--` before the program")?
             .into_iter();
-        let program = command.next().filter(|p| !p.is_empty()).ok_or("missing program")?;
+        let program = command
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("missing program")?;
         Ok(ExecAs {
             uid: uid.ok_or("missing --uid")?,
             gid: gid.ok_or("missing --gid")?,
@@ -105,7 +108,11 @@ pub fn main(exec: &ExecAs) -> ExitCode {
         Err(e) => return fail(None, e as i32, &format!("take the status pipe: {e}")),
     };
     if let Err(e) = fcntl(&status, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
-        return fail(Some(&status), e as i32, &format!("mark the status pipe: {e}"));
+        return fail(
+            Some(&status),
+            e as i32,
+            &format!("mark the status pipe: {e}"),
+        );
     }
     let devnull = match std::fs::File::open("/dev/null") {
         Ok(f) => f,
@@ -156,7 +163,10 @@ mod tests {
     use super::*;
 
     fn strings(a: &[&str]) -> impl Iterator<Item = String> {
-        a.iter().map(|s| s.to_string()).collect::<Vec<_>>().into_iter()
+        a.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[test]

@@ -83,9 +83,9 @@ pub fn decode_job_spec(
     }
     let spec = parse_job_spec(format, body)?;
     check_job_spec(&spec)?;
-    limits.check(&spec).map_err(|e| {
-        HttpError::new(ErrorCode::LimitExceeded, e.to_string()).with_field(e.field)
-    })?;
+    limits
+        .check(&spec)
+        .map_err(|e| HttpError::new(ErrorCode::LimitExceeded, e.to_string()).with_field(e.field))?;
     Ok(spec)
 }
 
