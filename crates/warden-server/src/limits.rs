@@ -84,6 +84,15 @@ impl SessionLimits {
                 "must be at least 4096 (a Hello listing running tasks needs room)",
             ));
         }
+        if self.max_message_bytes > warden_proto::AGENT_MAX_MESSAGE_BYTES {
+            return Err(ConfigError::new(
+                "max_message_bytes",
+                format!(
+                    "must be at most {} (agents accept no larger message from the server)",
+                    warden_proto::AGENT_MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
         if self.outbound_queue == 0 {
             return Err(ConfigError::new("outbound_queue", "must be at least 1"));
         }
@@ -302,6 +311,10 @@ mod tests {
             (
                 "limits.sessions.max_message_bytes",
                 Box::new(|l| l.sessions.max_message_bytes = 100),
+            ),
+            (
+                "limits.sessions.max_message_bytes",
+                Box::new(|l| l.sessions.max_message_bytes = 64 << 20),
             ),
             (
                 "limits.jobs.max_replicas",
