@@ -18,7 +18,7 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    cargo +nightly install cargo-fuzz --locked
 fi
 
 target_dir=()
