@@ -175,7 +175,12 @@ struct ProbeJob {
     agent: AgentId,
     round: u64,
     target: Option<SocketAddr>,
-    helpers: Vec<(mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, u64)>,
+    /// Session channel, request id, and the helper agent's name (only its session may answer).
+    helpers: Vec<(
+        mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+        u64,
+        Arc<str>,
+    )>,
 }
 
 #[derive(Debug)]
@@ -192,7 +197,7 @@ struct Inner {
     recoveries: HashMap<TaskId, Pending>,
     events: Vec<NewEvent>,
     probes: Vec<ProbeJob>,
-    probe_waiters: HashMap<u64, oneshot::Sender<ProbeOutcome>>,
+    probe_waiters: HashMap<u64, (Arc<str>, oneshot::Sender<ProbeOutcome>)>,
     next_probe: u64,
     /// Agents known only from task records after a restart, and when they must have come back.
     restart_deadline: Option<Time>,
@@ -677,10 +682,12 @@ impl ControlPlane {
         );
     }
 
-    /// A probe result arrived on a session.
-    pub fn probe_result(&self, r: &v1::ProbeResult) {
+    /// A probe result arrived on `who`'s session; only the agent asked may answer.
+    pub fn probe_result(&self, who: &Admitted, r: &v1::ProbeResult) {
         let mut g = lock(&self.inner);
-        if let Some(w) = g.probe_waiters.remove(&r.request_id) {
+        if g.probe_waiters.get(&r.request_id).map(|w| &w.0) == Some(&who.id.name)
+            && let Some((_, w)) = g.probe_waiters.remove(&r.request_id)
+        {
             let _ = w.send(outcome_from_wire(r.outcome));
         }
     }
@@ -850,6 +857,7 @@ impl ControlPlane {
                     let helpers: Vec<(
                         mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
                         u64,
+                        Arc<str>,
                     )> = {
                         let mut hs: Vec<&Session> = g
                             .sessions
@@ -863,11 +871,14 @@ impl ControlPlane {
                             .collect();
                         hs.sort_by(|a, b| a.id.cmp(&b.id));
                         hs.truncate(k);
-                        let txs: Vec<_> = hs.iter().map(|s| s.tx.clone()).collect();
+                        let txs: Vec<_> = hs
+                            .iter()
+                            .map(|s| (s.tx.clone(), s.id.name.clone()))
+                            .collect();
                         let mut out = Vec::new();
-                        for tx in txs {
+                        for (tx, name) in txs {
                             g.next_probe += 1;
-                            out.push((tx, g.next_probe));
+                            out.push((tx, g.next_probe, name));
                         }
                         out
                     };
@@ -1051,9 +1062,9 @@ impl ControlPlane {
             let mut waits = Vec::new();
             {
                 let mut g = lock(&self.inner);
-                for (tx, id) in &job.helpers {
+                for (tx, id, helper) in &job.helpers {
                     let (wtx, wrx) = oneshot::channel();
-                    g.probe_waiters.insert(*id, wtx);
+                    g.probe_waiters.insert(*id, (helper.clone(), wtx));
                     send(
                         tx,
                         v1::server_message::Msg::Probe(v1::ProbeRequest {
