@@ -41,8 +41,12 @@ use crate::supervisor::{
 /// Settings of an agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Server gRPC endpoints, e.g. `http://127.0.0.1:7400`, tried in turn.
+    /// Server gRPC addresses (`host:port` or a URI), tried in turn; see [`crate::tls::endpoint`].
     pub servers: Vec<String>,
+    /// Mutual TLS with the servers (`None`: plaintext).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The join token sent with every session request, when the servers require one.
+    pub join_token: Option<crate::tls::JoinToken>,
     /// Agent name, unique in the fleet.
     pub name: String,
     /// Where task logs go.
@@ -169,23 +173,21 @@ async fn session(
     endpoints: &mut Endpoints,
     cancel: &CancellationToken,
 ) -> SessionEnd {
-    let endpoint = match tonic::transport::Endpoint::from_shared(server.to_string()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true),
-        Err(e) => return SessionEnd::Lost(format!("bad server address {server:?}: {e}")),
+    let endpoint = match crate::tls::endpoint(server, cfg.tls.as_ref()) {
+        Ok(e) => e,
+        Err(e) => return SessionEnd::Lost(e.to_string()),
     };
     let channel = tokio::select! {
         () = cancel.cancelled() => return SessionEnd::Cancelled,
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
+            Err(e) => return SessionEnd::Lost(format!("connect: {}", crate::tls::error_chain(&e))),
         },
     };
-    let mut client = v1::agent_session_client::AgentSessionClient::new(channel);
+    let mut client = v1::agent_session_client::AgentSessionClient::with_interceptor(
+        channel,
+        crate::tls::join_token(cfg.join_token.as_ref()),
+    );
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
     let running: Vec<v1::RunningTask> = running_tasks(supervisor, health, endpoints);
     let hello = v1::Hello {
