@@ -55,7 +55,12 @@ pub struct AgentArgs {
     pub tls_server_name: Option<String>,
     /// Join token, for servers started with --join-tokens (prefer --join-token-file or the
     /// environment: command lines are visible to other users).
-    #[arg(long, env = "WARDEN_JOIN_TOKEN", hide_env_values = true, conflicts_with = "join_token_file")]
+    #[arg(
+        long,
+        env = "WARDEN_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "join_token_file"
+    )]
     pub join_token: Option<Secret>,
     /// File whose first line is the join token.
     #[arg(long, env = "WARDEN_JOIN_TOKEN_FILE")]

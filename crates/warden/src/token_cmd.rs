@@ -26,8 +26,8 @@ pub enum TokenCommand {
 pub fn run(cmd: &TokenCommand) -> Result<()> {
     match cmd {
         TokenCommand::Join { file, once } => {
-            let token = warden_server::auth::add_join_token(file, *once)
-                .context("add a join token")?;
+            let token =
+                warden_server::auth::add_join_token(file, *once).context("add a join token")?;
             eprintln!(
                 "added the hash of a new {}join token to {}; the token (shown only now):",
                 if *once { "one-time " } else { "" },
