@@ -39,6 +39,13 @@ if grep -q 'tokio' <<<"$core_tree"; then
     exit 1
 fi
 
+echo "== one rustls crypto provider (ring) in the warden binary"
+warden_tree=$(cargo tree -p warden -e normal --locked)
+if grep -qE '^.*(aws-lc-rs|aws-lc-sys) v' <<<"$warden_tree"; then
+    echo "the warden binary pulls in aws-lc (a second crypto provider); see docs/security.md" >&2
+    exit 1
+fi
+
 echo "== cargo nextest"
 cargo nextest run --workspace --locked --no-fail-fast
 

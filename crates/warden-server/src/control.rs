@@ -169,18 +169,21 @@ struct Pending {
     has_health_check: bool,
 }
 
+/// An agent asked to probe: its session channel, the request id, and its name (only its
+/// session may answer).
+type ProbeHelper = (
+    mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+    u64,
+    Arc<str>,
+);
+
 /// A probe round to run outside the lock.
 #[derive(Debug)]
 struct ProbeJob {
     agent: AgentId,
     round: u64,
     target: Option<SocketAddr>,
-    /// Session channel, request id, and the helper agent's name (only its session may answer).
-    helpers: Vec<(
-        mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
-        u64,
-        Arc<str>,
-    )>,
+    helpers: Vec<ProbeHelper>,
 }
 
 #[derive(Debug)]
@@ -854,11 +857,7 @@ impl ControlPlane {
                     // The session may be gone; where it listened is remembered.
                     let target = g.probe_addrs.get(&agent).copied();
                     let k = self.cfg.indirect_probes;
-                    let helpers: Vec<(
-                        mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
-                        u64,
-                        Arc<str>,
-                    )> = {
+                    let helpers: Vec<ProbeHelper> = {
                         let mut hs: Vec<&Session> = g
                             .sessions
                             .values()
