@@ -2188,8 +2188,8 @@ impl ControlApi for ControlPlane {
         LeaderView {
             leader: known.as_ref().map(|l| l.name.clone()),
             term: known.as_ref().map(|l| l.term),
-            since_unix_ms: known.as_ref().map(|l| l.since_unix_ms),
-            acting_since_unix_ms: if leads { acting } else { None },
+            since: known.as_ref().map(|l| l.since_unix_ms),
+            acting_since: if leads { acting } else { None },
             role: if leads { "leader" } else { "standby" }.into(),
             this: self.leadership.name().to_string(),
             stale: !leads && (known.is_none() || !fresh),

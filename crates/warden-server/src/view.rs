@@ -179,10 +179,10 @@ pub struct LeaderView {
     /// The leader's term (its fencing token in the election), if one is known.
     pub term: Option<u64>,
     /// When the leader's term began, ms since the Unix epoch.
-    pub since_unix_ms: Option<u64>,
+    pub since: Option<u64>,
     /// When this replica, as leader, ran its first reconcile round of the term (absent on a
     /// standby, and until then).
-    pub acting_since_unix_ms: Option<u64>,
+    pub acting_since: Option<u64>,
     /// `leader` or `standby`: this replica's role.
     pub role: String,
     /// This replica's advertised address.
@@ -284,8 +284,8 @@ pub trait ControlApi: Send + Sync + 'static {
         LeaderView {
             leader: None,
             term: Some(1),
-            since_unix_ms: None,
-            acting_since_unix_ms: None,
+            since: None,
+            acting_since: None,
             role: "leader".into(),
             this: String::new(),
             stale: false,
