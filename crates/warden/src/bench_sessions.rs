@@ -225,8 +225,9 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
             t1 - t0,
         );
     }
+    // The server goes before its store.
     drop(cluster);
-    drop(etcd);
+    let _stop_etcd_last = etcd;
     Ok(())
 }
 
