@@ -12,6 +12,7 @@ use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tracing::warn;
 use warden_proto::JOIN_TOKEN_METADATA;
 use warden_proto::pem::{self, PemError};
 
@@ -164,6 +165,48 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Whether `e` or one of its sources is a TLS handshake failure (rustls reports those, and
+/// the alerts it receives, as `InvalidData` I/O errors).
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Why connecting to `server` failed, for the session's log; a TLS failure (the server's
+/// certificate not trusted, ours refused) is also logged as a warning at once, since retrying
+/// will not fix it. Connection refused and the like stay quiet: servers come and go.
+pub fn connect_failed(server: &str, e: &tonic::transport::Error) -> String {
+    let reason = format!("connect: {}", error_chain(e));
+    if is_tls_failure(e) {
+        warn!(server, %reason, "TLS handshake with the server failed");
+    }
+    reason
+}
+
+/// Why the server refused the session, for the session's log; a refusal of the agent's
+/// certificate, identity or join token is also logged as a warning, since retrying will not
+/// fix it.
+pub fn session_refused(server: &str, status: &tonic::Status) -> String {
+    let reason = format!("open session: {status}");
+    if matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    ) {
+        warn!(server, code = ?status.code(), message = status.message(), "the server refused this agent");
+    } else if is_tls_failure(status) {
+        warn!(server, %reason, "the server refused this agent's certificate");
+    }
+    reason
+}
+
 /// A join token (`--join-token`, `WARDEN_JOIN_TOKEN`, `--join-token-file`). Its `Debug` does
 /// not show it, so it cannot end up in a log by accident.
 #[derive(Clone)]
@@ -198,13 +241,17 @@ impl JoinToken {
         if t.is_empty() {
             return Err(JoinTokenError::Invalid("the join token is empty".into()));
         }
-        let mut v: AsciiMetadataValue = t.parse().map_err(|_| {
+        let invalid = || {
             JoinTokenError::Invalid(
                 "the join token has characters a gRPC header cannot carry (printable ASCII \
                  only)"
                     .into(),
             )
-        })?;
+        };
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid());
+        }
+        let mut v: AsciiMetadataValue = t.parse().map_err(|_| invalid())?;
         v.set_sensitive(true);
         Ok(JoinToken(v))
     }

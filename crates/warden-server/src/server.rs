@@ -14,6 +14,7 @@ use warden_store::Store;
 
 use crate::auth::{Gate, SessionSecurity};
 use crate::control::{ControlConfig, ControlPlane, StartError};
+use crate::leader::Leadership;
 use crate::session::SessionService;
 use crate::sla::SlaConfig;
 use crate::view::ControlApi;
@@ -95,7 +96,38 @@ pub async fn run_with(
     http: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
-    let cp = ControlPlane::new(store, cfg)?;
+    let name = http
+        .local_addr()
+        .map_or_else(|_| "local".to_string(), |a| a.to_string());
+    run_replica(
+        store,
+        cfg,
+        sla,
+        adapters,
+        Leadership::single(name),
+        security,
+        grpc,
+        http,
+        cancel,
+    )
+    .await
+}
+
+/// Like [`run_with`], as one replica of a replicated control plane whose role `leadership`
+/// tells (see [`crate::leader`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_replica(
+    store: Arc<dyn Store>,
+    cfg: ControlConfig,
+    sla: SlaConfig,
+    adapters: Adapters,
+    leadership: Leadership,
+    security: SessionSecurity,
+    grpc: TcpListener,
+    http: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let cp = ControlPlane::with_leadership(store, cfg, leadership)?;
     let (gate, tls) = Gate::new(security);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {

@@ -17,7 +17,8 @@ use warden_core::Resources;
 #[derive(Clone, Debug, Args)]
 pub struct AgentArgs {
     /// Server gRPC address, `host:port` (http:// or https:// is added to match the TLS
-    /// settings); repeat or comma-separate for several servers.
+    /// settings); repeat (or separate with commas) for every replica of a replicated control
+    /// plane: the agent keeps a session with each.
     #[arg(
         long = "server",
         env = "WARDEN_SERVER",

@@ -13,8 +13,9 @@ use warden_server::auth::{JoinTokens, ServerTls, SessionSecurity};
 use warden_server::control::ControlConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
+use warden_server::leader::Leadership;
 use warden_server::sla::SlaConfig;
-use warden_store::RedbStore;
+use warden_store::{RedbStore, Store};
 
 /// `warden server` flags.
 #[derive(Clone, Debug, Args)]
@@ -49,6 +50,15 @@ pub struct ServerArgs {
     /// it no token is required.
     #[arg(long, env = "WARDEN_JOIN_TOKENS")]
     pub join_tokens: Option<PathBuf>,
+    /// Where the control plane's state lives: `redb` (the embedded store in --data-dir, one
+    /// server) or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (a replicated control plane: run
+    /// several servers on the same URL; one is elected leader). [default: redb]
+    #[arg(long, env = "WARDEN_STORE")]
+    pub store: Option<String>,
+    /// The REST address this replica advertises to the others (`GET /v1/leader`, redirects of
+    /// writes) [default: --http-addr]
+    #[arg(long, env = "WARDEN_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
     /// Print the effective configuration (defaults < file < environment < flags) as TOML and
     /// exit.
     #[arg(long)]
@@ -74,6 +84,13 @@ pub struct ServerFile {
     pub tls_client_ca: Option<PathBuf>,
     /// File of join token hashes (`sha256:<hex> [once]` per line); unset: no token required.
     pub join_tokens: Option<PathBuf>,
+    /// `redb` or `etcd://HOST:PORT[,...][/PREFIX]`.
+    pub store: Option<String>,
+    /// The REST address advertised to the other replicas.
+    pub advertise_addr: Option<String>,
+    /// Leader election on etcd (`[election]`).
+    #[serde(default)]
+    pub election: ElectionConfig,
     /// Control-plane tuning.
     #[serde(default)]
     pub control: ControlConfig,
@@ -86,6 +103,84 @@ pub struct ServerFile {
     /// Files rendered from services, with a reload command (`[[file_adapter]]`, none by default).
     #[serde(default)]
     pub file_adapter: Vec<FileAdapterConfig>,
+}
+
+/// Leader election on etcd: the leader key's lease TTL and the safety margin by which a leader
+/// steps down before etcd could expire it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElectionConfig {
+    /// TTL of the leader's etcd lease (default 2 s, etcd's practical minimum). A dead leader is
+    /// replaced about this long after it died.
+    #[serde(with = "warden_core::duration_serde")]
+    pub ttl: std::time::Duration,
+    /// A leader stops acting at `last keepalive acknowledged + ttl - margin` (default 500 ms).
+    #[serde(with = "warden_core::duration_serde")]
+    pub margin: std::time::Duration,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            ttl: std::time::Duration::from_secs(2),
+            margin: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+impl ElectionConfig {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.ttl < std::time::Duration::from_secs(1) {
+            anyhow::bail!(
+                "invalid configuration: election.ttl must be at least 1s (etcd leases are whole seconds)"
+            );
+        }
+        if self.ttl.subsec_nanos() != 0 {
+            anyhow::bail!(
+                "invalid configuration: election.ttl must be whole seconds (etcd leases are)"
+            );
+        }
+        if self.margin.is_zero() || self.margin >= self.ttl {
+            anyhow::bail!(
+                "invalid configuration: election.margin must be greater than 0 and less than election.ttl"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the control plane's state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded redb file in the data directory: a single server.
+    Redb,
+    /// An etcd cluster (the URL as given): replicated servers with a leader.
+    Etcd(String),
+}
+
+impl StoreChoice {
+    /// Parse `redb` or `etcd://...`.
+    pub fn parse(text: &str) -> Result<StoreChoice> {
+        let t = text.trim();
+        if t.is_empty() || t == "redb" {
+            Ok(StoreChoice::Redb)
+        } else if t.starts_with("etcd://") {
+            Ok(StoreChoice::Etcd(t.to_string()))
+        } else {
+            anyhow::bail!(
+                "invalid --store {text:?}: expected `redb` or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`"
+            )
+        }
+    }
+
+    /// As written in a config file.
+    pub fn as_text(&self) -> String {
+        match self {
+            StoreChoice::Redb => "redb".into(),
+            StoreChoice::Etcd(url) => url.clone(),
+        }
+    }
 }
 
 /// Settings after merging.
@@ -101,6 +196,12 @@ pub struct ServerSettings {
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// Join token hashes file.
     pub join_tokens: Option<PathBuf>,
+    /// Where the state lives.
+    pub store: StoreChoice,
+    /// The REST address advertised to the other replicas.
+    pub advertise_addr: String,
+    /// Leader election settings.
+    pub election: ElectionConfig,
     /// Control-plane tuning.
     pub control: ControlConfig,
     /// SLA report defaults.
@@ -152,12 +253,26 @@ impl ServerArgs {
                 ),
             },
             join_tokens: self.join_tokens.clone().or(file.join_tokens),
+            store: StoreChoice::parse(
+                self.store
+                    .as_deref()
+                    .or(file.store.as_deref())
+                    .unwrap_or("redb"),
+            )?,
+            advertise_addr: String::new(),
+            election: file.election,
             control: file.control,
             sla: file.sla,
             haproxy: file.haproxy,
             file_adapter: file.file_adapter,
         };
         let mut s = s;
+        s.advertise_addr = self
+            .advertise_addr
+            .clone()
+            .or(file.advertise_addr)
+            .unwrap_or_else(|| s.http_addr.to_string());
+        s.election.validate()?;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
         s.sla
@@ -190,6 +305,9 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             tls_key: s.tls.as_ref().map(|t| t.1.clone()),
             tls_client_ca: s.tls.as_ref().map(|t| t.2.clone()),
             join_tokens: s.join_tokens.clone(),
+            store: Some(s.store.as_text()),
+            advertise_addr: Some(s.advertise_addr.clone()),
+            election: s.election.clone(),
             control: s.control.clone(),
             sla: s.sla.clone(),
             haproxy: s.haproxy.clone(),
@@ -201,29 +319,43 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         );
         return Ok(());
     }
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
     let security = session_security(&s)?;
-    let store_dir = s.data_dir.join("store");
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
-        .await?
-        .context("open the store")?;
     let grpc = tokio::net::TcpListener::bind(s.grpc_addr)
         .await
         .with_context(|| format!("bind gRPC address {}", s.grpc_addr))?;
     let http = tokio::net::TcpListener::bind(s.http_addr)
         .await
         .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
+    // Port 0 picks a free port: advertise the one picked.
+    let advertise = match http.local_addr() {
+        Ok(bound) if s.advertise_addr == s.http_addr.to_string() => bound.to_string(),
+        _ => s.advertise_addr.clone(),
+    };
     let cancel = CancellationToken::new();
+    let (store, leadership): (Arc<dyn Store>, Leadership) = match &s.store {
+        StoreChoice::Redb => {
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+            let store_dir = s.data_dir.join("store");
+            let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
+                .await?
+                .context("open the store")?;
+            (Arc::new(store), Leadership::single(advertise.clone()))
+        }
+        StoreChoice::Etcd(url) => {
+            crate::etcd_cmd::open(url, &advertise, &s.election, cancel.child_token()).await?
+        }
+    };
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
-    warden_server::server::run_with(
-        Arc::new(store),
+    warden_server::server::run_replica(
+        store,
         s.control,
         s.sla,
         warden_server::server::Adapters {
             haproxy: s.haproxy,
             files: s.file_adapter,
         },
+        leadership,
         security,
         grpc,
         http,
@@ -244,7 +376,12 @@ fn session_security(s: &ServerSettings) -> Result<SessionSecurity> {
         None => None,
     };
     let join_tokens = match &s.join_tokens {
-        Some(f) => Some(JoinTokens::open(f, &s.data_dir.join(JOIN_TOKEN_BINDINGS))?),
+        Some(f) => {
+            // One-time token bindings are kept here, whatever the store.
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+            Some(JoinTokens::open(f, &s.data_dir.join(JOIN_TOKEN_BINDINGS))?)
+        }
         None => None,
     };
     match (&tls, &join_tokens) {
