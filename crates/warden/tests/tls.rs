@@ -149,8 +149,13 @@ fn tls_init_output_runs_server_and_agents_with_join_tokens_end_to_end() {
         api: Client::new(&format!("http://127.0.0.1:{http}")).unwrap(),
         dir,
     };
+    // Host-wide CPU signals say nothing about agents that share one (busy) test machine.
+    let config = s.dir.path().join("server.toml");
+    std::fs::write(&config, warden_chaos::run::SERVER_CONFIG).unwrap();
     let server_args: Vec<String> = vec![
         "server".into(),
+        "--config".into(),
+        p(&config),
         "--data-dir".into(),
         p(&s.dir.path().join("server")),
         "--grpc-addr".into(),
