@@ -5,7 +5,8 @@
 //!
 //! Refused: no client certificate, a certificate of another CA, an expired one, a plaintext
 //! client, a Hello naming another agent than the certificate, a missing/unknown token, a
-//! one-time token used by a second name. And a session admitted as A cannot report for B.
+//! one-time token used by a second name. And a session admitted as A cannot report for B:
+//! not B's tasks, not as B by a second Hello, not a probe result the server asked B for.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -200,7 +201,7 @@ async fn open(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| Status::unavailable(warden_agent::tls::error_chain(&e)))?;
+        .map_err(|e| Status::from_error(Box::new(e)))?;
     let token = token.map(|t| JoinToken::new(t).expect("token"));
     let mut client = AgentSessionClient::with_interceptor(
         channel,
@@ -290,13 +291,12 @@ where
 }
 
 /// Whether `e` is the server refusing the TLS handshake: its alert `alert` when it reaches
-/// the client, or the connection closing under the client when the close wins the race.
+/// the client; otherwise the connection failing under the client (the server's close can win
+/// the race with its alert), which tonic reports with the transport error as the source —
+/// unlike a refusal by the session service, a status the server sent.
 fn refused_by_tls(e: &Status, alert: &str) -> bool {
-    let text = e.to_string();
-    text.contains(alert)
-        || text.contains("connection closed")
-        || text.contains("broken pipe")
-        || text.contains("reset by peer")
+    use std::error::Error;
+    e.to_string().contains(alert) || e.source().is_some()
 }
 
 fn tls_only(p: &Pki) -> SessionSecurity {
@@ -543,4 +543,124 @@ async fn join_tokens_are_required_checked_and_one_time_tokens_bind_to_one_name()
     let mut names = s.agent_names().await;
     names.sort();
     assert_eq!(names, ["a", "b"]);
+}
+
+/// Keeps a session alive in the background: heartbeats every 200 ms, and hands the probe
+/// requests it gets to the test. Dropping it ends the session.
+struct Driver {
+    tx: mpsc::Sender<AgentMessage>,
+    probes: mpsc::UnboundedReceiver<v1::ProbeRequest>,
+    stop: CancellationToken,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn drive(mut s: Session) -> Driver {
+    let (probes_tx, probes) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let tx = s.tx.clone();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    s.seq += 1;
+                    let hb = Msg::Heartbeat(v1::Heartbeat { seq: s.seq, signals: None, running: vec![] });
+                    if s.tx.send(AgentMessage { msg: Some(hb) }).await.is_err() {
+                        break;
+                    }
+                }
+                m = s.rx.message() => match m {
+                    Ok(Some(ServerMessage { msg: Some(Smsg::Probe(p)) })) => {
+                        let _ = probes_tx.send(p);
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                },
+            }
+        }
+    });
+    Driver { tx, probes, stop }
+}
+
+async fn next_probe(d: &mut Driver) -> v1::ProbeRequest {
+    tokio::time::timeout(DEADLINE, d.probes.recv())
+        .await
+        .expect("a probe request in time")
+        .expect("session open")
+}
+
+/// `warden_probes_total{kind="indirect",result=...}` as the server's `/metrics` shows it.
+async fn indirect_probes(s: &TestServer, result: &str) -> u64 {
+    let c = s.http.clone();
+    let text = tokio::task::spawn_blocking(move || c.request("GET", "/metrics", None, b""))
+        .await
+        .expect("join")
+        .expect("GET /metrics")
+        .body;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("warden_probes_total{")
+                && l.contains("kind=\"indirect\"")
+                && l.contains(&format!("result=\"{result}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_result_counts_only_from_the_agent_that_was_asked() {
+    let p = pki();
+    let s = start(tls_only(&p), tmp()).await;
+    let mut a = drive(
+        open(s.endpoint(Some(&p.agent("a"))), None, "a", 0)
+            .await
+            .expect("a joins"),
+    );
+    let mut b = drive(
+        open(s.endpoint(Some(&p.agent("b"))), None, "b", 0)
+            .await
+            .expect("b joins"),
+    );
+    let c = drive(
+        open(s.endpoint(Some(&p.agent("c"))), None, "c", 0)
+            .await
+            .expect("c joins"),
+    );
+    poll("a, b and c healthy", || async {
+        let agents = s.get("/v1/agents").await;
+        agents
+            .as_array()
+            .is_some_and(|v| v.len() == 3 && v.iter().all(|x| x["state"] == "healthy"))
+    })
+    .await;
+    // c's session ends: the server asks a and b to probe it.
+    drop(c);
+    let ask_a = next_probe(&mut a).await;
+    let ask_b = next_probe(&mut b).await;
+    assert_ne!(ask_a.request_id, ask_b.request_id);
+    // a answers its own request, and b's too; b stays silent.
+    for id in [ask_a.request_id, ask_b.request_id] {
+        a.tx.send(AgentMessage {
+            msg: Some(Msg::ProbeResult(v1::ProbeResult {
+                request_id: id,
+                outcome: v1::ProbeOutcome::Answered as i32,
+            })),
+        })
+        .await
+        .expect("a's session");
+    }
+    poll("the indirect probes of the round to be counted", || async {
+        indirect_probes(&s, "answered").await + indirect_probes(&s, "timed_out").await >= 2
+    })
+    .await;
+    assert_eq!(indirect_probes(&s, "answered").await, 1, "a vouched for b");
+    assert_eq!(indirect_probes(&s, "timed_out").await, 1);
 }
