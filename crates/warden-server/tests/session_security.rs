@@ -664,3 +664,45 @@ async fn a_probe_result_counts_only_from_the_agent_that_was_asked() {
     assert_eq!(indirect_probes(&s, "answered").await, 1, "a vouched for b");
     assert_eq!(indirect_probes(&s, "timed_out").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_checks_the_server_certificate_and_its_name() {
+    let p = pki();
+    let s = start(tls_only(&p), tmp()).await;
+    let a = p.ca.issue_agent("a", Validity::days(1)).expect("cert");
+
+    // An agent that trusts another CA does not talk to this server.
+    let other = pki();
+    let wrong_ca = ClientTls::from_pem(
+        other.ca.cert_pem().to_string(),
+        a.cert_pem.clone(),
+        a.key_pem.clone(),
+    );
+    let e = open(s.endpoint(Some(&wrong_ca)), None, "a", 0)
+        .await
+        .err()
+        .expect("untrusted server: no session");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+
+    // The server certificate is checked for the name the agent expects.
+    let ours = ClientTls::from_pem(p.ca.cert_pem().to_string(), a.cert_pem, a.key_pem);
+    let e = open(
+        s.endpoint(Some(&ours.clone().with_server_name("elsewhere.example"))),
+        None,
+        "a",
+        0,
+    )
+    .await
+    .err()
+    .expect("a name the certificate does not have: no session");
+    assert!(e.to_string().contains("NotValidForName"), "{e}");
+    open(
+        s.endpoint(Some(&ours.with_server_name("localhost"))),
+        None,
+        "a",
+        0,
+    )
+    .await
+    .expect("localhost is in the server certificate");
+    assert_eq!(s.agent_names().await, ["a"]);
+}
