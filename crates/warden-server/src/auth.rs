@@ -346,17 +346,19 @@ fn parse_tokens(text: &str, path: &Path) -> Result<Vec<Entry>, TokenFileError> {
                         .into(),
                 )
             })?;
+        // Unexpected text is not quoted back: it might be a token pasted by mistake, and
+        // this message is logged.
         let once = match fields.next() {
             None => false,
             Some("once") => true,
-            Some(other) => {
-                return Err(err(format!(
-                    "unknown option {other:?} after the hash (the only option is `once`)"
-                )));
+            Some(_) => {
+                return Err(err(
+                    "unknown option after the hash (the only option is `once`)".into(),
+                ));
             }
         };
-        if let Some(extra) = fields.next() {
-            return Err(err(format!("unexpected {extra:?} at the end of the line")));
+        if fields.next().is_some() {
+            return Err(err("unexpected text at the end of the line".into()));
         }
         out.push(Entry { hash, once });
     }
@@ -563,7 +565,7 @@ impl JoinTokens {
         match st.bindings.get(&key) {
             Some(bound) if bound == name => Ok(()),
             Some(bound) => {
-                warn!(agent = name, bound_to = %bound, "one-time join token presented by a second agent name");
+                warn!(agent = ?name, bound_to = ?bound, "one-time join token presented by a second agent name");
                 Err(AuthError::TokenBound {
                     bound_to: bound.clone(),
                 })
@@ -578,7 +580,7 @@ impl JoinTokens {
                     AuthError::Internal(format!("{}: {e}", self.bindings_file.display()))
                 })?;
                 st.bindings = next;
-                info!(agent = name, "one-time join token bound to its first agent");
+                info!(agent = ?name, "one-time join token bound to its first agent");
                 Ok(())
             }
         }
@@ -602,13 +604,14 @@ mod tests {
         for (bad, want) in [
             ("x".to_string(), "expected `sha256:"),
             ("sha256:abc".to_string(), "expected `sha256:"),
-            (format!("{h} twice"), "unknown option \"twice\""),
-            (format!("{h} once more"), "unexpected \"more\""),
+            (format!("{h} wjt_secret"), "unknown option after the hash"),
+            (format!("{h} once wjt_secret"), "unexpected text"),
         ] {
             let err = parse_tokens(&format!("\n{bad}\n"), p)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("line 2") && err.contains(want), "{bad}: {err}");
+            assert!(!err.contains("wjt_secret"), "{err}");
         }
     }
 

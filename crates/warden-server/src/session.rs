@@ -102,7 +102,7 @@ impl AgentSession for SessionService {
         let who = tokio::task::spawn_blocking(move || {
             gate.check(peer.as_ref(), token.as_deref(), &hello.name)
                 .inspect_err(|e| {
-                    warn!(?remote, agent = %hello.name.trim(), reason = %e, "agent session refused");
+                    warn!(?remote, agent = ?hello.name.trim(), reason = %e, "agent session refused");
                 })?;
             admitting.admit(&hello, tx).map_err(Status::from)
         })
