@@ -61,6 +61,11 @@ impl EtcdConfig {
         let rest = url.strip_prefix("etcd://").ok_or_else(|| {
             bad("must start with etcd:// (etcd://host:port[,host:port...][/prefix])".into())
         })?;
+        if rest.contains("://") {
+            return Err(bad(
+                "endpoints are host:port without a scheme (TLS is not supported)".into(),
+            ));
+        }
         let (hosts, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -192,6 +197,7 @@ mod tests {
         assert!(err("etcd://a:1/x//y").contains("empty segment"));
         assert!(err("etcd://a:1/x y").contains("contains ' '"));
         assert!(err("etcd://https://a:1").contains("TLS"));
+        assert!(err("etcd://http://a:1").contains("without a scheme"));
         // The message names the URL.
         assert!(err("etcd://a").contains("etcd URL \"etcd://a\""), "{}", err("etcd://a"));
     }
