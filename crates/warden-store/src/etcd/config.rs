@@ -75,7 +75,7 @@ impl EtcdConfig {
         }
         let mut endpoints = Vec::new();
         for host in hosts.split(',') {
-            endpoints.push(parse_endpoint(host).map_err(|r| bad(r))?);
+            endpoints.push(parse_endpoint(host).map_err(&bad)?);
         }
         let prefix = normalize_prefix(prefix).map_err(bad)?;
         Ok(EtcdConfig::new(endpoints, prefix))
@@ -84,7 +84,10 @@ impl EtcdConfig {
     /// Reject settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() {
-            return Err(StoreError::invalid("etcd endpoints", "at least one is needed"));
+            return Err(StoreError::invalid(
+                "etcd endpoints",
+                "at least one is needed",
+            ));
         }
         if normalize_prefix(&self.prefix).ok().as_deref() != Some(self.prefix.as_str()) {
             return Err(StoreError::invalid(
@@ -199,7 +202,11 @@ mod tests {
         assert!(err("etcd://https://a:1").contains("TLS"));
         assert!(err("etcd://http://a:1").contains("without a scheme"));
         // The message names the URL.
-        assert!(err("etcd://a").contains("etcd URL \"etcd://a\""), "{}", err("etcd://a"));
+        assert!(
+            err("etcd://a").contains("etcd URL \"etcd://a\""),
+            "{}",
+            err("etcd://a")
+        );
     }
 
     #[test]
@@ -207,9 +214,19 @@ mod tests {
         let mut c = EtcdConfig::new(vec!["http://a:1".into()], "/w");
         c.validate().expect("valid");
         c.request_timeout = Duration::ZERO;
-        assert!(c.validate().expect_err("zero").to_string().contains("request_timeout"));
+        assert!(
+            c.validate()
+                .expect_err("zero")
+                .to_string()
+                .contains("request_timeout")
+        );
         let c = EtcdConfig::new(vec![], "/w");
-        assert!(c.validate().expect_err("none").to_string().contains("endpoints"));
+        assert!(
+            c.validate()
+                .expect_err("none")
+                .to_string()
+                .contains("endpoints")
+        );
         let c = EtcdConfig::new(vec!["a:1".into()], "w/");
         assert!(c.validate().is_err());
     }

@@ -33,7 +33,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -170,7 +172,10 @@ impl Throttle {
     fn fail(&mut self, what: &str, e: &StoreError) {
         let now = Instant::now();
         self.failing_since.get_or_insert(now);
-        if self.last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+        if self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+        {
             warn!(
                 error = %e,
                 similar_failures_not_logged = self.suppressed,

@@ -72,9 +72,7 @@ pub mod testing;
 mod tests;
 
 pub use config::{DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT, EtcdConfig};
-pub use election::{
-    DEFAULT_MARGIN, DEFAULT_TTL, Election, ElectionState, LeaderInfo, LeaderValue,
-};
+pub use election::{DEFAULT_MARGIN, DEFAULT_TTL, Election, ElectionState, LeaderInfo, LeaderValue};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -335,7 +333,10 @@ fn parse_u64(keys: &Keys, key: &[u8], bytes: &[u8]) -> Result<u64> {
         .ok_or_else(|| {
             StoreError::corrupt(
                 keys.rel(key),
-                format!("expected a decimal number, found {:?}", String::from_utf8_lossy(bytes)),
+                format!(
+                    "expected a decimal number, found {:?}",
+                    String::from_utf8_lossy(bytes)
+                ),
             )
         })
 }
@@ -389,12 +390,8 @@ impl Snapshot<'_> {
         }
         for job in self.ranges.keys() {
             out.push(
-                Compare::mod_revision(
-                    self.keys.job_tasks(job),
-                    CompareOp::Less,
-                    self.revision + 1,
-                )
-                .with_prefix(),
+                Compare::mod_revision(self.keys.job_tasks(job), CompareOp::Less, self.revision + 1)
+                    .with_prefix(),
             );
         }
         out
@@ -407,13 +404,14 @@ impl SlotRead for Snapshot<'_> {
         let bytes = match self.points.get(&key) {
             Some(v) => v.as_ref().map(|(b, _)| b.as_slice()),
             None => match self.ranges.get(job) {
-                Some(r) => r.iter().find(|(i, _)| *i == index).map(|(_, b)| b.as_slice()),
+                Some(r) => r
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, b)| b.as_slice()),
                 None => self.point(&key)?,
             },
         };
-        bytes
-            .map(|b| codec::decode_task(job, index, b))
-            .transpose()
+        bytes.map(|b| codec::decode_task(job, index, b)).transpose()
     }
 
     fn retired(&self, job: &str, index: u32) -> Result<Option<FencingToken>> {
@@ -567,7 +565,12 @@ impl EtcdStore {
                 let some = kv
                     .get(
                         keys.all(),
-                        Some(GetOptions::new().with_prefix().with_keys_only().with_limit(2)),
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only()
+                                .with_limit(2),
+                        ),
                     )
                     .await
                     .map_err(err)?;
@@ -585,11 +588,7 @@ impl EtcdStore {
                 .txn(
                     Txn::new()
                         .when([Compare::version(keys.schema(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(
-                            keys.schema(),
-                            SCHEMA_VERSION.to_string(),
-                            None,
-                        )])
+                        .and_then([TxnOp::put(keys.schema(), SCHEMA_VERSION.to_string(), None)])
                         .or_else([TxnOp::get(keys.schema(), None)]),
                 )
                 .await
@@ -834,7 +833,10 @@ impl Shared {
             let compares = snap.compares();
             let writes = self.translate(&snap, writes)?;
             drop(snap);
-            if self.commit(compares, writes, guard.as_ref(), CONTEXT).await? {
+            if self
+                .commit(compares, writes, guard.as_ref(), CONTEXT)
+                .await?
+            {
                 return Ok(BatchOutcome::Applied);
             }
         }
@@ -909,7 +911,11 @@ impl Shared {
             .get(key, None)
             .await
             .map_err(|e| from_etcd(context, e))?;
-        Ok(resp.take_kvs().into_iter().next().map(|kv| kv.into_key_value().1))
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.into_key_value().1))
     }
 
     async fn get_prefix(
@@ -1008,7 +1014,9 @@ impl Store for EtcdStore {
             if job.contains('/') {
                 return Ok(Vec::new());
             }
-            let all = s.get_prefix(s.keys.job_tasks(&job), "list job tasks").await?;
+            let all = s
+                .get_prefix(s.keys.job_tasks(&job), "list job tasks")
+                .await?;
             all.iter()
                 .map(|(k, v)| codec::decode_task(&job, slot_of(&s.keys, k)?, v))
                 .collect()
@@ -1068,8 +1076,11 @@ impl Store for EtcdStore {
                     message: "etcd answered with fewer reads than asked".into(),
                 });
             };
-            let records: HashMap<&[u8], &[u8]> =
-                records.kvs().iter().map(|kv| (kv.key(), kv.value())).collect();
+            let records: HashMap<&[u8], &[u8]> = records
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value()))
+                .collect();
             let limit = query.limit.unwrap_or(usize::MAX);
             let order: Box<dyn Iterator<Item = _>> = if query.newest_first {
                 Box::new(order.kvs().iter().rev())
@@ -1112,7 +1123,10 @@ impl Store for EtcdStore {
 
     fn append_event(&self, event: &NewEvent) -> Result<u64> {
         let event = event.clone();
-        self.call("append event", |s| async move { s.append_event(&event).await })
+        self.call(
+            "append event",
+            |s| async move { s.append_event(&event).await },
+        )
     }
 
     fn events_since(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
@@ -1149,7 +1163,9 @@ impl Store for EtcdStore {
 
     fn last_event_seq(&self) -> Result<u64> {
         self.call("read event counter", |s| async move {
-            let (next, _) = s.counter(&s.keys.next_event(), "read event counter").await?;
+            let (next, _) = s
+                .counter(&s.keys.next_event(), "read event counter")
+                .await?;
             Ok(next.saturating_sub(1))
         })
     }

@@ -174,19 +174,32 @@ fn guarded_writes_are_rejected_once_the_guard_key_is_gone_or_recreated() {
         .expect_err("key deleted");
     assert!(err.is_not_leader(), "{err}");
     let err = store
-        .cas_task(FencingToken::NONE, &contract::record("web", 0, 1, Some("a")))
+        .cas_task(
+            FencingToken::NONE,
+            &contract::record("web", 0, 1, Some("a")),
+        )
         .expect_err("key deleted");
     assert!(err.is_not_leader(), "{err}");
     assert_eq!(store.generation("a").expect("read"), Some(1));
     assert_eq!(store.last_event_seq().expect("read"), 1);
-    assert_eq!(store.get_task(&contract::tid("web", 0)).expect("read"), None);
+    assert_eq!(
+        store.get_task(&contract::tid("web", 0)).expect("read"),
+        None
+    );
 
     // Created again (by another replica, say): another create revision, still refused.
     let other = raw.put(&key, "{\"name\":\"other\",\"since_unix_ms\":0}");
     assert!(other > term);
-    let err = store.delete_job(&contract::job("web", 1).name).expect_err("recreated");
+    let err = store
+        .delete_job(&contract::job("web", 1).name)
+        .expect_err("recreated");
     assert!(err.is_not_leader(), "{err}");
-    assert!(store.get_job(&contract::job("web", 1).name).expect("read").is_some());
+    assert!(
+        store
+            .get_job(&contract::job("web", 1).name)
+            .expect("read")
+            .is_some()
+    );
 
     // The new leader's guard passes; no guard at all passes too.
     store.set_guard(Some(LeaderGuard { key, term: other }));
@@ -212,7 +225,8 @@ fn concurrent_fenced_cas_from_two_stores_has_exactly_one_winner() {
                 .map(|(i, s)| {
                     let (barrier, task) = (&barrier, &task);
                     scope.spawn(move || {
-                        let mut rec = contract::record("race", 0, round + 1, Some(&format!("s{i}")));
+                        let mut rec =
+                            contract::record("race", 0, round + 1, Some(&format!("s{i}")));
                         rec.task = task.clone();
                         barrier.wait();
                         s.cas_task(expected, &rec).expect("cas").is_applied()
@@ -243,19 +257,34 @@ fn a_batch_spanning_many_slots_and_a_whole_job_is_one_transaction() {
     // delete and one retired-epochs key.
     for i in 0..300 {
         let rec = contract::record("big", i, 3, Some("a"));
-        assert!(store.cas_task(FencingToken::NONE, &rec).expect("cas").is_applied());
+        assert!(
+            store
+                .cas_task(FencingToken::NONE, &rec)
+                .expect("cas")
+                .is_applied()
+        );
     }
     store
         .delete_job_tasks(&contract::job("big", 1).name)
         .expect("delete 300 slots at once");
-    assert!(store.list_job_tasks(&contract::job("big", 1).name).expect("list").is_empty());
+    assert!(
+        store
+            .list_job_tasks(&contract::job("big", 1).name)
+            .expect("list")
+            .is_empty()
+    );
     assert_eq!(
         store.task_epoch(&contract::tid("big", 299)).expect("epoch"),
         FencingToken(3)
     );
     // Slots come back one by one from their retired epochs.
     let back = contract::record("big", 7, 4, Some("b"));
-    assert!(store.cas_task(FencingToken(3), &back).expect("cas").is_applied());
+    assert!(
+        store
+            .cas_task(FencingToken(3), &back)
+            .expect("cas")
+            .is_applied()
+    );
     assert_eq!(
         store.task_epoch(&contract::tid("big", 8)).expect("epoch"),
         FencingToken(3)
@@ -379,7 +408,12 @@ fn events_are_trimmed_in_the_append_transaction() {
     )
     .expect("connect");
     for i in 1..=5 {
-        assert_eq!(store.append_event(&NewEvent::new(i, "k", "m")).expect("append"), i);
+        assert_eq!(
+            store
+                .append_event(&NewEvent::new(i, "k", "m"))
+                .expect("append"),
+            i
+        );
     }
     let raw = Raw::new(&cluster);
     let kept: Vec<u64> = store
