@@ -451,19 +451,17 @@ impl Election {
         }
     }
 
-    /// One lease renewal: `(send time, whether the lease is still alive)`.
-    fn renew(&self, lease: i64) -> BoxFuture<(Instant, Result<bool>)> {
+    /// One lease renewal: its send time, and whether etcd acknowledged it with TTL > 0.
+    /// An expired lease is an error here too (the client reports TTL 0 as one); the key
+    /// check that runs beside renewals then finds the key gone and ends the leadership.
+    fn renew(&self, lease: i64) -> BoxFuture<(Instant, Result<()>)> {
         const CONTEXT: &str = "renew the leader lease";
         let mut client = self.shared.client();
         let deadline = (self.ttl / 2).min(self.request_timeout());
         Box::pin(async move {
             let sent = Instant::now();
             let r = match tokio::time::timeout(deadline, client.lease_keep_alive(lease)).await {
-                Ok(Ok(_)) => Ok(true),
-                // The client reports an answer with TTL 0 this way: the lease has expired.
-                Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
-                    Ok(false)
-                }
+                Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(from_etcd(CONTEXT, e)),
                 Err(_) => Err(timed_out(CONTEXT, deadline)),
             };
@@ -507,7 +505,7 @@ impl Election {
         self.publish(leader(valid_until));
         let mut tick = tokio::time::interval((self.ttl / 4).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewal: Option<BoxFuture<(Instant, Result<bool>)>> = None;
+        let mut renewal: Option<BoxFuture<(Instant, Result<()>)>> = None;
         let mut check: Option<BoxFuture<Result<Option<i64>>>> = None;
         loop {
             tokio::select! {
@@ -532,16 +530,12 @@ impl Election {
                 (sent, r) = in_flight(&mut renewal) => {
                     renewal = None;
                     match r {
-                        Ok(true) => {
+                        Ok(()) => {
                             throttle.ok();
                             valid_until = valid_until.max(sent + valid_for);
                             if leading {
                                 self.publish(leader(valid_until));
                             }
-                        }
-                        Ok(false) => {
-                            warn!(term, "leader election: the leader lease has expired");
-                            return LeadEnd::Lost;
                         }
                         Err(e) => throttle.fail("renewing the leader lease", &e),
                     }
