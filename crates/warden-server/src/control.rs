@@ -37,10 +37,11 @@ use warden_core::{
 use warden_proto::v1;
 use warden_store::{NewEvent, Store, TaskRecord, WriteOp};
 
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, TimedStore};
 use crate::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
-    RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
+    LeaderView, RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
 };
 use warden_probe::probe;
 
@@ -211,6 +212,15 @@ struct Inner {
     /// Deleted service jobs still draining: job → when their tasks are stopped. The job stays
     /// in `desired` (its copies keep running) and its instances are `draining` until then.
     draining: HashMap<JobName, Time>,
+    /// The term this replica acts in: set once it has taken over as leader (state loaded
+    /// from the store), cleared when it steps down.
+    led_term: Option<u64>,
+    /// When the current term's first reconcile round ran, ms since the Unix epoch.
+    acting_since_unix_ms: Option<u64>,
+    /// When a standby last refreshed its view from the store.
+    last_refresh: Option<Time>,
+    /// When a standby last tried to.
+    refresh_tried: Option<Time>,
 }
 
 impl Inner {
@@ -237,7 +247,125 @@ impl Inner {
             endpoints_seen: HashMap::new(),
             registry: Registry::new(),
             draining: HashMap::new(),
+            led_term: None,
+            acting_since_unix_ms: None,
+            last_refresh: None,
+            refresh_tried: None,
         }
+    }
+}
+
+/// The control plane's state as the store holds it: desired jobs, task slots, and what the
+/// slots say about agents.
+struct Loaded {
+    desired: Desired,
+    tasks: BTreeMap<JobName, Vec<TaskView>>,
+    /// Resources held by the live copies of each agent.
+    agents: BTreeMap<AgentId, Resources>,
+    /// Assignments persisted and perhaps never delivered.
+    pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>>,
+}
+
+impl Loaded {
+    fn read(store: &dyn Store) -> Result<Loaded, warden_store::StoreError> {
+        let desired: Desired = store
+            .list_jobs()?
+            .into_iter()
+            .map(|j| (j.name.clone(), j))
+            .collect();
+        let mut tasks: BTreeMap<JobName, Vec<TaskView>> = BTreeMap::new();
+        let mut agents: BTreeMap<AgentId, Resources> = BTreeMap::new();
+        let mut pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>> =
+            HashMap::new();
+        for rec in store.list_tasks()? {
+            let slots = tasks.entry(rec.task.job.clone()).or_default();
+            let i = rec.task.index as usize;
+            if slots.len() <= i {
+                slots.resize_with(i + 1, TaskView::pending);
+            }
+            slots[i] = rec.to_view();
+            if let (Some(a), TaskState::Starting) = (&rec.agent, rec.state) {
+                // Persisted, perhaps never delivered: send again when the agent is back.
+                pending_assign
+                    .entry(a.clone())
+                    .or_default()
+                    .insert(rec.task.clone(), (rec.epoch, Time::ZERO));
+            }
+            if let Some(a) = &rec.agent
+                && matches!(
+                    rec.state,
+                    TaskState::Starting | TaskState::Running | TaskState::Stopping
+                )
+            {
+                let res = desired
+                    .get(&rec.task.job)
+                    .map(|j| j.resources)
+                    .unwrap_or_default();
+                let e = agents.entry(a.clone()).or_default();
+                *e = e.plus(&res);
+            }
+        }
+        Ok(Loaded {
+            desired,
+            tasks,
+            agents,
+            pending_assign,
+        })
+    }
+
+    /// A standby's refresh: the desired and observed state as the leader wrote it.
+    fn refresh(self, g: &mut Inner, now: Time) {
+        g.desired = self.desired;
+        g.observed.tasks = self.tasks.into_iter().collect();
+        for (id, v) in &mut g.observed.agents {
+            v.allocated = self.agents.get(id).copied().unwrap_or_default();
+        }
+        g.last_refresh = Some(now);
+    }
+
+    /// Take over as leader (or start as a single server) from the store's state.
+    ///
+    /// Every agent's lease is taken as renewed *now*: the previous leader may have renewed it
+    /// until its own leadership ended, which was before this term began, so no copy it kept
+    /// alive outlives `now + lease`. Agents known only from task records must reconnect
+    /// before their lease could have run out, counted from now; until then their work is
+    /// respected.
+    fn take_over(self, g: &mut Inner, cfg: &ControlConfig, now: Time) {
+        let agents = self.agents.clone();
+        let pending = self.pending_assign;
+        let mut unknown = false;
+        g.desired = self.desired;
+        g.observed.tasks = self.tasks.into_iter().collect();
+        for id in agents.keys() {
+            if g.fleet.agent(id).is_none() {
+                unknown = true;
+                g.fleet.join(id.clone(), now);
+                g.observed.agents.insert(
+                    id.clone(),
+                    AgentView {
+                        state: AgentState::Joining,
+                        capacity: Resources::default(),
+                        allocated: Resources::default(),
+                        cordoned: false,
+                        last_renewal: Some(now),
+                        death: DeathEvidence::None,
+                        running: vec![],
+                    },
+                );
+            }
+        }
+        for (id, v) in &mut g.observed.agents {
+            v.allocated = agents.get(id).copied().unwrap_or_default();
+            v.last_renewal = Some(now);
+        }
+        if unknown {
+            g.restart_deadline = Some(cfg.lifecycle.fencing.lease_surely_expired_at(now));
+        }
+        g.assign_sent = pending;
+        g.stop_sent.clear();
+        g.recoveries.clear();
+        g.draining.clear();
+        g.last_refresh = Some(now);
     }
 }
 
@@ -251,6 +379,8 @@ pub struct ControlPlane {
     metrics: Metrics,
     /// The registry's index, for watchers (long polls, load-balancer adapters).
     services_index: watch::Sender<u64>,
+    /// Whether this replica leads.
+    leadership: Leadership,
 }
 
 /// Errors starting the control plane.
@@ -264,7 +394,8 @@ pub enum StartError {
     Store(#[from] warden_store::StoreError),
 }
 
-fn unix_now_ms() -> u64 {
+/// Wall-clock now, ms since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -344,6 +475,9 @@ pub enum AdmitError {
     /// The store failed; try again later.
     #[error("{0}")]
     Internal(String),
+    /// A standby cannot hand out generations; the agent gets one from the leader.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl From<AdmitError> for tonic::Status {
@@ -352,7 +486,7 @@ impl From<AdmitError> for tonic::Status {
             AdmitError::Invalid(m) => tonic::Status::invalid_argument(m),
             AdmitError::Stale(m) => tonic::Status::failed_precondition(m),
             AdmitError::Busy(m) => tonic::Status::already_exists(m),
-            AdmitError::Internal(m) => tonic::Status::unavailable(m),
+            AdmitError::Internal(m) | AdmitError::NotLeader(m) => tonic::Status::unavailable(m),
         }
     }
 }
@@ -367,8 +501,19 @@ pub struct Admitted {
 }
 
 impl ControlPlane {
-    /// Open the control plane on `store`, loading jobs and task records.
-    pub fn new(store: Arc<dyn Store>, mut cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+    /// Open the control plane on `store`, loading jobs and task records. A single server:
+    /// it always leads.
+    pub fn new(store: Arc<dyn Store>, cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+        Self::with_leadership(store, cfg, Leadership::single("local"))
+    }
+
+    /// Open the control plane on `store` as one replica of several, taking its role from
+    /// `leadership` (see [`crate::leader`]).
+    pub fn with_leadership(
+        store: Arc<dyn Store>,
+        mut cfg: ControlConfig,
+        leadership: Leadership,
+    ) -> Result<Arc<Self>, StartError> {
         // The lease is configured once, for the lifecycle; the planner's fencing rule uses it.
         cfg.planner.fencing = cfg.lifecycle.fencing.clone();
         cfg.validate()?;
@@ -376,67 +521,12 @@ impl ControlPlane {
         let store: Arc<dyn Store> = Arc::new(TimedStore::new(store, metrics.clone()));
         let clock = Clock::new();
         let now = clock.now();
-        let mut fleet = Fleet::new(cfg.lifecycle.clone())?;
-        let desired: Desired = store
-            .list_jobs()?
-            .into_iter()
-            .map(|j| (j.name.clone(), j))
-            .collect();
-        let mut observed = Observed::default();
-        let mut agents: BTreeMap<AgentId, Resources> = BTreeMap::new();
-        let mut pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>> =
-            HashMap::new();
-        for rec in store.list_tasks()? {
-            let slots = observed.tasks.entry(rec.task.job.clone()).or_default();
-            let i = rec.task.index as usize;
-            if slots.len() <= i {
-                slots.resize_with(i + 1, TaskView::pending);
-            }
-            slots[i] = rec.to_view();
-            if let (Some(a), TaskState::Starting) = (&rec.agent, rec.state) {
-                // Persisted, perhaps never delivered: send again when the agent is back.
-                pending_assign
-                    .entry(a.clone())
-                    .or_default()
-                    .insert(rec.task.clone(), (rec.epoch, Time::ZERO));
-            }
-            if let Some(a) = &rec.agent
-                && matches!(
-                    rec.state,
-                    TaskState::Starting | TaskState::Running | TaskState::Stopping
-                )
-            {
-                let res = desired
-                    .get(&rec.task.job)
-                    .map(|j| j.resources)
-                    .unwrap_or_default();
-                let e = agents.entry(a.clone()).or_default();
-                *e = e.plus(&res);
-            }
-        }
-        // Agents we only know from task records: they must reconnect before their lease could
-        // have run out, counted from now (the previous server sent their last ack before it
-        // stopped, so no lease outlives now + L). Until then their work is respected.
-        let restart_deadline =
-            (!agents.is_empty()).then(|| cfg.lifecycle.fencing.lease_surely_expired_at(now));
-        for (id, allocated) in agents {
-            fleet.join(id.clone(), now);
-            observed.agents.insert(
-                id,
-                AgentView {
-                    state: AgentState::Joining,
-                    capacity: Resources::default(),
-                    allocated,
-                    cordoned: false,
-                    last_renewal: Some(now),
-                    death: DeathEvidence::None,
-                    running: vec![],
-                },
-            );
-        }
-        let mut inner = Inner::new(fleet, desired, observed);
-        inner.restart_deadline = restart_deadline;
-        inner.assign_sent = pending_assign;
+        let fleet = Fleet::new(cfg.lifecycle.clone())?;
+        let loaded = Loaded::read(store.as_ref())?;
+        let mut inner = Inner::new(fleet, Desired::default(), Observed::default());
+        let term = leadership.term_now();
+        loaded.take_over(&mut inner, &cfg, now);
+        inner.led_term = term;
         let cp = Arc::new(ControlPlane {
             inner: Mutex::new(inner),
             store,
@@ -445,11 +535,17 @@ impl ControlPlane {
             wake: Notify::new(),
             metrics,
             services_index: watch::Sender::new(0),
+            leadership,
         });
         lock(&cp.inner)
             .events
             .push(event("server.started", None, None, "server started".into()));
         Ok(cp)
+    }
+
+    /// This replica's view of the election.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
     /// The configuration in force.
@@ -490,6 +586,15 @@ impl ControlPlane {
                 "agent {name} is already connected as generation {}; agent names must be unique",
                 s.id.generation
             )));
+        }
+        if hello.generation == 0 && !self.leadership.is_leader() {
+            return Err(AdmitError::NotLeader(match self.leadership.leader() {
+                Some(l) => format!(
+                    "this server is a standby; a new generation comes from the leader ({})",
+                    l.name
+                ),
+                None => "this server is a standby and no leader is known; retry".to_string(),
+            }));
         }
         let generation = if hello.generation == 0 {
             self.store
@@ -549,16 +654,7 @@ impl ControlPlane {
             });
         view.capacity = capacity;
         view.running = running.clone();
-        // A new session: whatever was sent on the previous one may be lost.
-        self.resend_pending(&mut g, &id, &running, now, true);
-        g.events.push(event(
-            "agent.session",
-            Some(&id),
-            None,
-            format!("session opened from {}", hello.probe_addr),
-        ));
-        self.handle(&mut g, outs, now);
-        drop(g);
+        // The Welcome goes first: the agent expects it before any order.
         let l = &self.cfg.lifecycle;
         send(
             &tx,
@@ -569,6 +665,16 @@ impl ControlPlane {
                 session_deadline_ms: ms(l.fencing.lease_ttl),
             }),
         );
+        // A new session: whatever was sent on the previous one may be lost.
+        self.resend_pending(&mut g, &id, &running, now, true);
+        g.events.push(event(
+            "agent.session",
+            Some(&id),
+            None,
+            format!("session opened from {}", hello.probe_addr),
+        ));
+        self.handle(&mut g, outs, now);
+        drop(g);
         info!(agent = %id, "agent admitted");
         Ok(Admitted { id, serial })
     }
@@ -768,8 +874,13 @@ impl ControlPlane {
             ));
             let store = self.store.clone();
             let (t, s) = (task.clone(), next);
-            // State reports are fenced by epoch in the store; written off the lock.
+            // State reports are fenced by epoch in the store; written off the lock, and only
+            // by the leader (a standby's view is refreshed from what the leader wrote).
+            let leads = g.led_term.is_some();
             tokio::task::spawn_blocking(move || {
+                if !leads {
+                    return;
+                }
                 if let Err(e) = store.put_task_state(&t, epoch, s, failures, unix_now_ms()) {
                     warn!(task = %t, error = %e, "persist task state");
                 }
@@ -795,6 +906,9 @@ impl ControlPlane {
     }
 
     fn persist_recovery(&self, g: &mut Inner, record: RecoveryRecord) {
+        if g.led_term.is_none() {
+            return;
+        }
         self.metrics.recovery(&record);
         if record.outcome == Outcome::Succeeded {
             let rto = record.rto().map(|d| d.as_millis()).unwrap_or_default();
@@ -827,15 +941,19 @@ impl ControlPlane {
         for out in outs {
             match out {
                 Output::RenewLease { agent, seq } => {
+                    // Only a leader renews leases; a standby's ack (TTL 0) only tells the
+                    // agent that the session is alive. See `crate::leader`.
+                    let lease_ttl_ms = if self.leadership.is_leader() {
+                        ms(self.cfg.lifecycle.fencing.lease_ttl)
+                    } else {
+                        0
+                    };
                     if let Some(s) = g.sessions.get(&agent.name)
                         && s.id == agent
                     {
                         send(
                             &s.tx,
-                            v1::server_message::Msg::Ack(v1::Ack {
-                                seq,
-                                lease_ttl_ms: ms(self.cfg.lifecycle.fencing.lease_ttl),
-                            }),
+                            v1::server_message::Msg::Ack(v1::Ack { seq, lease_ttl_ms }),
                         );
                     }
                     if let Some(v) = g.observed.agents.get_mut(&agent) {
@@ -898,6 +1016,10 @@ impl ControlPlane {
                     g.events.push(event(kind, None, None, msg));
                 }
                 Output::StaleGeneration { agent } => {
+                    // A standby's verdicts are its own opinion until it leads.
+                    if !self.leadership.is_leader() {
+                        continue;
+                    }
                     if let Some(s) = g.sessions.get(&agent.name)
                         && s.id == agent
                     {
@@ -981,6 +1103,7 @@ impl ControlPlane {
                 () = self.wake.notified() => {}
             }
             let now = self.clock.now();
+            let leads = self.follow_election(now).await;
             let gap = now.saturating_since(last_loop);
             last_loop = now;
             if gap > stall {
@@ -1012,9 +1135,14 @@ impl ControlPlane {
                     }
                 }
                 self.handle(&mut g, outs, now);
-                self.end_drains(&mut g, now);
+                if leads {
+                    self.end_drains(&mut g, now);
+                }
                 self.sync_endpoints(&mut g, now);
-                (std::mem::take(&mut g.probes), std::mem::take(&mut g.events))
+                let events = std::mem::take(&mut g.events);
+                // A standby's events are its own opinions; the leader's are the record.
+                let events = if leads { events } else { Vec::new() };
+                (std::mem::take(&mut g.probes), events)
             };
             for job in probes {
                 tokio::spawn(self.clone().probe(job));
@@ -1029,12 +1157,114 @@ impl ControlPlane {
                     }
                 });
             }
+            if !leads {
+                continue;
+            }
             // Real elapsed time on purpose: the work took this long whatever tokio's clock says.
             let started = std::time::Instant::now();
             self.reconcile(&mut bucket).await;
             self.metrics.reconcile(started.elapsed());
+            let mut g = lock(&self.inner);
+            if g.acting_since_unix_ms.is_none() {
+                let at = unix_now_ms();
+                g.acting_since_unix_ms = Some(at);
+                if let Some(term) = g.led_term {
+                    info!(term, "leader acting: first reconcile round done");
+                    g.events.push(event(
+                        "leader.acting",
+                        None,
+                        None,
+                        format!("leader {} (term {term}) reconciled", self.leadership.name()),
+                    ));
+                }
+            }
         }
         debug!("control loop stopped");
+    }
+
+    /// Follow this replica's role: take over when it became leader (load the store's state
+    /// first), stand down when it lost leadership, refresh a standby's view every second.
+    /// Returns whether this replica acts as leader this round.
+    async fn follow_election(self: &Arc<Self>, now: Time) -> bool {
+        let term = self.leadership.term_now();
+        let acting = lock(&self.inner).led_term;
+        match (acting, term) {
+            (Some(a), Some(t)) if a == t => true,
+            (_, Some(t)) => {
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || Loaded::read(store.as_ref())).await {
+                    Ok(Ok(loaded)) => {
+                        let mut g = lock(&self.inner);
+                        loaded.take_over(&mut g, &self.cfg, now);
+                        g.led_term = Some(t);
+                        g.acting_since_unix_ms = None;
+                        g.events.push(event(
+                            "leader.elected",
+                            None,
+                            None,
+                            format!("{} leads (term {t})", self.leadership.name()),
+                        ));
+                        info!(term = t, "took over as leader");
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "elected, but the store cannot be read; not acting yet");
+                        false
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "load the store");
+                        false
+                    }
+                }
+            }
+            (Some(a), None) => {
+                let mut g = lock(&self.inner);
+                g.led_term = None;
+                g.acting_since_unix_ms = None;
+                // Orders in flight are the next leader's to resend.
+                g.assign_sent.clear();
+                g.stop_sent.clear();
+                g.recoveries.clear();
+                warn!(
+                    term = a,
+                    "leadership lost: standing down (no orders, no lease renewals)"
+                );
+                false
+            }
+            (None, None) => {
+                // Off the loop: with the store unreachable a read takes its whole timeout.
+                let due = {
+                    let mut g = lock(&self.inner);
+                    let due = g
+                        .refresh_tried
+                        .is_none_or(|t| now.saturating_since(t) >= STANDBY_REFRESH);
+                    if due {
+                        g.refresh_tried = Some(now);
+                    }
+                    due
+                };
+                if due {
+                    let cp = self.clone();
+                    tokio::spawn(async move {
+                        let store = cp.store.clone();
+                        match tokio::task::spawn_blocking(move || Loaded::read(store.as_ref()))
+                            .await
+                        {
+                            Ok(Ok(loaded)) => {
+                                let now = cp.clock.now();
+                                let mut g = lock(&cp.inner);
+                                if g.led_term.is_none() {
+                                    loaded.refresh(&mut g, now);
+                                }
+                            }
+                            Ok(Err(e)) => debug!(error = %e, "standby refresh"),
+                            Err(e) => debug!(error = %e, "standby refresh"),
+                        }
+                    });
+                }
+                false
+            }
+        }
     }
 
     async fn probe(self: Arc<Self>, job: ProbeJob) {
@@ -1400,6 +1630,9 @@ impl ControlPlane {
         now: Time,
         new_session: bool,
     ) {
+        if g.led_term.is_none() {
+            return; // only the leader gives orders
+        }
         let reports =
             |t: &TaskId, e: FencingToken| running.iter().any(|(rt, re)| rt == t && *re == e);
         if let Some(pending) = g.assign_sent.get(agent) {
@@ -1640,8 +1873,33 @@ fn alarm_text(a: &PlanAlarm) -> String {
 /// How long an order may go unanswered before it is sent again.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
 
+/// How often a standby reloads its view of jobs and task slots from the store.
+const STANDBY_REFRESH: Duration = Duration::from_secs(1);
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ControlPlane {
+    /// Changes are the leader's: a standby refuses them, naming the leader.
+    fn writable(&self) -> Result<(), ApiError> {
+        if self.leadership.is_leader() && lock(&self.inner).led_term.is_some() {
+            return Ok(());
+        }
+        Err(match self.leadership.leader() {
+            Some(l) if l.name != self.leadership.name() => ApiError::new(
+                ApiErrorKind::NotLeader,
+                format!(
+                    "this server is a standby; send changes to the leader at {}",
+                    l.name
+                ),
+            ),
+            _ => ApiError::new(
+                ApiErrorKind::Unavailable,
+                "no leader is acting (is the store reachable, with a quorum?); changes are refused until one is",
+            ),
+        })
+    }
 }
 
 fn not_found(what: &str) -> ApiError {
@@ -1788,6 +2046,7 @@ impl ControlApi for ControlPlane {
     fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
         spec.validate()
             .map_err(|e| ApiError::new(ApiErrorKind::Invalid, e.to_string()))?;
+        self.writable()?;
         let (existing, draining) = {
             let g = lock(&self.inner);
             (
@@ -1818,6 +2077,7 @@ impl ControlApi for ControlPlane {
     }
 
     fn delete_job(&self, name: &str) -> Result<(), ApiError> {
+        self.writable()?;
         let job = JobName::new(name);
         if !lock(&self.inner).desired.contains_key(&job) {
             return Err(not_found(&format!("no job named {name:?}")));
@@ -1914,6 +2174,26 @@ impl ControlApi for ControlPlane {
 
     fn watch_services(&self) -> Option<watch::Receiver<u64>> {
         Some(self.services_index.subscribe())
+    }
+
+    fn leader(&self) -> LeaderView {
+        let known = self.leadership.leader();
+        let (acting, led, last_refresh) = {
+            let g = lock(&self.inner);
+            (g.acting_since_unix_ms, g.led_term, g.last_refresh)
+        };
+        let leads = led.is_some() && self.leadership.is_leader();
+        let fresh = last_refresh
+            .is_some_and(|t| self.clock.now().saturating_since(t) <= STANDBY_REFRESH * 3);
+        LeaderView {
+            leader: known.as_ref().map(|l| l.name.clone()),
+            term: known.as_ref().map(|l| l.term),
+            since: known.as_ref().map(|l| l.since_unix_ms),
+            acting_since: if leads { acting } else { None },
+            role: if leads { "leader" } else { "standby" }.into(),
+            this: self.leadership.name().to_string(),
+            stale: !leads && (known.is_none() || !fresh),
+        }
     }
 
     fn health(&self) -> HealthInfo {

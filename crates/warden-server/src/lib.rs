@@ -24,6 +24,7 @@ pub mod file_adapter;
 pub mod haproxy;
 pub mod history;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod server;
 pub mod session;

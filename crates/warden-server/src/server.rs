@@ -13,6 +13,7 @@ use warden_proto::v1::agent_session_server::AgentSessionServer;
 use warden_store::Store;
 
 use crate::control::{ControlConfig, ControlPlane, StartError};
+use crate::leader::Leadership;
 use crate::session::SessionService;
 use crate::sla::SlaConfig;
 use crate::view::ControlApi;
@@ -87,7 +88,36 @@ pub async fn run_with(
     http: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
-    let cp = ControlPlane::new(store, cfg)?;
+    let name = http
+        .local_addr()
+        .map_or_else(|_| "local".to_string(), |a| a.to_string());
+    run_replica(
+        store,
+        cfg,
+        sla,
+        adapters,
+        Leadership::single(name),
+        grpc,
+        http,
+        cancel,
+    )
+    .await
+}
+
+/// Like [`run_with`], as one replica of a replicated control plane whose role `leadership`
+/// tells (see [`crate::leader`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_replica(
+    store: Arc<dyn Store>,
+    cfg: ControlConfig,
+    sla: SlaConfig,
+    adapters: Adapters,
+    leadership: Leadership,
+    grpc: TcpListener,
+    http: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let cp = ControlPlane::with_leadership(store, cfg, leadership)?;
     info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "warden server listening");
     let control = tokio::spawn(cp.clone().run(cancel.child_token()));
     let service = AgentSessionServer::new(SessionService::new(cp.clone(), cancel.child_token()))

@@ -15,7 +15,8 @@ use warden_core::Resources;
 /// `warden agent` flags.
 #[derive(Clone, Debug, Args)]
 pub struct AgentArgs {
-    /// Server gRPC address; repeat for several servers.
+    /// Server gRPC address; repeat (or separate with commas) for every replica of a
+    /// replicated control plane: the agent keeps a session with each.
     #[arg(
         long = "server",
         env = "WARDEN_SERVER",

@@ -19,6 +19,7 @@ mod bench_sessions;
 mod chaos;
 mod cli;
 mod dev;
+mod etcd_cmd;
 mod server_cmd;
 mod workload;
 

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use warden_server::control::ControlConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
+use warden_server::leader::Leadership;
 use warden_server::sla::SlaConfig;
-use warden_store::RedbStore;
+use warden_store::{RedbStore, Store};
 
 /// `warden server` flags.
 #[derive(Clone, Debug, Args)]
@@ -31,6 +32,15 @@ pub struct ServerArgs {
     /// Address for the REST API [default: 127.0.0.1:7401]
     #[arg(long, env = "WARDEN_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Where the control plane's state lives: `redb` (the embedded store in --data-dir, one
+    /// server) or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (a replicated control plane: run
+    /// several servers on the same URL; one is elected leader). [default: redb]
+    #[arg(long, env = "WARDEN_STORE")]
+    pub store: Option<String>,
+    /// The REST address this replica advertises to the others (`GET /v1/leader`, redirects of
+    /// writes) [default: --http-addr]
+    #[arg(long, env = "WARDEN_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
     /// Print the effective configuration (defaults < file < environment < flags) as TOML and
     /// exit.
     #[arg(long)]
@@ -47,6 +57,13 @@ pub struct ServerFile {
     pub grpc_addr: Option<SocketAddr>,
     /// Address for the REST API.
     pub http_addr: Option<SocketAddr>,
+    /// `redb` or `etcd://HOST:PORT[,...][/PREFIX]`.
+    pub store: Option<String>,
+    /// The REST address advertised to the other replicas.
+    pub advertise_addr: Option<String>,
+    /// Leader election on etcd (`[election]`).
+    #[serde(default)]
+    pub election: ElectionConfig,
     /// Control-plane tuning.
     #[serde(default)]
     pub control: ControlConfig,
@@ -61,6 +78,84 @@ pub struct ServerFile {
     pub file_adapter: Vec<FileAdapterConfig>,
 }
 
+/// Leader election on etcd: the leader key's lease TTL and the safety margin by which a leader
+/// steps down before etcd could expire it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElectionConfig {
+    /// TTL of the leader's etcd lease (default 2 s, etcd's practical minimum). A dead leader is
+    /// replaced about this long after it died.
+    #[serde(with = "warden_core::duration_serde")]
+    pub ttl: std::time::Duration,
+    /// A leader stops acting at `last keepalive acknowledged + ttl - margin` (default 500 ms).
+    #[serde(with = "warden_core::duration_serde")]
+    pub margin: std::time::Duration,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            ttl: std::time::Duration::from_secs(2),
+            margin: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+impl ElectionConfig {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.ttl < std::time::Duration::from_secs(1) {
+            anyhow::bail!(
+                "invalid configuration: election.ttl must be at least 1s (etcd leases are whole seconds)"
+            );
+        }
+        if self.ttl.subsec_nanos() != 0 {
+            anyhow::bail!(
+                "invalid configuration: election.ttl must be whole seconds (etcd leases are)"
+            );
+        }
+        if self.margin.is_zero() || self.margin >= self.ttl {
+            anyhow::bail!(
+                "invalid configuration: election.margin must be greater than 0 and less than election.ttl"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the control plane's state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded redb file in the data directory: a single server.
+    Redb,
+    /// An etcd cluster (the URL as given): replicated servers with a leader.
+    Etcd(String),
+}
+
+impl StoreChoice {
+    /// Parse `redb` or `etcd://...`.
+    pub fn parse(text: &str) -> Result<StoreChoice> {
+        let t = text.trim();
+        if t.is_empty() || t == "redb" {
+            Ok(StoreChoice::Redb)
+        } else if t.starts_with("etcd://") {
+            Ok(StoreChoice::Etcd(t.to_string()))
+        } else {
+            anyhow::bail!(
+                "invalid --store {text:?}: expected `redb` or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`"
+            )
+        }
+    }
+
+    /// As written in a config file.
+    pub fn as_text(&self) -> String {
+        match self {
+            StoreChoice::Redb => "redb".into(),
+            StoreChoice::Etcd(url) => url.clone(),
+        }
+    }
+}
+
 /// Settings after merging.
 #[derive(Debug)]
 pub struct ServerSettings {
@@ -70,6 +165,12 @@ pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     /// Address for the REST API.
     pub http_addr: SocketAddr,
+    /// Where the state lives.
+    pub store: StoreChoice,
+    /// The REST address advertised to the other replicas.
+    pub advertise_addr: String,
+    /// Leader election settings.
+    pub election: ElectionConfig,
     /// Control-plane tuning.
     pub control: ControlConfig,
     /// SLA report defaults.
@@ -107,12 +208,26 @@ impl ServerArgs {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            store: StoreChoice::parse(
+                self.store
+                    .as_deref()
+                    .or(file.store.as_deref())
+                    .unwrap_or("redb"),
+            )?,
+            advertise_addr: String::new(),
+            election: file.election,
             control: file.control,
             sla: file.sla,
             haproxy: file.haproxy,
             file_adapter: file.file_adapter,
         };
         let mut s = s;
+        s.advertise_addr = self
+            .advertise_addr
+            .clone()
+            .or(file.advertise_addr)
+            .unwrap_or_else(|| s.http_addr.to_string());
+        s.election.validate()?;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
         s.sla
@@ -141,6 +256,9 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             data_dir: Some(s.data_dir.clone()),
             grpc_addr: Some(s.grpc_addr),
             http_addr: Some(s.http_addr),
+            store: Some(s.store.as_text()),
+            advertise_addr: Some(s.advertise_addr.clone()),
+            election: s.election.clone(),
             control: s.control.clone(),
             sla: s.sla.clone(),
             haproxy: s.haproxy.clone(),
@@ -152,28 +270,42 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         );
         return Ok(());
     }
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
-    let store_dir = s.data_dir.join("store");
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
-        .await?
-        .context("open the store")?;
     let grpc = tokio::net::TcpListener::bind(s.grpc_addr)
         .await
         .with_context(|| format!("bind gRPC address {}", s.grpc_addr))?;
     let http = tokio::net::TcpListener::bind(s.http_addr)
         .await
         .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
+    // Port 0 picks a free port: advertise the one picked.
+    let advertise = match http.local_addr() {
+        Ok(bound) if s.advertise_addr == s.http_addr.to_string() => bound.to_string(),
+        _ => s.advertise_addr.clone(),
+    };
     let cancel = CancellationToken::new();
+    let (store, leadership): (Arc<dyn Store>, Leadership) = match &s.store {
+        StoreChoice::Redb => {
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+            let store_dir = s.data_dir.join("store");
+            let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
+                .await?
+                .context("open the store")?;
+            (Arc::new(store), Leadership::single(advertise.clone()))
+        }
+        StoreChoice::Etcd(url) => {
+            crate::etcd_cmd::open(url, &advertise, &s.election, cancel.child_token()).await?
+        }
+    };
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
-    warden_server::server::run_with(
-        Arc::new(store),
+    warden_server::server::run_replica(
+        store,
         s.control,
         s.sla,
         warden_server::server::Adapters {
             haproxy: s.haproxy,
             files: s.file_adapter,
         },
+        leadership,
         grpc,
         http,
         cancel,
