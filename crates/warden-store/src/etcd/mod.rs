@@ -77,12 +77,13 @@ pub use election::{DEFAULT_MARGIN, DEFAULT_TTL, Election, ElectionState, LeaderI
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 use tokio::runtime::{Handle, Runtime};
 use warden_core::planner::OperationId;
@@ -236,6 +237,50 @@ pub(crate) fn from_etcd(context: &'static str, e: etcd_client::Error) -> StoreEr
             context,
             message: other.to_string(),
         },
+    }
+}
+
+/// Whether `e` is a failure to connect: the request never left, so sending it again is safe,
+/// writes included.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+/// Run `attempt` again while it fails to connect, for at most `budget`. The client's balancer
+/// now and then hands a request to an endpoint that is down (its connection error is reported
+/// on the next request rather than taking the endpoint out of rotation); another try goes to
+/// another endpoint.
+pub(crate) async fn resend_unsent<T, Fut>(
+    budget: Duration,
+    mut attempt: impl FnMut() -> Fut,
+) -> std::result::Result<T, etcd_client::Error>
+where
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match attempt().await {
+            Err(e) if never_sent(&e) && started.elapsed() + pause < budget => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -555,25 +600,16 @@ impl EtcdStore {
     fn init_schema(&self) -> Result<()> {
         const CONTEXT: &str = "check the store's schema version";
         self.call(CONTEXT, |s| async move {
-            let mut kv = s.client.kv_client();
             let keys = &s.keys;
-            let err = |e| from_etcd(CONTEXT, e);
-            let schema = kv.get(keys.schema(), None).await.map_err(err)?;
+            let schema = s.range(keys.schema(), None, CONTEXT).await?;
             if schema.kvs().is_empty() {
                 // Keys but no schema version (other than an election's): not a Warden store.
                 let leader = keys.leader();
-                let some = kv
-                    .get(
-                        keys.all(),
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_keys_only()
-                                .with_limit(2),
-                        ),
-                    )
-                    .await
-                    .map_err(err)?;
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(2);
+                let some = s.range(keys.all(), Some(options), CONTEXT).await?;
                 if let Some(kv) = some.kvs().iter().find(|kv| kv.key() != leader.as_slice()) {
                     return Err(StoreError::corrupt(
                         format!("etcd prefix {}", s.cfg.prefix),
@@ -584,15 +620,11 @@ impl EtcdStore {
                     ));
                 }
             }
-            let resp = kv
-                .txn(
-                    Txn::new()
-                        .when([Compare::version(keys.schema(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(keys.schema(), SCHEMA_VERSION.to_string(), None)])
-                        .or_else([TxnOp::get(keys.schema(), None)]),
-                )
-                .await
-                .map_err(err)?;
+            let create = Txn::new()
+                .when([Compare::version(keys.schema(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(keys.schema(), SCHEMA_VERSION.to_string(), None)])
+                .or_else([TxnOp::get(keys.schema(), None)]);
+            let resp = s.txn(create, CONTEXT).await?;
             if resp.succeeded() {
                 return Ok(());
             }
@@ -659,6 +691,38 @@ fn plan(keys: &Keys, ops: &[WriteOp]) -> Result<(BTreeSet<Vec<u8>>, BTreeSet<Str
 }
 
 impl Shared {
+    /// How long one request is sent again while it cannot connect.
+    fn resend_budget(&self) -> Duration {
+        self.cfg.request_timeout * 3 / 4
+    }
+
+    /// A transaction.
+    async fn txn(&self, txn: Txn, context: &'static str) -> Result<TxnResponse> {
+        resend_unsent(self.resend_budget(), || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))
+    }
+
+    /// A range read.
+    async fn range(
+        &self,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+        context: &'static str,
+    ) -> Result<GetResponse> {
+        resend_unsent(self.resend_budget(), || {
+            let mut kv = self.client.kv_client();
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))
+    }
+
     /// Phase 1: read what `ops` need at one revision.
     async fn snapshot(&self, ops: &[WriteOp], context: &'static str) -> Result<Snapshot<'_>> {
         let (points, jobs) = plan(&self.keys, ops)?;
@@ -687,12 +751,7 @@ impl Shared {
                 Some(GetOptions::new().with_prefix()),
             )
         }));
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(reads))
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let resp = self.txn(Txn::new().and_then(reads), context).await?;
         snap.revision = resp.header().map_or(0, |h| h.revision());
         let mut answers = resp.op_responses().into_iter();
         let mut next = || match answers.next() {
@@ -801,11 +860,11 @@ impl Shared {
             failure.push(TxnOp::get(g.key.clone(), None));
         }
         let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().when(compares).and_then(writes).or_else(failure))
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+            .txn(
+                Txn::new().when(compares).and_then(writes).or_else(failure),
+                context,
+            )
+            .await?;
         if resp.succeeded() {
             return Ok(true);
         }
@@ -844,12 +903,7 @@ impl Shared {
 
     /// A counter's value (0 when absent) and mod revision (0 when absent).
     async fn counter(&self, key: &[u8], context: &'static str) -> Result<(u64, i64)> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(key.to_vec(), None)
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let resp = self.range(key.to_vec(), None, context).await?;
         match resp.kvs().first() {
             Some(kv) => Ok((parse_u64(&self.keys, key, kv.value())?, kv.mod_revision())),
             None => Ok((0, 0)),
@@ -905,12 +959,7 @@ impl Shared {
     }
 
     async fn get(&self, key: Vec<u8>, context: &'static str) -> Result<Option<Vec<u8>>> {
-        let mut resp = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let mut resp = self.range(key, None, context).await?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -924,11 +973,8 @@ impl Shared {
         context: &'static str,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+            .range(prefix, Some(GetOptions::new().with_prefix()), context)
+            .await?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -1058,14 +1104,14 @@ impl Store for EtcdStore {
             // Both ranges at one revision, so the order and the records agree.
             let prefix = || Some(GetOptions::new().with_prefix());
             let resp = s
-                .client
-                .kv_client()
-                .txn(Txn::new().and_then([
-                    TxnOp::get(s.keys.recovery_orders(), prefix()),
-                    TxnOp::get(s.keys.recoveries(), prefix()),
-                ]))
-                .await
-                .map_err(|e| from_etcd(CONTEXT, e))?;
+                .txn(
+                    Txn::new().and_then([
+                        TxnOp::get(s.keys.recovery_orders(), prefix()),
+                        TxnOp::get(s.keys.recoveries(), prefix()),
+                    ]),
+                    CONTEXT,
+                )
+                .await?;
             let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
                 TxnOpResponse::Get(g) => Some(g),
                 _ => None,
@@ -1141,12 +1187,7 @@ impl Store for EtcdStore {
             let options = GetOptions::new()
                 .with_range(prefix_end(&s.keys.events()))
                 .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-            let resp = s
-                .client
-                .kv_client()
-                .get(s.keys.event(from), Some(options))
-                .await
-                .map_err(|e| from_etcd(CONTEXT, e))?;
+            let resp = s.range(s.keys.event(from), Some(options), CONTEXT).await?;
             resp.kvs()
                 .iter()
                 .map(|kv| {
