@@ -28,9 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,7 +112,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut links: Vec<Link> = Vec::new();
     let mut handles = Vec::new();
     for (i, server) in cfg.servers.iter().enumerate() {
-        let reset = Arc::new(Notify::new());
+        let (reset, reset_rx) = watch::channel(0u64);
         handles.push(tokio::spawn(link_loop(
             LinkParams {
                 index: i,
@@ -125,7 +123,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             },
             link_tx.clone(),
             hello_rx.clone(),
-            reset.clone(),
+            reset_rx,
             links_cancel.clone(),
         )));
         links.push(Link {
@@ -166,7 +164,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                     if l.out.is_some() && l.last_ack.elapsed() > deadline {
                         info!(server = %l.server, silent_ms = l.last_ack.elapsed().as_millis() as u64, "no ack within the session deadline; reconnecting");
                         l.out = None;
-                        l.reset.notify_one();
+                        l.reset.send_modify(|n| *n += 1);
                     }
                 }
                 ids.last_seq += 1;
@@ -207,7 +205,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         if out.try_send(m.clone()).is_err() {
                             info!(server = %l.server, "outbound queue full or closed; reconnecting");
                             l.out = None;
-                            l.reset.notify_one();
+                            l.reset.send_modify(|n| *n += 1);
                         } else {
                             any = true;
                         }
@@ -233,7 +231,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         } else if welcome.generation != ids.generation {
                             // Two servers handed out generations at once (a leadership
                             // change): keep the first; this link joins again with it.
-                            links[index].reset.notify_one();
+                            links[index].reset.send_modify(|n| *n += 1);
                             continue;
                         }
                         let every = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
@@ -274,7 +272,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         fenced = false;
                         for l in &mut links {
                             l.out = None;
-                            l.reset.notify_one();
+                            l.reset.send_modify(|n| *n += 1);
                         }
                         cfg.metrics.session_ended();
                     }
@@ -393,8 +391,9 @@ struct Link {
     /// The open session's outbound queue.
     out: Option<Tx>,
     last_ack: Instant,
-    /// Tells the link to drop its session and open a new one.
-    reset: Arc<Notify>,
+    /// Tells the link to drop its session and open a new one (a counter: a request made
+    /// before a session opened is not taken as one for it).
+    reset: watch::Sender<u64>,
 }
 
 /// Keep the copies a new session's Hello reports current (the server prunes orders the Hello
@@ -455,13 +454,14 @@ async fn link_loop(
     p: LinkParams,
     events: mpsc::Sender<LinkEvent>,
     mut hello: watch::Receiver<HelloState>,
-    reset: Arc<Notify>,
+    mut reset: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         let opened = Instant::now();
-        let reason = link_session(&p, &events, &hello, &reset, &cancel).await;
+        reset.mark_unchanged();
+        let reason = link_session(&p, &events, &hello, &mut reset, &cancel).await;
         if cancel.is_cancelled() {
             break;
         }
@@ -502,7 +502,7 @@ async fn link_session(
     p: &LinkParams,
     events: &mpsc::Sender<LinkEvent>,
     hello: &watch::Receiver<HelloState>,
-    reset: &Notify,
+    reset: &mut watch::Receiver<u64>,
     cancel: &CancellationToken,
 ) -> LinkEnd {
     let server = p.server.as_str();
@@ -582,7 +582,7 @@ async fn link_session(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
-            () = reset.notified() => return LinkEnd::Lost("reset by the agent".into()),
+            _ = reset.changed() => return LinkEnd::Lost("reset by the agent".into()),
             m = inbound.next() => {
                 let m = match m {
                     Some(Ok(v1::ServerMessage { msg: Some(m) })) => m,

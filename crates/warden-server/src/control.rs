@@ -2255,6 +2255,139 @@ mod tests {
         );
     }
 
+    fn acks(rx: &mut mpsc::Receiver<Result<v1::ServerMessage, tonic::Status>>) -> Vec<u64> {
+        let mut ttls = Vec::new();
+        while let Ok(Ok(m)) = rx.try_recv() {
+            if let Some(v1::server_message::Msg::Ack(a)) = m.msg {
+                ttls.push(a.lease_ttl_ms);
+            }
+        }
+        ttls
+    }
+
+    /// Two replicas on one store: the standby keeps warm state but renews no lease, hands out
+    /// no generation and refuses changes; once it is elected it takes over from the store.
+    #[tokio::test]
+    async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
+        use crate::leader::{LeaderInfo, Leadership, Role};
+        let store: Arc<dyn Store> = Arc::new(warden_store::MemStore::new());
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        let (a_role, a_rx) = watch::channel(Role::Leader {
+            term: 5,
+            since_unix_ms: 1,
+            valid_until: Some(far),
+        });
+        let leader_b = LeaderInfo {
+            name: "a:7401".into(),
+            term: 5,
+            since_unix_ms: 1,
+        };
+        let (b_role, b_rx) = watch::channel(Role::Follower {
+            leader: Some(leader_b),
+        });
+        let a = ControlPlane::with_leadership(
+            store.clone(),
+            ControlConfig::default(),
+            Leadership::from_watch("a:7401", a_rx),
+        )
+        .unwrap();
+        let b = ControlPlane::with_leadership(
+            store.clone(),
+            ControlConfig::default(),
+            Leadership::from_watch("b:7401", b_rx),
+        )
+        .unwrap();
+
+        // A new generation only from the leader.
+        let (btx, mut brx) = mpsc::channel(64);
+        let refused = b.admit(&hello("x", 0), btx.clone()).unwrap_err();
+        assert!(
+            matches!(refused, AdmitError::NotLeader(ref m) if m.contains("a:7401")),
+            "{refused:?}"
+        );
+        let (atx, mut arx) = mpsc::channel(64);
+        let on_a = a.admit(&hello("x", 0), atx).unwrap();
+        let on_b = b.admit(&hello("x", on_a.id.generation), btx).unwrap();
+        assert_eq!(on_a.id, on_b.id);
+
+        // Both judge the agent; only the leader's acks carry a lease.
+        for seq in 1..=3 {
+            a.heartbeat(&on_a, &heartbeat(seq));
+            b.heartbeat(&on_b, &heartbeat(seq));
+        }
+        let (from_a, from_b) = (acks(&mut arx), acks(&mut brx));
+        assert!(
+            !from_a.is_empty() && from_a.iter().all(|t| *t > 0),
+            "{from_a:?}"
+        );
+        assert!(
+            !from_b.is_empty() && from_b.iter().all(|t| *t == 0),
+            "{from_b:?}"
+        );
+        assert_eq!(
+            b.agents()[0].state,
+            "healthy",
+            "the standby's detector is warm"
+        );
+
+        // Changes go to the leader.
+        let spec: JobSpec =
+            toml::from_str("name = \"cron\"\nkind = \"singleton\"\ncommand = \"/bin/true\"")
+                .unwrap();
+        let err = b.submit_job(spec.clone()).unwrap_err();
+        assert_eq!(err.kind, ApiErrorKind::NotLeader);
+        assert!(err.message.contains("a:7401"), "{err}");
+        assert_eq!(a.submit_job(spec).unwrap(), SubmitOutcome::Created);
+        assert_eq!(b.leader().role, "standby");
+        assert_eq!(b.leader().leader.as_deref(), Some("a:7401"));
+
+        // The leader's deadline passes: it stops renewing at once, with no new message.
+        a_role
+            .send(Role::Leader {
+                term: 5,
+                since_unix_ms: 1,
+                valid_until: Some(std::time::Instant::now()),
+            })
+            .unwrap();
+        a.heartbeat(&on_a, &heartbeat(4));
+        assert_eq!(
+            acks(&mut arx),
+            vec![0],
+            "a leader past its deadline renews nothing"
+        );
+        assert!(
+            a.submit_job(
+                toml::from_str("name = \"x\"\nkind = \"singleton\"\ncommand = \"/bin/true\"")
+                    .unwrap()
+            )
+            .is_err()
+        );
+
+        // B is elected: it takes over from the store (the job A accepted) and renews leases.
+        b_role
+            .send(Role::Leader {
+                term: 6,
+                since_unix_ms: 2,
+                valid_until: Some(far),
+            })
+            .unwrap();
+        let now = b.clock.now();
+        assert!(b.follow_election(now).await);
+        assert!(lock(&b.inner).desired.contains_key(&JobName::new("cron")));
+        let renewed = lock(&b.inner).observed.agents[&on_b.id].last_renewal;
+        assert!(
+            renewed.is_some_and(|t| t >= now),
+            "the old leader's renewals are respected"
+        );
+        b.heartbeat(&on_b, &heartbeat(5));
+        let from_b = acks(&mut brx);
+        assert!(
+            !from_b.is_empty() && from_b.iter().all(|t| *t > 0),
+            "{from_b:?}"
+        );
+        assert_eq!(b.leader().role, "leader");
+    }
+
     fn heartbeat(seq: u64) -> v1::Heartbeat {
         v1::Heartbeat {
             seq,

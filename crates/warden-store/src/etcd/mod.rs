@@ -64,7 +64,8 @@
 //! deadline exceeded. A write that timed out may or may not have been applied; every write
 //! of this crate is safe to retry. A request that could not even connect (the client's
 //! balancer hands requests to an endpoint that is down now and then) never left, and is sent
-//! again within the deadline, so losing one member of three is invisible to callers.
+//! again within the deadline, so losing one member of three (other than the raft leader) is
+//! invisible to callers.
 
 mod config;
 mod election;
