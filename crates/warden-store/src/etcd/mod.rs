@@ -578,8 +578,9 @@ impl EtcdStore {
     /// An election on this store's cluster and prefix; `name` is this replica's advertised
     /// address (its `--http-addr`, as given), stored as the leader key's value. `ttl` is the
     /// lease (at least 1 s; etcd counts whole seconds, so it is rounded up for the lease),
-    /// `margin` how long before the lease would expire this replica stops leading
-    /// ([`DEFAULT_TTL`], [`DEFAULT_MARGIN`]).
+    /// `margin` how long before the lease would expire this replica stops leading (at most
+    /// `ttl / 2`) ([`DEFAULT_TTL`], [`DEFAULT_MARGIN`]). Run it with [`Election::run`]; it
+    /// sets this store's guard when it wins.
     pub fn election(&self, name: String, ttl: Duration, margin: Duration) -> Election {
         Election::new(Arc::clone(&self.shared), name, ttl, margin)
     }
