@@ -118,7 +118,7 @@ impl ElectionState {
 }
 
 /// An election on one etcd prefix. Made by [`EtcdStore::election`](super::EtcdStore::election);
-/// see the [module documentation](self).
+/// see the [`etcd` module](super) and `docs/etcd.md`.
 pub struct Election {
     shared: Arc<Shared>,
     name: String,

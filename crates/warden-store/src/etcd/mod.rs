@@ -5,7 +5,7 @@
 //!
 //! ## Same semantics as the embedded store
 //!
-//! Every [`Store`] method gives the answers [`RedbStore`](crate::RedbStore) gives (the shared
+//! Every [`Store`] method gives the answers [`RedbStore`] gives (the shared
 //! contract suite runs against both). A write batch ([`Store::apply`]) runs the shared batch
 //! logic in two phases:
 //!
