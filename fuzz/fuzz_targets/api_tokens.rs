@@ -10,7 +10,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
 use libfuzzer_sys::fuzz_target;
-use warden_server::auth::{
+use warden_server::api_auth::{
     AccessPolicy, ApiAuth, Denied, Role, TokenEntry, TokenSet, credentials, hash_token,
 };
 

@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
                 cp.heartbeat(who, &hb);
             }
             (Msg::TaskReport(r), Some(who)) => cp.task_report(who, &r),
-            (Msg::ProbeResult(r), Some(_)) => cp.probe_result(&r),
+            (Msg::ProbeResult(r), Some(who)) => cp.probe_result(who, &r),
             (Msg::Leave(_), Some(who)) => cp.leave(who),
             (_, None) => {}
         }

@@ -17,7 +17,7 @@ use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
-use warden_server::auth::{AccessPolicy, ApiAuth, Role, TokenEntry, TokenSet, hash_token};
+use warden_server::api_auth::{AccessPolicy, ApiAuth, Role, TokenEntry, TokenSet, hash_token};
 use warden_server::control::{ControlConfig, ControlPlane};
 use warden_server::history::History;
 use warden_server::http::{HttpConfig, router_with_config};

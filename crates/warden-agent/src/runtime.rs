@@ -1,4 +1,4 @@
-//! The agent runtime: one session to a server, heartbeats with signals, the lease, and the
+//! The agent runtime: sessions with the servers, heartbeats with signals, the lease, and the
 //! task supervisor carrying out the server's orders.
 //!
 //! ## The lease, on the agent's side
@@ -12,17 +12,23 @@
 //!
 //! ## Sessions
 //!
-//! The agent connects to its servers in turn. A session is dropped and re-opened when the
-//! stream fails, or when no ack arrived within the session deadline (a silent partition gives
-//! no stream error). On reconnect the agent keeps its generation and tells the server what it
-//! runs. If the server says the generation is over (`Rejoin`), the agent stops every task of
-//! that generation and joins again as a new generation: its old work was moved elsewhere.
+//! The agent holds a session with every server it is given (`--server`, repeated): with a
+//! replicated control plane every replica receives the heartbeats and keeps warm detector
+//! state, so a new leader judges failures at once. Only the leader renews the lease (its acks
+//! carry the lease TTL) and gives orders; a standby acks with a TTL of 0, which only keeps its
+//! session alive. A session is dropped and re-opened when the stream fails, or when no ack
+//! arrived within the session deadline (a silent partition gives no stream error). A new
+//! generation comes from the leader (a standby refuses a Hello without one); the other
+//! sessions then join with it. On reconnect the agent keeps its generation and tells the
+//! server what it runs. If the server says the generation is over (`Rejoin`), the agent stops
+//! every task of that generation and joins again as a new generation: its old work was moved
+//! elsewhere.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,8 +47,13 @@ use crate::supervisor::{
 /// Settings of an agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Server gRPC endpoints, e.g. `http://127.0.0.1:7400`, tried in turn.
+    /// Server gRPC addresses (`host:port` or a URI, see [`crate::tls::endpoint`]): one session
+    /// with each (every replica of a replicated control plane).
     pub servers: Vec<String>,
+    /// Mutual TLS with the servers (`None`: plaintext).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The join token sent with every session request, when the servers require one.
+    pub join_token: Option<crate::tls::JoinToken>,
     /// Agent name, unique in the fleet.
     pub name: String,
     /// Where task logs go.
@@ -84,6 +95,12 @@ fn phase_of(state: &TaskState) -> v1::TaskPhase {
 }
 
 /// Run an agent until `cancel` fires; then stop every task and leave gracefully.
+///
+/// The agent holds one session ("link") with every server at once: each replica of the
+/// control plane receives the heartbeats and keeps warm detector state. Orders and lease
+/// renewals come only from the leader; a standby's acks carry a TTL of 0 and only keep its
+/// link alive. Reports and heartbeats go to every link.
+#[allow(clippy::too_many_lines)]
 pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     if fencing_broken_for_tests() {
         warn!("{BREAK_FENCING_ENV}=1: singletons run WITHOUT self-fencing (test-only switch)");
@@ -93,167 +110,46 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut ids = Ids::default();
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut endpoints = Endpoints::new();
-    let mut next_server = 0usize;
-    let mut backoff = Duration::from_millis(100);
-    while !cancel.is_cancelled() {
-        let server = cfg.servers[next_server % cfg.servers.len().max(1)].clone();
-        next_server += 1;
-        let outcome = session(
-            &cfg,
-            &server,
-            &supervisor,
-            &mut events,
-            &mut ids,
-            &mut health,
-            &mut endpoints,
-            &cancel,
-        )
-        .await;
-        cfg.metrics.session_ended();
-        match outcome {
-            SessionEnd::Cancelled => break,
-            SessionEnd::Rejoin(reason) => {
-                warn!(%reason, generation = ids.generation, "generation over: stopping its tasks and rejoining");
-                for (task, epoch) in supervisor.running() {
-                    let _ = supervisor.stop(&task, epoch, Duration::ZERO).await;
-                }
-                ids = Ids::default();
-                backoff = Duration::from_millis(100);
-            }
-            SessionEnd::Lost(reason) => {
-                info!(%server, %reason, "session lost; reconnecting");
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            SessionEnd::Established => backoff = Duration::from_millis(100),
-        }
+    let (hello_tx, hello_rx) = watch::channel(HelloState::default());
+    let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
+    let links_cancel = CancellationToken::new();
+    let mut links: Vec<Link> = Vec::new();
+    let mut handles = Vec::new();
+    for (i, server) in cfg.servers.iter().enumerate() {
+        let (reset, reset_rx) = watch::channel(0u64);
+        handles.push(tokio::spawn(link_loop(
+            LinkParams {
+                index: i,
+                server: server.clone(),
+                name: cfg.name.clone(),
+                probe_addr: cfg.probe_addr,
+                capacity: cfg.capacity,
+                tls: cfg.tls.clone(),
+                join_token: cfg.join_token.clone(),
+            },
+            link_tx.clone(),
+            hello_rx.clone(),
+            reset_rx,
+            links_cancel.clone(),
+        )));
+        links.push(Link {
+            server: server.clone(),
+            out: None,
+            last_ack: Instant::now(),
+            reset,
+        });
     }
-    info!("agent stopping: stopping tasks");
-    supervisor.shutdown(cfg.shutdown_grace).await;
-    Ok(())
-}
-
-/// What outlives one session: the agent's generation, and the last heartbeat number. Numbers
-/// keep growing across the sessions of one generation: the server ignores a heartbeat whose
-/// number it has seen, so a reconnect that started again from 1 would renew nothing until it
-/// passed the old session's count (the agent would lose its lease over and over).
-/// The endpoint (`host:port`) of each service copy, by task: chosen once per assignment (task
-/// and epoch), so a repeated order or an in-place restart keeps its port.
-type Endpoints = BTreeMap<TaskId, (FencingToken, SocketAddr)>;
-
-#[derive(Default)]
-struct Ids {
-    generation: u64,
-    last_seq: u64,
-}
-
-enum SessionEnd {
-    Cancelled,
-    Rejoin(String),
-    Lost(String),
-    /// The session ran for a while and then ended; reconnect at once.
-    Established,
-}
-
-#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
-async fn session(
-    cfg: &AgentConfig,
-    server: &str,
-    supervisor: &Supervisor,
-    events: &mut mpsc::UnboundedReceiver<TaskEvent>,
-    ids: &mut Ids,
-    health: &mut BTreeMap<TaskId, bool>,
-    endpoints: &mut Endpoints,
-    cancel: &CancellationToken,
-) -> SessionEnd {
-    let endpoint = match tonic::transport::Endpoint::from_shared(server.to_string()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true),
-        Err(e) => return SessionEnd::Lost(format!("bad server address {server:?}: {e}")),
-    };
-    let channel = tokio::select! {
-        () = cancel.cancelled() => return SessionEnd::Cancelled,
-        c = endpoint.connect() => match c {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(format!("connect: {e}")),
-        },
-    };
-    let mut client = v1::agent_session_client::AgentSessionClient::new(channel)
-        .max_decoding_message_size(warden_proto::AGENT_MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(warden_proto::AGENT_MAX_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
-    let running: Vec<v1::RunningTask> = running_tasks(supervisor, health, endpoints);
-    let hello = v1::Hello {
-        name: cfg.name.clone(),
-        generation: ids.generation,
-        probe_addr: cfg.probe_addr.to_string(),
-        capacity: Some(v1::Resources {
-            cpu_millis: cfg.capacity.cpu_millis,
-            memory_mb: cfg.capacity.memory_mb,
-        }),
-        running,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    if tx
-        .send(msg(agent_message::Msg::Hello(hello)))
-        .await
-        .is_err()
-    {
-        return SessionEnd::Lost("session channel closed".into());
-    }
-    let response = tokio::select! {
-        () = cancel.cancelled() => return SessionEnd::Cancelled,
-        // A silently cut link would leave the call hanging: bound it.
-        r = tokio::time::timeout(Duration::from_secs(5), client.session(ReceiverStream::new(rx))) => match r {
-            Ok(r) => r,
-            Err(_) => return SessionEnd::Lost("no answer to the session request within 5s".into()),
-        },
-    };
-    let mut inbound = match response {
-        Ok(r) => r.into_inner(),
-        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-            return SessionEnd::Rejoin(status.message().to_string());
-        }
-        Err(status) => return SessionEnd::Lost(format!("open session: {status}")),
-    };
-    // The Welcome tells us our generation and the timing.
-    let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.next()).await {
-        Ok(Some(Ok(v1::ServerMessage {
-            msg: Some(server_message::Msg::Welcome(w)),
-        }))) => w,
-        Ok(Some(Ok(v1::ServerMessage {
-            msg: Some(server_message::Msg::Rejoin(r)),
-        }))) => return SessionEnd::Rejoin(r.reason),
-        other => return SessionEnd::Lost(format!("no welcome: {other:?}")),
-    };
-    ids.generation = welcome.generation;
-    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
-    let deadline = Duration::from_millis(
-        welcome
-            .session_deadline_ms
-            .max(welcome.heartbeat_interval_ms * 2),
-    );
-    info!(server, generation = ids.generation, "session established");
-    cfg.metrics.session_established(ids.generation);
-    let opened = Instant::now();
+    drop(link_tx);
 
     let mut sampler = HostSampler::new();
-    let mut seq = ids.last_seq;
+    let mut interval = Duration::from_millis(500);
+    let mut deadline = Duration::from_secs(2);
     let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut last_ack = Instant::now();
     let mut lease_until: Option<Instant> = None;
     let mut fenced = false;
     let mut beat = tokio::time::interval(interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stops = mpsc::unbounded_channel::<(TaskId, FencingToken)>();
-    let (stop_done_tx, mut stop_done_rx) = stops;
+    let (stop_done_tx, mut stop_done_rx) = mpsc::unbounded_channel::<(TaskId, FencingToken)>();
 
     loop {
         let lease_timer = async {
@@ -264,17 +160,22 @@ async fn session(
         };
         tokio::select! {
             () = cancel.cancelled() => {
-                let _ = tx.try_send(msg(agent_message::Msg::Leave(v1::Leave {})));
-                return SessionEnd::Cancelled;
+                broadcast(&links, &msg(agent_message::Msg::Leave(v1::Leave {})));
+                break;
             }
             _ = beat.tick() => {
-                if last_ack.elapsed() > deadline && !sent.is_empty() {
-                    return SessionEnd::Lost(format!("no ack for {:?}", last_ack.elapsed()));
+                // A link whose server stopped acknowledging (a silent partition gives no
+                // stream error) is dropped and re-opened.
+                for l in &mut links {
+                    if l.out.is_some() && l.last_ack.elapsed() > deadline {
+                        info!(server = %l.server, silent_ms = l.last_ack.elapsed().as_millis() as u64, "no ack within the session deadline; reconnecting");
+                        l.out = None;
+                        l.reset.send_modify(|n| *n += 1);
+                    }
                 }
-                seq += 1;
-                ids.last_seq = seq;
-                let now = Instant::now();
-                sent.insert(seq, now);
+                ids.last_seq += 1;
+                let seq = ids.last_seq;
+                sent.insert(seq, Instant::now());
                 // Heartbeats that were never acked within the lease are useless for renewal.
                 while sent.len() > 64 {
                     sent.pop_first();
@@ -284,6 +185,12 @@ async fn session(
                 if !checks.is_empty() {
                     signals.task_success = Some(checks.iter().filter(|h| **h).count() as f64 / checks.len() as f64);
                 }
+                let running = running_tasks(&supervisor, &health, &endpoints);
+                // Quietly: a link waiting to reconnect wakes only for a new generation.
+                hello_tx.send_if_modified(|h| {
+                    h.running.clone_from(&running);
+                    false
+                });
                 let hb = v1::Heartbeat {
                     seq,
                     signals: Some(v1::Signals {
@@ -295,12 +202,24 @@ async fn session(
                         restarts: signals.restarts,
                         pressure: signals.pressure,
                     }),
-                    running: running_tasks(supervisor, health, endpoints),
+                    running,
                 };
-                if tx.try_send(msg(agent_message::Msg::Heartbeat(hb))).is_err() {
-                    return SessionEnd::Lost("outbound queue full or closed".into());
+                let m = msg(agent_message::Msg::Heartbeat(hb));
+                let mut any = false;
+                for l in &mut links {
+                    if let Some(out) = &l.out {
+                        if out.try_send(m.clone()).is_err() {
+                            info!(server = %l.server, "outbound queue full or closed; reconnecting");
+                            l.out = None;
+                            l.reset.send_modify(|n| *n += 1);
+                        } else {
+                            any = true;
+                        }
+                    }
                 }
-                cfg.metrics.heartbeat_sent();
+                if any {
+                    cfg.metrics.heartbeat_sent();
+                }
             }
             () = lease_timer => {
                 warn!("lease ran out: fencing singletons");
@@ -308,61 +227,115 @@ async fn session(
                 cfg.metrics.fenced();
                 fenced = true;
             }
-            m = inbound.next() => {
-                let m = match m {
-                    Some(Ok(v1::ServerMessage { msg: Some(m) })) => m,
-                    Some(Ok(_)) => continue,
-                    Some(Err(status)) => return end_after(opened, format!("stream: {status}")),
-                    None => return end_after(opened, "server closed the session".into()),
-                };
-                match m {
-                    server_message::Msg::Ack(ack) => {
-                        last_ack = Instant::now();
-                        cfg.metrics.ack_received();
-                        if let Some(&at) = sent.get(&ack.seq) {
-                            let until = at + Duration::from_millis(ack.lease_ttl_ms);
-                            if lease_until.is_none_or(|u| until > u) {
-                                lease_until = Some(until);
-                                if until > Instant::now() {
-                                    supervisor.extend_all_fenced(until - Instant::now());
-                                    fenced = false;
+            ev = link_rx.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    LinkEvent::Up { index, out, welcome } => {
+                        if ids.generation == 0 {
+                            ids.generation = welcome.generation;
+                            hello_tx.send_modify(|h| h.generation = welcome.generation);
+                        } else if welcome.generation != ids.generation {
+                            // Two servers handed out generations at once (a leadership
+                            // change): keep the first; this link joins again with it.
+                            links[index].reset.send_modify(|n| *n += 1);
+                            continue;
+                        }
+                        let every = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
+                        if every != interval {
+                            interval = every;
+                            beat = tokio::time::interval(interval);
+                            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                        deadline = Duration::from_millis(
+                            welcome.session_deadline_ms.max(welcome.heartbeat_interval_ms * 2),
+                        );
+                        let l = &mut links[index];
+                        info!(server = %l.server, generation = ids.generation, "session established");
+                        l.out = Some(out);
+                        l.last_ack = Instant::now();
+                        cfg.metrics.session_established(ids.generation);
+                    }
+                    LinkEvent::Down { index, reason } => {
+                        let l = &mut links[index];
+                        if l.out.take().is_some() {
+                            info!(server = %l.server, %reason, "session lost; reconnecting");
+                        } else {
+                            debug!(server = %l.server, %reason, "no session");
+                        }
+                        if links.iter().all(|l| l.out.is_none()) {
+                            cfg.metrics.session_ended();
+                        }
+                    }
+                    LinkEvent::Rejoin { reason } => {
+                        warn!(%reason, generation = ids.generation, "generation over: stopping its tasks and rejoining");
+                        for (task, epoch) in supervisor.running() {
+                            let _ = supervisor.stop(&task, epoch, Duration::ZERO).await;
+                        }
+                        ids.generation = 0;
+                        hello_tx.send_modify(|h| h.generation = 0);
+                        sent.clear();
+                        lease_until = None;
+                        fenced = false;
+                        for l in &mut links {
+                            l.out = None;
+                            l.reset.send_modify(|n| *n += 1);
+                        }
+                        cfg.metrics.session_ended();
+                    }
+                    LinkEvent::Message { index, msg: m } => match m {
+                        server_message::Msg::Ack(ack) => {
+                            links[index].last_ack = Instant::now();
+                            cfg.metrics.ack_received();
+                            // TTL 0: a standby's ack, which keeps the link but renews nothing.
+                            if ack.lease_ttl_ms > 0 {
+                                if let Some(&at) = sent.get(&ack.seq) {
+                                    let until = at + Duration::from_millis(ack.lease_ttl_ms);
+                                    if lease_until.is_none_or(|u| until > u) {
+                                        lease_until = Some(until);
+                                        if until > Instant::now() {
+                                            supervisor.extend_all_fenced(until - Instant::now());
+                                            fenced = false;
+                                        }
+                                    }
                                 }
+                                sent.retain(|s, _| *s > ack.seq);
                             }
                         }
-                        sent.retain(|s, _| *s > ack.seq);
-                    }
-                    server_message::Msg::Assign(a) => assign(cfg, supervisor, &a, &tx, endpoints),
-                    server_message::Msg::Stop(s) => {
-                        let Some(task) = TaskId::parse(&s.task) else { continue };
-                        let sup = supervisor.clone();
-                        let done = stop_done_tx.clone();
-                        let epoch = FencingToken(s.epoch);
-                        tokio::spawn(async move {
-                            if sup.stop(&task, epoch, Duration::from_millis(s.grace_ms)).await.is_ok() {
-                                let _ = done.send((task, epoch));
-                            }
-                        });
-                    }
-                    server_message::Msg::Probe(p) => {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let limit = Duration::from_millis(p.timeout_ms.clamp(10, 10_000));
-                            let outcome = match p.target_addr.parse::<SocketAddr>() {
-                                Ok(addr) => warden_probe::probe::http(addr, limit).await,
-                                Err(_) => ProbeOutcome::Skipped,
-                            };
-                            let _ = tx.try_send(msg(agent_message::Msg::ProbeResult(v1::ProbeResult {
-                                request_id: p.request_id,
-                                outcome: outcome_to_wire(outcome) as i32,
-                            })));
-                        });
-                    }
-                    server_message::Msg::Rejoin(r) => return SessionEnd::Rejoin(r.reason),
-                    server_message::Msg::Welcome(_) => {}
+                        server_message::Msg::Assign(a) => {
+                            assign(&cfg, &supervisor, &a, &links, &mut endpoints);
+                            note_running(&hello_tx, &supervisor, &health, &endpoints);
+                        }
+                        server_message::Msg::Stop(s) => {
+                            let Some(task) = TaskId::parse(&s.task) else { continue };
+                            let sup = supervisor.clone();
+                            let done = stop_done_tx.clone();
+                            let epoch = FencingToken(s.epoch);
+                            tokio::spawn(async move {
+                                if sup.stop(&task, epoch, Duration::from_millis(s.grace_ms)).await.is_ok() {
+                                    let _ = done.send((task, epoch));
+                                }
+                            });
+                        }
+                        server_message::Msg::Probe(p) => {
+                            let Some(tx) = links[index].out.clone() else { continue };
+                            tokio::spawn(async move {
+                                let limit = Duration::from_millis(p.timeout_ms.clamp(10, 10_000));
+                                let outcome = match p.target_addr.parse::<SocketAddr>() {
+                                    Ok(addr) => warden_probe::probe::http(addr, limit).await,
+                                    Err(_) => ProbeOutcome::Skipped,
+                                };
+                                let _ = tx.try_send(msg(agent_message::Msg::ProbeResult(v1::ProbeResult {
+                                    request_id: p.request_id,
+                                    outcome: outcome_to_wire(outcome) as i32,
+                                })));
+                            });
+                        }
+                        server_message::Msg::Rejoin(_) | server_message::Msg::Welcome(_) => {}
+                    },
                 }
             }
             Some((task, epoch)) = stop_done_rx.recv() => {
-                let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
+                broadcast(&links, &msg(agent_message::Msg::TaskReport(v1::TaskReport {
                     task: task.to_string(),
                     epoch: epoch.0,
                     phase: v1::TaskPhase::Stopped as i32,
@@ -371,24 +344,269 @@ async fn session(
                     healthy: false,
                     endpoint: String::new(),
                 })));
-                forget_endpoint(endpoints, &task, epoch);
+                forget_endpoint(&mut endpoints, &task, epoch);
+                note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
             Some(ev) = events.recv() => {
                 if matches!(ev.kind, TaskEventKind::Restarting { .. }) {
                     cfg.metrics.task_restarted();
                 }
-                report_event(&ev, &tx, health, endpoints);
+                report_event(&ev, &links, &mut health, &mut endpoints);
+                note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
+        }
+    }
+    info!("agent stopping: stopping tasks");
+    supervisor.shutdown(cfg.shutdown_grace).await;
+    // The Leave and the last reports are queued on the links; closing them flushes.
+    for l in &mut links {
+        l.out = None;
+    }
+    links_cancel.cancel();
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
+    }
+    Ok(())
+}
+
+/// What outlives one session: the agent's generation, and the last heartbeat number. Numbers
+/// keep growing across the sessions of one generation: the server ignores a heartbeat whose
+/// number it has seen, so a reconnect that started again from 1 would renew nothing until it
+/// passed the old session's count (the agent would lose its lease over and over).
+#[derive(Default)]
+struct Ids {
+    generation: u64,
+    last_seq: u64,
+}
+
+/// The endpoint (`host:port`) of each service copy, by task: chosen once per assignment (task
+/// and epoch), so a repeated order or an in-place restart keeps its port.
+type Endpoints = BTreeMap<TaskId, (FencingToken, SocketAddr)>;
+
+/// What a link says in its Hello: the generation (0 asks the leader for a new one) and the
+/// copies running.
+#[derive(Clone, Debug, Default)]
+struct HelloState {
+    generation: u64,
+    running: Vec<v1::RunningTask>,
+}
+
+/// The runtime's side of one server's link.
+struct Link {
+    server: String,
+    /// The open session's outbound queue.
+    out: Option<Tx>,
+    last_ack: Instant,
+    /// Tells the link to drop its session and open a new one (a counter: a request made
+    /// before a session opened is not taken as one for it).
+    reset: watch::Sender<u64>,
+}
+
+/// Keep the copies a new session's Hello reports current (the server prunes orders the Hello
+/// does not confirm), without waking links that wait to reconnect.
+fn note_running(
+    hello: &watch::Sender<HelloState>,
+    supervisor: &Supervisor,
+    health: &BTreeMap<TaskId, bool>,
+    endpoints: &Endpoints,
+) {
+    let running = running_tasks(supervisor, health, endpoints);
+    hello.send_if_modified(|h| {
+        h.running = running;
+        false
+    });
+}
+
+/// Send `m` on every open link (a full queue drops it for that link; heartbeats and reports
+/// are repeated or superseded by the next heartbeat).
+fn broadcast(links: &[Link], m: &v1::AgentMessage) {
+    for l in links {
+        if let Some(out) = &l.out {
+            let _ = out.try_send(m.clone());
         }
     }
 }
 
-fn end_after(opened: Instant, reason: String) -> SessionEnd {
-    if opened.elapsed() > Duration::from_secs(5) {
-        debug!(%reason, "session ended");
-        SessionEnd::Established
-    } else {
-        SessionEnd::Lost(reason)
+/// What a link tells the runtime.
+enum LinkEvent {
+    /// A session is open; `out` is its outbound queue.
+    Up {
+        index: usize,
+        out: Tx,
+        welcome: v1::Welcome,
+    },
+    /// A message from the link's server.
+    Message {
+        index: usize,
+        msg: server_message::Msg,
+    },
+    /// The session ended (or could not be opened); the link retries by itself.
+    Down { index: usize, reason: String },
+    /// The server says this generation is over.
+    Rejoin { reason: String },
+}
+
+struct LinkParams {
+    index: usize,
+    server: String,
+    name: String,
+    probe_addr: SocketAddr,
+    capacity: Resources,
+    tls: Option<crate::tls::ClientTls>,
+    join_token: Option<crate::tls::JoinToken>,
+}
+
+/// One server's link: open a session, forward what the server says, re-open it when it ends
+/// (with backoff, at once when the generation changes).
+async fn link_loop(
+    p: LinkParams,
+    events: mpsc::Sender<LinkEvent>,
+    mut hello: watch::Receiver<HelloState>,
+    mut reset: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        let opened = Instant::now();
+        reset.mark_unchanged();
+        let reason = link_session(&p, &events, &hello, &mut reset, &cancel).await;
+        if cancel.is_cancelled() {
+            break;
+        }
+        if opened.elapsed() > Duration::from_secs(5) {
+            backoff = Duration::from_millis(100);
+        }
+        let rejoin = matches!(reason, LinkEnd::Rejoin(_));
+        let ev = match reason {
+            LinkEnd::Rejoin(reason) => LinkEvent::Rejoin { reason },
+            LinkEnd::Lost(reason) => LinkEvent::Down {
+                index: p.index,
+                reason,
+            },
+        };
+        if events.send(ev).await.is_err() {
+            break;
+        }
+        if rejoin {
+            backoff = Duration::from_millis(100);
+        }
+        hello.mark_unchanged();
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(backoff) => {}
+            // A new generation (or a rejoin): try at once.
+            _ = hello.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum LinkEnd {
+    Rejoin(String),
+    Lost(String),
+}
+
+async fn link_session(
+    p: &LinkParams,
+    events: &mpsc::Sender<LinkEvent>,
+    hello: &watch::Receiver<HelloState>,
+    reset: &mut watch::Receiver<u64>,
+    cancel: &CancellationToken,
+) -> LinkEnd {
+    let server = p.server.as_str();
+    let endpoint = match crate::tls::endpoint(server, p.tls.as_ref()) {
+        Ok(e) => e,
+        Err(e) => return LinkEnd::Lost(e.to_string()),
+    };
+    let channel = tokio::select! {
+        () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
+        c = endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return LinkEnd::Lost(crate::tls::connect_failed(server, &e)),
+        },
+    };
+    let mut client = v1::agent_session_client::AgentSessionClient::with_interceptor(
+        channel,
+        crate::tls::join_token(p.join_token.as_ref()),
+    )
+    .max_decoding_message_size(warden_proto::AGENT_MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(warden_proto::AGENT_MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
+    let (generation, running) = {
+        let h = hello.borrow();
+        (h.generation, h.running.clone())
+    };
+    let hello = v1::Hello {
+        name: p.name.clone(),
+        generation,
+        probe_addr: p.probe_addr.to_string(),
+        capacity: Some(v1::Resources {
+            cpu_millis: p.capacity.cpu_millis,
+            memory_mb: p.capacity.memory_mb,
+        }),
+        running,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if tx
+        .send(msg(agent_message::Msg::Hello(hello)))
+        .await
+        .is_err()
+    {
+        return LinkEnd::Lost("session channel closed".into());
+    }
+    let response = tokio::select! {
+        () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
+        // A silently cut link would leave the call hanging: bound it.
+        r = tokio::time::timeout(Duration::from_secs(5), client.session(ReceiverStream::new(rx))) => match r {
+            Ok(r) => r,
+            Err(_) => return LinkEnd::Lost("no answer to the session request within 5s".into()),
+        },
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            return LinkEnd::Rejoin(status.message().to_string());
+        }
+        Err(status) => return LinkEnd::Lost(crate::tls::session_refused(server, &status)),
+    };
+    // The Welcome tells us our generation and the timing.
+    let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.next()).await {
+        Ok(Some(Ok(v1::ServerMessage {
+            msg: Some(server_message::Msg::Welcome(w)),
+        }))) => w,
+        Ok(Some(Ok(v1::ServerMessage {
+            msg: Some(server_message::Msg::Rejoin(r)),
+        }))) => return LinkEnd::Rejoin(r.reason),
+        other => return LinkEnd::Lost(format!("no welcome: {other:?}")),
+    };
+    let up = LinkEvent::Up {
+        index: p.index,
+        out: tx,
+        welcome,
+    };
+    if events.send(up).await.is_err() {
+        return LinkEnd::Lost("agent stopping".into());
+    }
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
+            _ = reset.changed() => return LinkEnd::Lost("reset by the agent".into()),
+            m = inbound.next() => {
+                let m = match m {
+                    Some(Ok(v1::ServerMessage { msg: Some(m) })) => m,
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return LinkEnd::Lost(format!("stream: {status}")),
+                    None => return LinkEnd::Lost("server closed the session".into()),
+                };
+                if let server_message::Msg::Rejoin(r) = m {
+                    return LinkEnd::Rejoin(r.reason);
+                }
+                let ev = LinkEvent::Message { index: p.index, msg: m };
+                if events.send(ev).await.is_err() {
+                    return LinkEnd::Lost("agent stopping".into());
+                }
+            }
+        }
     }
 }
 
@@ -456,7 +674,7 @@ fn assign(
     cfg: &AgentConfig,
     supervisor: &Supervisor,
     a: &v1::Assign,
-    tx: &Tx,
+    links: &[Link],
     endpoints: &mut Endpoints,
 ) {
     let Some(task) = TaskId::parse(&a.task) else {
@@ -485,7 +703,7 @@ fn assign(
                 match pick_port(ip, requested) {
                     Ok(port) => SocketAddr::new(ip, port),
                     Err(e) => {
-                        refuse(tx, &task, a.epoch, format!("pick a port on {ip}: {e}"));
+                        refuse(links, &task, a.epoch, format!("pick a port on {ip}: {e}"));
                         return;
                     }
                 }
@@ -506,26 +724,29 @@ fn assign(
         health,
     };
     if let Err(e) = supervisor.start(spec) {
-        refuse(tx, &task, a.epoch, e.to_string());
+        refuse(links, &task, a.epoch, e.to_string());
     }
 }
 
-fn refuse(tx: &Tx, task: &TaskId, epoch: u64, message: String) {
+fn refuse(links: &[Link], task: &TaskId, epoch: u64, message: String) {
     warn!(task = %task, epoch, error = %message, "assignment refused");
-    let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
-        task: task.to_string(),
-        epoch,
-        phase: v1::TaskPhase::Failed as i32,
-        exit_code: None,
-        message,
-        healthy: false,
-        endpoint: String::new(),
-    })));
+    broadcast(
+        links,
+        &msg(agent_message::Msg::TaskReport(v1::TaskReport {
+            task: task.to_string(),
+            epoch,
+            phase: v1::TaskPhase::Failed as i32,
+            exit_code: None,
+            message,
+            healthy: false,
+            endpoint: String::new(),
+        })),
+    );
 }
 
 fn report_event(
     ev: &TaskEvent,
-    tx: &Tx,
+    links: &[Link],
     health: &mut BTreeMap<TaskId, bool>,
     endpoints: &mut Endpoints,
 ) {
@@ -585,15 +806,18 @@ fn report_event(
             )
         }
     };
-    let _ = tx.try_send(msg(agent_message::Msg::TaskReport(v1::TaskReport {
-        task: ev.task.to_string(),
-        epoch: ev.epoch.0,
-        phase: phase as i32,
-        exit_code,
-        message,
-        healthy,
-        endpoint,
-    })));
+    broadcast(
+        links,
+        &msg(agent_message::Msg::TaskReport(v1::TaskReport {
+            task: ev.task.to_string(),
+            epoch: ev.epoch.0,
+            phase: phase as i32,
+            exit_code,
+            message,
+            healthy,
+            endpoint,
+        })),
+    );
 }
 
 fn outcome_to_wire(o: ProbeOutcome) -> v1::ProbeOutcome {

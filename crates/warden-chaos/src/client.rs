@@ -34,6 +34,8 @@ pub struct Response {
     pub status: u16,
     /// Body as text.
     pub body: String,
+    /// The `Location` header, if any.
+    pub location: Option<String>,
 }
 
 impl Response {
@@ -85,8 +87,29 @@ impl Client {
         Ok(self)
     }
 
-    /// Send one request.
+    /// Send one request. A `307`/`308` redirect (a standby of a replicated control plane
+    /// pointing at its leader) is followed once, with the same method and body.
     pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Response> {
+        let response = self.request_once(method, path, content_type, body)?;
+        if matches!(response.status, 307 | 308)
+            && let Some(location) = &response.location
+        {
+            let (base, target) = split_location(location)
+                .with_context(|| format!("follow the redirect to {location:?}"))?;
+            // The same token: replicas of one control plane share their token file.
+            let leader = Client::new(base)?.with_token(self.token.clone())?;
+            return leader.request_once(method, target, content_type, body);
+        }
+        Ok(response)
+    }
+
+    fn request_once(
         &self,
         method: &str,
         path: &str,
@@ -131,6 +154,16 @@ impl Client {
     }
 }
 
+/// `http://host:port/path?query` as (`http://host:port`, `/path?query`).
+fn split_location(location: &str) -> Option<(&str, &str)> {
+    let rest = location.strip_prefix("http://")?;
+    let slash = rest
+        .find('/')
+        .map_or(location.len(), |i| i + "http://".len());
+    let (base, target) = location.split_at(slash);
+    Some((base, if target.is_empty() { "/" } else { target }))
+}
+
 fn parse_response(raw: &[u8]) -> Result<Response> {
     let split = raw
         .windows(4)
@@ -149,9 +182,16 @@ fn parse_response(raw: &[u8]) -> Result<Response> {
     }) {
         body = dechunk(&body)?;
     }
+    let location = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("location")
+            .then(|| value.trim().to_string())
+    });
     Ok(Response {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        location,
     })
 }
 
@@ -200,5 +240,21 @@ mod tests {
                 .and_then(|c| c.with_token(Some("two words".into())))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn redirects_are_split_into_server_and_target() {
+        let r = parse_response(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:7411/v1/jobs?x=1\r\ncontent-length: 0\r\n\r\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 307);
+        let location = r.location.unwrap_or_default();
+        assert_eq!(
+            split_location(&location),
+            Some(("http://127.0.0.1:7411", "/v1/jobs?x=1"))
+        );
+        assert_eq!(split_location("http://h:1"), Some(("http://h:1", "/")));
+        assert_eq!(split_location("https://h:1/x"), None);
     }
 }

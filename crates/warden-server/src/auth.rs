@@ -1,963 +1,678 @@
-//! REST API tokens and roles.
+//! Who may open an agent session: mutual TLS, the agent identity a client certificate proves,
+//! and join tokens.
 //!
-//! With `--api-tokens FILE` every request to the REST API needs a bearer token, and the token's
-//! role decides what it may do:
+//! - **Transport.** With [`ServerTls`] the gRPC listener speaks TLS only and requires a client
+//!   certificate that chains to the configured CA (rustls with ring, through tonic). Expired
+//!   certificates, certificates of another CA and clients without one fail the handshake.
+//! - **Identity.** An agent's identity is the name its certificate is valid for (its DNS
+//!   subject alternative names; wildcards never count). A session whose Hello names another
+//!   agent is refused with `PermissionDenied`. A session only ever reports for the agent it was
+//!   admitted as (the control plane keys every heartbeat, task report and probe result by the
+//!   session's admitted identity), so one agent cannot speak for another.
+//! - **Join tokens.** With [`JoinTokens`] every session must present a token (gRPC metadata
+//!   [`JOIN_TOKEN_METADATA`]) whose SHA-256 is listed in the tokens file. Only hashes are
+//!   kept, compared in constant time; tokens are never logged. A token marked `once` binds to
+//!   the first agent name that uses it — durably, in a small file written atomically — so
+//!   that agent can reconnect and restart, and no other name can use it.
 //!
-//! | role | may |
-//! |---|---|
-//! | `read` | every `GET` (and `HEAD`): the JSON API, `/metrics`, the dashboard |
-//! | `operator` | everything `read` may, and every write (`POST /v1/jobs`, `DELETE /v1/jobs/…`) |
-//!
-//! `GET /healthz` never needs a token (load balancers and supervisors probe it; it tells only
-//! that the server answers). `/metrics` and the dashboard need the `read` role unless the
-//! server opens them with [`AccessPolicy::public_metrics`] / [`AccessPolicy::public_dashboard`].
-//!
-//! **The token file** holds one token per line, never the token itself, only its SHA-256:
-//!
-//! ```text
-//! # role      hash                                                                   name
-//! operator sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 deploy-bot
-//! read     sha256:60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752 prometheus
-//! ```
-//!
-//! Blank lines and lines starting with `#` are ignored; the name is optional (one word, used
-//! in logs instead of the token). `warden token api` creates a token and appends its line.
-//! The server re-reads the file when it changes (checked at most once a second), so adding or
-//! removing a line takes effect without a restart; a file that no longer parses is reported
-//! and the previous tokens stay in force.
-//!
-//! A presented token is hashed and compared with *every* stored hash in constant time, so the
-//! time taken reveals neither how much of a hash matched nor which entry did. Tokens are never
-//! logged: only a token's name (or its hash prefix when it has none) appears in logs.
+//! The checks are synchronous (a binding is written to disk before the session is admitted):
+//! the session service runs them off the async workers, together with admission.
 
-use std::fmt;
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
-use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use ring::rand::SecureRandom;
+use rustls_pki_types::CertificateDer;
+use subtle::ConstantTimeEq;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tracing::{info, warn};
+use warden_proto::pem::{self, PemError};
 
-use crate::http::ErrorCode;
-use crate::http::error::HttpError;
+pub use warden_proto::JOIN_TOKEN_METADATA;
 
-/// What a token may do. `Operator` includes everything `Read` may.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Read-only: every `GET`.
-    Read,
-    /// Job changes: submit, delete, anything that writes; and everything `Read` may.
-    Operator,
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's TLS identity and the CA its agents' certificates must chain to (PEM).
+#[derive(Clone)]
+pub struct ServerTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Vec<u8>,
 }
 
-impl Role {
-    /// Whether a token of this role may do what `needed` allows.
-    pub fn allows(self, needed: Role) -> bool {
-        self >= needed
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// From PEM bytes: the server's certificate chain, its private key, and the CA
+    /// certificate(s) agents' certificates must chain to.
+    pub fn from_pem(
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+        client_ca_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        ServerTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            client_ca_pem: client_ca_pem.into(),
+        }
     }
 
-    /// The role as written in the token file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Operator => "operator",
+    /// From PEM files (`--tls-cert`, `--tls-key`, `--tls-client-ca`); errors name the file.
+    pub fn from_files(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, PemError> {
+        Ok(ServerTls {
+            cert_pem: pem::read_certificate_chain(cert)?,
+            key_pem: pem::read_private_key(key)?,
+            client_ca_pem: pem::read_ca_bundle(client_ca)?,
+        })
+    }
+
+    /// tonic's configuration: client certificates required.
+    pub fn config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
+            .timeout(HANDSHAKE_TIMEOUT)
+    }
+}
+
+/// The optional security settings of the session listener. The default is none: plaintext
+/// gRPC, no client identity, no token (for development on loopback only).
+#[derive(Debug, Default)]
+pub struct SessionSecurity {
+    /// Mutual TLS on the gRPC listener.
+    pub tls: Option<ServerTls>,
+    /// Join tokens required of every session.
+    pub join_tokens: Option<JoinTokens>,
+}
+
+/// Why a session was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// TLS is on but the connection carries no client certificate.
+    #[error("a client certificate is required")]
+    NoCertificate,
+    /// The client certificate names no agent.
+    #[error("the client certificate cannot identify an agent: {0}")]
+    BadCertificate(String),
+    /// The Hello names an agent the certificate is not for.
+    #[error(
+        "the client certificate identifies agent {}, but the Hello names {claimed:?}: an \
+         agent's --name must be the name in its certificate",
+        certified.join(", ")
+    )]
+    WrongIdentity {
+        /// The names in the certificate.
+        certified: Vec<String>,
+        /// The name in the Hello.
+        claimed: String,
+    },
+    /// No token presented.
+    #[error("a join token is required (agent flag --join-token or --join-token-file)")]
+    TokenMissing,
+    /// The token's hash is not in the tokens file.
+    #[error("the join token is not valid")]
+    TokenUnknown,
+    /// A one-time token already bound to another agent name.
+    #[error("this one-time join token was already used by another agent")]
+    TokenBound {
+        /// The name it is bound to (logged by the server, not sent to the client).
+        bound_to: String,
+    },
+    /// The binding of a one-time token could not be recorded.
+    #[error("record the use of a one-time join token: {0}")]
+    Internal(String),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuthError::NoCertificate
+            | AuthError::BadCertificate(_)
+            | AuthError::TokenMissing
+            | AuthError::TokenUnknown => tonic::Status::unauthenticated(message),
+            AuthError::WrongIdentity { .. } | AuthError::TokenBound { .. } => {
+                tonic::Status::permission_denied(message)
+            }
+            AuthError::Internal(_) => tonic::Status::unavailable(message),
         }
     }
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The agent names a client certificate proves: its DNS subject alternative names, without
+/// wildcards.
+pub fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, AuthError> {
+    let cert = webpki::EndEntityCert::try_from(der)
+        .map_err(|e| AuthError::BadCertificate(e.to_string()))?;
+    let names: Vec<String> = cert
+        .valid_dns_names()
+        .filter(|n| !n.contains('*'))
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err(AuthError::BadCertificate(
+            "it has no DNS name (subject alternative name) to serve as the agent name".into(),
+        ));
     }
+    Ok(names)
 }
 
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "read" => Ok(Role::Read),
-            "operator" => Ok(Role::Operator),
-            other => Err(format!(
-                "unknown role {other:?} (expected \"read\" or \"operator\")"
-            )),
+/// What the TLS layer proved about a session's client, if TLS is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The agent names the client certificate is valid for.
+    pub names: Vec<String>,
+}
+
+/// The checks a session passes before admission.
+#[derive(Debug, Default)]
+pub struct Gate {
+    tls: bool,
+    tokens: Option<JoinTokens>,
+}
+
+impl Gate {
+    /// A gate for these settings; also returns tonic's TLS configuration, if any.
+    pub fn new(security: SessionSecurity) -> (Gate, Option<ServerTlsConfig>) {
+        let tls = security.tls.as_ref().map(ServerTls::config);
+        (
+            Gate {
+                tls: tls.is_some(),
+                tokens: security.join_tokens,
+            },
+            tls,
+        )
+    }
+
+    /// Whether any check is configured.
+    pub fn is_open(&self) -> bool {
+        !self.tls && self.tokens.is_none()
+    }
+
+    /// The identity the connection's client certificate proves (`peer_certs` is what tonic's
+    /// `Request::peer_certs` returns); `None` when TLS is off.
+    pub fn peer(
+        &self,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Option<PeerIdentity>, AuthError> {
+        if !self.tls {
+            return Ok(None);
         }
+        let leaf = peer_certs
+            .and_then(<[_]>::first)
+            .ok_or(AuthError::NoCertificate)?;
+        Ok(Some(PeerIdentity {
+            names: certificate_names(leaf)?,
+        }))
+    }
+
+    /// May a session whose client is `peer`, presenting `token`, be admitted as agent
+    /// `name`? Blocking: may record a one-time token's binding on disk.
+    pub fn check(
+        &self,
+        peer: Option<&PeerIdentity>,
+        token: Option<&str>,
+        name: &str,
+    ) -> Result<(), AuthError> {
+        let name = name.trim();
+        if let Some(p) = peer
+            && !p.names.iter().any(|n| n == name)
+        {
+            return Err(AuthError::WrongIdentity {
+                certified: p.names.clone(),
+                claimed: name.to_string(),
+            });
+        }
+        if let Some(t) = &self.tokens {
+            t.admit(token, name)?;
+        }
+        Ok(())
     }
 }
 
-/// A token's SHA-256.
-pub type TokenHash = [u8; 32];
+/// A SHA-256 digest.
+type Digest = [u8; 32];
 
-/// The SHA-256 of `token`, the form in which tokens are stored.
-pub fn hash_token(token: &str) -> TokenHash {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+fn sha256(token: &str) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
+    out.copy_from_slice(d.as_ref());
     out
 }
 
-/// Equality of two hashes in time independent of their contents.
-fn ct_eq(a: &TokenHash, b: &TokenHash) -> bool {
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= std::hint::black_box(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
-}
-
-/// Prefix of every token `warden token api` makes (so a leaked one is recognisable, e.g. by
-/// secret scanners). The server accepts any string whose hash is listed.
-pub const TOKEN_PREFIX: &str = "warden_api_";
-
-/// A new random token: [`TOKEN_PREFIX`] and 256 bits from the operating system's generator,
-/// in hex.
-pub fn generate_token() -> Result<String, TokenFileError> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| TokenFileError::Random)?;
-    Ok(format!("{TOKEN_PREFIX}{}", hex(&bytes)))
-}
-
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<TokenHash> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
+fn unhex(s: &str) -> Option<Digest> {
+    if s.len() != 64 || !s.is_ascii() {
         return None;
     }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
     let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(out)
 }
 
-/// One line of the token file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenEntry {
-    /// What the token may do.
-    pub role: Role,
-    /// The token's SHA-256.
-    pub hash: TokenHash,
-    /// The name logged for the token, if it has one.
-    pub name: Option<String>,
+/// The form a token's hash takes in the tokens file: `sha256:<64 hex digits>`.
+pub fn token_hash(token: &str) -> String {
+    format!("sha256:{}", hex(&sha256(token)))
 }
 
-impl TokenEntry {
-    /// How logs refer to the token: its name, or the first 8 hex digits of its hash.
-    pub fn label(&self) -> String {
-        match &self.name {
-            Some(n) => n.clone(),
-            None => format!("sha256:{}", &hex(&self.hash)[..8]),
-        }
-    }
-
-    /// The entry as a line of the token file (with its newline).
-    pub fn to_line(&self) -> String {
-        let mut line = format!("{} sha256:{}", self.role, hex(&self.hash));
-        if let Some(name) = &self.name {
-            line.push(' ');
-            line.push_str(name);
-        }
-        line.push('\n');
-        line
-    }
+/// A new random join token (256 bits): `wjt_` and 64 hex digits.
+pub fn new_join_token() -> Result<String, TokenFileError> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| TokenFileError::Random)?;
+    Ok(format!("wjt_{}", hex(&bytes)))
 }
 
-impl fmt::Debug for TokenEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenEntry")
-            .field("role", &self.role)
-            .field("token", &self.label())
-            .finish()
-    }
-}
-
-/// Why a token file cannot be used.
+/// Problems with a tokens file or the bindings file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
-    /// The file cannot be read or written.
-    #[error("{path}: {source}")]
+    /// The file could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
     Io {
+        /// What was being done.
+        what: &'static str,
         /// The file.
         path: PathBuf,
-        /// The error.
+        /// Why.
         source: std::io::Error,
     },
-    /// A line is malformed.
-    #[error("line {line}: {message}")]
+    /// A line of the tokens file is malformed.
+    #[error("join tokens file {}, line {line}: {detail}", path.display())]
     Line {
+        /// The file.
+        path: PathBuf,
         /// 1-based line number.
         line: usize,
-        /// What is wrong with it.
-        message: String,
+        /// What is wrong.
+        detail: String,
     },
-    /// The system's random generator failed.
-    #[error("the system random number generator failed")]
+    /// The bindings file is corrupt.
+    #[error("join token bindings file {}: {detail}", path.display())]
+    Bindings {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
     Random,
 }
 
-/// Longest token name.
-pub const MAX_NAME_LEN: usize = 64;
+/// One line of the tokens file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    hash: Digest,
+    once: bool,
+}
 
-/// Check a token name: one word of printable ASCII, at most [`MAX_NAME_LEN`] characters.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("must be 1 to {MAX_NAME_LEN} characters long"));
+/// Parse a tokens file: one `sha256:<hex> [once]` per line; blank lines and `#` comments
+/// (whole lines, or after the fields) are ignored.
+fn parse_tokens(text: &str, path: &Path) -> Result<Vec<Entry>, TokenFileError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let err = |detail: String| TokenFileError::Line {
+            path: path.to_path_buf(),
+            line: i + 1,
+            detail,
+        };
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        let hash = first
+            .strip_prefix("sha256:")
+            .and_then(unhex)
+            .ok_or_else(|| {
+                err(
+                    "expected `sha256:<64 hex digits> [once]` (the file holds hashes of tokens, \
+                     never tokens; `warden token join --file FILE` adds one)"
+                        .into(),
+                )
+            })?;
+        // Unexpected text is not quoted back: it might be a token pasted by mistake, and
+        // this message is logged.
+        let once = match fields.next() {
+            None => false,
+            Some("once") => true,
+            Some(_) => {
+                return Err(err(
+                    "unknown option after the hash (the only option is `once`)".into(),
+                ));
+            }
+        };
+        if fields.next().is_some() {
+            return Err(err("unexpected text at the end of the line".into()));
+        }
+        out.push(Entry { hash, once });
     }
-    if !name.bytes().all(|b| b.is_ascii_graphic()) || name.starts_with('#') {
-        return Err("must be one word of printable ASCII, not starting with '#'".into());
+    Ok(out)
+}
+
+/// Add a new random token to the tokens file `path` (created 0600 if missing); returns the
+/// token, which exists nowhere else: the file only gets its hash.
+pub fn add_join_token(path: &Path, once: bool) -> Result<String, TokenFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what, source| TokenFileError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    // Refuse to append to a file the server could not read.
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io("read join tokens file", e)),
+    };
+    parse_tokens(&existing, path)?;
+    let token = new_join_token()?;
+    let mut line = String::new();
+    if !existing.is_empty() && !existing.ends_with('\n') {
+        line.push('\n');
+    }
+    line.push_str(&token_hash(&token));
+    if once {
+        line.push_str(" once");
+    }
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("open join tokens file", e))?;
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("write join tokens file", e))?;
+    Ok(token)
+}
+
+/// The file's identity and size, to notice that it changed.
+type Stamp = (u64, u64, Option<SystemTime>);
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.ino(), m.len(), m.modified().ok()))
+}
+
+#[derive(Debug)]
+struct TokenState {
+    stamp: Option<Stamp>,
+    entries: Vec<Entry>,
+    /// One-time token hash (hex) → the agent name it is bound to.
+    bindings: BTreeMap<String, String>,
+}
+
+/// The join tokens a server accepts: the hashes file (re-read when it changes, so tokens can
+/// be added and revoked while the server runs) and the durable bindings of one-time tokens.
+#[derive(Debug)]
+pub struct JoinTokens {
+    file: PathBuf,
+    bindings_file: PathBuf,
+    state: Mutex<TokenState>,
+}
+
+fn read_bindings(path: &Path) -> Result<BTreeMap<String, String>, TokenFileError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| TokenFileError::Bindings {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(source) => Err(TokenFileError::Io {
+            what: "read join token bindings file",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Replace `path` with `contents` atomically: a temporary file beside it, fsynced, renamed
+/// over it, and the directory fsynced.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
 
-/// The tokens of one token file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TokenSet {
-    entries: Vec<TokenEntry>,
+fn lock(m: &Mutex<TokenState>) -> MutexGuard<'_, TokenState> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl TokenSet {
-    /// A set of the given entries.
-    pub fn new(entries: Vec<TokenEntry>) -> Self {
-        TokenSet { entries }
-    }
-
-    /// Parse a token file's text, naming the first bad line.
-    pub fn parse(text: &str) -> Result<TokenSet, TokenFileError> {
-        let mut entries: Vec<TokenEntry> = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            let bad = |message: String| TokenFileError::Line { line, message };
-            let content = raw.trim();
-            if content.is_empty() || content.starts_with('#') {
-                continue;
-            }
-            let mut words = content.split_whitespace();
-            let role: Role = words
-                .next()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|e: String| bad(e))?;
-            let hash_word = words
-                .next()
-                .ok_or_else(|| bad("missing the token hash (sha256:<64 hex digits>)".into()))?;
-            let hash = hash_word
-                .strip_prefix("sha256:")
-                .and_then(unhex)
-                .ok_or_else(|| {
-                    bad(
-                        "the hash must be written sha256:<64 hex digits> (the file holds \
-                         hashes, never tokens; `warden token api` writes the line)"
-                            .into(),
-                    )
-                })?;
-            let name = words.next().map(str::to_string);
-            if let Some(n) = &name {
-                check_name(n).map_err(|e| bad(format!("name {n:?} {e}")))?;
-            }
-            if words.next().is_some() {
-                return Err(bad(
-                    "too many words (expected: role sha256:<hex> [name])".into()
-                ));
-            }
-            if let Some(j) = entries.iter().position(|e| e.hash == hash) {
-                return Err(bad(format!(
-                    "the same token is already listed (entry {} of the file)",
-                    j + 1
-                )));
-            }
-            entries.push(TokenEntry { role, hash, name });
-        }
-        Ok(TokenSet { entries })
-    }
-
-    /// Read and parse a token file.
-    pub fn load(path: &Path) -> Result<TokenSet, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Io {
-            path: path.to_path_buf(),
+impl JoinTokens {
+    /// Load the tokens file `file` (`--join-tokens`) and the bindings of one-time tokens kept
+    /// in `bindings_file` (in the server's data directory).
+    pub fn open(file: &Path, bindings_file: &Path) -> Result<JoinTokens, TokenFileError> {
+        let text = std::fs::read_to_string(file).map_err(|source| TokenFileError::Io {
+            what: "read join tokens file",
+            path: file.to_path_buf(),
             source,
         })?;
-        Self::parse(&text)
-    }
-
-    /// The entries, in file order.
-    pub fn entries(&self) -> &[TokenEntry] {
-        &self.entries
-    }
-
-    /// Number of tokens.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the set has no token.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The entry of `token`, if it is listed. Every entry is compared, in constant time each,
-    /// whether or not an earlier one matched.
-    pub fn verify(&self, token: &str) -> Option<&TokenEntry> {
-        let hash = hash_token(token);
-        let mut found = None;
-        for entry in &self.entries {
-            if ct_eq(&entry.hash, &hash) && found.is_none() {
-                found = Some(entry);
-            }
+        let entries = parse_tokens(&text, file)?;
+        let bindings = read_bindings(bindings_file)?;
+        if entries.is_empty() {
+            warn!(file = %file.display(), "the join tokens file lists no token: no agent can join until one is added");
         }
-        found
-    }
-}
-
-/// Create a token of `role` named `name`, append its line to the token file at `path`
-/// (created with mode 0600 if missing) and return the token — the only time it is ever
-/// shown.
-pub fn append_new_token(
-    path: &Path,
-    role: Role,
-    name: Option<&str>,
-) -> Result<String, TokenFileError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(n) = name {
-        check_name(n).map_err(|e| TokenFileError::Line {
-            line: 0,
-            message: format!("name {n:?} {e}"),
-        })?;
-    }
-    let io = |source| TokenFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    // The file must stay parseable after the append: refuse to add to a broken one.
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            TokenSet::parse(&text)?;
-            text
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(e)),
-    };
-    let token = generate_token()?;
-    let entry = TokenEntry {
-        role,
-        hash: hash_token(&token),
-        name: name.map(str::to_string),
-    };
-    let mut line = entry.to_line();
-    if !existing.is_empty() && !existing.ends_with('\n') {
-        line.insert(0, '\n');
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    // One write of one short line: appends from two processes cannot interleave.
-    file.write_all(line.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(token)
-}
-
-/// Which requests need no token.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AccessPolicy {
-    /// Serve `GET /metrics` without a token (default false: Prometheus sends the `read`
-    /// token with `authorization: { credentials_file: … }`).
-    pub public_metrics: bool,
-    /// Serve the dashboard (`GET /`, `/ui/…`) without a token (default false: it shows what
-    /// the read API shows, so by default it needs the `read` role too; a browser asks for
-    /// it — any user name, the token as password).
-    pub public_dashboard: bool,
-}
-
-/// What a request needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// No token.
-    Public,
-    /// At least this role.
-    Role(Role),
-}
-
-fn is_dashboard(path: &str) -> bool {
-    path == "/" || path == "/ui" || path.starts_with("/ui/")
-}
-
-impl AccessPolicy {
-    /// What `method path` needs: writes need `operator`, reads `read`, `/healthz` nothing.
-    pub fn required(&self, method: &Method, path: &str) -> Access {
-        let reading = matches!(*method, Method::GET | Method::HEAD);
-        if path == "/healthz" && reading {
-            return Access::Public;
-        }
-        if reading
-            && ((path == "/metrics" && self.public_metrics)
-                || (is_dashboard(path) && self.public_dashboard))
-        {
-            return Access::Public;
-        }
-        if reading || *method == Method::OPTIONS {
-            Access::Role(Role::Read)
-        } else {
-            Access::Role(Role::Operator)
-        }
-    }
-}
-
-/// The token a request presents: `Authorization: Bearer <token>`, or for browsers
-/// `Authorization: Basic` with the token as the password (any user name).
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// No `Authorization` header.
-    None,
-    /// A header that is neither a bearer token nor Basic credentials.
-    Malformed,
-    /// The token.
-    Token(String),
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credentials::None => f.write_str("None"),
-            Credentials::Malformed => f.write_str("Malformed"),
-            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
-        }
-    }
-}
-
-/// Read the credentials of a request's headers.
-pub fn credentials(headers: &HeaderMap) -> Credentials {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Credentials::None;
-    };
-    let Ok(text) = value.to_str() else {
-        return Credentials::Malformed;
-    };
-    let text = text.trim();
-    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-        return Credentials::Token(rest.to_string());
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok());
-        if let Some((_, password)) = decoded.as_deref().and_then(|d| d.split_once(':'))
-            && !password.is_empty()
-        {
-            return Credentials::Token(password.to_string());
-        }
-    }
-    Credentials::Malformed
-}
-
-/// Who made a request, put in the request's extensions for handlers that log writes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    /// The token's role.
-    pub role: Role,
-    /// How logs name the token ([`TokenEntry::label`]).
-    pub label: String,
-}
-
-/// Why a request was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Denied {
-    /// 401: no token, or one that is not listed.
-    Unauthorized {
-        /// A token was presented (and is unknown or malformed).
-        presented: bool,
-    },
-    /// 403: the token's role does not allow the request.
-    Forbidden {
-        /// The token's role.
-        role: Role,
-        /// The role needed.
-        needed: Role,
-        /// The token's label.
-        label: String,
-    },
-}
-
-/// How often the token file is checked for changes, at most.
-const RELOAD_CHECK: Duration = Duration::from_secs(1);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
-}
-
-struct Loaded {
-    tokens: Arc<TokenSet>,
-    stamp: Option<FileStamp>,
-}
-
-/// The REST API's authentication: the tokens in force and the [`AccessPolicy`].
-pub struct ApiAuth {
-    file: Option<PathBuf>,
-    policy: AccessPolicy,
-    loaded: RwLock<Loaded>,
-    last_check: Mutex<Instant>,
-}
-
-impl fmt::Debug for ApiAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiAuth")
-            .field("file", &self.file)
-            .field("policy", &self.policy)
-            .field("tokens", &self.tokens().len())
-            .finish()
-    }
-}
-
-impl ApiAuth {
-    /// Authentication from the token file at `path`, re-read when it changes.
-    pub fn from_file(path: &Path, policy: AccessPolicy) -> Result<ApiAuth, TokenFileError> {
-        let before = stamp(path);
-        let tokens = TokenSet::load(path)?;
-        if tokens.is_empty() {
-            tracing::warn!(file = %path.display(), "the API token file lists no token: every request but /healthz will be refused");
-        }
-        Ok(ApiAuth {
-            file: Some(path.to_path_buf()),
-            policy,
-            loaded: RwLock::new(Loaded {
-                tokens: Arc::new(tokens),
-                stamp: before,
+        Ok(JoinTokens {
+            file: file.to_path_buf(),
+            bindings_file: bindings_file.to_path_buf(),
+            state: Mutex::new(TokenState {
+                stamp: stamp(file).ok(),
+                entries,
+                bindings,
             }),
-            last_check: Mutex::new(Instant::now()),
         })
     }
 
-    /// Authentication with a fixed set of tokens (no file).
-    pub fn from_tokens(tokens: TokenSet, policy: AccessPolicy) -> ApiAuth {
-        ApiAuth {
-            file: None,
-            policy,
-            loaded: RwLock::new(Loaded {
-                tokens: Arc::new(tokens),
-                stamp: None,
-            }),
-            last_check: Mutex::new(Instant::now()),
-        }
+    /// How many tokens are accepted right now.
+    pub fn len(&self) -> usize {
+        let mut st = lock(&self.state);
+        self.refresh(&mut st);
+        st.entries.len()
     }
 
-    /// The access policy.
-    pub fn policy(&self) -> AccessPolicy {
-        self.policy
+    /// Whether no token is accepted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// The tokens in force, re-reading the file first if it changed (checked at most once
-    /// per [`RELOAD_CHECK`]).
-    pub fn tokens(&self) -> Arc<TokenSet> {
-        self.reload_if_changed();
-        self.loaded
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tokens
-            .clone()
-    }
-
-    fn reload_if_changed(&self) {
-        let Some(path) = &self.file else { return };
-        {
-            let mut last = self
-                .last_check
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if last.elapsed() < RELOAD_CHECK {
+    /// Re-read the tokens file if it changed. A file that cannot be read or parsed leaves
+    /// the tokens as they were (logged), so a half-written edit locks nobody out.
+    fn refresh(&self, st: &mut TokenState) {
+        let now = match stamp(&self.file) {
+            Ok(s) => s,
+            Err(e) => {
+                if st.stamp.is_some() {
+                    warn!(file = %self.file.display(), error = %e, "join tokens file unreadable; keeping the tokens loaded before");
+                    st.stamp = None;
+                }
                 return;
             }
-            *last = Instant::now();
-        }
-        let now = stamp(path);
-        let unchanged = self
-            .loaded
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stamp
-            == now;
-        if unchanged {
+        };
+        if st.stamp == Some(now) {
             return;
         }
-        let mut loaded = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
-        // Whatever happens, this version of the file is dealt with: an error is logged once.
-        loaded.stamp = now;
-        match TokenSet::load(path) {
-            Ok(tokens) => {
-                tracing::info!(file = %path.display(), tokens = tokens.len(), "API tokens reloaded");
-                loaded.tokens = Arc::new(tokens);
+        let parsed = std::fs::read_to_string(&self.file)
+            .map_err(|source| TokenFileError::Io {
+                what: "read join tokens file",
+                path: self.file.clone(),
+                source,
+            })
+            .and_then(|t| parse_tokens(&t, &self.file));
+        match parsed {
+            Ok(entries) => {
+                info!(file = %self.file.display(), tokens = entries.len(), "join tokens reloaded");
+                st.entries = entries;
+                st.stamp = Some(now);
             }
-            Err(e) => tracing::error!(
-                file = %path.display(),
-                error = %e,
-                "cannot reload the API token file; the previous tokens stay in force"
-            ),
+            Err(e) => {
+                warn!(error = %e, "join tokens file invalid; keeping the tokens loaded before");
+                st.stamp = Some(now);
+            }
         }
     }
 
-    /// Decide on a request: `Ok(None)` for a public one, `Ok(Some(caller))` for an allowed
-    /// one, `Err` with the reason otherwise.
-    pub fn authorize(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Result<Option<Caller>, Denied> {
-        let needed = match self.policy.required(method, path) {
-            Access::Public => return Ok(None),
-            Access::Role(r) => r,
-        };
-        let token = match credentials(headers) {
-            Credentials::Token(t) => t,
-            Credentials::None => return Err(Denied::Unauthorized { presented: false }),
-            Credentials::Malformed => return Err(Denied::Unauthorized { presented: true }),
-        };
-        let tokens = self.tokens();
-        let entry = tokens
-            .verify(&token)
-            .ok_or(Denied::Unauthorized { presented: true })?;
-        if !entry.role.allows(needed) {
-            return Err(Denied::Forbidden {
-                role: entry.role,
-                needed,
-                label: entry.label(),
-            });
+    /// May agent `name` join with `token`? Binds a one-time token to `name` on its first use,
+    /// durably, before saying yes.
+    pub fn admit(&self, token: Option<&str>, name: &str) -> Result<(), AuthError> {
+        let token = token.ok_or(AuthError::TokenMissing)?;
+        let presented = sha256(token);
+        let mut st = lock(&self.state);
+        self.refresh(&mut st);
+        // Every entry is compared, each in constant time: how long this takes says nothing
+        // about how close the presented token came to a valid one.
+        let mut found: Option<Entry> = None;
+        for e in &st.entries {
+            let eq: bool = e.hash.ct_eq(&presented).into();
+            found = if eq { Some(*e) } else { found };
         }
-        Ok(Some(Caller {
-            role: entry.role,
-            label: entry.label(),
-        }))
-    }
-}
-
-/// The error response for a refused request, with its `WWW-Authenticate` challenge.
-pub fn denied_response(denied: &Denied, method: &Method, path: &str) -> Response {
-    let realm = "realm=\"warden\"";
-    let (err, challenges) = match denied {
-        Denied::Unauthorized { presented: false } => (
-            HttpError::new(
-                ErrorCode::Unauthorized,
-                "this server requires an API token: send `Authorization: Bearer <token>` \
-                 (the warden CLI reads WARDEN_TOKEN or --token)",
-            ),
-            vec![format!("Bearer {realm}")],
-        ),
-        Denied::Unauthorized { presented: true } => (
-            HttpError::new(
-                ErrorCode::Unauthorized,
-                "the API token is not valid (unknown, revoked or malformed)",
-            ),
-            vec![format!("Bearer {realm}, error=\"invalid_token\"")],
-        ),
-        Denied::Forbidden {
-            role,
-            needed,
-            label,
-        } => (
-            HttpError::new(
-                ErrorCode::Forbidden,
-                format!("token {label} has role {role}; {method} {path} needs role {needed}"),
-            ),
-            vec![format!(
-                "Bearer {realm}, error=\"insufficient_scope\", scope=\"{needed}\""
-            )],
-        ),
-    };
-    let mut challenges = challenges;
-    // A browser only prompts for credentials on a Basic challenge: offer one on the
-    // dashboard's pages.
-    if is_dashboard(path) && matches!(denied, Denied::Unauthorized { .. }) {
-        challenges.push(format!("Basic {realm}, charset=\"UTF-8\""));
-    }
-    let mut response = err.into_response();
-    for c in challenges {
-        if let Ok(v) = HeaderValue::try_from(c) {
-            response.headers_mut().append(WWW_AUTHENTICATE, v);
+        let entry = found.ok_or(AuthError::TokenUnknown)?;
+        if !entry.once {
+            return Ok(());
         }
-    }
-    response
-}
-
-/// axum middleware: refuse requests without the role they need; put the [`Caller`] in the
-/// request's extensions otherwise.
-pub async fn require_token(
-    State(auth): State<Arc<ApiAuth>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    match auth.authorize(&method, &path, request.headers()) {
-        Ok(caller) => {
-            if let Some(caller) = caller {
-                request.extensions_mut().insert(caller);
+        let key = hex(&entry.hash);
+        match st.bindings.get(&key) {
+            Some(bound) if bound == name => Ok(()),
+            Some(bound) => {
+                warn!(agent = ?name, bound_to = ?bound, "one-time join token presented by a second agent name");
+                Err(AuthError::TokenBound {
+                    bound_to: bound.clone(),
+                })
             }
-            next.run(request).await
-        }
-        Err(denied) => {
-            if let Denied::Forbidden { label, .. } = &denied {
-                tracing::info!(token = %label, %method, %path, "request forbidden for the token's role");
+            None => {
+                let mut next = st.bindings.clone();
+                next.insert(key.clone(), name.to_string());
+                let json = serde_json::to_vec_pretty(&next)
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                write_atomically(&self.bindings_file, &json).map_err(|e| {
+                    warn!(file = %self.bindings_file.display(), error = %e, "record a one-time join token's binding");
+                    AuthError::Internal(format!("{}: {e}", self.bindings_file.display()))
+                })?;
+                st.bindings = next;
+                info!(agent = ?name, "one-time join token bound to its first agent");
+                Ok(())
             }
-            denied_response(&denied, &method, &path)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn headers(auth: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(a) = auth {
-            h.insert(AUTHORIZATION, HeaderValue::from_str(a).expect("header"));
-        }
-        h
-    }
-
-    fn set() -> (TokenSet, String, String) {
-        let (op, rd) = ("op-secret".to_string(), "read-secret".to_string());
-        let text = format!(
-            "# comment\n\noperator sha256:{} deploy\nread   sha256:{}\n",
-            hex(&hash_token(&op)),
-            hex(&hash_token(&rd)).to_uppercase()
-        );
-        (TokenSet::parse(&text).expect("parses"), op, rd)
-    }
-
     #[test]
-    fn sha256_matches_the_known_vector() {
-        assert_eq!(
-            hex(&hash_token("abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    fn token_file_lines_parse_and_bad_ones_are_named() {
-        let (tokens, op, rd) = set();
-        assert_eq!(tokens.len(), 2);
-        let entry = tokens.verify(&op).expect("operator token");
-        assert_eq!(
-            (entry.role, entry.label().as_str()),
-            (Role::Operator, "deploy")
-        );
-        let entry = tokens.verify(&rd).expect("read token");
-        assert_eq!(entry.role, Role::Read);
-        assert!(entry.label().starts_with("sha256:"));
-        assert!(tokens.verify("other").is_none());
-        assert!(tokens.verify("").is_none());
-        // The label and Debug never contain the token.
-        assert!(!format!("{entry:?}").contains(&rd));
-
-        let h = hex(&hash_token("x"));
-        let cases = [
-            (format!("admin sha256:{h}"), "line 1", "unknown role"),
-            ("read".to_string(), "line 1", "missing the token hash"),
-            ("read x-secret".to_string(), "line 1", "sha256:"),
-            (format!("read sha256:{}", &h[..10]), "line 1", "sha256:"),
-            (format!("read sha256:{h} a b"), "line 1", "too many words"),
-            (
-                format!("\nread sha256:{h}\noperator sha256:{h}"),
-                "line 3",
-                "already listed",
-            ),
-            (
-                format!("read sha256:{h} {}", "n".repeat(65)),
-                "line 1",
-                "name",
-            ),
-        ];
-        for (text, line, what) in cases {
-            let err = TokenSet::parse(&text).expect_err(what).to_string();
-            assert!(
-                err.starts_with(line) && err.contains(what),
-                "{text:?}: {err}"
-            );
+    fn tokens_file_lines_are_parsed_and_bad_lines_named() {
+        let p = Path::new("tokens");
+        let h = token_hash("x");
+        let text = format!("# comment\n\n{h}\n{h} once # for web-1\n");
+        let e = parse_tokens(&text, p).unwrap();
+        assert_eq!(e.len(), 2);
+        assert!(!e[0].once && e[1].once);
+        assert_eq!(e[0].hash, sha256("x"));
+        for (bad, want) in [
+            ("x".to_string(), "expected `sha256:"),
+            ("sha256:abc".to_string(), "expected `sha256:"),
+            (format!("{h} wjt_secret"), "unknown option after the hash"),
+            (format!("{h} once wjt_secret"), "unexpected text"),
+        ] {
+            let err = parse_tokens(&format!("\n{bad}\n"), p)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 2") && err.contains(want), "{bad}: {err}");
+            assert!(!err.contains("wjt_secret"), "{err}");
         }
     }
 
     #[test]
-    fn roles_order_and_access_rules() {
-        assert!(Role::Operator.allows(Role::Read));
-        assert!(!Role::Read.allows(Role::Operator));
-        let closed = AccessPolicy::default();
-        let open = AccessPolicy {
-            public_metrics: true,
-            public_dashboard: true,
-        };
-        let read = Access::Role(Role::Read);
-        let op = Access::Role(Role::Operator);
-        let cases = [
-            (Method::GET, "/healthz", Access::Public, Access::Public),
-            (Method::GET, "/metrics", read, Access::Public),
-            (Method::GET, "/", read, Access::Public),
-            (Method::GET, "/ui/agents/x", read, Access::Public),
-            (Method::GET, "/uix", read, read),
-            (Method::GET, "/v1/jobs", read, read),
-            (Method::HEAD, "/v1/agents", read, read),
-            (Method::POST, "/v1/jobs", op, op),
-            (Method::DELETE, "/v1/jobs/a", op, op),
-            (Method::PUT, "/v1/jobs/a", op, op),
-            (Method::POST, "/healthz", op, op),
-            (Method::POST, "/", op, op),
-        ];
-        for (method, path, want_closed, want_open) in cases {
-            assert_eq!(
-                closed.required(&method, path),
-                want_closed,
-                "{method} {path}"
-            );
-            assert_eq!(open.required(&method, path), want_open, "{method} {path}");
-        }
-    }
+    fn tokens_admit_by_hash_and_one_time_tokens_bind_durably() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("tokens");
+        let bindings = tmp.path().join("data").join("bindings.json");
+        std::fs::create_dir_all(bindings.parent().unwrap()).unwrap();
+        let many = add_join_token(&file, false).unwrap();
+        let once = add_join_token(&file, true).unwrap();
+        assert!(many.starts_with("wjt_") && many.len() == 68);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(&many) && !text.contains(&once), "{text}");
 
-    #[test]
-    fn credentials_are_read_from_bearer_and_basic() {
-        let basic = |s: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(s)
-            )
-        };
-        let cases = [
-            (None, Credentials::None),
-            (
-                Some("Bearer abc".to_string()),
-                Credentials::Token("abc".into()),
-            ),
-            (
-                Some("bearer   abc ".to_string()),
-                Credentials::Token("abc".into()),
-            ),
-            (Some("Bearer".to_string()), Credentials::Malformed),
-            (Some("Token abc".to_string()), Credentials::Malformed),
-            (Some(basic("any:abc")), Credentials::Token("abc".into())),
-            (Some(basic(":a:b")), Credentials::Token("a:b".into())),
-            (Some(basic("user:")), Credentials::Malformed),
-            (Some("Basic !!!".to_string()), Credentials::Malformed),
-        ];
-        for (header, want) in cases {
-            assert_eq!(credentials(&headers(header.as_deref())), want, "{header:?}");
-        }
-        assert_eq!(
-            format!("{:?}", Credentials::Token("abc".into())),
-            "Token(<redacted>)"
-        );
-    }
-
-    #[test]
-    fn authorize_decides_by_role() {
-        let (tokens, op, rd) = set();
-        let auth = ApiAuth::from_tokens(tokens, AccessPolicy::default());
-        let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
-        assert_eq!(
-            auth.authorize(&Method::GET, "/healthz", &headers(None)),
-            Ok(None)
-        );
-        assert_eq!(
-            auth.authorize(&Method::GET, "/v1/jobs", &headers(None)),
-            Err(Denied::Unauthorized { presented: false })
-        );
-        assert_eq!(
-            auth.authorize(&Method::GET, "/v1/jobs", &bearer("nope")),
-            Err(Denied::Unauthorized { presented: true })
-        );
-        let caller = auth
-            .authorize(&Method::GET, "/v1/jobs", &bearer(&rd))
-            .expect("read may read")
-            .expect("a caller");
-        assert_eq!(caller.role, Role::Read);
+        let t = JoinTokens::open(&file, &bindings).unwrap();
+        assert_eq!(t.len(), 2);
+        t.admit(Some(&many), "a").unwrap();
+        t.admit(Some(&many), "b").unwrap();
+        assert!(matches!(t.admit(None, "a"), Err(AuthError::TokenMissing)));
         assert!(matches!(
-            auth.authorize(&Method::POST, "/v1/jobs", &bearer(&rd)),
-            Err(Denied::Forbidden {
-                role: Role::Read,
-                needed: Role::Operator,
-                ..
-            })
+            t.admit(Some("wjt_nope"), "a"),
+            Err(AuthError::TokenUnknown)
         ));
-        let caller = auth
-            .authorize(&Method::DELETE, "/v1/jobs/x", &bearer(&op))
-            .expect("operator may write")
-            .expect("a caller");
-        assert_eq!(caller.label, "deploy");
+        t.admit(Some(&once), "a").unwrap();
+        t.admit(Some(&once), "a").unwrap();
+        let e = t.admit(Some(&once), "b").unwrap_err();
+        assert!(matches!(&e, AuthError::TokenBound { bound_to } if bound_to == "a"));
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::PermissionDenied);
+
+        // Durable: a new server process (a fresh JoinTokens) keeps the binding.
+        let t2 = JoinTokens::open(&file, &bindings).unwrap();
+        t2.admit(Some(&once), "a").unwrap();
+        assert!(t2.admit(Some(&once), "b").is_err());
+
+        // Tokens added while the server runs are picked up; a broken file keeps the old set.
+        let third = add_join_token(&file, false).unwrap();
+        t2.admit(Some(&third), "c").unwrap();
+        std::fs::write(&file, "garbage\n").unwrap();
+        t2.admit(Some(&third), "c").unwrap();
+        // Revoking (rewriting the file without the line) takes effect.
+        std::fs::write(&file, format!("{}\n", token_hash(&many))).unwrap();
+        assert!(matches!(
+            t2.admit(Some(&third), "c"),
+            Err(AuthError::TokenUnknown)
+        ));
+        t2.admit(Some(&many), "c").unwrap();
     }
 
     #[test]
-    fn new_tokens_are_appended_and_the_file_reloads() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tokens");
-        let first = append_new_token(&path, Role::Read, Some("prom")).expect("append");
-        assert!(first.starts_with(TOKEN_PREFIX) && first.len() == TOKEN_PREFIX.len() + 64);
-        let text = std::fs::read_to_string(&path).expect("read");
-        assert!(!text.contains(&first), "the file holds hashes only");
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        let auth = ApiAuth::from_file(&path, AccessPolicy::default()).expect("load");
+    fn refusals_map_to_grpc_codes() {
+        let wrong = AuthError::WrongIdentity {
+            certified: vec!["a".into()],
+            claimed: "b".into(),
+        };
+        let s = tonic::Status::from(wrong);
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().contains("identifies agent a") && s.message().contains("\"b\""));
         assert_eq!(
-            auth.tokens().verify(&first).map(|e| e.role),
-            Some(Role::Read)
+            tonic::Status::from(AuthError::TokenUnknown).code(),
+            tonic::Code::Unauthenticated
         );
-
-        // A line without its newline, then a new token: still one entry per line.
-        std::fs::write(&path, text.trim_end()).expect("rewrite");
-        let second = append_new_token(&path, Role::Operator, None).expect("append");
-        let set = TokenSet::load(&path).expect("load");
-        assert_eq!(set.len(), 2);
-        assert_ne!(first, second);
-        // The running server sees the new token once the reload check comes round.
-        *auth.last_check.lock().expect("lock") = Instant::now() - RELOAD_CHECK;
-        assert_eq!(
-            auth.tokens().verify(&second).map(|e| e.role),
-            Some(Role::Operator)
-        );
-        // A broken file is refused for appending and keeps the loaded tokens in force.
-        std::fs::write(&path, "garbage\n").expect("break");
-        assert!(append_new_token(&path, Role::Read, None).is_err());
-        *auth.last_check.lock().expect("lock") = Instant::now() - RELOAD_CHECK;
-        assert!(auth.tokens().verify(&second).is_some());
-        assert!(append_new_token(&path, Role::Read, Some("two words")).is_err());
     }
 }

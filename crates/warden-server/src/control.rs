@@ -37,10 +37,11 @@ use warden_core::{
 use warden_proto::v1;
 use warden_store::{NewEvent, Store, TaskRecord, WriteOp};
 
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, TimedStore};
 use crate::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
-    RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
+    LeaderView, RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
 };
 use warden_probe::probe;
 
@@ -169,13 +170,21 @@ struct Pending {
     has_health_check: bool,
 }
 
+/// An agent asked to probe: its session channel, the request id, and its name (only its
+/// session may answer).
+type ProbeHelper = (
+    mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+    u64,
+    Arc<str>,
+);
+
 /// A probe round to run outside the lock.
 #[derive(Debug)]
 struct ProbeJob {
     agent: AgentId,
     round: u64,
     target: Option<SocketAddr>,
-    helpers: Vec<(mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, u64)>,
+    helpers: Vec<ProbeHelper>,
 }
 
 #[derive(Debug)]
@@ -192,7 +201,7 @@ struct Inner {
     recoveries: HashMap<TaskId, Pending>,
     events: Vec<NewEvent>,
     probes: Vec<ProbeJob>,
-    probe_waiters: HashMap<u64, oneshot::Sender<ProbeOutcome>>,
+    probe_waiters: HashMap<u64, (Arc<str>, oneshot::Sender<ProbeOutcome>)>,
     next_probe: u64,
     /// Agents known only from task records after a restart, and when they must have come back.
     restart_deadline: Option<Time>,
@@ -211,6 +220,15 @@ struct Inner {
     /// Deleted service jobs still draining: job → when their tasks are stopped. The job stays
     /// in `desired` (its copies keep running) and its instances are `draining` until then.
     draining: HashMap<JobName, Time>,
+    /// The term this replica acts in: set once it has taken over as leader (state loaded
+    /// from the store), cleared when it steps down.
+    led_term: Option<u64>,
+    /// When the current term's first reconcile round ran, ms since the Unix epoch.
+    acting_since_unix_ms: Option<u64>,
+    /// When a standby last refreshed its view from the store.
+    last_refresh: Option<Time>,
+    /// When a standby last tried to.
+    refresh_tried: Option<Time>,
 }
 
 impl Inner {
@@ -237,7 +255,125 @@ impl Inner {
             endpoints_seen: HashMap::new(),
             registry: Registry::new(),
             draining: HashMap::new(),
+            led_term: None,
+            acting_since_unix_ms: None,
+            last_refresh: None,
+            refresh_tried: None,
         }
+    }
+}
+
+/// The control plane's state as the store holds it: desired jobs, task slots, and what the
+/// slots say about agents.
+struct Loaded {
+    desired: Desired,
+    tasks: BTreeMap<JobName, Vec<TaskView>>,
+    /// Resources held by the live copies of each agent.
+    agents: BTreeMap<AgentId, Resources>,
+    /// Assignments persisted and perhaps never delivered.
+    pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>>,
+}
+
+impl Loaded {
+    fn read(store: &dyn Store) -> Result<Loaded, warden_store::StoreError> {
+        let desired: Desired = store
+            .list_jobs()?
+            .into_iter()
+            .map(|j| (j.name.clone(), j))
+            .collect();
+        let mut tasks: BTreeMap<JobName, Vec<TaskView>> = BTreeMap::new();
+        let mut agents: BTreeMap<AgentId, Resources> = BTreeMap::new();
+        let mut pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>> =
+            HashMap::new();
+        for rec in store.list_tasks()? {
+            let slots = tasks.entry(rec.task.job.clone()).or_default();
+            let i = rec.task.index as usize;
+            if slots.len() <= i {
+                slots.resize_with(i + 1, TaskView::pending);
+            }
+            slots[i] = rec.to_view();
+            if let (Some(a), TaskState::Starting) = (&rec.agent, rec.state) {
+                // Persisted, perhaps never delivered: send again when the agent is back.
+                pending_assign
+                    .entry(a.clone())
+                    .or_default()
+                    .insert(rec.task.clone(), (rec.epoch, Time::ZERO));
+            }
+            if let Some(a) = &rec.agent
+                && matches!(
+                    rec.state,
+                    TaskState::Starting | TaskState::Running | TaskState::Stopping
+                )
+            {
+                let res = desired
+                    .get(&rec.task.job)
+                    .map(|j| j.resources)
+                    .unwrap_or_default();
+                let e = agents.entry(a.clone()).or_default();
+                *e = e.plus(&res);
+            }
+        }
+        Ok(Loaded {
+            desired,
+            tasks,
+            agents,
+            pending_assign,
+        })
+    }
+
+    /// A standby's refresh: the desired and observed state as the leader wrote it.
+    fn refresh(self, g: &mut Inner, now: Time) {
+        g.desired = self.desired;
+        g.observed.tasks = self.tasks.into_iter().collect();
+        for (id, v) in &mut g.observed.agents {
+            v.allocated = self.agents.get(id).copied().unwrap_or_default();
+        }
+        g.last_refresh = Some(now);
+    }
+
+    /// Take over as leader (or start as a single server) from the store's state.
+    ///
+    /// Every agent's lease is taken as renewed *now*: the previous leader may have renewed it
+    /// until its own leadership ended, which was before this term began, so no copy it kept
+    /// alive outlives `now + lease`. Agents known only from task records must reconnect
+    /// before their lease could have run out, counted from now; until then their work is
+    /// respected.
+    fn take_over(self, g: &mut Inner, cfg: &ControlConfig, now: Time) {
+        let agents = self.agents.clone();
+        let pending = self.pending_assign;
+        let mut unknown = false;
+        g.desired = self.desired;
+        g.observed.tasks = self.tasks.into_iter().collect();
+        for id in agents.keys() {
+            if g.fleet.agent(id).is_none() {
+                unknown = true;
+                g.fleet.join(id.clone(), now);
+                g.observed.agents.insert(
+                    id.clone(),
+                    AgentView {
+                        state: AgentState::Joining,
+                        capacity: Resources::default(),
+                        allocated: Resources::default(),
+                        cordoned: false,
+                        last_renewal: Some(now),
+                        death: DeathEvidence::None,
+                        running: vec![],
+                    },
+                );
+            }
+        }
+        for (id, v) in &mut g.observed.agents {
+            v.allocated = agents.get(id).copied().unwrap_or_default();
+            v.last_renewal = Some(now);
+        }
+        if unknown {
+            g.restart_deadline = Some(cfg.lifecycle.fencing.lease_surely_expired_at(now));
+        }
+        g.assign_sent = pending;
+        g.stop_sent.clear();
+        g.recoveries.clear();
+        g.draining.clear();
+        g.last_refresh = Some(now);
     }
 }
 
@@ -251,6 +387,8 @@ pub struct ControlPlane {
     metrics: Metrics,
     /// The registry's index, for watchers (long polls, load-balancer adapters).
     services_index: watch::Sender<u64>,
+    /// Whether this replica leads.
+    leadership: Leadership,
 }
 
 /// Errors starting the control plane.
@@ -264,7 +402,8 @@ pub enum StartError {
     Store(#[from] warden_store::StoreError),
 }
 
-fn unix_now_ms() -> u64 {
+/// Wall-clock now, ms since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -344,6 +483,9 @@ pub enum AdmitError {
     /// The store failed; try again later.
     #[error("{0}")]
     Internal(String),
+    /// A standby cannot hand out generations; the agent gets one from the leader.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl From<AdmitError> for tonic::Status {
@@ -352,7 +494,7 @@ impl From<AdmitError> for tonic::Status {
             AdmitError::Invalid(m) => tonic::Status::invalid_argument(m),
             AdmitError::Stale(m) => tonic::Status::failed_precondition(m),
             AdmitError::Busy(m) => tonic::Status::already_exists(m),
-            AdmitError::Internal(m) => tonic::Status::unavailable(m),
+            AdmitError::Internal(m) | AdmitError::NotLeader(m) => tonic::Status::unavailable(m),
         }
     }
 }
@@ -367,8 +509,19 @@ pub struct Admitted {
 }
 
 impl ControlPlane {
-    /// Open the control plane on `store`, loading jobs and task records.
-    pub fn new(store: Arc<dyn Store>, mut cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+    /// Open the control plane on `store`, loading jobs and task records. A single server:
+    /// it always leads.
+    pub fn new(store: Arc<dyn Store>, cfg: ControlConfig) -> Result<Arc<Self>, StartError> {
+        Self::with_leadership(store, cfg, Leadership::single("local"))
+    }
+
+    /// Open the control plane on `store` as one replica of several, taking its role from
+    /// `leadership` (see [`crate::leader`]).
+    pub fn with_leadership(
+        store: Arc<dyn Store>,
+        mut cfg: ControlConfig,
+        leadership: Leadership,
+    ) -> Result<Arc<Self>, StartError> {
         // The lease is configured once, for the lifecycle; the planner's fencing rule uses it.
         cfg.planner.fencing = cfg.lifecycle.fencing.clone();
         cfg.validate()?;
@@ -376,67 +529,12 @@ impl ControlPlane {
         let store: Arc<dyn Store> = Arc::new(TimedStore::new(store, metrics.clone()));
         let clock = Clock::new();
         let now = clock.now();
-        let mut fleet = Fleet::new(cfg.lifecycle.clone())?;
-        let desired: Desired = store
-            .list_jobs()?
-            .into_iter()
-            .map(|j| (j.name.clone(), j))
-            .collect();
-        let mut observed = Observed::default();
-        let mut agents: BTreeMap<AgentId, Resources> = BTreeMap::new();
-        let mut pending_assign: HashMap<AgentId, HashMap<TaskId, (FencingToken, Time)>> =
-            HashMap::new();
-        for rec in store.list_tasks()? {
-            let slots = observed.tasks.entry(rec.task.job.clone()).or_default();
-            let i = rec.task.index as usize;
-            if slots.len() <= i {
-                slots.resize_with(i + 1, TaskView::pending);
-            }
-            slots[i] = rec.to_view();
-            if let (Some(a), TaskState::Starting) = (&rec.agent, rec.state) {
-                // Persisted, perhaps never delivered: send again when the agent is back.
-                pending_assign
-                    .entry(a.clone())
-                    .or_default()
-                    .insert(rec.task.clone(), (rec.epoch, Time::ZERO));
-            }
-            if let Some(a) = &rec.agent
-                && matches!(
-                    rec.state,
-                    TaskState::Starting | TaskState::Running | TaskState::Stopping
-                )
-            {
-                let res = desired
-                    .get(&rec.task.job)
-                    .map(|j| j.resources)
-                    .unwrap_or_default();
-                let e = agents.entry(a.clone()).or_default();
-                *e = e.plus(&res);
-            }
-        }
-        // Agents we only know from task records: they must reconnect before their lease could
-        // have run out, counted from now (the previous server sent their last ack before it
-        // stopped, so no lease outlives now + L). Until then their work is respected.
-        let restart_deadline =
-            (!agents.is_empty()).then(|| cfg.lifecycle.fencing.lease_surely_expired_at(now));
-        for (id, allocated) in agents {
-            fleet.join(id.clone(), now);
-            observed.agents.insert(
-                id,
-                AgentView {
-                    state: AgentState::Joining,
-                    capacity: Resources::default(),
-                    allocated,
-                    cordoned: false,
-                    last_renewal: Some(now),
-                    death: DeathEvidence::None,
-                    running: vec![],
-                },
-            );
-        }
-        let mut inner = Inner::new(fleet, desired, observed);
-        inner.restart_deadline = restart_deadline;
-        inner.assign_sent = pending_assign;
+        let fleet = Fleet::new(cfg.lifecycle.clone())?;
+        let loaded = Loaded::read(store.as_ref())?;
+        let mut inner = Inner::new(fleet, Desired::default(), Observed::default());
+        let term = leadership.term_now();
+        loaded.take_over(&mut inner, &cfg, now);
+        inner.led_term = term;
         let cp = Arc::new(ControlPlane {
             inner: Mutex::new(inner),
             store,
@@ -445,11 +543,17 @@ impl ControlPlane {
             wake: Notify::new(),
             metrics,
             services_index: watch::Sender::new(0),
+            leadership,
         });
         lock(&cp.inner)
             .events
             .push(event("server.started", None, None, "server started".into()));
         Ok(cp)
+    }
+
+    /// This replica's view of the election.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
     /// The configuration in force.
@@ -495,6 +599,15 @@ impl ControlPlane {
                 "agent {name} is already connected as generation {}; agent names must be unique",
                 s.id.generation
             )));
+        }
+        if hello.generation == 0 && !self.leadership.is_leader() {
+            return Err(AdmitError::NotLeader(match self.leadership.leader() {
+                Some(l) => format!(
+                    "this server is a standby; a new generation comes from the leader ({})",
+                    l.name
+                ),
+                None => "this server is a standby and no leader is known; retry".to_string(),
+            }));
         }
         let generation = if hello.generation == 0 {
             self.store
@@ -554,16 +667,7 @@ impl ControlPlane {
             });
         view.capacity = capacity;
         view.running = running.clone();
-        // A new session: whatever was sent on the previous one may be lost.
-        self.resend_pending(&mut g, &id, &running, now, true);
-        g.events.push(event(
-            "agent.session",
-            Some(&id),
-            None,
-            format!("session opened from {}", hello.probe_addr),
-        ));
-        self.handle(&mut g, outs, now);
-        drop(g);
+        // The Welcome goes first: the agent expects it before any order.
         let l = &self.cfg.lifecycle;
         send(
             &tx,
@@ -574,6 +678,16 @@ impl ControlPlane {
                 session_deadline_ms: ms(l.fencing.lease_ttl),
             }),
         );
+        // A new session: whatever was sent on the previous one may be lost.
+        self.resend_pending(&mut g, &id, &running, now, true);
+        g.events.push(event(
+            "agent.session",
+            Some(&id),
+            None,
+            format!("session opened from {}", hello.probe_addr),
+        ));
+        self.handle(&mut g, outs, now);
+        drop(g);
         info!(agent = %id, "agent admitted");
         Ok(Admitted { id, serial })
     }
@@ -682,10 +796,12 @@ impl ControlPlane {
         );
     }
 
-    /// A probe result arrived on a session.
-    pub fn probe_result(&self, r: &v1::ProbeResult) {
+    /// A probe result arrived on `who`'s session; only the agent asked may answer.
+    pub fn probe_result(&self, who: &Admitted, r: &v1::ProbeResult) {
         let mut g = lock(&self.inner);
-        if let Some(w) = g.probe_waiters.remove(&r.request_id) {
+        if g.probe_waiters.get(&r.request_id).map(|w| &w.0) == Some(&who.id.name)
+            && let Some((_, w)) = g.probe_waiters.remove(&r.request_id)
+        {
             let _ = w.send(outcome_from_wire(r.outcome));
         }
     }
@@ -773,8 +889,13 @@ impl ControlPlane {
             ));
             let store = self.store.clone();
             let (t, s) = (task.clone(), next);
-            // State reports are fenced by epoch in the store; written off the lock.
+            // State reports are fenced by epoch in the store; written off the lock, and only
+            // by the leader (a standby's view is refreshed from what the leader wrote).
+            let leads = g.led_term.is_some();
             tokio::task::spawn_blocking(move || {
+                if !leads {
+                    return;
+                }
                 if let Err(e) = store.put_task_state(&t, epoch, s, failures, unix_now_ms()) {
                     warn!(task = %t, error = %e, "persist task state");
                 }
@@ -800,6 +921,9 @@ impl ControlPlane {
     }
 
     fn persist_recovery(&self, g: &mut Inner, record: RecoveryRecord) {
+        if g.led_term.is_none() {
+            return;
+        }
         self.metrics.recovery(&record);
         if record.outcome == Outcome::Succeeded {
             let rto = record.rto().map(|d| d.as_millis()).unwrap_or_default();
@@ -832,15 +956,19 @@ impl ControlPlane {
         for out in outs {
             match out {
                 Output::RenewLease { agent, seq } => {
+                    // Only a leader renews leases; a standby's ack (TTL 0) only tells the
+                    // agent that the session is alive. See `crate::leader`.
+                    let lease_ttl_ms = if self.leadership.is_leader() {
+                        ms(self.cfg.lifecycle.fencing.lease_ttl)
+                    } else {
+                        0
+                    };
                     if let Some(s) = g.sessions.get(&agent.name)
                         && s.id == agent
                     {
                         send(
                             &s.tx,
-                            v1::server_message::Msg::Ack(v1::Ack {
-                                seq,
-                                lease_ttl_ms: ms(self.cfg.lifecycle.fencing.lease_ttl),
-                            }),
+                            v1::server_message::Msg::Ack(v1::Ack { seq, lease_ttl_ms }),
                         );
                     }
                     if let Some(v) = g.observed.agents.get_mut(&agent) {
@@ -852,10 +980,7 @@ impl ControlPlane {
                     // The session may be gone; where it listened is remembered.
                     let target = g.probe_addrs.get(&agent).copied();
                     let k = self.cfg.indirect_probes;
-                    let helpers: Vec<(
-                        mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
-                        u64,
-                    )> = {
+                    let helpers: Vec<ProbeHelper> = {
                         let mut hs: Vec<&Session> = g
                             .sessions
                             .values()
@@ -868,11 +993,14 @@ impl ControlPlane {
                             .collect();
                         hs.sort_by(|a, b| a.id.cmp(&b.id));
                         hs.truncate(k);
-                        let txs: Vec<_> = hs.iter().map(|s| s.tx.clone()).collect();
+                        let txs: Vec<_> = hs
+                            .iter()
+                            .map(|s| (s.tx.clone(), s.id.name.clone()))
+                            .collect();
                         let mut out = Vec::new();
-                        for tx in txs {
+                        for (tx, name) in txs {
                             g.next_probe += 1;
-                            out.push((tx, g.next_probe));
+                            out.push((tx, g.next_probe, name));
                         }
                         out
                     };
@@ -903,6 +1031,10 @@ impl ControlPlane {
                     g.events.push(event(kind, None, None, msg));
                 }
                 Output::StaleGeneration { agent } => {
+                    // A standby's verdicts are its own opinion until it leads.
+                    if !self.leadership.is_leader() {
+                        continue;
+                    }
                     if let Some(s) = g.sessions.get(&agent.name)
                         && s.id == agent
                     {
@@ -986,6 +1118,7 @@ impl ControlPlane {
                 () = self.wake.notified() => {}
             }
             let now = self.clock.now();
+            let leads = self.follow_election(now).await;
             let gap = now.saturating_since(last_loop);
             last_loop = now;
             if gap > stall {
@@ -1017,9 +1150,14 @@ impl ControlPlane {
                     }
                 }
                 self.handle(&mut g, outs, now);
-                self.end_drains(&mut g, now);
+                if leads {
+                    self.end_drains(&mut g, now);
+                }
                 self.sync_endpoints(&mut g, now);
-                (std::mem::take(&mut g.probes), std::mem::take(&mut g.events))
+                let events = std::mem::take(&mut g.events);
+                // A standby's events are its own opinions; the leader's are the record.
+                let events = if leads { events } else { Vec::new() };
+                (std::mem::take(&mut g.probes), events)
             };
             for job in probes {
                 tokio::spawn(self.clone().probe(job));
@@ -1034,12 +1172,114 @@ impl ControlPlane {
                     }
                 });
             }
+            if !leads {
+                continue;
+            }
             // Real elapsed time on purpose: the work took this long whatever tokio's clock says.
             let started = std::time::Instant::now();
             self.reconcile(&mut bucket).await;
             self.metrics.reconcile(started.elapsed());
+            let mut g = lock(&self.inner);
+            if g.acting_since_unix_ms.is_none() {
+                let at = unix_now_ms();
+                g.acting_since_unix_ms = Some(at);
+                if let Some(term) = g.led_term {
+                    info!(term, "leader acting: first reconcile round done");
+                    g.events.push(event(
+                        "leader.acting",
+                        None,
+                        None,
+                        format!("leader {} (term {term}) reconciled", self.leadership.name()),
+                    ));
+                }
+            }
         }
         debug!("control loop stopped");
+    }
+
+    /// Follow this replica's role: take over when it became leader (load the store's state
+    /// first), stand down when it lost leadership, refresh a standby's view every second.
+    /// Returns whether this replica acts as leader this round.
+    async fn follow_election(self: &Arc<Self>, now: Time) -> bool {
+        let term = self.leadership.term_now();
+        let acting = lock(&self.inner).led_term;
+        match (acting, term) {
+            (Some(a), Some(t)) if a == t => true,
+            (_, Some(t)) => {
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || Loaded::read(store.as_ref())).await {
+                    Ok(Ok(loaded)) => {
+                        let mut g = lock(&self.inner);
+                        loaded.take_over(&mut g, &self.cfg, now);
+                        g.led_term = Some(t);
+                        g.acting_since_unix_ms = None;
+                        g.events.push(event(
+                            "leader.elected",
+                            None,
+                            None,
+                            format!("{} leads (term {t})", self.leadership.name()),
+                        ));
+                        info!(term = t, "took over as leader");
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "elected, but the store cannot be read; not acting yet");
+                        false
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "load the store");
+                        false
+                    }
+                }
+            }
+            (Some(a), None) => {
+                let mut g = lock(&self.inner);
+                g.led_term = None;
+                g.acting_since_unix_ms = None;
+                // Orders in flight are the next leader's to resend.
+                g.assign_sent.clear();
+                g.stop_sent.clear();
+                g.recoveries.clear();
+                warn!(
+                    term = a,
+                    "leadership lost: standing down (no orders, no lease renewals)"
+                );
+                false
+            }
+            (None, None) => {
+                // Off the loop: with the store unreachable a read takes its whole timeout.
+                let due = {
+                    let mut g = lock(&self.inner);
+                    let due = g
+                        .refresh_tried
+                        .is_none_or(|t| now.saturating_since(t) >= STANDBY_REFRESH);
+                    if due {
+                        g.refresh_tried = Some(now);
+                    }
+                    due
+                };
+                if due {
+                    let cp = self.clone();
+                    tokio::spawn(async move {
+                        let store = cp.store.clone();
+                        match tokio::task::spawn_blocking(move || Loaded::read(store.as_ref()))
+                            .await
+                        {
+                            Ok(Ok(loaded)) => {
+                                let now = cp.clock.now();
+                                let mut g = lock(&cp.inner);
+                                if g.led_term.is_none() {
+                                    loaded.refresh(&mut g, now);
+                                }
+                            }
+                            Ok(Err(e)) => debug!(error = %e, "standby refresh"),
+                            Err(e) => debug!(error = %e, "standby refresh"),
+                        }
+                    });
+                }
+                false
+            }
+        }
     }
 
     async fn probe(self: Arc<Self>, job: ProbeJob) {
@@ -1056,9 +1296,9 @@ impl ControlPlane {
             let mut waits = Vec::new();
             {
                 let mut g = lock(&self.inner);
-                for (tx, id) in &job.helpers {
+                for (tx, id, helper) in &job.helpers {
                     let (wtx, wrx) = oneshot::channel();
-                    g.probe_waiters.insert(*id, wtx);
+                    g.probe_waiters.insert(*id, (helper.clone(), wtx));
                     send(
                         tx,
                         v1::server_message::Msg::Probe(v1::ProbeRequest {
@@ -1405,6 +1645,9 @@ impl ControlPlane {
         now: Time,
         new_session: bool,
     ) {
+        if g.led_term.is_none() {
+            return; // only the leader gives orders
+        }
         let reports =
             |t: &TaskId, e: FencingToken| running.iter().any(|(rt, re)| rt == t && *re == e);
         if let Some(pending) = g.assign_sent.get(agent) {
@@ -1645,8 +1888,33 @@ fn alarm_text(a: &PlanAlarm) -> String {
 /// How long an order may go unanswered before it is sent again.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
 
+/// How often a standby reloads its view of jobs and task slots from the store.
+const STANDBY_REFRESH: Duration = Duration::from_secs(1);
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ControlPlane {
+    /// Changes are the leader's: a standby refuses them, naming the leader.
+    fn writable(&self) -> Result<(), ApiError> {
+        if self.leadership.is_leader() && lock(&self.inner).led_term.is_some() {
+            return Ok(());
+        }
+        Err(match self.leadership.leader() {
+            Some(l) if l.name != self.leadership.name() => ApiError::new(
+                ApiErrorKind::NotLeader,
+                format!(
+                    "this server is a standby; send changes to the leader at {}",
+                    l.name
+                ),
+            ),
+            _ => ApiError::new(
+                ApiErrorKind::Unavailable,
+                "no leader is acting (is the store reachable, with a quorum?); changes are refused until one is",
+            ),
+        })
+    }
 }
 
 fn not_found(what: &str) -> ApiError {
@@ -1793,6 +2061,7 @@ impl ControlApi for ControlPlane {
     fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
         spec.validate()
             .map_err(|e| ApiError::new(ApiErrorKind::Invalid, e.to_string()))?;
+        self.writable()?;
         let (existing, draining) = {
             let g = lock(&self.inner);
             (
@@ -1823,6 +2092,7 @@ impl ControlApi for ControlPlane {
     }
 
     fn delete_job(&self, name: &str) -> Result<(), ApiError> {
+        self.writable()?;
         let job = JobName::new(name);
         if !lock(&self.inner).desired.contains_key(&job) {
             return Err(not_found(&format!("no job named {name:?}")));
@@ -1921,6 +2191,26 @@ impl ControlApi for ControlPlane {
         Some(self.services_index.subscribe())
     }
 
+    fn leader(&self) -> LeaderView {
+        let known = self.leadership.leader();
+        let (acting, led, last_refresh) = {
+            let g = lock(&self.inner);
+            (g.acting_since_unix_ms, g.led_term, g.last_refresh)
+        };
+        let leads = led.is_some() && self.leadership.is_leader();
+        let fresh = last_refresh
+            .is_some_and(|t| self.clock.now().saturating_since(t) <= STANDBY_REFRESH * 3);
+        LeaderView {
+            leader: known.as_ref().map(|l| l.name.clone()),
+            term: known.as_ref().map(|l| l.term),
+            since: known.as_ref().map(|l| l.since_unix_ms),
+            acting_since: if leads { acting } else { None },
+            role: if leads { "leader" } else { "standby" }.into(),
+            this: self.leadership.name().to_string(),
+            stale: !leads && (known.is_none() || !fresh),
+        }
+    }
+
     fn health(&self) -> HealthInfo {
         let g = lock(&self.inner);
         HealthInfo {
@@ -1978,6 +2268,139 @@ mod tests {
             tonic::Status::from(bad).code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    fn acks(rx: &mut mpsc::Receiver<Result<v1::ServerMessage, tonic::Status>>) -> Vec<u64> {
+        let mut ttls = Vec::new();
+        while let Ok(Ok(m)) = rx.try_recv() {
+            if let Some(v1::server_message::Msg::Ack(a)) = m.msg {
+                ttls.push(a.lease_ttl_ms);
+            }
+        }
+        ttls
+    }
+
+    /// Two replicas on one store: the standby keeps warm state but renews no lease, hands out
+    /// no generation and refuses changes; once it is elected it takes over from the store.
+    #[tokio::test]
+    async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
+        use crate::leader::{LeaderInfo, Leadership, Role};
+        let store: Arc<dyn Store> = Arc::new(warden_store::MemStore::new());
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        let (a_role, a_rx) = watch::channel(Role::Leader {
+            term: 5,
+            since_unix_ms: 1,
+            valid_until: Some(far),
+        });
+        let leader_b = LeaderInfo {
+            name: "a:7401".into(),
+            term: 5,
+            since_unix_ms: 1,
+        };
+        let (b_role, b_rx) = watch::channel(Role::Follower {
+            leader: Some(leader_b),
+        });
+        let a = ControlPlane::with_leadership(
+            store.clone(),
+            ControlConfig::default(),
+            Leadership::from_watch("a:7401", a_rx),
+        )
+        .unwrap();
+        let b = ControlPlane::with_leadership(
+            store.clone(),
+            ControlConfig::default(),
+            Leadership::from_watch("b:7401", b_rx),
+        )
+        .unwrap();
+
+        // A new generation only from the leader.
+        let (btx, mut brx) = mpsc::channel(64);
+        let refused = b.admit(&hello("x", 0), btx.clone()).unwrap_err();
+        assert!(
+            matches!(refused, AdmitError::NotLeader(ref m) if m.contains("a:7401")),
+            "{refused:?}"
+        );
+        let (atx, mut arx) = mpsc::channel(64);
+        let on_a = a.admit(&hello("x", 0), atx).unwrap();
+        let on_b = b.admit(&hello("x", on_a.id.generation), btx).unwrap();
+        assert_eq!(on_a.id, on_b.id);
+
+        // Both judge the agent; only the leader's acks carry a lease.
+        for seq in 1..=3 {
+            a.heartbeat(&on_a, &heartbeat(seq));
+            b.heartbeat(&on_b, &heartbeat(seq));
+        }
+        let (from_a, from_b) = (acks(&mut arx), acks(&mut brx));
+        assert!(
+            !from_a.is_empty() && from_a.iter().all(|t| *t > 0),
+            "{from_a:?}"
+        );
+        assert!(
+            !from_b.is_empty() && from_b.iter().all(|t| *t == 0),
+            "{from_b:?}"
+        );
+        assert_eq!(
+            b.agents()[0].state,
+            "healthy",
+            "the standby's detector is warm"
+        );
+
+        // Changes go to the leader.
+        let spec: JobSpec =
+            toml::from_str("name = \"cron\"\nkind = \"singleton\"\ncommand = \"/bin/true\"")
+                .unwrap();
+        let err = b.submit_job(spec.clone()).unwrap_err();
+        assert_eq!(err.kind, ApiErrorKind::NotLeader);
+        assert!(err.message.contains("a:7401"), "{err}");
+        assert_eq!(a.submit_job(spec).unwrap(), SubmitOutcome::Created);
+        assert_eq!(b.leader().role, "standby");
+        assert_eq!(b.leader().leader.as_deref(), Some("a:7401"));
+
+        // The leader's deadline passes: it stops renewing at once, with no new message.
+        a_role
+            .send(Role::Leader {
+                term: 5,
+                since_unix_ms: 1,
+                valid_until: Some(std::time::Instant::now()),
+            })
+            .unwrap();
+        a.heartbeat(&on_a, &heartbeat(4));
+        assert_eq!(
+            acks(&mut arx),
+            vec![0],
+            "a leader past its deadline renews nothing"
+        );
+        assert!(
+            a.submit_job(
+                toml::from_str("name = \"x\"\nkind = \"singleton\"\ncommand = \"/bin/true\"")
+                    .unwrap()
+            )
+            .is_err()
+        );
+
+        // B is elected: it takes over from the store (the job A accepted) and renews leases.
+        b_role
+            .send(Role::Leader {
+                term: 6,
+                since_unix_ms: 2,
+                valid_until: Some(far),
+            })
+            .unwrap();
+        let now = b.clock.now();
+        assert!(b.follow_election(now).await);
+        assert!(lock(&b.inner).desired.contains_key(&JobName::new("cron")));
+        let renewed = lock(&b.inner).observed.agents[&on_b.id].last_renewal;
+        assert!(
+            renewed.is_some_and(|t| t >= now),
+            "the old leader's renewals are respected"
+        );
+        b.heartbeat(&on_b, &heartbeat(5));
+        let from_b = acks(&mut brx);
+        assert!(
+            !from_b.is_empty() && from_b.iter().all(|t| *t > 0),
+            "{from_b:?}"
+        );
+        assert_eq!(b.leader().role, "leader");
     }
 
     fn heartbeat(seq: u64) -> v1::Heartbeat {

@@ -51,13 +51,13 @@ use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 
 pub use self::error::{ErrorCode, HttpError};
-use crate::auth::{self, ApiAuth, Caller};
+use crate::api_auth::{self, ApiAuth, Caller};
 use crate::history::History;
 use crate::limits::JobLimits;
 use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
-    AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, RecoveryInfo, ServiceInfo, ServicesInfo,
-    SubmitOutcome, TaskInfo,
+    AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, LeaderView, RecoveryInfo, ServiceInfo,
+    ServicesInfo, SubmitOutcome, TaskInfo,
 };
 
 /// Largest accepted request body, bytes (1 MiB). A larger body gets `413 payload_too_large`.
@@ -214,13 +214,21 @@ pub fn router_with_config(
         .route("/v1/sla", get(get_sla))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
+        .route("/v1/leader", get(get_leader))
         .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            leadership,
+        ))
         .layer(protection);
     let router = match auth {
-        Some(auth) => router.layer(middleware::from_fn_with_state(auth, auth::require_token)),
+        Some(auth) => router.layer(middleware::from_fn_with_state(
+            auth,
+            api_auth::require_token,
+        )),
         None => router,
     };
     router.with_state(AppState {
@@ -411,6 +419,45 @@ fn no_such_job(name: &str) -> HttpError {
 }
 
 // In-memory reads (infallible by their signature) are answered on the worker thread.
+
+async fn get_leader(State(AppState { api, .. }): State<AppState>) -> Json<LeaderView> {
+    Json(api.leader())
+}
+
+/// Marks reads a standby may serve stale (`X-Warden-Stale: true`), and points a write refused
+/// by a standby at the leader (`307` with `Location`: the same method, path and query there).
+async fn leadership(
+    State(api): State<Api>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let read = request.method() == axum::http::Method::GET && target.starts_with("/v1/");
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::TEMPORARY_REDIRECT
+        && !response.headers().contains_key(LOCATION)
+        && let Some(leader) = api.leader().leader
+    {
+        let base = if leader.contains("://") {
+            leader
+        } else {
+            format!("http://{leader}")
+        };
+        if let Ok(v) = HeaderValue::try_from(format!("{}{target}", base.trim_end_matches('/'))) {
+            response.headers_mut().insert(LOCATION, v);
+        }
+    }
+    if read && api.leader().stale {
+        response
+            .headers_mut()
+            .insert("x-warden-stale", HeaderValue::from_static("true"));
+    }
+    response
+}
 
 async fn healthz(State(AppState { api, .. }): State<AppState>) -> Json<HealthInfo> {
     Json(api.health())

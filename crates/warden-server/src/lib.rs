@@ -7,6 +7,8 @@
 //!   renews leases, runs probes (direct and through other agents), reconciles, persists
 //!   assignments (fenced) before sending them, and keeps recovery records;
 //! - [`session`]: the gRPC session service, one long-lived stream per agent;
+//! - [`auth`]: who may open a session: mutual TLS, agent identity, join tokens;
+//!   [`pki`]: the small CA behind `warden tls init`;
 //! - [`view`]: the REST API's JSON shapes and the [`view::ControlApi`] trait it calls;
 //! - [`metrics`]: the Prometheus metrics served on `GET /metrics`, and [`metrics::TimedStore`]
 //!   timing every store operation;
@@ -15,20 +17,23 @@
 //! - [`sla`]: the SLA figures (success rate, RTO against an objective, availability);
 //! - [`history`]: the bounded per-agent history the dashboard charts;
 //! - [`haproxy`]: the HAProxy adapter, keeping a backend in step with a service's endpoints;
-//! - [`auth`]: REST API bearer tokens (hashes in a file) and the `read`/`operator` roles;
+//! - [`api_auth`]: REST API bearer tokens (hashes in a file) and the `read`/`operator` roles;
 //! - [`limits`]: every protective limit in one config (`[limits]`): API, sessions, job specs;
 //! - [`server`]: wiring it all to listeners, with ordered shutdown.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api_auth;
 pub mod auth;
 pub mod control;
 pub mod file_adapter;
 pub mod haproxy;
 pub mod history;
 pub mod http;
+pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod pki;
 pub mod server;
 pub mod session;
 pub mod sla;

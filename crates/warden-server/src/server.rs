@@ -12,7 +12,9 @@ use tracing::info;
 use warden_proto::v1::agent_session_server::AgentSessionServer;
 use warden_store::Store;
 
+use crate::auth::{Gate, SessionSecurity};
 use crate::control::{ControlConfig, ControlPlane, StartError};
+use crate::leader::Leadership;
 use crate::session::SessionService;
 use crate::sla::SlaConfig;
 use crate::view::ControlApi;
@@ -26,6 +28,9 @@ pub enum ServerError {
     /// The gRPC listener failed.
     #[error("serve gRPC: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The TLS settings are unusable (e.g. the key does not match the certificate).
+    #[error("TLS settings (--tls-cert, --tls-key, --tls-client-ca): {0}")]
+    Tls(tonic::transport::Error),
     /// The HTTP listener failed.
     #[error("serve HTTP: {0}")]
     Http(#[from] std::io::Error),
@@ -54,13 +59,14 @@ pub struct Adapters {
     pub files: Vec<crate::file_adapter::FileAdapterConfig>,
 }
 
-/// The server's protections: its limits and the REST API's token authentication.
+/// The server's protections besides session security: its limits and the REST API's token
+/// authentication.
 #[derive(Clone, Debug, Default)]
 pub struct Protection {
     /// Every limit (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
     /// REST API tokens; `None` leaves the API open (for development only).
-    pub api_auth: Option<Arc<crate::auth::ApiAuth>>,
+    pub api_auth: Option<Arc<crate::api_auth::ApiAuth>>,
 }
 
 /// Run a server on `store` until `cancel` fires, with the default SLA settings.
@@ -76,6 +82,7 @@ pub async fn run(
         cfg,
         SlaConfig::default(),
         Adapters::default(),
+        SessionSecurity::default(),
         Protection::default(),
         grpc,
         http,
@@ -87,14 +94,49 @@ pub async fn run(
 /// Run a server on `store` until `cancel` fires; `sla` sets the defaults of the SLA report
 /// (`GET /v1/sla`, the dashboard's SLA page); every `adapters.haproxy` entry runs an HAProxy
 /// adapter ([`crate::haproxy`]) and every `adapters.files` entry a file adapter
-/// ([`crate::file_adapter`]) until `cancel` fires. `protection` sets the limits of sessions and
-/// of the REST API, and its tokens.
+/// ([`crate::file_adapter`]) until `cancel` fires. `security` turns on mutual TLS and join
+/// tokens for agent sessions ([`crate::auth`]; the default is neither); `protection` sets the
+/// limits of sessions and of the REST API, and the API's tokens.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_with(
     store: Arc<dyn Store>,
     cfg: ControlConfig,
     sla: SlaConfig,
     adapters: Adapters,
+    security: SessionSecurity,
+    protection: Protection,
+    grpc: TcpListener,
+    http: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let name = http
+        .local_addr()
+        .map_or_else(|_| "local".to_string(), |a| a.to_string());
+    run_replica(
+        store,
+        cfg,
+        sla,
+        adapters,
+        Leadership::single(name),
+        security,
+        protection,
+        grpc,
+        http,
+        cancel,
+    )
+    .await
+}
+
+/// Like [`run_with`], as one replica of a replicated control plane whose role `leadership`
+/// tells (see [`crate::leader`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_replica(
+    store: Arc<dyn Store>,
+    cfg: ControlConfig,
+    sla: SlaConfig,
+    adapters: Adapters,
+    leadership: Leadership,
+    security: SessionSecurity,
     protection: Protection,
     grpc: TcpListener,
     http: TcpListener,
@@ -104,19 +146,23 @@ pub async fn run_with(
     limits
         .validate(cfg.lifecycle.heartbeat_interval)
         .map_err(StartError::from)?;
-    let cp = ControlPlane::new(store, cfg)?;
+    let cp = ControlPlane::with_leadership(store, cfg, leadership)?;
+    let (gate, tls) = Gate::new(security);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
+    }
     info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "warden server listening");
     let control = tokio::spawn(cp.clone().run(cancel.child_token()));
     let max_message = limits.sessions.max_message_bytes;
-    let service = AgentSessionServer::new(SessionService::with_limits(
-        cp.clone(),
-        cancel.child_token(),
-        limits.sessions.clone(),
-    ))
+    let service = AgentSessionServer::new(
+        SessionService::with_gate(cp.clone(), cancel.child_token(), gate)
+            .limited(limits.sessions.clone()),
+    )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let grpc_cancel = cancel.clone();
-    let grpc_task = tonic::transport::Server::builder()
+    let grpc_task = builder
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .tcp_nodelay(true)

@@ -6,6 +6,11 @@
 //! reset, or by an HTTP/2 keepalive failure — the control plane learns that the session was
 //! lost. A *silent* partition produces no stream error at all; the liveness detector catches
 //! it from the missing heartbeats.
+//!
+//! Before admission every session passes the [`Gate`]: the agent identity its client
+//! certificate proves must be the name in its Hello, and its join token must be valid (when
+//! those are configured). Everything the session reports afterwards is attributed to the
+//! agent it was admitted as, never to a name it sends later.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use warden_proto::v1::agent_message::Msg;
 use warden_proto::v1::agent_session_server::AgentSession;
 use warden_proto::v1::{AgentMessage, ServerMessage};
 
+use crate::auth::{Gate, JOIN_TOKEN_METADATA};
 use crate::control::ControlPlane;
 use crate::limits::{HeartbeatLimiter, SessionLimits};
 
@@ -31,34 +37,50 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SessionService {
     cp: Arc<ControlPlane>,
     cancel: CancellationToken,
+    gate: Arc<Gate>,
     limits: SessionLimits,
     /// One permit per open stream ([`SessionLimits::max_sessions`]).
     permits: Arc<Semaphore>,
 }
 
 impl SessionService {
-    /// A service feeding `cp`, whose streams end when `cancel` fires, with the default limits.
+    /// A service feeding `cp`, whose streams end when `cancel` fires; sessions are admitted
+    /// without any check (see [`SessionService::with_gate`]).
     pub fn new(cp: Arc<ControlPlane>, cancel: CancellationToken) -> Self {
-        Self::with_limits(cp, cancel, SessionLimits::default())
+        Self::with_gate(cp, cancel, Gate::default())
     }
 
-    /// Like [`SessionService::new`], with the given limits. Each stream holds a permit from
-    /// the moment it opens (before its Hello) until its handler ends, an outbound queue of
-    /// `outbound_queue` messages, and a heartbeat token bucket: heartbeats beyond it are
-    /// dropped before they reach the control plane's lock, so one agent's storm costs the
-    /// others nothing but the decoding.
+    /// A service that admits only the sessions `gate` lets through.
+    pub fn with_gate(cp: Arc<ControlPlane>, cancel: CancellationToken, gate: Gate) -> Self {
+        let limits = SessionLimits::default();
+        SessionService {
+            cp,
+            cancel,
+            gate: Arc::new(gate),
+            permits: Arc::new(Semaphore::new(limits.max_sessions)),
+            limits,
+        }
+    }
+
+    /// Like [`SessionService::new`], with the given limits.
     pub fn with_limits(
         cp: Arc<ControlPlane>,
         cancel: CancellationToken,
         limits: SessionLimits,
     ) -> Self {
-        let permits = Arc::new(Semaphore::new(limits.max_sessions));
-        SessionService {
-            cp,
-            cancel,
-            limits,
-            permits,
-        }
+        Self::new(cp, cancel).limited(limits)
+    }
+
+    /// The same service under `limits`. Each stream holds a permit from the moment it opens
+    /// (before its Hello) until its handler ends, an outbound queue of `outbound_queue`
+    /// messages, and a heartbeat token bucket: heartbeats beyond it are dropped before they
+    /// reach the control plane's lock, so one agent's storm costs the others nothing but the
+    /// decoding.
+    #[must_use]
+    pub fn limited(mut self, limits: SessionLimits) -> Self {
+        self.permits = Arc::new(Semaphore::new(limits.max_sessions));
+        self.limits = limits;
+        self
     }
 }
 
@@ -78,6 +100,17 @@ impl AgentSession for SessionService {
                 self.limits.max_sessions
             )));
         };
+        let remote = request.remote_addr();
+        let peer = self
+            .gate
+            .peer(request.peer_certs().as_deref().map(Vec::as_slice))
+            .inspect_err(|e| warn!(?remote, reason = %e, "agent session refused"))?;
+        // Never logged; the metadata value is only read here.
+        let token = request
+            .metadata()
+            .get(JOIN_TOKEN_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -93,12 +126,19 @@ impl AgentSession for SessionService {
             }
         };
         let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
-        // Admission may write the store (a new generation is persisted): off the async workers.
+        // The gate may record a one-time token's binding and admission may write the store
+        // (a new generation is persisted): off the async workers.
         let admitting = self.cp.clone();
-        let who = tokio::task::spawn_blocking(move || admitting.admit(&hello, tx))
-            .await
-            .map_err(|e| Status::internal(format!("admit: {e}")))?
-            .map_err(Status::from)?;
+        let gate = self.gate.clone();
+        let who = tokio::task::spawn_blocking(move || {
+            gate.check(peer.as_ref(), token.as_deref(), &hello.name)
+                .inspect_err(|e| {
+                    warn!(?remote, agent = ?hello.name.trim(), reason = %e, "agent session refused");
+                })?;
+            admitting.admit(&hello, tx).map_err(Status::from)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("admit: {e}")))??;
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();
         let mut heartbeats = HeartbeatLimiter::new(&self.limits, cp.clock().now());
@@ -116,7 +156,7 @@ impl AgentSession for SessionService {
                         }
                         Msg::Heartbeat(_) => cp.recorder().heartbeat_dropped(),
                         Msg::TaskReport(r) => cp.task_report(&who, &r),
-                        Msg::ProbeResult(r) => cp.probe_result(&r),
+                        Msg::ProbeResult(r) => cp.probe_result(&who, &r),
                         Msg::Leave(_) => cp.leave(&who),
                         Msg::Hello(_) => {
                             warn!(agent = %who.id, "second Hello on one session ignored");

@@ -171,6 +171,27 @@ pub struct HealthInfo {
     pub brake_engaged: bool,
 }
 
+/// Who leads the control plane, as one replica sees it (`GET /v1/leader`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaderView {
+    /// The leader's advertised REST address (its `--http-addr`, as given), if one is known.
+    pub leader: Option<String>,
+    /// The leader's term (its fencing token in the election), if one is known.
+    pub term: Option<u64>,
+    /// When the leader's term began, ms since the Unix epoch.
+    pub since: Option<u64>,
+    /// When this replica, as leader, ran its first reconcile round of the term (absent on a
+    /// standby, and until then).
+    pub acting_since: Option<u64>,
+    /// `leader` or `standby`: this replica's role.
+    pub role: String,
+    /// This replica's advertised address.
+    pub this: String,
+    /// Whether this replica's reads may be stale: it is a standby that could not refresh from
+    /// the store lately, or no leader is known (for example the store lost its quorum).
+    pub stale: bool,
+}
+
 /// Why an API call failed. The HTTP layer maps the kind to a status code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -192,6 +213,8 @@ pub enum ApiErrorKind {
     Conflict,
     /// The server cannot serve it now, try again (503).
     Unavailable,
+    /// This replica is a standby: writes go to the leader (307 to it, or 503 if none is known).
+    NotLeader,
     /// A bug or a storage failure (500).
     Internal,
 }
@@ -254,6 +277,19 @@ pub trait ControlApi: Send + Sync + 'static {
     /// The endpoints registry. The default has no services.
     fn services(&self) -> ServicesInfo {
         ServicesInfo::default()
+    }
+    /// Who leads the control plane, as this replica sees it (`GET /v1/leader`). The default is
+    /// a single server that always leads.
+    fn leader(&self) -> LeaderView {
+        LeaderView {
+            leader: None,
+            term: Some(1),
+            since: None,
+            acting_since: None,
+            role: "leader".into(),
+            this: String::new(),
+            stale: false,
+        }
     }
     /// Follow the registry's index (changes on every registry change); `None` when the
     /// implementation cannot be watched (long polls then answer at once).

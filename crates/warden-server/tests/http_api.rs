@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warden_core::{JobSpec, Signals};
-use warden_server::auth::{AccessPolicy, ApiAuth, Role, TokenEntry, TokenSet, hash_token};
+use warden_server::api_auth::{AccessPolicy, ApiAuth, Role, TokenEntry, TokenSet, hash_token};
 use warden_server::http::{self, HttpConfig, Limits, MAX_BODY_BYTES};
 use warden_server::limits::JobLimits;
 use warden_server::view::{

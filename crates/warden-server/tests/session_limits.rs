@@ -47,6 +47,7 @@ impl TestServer {
             ControlConfig::default(),
             SlaConfig::default(),
             Adapters::default(),
+            warden_server::auth::SessionSecurity::default(),
             protection,
             grpc,
             http,

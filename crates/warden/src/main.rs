@@ -21,7 +21,9 @@ mod bench_storm;
 mod chaos;
 mod cli;
 mod dev;
+mod etcd_cmd;
 mod server_cmd;
+mod tls_cmd;
 mod token_cmd;
 mod workload;
 
@@ -87,7 +89,12 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiOpts,
     },
-    /// Credentials: REST API tokens.
+    /// Certificates for mutual TLS between agents and servers (a small CA).
+    Tls {
+        #[command(subcommand)]
+        cmd: tls_cmd::TlsCommand,
+    },
+    /// Credentials: join tokens for agents, API tokens for the REST API.
     Token {
         #[command(subcommand)]
         cmd: token_cmd::TokenCommand,
@@ -123,6 +130,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match &cli.command {
         Command::Workload { cmd } => workload::run(cmd),
+        Command::Tls { cmd } => tls_cmd::run(cmd),
         Command::Token { cmd } => token_cmd::run(cmd),
         Command::Job { cmd, api } => cli::job(cmd, api),
         Command::Agents { api } => cli::agents(api),

@@ -5,17 +5,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use warden_server::auth::{AccessPolicy, ApiAuth};
+use warden_server::api_auth::{AccessPolicy, ApiAuth};
+use warden_server::auth::{JoinTokens, ServerTls, SessionSecurity};
 use warden_server::control::ControlConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
+use warden_server::leader::Leadership;
 use warden_server::limits::LimitsConfig;
 use warden_server::sla::SlaConfig;
-use warden_store::RedbStore;
+use warden_store::{RedbStore, Store};
 
 /// `warden server` flags.
 #[derive(Clone, Debug, Args)]
@@ -33,9 +35,35 @@ pub struct ServerArgs {
     /// Address for the REST API [default: 127.0.0.1:7401]
     #[arg(long, env = "WARDEN_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// The server's certificate (PEM) for mutual TLS on the agent session listener; needs
+    /// --tls-key and --tls-client-ca. `warden tls init` makes one. Without it agent sessions
+    /// are plaintext (development only).
+    #[arg(long, env = "WARDEN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "WARDEN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) agents' certificates must chain to; an agent's identity is the
+    /// DNS name in its certificate.
+    #[arg(long, env = "WARDEN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of join token hashes, one `sha256:<hex> [once]` per line (`warden token join`
+    /// adds one); agents must present one of these tokens. Re-read when it changes. Without
+    /// it no token is required.
+    #[arg(long, env = "WARDEN_JOIN_TOKENS")]
+    pub join_tokens: Option<PathBuf>,
+    /// Where the control plane's state lives: `redb` (the embedded store in --data-dir, one
+    /// server) or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (a replicated control plane: run
+    /// several servers on the same URL; one is elected leader). [default: redb]
+    #[arg(long, env = "WARDEN_STORE")]
+    pub store: Option<String>,
+    /// The REST address this replica advertises to the others (`GET /v1/leader`, redirects of
+    /// writes) [default: --http-addr]
+    #[arg(long, env = "WARDEN_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
     /// REST API token file: lines `role sha256:<hex> [name]`, role `read` or `operator`
-    /// (create tokens with `warden token api`). Without it the REST API is open to anyone who
-    /// can reach it — for development only. See docs/security.md.
+    /// (`warden token api` adds one; re-read when it changes). Without it the REST API is
+    /// open to anyone who can reach it — for development only. See docs/security.md.
     #[arg(long, env = "WARDEN_API_TOKENS", value_name = "FILE")]
     pub api_tokens: Option<PathBuf>,
     /// With --api-tokens: serve GET /metrics without a token.
@@ -60,7 +88,20 @@ pub struct ServerFile {
     pub grpc_addr: Option<SocketAddr>,
     /// Address for the REST API.
     pub http_addr: Option<SocketAddr>,
-    /// REST API token file (`--api-tokens`); none: the API is open (development only).
+    /// The server's certificate for agent sessions (PEM); with `tls_key` and `tls_client_ca`
+    /// turns on mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) agents' certificates must chain to (PEM).
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of join token hashes (`sha256:<hex> [once]` per line); unset: no token required.
+    pub join_tokens: Option<PathBuf>,
+    /// `redb` or `etcd://HOST:PORT[,...][/PREFIX]`.
+    pub store: Option<String>,
+    /// The REST address advertised to the other replicas.
+    pub advertise_addr: Option<String>,
+    /// REST API token file (`--api-tokens`); unset: the API is open (development only).
     pub api_tokens: Option<PathBuf>,
     /// What the REST API serves without a token when tokens are on (`[api]`).
     #[serde(default)]
@@ -68,6 +109,9 @@ pub struct ServerFile {
     /// Protective limits (`[limits.api]`, `[limits.sessions]`, `[limits.jobs]`).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Leader election on etcd (`[election]`).
+    #[serde(default)]
+    pub election: ElectionConfig,
     /// Control-plane tuning.
     #[serde(default)]
     pub control: ControlConfig,
@@ -82,6 +126,84 @@ pub struct ServerFile {
     pub file_adapter: Vec<FileAdapterConfig>,
 }
 
+/// Leader election on etcd: the leader key's lease TTL and the safety margin by which a leader
+/// steps down before etcd could expire it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElectionConfig {
+    /// TTL of the leader's etcd lease (default 2 s, etcd's practical minimum). A dead leader is
+    /// replaced about this long after it died.
+    #[serde(with = "warden_core::duration_serde")]
+    pub ttl: std::time::Duration,
+    /// A leader stops acting at `last keepalive acknowledged + ttl - margin` (default 500 ms).
+    #[serde(with = "warden_core::duration_serde")]
+    pub margin: std::time::Duration,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            ttl: std::time::Duration::from_secs(2),
+            margin: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+impl ElectionConfig {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.ttl < std::time::Duration::from_secs(1) {
+            anyhow::bail!(
+                "invalid configuration: election.ttl must be at least 1s (etcd leases are whole seconds)"
+            );
+        }
+        if self.ttl.subsec_nanos() != 0 {
+            anyhow::bail!(
+                "invalid configuration: election.ttl must be whole seconds (etcd leases are)"
+            );
+        }
+        if self.margin.is_zero() || self.margin >= self.ttl {
+            anyhow::bail!(
+                "invalid configuration: election.margin must be greater than 0 and less than election.ttl"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the control plane's state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded redb file in the data directory: a single server.
+    Redb,
+    /// An etcd cluster (the URL as given): replicated servers with a leader.
+    Etcd(String),
+}
+
+impl StoreChoice {
+    /// Parse `redb` or `etcd://...`.
+    pub fn parse(text: &str) -> Result<StoreChoice> {
+        let t = text.trim();
+        if t.is_empty() || t == "redb" {
+            Ok(StoreChoice::Redb)
+        } else if t.starts_with("etcd://") {
+            Ok(StoreChoice::Etcd(t.to_string()))
+        } else {
+            anyhow::bail!(
+                "invalid --store {text:?}: expected `redb` or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`"
+            )
+        }
+    }
+
+    /// As written in a config file.
+    pub fn as_text(&self) -> String {
+        match self {
+            StoreChoice::Redb => "redb".into(),
+            StoreChoice::Etcd(url) => url.clone(),
+        }
+    }
+}
+
 /// Settings after merging.
 #[derive(Debug)]
 pub struct ServerSettings {
@@ -91,9 +213,19 @@ pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     /// Address for the REST API.
     pub http_addr: SocketAddr,
+    /// Mutual TLS: certificate, key, client CA.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Join token hashes file.
+    pub join_tokens: Option<PathBuf>,
+    /// Where the state lives.
+    pub store: StoreChoice,
+    /// The REST address advertised to the other replicas.
+    pub advertise_addr: String,
+    /// Leader election settings.
+    pub election: ElectionConfig,
     /// REST API token file.
     pub api_tokens: Option<PathBuf>,
-    /// What is served without a token.
+    /// What the REST API serves without a token.
     pub api: AccessPolicy,
     /// Protective limits.
     pub limits: LimitsConfig,
@@ -134,6 +266,28 @@ impl ServerArgs {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            tls: match (
+                self.tls_cert.clone().or(file.tls_cert),
+                self.tls_key.clone().or(file.tls_key),
+                self.tls_client_ca.clone().or(file.tls_client_ca),
+            ) {
+                (Some(c), Some(k), Some(ca)) => Some((c, k, ca)),
+                (None, None, None) => None,
+                _ => bail!(
+                    "--tls-cert, --tls-key and --tls-client-ca (tls_cert, tls_key, \
+                     tls_client_ca in the config file) go together: the server requires \
+                     client certificates whenever it speaks TLS"
+                ),
+            },
+            join_tokens: self.join_tokens.clone().or(file.join_tokens),
+            store: StoreChoice::parse(
+                self.store
+                    .as_deref()
+                    .or(file.store.as_deref())
+                    .unwrap_or("redb"),
+            )?,
+            advertise_addr: String::new(),
+            election: file.election,
             api_tokens: self.api_tokens.clone().or(file.api_tokens),
             api: AccessPolicy {
                 public_metrics: self.public_metrics || file.api.public_metrics,
@@ -146,6 +300,12 @@ impl ServerArgs {
             file_adapter: file.file_adapter,
         };
         let mut s = s;
+        s.advertise_addr = self
+            .advertise_addr
+            .clone()
+            .or(file.advertise_addr)
+            .unwrap_or_else(|| s.http_addr.to_string());
+        s.election.validate()?;
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
         s.limits
@@ -177,6 +337,13 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             data_dir: Some(s.data_dir.clone()),
             grpc_addr: Some(s.grpc_addr),
             http_addr: Some(s.http_addr),
+            tls_cert: s.tls.as_ref().map(|t| t.0.clone()),
+            tls_key: s.tls.as_ref().map(|t| t.1.clone()),
+            tls_client_ca: s.tls.as_ref().map(|t| t.2.clone()),
+            join_tokens: s.join_tokens.clone(),
+            store: Some(s.store.as_text()),
+            advertise_addr: Some(s.advertise_addr.clone()),
+            election: s.election.clone(),
             api_tokens: s.api_tokens.clone(),
             api: s.api,
             limits: s.limits.clone(),
@@ -191,18 +358,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         );
         return Ok(());
     }
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
-    let store_dir = s.data_dir.join("store");
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
-        .await?
-        .context("open the store")?;
-    let grpc = tokio::net::TcpListener::bind(s.grpc_addr)
-        .await
-        .with_context(|| format!("bind gRPC address {}", s.grpc_addr))?;
-    let http = tokio::net::TcpListener::bind(s.http_addr)
-        .await
-        .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
+    let security = session_security(&s)?;
     let api_auth = match &s.api_tokens {
         Some(path) => {
             let auth = ApiAuth::from_file(path, s.api)
@@ -212,16 +368,43 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         }
         None => None,
     };
+    let grpc = tokio::net::TcpListener::bind(s.grpc_addr)
+        .await
+        .with_context(|| format!("bind gRPC address {}", s.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(s.http_addr)
+        .await
+        .with_context(|| format!("bind HTTP address {}", s.http_addr))?;
+    // Port 0 picks a free port: advertise the one picked.
+    let advertise = match http.local_addr() {
+        Ok(bound) if s.advertise_addr == s.http_addr.to_string() => bound.to_string(),
+        _ => s.advertise_addr.clone(),
+    };
     let cancel = CancellationToken::new();
+    let (store, leadership): (Arc<dyn Store>, Leadership) = match &s.store {
+        StoreChoice::Redb => {
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+            let store_dir = s.data_dir.join("store");
+            let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_dir))
+                .await?
+                .context("open the store")?;
+            (Arc::new(store), Leadership::single(advertise.clone()))
+        }
+        StoreChoice::Etcd(url) => {
+            crate::etcd_cmd::open(url, &advertise, &s.election, cancel.child_token()).await?
+        }
+    };
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
-    warden_server::server::run_with(
-        Arc::new(store),
+    warden_server::server::run_replica(
+        store,
         s.control,
         s.sla,
         warden_server::server::Adapters {
             haproxy: s.haproxy,
             files: s.file_adapter,
         },
+        leadership,
+        security,
         warden_server::server::Protection {
             limits: s.limits,
             api_auth,
@@ -232,4 +415,41 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Where the server records which agent each one-time join token is bound to.
+pub const JOIN_TOKEN_BINDINGS: &str = "join-token-bindings.json";
+
+/// Read the TLS files and the join tokens (errors name the file), and say plainly what is
+/// left unprotected.
+fn session_security(s: &ServerSettings) -> Result<SessionSecurity> {
+    let tls = match &s.tls {
+        Some((cert, key, ca)) => Some(ServerTls::from_files(cert, key, ca)?),
+        None => None,
+    };
+    let join_tokens = match &s.join_tokens {
+        Some(f) => {
+            // One-time token bindings are kept here, whatever the store.
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+            Some(JoinTokens::open(f, &s.data_dir.join(JOIN_TOKEN_BINDINGS))?)
+        }
+        None => None,
+    };
+    match (&tls, &join_tokens) {
+        (None, None) => tracing::warn!(
+            "agent sessions are neither encrypted nor authenticated (no --tls-cert, no \
+             --join-tokens): any process that reaches the gRPC address can join as any agent; \
+             for development only (see docs/security.md)"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "join tokens without TLS travel in plaintext: anyone on the network path can \
+             read and reuse them (see docs/security.md)"
+        ),
+        (Some(_), _) => tracing::info!(
+            join_tokens = join_tokens.is_some(),
+            "agent sessions use mutual TLS"
+        ),
+    }
+    Ok(SessionSecurity { tls, join_tokens })
 }

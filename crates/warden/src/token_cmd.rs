@@ -1,17 +1,31 @@
-//! `warden token …`: credentials for the REST API.
+//! `warden token`: credentials for joining a Warden cluster (join tokens) and for its REST API
+//! (API tokens).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use warden_server::auth::{self, Role};
+use warden_server::api_auth::{self, Role};
 
-/// `warden token …`
+/// `warden token` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a REST API token: print it (the only time it is shown) and append its SHA-256,
-    /// role and name to the server's token file (`warden server --api-tokens FILE`). A running
-    /// server picks the new line up within a second. Revoke a token by deleting its line.
+    /// Make a new random join token: print it once, and append its SHA-256 hash to FILE (the
+    /// server's --join-tokens file, re-read by a running server). The token itself is stored
+    /// nowhere: hand it to the agent (--join-token-file or WARDEN_JOIN_TOKEN).
+    Join {
+        /// The server's join tokens file (created 0600 if missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// A one-time token: it binds to the first agent name that uses it; that agent may
+        /// reconnect and restart with it, no other name may use it.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Make a new REST API token: print it once, and append its SHA-256, role and name to
+    /// FILE (the server's --api-tokens file; a running server picks the new line up within a
+    /// second). Revoke a token by deleting its line. Clients send it as `Authorization:
+    /// Bearer` (the CLI reads WARDEN_TOKEN).
     Api {
         /// What the token may do: `read` (every GET) or `operator` (also submit and delete
         /// jobs).
@@ -20,13 +34,13 @@ pub enum TokenCommand {
         /// A name for the token, logged instead of the token (one word, e.g. `ci-deploy`).
         #[arg(long)]
         name: Option<String>,
-        /// The token file (created with mode 0600 if missing).
+        /// The server's API tokens file (created 0600 if missing).
         #[arg(long, env = "WARDEN_API_TOKENS", value_name = "FILE")]
         file: PathBuf,
     },
 }
 
-/// A token's role on the command line.
+/// An API token's role on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RoleArg {
     /// Read-only.
@@ -44,21 +58,30 @@ impl From<RoleArg> for Role {
     }
 }
 
-/// Run a `warden token` command.
+/// Run a `warden token` subcommand.
 pub fn run(cmd: &TokenCommand) -> Result<()> {
     match cmd {
+        TokenCommand::Join { file, once } => {
+            let token =
+                warden_server::auth::add_join_token(file, *once).context("add a join token")?;
+            eprintln!(
+                "added the hash of a new {}join token to {}; the token (shown only now):",
+                if *once { "one-time " } else { "" },
+                file.display()
+            );
+            println!("{token}");
+        }
         TokenCommand::Api { role, name, file } => {
             let role = Role::from(*role);
-            let token = auth::append_new_token(file, role, name.as_deref())
-                .with_context(|| format!("add a token to {}", file.display()))?;
+            let token = api_auth::append_new_token(file, role, name.as_deref())
+                .with_context(|| format!("add an API token to {}", file.display()))?;
             eprintln!(
-                "new {role} token{} appended to {} (only its SHA-256 is stored; this is the \
-                 only time it is shown):",
+                "added the hash of a new {role} API token{} to {}; the token (shown only now):",
                 name.as_ref().map(|n| format!(" {n:?}")).unwrap_or_default(),
                 file.display()
             );
             println!("{token}");
-            Ok(())
         }
     }
+    Ok(())
 }

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     LimitExceeded,
     /// 503: the control plane cannot serve the request now; retry later.
     Unavailable,
+    /// 307: this server is a standby; the `Location` header names the same request on the
+    /// leader (a replicated control plane, see docs/ha.md).
+    NotLeader,
     /// 503: too many requests in flight; the request was shed without being run. Retry later.
     Overloaded,
     /// 503: the request took longer than the request timeout (10 s by default). A write may
@@ -85,6 +88,7 @@ impl ErrorCode {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::NotLeader => StatusCode::TEMPORARY_REDIRECT,
         }
     }
 
@@ -109,6 +113,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotLeader => "not_leader",
         }
     }
 }
@@ -160,6 +165,7 @@ impl HttpError {
             ApiErrorKind::Conflict => ErrorCode::Conflict,
             ApiErrorKind::Unavailable => ErrorCode::Unavailable,
             ApiErrorKind::Internal => ErrorCode::Internal,
+            ApiErrorKind::NotLeader => ErrorCode::NotLeader,
         };
         HttpError::new(code, err.message)
     }
@@ -253,11 +259,16 @@ mod tests {
             ErrorCode::Overloaded,
             ErrorCode::Timeout,
             ErrorCode::Internal,
+            ErrorCode::NotLeader,
         ];
         for code in all {
             let json = serde_json::to_value(code).expect("serialize code");
             assert_eq!(json, serde_json::Value::from(code.as_str()));
-            assert!(code.status().is_client_error() || code.status().is_server_error());
+            assert!(
+                code.status().is_client_error()
+                    || code.status().is_server_error()
+                    || code == ErrorCode::NotLeader && code.status().is_redirection()
+            );
         }
     }
 
@@ -284,6 +295,7 @@ mod tests {
             (ApiErrorKind::Conflict, StatusCode::CONFLICT),
             (ApiErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
             (ApiErrorKind::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+            (ApiErrorKind::NotLeader, StatusCode::TEMPORARY_REDIRECT),
         ];
         for (kind, status) in cases {
             let err = HttpError::from_api(ApiError::new(kind, "x"), ErrorCode::InvalidRequest);
