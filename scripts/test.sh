@@ -12,7 +12,10 @@ need_pkgs=()
 #   (crates/warden/tests/chaos.rs; as root each agent runs in its own namespace).
 # stress-ng: CPU and memory pressure faults of the chaos harness.
 # haproxy: the real load balancer of the traffic-removal tests (crates/warden/tests/haproxy.rs).
-packages=(prometheus chromium nftables iproute2 stress-ng haproxy)
+# protobuf-compiler: protoc, which etcd-client's build script runs (warden-store feature `etcd`).
+# etcd-server: the real etcd clusters of the etcd store and election tests
+#   (crates/warden-store/src/etcd/tests.rs, crates/warden-store/tests/etcd_election.rs).
+packages=(prometheus chromium nftables iproute2 stress-ng haproxy protobuf-compiler etcd-server)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
@@ -30,7 +33,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== warden-core must not depend on tokio"
 core_tree=$(cargo tree -p warden-core -e normal --locked)
@@ -39,8 +42,16 @@ if grep -q 'tokio' <<<"$core_tree"; then
     exit 1
 fi
 
+echo "== warden-store's default build must not depend on etcd-client"
+store_tree=$(cargo tree -p warden-store -e normal --locked)
+if grep -q 'etcd-client' <<<"$store_tree"; then
+    echo "warden-store depends on etcd-client without its etcd feature" >&2
+    exit 1
+fi
+
 echo "== cargo nextest"
-cargo nextest run --workspace --locked --no-fail-fast
+# warden-store's etcd back end and its tests against real etcd are behind a feature.
+cargo nextest run --workspace --features warden-store/etcd-testing --locked --no-fail-fast
 
 echo "== doctests"
-cargo test --workspace --doc --locked
+cargo test --workspace --doc --features warden-store/etcd-testing --locked

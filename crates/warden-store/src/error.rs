@@ -142,6 +142,17 @@ impl StoreError {
         }
     }
 
+    /// Whether the back end could not be reached or could not decide (etcd unreachable, no
+    /// quorum, deadline exceeded): the server goes read-only on it and retries.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// Whether a replicated back end refused a write because this server no longer leads.
+    pub fn is_not_leader(&self) -> bool {
+        matches!(self, StoreError::NotLeader { .. })
+    }
+
     /// Whether this is a lost fenced write ([`StoreError::Conflict`]).
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })

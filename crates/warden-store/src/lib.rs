@@ -7,7 +7,9 @@
 //!   default for a single server. Every write is its own committed, fsynced transaction, so
 //!   whatever a call acknowledged survives `kill -9` and power loss.
 //! - [`MemStore`]: the same semantics in memory, for tests and simulations of other crates.
-//! - an etcd back end (cargo feature `etcd`, to come) for a replicated control plane.
+//! - `etcd::EtcdStore` (cargo feature `etcd`): the same semantics in an etcd cluster, for a
+//!   replicated control plane, with leader election (`etcd::Election`) and a leader guard
+//!   that fences a deposed leader's writes. See `docs/etcd.md`.
 //!
 //! What it keeps: jobs (desired state), one [`TaskRecord`] per task slot (observed state,
 //! written only through *fenced* writes), a per-agent generation counter, recovery records,
@@ -51,8 +53,8 @@
 //! with `async fn`s or `-> impl Future` methods could not offer without boxing every call.
 //! redb is synchronous and a write is one fsync (about a millisecond), so async runtime code
 //! calls the store inside `tokio::task::spawn_blocking`; tests, simulations and the pure core's
-//! drivers call it directly. The etcd back end will own a small runtime and block on its
-//! client there — legal from a blocking thread, which is where callers run store calls anyway.
+//! drivers call it directly. The etcd back end owns a small runtime for its client and waits
+//! for it on a `std` channel, so it may be called from anywhere, async code included.
 //!
 //! ## Fenced writes
 //!
@@ -89,6 +91,8 @@
 mod batch;
 mod codec;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod mem;
 pub mod model;
 pub mod redb_store;
