@@ -301,6 +301,39 @@ impl Cluster {
         Ok(())
     }
 
+    /// The etcd members running now (indices); none without etcd.
+    pub fn etcd_running(&self) -> Vec<usize> {
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            return (0..e.cluster.len())
+                .filter(|m| e.cluster.pid(*m).is_some())
+                .collect();
+        }
+        Vec::new()
+    }
+
+    /// SIGKILL etcd member `m`.
+    pub fn kill_etcd(&self, m: usize) -> Result<()> {
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            e.cluster.kill(m);
+            return Ok(());
+        }
+        bail!("etcd member {m}: this cluster has no etcd")
+    }
+
+    /// Start etcd member `m` again (same data and ports); does not wait for it to be healthy.
+    pub fn restart_etcd(&self, m: usize) -> Result<()> {
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            e.cluster
+                .restart(m)
+                .with_context(|| format!("restart etcd member {m}"))?;
+            return Ok(());
+        }
+        bail!("etcd member {m}: this cluster has no etcd")
+    }
+
     /// Number of server replicas.
     pub fn server_count(&self) -> usize {
         self.servers.len()

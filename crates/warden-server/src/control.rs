@@ -732,16 +732,7 @@ impl ControlPlane {
             })
             .collect();
         for (task, epoch) in gone {
-            self.task_seen(
-                &mut g,
-                &who.id,
-                &task,
-                epoch,
-                TaskState::Stopped,
-                false,
-                Some("no longer running on its agent (ended while the session was down)"),
-                now,
-            );
+            self.copy_gone(&mut g, &who.id, &task, epoch);
         }
         if let Some(v) = g.observed.agents.get_mut(&who.id) {
             v.running = copies;
@@ -752,6 +743,49 @@ impl ControlPlane {
             }
         }
         self.handle(&mut g, outs, now);
+    }
+
+    /// A copy its agent no longer reports, without any report of its end having reached this
+    /// server: the agent fenced it while no leader renewed its lease (its session was down,
+    /// or the control plane was failing over to a new leader, whose take-over replaced the
+    /// standby's view with the store's). That is no failure of the task: the slot is marked
+    /// stopped — no crash count, no backoff — and the planner starts it again at once.
+    fn copy_gone(&self, g: &mut Inner, agent: &AgentId, task: &TaskId, epoch: FencingToken) {
+        let Some(slot) = g
+            .observed
+            .tasks
+            .get_mut(&task.job)
+            .and_then(|s| s.get_mut(task.index as usize))
+        else {
+            return;
+        };
+        if slot.epoch != epoch || slot.agent.as_ref() != Some(agent) {
+            return;
+        }
+        slot.state = TaskState::Stopped;
+        slot.agent = None;
+        let failures = slot.failures;
+        g.events.push(event(
+            "task.state",
+            Some(agent),
+            Some(task),
+            format!(
+                "{task}@{epoch} running → stopped: no longer running on its agent (fenced while \
+                 no leader renewed its lease)"
+            ),
+        ));
+        if g.led_term.is_some() {
+            let store = self.store.clone();
+            let t = task.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) =
+                    store.put_task_state(&t, epoch, TaskState::Stopped, failures, unix_now_ms())
+                {
+                    warn!(task = %t, error = %e, "persist task state");
+                }
+            });
+        }
+        self.wake.notify_one();
     }
 
     /// A task report arrived on a session.
