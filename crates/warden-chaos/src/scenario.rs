@@ -944,6 +944,63 @@ at = "20s"
         );
     }
 
+    #[test]
+    fn replicated_control_planes_and_their_faults_are_checked() {
+        let base = "name = \"t\"\nagents = 3\nduration = \"30s\"\nsettle = \"5s\"\n";
+        let ha = "[cluster]\nservers = 3\nstore = \"etcd\"\n";
+        let s = Scenario::from_toml(&format!(
+            "{base}{ha}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\nduration = \"5s\"\n\
+             [[fault]]\nkind = \"kill\"\nat = \"2s\"\nafter_failover = \"1s\"\n\
+             [[fault]]\nkind = \"etcd-kill\"\nat = \"10s\"\nduration = \"3s\"\ncount = 2\n"
+        ))
+        .unwrap();
+        assert!(s.cluster.replicated());
+        assert_eq!(s.cluster.etcd_members, DEFAULT_ETCD_MEMBERS);
+        assert_eq!(s.faults[1].after_failover, Some(Duration::from_secs(1)));
+        assert!(!FaultKind::LeaderKill.has_target() && FaultKind::EtcdKill.hits_control_plane());
+        let bad = |text: String, want: &str| {
+            let e = format!("{:#}", Scenario::from_toml(&text).unwrap_err());
+            assert!(e.contains(want), "{e} should mention {want}");
+        };
+        bad(
+            format!("{base}[cluster]\nservers = 2\n"),
+            "cluster.servers: 2 replicas need a shared store",
+        );
+        bad(
+            format!("{base}[cluster]\nservers = 3\nstore = \"zk\"\n"),
+            "zk",
+        );
+        bad(
+            format!("{base}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\nduration = \"5s\"\n"),
+            "fault[0].kind: leader-kill needs a replicated control plane",
+        );
+        bad(
+            format!("{base}{ha}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\n"),
+            "fault[0].duration: required for leader-kill",
+        );
+        bad(
+            format!("{base}{ha}[[fault]]\nkind = \"kill\"\nat = \"1s\"\nafter_failover = \"1s\"\n"),
+            "fault[0].after_failover: needs a leader-kill earlier",
+        );
+        bad(
+            format!(
+                "{base}{ha}[[fault]]\nkind = \"etcd-kill\"\nat = \"1s\"\nduration = \"2s\"\ncount = 4\n"
+            ),
+            "fault[0].count: 4 is out of range",
+        );
+        bad(
+            format!("{base}{ha}[[fault]]\nkind = \"server-kill\"\nat = \"1s\"\n"),
+            "use leader-kill",
+        );
+        bad(
+            format!(
+                "{base}{ha}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\nduration = \"5s\"\n\
+                 [[fault]]\nkind = \"etcd-kill\"\nat = \"3s\"\nduration = \"2s\"\n"
+            ),
+            "fault[1].at: overlaps fault[0] on the control plane",
+        );
+    }
+
     fn err(text: &str) -> String {
         format!("{:#}", Scenario::from_toml(text).unwrap_err())
     }
