@@ -113,13 +113,18 @@ impl Client {
         for k in 0..n {
             let i = (first + k) % n;
             let (host, port) = &self.servers[i];
-            match send(host, *port, method, path, content_type, body) {
-                Ok(r) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    return self.follow(r, method, path, content_type, body);
+            // Only a replica that cannot be reached is passed over: a request that reached
+            // one is never sent to another (a write must not be applied twice).
+            let mut stream = match connect(host, *port) {
+                Ok(s) => s,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
                 }
-                Err(e) => last_err = Some(e),
-            }
+            };
+            let r = exchange(&mut stream, host, *port, method, path, content_type, body)?;
+            self.preferred.store(i, Ordering::Relaxed);
+            return self.follow(r, method, path, content_type, body);
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no server address")))
     }
@@ -168,33 +173,48 @@ fn send(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Response> {
-    {
-        let addr = (host, port)
-            .to_socket_addrs()
-            .with_context(|| format!("resolve {host}:{port}"))?
-            .next()
-            .with_context(|| format!("resolve {host}:{port}"))?;
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
-                format!("connect to the Warden server at {addr} (is it running? set WARDEN_ADDR)")
-            })?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Length: {}\r\nAccept: application/json\r\n",
-            body.len()
-        );
-        if let Some(ct) = content_type {
-            head.push_str(&format!("Content-Type: {ct}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .context("send the request")?;
-        stream.write_all(body).context("send the request body")?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).context("read the response")?;
-        parse_response(&raw)
+    let mut stream = connect(host, port)?;
+    exchange(&mut stream, host, port, method, path, content_type, body)
+}
+
+/// A connection to `host:port`.
+fn connect(host: &str, port: u16) -> Result<TcpStream> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {host}:{port}"))?
+        .next()
+        .with_context(|| format!("resolve {host}:{port}"))?;
+    TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
+        format!("connect to the Warden server at {addr} (is it running? set WARDEN_ADDR)")
+    })
+}
+
+/// Send the request on `stream` and read the response.
+fn exchange(
+    stream: &mut TcpStream,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Response> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Length: {}\r\nAccept: application/json\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .context("send the request")?;
+    stream.write_all(body).context("send the request body")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).context("read the response")?;
+    parse_response(&raw)
 }
 
 fn parse_response(raw: &[u8]) -> Result<Response> {
