@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -87,7 +88,8 @@ fn phase_of(state: &TaskState) -> v1::TaskPhase {
         TaskState::Starting | TaskState::BackingOff { .. } => v1::TaskPhase::Starting,
         TaskState::Running { .. } => v1::TaskPhase::Running,
         TaskState::Stopping => v1::TaskPhase::Stopping,
-        TaskState::Stopped | TaskState::Completed | TaskState::Fenced => v1::TaskPhase::Stopped,
+        TaskState::Stopped | TaskState::Completed => v1::TaskPhase::Stopped,
+        TaskState::Fenced => v1::TaskPhase::Fenced,
         TaskState::Failed { .. } => v1::TaskPhase::Failed,
     }
 }
@@ -114,7 +116,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut links: Vec<Link> = Vec::new();
     let mut handles = Vec::new();
     for (i, server) in cfg.servers.iter().enumerate() {
-        let reset = Arc::new(Notify::new());
+        let reset = Arc::new(Reset::default());
         handles.push(tokio::spawn(link_loop(
             LinkParams {
                 index: i,
@@ -132,6 +134,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             server: server.clone(),
             out: None,
             last_ack: Instant::now(),
+            session: 0,
             reset,
         });
     }
@@ -166,7 +169,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                     if l.out.is_some() && l.last_ack.elapsed() > deadline {
                         info!(server = %l.server, silent_ms = l.last_ack.elapsed().as_millis() as u64, "no ack within the session deadline; reconnecting");
                         l.out = None;
-                        l.reset.notify_one();
+                        l.reset();
                     }
                 }
                 ids.last_seq += 1;
@@ -207,7 +210,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         if out.try_send(m.clone()).is_err() {
                             info!(server = %l.server, "outbound queue full or closed; reconnecting");
                             l.out = None;
-                            l.reset.notify_one();
+                            l.reset();
                         } else {
                             any = true;
                         }
@@ -226,14 +229,21 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             ev = link_rx.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    LinkEvent::Up { index, out, welcome } => {
+                    LinkEvent::Up { index, session, asked, out, welcome } => {
+                        links[index].session = session;
+                        if ids.generation == 0 && asked != 0 {
+                            // Opened for a generation given up since (a Rejoin came in
+                            // meanwhile): join again as the new one.
+                            links[index].reset();
+                            continue;
+                        }
                         if ids.generation == 0 {
                             ids.generation = welcome.generation;
                             hello_tx.send_modify(|h| h.generation = welcome.generation);
                         } else if welcome.generation != ids.generation {
                             // Two servers handed out generations at once (a leadership
                             // change): keep the first; this link joins again with it.
-                            links[index].reset.notify_one();
+                            links[index].reset();
                             continue;
                         }
                         let every = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
@@ -272,9 +282,11 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         sent.clear();
                         lease_until = None;
                         fenced = false;
+                        // Links in a session drop it; the others wake for the new
+                        // generation by themselves.
                         for l in &mut links {
                             l.out = None;
-                            l.reset.notify_one();
+                            l.reset();
                         }
                         cfg.metrics.session_ended();
                     }
@@ -393,8 +405,45 @@ struct Link {
     /// The open session's outbound queue.
     out: Option<Tx>,
     last_ack: Instant,
+    /// The number of the link's latest session (from [`LinkEvent::Up`]).
+    session: u64,
     /// Tells the link to drop its session and open a new one.
-    reset: Arc<Notify>,
+    reset: Arc<Reset>,
+}
+
+impl Link {
+    /// Drop the link's latest session (if it is still open) and open a new one.
+    fn reset(&self) {
+        self.reset.request(self.session);
+    }
+}
+
+/// A request to a link to drop its session, naming the session: a request made while the
+/// link had no session (or about an older one) must not end the *next* session, as a bare
+/// `Notify` permit would (a fresh session was then dropped at once, and a standby took the new
+/// generation's lost session for the death of a process that had only just joined).
+#[derive(Debug, Default)]
+struct Reset {
+    /// Sessions up to this number are to be dropped.
+    upto: AtomicU64,
+    notify: Notify,
+}
+
+impl Reset {
+    fn request(&self, session: u64) {
+        self.upto.fetch_max(session, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Wait until session `session` is to be dropped.
+    async fn wait(&self, session: u64) {
+        loop {
+            if self.upto.load(Ordering::SeqCst) >= session {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// Keep the copies a new session's Hello reports current (the server prunes orders the Hello
@@ -427,6 +476,10 @@ enum LinkEvent {
     /// A session is open; `out` is its outbound queue.
     Up {
         index: usize,
+        /// The session's number on its link (grows with every attempt).
+        session: u64,
+        /// The generation its Hello asked for (0: a new one).
+        asked: u64,
         out: Tx,
         welcome: v1::Welcome,
     },
@@ -455,13 +508,15 @@ async fn link_loop(
     p: LinkParams,
     events: mpsc::Sender<LinkEvent>,
     mut hello: watch::Receiver<HelloState>,
-    reset: Arc<Notify>,
+    reset: Arc<Reset>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut session = 0u64;
     while !cancel.is_cancelled() {
         let opened = Instant::now();
-        let reason = link_session(&p, &events, &hello, &reset, &cancel).await;
+        session += 1;
+        let reason = link_session(&p, session, &events, &hello, &reset, &cancel).await;
         if cancel.is_cancelled() {
             break;
         }
@@ -500,9 +555,10 @@ enum LinkEnd {
 
 async fn link_session(
     p: &LinkParams,
+    session: u64,
     events: &mpsc::Sender<LinkEvent>,
     hello: &watch::Receiver<HelloState>,
-    reset: &Notify,
+    reset: &Reset,
     cancel: &CancellationToken,
 ) -> LinkEnd {
     let server = p.server.as_str();
@@ -573,6 +629,8 @@ async fn link_session(
     };
     let up = LinkEvent::Up {
         index: p.index,
+        session,
+        asked: generation,
         out: tx,
         welcome,
     };
@@ -582,7 +640,7 @@ async fn link_session(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
-            () = reset.notified() => return LinkEnd::Lost("reset by the agent".into()),
+            () = reset.wait(session) => return LinkEnd::Lost("reset by the agent".into()),
             m = inbound.next() => {
                 let m = match m {
                     Some(Ok(v1::ServerMessage { msg: Some(m) })) => m,
@@ -791,7 +849,7 @@ fn report_event(
             health.remove(&ev.task);
             forget_endpoint(endpoints, &ev.task, ev.epoch);
             (
-                v1::TaskPhase::Stopped,
+                v1::TaskPhase::Fenced,
                 None,
                 "fenced: lease ran out".into(),
                 false,

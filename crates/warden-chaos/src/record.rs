@@ -30,6 +30,10 @@ pub struct Record {
     pub singletons: Vec<String>,
     /// Task ids of every desired slot.
     pub slots: Vec<String>,
+    /// When the run started on the wall clock, ms since the Unix epoch (every `t_ms` is
+    /// counted from it; to line the record up with the processes' logs).
+    #[serde(default)]
+    pub start_unix_ms: u64,
     /// When the workload ran and the fault schedule started.
     pub schedule_start_ms: u64,
     /// When the last fault ended (its undo done).

@@ -544,6 +544,7 @@ pub fn run(
             agents: scenario.agent_names(),
             singletons: scenario.singleton_slots(),
             slots: scenario.all_slots(),
+            start_unix_ms: t0_unix,
             rto_bound_ms: millis(scenario.rto_bound),
             verdict_tolerance_ms: millis(scenario.verdict_tolerance),
             network: if no_netns.is_none() {
@@ -781,10 +782,21 @@ impl Run<'_> {
             .collect();
         let picked = match spec.target() {
             Target::Agent(name) => Some(name),
-            Target::SingletonHolder => match self.singleton_holder() {
-                Some(name) => Some(name),
-                None => return Err("no singleton process runs now".into()),
-            },
+            Target::SingletonHolder => {
+                // Right after a failover the singleton may be between copies (fenced during
+                // the failover, started again by the new leader): give it a moment.
+                let mut holder = self.singleton_holder();
+                if holder.is_none() && spec.after_failover.is_some() {
+                    wait_until(Duration::from_secs(5), || {
+                        holder = self.singleton_holder();
+                        holder.is_some()
+                    });
+                }
+                match holder {
+                    Some(name) => Some(name),
+                    None => return Err("no singleton process runs now".into()),
+                }
+            }
             Target::Random => {
                 let n = u64::try_from(free.len()).unwrap_or(0);
                 let pick = Rng::stream(self.seed, u64::try_from(i).unwrap_or(0)).below(n);

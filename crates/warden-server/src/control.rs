@@ -337,8 +337,15 @@ impl Loaded {
         g.desired = self.desired;
         g.observed.tasks = self.tasks.into_iter().collect();
         for id in agents.keys() {
-            if g.fleet.agent(id).is_none() {
+            // An agent this replica has not heard from (as a standby, or before a restart)
+            // must reconnect before its lease could have run out, counted from now.
+            if g.fleet
+                .agent(id)
+                .is_none_or(|r| r.state() == AgentState::Joining)
+            {
                 unknown = true;
+            }
+            if g.fleet.agent(id).is_none() {
                 g.fleet.join(id.clone(), now);
                 g.observed.agents.insert(
                     id.clone(),
@@ -358,9 +365,7 @@ impl Loaded {
             v.allocated = agents.get(id).copied().unwrap_or_default();
             v.last_renewal = Some(now);
         }
-        if unknown {
-            g.restart_deadline = Some(cfg.lifecycle.fencing.lease_surely_expired_at(now));
-        }
+        g.restart_deadline = unknown.then(|| cfg.lifecycle.fencing.lease_surely_expired_at(now));
         g.assign_sent = pending;
         g.stop_sent.clear();
         g.recoveries.clear();
@@ -425,7 +430,8 @@ fn task_phase(p: i32) -> Option<TaskState> {
         v1::TaskPhase::Stopping => Some(TaskState::Stopping),
         v1::TaskPhase::Stopped => Some(TaskState::Stopped),
         v1::TaskPhase::Failed => Some(TaskState::Failed),
-        v1::TaskPhase::Unspecified => None,
+        // Not a state of the slot: see `ControlPlane::copy_fenced`.
+        v1::TaskPhase::Fenced | v1::TaskPhase::Unspecified => None,
     }
 }
 
@@ -612,14 +618,26 @@ impl ControlPlane {
             .unwrap_or_default();
         let now = self.clock.now();
         let mut g = lock(&self.inner);
-        let outs = g.fleet.join(id.clone(), now);
-        if outs
-            .iter()
-            .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
-        {
-            return Err(AdmitError::Stale(format!(
-                "generation {generation} of {name} is over; rejoin"
-            )));
+        let stale = |outs: &[Output]| {
+            outs.iter()
+                .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
+        };
+        let mut outs = g.fleet.join(id.clone(), now);
+        if stale(&outs) {
+            if self.leadership.is_leader() {
+                return Err(AdmitError::Stale(format!(
+                    "generation {generation} of {name} is over; rejoin"
+                )));
+            }
+            // Only the leader ends a generation: a standby that took this one as ended (a
+            // session it saw drop, its own detector) was wrong, and takes it back.
+            outs = g.fleet.reinstate(id.clone(), now);
+            if stale(&outs) {
+                return Err(AdmitError::NotLeader(format!(
+                    "this server is a standby and knows a newer generation of {name} than \
+                     {generation}; the leader decides"
+                )));
+            }
         }
         g.next_serial += 1;
         let serial = g.next_serial;
@@ -732,7 +750,26 @@ impl ControlPlane {
             })
             .collect();
         for (task, epoch) in gone {
-            self.copy_gone(&mut g, &who.id, &task, epoch);
+            let singleton = g
+                .desired
+                .get(&task.job)
+                .is_some_and(|j| j.kind == JobKind::Singleton);
+            if singleton {
+                // Only singletons are fenced: most likely this one was, and the report
+                // of it was lost (it reached a standby that has taken over since).
+                self.copy_fenced(&mut g, &who.id, &task, epoch);
+            } else {
+                self.task_seen(
+                    &mut g,
+                    &who.id,
+                    &task,
+                    epoch,
+                    TaskState::Stopped,
+                    false,
+                    Some("no longer running on its agent (ended while the session was down)"),
+                    now,
+                );
+            }
         }
         if let Some(v) = g.observed.agents.get_mut(&who.id) {
             v.running = copies;
@@ -745,12 +782,13 @@ impl ControlPlane {
         self.handle(&mut g, outs, now);
     }
 
-    /// A copy its agent no longer reports, without any report of its end having reached this
-    /// server: the agent fenced it while no leader renewed its lease (its session was down,
-    /// or the control plane was failing over to a new leader, whose take-over replaced the
-    /// standby's view with the store's). That is no failure of the task: the slot is marked
-    /// stopped — no crash count, no backoff — and the planner starts it again at once.
-    fn copy_gone(&self, g: &mut Inner, agent: &AgentId, task: &TaskId, epoch: FencingToken) {
+    /// A singleton copy its agent fenced: its lease ran out while no leader renewed it (its
+    /// session was down, or the control plane was failing over to a new leader). That is no
+    /// failure of the task: the slot is marked stopped — no crash count, no backoff — and the
+    /// planner starts it again at once. Also for a singleton copy the agent no longer reports
+    /// without any report of its end having reached this server (the fenced report went to a
+    /// standby whose take-over replaced its view with the store's).
+    fn copy_fenced(&self, g: &mut Inner, agent: &AgentId, task: &TaskId, epoch: FencingToken) {
         let Some(slot) = g
             .observed
             .tasks
@@ -759,9 +797,16 @@ impl ControlPlane {
         else {
             return;
         };
-        if slot.epoch != epoch || slot.agent.as_ref() != Some(agent) {
+        if slot.epoch != epoch
+            || slot.agent.as_ref() != Some(agent)
+            || !matches!(
+                slot.state,
+                TaskState::Starting | TaskState::Running | TaskState::Stopping
+            )
+        {
             return;
         }
+        let before = slot.state;
         slot.state = TaskState::Stopped;
         slot.agent = None;
         let failures = slot.failures;
@@ -770,10 +815,11 @@ impl ControlPlane {
             Some(agent),
             Some(task),
             format!(
-                "{task}@{epoch} running → stopped: no longer running on its agent (fenced while \
-                 no leader renewed its lease)"
+                "{task}@{epoch} {} → stopped: fenced by its agent (its lease ran out)",
+                before.as_str()
             ),
         ));
+
         if g.led_term.is_some() {
             let store = self.store.clone();
             let t = task.clone();
@@ -794,6 +840,11 @@ impl ControlPlane {
         let Some(task) = TaskId::parse(&r.task) else {
             return;
         };
+        if r.phase == v1::TaskPhase::Fenced as i32 {
+            let mut g = lock(&self.inner);
+            self.copy_fenced(&mut g, &who.id, &task, FencingToken(r.epoch));
+            return;
+        }
         let Some(phase) = task_phase(r.phase) else {
             return;
         };
@@ -1154,7 +1205,10 @@ impl ControlPlane {
                 } else {
                     g.fleet.tick(now)
                 };
-                if let Some(deadline) = g.restart_deadline
+                // Agents that did not come back after a (re)start as leader are the leader's
+                // to declare lost; a standby's fleet is only an opinion.
+                if leads
+                    && let Some(deadline) = g.restart_deadline
                     && now >= deadline
                 {
                     g.restart_deadline = None;

@@ -208,6 +208,53 @@ where
     }
 }
 
+/// Attempts of one etcd request when it fails before etcd could act on it.
+const ATTEMPTS: u32 = 4;
+
+/// Whether a failed request may be sent again: the connection to the member it went to
+/// failed, or the member could not serve it (e.g. no raft leader). The client spreads requests
+/// over every member, so while one member is down some requests go to it and fail at once; the
+/// next attempt goes to another. `write` requests are retried only on failures that happen
+/// before etcd accepts them (a connection that could not be made, `Unavailable`); a write cut
+/// off in flight (`Cancelled`, a deadline) may have landed and is left to the caller, as with
+/// any write that timed out.
+fn retryable(e: &etcd_client::Error, write: bool) -> bool {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match e {
+        E::TransportError(_) => true,
+        E::GRpcStatus(s) => match s.code() {
+            Code::Unavailable => true,
+            Code::Cancelled | Code::Unknown => !write,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Run one etcd request, again (after a short pause, at most [`ATTEMPTS`] times) while it
+/// fails in a [`retryable`] way; the caller's deadline bounds the whole.
+pub(crate) async fn with_retries<T, F, Fut>(
+    write: bool,
+    mut request: F,
+) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match request().await {
+            Err(e) if attempt < ATTEMPTS && retryable(&e, write) => {
+                tracing::debug!(error = %e, attempt, "etcd request failed; sending it again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// An etcd client error as a store error: transient ones are [`StoreError::Unavailable`].
 pub(crate) fn from_etcd(context: &'static str, e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
@@ -687,12 +734,13 @@ impl Shared {
                 Some(GetOptions::new().with_prefix()),
             )
         }));
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(reads))
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let resp = with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let txn = Txn::new().and_then(reads.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))?;
         snap.revision = resp.header().map_or(0, |h| h.revision());
         let mut answers = resp.op_responses().into_iter();
         let mut next = || match answers.next() {
@@ -800,12 +848,16 @@ impl Shared {
             ));
             failure.push(TxnOp::get(g.key.clone(), None));
         }
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().when(compares).and_then(writes).or_else(failure))
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let resp = with_retries(true, || {
+            let mut kv = self.client.kv_client();
+            let txn = Txn::new()
+                .when(compares.clone())
+                .and_then(writes.clone())
+                .or_else(failure.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))?;
         if resp.succeeded() {
             return Ok(true);
         }
@@ -844,12 +896,13 @@ impl Shared {
 
     /// A counter's value (0 when absent) and mod revision (0 when absent).
     async fn counter(&self, key: &[u8], context: &'static str) -> Result<(u64, i64)> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(key.to_vec(), None)
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let resp = with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let key = key.to_vec();
+            async move { kv.get(key, None).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))?;
         match resp.kvs().first() {
             Some(kv) => Ok((parse_u64(&self.keys, key, kv.value())?, kv.mod_revision())),
             None => Ok((0, 0)),
@@ -905,12 +958,13 @@ impl Shared {
     }
 
     async fn get(&self, key: Vec<u8>, context: &'static str) -> Result<Option<Vec<u8>>> {
-        let mut resp = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let mut resp = with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -923,12 +977,13 @@ impl Shared {
         prefix: Vec<u8>,
         context: &'static str,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| from_etcd(context, e))?;
+        let mut resp = with_retries(false, || {
+            let mut kv = self.client.kv_client();
+            let prefix = prefix.clone();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))?;
         Ok(resp
             .take_kvs()
             .into_iter()
