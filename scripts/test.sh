@@ -44,6 +44,13 @@ if grep -q 'tokio' <<<"$core_tree"; then
     exit 1
 fi
 
+echo "== one rustls crypto provider (ring) in the warden binary"
+warden_tree=$(cargo tree -p warden -e normal --all-features --locked)
+if grep -qE '^.*(aws-lc-rs|aws-lc-sys) v' <<<"$warden_tree"; then
+    echo "the warden binary pulls in aws-lc (a second crypto provider); see docs/security.md" >&2
+    exit 1
+fi
+
 echo "== warden-store's default build must not depend on etcd-client"
 store_tree=$(cargo tree -p warden-store -e normal --locked)
 if grep -q 'etcd-client' <<<"$store_tree"; then

@@ -19,6 +19,8 @@
 //!   lease measured from each acknowledged heartbeat's send time, and the server's orders.
 //! - [`metrics`]: the agent's Prometheus metrics (heartbeats, acks, sessions, restarts,
 //!   fencings, tasks by state, lease left), served on the probe listener's `/metrics`.
+//! - [`tls`]: how the agent reaches a server: the gRPC endpoint (plaintext or mutual TLS with
+//!   the agent's certificate) and the join token sent with each session.
 //! - [`signals`]: host signals read from `/proc` (CPU, memory, pressure stall information).
 //!
 //! The safety argument, in one paragraph: a singleton task only runs while its shim's
@@ -36,6 +38,7 @@ pub mod runtime;
 pub mod shim;
 pub mod signals;
 pub mod supervisor;
+pub mod tls;
 
 pub use shim::ShimArgs;
 pub use supervisor::{

@@ -28,10 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,9 +47,13 @@ use crate::supervisor::{
 /// Settings of an agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Server gRPC endpoints, e.g. `http://127.0.0.1:7400`: one session with each (every
-    /// replica of a replicated control plane).
+    /// Server gRPC addresses (`host:port` or a URI, see [`crate::tls::endpoint`]): one session
+    /// with each (every replica of a replicated control plane).
     pub servers: Vec<String>,
+    /// Mutual TLS with the servers (`None`: plaintext).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The join token sent with every session request, when the servers require one.
+    pub join_token: Option<crate::tls::JoinToken>,
     /// Agent name, unique in the fleet.
     pub name: String,
     /// Where task logs go.
@@ -116,7 +117,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut links: Vec<Link> = Vec::new();
     let mut handles = Vec::new();
     for (i, server) in cfg.servers.iter().enumerate() {
-        let reset = Arc::new(Reset::default());
+        let (reset, reset_rx) = watch::channel(0u64);
         handles.push(tokio::spawn(link_loop(
             LinkParams {
                 index: i,
@@ -124,17 +125,18 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 name: cfg.name.clone(),
                 probe_addr: cfg.probe_addr,
                 capacity: cfg.capacity,
+                tls: cfg.tls.clone(),
+                join_token: cfg.join_token.clone(),
             },
             link_tx.clone(),
             hello_rx.clone(),
-            reset.clone(),
+            reset_rx,
             links_cancel.clone(),
         )));
         links.push(Link {
             server: server.clone(),
             out: None,
             last_ack: Instant::now(),
-            session: 0,
             reset,
         });
     }
@@ -169,7 +171,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                     if l.out.is_some() && l.last_ack.elapsed() > deadline {
                         info!(server = %l.server, silent_ms = l.last_ack.elapsed().as_millis() as u64, "no ack within the session deadline; reconnecting");
                         l.out = None;
-                        l.reset();
+                        l.reset.send_modify(|n| *n += 1);
                     }
                 }
                 ids.last_seq += 1;
@@ -210,7 +212,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         if out.try_send(m.clone()).is_err() {
                             info!(server = %l.server, "outbound queue full or closed; reconnecting");
                             l.out = None;
-                            l.reset();
+                            l.reset.send_modify(|n| *n += 1);
                         } else {
                             any = true;
                         }
@@ -229,21 +231,14 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             ev = link_rx.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    LinkEvent::Up { index, session, asked, out, welcome } => {
-                        links[index].session = session;
-                        if ids.generation == 0 && asked != 0 {
-                            // Opened for a generation given up since (a Rejoin came in
-                            // meanwhile): join again as the new one.
-                            links[index].reset();
-                            continue;
-                        }
+                    LinkEvent::Up { index, out, welcome } => {
                         if ids.generation == 0 {
                             ids.generation = welcome.generation;
                             hello_tx.send_modify(|h| h.generation = welcome.generation);
                         } else if welcome.generation != ids.generation {
                             // Two servers handed out generations at once (a leadership
                             // change): keep the first; this link joins again with it.
-                            links[index].reset();
+                            links[index].reset.send_modify(|n| *n += 1);
                             continue;
                         }
                         let every = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
@@ -282,11 +277,9 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         sent.clear();
                         lease_until = None;
                         fenced = false;
-                        // Links in a session drop it; the others wake for the new
-                        // generation by themselves.
                         for l in &mut links {
                             l.out = None;
-                            l.reset();
+                            l.reset.send_modify(|n| *n += 1);
                         }
                         cfg.metrics.session_ended();
                     }
@@ -405,45 +398,9 @@ struct Link {
     /// The open session's outbound queue.
     out: Option<Tx>,
     last_ack: Instant,
-    /// The number of the link's latest session (from [`LinkEvent::Up`]).
-    session: u64,
-    /// Tells the link to drop its session and open a new one.
-    reset: Arc<Reset>,
-}
-
-impl Link {
-    /// Drop the link's latest session (if it is still open) and open a new one.
-    fn reset(&self) {
-        self.reset.request(self.session);
-    }
-}
-
-/// A request to a link to drop its session, naming the session: a request made while the
-/// link had no session (or about an older one) must not end the *next* session, as a bare
-/// `Notify` permit would (a fresh session was then dropped at once, and a standby took the new
-/// generation's lost session for the death of a process that had only just joined).
-#[derive(Debug, Default)]
-struct Reset {
-    /// Sessions up to this number are to be dropped.
-    upto: AtomicU64,
-    notify: Notify,
-}
-
-impl Reset {
-    fn request(&self, session: u64) {
-        self.upto.fetch_max(session, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    /// Wait until session `session` is to be dropped.
-    async fn wait(&self, session: u64) {
-        loop {
-            if self.upto.load(Ordering::SeqCst) >= session {
-                return;
-            }
-            self.notify.notified().await;
-        }
-    }
+    /// Tells the link to drop its session and open a new one (a counter: a request made
+    /// before a session opened is not taken as one for it).
+    reset: watch::Sender<u64>,
 }
 
 /// Keep the copies a new session's Hello reports current (the server prunes orders the Hello
@@ -476,10 +433,6 @@ enum LinkEvent {
     /// A session is open; `out` is its outbound queue.
     Up {
         index: usize,
-        /// The session's number on its link (grows with every attempt).
-        session: u64,
-        /// The generation its Hello asked for (0: a new one).
-        asked: u64,
         out: Tx,
         welcome: v1::Welcome,
     },
@@ -500,6 +453,8 @@ struct LinkParams {
     name: String,
     probe_addr: SocketAddr,
     capacity: Resources,
+    tls: Option<crate::tls::ClientTls>,
+    join_token: Option<crate::tls::JoinToken>,
 }
 
 /// One server's link: open a session, forward what the server says, re-open it when it ends
@@ -508,15 +463,14 @@ async fn link_loop(
     p: LinkParams,
     events: mpsc::Sender<LinkEvent>,
     mut hello: watch::Receiver<HelloState>,
-    reset: Arc<Reset>,
+    mut reset: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut session = 0u64;
     while !cancel.is_cancelled() {
         let opened = Instant::now();
-        session += 1;
-        let reason = link_session(&p, session, &events, &hello, &reset, &cancel).await;
+        reset.mark_unchanged();
+        let reason = link_session(&p, &events, &hello, &mut reset, &cancel).await;
         if cancel.is_cancelled() {
             break;
         }
@@ -555,30 +509,27 @@ enum LinkEnd {
 
 async fn link_session(
     p: &LinkParams,
-    session: u64,
     events: &mpsc::Sender<LinkEvent>,
     hello: &watch::Receiver<HelloState>,
-    reset: &Reset,
+    reset: &mut watch::Receiver<u64>,
     cancel: &CancellationToken,
 ) -> LinkEnd {
     let server = p.server.as_str();
-    let endpoint = match tonic::transport::Endpoint::from_shared(server.to_string()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true),
-        Err(e) => return LinkEnd::Lost(format!("bad server address {server:?}: {e}")),
+    let endpoint = match crate::tls::endpoint(server, p.tls.as_ref()) {
+        Ok(e) => e,
+        Err(e) => return LinkEnd::Lost(e.to_string()),
     };
     let channel = tokio::select! {
         () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return LinkEnd::Lost(format!("connect: {e}")),
+            Err(e) => return LinkEnd::Lost(crate::tls::connect_failed(server, &e)),
         },
     };
-    let mut client = v1::agent_session_client::AgentSessionClient::new(channel);
+    let mut client = v1::agent_session_client::AgentSessionClient::with_interceptor(
+        channel,
+        crate::tls::join_token(p.join_token.as_ref()),
+    );
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(256);
     let (generation, running) = {
         let h = hello.borrow();
@@ -615,7 +566,7 @@ async fn link_session(
         Err(status) if status.code() == tonic::Code::FailedPrecondition => {
             return LinkEnd::Rejoin(status.message().to_string());
         }
-        Err(status) => return LinkEnd::Lost(format!("open session: {status}")),
+        Err(status) => return LinkEnd::Lost(crate::tls::session_refused(server, &status)),
     };
     // The Welcome tells us our generation and the timing.
     let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.next()).await {
@@ -629,8 +580,6 @@ async fn link_session(
     };
     let up = LinkEvent::Up {
         index: p.index,
-        session,
-        asked: generation,
         out: tx,
         welcome,
     };
@@ -640,7 +589,7 @@ async fn link_session(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return LinkEnd::Lost("cancelled".into()),
-            () = reset.wait(session) => return LinkEnd::Lost("reset by the agent".into()),
+            _ = reset.changed() => return LinkEnd::Lost("reset by the agent".into()),
             m = inbound.next() => {
                 let m = match m {
                     Some(Ok(v1::ServerMessage { msg: Some(m) })) => m,

@@ -140,7 +140,7 @@ impl Client {
         body: &[u8],
     ) -> Result<Response> {
         for _ in 0..2 {
-            if r.status != 307 {
+            if !matches!(r.status, 307 | 308) {
                 break;
             }
             let Some((host, port)) = r.location.as_deref().and_then(|l| parse_addr(l).ok()) else {

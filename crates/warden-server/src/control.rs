@@ -170,13 +170,21 @@ struct Pending {
     has_health_check: bool,
 }
 
+/// An agent asked to probe: its session channel, the request id, and its name (only its
+/// session may answer).
+type ProbeHelper = (
+    mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
+    u64,
+    Arc<str>,
+);
+
 /// A probe round to run outside the lock.
 #[derive(Debug)]
 struct ProbeJob {
     agent: AgentId,
     round: u64,
     target: Option<SocketAddr>,
-    helpers: Vec<(mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>, u64)>,
+    helpers: Vec<ProbeHelper>,
 }
 
 #[derive(Debug)]
@@ -193,7 +201,7 @@ struct Inner {
     recoveries: HashMap<TaskId, Pending>,
     events: Vec<NewEvent>,
     probes: Vec<ProbeJob>,
-    probe_waiters: HashMap<u64, oneshot::Sender<ProbeOutcome>>,
+    probe_waiters: HashMap<u64, (Arc<str>, oneshot::Sender<ProbeOutcome>)>,
     next_probe: u64,
     /// Agents known only from task records after a restart, and when they must have come back.
     restart_deadline: Option<Time>,
@@ -868,10 +876,12 @@ impl ControlPlane {
         );
     }
 
-    /// A probe result arrived on a session.
-    pub fn probe_result(&self, r: &v1::ProbeResult) {
+    /// A probe result arrived on `who`'s session; only the agent asked may answer.
+    pub fn probe_result(&self, who: &Admitted, r: &v1::ProbeResult) {
         let mut g = lock(&self.inner);
-        if let Some(w) = g.probe_waiters.remove(&r.request_id) {
+        if g.probe_waiters.get(&r.request_id).map(|w| &w.0) == Some(&who.id.name)
+            && let Some((_, w)) = g.probe_waiters.remove(&r.request_id)
+        {
             let _ = w.send(outcome_from_wire(r.outcome));
         }
     }
@@ -1050,10 +1060,7 @@ impl ControlPlane {
                     // The session may be gone; where it listened is remembered.
                     let target = g.probe_addrs.get(&agent).copied();
                     let k = self.cfg.indirect_probes;
-                    let helpers: Vec<(
-                        mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>,
-                        u64,
-                    )> = {
+                    let helpers: Vec<ProbeHelper> = {
                         let mut hs: Vec<&Session> = g
                             .sessions
                             .values()
@@ -1066,11 +1073,14 @@ impl ControlPlane {
                             .collect();
                         hs.sort_by(|a, b| a.id.cmp(&b.id));
                         hs.truncate(k);
-                        let txs: Vec<_> = hs.iter().map(|s| s.tx.clone()).collect();
+                        let txs: Vec<_> = hs
+                            .iter()
+                            .map(|s| (s.tx.clone(), s.id.name.clone()))
+                            .collect();
                         let mut out = Vec::new();
-                        for tx in txs {
+                        for (tx, name) in txs {
                             g.next_probe += 1;
-                            out.push((tx, g.next_probe));
+                            out.push((tx, g.next_probe, name));
                         }
                         out
                     };
@@ -1369,9 +1379,9 @@ impl ControlPlane {
             let mut waits = Vec::new();
             {
                 let mut g = lock(&self.inner);
-                for (tx, id) in &job.helpers {
+                for (tx, id, helper) in &job.helpers {
                     let (wtx, wrx) = oneshot::channel();
-                    g.probe_waiters.insert(*id, wtx);
+                    g.probe_waiters.insert(*id, (helper.clone(), wtx));
                     send(
                         tx,
                         v1::server_message::Msg::Probe(v1::ProbeRequest {

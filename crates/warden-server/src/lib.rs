@@ -7,6 +7,8 @@
 //!   renews leases, runs probes (direct and through other agents), reconciles, persists
 //!   assignments (fenced) before sending them, and keeps recovery records;
 //! - [`session`]: the gRPC session service, one long-lived stream per agent;
+//! - [`auth`]: who may open a session: mutual TLS, agent identity, join tokens;
+//!   [`pki`]: the small CA behind `warden tls init`;
 //! - [`view`]: the REST API's JSON shapes and the [`view::ControlApi`] trait it calls;
 //! - [`metrics`]: the Prometheus metrics served on `GET /metrics`, and [`metrics::TimedStore`]
 //!   timing every store operation;
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod control;
 pub mod file_adapter;
 pub mod haproxy;
@@ -26,6 +29,7 @@ pub mod history;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod pki;
 pub mod server;
 pub mod session;
 pub mod sla;

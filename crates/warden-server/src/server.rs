@@ -12,6 +12,7 @@ use tracing::info;
 use warden_proto::v1::agent_session_server::AgentSessionServer;
 use warden_store::Store;
 
+use crate::auth::{Gate, SessionSecurity};
 use crate::control::{ControlConfig, ControlPlane, StartError};
 use crate::leader::Leadership;
 use crate::session::SessionService;
@@ -27,6 +28,9 @@ pub enum ServerError {
     /// The gRPC listener failed.
     #[error("serve gRPC: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The TLS settings are unusable (e.g. the key does not match the certificate).
+    #[error("TLS settings (--tls-cert, --tls-key, --tls-client-ca): {0}")]
+    Tls(tonic::transport::Error),
     /// The HTTP listener failed.
     #[error("serve HTTP: {0}")]
     Http(#[from] std::io::Error),
@@ -68,6 +72,7 @@ pub async fn run(
         cfg,
         SlaConfig::default(),
         Adapters::default(),
+        SessionSecurity::default(),
         grpc,
         http,
         cancel,
@@ -78,12 +83,15 @@ pub async fn run(
 /// Run a server on `store` until `cancel` fires; `sla` sets the defaults of the SLA report
 /// (`GET /v1/sla`, the dashboard's SLA page); every `adapters.haproxy` entry runs an HAProxy
 /// adapter ([`crate::haproxy`]) and every `adapters.files` entry a file adapter
-/// ([`crate::file_adapter`]) until `cancel` fires.
+/// ([`crate::file_adapter`]) until `cancel` fires. `security` turns on mutual TLS and join
+/// tokens for agent sessions ([`crate::auth`]; the default is neither).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_with(
     store: Arc<dyn Store>,
     cfg: ControlConfig,
     sla: SlaConfig,
     adapters: Adapters,
+    security: SessionSecurity,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
@@ -97,6 +105,7 @@ pub async fn run_with(
         sla,
         adapters,
         Leadership::single(name),
+        security,
         grpc,
         http,
         cancel,
@@ -113,17 +122,27 @@ pub async fn run_replica(
     sla: SlaConfig,
     adapters: Adapters,
     leadership: Leadership,
+    security: SessionSecurity,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServerError> {
     let cp = ControlPlane::with_leadership(store, cfg, leadership)?;
+    let (gate, tls) = Gate::new(security);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
+    }
     info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "warden server listening");
     let control = tokio::spawn(cp.clone().run(cancel.child_token()));
-    let service = AgentSessionServer::new(SessionService::new(cp.clone(), cancel.child_token()))
-        .max_decoding_message_size(1 << 20);
+    let service = AgentSessionServer::new(SessionService::with_gate(
+        cp.clone(),
+        cancel.child_token(),
+        gate,
+    ))
+    .max_decoding_message_size(1 << 20);
     let grpc_cancel = cancel.clone();
-    let grpc_task = tonic::transport::Server::builder()
+    let grpc_task = builder
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .tcp_nodelay(true)

@@ -6,6 +6,11 @@
 //! reset, or by an HTTP/2 keepalive failure — the control plane learns that the session was
 //! lost. A *silent* partition produces no stream error at all; the liveness detector catches
 //! it from the missing heartbeats.
+//!
+//! Before admission every session passes the [`Gate`]: the agent identity its client
+//! certificate proves must be the name in its Hello, and its join token must be valid (when
+//! those are configured). Everything the session reports afterwards is attributed to the
+//! agent it was admitted as, never to a name it sends later.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use warden_proto::v1::agent_message::Msg;
 use warden_proto::v1::agent_session_server::AgentSession;
 use warden_proto::v1::{AgentMessage, ServerMessage};
 
+use crate::auth::{Gate, JOIN_TOKEN_METADATA};
 use crate::control::ControlPlane;
 
 /// How long an agent has to say Hello after opening the stream.
@@ -33,12 +39,23 @@ const OUTBOUND_QUEUE: usize = 256;
 pub struct SessionService {
     cp: Arc<ControlPlane>,
     cancel: CancellationToken,
+    gate: Arc<Gate>,
 }
 
 impl SessionService {
-    /// A service feeding `cp`, whose streams end when `cancel` fires.
+    /// A service feeding `cp`, whose streams end when `cancel` fires; sessions are admitted
+    /// without any check (see [`SessionService::with_gate`]).
     pub fn new(cp: Arc<ControlPlane>, cancel: CancellationToken) -> Self {
-        SessionService { cp, cancel }
+        Self::with_gate(cp, cancel, Gate::default())
+    }
+
+    /// A service that admits only the sessions `gate` lets through.
+    pub fn with_gate(cp: Arc<ControlPlane>, cancel: CancellationToken, gate: Gate) -> Self {
+        SessionService {
+            cp,
+            cancel,
+            gate: Arc::new(gate),
+        }
     }
 }
 
@@ -52,6 +69,17 @@ impl AgentSession for SessionService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let remote = request.remote_addr();
+        let peer = self
+            .gate
+            .peer(request.peer_certs().as_deref().map(Vec::as_slice))
+            .inspect_err(|e| warn!(?remote, reason = %e, "agent session refused"))?;
+        // Never logged; the metadata value is only read here.
+        let token = request
+            .metadata()
+            .get(JOIN_TOKEN_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -67,12 +95,19 @@ impl AgentSession for SessionService {
             }
         };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        // Admission may write the store (a new generation is persisted): off the async workers.
+        // The gate may record a one-time token's binding and admission may write the store
+        // (a new generation is persisted): off the async workers.
         let admitting = self.cp.clone();
-        let who = tokio::task::spawn_blocking(move || admitting.admit(&hello, tx))
-            .await
-            .map_err(|e| Status::internal(format!("admit: {e}")))?
-            .map_err(Status::from)?;
+        let gate = self.gate.clone();
+        let who = tokio::task::spawn_blocking(move || {
+            gate.check(peer.as_ref(), token.as_deref(), &hello.name)
+                .inspect_err(|e| {
+                    warn!(?remote, agent = ?hello.name.trim(), reason = %e, "agent session refused");
+                })?;
+            admitting.admit(&hello, tx).map_err(Status::from)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("admit: {e}")))??;
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();
         tokio::spawn(async move {
@@ -85,7 +120,7 @@ impl AgentSession for SessionService {
                     Ok(Some(AgentMessage { msg: Some(m) })) => match m {
                         Msg::Heartbeat(hb) => cp.heartbeat(&who, &hb),
                         Msg::TaskReport(r) => cp.task_report(&who, &r),
-                        Msg::ProbeResult(r) => cp.probe_result(&r),
+                        Msg::ProbeResult(r) => cp.probe_result(&who, &r),
                         Msg::Leave(_) => cp.leave(&who),
                         Msg::Hello(_) => {
                             warn!(agent = %who.id, "second Hello on one session ignored");

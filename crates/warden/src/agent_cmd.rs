@@ -4,19 +4,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use warden_agent::metrics::AgentMetrics;
 use warden_agent::runtime::AgentConfig;
 use warden_agent::supervisor::ShimLauncher;
+use warden_agent::tls::{ClientTls, JoinToken};
 use warden_core::Resources;
 
 /// `warden agent` flags.
 #[derive(Clone, Debug, Args)]
 pub struct AgentArgs {
-    /// Server gRPC address; repeat (or separate with commas) for every replica of a
-    /// replicated control plane: the agent keeps a session with each.
+    /// Server gRPC address, `host:port` (http:// or https:// is added to match the TLS
+    /// settings); repeat (or separate with commas) for every replica of a replicated control
+    /// plane: the agent keeps a session with each.
     #[arg(
         long = "server",
         env = "WARDEN_SERVER",
@@ -39,6 +41,72 @@ pub struct AgentArgs {
     /// Memory offered to tasks, MiB [default: physical memory]
     #[arg(long, env = "WARDEN_MEMORY_MB")]
     pub memory_mb: Option<u64>,
+    /// This agent's certificate (PEM) for mutual TLS with the server; its DNS name must be the
+    /// agent's --name. Needs --tls-key and --tls-ca. `warden tls init --agent NAME` makes one.
+    #[arg(long, env = "WARDEN_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "WARDEN_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) the server's certificate must chain to (PEM).
+    #[arg(long, env = "WARDEN_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Verify the server's certificate for this name instead of the host in --server.
+    #[arg(long, env = "WARDEN_TLS_SERVER_NAME", requires = "tls_cert")]
+    pub tls_server_name: Option<String>,
+    /// Join token, for servers started with --join-tokens (prefer --join-token-file or the
+    /// environment: command lines are visible to other users).
+    #[arg(
+        long,
+        env = "WARDEN_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "join_token_file"
+    )]
+    pub join_token: Option<Secret>,
+    /// File whose first line is the join token.
+    #[arg(long, env = "WARDEN_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+}
+
+/// A flag value that must never be printed (its `Debug` hides it).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl AgentArgs {
+    /// The TLS settings and join token, read and checked (errors name the file).
+    fn security(&self) -> Result<(Option<ClientTls>, Option<JoinToken>)> {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let t = ClientTls::from_files(ca, cert, key)?;
+                Some(match &self.tls_server_name {
+                    Some(n) => t.with_server_name(n),
+                    None => t,
+                })
+            }
+            (None, None, None) => None,
+            _ => bail!("--tls-cert, --tls-key and --tls-ca go together"),
+        };
+        let token = match (&self.join_token, &self.join_token_file) {
+            (Some(t), None) => Some(JoinToken::new(&t.0).context("--join-token")?),
+            (None, Some(f)) => Some(JoinToken::from_file(f)?),
+            (None, None) => None,
+            (Some(_), Some(_)) => bail!("give --join-token or --join-token-file, not both"),
+        };
+        Ok((tls, token))
+    }
 }
 
 fn host_name() -> String {
@@ -80,19 +148,15 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         },
     ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let servers = args
-        .servers
-        .iter()
-        .map(|s| {
-            if s.starts_with("http://") || s.starts_with("https://") {
-                s.clone()
-            } else {
-                format!("http://{s}")
-            }
-        })
-        .collect();
+    let (tls, join_token) = args.security()?;
+    // Refuse unusable addresses now rather than retrying them forever.
+    for s in &args.servers {
+        warden_agent::tls::endpoint(s, tls.as_ref())?;
+    }
     let cfg = AgentConfig {
-        servers,
+        servers: args.servers.clone(),
+        tls,
+        join_token,
         name: args.name.clone().unwrap_or_else(host_name),
         data_dir: args.data_dir.clone(),
         probe_addr,
@@ -104,7 +168,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs(5),
         metrics,
     };
-    tracing::info!(name = %cfg.name, probe = %probe_addr, "warden agent starting");
+    tracing::info!(name = %cfg.name, probe = %probe_addr, tls = cfg.tls.is_some(), join_token = cfg.join_token.is_some(), "warden agent starting");
     warden_agent::runtime::run(cfg, cancel).await?;
     Ok(())
 }

@@ -38,6 +38,11 @@ pub enum BenchCommand {
         /// HTTP/2 connections shared by the sessions.
         #[arg(long, default_value_t = 20)]
         connections: usize,
+        /// Run the server on a real etcd (one member started by the benchmark, Debian's
+        /// `etcd-server`) instead of its embedded store, and count the writes etcd applies
+        /// in the measurement window (needs a build with `--features etcd`).
+        #[arg(long)]
+        etcd: bool,
     },
     /// False verdicts under CPU stress: N agents with work, CPU burners saturating every
     /// core, for a while; counts Suspect and Failed verdicts (none of the agents is down, so
@@ -144,6 +149,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             warmup,
             measure,
             connections,
+            etcd,
         } => {
             let exe = std::env::current_exe()?;
             let b = crate::bench_sessions::SessionsBench {
@@ -152,6 +158,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 warmup: std::time::Duration::from_secs(*warmup),
                 measure: std::time::Duration::from_secs(*measure),
                 connections: *connections,
+                etcd: *etcd,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

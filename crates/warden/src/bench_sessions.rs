@@ -31,13 +31,83 @@ pub struct SessionsBench {
     pub measure: Duration,
     /// HTTP/2 connections the sessions share.
     pub connections: usize,
+    /// Run the server on a real one-member etcd and count etcd's writes in the window.
+    pub etcd: bool,
+}
+
+/// A one-member etcd for the benchmark, and where its metrics are.
+#[cfg(feature = "etcd")]
+struct Etcd {
+    cluster: warden_store::etcd::testing::EtcdCluster,
+}
+
+#[cfg(feature = "etcd")]
+impl Etcd {
+    fn start() -> Result<Etcd> {
+        let cluster = warden_store::etcd::testing::EtcdCluster::start(1)
+            .context("start etcd (Debian's etcd-server)")?;
+        Ok(Etcd { cluster })
+    }
+
+    fn url(&self) -> String {
+        self.cluster.url("/warden-bench")
+    }
+
+    fn metrics_url(&self) -> String {
+        self.cluster
+            .endpoints()
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+struct Etcd;
+
+#[cfg(not(feature = "etcd"))]
+impl Etcd {
+    fn start() -> Result<Etcd> {
+        bail!("--etcd needs a warden built with `--features etcd`")
+    }
+    fn url(&self) -> String {
+        String::new()
+    }
+    fn metrics_url(&self) -> String {
+        String::new()
+    }
+}
+
+/// etcd's write counters: (puts, deletes, transactions), from its Prometheus metrics.
+fn etcd_writes(base: &str) -> Result<(f64, f64, f64)> {
+    let client = warden_chaos::client::Client::new(base)?;
+    let text = client.request("GET", "/metrics", None, b"")?.body;
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok((
+        sum("etcd_mvcc_put_total"),
+        sum("etcd_mvcc_delete_total"),
+        sum("etcd_mvcc_txn_total"),
+    ))
 }
 
 /// Run the benchmark against a fresh server started from `exe`.
 pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
+    let etcd = if b.etcd { Some(Etcd::start()?) } else { None };
+    let store_url = etcd.as_ref().map(Etcd::url);
     let cluster = tokio::task::spawn_blocking({
         let exe = exe.to_path_buf();
-        move || Cluster::start(&exe)
+        move || match store_url {
+            Some(url) => Cluster::start_with_env(&exe, &[("WARDEN_STORE", url.as_str())]),
+            None => Cluster::start(&exe),
+        }
     })
     .await??;
     let server_pid = cluster.server_pid().context("no server process")?;
@@ -105,11 +175,19 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     tokio::time::sleep(b.warmup).await;
     let (cpu0, _) = cpu_and_rss(server_pid).context("read server /proc")?;
     let acks0 = acks.load(Ordering::Relaxed);
+    let writes0 = etcd
+        .as_ref()
+        .map(|e| etcd_writes(&e.metrics_url()))
+        .transpose()?;
     measuring.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
     tokio::time::sleep(b.measure).await;
     measuring.store(false, Ordering::SeqCst);
     let elapsed = t0.elapsed();
+    let writes1 = etcd
+        .as_ref()
+        .map(|e| etcd_writes(&e.metrics_url()))
+        .transpose()?;
     let (cpu1, rss) = cpu_and_rss(server_pid).context("read server /proc")?;
     let acked = acks.load(Ordering::Relaxed) - acks0;
     let mut lat = latencies.lock().await.clone();
@@ -134,7 +212,22 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         rss as f64 / (1024.0 * 1024.0),
         b.sessions
     );
+    if let (Some((p0, d0, t0)), Some((p1, d1, t1))) = (writes0, writes1) {
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "etcd in steady state ({:.0} s): puts {:.2}/s  deletes {:.2}/s  transactions {:.2}/s  ({} puts, {} deletes, {} txns in all)",
+            secs,
+            (p1 - p0) / secs,
+            (d1 - d0) / secs,
+            (t1 - t0) / secs,
+            p1 - p0,
+            d1 - d0,
+            t1 - t0,
+        );
+    }
+    // The server goes before its store.
     drop(cluster);
+    let _stop_etcd_last = etcd;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `warden dev`: a whole cluster on this machine in one command — a server and N agents as
 //! separate processes on loopback, the embedded store under a data directory, two sample jobs,
 //! and a live table until Ctrl-C, after which every process is stopped (SIGTERM, then SIGKILL
-//! after a deadline) and none is left behind.
+//! after a deadline) and none is left behind. Agent sessions use mutual TLS with certificates
+//! made for the run (`--no-tls` turns that off).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -42,6 +43,44 @@ pub struct DevArgs {
     /// Stop by itself after this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
+    /// Plaintext agent sessions. By default they use mutual TLS with a CA and certificates
+    /// made afresh under DATA_DIR/tls at every start.
+    #[arg(long)]
+    pub no_tls: bool,
+}
+
+/// Fresh certificates for the dev cluster under `dir` (replacing any from an earlier run);
+/// returns the extra server flags and, per agent, the extra agent flags.
+fn dev_certificates(dir: &Path, agents: &[String]) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    use warden_server::pki::files;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    warden_server::pki::init(dir, &[], agents, 30)
+        .with_context(|| format!("create certificates in {}", dir.display()))?;
+    let path = |f: &str| dir.join(f).display().to_string();
+    let server = vec![
+        "--tls-cert".into(),
+        path(files::SERVER),
+        "--tls-key".into(),
+        path(files::SERVER_KEY),
+        "--tls-client-ca".into(),
+        path(files::CA),
+    ];
+    let agents = agents
+        .iter()
+        .map(|a| {
+            vec![
+                "--tls-cert".into(),
+                path(&files::agent(a)),
+                "--tls-key".into(),
+                path(&files::agent_key(a)),
+                "--tls-ca".into(),
+                path(files::CA),
+            ]
+        })
+        .collect();
+    Ok((server, agents))
 }
 
 const SAMPLE_JOBS: [(&str, &str); 2] = [
@@ -137,7 +176,13 @@ pub async fn run(args: &DevArgs) -> Result<()> {
     let logs = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
     let mut procs = Vec::new();
-    let server_args = vec![
+    let names: Vec<String> = (1..=args.agents).map(|i| format!("agent-{i}")).collect();
+    let (tls_server, tls_agents) = if args.no_tls {
+        (Vec::new(), vec![Vec::new(); names.len()])
+    } else {
+        dev_certificates(&args.data_dir.join("tls"), &names)?
+    };
+    let mut server_args = vec![
         "server".to_string(),
         "--data-dir".into(),
         args.data_dir.join("server").display().to_string(),
@@ -146,26 +191,27 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         "--http-addr".into(),
         args.http_addr.to_string(),
     ];
+    server_args.extend(tls_server);
     procs.push(spawn(&exe, "server", &server_args, &logs)?);
     let client = Client::new(&format!("http://{}", args.http_addr))?;
     let result = async {
         wait_healthy(&client, &mut procs[0]).await?;
-        for i in 1..=args.agents {
-            let name = format!("agent-{i}");
-            let a = vec![
+        for (name, tls) in names.iter().zip(&tls_agents) {
+            let mut a = vec![
                 "agent".to_string(),
                 "--server".into(),
                 args.grpc_addr.to_string(),
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
-                args.data_dir.join(&name).display().to_string(),
+                args.data_dir.join(name).display().to_string(),
                 "--cpu-millis".into(),
                 "2000".into(),
                 "--memory-mb".into(),
                 "2048".into(),
             ];
-            procs.push(spawn(&exe, &name, &a, &logs)?);
+            a.extend(tls.iter().cloned());
+            procs.push(spawn(&exe, name, &a, &logs)?);
         }
         // Submit the jobs once every agent is in, so the first placement can spread them.
         let want = args.agents as usize;
@@ -215,6 +261,14 @@ pub async fn run(args: &DevArgs) -> Result<()> {
             args.agents,
             args.data_dir.display()
         );
+        if args.no_tls {
+            println!("agent sessions: plaintext (--no-tls)");
+        } else {
+            println!(
+                "agent sessions: mutual TLS, certificates in {}",
+                args.data_dir.join("tls").display()
+            );
+        }
         println!("dashboard: http://{}/", args.http_addr);
         println!(
             "try: WARDEN_ADDR=http://{} warden agents   — Ctrl-C stops everything",

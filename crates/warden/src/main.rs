@@ -21,6 +21,8 @@ mod cli;
 mod dev;
 mod etcd_cmd;
 mod server_cmd;
+mod tls_cmd;
+mod token_cmd;
 mod workload;
 
 /// Warden keeps a fleet of agents alive and their work running: fast failure detection without
@@ -85,6 +87,16 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiOpts,
     },
+    /// Certificates for mutual TLS between agents and servers (a small CA).
+    Tls {
+        #[command(subcommand)]
+        cmd: tls_cmd::TlsCommand,
+    },
+    /// Join tokens for agents.
+    Token {
+        #[command(subcommand)]
+        cmd: token_cmd::TokenCommand,
+    },
     /// Built-in workloads for demos and tests.
     Workload {
         #[command(subcommand)]
@@ -113,6 +125,8 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match &cli.command {
         Command::Workload { cmd } => workload::run(cmd),
+        Command::Tls { cmd } => tls_cmd::run(cmd),
+        Command::Token { cmd } => token_cmd::run(cmd),
         Command::Job { cmd, api } => cli::job(cmd, api),
         Command::Agents { api } => cli::agents(api),
         Command::Tasks { api } => cli::tasks(api),

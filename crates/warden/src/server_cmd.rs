@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use warden_server::auth::{JoinTokens, ServerTls, SessionSecurity};
 use warden_server::control::ControlConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
@@ -32,6 +33,23 @@ pub struct ServerArgs {
     /// Address for the REST API [default: 127.0.0.1:7401]
     #[arg(long, env = "WARDEN_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// The server's certificate (PEM) for mutual TLS on the agent session listener; needs
+    /// --tls-key and --tls-client-ca. `warden tls init` makes one. Without it agent sessions
+    /// are plaintext (development only).
+    #[arg(long, env = "WARDEN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "WARDEN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) agents' certificates must chain to; an agent's identity is the
+    /// DNS name in its certificate.
+    #[arg(long, env = "WARDEN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of join token hashes, one `sha256:<hex> [once]` per line (`warden token join`
+    /// adds one); agents must present one of these tokens. Re-read when it changes. Without
+    /// it no token is required.
+    #[arg(long, env = "WARDEN_JOIN_TOKENS")]
+    pub join_tokens: Option<PathBuf>,
     /// Where the control plane's state lives: `redb` (the embedded store in --data-dir, one
     /// server) or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (a replicated control plane: run
     /// several servers on the same URL; one is elected leader). [default: redb]
@@ -57,6 +75,15 @@ pub struct ServerFile {
     pub grpc_addr: Option<SocketAddr>,
     /// Address for the REST API.
     pub http_addr: Option<SocketAddr>,
+    /// The server's certificate for agent sessions (PEM); with `tls_key` and `tls_client_ca`
+    /// turns on mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) agents' certificates must chain to (PEM).
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of join token hashes (`sha256:<hex> [once]` per line); unset: no token required.
+    pub join_tokens: Option<PathBuf>,
     /// `redb` or `etcd://HOST:PORT[,...][/PREFIX]`.
     pub store: Option<String>,
     /// The REST address advertised to the other replicas.
@@ -165,6 +192,10 @@ pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     /// Address for the REST API.
     pub http_addr: SocketAddr,
+    /// Mutual TLS: certificate, key, client CA.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Join token hashes file.
+    pub join_tokens: Option<PathBuf>,
     /// Where the state lives.
     pub store: StoreChoice,
     /// The REST address advertised to the other replicas.
@@ -208,6 +239,20 @@ impl ServerArgs {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+            tls: match (
+                self.tls_cert.clone().or(file.tls_cert),
+                self.tls_key.clone().or(file.tls_key),
+                self.tls_client_ca.clone().or(file.tls_client_ca),
+            ) {
+                (Some(c), Some(k), Some(ca)) => Some((c, k, ca)),
+                (None, None, None) => None,
+                _ => bail!(
+                    "--tls-cert, --tls-key and --tls-client-ca (tls_cert, tls_key, \
+                     tls_client_ca in the config file) go together: the server requires \
+                     client certificates whenever it speaks TLS"
+                ),
+            },
+            join_tokens: self.join_tokens.clone().or(file.join_tokens),
             store: StoreChoice::parse(
                 self.store
                     .as_deref()
@@ -256,6 +301,10 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             data_dir: Some(s.data_dir.clone()),
             grpc_addr: Some(s.grpc_addr),
             http_addr: Some(s.http_addr),
+            tls_cert: s.tls.as_ref().map(|t| t.0.clone()),
+            tls_key: s.tls.as_ref().map(|t| t.1.clone()),
+            tls_client_ca: s.tls.as_ref().map(|t| t.2.clone()),
+            join_tokens: s.join_tokens.clone(),
             store: Some(s.store.as_text()),
             advertise_addr: Some(s.advertise_addr.clone()),
             election: s.election.clone(),
@@ -270,6 +319,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let security = session_security(&s)?;
     let grpc = tokio::net::TcpListener::bind(s.grpc_addr)
         .await
         .with_context(|| format!("bind gRPC address {}", s.grpc_addr))?;
@@ -306,10 +356,48 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             files: s.file_adapter,
         },
         leadership,
+        security,
         grpc,
         http,
         cancel,
     )
     .await?;
     Ok(())
+}
+
+/// Where the server records which agent each one-time join token is bound to.
+pub const JOIN_TOKEN_BINDINGS: &str = "join-token-bindings.json";
+
+/// Read the TLS files and the join tokens (errors name the file), and say plainly what is
+/// left unprotected.
+fn session_security(s: &ServerSettings) -> Result<SessionSecurity> {
+    let tls = match &s.tls {
+        Some((cert, key, ca)) => Some(ServerTls::from_files(cert, key, ca)?),
+        None => None,
+    };
+    let join_tokens = match &s.join_tokens {
+        Some(f) => {
+            // One-time token bindings are kept here, whatever the store.
+            std::fs::create_dir_all(&s.data_dir)
+                .with_context(|| format!("create data dir {}", s.data_dir.display()))?;
+            Some(JoinTokens::open(f, &s.data_dir.join(JOIN_TOKEN_BINDINGS))?)
+        }
+        None => None,
+    };
+    match (&tls, &join_tokens) {
+        (None, None) => tracing::warn!(
+            "agent sessions are neither encrypted nor authenticated (no --tls-cert, no \
+             --join-tokens): any process that reaches the gRPC address can join as any agent; \
+             for development only (see docs/security.md)"
+        ),
+        (None, Some(_)) => tracing::warn!(
+            "join tokens without TLS travel in plaintext: anyone on the network path can \
+             read and reuse them (see docs/security.md)"
+        ),
+        (Some(_), _) => tracing::info!(
+            join_tokens = join_tokens.is_some(),
+            "agent sessions use mutual TLS"
+        ),
+    }
+    Ok(SessionSecurity { tls, join_tokens })
 }

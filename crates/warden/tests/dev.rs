@@ -1,5 +1,5 @@
-//! `warden dev`, the README's first command: it brings up a server and agents as processes,
-//! runs the sample jobs, and on Ctrl-C (SIGINT) stops every process it started — none is left
+//! `warden dev`, the README's first command: it brings up a server and agents as processes
+//! (agent sessions over mutual TLS), runs the sample jobs, and on Ctrl-C (SIGINT) stops every process it started — none is left
 //! behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -114,6 +114,8 @@ fn dev_runs_the_sample_jobs_and_ctrl_c_leaves_nothing_behind() {
         "sample jobs not running: {:?}",
         client.get("/v1/tasks").ok()
     );
+    // Its agent sessions use mutual TLS by default, with certificates made for the run.
+    assert!(data.join("tls/ca.pem").exists() && data.join("tls/agent-agent-2.pem").exists());
     let needle = data.display().to_string();
     assert!(
         processes_mentioning(&needle).len() >= 3,

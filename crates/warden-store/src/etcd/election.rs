@@ -38,10 +38,11 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{LeaderGuard, Shared, from_etcd};
+use super::{LeaderGuard, Shared, from_etcd, resend_unsent};
 use crate::error::{Result, StoreError};
 
 /// Default lease of the leader key: etcd's practical minimum.
@@ -55,6 +56,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Shortest pause between two failed attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Renewals sent and not yet answered, at most.
+const MAX_RENEWALS_IN_FLIGHT: usize = 4;
 
 /// At most one `warn!` per this period while etcd keeps failing.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -114,7 +118,7 @@ impl ElectionState {
 }
 
 /// An election on one etcd prefix. Made by [`EtcdStore::election`](super::EtcdStore::election);
-/// see the [module documentation](self).
+/// see the [`etcd` module](super) and `docs/etcd.md`.
 pub struct Election {
     shared: Arc<Shared>,
     name: String,
@@ -371,14 +375,17 @@ impl Election {
     async fn campaign(&self) -> Result<Campaign> {
         const CONTEXT: &str = "campaign for leader";
         let deadline = self.request_timeout();
+        let budget = deadline / 2;
         let attempt = async {
-            let mut client = self.shared.client();
             let granted_at = Instant::now();
-            let lease = client
-                .lease_grant(self.lease_secs(), None)
-                .await
-                .map_err(|e| from_etcd(CONTEXT, e))?
-                .id();
+            let secs = self.lease_secs();
+            let lease = resend_unsent(budget, || {
+                let mut client = self.shared.client();
+                async move { client.lease_grant(secs, None).await }
+            })
+            .await
+            .map_err(|e| from_etcd(CONTEXT, e))?
+            .id();
             let since_unix_ms = unix_ms_now();
             let value = serde_json::to_vec(&LeaderValue {
                 name: self.name.clone(),
@@ -397,7 +404,12 @@ impl Election {
                     Some(PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(self.key.clone(), None)]);
-            let resp = match client.txn(txn).await {
+            let sent = resend_unsent(budget, || {
+                let mut client = self.shared.client();
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            });
+            let resp = match sent.await {
                 Ok(resp) => resp,
                 Err(e) => {
                     self.revoke_in_background(lease);
@@ -433,18 +445,26 @@ impl Election {
 
     /// Revoke a lease we no longer need, without waiting for etcd.
     fn revoke_in_background(&self, lease: i64) {
-        let mut client = self.shared.client();
+        let shared = Arc::clone(&self.shared);
         let deadline = self.request_timeout();
         self.shared.handle.spawn(async move {
-            let _ = tokio::time::timeout(deadline, client.lease_revoke(lease)).await;
+            let revoke = resend_unsent(deadline, || {
+                let mut client = shared.client();
+                async move { client.lease_revoke(lease).await }
+            });
+            let _ = tokio::time::timeout(deadline, revoke).await;
         });
     }
 
     /// Revoke our lease (deleting the leader key if it is still ours), waiting at most the
     /// request timeout.
     async fn revoke(&self, lease: i64) {
-        let mut client = self.shared.client();
-        match tokio::time::timeout(self.request_timeout(), client.lease_revoke(lease)).await {
+        let deadline = self.request_timeout();
+        let revoke = resend_unsent(deadline, || {
+            let mut client = self.shared.client();
+            async move { client.lease_revoke(lease).await }
+        });
+        match tokio::time::timeout(deadline, revoke).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => debug!(error = %e, "leader election: revoking the lease failed"),
             Err(_) => debug!("leader election: revoking the lease timed out"),
@@ -456,11 +476,15 @@ impl Election {
     /// check that runs beside renewals then finds the key gone and ends the leadership.
     fn renew(&self, lease: i64) -> BoxFuture<(Instant, Result<()>)> {
         const CONTEXT: &str = "renew the leader lease";
-        let mut client = self.shared.client();
+        let shared = Arc::clone(&self.shared);
         let deadline = (self.ttl / 2).min(self.request_timeout());
         Box::pin(async move {
             let sent = Instant::now();
-            let r = match tokio::time::timeout(deadline, client.lease_keep_alive(lease)).await {
+            let renew = resend_unsent(deadline, || {
+                let mut client = shared.client();
+                async move { client.lease_keep_alive(lease).await }
+            });
+            let r = match tokio::time::timeout(deadline, renew).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(from_etcd(CONTEXT, e)),
                 Err(_) => Err(timed_out(CONTEXT, deadline)),
@@ -472,11 +496,16 @@ impl Election {
     /// The leader key's create revision (`None`: no key).
     fn check_key(&self) -> BoxFuture<Result<Option<i64>>> {
         const CONTEXT: &str = "read the leader key";
-        let mut client = self.shared.client();
+        let shared = Arc::clone(&self.shared);
         let key = self.key.clone();
         let deadline = (self.ttl / 2).min(self.request_timeout());
         Box::pin(async move {
-            match tokio::time::timeout(deadline, client.get(key, None)).await {
+            let read = resend_unsent(deadline, || {
+                let mut client = shared.client();
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            });
+            match tokio::time::timeout(deadline, read).await {
                 Ok(Ok(resp)) => Ok(resp.kvs().first().map(|kv| kv.create_revision())),
                 Ok(Err(e)) => Err(from_etcd(CONTEXT, e)),
                 Err(_) => Err(timed_out(CONTEXT, deadline)),
@@ -505,7 +534,9 @@ impl Election {
         self.publish(leader(valid_until));
         let mut tick = tokio::time::interval((self.ttl / 4).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewal: Option<BoxFuture<(Instant, Result<()>)>> = None;
+        // Renewals overlap: a new one every tick, each with its own deadline, so one stuck on
+        // an etcd member that just died does not hold back the next (sent to another).
+        let mut renewals: JoinSet<(Instant, Result<()>)> = JoinSet::new();
         let mut check: Option<BoxFuture<Result<Option<i64>>>> = None;
         loop {
             tokio::select! {
@@ -520,15 +551,17 @@ impl Election {
                     self.publish(ElectionState::Follower { leader: None });
                 }
                 _ = tick.tick() => {
-                    if renewal.is_none() {
-                        renewal = Some(self.renew(lease));
+                    if renewals.len() < MAX_RENEWALS_IN_FLIGHT {
+                        renewals.spawn(self.renew(lease));
                     }
                     if check.is_none() {
                         check = Some(self.check_key());
                     }
                 }
-                (sent, r) = in_flight(&mut renewal) => {
-                    renewal = None;
+                Some(done) = renewals.join_next() => {
+                    let Ok((sent, r)) = done else {
+                        continue;
+                    };
                     match r {
                         Ok(()) => {
                             throttle.ok();
@@ -571,10 +604,14 @@ impl Election {
         let mut backoff = Backoff::new();
         let deadline = self.request_timeout();
         loop {
-            let mut client = self.shared.client();
+            let read = resend_unsent(deadline, || {
+                let mut client = self.shared.client();
+                let key = self.key.clone();
+                async move { client.get(key, None).await }
+            });
             let read = tokio::select! {
                 _ = cancel.cancelled() => return FollowEnd::Cancelled,
-                r = tokio::time::timeout(deadline, client.get(self.key.clone(), None)) => r,
+                r = tokio::time::timeout(deadline, read) => r,
             };
             let revision = match read {
                 Ok(Ok(resp)) => {
@@ -600,9 +637,14 @@ impl Election {
                 }
             };
             let options = WatchOptions::new().with_start_revision(revision + 1);
+            let watch = resend_unsent(deadline, || {
+                let mut client = self.shared.client();
+                let (key, options) = (self.key.clone(), options.clone());
+                async move { client.watch(key, Some(options)).await }
+            });
             let watch = tokio::select! {
                 _ = cancel.cancelled() => return FollowEnd::Cancelled,
-                w = tokio::time::timeout(deadline, client.watch(self.key.clone(), Some(options))) => w,
+                w = tokio::time::timeout(deadline, watch) => w,
             };
             let mut stream = match watch {
                 Ok(Ok(stream)) => stream,

@@ -5,7 +5,7 @@
 //!
 //! ## Same semantics as the embedded store
 //!
-//! Every [`Store`] method gives the answers [`RedbStore`](crate::RedbStore) gives (the shared
+//! Every [`Store`] method gives the answers [`RedbStore`] gives (the shared
 //! contract suite runs against both). A write batch ([`Store::apply`]) runs the shared batch
 //! logic in two phases:
 //!
@@ -62,7 +62,10 @@
 //! ([`EtcdConfig::request_timeout`], default 2 s) and then fails with
 //! [`StoreError::Unavailable`] ([`StoreError::is_unavailable`]): etcd unreachable, no quorum,
 //! deadline exceeded. A write that timed out may or may not have been applied; every write
-//! of this crate is safe to retry.
+//! of this crate is safe to retry. A request that could not even connect (the client's
+//! balancer hands requests to an endpoint that is down now and then) never left, and is sent
+//! again within the deadline, so losing one member of three (other than the raft leader) is
+//! invisible to callers.
 
 mod config;
 mod election;
@@ -77,12 +80,13 @@ pub use election::{DEFAULT_MARGIN, DEFAULT_TTL, Election, ElectionState, LeaderI
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 use tokio::runtime::{Handle, Runtime};
 use warden_core::planner::OperationId;
@@ -208,53 +212,6 @@ where
     }
 }
 
-/// Attempts of one etcd request when it fails before etcd could act on it.
-const ATTEMPTS: u32 = 4;
-
-/// Whether a failed request may be sent again: the connection to the member it went to
-/// failed, or the member could not serve it (e.g. no raft leader). The client spreads requests
-/// over every member, so while one member is down some requests go to it and fail at once; the
-/// next attempt goes to another. `write` requests are retried only on failures that happen
-/// before etcd accepts them (a connection that could not be made, `Unavailable`); a write cut
-/// off in flight (`Cancelled`, a deadline) may have landed and is left to the caller, as with
-/// any write that timed out.
-fn retryable(e: &etcd_client::Error, write: bool) -> bool {
-    use etcd_client::Error as E;
-    use tonic::Code;
-    match e {
-        E::TransportError(_) => true,
-        E::GRpcStatus(s) => match s.code() {
-            Code::Unavailable => true,
-            Code::Cancelled | Code::Unknown => !write,
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// Run one etcd request, again (after a short pause, at most [`ATTEMPTS`] times) while it
-/// fails in a [`retryable`] way; the caller's deadline bounds the whole.
-pub(crate) async fn with_retries<T, F, Fut>(
-    write: bool,
-    mut request: F,
-) -> std::result::Result<T, etcd_client::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-{
-    let mut attempt = 1;
-    loop {
-        match request().await {
-            Err(e) if attempt < ATTEMPTS && retryable(&e, write) => {
-                tracing::debug!(error = %e, attempt, "etcd request failed; sending it again");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
-            }
-            r => return r,
-        }
-    }
-}
-
 /// An etcd client error as a store error: transient ones are [`StoreError::Unavailable`].
 pub(crate) fn from_etcd(context: &'static str, e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
@@ -283,6 +240,50 @@ pub(crate) fn from_etcd(context: &'static str, e: etcd_client::Error) -> StoreEr
             context,
             message: other.to_string(),
         },
+    }
+}
+
+/// Whether `e` is a failure to connect: the request never left, so sending it again is safe,
+/// writes included.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+/// Run `attempt` again while it fails to connect, for at most `budget`. The client's balancer
+/// now and then hands a request to an endpoint that is down (its connection error is reported
+/// on the next request rather than taking the endpoint out of rotation); another try goes to
+/// another endpoint.
+pub(crate) async fn resend_unsent<T, Fut>(
+    budget: Duration,
+    mut attempt: impl FnMut() -> Fut,
+) -> std::result::Result<T, etcd_client::Error>
+where
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match attempt().await {
+            Err(e) if never_sent(&e) && started.elapsed() + pause < budget => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -577,8 +578,9 @@ impl EtcdStore {
     /// An election on this store's cluster and prefix; `name` is this replica's advertised
     /// address (its `--http-addr`, as given), stored as the leader key's value. `ttl` is the
     /// lease (at least 1 s; etcd counts whole seconds, so it is rounded up for the lease),
-    /// `margin` how long before the lease would expire this replica stops leading
-    /// ([`DEFAULT_TTL`], [`DEFAULT_MARGIN`]).
+    /// `margin` how long before the lease would expire this replica stops leading (at most
+    /// `ttl / 2`) ([`DEFAULT_TTL`], [`DEFAULT_MARGIN`]). Run it with [`Election::run`]; it
+    /// sets this store's guard when it wins.
     pub fn election(&self, name: String, ttl: Duration, margin: Duration) -> Election {
         Election::new(Arc::clone(&self.shared), name, ttl, margin)
     }
@@ -602,25 +604,16 @@ impl EtcdStore {
     fn init_schema(&self) -> Result<()> {
         const CONTEXT: &str = "check the store's schema version";
         self.call(CONTEXT, |s| async move {
-            let mut kv = s.client.kv_client();
             let keys = &s.keys;
-            let err = |e| from_etcd(CONTEXT, e);
-            let schema = kv.get(keys.schema(), None).await.map_err(err)?;
+            let schema = s.range(keys.schema(), None, CONTEXT).await?;
             if schema.kvs().is_empty() {
                 // Keys but no schema version (other than an election's): not a Warden store.
                 let leader = keys.leader();
-                let some = kv
-                    .get(
-                        keys.all(),
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_keys_only()
-                                .with_limit(2),
-                        ),
-                    )
-                    .await
-                    .map_err(err)?;
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(2);
+                let some = s.range(keys.all(), Some(options), CONTEXT).await?;
                 if let Some(kv) = some.kvs().iter().find(|kv| kv.key() != leader.as_slice()) {
                     return Err(StoreError::corrupt(
                         format!("etcd prefix {}", s.cfg.prefix),
@@ -631,15 +624,11 @@ impl EtcdStore {
                     ));
                 }
             }
-            let resp = kv
-                .txn(
-                    Txn::new()
-                        .when([Compare::version(keys.schema(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(keys.schema(), SCHEMA_VERSION.to_string(), None)])
-                        .or_else([TxnOp::get(keys.schema(), None)]),
-                )
-                .await
-                .map_err(err)?;
+            let create = Txn::new()
+                .when([Compare::version(keys.schema(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(keys.schema(), SCHEMA_VERSION.to_string(), None)])
+                .or_else([TxnOp::get(keys.schema(), None)]);
+            let resp = s.txn(create, CONTEXT).await?;
             if resp.succeeded() {
                 return Ok(());
             }
@@ -706,6 +695,38 @@ fn plan(keys: &Keys, ops: &[WriteOp]) -> Result<(BTreeSet<Vec<u8>>, BTreeSet<Str
 }
 
 impl Shared {
+    /// How long one request is sent again while it cannot connect.
+    fn resend_budget(&self) -> Duration {
+        self.cfg.request_timeout * 3 / 4
+    }
+
+    /// A transaction.
+    async fn txn(&self, txn: Txn, context: &'static str) -> Result<TxnResponse> {
+        resend_unsent(self.resend_budget(), || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))
+    }
+
+    /// A range read.
+    async fn range(
+        &self,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+        context: &'static str,
+    ) -> Result<GetResponse> {
+        resend_unsent(self.resend_budget(), || {
+            let mut kv = self.client.kv_client();
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+        .await
+        .map_err(|e| from_etcd(context, e))
+    }
+
     /// Phase 1: read what `ops` need at one revision.
     async fn snapshot(&self, ops: &[WriteOp], context: &'static str) -> Result<Snapshot<'_>> {
         let (points, jobs) = plan(&self.keys, ops)?;
@@ -734,13 +755,7 @@ impl Shared {
                 Some(GetOptions::new().with_prefix()),
             )
         }));
-        let resp = with_retries(false, || {
-            let mut kv = self.client.kv_client();
-            let txn = Txn::new().and_then(reads.clone());
-            async move { kv.txn(txn).await }
-        })
-        .await
-        .map_err(|e| from_etcd(context, e))?;
+        let resp = self.txn(Txn::new().and_then(reads), context).await?;
         snap.revision = resp.header().map_or(0, |h| h.revision());
         let mut answers = resp.op_responses().into_iter();
         let mut next = || match answers.next() {
@@ -848,16 +863,12 @@ impl Shared {
             ));
             failure.push(TxnOp::get(g.key.clone(), None));
         }
-        let resp = with_retries(true, || {
-            let mut kv = self.client.kv_client();
-            let txn = Txn::new()
-                .when(compares.clone())
-                .and_then(writes.clone())
-                .or_else(failure.clone());
-            async move { kv.txn(txn).await }
-        })
-        .await
-        .map_err(|e| from_etcd(context, e))?;
+        let resp = self
+            .txn(
+                Txn::new().when(compares).and_then(writes).or_else(failure),
+                context,
+            )
+            .await?;
         if resp.succeeded() {
             return Ok(true);
         }
@@ -896,13 +907,7 @@ impl Shared {
 
     /// A counter's value (0 when absent) and mod revision (0 when absent).
     async fn counter(&self, key: &[u8], context: &'static str) -> Result<(u64, i64)> {
-        let resp = with_retries(false, || {
-            let mut kv = self.client.kv_client();
-            let key = key.to_vec();
-            async move { kv.get(key, None).await }
-        })
-        .await
-        .map_err(|e| from_etcd(context, e))?;
+        let resp = self.range(key.to_vec(), None, context).await?;
         match resp.kvs().first() {
             Some(kv) => Ok((parse_u64(&self.keys, key, kv.value())?, kv.mod_revision())),
             None => Ok((0, 0)),
@@ -958,13 +963,7 @@ impl Shared {
     }
 
     async fn get(&self, key: Vec<u8>, context: &'static str) -> Result<Option<Vec<u8>>> {
-        let mut resp = with_retries(false, || {
-            let mut kv = self.client.kv_client();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })
-        .await
-        .map_err(|e| from_etcd(context, e))?;
+        let mut resp = self.range(key, None, context).await?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -977,13 +976,9 @@ impl Shared {
         prefix: Vec<u8>,
         context: &'static str,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut resp = with_retries(false, || {
-            let mut kv = self.client.kv_client();
-            let prefix = prefix.clone();
-            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await
-        .map_err(|e| from_etcd(context, e))?;
+        let mut resp = self
+            .range(prefix, Some(GetOptions::new().with_prefix()), context)
+            .await?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -1113,14 +1108,14 @@ impl Store for EtcdStore {
             // Both ranges at one revision, so the order and the records agree.
             let prefix = || Some(GetOptions::new().with_prefix());
             let resp = s
-                .client
-                .kv_client()
-                .txn(Txn::new().and_then([
-                    TxnOp::get(s.keys.recovery_orders(), prefix()),
-                    TxnOp::get(s.keys.recoveries(), prefix()),
-                ]))
-                .await
-                .map_err(|e| from_etcd(CONTEXT, e))?;
+                .txn(
+                    Txn::new().and_then([
+                        TxnOp::get(s.keys.recovery_orders(), prefix()),
+                        TxnOp::get(s.keys.recoveries(), prefix()),
+                    ]),
+                    CONTEXT,
+                )
+                .await?;
             let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
                 TxnOpResponse::Get(g) => Some(g),
                 _ => None,
@@ -1196,12 +1191,7 @@ impl Store for EtcdStore {
             let options = GetOptions::new()
                 .with_range(prefix_end(&s.keys.events()))
                 .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-            let resp = s
-                .client
-                .kv_client()
-                .get(s.keys.event(from), Some(options))
-                .await
-                .map_err(|e| from_etcd(CONTEXT, e))?;
+            let resp = s.range(s.keys.event(from), Some(options), CONTEXT).await?;
             resp.kvs()
                 .iter()
                 .map(|kv| {

@@ -71,22 +71,37 @@ fn free_ports(n: usize) -> io::Result<Vec<u16>> {
         .collect()
 }
 
+/// One HTTP/1.0 exchange with the member on `port`: the response body, if it answered.
+fn http(port: u16, request: &str) -> Option<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
 /// Whether the member answering on `port` reports itself healthy (it has a leader).
 fn healthy(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    http(port, "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_some_and(|body| body.contains("\"health\":\"true\""))
+}
+
+/// `(member id, raft leader's member id)` as the member on `port` reports them.
+fn status(port: u16) -> Option<(String, String)> {
+    let body = http(
+        port,
+        "POST /v3/maintenance/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let member = v.get("header")?.get("member_id")?.as_str()?.to_owned();
+    let leader = v.get("leader")?.as_str()?.to_owned();
+    Some((member, leader))
 }
 
 impl EtcdCluster {
@@ -249,6 +264,26 @@ impl EtcdCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The index of the member that is the raft leader now, if a running member knows one.
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<(usize, u16)> = self
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.child.is_some())
+            .map(|(i, m)| (i, m.client_port))
+            .collect();
+        let statuses: Vec<(usize, (String, String))> = running
+            .into_iter()
+            .filter_map(|(i, port)| status(port).map(|s| (i, s)))
+            .collect();
+        let (_, (_, leader)) = statuses.first()?;
+        statuses
+            .iter()
+            .find(|(_, (member, _))| member == leader)
+            .map(|(i, _)| *i)
     }
 
     /// Number of members (running or not).

@@ -430,3 +430,57 @@ fn events_are_trimmed_in_the_append_transaction() {
         BatchOutcome::Applied
     ));
 }
+
+#[test]
+fn losing_a_follower_member_is_invisible_and_losing_the_raft_leader_brief() {
+    let cluster = EtcdCluster::start(3).expect("start etcd");
+    let store = store_on(&cluster, "/minority");
+    assert_eq!(store.next_generation("a").expect("all up"), 1);
+
+    // A member that is not the raft leader: calls keep succeeding on the other two, also when
+    // the client's balancer hands a request to the dead member's endpoint now and then.
+    let leader = cluster.leader().expect("a raft leader");
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    for i in 2..=60 {
+        assert_eq!(store.next_generation("a").expect("quorum of two"), i);
+        assert!(
+            store
+                .list_jobs()
+                .expect("read with quorum of two")
+                .is_empty()
+        );
+    }
+    cluster.restart(follower).expect("restart");
+    cluster
+        .wait_healthy(Duration::from_secs(20))
+        .expect("healthy again");
+
+    // The raft leader: writes fail (retryably) until the other two elect a new one, about an
+    // election timeout; generations still never repeat.
+    let leader = cluster.leader().expect("a raft leader");
+    cluster.kill(leader);
+    let started = Instant::now();
+    let mut last = 60;
+    let mut failures = 0;
+    while last < 120 {
+        match store.next_generation("a") {
+            Ok(g) => {
+                assert!(g > last, "generations strictly increase: {g} after {last}");
+                last = g;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
+                failures += 1;
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "writes resume after a raft election: {e}"
+                );
+            }
+        }
+    }
+    println!(
+        "{failures} failed calls while the raft leader was replaced; 60 increments took {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,365 @@
+//! Transport security through the binary, as an operator uses it: `warden tls init` and
+//! `warden token join` make the files, `warden server` and `warden agent` (real processes on
+//! 127.0.0.1) take them, a task runs on an agent that joined with its certificate and token,
+//! and a second agent cannot reuse a one-time token. Also: bad TLS settings are refused with
+//! errors that name the file or the flags.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{ChildGuard, warden_bin};
+use serde_json::Value;
+use warden_chaos::client::Client;
+use warden_chaos::cluster::{free_port, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn warden(args: &[&str]) -> Output {
+    Command::new(warden_bin())
+        .args(args)
+        .env_remove("WARDEN_JOIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run warden")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = warden(args);
+    assert!(
+        out.status.success(),
+        "warden {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn failing(args: &[&str]) -> String {
+    let out = warden(args);
+    assert!(!out.status.success(), "warden {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Start `warden` with `args` (and `env`), output to `log`.
+fn spawn(args: &[String], env: &[(&str, &str)], log: &Path) -> ChildGuard {
+    let f = std::fs::File::create(log).expect("log");
+    ChildGuard(
+        Command::new(warden_bin())
+            .args(args)
+            .env_remove("WARDEN_JOIN_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn warden"),
+    )
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    certs: PathBuf,
+    grpc: String,
+    api: Client,
+}
+
+impl Setup {
+    fn agent(
+        &self,
+        name: &str,
+        cert_of: &str,
+        token: &[String],
+        env: &[(&str, &str)],
+    ) -> ChildGuard {
+        let mut args = vec![
+            "agent".to_string(),
+            "--server".into(),
+            self.grpc.clone(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            p(&self.dir.path().join(format!("data-{name}"))),
+            "--tls-cert".into(),
+            p(&self.certs.join(format!("agent-{cert_of}.pem"))),
+            "--tls-key".into(),
+            p(&self.certs.join(format!("agent-{cert_of}-key.pem"))),
+            "--tls-ca".into(),
+            p(&self.certs.join("ca.pem")),
+        ];
+        args.extend(token.iter().cloned());
+        spawn(&args, env, &self.log(name))
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log(name)).unwrap_or_default()
+    }
+
+    fn agent_state(&self, name: &str) -> Option<String> {
+        self.api
+            .get("/v1/agents")
+            .ok()?
+            .as_array()?
+            .iter()
+            .find_map(|a| {
+                (a["name"] == name).then(|| a["state"].as_str().unwrap_or_default().to_string())
+            })
+    }
+}
+
+#[test]
+fn tls_init_output_runs_server_and_agents_with_join_tokens_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = ok(&[
+        "tls",
+        "init",
+        "--dir",
+        &p(&certs),
+        "--agent",
+        "a1",
+        "--agent",
+        "a2",
+    ]);
+    assert!(out.contains("agent-a1.pem"), "{out}");
+    let tokens = dir.path().join("join-tokens");
+    let once = ok(&["token", "join", "--once", "--file", &p(&tokens)])
+        .trim()
+        .to_string();
+    let reusable = ok(&["token", "join", "--file", &p(&tokens)])
+        .trim()
+        .to_string();
+    let token_file = dir.path().join("a1.token");
+    std::fs::write(&token_file, format!("{once}\n")).unwrap();
+
+    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
+    let s = Setup {
+        certs,
+        grpc: format!("127.0.0.1:{grpc}"),
+        api: Client::new(&format!("http://127.0.0.1:{http}")).unwrap(),
+        dir,
+    };
+    // Host-wide CPU signals say nothing about agents that share one (busy) test machine.
+    let config = s.dir.path().join("server.toml");
+    std::fs::write(&config, warden_chaos::run::SERVER_CONFIG).unwrap();
+    let server_args: Vec<String> = vec![
+        "server".into(),
+        "--config".into(),
+        p(&config),
+        "--data-dir".into(),
+        p(&s.dir.path().join("server")),
+        "--grpc-addr".into(),
+        s.grpc.clone(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http}"),
+        "--tls-cert".into(),
+        p(&s.certs.join("server.pem")),
+        "--tls-key".into(),
+        p(&s.certs.join("server-key.pem")),
+        "--tls-client-ca".into(),
+        p(&s.certs.join("ca.pem")),
+        "--join-tokens".into(),
+        p(&tokens),
+    ];
+    let _server = spawn(&server_args, &[], &s.log("server"));
+    assert!(
+        wait_until(DEADLINE, || s.api.get("/healthz").is_ok()),
+        "server did not come up: {}",
+        s.read_log("server")
+    );
+
+    // a1: its certificate and the one-time token, from a file.
+    let _a1 = s.agent(
+        "a1",
+        "a1",
+        &["--join-token-file".into(), p(&token_file)],
+        &[],
+    );
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a1").as_deref()
+            == Some("healthy")),
+        "a1 did not join: {}",
+        s.read_log("a1")
+    );
+    let job = format!(
+        "name = \"tick\"\nkind = \"singleton\"\ncommand = \"{}\"\nargs = [\"workload\", \"sleep\"]\n",
+        p(&warden_bin())
+    );
+    s.api
+        .request("POST", "/v1/jobs", Some("application/toml"), job.as_bytes())
+        .unwrap()
+        .json()
+        .unwrap();
+    let task = || -> Option<Value> {
+        s.api
+            .get("/v1/tasks")
+            .ok()?
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == "tick/0")
+            .cloned()
+    };
+    assert!(
+        wait_until(DEADLINE, || task()
+            .is_some_and(|t| t["state"] == "running" && t["agent"] == "a1")),
+        "the task did not run on a1: {:?}\n{}",
+        task(),
+        s.read_log("a1")
+    );
+
+    // a2, with its own valid certificate, tries a1's one-time token: refused.
+    let a2 = s.agent(
+        "a2",
+        "a2",
+        &["--join-token-file".into(), p(&token_file)],
+        &[],
+    );
+    assert!(
+        wait_until(DEADLINE, || s
+            .read_log("a2")
+            .contains("already used by another agent")),
+        "a2 was not refused: {}",
+        s.read_log("a2")
+    );
+    assert_eq!(s.agent_state("a2"), None);
+    drop(a2);
+    // With a reusable token (from the environment) a2 joins.
+    let _a2 = s.agent("a2", "a2", &[], &[("WARDEN_JOIN_TOKEN", &reusable)]);
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a2").as_deref()
+            == Some("healthy")),
+        "a2 did not join with the reusable token: {}",
+        s.read_log("a2")
+    );
+    assert_eq!(task().unwrap()["agent"], "a1", "the task stayed on a1");
+
+    // Tokens appear in no log, and the server kept only hashes.
+    for log in ["server", "a1", "a2"] {
+        let text = s.read_log(log);
+        assert!(
+            !text.contains(&once) && !text.contains(&reusable),
+            "a token leaked into the {log} log"
+        );
+    }
+    let hashes = std::fs::read_to_string(&tokens).unwrap();
+    assert!(
+        !hashes.contains(&once) && hashes.lines().count() == 2,
+        "{hashes}"
+    );
+    let bindings =
+        std::fs::read_to_string(s.dir.path().join("server/join-token-bindings.json")).unwrap();
+    assert!(
+        bindings.contains("\"a1\"") && !bindings.contains(&once),
+        "{bindings}"
+    );
+}
+
+#[test]
+fn bad_tls_settings_are_refused_naming_the_file_or_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ok(&["tls", "init", "--dir", &p(&certs), "--agent", "a1"]);
+    let f = |name: &str| p(&certs.join(name));
+    let missing = p(&dir.path().join("missing.pem"));
+    let data = p(&dir.path().join("data"));
+    let server = |cert: &str, key: &str, ca: &str| {
+        failing(&[
+            "server",
+            "--data-dir",
+            &data,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--tls-client-ca",
+            ca,
+        ])
+    };
+    let e = server(&missing, &f("server-key.pem"), &f("ca.pem"));
+    assert!(
+        e.contains("read certificate") && e.contains("missing.pem"),
+        "{e}"
+    );
+    // A key where the certificate should be.
+    let e = server(&f("server-key.pem"), &f("server-key.pem"), &f("ca.pem"));
+    assert!(
+        e.contains("server-key.pem") && e.contains("no CERTIFICATE"),
+        "{e}"
+    );
+    // The key of another certificate.
+    let e = server(&f("server.pem"), &f("agent-a1-key.pem"), &f("ca.pem"));
+    assert!(e.contains("TLS settings"), "{e}");
+    let e = failing(&[
+        "server",
+        "--data-dir",
+        &data,
+        "--tls-cert",
+        &f("server.pem"),
+    ]);
+    assert!(e.contains("go together"), "{e}");
+
+    let e = failing(&[
+        "agent",
+        "--data-dir",
+        &data,
+        "--name",
+        "a1",
+        "--tls-cert",
+        &f("agent-a1.pem"),
+        "--tls-key",
+        &f("agent-a1-key.pem"),
+        "--tls-ca",
+        &missing,
+    ]);
+    assert!(
+        e.contains("read CA certificate") && e.contains("missing.pem"),
+        "{e}"
+    );
+    let e = failing(&[
+        "agent",
+        "--data-dir",
+        &data,
+        "--server",
+        "http://127.0.0.1:7400",
+        "--tls-cert",
+        &f("agent-a1.pem"),
+        "--tls-key",
+        &f("agent-a1-key.pem"),
+        "--tls-ca",
+        &f("ca.pem"),
+    ]);
+    assert!(e.contains("plaintext"), "{e}");
+
+    // The config file takes the same settings.
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\njoin_tokens = \"/etc/warden/join-tokens\"\n",
+            f("server.pem"),
+            f("server-key.pem"),
+            f("ca.pem")
+        ),
+    )
+    .unwrap();
+    let printed = ok(&["server", "--config", &p(&cfg), "--print-config"]);
+    assert!(
+        printed.contains(&format!("tls_client_ca = \"{}\"", f("ca.pem")))
+            && printed.contains("join_tokens = \"/etc/warden/join-tokens\""),
+        "{printed}"
+    );
+}
