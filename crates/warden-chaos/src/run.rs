@@ -1085,6 +1085,16 @@ impl Run<'_> {
                 return Ok(Some(msg));
             }
         };
+        // Finding the target may have taken a moment (a singleton holder right after a
+        // failover): the fault starts now.
+        rec.start_ms = self.now_ms();
+        if spec.after_failover.is_some() {
+            rec.since_failover_ms = self
+                .failovers
+                .last()
+                .and_then(FailoverWatch::acting_ms)
+                .map(|t| self.unix_now_ms().saturating_sub(t));
+        }
         rec.target = match (spec.kind, spec.target()) {
             (FaultKind::Isolate, _) => SERVER.to_string(),
             (_, Target::All) => "all".to_string(),
