@@ -1191,6 +1191,9 @@ impl ControlPlane {
         let stall = (self.cfg.tick * 8).max(Duration::from_millis(400));
         let mut last_loop = self.clock.now();
         let mut hold_until = Time::ZERO;
+        // One writer appends events in order, batching whatever queued while it wrote.
+        let (event_log, queued) = mpsc::unbounded_channel::<Vec<NewEvent>>();
+        let writer = tokio::spawn(write_events(self.store.clone(), queued));
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -1246,14 +1249,7 @@ impl ControlPlane {
                 tokio::spawn(self.clone().probe(job));
             }
             if !events.is_empty() {
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    for e in events {
-                        if let Err(err) = store.append_event(&e) {
-                            warn!(error = %err, "persist event");
-                        }
-                    }
-                });
+                let _ = event_log.send(events);
             }
             if !leads {
                 continue;
@@ -1277,6 +1273,8 @@ impl ControlPlane {
                 }
             }
         }
+        drop(event_log);
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         debug!("control loop stopped");
     }
 
@@ -1934,6 +1932,35 @@ fn note_endpoint(g: &mut Inner, task: TaskId, epoch: FencingToken, endpoint: &st
     if newer {
         g.endpoints_seen
             .insert(task, (epoch, endpoint.to_string(), healthy));
+    }
+}
+
+/// Most events held for the store while it is slow or unreachable; beyond, the oldest are
+/// dropped (and counted in a warning), so an etcd outage cannot run the server out of memory.
+const MAX_QUEUED_EVENTS: usize = 100_000;
+
+/// Append the control loop's events to the store in order, one batch for whatever queued
+/// while the previous batch was written.
+async fn write_events(store: Arc<dyn Store>, mut queued: mpsc::UnboundedReceiver<Vec<NewEvent>>) {
+    while let Some(mut batch) = queued.recv().await {
+        while let Ok(more) = queued.try_recv() {
+            batch.extend(more);
+        }
+        if batch.len() > MAX_QUEUED_EVENTS {
+            let dropped = batch.len() - MAX_QUEUED_EVENTS;
+            batch.drain(..dropped);
+            warn!(dropped, "the store is behind: oldest events dropped");
+        }
+        let store = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.append_events(&batch).map_err(|e| (e, batch.len()))
+        })
+        .await;
+        match written {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, count))) => warn!(error = %e, count, "persist events"),
+            Err(e) => warn!(error = %e, "persist events"),
+        }
     }
 }
 
