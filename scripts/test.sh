@@ -14,7 +14,9 @@ need_pkgs=()
 # haproxy: the real load balancer of the traffic-removal tests (crates/warden/tests/haproxy.rs).
 # protobuf-compiler: protoc, which etcd-client's build script runs (warden-store feature `etcd`).
 # etcd-server: the real etcd clusters of the etcd store and election tests
-#   (crates/warden-store/src/etcd/tests.rs, crates/warden-store/tests/etcd_election.rs).
+#   (crates/warden-store/src/etcd/tests.rs, crates/warden-store/tests/etcd_election.rs), of the
+#   replicated control plane's end-to-end tests (crates/warden/tests/ha.rs) and of the
+#   leader-failover chaos scenario (crates/warden/tests/chaos.rs).
 packages=(prometheus chromium nftables iproute2 stress-ng haproxy protobuf-compiler etcd-server)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
@@ -57,11 +59,12 @@ if grep -q 'etcd-client' <<<"$store_tree"; then
 fi
 
 echo "== cargo nextest"
-# warden-store's etcd back end and its tests against real etcd are behind a feature.
-cargo nextest run --workspace --features warden-store/etcd-testing --locked --no-fail-fast
+# Every feature: warden-store's etcd back end and its tests against real etcd, and the `warden`
+# binary with etcd (the replicated control plane's tests: ha.rs, the leader-failover scenario).
+cargo nextest run --workspace --all-features --locked --no-fail-fast
 
 echo "== doctests"
-cargo test --workspace --doc --features warden-store/etcd-testing --locked
+cargo test --workspace --doc --all-features --locked
 
 # Fuzzing, bounded (about 20 s per target plus the instrumented build). FUZZ_SECONDS=0 skips it.
 if [ "${FUZZ_SECONDS:-20}" != "0" ]; then

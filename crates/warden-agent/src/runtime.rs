@@ -89,7 +89,8 @@ fn phase_of(state: &TaskState) -> v1::TaskPhase {
         TaskState::Starting | TaskState::BackingOff { .. } => v1::TaskPhase::Starting,
         TaskState::Running { .. } => v1::TaskPhase::Running,
         TaskState::Stopping => v1::TaskPhase::Stopping,
-        TaskState::Stopped | TaskState::Completed | TaskState::Fenced => v1::TaskPhase::Stopped,
+        TaskState::Stopped | TaskState::Completed => v1::TaskPhase::Stopped,
+        TaskState::Fenced => v1::TaskPhase::Fenced,
         TaskState::Failed { .. } => v1::TaskPhase::Failed,
     }
 }
@@ -799,7 +800,7 @@ fn report_event(
             health.remove(&ev.task);
             forget_endpoint(endpoints, &ev.task, ev.epoch);
             (
-                v1::TaskPhase::Stopped,
+                v1::TaskPhase::Fenced,
                 None,
                 "fenced: lease ran out".into(),
                 false,

@@ -3,6 +3,15 @@
 //! (SIGKILL), pause (SIGSTOP) and resume (SIGCONT), restart — and ground truth read from the
 //! processes themselves.
 //!
+//! With the cargo feature `etcd`, [`Cluster::start_replicated`] runs a replicated control
+//! plane instead: a real etcd cluster (`warden_store::etcd::testing::EtcdCluster`) and several
+//! `warden server` replicas on it, each reaching every etcd member through a
+//! [`Proxy`](crate::proxy::Proxy) of its
+//! own, so that one replica can be cut off from etcd ([`Cluster::cut_store`]) while the others
+//! keep their access. Agents are given every replica. The cluster's [`Client`] knows every
+//! replica too (it follows a standby's redirect to the leader, and moves on from a replica
+//! that is down).
+//!
 //! Ground truth about tasks comes from `/proc`: every job the harness submits carries the
 //! cluster's unique marker in its environment, so the harness finds the task processes that
 //! belong to *this* cluster (and their `WARDEN_FENCING_TOKEN`) without trusting the server.
@@ -22,6 +31,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::client::Client;
+#[cfg(feature = "etcd")]
+use crate::proxy::Proxy;
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> Result<u16> {
@@ -114,20 +125,44 @@ impl Proc {
     }
 }
 
+/// One `warden server` of the cluster.
+struct ServerSlot {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    /// `--store`: `None` for the embedded store in the server's data directory.
+    store: Option<String>,
+    proc: Option<Proc>,
+}
+
+/// The etcd cluster of a replicated control plane, and each server's way to it.
+#[cfg(feature = "etcd")]
+struct EtcdBackend {
+    /// `proxies[i][m]`: server `i`'s proxy to etcd member `m`.
+    proxies: Vec<Vec<Proxy>>,
+    /// Dropped after the proxies: the members are killed last.
+    cluster: warden_store::etcd::testing::EtcdCluster,
+}
+
+/// Prefix of the control plane's keys in a cluster's etcd.
+pub const ETCD_PREFIX: &str = "/warden";
+
 /// A local cluster.
 pub struct Cluster {
     exe: PathBuf,
     dir: tempfile::TempDir,
     marker: String,
-    server: Option<Proc>,
+    servers: Vec<ServerSlot>,
     agents: BTreeMap<String, Proc>,
-    /// Where agent sessions connect (may be a proxy in front of the server).
+    /// Where agent sessions connect: the first server's gRPC address.
     pub grpc_addr: SocketAddr,
-    /// The REST API.
+    /// The first server's REST API.
     pub http_addr: SocketAddr,
-    /// The API client.
+    /// The API client (every server; see the module documentation).
     pub client: Client,
     env: Vec<(String, String)>,
+    /// Declared last: dropped after [`Cluster::shutdown`] stopped the servers.
+    #[cfg(feature = "etcd")]
+    etcd: Option<EtcdBackend>,
 }
 
 impl Cluster {
@@ -138,32 +173,216 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra environment variables for every process.
     pub fn start_with_env(exe: &Path, env: &[(&str, &str)]) -> Result<Cluster> {
+        let mut c = Self::prepare(exe, env, 1)?;
+        c.start_server()?;
+        Ok(c)
+    }
+
+    /// The cluster's directory, addresses and client, no process started yet.
+    fn prepare(exe: &Path, env: &[(&str, &str)], servers: usize) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("warden-cluster-")
             .tempdir()?;
-        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut slots = Vec::new();
+        for _ in 0..servers.max(1) {
+            slots.push(ServerSlot {
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                http_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                store: None,
+                proc: None,
+            });
+        }
         let marker = dir
             .path()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "warden-cluster".into());
-        let mut c = Cluster {
+        let https: Vec<String> = slots
+            .iter()
+            .map(|s| format!("http://{}", s.http_addr))
+            .collect();
+        Ok(Cluster {
             exe: exe.to_path_buf(),
-            client: Client::new(&format!("http://{http_addr}"))?,
+            client: Client::for_replicas(&https)?,
             dir,
             marker,
-            server: None,
+            grpc_addr: slots[0].grpc_addr,
+            http_addr: slots[0].http_addr,
+            servers: slots,
             agents: BTreeMap::new(),
-            grpc_addr,
-            http_addr,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        c.start_server()?;
+            #[cfg(feature = "etcd")]
+            etcd: None,
+        })
+    }
+
+    /// Start a replicated control plane: an etcd cluster of `etcd_members` real `etcd`
+    /// processes, then `servers` `warden server` replicas on it (each through its own proxies
+    /// to every member), and wait until one of them leads. `exe` must be built with the
+    /// feature `etcd`; `env` goes to every Warden process.
+    #[cfg(feature = "etcd")]
+    pub fn start_replicated(
+        exe: &Path,
+        env: &[(&str, &str)],
+        servers: usize,
+        etcd_members: usize,
+    ) -> Result<Cluster> {
+        let mut c = Self::prepare(exe, env, servers)?;
+        let etcd = warden_store::etcd::testing::EtcdCluster::start(etcd_members)
+            .context("start the etcd cluster (Debian package etcd-server)")?;
+        let members: Vec<SocketAddr> = etcd
+            .endpoints()
+            .iter()
+            .map(|e| {
+                e.trim_start_matches("http://")
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("etcd endpoint {e}"))
+            })
+            .collect::<Result<_>>()?;
+        let mut proxies = Vec::new();
+        for slot in &mut c.servers {
+            let mine = members
+                .iter()
+                .map(|m| Proxy::start(*m))
+                .collect::<Result<Vec<Proxy>>>()?;
+            let hosts: Vec<String> = mine.iter().map(|p| p.addr().to_string()).collect();
+            slot.store = Some(format!("etcd://{}{ETCD_PREFIX}", hosts.join(",")));
+            proxies.push(mine);
+        }
+        c.etcd = Some(EtcdBackend {
+            proxies,
+            cluster: etcd,
+        });
+        for i in 0..c.servers.len() {
+            c.start_server_at(i)?;
+        }
+        if !wait_until(Duration::from_secs(30), || c.leader().is_some()) {
+            bail!(
+                "no server became leader; log of server-0:\n{}",
+                c.log("server-0")
+            );
+        }
         Ok(c)
+    }
+
+    /// The etcd cluster of a replicated control plane.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(&self) -> Option<&warden_store::etcd::testing::EtcdCluster> {
+        self.etcd.as_ref().map(|e| &e.cluster)
+    }
+
+    /// Cut server `i` off from etcd: its proxies to every member stop forwarding, silently
+    /// (connections stay open, nothing arrives), as a network partition would.
+    #[cfg(feature = "etcd")]
+    pub fn cut_store(&self, i: usize) -> Result<()> {
+        let e = self
+            .etcd
+            .as_ref()
+            .context("not a replicated control plane")?;
+        for p in e.proxies.get(i).with_context(|| format!("no server {i}"))? {
+            p.cut();
+        }
+        Ok(())
+    }
+
+    /// Let server `i` reach etcd again.
+    #[cfg(feature = "etcd")]
+    pub fn heal_store(&self, i: usize) -> Result<()> {
+        let e = self
+            .etcd
+            .as_ref()
+            .context("not a replicated control plane")?;
+        for p in e.proxies.get(i).with_context(|| format!("no server {i}"))? {
+            p.heal();
+        }
+        Ok(())
+    }
+
+    /// The etcd members running now (indices); none without etcd.
+    pub fn etcd_running(&self) -> Vec<usize> {
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            return (0..e.cluster.len())
+                .filter(|m| e.cluster.pid(*m).is_some())
+                .collect();
+        }
+        Vec::new()
+    }
+
+    /// SIGKILL etcd member `m`.
+    pub fn kill_etcd(&self, m: usize) -> Result<()> {
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            e.cluster.kill(m);
+            return Ok(());
+        }
+        bail!("etcd member {m}: this cluster has no etcd")
+    }
+
+    /// Start etcd member `m` again (same data and ports); does not wait for it to be healthy.
+    pub fn restart_etcd(&self, m: usize) -> Result<()> {
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            e.cluster
+                .restart(m)
+                .with_context(|| format!("restart etcd member {m}"))?;
+            return Ok(());
+        }
+        bail!("etcd member {m}: this cluster has no etcd")
+    }
+
+    /// Number of server replicas.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Server `i`'s gRPC address (agent sessions).
+    pub fn server_grpc(&self, i: usize) -> Option<SocketAddr> {
+        self.servers.get(i).map(|s| s.grpc_addr)
+    }
+
+    /// Every server's gRPC address.
+    pub fn grpc_addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(|s| s.grpc_addr).collect()
+    }
+
+    /// Server `i`'s REST address.
+    pub fn server_http(&self, i: usize) -> Option<SocketAddr> {
+        self.servers.get(i).map(|s| s.http_addr)
+    }
+
+    /// A client of server `i` alone.
+    pub fn server_client(&self, i: usize) -> Result<Client> {
+        let addr = self
+            .server_http(i)
+            .with_context(|| format!("no server {i}"))?;
+        Client::new(&format!("http://{addr}"))
+    }
+
+    /// Whether server `i`'s process runs (started and not killed by the cluster).
+    pub fn server_running(&self, i: usize) -> bool {
+        self.servers.get(i).is_some_and(|s| s.proc.is_some())
+    }
+
+    /// `GET /v1/leader` of every running server: `(index, answer)`.
+    pub fn leader_views(&self) -> Vec<(usize, Value)> {
+        (0..self.servers.len())
+            .filter(|i| self.server_running(*i))
+            .filter_map(|i| Some((i, self.server_client(i).ok()?.get("/v1/leader").ok()?)))
+            .collect()
+    }
+
+    /// The server that says it leads and acts (`role` leader), with its `GET /v1/leader`;
+    /// the one with the highest term if several say so (a deposed leader that has not noticed
+    /// yet).
+    pub fn leader(&self) -> Option<(usize, Value)> {
+        self.leader_views()
+            .into_iter()
+            .filter(|(_, v)| v.get("role").and_then(Value::as_str) == Some("leader"))
+            .max_by_key(|(_, v)| v.get("term").and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// The `warden` executable the cluster runs.
@@ -217,29 +436,57 @@ impl Cluster {
         })
     }
 
-    /// (Re)start the server process on the same addresses and data.
+    /// The log name of server `i`: `server` for a single server, else `server-<i>`.
+    pub fn server_name(&self, i: usize) -> String {
+        if self.servers.len() == 1 {
+            "server".to_string()
+        } else {
+            format!("server-{i}")
+        }
+    }
+
+    /// (Re)start the (first) server process on the same addresses and data.
     pub fn start_server(&mut self) -> Result<()> {
-        let args = vec![
+        self.start_server_at(0)
+    }
+
+    /// (Re)start server `i` on the same addresses and data (or etcd), and wait until it
+    /// answers on its REST address.
+    pub fn start_server_at(&mut self, i: usize) -> Result<()> {
+        let name = self.server_name(i);
+        let slot = self
+            .servers
+            .get(i)
+            .with_context(|| format!("no server {i}"))?;
+        let mut args = vec![
             "server".to_string(),
             "--data-dir".into(),
-            self.dir.path().join("server").display().to_string(),
+            self.dir.path().join(&name).display().to_string(),
             "--grpc-addr".into(),
-            self.grpc_addr.to_string(),
+            slot.grpc_addr.to_string(),
             "--http-addr".into(),
-            self.http_addr.to_string(),
+            slot.http_addr.to_string(),
         ];
-        self.server = Some(self.spawn("server", &args)?);
-        if !wait_until(Duration::from_secs(20), || {
-            self.client.get("/healthz").is_ok()
-        }) {
-            bail!("the server did not come up; log: {}", self.log("server"));
+        if let Some(store) = &slot.store {
+            args.extend(["--store".to_string(), store.clone()]);
+        }
+        let proc = self.spawn(&name, &args)?;
+        self.servers[i].proc = Some(proc);
+        let client = self.server_client(i)?;
+        if !wait_until(Duration::from_secs(20), || client.get("/healthz").is_ok()) {
+            bail!("{name} did not come up; log: {}", self.log(&name));
         }
         Ok(())
     }
 
-    /// SIGKILL the server.
+    /// SIGKILL the (first) server.
     pub fn kill_server(&mut self) -> Result<()> {
-        if let Some(mut p) = self.server.take() {
+        self.kill_server_at(0)
+    }
+
+    /// SIGKILL server `i` and reap it.
+    pub fn kill_server_at(&mut self, i: usize) -> Result<()> {
+        if let Some(mut p) = self.servers.get_mut(i).and_then(|s| s.proc.take()) {
             p.child.kill()?;
             p.child.wait()?;
         }
@@ -261,10 +508,24 @@ impl Cluster {
         wrapper: &[String],
         probe_addr: Option<SocketAddr>,
     ) -> Result<()> {
+        self.add_agent_with(name, &[server], wrapper, probe_addr)
+    }
+
+    /// Start an agent called `name` with a session to each of `servers` (every replica of a
+    /// replicated control plane, or proxies in front of them), under the command prefix
+    /// `wrapper`, with its probe listener on `probe_addr` (default: a free loopback port).
+    pub fn add_agent_with(
+        &mut self,
+        name: &str,
+        servers: &[SocketAddr],
+        wrapper: &[String],
+        probe_addr: Option<SocketAddr>,
+    ) -> Result<()> {
+        let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
         let mut args = vec![
             "agent".to_string(),
             "--server".into(),
-            server.to_string(),
+            servers.join(","),
             "--name".into(),
             name.into(),
             "--data-dir".into(),
@@ -292,9 +553,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Start an agent called `name`.
+    /// Start an agent called `name`, with a session to every server.
     pub fn add_agent(&mut self, name: &str) -> Result<()> {
-        self.add_agent_via(name, self.grpc_addr)
+        let servers = self.grpc_addrs();
+        self.add_agent_with(name, &servers, &[], None)
     }
 
     /// Start agents `agent-1` … `agent-n` and wait until all are healthy.
@@ -316,9 +578,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// PID of the server process.
+    /// PID of the (first) server process.
     pub fn server_pid(&self) -> Option<i32> {
-        self.server.as_ref().map(Proc::pid)
+        self.server_pid_at(0)
+    }
+
+    /// PID of server `i`.
+    pub fn server_pid_at(&self, i: usize) -> Option<i32> {
+        self.servers
+            .get(i)
+            .and_then(|s| s.proc.as_ref())
+            .map(Proc::pid)
     }
 
     /// PID of an agent process.
@@ -427,7 +697,7 @@ impl Cluster {
     /// after a deadline.
     pub fn shutdown(&mut self) {
         let mut procs: Vec<Proc> = std::mem::take(&mut self.agents).into_values().collect();
-        procs.extend(self.server.take());
+        procs.extend(self.servers.iter_mut().filter_map(|s| s.proc.take()));
         for p in &procs {
             let _ = kill(Pid::from_raw(p.pid()), Signal::SIGCONT);
             let _ = kill(Pid::from_raw(p.pid()), Signal::SIGTERM);

@@ -39,6 +39,8 @@ pub fn kind_color(kind: FaultKind) -> &'static str {
         FaultKind::Memory => "#7f7f7f",
         FaultKind::Isolate => "#393b79",
         FaultKind::ServerKill => "#000000",
+        FaultKind::LeaderKill => "#843c39",
+        FaultKind::EtcdKill => "#637939",
     }
 }
 
@@ -49,7 +51,8 @@ fn on_lane(f: &FaultReport, lane: &str) -> bool {
     }
     match f.kind {
         FaultKind::Isolate => true,
-        FaultKind::ServerKill => lane == SERVER,
+        // The control plane's processes share the server lane.
+        FaultKind::ServerKill | FaultKind::LeaderKill | FaultKind::EtcdKill => lane == SERVER,
         FaultKind::Kill
         | FaultKind::Pause
         | FaultKind::Restart
@@ -337,6 +340,7 @@ mod tests {
             start_ms,
             end_ms: Some(end_ms),
             skipped: None,
+            since_failover_ms: None,
         };
         r.faults = vec![
             fault(0, FaultKind::Flap, "agent-1", 2_000, 7_000),
@@ -394,6 +398,8 @@ mod tests {
             FaultKind::Memory,
             FaultKind::Isolate,
             FaultKind::ServerKill,
+            FaultKind::LeaderKill,
+            FaultKind::EtcdKill,
         ];
         let colours: std::collections::BTreeSet<&str> =
             kinds.iter().map(|k| kind_color(*k)).collect();

@@ -30,6 +30,10 @@ pub struct Record {
     pub singletons: Vec<String>,
     /// Task ids of every desired slot.
     pub slots: Vec<String>,
+    /// When the run started on the wall clock, ms since the Unix epoch (every `t_ms` is
+    /// counted from it; to line the record up with the processes' logs).
+    #[serde(default)]
+    pub start_unix_ms: u64,
     /// When the workload ran and the fault schedule started.
     pub schedule_start_ms: u64,
     /// When the last fault ended (its undo done).
@@ -54,6 +58,44 @@ pub struct Record {
     /// without a fault); the ground truth was corrected for them.
     #[serde(default)]
     pub anomalies: Vec<String>,
+    /// Every `leader-kill` of a replicated control plane and the failover that followed.
+    #[serde(default)]
+    pub failovers: Vec<Failover>,
+}
+
+/// A leader killed, and who took over when (times in ms since the run started; the servers'
+/// stamps are wall-clock, placed on the run's clock like events).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The `leader-kill` fault's position in the schedule.
+    pub fault: usize,
+    /// The server killed (`server-<i>`).
+    pub killed: String,
+    /// Its term.
+    pub old_term: u64,
+    /// When it was killed.
+    pub kill_ms: u64,
+    /// The replica that took over, once seen.
+    pub new_leader: Option<String>,
+    /// Its term.
+    pub new_term: Option<u64>,
+    /// When it won the election (`since` of `GET /v1/leader`).
+    pub elected_ms: Option<u64>,
+    /// When it ran its first reconcile round of the term (`acting_since`): the failover is
+    /// complete.
+    pub acting_ms: Option<u64>,
+}
+
+impl Failover {
+    /// Kill → the new leader acting.
+    pub fn failover_ms(&self) -> Option<u64> {
+        self.acting_ms.map(|t| t.saturating_sub(self.kill_ms))
+    }
+
+    /// Kill → the new leader elected.
+    pub fn election_ms(&self) -> Option<u64> {
+        self.elected_ms.map(|t| t.saturating_sub(self.kill_ms))
+    }
 }
 
 /// A fault as executed.
@@ -72,6 +114,10 @@ pub struct FaultRecord {
     pub end_ms: Option<u64>,
     /// Why it was not injected, if it was not.
     pub skipped: Option<String>,
+    /// For a fault injected `after_failover`: how long after the new leader started acting
+    /// it was injected.
+    #[serde(default)]
+    pub since_failover_ms: Option<u64>,
 }
 
 /// How an agent was not up and reachable.

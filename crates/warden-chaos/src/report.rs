@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use warden_core::qos::{Confusion, percentile};
 
 use crate::check::{self, CheckResult};
-use crate::record::{FaultRecord, Record, SERVER};
+use crate::record::{Failover, FaultRecord, Record, SERVER};
 use crate::scenario::FaultKind;
 
 /// Width of a confusion-matrix window: one verdict sample per agent per window.
@@ -68,6 +68,38 @@ pub struct Report {
     pub violations: usize,
     /// Things that happened outside the harness's control (see `Record::anomalies`).
     pub anomalies: Vec<String>,
+    /// Replicated control planes: every leader kill and its failover.
+    #[serde(default)]
+    pub failovers: Vec<Failover>,
+    /// Failover times: each leader kill → the new leader's first reconcile round
+    /// (`acting_since`).
+    #[serde(default)]
+    pub failover: Stats,
+    /// Election times: each leader kill → the new leader's term began (`since`).
+    #[serde(default)]
+    pub election: Stats,
+    /// Leader kills after which no new leader was seen acting.
+    #[serde(default)]
+    pub failovers_incomplete: usize,
+    /// Agent faults injected right after a failover (`after_failover`): how the new leader
+    /// detected and recovered them.
+    #[serde(default)]
+    pub after_failover: AfterFailover,
+}
+
+/// Detection and recovery of agent faults injected right after a failover.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AfterFailover {
+    /// Such faults injected.
+    pub faults: usize,
+    /// How long after the new leader started acting they were injected.
+    pub since_failover: Stats,
+    /// Their detection times (T_D).
+    pub detection: Stats,
+    /// RTO of their singleton slots.
+    pub singleton_rto: Stats,
+    /// RTO of their service slots.
+    pub service_rto: Stats,
 }
 
 /// One fault and what followed.
@@ -368,7 +400,7 @@ fn fault_report(record: &Record, f: &FaultRecord) -> FaultReport {
         false_verdicts: 0,
         recoveries: Vec::new(),
     };
-    if f.skipped.is_some() || f.target == SERVER {
+    if f.skipped.is_some() || f.target == SERVER || f.kind.hits_control_plane() {
         return r;
     }
     let until = window_end(record, f);
@@ -488,7 +520,12 @@ impl Report {
             .iter()
             .map(|f| fault_report(record, f))
             .collect();
-        let mut kinds: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
+        // Faults on the control plane's processes have no agent to detect.
+        let mut kinds: Vec<FaultKind> = faults
+            .iter()
+            .map(|f| f.kind)
+            .filter(|k| !k.hits_control_plane())
+            .collect();
         kinds.sort();
         kinds.dedup();
         let detection = kinds
@@ -529,6 +566,41 @@ impl Report {
             .as_ref()
             .map(|s| (s.name.clone(), s.description.clone()))
             .unwrap_or_default();
+        let after: Vec<&FaultReport> = faults
+            .iter()
+            .filter(|f| {
+                f.skipped.is_none()
+                    && record
+                        .faults
+                        .iter()
+                        .any(|r| r.index == f.index && r.since_failover_ms.is_some())
+            })
+            .collect();
+        let after_failover = AfterFailover {
+            faults: after.len(),
+            since_failover: Stats::of(
+                record
+                    .faults
+                    .iter()
+                    .filter(|r| r.skipped.is_none())
+                    .filter_map(|r| r.since_failover_ms),
+            ),
+            detection: Stats::of(after.iter().filter_map(|f| f.detected_ms)),
+            singleton_rto: Stats::of(
+                after
+                    .iter()
+                    .flat_map(|f| &f.recoveries)
+                    .filter(|r| r.singleton)
+                    .filter_map(|r| r.rto_ms),
+            ),
+            service_rto: Stats::of(
+                after
+                    .iter()
+                    .flat_map(|f| &f.recoveries)
+                    .filter(|r| !r.singleton)
+                    .filter_map(|r| r.rto_ms),
+            ),
+        };
         Report {
             scenario: name,
             description,
@@ -555,11 +627,21 @@ impl Report {
             detection,
             faults,
             anomalies: record.anomalies.clone(),
+            failover: Stats::of(record.failovers.iter().filter_map(Failover::failover_ms)),
+            election: Stats::of(record.failovers.iter().filter_map(Failover::election_ms)),
+            failovers_incomplete: record
+                .failovers
+                .iter()
+                .filter(|f| f.acting_ms.is_none())
+                .count(),
+            failovers: record.failovers.clone(),
+            after_failover,
         }
     }
 
     /// A short human summary: faults, figures, checkers.
     pub fn summary(&self) -> String {
+        let ms_opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
         let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
         let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"));
         let r = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
@@ -586,8 +668,18 @@ impl Report {
             "#", "fault", "target", "at", "T_D susp", "T_D fail"
         );
         for fr in &self.faults {
+            let failover = self.failovers.iter().find(|f| f.fault == fr.index);
             let rec = if let Some(why) = &fr.skipped {
                 format!("skipped: {why}")
+            } else if let Some(fo) = failover {
+                match (fo.failover_ms(), &fo.new_leader) {
+                    (Some(ms), Some(who)) => format!(
+                        "failover {ms} ms: {who} leads (term {}), elected after {}",
+                        fo.new_term.unwrap_or(0),
+                        ms_opt(fo.election_ms())
+                    ),
+                    _ => "no new leader seen acting".to_string(),
+                }
             } else {
                 let mut parts: Vec<String> = Vec::new();
                 if !fr.kind.takes_agent_out() {
@@ -603,7 +695,9 @@ impl Report {
                 }));
                 parts.join(", ")
             };
-            let (susp, fail) = if fr.kind.takes_agent_out() {
+            let (susp, fail) = if fr.kind.hits_control_plane() {
+                ("-".to_string(), "-".to_string())
+            } else if fr.kind.takes_agent_out() {
                 (ms(fr.suspect_ms), ms(fr.failed_ms))
             } else {
                 ("n/a".to_string(), "n/a".to_string())
@@ -695,6 +789,36 @@ impl Report {
             a.query_accuracy
                 .map_or_else(|| "-".to_string(), |v| format!("{v:.5}"))
         );
+        if !self.failovers.is_empty() {
+            let _ = writeln!(
+                s,
+                "failover (leader kill -> new leader acting) {} of {}: p50 {}, p99 {}, max {}; \
+                 elected: p50 {}, p99 {}",
+                self.failover.count,
+                self.failovers.len(),
+                f(self.failover.p50_ms),
+                f(self.failover.p99_ms),
+                f(self.failover.max_ms),
+                f(self.election.p50_ms),
+                f(self.election.p99_ms)
+            );
+            let a = &self.after_failover;
+            if a.faults > 0 {
+                let _ = writeln!(
+                    s,
+                    "after failover ({} agent faults, injected p50 {} after the new leader acted): \
+                     T_D p50 {}, p99 {}; RTO singleton p50 {}, p99 {}; service p50 {}, p99 {}",
+                    a.faults,
+                    f(a.since_failover.p50_ms),
+                    f(a.detection.p50_ms),
+                    f(a.detection.p99_ms),
+                    f(a.singleton_rto.p50_ms),
+                    f(a.singleton_rto.p99_ms),
+                    f(a.service_rto.p50_ms),
+                    f(a.service_rto.p99_ms)
+                );
+            }
+        }
         for note in &self.anomalies {
             let _ = writeln!(s, "WARNING: {note}");
         }
@@ -737,6 +861,7 @@ mod tests {
             start_ms: 2_000,
             end_ms: Some(6_000),
             skipped: None,
+            since_failover_ms: None,
         }];
         r.truth = vec![TruthInterval {
             agent: "agent-1".into(),
@@ -807,6 +932,7 @@ mod tests {
             start_ms,
             end_ms: Some(end_ms),
             skipped: None,
+            since_failover_ms: None,
         }
     }
 

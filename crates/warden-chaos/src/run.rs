@@ -10,6 +10,13 @@
 //!
 //! Everything is stopped on every path out, errors and panics included: the recorder threads
 //! by their guard's `Drop`, the processes by the [`Cluster`]'s, the proxies by theirs.
+//!
+//! A scenario with a replicated control plane (`[cluster] store = "etcd"`) runs an etcd
+//! cluster and several servers (see [`Cluster::start_replicated`], cargo feature `etcd`); each
+//! agent then has one proxy per server. After every `leader-kill` a watcher thread polls the
+//! surviving replicas' `GET /v1/leader` every [`FAILOVER_POLL`] until one leads with a higher
+//! term and has run its first reconcile round (`acting_since`): the record's
+//! [`Failover`]s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,15 +35,21 @@ use crate::cluster::{Cluster, is_alive, parent_pid, scan_task_procs, wait_until}
 use crate::netns::Netns;
 use crate::proxy::Proxy;
 use crate::record::{
-    AgentEvent, FaultRecord, ProcSample, Record, SERVER, Sample, Spawn, TruthInterval, TruthState,
+    AgentEvent, Failover, FaultRecord, ProcSample, Record, SERVER, Sample, Spawn, TruthInterval,
+    TruthState,
 };
-use crate::scenario::{Direction, FaultKind, FaultSpec, Scenario, Target};
+use crate::scenario::{ClusterSpec, Direction, FaultKind, FaultSpec, Scenario, Target};
 
 /// How often the process sampler reads `/proc`.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// How often the event poller asks the server (event times come from the server's stamps,
 /// so this only bounds how stale the poller's view is).
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
+/// How often a failover watcher asks the surviving replicas who leads (the times it records
+/// are the servers' own stamps; this only bounds when they are learnt).
+pub const FAILOVER_POLL: Duration = Duration::from_millis(20);
+/// How long a failover watcher waits for a new leader before giving up.
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(60);
 
 /// The server configuration of a chaos run. Every agent runs on this one machine, so the
 /// host-wide signals (CPU utilisation and CPU pressure) are the same for all of them and say
@@ -306,6 +319,108 @@ fn agent_event(e: &Value, seq: u64, t0_unix: u64) -> Option<AgentEvent> {
     })
 }
 
+/// Watches the replicas after a `leader-kill` until a new leader acts; stopped when dropped.
+struct FailoverWatch {
+    found: Arc<Mutex<Failover>>,
+    done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FailoverWatch {
+    /// Poll `replicas` (index, client; the killed server excluded) until one leads with a term
+    /// above `start.old_term` and acts. `t0_unix` places the servers' stamps on the run's clock.
+    fn start(replicas: Vec<(usize, Client)>, start: Failover, t0_unix: u64) -> FailoverWatch {
+        let found = Arc::new(Mutex::new(start));
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, d, s) = (found.clone(), done.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + FAILOVER_WAIT;
+            let old_term = f.lock().map(|g| g.old_term).unwrap_or(0);
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                for (i, client) in &replicas {
+                    let Ok(v) = client.get("/v1/leader") else {
+                        continue;
+                    };
+                    let term = v.get("term").and_then(Value::as_u64).unwrap_or(0);
+                    if v.get("role").and_then(Value::as_str) != Some("leader") || term <= old_term {
+                        continue;
+                    }
+                    let at = |key: &str| {
+                        v.get(key)
+                            .and_then(Value::as_u64)
+                            .map(|t| t.saturating_sub(t0_unix))
+                    };
+                    let acting = at("acting_since");
+                    if let Ok(mut g) = f.lock() {
+                        g.new_leader = Some(format!("server-{i}"));
+                        g.new_term = Some(term);
+                        g.elected_ms = at("since");
+                        g.acting_ms = acting;
+                    }
+                    if acting.is_some() {
+                        d.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                std::thread::sleep(FAILOVER_POLL);
+            }
+        });
+        FailoverWatch {
+            found,
+            done,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// When the new leader started acting (ms since the run started), once known.
+    fn acting_ms(&self) -> Option<u64> {
+        if !self.done.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.found.lock().ok().and_then(|g| g.acting_ms)
+    }
+
+    /// Stop watching; what was found.
+    fn finish(mut self) -> Failover {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.found.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for FailoverWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start the scenario's control plane: one server, or etcd and replicas.
+fn start_cluster(exe: &Path, env: &[(&str, &str)], spec: &ClusterSpec) -> Result<Cluster> {
+    if !spec.replicated() {
+        return Cluster::start_with_env(exe, env);
+    }
+    #[cfg(feature = "etcd")]
+    {
+        Cluster::start_replicated(exe, env, spec.servers, spec.etcd_members)
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        bail!(
+            "this scenario runs a replicated control plane on etcd; this warden was built \
+             without etcd support: build it with `cargo build --release -p warden --features \
+             etcd` (needs Debian's protobuf-compiler and etcd-server)"
+        )
+    }
+}
+
 /// A fault being carried out.
 struct Active {
     /// Its record's position.
@@ -325,10 +440,18 @@ struct Run<'a> {
     cancel: Arc<AtomicBool>,
     /// Pressure processes and other per-fault state; dropped first.
     active: BTreeMap<usize, Active>,
+    /// Failover watchers of the leader kills, in order.
+    failovers: Vec<FailoverWatch>,
+    /// How much later than scheduled each fault was injected (`after_failover`): its end is
+    /// put off as much.
+    delays: BTreeMap<usize, Duration>,
+    /// The run's start on the wall clock (servers' stamps are placed on the run's clock with it).
+    t0_unix: u64,
     /// Declared before the proxies, so dropped before them: agents shut down while their
     /// proxies still forward.
     cluster: Cluster,
-    proxies: BTreeMap<String, Proxy>,
+    /// Each agent's proxies, one per server.
+    proxies: BTreeMap<String, Vec<Proxy>>,
     /// Dropped last: the namespaces outlive every process in them.
     netns: Option<Netns>,
     /// Why network namespaces are not used (loopback mode), if they are not.
@@ -362,33 +485,53 @@ pub fn run(
             (Some(Netns::create(&scenario.agent_names())?), None)
         }
     };
+    let control = if scenario.cluster.replicated() {
+        format!(
+            "{} servers on {} etcd members",
+            scenario.cluster.servers, scenario.cluster.etcd_members
+        )
+    } else {
+        "a server".to_string()
+    };
     match &no_netns {
         None => progress(&format!(
-            "starting a server and {} agents, each in its own network namespace",
+            "starting {control} and {} agents, each agent in its own network namespace",
             scenario.agents
         )),
         Some(why) => progress(&format!(
-            "starting a server and {} agents on loopback ({why}: faults that need network \
+            "starting {control} and {} agents on loopback ({why}: faults that need network \
              namespaces are skipped)",
             scenario.agents
         )),
     }
     let mut proxies = BTreeMap::new();
-    let cluster = Cluster::start_with_env(&opts.exe, &[("WARDEN_CONFIG", cfg.as_str())])?;
+    let cluster = start_cluster(
+        &opts.exe,
+        &[("WARDEN_CONFIG", cfg.as_str())],
+        &scenario.cluster,
+    )?;
     for name in scenario.agent_names() {
-        // Every session goes through a proxy (delay, jitter; cuts on loopback). In namespaces
-        // it listens on the server's side of the agent's link.
+        // Every session goes through a proxy (delay, jitter; cuts on loopback), one per
+        // server. In namespaces they listen on the server's side of the agent's link.
         let bind = match netns.as_ref().and_then(|n| n.agent_net(&name)) {
             Some(a) => std::net::SocketAddr::from((a.server_ip, 0)),
             None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        proxies.insert(name, Proxy::start_on(bind, cluster.grpc_addr)?);
+        let mine = cluster
+            .grpc_addrs()
+            .into_iter()
+            .map(|server| Proxy::start_on(bind, server))
+            .collect::<Result<Vec<_>>>()?;
+        proxies.insert(name, mine);
     }
     let mut run = Run {
         scenario,
         seed: opts.seed,
         cancel: opts.cancel.clone(),
         active: BTreeMap::new(),
+        failovers: Vec::new(),
+        delays: BTreeMap::new(),
+        t0_unix,
         cluster,
         proxies,
         netns,
@@ -401,6 +544,7 @@ pub fn run(
             agents: scenario.agent_names(),
             singletons: scenario.singleton_slots(),
             slots: scenario.all_slots(),
+            start_unix_ms: t0_unix,
             rto_bound_ms: millis(scenario.rto_bound),
             verdict_tolerance_ms: millis(scenario.verdict_tolerance),
             network: if no_netns.is_none() {
@@ -422,6 +566,10 @@ pub fn run(
     let result = run.execute(progress, &opts.clock);
     opts.clock.finish();
     let (samples, events) = recorder.finish();
+    run.record.failovers = std::mem::take(&mut run.failovers)
+        .into_iter()
+        .map(FailoverWatch::finish)
+        .collect();
     run.record.end_ms = run.now_ms();
     run.record.samples = samples;
     run.record.events = events;
@@ -436,7 +584,8 @@ pub fn run(
         if run.cancel.load(Ordering::SeqCst) {
             return Err(e);
         }
-        bail!("{e:#}\nserver log (tail):\n{}", run.cluster.log("server"));
+        let server = run.cluster.server_name(0);
+        bail!("{e:#}\n{server} log (tail):\n{}", run.cluster.log(&server));
     }
     Ok(run.record)
 }
@@ -500,16 +649,18 @@ impl Run<'_> {
     fn execute(&mut self, progress: &mut dyn FnMut(&str), clock: &ScheduleClock) -> Result<()> {
         let names = self.scenario.agent_names();
         for name in &names {
-            let addr = self
+            let addrs: Vec<std::net::SocketAddr> = self
                 .proxies
                 .get(name)
+                .context("no proxy")?
+                .iter()
                 .map(Proxy::addr)
-                .context("no proxy")?;
+                .collect();
             let (wrapper, probe) = match &self.netns {
                 Some(n) => (n.wrapper(name)?, Some(n.probe_addr(name)?)),
                 None => (Vec::new(), None),
             };
-            self.cluster.add_agent_in(name, addr, &wrapper, probe)?;
+            self.cluster.add_agent_with(name, &addrs, &wrapper, probe)?;
             self.spawned(name);
         }
         if !wait_until(Duration::from_secs(30), || {
@@ -569,15 +720,22 @@ impl Run<'_> {
         }
         steps.sort();
         for (offset, phase, i) in steps {
-            self.wait(start + offset)?;
+            let late = self.delays.get(&i).copied().unwrap_or_default();
+            self.wait(start + offset + late)?;
             let line = match phase {
-                Phase::Start => self.inject(i)?,
+                Phase::Start => {
+                    if let Some(after) = self.scenario.faults[i].after_failover {
+                        self.wait_for_failover(i, after, start + offset)?;
+                    }
+                    self.inject(i)?
+                }
                 Phase::End => self.undo(i)?,
                 Phase::FlapCut => self.flap(i, true)?,
                 Phase::FlapHeal => self.flap(i, false)?,
             };
             if let Some(line) = line {
-                progress(&format!("[{:>6.1}s] {line}", offset.as_secs_f64()));
+                let at = offset + self.delays.get(&i).copied().unwrap_or_default();
+                progress(&format!("[{:>6.1}s] {line}", at.as_secs_f64()));
             }
         }
         self.record.faults_end_ms = self.now_ms();
@@ -624,10 +782,21 @@ impl Run<'_> {
             .collect();
         let picked = match spec.target() {
             Target::Agent(name) => Some(name),
-            Target::SingletonHolder => match self.singleton_holder() {
-                Some(name) => Some(name),
-                None => return Err("no singleton process runs now".into()),
-            },
+            Target::SingletonHolder => {
+                // Right after a failover the singleton may be between copies (fenced during
+                // the failover, started again by the new leader): give it a moment.
+                let mut holder = self.singleton_holder();
+                if holder.is_none() && spec.after_failover.is_some() {
+                    wait_until(Duration::from_secs(5), || {
+                        holder = self.singleton_holder();
+                        holder.is_some()
+                    });
+                }
+                match holder {
+                    Some(name) => Some(name),
+                    None => return Err("no singleton process runs now".into()),
+                }
+            }
             Target::Random => {
                 let n = u64::try_from(free.len()).unwrap_or(0);
                 let pick = Rng::stream(self.seed, u64::try_from(i).unwrap_or(0)).below(n);
@@ -652,22 +821,25 @@ impl Run<'_> {
         }
     }
 
-    fn proxy(&self, name: &str) -> Result<&Proxy> {
+    /// The agent's session proxies, one per server.
+    fn proxies_of(&self, name: &str) -> Result<&[Proxy]> {
         self.proxies
             .get(name)
+            .map(Vec::as_slice)
             .with_context(|| format!("no proxy for {name}"))
     }
 
-    /// Cut an agent off from the server (both ways, or one): nftables in its namespace, or
-    /// its session's proxy on loopback.
+    /// Cut an agent off from the server(s) (both ways, or one): nftables in its namespace, or
+    /// its sessions' proxies on loopback.
     fn cut(&self, name: &str, direction: Option<Direction>) -> Result<()> {
         match &self.netns {
             Some(n) => n.partition(name, direction),
             None => {
-                let p = self.proxy(name)?;
-                match direction {
-                    None => p.cut(),
-                    Some(d) => p.cut_one_way(d == Direction::ToServer),
+                for p in self.proxies_of(name)? {
+                    match direction {
+                        None => p.cut(),
+                        Some(d) => p.cut_one_way(d == Direction::ToServer),
+                    }
                 }
                 Ok(())
             }
@@ -678,10 +850,90 @@ impl Run<'_> {
         if let Some(n) = &self.netns {
             n.heal(name)?;
         }
-        let p = self.proxy(name)?;
-        p.heal();
-        p.set_delay(Duration::ZERO, Duration::ZERO, 0);
+        for p in self.proxies_of(name)? {
+            p.heal();
+            p.set_delay(Duration::ZERO, Duration::ZERO, 0);
+        }
         Ok(())
+    }
+
+    /// The run's clock read on the wall clock (as the servers' stamps are).
+    fn unix_now_ms(&self) -> u64 {
+        unix_ms().saturating_sub(self.t0_unix)
+    }
+
+    /// Hold fault `i` (scheduled at `scheduled`) until `after` past the moment the new leader
+    /// of the latest leader-kill started acting; note how much later than scheduled it goes.
+    fn wait_for_failover(&mut self, i: usize, after: Duration, scheduled: Instant) -> Result<()> {
+        let deadline = Instant::now() + FAILOVER_WAIT;
+        let acting = loop {
+            if self.cancel.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            let Some(watch) = self.failovers.last() else {
+                return Ok(());
+            };
+            if let Some(t) = watch.acting_ms() {
+                break t;
+            }
+            if Instant::now() >= deadline {
+                // No new leader: inject anyway; the report shows the failover as incomplete.
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let already = Duration::from_millis(self.unix_now_ms().saturating_sub(acting));
+        if let Some(rest) = after.checked_sub(already) {
+            self.wait(Instant::now() + rest)?;
+        }
+        self.delays
+            .insert(i, Instant::now().saturating_duration_since(scheduled));
+        Ok(())
+    }
+
+    /// Clients of every running server but `except`.
+    fn replica_clients(&self, except: usize) -> Vec<(usize, Client)> {
+        (0..self.cluster.server_count())
+            .filter(|i| *i != except && self.cluster.server_running(*i))
+            .filter_map(|i| Some((i, self.cluster.server_client(i).ok()?)))
+            .collect()
+    }
+
+    /// Kill the leading server and start watching for its successor.
+    fn kill_leader(&mut self, i: usize, rec: &mut FaultRecord) -> Result<Option<usize>> {
+        let Some((leader, view)) = self.cluster.leader() else {
+            rec.skipped = Some("no server leads now".into());
+            return Ok(None);
+        };
+        let name = self.cluster.server_name(leader);
+        rec.target.clone_from(&name);
+        let kill_ms = self.unix_now_ms();
+        self.cluster.kill_server_at(leader)?;
+        let start = Failover {
+            fault: i,
+            killed: name,
+            old_term: view.get("term").and_then(Value::as_u64).unwrap_or(0),
+            kill_ms,
+            ..Failover::default()
+        };
+        let watch = FailoverWatch::start(self.replica_clients(leader), start, self.t0_unix);
+        self.failovers.push(watch);
+        Ok(Some(leader))
+    }
+
+    /// Kill `count` running etcd members, chosen with the seed; their indices.
+    fn kill_etcd(&mut self, i: usize, count: usize) -> Result<Vec<usize>> {
+        let mut running = self.cluster.etcd_running();
+        let mut rng = Rng::stream(self.seed, u64::try_from(i).unwrap_or(0));
+        let mut killed = Vec::new();
+        while killed.len() < count && !running.is_empty() {
+            let k = usize::try_from(rng.below(running.len() as u64)).unwrap_or(0);
+            let m = running.remove(k.min(running.len() - 1));
+            self.cluster.kill_etcd(m)?;
+            killed.push(m);
+        }
+        killed.sort_unstable();
+        Ok(killed)
     }
 
     /// Start a CPU or memory pressure process (in the agent's namespace, when there is one).
@@ -747,8 +999,51 @@ impl Run<'_> {
             start_ms: self.now_ms(),
             end_ms: None,
             skipped: None,
+            since_failover_ms: None,
         };
+        if spec.after_failover.is_some() {
+            rec.since_failover_ms = self
+                .failovers
+                .last()
+                .and_then(FailoverWatch::acting_ms)
+                .map(|t| self.unix_now_ms().saturating_sub(t));
+        }
         let kind = spec.kind.as_str();
+        if matches!(spec.kind, FaultKind::LeaderKill | FaultKind::EtcdKill) {
+            let hit: Vec<String> = if spec.kind == FaultKind::LeaderKill {
+                self.kill_leader(i, &mut rec)?
+                    .map(|s| self.cluster.server_name(s))
+                    .into_iter()
+                    .collect()
+            } else {
+                let members = self.kill_etcd(i, spec.count.unwrap_or(1))?;
+                rec.target = members
+                    .iter()
+                    .map(|m| format!("etcd-{m}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                members.iter().map(|m| format!("etcd-{m}")).collect()
+            };
+            let line = match &rec.skipped {
+                Some(why) => format!("{kind}: skipped ({why})"),
+                None => format!("{kind} {}", rec.target),
+            };
+            let injected = rec.skipped.is_none();
+            self.record.faults.push(rec);
+            if injected {
+                let record = self.record.faults.len() - 1;
+                self.active.insert(
+                    i,
+                    Active {
+                        record,
+                        agents: hit,
+                        truth: Vec::new(),
+                        stressors: Vec::new(),
+                    },
+                );
+            }
+            return Ok(Some(line));
+        }
         if spec.kind == FaultKind::ServerKill {
             rec.target = SERVER.to_string();
             let truth = self.open_truth(SERVER, TruthState::Down);
@@ -790,6 +1085,16 @@ impl Run<'_> {
                 return Ok(Some(msg));
             }
         };
+        // Finding the target may have taken a moment (a singleton holder right after a
+        // failover): the fault starts now.
+        rec.start_ms = self.now_ms();
+        if spec.after_failover.is_some() {
+            rec.since_failover_ms = self
+                .failovers
+                .last()
+                .and_then(FailoverWatch::acting_ms)
+                .map(|t| self.unix_now_ms().saturating_sub(t));
+        }
         rec.target = match (spec.kind, spec.target()) {
             (FaultKind::Isolate, _) => SERVER.to_string(),
             (_, Target::All) => "all".to_string(),
@@ -841,11 +1146,13 @@ impl Run<'_> {
                         n.loss(a, p)?;
                     }
                     let seed = self.seed ^ ((i as u64) << 32) ^ k as u64;
-                    self.proxy(a)?.set_delay(
-                        spec.delay.unwrap_or_default(),
-                        spec.jitter.unwrap_or_default(),
-                        seed,
-                    );
+                    for p in self.proxies_of(a)? {
+                        p.set_delay(
+                            spec.delay.unwrap_or_default(),
+                            spec.jitter.unwrap_or_default(),
+                            seed,
+                        );
+                    }
                 }
             }
             FaultKind::Cpu | FaultKind::Memory => {
@@ -853,7 +1160,7 @@ impl Run<'_> {
                     stressors.push(self.stressor(a, &spec)?);
                 }
             }
-            FaultKind::ServerKill => {}
+            FaultKind::ServerKill | FaultKind::LeaderKill | FaultKind::EtcdKill => {}
         }
         self.record.faults.push(rec);
         if !done {
@@ -947,6 +1254,26 @@ impl Run<'_> {
                 self.cluster.start_server()?;
                 "restarted"
             }
+            FaultKind::LeaderKill => {
+                for name in &active.agents {
+                    let i = name
+                        .strip_prefix("server-")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .with_context(|| format!("not a server: {name}"))?;
+                    self.cluster.start_server_at(i)?;
+                }
+                "restarted (a standby)"
+            }
+            FaultKind::EtcdKill => {
+                for name in &active.agents {
+                    let m = name
+                        .strip_prefix("etcd-")
+                        .and_then(|m| m.parse::<usize>().ok())
+                        .with_context(|| format!("not an etcd member: {name}"))?;
+                    self.cluster.restart_etcd(m)?;
+                }
+                "restarted"
+            }
             FaultKind::Restart => return Ok(None),
         };
         // Pressure processes end here (their Drop kills and reaps them).
@@ -967,6 +1294,7 @@ impl Run<'_> {
         }
         let whom = match kind {
             FaultKind::ServerKill => SERVER.to_string(),
+            FaultKind::LeaderKill | FaultKind::EtcdKill => active.agents.join(","),
             _ if active.agents.len() > 1 => "every agent".to_string(),
             _ => active.agents.join(","),
         };

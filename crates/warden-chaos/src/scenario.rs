@@ -23,12 +23,26 @@
 //!
 //! [[fault]]
 //! kind = "kill"              # see FaultKind: kill, pause, restart, partition, oneway, flap,
-//!                            # loss, delay, cpu, memory, isolate, server-kill
+//!                            # loss, delay, cpu, memory, isolate, server-kill, leader-kill,
+//!                            # etcd-kill
 //! at = "5s"
 //! duration = "8s"            # kill: restart after; most others: required
 //! target = "singleton-holder" # an agent name, "random" (seeded), "singleton-holder", or
 //!                            # "all" (loss, delay, cpu, memory)
 //! ```
+//!
+//! A replicated control plane (cargo feature `etcd` of the `warden` binary) is asked for with a
+//! `[cluster]` table: `servers` replicas (default 1) on `store = "etcd"` (default `"redb"`, the
+//! embedded store, one server only) with `etcd_members` etcd processes (default 3), all
+//! started and stopped by the harness. Its faults:
+//! - `leader-kill`: SIGKILL the server that leads at that moment and start it again, as a
+//!   standby, after `duration` (required); the report gives the failover time of each (the
+//!   kill → the new leader's first reconcile round, `acting_since`);
+//! - `etcd-kill`: SIGKILL `count` etcd members (default 1, chosen with the seed) and start
+//!   them again after `duration` (required); two of three lose the quorum;
+//! - `after_failover` on an agent fault: inject it that long after the new leader of the
+//!   latest `leader-kill` started acting (and not before `at`), e.g. to measure detection and
+//!   recovery by a leader that has just taken over.
 //!
 //! Kind-specific fields (an error on any other kind):
 //! - `oneway`: `direction = "to-server"` (the agent's packets are lost) or `"from-server"`;
@@ -85,6 +99,9 @@ pub struct Scenario {
         with = "warden_core::duration_serde"
     )]
     pub verdict_tolerance: Duration,
+    /// The control plane: servers and store (one server on its embedded store by default).
+    #[serde(default)]
+    pub cluster: ClusterSpec,
     /// The jobs to run.
     #[serde(default, rename = "workload")]
     pub workloads: Vec<Workload>,
@@ -104,6 +121,51 @@ fn default_rto_bound() -> Duration {
 }
 fn default_verdict_tolerance() -> Duration {
     DEFAULT_VERDICT_TOLERANCE
+}
+
+/// Largest number of server replicas a local scenario may ask for.
+pub const MAX_SERVERS: usize = 5;
+/// Default number of etcd members of a replicated control plane.
+pub const DEFAULT_ETCD_MEMBERS: usize = 3;
+
+/// Where the control plane keeps its state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded store: one server.
+    #[default]
+    Redb,
+    /// An etcd cluster started by the harness: one or more server replicas, one leads.
+    Etcd,
+}
+
+/// The control plane of a scenario (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSpec {
+    /// `warden server` replicas (default 1; more need `store = "etcd"`).
+    pub servers: usize,
+    /// `redb` (default) or `etcd`.
+    pub store: StoreKind,
+    /// etcd members when `store = "etcd"` (default 3).
+    pub etcd_members: usize,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            servers: 1,
+            store: StoreKind::Redb,
+            etcd_members: DEFAULT_ETCD_MEMBERS,
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// Whether the control plane is replicated on etcd.
+    pub fn replicated(&self) -> bool {
+        self.store == StoreKind::Etcd
+    }
 }
 
 /// Kind of a workload job.
@@ -189,6 +251,11 @@ pub enum FaultKind {
     Isolate,
     /// SIGKILL the server; start it again after `duration` (default: at once).
     ServerKill,
+    /// SIGKILL the leading server of a replicated control plane; start it again (a standby)
+    /// after `duration`.
+    LeaderKill,
+    /// SIGKILL `count` etcd members; start them again after `duration`.
+    EtcdKill,
 }
 
 impl FaultKind {
@@ -207,12 +274,29 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::Isolate => "isolate",
             FaultKind::ServerKill => "server-kill",
+            FaultKind::LeaderKill => "leader-kill",
+            FaultKind::EtcdKill => "etcd-kill",
         }
     }
 
     /// Whether the fault is aimed at agents (not the server as a whole).
     pub fn has_target(self) -> bool {
-        !matches!(self, FaultKind::ServerKill | FaultKind::Isolate)
+        !matches!(
+            self,
+            FaultKind::ServerKill
+                | FaultKind::Isolate
+                | FaultKind::LeaderKill
+                | FaultKind::EtcdKill
+        )
+    }
+
+    /// Whether the fault hits the control plane's own processes (servers, etcd), not agents
+    /// or their links.
+    pub fn hits_control_plane(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ServerKill | FaultKind::LeaderKill | FaultKind::EtcdKill
+        )
     }
 
     /// Whether the agent hit is truly not up and reachable while the fault lasts (so a
@@ -331,6 +415,17 @@ pub struct FaultSpec {
     /// `memory`: MiB to allocate and touch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub megabytes: Option<u64>,
+    /// `etcd-kill`: members to kill (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// Agent faults: inject this long after the new leader of the latest `leader-kill` started
+    /// acting (not before `at`); the fault's `duration` counts from the injection.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub after_failover: Option<Duration>,
 }
 
 /// Default length of each cut and each healed spell of a `flap`.
@@ -352,6 +447,8 @@ impl FaultSpec {
             jitter: None,
             workers: None,
             megabytes: None,
+            count: None,
+            after_failover: None,
         }
     }
 
@@ -413,6 +510,12 @@ impl FaultSpec {
         if self.megabytes.is_some() {
             v.push("megabytes");
         }
+        if self.count.is_some() {
+            v.push("count");
+        }
+        if self.after_failover.is_some() && !self.kind.has_target() {
+            v.push("after_failover");
+        }
         v
     }
 
@@ -426,6 +529,7 @@ impl FaultSpec {
             FaultKind::Delay => &["delay", "jitter"],
             FaultKind::Cpu => &["workers"],
             FaultKind::Memory => &["megabytes"],
+            FaultKind::EtcdKill => &["count"],
             _ => &[],
         };
         if let Some(field) = self.extras().into_iter().find(|f| !allowed.contains(f)) {
@@ -594,10 +698,59 @@ impl Scenario {
                 _ => {}
             }
         }
+        let c = &self.cluster;
+        if c.servers == 0 || c.servers > MAX_SERVERS {
+            bail!(
+                "cluster.servers: {} is out of range (1 to {MAX_SERVERS})",
+                c.servers
+            );
+        }
+        if c.servers > 1 && !c.replicated() {
+            bail!(
+                "cluster.servers: {} replicas need a shared store: set cluster.store = \"etcd\"",
+                c.servers
+            );
+        }
+        if c.replicated() && (c.etcd_members == 0 || c.etcd_members > 5) {
+            bail!(
+                "cluster.etcd_members: {} is out of range (1 to 5)",
+                c.etcd_members
+            );
+        }
         let agents = self.agent_names();
         let latest_end = self.duration.saturating_sub(self.settle);
         for (i, f) in self.faults.iter().enumerate() {
             let kind = f.kind.as_str();
+            match f.kind {
+                FaultKind::LeaderKill if c.servers < 2 => bail!(
+                    "fault[{i}].kind: leader-kill needs a replicated control plane \
+                     ([cluster] servers = 3, store = \"etcd\")"
+                ),
+                FaultKind::EtcdKill if !c.replicated() => {
+                    bail!("fault[{i}].kind: etcd-kill needs [cluster] store = \"etcd\"")
+                }
+                FaultKind::EtcdKill
+                    if f.count.unwrap_or(1) == 0 || f.count.unwrap_or(1) > c.etcd_members =>
+                {
+                    bail!(
+                        "fault[{i}].count: {} is out of range (1 to cluster.etcd_members = {})",
+                        f.count.unwrap_or(1),
+                        c.etcd_members
+                    )
+                }
+                FaultKind::ServerKill if c.servers > 1 => bail!(
+                    "fault[{i}].kind: server-kill is for a single server; with replicas use \
+                     leader-kill"
+                ),
+                _ => {}
+            }
+            if f.after_failover.is_some()
+                && !self.faults[..i]
+                    .iter()
+                    .any(|g| g.kind == FaultKind::LeaderKill && g.at <= f.at)
+            {
+                bail!("fault[{i}].after_failover: needs a leader-kill earlier in the schedule");
+            }
             let optional = matches!(f.kind, FaultKind::Kill | FaultKind::ServerKill);
             match (f.kind, f.duration) {
                 (FaultKind::Restart, None) => {}
@@ -654,9 +807,16 @@ impl Scenario {
             }
         }
         // Two faults on one named agent (or on all) must not overlap (random targets avoid
-        // busy agents at run time).
+        // busy agents at run time); nor two faults on the control plane's processes.
         for (i, a) in self.faults.iter().enumerate() {
             for (j, b) in self.faults.iter().enumerate().skip(i + 1) {
+                if a.kind.hits_control_plane()
+                    && b.kind.hits_control_plane()
+                    && a.at <= b.end()
+                    && b.at <= a.end()
+                {
+                    bail!("fault[{j}].at: overlaps fault[{i}] on the control plane");
+                }
                 let same = match (a.target(), b.target()) {
                     (Target::Agent(x), Target::Agent(y)) => x == y,
                     (Target::All, Target::Agent(_) | Target::All)
@@ -781,6 +941,63 @@ at = "20s"
         bad(
             "kind = \"memory\"\nat = \"1s\"\nduration = \"5s\"",
             "fault[0].megabytes",
+        );
+    }
+
+    #[test]
+    fn replicated_control_planes_and_their_faults_are_checked() {
+        let base = "name = \"t\"\nagents = 3\nduration = \"30s\"\nsettle = \"5s\"\n";
+        let ha = "[cluster]\nservers = 3\nstore = \"etcd\"\n";
+        let s = Scenario::from_toml(&format!(
+            "{base}{ha}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\nduration = \"5s\"\n\
+             [[fault]]\nkind = \"kill\"\nat = \"2s\"\nafter_failover = \"1s\"\n\
+             [[fault]]\nkind = \"etcd-kill\"\nat = \"10s\"\nduration = \"3s\"\ncount = 2\n"
+        ))
+        .unwrap();
+        assert!(s.cluster.replicated());
+        assert_eq!(s.cluster.etcd_members, DEFAULT_ETCD_MEMBERS);
+        assert_eq!(s.faults[1].after_failover, Some(Duration::from_secs(1)));
+        assert!(!FaultKind::LeaderKill.has_target() && FaultKind::EtcdKill.hits_control_plane());
+        let bad = |text: String, want: &str| {
+            let e = format!("{:#}", Scenario::from_toml(&text).unwrap_err());
+            assert!(e.contains(want), "{e} should mention {want}");
+        };
+        bad(
+            format!("{base}[cluster]\nservers = 2\n"),
+            "cluster.servers: 2 replicas need a shared store",
+        );
+        bad(
+            format!("{base}[cluster]\nservers = 3\nstore = \"zk\"\n"),
+            "zk",
+        );
+        bad(
+            format!("{base}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\nduration = \"5s\"\n"),
+            "fault[0].kind: leader-kill needs a replicated control plane",
+        );
+        bad(
+            format!("{base}{ha}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\n"),
+            "fault[0].duration: required for leader-kill",
+        );
+        bad(
+            format!("{base}{ha}[[fault]]\nkind = \"kill\"\nat = \"1s\"\nafter_failover = \"1s\"\n"),
+            "fault[0].after_failover: needs a leader-kill earlier",
+        );
+        bad(
+            format!(
+                "{base}{ha}[[fault]]\nkind = \"etcd-kill\"\nat = \"1s\"\nduration = \"2s\"\ncount = 4\n"
+            ),
+            "fault[0].count: 4 is out of range",
+        );
+        bad(
+            format!("{base}{ha}[[fault]]\nkind = \"server-kill\"\nat = \"1s\"\n"),
+            "use leader-kill",
+        );
+        bad(
+            format!(
+                "{base}{ha}[[fault]]\nkind = \"leader-kill\"\nat = \"1s\"\nduration = \"5s\"\n\
+                 [[fault]]\nkind = \"etcd-kill\"\nat = \"3s\"\nduration = \"2s\"\n"
+            ),
+            "fault[1].at: overlaps fault[0] on the control plane",
         );
     }
 

@@ -815,6 +815,29 @@ impl Fleet {
         out
     }
 
+    /// A standby replica's correction: generation `id` opens a session although this fleet
+    /// took it as ended. On a standby the fleet is only an opinion — the leader alone decides
+    /// that a generation is over — so the generation gets a fresh record (Joining) and its
+    /// heartbeats count again. A generation older than the newest known stays refused
+    /// ([`Output::StaleGeneration`]); a new one joins as with [`Fleet::join`].
+    pub fn reinstate(&mut self, id: AgentId, now: Time) -> Vec<Output> {
+        match self.current.get(&id.name) {
+            Some(&cur) if id.generation < cur => vec![Output::StaleGeneration { agent: id }],
+            Some(&cur)
+                if id.generation == cur
+                    && self
+                        .agents
+                        .get(&id)
+                        .is_some_and(|r| r.state().is_terminal()) =>
+            {
+                self.agents
+                    .insert(id.clone(), AgentRecord::new(id, &self.cfg, now));
+                Vec::new()
+            }
+            _ => self.join(id, now),
+        }
+    }
+
     /// Apply one event to one agent generation.
     pub fn step(&mut self, id: &AgentId, event: AgentEvent, now: Time) -> Vec<Output> {
         let mut out = Vec::new();

@@ -345,8 +345,15 @@ impl Loaded {
         g.desired = self.desired;
         g.observed.tasks = self.tasks.into_iter().collect();
         for id in agents.keys() {
-            if g.fleet.agent(id).is_none() {
+            // An agent this replica has not heard from (as a standby, or before a restart)
+            // must reconnect before its lease could have run out, counted from now.
+            if g.fleet
+                .agent(id)
+                .is_none_or(|r| r.state() == AgentState::Joining)
+            {
                 unknown = true;
+            }
+            if g.fleet.agent(id).is_none() {
                 g.fleet.join(id.clone(), now);
                 g.observed.agents.insert(
                     id.clone(),
@@ -366,9 +373,7 @@ impl Loaded {
             v.allocated = agents.get(id).copied().unwrap_or_default();
             v.last_renewal = Some(now);
         }
-        if unknown {
-            g.restart_deadline = Some(cfg.lifecycle.fencing.lease_surely_expired_at(now));
-        }
+        g.restart_deadline = unknown.then(|| cfg.lifecycle.fencing.lease_surely_expired_at(now));
         g.assign_sent = pending;
         g.stop_sent.clear();
         g.recoveries.clear();
@@ -433,7 +438,8 @@ fn task_phase(p: i32) -> Option<TaskState> {
         v1::TaskPhase::Stopping => Some(TaskState::Stopping),
         v1::TaskPhase::Stopped => Some(TaskState::Stopped),
         v1::TaskPhase::Failed => Some(TaskState::Failed),
-        v1::TaskPhase::Unspecified => None,
+        // Not a state of the slot: see `ControlPlane::copy_fenced`.
+        v1::TaskPhase::Fenced | v1::TaskPhase::Unspecified => None,
     }
 }
 
@@ -625,14 +631,26 @@ impl ControlPlane {
             .unwrap_or_default();
         let now = self.clock.now();
         let mut g = lock(&self.inner);
-        let outs = g.fleet.join(id.clone(), now);
-        if outs
-            .iter()
-            .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
-        {
-            return Err(AdmitError::Stale(format!(
-                "generation {generation} of {name} is over; rejoin"
-            )));
+        let stale = |outs: &[Output]| {
+            outs.iter()
+                .any(|o| matches!(o, Output::StaleGeneration { agent } if *agent == id))
+        };
+        let mut outs = g.fleet.join(id.clone(), now);
+        if stale(&outs) {
+            if self.leadership.is_leader() {
+                return Err(AdmitError::Stale(format!(
+                    "generation {generation} of {name} is over; rejoin"
+                )));
+            }
+            // Only the leader ends a generation: a standby that took this one as ended (a
+            // session it saw drop, its own detector) was wrong, and takes it back.
+            outs = g.fleet.reinstate(id.clone(), now);
+            if stale(&outs) {
+                return Err(AdmitError::NotLeader(format!(
+                    "this server is a standby and knows a newer generation of {name} than \
+                     {generation}; the leader decides"
+                )));
+            }
         }
         g.next_serial += 1;
         let serial = g.next_serial;
@@ -745,16 +763,26 @@ impl ControlPlane {
             })
             .collect();
         for (task, epoch) in gone {
-            self.task_seen(
-                &mut g,
-                &who.id,
-                &task,
-                epoch,
-                TaskState::Stopped,
-                false,
-                Some("no longer running on its agent (ended while the session was down)"),
-                now,
-            );
+            let singleton = g
+                .desired
+                .get(&task.job)
+                .is_some_and(|j| j.kind == JobKind::Singleton);
+            if singleton {
+                // Only singletons are fenced: most likely this one was, and the report
+                // of it was lost (it reached a standby that has taken over since).
+                self.copy_fenced(&mut g, &who.id, &task, epoch);
+            } else {
+                self.task_seen(
+                    &mut g,
+                    &who.id,
+                    &task,
+                    epoch,
+                    TaskState::Stopped,
+                    false,
+                    Some("no longer running on its agent (ended while the session was down)"),
+                    now,
+                );
+            }
         }
         if let Some(v) = g.observed.agents.get_mut(&who.id) {
             v.running = copies;
@@ -767,12 +795,69 @@ impl ControlPlane {
         self.handle(&mut g, outs, now);
     }
 
+    /// A singleton copy its agent fenced: its lease ran out while no leader renewed it (its
+    /// session was down, or the control plane was failing over to a new leader). That is no
+    /// failure of the task: the slot is marked stopped — no crash count, no backoff — and the
+    /// planner starts it again at once. Also for a singleton copy the agent no longer reports
+    /// without any report of its end having reached this server (the fenced report went to a
+    /// standby whose take-over replaced its view with the store's).
+    fn copy_fenced(&self, g: &mut Inner, agent: &AgentId, task: &TaskId, epoch: FencingToken) {
+        let Some(slot) = g
+            .observed
+            .tasks
+            .get_mut(&task.job)
+            .and_then(|s| s.get_mut(task.index as usize))
+        else {
+            return;
+        };
+        if slot.epoch != epoch
+            || slot.agent.as_ref() != Some(agent)
+            || !matches!(
+                slot.state,
+                TaskState::Starting | TaskState::Running | TaskState::Stopping
+            )
+        {
+            return;
+        }
+        let before = slot.state;
+        slot.state = TaskState::Stopped;
+        slot.agent = None;
+        let failures = slot.failures;
+        g.events.push(event(
+            "task.state",
+            Some(agent),
+            Some(task),
+            format!(
+                "{task}@{epoch} {} → stopped: fenced by its agent (its lease ran out)",
+                before.as_str()
+            ),
+        ));
+
+        if g.led_term.is_some() {
+            let store = self.store.clone();
+            let t = task.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) =
+                    store.put_task_state(&t, epoch, TaskState::Stopped, failures, unix_now_ms())
+                {
+                    warn!(task = %t, error = %e, "persist task state");
+                }
+            });
+        }
+        self.wake.notify_one();
+    }
+
     /// A task report arrived on a session.
     pub fn task_report(&self, who: &Admitted, r: &v1::TaskReport) {
         let now = self.clock.now();
         let Some(task) = TaskId::parse(&r.task) else {
             return;
         };
+        if r.phase == v1::TaskPhase::Fenced as i32 {
+            let mut g = lock(&self.inner);
+            self.copy_fenced(&mut g, &who.id, &task, FencingToken(r.epoch));
+            return;
+        }
         let Some(phase) = task_phase(r.phase) else {
             return;
         };
@@ -1111,6 +1196,9 @@ impl ControlPlane {
         let stall = (self.cfg.tick * 8).max(Duration::from_millis(400));
         let mut last_loop = self.clock.now();
         let mut hold_until = Time::ZERO;
+        // One writer appends events in order, batching whatever queued while it wrote.
+        let (event_log, queued) = mpsc::unbounded_channel::<Vec<NewEvent>>();
+        let writer = tokio::spawn(write_events(self.store.clone(), queued));
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -1135,7 +1223,10 @@ impl ControlPlane {
                 } else {
                     g.fleet.tick(now)
                 };
-                if let Some(deadline) = g.restart_deadline
+                // Agents that did not come back after a (re)start as leader are the leader's
+                // to declare lost; a standby's fleet is only an opinion.
+                if leads
+                    && let Some(deadline) = g.restart_deadline
                     && now >= deadline
                 {
                     g.restart_deadline = None;
@@ -1163,14 +1254,7 @@ impl ControlPlane {
                 tokio::spawn(self.clone().probe(job));
             }
             if !events.is_empty() {
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    for e in events {
-                        if let Err(err) = store.append_event(&e) {
-                            warn!(error = %err, "persist event");
-                        }
-                    }
-                });
+                let _ = event_log.send(events);
             }
             if !leads {
                 continue;
@@ -1194,6 +1278,8 @@ impl ControlPlane {
                 }
             }
         }
+        drop(event_log);
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         debug!("control loop stopped");
     }
 
@@ -1851,6 +1937,35 @@ fn note_endpoint(g: &mut Inner, task: TaskId, epoch: FencingToken, endpoint: &st
     if newer {
         g.endpoints_seen
             .insert(task, (epoch, endpoint.to_string(), healthy));
+    }
+}
+
+/// Most events held for the store while it is slow or unreachable; beyond, the oldest are
+/// dropped (and counted in a warning), so an etcd outage cannot run the server out of memory.
+const MAX_QUEUED_EVENTS: usize = 100_000;
+
+/// Append the control loop's events to the store in order, one batch for whatever queued
+/// while the previous batch was written.
+async fn write_events(store: Arc<dyn Store>, mut queued: mpsc::UnboundedReceiver<Vec<NewEvent>>) {
+    while let Some(mut batch) = queued.recv().await {
+        while let Ok(more) = queued.try_recv() {
+            batch.extend(more);
+        }
+        if batch.len() > MAX_QUEUED_EVENTS {
+            let dropped = batch.len() - MAX_QUEUED_EVENTS;
+            batch.drain(..dropped);
+            warn!(dropped, "the store is behind: oldest events dropped");
+        }
+        let store = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.append_events(&batch).map_err(|e| (e, batch.len()))
+        })
+        .await;
+        match written {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, count))) => warn!(error = %e, count, "persist events"),
+            Err(e) => warn!(error = %e, "persist events"),
+        }
     }
 }
 

@@ -553,6 +553,10 @@ impl Store for TimedStore {
     fn list_recoveries(&self, query: &RecoveryQuery) -> StoreResult<Vec<StoredRecovery>> {
         self.timed("list_recoveries", |s| s.list_recoveries(query))
     }
+    fn append_events(&self, events: &[NewEvent]) -> StoreResult<u64> {
+        self.timed("append_events", |s| s.append_events(events))
+    }
+
     fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
         self.timed("append_event", |s| s.append_event(event))
     }

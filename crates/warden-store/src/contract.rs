@@ -123,6 +123,7 @@ macro_rules! contract_tests {
             generations_strictly_increase,
             events_are_sequenced,
             event_retention_drops_the_oldest,
+            event_batches_are_sequenced_and_bounded,
             recoveries_upsert_in_insertion_order,
             unencodable_values_are_refused,
             data_survives_reopen,
@@ -153,6 +154,7 @@ pub fn run_all<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     generations_strictly_increase(fresh);
     events_are_sequenced(fresh);
     event_retention_drops_the_oldest(fresh);
+    event_batches_are_sequenced_and_bounded(fresh);
     recoveries_upsert_in_insertion_order(fresh);
     unencodable_values_are_refused(fresh);
     data_survives_reopen(fresh);
@@ -779,6 +781,35 @@ pub fn event_retention_drops_the_oldest<F: Fixture>(fresh: &impl Fn(StoreOptions
         6
     );
     assert_eq!(s.events_since(0, 100).expect("read").len(), 3);
+}
+
+/// A batch of events gets consecutive sequence numbers after the ones before it, in order;
+/// retention holds across batches, also one larger than the bound or than one etcd
+/// transaction.
+pub fn event_batches_are_sequenced_and_bounded<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
+    let f = fresh(StoreOptions {
+        max_events: 70,
+        ..StoreOptions::default()
+    });
+    let s = f.store();
+    assert_eq!(s.append_events(&[]).expect("empty batch"), 0);
+    assert_eq!(
+        s.append_event(&NewEvent::new(1, "k", "first"))
+            .expect("append"),
+        1
+    );
+    let batch: Vec<NewEvent> = (0..120u64)
+        .map(|i| NewEvent::new(i, "k", format!("b{i}")))
+        .collect();
+    assert_eq!(s.append_events(&batch).expect("batch"), 121);
+    assert_eq!(s.append_events(&[]).expect("empty batch"), 121);
+    let kept = s.events_since(0, 1000).expect("read");
+    let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (52..=121).collect::<Vec<u64>>());
+    let messages: Vec<&str> = kept.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages.first(), Some(&"b50"));
+    assert_eq!(messages.last(), Some(&"b119"));
+    assert_eq!(s.last_event_seq().expect("last"), 121);
 }
 
 /// Recoveries: upsert by operation id keeps the first insertion's place and wall-clock time;

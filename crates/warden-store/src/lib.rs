@@ -234,6 +234,22 @@ pub trait Store: Send + Sync + 'static {
     /// configured bound in the same transaction.
     fn append_event(&self, event: &NewEvent) -> Result<u64>;
 
+    /// Append several events in order and return the sequence number of the last (the last
+    /// event's sequence number so far when `events` is empty). Back ends write them in as few
+    /// transactions as they can — one each for the embedded store, one per 50 for etcd — so a
+    /// burst of events (ten thousand agents joining) costs a few writes, not one per event.
+    /// Each transaction is atomic; a failure leaves the events before it appended.
+    fn append_events(&self, events: &[NewEvent]) -> Result<u64> {
+        let mut last = None;
+        for e in events {
+            last = Some(self.append_event(e)?);
+        }
+        match last {
+            Some(seq) => Ok(seq),
+            None => self.last_event_seq(),
+        }
+    }
+
     /// Up to `limit` events with a sequence number greater than `after`, oldest first. Poll
     /// with the last sequence number seen; start from 0.
     fn events_since(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;

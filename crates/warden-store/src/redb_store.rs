@@ -601,24 +601,35 @@ impl Store for RedbStore {
     }
 
     fn append_event(&self, event: &NewEvent) -> Result<u64> {
+        self.append_events(std::slice::from_ref(event))
+    }
+
+    fn append_events(&self, batch: &[NewEvent]) -> Result<u64> {
+        if batch.is_empty() {
+            return self.last_event_seq();
+        }
         let max = self.options.max_events;
         self.write(|wtx| {
             let mut meta = wtx.open_table(META).map_err(db_err("open meta table"))?;
             let mut events = wtx
                 .open_table(EVENTS)
                 .map_err(db_err("open events table"))?;
-            let seq = meta_counter(&meta, NEXT_EVENT_KEY)?;
-            let next = seq
-                .checked_add(1)
-                .ok_or_else(|| StoreError::invalid("append event", "sequence numbers exhausted"))?;
-            let bytes = codec::encode(&keys::event(seq), &event.stored(seq))?;
-            events
-                .insert(seq, bytes.as_slice())
-                .map_err(db_err("write event"))?;
-            meta.insert(NEXT_EVENT_KEY, next)
+            let mut seq = meta_counter(&meta, NEXT_EVENT_KEY)?;
+            let mut last = seq;
+            for event in batch {
+                let bytes = codec::encode(&keys::event(seq), &event.stored(seq))?;
+                events
+                    .insert(seq, bytes.as_slice())
+                    .map_err(db_err("write event"))?;
+                last = seq;
+                seq = seq.checked_add(1).ok_or_else(|| {
+                    StoreError::invalid("append event", "sequence numbers exhausted")
+                })?;
+            }
+            meta.insert(NEXT_EVENT_KEY, seq)
                 .map_err(db_err("write event counter"))?;
-            // Sequence numbers are dense, so keeping `max` events means keeping (seq - max, seq].
-            let cutoff = seq.saturating_sub(max);
+            // Sequence numbers are dense, so keeping `max` events means keeping (last - max, last].
+            let cutoff = last.saturating_sub(max);
             loop {
                 let first = events
                     .first()
@@ -631,7 +642,7 @@ impl Store for RedbStore {
                     _ => break,
                 }
             }
-            Ok(Commit::Yes(seq))
+            Ok(Commit::Yes(last))
         })
     }
 

@@ -78,6 +78,25 @@ impl Etcd {
     }
 }
 
+/// The server's store calls so far, by operation (`warden_store_operation_seconds_count`).
+fn store_calls(
+    client: &warden_chaos::client::Client,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let text = client.request("GET", "/metrics", None, b"")?.body;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("warden_store_operation_seconds_count{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let op = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("op=\""))?
+                .trim_end_matches('"');
+            Some((op.to_string(), value.trim().parse::<f64>().ok()?))
+        })
+        .collect())
+}
+
 /// etcd's write counters: (puts, deletes, transactions), from its Prometheus metrics.
 fn etcd_writes(base: &str) -> Result<(f64, f64, f64)> {
     let client = warden_chaos::client::Client::new(base)?;
@@ -179,6 +198,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         .as_ref()
         .map(|e| etcd_writes(&e.metrics_url()))
         .transpose()?;
+    let calls0 = store_calls(&cluster.client)?;
     measuring.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
     tokio::time::sleep(b.measure).await;
@@ -188,6 +208,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         .as_ref()
         .map(|e| etcd_writes(&e.metrics_url()))
         .transpose()?;
+    let calls1 = store_calls(&cluster.client)?;
     let (cpu1, rss) = cpu_and_rss(server_pid).context("read server /proc")?;
     let acked = acks.load(Ordering::Relaxed) - acks0;
     let mut lat = latencies.lock().await.clone();
@@ -211,6 +232,21 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         (cpu1 - cpu0).as_secs_f64() / elapsed.as_secs_f64(),
         rss as f64 / (1024.0 * 1024.0),
         b.sessions
+    );
+    let calls: Vec<String> = calls1
+        .iter()
+        .filter_map(|(op, n)| {
+            let d = n - calls0.get(op).copied().unwrap_or(0.0);
+            (d > 0.0).then(|| format!("{op} {d:.0}"))
+        })
+        .collect();
+    println!(
+        "store calls by the server in the window: {}",
+        if calls.is_empty() {
+            "none".to_string()
+        } else {
+            calls.join(", ")
+        }
     );
     if let (Some((p0, d0, t0)), Some((p1, d1, t1))) = (writes0, writes1) {
         let secs = elapsed.as_secs_f64();

@@ -19,7 +19,10 @@ pub enum ChaosCommand {
     /// faults, check the safety and liveness properties and write a report. Exits non-zero
     /// when a checker found a violation.
     Run {
-        /// The scenario file (TOML, see scenarios/).
+        /// The scenario file (TOML, see scenarios/ and docs/chaos.md). A scenario with a
+        /// replicated control plane (`[cluster] store = "etcd"`, e.g.
+        /// scenarios/leader-failover.toml) needs a warden built with `--features etcd` and
+        /// Debian's etcd-server.
         scenario: PathBuf,
         /// Output directory (report.json, report.html, record.json, logs/); default
         /// chaos-out/NAME.
@@ -75,9 +78,19 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
         ChaosCommand::Validate { scenarios } => {
             for path in scenarios {
                 let sc = Scenario::load(path)?;
-                let kinds: Vec<&str> = sc.faults.iter().map(|f| f.kind.as_str()).collect();
+                let mut kinds: Vec<&str> = sc.faults.iter().map(|f| f.kind.as_str()).collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                let control = if sc.cluster.replicated() {
+                    format!(
+                        "{} servers on {} etcd members",
+                        sc.cluster.servers, sc.cluster.etcd_members
+                    )
+                } else {
+                    "1 server".to_string()
+                };
                 println!(
-                    "{}: ok — {} agents, {:?}, {} faults ({})",
+                    "{}: ok — {control}, {} agents, {:?}, {} faults ({})",
                     path.display(),
                     sc.agents,
                     sc.duration,

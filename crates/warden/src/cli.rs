@@ -37,7 +37,9 @@ fn no_html(opts: &ApiOpts, command: &str) -> Result<()> {
 /// Options every API command takes.
 #[derive(Clone, Debug, Args)]
 pub struct ApiOpts {
-    /// REST address of the Warden server.
+    /// REST address of the Warden server; with a replicated control plane, every replica
+    /// separated by commas (reads go to one that answers, writes follow the redirect to the
+    /// leader).
     #[arg(
         long,
         env = "WARDEN_ADDR",

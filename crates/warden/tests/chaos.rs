@@ -288,3 +288,39 @@ target = "singleton-holder"
         "{text}"
     );
 }
+
+/// The replicated control plane under its own faults: the leading server is killed twice,
+/// and each time, one second after the new leader starts acting, the singleton's agent. Every
+/// checker passes, every failover completes (a replica other than the killed one leads with a
+/// higher term), and the new leader detects the killed agents and runs their work again.
+#[cfg(feature = "etcd")]
+#[test]
+fn ci_leader_failover_scenario_fails_over_and_recovers_agents_after_it() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/leader-failover"), 1, &[]);
+    assert_clean(ok, &report, &text);
+    let failovers = report["failovers"].as_array().unwrap();
+    assert_eq!(failovers.len(), 2, "{text}");
+    for f in failovers {
+        assert!(
+            f["acting_ms"].as_u64().is_some(),
+            "incomplete failover {f}\n{text}"
+        );
+        assert!(
+            f["new_term"].as_u64().unwrap() > f["old_term"].as_u64().unwrap(),
+            "{f}\n{text}"
+        );
+        assert_ne!(f["new_leader"], f["killed"], "{f}\n{text}");
+    }
+    assert_eq!(report["after_failover"]["faults"], 2, "{text}");
+    for i in [1, 3] {
+        detected_ms(&report, i, &text);
+        assert!(
+            report["faults"][i]["recoveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["rto_ms"].as_u64().is_some()),
+            "fault {i}: a slot of the killed agent did not run again\n{text}"
+        );
+    }
+}

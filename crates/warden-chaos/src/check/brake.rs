@@ -112,6 +112,7 @@ mod tests {
             start_ms: 10_000,
             end_ms: Some(20_000),
             skipped: None,
+            since_failover_ms: None,
         }];
         let running = vec![
             p("db/0", 1, 10, "agent-1"),

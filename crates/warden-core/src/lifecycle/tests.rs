@@ -422,6 +422,33 @@ fn a_new_generation_supersedes_the_old_one() {
 }
 
 #[test]
+fn a_standby_reinstates_a_generation_it_took_as_ended() {
+    let mut f = fleet();
+    f.join(id("a"), ms(0));
+    // A fresh generation whose session dropped before its first heartbeat ends here...
+    f.step(&id("a"), AgentEvent::SessionLost, ms(10));
+    assert!(f.agent(&id("a")).unwrap().state().is_terminal());
+    assert_eq!(
+        f.join(id("a"), ms(20)),
+        vec![Output::StaleGeneration { agent: id("a") }]
+    );
+    // ...but on a standby that is only an opinion: the agent comes back and counts again.
+    assert!(f.reinstate(id("a"), ms(30)).is_empty());
+    assert_eq!(f.agent(&id("a")).unwrap().state(), AgentState::Joining);
+    assert_eq!(
+        transitions(&heartbeat(&mut f, "a", 500)),
+        vec![(AgentState::Joining, AgentState::Healthy)]
+    );
+    // A newer generation joins as usual; an older one stays refused.
+    assert!(f.reinstate(AgentId::new("a", 2), ms(600)).len() == 1);
+    assert_eq!(f.current("a").unwrap().id().generation, 2);
+    assert_eq!(
+        f.reinstate(id("a"), ms(700)),
+        vec![Output::StaleGeneration { agent: id("a") }]
+    );
+}
+
+#[test]
 fn graceful_leave_is_terminal_and_not_a_failure() {
     let mut f = fleet();
     healthy_agent(&mut f, "a", 1_000);

@@ -675,7 +675,12 @@ impl Election {
                             }
                             for ev in resp.events() {
                                 match (ev.event_type(), ev.kv()) {
-                                    (EventType::Delete, _) => return FollowEnd::Vacant,
+                                    (EventType::Delete, _) => {
+                                        // Logged for failover profiles: the time from here to
+                                        // "won" is the campaign's; before it, the lease's.
+                                        info!("leader election: the leader key is gone; campaigning");
+                                        return FollowEnd::Vacant;
+                                    }
                                     (EventType::Put, Some(kv)) => {
                                         self.publish(ElectionState::Follower {
                                             leader: Some(leader_info(

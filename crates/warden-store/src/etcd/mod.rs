@@ -104,6 +104,10 @@ use crate::model::{
 #[cfg(doc)]
 use crate::RedbStore;
 
+/// Events appended in one etcd transaction: one put each, plus the counter, the trim and the
+/// guard's compare stay well under etcd's default limit of 128 operations per transaction.
+const EVENTS_PER_TXN: usize = 50;
+
 /// Fences this replica's writes to its leadership: see the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderGuard {
@@ -931,24 +935,37 @@ impl Shared {
         }
     }
 
-    async fn append_event(&self, event: &NewEvent) -> Result<u64> {
+    async fn append_events(&self, batch: &[NewEvent]) -> Result<u64> {
+        let mut last = 0;
+        for chunk in batch.chunks(EVENTS_PER_TXN) {
+            last = self.append_chunk(chunk).await?;
+        }
+        Ok(last)
+    }
+
+    /// Append `chunk` (not empty, at most [`EVENTS_PER_TXN`]) in one transaction.
+    async fn append_chunk(&self, chunk: &[NewEvent]) -> Result<u64> {
         const CONTEXT: &str = "append event";
         let guard = self.guard();
         let key = self.keys.next_event();
         let max = self.options.max_events;
         loop {
             let (stored, rev) = self.counter(&key, CONTEXT).await?;
-            let seq = stored.max(1);
-            let next = seq
-                .checked_add(1)
-                .ok_or_else(|| StoreError::invalid(CONTEXT, "sequence numbers exhausted"))?;
-            let bytes = codec::encode(&keys::event(seq), &event.stored(seq))?;
-            let mut writes = vec![
-                TxnOp::put(self.keys.event(seq), bytes, None),
-                TxnOp::put(key.clone(), next.to_string(), None),
-            ];
-            // Sequence numbers are dense, so keeping `max` events means keeping (seq - max, seq].
-            let cutoff = seq.saturating_sub(max);
+            let first = stored.max(1);
+            let mut writes = Vec::with_capacity(chunk.len() + 2);
+            let mut seq = first;
+            let mut last = first;
+            for event in chunk {
+                let bytes = codec::encode(&keys::event(seq), &event.stored(seq))?;
+                writes.push(TxnOp::put(self.keys.event(seq), bytes, None));
+                last = seq;
+                seq = seq
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::invalid(CONTEXT, "sequence numbers exhausted"))?;
+            }
+            writes.push(TxnOp::put(key.clone(), seq.to_string(), None));
+            // Sequence numbers are dense, so keeping `max` events means keeping (last - max, last].
+            let cutoff = last.saturating_sub(max);
             if cutoff > 0 {
                 writes.push(TxnOp::delete(
                     self.keys.events(),
@@ -957,7 +974,7 @@ impl Shared {
             }
             let cmp = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, rev)];
             if self.commit(cmp, writes, guard.as_ref(), CONTEXT).await? {
-                return Ok(seq);
+                return Ok(last);
             }
         }
     }
@@ -1172,10 +1189,17 @@ impl Store for EtcdStore {
     }
 
     fn append_event(&self, event: &NewEvent) -> Result<u64> {
-        let event = event.clone();
+        self.append_events(std::slice::from_ref(event))
+    }
+
+    fn append_events(&self, events: &[NewEvent]) -> Result<u64> {
+        if events.is_empty() {
+            return self.last_event_seq();
+        }
+        let events = events.to_vec();
         self.call(
             "append event",
-            |s| async move { s.append_event(&event).await },
+            |s| async move { s.append_events(&events).await },
         )
     }
 
