@@ -391,6 +391,17 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             (Arc::new(store), Leadership::single(advertise.clone()))
         }
         StoreChoice::Etcd(url) => {
+            let lease = s.control.lifecycle.fencing.lease_ttl;
+            if lease <= s.election.ttl {
+                tracing::warn!(
+                    lease_ms = lease.as_millis() as u64,
+                    election_ttl_ms = s.election.ttl.as_millis() as u64,
+                    "the agent lease is no longer than the election TTL: after a leader dies, \
+                     agents fence their singletons before a new leader can renew their leases \
+                     (they restart right after); set [control.lifecycle.fencing] lease_ttl above \
+                     election.ttl + 1s to ride through failovers (docs/ha.md)"
+                );
+            }
             crate::etcd_cmd::open(url, &advertise, &s.election, cancel.child_token()).await?
         }
     };
