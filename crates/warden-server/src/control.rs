@@ -802,12 +802,7 @@ impl ControlPlane {
     /// without any report of its end having reached this server (the fenced report went to a
     /// standby whose take-over replaced its view with the store's).
     fn copy_fenced(&self, g: &mut Inner, agent: &AgentId, task: &TaskId, epoch: FencingToken) {
-        let Some(slot) = g
-            .observed
-            .tasks
-            .get_mut(&task.job)
-            .and_then(|s| s.get_mut(task.index as usize))
-        else {
+        let Some(slot) = slot_mut(&mut g.observed, task) else {
             return;
         };
         if slot.epoch != epoch
@@ -928,12 +923,7 @@ impl ControlPlane {
         message: Option<&str>,
         now: Time,
     ) {
-        let Some(slot) = g
-            .observed
-            .tasks
-            .get_mut(&task.job)
-            .and_then(|s| s.get_mut(task.index as usize))
-        else {
+        let Some(slot) = slot_mut(&mut g.observed, task) else {
             return;
         };
         if slot.epoch != epoch || slot.agent.as_ref() != Some(agent) {
@@ -1967,6 +1957,14 @@ async fn write_events(store: Arc<dyn Store>, mut queued: mpsc::UnboundedReceiver
             Err(e) => warn!(error = %e, "persist events"),
         }
     }
+}
+
+/// The observed slot of `task`, if the job has that many.
+fn slot_mut<'a>(observed: &'a mut Observed, task: &TaskId) -> Option<&'a mut TaskView> {
+    observed
+        .tasks
+        .get_mut(&task.job)
+        .and_then(|s| s.get_mut(task.index as usize))
 }
 
 fn action_task(a: &Action) -> Option<&TaskId> {

@@ -298,13 +298,7 @@ async fn sample_history(api: Api, history: Arc<History>) {
     }
 }
 
-/// Wall-clock now, Unix milliseconds.
-pub(crate) fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::control::unix_now_ms;
 
 async fn serve_router(
     listener: tokio::net::TcpListener,
