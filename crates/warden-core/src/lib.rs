@@ -11,6 +11,10 @@
 //! - [`fencing`]: when a singleton's replacement may start;
 //! - [`placement`]: which agent gets which task;
 //! - [`planner`]: `plan(desired, observed, now) -> Vec<Action>`;
+//! - [`controller`]: the whole control plane's decisions as one state machine,
+//!   `Controller::step(input, now) -> Vec<Command>`, around the fleet and the planner;
+//! - [`sim`]: a seeded simulation of a controller and its agents over a faulty network,
+//!   checking at-most-one and no-lost-work on every schedule;
 //! - [`recovery`]: recovery records and RTO;
 //! - [`qos`] and [`trace`]: failure-detector quality metrics on seeded heartbeat traces.
 //!
@@ -35,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod anomaly;
+pub mod controller;
 pub mod detector;
 pub mod duration_serde;
 pub mod endpoints;
@@ -48,6 +53,7 @@ pub mod planner;
 pub mod qos;
 pub mod recovery;
 pub mod rng;
+pub mod sim;
 pub mod time;
 pub mod trace;
 pub mod types;
@@ -55,6 +61,6 @@ pub mod types;
 pub use error::ConfigError;
 pub use time::Time;
 pub use types::{
-    AgentId, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Lease, Resources, ServicePort,
+    AgentId, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Resources, ServicePort,
     ServiceSpec, SignalKind, Signals, TaskId,
 };

@@ -772,15 +772,30 @@ impl Fleet {
         self.brake_since.is_some()
     }
 
-    /// Drop terminal generations that are not the newest of their name and ended before
-    /// `before`, to bound memory. The runtime keeps its own history in the store.
-    pub fn forget_before(&mut self, before: Time) {
-        let current = &self.current;
-        self.agents.retain(|id, rec| {
-            current.get(&id.name) == Some(&id.generation)
-                || !rec.state().is_terminal()
-                || rec.phase.since() >= before
-        });
+    /// Forget one generation entirely, to bound memory once it has ended and nothing refers
+    /// to it. When it was the newest of its name, the name is forgotten too: a later Hello of
+    /// that name is then judged as after a server restart (a new generation joins; an old one
+    /// reconnecting is taken back, and the planner stops any copy of it that was replaced).
+    pub fn forget(&mut self, id: &AgentId) {
+        self.agents.remove(id);
+        if self.current.get(&id.name) == Some(&id.generation) {
+            self.current.remove(&id.name);
+        }
+    }
+
+    /// Record a generation this fleet never saw whose name already has a newer one (found in
+    /// the store's task records after a restart): its process is gone, so it is Failed with
+    /// that evidence from `now`. A no-op for a known generation.
+    pub fn record_superseded(&mut self, id: AgentId, now: Time) {
+        if self.agents.contains_key(&id) {
+            return;
+        }
+        let mut rec = AgentRecord::new(id.clone(), &self.cfg, now);
+        rec.phase = Phase::Failed {
+            at: now,
+            death: DeathEvidence::ProcessGone { at: now },
+        };
+        self.agents.insert(id, rec);
     }
 
     /// A generation opens its first session. A newer generation supersedes older ones (their

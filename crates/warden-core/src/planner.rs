@@ -330,13 +330,15 @@ enum Copy {
     Fencing,
 }
 
-/// The status of a slot's copy, looking its agent up with `agent_of`.
+/// The status of a slot's copy, looking its agent up with `agent_of`. A copy that must be
+/// waited for until a known instant (the fencing rule's) lowers `wake` to that instant.
 fn copy_status<'a>(
     cfg: &PlannerConfig,
     kind: JobKind,
     t: &TaskView,
     agent_of: impl Fn(&AgentId) -> Option<&'a AgentView>,
     now: Time,
+    wake: &mut Option<Time>,
 ) -> Copy {
     match t.state {
         TaskState::Pending | TaskState::Stopped | TaskState::Failed => return Copy::Dead,
@@ -356,7 +358,10 @@ fn copy_status<'a>(
             JobKind::Singleton => {
                 match singleton_replacement(&cfg.fencing, view.last_renewal, view.death, now) {
                     ReplacementVerdict::Allowed(_) => Copy::Dead,
-                    ReplacementVerdict::Wait { .. } => Copy::Fencing,
+                    ReplacementVerdict::Wait { until } => {
+                        lower(wake, until);
+                        Copy::Fencing
+                    }
                 }
             }
         },
@@ -402,8 +407,29 @@ fn eligible_nodes(obs: &Observed) -> Vec<Node> {
         .collect()
 }
 
+fn lower(wake: &mut Option<Time>, at: Time) {
+    *wake = Some(wake.map_or(at, |w| w.min(at)));
+}
+
+/// A plan, and when it must be made again even if nothing in its input changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// What to do now.
+    pub actions: Vec<Action>,
+    /// The earliest instant at which the same input plans differently: a singleton's fencing
+    /// wait or a failed task's backoff ends. `None`: only a change of the input can.
+    pub wake_at: Option<Time>,
+}
+
 /// Compute the actions that move `observed` towards `desired` at `now`.
 pub fn plan(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Time) -> Vec<Action> {
+    plan_next(cfg, desired, observed, now).actions
+}
+
+/// Like [`plan`], also saying when to plan again if nothing changes ([`Plan::wake_at`]), so a
+/// caller can plan only on change and at that instant.
+pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Time) -> Plan {
+    let mut wake: Option<Time> = None;
     let mut actions = Vec::new();
     let mut placer = Placer::new(eligible_nodes(observed));
     let mut budget = observed.reschedule_budget;
@@ -440,8 +466,10 @@ pub fn plan(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Ti
                 let view = slots.get(index);
                 let status = match view {
                     None => Copy::Dead,
-                    Some(t) if index < want => copy_status(cfg, kind, t, on_terminal, now),
-                    Some(t) => copy_status(cfg, kind, t, on_any, now),
+                    Some(t) if index < want => {
+                        copy_status(cfg, kind, t, on_terminal, now, &mut wake)
+                    }
+                    Some(t) => copy_status(cfg, kind, t, on_any, now, &mut wake),
                 };
                 if index < want && status != Copy::Dead {
                     // The common case, kept cheap: a copy runs (or must be waited for).
@@ -514,7 +542,10 @@ pub fn plan(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Ti
                 let avoid = match view {
                     Some(t) if t.state == TaskState::Failed => {
                         let due = t.last_failure_at.map(|at| at + cfg.backoff(t.failures));
-                        if due.is_some_and(|due| now < due) {
+                        if let Some(due) = due
+                            && now < due
+                        {
+                            lower(&mut wake, due);
                             continue;
                         }
                         t.agent.as_ref()
@@ -561,7 +592,7 @@ pub fn plan(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Ti
             // The spec is gone, so its kind is unknown: judge the copy as strictly as a
             // singleton's. Otherwise a job removed and re-added while its old copy sits on a
             // lost agent could start a second copy before the first is fenced.
-            let status = copy_status(cfg, JobKind::Singleton, t, on_any, now);
+            let status = copy_status(cfg, JobKind::Singleton, t, on_any, now, &mut wake);
             if needs_stop(t, status) {
                 actions.push(Action::Stop {
                     op: OperationId::task(&task, t.epoch, "stop"),
@@ -633,7 +664,10 @@ pub fn plan(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Ti
     if deferred > 0 {
         actions.push(Action::Alarm(PlanAlarm::RateLimited { tasks: deferred }));
     }
-    actions
+    Plan {
+        actions,
+        wake_at: wake,
+    }
 }
 
 fn slot<'a>(obs: &'a mut Observed, task: &TaskId) -> &'a mut TaskView {

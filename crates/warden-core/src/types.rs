@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration_serde;
 use crate::error::ConfigError;
-use crate::time::{Time, mul_duration};
 
 /// An agent's identity: its name (normally the host name) and a generation that grows every
 /// time the agent process starts. A restarted agent is a *new* agent as far as leases, tasks
@@ -535,38 +534,6 @@ impl JobSpec {
     }
 }
 
-/// A lease granted by the server to one agent generation. Renewed by every acknowledged
-/// heartbeat. Both sides measure it from the moment the acknowledged heartbeat was *sent* by
-/// the agent (agent side) or the ack was sent (server side), each on its own monotonic clock.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// Holder of the lease.
-    pub agent: AgentId,
-    /// Time to live after the last renewal.
-    #[serde(with = "duration_serde")]
-    pub ttl: Duration,
-    /// Last renewal, on the clock of whoever holds this value.
-    pub renewed_at: Time,
-}
-
-impl Lease {
-    /// When the lease ends on the holder's clock, assuming that clock runs true.
-    pub fn expires_at(&self) -> Time {
-        self.renewed_at + self.ttl
-    }
-
-    /// Whether the lease has ended at `now` on the holder's clock.
-    pub fn is_expired(&self, now: Time) -> bool {
-        now >= self.expires_at()
-    }
-
-    /// The instant after which the lease has *surely* ended on the other side's clock too,
-    /// given a clock-rate drift bound `rho` and a grace period for the other side to act.
-    pub fn surely_expired_at(&self, rho: f64, grace: Duration) -> Time {
-        self.renewed_at + mul_duration(self.ttl, 1.0 + rho) + grace
-    }
-}
-
 /// Health signals an agent reports with its heartbeats. Every field is optional: an agent
 /// reports what its platform offers, and the health score weighs only what is present.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -800,21 +767,5 @@ mod tests {
         assert!(spec(JobKind::Service, 3).validate().is_ok());
         assert_eq!(spec(JobKind::Service, 3).task_ids().count(), 3);
         assert_eq!(spec(JobKind::Singleton, 1).desired_count(), 1);
-    }
-
-    #[test]
-    fn lease_expiry_accounts_for_drift_and_grace() {
-        let lease = Lease {
-            agent: AgentId::new("a", 1),
-            ttl: Duration::from_secs(2),
-            renewed_at: Time::from_millis(1000),
-        };
-        assert_eq!(lease.expires_at(), Time::from_millis(3000));
-        assert!(!lease.is_expired(Time::from_millis(2999)));
-        assert!(lease.is_expired(Time::from_millis(3000)));
-        assert_eq!(
-            lease.surely_expired_at(0.05, Duration::from_millis(250)),
-            Time::from_millis(3350)
-        );
     }
 }

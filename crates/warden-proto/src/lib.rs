@@ -1,8 +1,9 @@
 //! Warden's wire contracts: the agent ↔ server session (`proto/warden/v1/session.proto`),
 //! compiled with protox at build time. Wire types are kept apart from `warden-core`'s domain
-//! types on purpose; conversions live at the edges (server and agent).
+//! types on purpose; every conversion between the two, both directions, is in [`convert`].
 #![forbid(unsafe_code)]
 
+pub mod convert;
 pub mod pem;
 
 /// The gRPC metadata key that carries an agent's join token on the session request (see

@@ -42,7 +42,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{BoxError, Extension, Json, Router, middleware};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
@@ -215,6 +215,7 @@ pub fn router_with_config(
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/leader", get(get_leader))
+        .route("/v1/brake/release", post(release_brake))
         .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -298,7 +299,7 @@ async fn sample_history(api: Api, history: Arc<History>) {
     }
 }
 
-pub(crate) use crate::control::unix_now_ms;
+pub(crate) use crate::clock::unix_now_ms;
 
 async fn serve_router(
     listener: tokio::net::TcpListener,
@@ -628,6 +629,26 @@ async fn delete_job(
             job: name,
             outcome: "deleted",
         }))
+    })
+    .await
+}
+
+/// What `POST /v1/brake/release` did.
+#[derive(Debug, Serialize)]
+struct BrakeRelease {
+    /// Whether the brake was engaged (and is released now).
+    was_engaged: bool,
+}
+
+async fn release_brake(
+    State(AppState { api, .. }): State<AppState>,
+    caller: Option<Extension<Caller>>,
+) -> Result<Json<BrakeRelease>, HttpError> {
+    let by = caller.map_or_else(|| "anonymous".to_string(), |Extension(c)| c.label);
+    blocking(&api, move |api| {
+        let was_engaged = api.release_brake().map_err(api_error)?;
+        tracing::warn!(%by, was_engaged, "mass-failure brake released by an operator");
+        Ok(Json(BrakeRelease { was_engaged }))
     })
     .await
 }

@@ -20,7 +20,6 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 /// The role of this replica.
@@ -42,16 +41,7 @@ pub enum Role {
     },
 }
 
-/// Another replica's leadership, as published in the election.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LeaderInfo {
-    /// The leader's advertised REST address (its `--http-addr`, as given).
-    pub name: String,
-    /// Its term.
-    pub term: u64,
-    /// When its term began, ms since the Unix epoch.
-    pub since_unix_ms: u64,
-}
+pub use warden_core::controller::LeaderInfo;
 
 /// This replica's view of the election. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -65,7 +55,7 @@ pub struct Leadership {
 impl Leadership {
     /// A single server: leader for ever, term 1.
     pub fn single(name: impl Into<String>) -> Self {
-        let since = crate::control::unix_now_ms();
+        let since = crate::clock::unix_now_ms();
         let (tx, rx) = watch::channel(Role::Leader {
             term: 1,
             since_unix_ms: since,
@@ -105,6 +95,11 @@ impl Leadership {
     /// Whether this replica leads now.
     pub fn is_leader(&self) -> bool {
         self.term_now().is_some()
+    }
+
+    /// A receiver of the role as the election publishes it, to follow its changes.
+    pub fn watch(&self) -> watch::Receiver<Role> {
+        self.role.clone()
     }
 
     /// The role as last published (the deadline not applied).

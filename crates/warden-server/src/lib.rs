@@ -25,6 +25,7 @@
 
 pub mod api_auth;
 pub mod auth;
+pub mod clock;
 pub mod control;
 pub mod file_adapter;
 pub mod haproxy;

@@ -13,11 +13,12 @@ use warden_proto::v1::agent_session_server::AgentSessionServer;
 use warden_store::Store;
 
 use crate::auth::{Gate, SessionSecurity};
-use crate::control::{ControlConfig, ControlPlane, StartError};
+use crate::control::{ControlPlane, StartError};
 use crate::leader::Leadership;
 use crate::session::SessionService;
 use crate::sla::SlaConfig;
 use crate::view::ControlApi;
+use warden_core::controller::ControllerConfig;
 
 /// Errors running the server.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ pub struct Protection {
 /// Run a server on `store` until `cancel` fires, with the default SLA settings.
 pub async fn run(
     store: Arc<dyn Store>,
-    cfg: ControlConfig,
+    cfg: ControllerConfig,
     grpc: TcpListener,
     http: TcpListener,
     cancel: CancellationToken,
@@ -100,7 +101,7 @@ pub async fn run(
 #[allow(clippy::too_many_arguments)]
 pub async fn run_with(
     store: Arc<dyn Store>,
-    cfg: ControlConfig,
+    cfg: ControllerConfig,
     sla: SlaConfig,
     adapters: Adapters,
     security: SessionSecurity,
@@ -132,7 +133,7 @@ pub async fn run_with(
 #[allow(clippy::too_many_arguments)]
 pub async fn run_replica(
     store: Arc<dyn Store>,
-    cfg: ControlConfig,
+    cfg: ControllerConfig,
     sla: SlaConfig,
     adapters: Adapters,
     leadership: Leadership,

@@ -68,16 +68,7 @@ pub struct JobInfo {
 }
 
 /// What `POST /v1/jobs` did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SubmitOutcome {
-    /// A new job.
-    Created,
-    /// An existing job's spec changed.
-    Updated,
-    /// The same spec was already stored.
-    Unchanged,
-}
+pub use warden_core::controller::SubmitOutcome;
 
 /// A recovery, as `GET /v1/recoveries` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,6 +233,9 @@ pub trait ControlApi: Send + Sync + 'static {
     fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError>;
     /// Stop and remove a job.
     fn delete_job(&self, name: &str) -> Result<(), ApiError>;
+    /// Release the mass-failure brake (an operator's decision after checking the fleet).
+    /// Returns whether it was engaged.
+    fn release_brake(&self) -> Result<bool, ApiError>;
     /// Events with `seq > since`, oldest first, at most `limit`.
     fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError>;
     /// The newest `limit` events, oldest first. The default pages through [`ControlApi::events`];

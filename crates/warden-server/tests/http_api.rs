@@ -33,6 +33,8 @@ struct FakeState {
     recoveries: Vec<RecoveryInfo>,
     /// Every `submit_job` call that reached the fake.
     submit_calls: usize,
+    /// The mass-failure brake.
+    brake_engaged: bool,
     /// When set, every fallible call fails with it.
     fail_with: Option<ApiError>,
     /// When set, `jobs()` blocks until a message arrives (or the sender is dropped).
@@ -60,6 +62,11 @@ impl Fake {
 }
 
 impl ControlApi for Fake {
+    fn release_brake(&self) -> Result<bool, ApiError> {
+        self.fail()?;
+        Ok(std::mem::take(&mut self.lock().brake_engaged))
+    }
+
     fn metrics(&self) -> String {
         "# TYPE fake_up gauge\nfake_up 1\n".to_string()
     }
@@ -965,6 +972,22 @@ async fn delete_removes_a_job_and_404s_an_unknown_one() {
     reply.assert_error(404, "not_found");
     let reply = send(server.addr, "DELETE", "/v1/jobs/never-was", &[], None).await;
     reply.assert_error(404, "not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn releasing_the_brake_says_whether_it_was_engaged() {
+    let fake = populated();
+    fake.lock().brake_engaged = true;
+    let server = Server::start(fake).await;
+    let reply = send(server.addr, "POST", "/v1/brake/release", &[], None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!({"was_engaged": true}));
+    assert!(!server.fake.lock().brake_engaged);
+    let reply = send(server.addr, "POST", "/v1/brake/release", &[], None).await;
+    assert_eq!(reply.json(), json!({"was_engaged": false}));
+    let reply = send(server.addr, "GET", "/v1/brake/release", &[], None).await;
+    reply.assert_error(405, "method_not_allowed");
     server.stop().await;
 }
 

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
+use warden_core::controller::ControllerConfig;
 use warden_proto::v1::{self, agent_message, server_message};
-use warden_server::control::ControlConfig;
 use warden_server::limits::{LimitsConfig, SessionLimits};
 use warden_server::server::{self, Adapters, Protection, ServerError};
 use warden_server::sla::SlaConfig;
@@ -44,7 +44,7 @@ impl TestServer {
         };
         let task = tokio::spawn(server::run_with(
             Arc::new(MemStore::new()),
-            ControlConfig::default(),
+            ControllerConfig::default(),
             SlaConfig::default(),
             Adapters::default(),
             warden_server::auth::SessionSecurity::default(),

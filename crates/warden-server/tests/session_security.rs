@@ -20,12 +20,12 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 use warden_agent::tls::{ClientTls, JoinToken};
 use warden_chaos::client::Client;
+use warden_core::controller::ControllerConfig;
 use warden_proto::v1::agent_message::Msg;
 use warden_proto::v1::agent_session_client::AgentSessionClient;
 use warden_proto::v1::server_message::Msg as Smsg;
 use warden_proto::v1::{self, AgentMessage, ServerMessage};
 use warden_server::auth::{JoinTokens, ServerTls, SessionSecurity, add_join_token};
-use warden_server::control::ControlConfig;
 use warden_server::pki::{Ca, Issued, Validity};
 use warden_server::server::{self, Adapters};
 use warden_server::sla::SlaConfig;
@@ -94,7 +94,7 @@ async fn start(security: SessionSecurity, dir: tempfile::TempDir) -> TestServer 
     let store = Arc::new(warden_store::MemStore::new());
     tokio::spawn(server::run_with(
         store,
-        ControlConfig::default(),
+        ControllerConfig::default(),
         SlaConfig::default(),
         Adapters::default(),
         security,

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use warden_core::controller::ControllerConfig;
 use warden_server::api_auth::{AccessPolicy, ApiAuth};
 use warden_server::auth::{JoinTokens, ServerTls, SessionSecurity};
-use warden_server::control::ControlConfig;
 use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
 use warden_server::leader::Leadership;
@@ -114,7 +114,7 @@ pub struct ServerFile {
     pub election: ElectionConfig,
     /// Control-plane tuning.
     #[serde(default)]
-    pub control: ControlConfig,
+    pub control: ControllerConfig,
     /// Defaults of the SLA report (`GET /v1/sla`, the dashboard's SLA page).
     #[serde(default)]
     pub sla: SlaConfig,
@@ -230,7 +230,7 @@ pub struct ServerSettings {
     /// Protective limits.
     pub limits: LimitsConfig,
     /// Control-plane tuning.
-    pub control: ControlConfig,
+    pub control: ControllerConfig,
     /// SLA report defaults.
     pub sla: SlaConfig,
     /// HAProxy adapters.

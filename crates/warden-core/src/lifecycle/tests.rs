@@ -415,10 +415,23 @@ fn a_new_generation_supersedes_the_old_one() {
         f.join(AgentId::new("a", 1), ms(2_200)),
         vec![Output::StaleGeneration { agent: id("a") }]
     );
-    // Forgetting old generations keeps the newest.
-    f.forget_before(ms(10_000));
+    // Forgetting an old generation keeps the newest.
+    f.forget(&id("a"));
     assert!(f.agent(&id("a")).is_none());
     assert!(f.current("a").is_some());
+    // Forgetting the newest forgets the name: the next generation joins as after a restart.
+    f.forget(&AgentId::new("a", 2));
+    assert!(f.current("a").is_none());
+    assert!(f.join(AgentId::new("a", 3), ms(2_300)).is_empty());
+    // A generation older than the newest, never seen, is recorded as gone.
+    f.record_superseded(AgentId::new("a", 1), ms(2_400));
+    let old = f.agent(&id("a")).unwrap();
+    assert_eq!(old.state(), AgentState::Failed);
+    assert!(matches!(
+        old.death_evidence(),
+        DeathEvidence::ProcessGone { .. }
+    ));
+    assert_eq!(f.current("a").unwrap().id().generation, 3);
 }
 
 #[test]

@@ -1,0 +1,570 @@
+//! What goes into the controller ([`Input`]) and what comes out ([`Command`]), in domain terms.
+//!
+//! Nothing here knows the wire protocol: the runtime converts protobuf messages into these
+//! types (and orders back into protobuf) in one place, `warden_proto::convert`. Identities
+//! carry their epochs: an [`AgentId`] names a generation, an assignment its [`FencingToken`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{AgentState, Cause, ProbeReport, Transition};
+use crate::planner::{TaskState, TaskView};
+use crate::recovery::RecoveryRecord;
+use crate::time::Time;
+use crate::types::{
+    AgentId, FencingToken, HealthCheck, JobName, JobSpec, Resources, ServicePort, Signals, TaskId,
+};
+
+/// One session of the runtime with an agent. The runtime numbers its sessions; two sessions of
+/// one agent generation (a reconnect) have different ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// The first message of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Agent name as sent (the controller trims it and checks it).
+    pub name: String,
+    /// 0 on a fresh start (the runtime asks the store for a new generation); the generation
+    /// of the agent's process on a reconnect.
+    pub generation: u64,
+    /// `host:port` of the agent's probe listener, as sent.
+    pub probe_addr: String,
+    /// What the agent offers.
+    pub capacity: Resources,
+    /// Copies the agent runs right now (non-empty on a reconnect).
+    pub running: Vec<(TaskId, FencingToken)>,
+}
+
+impl Hello {
+    /// The name the agent is known by: the one it sent, without surrounding space.
+    pub fn trimmed_name(&self) -> &str {
+        self.name.trim()
+    }
+}
+
+/// The phase of one task copy, as its agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyPhase {
+    /// Being started (or restarted in place after a crash, with backoff).
+    Starting,
+    /// Its process runs.
+    Running,
+    /// A stop order is being carried out.
+    Stopping,
+    /// Ended on purpose, or exited with success.
+    Stopped,
+    /// Exited and the agent gave up restarting it.
+    Failed,
+    /// Killed by its agent because the agent's lease ran out (a singleton fencing itself):
+    /// no failure of the task.
+    Fenced,
+}
+
+impl CopyPhase {
+    /// The slot state this phase moves a slot towards; `None` for [`CopyPhase::Fenced`], which
+    /// is handled on its own (the slot is stopped without a failure).
+    pub fn slot_state(self) -> Option<TaskState> {
+        match self {
+            CopyPhase::Starting => Some(TaskState::Starting),
+            CopyPhase::Running => Some(TaskState::Running),
+            CopyPhase::Stopping => Some(TaskState::Stopping),
+            CopyPhase::Stopped => Some(TaskState::Stopped),
+            CopyPhase::Failed => Some(TaskState::Failed),
+            CopyPhase::Fenced => None,
+        }
+    }
+}
+
+/// What an agent says about one of its copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The task slot.
+    pub task: TaskId,
+    /// The copy's fencing token.
+    pub epoch: FencingToken,
+    /// Its phase (`None`: the agent sent a phase this server does not know).
+    pub phase: Option<CopyPhase>,
+    /// Its health check passes (true when it has none).
+    pub healthy: bool,
+    /// `host:port` it serves on, when its job declares a service; empty otherwise.
+    pub endpoint: String,
+}
+
+/// A heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heartbeat {
+    /// Grows by one per heartbeat sent by the generation.
+    pub seq: u64,
+    /// Health signals, when measured.
+    pub signals: Option<Signals>,
+    /// Every copy the agent runs.
+    pub copies: Vec<CopyReport>,
+}
+
+/// The controller's persisted state as the store holds it: desired jobs and task slots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every job.
+    pub jobs: Vec<JobSpec>,
+    /// Every live slot record.
+    pub slots: Vec<(TaskId, TaskView)>,
+}
+
+/// A leader as the election publishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// The leader's advertised REST address.
+    pub name: String,
+    /// Its term: the election's fencing token, growing with every new leader.
+    pub term: u64,
+    /// When its term began, ms since the Unix epoch.
+    pub since_unix_ms: u64,
+}
+
+/// This replica's role as the election last told it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Election {
+    /// This replica leads in `term`, until `valid_until` on the controller's clock (`None`: for
+    /// ever, a single server). Past that instant its leadership counts as lost, whether or not
+    /// a new message said so.
+    Leader {
+        /// The term.
+        term: u64,
+        /// When the term began, ms since the Unix epoch.
+        since_unix_ms: u64,
+        /// When the leadership must be taken as lost unless renewed.
+        valid_until: Option<Time>,
+    },
+    /// Another replica leads, or none is known.
+    Follower {
+        /// The leader, if known.
+        leader: Option<LeaderInfo>,
+    },
+}
+
+/// Why the controller asked for the store's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// To take over as leader in this term.
+    TakeOver {
+        /// The term.
+        term: u64,
+    },
+    /// A standby's periodic refresh.
+    Refresh,
+}
+
+/// Identifies a write whose outcome the controller waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WriteId(pub u64);
+
+/// How an epoch-checked write ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed.
+    Applied,
+    /// The slot's epoch was not the one expected: the controller's view was stale. The store's
+    /// record (or, without one, its epoch) replaces the controller's.
+    Conflict {
+        /// The slot's live record.
+        current: Option<TaskView>,
+        /// The slot's epoch in the store.
+        stored_epoch: FencingToken,
+    },
+    /// The store failed; nothing was written. The slot is planned again.
+    Failed(String),
+}
+
+/// What happened, fed to [`Controller::step`](super::Controller::step).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A session was admitted for generation `agent` (its Hello passed
+    /// [`Controller::admission`](super::Controller::admission) and the runtime assigned the
+    /// generation when the agent asked for one).
+    SessionOpened {
+        /// The runtime's session.
+        session: SessionId,
+        /// The generation this session speaks for.
+        agent: AgentId,
+        /// The Hello.
+        hello: Hello,
+    },
+    /// A heartbeat arrived on `agent`'s session.
+    Heartbeat {
+        /// Who sent it (the session's admitted identity).
+        agent: AgentId,
+        /// The heartbeat.
+        beat: Heartbeat,
+    },
+    /// A copy changed phase.
+    TaskReport {
+        /// Who sent it.
+        agent: AgentId,
+        /// The copy.
+        copy: CopyReport,
+        /// What the agent says about it (an exit code, a reason).
+        message: String,
+    },
+    /// A probe round for `agent` finished.
+    Probes {
+        /// The agent probed.
+        agent: AgentId,
+        /// What the probes found.
+        report: ProbeReport,
+    },
+    /// The agent left gracefully (its tasks are stopped).
+    Leave {
+        /// Who.
+        agent: AgentId,
+    },
+    /// A session ended: closed, reset or failed.
+    SessionClosed {
+        /// Who it spoke for.
+        agent: AgentId,
+        /// Which session.
+        session: SessionId,
+    },
+    /// Time passed: detector deadlines, probes, drains, and a reconcile round when one is due.
+    Tick,
+    /// An epoch-checked write the controller asked for ended.
+    Persisted {
+        /// Which write.
+        write: WriteId,
+        /// How.
+        outcome: WriteOutcome,
+    },
+    /// The election changed (or the runtime read it again).
+    Election(Election),
+    /// The store's state, read as asked by [`Command::Load`].
+    Loaded {
+        /// Why it was read.
+        load: Load,
+        /// What it holds.
+        snapshot: Snapshot,
+    },
+    /// The store could not be read.
+    LoadFailed {
+        /// Why it was to be read.
+        load: Load,
+        /// The store's error.
+        error: String,
+    },
+    /// A job was stored (after [`Controller::check_submit`](super::Controller::check_submit)).
+    JobStored {
+        /// The spec.
+        spec: JobSpec,
+        /// What the submission does.
+        outcome: SubmitOutcome,
+    },
+    /// A job was deleted from the store (after
+    /// [`Controller::check_delete`](super::Controller::check_delete)).
+    JobDeleted {
+        /// The job.
+        job: JobName,
+    },
+    /// An operator released the mass-failure brake.
+    ReleaseBrake,
+}
+
+/// What a job submission changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmitOutcome {
+    /// A new job.
+    Created,
+    /// An existing job's spec changed.
+    Updated,
+    /// The same spec was already stored.
+    Unchanged,
+}
+
+/// Why the controller refused a request (a Hello, or an operator's).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The agent's generation is over: it must stop its old work and join as a new one.
+    #[error("{0}")]
+    Stale(String),
+    /// Another generation of this agent name has a session open; try again later.
+    #[error("{0}")]
+    Busy(String),
+    /// This replica does not lead: changes and new generations come from the leader.
+    #[error("{0}")]
+    NotLeader(String),
+    /// No leader acts now (the store may have lost its quorum); try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The Welcome of a session: the agent's generation and its timing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// The generation the session speaks for.
+    pub generation: u64,
+    /// The lease each ack grants.
+    pub lease_ttl: Duration,
+    /// How often to send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Acks later than this after a heartbeat's send time count as a lost session.
+    pub session_deadline: Duration,
+}
+
+/// An assignment of a task copy to an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The slot.
+    pub task: TaskId,
+    /// Its fencing token (`WARDEN_FENCING_TOKEN`).
+    pub epoch: FencingToken,
+    /// Whether the copy must never run twice (fenced with the agent's lease).
+    pub singleton: bool,
+    /// Program.
+    pub command: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Reservation.
+    pub resources: Resources,
+    /// Health check run by the agent.
+    pub health: Option<HealthCheck>,
+    /// The service port, when the job declares a service.
+    pub service: Option<ServicePort>,
+}
+
+/// A message for one agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Heartbeat `seq` arrived; the lease runs `lease_ttl` from its send time (zero: no lease,
+    /// only a sign that the session is alive — a standby's answer).
+    Ack {
+        /// The heartbeat.
+        seq: u64,
+        /// The lease granted.
+        lease_ttl: Duration,
+    },
+    /// Run this copy.
+    Assign(Box<Assignment>),
+    /// Stop the copy of `task` at `epoch`.
+    Stop {
+        /// The slot.
+        task: TaskId,
+        /// The copy's fencing token.
+        epoch: FencingToken,
+        /// SIGTERM to SIGKILL.
+        grace: Duration,
+    },
+    /// The generation is over: stop its work and join again as a new generation.
+    Rejoin {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A write for the runtime's ordered store writer. Writes are carried out in the order the
+/// controller emits them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// An assignment or eviction of a slot, checked against the slot's epoch. Its outcome comes
+    /// back as [`Input::Persisted`]; nothing is sent to an agent before it is applied.
+    Slot {
+        /// Identifies the outcome.
+        id: WriteId,
+        /// The slot's epoch this write replaces.
+        expected: FencingToken,
+        /// The slot.
+        task: TaskId,
+        /// The new record.
+        record: TaskView,
+    },
+    /// A state change of the slot's current copy; ignored by the store unless the slot is at
+    /// `epoch`. No outcome is reported.
+    SlotState {
+        /// The slot.
+        task: TaskId,
+        /// The copy's epoch.
+        epoch: FencingToken,
+        /// Its new state.
+        state: TaskState,
+        /// Failures in a row.
+        failures: u32,
+    },
+    /// Insert or update a recovery record.
+    Recovery(Box<RecoveryRecord>),
+}
+
+/// An entry for the event log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// When it happened.
+    pub at: Time,
+    /// Dotted kind (`agent.transition`, `task.state`, `alarm.brake_engaged`, ...).
+    pub kind: &'static str,
+    /// The agent it is about.
+    pub agent: Option<AgentId>,
+    /// The task it is about.
+    pub task: Option<TaskId>,
+    /// For people.
+    pub message: String,
+    /// For a transition, its states and cause (the event's structured data).
+    pub transition: Option<(AgentState, AgentState, Cause)>,
+}
+
+/// One round of probes for a Suspect agent: probe `target` directly and through `helpers`
+/// (other agents with a session, Healthy), then report back with [`Input::Probes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeRound {
+    /// The suspect.
+    pub agent: AgentId,
+    /// The round to echo in the report.
+    pub round: u64,
+    /// Its probe listener, if it ever said where.
+    pub target: Option<SocketAddr>,
+    /// Agents to ask for an indirect probe.
+    pub helpers: Vec<AgentId>,
+}
+
+/// Something worth a log line or a metric; the runtime decides how to show it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A session was admitted.
+    Admitted {
+        /// Who.
+        agent: AgentId,
+    },
+    /// An agent changed state; `detection` is the time since its last heartbeat when it was
+    /// declared Failed.
+    Transition {
+        /// The transition.
+        transition: Transition,
+        /// Last heartbeat → Failed.
+        detection: Option<Duration>,
+    },
+    /// A recovery record changed (a start, or an end).
+    Recovery(Box<RecoveryRecord>),
+    /// An alarm appeared (standing alarms are noticed once).
+    Alarm(String),
+    /// A task of a lost agent was moved.
+    Rescheduled {
+        /// The task.
+        task: TaskId,
+        /// From.
+        from: AgentId,
+        /// To.
+        to: AgentId,
+        /// Its new epoch.
+        epoch: FencingToken,
+    },
+    /// An epoch-checked write lost: the controller's view of the slot was stale.
+    WriteLost {
+        /// The slot.
+        task: TaskId,
+        /// The store's epoch.
+        stored: FencingToken,
+    },
+    /// A write failed in the store.
+    WriteFailed {
+        /// The slot.
+        task: TaskId,
+        /// The store's error.
+        error: String,
+    },
+    /// A deleted job's drain ended; its tasks are stopped.
+    DrainOver {
+        /// The job.
+        job: JobName,
+    },
+    /// A reconcile round ended: planned, and every write it needed is done.
+    Reconciled {
+        /// Plan to last outcome, on the controller's clock.
+        took: Duration,
+        /// Actions planned.
+        actions: usize,
+    },
+    /// This replica took over as leader.
+    TookOver {
+        /// The term.
+        term: u64,
+    },
+    /// This replica's first reconcile round as leader is done.
+    Acting {
+        /// The term.
+        term: u64,
+    },
+    /// This replica lost its leadership and stands down.
+    SteppedDown {
+        /// The term it led.
+        term: u64,
+    },
+    /// The store could not be read.
+    LoadFailed {
+        /// Why it was read.
+        load: Load,
+        /// The error.
+        error: String,
+    },
+    /// The controller noticed a gap in its ticks (the runtime was stalled) and holds verdicts.
+    Stalled {
+        /// The gap.
+        gap: Duration,
+    },
+    /// Ended agent generations were forgotten (retention).
+    Forgot {
+        /// How many.
+        generations: usize,
+    },
+}
+
+/// What the runtime must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Answer the session's Hello: admitted. Goes before any order to the agent.
+    Welcome {
+        /// The session.
+        session: SessionId,
+        /// Who it speaks for.
+        agent: AgentId,
+        /// Generation and timing.
+        welcome: Welcome,
+    },
+    /// Answer the session's Hello: refused. Nothing else is emitted for it.
+    Refuse {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// Send `order` on `to`'s open session (dropped when it has none, or the session belongs
+    /// to another generation).
+    Send {
+        /// The generation it is for.
+        to: AgentId,
+        /// The message.
+        order: Order,
+    },
+    /// Hand a write to the ordered store writer.
+    Persist(Write),
+    /// Append to the event log (through the same ordered writer).
+    AppendEvent(Event),
+    /// Run a probe round.
+    Probe(ProbeRound),
+    /// Read the store's state and feed it back with [`Input::Loaded`].
+    Load(Load),
+    /// The endpoints registry changed; wake its watchers.
+    ServicesChanged {
+        /// Its index.
+        index: u64,
+    },
+    /// Log or count this.
+    Notice(Notice),
+}

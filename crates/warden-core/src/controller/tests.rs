@@ -1,0 +1,735 @@
+//! Controller tests in the engine style: inputs with explicit times in, assertions on the
+//! commands out. A small harness plays the store (compare-and-set on slot epochs) and, where
+//! asked, obedient agents that run what they are assigned.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::*;
+use crate::lifecycle::{Cause, ProbeKind, ProbeOutcome, ProbeReport};
+use crate::types::JobKind;
+
+const T0: Time = Time::from_millis(1_000_000);
+
+fn leader() -> Election {
+    Election::Leader {
+        term: 1,
+        since_unix_ms: 0,
+        valid_until: None,
+    }
+}
+
+fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
+    JobSpec {
+        name: JobName::new(name),
+        kind,
+        replicas,
+        command: "/bin/sleep".into(),
+        args: vec!["1000".into()],
+        env: BTreeMap::new(),
+        resources: Resources::new(100, 64),
+        health: None,
+        service: None,
+    }
+}
+
+/// The controller, a store, and the commands seen.
+struct H {
+    c: Controller,
+    now: Time,
+    /// The store's slot epochs.
+    store: HashMap<TaskId, FencingToken>,
+    /// Hold slot writes instead of answering them.
+    hold: bool,
+    held: Vec<Write>,
+    next_session: u64,
+    ticks: u64,
+    seq: HashMap<AgentId, u64>,
+    /// What each agent runs: (task, epoch) → phase, kept by `obey`.
+    runs: HashMap<AgentId, BTreeMap<TaskId, (FencingToken, CopyPhase)>>,
+}
+
+impl H {
+    fn new() -> Self {
+        Self::with(ControllerConfig::default(), leader(), Snapshot::default())
+    }
+
+    fn with(cfg: ControllerConfig, election: Election, snapshot: Snapshot) -> Self {
+        let (c, _) = Controller::new(cfg, "s1", election, snapshot, T0).unwrap();
+        H {
+            c,
+            now: T0,
+            store: HashMap::new(),
+            hold: false,
+            held: Vec::new(),
+            next_session: 0,
+            ticks: 0,
+            seq: HashMap::new(),
+            runs: HashMap::new(),
+        }
+    }
+
+    /// Step, answer the slot writes the way a store would (unless holding them), and apply
+    /// the orders to the agents' copies. Returns every command, in order.
+    fn step(&mut self, input: Input) -> Vec<Command> {
+        let mut all = Vec::new();
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let out = self.c.step(input, self.now);
+            for cmd in &out {
+                match cmd {
+                    Command::Persist(
+                        w @ Write::Slot {
+                            id,
+                            expected,
+                            task,
+                            record,
+                        },
+                    ) => {
+                        if self.hold {
+                            self.held.push(w.clone());
+                            continue;
+                        }
+                        let stored = self.store.get(task).copied().unwrap_or(FencingToken::NONE);
+                        let outcome = if stored == *expected {
+                            self.store.insert(task.clone(), record.epoch);
+                            WriteOutcome::Applied
+                        } else {
+                            WriteOutcome::Conflict {
+                                current: None,
+                                stored_epoch: stored,
+                            }
+                        };
+                        queue.insert(
+                            0,
+                            Input::Persisted {
+                                write: *id,
+                                outcome,
+                            },
+                        );
+                    }
+                    Command::Send { to, order } => self.obey(to, order),
+                    _ => {}
+                }
+            }
+            self.c.check_invariants().unwrap();
+            all.extend(out);
+        }
+        all
+    }
+
+    fn obey(&mut self, to: &AgentId, order: &Order) {
+        let runs = self.runs.entry(to.clone()).or_default();
+        match order {
+            Order::Assign(a) => {
+                runs.insert(a.task.clone(), (a.epoch, CopyPhase::Running));
+            }
+            Order::Stop { task, epoch, .. } => {
+                if runs.get(task).is_some_and(|(e, _)| e == epoch) {
+                    runs.remove(task);
+                }
+            }
+            Order::Ack { .. } | Order::Rejoin { .. } => {}
+        }
+    }
+
+    fn join(&mut self, name: &str, generation: u64) -> AgentId {
+        self.next_session += 1;
+        let id = AgentId::new(name, generation);
+        let out = self.step(Input::SessionOpened {
+            session: SessionId(self.next_session),
+            agent: id.clone(),
+            hello: Hello {
+                name: name.into(),
+                generation,
+                probe_addr: "127.0.0.1:9".into(),
+                capacity: Resources::new(4000, 4096),
+                running: vec![],
+            },
+        });
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Command::Welcome { agent, .. } if *agent == id)),
+            "{out:?}"
+        );
+        self.runs.entry(id.clone()).or_default();
+        id
+    }
+
+    /// A heartbeat from `id` reporting what it runs.
+    fn beat(&mut self, id: &AgentId) -> Vec<Command> {
+        let seq = self.seq.entry(id.clone()).or_default();
+        *seq += 1;
+        let seq = *seq;
+        let copies = self.runs.get(id).map_or_else(Vec::new, |r| {
+            r.iter()
+                .map(|(task, (epoch, phase))| CopyReport {
+                    task: task.clone(),
+                    epoch: *epoch,
+                    phase: Some(*phase),
+                    healthy: true,
+                    endpoint: String::new(),
+                })
+                .collect()
+        });
+        self.step(Input::Heartbeat {
+            agent: id.clone(),
+            beat: Heartbeat {
+                seq,
+                signals: None,
+                copies,
+            },
+        })
+    }
+
+    /// Let `d` pass in 50 ms ticks, with `beating` sending heartbeats every 500 ms.
+    fn run(&mut self, d: Duration, beating: &[&AgentId]) -> Vec<Command> {
+        let end = self.now + d;
+        let mut all = Vec::new();
+        while self.now < end {
+            self.now = self.now + Duration::from_millis(50);
+            self.ticks += 1;
+            if self.ticks.is_multiple_of(10) {
+                for a in beating {
+                    all.extend(self.beat(a));
+                }
+            }
+            all.extend(self.step(Input::Tick));
+        }
+        all
+    }
+
+    fn submit(&mut self, spec: JobSpec) -> Vec<Command> {
+        let outcome = self.c.check_submit(&spec, self.now).unwrap();
+        self.step(Input::JobStored { spec, outcome })
+    }
+
+    fn slot(&self, job: &str, i: u32) -> TaskView {
+        self.c
+            .slot(&TaskId::new(JobName::new(job), i))
+            .unwrap()
+            .clone()
+    }
+}
+
+fn assigns(cmds: &[Command]) -> Vec<(AgentId, TaskId, FencingToken)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Send {
+                to,
+                order: Order::Assign(a),
+            } => Some((to.clone(), a.task.clone(), a.epoch)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn transitions(cmds: &[Command]) -> Vec<(AgentId, AgentState)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Notice(Notice::Transition { transition, .. }) => {
+                Some((transition.agent.clone(), transition.to))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn probe_rounds(cmds: &[Command]) -> Vec<ProbeRound> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Probe(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn report(round: u64, outcome: ProbeOutcome) -> ProbeReport {
+    ProbeReport {
+        round,
+        direct: vec![(ProbeKind::Tcp, outcome), (ProbeKind::Http, outcome)],
+        indirect: vec![],
+    }
+}
+
+/// Two healthy agents and a singleton running on one of them.
+fn two_agents_and_a_singleton() -> (H, AgentId, AgentId) {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    let b = h.join("b", 1);
+    h.run(Duration::from_secs(1), &[&a, &b]);
+    h.submit(job("cron", JobKind::Singleton, 1));
+    h.run(Duration::from_secs(1), &[&a, &b]);
+    let slot = h.slot("cron", 0);
+    assert_eq!(slot.state, TaskState::Running, "{slot:?}");
+    let on = slot.agent.clone().unwrap();
+    let other = if on == a { b } else { a };
+    (h, on, other)
+}
+
+#[test]
+fn an_assignment_is_sent_only_after_its_write_is_committed() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(1), &[&a]);
+    h.hold = true;
+    h.submit(job("cron", JobKind::Singleton, 1));
+    let out = h.run(Duration::from_millis(200), &[]);
+    assert!(assigns(&out).is_empty(), "sent before persisted: {out:?}");
+    let Some(Write::Slot {
+        id, task, record, ..
+    }) = h.held.pop()
+    else {
+        panic!("no slot write: {out:?}");
+    };
+    assert_eq!(record.agent.as_ref(), Some(&a));
+    // Nothing new is planned while the round's write is out.
+    let out = h.run(Duration::from_secs(2), &[]);
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::Persist(Write::Slot { .. })))
+    );
+    h.hold = false;
+    let out = h.step(Input::Persisted {
+        write: id,
+        outcome: WriteOutcome::Applied,
+    });
+    assert_eq!(assigns(&out), vec![(a.clone(), task, record.epoch)]);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Reconciled { actions: 1, .. })))
+    );
+}
+
+#[test]
+fn a_lost_write_adopts_the_stores_epoch_and_plans_again() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(1), &[&a]);
+    // The store already knows epoch 7 for the slot (a job re-created under an old name).
+    h.store
+        .insert(TaskId::new(JobName::new("cron"), 0), FencingToken(7));
+    let out = h.submit(job("cron", JobKind::Singleton, 1));
+    let out = [out, h.run(Duration::from_millis(200), &[&a])].concat();
+    assert!(out.iter().any(|c| matches!(c, Command::Notice(Notice::WriteLost { stored, .. }) if *stored == FencingToken(7))));
+    let sent = assigns(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    assert!(sent[0].2 > FencingToken(7), "epochs only grow: {sent:?}");
+}
+
+#[test]
+fn a_killed_agent_is_declared_at_once_and_its_singleton_moves() {
+    let (mut h, on, other) = two_agents_and_a_singleton();
+    let before = h.slot("cron", 0).epoch;
+    // kill -9: the session resets and the probe port refuses.
+    let out = h.step(Input::SessionClosed {
+        agent: on.clone(),
+        session: h.c.session_of(&on.name).unwrap().1,
+    });
+    let rounds = probe_rounds(&out);
+    assert_eq!(rounds.len(), 1, "{out:?}");
+    assert_eq!(rounds[0].agent, on);
+    assert_eq!(
+        rounds[0].helpers,
+        vec![other.clone()],
+        "the healthy peer helps"
+    );
+    let out = h.step(Input::Probes {
+        agent: on.clone(),
+        report: report(rounds[0].round, ProbeOutcome::Refused),
+    });
+    assert!(
+        transitions(&out).contains(&(on.clone(), AgentState::Failed)),
+        "{out:?}"
+    );
+    // After the kill grace (the shims' time to kill what the dead agent ran).
+    let out = [out, h.run(Duration::from_millis(400), &[&other])].concat();
+    let sent = assigns(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    assert_eq!(sent[0].0, other);
+    assert!(sent[0].2 > before);
+    let record = out.iter().find_map(|c| match c {
+        Command::Persist(Write::Recovery(r)) => Some(r.clone()),
+        _ => None,
+    });
+    let record = record.expect("a recovery record");
+    assert_eq!(record.from, on);
+    assert_eq!(record.cause, Cause::ProcessGone);
+    // The replacement runs: the recovery ends.
+    let out = h.run(Duration::from_secs(1), &[&other]);
+    assert!(out.iter().any(|c| matches!(c,
+        Command::Persist(Write::Recovery(r)) if r.outcome == crate::recovery::Outcome::Succeeded)));
+}
+
+#[test]
+fn a_paused_agent_keeps_its_singleton_until_its_lease_surely_ran_out() {
+    let (mut h, on, other) = two_agents_and_a_singleton();
+    let last_renewal = h.c.observed().agents[&on].last_renewal.unwrap();
+    let lease_done =
+        h.c.config()
+            .lifecycle
+            .fencing
+            .lease_surely_expired_at(last_renewal);
+    // SIGSTOP: silence on an open session; probes time out.
+    let mut moved_at = None;
+    let mut failed = false;
+    while h.now < lease_done + Duration::from_secs(3) && moved_at.is_none() {
+        let out = h.run(Duration::from_millis(50), &[&other]);
+        for r in probe_rounds(&out) {
+            let o = h.step(Input::Probes {
+                agent: r.agent.clone(),
+                report: ProbeReport {
+                    indirect: vec![ProbeOutcome::TimedOut],
+                    ..report(r.round, ProbeOutcome::TimedOut)
+                },
+            });
+            failed |= transitions(&o).contains(&(on.clone(), AgentState::Failed));
+            if !assigns(&o).is_empty() {
+                moved_at = Some(h.now);
+            }
+        }
+        failed |= transitions(&out).contains(&(on.clone(), AgentState::Failed));
+        if !assigns(&out).is_empty() {
+            moved_at = Some(h.now);
+        }
+    }
+    assert!(failed, "the silent agent was never declared failed");
+    let moved_at = moved_at.expect("the singleton never moved");
+    assert!(
+        moved_at >= lease_done,
+        "moved at {moved_at:?}, before the lease surely ran out at {lease_done:?}"
+    );
+    assert_eq!(h.slot("cron", 0).agent.as_ref(), Some(&other));
+}
+
+#[test]
+fn a_partitioned_generation_that_comes_back_is_told_to_rejoin() {
+    let (mut h, on, other) = two_agents_and_a_singleton();
+    let session = h.c.session_of(&on.name).unwrap().1;
+    h.step(Input::SessionClosed {
+        agent: on.clone(),
+        session,
+    });
+    let out = h.run(Duration::from_secs(6), &[&other]);
+    for r in probe_rounds(&out) {
+        h.step(Input::Probes {
+            agent: r.agent.clone(),
+            report: report(r.round, ProbeOutcome::Unreachable),
+        });
+    }
+    h.run(Duration::from_secs(1), &[&other]);
+    assert_eq!(
+        h.c.fleet().agent(&on).map(|r| r.state()),
+        Some(AgentState::Failed)
+    );
+    // The partition heals: the old generation reconnects and is refused as stale.
+    let out = h.c.step(
+        Input::SessionOpened {
+            session: SessionId(99),
+            agent: on.clone(),
+            hello: Hello {
+                name: on.name.to_string(),
+                generation: on.generation,
+                probe_addr: "127.0.0.1:9".into(),
+                capacity: Resources::new(4000, 4096),
+                running: vec![(TaskId::new(JobName::new("cron"), 0), FencingToken(1))],
+            },
+        },
+        h.now,
+    );
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Command::Refuse {
+                refusal: Refusal::Stale(_),
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    // The singleton runs once, on the other agent.
+    assert_eq!(h.slot("cron", 0).agent.as_ref(), Some(&other));
+}
+
+#[test]
+fn an_unacted_assignment_is_sent_again_and_at_once_on_a_new_session() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(1), &[&a]);
+    h.submit(job("cron", JobKind::Singleton, 1));
+    let first = assigns(&h.run(Duration::from_millis(100), &[]));
+    assert_eq!(first.len(), 1);
+    // The order was lost with the session; the agent reconnects: sent at once, before its
+    // first heartbeat.
+    h.runs.get_mut(&a).unwrap().clear();
+    let session = h.c.session_of(&a.name).unwrap().1;
+    h.step(Input::SessionClosed {
+        agent: a.clone(),
+        session,
+    });
+    h.next_session += 1;
+    let out = h.step(Input::SessionOpened {
+        session: SessionId(h.next_session),
+        agent: a.clone(),
+        hello: Hello {
+            name: "a".into(),
+            generation: 1,
+            probe_addr: "127.0.0.1:9".into(),
+            capacity: Resources::new(4000, 4096),
+            running: vec![],
+        },
+    });
+    assert!(
+        matches!(out.first(), Some(Command::Welcome { .. })),
+        "{out:?}"
+    );
+    assert!(assigns(&out).contains(&first[0]), "{out:?}");
+    // Lost again, on a live session: sent again after a second, same epoch.
+    h.runs.get_mut(&a).unwrap().clear();
+    let again = assigns(&h.run(Duration::from_millis(1600), &[&a]));
+    assert!(again.contains(&first[0]), "{again:?}");
+    // Once it reports the copy running, nothing more is sent.
+    h.run(Duration::from_millis(600), &[&a]);
+    let out = h.run(Duration::from_secs(2), &[&a]);
+    assert!(assigns(&out).is_empty(), "{out:?}");
+    assert_eq!(h.c.book(&a).unwrap().assigns_in_flight(), 0);
+}
+
+#[test]
+fn a_fenced_copy_restarts_without_counting_a_failure() {
+    let (mut h, on, _other) = two_agents_and_a_singleton();
+    let slot = h.slot("cron", 0);
+    let out = h.step(Input::TaskReport {
+        agent: on.clone(),
+        copy: CopyReport {
+            task: TaskId::new(JobName::new("cron"), 0),
+            epoch: slot.epoch,
+            phase: Some(CopyPhase::Fenced),
+            healthy: false,
+            endpoint: String::new(),
+        },
+        message: "lease ran out".into(),
+    });
+    assert!(out.iter().any(|c| matches!(
+        c,
+        Command::Persist(Write::SlotState {
+            state: TaskState::Stopped,
+            ..
+        })
+    )));
+    h.runs.get_mut(&on).unwrap().clear();
+    let out = h.run(Duration::from_millis(200), &[]);
+    let sent = assigns(&out);
+    assert_eq!(sent.len(), 1, "started again at once: {out:?}");
+    assert!(sent[0].2 > slot.epoch);
+    assert_eq!(
+        h.slot("cron", 0).failures,
+        slot.failures,
+        "no failure counted"
+    );
+}
+
+#[test]
+fn a_singleton_that_vanished_from_the_heartbeat_is_taken_as_fenced() {
+    let (mut h, on, other) = two_agents_and_a_singleton();
+    let epoch = h.slot("cron", 0).epoch;
+    h.runs.get_mut(&on).unwrap().clear();
+    let out = h.beat(&on);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::AppendEvent(e) if e.message.contains("fenced")))
+    );
+    let out = h.run(Duration::from_millis(200), &[&on, &other]);
+    let sent = assigns(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    assert!(sent[0].2 > epoch);
+}
+
+#[test]
+fn the_brake_holds_verdicts_until_an_operator_releases_it() {
+    let mut cfg = ControllerConfig::default();
+    cfg.lifecycle.brake_min_agents = 3;
+    let mut h = H::with(cfg, leader(), Snapshot::default());
+    let ids: Vec<AgentId> = (0..6).map(|i| h.join(&format!("a{i}"), 1)).collect();
+    let all: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(2), &all);
+    // Half the fleet goes silent at once (a switch, not six crashes).
+    let out = h.run(Duration::from_secs(4), &all[..3]);
+    assert!(h.c.brake_engaged(), "{:?}", transitions(&out));
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Alarm(m)) if m.contains("brake engaged")))
+    );
+    assert!(
+        !transitions(&out)
+            .iter()
+            .any(|(_, s)| *s == AgentState::Failed),
+        "{:?}",
+        transitions(&out)
+    );
+    let out = h.step(Input::ReleaseBrake);
+    assert!(!h.c.brake_engaged(), "{out:?}");
+}
+
+#[test]
+fn a_standby_acks_without_a_lease_and_writes_nothing() {
+    let follower = Election::Follower { leader: None };
+    let mut h = H::with(ControllerConfig::default(), follower, Snapshot::default());
+    let a = h.join("a", 3);
+    let out = [h.beat(&a), h.run(Duration::from_secs(2), &[&a])].concat();
+    let acks: Vec<Duration> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Send {
+                order: Order::Ack { lease_ttl, .. },
+                ..
+            } => Some(*lease_ttl),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !acks.is_empty() && acks.iter().all(Duration::is_zero),
+        "{acks:?}"
+    );
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::Persist(_) | Command::AppendEvent(_)))
+    );
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Load(Load::Refresh)))
+    );
+    assert!(h.c.writable(h.now).is_err());
+}
+
+#[test]
+fn a_new_leader_respects_the_old_leases_and_waits_for_agents_it_never_heard() {
+    let task = TaskId::new(JobName::new("cron"), 0);
+    let gone = AgentId::new("gone", 4);
+    let snapshot = Snapshot {
+        jobs: vec![job("cron", JobKind::Singleton, 1)],
+        slots: vec![(
+            task.clone(),
+            TaskView {
+                epoch: FencingToken(3),
+                agent: Some(gone.clone()),
+                state: TaskState::Running,
+                failures: 0,
+                last_failure_at: None,
+            },
+        )],
+    };
+    let mut h = H::with(ControllerConfig::default(), leader(), snapshot);
+    h.store.insert(task.clone(), FencingToken(3));
+    let b = h.join("b", 1);
+    let deadline = h.c.config().lifecycle.fencing.lease_surely_expired_at(T0);
+    let mut moved_at = None;
+    while h.now < deadline + Duration::from_secs(2) && moved_at.is_none() {
+        let out = h.run(Duration::from_millis(50), &[&b]);
+        if assigns(&out)
+            .iter()
+            .any(|(to, t, _)| *to == b && *t == task)
+        {
+            moved_at = Some(h.now);
+        }
+    }
+    let moved_at = moved_at.expect("never moved");
+    assert!(moved_at >= deadline, "{moved_at:?} < {deadline:?}");
+    assert!(h.slot("cron", 0).epoch > FencingToken(3));
+}
+
+#[test]
+fn ended_generations_are_forgotten_after_the_retention_window() {
+    let cfg = ControllerConfig {
+        forget_after: Duration::from_secs(5),
+        ..ControllerConfig::default()
+    };
+    let mut h = H::with(cfg, leader(), Snapshot::default());
+    let keep = h.join("keep", 1);
+    for i in 0..20 {
+        let a = h.join(&format!("x{i}"), 1);
+        h.beat(&a);
+        h.step(Input::Leave { agent: a.clone() });
+        let session = h.c.session_of(&a.name).unwrap().1;
+        h.step(Input::SessionClosed { agent: a, session });
+    }
+    assert_eq!(h.c.generations(), 21);
+    h.run(Duration::from_secs(4), &[&keep]);
+    assert_eq!(h.c.generations(), 21, "kept within the window");
+    let out = h.run(Duration::from_secs(2), &[&keep]);
+    assert_eq!(h.c.generations(), 1, "{out:?}");
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Forgot { generations: 20 })))
+    );
+    assert_eq!(h.c.fleet().agents().count(), 1);
+    assert_eq!(h.c.observed().agents.len(), 1);
+}
+
+#[test]
+fn a_generation_named_by_a_slot_is_kept_past_the_window() {
+    // A standby does not plan: the slots it refreshed from the store keep naming the
+    // generation its own detector took as failed.
+    let cfg = ControllerConfig {
+        forget_after: Duration::from_secs(2),
+        ..ControllerConfig::default()
+    };
+    let a = AgentId::new("a", 1);
+    let snapshot = Snapshot {
+        jobs: vec![job("cron", JobKind::Singleton, 1)],
+        slots: vec![(
+            TaskId::new(JobName::new("cron"), 0),
+            TaskView {
+                epoch: FencingToken(1),
+                agent: Some(a.clone()),
+                state: TaskState::Running,
+                failures: 0,
+                last_failure_at: None,
+            },
+        )],
+    };
+    let follower = Election::Follower { leader: None };
+    let mut h = H::with(cfg, follower, snapshot);
+    h.join("a", 1);
+    let copy = (FencingToken(1), CopyPhase::Running);
+    h.runs
+        .get_mut(&a)
+        .unwrap()
+        .insert(TaskId::new(JobName::new("cron"), 0), copy);
+    h.run(Duration::from_secs(1), &[&a]);
+    let session = h.c.session_of(&a.name).unwrap().1;
+    let out = h.step(Input::SessionClosed {
+        agent: a.clone(),
+        session,
+    });
+    for r in probe_rounds(&out) {
+        h.step(Input::Probes {
+            agent: r.agent,
+            report: report(r.round, ProbeOutcome::Refused),
+        });
+    }
+    assert_eq!(
+        h.c.fleet().agent(&a).map(|r| r.state()),
+        Some(AgentState::Failed)
+    );
+    h.run(Duration::from_secs(10), &[]);
+    assert!(h.c.book(&a).is_some(), "forgotten while a slot names it");
+}
+
+#[test]
+fn the_heartbeat_path_looks_only_at_the_agents_own_slots() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    let b = h.join("b", 1);
+    h.run(Duration::from_secs(1), &[&a, &b]);
+    h.submit(job("web", JobKind::Service, 8));
+    h.run(Duration::from_secs(1), &[&a, &b]);
+    let on_a = h.c.book(&a).unwrap().slots().count();
+    let on_b = h.c.book(&b).unwrap().slots().count();
+    assert_eq!(on_a + on_b, 8);
+    assert!(on_a > 0 && on_b > 0, "spread: {on_a} + {on_b}");
+    for t in h.c.book(&a).unwrap().slots() {
+        assert_eq!(h.c.slot(t).unwrap().agent.as_ref(), Some(&a));
+    }
+}

@@ -1,0 +1,404 @@
+//! Every conversion between the session protocol and `warden-core`'s domain types, both
+//! directions, written once: the server decodes what agents send and encodes the controller's
+//! orders here, and the agent does the opposite with the same functions.
+//!
+//! They live on the protocol's side because only this crate knows both vocabularies (the core
+//! knows no wire format, and must not); keeping them in one module means a field added to the
+//! protocol is mapped in one place for both ends. Decoding never fails as a whole: an entry
+//! that cannot be read (a task id that does not parse, an unknown enum value) is dropped or
+//! mapped to "unknown", which the controller treats as saying nothing.
+
+use std::time::Duration;
+
+use warden_core::controller::{
+    Assignment, CopyPhase, CopyReport, Heartbeat, Hello, Order, Welcome,
+};
+use warden_core::lifecycle::ProbeOutcome;
+use warden_core::{FencingToken, Resources, ServicePort, Signals, TaskId};
+
+use crate::v1;
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// ----- values -----
+
+impl From<&v1::Signals> for Signals {
+    fn from(s: &v1::Signals) -> Self {
+        Signals {
+            cpu: s.cpu,
+            memory: s.memory,
+            error_rate: s.error_rate,
+            latency_ms: s.latency_ms,
+            task_success: s.task_success,
+            restarts: s.restarts,
+            pressure: s.pressure,
+        }
+    }
+}
+
+impl From<&Signals> for v1::Signals {
+    fn from(s: &Signals) -> Self {
+        v1::Signals {
+            cpu: s.cpu,
+            memory: s.memory,
+            error_rate: s.error_rate,
+            latency_ms: s.latency_ms,
+            task_success: s.task_success,
+            restarts: s.restarts,
+            pressure: s.pressure,
+        }
+    }
+}
+
+impl From<&v1::Resources> for Resources {
+    fn from(r: &v1::Resources) -> Self {
+        Resources::new(r.cpu_millis, r.memory_mb)
+    }
+}
+
+impl From<Resources> for v1::Resources {
+    fn from(r: Resources) -> Self {
+        v1::Resources {
+            cpu_millis: r.cpu_millis,
+            memory_mb: r.memory_mb,
+        }
+    }
+}
+
+/// A wire phase as the core's; `None` for a value this build does not know.
+pub fn phase_from_wire(p: i32) -> Option<CopyPhase> {
+    match v1::TaskPhase::try_from(p).ok()? {
+        v1::TaskPhase::Starting => Some(CopyPhase::Starting),
+        v1::TaskPhase::Running => Some(CopyPhase::Running),
+        v1::TaskPhase::Stopping => Some(CopyPhase::Stopping),
+        v1::TaskPhase::Stopped => Some(CopyPhase::Stopped),
+        v1::TaskPhase::Failed => Some(CopyPhase::Failed),
+        v1::TaskPhase::Fenced => Some(CopyPhase::Fenced),
+        v1::TaskPhase::Unspecified => None,
+    }
+}
+
+/// The core's phase on the wire.
+pub fn phase_to_wire(p: CopyPhase) -> v1::TaskPhase {
+    match p {
+        CopyPhase::Starting => v1::TaskPhase::Starting,
+        CopyPhase::Running => v1::TaskPhase::Running,
+        CopyPhase::Stopping => v1::TaskPhase::Stopping,
+        CopyPhase::Stopped => v1::TaskPhase::Stopped,
+        CopyPhase::Failed => v1::TaskPhase::Failed,
+        CopyPhase::Fenced => v1::TaskPhase::Fenced,
+    }
+}
+
+/// A wire probe outcome as the core's; an unknown value counts as not run.
+pub fn outcome_from_wire(o: i32) -> ProbeOutcome {
+    match v1::ProbeOutcome::try_from(o) {
+        Ok(v1::ProbeOutcome::Answered) => ProbeOutcome::Answered,
+        Ok(v1::ProbeOutcome::Connected) => ProbeOutcome::Connected,
+        Ok(v1::ProbeOutcome::Refused) => ProbeOutcome::Refused,
+        Ok(v1::ProbeOutcome::TimedOut) => ProbeOutcome::TimedOut,
+        Ok(v1::ProbeOutcome::Unreachable) => ProbeOutcome::Unreachable,
+        Ok(v1::ProbeOutcome::Skipped | v1::ProbeOutcome::Unspecified) | Err(_) => {
+            ProbeOutcome::Skipped
+        }
+    }
+}
+
+/// The core's probe outcome on the wire.
+pub fn outcome_to_wire(o: ProbeOutcome) -> v1::ProbeOutcome {
+    match o {
+        ProbeOutcome::Answered => v1::ProbeOutcome::Answered,
+        ProbeOutcome::Connected => v1::ProbeOutcome::Connected,
+        ProbeOutcome::Refused => v1::ProbeOutcome::Refused,
+        ProbeOutcome::TimedOut => v1::ProbeOutcome::TimedOut,
+        ProbeOutcome::Unreachable => v1::ProbeOutcome::Unreachable,
+        ProbeOutcome::Skipped => v1::ProbeOutcome::Skipped,
+    }
+}
+
+// ----- agent → server -----
+
+/// A copy as a heartbeat carries it; `None` when its task id does not parse.
+pub fn copy_from_wire(r: &v1::RunningTask) -> Option<CopyReport> {
+    Some(CopyReport {
+        task: TaskId::parse(&r.task)?,
+        epoch: FencingToken(r.epoch),
+        phase: phase_from_wire(r.phase),
+        healthy: r.healthy,
+        endpoint: r.endpoint.clone(),
+    })
+}
+
+/// A copy as the agent reports it.
+pub fn copy_to_wire(c: &CopyReport) -> v1::RunningTask {
+    v1::RunningTask {
+        task: c.task.to_string(),
+        epoch: c.epoch.0,
+        phase: c.phase.map_or(v1::TaskPhase::Unspecified, phase_to_wire) as i32,
+        restarts: 0,
+        healthy: c.healthy,
+        endpoint: c.endpoint.clone(),
+    }
+}
+
+impl From<&v1::Hello> for Hello {
+    fn from(h: &v1::Hello) -> Self {
+        Hello {
+            name: h.name.clone(),
+            generation: h.generation,
+            probe_addr: h.probe_addr.clone(),
+            capacity: h.capacity.as_ref().map(Resources::from).unwrap_or_default(),
+            running: h
+                .running
+                .iter()
+                .filter_map(|r| Some((TaskId::parse(&r.task)?, FencingToken(r.epoch))))
+                .collect(),
+        }
+    }
+}
+
+impl From<&v1::Heartbeat> for Heartbeat {
+    fn from(hb: &v1::Heartbeat) -> Self {
+        Heartbeat {
+            seq: hb.seq,
+            signals: hb.signals.as_ref().map(Signals::from),
+            copies: hb.running.iter().filter_map(copy_from_wire).collect(),
+        }
+    }
+}
+
+/// A task report as a copy report and its message; `None` when its task id does not parse.
+pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
+    let copy = CopyReport {
+        task: TaskId::parse(&r.task)?,
+        epoch: FencingToken(r.epoch),
+        phase: phase_from_wire(r.phase),
+        healthy: r.healthy,
+        endpoint: r.endpoint.clone(),
+    };
+    Some((copy, r.message.clone()))
+}
+
+// ----- server → agent -----
+
+impl From<&Welcome> for v1::Welcome {
+    fn from(w: &Welcome) -> Self {
+        v1::Welcome {
+            generation: w.generation,
+            lease_ttl_ms: ms(w.lease_ttl),
+            heartbeat_interval_ms: ms(w.heartbeat_interval),
+            session_deadline_ms: ms(w.session_deadline),
+        }
+    }
+}
+
+impl From<&Assignment> for v1::Assign {
+    fn from(a: &Assignment) -> Self {
+        v1::Assign {
+            task: a.task.to_string(),
+            epoch: a.epoch.0,
+            singleton: a.singleton,
+            command: a.command.clone(),
+            args: a.args.clone(),
+            env: a.env.clone().into_iter().collect(),
+            resources: Some(a.resources.into()),
+            health_json: a
+                .health
+                .as_ref()
+                .and_then(|h| serde_json::to_string(h).ok())
+                .unwrap_or_default(),
+            service: a.service.map(|p| v1::ServicePort {
+                port: match p {
+                    ServicePort::Dynamic => 0,
+                    ServicePort::Fixed(p) => u32::from(p),
+                },
+            }),
+        }
+    }
+}
+
+/// Why an assignment could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    /// The task id does not parse.
+    #[error("invalid task id {0:?}")]
+    Task(String),
+    /// The health check is not valid JSON of a health check.
+    #[error("invalid health check of {task}: {error}")]
+    Health {
+        /// The task.
+        task: String,
+        /// The parser's error.
+        error: String,
+    },
+    /// The service port is out of range.
+    #[error("invalid service port {port} for {task}")]
+    Port {
+        /// The task.
+        task: String,
+        /// The port sent.
+        port: u32,
+    },
+}
+
+impl TryFrom<&v1::Assign> for Assignment {
+    type Error = AssignError;
+
+    fn try_from(a: &v1::Assign) -> Result<Self, AssignError> {
+        let task = TaskId::parse(&a.task).ok_or_else(|| AssignError::Task(a.task.clone()))?;
+        let health = if a.health_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&a.health_json).map_err(|e| AssignError::Health {
+                    task: a.task.clone(),
+                    error: e.to_string(),
+                })?,
+            )
+        };
+        let service = match &a.service {
+            None => None,
+            Some(s) if s.port == 0 => Some(ServicePort::Dynamic),
+            Some(s) => Some(ServicePort::Fixed(u16::try_from(s.port).map_err(|_| {
+                AssignError::Port {
+                    task: a.task.clone(),
+                    port: s.port,
+                }
+            })?)),
+        };
+        Ok(Assignment {
+            task,
+            epoch: FencingToken(a.epoch),
+            singleton: a.singleton,
+            command: a.command.clone(),
+            args: a.args.clone(),
+            env: a.env.clone().into_iter().collect(),
+            resources: a
+                .resources
+                .as_ref()
+                .map(Resources::from)
+                .unwrap_or_default(),
+            health,
+            service,
+        })
+    }
+}
+
+/// An order as the message that carries it.
+pub fn order_to_wire(o: &Order) -> v1::server_message::Msg {
+    use v1::server_message::Msg;
+    match o {
+        Order::Ack { seq, lease_ttl } => Msg::Ack(v1::Ack {
+            seq: *seq,
+            lease_ttl_ms: ms(*lease_ttl),
+        }),
+        Order::Assign(a) => Msg::Assign(a.as_ref().into()),
+        Order::Stop { task, epoch, grace } => Msg::Stop(v1::StopTask {
+            task: task.to_string(),
+            epoch: epoch.0,
+            grace_ms: ms(*grace),
+        }),
+        Order::Rejoin { reason } => Msg::Rejoin(v1::Rejoin {
+            reason: reason.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::BTreeMap;
+    use warden_core::JobName;
+
+    #[test]
+    fn an_assignment_survives_the_round_trip() {
+        let a = Assignment {
+            task: TaskId::new(JobName::new("web"), 3),
+            epoch: FencingToken(7),
+            singleton: false,
+            command: "/bin/web".into(),
+            args: vec!["--port".into(), "$(x)".into()],
+            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            resources: Resources::new(100, 64),
+            health: None,
+            service: Some(ServicePort::Fixed(8080)),
+        };
+        let wire = v1::Assign::from(&a);
+        assert_eq!(Assignment::try_from(&wire).unwrap(), a);
+        let bad = v1::Assign {
+            task: "no-slot".into(),
+            ..wire.clone()
+        };
+        assert!(matches!(
+            Assignment::try_from(&bad),
+            Err(AssignError::Task(_))
+        ));
+        let bad = v1::Assign {
+            health_json: "{".into(),
+            ..wire
+        };
+        assert!(matches!(
+            Assignment::try_from(&bad),
+            Err(AssignError::Health { .. })
+        ));
+    }
+
+    #[test]
+    fn phases_and_outcomes_map_both_ways() {
+        for p in [
+            CopyPhase::Starting,
+            CopyPhase::Running,
+            CopyPhase::Stopping,
+            CopyPhase::Stopped,
+            CopyPhase::Failed,
+            CopyPhase::Fenced,
+        ] {
+            assert_eq!(phase_from_wire(phase_to_wire(p) as i32), Some(p));
+        }
+        assert_eq!(phase_from_wire(0), None);
+        assert_eq!(phase_from_wire(99), None);
+        for o in [
+            ProbeOutcome::Answered,
+            ProbeOutcome::Connected,
+            ProbeOutcome::Refused,
+            ProbeOutcome::TimedOut,
+            ProbeOutcome::Unreachable,
+            ProbeOutcome::Skipped,
+        ] {
+            assert_eq!(outcome_from_wire(outcome_to_wire(o) as i32), o);
+        }
+        assert_eq!(outcome_from_wire(42), ProbeOutcome::Skipped);
+    }
+
+    #[test]
+    fn unreadable_copies_are_dropped_not_fatal() {
+        let hb = v1::Heartbeat {
+            seq: 4,
+            signals: Some(v1::Signals {
+                cpu: Some(0.5),
+                ..Default::default()
+            }),
+            running: vec![
+                v1::RunningTask {
+                    task: "web/0".into(),
+                    epoch: 2,
+                    phase: v1::TaskPhase::Running as i32,
+                    restarts: 0,
+                    healthy: true,
+                    endpoint: String::new(),
+                },
+                v1::RunningTask {
+                    task: "garbage".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let beat = Heartbeat::from(&hb);
+        assert_eq!(beat.copies.len(), 1);
+        assert_eq!(beat.signals.unwrap().cpu, Some(0.5));
+        assert_eq!(copy_to_wire(&beat.copies[0]), hb.running[0]);
+    }
+}

@@ -1,0 +1,293 @@
+//! The REST read model: what `GET /v1/...` shows, read from the controller under the lock,
+//! and the operator's changes, checked by the controller, stored, then fed to it.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::watch;
+use warden_core::controller::{Input, Refusal, STANDBY_REFRESH, SubmitOutcome};
+use warden_core::lifecycle::AgentRecord;
+use warden_core::planner::TaskState;
+use warden_core::recovery::{Outcome, RecoveryRecord};
+use warden_core::{JobSpec, Time};
+
+use super::{ControlPlane, lock};
+use crate::clock::{Clock, ms, unix_now_ms};
+use crate::view::{
+    AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
+    LeaderView, RecoveryInfo, ServiceInfo, ServicesInfo, TaskInfo,
+};
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ApiErrorKind::Internal, format!("store: {e}"))
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let kind = match &r {
+            Refusal::Invalid(_) => ApiErrorKind::Invalid,
+            Refusal::NotFound(_) => ApiErrorKind::NotFound,
+            Refusal::Stale(_) | Refusal::Busy(_) => ApiErrorKind::Conflict,
+            Refusal::NotLeader(_) => ApiErrorKind::NotLeader,
+            Refusal::Unavailable(_) => ApiErrorKind::Unavailable,
+        };
+        ApiError::new(kind, r.to_string())
+    }
+}
+
+fn recovery_info(r: &RecoveryRecord) -> RecoveryInfo {
+    let split = r.split();
+    RecoveryInfo {
+        op: r.op.to_string(),
+        task: r.task.to_string(),
+        epoch: r.epoch.0,
+        from: r.from.to_string(),
+        to: r.to.as_ref().map(ToString::to_string),
+        detected_at_unix_ms: Clock::unix_ms(r.detected_at),
+        declared_failed_at_unix_ms: Clock::unix_ms(r.declared_failed_at),
+        replacement_ordered_at_unix_ms: Clock::unix_ms(r.replacement_ordered_at),
+        replacement_started_at_unix_ms: r.replacement_started_at.map(Clock::unix_ms),
+        replacement_healthy_at_unix_ms: r.replacement_healthy_at.map(Clock::unix_ms),
+        rto_ms: r.rto().map(ms),
+        detection_ms: split.detection.map(ms),
+        confirmation_ms: ms(split.confirmation),
+        fencing_wait_ms: ms(split.fencing_wait),
+        start_up_ms: split.start_up.map(ms),
+        outcome: match r.outcome {
+            Outcome::InProgress => "in_progress",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Superseded => "superseded",
+        }
+        .to_string(),
+        cause: r.cause.to_string(),
+    }
+}
+
+/// Phi as shown: rounded, and a large finite number for "certainly dead" (JSON has no ∞).
+fn shown_phi(p: f64) -> f64 {
+    if p.is_finite() {
+        (p * 100.0).round() / 100.0
+    } else {
+        1e9
+    }
+}
+
+impl ControlApi for ControlPlane {
+    fn agents(&self) -> Vec<AgentInfo> {
+        let now = self.clock.now();
+        let st = lock(&self.state);
+        let c = &st.ctrl;
+        let mut newest: BTreeMap<&str, &AgentRecord> = BTreeMap::new();
+        for r in c.fleet().agents() {
+            let e = newest.entry(&r.id().name).or_insert(r);
+            if r.id().generation > e.id().generation {
+                *e = r;
+            }
+        }
+        newest
+            .into_values()
+            .map(|r| {
+                let id = r.id();
+                let book = c.book(id);
+                let live = |t: &&warden_core::TaskId| {
+                    c.observed()
+                        .tasks
+                        .get(&t.job)
+                        .and_then(|s| s.get(t.index as usize))
+                        .is_some_and(|s| {
+                            matches!(
+                                s.state,
+                                TaskState::Starting | TaskState::Running | TaskState::Stopping
+                            )
+                        })
+                };
+                AgentInfo {
+                    name: id.name.to_string(),
+                    generation: id.generation,
+                    state: r.state().as_str().to_string(),
+                    health_score: (r.score().0 * 10.0).round() / 10.0,
+                    last_heartbeat_ms_ago: r.last_heartbeat().map(|t| ms(now.saturating_since(t))),
+                    phi: shown_phi(r.suspicion(now)),
+                    state_ms: ms(now.saturating_since(r.phase().since())),
+                    probe_addr: book
+                        .and_then(|b| b.probe_addr)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    signals: *r.signals(),
+                    anomalies: r
+                        .anomalous_signals()
+                        .iter()
+                        .map(|k| k.as_str().to_string())
+                        .collect(),
+                    tasks: book
+                        .map(|b| b.slots().filter(live).map(ToString::to_string).collect())
+                        .unwrap_or_default(),
+                    cordoned: c.observed().agents.get(id).is_some_and(|v| v.cordoned),
+                }
+            })
+            .collect()
+    }
+
+    fn tasks(&self) -> Vec<TaskInfo> {
+        let st = lock(&self.state);
+        let mut jobs: Vec<_> = st.ctrl.observed().tasks.iter().collect();
+        jobs.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::new();
+        for (job, slots) in jobs {
+            for (i, t) in slots.iter().enumerate() {
+                out.push(TaskInfo {
+                    id: format!("{job}/{i}"),
+                    job: job.to_string(),
+                    agent: t.agent.as_ref().map(|a| a.name.to_string()),
+                    generation: t.agent.as_ref().map(|a| a.generation),
+                    state: t.state.as_str().to_string(),
+                    epoch: t.epoch.0,
+                    failures: t.failures,
+                });
+            }
+        }
+        out
+    }
+
+    fn jobs(&self) -> Result<Vec<JobInfo>, ApiError> {
+        let st = lock(&self.state);
+        let c = &st.ctrl;
+        Ok(c.desired()
+            .values()
+            .map(|spec| {
+                let running = c.observed().tasks.get(&spec.name).map_or(0, |s| {
+                    s.iter().filter(|t| t.state == TaskState::Running).count()
+                });
+                JobInfo {
+                    spec: spec.clone(),
+                    desired: spec.desired_count(),
+                    running: u32::try_from(running).unwrap_or(u32::MAX),
+                }
+            })
+            .collect())
+    }
+
+    fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
+        let outcome = {
+            let mut st = lock(&self.state);
+            let now = self.clock.now();
+            self.follow_election(&mut st, now);
+            st.ctrl.check_submit(&spec, now)?
+        };
+        if outcome == SubmitOutcome::Unchanged {
+            return Ok(outcome);
+        }
+        // Persist first: a job the API acknowledged survives a crash.
+        self.store.put_job(&spec).map_err(internal)?;
+        self.input(Input::JobStored { spec, outcome });
+        Ok(outcome)
+    }
+
+    fn delete_job(&self, name: &str) -> Result<(), ApiError> {
+        let job = {
+            let mut st = lock(&self.state);
+            let now = self.clock.now();
+            self.follow_election(&mut st, now);
+            st.ctrl.check_delete(name, now)?
+        };
+        self.store.delete_job(&job).map_err(internal)?;
+        self.input(Input::JobDeleted { job });
+        Ok(())
+    }
+
+    fn release_brake(&self) -> Result<bool, ApiError> {
+        Ok(ControlPlane::release_brake(self)?)
+    }
+
+    fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError> {
+        self.store.events_since(since, limit).map_err(internal)
+    }
+
+    fn recent_events(&self, limit: usize) -> Result<Vec<EventInfo>, ApiError> {
+        let last = self.store.last_event_seq().map_err(internal)?;
+        let since = last.saturating_sub(u64::try_from(limit).unwrap_or(u64::MAX));
+        self.store.events_since(since, limit).map_err(internal)
+    }
+
+    fn recoveries(&self) -> Result<Vec<RecoveryInfo>, ApiError> {
+        let stored = self
+            .store
+            .list_recoveries(&warden_store::RecoveryQuery::all())
+            .map_err(internal)?;
+        Ok(stored.iter().map(|s| recovery_info(&s.record)).collect())
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render(self)
+    }
+
+    fn services(&self) -> ServicesInfo {
+        let st = lock(&self.state);
+        let registry = st.ctrl.registry();
+        let origin = self.clock.now();
+        let wall = unix_now_ms();
+        let unix_ms = |t: Time| wall.saturating_sub(ms(origin.saturating_since(t)));
+        ServicesInfo {
+            index: registry.index(),
+            services: registry
+                .services()
+                .iter()
+                .map(|(name, svc)| ServiceInfo {
+                    name: name.clone(),
+                    index: svc.index,
+                    instances: svc
+                        .instances
+                        .values()
+                        .map(|i| InstanceInfo {
+                            task: i.task.to_string(),
+                            epoch: i.epoch.0,
+                            agent: i.agent.to_string(),
+                            addr: i.addr.clone(),
+                            state: i.state.as_str().to_string(),
+                            reason: i.reason.clone(),
+                            since_unix_ms: unix_ms(i.since),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn watch_services(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.services_index.subscribe())
+    }
+
+    fn leader(&self) -> LeaderView {
+        let mut st = lock(&self.state);
+        let now = self.clock.now();
+        self.follow_election(&mut st, now);
+        let c = &st.ctrl;
+        let known = c.leader(now);
+        let leads = c.acting_term(now).is_some();
+        let fresh = c
+            .last_refresh()
+            .is_some_and(|t| now.saturating_since(t) <= STANDBY_REFRESH * 3);
+        LeaderView {
+            leader: known.as_ref().map(|l| l.name.clone()),
+            term: known.as_ref().map(|l| l.term),
+            since: known.as_ref().map(|l| l.since_unix_ms),
+            acting_since: if leads {
+                c.acting_since().map(Clock::unix_ms)
+            } else {
+                None
+            },
+            role: if leads { "leader" } else { "standby" }.into(),
+            this: self.leadership.name().to_string(),
+            stale: !leads && (known.is_none() || !fresh),
+        }
+    }
+
+    fn health(&self) -> HealthInfo {
+        let st = lock(&self.state);
+        HealthInfo {
+            status: "ok".to_string(),
+            sessions: st.ctrl.sessions(),
+            brake_engaged: st.ctrl.brake_engaged(),
+        }
+    }
+}
