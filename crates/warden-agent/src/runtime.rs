@@ -41,7 +41,8 @@ use warden_proto::v1::{self, agent_message, server_message};
 use crate::metrics::AgentMetrics;
 use crate::signals::HostSampler;
 use crate::supervisor::{
-    ShimLauncher, Supervisor, SupervisorConfig, TaskEvent, TaskEventKind, TaskSpec, TaskState,
+    ShimLauncher, Supervisor, SupervisorConfig, SupervisorError, TaskEvent, TaskEventKind,
+    TaskSpec, TaskState,
 };
 
 /// Settings of an agent.
@@ -704,7 +705,8 @@ fn assign(
                 match pick_port(ip, requested) {
                     Ok(port) => SocketAddr::new(ip, port),
                     Err(e) => {
-                        refuse(links, &task, a.epoch, format!("pick a port on {ip}: {e}"));
+                        let why = format!("pick a port on {ip}: {e}");
+                        refuse(links, &task, a.epoch, v1::TaskPhase::Failed, why);
                         return;
                     }
                 }
@@ -725,18 +727,24 @@ fn assign(
         health,
     };
     if let Err(e) = supervisor.start(spec) {
-        refuse(links, &task, a.epoch, e.to_string());
+        // Not started for lack of a lease is no failure of the task: the server restarts it
+        // at once (with a new epoch), without a crash backoff.
+        let phase = match e {
+            SupervisorError::NoLease { .. } => v1::TaskPhase::Fenced,
+            _ => v1::TaskPhase::Failed,
+        };
+        refuse(links, &task, a.epoch, phase, e.to_string());
     }
 }
 
-fn refuse(links: &[Link], task: &TaskId, epoch: u64, message: String) {
+fn refuse(links: &[Link], task: &TaskId, epoch: u64, phase: v1::TaskPhase, message: String) {
     warn!(task = %task, epoch, error = %message, "assignment refused");
     broadcast(
         links,
         &msg(agent_message::Msg::TaskReport(v1::TaskReport {
             task: task.to_string(),
             epoch,
-            phase: v1::TaskPhase::Failed as i32,
+            phase: phase as i32,
             exit_code: None,
             message,
             healthy: false,

@@ -533,6 +533,29 @@ impl Supervisor {
                 reason,
             })?;
         if spec.fenced && inner.shared.lease_remaining().is_none() {
+            let mut tasks = inner.shared.lock();
+            if let Some(entry) = tasks.get(&spec.task)
+                && entry.run.as_ref().is_some_and(|r| r.epoch == spec.epoch)
+            {
+                // A resend of what runs: it dies with the lease, and says so then.
+                return Ok(StartOutcome::AlreadyRunning);
+            }
+            // The epoch is over for this agent: a resend of the same order that arrives once
+            // a lease is back is refused too. Otherwise the server, told that the copy did not
+            // start, could start it elsewhere while a late resend starts it here.
+            let newer = tasks.get(&spec.task).is_none_or(|e| e.epoch < spec.epoch);
+            let idle = tasks.get(&spec.task).is_none_or(|e| e.run.is_none());
+            if newer && idle {
+                tasks.insert(
+                    spec.task.clone(),
+                    Entry {
+                        epoch: spec.epoch,
+                        fenced: true,
+                        state: TaskState::Fenced,
+                        run: None,
+                    },
+                );
+            }
             return Err(SupervisorError::NoLease { task: spec.task });
         }
         let mut tasks = inner.shared.lock();

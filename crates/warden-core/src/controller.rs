@@ -44,7 +44,7 @@ mod reconcile;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 pub use book::AgentBook;
@@ -96,7 +96,7 @@ enum Acting {
 struct Round {
     started: Time,
     actions: usize,
-    pending: HashMap<WriteId, Action>,
+    pending: FxHashMap<WriteId, Action>,
 }
 
 /// The controller. See the module documentation.
@@ -110,17 +110,17 @@ pub struct Controller {
     observed: Observed,
     books: FxHashMap<AgentId, AgentBook>,
     /// Open sessions by agent name.
-    sessions: HashMap<Arc<str>, (AgentId, SessionId)>,
-    recoveries: HashMap<TaskId, PendingRecovery>,
+    sessions: FxHashMap<Arc<str>, (AgentId, SessionId)>,
+    recoveries: FxHashMap<TaskId, PendingRecovery>,
     /// Agents known only from task records after a (re)start as leader must be back by then.
     restart_deadline: Option<Time>,
     /// Plan alarms raised by the previous round (each is noticed once while it stands).
     standing_alarms: BTreeSet<String>,
     /// What agents report of each service copy: task → (epoch, `host:port`, healthy).
-    endpoints_seen: HashMap<TaskId, (FencingToken, String, bool)>,
+    endpoints_seen: FxHashMap<TaskId, (FencingToken, String, bool)>,
     registry: Registry,
     /// Deleted service jobs still draining: job → when their tasks are stopped.
-    draining: HashMap<JobName, Time>,
+    draining: FxHashMap<JobName, Time>,
     election: Election,
     acting: Acting,
     /// When a standby last refreshed its view from the store, and last asked to.
@@ -165,13 +165,13 @@ impl Controller {
             desired: Desired::default(),
             observed: Observed::default(),
             books: FxHashMap::default(),
-            sessions: HashMap::new(),
-            recoveries: HashMap::new(),
+            sessions: FxHashMap::default(),
+            recoveries: FxHashMap::default(),
             restart_deadline: None,
             standing_alarms: BTreeSet::new(),
-            endpoints_seen: HashMap::new(),
+            endpoints_seen: FxHashMap::default(),
             registry: Registry::new(),
-            draining: HashMap::new(),
+            draining: FxHashMap::default(),
             election,
             acting: Acting::No,
             last_refresh: None,

@@ -31,12 +31,14 @@
 //!   back, agents reconnect one by one, and the last ones must not be failed just because
 //!   the first ones already made the count small again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::hash::FxHashMap;
 
 use crate::anomaly::{AnomalyConfig, AnomalyDetector};
 use crate::detector::{Detector, DetectorConfig, LivenessDetector};
@@ -725,7 +727,7 @@ impl AgentRecord {
 pub struct Fleet {
     cfg: LifecycleConfig,
     agents: BTreeMap<AgentId, AgentRecord>,
-    current: HashMap<Arc<str>, u64>,
+    current: FxHashMap<Arc<str>, u64>,
     suspect_entries: VecDeque<(Time, AgentId)>,
     brake_since: Option<Time>,
     /// While the brake is engaged: since when the Suspect count has been below the mass.
@@ -739,7 +741,7 @@ impl Fleet {
         Ok(Fleet {
             cfg,
             agents: BTreeMap::new(),
-            current: HashMap::new(),
+            current: FxHashMap::default(),
             suspect_entries: VecDeque::new(),
             brake_since: None,
             brake_cleared_at: None,
@@ -935,13 +937,16 @@ impl Fleet {
                     | AgentState::Left => {}
                 }
             }
-            (AgentState::Joining, AgentEvent::SessionLost) => {
-                // Never heartbeated, so it holds no lease and no work.
-                let death = DeathEvidence::ProcessGone { at: now };
-                self.force_failed(id, Cause::SessionLost, death, now, &mut out);
-            }
+            // A Joining generation has not heartbeated *to this replica*, but it may hold
+            // work and a lease all the same: one known from the task records after a restart
+            // or a change of leader, or one that reconnected as itself. A session that drops
+            // is no proof that its process is gone (the agent may just have given the
+            // connection up): it is suspected and probed like any other.
             (
-                AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined,
+                AgentState::Joining
+                | AgentState::Healthy
+                | AgentState::Degraded
+                | AgentState::Quarantined,
                 AgentEvent::SessionLost,
             ) => {
                 self.suspect(id, Cause::SessionLost, now, &mut out);

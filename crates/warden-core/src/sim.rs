@@ -290,6 +290,15 @@ pub fn run(schedule: &Schedule, cfg: &SimConfig) -> Report {
     world::World::new(schedule, cfg).run()
 }
 
+/// Run `schedule` like [`run`], also returning a line per message, order, fault and copy
+/// start or end: what to read when a seed fails.
+pub fn run_traced(schedule: &Schedule, cfg: &SimConfig) -> (Report, Vec<String>) {
+    let mut w = world::World::new(schedule, cfg).traced();
+    w.run_to_end();
+    let trace = w.take_trace();
+    (w.report().clone(), trace)
+}
+
 /// Totals over many schedules.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {

@@ -296,8 +296,15 @@ async fn fence_now_kills_singletons_at_once_and_keeps_services() {
         Err(SupervisorError::NoLease { .. })
     ));
     h.sup.extend_all_fenced(Duration::from_secs(60));
+    // The refused epoch is over here: a late resend of it is refused even with a lease (the
+    // server, told it did not start, may have started it elsewhere). A new epoch starts.
+    assert!(matches!(
+        h.sup
+            .start(spec(dir.path(), &single, 1, true, &["sleep", "300"])),
+        Err(SupervisorError::EpochFinished { .. })
+    ));
     h.sup
-        .start(spec(dir.path(), &single, 1, true, &["sleep", "300"]))
+        .start(spec(dir.path(), &single, 2, true, &["sleep", "300"]))
         .expect("start singleton");
     h.sup
         .start(spec(dir.path(), &service, 1, false, &["sleep", "300"]))

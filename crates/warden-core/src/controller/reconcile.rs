@@ -2,7 +2,9 @@
 //! before it is applied and sent, recovery records, drains, the endpoints registry, and the
 //! retention of ended generations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::hash::FxHashMap;
 use std::time::Duration;
 
 use crate::endpoints::{CopyFacts, Observation, judge};
@@ -123,7 +125,7 @@ impl Controller {
         let mut round = Round {
             started: now,
             actions: actions.len(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
         };
         for action in actions {
             self.execute(action, now, &mut round, out);

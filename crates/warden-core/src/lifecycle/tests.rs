@@ -438,8 +438,19 @@ fn a_new_generation_supersedes_the_old_one() {
 fn a_standby_reinstates_a_generation_it_took_as_ended() {
     let mut f = fleet();
     f.join(id("a"), ms(0));
-    // A fresh generation whose session dropped before its first heartbeat ends here...
-    f.step(&id("a"), AgentEvent::SessionLost, ms(10));
+    // A fresh generation whose session dropped before its first heartbeat, and whose port
+    // then refused, ends here...
+    let out = f.step(&id("a"), AgentEvent::SessionLost, ms(10));
+    assert_eq!(
+        transitions(&out),
+        vec![(AgentState::Joining, AgentState::Suspect)]
+    );
+    let report = ProbeReport {
+        round: probe_round(&out).unwrap(),
+        direct: vec![(ProbeKind::Tcp, ProbeOutcome::Refused)],
+        indirect: vec![],
+    };
+    f.step(&id("a"), AgentEvent::Probes(report), ms(15));
     assert!(f.agent(&id("a")).unwrap().state().is_terminal());
     assert_eq!(
         f.join(id("a"), ms(20)),
@@ -458,6 +469,36 @@ fn a_standby_reinstates_a_generation_it_took_as_ended() {
     assert_eq!(
         f.reinstate(id("a"), ms(700)),
         vec![Output::StaleGeneration { agent: id("a") }]
+    );
+}
+
+#[test]
+fn a_joining_generation_whose_session_drops_is_suspected_not_declared() {
+    // Known only from the task records after a restart, it may hold work and a lease: a
+    // dropped session (the agent gave a connection up) proves nothing about its process.
+    let mut f = fleet();
+    f.join(id("a"), ms(0));
+    let out = f.step(&id("a"), AgentEvent::SessionLost, ms(10));
+    assert_eq!(
+        transitions(&out),
+        vec![(AgentState::Joining, AgentState::Suspect)]
+    );
+    let report = ProbeReport {
+        round: probe_round(&out).unwrap(),
+        direct: vec![
+            (ProbeKind::Tcp, ProbeOutcome::Connected),
+            (ProbeKind::Http, ProbeOutcome::Answered),
+        ],
+        indirect: vec![],
+    };
+    let out = f.step(&id("a"), AgentEvent::Probes(report), ms(20));
+    assert!(transitions(&out).is_empty());
+    // It reconnects and heartbeats: back to normal, never declared.
+    f.step(&id("a"), AgentEvent::SessionOpened, ms(30));
+    let out = heartbeat(&mut f, "a", 40);
+    assert_eq!(
+        transitions(&out),
+        vec![(AgentState::Suspect, AgentState::Healthy)]
     );
 }
 

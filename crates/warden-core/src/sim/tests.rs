@@ -170,3 +170,15 @@ fn schedules_stay_inside_the_safety_phase() {
         }
     }
 }
+#[test]
+fn the_schedules_that_found_bugs_stay_fixed() {
+    // 629: after a server restart, a reconnecting agent gave a connection up before its first
+    // heartbeat; a Joining generation's lost session was taken as proof of death and its
+    // singleton started elsewhere while it ran. 3700 and 2070: a singleton refused for lack
+    // of a lease (reported failed) was started by a late resend of the same order after the
+    // server had moved it.
+    let cfg = SimConfig::default();
+    for seed in [629, 2070, 3700] {
+        assert_clean(&Schedule::generate(seed, &cfg), &cfg);
+    }
+}

@@ -1,7 +1,7 @@
 //! The simulated world: an event queue on one simulated clock, the server (the real
 //! controller and a thin executor like the runtime's), the store, the agents and the network.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use crate::controller::{
     Command, Controller, CopyPhase, CopyReport, Election, Heartbeat, Hello, Input, Load, Notice,
     Order, ProbeRound, Refusal, SessionId, Snapshot, Welcome, Write, WriteId, WriteOutcome,
 };
+use crate::hash::FxHashMap;
 use crate::lifecycle::{AgentState, ProbeKind, ProbeOutcome, ProbeReport};
 use crate::planner::{TaskState, TaskView};
 use crate::rng::Rng;
@@ -127,16 +128,16 @@ struct Server {
     inc: u64,
     ctrl: Controller,
     /// Agent name → (generation, connection) of its current session.
-    routes: HashMap<Arc<str>, (AgentId, u64)>,
+    routes: FxHashMap<Arc<str>, (AgentId, u64)>,
     /// Open connections → (host, generation).
-    open: HashMap<u64, (usize, AgentId)>,
+    open: FxHashMap<u64, (usize, AgentId)>,
 }
 
 #[derive(Default)]
 struct Store {
     jobs: Vec<JobSpec>,
     slots: BTreeMap<TaskId, TaskView>,
-    generations: HashMap<Arc<str>, u64>,
+    generations: FxHashMap<Arc<str>, u64>,
     /// The ordered writer: writes not yet applied, with their server incarnation.
     queue: VecDeque<(u64, Write)>,
     last_done: Time,
@@ -206,19 +207,21 @@ pub(super) struct World<'a> {
     queue: BTreeMap<(Time, u64), Ev>,
     next_ev: u64,
     net: Network,
-    msgs: HashMap<u64, (u64, Msg)>,
+    msgs: FxHashMap<u64, (u64, Msg)>,
     next_msg: u64,
     next_conn: u64,
     hosts: Vec<Host>,
     server: Option<Server>,
     next_server: u64,
     store: Store,
-    singletons: HashMap<JobName, bool>,
+    singletons: FxHashMap<JobName, bool>,
     /// Live copies per task, over every process: (host, incarnation, epoch).
-    live: HashMap<TaskId, Vec<(usize, u64, FencingToken)>>,
+    live: FxHashMap<TaskId, Vec<(usize, u64, FencingToken)>>,
     report: Report,
     /// The newest epoch each slot has run at.
-    started: HashMap<TaskId, FencingToken>,
+    started: FxHashMap<TaskId, FencingToken>,
+    /// What happened, line by line, when asked for ([`super::run_traced`]).
+    trace: Option<Vec<String>>,
 }
 
 const TCP_PORT: u16 = 7402;
@@ -283,7 +286,7 @@ impl<'a> World<'a> {
                 Duration::from_micros(300),
                 Duration::from_millis(2),
             ),
-            msgs: HashMap::new(),
+            msgs: FxHashMap::default(),
             next_msg: 0,
             next_conn: 0,
             hosts,
@@ -291,12 +294,28 @@ impl<'a> World<'a> {
             next_server: 0,
             store,
             singletons,
-            live: HashMap::new(),
+            live: FxHashMap::default(),
             report: Report {
                 seed: schedule.seed,
                 ..Report::default()
             },
-            started: HashMap::new(),
+            started: FxHashMap::default(),
+            trace: None,
+        }
+    }
+
+    pub(super) fn traced(mut self) -> Self {
+        self.trace = Some(Vec::new());
+        self
+    }
+
+    pub(super) fn take_trace(&mut self) -> Vec<String> {
+        self.trace.take().unwrap_or_default()
+    }
+
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(format!("{:>9.3}s {}", self.now.as_secs_f64(), what()));
         }
     }
 
@@ -310,6 +329,11 @@ impl<'a> World<'a> {
     }
 
     pub(super) fn run(mut self) -> Report {
+        self.run_to_end();
+        self.report
+    }
+
+    pub(super) fn run_to_end(&mut self) {
         self.start_server();
         for host in 0..self.hosts.len() {
             self.start_agent(host, Duration::from_millis(10 * host as u64 + 5));
@@ -329,7 +353,10 @@ impl<'a> World<'a> {
             self.handle(ev);
         }
         self.judge();
-        self.report
+    }
+
+    pub(super) fn report(&self) -> &Report {
+        &self.report
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -345,6 +372,9 @@ impl<'a> World<'a> {
             Ev::Connect { host, inc } => self.connect(host, inc),
             Ev::Arrive { host, dir, seq } => {
                 if let Some((conn, msg)) = self.msgs.remove(&seq) {
+                    if !matches!(msg, Msg::Beat(_) | Msg::Order(Order::Ack { .. })) {
+                        self.note(|| format!("agent-{host} {dir:?} conn {conn}: {msg:?}"));
+                    }
                     match dir {
                         Dir::Up => self.server_receive(host, conn, msg),
                         Dir::Down => self.agent_receive(host, conn, msg),
@@ -368,8 +398,14 @@ impl<'a> World<'a> {
                 }
             }
             Ev::Fence { host, inc, until } => self.fence(host, inc, until),
-            Ev::FaultStart(i) => self.fault(i, true),
-            Ev::FaultEnd(i) => self.fault(i, false),
+            Ev::FaultStart(i) => {
+                self.note(|| format!("fault starts: {:?}", self.schedule.faults[i]));
+                self.fault(i, true);
+            }
+            Ev::FaultEnd(i) => {
+                self.note(|| format!("fault ends: {:?}", self.schedule.faults[i]));
+                self.fault(i, false);
+            }
             Ev::Settle => {
                 // Every fault has healed by now (the schedule ends them all before); make
                 // sure of it for the links.
@@ -408,8 +444,8 @@ impl<'a> World<'a> {
         self.server = Some(Server {
             inc,
             ctrl,
-            routes: HashMap::new(),
-            open: HashMap::new(),
+            routes: FxHashMap::default(),
+            open: FxHashMap::default(),
         });
         self.execute(cmds);
         let tick = self.cfg.controller.tick;
@@ -458,6 +494,15 @@ impl<'a> World<'a> {
 
     fn execute(&mut self, cmds: Vec<Command>) {
         for cmd in cmds {
+            match &cmd {
+                Command::Send {
+                    order: Order::Ack { .. },
+                    ..
+                }
+                | Command::AppendEvent(_)
+                | Command::Notice(Notice::Reconciled { .. }) => {}
+                _ => self.note(|| format!("server: {cmd:?}")),
+            }
             let Some(s) = self.server.as_ref() else {
                 return;
             };
@@ -925,23 +970,23 @@ impl<'a> World<'a> {
                 }
             }
             Order::Assign(a) => {
+                // The real supervisor's order of checks: a resend of what runs is fine; a
+                // singleton without a live lease is refused, and that epoch is over here; an
+                // older epoch, or one that already ended, is refused.
+                if p.copies.get(&a.task).is_some_and(|c| c.epoch == a.epoch) {
+                    return;
+                }
                 let live_lease = p.lease_until.is_some_and(|u| u > local_now) || ignore_lease;
-                let refuse = if a.singleton && !live_lease {
-                    true
-                } else {
-                    match p.epochs.get(&a.task) {
-                        Some((e, _)) if a.epoch < *e => true,
-                        Some((e, _)) if a.epoch == *e => {
-                            // Already running is fine; an ended epoch is not started again.
-                            p.copies.get(&a.task).is_none_or(|c| c.epoch != a.epoch)
-                        }
-                        _ => false,
+                if a.singleton && !live_lease {
+                    let newer = p.epochs.get(&a.task).is_none_or(|(e, _)| *e < a.epoch);
+                    if newer && !p.copies.contains_key(&a.task) {
+                        p.epochs.insert(a.task.clone(), (a.epoch, true));
                     }
-                };
-                if refuse {
-                    if p.copies.get(&a.task).is_none_or(|c| c.epoch != a.epoch) {
-                        self.report_copy(host, inc, &a.task, a.epoch, CopyPhase::Failed);
-                    }
+                    self.report_copy(host, inc, &a.task, a.epoch, CopyPhase::Fenced);
+                    return;
+                }
+                if p.epochs.get(&a.task).is_some_and(|(e, _)| a.epoch <= *e) {
+                    self.report_copy(host, inc, &a.task, a.epoch, CopyPhase::Failed);
                     return;
                 }
                 if p.copies.get(&a.task).is_some_and(|c| c.epoch == a.epoch) {
@@ -1041,6 +1086,7 @@ impl<'a> World<'a> {
         epoch: FencingToken,
         singleton: bool,
     ) {
+        self.note(|| format!("agent-{host} (process {inc}) starts {task}@{}", epoch.0));
         let Some(p) = self.proc(host, inc) else {
             return;
         };
@@ -1067,6 +1113,7 @@ impl<'a> World<'a> {
     }
 
     fn end_copy(&mut self, host: usize, inc: u64, task: &TaskId, epoch: FencingToken) {
+        self.note(|| format!("agent-{host} (process {inc}) ends {task}@{}", epoch.0));
         let Some(p) = self.proc(host, inc) else {
             return;
         };
