@@ -542,6 +542,9 @@ impl Controller {
             && let Some(book) = self.books.get_mut(b)
         {
             book.slots.remove(task);
+            if book.slots.is_empty() {
+                self.drop_view_if_idle(b);
+            }
         }
         if let Some(a) = after
             && let Some(book) = self.books.get_mut(a)
@@ -550,8 +553,19 @@ impl Controller {
         }
     }
 
-    /// Rebuild the slot index from the slots (after a load from the store).
-    fn rebuild_index(&mut self) {
+    /// An ended generation that no slot names any more is nothing to the planner: its view
+    /// goes (the lifecycle record and the book stay for the retention window), so that
+    /// planning costs nothing for the generations churn leaves behind.
+    fn drop_view_if_idle(&mut self, id: &AgentId) {
+        let ended = self.fleet.agent(id).is_none_or(|r| r.state().is_terminal());
+        let idle = self.books.get(id).is_none_or(|b| b.slots.is_empty());
+        if ended && idle && self.observed.agents.remove(id).is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// Rebuild the slot index from the slots (after a load from the store at `now`).
+    fn rebuild_index(&mut self, now: Time) {
         for book in self.books.values_mut() {
             book.slots.clear();
         }
@@ -562,6 +576,30 @@ impl Controller {
                 {
                     book.slots.insert(TaskId::new(job.clone(), index));
                 }
+            }
+        }
+        // Views follow the index: an ended generation has one only while a slot names it.
+        let ids: Vec<AgentId> = self.books.keys().cloned().collect();
+        for id in ids {
+            let named = self.books.get(&id).is_some_and(|b| !b.slots.is_empty());
+            if named && !self.observed.agents.contains_key(&id) {
+                let r = self.fleet.agent(&id);
+                self.observed.agents.insert(
+                    id.clone(),
+                    AgentView {
+                        state: r.map_or(AgentState::Failed, |r| r.state()),
+                        capacity: Resources::default(),
+                        allocated: Resources::default(),
+                        cordoned: false,
+                        // As at every load: the lease is taken as renewed now (the safe side;
+                        // whoever led before may have renewed it until then).
+                        last_renewal: Some(now),
+                        death: r.map_or(DeathEvidence::None, |r| r.death_evidence()),
+                        running: vec![],
+                    },
+                );
+            } else {
+                self.drop_view_if_idle(&id);
             }
         }
     }
@@ -585,8 +623,18 @@ impl Controller {
             if self.fleet.agent(id).is_none() {
                 return Err(format!("{id} has a book but no lifecycle record"));
             }
-            if !self.observed.agents.contains_key(id) {
+            let ended = self
+                .fleet
+                .agent(id)
+                .is_some_and(|r| r.state().is_terminal());
+            let named = self.books.get(id).is_some_and(|b| !b.slots.is_empty());
+            if !self.observed.agents.contains_key(id) && (!ended || named) {
                 return Err(format!("{id} has a book but no planner view"));
+            }
+            if self.observed.agents.contains_key(id) && ended && !named {
+                return Err(format!(
+                    "{id} ended, no slot names it, but it has a planner view"
+                ));
             }
         }
         for r in self.fleet.agents() {

@@ -31,7 +31,7 @@
 //!   back, agents reconnect one by one, and the last ones must not be failed just because
 //!   the first ones already made the count small again.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -596,13 +596,16 @@ impl Phase {
 pub struct AgentRecord {
     id: AgentId,
     phase: Phase,
-    detector: Detector,
+    /// What only a live generation needs (the liveness detector with its window of intervals,
+    /// the signals' anomaly detectors): most of a record's memory, dropped when it ends.
+    live: Option<Box<Live>>,
+    /// The suspicion when it ended, for display.
+    ended_suspicion: f64,
     last_seq: u64,
     last_heartbeat: Option<Time>,
     last_renewal: Option<Time>,
     signals: Signals,
     score: HealthScore,
-    anomalies: [AnomalyDetector; SignalKind::ALL.len()],
     transitions: VecDeque<Time>,
     quarantined_until: Option<Time>,
     probe_round: u64,
@@ -610,18 +613,29 @@ pub struct AgentRecord {
     joined_at: Time,
 }
 
+/// The part of a record that only a live generation needs.
+#[derive(Clone, Debug)]
+struct Live {
+    detector: Detector,
+    anomalies: [AnomalyDetector; SignalKind::ALL.len()],
+}
+
 impl AgentRecord {
     fn new(id: AgentId, cfg: &LifecycleConfig, now: Time) -> Self {
         AgentRecord {
             id,
             phase: Phase::Joining { since: now },
-            detector: cfg.detector.build(),
+            live: Some(Box::new(Live {
+                detector: cfg.detector.build(),
+                anomalies: SignalKind::ALL
+                    .map(|k| AnomalyDetector::for_signal(cfg.anomaly.clone(), k)),
+            })),
+            ended_suspicion: 0.0,
             last_seq: 0,
             last_heartbeat: None,
             last_renewal: None,
             signals: Signals::default(),
             score: HealthScore::PERFECT,
-            anomalies: SignalKind::ALL.map(|k| AnomalyDetector::for_signal(cfg.anomaly.clone(), k)),
             transitions: VecDeque::new(),
             quarantined_until: None,
             probe_round: 0,
@@ -659,7 +673,7 @@ impl AgentRecord {
     pub fn anomalous_signals(&self) -> Vec<SignalKind> {
         SignalKind::ALL
             .into_iter()
-            .zip(self.anomalies.iter())
+            .zip(self.live.iter().flat_map(|l| l.anomalies.iter()))
             .filter(|(_, d)| d.is_anomalous())
             .map(|(k, _)| k)
             .collect()
@@ -677,7 +691,17 @@ impl AgentRecord {
 
     /// The liveness detector's suspicion at `now` (φ for phi accrual).
     pub fn suspicion(&self, now: Time) -> f64 {
-        self.detector.suspicion(now)
+        self.live
+            .as_ref()
+            .map_or(self.ended_suspicion, |l| l.detector.suspicion(now))
+    }
+
+    /// The generation ended: free what only a live generation needs.
+    fn retire(&mut self, now: Time) {
+        if let Some(l) = self.live.take() {
+            self.ended_suspicion = l.detector.suspicion(now);
+        }
+        self.transitions = VecDeque::new();
     }
 
     /// When the generation joined.
@@ -726,7 +750,8 @@ impl AgentRecord {
 #[derive(Clone, Debug)]
 pub struct Fleet {
     cfg: LifecycleConfig,
-    agents: BTreeMap<AgentId, AgentRecord>,
+    agents: FxHashMap<AgentId, AgentRecord>,
+    /// The newest generation of each name: the only one that can still be live.
     current: FxHashMap<Arc<str>, u64>,
     suspect_entries: VecDeque<(Time, AgentId)>,
     brake_since: Option<Time>,
@@ -740,7 +765,7 @@ impl Fleet {
         cfg.validate()?;
         Ok(Fleet {
             cfg,
-            agents: BTreeMap::new(),
+            agents: FxHashMap::default(),
             current: FxHashMap::default(),
             suspect_entries: VecDeque::new(),
             brake_since: None,
@@ -797,6 +822,7 @@ impl Fleet {
             at: now,
             death: DeathEvidence::ProcessGone { at: now },
         };
+        rec.retire(now);
         self.agents.insert(id, rec);
     }
 
@@ -887,7 +913,9 @@ impl Fleet {
                     return out;
                 }
                 rec.last_seq = seq;
-                rec.detector.heartbeat(seq, now);
+                if let Some(l) = rec.live.as_mut() {
+                    l.detector.heartbeat(seq, now);
+                }
                 rec.last_heartbeat = Some(now);
                 rec.last_renewal = Some(now);
                 out.push(Output::RenewLease {
@@ -913,7 +941,8 @@ impl Fleet {
             (_, AgentEvent::Signals(signals)) => {
                 rec.signals = signals;
                 rec.score = self.cfg.health.score(&signals);
-                for (kind, det) in SignalKind::ALL.into_iter().zip(rec.anomalies.iter_mut()) {
+                let anomalies = rec.live.iter_mut().flat_map(|l| l.anomalies.iter_mut());
+                for (kind, det) in SignalKind::ALL.into_iter().zip(anomalies) {
                     if let Some(v) = signals.get(kind) {
                         det.observe(v);
                     }
@@ -1004,12 +1033,19 @@ impl Fleet {
     pub fn tick(&mut self, now: Time) -> Vec<Output> {
         let mut out = Vec::new();
         self.update_brake(now, &mut out);
-        let ids: Vec<AgentId> = self
-            .agents
+        // Only the newest generation of a name can be live: ended generations kept for the
+        // retention window cost nothing here.
+        let mut ids: Vec<AgentId> = self
+            .current
             .iter()
-            .filter(|(_, r)| !r.state().is_terminal())
-            .map(|(id, _)| id.clone())
+            .map(|(name, g)| AgentId::new(name.clone(), *g))
+            .filter(|id| {
+                self.agents
+                    .get(id)
+                    .is_some_and(|r| !r.state().is_terminal())
+            })
             .collect();
+        ids.sort_unstable();
         for id in ids {
             self.tick_agent(&id, now, &mut out);
         }
@@ -1041,8 +1077,10 @@ impl Fleet {
         }
         match rec.state() {
             AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined => {
-                if rec.detector.is_suspect(now) {
-                    let suspicion = rec.detector.suspicion(now);
+                if let Some(l) = rec.live.as_ref()
+                    && l.detector.is_suspect(now)
+                {
+                    let suspicion = l.detector.suspicion(now);
                     self.suspect(id, Cause::Detector { suspicion }, now, out);
                 } else if rec.state() == AgentState::Quarantined
                     && rec.quarantined_until.is_some_and(|u| now >= u)
@@ -1162,6 +1200,7 @@ impl Fleet {
             return;
         }
         rec.phase = Phase::Failed { at: now, death };
+        rec.retire(now);
         out.push(Output::Transition(Transition {
             agent: id.clone(),
             from,
@@ -1227,6 +1266,9 @@ impl Fleet {
         if to == AgentState::Healthy || to == AgentState::Degraded {
             rec.quarantined_until = rec.quarantined_until.filter(|&u| now < u);
         }
+        if to.is_terminal() {
+            rec.retire(now);
+        }
         out.push(Output::Transition(Transition {
             agent: id.clone(),
             from,
@@ -1246,10 +1288,27 @@ impl Fleet {
         {
             self.suspect_entries.pop_front();
         }
-        let fleet = self
-            .current
+        let recent: crate::hash::FxHashSet<&AgentId> = self
+            .suspect_entries
             .iter()
-            .filter_map(|(name, g)| self.agents.get(&AgentId::new(name.clone(), *g)))
+            .map(|(_, id)| id)
+            .filter(|id| {
+                self.agents
+                    .get(*id)
+                    .is_some_and(|r| matches!(r.state(), AgentState::Suspect | AgentState::Failed))
+            })
+            .collect();
+        let suspects = recent.len();
+        if self.brake_since.is_none() && suspects < self.cfg.brake_min_agents as usize {
+            return; // too few to be a mass, whatever the fleet's size
+        }
+        // The newest generation of each name: the only ones that can be live.
+        let newest = || {
+            self.current
+                .iter()
+                .filter_map(|(name, g)| self.agents.get(&AgentId::new(name.clone(), *g)))
+        };
+        let fleet = newest()
             .filter(|r| match r.phase {
                 Phase::Left { .. } => false,
                 Phase::Failed { at, .. } => now.saturating_since(at) <= window,
@@ -1260,19 +1319,6 @@ impl Fleet {
                 | Phase::Quarantined { .. } => true,
             })
             .count();
-        let mut recent: Vec<&AgentId> = self
-            .suspect_entries
-            .iter()
-            .map(|(_, id)| id)
-            .filter(|id| {
-                self.agents
-                    .get(*id)
-                    .is_some_and(|r| matches!(r.state(), AgentState::Suspect | AgentState::Failed))
-            })
-            .collect();
-        recent.sort();
-        recent.dedup();
-        let suspects = recent.len();
         let (min, share) = (self.cfg.brake_min_agents as usize, self.cfg.brake_share);
         let over = move |n: usize| n >= min && n as f64 > share * fleet as f64;
         match self.brake_since {
@@ -1286,9 +1332,7 @@ impl Fleet {
             }
             Some(_) => {
                 // Release once the agents still Suspect have not been a mass for `brake_hold`.
-                let still = self
-                    .agents
-                    .values()
+                let still = newest()
                     .filter(|r| r.state() == AgentState::Suspect)
                     .count();
                 if over(still) {

@@ -43,6 +43,10 @@ pub enum BenchCommand {
         /// in the measurement window (needs a build with `--features etcd`).
         #[arg(long)]
         etcd: bool,
+        /// Task slots to place on the sessions before measuring (service jobs of up to
+        /// 10,000 replicas each); every heartbeat then reports its agent's copies. 0: none.
+        #[arg(long, default_value_t = 0)]
+        slots: usize,
     },
     /// A heartbeat storm against a real server: many sessions send heartbeats at `factor`
     /// times the normal rate beside a few well-behaved agents; reports the well-behaved agents'
@@ -180,6 +184,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             measure,
             connections,
             etcd,
+            slots,
         } => {
             let exe = std::env::current_exe()?;
             let b = crate::bench_sessions::SessionsBench {
@@ -189,6 +194,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 measure: std::time::Duration::from_secs(*measure),
                 connections: *connections,
                 etcd: *etcd,
+                slots: *slots,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

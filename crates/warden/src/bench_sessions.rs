@@ -33,6 +33,9 @@ pub struct SessionsBench {
     pub connections: usize,
     /// Run the server on a real one-member etcd and count etcd's writes in the window.
     pub etcd: bool,
+    /// Task slots placed on the sessions before measuring (service jobs of up to 10,000
+    /// replicas each); every heartbeat then reports the copies its agent runs.
+    pub slots: usize,
 }
 
 /// A one-member etcd for the benchmark, and where its metrics are.
@@ -191,6 +194,9 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         t_open.elapsed().as_secs_f64(),
         b.warmup
     );
+    if b.slots > 0 {
+        place_slots(&cluster.client, b.slots).await?;
+    }
     tokio::time::sleep(b.warmup).await;
     let (cpu0, _) = cpu_and_rss(server_pid).context("read server /proc")?;
     let acks0 = acks.load(Ordering::Relaxed);
@@ -220,8 +226,9 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
             .count()
     });
     println!(
-        "sessions: {}  heartbeats acked: {:.0}/s  ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "sessions: {}  task slots: {}  heartbeats acked: {:.0}/s  ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         b.sessions,
+        b.slots,
         acked as f64 / elapsed.as_secs_f64(),
         percentile(&lat, 0.5).unwrap_or(0.0),
         percentile(&lat, 0.99).unwrap_or(0.0),
@@ -267,6 +274,49 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     Ok(())
 }
 
+/// Submit service jobs with `slots` replicas in all and wait until every copy runs.
+async fn place_slots(client: &warden_chaos::client::Client, slots: usize) -> Result<()> {
+    let per_job = warden_core::types::MAX_REPLICAS as usize;
+    let jobs = slots.div_ceil(per_job);
+    let t0 = Instant::now();
+    for j in 0..jobs {
+        let replicas = (slots - j * per_job).min(per_job);
+        let spec = serde_json::json!({
+            "name": format!("bench-{j}"),
+            "kind": "service",
+            "replicas": replicas,
+            "command": "/bin/true",
+            "resources": { "cpu_millis": 10, "memory_mb": 10 },
+        });
+        let body = serde_json::to_vec(&spec)?;
+        let c = client.clone();
+        tokio::task::spawn_blocking(move || {
+            c.request("POST", "/v1/jobs", Some("application/json"), &body)?
+                .json()
+        })
+        .await??;
+    }
+    eprintln!("{jobs} jobs with {slots} task slots submitted; waiting for every copy to run…");
+    loop {
+        let c = client.clone();
+        let listed = tokio::task::spawn_blocking(move || c.get("/v1/jobs")).await??;
+        let running: u64 = listed.as_array().map_or(0, |a| {
+            a.iter().filter_map(|j| j.get("running")?.as_u64()).sum()
+        });
+        if running as usize >= slots {
+            eprintln!(
+                "{running} copies running after {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("only {running} of {slots} copies running after 900 s");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn agent(
     ch: tonic::transport::Channel,
@@ -302,10 +352,55 @@ async fn agent(
     }
     started.fetch_add(1, Ordering::Relaxed);
     let sent: Arc<Mutex<std::collections::VecDeque<(u64, Instant)>>> = Arc::default();
+    // The copies this agent "runs": every assignment runs at once and reports so.
+    let copies: Arc<std::sync::Mutex<Vec<v1::RunningTask>>> = Arc::default();
     let reader = {
         let sent = sent.clone();
+        let copies = copies.clone();
+        let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = inbound.next().await {
+                let report = |task: &str, epoch: u64, phase: v1::TaskPhase| {
+                    msg(agent_message::Msg::TaskReport(v1::TaskReport {
+                        task: task.to_string(),
+                        epoch,
+                        phase: phase as i32,
+                        exit_code: None,
+                        message: String::new(),
+                        healthy: true,
+                        endpoint: String::new(),
+                    }))
+                };
+                if let Some(server_message::Msg::Assign(a)) = &m.msg {
+                    {
+                        let mut c = copies
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        c.retain(|r| r.task != a.task);
+                        c.push(v1::RunningTask {
+                            task: a.task.clone(),
+                            epoch: a.epoch,
+                            phase: v1::TaskPhase::Running as i32,
+                            restarts: 0,
+                            healthy: true,
+                            endpoint: String::new(),
+                        });
+                    }
+                    let _ = tx
+                        .send(report(&a.task, a.epoch, v1::TaskPhase::Running))
+                        .await;
+                    continue;
+                }
+                if let Some(server_message::Msg::Stop(st)) = &m.msg {
+                    copies
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .retain(|r| !(r.task == st.task && r.epoch == st.epoch));
+                    let _ = tx
+                        .send(report(&st.task, st.epoch, v1::TaskPhase::Stopped))
+                        .await;
+                    continue;
+                }
                 if let Some(server_message::Msg::Ack(a)) = m.msg {
                     let at = {
                         let mut s = sent.lock().await;
@@ -346,7 +441,10 @@ async fn agent(
                 memory: Some(0.3),
                 ..Default::default()
             }),
-            running: vec![],
+            running: copies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         };
         if tx
             .send(msg(agent_message::Msg::Heartbeat(hb)))

@@ -81,6 +81,16 @@ pub enum JobCommand {
     },
 }
 
+/// `warden brake …`
+#[derive(Debug, Subcommand)]
+pub enum BrakeCommand {
+    /// Release the mass-failure brake now (needs the `operator` role): the Suspect agents it
+    /// holds are judged at once, and those found dead or past their lease are declared
+    /// Failed and their work moved. Use it when you know the mass suspicion is real (a rack
+    /// lost power), not a network fault of the server's own.
+    Release,
+}
+
 /// `warden report …`
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
@@ -305,6 +315,30 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
                 OutputFormat::Table | OutputFormat::Html => println!("job {name} stopped"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `warden brake …`
+pub fn brake(cmd: &BrakeCommand, opts: &ApiOpts) -> Result<()> {
+    no_html(opts, "warden brake")?;
+    match cmd {
+        BrakeCommand::Release => {
+            let v = opts
+                .client()?
+                .request("POST", "/v1/brake/release", None, b"")?
+                .json()?;
+            match opts.output {
+                OutputFormat::Json => print_json(&v)?,
+                OutputFormat::Table | OutputFormat::Html => {
+                    if v.get("was_engaged").and_then(Value::as_bool) == Some(true) {
+                        println!("brake released: held verdicts are judged now");
+                    } else {
+                        println!("the brake was not engaged; nothing changed");
+                    }
+                }
             }
         }
     }

@@ -82,6 +82,15 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiOpts,
     },
+    /// The mass-failure brake: when many agents turn Suspect at once the server declares none
+    /// of them Failed (the likeliest cause is its own network) and raises an alarm; it
+    /// releases by itself once the mass clears. `release` lets the held verdicts through now.
+    Brake {
+        #[command(subcommand)]
+        cmd: cli::BrakeCommand,
+        #[command(flatten)]
+        api: cli::ApiOpts,
+    },
     /// Reports built from the server's records.
     Report {
         #[command(subcommand)]
@@ -137,6 +146,7 @@ fn main() -> ExitCode {
         Command::Tasks { api } => cli::tasks(api),
         Command::Events { follow, since, api } => cli::events(api, *follow, *since),
         Command::Report { cmd, api } => cli::report(cmd, api),
+        Command::Brake { cmd, api } => cli::brake(cmd, api),
         Command::Bench { cmd } => bench::run(cmd),
         Command::Chaos { cmd } => chaos::run(cmd),
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev::run(args))),

@@ -117,6 +117,20 @@ fn tokens_gate_the_cli_by_role_and_are_never_logged() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("sleeper"));
 
+    // Releasing the mass-failure brake is an operator's act.
+    let out = cli(&addr, Some(&read), &["brake", "release"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    let out = cli(&addr, Some(&operator), &["brake", "release"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not engaged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cli(&addr, Some(&operator), &["brake", "release", "-o", "json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"was_engaged\": false"));
+
     // A token added while the server runs works once the file is re-read (within a second or
     // two), without a restart.
     let late = token(&file, "operator", Some("late"));

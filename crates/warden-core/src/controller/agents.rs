@@ -423,19 +423,26 @@ impl Controller {
                 Output::Probe { agent, round } => {
                     // The session may be gone; where it listened is remembered.
                     let target = self.books.get(&agent).and_then(|b| b.probe_addr);
-                    let mut helpers: Vec<&AgentId> = self
-                        .sessions
-                        .values()
-                        .map(|(id, _)| id)
-                        .filter(|id| id.name != agent.name)
-                        .filter(|id| {
-                            self.fleet
-                                .agent(id)
-                                .is_some_and(|r| r.state() == AgentState::Healthy)
-                        })
-                        .collect();
-                    helpers.sort();
-                    helpers.truncate(self.cfg.indirect_probes);
+                    // The first `indirect_probes` Healthy agents with a session, by name (a
+                    // stable choice), kept in a small sorted list: no sort of the fleet.
+                    let k = self.cfg.indirect_probes;
+                    let mut helpers: Vec<&AgentId> = Vec::with_capacity(k + 1);
+                    for (id, _) in self.sessions.values() {
+                        if id.name == agent.name
+                            || helpers.len() == k && helpers.last().is_some_and(|l| id >= *l)
+                        {
+                            continue;
+                        }
+                        if self
+                            .fleet
+                            .agent(id)
+                            .is_some_and(|r| r.state() == AgentState::Healthy)
+                        {
+                            let at = helpers.partition_point(|h| *h < id);
+                            helpers.insert(at, id);
+                            helpers.truncate(k);
+                        }
+                    }
                     let helpers = helpers.into_iter().cloned().collect();
                     out.push(Command::Probe(ProbeRound {
                         agent,
@@ -516,6 +523,9 @@ impl Controller {
                 book.ended_at = Some(t.at);
                 self.ended.push_back((t.at, t.agent.clone()));
             }
+        }
+        if t.to.is_terminal() {
+            self.drop_view_if_idle(&t.agent);
         }
         if t.to == AgentState::Healthy
             && let Some(v) = self.observed.agents.get_mut(&t.agent)

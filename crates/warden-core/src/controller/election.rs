@@ -151,7 +151,7 @@ impl Controller {
         self.recoveries.clear();
         self.draining.clear();
         self.last_refresh = Some(now);
-        self.rebuild_index();
+        self.rebuild_index(now);
         self.dirty = true;
         self.endpoints_dirty = true;
     }
@@ -166,7 +166,7 @@ impl Controller {
             v.allocated = alloc.get(id).copied().unwrap_or_default();
         }
         self.last_refresh = Some(now);
-        self.rebuild_index();
+        self.rebuild_index(now);
         self.dirty = true;
         self.endpoints_dirty = true;
     }
