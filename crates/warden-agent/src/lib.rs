@@ -45,6 +45,6 @@ pub mod tls;
 
 pub use shim::ShimArgs;
 pub use supervisor::{
-    RestartPolicy, ShimLauncher, StartOutcome, Supervisor, SupervisorConfig, SupervisorError,
-    TaskEvent, TaskEventKind, TaskReport, TaskSpec, TaskState,
+    ProcessState, RestartPolicy, ShimLauncher, StartOutcome, Supervisor, SupervisorConfig,
+    SupervisorError, TaskEvent, TaskEventKind, TaskReport, TaskSpec,
 };

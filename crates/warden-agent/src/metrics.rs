@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
-use crate::supervisor::{Supervisor, TaskState};
+use crate::supervisor::{ProcessState, Supervisor};
 
 /// `Content-Type` of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -50,16 +50,16 @@ const TASK_STATES: [&str; 8] = [
     "failed",
 ];
 
-fn task_state(s: &TaskState) -> &'static str {
+fn task_state(s: &ProcessState) -> &'static str {
     match s {
-        TaskState::Starting => "starting",
-        TaskState::Running { .. } => "running",
-        TaskState::BackingOff { .. } => "backing_off",
-        TaskState::Stopping => "stopping",
-        TaskState::Stopped => "stopped",
-        TaskState::Completed => "completed",
-        TaskState::Fenced => "fenced",
-        TaskState::Failed { .. } => "failed",
+        ProcessState::Starting => "starting",
+        ProcessState::Running { .. } => "running",
+        ProcessState::BackingOff { .. } => "backing_off",
+        ProcessState::Stopping => "stopping",
+        ProcessState::Stopped => "stopped",
+        ProcessState::Completed => "completed",
+        ProcessState::Fenced => "fenced",
+        ProcessState::Failed { .. } => "failed",
     }
 }
 

@@ -34,15 +34,17 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use warden_core::controller::{CopyPhase, CopyReport};
 use warden_core::lifecycle::ProbeOutcome;
 use warden_core::{FencingToken, HealthCheck, JobName, Resources, TaskId};
+use warden_proto::convert;
 use warden_proto::v1::{self, agent_message, server_message};
 
 use crate::metrics::AgentMetrics;
 use crate::signals::HostSampler;
 use crate::supervisor::{
-    ShimLauncher, Supervisor, SupervisorConfig, SupervisorError, TaskEvent, TaskEventKind,
-    TaskSpec, TaskState,
+    ProcessState, ShimLauncher, Supervisor, SupervisorConfig, SupervisorError, TaskEvent,
+    TaskEventKind, TaskSpec,
 };
 
 /// Settings of an agent.
@@ -85,15 +87,37 @@ fn msg(m: agent_message::Msg) -> v1::AgentMessage {
     v1::AgentMessage { msg: Some(m) }
 }
 
-fn phase_of(state: &TaskState) -> v1::TaskPhase {
+fn phase_of(state: &ProcessState) -> CopyPhase {
     match state {
-        TaskState::Starting | TaskState::BackingOff { .. } => v1::TaskPhase::Starting,
-        TaskState::Running { .. } => v1::TaskPhase::Running,
-        TaskState::Stopping => v1::TaskPhase::Stopping,
-        TaskState::Stopped | TaskState::Completed => v1::TaskPhase::Stopped,
-        TaskState::Fenced => v1::TaskPhase::Fenced,
-        TaskState::Failed { .. } => v1::TaskPhase::Failed,
+        ProcessState::Starting | ProcessState::BackingOff { .. } => CopyPhase::Starting,
+        ProcessState::Running { .. } => CopyPhase::Running,
+        ProcessState::Stopping => CopyPhase::Stopping,
+        ProcessState::Stopped | ProcessState::Completed => CopyPhase::Stopped,
+        ProcessState::Fenced => CopyPhase::Fenced,
+        ProcessState::Failed { .. } => CopyPhase::Failed,
     }
+}
+
+/// A report of one copy, on the wire.
+fn task_report(
+    task: &TaskId,
+    epoch: FencingToken,
+    phase: CopyPhase,
+    healthy: bool,
+    endpoint: String,
+    message: String,
+    exit_code: Option<i32>,
+) -> v1::AgentMessage {
+    let copy = CopyReport {
+        task: task.clone(),
+        epoch,
+        phase: Some(phase),
+        healthy,
+        endpoint,
+    };
+    msg(agent_message::Msg::TaskReport(convert::report_to_wire(
+        &copy, message, exit_code,
+    )))
 }
 
 /// Run an agent until `cancel` fires; then stop every task and leave gracefully.
@@ -195,15 +219,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 });
                 let hb = v1::Heartbeat {
                     seq,
-                    signals: Some(v1::Signals {
-                        cpu: signals.cpu,
-                        memory: signals.memory,
-                        error_rate: signals.error_rate,
-                        latency_ms: signals.latency_ms,
-                        task_success: signals.task_success,
-                        restarts: signals.restarts,
-                        pressure: signals.pressure,
-                    }),
+                    signals: Some(v1::Signals::from(&signals)),
                     running,
                 };
                 let m = msg(agent_message::Msg::Heartbeat(hb));
@@ -295,7 +311,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                                     if lease_until.is_none_or(|u| until > u) {
                                         lease_until = Some(until);
                                         if until > Instant::now() {
-                                            supervisor.extend_all_fenced(until - Instant::now());
+                                            supervisor.extend_leases(until - Instant::now());
                                             fenced = false;
                                         }
                                     }
@@ -328,7 +344,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                                 };
                                 let _ = tx.try_send(msg(agent_message::Msg::ProbeResult(v1::ProbeResult {
                                     request_id: p.request_id,
-                                    outcome: outcome_to_wire(outcome) as i32,
+                                    outcome: convert::outcome_to_wire(outcome) as i32,
                                 })));
                             });
                         }
@@ -337,15 +353,8 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 }
             }
             Some((task, epoch)) = stop_done_rx.recv() => {
-                broadcast(&links, &msg(agent_message::Msg::TaskReport(v1::TaskReport {
-                    task: task.to_string(),
-                    epoch: epoch.0,
-                    phase: v1::TaskPhase::Stopped as i32,
-                    exit_code: None,
-                    message: "stopped on request".into(),
-                    healthy: false,
-                    endpoint: String::new(),
-                })));
+                let stopped = "stopped on request".to_string();
+                broadcast(&links, &task_report(&task, epoch, CopyPhase::Stopped, false, String::new(), stopped, None));
                 forget_endpoint(&mut endpoints, &task, epoch);
                 note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
@@ -621,13 +630,14 @@ fn running_tasks(
         .tasks()
         .into_iter()
         .filter(|r| r.state.is_active())
-        .map(|r| v1::RunningTask {
-            healthy: health.get(&r.task).copied().unwrap_or(true),
-            endpoint: endpoint_of(endpoints, &r.task, r.epoch),
-            task: r.task.to_string(),
-            epoch: r.epoch.0,
-            phase: phase_of(&r.state) as i32,
-            restarts: 0,
+        .map(|r| {
+            convert::copy_to_wire(&CopyReport {
+                healthy: health.get(&r.task).copied().unwrap_or(true),
+                endpoint: endpoint_of(endpoints, &r.task, r.epoch),
+                phase: Some(phase_of(&r.state)),
+                task: r.task,
+                epoch: r.epoch,
+            })
         })
         .collect()
 }
@@ -706,7 +716,7 @@ fn assign(
                     Ok(port) => SocketAddr::new(ip, port),
                     Err(e) => {
                         let why = format!("pick a port on {ip}: {e}");
-                        refuse(links, &task, a.epoch, v1::TaskPhase::Failed, why);
+                        refuse(links, &task, epoch, CopyPhase::Failed, why);
                         return;
                     }
                 }
@@ -722,7 +732,7 @@ fn assign(
         command: a.command.clone(),
         args: a.args.clone(),
         env,
-        fenced: a.singleton && !fencing_broken_for_tests(),
+        leased: a.singleton && !fencing_broken_for_tests(),
         log_dir: cfg.data_dir.join("logs"),
         health,
     };
@@ -730,27 +740,17 @@ fn assign(
         // Not started for lack of a lease is no failure of the task: the server restarts it
         // at once (with a new epoch), without a crash backoff.
         let phase = match e {
-            SupervisorError::NoLease { .. } => v1::TaskPhase::Fenced,
-            _ => v1::TaskPhase::Failed,
+            SupervisorError::NoLease { .. } => CopyPhase::Fenced,
+            _ => CopyPhase::Failed,
         };
-        refuse(links, &task, a.epoch, phase, e.to_string());
+        refuse(links, &task, epoch, phase, e.to_string());
     }
 }
 
-fn refuse(links: &[Link], task: &TaskId, epoch: u64, phase: v1::TaskPhase, message: String) {
-    warn!(task = %task, epoch, error = %message, "assignment refused");
-    broadcast(
-        links,
-        &msg(agent_message::Msg::TaskReport(v1::TaskReport {
-            task: task.to_string(),
-            epoch,
-            phase: phase as i32,
-            exit_code: None,
-            message,
-            healthy: false,
-            endpoint: String::new(),
-        })),
-    );
+fn refuse(links: &[Link], task: &TaskId, epoch: FencingToken, phase: CopyPhase, message: String) {
+    warn!(task = %task, epoch = epoch.0, error = %message, "assignment refused");
+    let report = task_report(task, epoch, phase, false, String::new(), message, None);
+    broadcast(links, &report);
 }
 
 fn report_event(
@@ -764,7 +764,7 @@ fn report_event(
         TaskEventKind::Started { pid } => {
             health.entry(ev.task.clone()).or_insert(true);
             (
-                v1::TaskPhase::Running,
+                CopyPhase::Running,
                 None,
                 format!("running as pid {pid}"),
                 true,
@@ -773,7 +773,7 @@ fn report_event(
         TaskEventKind::Health { healthy } => {
             health.insert(ev.task.clone(), *healthy);
             (
-                v1::TaskPhase::Running,
+                CopyPhase::Running,
                 None,
                 format!(
                     "health check {}",
@@ -783,13 +783,13 @@ fn report_event(
             )
         }
         TaskEventKind::Exited { exit } => (
-            v1::TaskPhase::Starting,
+            CopyPhase::Starting,
             None,
             format!("exited: {exit:?}"),
             false,
         ),
         TaskEventKind::Restarting { attempt, after } => (
-            v1::TaskPhase::Starting,
+            CopyPhase::Starting,
             None,
             format!("restart {attempt} in {after:?}"),
             false,
@@ -797,45 +797,26 @@ fn report_event(
         TaskEventKind::Failed { reason } => {
             health.remove(&ev.task);
             forget_endpoint(endpoints, &ev.task, ev.epoch);
-            (v1::TaskPhase::Failed, None, reason.clone(), false)
+            (CopyPhase::Failed, None, reason.clone(), false)
         }
         TaskEventKind::Stopped => {
             health.remove(&ev.task);
             forget_endpoint(endpoints, &ev.task, ev.epoch);
-            (v1::TaskPhase::Stopped, None, "stopped".into(), false)
+            (CopyPhase::Stopped, None, "stopped".into(), false)
         }
         TaskEventKind::Fenced => {
             health.remove(&ev.task);
             forget_endpoint(endpoints, &ev.task, ev.epoch);
             (
-                v1::TaskPhase::Fenced,
+                CopyPhase::Fenced,
                 None,
                 "fenced: lease ran out".into(),
                 false,
             )
         }
     };
-    broadcast(
-        links,
-        &msg(agent_message::Msg::TaskReport(v1::TaskReport {
-            task: ev.task.to_string(),
-            epoch: ev.epoch.0,
-            phase: phase as i32,
-            exit_code,
-            message,
-            healthy,
-            endpoint,
-        })),
+    let report = task_report(
+        &ev.task, ev.epoch, phase, healthy, endpoint, message, exit_code,
     );
-}
-
-fn outcome_to_wire(o: ProbeOutcome) -> v1::ProbeOutcome {
-    match o {
-        ProbeOutcome::Answered => v1::ProbeOutcome::Answered,
-        ProbeOutcome::Connected => v1::ProbeOutcome::Connected,
-        ProbeOutcome::Refused => v1::ProbeOutcome::Refused,
-        ProbeOutcome::TimedOut => v1::ProbeOutcome::TimedOut,
-        ProbeOutcome::Unreachable => v1::ProbeOutcome::Unreachable,
-        ProbeOutcome::Skipped => v1::ProbeOutcome::Skipped,
-    }
+    broadcast(links, &report);
 }

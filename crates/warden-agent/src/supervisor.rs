@@ -12,11 +12,11 @@
 //!   for that task is refused with [`SupervisorError::StaleEpoch`]; an epoch runs at most once.
 //!   A start with a higher epoch replaces the running copy, and the new copy is launched only
 //!   after the old one has exited — never two copies of one task on this host.
-//! - **Singletons live only under a lease.** A task started with `fenced: true` runs in the
-//!   shim's fenced mode: its deadline is the agent's lease expiry, moved forward by
-//!   [`Supervisor::extend_all_fenced`] on each renewal. When renewals stop, every shim kills
+//! - **Singletons live only under a lease.** A task started with `leased: true` runs in the
+//!   shim's deadline mode: its deadline is the agent's lease expiry, moved forward by
+//!   [`Supervisor::extend_leases`] on each renewal. When renewals stop, every shim kills
 //!   its singleton at the deadline on its own, whatever state the agent is in.
-//!   [`Supervisor::fence_now`] does it at once. A fenced task is never restarted locally.
+//!   [`Supervisor::fence_now`] does it at once. A task fenced so is never restarted locally.
 //! - **Crashes are retried, not forever.** A task that exits non-zero (or is killed by a
 //!   signal nobody asked for) is restarted after `initial_backoff · 2^(n-1)` (capped); after
 //!   `max_restarts` restarts within `window` it is reported Failed and left alone. A task
@@ -150,8 +150,9 @@ pub struct TaskSpec {
     /// passed. The agent puts the job's variables, `PATH` (the job's, else
     /// [`SAFE_PATH`](crate::isolation::SAFE_PATH)) and e.g. `WARDEN_PORT` here.
     pub env: BTreeMap<String, String>,
-    /// Singleton: run under the lease in the shim's fenced mode, never restart after fencing.
-    pub fenced: bool,
+    /// Singleton: run under the lease (the shim's deadline is the lease's), never restarted
+    /// after it was fenced.
+    pub leased: bool,
     /// Directory for the task's `<job>.<index>.stdout.log` and `.stderr.log` (created if
     /// missing). The shim's own diagnostics go to the stderr log too.
     pub log_dir: PathBuf,
@@ -162,7 +163,7 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// The spec for slot `index` of `job` at `epoch`: the job's command, arguments, variables
     /// and health check, and `PATH` (the job's own, else the fixed
-    /// [`SAFE_PATH`](crate::isolation::SAFE_PATH)); fenced when the job is a singleton.
+    /// [`SAFE_PATH`](crate::isolation::SAFE_PATH)); leased when the job is a singleton.
     pub fn for_job(
         job: &JobSpec,
         index: u32,
@@ -178,7 +179,7 @@ impl TaskSpec {
             command: job.command.clone(),
             args: job.args.clone(),
             env,
-            fenced: job.kind == JobKind::Singleton,
+            leased: job.kind == JobKind::Singleton,
             log_dir: log_dir.into(),
             health: job.health.clone(),
         }
@@ -280,7 +281,7 @@ pub enum TaskEventKind {
 
 /// Where a task stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TaskState {
+pub enum ProcessState {
     /// Accepted; waiting for a replaced copy to exit, or its shim is being launched.
     Starting,
     /// Running as `pid`.
@@ -308,18 +309,18 @@ pub enum TaskState {
     },
 }
 
-impl TaskState {
+impl ProcessState {
     /// Whether the task runs or will run again (not stopped, completed, fenced or failed).
     pub fn is_active(&self) -> bool {
         match self {
-            TaskState::Starting
-            | TaskState::Running { .. }
-            | TaskState::BackingOff { .. }
-            | TaskState::Stopping => true,
-            TaskState::Stopped
-            | TaskState::Completed
-            | TaskState::Fenced
-            | TaskState::Failed { .. } => false,
+            ProcessState::Starting
+            | ProcessState::Running { .. }
+            | ProcessState::BackingOff { .. }
+            | ProcessState::Stopping => true,
+            ProcessState::Stopped
+            | ProcessState::Completed
+            | ProcessState::Fenced
+            | ProcessState::Failed { .. } => false,
         }
     }
 }
@@ -332,9 +333,9 @@ pub struct TaskReport {
     /// The epoch of its current (or last) copy.
     pub epoch: FencingToken,
     /// Whether it runs under the lease.
-    pub fenced: bool,
+    pub leased: bool,
     /// Its state.
-    pub state: TaskState,
+    pub state: ProcessState,
 }
 
 /// What [`Supervisor::start`] did.
@@ -373,7 +374,7 @@ pub enum SupervisorError {
         epoch: FencingToken,
     },
     /// A singleton cannot start: the agent holds no live lease.
-    #[error("task {task} is fenced and the agent holds no live lease")]
+    #[error("task {task} runs under the lease and the agent holds no live lease")]
     NoLease {
         /// The task.
         task: TaskId,
@@ -425,7 +426,7 @@ impl Drop for Inner {
 /// State shared by the handle and the actors.
 struct Shared {
     tasks: Mutex<HashMap<TaskId, Entry>>,
-    /// The lease's expiry on the agent's clock; every fenced actor watches it.
+    /// The lease's expiry on the agent's clock; every leased task's actor watches it.
     lease: watch::Sender<Option<Instant>>,
     next_gen: AtomicU64,
 }
@@ -433,8 +434,8 @@ struct Shared {
 struct Entry {
     /// Highest epoch seen in any order for this task.
     epoch: FencingToken,
-    fenced: bool,
-    state: TaskState,
+    leased: bool,
+    state: ProcessState,
     /// The actor of the current copy, while it runs.
     run: Option<Run>,
 }
@@ -464,7 +465,7 @@ impl Shared {
     }
 
     /// Update the state of the copy `generation` of `task`, unless it was replaced.
-    fn set_state(&self, task: &TaskId, generation: u64, state: TaskState, finished: bool) {
+    fn set_state(&self, task: &TaskId, generation: u64, state: ProcessState, finished: bool) {
         let mut tasks = self.lock();
         if let Some(entry) = tasks.get_mut(task)
             && entry
@@ -518,8 +519,8 @@ impl Supervisor {
 
     /// Start a task, or do nothing if this epoch of it already runs. Refused when an order
     /// with a newer epoch was seen for the task, when this epoch already ended, or (for a
-    /// fenced task) when the agent holds no live lease — call
-    /// [`Supervisor::extend_all_fenced`] first. A newer epoch replaces the running copy: the
+    /// leased task) when the agent holds no live lease — call
+    /// [`Supervisor::extend_leases`] first. A newer epoch replaces the running copy: the
     /// old one gets a stop with the configured `replace_grace` and the new one launches once
     /// it has exited.
     pub fn start(&self, spec: TaskSpec) -> Result<StartOutcome, SupervisorError> {
@@ -532,7 +533,7 @@ impl Supervisor {
                 task: spec.task.clone(),
                 reason,
             })?;
-        if spec.fenced && inner.shared.lease_remaining().is_none() {
+        if spec.leased && inner.shared.lease_remaining().is_none() {
             let mut tasks = inner.shared.lock();
             if let Some(entry) = tasks.get(&spec.task)
                 && entry.run.as_ref().is_some_and(|r| r.epoch == spec.epoch)
@@ -550,8 +551,8 @@ impl Supervisor {
                     spec.task.clone(),
                     Entry {
                         epoch: spec.epoch,
-                        fenced: true,
-                        state: TaskState::Fenced,
+                        leased: true,
+                        state: ProcessState::Fenced,
                         run: None,
                     },
                 );
@@ -598,8 +599,8 @@ impl Supervisor {
             spec.task.clone(),
             Entry {
                 epoch: spec.epoch,
-                fenced: spec.fenced,
-                state: TaskState::Starting,
+                leased: spec.leased,
+                state: ProcessState::Starting,
                 run: Some(Run {
                     generation,
                     epoch: spec.epoch,
@@ -644,8 +645,8 @@ impl Supervisor {
                     task.clone(),
                     Entry {
                         epoch,
-                        fenced: false,
-                        state: TaskState::Stopped,
+                        leased: false,
+                        state: ProcessState::Stopped,
                         run: None,
                     },
                 );
@@ -671,20 +672,20 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The lease was renewed and now runs out `remaining` from now: every fenced task may run
+    /// The lease was renewed and now runs out `remaining` from now: every leased task may run
     /// until then (each shim gets `extend <ms>`, computed when it is written so that a
     /// delay in between never pushes a deadline past the lease). Fenced tasks started later
     /// get the same deadline.
-    pub fn extend_all_fenced(&self, remaining: Duration) {
+    pub fn extend_leases(&self, remaining: Duration) {
         self.inner
             .shared
             .lease
             .send_replace(Some(Instant::now() + remaining));
     }
 
-    /// The lease ran out: kill every fenced task at once (their shims get `extend 0` and
-    /// report `fenced`) and refuse to start or restart fenced tasks until the next
-    /// [`Supervisor::extend_all_fenced`]. Services keep running.
+    /// The lease ran out: kill every leased task at once (their shims get `extend 0` and
+    /// report `fenced`) and refuse to start or restart leased tasks until the next
+    /// [`Supervisor::extend_leases`]. Services keep running.
     pub fn fence_now(&self) {
         warn!("lease lost: fencing every singleton task");
         self.inner.shared.lease.send_replace(Some(Instant::now()));
@@ -703,7 +704,7 @@ impl Supervisor {
             .map(|(task, entry)| TaskReport {
                 task: task.clone(),
                 epoch: entry.run.as_ref().map_or(entry.epoch, |r| r.epoch),
-                fenced: entry.fenced,
+                leased: entry.leased,
                 state: entry.state.clone(),
             })
             .collect();
@@ -795,13 +796,13 @@ impl Actor {
     async fn run(mut self, done: CancellationToken) {
         let _done = done.drop_guard();
         let (state, event) = match self.lifecycle().await {
-            Outcome::Stopped => (TaskState::Stopped, Some(TaskEventKind::Stopped)),
-            Outcome::Fenced => (TaskState::Fenced, Some(TaskEventKind::Fenced)),
-            Outcome::Completed => (TaskState::Completed, None),
+            Outcome::Stopped => (ProcessState::Stopped, Some(TaskEventKind::Stopped)),
+            Outcome::Fenced => (ProcessState::Fenced, Some(TaskEventKind::Fenced)),
+            Outcome::Completed => (ProcessState::Completed, None),
             Outcome::Failed(reason) => {
                 warn!(%reason, "task failed");
                 (
-                    TaskState::Failed {
+                    ProcessState::Failed {
                         reason: reason.clone(),
                     },
                     Some(TaskEventKind::Failed { reason }),
@@ -826,7 +827,7 @@ impl Actor {
         });
     }
 
-    fn set_state(&self, state: TaskState) {
+    fn set_state(&self, state: ProcessState) {
         self.shared
             .set_state(&self.spec.task, self.generation, state, false);
     }
@@ -874,20 +875,20 @@ impl Actor {
                 }
                 Decision::Restart { attempt, after } => {
                     warn!(%detail, attempt, after_ms = after.as_millis(), "task crashed; restarting");
-                    self.set_state(TaskState::BackingOff { attempt });
+                    self.set_state(ProcessState::BackingOff { attempt });
                     self.emit(TaskEventKind::Restarting { attempt, after });
                     tokio::select! {
                         () = tokio::time::sleep(after) => {}
                         outcome = self.interrupted() => return outcome,
                     }
-                    self.set_state(TaskState::Starting);
+                    self.set_state(ProcessState::Starting);
                 }
             }
         }
     }
 
     /// Resolves when something ends the task while no shim runs: a stop, the supervisor's
-    /// end, or (fenced tasks) the lease running out.
+    /// end, or (leased tasks) the lease running out.
     async fn interrupted(&mut self) -> Outcome {
         loop {
             tokio::select! {
@@ -896,7 +897,7 @@ impl Actor {
                     Some(Order::Stop { .. }) => return Outcome::Stopped,
                     None => self.orders_open = false,
                 },
-                changed = self.lease.changed(), if self.spec.fenced => {
+                changed = self.lease.changed(), if self.spec.leased => {
                     if changed.is_err() || self.shared.lease_remaining().is_none() {
                         return Outcome::Fenced;
                     }
@@ -905,7 +906,7 @@ impl Actor {
         }
     }
 
-    /// Launch the shim. For a fenced task its initial deadline is the lease's, read last
+    /// Launch the shim. For a leased task its initial deadline is the lease's, read last
     /// thing before the spawn so that it is as fresh as it can be.
     async fn launch(&mut self) -> Result<Child, LaunchError> {
         tokio::fs::create_dir_all(&self.spec.log_dir)
@@ -919,7 +920,7 @@ impl Actor {
             .map_err(LaunchError::Io)?
             .into_std()
             .await;
-        let deadline = if self.spec.fenced {
+        let deadline = if self.spec.leased {
             self.lease.borrow_and_update();
             Some(self.shared.lease_remaining().ok_or(LaunchError::NoLease)?)
         } else {
@@ -977,12 +978,12 @@ impl Actor {
                 order = self.orders.recv(), if self.orders_open => match order {
                     Some(Order::Stop { grace }) => {
                         stopping = true;
-                        self.set_state(TaskState::Stopping);
+                        self.set_state(ProcessState::Stopping);
                         send(&mut stdin, Control::Stop(grace)).await;
                     }
                     None => self.orders_open = false,
                 },
-                changed = self.lease.changed(), if self.spec.fenced => {
+                changed = self.lease.changed(), if self.spec.leased => {
                     // A closed lease channel cannot happen while `shared` lives; treat it
                     // as a lost lease all the same.
                     let remaining = match changed {
@@ -1049,7 +1050,7 @@ impl Actor {
         match status {
             Status::Started { pid } => {
                 seen.pid = Some(pid);
-                self.set_state(TaskState::Running { pid });
+                self.set_state(ProcessState::Running { pid });
                 self.emit(TaskEventKind::Started { pid });
                 self.start_health_checks(health);
             }

@@ -30,9 +30,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::client::Client;
 #[cfg(feature = "etcd")]
 use crate::proxy::Proxy;
+use warden_client::Client;
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> Result<u16> {

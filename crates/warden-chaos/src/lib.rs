@@ -9,7 +9,6 @@
 //!   joined by veth links, with partitions, one-way cuts and packet loss as nftables rules;
 //! - [`proxy`]: a userspace TCP proxy that cuts (both ways or one), resets, and delays with
 //!   jitter (this kernel has no netem);
-//! - [`client`]: a small blocking client for the REST API;
 //! - [`recovery`]: the recovery benchmark (RTO after an agent is killed or paused);
 //! - `warden chaos`: [`scenario`] (the TOML format), [`run`] (runs one on a cluster, in
 //!   namespaces or on loopback, recording ground truth and the server's verdicts into a
@@ -21,7 +20,6 @@
 #![deny(missing_docs)]
 
 pub mod check;
-pub mod client;
 pub mod cluster;
 pub mod html;
 pub mod netns;

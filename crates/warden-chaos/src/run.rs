@@ -30,7 +30,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use warden_core::rng::Rng;
 
-use crate::client::Client;
 use crate::cluster::{Cluster, is_alive, parent_pid, scan_task_procs, wait_until};
 use crate::netns::Netns;
 use crate::proxy::Proxy;
@@ -39,6 +38,7 @@ use crate::record::{
     TruthState,
 };
 use crate::scenario::{ClusterSpec, Direction, FaultKind, FaultSpec, Scenario, Target};
+use warden_client::Client;
 
 /// How often the process sampler reads `/proc`.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);

@@ -10,7 +10,7 @@ use warden_core::fencing::DeathEvidence;
 use warden_core::hash::FxHashMap;
 use warden_core::lifecycle::AgentState;
 use warden_core::planner::{
-    Action, AgentView, Desired, Observed, PlannerConfig, TaskState, TaskView, plan,
+    Action, AgentView, Desired, Observed, PlannerConfig, SlotState, TaskView, plan,
 };
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, Time};
 
@@ -45,7 +45,7 @@ fn fleet() -> (Desired, Observed) {
                 TaskView {
                     epoch: FencingToken(1),
                     agent: Some(ids[a].clone()),
-                    state: TaskState::Running,
+                    state: SlotState::Running,
                     failures: 0,
                     last_failure_at: None,
                 }

@@ -60,7 +60,7 @@ use crate::error::ConfigError;
 use crate::fencing::DeathEvidence;
 use crate::hash::FxHashMap;
 use crate::lifecycle::{AgentState, Fleet};
-use crate::planner::{Action, AgentView, Desired, Observed, TaskState, TaskView, TokenBucket};
+use crate::planner::{Action, AgentView, Desired, Observed, SlotState, TaskView, TokenBucket};
 use crate::recovery::RecoveryRecord;
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobName, JobSpec, Resources, TaskId};
@@ -684,7 +684,7 @@ fn allocations(
             if let Some(a) = &t.agent
                 && matches!(
                     t.state,
-                    TaskState::Starting | TaskState::Running | TaskState::Stopping
+                    SlotState::Starting | SlotState::Running | SlotState::Stopping
                 )
             {
                 let e = agents.entry(a.clone()).or_default();

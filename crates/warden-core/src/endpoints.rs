@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::AgentState;
-use crate::planner::TaskState;
+use crate::planner::SlotState;
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, TaskId};
 
@@ -47,7 +47,7 @@ pub struct CopyFacts {
     /// The state of the agent running the copy.
     pub agent: AgentState,
     /// The copy's state, as the control plane tracks it.
-    pub task: TaskState,
+    pub task: SlotState,
     /// Its health check passes (true when it has none).
     pub healthy: bool,
     /// Its job is being stopped and the copy drains before its stop.
@@ -66,14 +66,14 @@ pub fn judge(f: CopyFacts) -> (InstanceState, &'static str) {
         | AgentState::Quarantined => {}
     }
     match f.task {
-        TaskState::Running => {}
-        TaskState::Pending | TaskState::Starting => {
+        SlotState::Running => {}
+        SlotState::Pending | SlotState::Starting => {
             return (InstanceState::Removed, "task not running");
         }
-        TaskState::Stopping | TaskState::Stopped => {
+        SlotState::Stopping | SlotState::Stopped => {
             return (InstanceState::Removed, "task stopped");
         }
-        TaskState::Failed => return (InstanceState::Removed, "task failed"),
+        SlotState::Failed => return (InstanceState::Removed, "task failed"),
     }
     if f.stopping {
         (InstanceState::Draining, "job stopping")
@@ -256,7 +256,7 @@ mod tests {
     use super::*;
     use crate::types::JobName;
 
-    fn facts(agent: AgentState, task: TaskState, healthy: bool, stopping: bool) -> CopyFacts {
+    fn facts(agent: AgentState, task: SlotState, healthy: bool, stopping: bool) -> CopyFacts {
         CopyFacts {
             agent,
             task,
@@ -269,7 +269,7 @@ mod tests {
     fn judge_table() {
         use AgentState as A;
         use InstanceState as I;
-        use TaskState as T;
+        use SlotState as T;
         let cases = [
             (facts(A::Healthy, T::Running, true, false), I::Serving),
             (facts(A::Degraded, T::Running, true, false), I::Serving),

@@ -757,6 +757,8 @@ pub struct Fleet {
     brake_since: Option<Time>,
     /// While the brake is engaged: since when the Suspect count has been below the mass.
     brake_cleared_at: Option<Time>,
+    /// The fleet the brake last counted (at a tick): the yardstick of a cheap first check.
+    fleet_at_tick: usize,
 }
 
 impl Fleet {
@@ -770,6 +772,7 @@ impl Fleet {
             suspect_entries: VecDeque::new(),
             brake_since: None,
             brake_cleared_at: None,
+            fleet_at_tick: 0,
         })
     }
 
@@ -1034,8 +1037,9 @@ impl Fleet {
         let mut out = Vec::new();
         self.update_brake(now, &mut out);
         // Only the newest generation of a name can be live: ended generations kept for the
-        // retention window cost nothing here.
-        let mut ids: Vec<AgentId> = self
+        // retention window cost nothing here. (In the map's order: deterministic for the same
+        // history, and no sort per tick.)
+        let ids: Vec<AgentId> = self
             .current
             .iter()
             .map(|(name, g)| AgentId::new(name.clone(), *g))
@@ -1045,7 +1049,6 @@ impl Fleet {
                     .is_some_and(|r| !r.state().is_terminal())
             })
             .collect();
-        ids.sort_unstable();
         for id in ids {
             self.tick_agent(&id, now, &mut out);
         }
@@ -1169,7 +1172,7 @@ impl Fleet {
     fn suspect(&mut self, id: &AgentId, cause: Cause, now: Time, out: &mut Vec<Output>) {
         self.transition(id, AgentState::Suspect, cause, now, out);
         self.suspect_entries.push_back((now, id.clone()));
-        self.update_brake(now, out);
+        self.brake_on_suspicion(now, out);
         self.request_probe(id, now, out);
     }
 
@@ -1279,6 +1282,32 @@ impl Fleet {
     }
 
     /// Engage or release the mass-failure brake.
+    /// The brake's check when one more agent turns Suspect: cheap unless the suspicions in the
+    /// window could be a mass, so that a mass event (every session of the fleet lost at once)
+    /// costs O(fleet) per tick, not per suspicion. Release is judged on ticks only.
+    fn brake_on_suspicion(&mut self, now: Time, out: &mut Vec<Output>) {
+        if self.brake_since.is_some() {
+            return;
+        }
+        let window = self.cfg.brake_window;
+        while self
+            .suspect_entries
+            .front()
+            .is_some_and(|(t, _)| now.saturating_since(*t) > window)
+        {
+            self.suspect_entries.pop_front();
+        }
+        // Entries count an agent once per suspicion, so they bound the distinct suspects
+        // from above; the fleet was counted at the last tick.
+        let entries = self.suspect_entries.len();
+        if entries < self.cfg.brake_min_agents as usize
+            || entries as f64 <= self.cfg.brake_share * self.fleet_at_tick as f64
+        {
+            return;
+        }
+        self.update_brake(now, out);
+    }
+
     fn update_brake(&mut self, now: Time, out: &mut Vec<Output>) {
         let window = self.cfg.brake_window;
         while self
@@ -1299,9 +1328,6 @@ impl Fleet {
             })
             .collect();
         let suspects = recent.len();
-        if self.brake_since.is_none() && suspects < self.cfg.brake_min_agents as usize {
-            return; // too few to be a mass, whatever the fleet's size
-        }
         // The newest generation of each name: the only ones that can be live.
         let newest = || {
             self.current
@@ -1319,6 +1345,7 @@ impl Fleet {
                 | Phase::Quarantined { .. } => true,
             })
             .count();
+        self.fleet_at_tick = fleet;
         let (min, share) = (self.cfg.brake_min_agents as usize, self.cfg.brake_share);
         let over = move |n: usize| n >= min && n as f64 > share * fleet as f64;
         match self.brake_since {

@@ -45,33 +45,101 @@ impl Node {
 }
 
 /// Places tasks on a fixed set of eligible nodes, reserving as it goes.
+/// A node's free share as a total order for the placement index: lower is better (more free).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Taken(f64);
+
+impl Eq for Taken {}
+
+impl PartialOrd for Taken {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Taken {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Places tasks on nodes, reserving what it places. See the module documentation.
+///
+/// Most placements are of a copy that has no sibling on the best node, so the nodes are kept
+/// ordered by (free share, id): the first node in that order that fits, is not avoided and
+/// holds no copy of the job is the answer, usually among the first few. Only when no such node
+/// exists (more copies than nodes, say) does it fall back to looking at every node. Either way
+/// the choice is the one the rules above make.
 #[derive(Clone, Debug)]
 pub struct Placer {
     nodes: Vec<Node>,
+    /// The nodes by (free share taken, id, index); built on the first placement.
+    order: Option<std::collections::BTreeSet<(Taken, AgentId, usize)>>,
 }
 
 impl Placer {
-    /// A placer over `nodes`, which must all be eligible for new work. Their order does not
-    /// matter: ties break on the agent id.
+    /// A placer over `nodes` (only agents that accept work).
     pub fn new(nodes: Vec<Node>) -> Self {
-        Placer { nodes }
+        Placer { nodes, order: None }
     }
 
-    /// The nodes with their reservations so far.
+    /// The nodes with what this placer reserved on them.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
 
-    /// Pick a node for a task requesting `request`, given how many copies of the same job each
-    /// agent already holds (`copies`) and a node to avoid when another fits (`avoid`, e.g.
-    /// where the task just crash-looped). Reserves the request on the chosen node and counts
-    /// the new copy in `copies`.
+    fn key(&self, i: usize) -> (Taken, AgentId, usize) {
+        // `+ 0.0` makes -0.0 (no free room) equal to 0.0, as the comparison of the rules does.
+        let taken = -self.nodes[i].free_share() + 0.0;
+        (Taken(taken), self.nodes[i].id.clone(), i)
+    }
+
+    /// Pick the node for one copy of a job needing `request`, given how many copies of the job
+    /// each node already holds (`copies`, updated), avoiding `avoid` unless nothing else fits.
+    /// `None` when nothing fits.
     pub fn place(
         &mut self,
         request: &Resources,
         copies: &mut FxHashMap<AgentId, u32>,
         avoid: Option<&AgentId>,
     ) -> Option<AgentId> {
+        if self.order.is_none() {
+            let order = (0..self.nodes.len()).map(|i| self.key(i)).collect();
+            self.order = Some(order);
+        }
+        let fast = self.order.as_ref().and_then(|order| {
+            order
+                .iter()
+                .find(|(_, id, i)| {
+                    self.nodes[*i].free().fits(request)
+                        && avoid != Some(id)
+                        && copies.get(id).is_none_or(|c| *c == 0)
+                })
+                .map(|(_, _, i)| *i)
+        });
+        let i = match fast {
+            Some(i) => i,
+            None => self.best_of_all(request, copies, avoid)?,
+        };
+        let before = self.key(i);
+        let node = &mut self.nodes[i];
+        node.allocated = node.allocated.plus(request);
+        *copies.entry(node.id.clone()).or_insert(0) += 1;
+        let after = self.key(i);
+        if let Some(order) = self.order.as_mut() {
+            order.remove(&before);
+            order.insert(after);
+        }
+        Some(self.nodes[i].id.clone())
+    }
+
+    /// The rules applied to every node.
+    fn best_of_all(
+        &self,
+        request: &Resources,
+        copies: &FxHashMap<AgentId, u32>,
+        avoid: Option<&AgentId>,
+    ) -> Option<usize> {
         let mut best: Option<(usize, (bool, u32, f64))> = None;
         for (i, node) in self.nodes.iter().enumerate() {
             if !node.free().fits(request) {
@@ -99,11 +167,7 @@ impl Placer {
                 best = Some((i, key));
             }
         }
-        let (i, _) = best?;
-        let node = &mut self.nodes[i];
-        node.allocated = node.allocated.plus(request);
-        *copies.entry(node.id.clone()).or_insert(0) += 1;
-        Some(node.id.clone())
+        best.map(|(i, _)| i)
     }
 }
 
@@ -193,6 +257,38 @@ mod tests {
     }
 
     proptest! {
+        /// The ordered index chooses exactly what the rules applied to every node choose.
+        #[test]
+        fn the_index_chooses_what_the_rules_choose(
+            caps in proptest::collection::vec((0u64..4000, 0u64..4000, 0u64..2000), 1..12),
+            reqs in proptest::collection::vec((0u64..1500, 0u64..1500, 0usize..3, 0usize..12), 0..60),
+        ) {
+            let nodes: Vec<Node> = caps.iter().enumerate()
+                .map(|(i, (c, m, used))| Node {
+                    id: AgentId::new(format!("n{}", i % 7), i as u64),
+                    capacity: Resources::new(*c, *m),
+                    allocated: Resources::new((*used).min(*c), 0),
+                })
+                .collect();
+            let mut fast = Placer::new(nodes.clone());
+            let mut slow = Placer::new(nodes.clone());
+            let mut jobs_fast: Vec<FxHashMap<AgentId, u32>> = vec![FxHashMap::default(); 3];
+            let mut jobs_slow = jobs_fast.clone();
+            for (c, m, job, avoid) in &reqs {
+                let req = Resources::new(*c, *m);
+                let avoid = nodes.get(*avoid).map(|n| n.id.clone());
+                let a = fast.place(&req, &mut jobs_fast[*job], avoid.as_ref());
+                // The reference: the rules over every node, reserving the same way.
+                let b = slow.best_of_all(&req, &jobs_slow[*job], avoid.as_ref()).map(|i| {
+                    let n = &mut slow.nodes[i];
+                    n.allocated = n.allocated.plus(&req);
+                    *jobs_slow[*job].entry(n.id.clone()).or_insert(0) += 1;
+                    n.id.clone()
+                });
+                prop_assert_eq!(a, b);
+            }
+        }
+
         #[test]
         fn never_exceeds_capacity_and_is_deterministic(
             caps in proptest::collection::vec((0u64..4000, 0u64..4000), 1..8),

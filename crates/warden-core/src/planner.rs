@@ -92,7 +92,7 @@ impl PlannerConfig {
 /// The lifecycle of one task assignment, as recorded by the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TaskState {
+pub enum SlotState {
     /// Not assigned to any agent.
     Pending,
     /// Assigned; the agent has not yet reported it running.
@@ -107,16 +107,16 @@ pub enum TaskState {
     Failed,
 }
 
-impl TaskState {
+impl SlotState {
     /// Lower-case name used by the API.
     pub fn as_str(self) -> &'static str {
         match self {
-            TaskState::Pending => "pending",
-            TaskState::Starting => "starting",
-            TaskState::Running => "running",
-            TaskState::Stopping => "stopping",
-            TaskState::Stopped => "stopped",
-            TaskState::Failed => "failed",
+            SlotState::Pending => "pending",
+            SlotState::Starting => "starting",
+            SlotState::Running => "running",
+            SlotState::Stopping => "stopping",
+            SlotState::Stopped => "stopped",
+            SlotState::Failed => "failed",
         }
     }
 }
@@ -148,7 +148,7 @@ pub struct TaskView {
     /// Agent of the newest assignment.
     pub agent: Option<AgentId>,
     /// State of the newest assignment.
-    pub state: TaskState,
+    pub state: SlotState,
     /// Failures in a row (reset by the runtime when the task runs healthily).
     pub failures: u32,
     /// When it last failed.
@@ -161,7 +161,7 @@ impl TaskView {
         TaskView {
             epoch: FencingToken::NONE,
             agent: None,
-            state: TaskState::Pending,
+            state: SlotState::Pending,
             failures: 0,
             last_failure_at: None,
         }
@@ -341,8 +341,8 @@ fn copy_status<'a>(
     wake: &mut Option<Time>,
 ) -> Copy {
     match t.state {
-        TaskState::Pending | TaskState::Stopped | TaskState::Failed => return Copy::Dead,
-        TaskState::Starting | TaskState::Running | TaskState::Stopping => {}
+        SlotState::Pending | SlotState::Stopped | SlotState::Failed => return Copy::Dead,
+        SlotState::Starting | SlotState::Running | SlotState::Stopping => {}
     }
     let Some(agent) = &t.agent else {
         return Copy::Dead;
@@ -379,8 +379,8 @@ fn copy_status<'a>(
 fn needs_stop(t: &TaskView, status: Copy) -> bool {
     match status {
         Copy::Fencing => false,
-        Copy::Alive => !matches!(t.state, TaskState::Stopping | TaskState::Stopped),
-        Copy::Dead => t.state != TaskState::Stopped,
+        Copy::Alive => !matches!(t.state, SlotState::Stopping | SlotState::Stopped),
+        Copy::Dead => t.state != SlotState::Stopped,
     }
 }
 
@@ -388,7 +388,7 @@ fn needs_stop(t: &TaskView, status: Copy) -> bool {
 fn job_copies(slots: &[TaskView], want: usize) -> FxHashMap<AgentId, u32> {
     let mut m = FxHashMap::default();
     for t in slots.iter().take(want) {
-        if let (Some(a), TaskState::Starting | TaskState::Running) = (&t.agent, t.state) {
+        if let (Some(a), SlotState::Starting | SlotState::Running) = (&t.agent, t.state) {
             *m.entry(a.clone()).or_insert(0) += 1;
         }
     }
@@ -498,10 +498,10 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                 }
                 let next = epoch.next();
                 let lost_from = view.and_then(|t| match t.state {
-                    TaskState::Starting | TaskState::Running | TaskState::Stopping => {
+                    SlotState::Starting | SlotState::Running | SlotState::Stopping => {
                         t.agent.clone()
                     }
-                    TaskState::Pending | TaskState::Stopped | TaskState::Failed => None,
+                    SlotState::Pending | SlotState::Stopped | SlotState::Failed => None,
                 });
                 if let Some(from) = lost_from {
                     // Level 2: the agent is gone; move the work.
@@ -540,7 +540,7 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                 }
                 // Level 1 (after the agent gave up) or a fresh start.
                 let avoid = match view {
-                    Some(t) if t.state == TaskState::Failed => {
+                    Some(t) if t.state == SlotState::Failed => {
                         let due = t.last_failure_at.map(|at| at + cfg.backoff(t.failures));
                         if let Some(due) = due
                             && now < due
@@ -624,12 +624,12 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
             let is_current = current.is_some_and(|t| {
                 t.epoch == epoch
                     && t.agent.as_ref() == Some(agent)
-                    && !matches!(t.state, TaskState::Stopped | TaskState::Stopping)
+                    && !matches!(t.state, SlotState::Stopped | SlotState::Stopping)
             });
             let stopping_here = current.is_some_and(|t| {
                 t.epoch == epoch
                     && t.agent.as_ref() == Some(agent)
-                    && t.state == TaskState::Stopping
+                    && t.state == SlotState::Stopping
             });
             if !is_current && !stopping_here {
                 actions.push(Action::Stop {
@@ -703,7 +703,7 @@ fn assign(
     }
     t.epoch = epoch;
     t.agent = Some(to.clone());
-    t.state = TaskState::Starting;
+    t.state = SlotState::Starting;
     if let Some(from) = from {
         release(observed, &Some(from.clone()), resources);
     }
@@ -747,7 +747,7 @@ pub fn apply(
                 }
                 t.epoch = *epoch;
                 t.agent = None;
-                t.state = TaskState::Pending;
+                t.state = SlotState::Pending;
                 release(observed, &Some(from.clone()), resources_of(&task.job));
             }
             Action::Stop {
@@ -775,17 +775,17 @@ pub fn apply(
                     .and_then(|a| observed.agents.get(a))
                     .is_some_and(|v| !v.state.is_terminal());
                 let t = slot(observed, task);
-                if t.epoch != *epoch || t.state == TaskState::Stopped {
+                if t.epoch != *epoch || t.state == SlotState::Stopped {
                     continue;
                 }
-                let was_running = matches!(t.state, TaskState::Starting | TaskState::Running);
+                let was_running = matches!(t.state, SlotState::Starting | SlotState::Running);
                 if agent_live && was_running {
                     // The agent must confirm; until then the copy counts as possibly running.
-                    t.state = TaskState::Stopping;
-                } else if agent_live && t.state == TaskState::Stopping {
+                    t.state = SlotState::Stopping;
+                } else if agent_live && t.state == SlotState::Stopping {
                     // Already waiting for that confirmation.
                 } else {
-                    t.state = TaskState::Stopped;
+                    t.state = SlotState::Stopped;
                     let agent = t.agent.take();
                     if was_running || agent.is_some() {
                         release(observed, &agent, resources_of(&task.job));

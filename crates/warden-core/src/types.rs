@@ -179,6 +179,16 @@ pub enum JobKind {
     Service,
 }
 
+impl JobKind {
+    /// The kind as job specs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Singleton => "singleton",
+            JobKind::Service => "service",
+        }
+    }
+}
+
 /// A task-level health check run by the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]

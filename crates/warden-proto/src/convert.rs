@@ -181,6 +181,19 @@ pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
     Some((copy, r.message.clone()))
 }
 
+/// A copy report on the wire, with its message and, when its process ended, its exit code.
+pub fn report_to_wire(c: &CopyReport, message: String, exit_code: Option<i32>) -> v1::TaskReport {
+    v1::TaskReport {
+        task: c.task.to_string(),
+        epoch: c.epoch.0,
+        phase: c.phase.map_or(v1::TaskPhase::Unspecified, phase_to_wire) as i32,
+        exit_code,
+        message,
+        healthy: c.healthy,
+        endpoint: c.endpoint.clone(),
+    }
+}
+
 // ----- server → agent -----
 
 impl From<&Welcome> for v1::Welcome {

@@ -44,8 +44,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::http::ErrorCode;
-use crate::http::error::HttpError;
+use crate::api_error::ErrorCode;
+use crate::api_error::HttpError;
 
 /// What a token may do. `Operator` includes everything `Read` may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

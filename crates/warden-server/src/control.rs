@@ -8,9 +8,9 @@
 //! ([`writer`]), probe rounds and store reads to tasks of the [`ControlPlane::run`] loop, whose
 //! outcomes come back as inputs. The store, which fsyncs, is never called under the mutex.
 //!
-//! Safety-relevant order: a new assignment's fencing token is written to the store (a fenced,
-//! compare-and-set write) and only sent to the agent once the write's outcome came back as
-//! [`Input::Persisted`]; the controller holds the order until then.
+//! Safety-relevant order: a new assignment's fencing token is written to the store (an
+//! epoch-checked compare-and-set) and only sent to the agent once the write's outcome came back
+//! as [`Input::Persisted`]; the controller holds the order until then.
 
 mod api;
 mod probes;
@@ -36,7 +36,7 @@ use warden_store::Store;
 
 pub use crate::clock::Clock;
 use crate::clock::ms;
-use crate::leader::{Leadership, Role};
+use crate::leader::{Leadership, Standing};
 use crate::metrics::{Metrics, TimedStore};
 
 /// A session's outbound queue.
@@ -65,7 +65,7 @@ struct State {
     ctrl: Controller,
     routes: HashMap<Arc<str>, Route>,
     /// The election, followed at every step.
-    role: watch::Receiver<Role>,
+    role: watch::Receiver<Standing>,
     next_serial: u64,
     /// Indirect probes asked of agents: request id → (the agent asked, its answer).
     waiters: HashMap<u64, (Arc<str>, oneshot::Sender<ProbeOutcome>)>,
@@ -169,9 +169,9 @@ fn send(tx: &Outbox, msg: v1::server_message::Msg) {
 }
 
 /// The election as the controller takes it: a deadline on the controller's clock.
-fn election_of(role: &Role, now: Time) -> Election {
+fn election_of(role: &Standing, now: Time) -> Election {
     match role {
-        Role::Leader {
+        Standing::Leader {
             term,
             since_unix_ms,
             valid_until,
@@ -180,7 +180,7 @@ fn election_of(role: &Role, now: Time) -> Election {
             since_unix_ms: *since_unix_ms,
             valid_until: valid_until.map(|t| now + t.saturating_duration_since(Instant::now())),
         },
-        Role::Follower { leader } => Election::Follower {
+        Standing::Follower { leader } => Election::Follower {
             leader: leader.clone(),
         },
     }
@@ -392,7 +392,7 @@ impl ControlPlane {
                 epoch,
             } => info!(task = %task, from = %from, to = %to, epoch = epoch.0, "rescheduled"),
             Notice::WriteLost { task, stored } => {
-                warn!(task = %task, stored = stored.0, "fenced write lost; refreshing the slot");
+                warn!(task = %task, stored = stored.0, "epoch-checked write lost; refreshing the slot");
             }
             Notice::WriteFailed { task, error } => {
                 warn!(task = %task, error = %error, "persist assignment");

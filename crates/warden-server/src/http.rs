@@ -28,7 +28,6 @@
 //! ```
 
 pub mod dashboard;
-pub(crate) mod error;
 pub mod job_body;
 
 use std::future::{Future, IntoFuture};
@@ -50,23 +49,20 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 
-pub use self::error::{ErrorCode, HttpError};
 use crate::api_auth::{self, ApiAuth, Caller};
+pub use crate::api_error::{ErrorCode, HttpError};
 use crate::history::History;
 use crate::limits::JobLimits;
+pub use crate::limits::{
+    ApiLimits as Limits, MAX_BODY_BYTES, MAX_CONCURRENT_REQUESTS, MAX_SERVICES_WAIT,
+    REQUEST_TIMEOUT,
+};
 use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
-    AgentInfo, ControlApi, EventInfo, HealthInfo, JobInfo, LeaderView, RecoveryInfo, ServiceInfo,
-    ServicesInfo, SubmitOutcome, TaskInfo,
+    AgentInfo, BrakeRelease, ControlApi, EventInfo, HealthInfo, JobChange, JobInfo, LeaderView,
+    RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
 };
 
-/// Largest accepted request body, bytes (1 MiB). A larger body gets `413 payload_too_large`.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Requests served at once (512) before new ones are shed with `503 overloaded`. Matches
-/// tokio's default blocking-pool size, which the store-touching calls run on.
-pub const MAX_CONCURRENT_REQUESTS: usize = 512;
-/// Longest a request may take (10 s) before it is answered with `503 timeout`.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown is signalled, how long [`serve`] waits for open connections to finish (15 s:
 /// the request timeout plus a margin) before it returns anyway.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
@@ -74,54 +70,6 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 pub const DEFAULT_EVENT_LIMIT: usize = 1000;
 /// Largest `limit` accepted by `GET /v1/events`.
 pub const MAX_EVENT_LIMIT: usize = 10_000;
-
-/// The protective limits of the API (`[limits.api]`). [`Limits::default`] is what [`router`]
-/// and [`serve`] use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Largest request body, bytes (default [`MAX_BODY_BYTES`]).
-    pub max_body_bytes: usize,
-    /// Requests in flight before new ones are shed (default [`MAX_CONCURRENT_REQUESTS`]).
-    pub max_concurrent_requests: usize,
-    /// Longest a request may take (default [`REQUEST_TIMEOUT`]).
-    #[serde(with = "warden_core::duration_serde")]
-    pub request_timeout: Duration,
-}
-
-impl Limits {
-    /// Reject impossible settings, naming the field.
-    pub fn validate(&self) -> Result<(), warden_core::ConfigError> {
-        use warden_core::ConfigError;
-        if self.max_body_bytes < 1024 {
-            return Err(ConfigError::new("max_body_bytes", "must be at least 1024"));
-        }
-        if self.max_concurrent_requests == 0 {
-            return Err(ConfigError::new(
-                "max_concurrent_requests",
-                "must be at least 1",
-            ));
-        }
-        // Blocking queries on /v1/services wait up to 9 s and must end before the timeout.
-        if self.request_timeout <= MAX_SERVICES_WAIT {
-            return Err(ConfigError::new(
-                "request_timeout",
-                "must be longer than 9s (blocking queries on /v1/services wait up to 9s)",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: MAX_BODY_BYTES,
-            max_concurrent_requests: MAX_CONCURRENT_REQUESTS,
-            request_timeout: REQUEST_TIMEOUT,
-        }
-    }
-}
 
 type Api = Arc<dyn ControlApi>;
 
@@ -517,13 +465,6 @@ async fn get_job(
 }
 
 /// What `POST /v1/jobs` and `DELETE /v1/jobs/{name}` answer.
-#[derive(Debug, Serialize)]
-struct JobChange {
-    job: String,
-    /// created, updated, unchanged or deleted.
-    outcome: &'static str,
-}
-
 async fn submit_job(
     State(AppState {
         api, limits, jobs, ..
@@ -565,7 +506,11 @@ async fn submit_job(
     // The name passed validation (ASCII letters, digits, '-', '_', '.'), so it is a valid
     // header value and needs no escaping in a path.
     let location = HeaderValue::try_from(format!("/v1/jobs/{name}")).ok();
-    let mut response = (status, Json(JobChange { job: name, outcome })).into_response();
+    let change = JobChange {
+        job: name,
+        outcome: outcome.to_string(),
+    };
+    let mut response = (status, Json(change)).into_response();
     if let Some(location) = location {
         response.headers_mut().insert(LOCATION, location);
     }
@@ -627,17 +572,10 @@ async fn delete_job(
         tracing::info!(job = %name, %by, "job deleted");
         Ok(Json(JobChange {
             job: name,
-            outcome: "deleted",
+            outcome: "deleted".to_string(),
         }))
     })
     .await
-}
-
-/// What `POST /v1/brake/release` did.
-#[derive(Debug, Serialize)]
-struct BrakeRelease {
-    /// Whether the brake was engaged (and is released now).
-    was_engaged: bool,
 }
 
 async fn release_brake(
@@ -774,9 +712,6 @@ async fn get_sla(
         .await
         .map(Json)
 }
-
-/// Longest `wait` of a blocking query on `/v1/services` (9 s: under the request timeout).
-pub const MAX_SERVICES_WAIT: Duration = Duration::from_secs(9);
 
 /// Header carrying the registry index an answer reflects (pass it back as `?index=`).
 pub const INDEX_HEADER: &str = "x-warden-index";

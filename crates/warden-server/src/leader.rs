@@ -22,9 +22,10 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-/// The role of this replica.
+/// Where this replica stands in the election (not to be confused with the role of an API
+/// token).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum Standing {
     /// This replica leads, until `valid_until` (`None`: for ever — a single server).
     Leader {
         /// The term: the election's fencing token (grows with every new leader).
@@ -47,16 +48,16 @@ pub use warden_core::controller::LeaderInfo;
 #[derive(Clone, Debug)]
 pub struct Leadership {
     name: String,
-    role: watch::Receiver<Role>,
+    role: watch::Receiver<Standing>,
     /// Keeps the channel open for [`Leadership::single`].
-    _keep: Option<std::sync::Arc<watch::Sender<Role>>>,
+    _keep: Option<std::sync::Arc<watch::Sender<Standing>>>,
 }
 
 impl Leadership {
     /// A single server: leader for ever, term 1.
     pub fn single(name: impl Into<String>) -> Self {
         let since = crate::clock::unix_now_ms();
-        let (tx, rx) = watch::channel(Role::Leader {
+        let (tx, rx) = watch::channel(Standing::Leader {
             term: 1,
             since_unix_ms: since,
             valid_until: None,
@@ -69,7 +70,7 @@ impl Leadership {
     }
 
     /// A replica whose role an election publishes on `role`; `name` is its advertised address.
-    pub fn from_watch(name: impl Into<String>, role: watch::Receiver<Role>) -> Self {
+    pub fn from_watch(name: impl Into<String>, role: watch::Receiver<Standing>) -> Self {
         Leadership {
             name: name.into(),
             role,
@@ -85,7 +86,7 @@ impl Leadership {
     /// The term, if this replica leads *now* (its deadline has not passed).
     pub fn term_now(&self) -> Option<u64> {
         match &*self.role.borrow() {
-            Role::Leader {
+            Standing::Leader {
                 term, valid_until, ..
             } if valid_until.is_none_or(|t| Instant::now() < t) => Some(*term),
             _ => None,
@@ -98,19 +99,19 @@ impl Leadership {
     }
 
     /// A receiver of the role as the election publishes it, to follow its changes.
-    pub fn watch(&self) -> watch::Receiver<Role> {
+    pub fn watch(&self) -> watch::Receiver<Standing> {
         self.role.clone()
     }
 
     /// The role as last published (the deadline not applied).
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Standing {
         self.role.borrow().clone()
     }
 
     /// The leader as this replica knows it: itself while it leads, else the published one.
     pub fn leader(&self) -> Option<LeaderInfo> {
         match self.role() {
-            Role::Leader {
+            Standing::Leader {
                 term,
                 since_unix_ms,
                 valid_until,
@@ -119,8 +120,8 @@ impl Leadership {
                 term,
                 since_unix_ms,
             }),
-            Role::Leader { .. } => None,
-            Role::Follower { leader } => leader,
+            Standing::Leader { .. } => None,
+            Standing::Follower { leader } => leader,
         }
     }
 }
@@ -140,14 +141,14 @@ mod tests {
 
     #[test]
     fn leadership_ends_at_its_deadline_without_a_new_message() {
-        let (tx, rx) = watch::channel(Role::Leader {
+        let (tx, rx) = watch::channel(Standing::Leader {
             term: 7,
             since_unix_ms: 1,
             valid_until: Some(Instant::now() + Duration::from_secs(3600)),
         });
         let l = Leadership::from_watch("a", rx);
         assert_eq!(l.term_now(), Some(7));
-        tx.send(Role::Leader {
+        tx.send(Standing::Leader {
             term: 7,
             since_unix_ms: 1,
             valid_until: Some(Instant::now()),
@@ -155,7 +156,7 @@ mod tests {
         .unwrap();
         assert_eq!(l.term_now(), None, "a passed deadline means no leadership");
         assert_eq!(l.leader(), None);
-        tx.send(Role::Follower {
+        tx.send(Standing::Follower {
             leader: Some(LeaderInfo {
                 name: "b".into(),
                 term: 8,

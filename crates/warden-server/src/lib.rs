@@ -1,19 +1,21 @@
 //! # warden-server
 //!
-//! The control plane runtime. It feeds `warden-core`'s pure state machines with events from the
-//! network and carries out what they decide. Built so far:
+//! The control plane runtime: the thin executor around `warden-core`'s pure
+//! [`Controller`](warden_core::controller::Controller). It turns what the network says into the
+//! controller's inputs and carries out the commands it returns:
 //!
-//! - [`control`]: the control plane around the core's `Fleet` and `plan()`: admits agents,
-//!   renews leases, runs probes (direct and through other agents), reconciles, persists
-//!   assignments (fenced) before sending them, and keeps recovery records;
+//! - [`control`]: the control loop and executor: steps the controller, sends its orders on the
+//!   sessions, writes through one ordered store writer, runs probe rounds and store reads, and
+//!   serves the REST read model; [`clock`]: the monotonic clock the controller's times come from;
+//! - [`leader`]: this replica's standing in the election, as the control loop follows it;
 //! - [`session`]: the gRPC session service, one long-lived stream per agent;
 //! - [`auth`]: who may open a session: mutual TLS, agent identity, join tokens;
 //!   [`pki`]: the small CA behind `warden tls init`;
 //! - [`view`]: the REST API's JSON shapes and the [`view::ControlApi`] trait it calls;
 //! - [`metrics`]: the Prometheus metrics served on `GET /metrics`, and [`metrics::TimedStore`]
 //!   timing every store operation;
-//! - [`http`]: the REST API itself (axum): routes, JSON errors, body/concurrency/time limits,
-//!   and the dashboard ([`http::dashboard`]);
+//! - [`http`]: the REST API itself (axum): routes, body/concurrency/time limits, and the
+//!   dashboard ([`http::dashboard`]); [`api_error`]: its JSON errors and their stable codes;
 //! - [`sla`]: the SLA figures (success rate, RTO against an objective, availability);
 //! - [`history`]: the bounded per-agent history the dashboard charts;
 //! - [`haproxy`]: the HAProxy adapter, keeping a backend in step with a service's endpoints;
@@ -24,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod api_auth;
+pub mod api_error;
 pub mod auth;
 pub mod clock;
 pub mod control;

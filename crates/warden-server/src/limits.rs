@@ -1,5 +1,5 @@
 //! The server's protective limits, one place for all of them: what the REST API accepts
-//! ([`crate::http::Limits`]), what agent sessions may send and hold ([`SessionLimits`]) and what
+//! ([`ApiLimits`]), what agent sessions may send and hold ([`SessionLimits`]) and what
 //! a job spec may ask for ([`JobLimits`]). They keep the control plane's memory and CPU bounded
 //! whatever a client or an agent sends, and every refusal names the limit that was hit.
 //!
@@ -11,7 +11,63 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use warden_core::{ConfigError, HealthCheck, JobSpec, Time, planner::TokenBucket};
 
-use crate::http::Limits as ApiLimits;
+/// Largest accepted request body, bytes (1 MiB). A larger body gets `413 payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Requests served at once (512) before new ones are shed with `503 overloaded`. Matches
+/// tokio's default blocking-pool size, which the store-touching calls run on.
+pub const MAX_CONCURRENT_REQUESTS: usize = 512;
+/// Longest a request may take (10 s) before it is answered with `503 timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `wait` of a blocking query on `/v1/services` (9 s: under the request timeout).
+pub const MAX_SERVICES_WAIT: Duration = Duration::from_secs(9);
+
+/// The protective limits of the API (`[limits.api]`). [`ApiLimits::default`] is what
+/// [`crate::http::router`] and [`crate::http::serve`] use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiLimits {
+    /// Largest request body, bytes (default [`MAX_BODY_BYTES`]).
+    pub max_body_bytes: usize,
+    /// Requests in flight before new ones are shed (default [`MAX_CONCURRENT_REQUESTS`]).
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take (default [`REQUEST_TIMEOUT`]).
+    #[serde(with = "warden_core::duration_serde")]
+    pub request_timeout: Duration,
+}
+
+impl ApiLimits {
+    /// Reject impossible settings, naming the field.
+    pub fn validate(&self) -> Result<(), warden_core::ConfigError> {
+        use warden_core::ConfigError;
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::new("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::new(
+                "max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        // Blocking queries on /v1/services wait up to 9 s and must end before the timeout.
+        if self.request_timeout <= MAX_SERVICES_WAIT {
+            return Err(ConfigError::new(
+                "request_timeout",
+                "must be longer than 9s (blocking queries on /v1/services wait up to 9s)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: MAX_BODY_BYTES,
+            max_concurrent_requests: MAX_CONCURRENT_REQUESTS,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 
 /// Every limit of the server (`[limits]`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

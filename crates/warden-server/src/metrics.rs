@@ -527,7 +527,7 @@ impl Store for TimedStore {
         &self,
         task: &TaskId,
         epoch: FencingToken,
-        state: warden_core::planner::TaskState,
+        state: warden_core::planner::SlotState,
         failures: u32,
         unix_ms: u64,
     ) -> StoreResult<CasOutcome> {

@@ -70,6 +70,22 @@ pub struct JobInfo {
 /// What `POST /v1/jobs` did.
 pub use warden_core::controller::SubmitOutcome;
 
+/// The answer to `POST /v1/jobs` and `DELETE /v1/jobs/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobChange {
+    /// The job.
+    pub job: String,
+    /// created, updated, unchanged or deleted.
+    pub outcome: String,
+}
+
+/// The answer to `POST /v1/brake/release`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrakeRelease {
+    /// Whether the brake was engaged (and is released now).
+    pub was_engaged: bool,
+}
+
 /// A recovery, as `GET /v1/recoveries` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryInfo {

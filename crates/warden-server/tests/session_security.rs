@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 use warden_agent::tls::{ClientTls, JoinToken};
-use warden_chaos::client::Client;
+use warden_client::Client;
 use warden_core::controller::ControllerConfig;
 use warden_proto::v1::agent_message::Msg;
 use warden_proto::v1::agent_session_client::AgentSessionClient;

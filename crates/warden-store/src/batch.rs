@@ -12,7 +12,7 @@
 //! writer at a time, so nothing can change between the reads and the commit); the in-memory
 //! one under its lock; an etcd back end runs phase 1 on a snapshot and commits phase 2 in a
 //! transaction that compares the revisions of everything phase 1 read. All three therefore
-//! give the same answers, and a fenced write is linearizable in each.
+//! give the same answers, and an epoch-checked write is linearizable in each.
 
 use std::collections::HashSet;
 

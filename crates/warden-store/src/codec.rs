@@ -143,7 +143,7 @@ pub(crate) fn task_parts(task: &TaskId) -> (&str, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warden_core::planner::TaskState;
+    use warden_core::planner::SlotState;
     use warden_core::{AgentId, FencingToken, JobName};
 
     fn task_id(job: &str, index: u32) -> TaskId {
@@ -155,7 +155,7 @@ mod tests {
             task: task_id("web", 3),
             epoch: FencingToken(7),
             agent: Some(AgentId::new("a", 2)),
-            state: TaskState::Running,
+            state: SlotState::Running,
             failures: 1,
             updated_unix_ms: 1_700_000_000_000,
         }

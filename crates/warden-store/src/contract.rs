@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use warden_core::lifecycle::Cause;
-use warden_core::planner::{OperationId, TaskState};
+use warden_core::planner::{OperationId, SlotState};
 use warden_core::recovery::{Outcome, RecoveryRecord};
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId, Time};
 
@@ -193,9 +193,9 @@ pub fn record(job: &str, index: u32, epoch: u64, agent: Option<&str>) -> TaskRec
         epoch: FencingToken(epoch),
         agent: agent.map(|a| AgentId::new(a, 1)),
         state: if agent.is_some() {
-            TaskState::Starting
+            SlotState::Starting
         } else {
-            TaskState::Pending
+            SlotState::Pending
         },
         failures: 0,
         updated_unix_ms: 1_700_000_000_000 + epoch,
@@ -255,7 +255,7 @@ pub fn job_crud<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     assert_eq!(names(&s.list_jobs().expect("list")), ["api"]);
 }
 
-/// A fenced write creates a slot from epoch NONE, then advances it; the same epoch may be
+/// An epoch-checked write creates a slot from epoch NONE, then advances it; the same epoch may be
 /// written again (an update of the same assignment).
 pub fn cas_creates_and_advances<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     let f = fresh_default(fresh);
@@ -274,7 +274,7 @@ pub fn cas_creates_and_advances<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) 
     assert_eq!(s.get_task(&t).expect("get"), Some(r2.clone()));
 
     let running = TaskRecord {
-        state: TaskState::Running,
+        state: SlotState::Running,
         ..r2
     };
     applied(
@@ -284,7 +284,7 @@ pub fn cas_creates_and_advances<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) 
     assert_eq!(s.get_task(&t).expect("get"), Some(running));
 }
 
-/// A fenced write with the wrong expectation changes nothing and reports what is stored.
+/// An epoch-checked write with the wrong expectation changes nothing and reports what is stored.
 pub fn cas_conflict_reports_the_current_record<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     let f = fresh_default(fresh);
     let s = f.store();
@@ -387,12 +387,12 @@ pub fn stale_state_report_is_ignored<F: Fixture>(fresh: &impl Fn(StoreOptions) -
         "assign to a",
     );
     applied(
-        s.put_task_state(&t, FencingToken(1), TaskState::Running, 0, 10)
+        s.put_task_state(&t, FencingToken(1), SlotState::Running, 0, 10)
             .expect("report"),
         "report from a",
     );
     let got = s.get_task(&t).expect("get").expect("present");
-    assert_eq!(got.state, TaskState::Running);
+    assert_eq!(got.state, SlotState::Running);
     assert_eq!(got.agent, Some(AgentId::new("a", 1)));
     assert_eq!(got.updated_unix_ms, 10);
 
@@ -400,7 +400,7 @@ pub fn stale_state_report_is_ignored<F: Fixture>(fresh: &impl Fn(StoreOptions) -
     applied(s.cas_task(FencingToken(1), &r2).expect("cas"), "move to b");
 
     let late = s
-        .put_task_state(&t, FencingToken(1), TaskState::Failed, 3, 20)
+        .put_task_state(&t, FencingToken(1), SlotState::Failed, 3, 20)
         .expect("late report");
     assert_eq!(
         late,
@@ -410,14 +410,14 @@ pub fn stale_state_report_is_ignored<F: Fixture>(fresh: &impl Fn(StoreOptions) -
         }
     );
     let future = s
-        .put_task_state(&t, FencingToken(3), TaskState::Running, 0, 20)
+        .put_task_state(&t, FencingToken(3), SlotState::Running, 0, 20)
         .expect("report from the future");
     assert!(!future.is_applied());
     assert_eq!(s.get_task(&t).expect("get"), Some(r2));
 
     let never = tid("cron", 1);
     let outcome = s
-        .put_task_state(&never, FencingToken(1), TaskState::Running, 0, 20)
+        .put_task_state(&never, FencingToken(1), SlotState::Running, 0, 20)
         .expect("report about an unknown slot");
     assert!(matches!(
         outcome.into_result(&never, FencingToken(1)),
@@ -619,7 +619,7 @@ pub fn batches_touch_each_key_once<F: Fixture>(fresh: &impl Fn(StoreOptions) -> 
             WriteOp::PutTaskState {
                 task: tid("web", 0),
                 epoch: FencingToken(1),
-                state: TaskState::Running,
+                state: SlotState::Running,
                 failures: 0,
                 updated_unix_ms: 0,
             },
@@ -664,7 +664,7 @@ pub fn batches_touch_each_key_once<F: Fixture>(fresh: &impl Fn(StoreOptions) -> 
     assert!(s.apply(&ok).expect("apply").is_applied());
 }
 
-/// Racing fenced writers never lose an update: each applied write advances the epoch by
+/// Racing epoch-checked writers never lose an update: each applied write advances the epoch by
 /// exactly one, so the final epoch equals the number of writes that won. Generations handed
 /// out concurrently are all distinct.
 pub fn concurrent_fenced_writes_never_lose_an_update<F: Fixture>(

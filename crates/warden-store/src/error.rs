@@ -16,10 +16,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A fenced write lost: the task slot's stored epoch is not the one the caller expected.
+    /// An epoch-checked write lost: the task slot's stored epoch is not the one the caller expected.
     /// Someone else assigned the task in between (or the slot was deleted). Re-read the slot
     /// and plan again; retrying the same write can never succeed.
-    #[error("write task {task} fenced at epoch {expected}: the store holds epoch {actual}")]
+    #[error("write task {task} expecting epoch {expected}: the store holds epoch {actual}")]
     Conflict {
         /// The task slot.
         task: TaskId,
@@ -28,7 +28,7 @@ pub enum StoreError {
         /// The epoch the store holds.
         actual: FencingToken,
     },
-    /// A fenced write proposed an epoch lower than the one it expected to replace. Fencing
+    /// An epoch-checked write proposed an epoch lower than the one it expected to replace. Fencing
     /// tokens never go back, so this is a bug in the caller, never a race.
     #[error(
         "write task {task}: proposed epoch {proposed} is lower than expected epoch {expected}; \
@@ -122,7 +122,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether retrying the same call later may succeed. A conflict is not retryable: the same
-    /// fenced write will lose again; re-read and plan instead.
+    /// epoch-checked write will lose again; re-read and plan instead.
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Unavailable { .. } => true,
@@ -153,7 +153,7 @@ impl StoreError {
         matches!(self, StoreError::NotLeader { .. })
     }
 
-    /// Whether this is a lost fenced write ([`StoreError::Conflict`]).
+    /// Whether this is a lost epoch-checked write ([`StoreError::Conflict`]).
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
     }

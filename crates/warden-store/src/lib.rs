@@ -16,7 +16,7 @@
 //! and a bounded append-only event log.
 //!
 //! ```
-//! use warden_core::planner::TaskState;
+//! use warden_core::planner::SlotState;
 //! use warden_core::{AgentId, FencingToken, JobName, TaskId};
 //! use warden_store::{CasOutcome, MemStore, Store, TaskRecord};
 //!
@@ -26,7 +26,7 @@
 //!     task: task.clone(),
 //!     epoch: FencingToken(epoch),
 //!     agent: Some(AgentId::new(agent, 1)),
-//!     state: TaskState::Starting,
+//!     state: SlotState::Starting,
 //!     failures: 0,
 //!     updated_unix_ms: 0,
 //! };
@@ -40,7 +40,7 @@
 //!     CasOutcome::Conflict { stored_epoch: FencingToken(2), .. }
 //! ));
 //! // ...and a late report from a's copy (epoch 1) is ignored.
-//! let report = store.put_task_state(&task, FencingToken(1), TaskState::Failed, 1, 0)?;
+//! let report = store.put_task_state(&task, FencingToken(1), SlotState::Failed, 1, 0)?;
 //! assert!(!report.is_applied());
 //! assert_eq!(store.get_task(&task)?.map(|r| r.epoch), Some(FencingToken(2)));
 //! # Ok::<(), warden_store::StoreError>(())
@@ -56,7 +56,7 @@
 //! drivers call it directly. The etcd back end owns a small runtime for its client and waits
 //! for it on a `std` channel, so it may be called from anywhere, async code included.
 //!
-//! ## Fenced writes
+//! ## Epoch-checked writes
 //!
 //! Every task slot has an epoch (its [`FencingToken`]) that only grows. A write of a task
 //! record names the epoch it expects to replace ([`Store::cas_task`]); it applies only if the
@@ -109,7 +109,7 @@ pub use model::{
 };
 pub use redb_store::RedbStore;
 
-use warden_core::planner::{OperationId, TaskState};
+use warden_core::planner::{OperationId, SlotState};
 use warden_core::recovery::RecoveryRecord;
 use warden_core::{FencingToken, JobName, JobSpec, TaskId};
 
@@ -154,7 +154,7 @@ pub trait Store: Send + Sync + 'static {
     fn get_task(&self, task: &TaskId) -> Result<Option<TaskRecord>>;
 
     /// The slot's epoch: its live record's, else the one it had when its job's tasks were
-    /// deleted, else [`FencingToken::NONE`]. A fenced write must expect exactly this.
+    /// deleted, else [`FencingToken::NONE`]. An epoch-checked write must expect exactly this.
     fn task_epoch(&self, task: &TaskId) -> Result<FencingToken>;
 
     /// Every live task record, by job then slot.
@@ -163,7 +163,7 @@ pub trait Store: Send + Sync + 'static {
     /// The live task records of one job, by slot.
     fn list_job_tasks(&self, job: &JobName) -> Result<Vec<TaskRecord>>;
 
-    /// Fenced write of a task record: applies only if the slot's epoch
+    /// Epoch-checked write of a task record: applies only if the slot's epoch
     /// ([`Store::task_epoch`]) equals `expected`, and fails with
     /// [`StoreError::EpochRegression`] if `record.epoch < expected`.
     fn cas_task(&self, expected: FencingToken, record: &TaskRecord) -> Result<CasOutcome> {
@@ -180,7 +180,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         task: &TaskId,
         epoch: FencingToken,
-        state: TaskState,
+        state: SlotState,
         failures: u32,
         updated_unix_ms: u64,
     ) -> Result<CasOutcome> {
@@ -258,7 +258,7 @@ pub trait Store: Send + Sync + 'static {
     fn last_event_seq(&self) -> Result<u64>;
 }
 
-/// A one-write batch's outcome as a fenced write's.
+/// A one-write batch's outcome as an epoch-checked write's.
 fn single(outcome: BatchOutcome) -> CasOutcome {
     match outcome {
         BatchOutcome::Applied => CasOutcome::Applied,

@@ -3,7 +3,7 @@
 //! [`SCHEMA_VERSION`](crate::SCHEMA_VERSION).
 
 use serde::{Deserialize, Serialize};
-use warden_core::planner::{TaskState, TaskView};
+use warden_core::planner::{SlotState, TaskView};
 use warden_core::recovery::RecoveryRecord;
 use warden_core::{AgentId, FencingToken, JobName, JobSpec, TaskId};
 
@@ -49,7 +49,7 @@ impl StoreOptions {
 
 /// The controller's record of one task slot: its newest assignment.
 ///
-/// Written only through fenced writes ([`crate::Store::cas_task`],
+/// Written only through epoch-checked writes ([`crate::Store::cas_task`],
 /// [`crate::Store::put_task_state`]), so a writer working from an old view can never overwrite
 /// a newer assignment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ pub struct TaskRecord {
     /// Agent of the newest assignment (`None` while pending).
     pub agent: Option<AgentId>,
     /// State of the newest assignment.
-    pub state: TaskState,
+    pub state: SlotState,
     /// Failures in a row.
     pub failures: u32,
     /// Wall-clock time of the last change, milliseconds since the Unix epoch.
@@ -82,8 +82,8 @@ impl TaskRecord {
     }
 }
 
-/// How a fenced write ended when it did not fail outright.
-#[must_use = "a fenced write may have lost; check the outcome"]
+/// How an epoch-checked write ended when it did not fail outright.
+#[must_use = "an epoch-checked write may have lost; check the outcome"]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CasOutcome {
     /// The write is committed.
@@ -141,7 +141,7 @@ pub enum WriteOp {
     /// Delete every task record of a job. Each slot remembers its last epoch, so a job created
     /// again under the same name continues from there: tokens never go back.
     DeleteJobTasks(JobName),
-    /// Fenced write of a task record: applies only if the slot's epoch equals `expected`.
+    /// Epoch-checked write of a task record: applies only if the slot's epoch equals `expected`.
     CasTask {
         /// The epoch the writer read ([`FencingToken::NONE`] for a slot never assigned).
         expected: FencingToken,
@@ -156,7 +156,7 @@ pub enum WriteOp {
         /// The assignment the report is about.
         epoch: FencingToken,
         /// Its new state.
-        state: TaskState,
+        state: SlotState,
         /// Failures in a row.
         failures: u32,
         /// Wall-clock time of the report, milliseconds since the Unix epoch.
@@ -172,7 +172,7 @@ pub enum WriteOp {
 }
 
 /// How an atomic batch ended when it did not fail outright.
-#[must_use = "a batch may have lost a fenced write; check the outcome"]
+#[must_use = "a batch may have lost an epoch-checked write; check the outcome"]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchOutcome {
     /// Every write is committed.

@@ -11,9 +11,9 @@
 //! The crash test (`tests/crash.rs`) kills a writer mid-flight and checks every acknowledged
 //! write.
 //!
-//! ## Why fenced writes are linearizable
+//! ## Why epoch-checked writes are linearizable
 //!
-//! redb admits one write transaction at a time (others wait in `begin_write`). A fenced write
+//! redb admits one write transaction at a time (others wait in `begin_write`). An epoch-checked write
 //! reads the slot's epoch, compares and writes inside that one transaction, so nothing can
 //! change between the compare and the commit. Reads use snapshots and never block writes.
 //!
@@ -772,13 +772,13 @@ mod tests {
             matches!(&err, StoreError::Corrupt { what, .. } if what == "tasks/web/2"),
             "{err}"
         );
-        // A fenced write on the corrupt slot fails cleanly and writes nothing.
+        // An epoch-checked write on the corrupt slot fails cleanly and writes nothing.
         let task = TaskId::new(JobName::new("web"), 2);
         let err = store
             .put_task_state(
                 &task,
                 FencingToken(1),
-                warden_core::planner::TaskState::Running,
+                warden_core::planner::SlotState::Running,
                 0,
                 0,
             )

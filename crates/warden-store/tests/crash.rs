@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use warden_core::lifecycle::Cause;
-use warden_core::planner::{OperationId, TaskState};
+use warden_core::planner::{OperationId, SlotState};
 use warden_core::recovery::{Outcome, RecoveryRecord};
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId, Time};
 use warden_store::{NewEvent, RedbStore, Store, TaskRecord, WriteOp};
@@ -98,7 +98,7 @@ fn crash_child_writer() {
             task: task(),
             epoch: FencingToken(i),
             agent: Some(AgentId::new("b", i)),
-            state: TaskState::Starting,
+            state: SlotState::Starting,
             failures: 0,
             updated_unix_ms: i,
         };
@@ -114,7 +114,7 @@ fn crash_child_writer() {
         ];
         assert!(
             store.apply(&batch).expect("child: apply").is_applied(),
-            "child: the only writer lost a fenced write"
+            "child: the only writer lost an epoch-checked write"
         );
         epoch = FencingToken(i);
         let generation = store.next_generation("agent").expect("child: generation");

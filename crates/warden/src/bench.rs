@@ -44,7 +44,8 @@ pub enum BenchCommand {
         #[arg(long)]
         etcd: bool,
         /// Task slots to place on the sessions before measuring (service jobs of up to
-        /// 10,000 replicas each); every heartbeat then reports its agent's copies. 0: none.
+        /// 1,000 replicas each, the server's default limit); every heartbeat then reports
+        /// its agent's copies. 0: none.
         #[arg(long, default_value_t = 0)]
         slots: usize,
     },

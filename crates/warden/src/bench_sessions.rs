@@ -33,7 +33,7 @@ pub struct SessionsBench {
     pub connections: usize,
     /// Run the server on a real one-member etcd and count etcd's writes in the window.
     pub etcd: bool,
-    /// Task slots placed on the sessions before measuring (service jobs of up to 10,000
+    /// Task slots placed on the sessions before measuring (service jobs of up to 1,000
     /// replicas each); every heartbeat then reports the copies its agent runs.
     pub slots: usize,
 }
@@ -82,9 +82,7 @@ impl Etcd {
 }
 
 /// The server's store calls so far, by operation (`warden_store_operation_seconds_count`).
-fn store_calls(
-    client: &warden_chaos::client::Client,
-) -> Result<std::collections::BTreeMap<String, f64>> {
+fn store_calls(client: &warden_client::Client) -> Result<std::collections::BTreeMap<String, f64>> {
     let text = client.request("GET", "/metrics", None, b"")?.body;
     Ok(text
         .lines()
@@ -102,7 +100,7 @@ fn store_calls(
 
 /// etcd's write counters: (puts, deletes, transactions), from its Prometheus metrics.
 fn etcd_writes(base: &str) -> Result<(f64, f64, f64)> {
-    let client = warden_chaos::client::Client::new(base)?;
+    let client = warden_client::Client::new(base)?;
     let text = client.request("GET", "/metrics", None, b"")?.body;
     let sum = |name: &str| -> f64 {
         text.lines()
@@ -199,6 +197,8 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     }
     tokio::time::sleep(b.warmup).await;
     let (cpu0, _) = cpu_and_rss(server_pid).context("read server /proc")?;
+    let me = i32::try_from(std::process::id()).context("own pid")?;
+    let (own0, _) = cpu_and_rss(me).context("read own /proc")?;
     let acks0 = acks.load(Ordering::Relaxed);
     let writes0 = etcd
         .as_ref()
@@ -216,6 +216,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         .transpose()?;
     let calls1 = store_calls(&cluster.client)?;
     let (cpu1, rss) = cpu_and_rss(server_pid).context("read server /proc")?;
+    let (own1, _) = cpu_and_rss(me).context("read own /proc")?;
     let acked = acks.load(Ordering::Relaxed) - acks0;
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(f64::total_cmp);
@@ -235,10 +236,11 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         lat.last().copied().unwrap_or(0.0),
     );
     println!(
-        "server: CPU {:.2} cores  RSS {:.0} MiB  agents healthy: {healthy}/{}",
+        "server: CPU {:.2} cores  RSS {:.0} MiB  agents healthy: {healthy}/{}  (simulated agents, same machine: CPU {:.2} cores)",
         (cpu1 - cpu0).as_secs_f64() / elapsed.as_secs_f64(),
         rss as f64 / (1024.0 * 1024.0),
-        b.sessions
+        b.sessions,
+        (own1 - own0).as_secs_f64() / elapsed.as_secs_f64(),
     );
     let calls: Vec<String> = calls1
         .iter()
@@ -275,8 +277,9 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
 }
 
 /// Submit service jobs with `slots` replicas in all and wait until every copy runs.
-async fn place_slots(client: &warden_chaos::client::Client, slots: usize) -> Result<()> {
-    let per_job = warden_core::types::MAX_REPLICAS as usize;
+async fn place_slots(client: &warden_client::Client, slots: usize) -> Result<()> {
+    // The server's default limit on replicas per job (`limits.jobs.max_replicas`).
+    let per_job = 1_000;
     let jobs = slots.div_ceil(per_job);
     let t0 = Instant::now();
     for j in 0..jobs {

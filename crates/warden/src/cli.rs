@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use warden_chaos::client::Client;
+use warden_client::Client;
 use warden_server::sla::SlaReport;
+use warden_server::view::{
+    AgentInfo, BrakeRelease, EventInfo, JobChange, JobInfo, RecoveryInfo, TaskInfo,
+};
 
 /// How to print results.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -159,41 +163,35 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn s(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        None | Some(Value::Null) => "-".to_string(),
-        Some(Value::String(x)) => x.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::Bool(b)) => b.to_string(),
-        Some(other) => other.to_string(),
-    }
-}
-
 fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn items(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+/// An answer read as the server's typed view (`warden_server::view`); JSON output prints the
+/// answer as it came, tables are made from the view.
+fn view<T: DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).with_context(|| format!("read the server's {what}"))
+}
+
+fn dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
 }
 
 /// Rows of `GET /v1/agents` for a table.
-pub fn agent_rows(v: &Value) -> Vec<Vec<String>> {
-    items(v)
+pub fn agent_rows(agents: &[AgentInfo]) -> Vec<Vec<String>> {
+    agents
         .iter()
         .map(|a| {
-            let tasks = a.get("tasks").and_then(Value::as_array).map_or(0, Vec::len);
             vec![
-                s(a, "name"),
-                s(a, "generation"),
-                s(a, "state"),
-                s(a, "health_score"),
-                a.get("last_heartbeat_ms_ago")
-                    .and_then(Value::as_u64)
+                a.name.clone(),
+                a.generation.to_string(),
+                a.state.clone(),
+                format!("{}", a.health_score),
+                a.last_heartbeat_ms_ago
                     .map_or("-".into(), |m| format!("{m} ms")),
-                s(a, "phi"),
-                tasks.to_string(),
+                format!("{}", a.phi),
+                a.tasks.len().to_string(),
             ]
         })
         .collect()
@@ -211,16 +209,16 @@ pub const AGENT_HEADERS: [&str; 7] = [
 ];
 
 /// Rows of `GET /v1/tasks` for a table.
-pub fn task_rows(v: &Value) -> Vec<Vec<String>> {
-    items(v)
+pub fn task_rows(tasks: &[TaskInfo]) -> Vec<Vec<String>> {
+    tasks
         .iter()
         .map(|t| {
             vec![
-                s(t, "id"),
-                s(t, "state"),
-                s(t, "agent"),
-                s(t, "epoch"),
-                s(t, "failures"),
+                t.id.clone(),
+                t.state.clone(),
+                dash(t.agent.as_ref()),
+                t.epoch.to_string(),
+                t.failures.to_string(),
             ]
         })
         .collect()
@@ -230,26 +228,21 @@ pub fn task_rows(v: &Value) -> Vec<Vec<String>> {
 pub const TASK_HEADERS: [&str; 5] = ["TASK", "STATE", "AGENT", "EPOCH", "FAILURES"];
 
 /// Rows of `GET /v1/recoveries` for a table.
-pub fn recovery_rows(v: &Value) -> Vec<Vec<String>> {
-    let ms = |r: &Value, k: &str| {
-        r.get(k)
-            .and_then(Value::as_u64)
-            .map_or("-".into(), |m| format!("{m}"))
-    };
-    items(v)
+pub fn recovery_rows(recoveries: &[RecoveryInfo]) -> Vec<Vec<String>> {
+    recoveries
         .iter()
         .map(|r| {
             vec![
-                s(r, "task"),
-                s(r, "from"),
-                s(r, "to"),
-                s(r, "outcome"),
-                ms(r, "rto_ms"),
-                ms(r, "detection_ms"),
-                ms(r, "confirmation_ms"),
-                ms(r, "fencing_wait_ms"),
-                ms(r, "start_up_ms"),
-                s(r, "cause"),
+                r.task.clone(),
+                r.from.clone(),
+                dash(r.to.as_ref()),
+                r.outcome.clone(),
+                dash(r.rto_ms),
+                dash(r.detection_ms),
+                r.confirmation_ms.to_string(),
+                r.fencing_wait_ms.to_string(),
+                dash(r.start_up_ms),
+                r.cause.clone(),
             ]
         })
         .collect()
@@ -279,7 +272,8 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
                 OutputFormat::Table | OutputFormat::Html => {
-                    println!("job {} {}", s(&v, "job"), s(&v, "outcome"))
+                    let done: JobChange = view(v, "answer to the submission")?;
+                    println!("job {} {}", done.job, done.outcome);
                 }
             }
         }
@@ -288,16 +282,16 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
                 OutputFormat::Table | OutputFormat::Html => {
-                    let rows: Vec<Vec<String>> = items(&v)
+                    let jobs: Vec<JobInfo> = view(v, "job list")?;
+                    let rows: Vec<Vec<String>> = jobs
                         .iter()
                         .map(|j| {
-                            let spec = j.get("spec").cloned().unwrap_or(Value::Null);
                             vec![
-                                s(&spec, "name"),
-                                s(&spec, "kind"),
-                                s(j, "desired"),
-                                s(j, "running"),
-                                s(&spec, "command"),
+                                j.spec.name.to_string(),
+                                j.spec.kind.as_str().to_string(),
+                                j.desired.to_string(),
+                                j.running.to_string(),
+                                j.spec.command.clone(),
                             ]
                         })
                         .collect();
@@ -333,7 +327,8 @@ pub fn brake(cmd: &BrakeCommand, opts: &ApiOpts) -> Result<()> {
             match opts.output {
                 OutputFormat::Json => print_json(&v)?,
                 OutputFormat::Table | OutputFormat::Html => {
-                    if v.get("was_engaged").and_then(Value::as_bool) == Some(true) {
+                    let done: BrakeRelease = view(v, "answer")?;
+                    if done.was_engaged {
                         println!("brake released: held verdicts are judged now");
                     } else {
                         println!("the brake was not engaged; nothing changed");
@@ -352,7 +347,8 @@ pub fn agents(opts: &ApiOpts) -> Result<()> {
     match opts.output {
         OutputFormat::Json => print_json(&v),
         OutputFormat::Table | OutputFormat::Html => {
-            print!("{}", table(&AGENT_HEADERS, &agent_rows(&v)));
+            let agents: Vec<AgentInfo> = view(v, "agent list")?;
+            print!("{}", table(&AGENT_HEADERS, &agent_rows(&agents)));
             Ok(())
         }
     }
@@ -365,7 +361,8 @@ pub fn tasks(opts: &ApiOpts) -> Result<()> {
     match opts.output {
         OutputFormat::Json => print_json(&v),
         OutputFormat::Table | OutputFormat::Html => {
-            print!("{}", table(&TASK_HEADERS, &task_rows(&v)));
+            let tasks: Vec<TaskInfo> = view(v, "task list")?;
+            print!("{}", table(&TASK_HEADERS, &task_rows(&tasks)));
             Ok(())
         }
     }
@@ -378,20 +375,23 @@ pub fn events(opts: &ApiOpts, follow: bool, since: u64) -> Result<()> {
     let mut since = since;
     loop {
         let v = client.get(&format!("/v1/events?since={since}&limit=1000"))?;
-        for e in items(&v) {
-            since = since.max(e.get("seq").and_then(Value::as_u64).unwrap_or(since));
+        let raw: Vec<Value> = view(v, "event log")?;
+        for e in raw {
+            let event: EventInfo = view(e.clone(), "event")?;
+            since = since.max(event.seq);
             match opts.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string(e)?),
+                OutputFormat::Json => println!("{}", serde_json::to_string(&e)?),
                 OutputFormat::Table | OutputFormat::Html => println!(
                     "{:>6}  {}  {:<18}  {:<16}  {}",
-                    s(e, "seq"),
-                    fmt_unix_ms(e.get("unix_ms").and_then(Value::as_u64).unwrap_or(0)),
-                    s(e, "kind"),
-                    e.get("agent")
-                        .and_then(Value::as_str)
-                        .or_else(|| e.get("task").and_then(Value::as_str))
+                    event.seq,
+                    fmt_unix_ms(event.unix_ms),
+                    event.kind,
+                    event
+                        .agent
+                        .as_deref()
+                        .or(event.task.as_deref())
                         .unwrap_or("-"),
-                    s(e, "message")
+                    event.message
                 ),
             }
         }
@@ -437,16 +437,14 @@ fn report_sla(args: &SlaArgs, opts: &ApiOpts) -> Result<()> {
     match opts.output {
         OutputFormat::Json => print_json(&v),
         OutputFormat::Html => {
-            let report: SlaReport =
-                serde_json::from_value(v).context("read the server's SLA report")?;
+            let report: SlaReport = view(v, "SLA report")?;
             let html = warden_server::http::dashboard::sla_report_html(&report)
                 .context("render the HTML report")?;
             println!("{html}");
             Ok(())
         }
         OutputFormat::Table => {
-            let report: SlaReport =
-                serde_json::from_value(v).context("read the server's SLA report")?;
+            let report: SlaReport = view(v, "SLA report")?;
             print!("{}", sla_table(&report));
             Ok(())
         }
@@ -551,30 +549,23 @@ fn report_recoveries(opts: &ApiOpts) -> Result<()> {
     if opts.output == OutputFormat::Json {
         return print_json(&v);
     }
-    print!("{}", table(&RECOVERY_HEADERS, &recovery_rows(&v)));
-    let mut rtos: Vec<u64> = items(&v)
-        .iter()
-        .filter_map(|r| r.get("rto_ms").and_then(Value::as_u64))
-        .collect();
+    let recoveries: Vec<RecoveryInfo> = view(v, "recoveries")?;
+    print!("{}", table(&RECOVERY_HEADERS, &recovery_rows(&recoveries)));
+    let mut rtos: Vec<u64> = recoveries.iter().filter_map(|r| r.rto_ms).collect();
     rtos.sort_unstable();
-    let ended = items(&v)
+    let ended = recoveries
         .iter()
-        .filter(|r| {
-            matches!(
-                r.get("outcome").and_then(Value::as_str),
-                Some("succeeded" | "failed")
-            )
-        })
+        .filter(|r| matches!(r.outcome.as_str(), "succeeded" | "failed"))
         .count();
-    let ok = items(&v)
+    let ok = recoveries
         .iter()
-        .filter(|r| r.get("outcome").and_then(Value::as_str) == Some("succeeded"))
+        .filter(|r| r.outcome == "succeeded")
         .count();
     let pct =
         |q: f64| warden_core::qos::percentile(&rtos, q).map_or("-".into(), |m| format!("{m} ms"));
     println!(
         "\n{} recoveries, success rate {}, RTO p50 {}, p99 {}, max {}",
-        items(&v).len(),
+        recoveries.len(),
         if ended == 0 {
             "-".to_string()
         } else {

@@ -17,7 +17,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::cli;
-use warden_chaos::client::Client;
+use warden_client::Client;
+use warden_server::view::{AgentInfo, RecoveryInfo, TaskInfo};
 
 /// `warden dev` flags.
 #[derive(Clone, Debug, Args)]
@@ -152,9 +153,9 @@ async fn wait_healthy(client: &Client, server: &mut Proc) -> Result<()> {
 }
 
 fn render(client: &Client) -> Result<String> {
-    let agents = client.get("/v1/agents")?;
-    let tasks = client.get("/v1/tasks")?;
-    let recoveries = client.get("/v1/recoveries")?;
+    let agents: Vec<AgentInfo> = client.get_as("/v1/agents")?;
+    let tasks: Vec<TaskInfo> = client.get_as("/v1/tasks")?;
+    let recoveries: Vec<RecoveryInfo> = client.get_as("/v1/recoveries")?;
     let mut out = String::new();
     out.push_str("AGENTS\n");
     out.push_str(&cli::table(&cli::AGENT_HEADERS, &cli::agent_rows(&agents)));

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+
+use crate::etcd_cmd::ElectionConfig;
 use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -124,51 +126,6 @@ pub struct ServerFile {
     /// Files rendered from services, with a reload command (`[[file_adapter]]`, none by default).
     #[serde(default)]
     pub file_adapter: Vec<FileAdapterConfig>,
-}
-
-/// Leader election on etcd: the leader key's lease TTL and the safety margin by which a leader
-/// steps down before etcd could expire it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ElectionConfig {
-    /// TTL of the leader's etcd lease (default 2 s, etcd's practical minimum). A dead leader is
-    /// replaced about this long after it died.
-    #[serde(with = "warden_core::duration_serde")]
-    pub ttl: std::time::Duration,
-    /// A leader stops acting at `last keepalive acknowledged + ttl - margin` (default 500 ms).
-    #[serde(with = "warden_core::duration_serde")]
-    pub margin: std::time::Duration,
-}
-
-impl Default for ElectionConfig {
-    fn default() -> Self {
-        ElectionConfig {
-            ttl: std::time::Duration::from_secs(2),
-            margin: std::time::Duration::from_millis(500),
-        }
-    }
-}
-
-impl ElectionConfig {
-    /// Reject impossible settings, naming the field.
-    pub fn validate(&self) -> Result<()> {
-        if self.ttl < std::time::Duration::from_secs(1) {
-            anyhow::bail!(
-                "invalid configuration: election.ttl must be at least 1s (etcd leases are whole seconds)"
-            );
-        }
-        if self.ttl.subsec_nanos() != 0 {
-            anyhow::bail!(
-                "invalid configuration: election.ttl must be whole seconds (etcd leases are)"
-            );
-        }
-        if self.margin.is_zero() || self.margin >= self.ttl {
-            anyhow::bail!(
-                "invalid configuration: election.margin must be greater than 0 and less than election.ttl"
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Where the control plane's state lives.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use warden_chaos::client::Client;
 use warden_chaos::cluster::{free_port, wait_until};
+use warden_client::Client;
 
 /// Processes whose command line mentions `needle` (our data dir: every process of this dev
 /// cluster has it among its arguments, tasks included through their log paths in the shim).

@@ -229,7 +229,7 @@ async fn shell_metacharacters_in_job_fields_reach_the_task_literally() {
             command: "printf".into(),
             args,
             env: [("PATH".to_string(), SAFE_PATH.to_string())].into(),
-            fenced: false,
+            leased: false,
             log_dir: dir.path().to_path_buf(),
             health: None,
         };

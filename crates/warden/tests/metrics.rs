@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use warden_chaos::client::Client;
 use warden_chaos::cluster::{Cluster, free_port, wait_until};
+use warden_client::Client;
 
 use common::ChildGuard;
 

@@ -13,8 +13,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, timeout};
 use warden_agent::shim::protocol::TaskExit;
 use warden_agent::{
-    RestartPolicy, ShimLauncher, StartOutcome, Supervisor, SupervisorConfig, SupervisorError,
-    TaskEvent, TaskEventKind, TaskSpec, TaskState,
+    ProcessState, RestartPolicy, ShimLauncher, StartOutcome, Supervisor, SupervisorConfig,
+    SupervisorError, TaskEvent, TaskEventKind, TaskSpec,
 };
 use warden_core::{FencingToken, HealthCheck, JobName, TaskId};
 
@@ -88,7 +88,7 @@ fn task(name: &str) -> TaskId {
     TaskId::new(JobName::new(name), 0)
 }
 
-fn spec(dir: &Path, id: &TaskId, epoch: u64, fenced: bool, command: &[&str]) -> TaskSpec {
+fn spec(dir: &Path, id: &TaskId, epoch: u64, leased: bool, command: &[&str]) -> TaskSpec {
     let env: BTreeMap<String, String> = [(
         "PATH".to_string(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
@@ -100,7 +100,7 @@ fn spec(dir: &Path, id: &TaskId, epoch: u64, fenced: bool, command: &[&str]) -> 
         command: command[0].to_string(),
         args: command[1..].iter().map(|s| s.to_string()).collect(),
         env,
-        fenced,
+        leased,
         log_dir: dir.to_path_buf(),
         health: None,
     }
@@ -208,7 +208,10 @@ async fn a_crashing_task_is_restarted_with_backoff_then_reported_failed() {
         reason.contains("code 3") && reason.contains("3 restarts"),
         "{reason}"
     );
-    assert!(matches!(h.sup.tasks()[0].state, TaskState::Failed { .. }));
+    assert!(matches!(
+        h.sup.tasks()[0].state,
+        ProcessState::Failed { .. }
+    ));
     assert!(h.sup.running().is_empty());
 }
 
@@ -295,7 +298,7 @@ async fn fence_now_kills_singletons_at_once_and_keeps_services() {
             .start(spec(dir.path(), &single, 1, true, &["sleep", "300"])),
         Err(SupervisorError::NoLease { .. })
     ));
-    h.sup.extend_all_fenced(Duration::from_secs(60));
+    h.sup.extend_leases(Duration::from_secs(60));
     // The refused epoch is over here: a late resend of it is refused even with a lease (the
     // server, told it did not start, may have started it elsewhere). A new epoch starts.
     assert!(matches!(
@@ -345,7 +348,7 @@ async fn a_singleton_dies_when_the_lease_is_not_extended_and_is_not_restarted() 
     let mut h = Harness::new(RestartPolicy::default());
     let id = task("single");
     let t0 = Instant::now();
-    h.sup.extend_all_fenced(Duration::from_millis(1000));
+    h.sup.extend_leases(Duration::from_millis(1000));
     h.sup
         .start(spec(dir.path(), &id, 1, true, &["sleep", "300"]))
         .expect("start");
@@ -360,7 +363,7 @@ async fn a_singleton_dies_when_the_lease_is_not_extended_and_is_not_restarted() 
     );
     assert!(after < Duration::from_secs(5), "fenced after {after:?}");
     assert!(wait_dead(pid).await);
-    assert_eq!(h.sup.tasks()[0].state, TaskState::Fenced);
+    assert_eq!(h.sup.tasks()[0].state, ProcessState::Fenced);
     // No restart follows.
     assert!(
         timeout(Duration::from_millis(500), h.events.recv())
@@ -375,7 +378,7 @@ async fn lease_renewals_keep_a_singleton_alive() {
     let mut h = Harness::new(RestartPolicy::default());
     let id = task("single");
     let lease = Duration::from_millis(1200);
-    h.sup.extend_all_fenced(lease);
+    h.sup.extend_leases(lease);
     h.sup
         .start(spec(dir.path(), &id, 1, true, &["sleep", "300"]))
         .expect("start");
@@ -383,7 +386,7 @@ async fn lease_renewals_keep_a_singleton_alive() {
     // Renew every 200 ms for 3 s, two and a half lease lengths.
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        h.sup.extend_all_fenced(lease);
+        h.sup.extend_leases(lease);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             h.events.try_recv().is_err(),
@@ -392,7 +395,7 @@ async fn lease_renewals_keep_a_singleton_alive() {
     }
     assert!(is_alive(pid));
     let last_renewal = Instant::now();
-    h.sup.extend_all_fenced(lease);
+    h.sup.extend_leases(lease);
     let fenced = h.next().await;
     assert_eq!(fenced.kind, TaskEventKind::Fenced);
     assert!(fenced.at - last_renewal >= lease - Duration::from_millis(1));
@@ -421,7 +424,7 @@ async fn stop_gives_a_term_ignoring_task_its_grace_then_kills_it() {
     assert!(t0.elapsed() >= grace, "stopped after {:?}", t0.elapsed());
     assert!(!is_alive(pid));
     assert_eq!(h.next().await.kind, TaskEventKind::Stopped);
-    assert_eq!(h.sup.tasks()[0].state, TaskState::Stopped);
+    assert_eq!(h.sup.tasks()[0].state, ProcessState::Stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,7 +512,7 @@ async fn logs_and_identity_reach_the_task() {
             .await
             .is_err()
     );
-    assert_eq!(h.sup.tasks()[0].state, TaskState::Completed);
+    assert_eq!(h.sup.tasks()[0].state, ProcessState::Completed);
     let stdout = std::fs::read_to_string(spec.stdout_path()).expect("stdout log");
     assert_eq!(stdout, "talk/0 talk 7\n");
     let stderr = std::fs::read_to_string(spec.stderr_path()).expect("stderr log");

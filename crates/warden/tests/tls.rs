@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::{ChildGuard, warden_bin};
 use serde_json::Value;
-use warden_chaos::client::Client;
 use warden_chaos::cluster::{free_port, wait_until};
+use warden_client::Client;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -4,7 +4,7 @@
 use crate::fencing::DeathEvidence;
 use crate::hash::FxHashSet;
 use crate::lifecycle::{AgentEvent, AgentState, Alarm, Output, Transition};
-use crate::planner::TaskState;
+use crate::planner::SlotState;
 use crate::recovery::{Outcome, RecoveryRecord};
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobKind, TaskId};
@@ -150,7 +150,7 @@ impl Controller {
                     .iter()
                     .filter_map(|task| {
                         let t = self.slot(task)?;
-                        (t.state == TaskState::Running && !reported.has(task, t.epoch))
+                        (t.state == SlotState::Running && !reported.has(task, t.epoch))
                             .then(|| (task.clone(), t.epoch))
                     })
                     .collect()
@@ -167,7 +167,7 @@ impl Controller {
                     who,
                     &task,
                     epoch,
-                    TaskState::Stopped,
+                    SlotState::Stopped,
                     false,
                     Some(why),
                     now,
@@ -239,13 +239,13 @@ impl Controller {
             || slot.agent.as_ref() != Some(agent)
             || !matches!(
                 slot.state,
-                TaskState::Starting | TaskState::Running | TaskState::Stopping
+                SlotState::Starting | SlotState::Running | SlotState::Stopping
             )
         {
             return;
         }
         let before = slot.state;
-        slot.state = TaskState::Stopped;
+        slot.state = SlotState::Stopped;
         slot.agent = None;
         let failures = slot.failures;
         self.reindex(task, Some(agent), None);
@@ -259,7 +259,7 @@ impl Controller {
         let write = Write::SlotState {
             task: task.clone(),
             epoch,
-            state: TaskState::Stopped,
+            state: SlotState::Stopped,
             failures,
         };
         self.persist(out, now, write);
@@ -272,7 +272,7 @@ impl Controller {
         agent: &AgentId,
         task: &TaskId,
         epoch: FencingToken,
-        phase: TaskState,
+        phase: SlotState,
         healthy: bool,
         message: Option<&str>,
         now: Time,
@@ -286,26 +286,26 @@ impl Controller {
         }
         let before = slot.state;
         let next = match (before, phase) {
-            (TaskState::Starting, TaskState::Running) => TaskState::Running,
-            (TaskState::Stopping, TaskState::Stopped) => TaskState::Stopped,
-            (TaskState::Starting | TaskState::Running, TaskState::Failed) => TaskState::Failed,
-            (TaskState::Starting | TaskState::Running, TaskState::Stopped) => TaskState::Failed,
+            (SlotState::Starting, SlotState::Running) => SlotState::Running,
+            (SlotState::Stopping, SlotState::Stopped) => SlotState::Stopped,
+            (SlotState::Starting | SlotState::Running, SlotState::Failed) => SlotState::Failed,
+            (SlotState::Starting | SlotState::Running, SlotState::Stopped) => SlotState::Failed,
             (s, _) => s,
         };
-        if next == TaskState::Failed && before != TaskState::Failed {
+        if next == SlotState::Failed && before != SlotState::Failed {
             slot.failures = slot.failures.saturating_add(1);
             slot.last_failure_at = Some(now);
         }
-        if next == TaskState::Running && healthy {
+        if next == SlotState::Running && healthy {
             slot.failures = 0;
         }
         let changed = next != before;
         slot.state = next;
-        if next == TaskState::Stopped {
+        if next == SlotState::Stopped {
             slot.agent = None;
         }
         let failures = slot.failures;
-        if next == TaskState::Stopped {
+        if next == SlotState::Stopped {
             self.reindex(task, Some(agent), None);
         }
         if changed {
@@ -326,7 +326,7 @@ impl Controller {
             };
             self.persist(out, now, write);
         }
-        if next == TaskState::Running
+        if next == SlotState::Running
             && let Some(p) = self.recoveries.get_mut(task)
             && p.record.epoch == epoch
         {
@@ -576,7 +576,7 @@ impl Controller {
             let still_ours = self.slot(task).is_some_and(|t| {
                 t.epoch == *epoch
                     && t.agent.as_ref() == Some(agent)
-                    && t.state == TaskState::Starting
+                    && t.state == SlotState::Starting
             });
             if !still_ours || reported.has(task, *epoch) {
                 done.push(task.clone());

@@ -4,7 +4,7 @@
 use crate::fencing::DeathEvidence;
 use crate::hash::FxHashMap;
 use crate::lifecycle::AgentState;
-use crate::planner::{Desired, TaskState, TaskView};
+use crate::planner::{Desired, SlotState, TaskView};
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobName, Resources, TaskId};
 
@@ -86,7 +86,7 @@ impl Controller {
         let mut pending: FxHashMap<AgentId, Vec<(TaskId, FencingToken)>> = FxHashMap::default();
         for (job, slots) in &tasks {
             for (i, t) in slots.iter().enumerate() {
-                if let (Some(a), TaskState::Starting, Ok(index)) =
+                if let (Some(a), SlotState::Starting, Ok(index)) =
                     (&t.agent, t.state, u32::try_from(i))
                 {
                     pending

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::{AgentState, Cause, ProbeReport, Transition};
-use crate::planner::{TaskState, TaskView};
+use crate::planner::{SlotState, TaskView};
 use crate::recovery::RecoveryRecord;
 use crate::time::Time;
 use crate::types::{
@@ -68,13 +68,13 @@ pub enum CopyPhase {
 impl CopyPhase {
     /// The slot state this phase moves a slot towards; `None` for [`CopyPhase::Fenced`], which
     /// is handled on its own (the slot is stopped without a failure).
-    pub fn slot_state(self) -> Option<TaskState> {
+    pub fn slot_state(self) -> Option<SlotState> {
         match self {
-            CopyPhase::Starting => Some(TaskState::Starting),
-            CopyPhase::Running => Some(TaskState::Running),
-            CopyPhase::Stopping => Some(TaskState::Stopping),
-            CopyPhase::Stopped => Some(TaskState::Stopped),
-            CopyPhase::Failed => Some(TaskState::Failed),
+            CopyPhase::Starting => Some(SlotState::Starting),
+            CopyPhase::Running => Some(SlotState::Running),
+            CopyPhase::Stopping => Some(SlotState::Stopping),
+            CopyPhase::Stopped => Some(SlotState::Stopped),
+            CopyPhase::Failed => Some(SlotState::Failed),
             CopyPhase::Fenced => None,
         }
     }
@@ -395,7 +395,7 @@ pub enum Write {
         /// The copy's epoch.
         epoch: FencingToken,
         /// Its new state.
-        state: TaskState,
+        state: SlotState,
         /// Failures in a row.
         failures: u32,
     },

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::endpoints::{CopyFacts, Observation, judge};
 use crate::lifecycle::{AgentEvent, AgentState, Cause};
-use crate::planner::{Action, PlanAlarm, TaskState, TaskView, apply, plan_next};
+use crate::planner::{Action, PlanAlarm, SlotState, TaskView, apply, plan_next};
 use crate::recovery::{Outcome, RecoveryRecord};
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobName, JobSpec, TaskId};
@@ -160,7 +160,7 @@ impl Controller {
                     record: TaskView {
                         epoch: *epoch,
                         agent: Some(agent.clone()),
-                        state: TaskState::Starting,
+                        state: SlotState::Starting,
                         failures,
                         last_failure_at: None,
                     },

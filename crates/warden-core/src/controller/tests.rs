@@ -262,7 +262,7 @@ fn two_agents_and_a_singleton() -> (H, AgentId, AgentId) {
     h.submit(job("cron", JobKind::Singleton, 1));
     h.run(Duration::from_secs(1), &[&a, &b]);
     let slot = h.slot("cron", 0);
-    assert_eq!(slot.state, TaskState::Running, "{slot:?}");
+    assert_eq!(slot.state, SlotState::Running, "{slot:?}");
     let on = slot.agent.clone().unwrap();
     let other = if on == a { b } else { a };
     (h, on, other)
@@ -514,7 +514,7 @@ fn a_fenced_copy_restarts_without_counting_a_failure() {
     assert!(out.iter().any(|c| matches!(
         c,
         Command::Persist(Write::SlotState {
-            state: TaskState::Stopped,
+            state: SlotState::Stopped,
             ..
         })
     )));
@@ -614,7 +614,7 @@ fn a_new_leader_respects_the_old_leases_and_waits_for_agents_it_never_heard() {
             TaskView {
                 epoch: FencingToken(3),
                 agent: Some(gone.clone()),
-                state: TaskState::Running,
+                state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
             },
@@ -683,7 +683,7 @@ fn a_generation_named_by_a_slot_is_kept_past_the_window() {
             TaskView {
                 epoch: FencingToken(1),
                 agent: Some(a.clone()),
-                state: TaskState::Running,
+                state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
             },

@@ -79,8 +79,8 @@ fn settle(desired: &Desired, obs: &mut Observed, now: Time) -> Vec<Action> {
 fn mark_running(obs: &mut Observed) {
     for slots in obs.tasks.values_mut() {
         for t in slots.iter_mut() {
-            if t.state == TaskState::Starting {
-                t.state = TaskState::Running;
+            if t.state == SlotState::Starting {
+                t.state = SlotState::Running;
             }
         }
     }
@@ -136,7 +136,7 @@ fn singleton_waits_for_the_fencing_rule_and_service_moves_at_once() {
             vec![TaskView {
                 epoch: FencingToken(1),
                 agent: Some(aid("a")),
-                state: TaskState::Running,
+                state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
             }],
@@ -179,7 +179,7 @@ fn suspect_agents_keep_their_work() {
         vec![TaskView {
             epoch: FencingToken(4),
             agent: Some(aid("a")),
-            state: TaskState::Running,
+            state: SlotState::Running,
             failures: 0,
             last_failure_at: None,
         }],
@@ -202,7 +202,7 @@ fn brake_freezes_and_budget_defers_reschedules() {
             vec![TaskView {
                 epoch: FencingToken(1),
                 agent: Some(aid("a")),
-                state: TaskState::Running,
+                state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
             }],
@@ -240,7 +240,7 @@ fn crash_looping_task_backs_off_exponentially_and_prefers_another_agent() {
         vec![TaskView {
             epoch: FencingToken(3),
             agent: Some(aid("a")),
-            state: TaskState::Failed,
+            state: SlotState::Failed,
             failures: 3,
             last_failure_at: Some(ms(10_000)),
         }],
@@ -266,7 +266,7 @@ fn no_capacity_evicts_and_alarms() {
         vec![TaskView {
             epoch: FencingToken(1),
             agent: Some(aid("a")),
-            state: TaskState::Running,
+            state: SlotState::Running,
             failures: 0,
             last_failure_at: None,
         }],
@@ -321,7 +321,7 @@ fn removed_and_scaled_down_jobs_are_stopped_and_stale_copies_killed() {
     // Stops on live agents wait for confirmation, and are not re-issued meanwhile.
     assert_eq!(
         obs.tasks[&JobName::new("old")][0].state,
-        TaskState::Stopping
+        SlotState::Stopping
     );
     assert!(plan(&cfg(), &desired, &obs, ms(20)).is_empty());
 }
@@ -515,8 +515,8 @@ proptest! {
                                 .is_some_and(|x| x.cut_at.is_none() && x.killed_at.is_none());
                             if reachable {
                                 match t.state {
-                                    TaskState::Starting => t.state = TaskState::Running,
-                                    TaskState::Stopping => { t.state = TaskState::Stopped; t.agent = None; }
+                                    SlotState::Starting => t.state = SlotState::Running,
+                                    SlotState::Stopping => { t.state = SlotState::Stopped; t.agent = None; }
                                     _ => {}
                                 }
                             }
@@ -525,7 +525,7 @@ proptest! {
                     for x in truth.iter_mut().filter(|x| x.cut_at.is_none() && x.killed_at.is_none()) {
                         let current: Vec<(TaskId, FencingToken)> = x.copies.iter().filter(|(task, e)| {
                             obs.tasks.get(&task.job).and_then(|s| s.get(task.index as usize))
-                                .is_some_and(|t| t.epoch == *e && t.agent.as_ref() == Some(&x.id) && t.state != TaskState::Stopped)
+                                .is_some_and(|t| t.epoch == *e && t.agent.as_ref() == Some(&x.id) && t.state != SlotState::Stopped)
                         }).cloned().collect();
                         x.copies = current;
                     }
@@ -566,7 +566,7 @@ proptest! {
         now in 0u64..10_000,
     ) {
         const STATES: [AgentState; 7] = [AgentState::Joining, AgentState::Healthy, AgentState::Degraded, AgentState::Suspect, AgentState::Failed, AgentState::Quarantined, AgentState::Left];
-        const TASK_STATES: [TaskState; 6] = [TaskState::Pending, TaskState::Starting, TaskState::Running, TaskState::Stopping, TaskState::Stopped, TaskState::Failed];
+        const TASK_STATES: [SlotState; 6] = [SlotState::Pending, SlotState::Starting, SlotState::Running, SlotState::Stopping, SlotState::Stopped, SlotState::Failed];
         let names: Vec<String> = (0..states.len()).map(|i| format!("n{i}")).collect();
         let agents: Vec<(&str, AgentState)> = names.iter().zip(&states).map(|(n, s)| (n.as_str(), STATES[*s])).collect();
         let specs: Vec<JobSpec> = jobs.iter().enumerate().map(|(i, (single, r))| {
@@ -580,7 +580,7 @@ proptest! {
             let slots = obs.tasks.entry(name).or_default();
             slots.push(TaskView {
                 epoch: FencingToken(e),
-                agent: if TASK_STATES[s] == TaskState::Pending { None } else { Some(aid(&names[a % names.len()])) },
+                agent: if TASK_STATES[s] == SlotState::Pending { None } else { Some(aid(&names[a % names.len()])) },
                 state: TASK_STATES[s],
                 failures: 1,
                 last_failure_at: Some(ms(0)),

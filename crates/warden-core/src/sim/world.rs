@@ -12,7 +12,7 @@ use crate::controller::{
 };
 use crate::hash::FxHashMap;
 use crate::lifecycle::{AgentState, ProbeKind, ProbeOutcome, ProbeReport};
-use crate::planner::{TaskState, TaskView};
+use crate::planner::{SlotState, TaskView};
 use crate::rng::Rng;
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId};
@@ -1218,7 +1218,7 @@ impl<'a> World<'a> {
                                 a.name == self.hosts[*host].name && a.generation == p.generation
                             })
                         });
-                        *epoch == r.epoch && gen_ok && r.state == TaskState::Running
+                        *epoch == r.epoch && gen_ok && r.state == SlotState::Running
                     }
                     _ => false,
                 };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tokio::sync::watch;
 use warden_core::controller::{Input, Refusal, STANDBY_REFRESH, SubmitOutcome};
 use warden_core::lifecycle::AgentRecord;
-use warden_core::planner::TaskState;
+use warden_core::planner::SlotState;
 use warden_core::recovery::{Outcome, RecoveryRecord};
 use warden_core::{JobSpec, Time};
 
@@ -97,7 +97,7 @@ impl ControlApi for ControlPlane {
                         .is_some_and(|s| {
                             matches!(
                                 s.state,
-                                TaskState::Starting | TaskState::Running | TaskState::Stopping
+                                SlotState::Starting | SlotState::Running | SlotState::Stopping
                             )
                         })
                 };
@@ -156,7 +156,7 @@ impl ControlApi for ControlPlane {
             .values()
             .map(|spec| {
                 let running = c.observed().tasks.get(&spec.name).map_or(0, |s| {
-                    s.iter().filter(|t| t.state == TaskState::Running).count()
+                    s.iter().filter(|t| t.state == SlotState::Running).count()
                 });
                 JobInfo {
                     spec: spec.clone(),

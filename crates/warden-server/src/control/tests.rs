@@ -70,10 +70,10 @@ fn acks(rx: &mut mpsc::Receiver<Result<v1::ServerMessage, tonic::Status>>) -> Ve
 /// no generation and refuses changes; once it is elected it takes over from the store.
 #[tokio::test]
 async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
-    use crate::leader::{LeaderInfo, Leadership, Role};
+    use crate::leader::{LeaderInfo, Leadership, Standing};
     let store: Arc<dyn Store> = Arc::new(warden_store::MemStore::new());
     let far = std::time::Instant::now() + Duration::from_secs(3600);
-    let (a_role, a_rx) = watch::channel(Role::Leader {
+    let (a_role, a_rx) = watch::channel(Standing::Leader {
         term: 5,
         since_unix_ms: 1,
         valid_until: Some(far),
@@ -83,7 +83,7 @@ async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
         term: 5,
         since_unix_ms: 1,
     };
-    let (b_role, b_rx) = watch::channel(Role::Follower {
+    let (b_role, b_rx) = watch::channel(Standing::Follower {
         leader: Some(leader_b),
     });
     let a = ControlPlane::with_leadership(
@@ -143,7 +143,7 @@ async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
 
     // The leader's deadline passes: it stops renewing at once, with no new message.
     a_role
-        .send(Role::Leader {
+        .send(Standing::Leader {
             term: 5,
             since_unix_ms: 1,
             valid_until: Some(std::time::Instant::now()),
@@ -167,7 +167,7 @@ async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
     let running = tokio::spawn(b.clone().run(cancel.clone()));
     let elected = b.clock.now();
     b_role
-        .send(Role::Leader {
+        .send(Standing::Leader {
             term: 6,
             since_unix_ms: 2,
             valid_until: Some(far),

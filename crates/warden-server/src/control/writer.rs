@@ -1,9 +1,8 @@
 //! The ordered store writer: task slot writes, recovery records and events, in the order the
 //! controller emitted them (two reports of one epoch land in order), batched.
 //!
-//! Whatever queued while the previous batch was written goes in the next one: consecutive
-//! events in one append, consecutive writes in atomic batches of up to [`MAX_BATCH`] that
-//! touch each key once. A batch that does not apply as a whole (one fenced write lost) is
+//! Whatever queued while the previous batch was written goes in the next one: its writes in
+//! atomic batches of up to [`MAX_BATCH`] that touch each key once, its events in one append. A batch that does not apply as a whole (one epoch-checked write lost) is
 //! written again one write at a time, so each write gets its own outcome. The outcome of
 //! every epoch-checked slot write goes back to the controller as [`Input::Persisted`].
 
@@ -110,21 +109,20 @@ fn drop_oldest_events(items: &mut Vec<Queued>) {
     );
 }
 
-/// Write `items` in order; returns the outcomes of the epoch-checked slot writes.
+/// Write `items`: the writes in the order they were queued (two reports of one epoch land in
+/// order), in atomic batches, then the events in the order they were queued, in one append.
+/// Writes and events are ordered each among themselves, not with each other: an event says
+/// what happened, it is no condition of a write, and batching them apart keeps a busy
+/// controller (a report and its event alternate) at a few commits per drain instead of one per
+/// item. Returns the outcomes of the epoch-checked slot writes.
 fn write_all(store: &dyn Store, items: Vec<Queued>) -> Vec<(WriteId, WriteOutcome)> {
     let mut outcomes = Vec::new();
     let mut events = Vec::new();
     let mut ops = Vec::new();
     for item in items {
         match item {
-            Queued::Event(e) => {
-                apply_ops(store, std::mem::take(&mut ops), &mut outcomes);
-                events.push(e);
-            }
-            Queued::Write(w) => {
-                append_events(store, std::mem::take(&mut events));
-                ops.push(to_op(w));
-            }
+            Queued::Event(e) => events.push(e),
+            Queued::Write(w) => ops.push(to_op(w)),
         }
     }
     apply_ops(store, ops, &mut outcomes);
@@ -266,7 +264,7 @@ fn apply_batch(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use warden_core::planner::{TaskState, TaskView};
+    use warden_core::planner::{SlotState, TaskView};
     use warden_core::{AgentId, FencingToken, TaskId};
 
     fn slot(id: u64, expected: u64, epoch: u64, task: &str) -> Queued {
@@ -277,14 +275,14 @@ mod tests {
             record: TaskView {
                 epoch: FencingToken(epoch),
                 agent: Some(AgentId::new("a", 1)),
-                state: TaskState::Starting,
+                state: SlotState::Starting,
                 failures: 0,
                 last_failure_at: None,
             },
         })
     }
 
-    fn state(task: &str, epoch: u64, s: TaskState) -> Queued {
+    fn state(task: &str, epoch: u64, s: SlotState) -> Queued {
         Queued::Write(Write::SlotState {
             task: TaskId::parse(task).unwrap(),
             epoch: FencingToken(epoch),
@@ -299,8 +297,8 @@ mod tests {
         let items = vec![
             slot(1, 0, 1, "j/0"),
             // The same key again: the next batch, after the first one landed.
-            state("j/0", 1, TaskState::Running),
-            state("j/0", 1, TaskState::Failed),
+            state("j/0", 1, SlotState::Running),
+            state("j/0", 1, SlotState::Failed),
             slot(2, 0, 1, "j/1"),
             // Expects an epoch the slot never had: lost, alone.
             slot(3, 7, 8, "j/2"),
@@ -321,7 +319,7 @@ mod tests {
             .get_task(&TaskId::parse("j/0").unwrap())
             .unwrap()
             .unwrap();
-        assert_eq!(j0.state, TaskState::Failed, "the later report wins");
+        assert_eq!(j0.state, SlotState::Failed, "the later report wins");
         let j1 = store
             .get_task(&TaskId::parse("j/1").unwrap())
             .unwrap()

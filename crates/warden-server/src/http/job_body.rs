@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use warden_core::{HealthCheck, JobSpec};
 
-use super::error::{ErrorCode, HttpError};
+use crate::api_error::{ErrorCode, HttpError};
 use crate::limits::JobLimits;
 
 /// The two formats a job spec may be submitted in.

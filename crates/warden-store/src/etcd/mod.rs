@@ -17,7 +17,7 @@
 //!    changed since (`mod_revision < snapshot + 1` over the range). If anything changed, the
 //!    batch goes back to phase 1 and is evaluated again on the new state.
 //!
-//! So a fenced write is linearizable under any number of concurrent writers in any number of
+//! So an epoch-checked write is linearizable under any number of concurrent writers in any number of
 //! processes: it commits only if the slot's epoch is, at commit, the one the condition saw.
 //! Counters (agent generations, event and recovery sequence numbers) are incremented the same
 //! way: read the value and its `mod_revision`, write `value + 1` if the revision is unchanged,
@@ -42,7 +42,7 @@
 //!
 //! A job's retired epochs share one key, and deleting a job's tasks is one range delete, so
 //! deleting a job of any size stays within etcd's limit of operations per transaction
-//! (`--max-txn-ops`, default 128). A batch needs about two comparisons per fenced write, so
+//! (`--max-txn-ops`, default 128). A batch needs about two comparisons per epoch-checked write, so
 //! keep batches under about 60 writes (the control plane's batches are a handful).
 //!
 //! ## The leader guard

@@ -1,6 +1,10 @@
-//! A small blocking HTTP/1.1 client for the CLI: one request per connection, JSON in and out.
-//! The CLI makes a handful of requests to one server, so a dependency-free client that is easy
-//! to read beats a full HTTP stack.
+//! # warden-client
+//!
+//! A small blocking HTTP/1.1 client for Warden's REST API, used by the `warden` CLI and the
+//! chaos harness: one request per connection, JSON in and out. Both make a handful of
+//! requests to one server, so a dependency-free client that is easy to read beats a full HTTP
+//! stack. The answers' shapes are the server's typed views (`warden_server::view`); read them
+//! with [`Client::get_as`].
 //!
 //! With a replicated control plane the client may be given every replica
 //! (`http://a:7401,http://b:7401`): a request goes to the replica that answered last, and to
@@ -202,7 +206,14 @@ impl Client {
 
     /// `GET path` as JSON.
     pub fn get(&self, path: &str) -> Result<serde_json::Value> {
-        self.request("GET", path, None, b"")?.json()
+        self.get_as(path)
+    }
+
+    /// `GET path`, read as `T` (one of the server's views); the server's message for non-2xx
+    /// statuses, and the path with the parse error when the answer does not have `T`'s shape.
+    pub fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let value = self.request("GET", path, None, b"")?.json()?;
+        serde_json::from_value(value).with_context(|| format!("read the answer to GET {path}"))
     }
 }
 
