@@ -31,7 +31,7 @@
 //!   back, agents reconnect one by one, and the last ones must not be failed just because
 //!   the first ones already made the count small again.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -611,6 +611,8 @@ pub struct AgentRecord {
     probe_round: u64,
     last_probe_at: Option<Time>,
     joined_at: Time,
+    /// When the fleet's tick must next look at this generation (see [`Fleet::tick`]).
+    next_due: Option<Time>,
 }
 
 /// The part of a record that only a live generation needs.
@@ -641,6 +643,7 @@ impl AgentRecord {
             probe_round: 0,
             last_probe_at: None,
             joined_at: now,
+            next_due: None,
         }
     }
 
@@ -757,8 +760,13 @@ pub struct Fleet {
     brake_since: Option<Time>,
     /// While the brake is engaged: since when the Suspect count has been below the mass.
     brake_cleared_at: Option<Time>,
-    /// The fleet the brake last counted (at a tick): the yardstick of a cheap first check.
+    /// The fleet the brake last counted, and when: the yardstick of a cheap first check
+    /// (counted at least once a second, and whenever the brake has a decision to take).
     fleet_at_tick: usize,
+    fleet_counted_at: Option<Time>,
+    /// Live generations by the slot of time in which the tick must next look at them. An
+    /// entry is a hint: one whose generation's `next_due` has moved since is skipped.
+    wheel: BTreeMap<u64, Vec<AgentId>>,
 }
 
 impl Fleet {
@@ -773,6 +781,8 @@ impl Fleet {
             brake_since: None,
             brake_cleared_at: None,
             fleet_at_tick: 0,
+            fleet_counted_at: None,
+            wheel: BTreeMap::new(),
         })
     }
 
@@ -857,7 +867,8 @@ impl Fleet {
         }
         self.current.insert(id.name.clone(), id.generation);
         self.agents
-            .insert(id.clone(), AgentRecord::new(id, &self.cfg, now));
+            .insert(id.clone(), AgentRecord::new(id.clone(), &self.cfg, now));
+        self.schedule(&id, now);
         out
     }
 
@@ -877,7 +888,8 @@ impl Fleet {
                         .is_some_and(|r| r.state().is_terminal()) =>
             {
                 self.agents
-                    .insert(id.clone(), AgentRecord::new(id, &self.cfg, now));
+                    .insert(id.clone(), AgentRecord::new(id.clone(), &self.cfg, now));
+                self.schedule(&id, now);
                 Vec::new()
             }
             _ => self.join(id, now),
@@ -886,6 +898,12 @@ impl Fleet {
 
     /// Apply one event to one agent generation.
     pub fn step(&mut self, id: &AgentId, event: AgentEvent, now: Time) -> Vec<Output> {
+        let out = self.apply_event(id, event, now);
+        self.schedule(id, now);
+        out
+    }
+
+    fn apply_event(&mut self, id: &AgentId, event: AgentEvent, now: Time) -> Vec<Output> {
         let mut out = Vec::new();
         let Some(rec) = self.agents.get_mut(id) else {
             out.push(Output::StaleGeneration { agent: id.clone() });
@@ -1022,11 +1040,14 @@ impl Fleet {
                 | AgentState::Quarantined,
                 AgentEvent::Probes(_),
             ) => {}
-            (_, AgentEvent::LeaseExpired) => self.lease_expired(id, now, &mut out),
+            (_, AgentEvent::LeaseExpired) => self.lease_expired(id, now, &mut out, true),
             (_, AgentEvent::Leave) => {
                 self.transition(id, AgentState::Left, Cause::Leave, now, &mut out);
             }
-            (_, AgentEvent::Tick) => self.tick_agent(id, now, &mut out),
+            (_, AgentEvent::Tick) => {
+                self.tick_agent(id, now, &mut out);
+                self.apply_pending(id, now, &mut out);
+            }
         }
         out
     }
@@ -1036,23 +1057,95 @@ impl Fleet {
     pub fn tick(&mut self, now: Time) -> Vec<Output> {
         let mut out = Vec::new();
         self.update_brake(now, &mut out);
-        // Only the newest generation of a name can be live: ended generations kept for the
-        // retention window cost nothing here. (In the map's order: deterministic for the same
-        // history, and no sort per tick.)
-        let ids: Vec<AgentId> = self
-            .current
-            .iter()
-            .map(|(name, g)| AgentId::new(name.clone(), *g))
-            .filter(|id| {
-                self.agents
-                    .get(id)
-                    .is_some_and(|r| !r.state().is_terminal())
-            })
-            .collect();
-        for id in ids {
-            self.tick_agent(&id, now, &mut out);
+        // Only the generations due now are looked at: a live generation is due when its
+        // detector would suspect it, its lease would surely have run out or its quarantine
+        // ends; a Suspect one at every tick. So a tick costs what is due, not the fleet.
+        let slot = self.wheel_slot(now);
+        let mut due: Vec<AgentId> = Vec::new();
+        while let Some(entry) = self.wheel.first_entry() {
+            if *entry.key() > slot {
+                break;
+            }
+            due.extend(entry.remove());
+        }
+        let mut seen = crate::hash::FxHashSet::default();
+        let mut later = Vec::new();
+        due.retain(|id| match self.agents.get(id).and_then(|r| r.next_due) {
+            Some(d) if d <= now => seen.insert(id.clone()),
+            // Due later in this same slot: filed again below.
+            Some(d) if self.wheel_slot(d) == slot => {
+                later.push(id.clone());
+                false
+            }
+            // Moved (a newer entry stands) or no longer live.
+            Some(_) | None => false,
+        });
+        for id in later {
+            self.wheel.entry(slot).or_default().push(id);
+        }
+        // First every due agent's news — suspicions, leases run out — then the brake counts
+        // them all, then the verdicts: a mass of leases running out in one tick (the server
+        // itself was starved, say) engages the brake before anybody is declared Failed.
+        for id in &due {
+            self.tick_agent(id, now, &mut out);
+        }
+        if due.len() > 1 {
+            self.update_brake(now, &mut out);
+        }
+        for id in due {
+            self.apply_pending(&id, now, &mut out);
+            // Its wheel entry was taken: file it again even if its due time stands.
+            if let Some(r) = self.agents.get_mut(&id) {
+                r.next_due = None;
+            }
+            self.schedule(&id, now);
         }
         out
+    }
+
+    /// The wheel's slot of `t` (one per 10 ms).
+    fn wheel_slot(&self, t: Time) -> u64 {
+        t.as_nanos() / 10_000_000
+    }
+
+    /// Work out when `id` is next due and file it in the wheel.
+    fn schedule(&mut self, id: &AgentId, now: Time) {
+        let Some(rec) = self.agents.get_mut(id) else {
+            return;
+        };
+        let lease = rec
+            .last_renewal
+            .map(|r| self.cfg.fencing.lease_surely_expired_at(r));
+        let own = match rec.state() {
+            AgentState::Failed | AgentState::Left => {
+                rec.next_due = None;
+                return;
+            }
+            AgentState::Suspect => Some(now),
+            AgentState::Joining => None,
+            AgentState::Healthy | AgentState::Degraded => {
+                rec.live.as_ref().and_then(|l| l.detector.suspect_at())
+            }
+            AgentState::Quarantined => {
+                let suspect = rec.live.as_ref().and_then(|l| l.detector.suspect_at());
+                match (suspect, rec.quarantined_until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        };
+        let due = match (own, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if rec.next_due == due {
+            return;
+        }
+        rec.next_due = due;
+        if let Some(d) = due {
+            let slot = d.as_nanos() / 10_000_000;
+            self.wheel.entry(slot).or_default().push(id.clone());
+        }
     }
 
     /// Release the brake by hand (operator override). It engages again only on a new wave of
@@ -1075,7 +1168,7 @@ impl Fleet {
             .last_renewal
             .is_some_and(|r| now >= self.cfg.fencing.lease_surely_expired_at(r))
         {
-            self.lease_expired(id, now, out);
+            self.lease_expired(id, now, out, false);
             return;
         }
         match rec.state() {
@@ -1093,12 +1186,9 @@ impl Fleet {
                 }
             }
             AgentState::Suspect => {
-                self.apply_pending(id, now, out);
-                if let Some(rec) = self.agents.get(id)
-                    && rec.state() == AgentState::Suspect
-                    && rec
-                        .last_probe_at
-                        .is_none_or(|t| now >= t + self.cfg.probe_interval)
+                if rec
+                    .last_probe_at
+                    .is_none_or(|t| now >= t + self.cfg.probe_interval)
                 {
                     self.request_probe(id, now, out);
                 }
@@ -1107,7 +1197,10 @@ impl Fleet {
         }
     }
 
-    fn lease_expired(&mut self, id: &AgentId, now: Time, out: &mut Vec<Output>) {
+    /// The lease surely ran out. With `apply`, the verdict is applied at once (unless the
+    /// brake holds it); without, it is only recorded, for the caller to apply once it has
+    /// counted every suspicion of the moment (a tick, see [`Fleet::tick`]).
+    fn lease_expired(&mut self, id: &AgentId, now: Time, out: &mut Vec<Output>, apply: bool) {
         let Some(rec) = self.agents.get(id) else {
             return;
         };
@@ -1119,11 +1212,15 @@ impl Fleet {
             AgentState::Healthy | AgentState::Degraded | AgentState::Quarantined => {
                 self.suspect(id, Cause::LeaseExpired, now, out);
                 self.set_pending(id, PendingFailure::LeaseExpired);
-                self.apply_pending(id, now, out);
+                if apply {
+                    self.apply_pending(id, now, out);
+                }
             }
             AgentState::Suspect => {
                 self.set_pending(id, PendingFailure::LeaseExpired);
-                self.apply_pending(id, now, out);
+                if apply {
+                    self.apply_pending(id, now, out);
+                }
             }
             AgentState::Failed | AgentState::Left => {}
         }
@@ -1328,6 +1425,13 @@ impl Fleet {
             })
             .collect();
         let suspects = recent.len();
+        let quiet = self.brake_since.is_none() && suspects < self.cfg.brake_min_agents as usize;
+        let counted_lately = self
+            .fleet_counted_at
+            .is_some_and(|t| now.saturating_since(t) < Duration::from_secs(1));
+        if quiet && counted_lately {
+            return; // too few to be a mass, whatever the fleet's size
+        }
         // The newest generation of each name: the only ones that can be live.
         let newest = || {
             self.current
@@ -1346,6 +1450,7 @@ impl Fleet {
             })
             .count();
         self.fleet_at_tick = fleet;
+        self.fleet_counted_at = Some(now);
         let (min, share) = (self.cfg.brake_min_agents as usize, self.cfg.brake_share);
         let over = move |n: usize| n >= min && n as f64 > share * fleet as f64;
         match self.brake_since {

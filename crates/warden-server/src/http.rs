@@ -242,7 +242,7 @@ async fn sample_history(api: Api, history: Arc<History>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let agents = api.agents();
+        let agents = api.agent_health();
         history.record(&agents, unix_now_ms());
     }
 }

@@ -431,7 +431,7 @@ fn render_state(api: &dyn ControlApi) -> String {
         None,
         "1 while the mass-failure brake holds failure verdicts and rescheduling back, else 0.",
     );
-    let agents = api.agents();
+    let agents = api.agent_health();
     for state in STATES {
         let n = agents.iter().filter(|a| a.state == state.as_str()).count();
         r.register_gauge(

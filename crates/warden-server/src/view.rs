@@ -241,6 +241,11 @@ impl ApiError {
 pub trait ControlApi: Send + Sync + 'static {
     /// Every agent, newest generation of each name, by name.
     fn agents(&self) -> Vec<AgentInfo>;
+    /// Like [`ControlApi::agents`] without the task lists (empty): what the dashboard's
+    /// history samples every few seconds, at a cost that does not grow with the task slots.
+    fn agent_health(&self) -> Vec<AgentInfo> {
+        self.agents()
+    }
     /// Every task slot, by job then index.
     fn tasks(&self) -> Vec<TaskInfo>;
     /// Every job, by name.

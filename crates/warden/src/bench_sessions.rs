@@ -146,6 +146,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
     let acks = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicU64::new(0));
+    let rejoins = Arc::new(AtomicU64::new(0));
     eprintln!(
         "opening {} sessions over {} connections…",
         b.sessions,
@@ -154,22 +155,47 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     let t_open = Instant::now();
     for i in 0..b.sessions {
         let ch = channels[i % channels.len()].clone();
-        let (interval, measuring, latencies, acks, started) = (
+        let (interval, measuring, latencies, acks, started, rejoins) = (
             b.interval,
             measuring.clone(),
             latencies.clone(),
             acks.clone(),
             started.clone(),
+            rejoins.clone(),
         );
         // Stagger the first heartbeats over one interval, as real agents would be.
         let offset = interval.mul_f64(i as f64 / b.sessions as f64);
         tokio::spawn(async move {
-            if let Err(e) =
-                agent(ch, i, interval, offset, measuring, latencies, acks, started).await
-                && (i < 5 || std::env::var_os("WARDEN_BENCH_VERBOSE").is_some())
-            {
-                // Sessions end when the server stops at the end; report only a few.
-                eprintln!("session {i}: {e:#}");
+            // Like a real agent, one told its generation is over joins again as a new one.
+            let mut counted = false;
+            loop {
+                let run = agent(
+                    ch.clone(),
+                    i,
+                    interval,
+                    if counted { Duration::ZERO } else { offset },
+                    measuring.clone(),
+                    latencies.clone(),
+                    acks.clone(),
+                    (!counted).then(|| started.clone()),
+                );
+                match run.await {
+                    Ok(Ended::Rejoin) => {
+                        counted = true;
+                        rejoins.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Ok(Ended::Refused) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        0
+                    }
+                    Err(e) => {
+                        if i < 5 || std::env::var_os("WARDEN_BENCH_VERBOSE").is_some() {
+                            // Sessions end when the server stops at the end; report a few.
+                            eprintln!("session {i}: {e:#}");
+                        }
+                        break;
+                    }
+                };
             }
         });
         if i % 500 == 499 {
@@ -194,6 +220,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     );
     if b.slots > 0 {
         place_slots(&cluster.client, b.slots).await?;
+        settle(&cluster.client, b.sessions, b.slots).await?;
     }
     tokio::time::sleep(b.warmup).await;
     let (cpu0, _) = cpu_and_rss(server_pid).context("read server /proc")?;
@@ -226,8 +253,9 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
             .filter(|x| x.get("state").and_then(|s| s.as_str()) == Some("healthy"))
             .count()
     });
+    let rejoined = rejoins.load(Ordering::Relaxed);
     println!(
-        "sessions: {}  task slots: {}  heartbeats acked: {:.0}/s  ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "sessions: {}  task slots: {}  (generations ended and rejoined during the run: {rejoined})  heartbeats acked: {:.0}/s  ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         b.sessions,
         b.slots,
         acked as f64 / elapsed.as_secs_f64(),
@@ -276,12 +304,23 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     Ok(())
 }
 
-/// Submit service jobs with `slots` replicas in all and wait until every copy runs.
+/// Submit service jobs with `slots` replicas in all, one at a time, each once the copies of
+/// the ones before run (a steady build-up, as a deployment pipeline would do it), and wait
+/// until every copy runs.
 async fn place_slots(client: &warden_client::Client, slots: usize) -> Result<()> {
     // The server's default limit on replicas per job (`limits.jobs.max_replicas`).
     let per_job = 1_000;
     let jobs = slots.div_ceil(per_job);
     let t0 = Instant::now();
+    let running = |client: &warden_client::Client| {
+        let c = client.clone();
+        async move {
+            let listed: Vec<warden_server::view::JobInfo> =
+                tokio::task::spawn_blocking(move || c.get_as("/v1/jobs")).await??;
+            anyhow::Ok(listed.iter().map(|j| j.running as usize).sum::<usize>())
+        }
+    };
+    let mut submitted = 0;
     for j in 0..jobs {
         let replicas = (slots - j * per_job).min(per_job);
         let spec = serde_json::json!({
@@ -298,23 +337,55 @@ async fn place_slots(client: &warden_client::Client, slots: usize) -> Result<()>
                 .json()
         })
         .await??;
+        submitted += replicas;
+        while running(client).await? < submitted {
+            if t0.elapsed() > Duration::from_secs(900) {
+                bail!(
+                    "only {} of {slots} copies running after 900 s",
+                    running(client).await?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
-    eprintln!("{jobs} jobs with {slots} task slots submitted; waiting for every copy to run…");
+    eprintln!(
+        "{jobs} jobs with {slots} task slots placed, every copy running, in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// How a simulated agent's session ended without an error.
+enum Ended {
+    /// The server said the generation is over.
+    Rejoin,
+    /// The Hello was refused.
+    Refused,
+}
+
+/// Wait until every session's agent is Healthy and every copy runs (agents declared failed
+/// while the work was placed have rejoined and their copies moved), so that the measurement
+/// sees the steady state.
+async fn settle(client: &warden_client::Client, sessions: usize, slots: usize) -> Result<()> {
+    let t0 = Instant::now();
     loop {
         let c = client.clone();
-        let listed = tokio::task::spawn_blocking(move || c.get("/v1/jobs")).await??;
-        let running: u64 = listed.as_array().map_or(0, |a| {
-            a.iter().filter_map(|j| j.get("running")?.as_u64()).sum()
-        });
-        if running as usize >= slots {
-            eprintln!(
-                "{running} copies running after {:.1} s",
-                t0.elapsed().as_secs_f64()
-            );
+        let (agents, jobs) = tokio::task::spawn_blocking(move || {
+            let agents: Vec<warden_server::view::AgentInfo> = c.get_as("/v1/agents")?;
+            let jobs: Vec<warden_server::view::JobInfo> = c.get_as("/v1/jobs")?;
+            anyhow::Ok((agents, jobs))
+        })
+        .await??;
+        let healthy = agents.iter().filter(|a| a.state == "healthy").count();
+        let running: usize = jobs.iter().map(|j| j.running as usize).sum();
+        if healthy >= sessions && running >= slots {
+            eprintln!("settled after {:.1} s", t0.elapsed().as_secs_f64());
             return Ok(());
         }
-        if t0.elapsed() > Duration::from_secs(900) {
-            bail!("only {running} of {slots} copies running after 900 s");
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "not settled after 300 s: {healthy} of {sessions} agents healthy, {running} of {slots} copies running"
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -329,8 +400,8 @@ async fn agent(
     measuring: Arc<std::sync::atomic::AtomicBool>,
     latencies: Arc<Mutex<Vec<f64>>>,
     acks: Arc<AtomicU64>,
-    started: Arc<AtomicU64>,
-) -> Result<()> {
+    started: Option<Arc<AtomicU64>>,
+) -> Result<Ended> {
     let mut client = v1::agent_session_client::AgentSessionClient::new(ch);
     let (tx, rx) = mpsc::channel(16);
     let msg = |m| v1::AgentMessage { msg: Some(m) };
@@ -346,14 +417,20 @@ async fn agent(
         version: "sim".into(),
     })))
     .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let Ok(opened) = client.session(ReceiverStream::new(rx)).await else {
+        return Ok(Ended::Refused);
+    };
+    let mut inbound = opened.into_inner();
     match inbound.next().await {
         Some(Ok(v1::ServerMessage {
             msg: Some(server_message::Msg::Welcome(_)),
         })) => {}
-        other => bail!("no welcome: {other:?}"),
+        // Refused (the old generation's session is not closed yet, say): try again.
+        _ => return Ok(Ended::Refused),
     }
-    started.fetch_add(1, Ordering::Relaxed);
+    if let Some(started) = started {
+        started.fetch_add(1, Ordering::Relaxed);
+    }
     let sent: Arc<Mutex<std::collections::VecDeque<(u64, Instant)>>> = Arc::default();
     // The copies this agent "runs": every assignment runs at once and reports so.
     let copies: Arc<std::sync::Mutex<Vec<v1::RunningTask>>> = Arc::default();
@@ -363,6 +440,9 @@ async fn agent(
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = inbound.next().await {
+                if let Some(server_message::Msg::Rejoin(_)) = &m.msg {
+                    return true;
+                }
                 let report = |task: &str, epoch: u64, phase: v1::TaskPhase| {
                     msg(agent_message::Msg::TaskReport(v1::TaskReport {
                         task: task.to_string(),
@@ -427,6 +507,7 @@ async fn agent(
                     }
                 }
             }
+            false
         })
     };
     tokio::time::sleep(offset).await;
@@ -449,11 +530,16 @@ async fn agent(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
         };
+        if reader.is_finished() {
+            return match reader.await {
+                Ok(true) => Ok(Ended::Rejoin),
+                _ => bail!("session {i} ended"),
+            };
+        }
         if tx
             .send(msg(agent_message::Msg::Heartbeat(hb)))
             .await
             .is_err()
-            || reader.is_finished()
         {
             bail!("session {i} ended");
         }

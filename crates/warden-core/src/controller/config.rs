@@ -113,8 +113,10 @@ pub const STANDBY_REFRESH: Duration = Duration::from_secs(1);
 /// How long verdicts are held after a stall of the runtime.
 pub const STALL_HOLD: Duration = Duration::from_secs(1);
 
-/// Longest time between two plans, whatever changed (a safety net under the change tracking).
-pub const MAX_PLAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest time between two plans, whatever changed: a safety net under the change tracking
+/// (every input the plan depends on marks it due, and a plan says when time alone will change
+/// it), kept long because a plan costs every slot of every job.
+pub const MAX_PLAN_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -105,13 +105,16 @@ impl Controller {
             out.push(Command::Notice(Notice::Alarm(msg.clone())));
             self.event(out, now, "alarm.plan", None, None, msg.clone());
         }
-        if actions
-            .iter()
-            .any(|a| matches!(a, Action::Alarm(PlanAlarm::RateLimited { .. })))
-        {
-            // Deferred by the rate limit: plan again when the bucket has refilled a little.
-            let refill = Duration::from_secs_f64(1.0 / self.cfg.reschedule_rate);
-            let at = now + refill;
+        if let Some(deferred) = actions.iter().find_map(|a| match a {
+            Action::Alarm(PlanAlarm::RateLimited { tasks }) => Some(*tasks),
+            _ => None,
+        }) {
+            // Deferred by the rate limit: plan again once the bucket has refilled for a share
+            // of what waits (at most 250 ms on), not at every token: a plan costs the whole
+            // fleet's slots, and the rate stays what it is either way.
+            let rate = self.cfg.reschedule_rate;
+            let secs = (f64::from(deferred) / rate).clamp(1.0 / rate, 0.25);
+            let at = now + Duration::from_secs_f64(secs);
             replan_at = Some(replan_at.map_or(at, |w| w.min(at)));
         }
         self.replan_at = replan_at;

@@ -72,8 +72,10 @@ fn shown_phi(p: f64) -> f64 {
     }
 }
 
-impl ControlApi for ControlPlane {
-    fn agents(&self) -> Vec<AgentInfo> {
+impl ControlPlane {
+    /// Every agent's view; with `tasks`, the list of the tasks on each (what makes the call
+    /// cost the fleet's slots, not only its agents).
+    fn agent_views(&self, with_tasks: bool) -> Vec<AgentInfo> {
         let now = self.clock.now();
         let st = lock(&self.state);
         let c = &st.ctrl;
@@ -120,12 +122,23 @@ impl ControlApi for ControlPlane {
                         .map(|k| k.as_str().to_string())
                         .collect(),
                     tasks: book
+                        .filter(|_| with_tasks)
                         .map(|b| b.slots().filter(live).map(ToString::to_string).collect())
                         .unwrap_or_default(),
                     cordoned: c.observed().agents.get(id).is_some_and(|v| v.cordoned),
                 }
             })
             .collect()
+    }
+}
+
+impl ControlApi for ControlPlane {
+    fn agents(&self) -> Vec<AgentInfo> {
+        self.agent_views(true)
+    }
+
+    fn agent_health(&self) -> Vec<AgentInfo> {
+        self.agent_views(false)
     }
 
     fn tasks(&self) -> Vec<TaskInfo> {
