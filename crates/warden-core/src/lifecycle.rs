@@ -1414,15 +1414,19 @@ impl Fleet {
         {
             self.suspect_entries.pop_front();
         }
-        let recent: crate::hash::FxHashSet<&AgentId> = self
+        // Agents (names), not generations: a host whose process was killed twice in the
+        // window is one suspect, and one that came back as a new generation is none.
+        let recent: crate::hash::FxHashSet<&str> = self
             .suspect_entries
             .iter()
             .map(|(_, id)| id)
             .filter(|id| {
-                self.agents
-                    .get(*id)
-                    .is_some_and(|r| matches!(r.state(), AgentState::Suspect | AgentState::Failed))
+                self.current.get(&id.name) == Some(&id.generation)
+                    && self.agents.get(*id).is_some_and(|r| {
+                        matches!(r.state(), AgentState::Suspect | AgentState::Failed)
+                    })
             })
+            .map(|id| &*id.name)
             .collect();
         let suspects = recent.len();
         let quiet = self.brake_since.is_none() && suspects < self.cfg.brake_min_agents as usize;

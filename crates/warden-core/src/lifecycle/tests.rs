@@ -560,3 +560,33 @@ fn config_validation_names_the_field() {
     assert!(LifecycleConfig::default().validate().is_ok());
     assert!(LifecycleConfig::default().nominal_detection_delay() < Duration::from_millis(2_350));
 }
+
+#[test]
+fn a_host_killed_twice_is_one_suspect_and_one_that_came_back_is_none() {
+    // Three agents; one is killed, comes back as a new generation, is killed again; another
+    // is killed and comes back. No mass here: the brake must stay off.
+    let mut f = fleet();
+    for n in ["a", "b", "c"] {
+        healthy_agent(&mut f, n, 3_000);
+    }
+    let lose = |f: &mut Fleet, id: &AgentId, at: u64| {
+        let out = f.step(id, AgentEvent::SessionLost, ms(at));
+        let report = ProbeReport {
+            round: probe_round(&out).unwrap(),
+            direct: vec![(ProbeKind::Tcp, ProbeOutcome::Refused)],
+            indirect: vec![],
+        };
+        f.step(id, AgentEvent::Probes(report), ms(at + 1));
+    };
+    lose(&mut f, &id("a"), 3_100);
+    let a2 = AgentId::new("a", 2);
+    f.join(a2.clone(), ms(3_200));
+    f.step(&a2, AgentEvent::Heartbeat { seq: 1 }, ms(3_300));
+    lose(&mut f, &id("b"), 3_400);
+    let b2 = AgentId::new("b", 2);
+    f.join(b2.clone(), ms(3_500));
+    f.step(&b2, AgentEvent::Heartbeat { seq: 1 }, ms(3_600));
+    let out = f.step(&a2, AgentEvent::SessionLost, ms(3_700));
+    assert!(!f.brake_engaged(), "{out:?}");
+    assert_eq!(f.agent(&a2).unwrap().state(), AgentState::Suspect);
+}
