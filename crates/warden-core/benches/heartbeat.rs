@@ -17,6 +17,20 @@ use warden_core::controller::{
 };
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId, Time};
 
+fn service(name: String, replicas: u32) -> JobSpec {
+    JobSpec {
+        name: JobName::new(name),
+        kind: JobKind::Service,
+        replicas,
+        command: "/bin/true".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        resources: Resources::new(10, 10),
+        health: None,
+        service: None,
+    }
+}
+
 fn setting(args: &[String], flag: &str, default: u64) -> u64 {
     args.windows(2)
         .find(|w| w[0] == flag)
@@ -160,17 +174,7 @@ impl Fleet {
         while left > 0 {
             let replicas = left.min(per_job);
             left -= replicas;
-            let spec = JobSpec {
-                name: JobName::new(format!("job-{j}")),
-                kind: JobKind::Service,
-                replicas: u32::try_from(replicas).expect("small"),
-                command: "/bin/true".into(),
-                args: vec![],
-                env: BTreeMap::new(),
-                resources: Resources::new(10, 10),
-                health: None,
-                service: None,
-            };
+            let spec = service(format!("job-{j}"), u32::try_from(replicas).expect("small"));
             j += 1;
             let cmds = self.c.step(
                 Input::JobStored {
@@ -211,17 +215,7 @@ fn measure(agents: usize, slots: u64) {
     for _ in 0..n_plans {
         f.c.step(
             Input::JobStored {
-                spec: JobSpec {
-                    name: JobName::new("nudge"),
-                    kind: JobKind::Service,
-                    replicas: 1,
-                    command: "/bin/true".into(),
-                    args: vec![],
-                    env: BTreeMap::new(),
-                    resources: Resources::new(10, 10),
-                    health: None,
-                    service: None,
-                },
+                spec: service("nudge".into(), 1),
                 outcome: SubmitOutcome::Updated,
             },
             f.now,

@@ -108,7 +108,8 @@ pub struct Controller {
     fleet: Fleet,
     desired: Desired,
     observed: Observed,
-    books: FxHashMap<AgentId, AgentBook>,
+    /// Boxed, like the fleet's records: see [`Fleet`]'s map.
+    books: FxHashMap<AgentId, Box<AgentBook>>,
     /// Open sessions by agent name.
     sessions: FxHashMap<Arc<str>, (AgentId, SessionId)>,
     recoveries: FxHashMap<TaskId, PendingRecovery>,
@@ -283,7 +284,7 @@ impl Controller {
 
     /// One generation's book.
     pub fn book(&self, id: &AgentId) -> Option<&AgentBook> {
-        self.books.get(id)
+        self.books.get(id).map(|b| &**b)
     }
 
     /// Generations held in memory (live, and ended within the retention window).
@@ -491,7 +492,7 @@ impl Controller {
     /// time; a no-op for a known one.
     fn ensure_generation(&mut self, id: &AgentId, capacity: Resources, renewed: Option<Time>) {
         if !self.books.contains_key(id) {
-            self.books.insert(id.clone(), AgentBook::default());
+            self.books.insert(id.clone(), Box::default());
             self.dirty = true;
         }
         self.observed

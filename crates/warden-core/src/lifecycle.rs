@@ -753,7 +753,9 @@ impl AgentRecord {
 #[derive(Clone, Debug)]
 pub struct Fleet {
     cfg: LifecycleConfig,
-    agents: FxHashMap<AgentId, AgentRecord>,
+    /// Records are boxed: the map's table then holds pointers, so its growth under churn (it
+    /// doubles when tombstones fill it) costs a few bytes per generation, not a record's size.
+    agents: FxHashMap<AgentId, Box<AgentRecord>>,
     /// The newest generation of each name: the only one that can still be live.
     current: FxHashMap<Arc<str>, u64>,
     suspect_entries: VecDeque<(Time, AgentId)>,
@@ -793,18 +795,18 @@ impl Fleet {
 
     /// One agent generation's record.
     pub fn agent(&self, id: &AgentId) -> Option<&AgentRecord> {
-        self.agents.get(id)
+        self.agents.get(id).map(|r| &**r)
     }
 
     /// The newest generation of the agent called `name`.
     pub fn current(&self, name: &str) -> Option<&AgentRecord> {
         let generation = *self.current.get(name)?;
-        self.agents.get(&AgentId::new(name, generation))
+        self.agents.get(&AgentId::new(name, generation)).map(|r| &**r)
     }
 
     /// Every generation of every agent, in id order.
     pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
-        self.agents.values()
+        self.agents.values().map(|r| &**r)
     }
 
     /// Whether the mass-failure brake is engaged.
@@ -836,7 +838,7 @@ impl Fleet {
             death: DeathEvidence::ProcessGone { at: now },
         };
         rec.retire(now);
-        self.agents.insert(id, rec);
+        self.agents.insert(id, Box::new(rec));
     }
 
     /// A generation opens its first session. A newer generation supersedes older ones (their
@@ -866,8 +868,10 @@ impl Fleet {
             }
         }
         self.current.insert(id.name.clone(), id.generation);
-        self.agents
-            .insert(id.clone(), AgentRecord::new(id.clone(), &self.cfg, now));
+        self.agents.insert(
+            id.clone(),
+            Box::new(AgentRecord::new(id.clone(), &self.cfg, now)),
+        );
         self.schedule(&id, now);
         out
     }
@@ -887,8 +891,10 @@ impl Fleet {
                         .get(&id)
                         .is_some_and(|r| r.state().is_terminal()) =>
             {
-                self.agents
-                    .insert(id.clone(), AgentRecord::new(id.clone(), &self.cfg, now));
+                self.agents.insert(
+                    id.clone(),
+                    Box::new(AgentRecord::new(id.clone(), &self.cfg, now)),
+                );
                 self.schedule(&id, now);
                 Vec::new()
             }
@@ -1386,14 +1392,7 @@ impl Fleet {
         if self.brake_since.is_some() {
             return;
         }
-        let window = self.cfg.brake_window;
-        while self
-            .suspect_entries
-            .front()
-            .is_some_and(|(t, _)| now.saturating_since(*t) > window)
-        {
-            self.suspect_entries.pop_front();
-        }
+        self.prune_suspicions(now);
         // Entries count an agent once per suspicion, so they bound the distinct suspects
         // from above; the fleet was counted at the last tick.
         let entries = self.suspect_entries.len();
@@ -1405,7 +1404,8 @@ impl Fleet {
         self.update_brake(now, out);
     }
 
-    fn update_brake(&mut self, now: Time, out: &mut Vec<Output>) {
+    /// Drop the suspicions older than the brake's window.
+    fn prune_suspicions(&mut self, now: Time) {
         let window = self.cfg.brake_window;
         while self
             .suspect_entries
@@ -1414,6 +1414,11 @@ impl Fleet {
         {
             self.suspect_entries.pop_front();
         }
+    }
+
+    fn update_brake(&mut self, now: Time, out: &mut Vec<Output>) {
+        self.prune_suspicions(now);
+        let window = self.cfg.brake_window;
         // Agents (names), not generations: a host whose process was killed twice in the
         // window is one suspect, and one that came back as a new generation is none.
         let recent: crate::hash::FxHashSet<&str> = self
