@@ -801,10 +801,13 @@ impl Fleet {
     /// The newest generation of the agent called `name`.
     pub fn current(&self, name: &str) -> Option<&AgentRecord> {
         let generation = *self.current.get(name)?;
-        self.agents.get(&AgentId::new(name, generation)).map(|r| &**r)
+        self.agents
+            .get(&AgentId::new(name, generation))
+            .map(|r| &**r)
     }
 
-    /// Every generation of every agent, in id order.
+    /// Every generation of every agent held (live, and ended within the retention window), in
+    /// no particular order.
     pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
         self.agents.values().map(|r| &**r)
     }
