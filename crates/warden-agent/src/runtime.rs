@@ -163,6 +163,8 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             out: None,
             last_ack: Instant::now(),
             reset,
+            accepts_unchanged: false,
+            listed: None,
         });
     }
     drop(link_tx);
@@ -217,16 +219,33 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                     h.running.clone_from(&running);
                     false
                 });
-                let hb = v1::Heartbeat {
-                    seq,
-                    signals: Some(v1::Signals::from(&signals)),
-                    running,
-                };
-                let m = msg(agent_message::Msg::Heartbeat(hb));
+                let signals = Some(v1::Signals::from(&signals));
                 let mut any = false;
                 for l in &mut links {
                     if let Some(out) = &l.out {
-                        if out.try_send(m.clone()).is_err() {
+                        // The copies are listed when they changed since the last list on this
+                        // session, at least every LIST_EVERY heartbeats, and always to a
+                        // server that takes nothing else; else "as of" that list.
+                        let as_of = match &l.listed {
+                            Some((at, list))
+                                if l.accepts_unchanged
+                                    && *list == running
+                                    && seq - at < LIST_EVERY =>
+                            {
+                                *at
+                            }
+                            _ => 0,
+                        };
+                        let hb = v1::Heartbeat {
+                            seq,
+                            signals,
+                            running: if as_of == 0 { running.clone() } else { Vec::new() },
+                            running_as_of: as_of,
+                        };
+                        if as_of == 0 {
+                            l.listed = Some((seq, running.clone()));
+                        }
+                        if out.try_send(msg(agent_message::Msg::Heartbeat(hb))).is_err() {
                             info!(server = %l.server, "outbound queue full or closed; reconnecting");
                             l.out = None;
                             l.reset.send_modify(|n| *n += 1);
@@ -270,6 +289,9 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         let l = &mut links[index];
                         info!(server = %l.server, generation = ids.generation, "session established");
                         l.out = Some(out);
+                        // A new session: its first heartbeat lists the copies.
+                        l.accepts_unchanged = welcome.accepts_running_as_of;
+                        l.listed = None;
                         l.last_ack = Instant::now();
                         cfg.metrics.session_established(ids.generation);
                     }
@@ -403,6 +425,11 @@ struct HelloState {
 }
 
 /// The runtime's side of one server's link.
+/// A heartbeat lists the agent's copies at least this often (in heartbeats), even when they
+/// did not change: a server that missed a list (a rate limit dropped that heartbeat) learns
+/// them again within ten heartbeats.
+const LIST_EVERY: u64 = 10;
+
 struct Link {
     server: String,
     /// The open session's outbound queue.
@@ -411,6 +438,11 @@ struct Link {
     /// Tells the link to drop its session and open a new one (a counter: a request made
     /// before a session opened is not taken as one for it).
     reset: watch::Sender<u64>,
+    /// The server of the open session accepts heartbeats whose copies are "unchanged".
+    accepts_unchanged: bool,
+    /// The copies the last heartbeat on the open session that listed them listed, and its
+    /// number.
+    listed: Option<(u64, Vec<v1::RunningTask>)>,
 }
 
 /// Keep the copies a new session's Hello reports current (the server prunes orders the Hello

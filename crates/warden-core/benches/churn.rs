@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use warden_core::controller::{
-    Command, Controller, ControllerConfig, Election, Heartbeat, Hello, Input, SessionId, Snapshot,
+    Command, Controller, ControllerConfig, Copies, Election, Heartbeat, Hello, Input, SessionId,
+    Snapshot,
 };
 use warden_core::lifecycle::{ProbeKind, ProbeOutcome, ProbeReport};
 use warden_core::rng::Rng;
@@ -152,7 +153,7 @@ fn main() {
                         beat: Heartbeat {
                             seq: l.seq,
                             signals: None,
-                            copies: vec![],
+                            copies: Copies::Listed(vec![]),
                         },
                     },
                     now,

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use warden_core::controller::{
-    Command, Controller, ControllerConfig, CopyPhase, CopyReport, Election, Heartbeat, Hello,
-    Input, Order, SessionId, Snapshot, SubmitOutcome, WriteOutcome,
+    Command, Controller, ControllerConfig, Copies, CopyPhase, CopyReport, Election, Heartbeat,
+    Hello, Input, Order, SessionId, Snapshot, SubmitOutcome, WriteOutcome,
 };
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId, Time};
 
@@ -143,7 +143,7 @@ impl Fleet {
             beat: Heartbeat {
                 seq: self.seq[i],
                 signals: None,
-                copies,
+                copies: Copies::Listed(copies),
             },
         };
         let t0 = Instant::now();

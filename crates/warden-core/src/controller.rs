@@ -50,7 +50,7 @@ use std::sync::Arc;
 pub use book::AgentBook;
 pub use config::{ControllerConfig, MAX_PLAN_INTERVAL, RESEND_AFTER, STALL_HOLD, STANDBY_REFRESH};
 pub use io::{
-    Assignment, Command, CopyPhase, CopyReport, Election, Event, Heartbeat, Hello, Input,
+    Assignment, Command, Copies, CopyPhase, CopyReport, Election, Event, Heartbeat, Hello, Input,
     LeaderInfo, Load, Notice, Order, ProbeRound, Refusal, SessionId, Snapshot, SubmitOutcome,
     Welcome, Write, WriteId, WriteOutcome,
 };

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use warden_core::controller::{
-    Assignment, CopyPhase, CopyReport, Heartbeat, Hello, Order, Welcome,
+    Assignment, Copies, CopyPhase, CopyReport, Heartbeat, Hello, Order, Welcome,
 };
 use warden_core::lifecycle::ProbeOutcome;
 use warden_core::{FencingToken, Resources, ServicePort, Signals, TaskId};
@@ -164,7 +164,13 @@ impl From<&v1::Heartbeat> for Heartbeat {
         Heartbeat {
             seq: hb.seq,
             signals: hb.signals.as_ref().map(Signals::from),
-            copies: hb.running.iter().filter_map(copy_from_wire).collect(),
+            copies: if hb.running_as_of != 0 {
+                Copies::Unchanged {
+                    since: hb.running_as_of,
+                }
+            } else {
+                Copies::Listed(hb.running.iter().filter_map(copy_from_wire).collect())
+            },
         }
     }
 }
@@ -203,6 +209,7 @@ impl From<&Welcome> for v1::Welcome {
             lease_ttl_ms: ms(w.lease_ttl),
             heartbeat_interval_ms: ms(w.heartbeat_interval),
             session_deadline_ms: ms(w.session_deadline),
+            accepts_running_as_of: w.accepts_unchanged,
         }
     }
 }
@@ -408,10 +415,23 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            running_as_of: 0,
         };
         let beat = Heartbeat::from(&hb);
-        assert_eq!(beat.copies.len(), 1);
+        let Copies::Listed(copies) = &beat.copies else {
+            panic!("listed copies read as {:?}", beat.copies);
+        };
+        assert_eq!(copies.len(), 1);
         assert_eq!(beat.signals.unwrap().cpu, Some(0.5));
-        assert_eq!(copy_to_wire(&beat.copies[0]), hb.running[0]);
+        assert_eq!(copy_to_wire(&copies[0]), hb.running[0]);
+        // "Unchanged" is read as such, whatever the list holds.
+        let same = v1::Heartbeat {
+            running_as_of: 3,
+            ..hb
+        };
+        assert_eq!(
+            Heartbeat::from(&same).copies,
+            Copies::Unchanged { since: 3 }
+        );
     }
 }

@@ -100,6 +100,7 @@ fn heartbeat(seq: u64) -> v1::AgentMessage {
         seq,
         signals: None,
         running: vec![],
+        running_as_of: 0,
     }))
 }
 
@@ -240,6 +241,7 @@ async fn an_oversized_message_ends_only_its_own_session() {
             task: "x".repeat(8192),
             ..Default::default()
         }],
+        running_as_of: 0,
     }));
     big.tx.send(huge).await.expect("send");
     // The server drops the session: its stream to the agent ends.

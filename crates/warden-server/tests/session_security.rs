@@ -252,6 +252,7 @@ impl Session {
             seq,
             signals: None,
             running: self.running.clone(),
+            running_as_of: 0,
         }))
         .await;
         self.wait_for(|m| matches!(m, Smsg::Ack(a) if a.seq == seq))
@@ -451,6 +452,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
             healthy: false,
             endpoint: String::new(),
         }],
+        running_as_of: 0,
     }))
     .await;
     a.seq = 1_000;
@@ -572,7 +574,7 @@ fn drive(mut s: Session) -> Driver {
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {
                     s.seq += 1;
-                    let hb = Msg::Heartbeat(v1::Heartbeat { seq: s.seq, signals: None, running: vec![] });
+                    let hb = Msg::Heartbeat(v1::Heartbeat { seq: s.seq, signals: None, running: vec![], running_as_of: 0 });
                     if s.tx.send(AgentMessage { msg: Some(hb) }).await.is_err() {
                         break;
                     }

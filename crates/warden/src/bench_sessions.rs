@@ -421,13 +421,13 @@ async fn agent(
         return Ok(Ended::Refused);
     };
     let mut inbound = opened.into_inner();
-    match inbound.next().await {
+    let accepts_unchanged = match inbound.next().await {
         Some(Ok(v1::ServerMessage {
-            msg: Some(server_message::Msg::Welcome(_)),
-        })) => {}
+            msg: Some(server_message::Msg::Welcome(w)),
+        })) => w.accepts_running_as_of,
         // Refused (the old generation's session is not closed yet, say): try again.
         _ => return Ok(Ended::Refused),
-    }
+    };
     if let Some(started) = started {
         started.fetch_add(1, Ordering::Relaxed);
     }
@@ -514,10 +514,21 @@ async fn agent(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0;
+    // Like a real agent: the copies are listed when they changed since the last list, and at
+    // least every ten heartbeats.
+    let mut listed: Option<(u64, Vec<v1::RunningTask>)> = None;
     loop {
         tick.tick().await;
         seq += 1;
         sent.lock().await.push_back((seq, Instant::now()));
+        let running = copies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let as_of = match &listed {
+            Some((at, list)) if accepts_unchanged && *list == running && seq - at < 10 => *at,
+            _ => 0,
+        };
         let hb = v1::Heartbeat {
             seq,
             signals: Some(v1::Signals {
@@ -525,11 +536,16 @@ async fn agent(
                 memory: Some(0.3),
                 ..Default::default()
             }),
-            running: copies
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            running: if as_of == 0 {
+                running.clone()
+            } else {
+                Vec::new()
+            },
+            running_as_of: as_of,
         };
+        if as_of == 0 {
+            listed = Some((seq, running));
+        }
         if reader.is_finished() {
             return match reader.await {
                 Ok(true) => Ok(Ended::Rejoin),

@@ -352,6 +352,7 @@ fn heartbeat(seq: u64) -> v1::AgentMessage {
                 ..Default::default()
             }),
             running: vec![],
+            running_as_of: 0,
         })),
     }
 }

@@ -12,8 +12,8 @@ use crate::types::{AgentId, FencingToken, JobKind, TaskId};
 use super::Controller;
 use super::config::RESEND_AFTER;
 use super::io::{
-    Assignment, Command, CopyPhase, CopyReport, Event, Heartbeat, Hello, Notice, Order, ProbeRound,
-    Refusal, SessionId, Welcome, Write,
+    Assignment, Command, Copies, CopyPhase, CopyReport, Event, Heartbeat, Hello, Notice, Order,
+    ProbeRound, Refusal, SessionId, Welcome, Write,
 };
 
 impl Controller {
@@ -65,8 +65,12 @@ impl Controller {
         }
         self.sessions.insert(id.name.clone(), (id.clone(), session));
         self.ensure_generation(&id, hello.capacity, None);
-        if let (Ok(addr), Some(book)) = (hello.probe_addr.parse(), self.books.get_mut(&id)) {
-            book.probe_addr = Some(addr);
+        if let Some(book) = self.books.get_mut(&id) {
+            if let Ok(addr) = hello.probe_addr.parse() {
+                book.probe_addr = Some(addr);
+            }
+            // A new session: its first heartbeat lists the copies again.
+            book.listed = None;
         }
         if let Some(view) = self.observed.agents.get_mut(&id) {
             if view.capacity != hello.capacity || view.running != hello.running {
@@ -85,6 +89,7 @@ impl Controller {
                 lease_ttl: l.fencing.lease_ttl,
                 heartbeat_interval: l.heartbeat_interval,
                 session_deadline: l.fencing.lease_ttl,
+                accepts_unchanged: true,
             },
         });
         // A new session: whatever was sent on the previous one may be lost.
@@ -127,12 +132,41 @@ impl Controller {
         if let Some(s) = beat.signals {
             outs.extend(self.fleet.step(who, AgentEvent::Signals(s), now));
         }
-        let copies: Vec<(TaskId, FencingToken)> = beat
-            .copies
-            .iter()
-            .map(|c| (c.task.clone(), c.epoch))
-            .collect();
-        for c in &beat.copies {
+        let (as_of, listed) = match beat.copies {
+            Copies::Listed(c) => (beat.seq, c),
+            Copies::Unchanged { since } => {
+                let kept = self.books.get_mut(who).and_then(|b| b.listed.take());
+                match kept {
+                    Some((seq, c)) if seq == since => (seq, c),
+                    // Not the list it refers to (that heartbeat never reached this replica):
+                    // this heartbeat says nothing about copies.
+                    kept => {
+                        if let Some(b) = self.books.get_mut(who) {
+                            b.listed = kept;
+                        }
+                        return self.handle(outs, now, out);
+                    }
+                }
+            }
+        };
+        self.copies_seen(who, &listed, now, out);
+        if let Some(b) = self.books.get_mut(who) {
+            b.listed = Some((as_of, listed));
+        }
+        self.handle(outs, now, out);
+    }
+
+    /// What a heartbeat says about the agent's copies: every copy it runs.
+    fn copies_seen(
+        &mut self,
+        who: &AgentId,
+        listed: &[CopyReport],
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let copies: Vec<(TaskId, FencingToken)> =
+            listed.iter().map(|c| (c.task.clone(), c.epoch)).collect();
+        for c in listed {
             self.note_endpoint(&c.task, c.epoch, &c.endpoint, c.healthy);
         }
         self.resend_pending(who, &copies, now, false, out);
@@ -181,12 +215,11 @@ impl Controller {
             v.running = copies;
             self.dirty = true;
         }
-        for c in beat.copies {
+        for c in listed {
             if let Some(state) = c.phase.and_then(CopyPhase::slot_state) {
                 self.task_seen(who, &c.task, c.epoch, state, c.healthy, None, now, out);
             }
         }
-        self.handle(outs, now, out);
     }
 
     pub(super) fn task_report(

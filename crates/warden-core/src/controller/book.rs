@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use crate::controller::io::CopyReport;
 use crate::lifecycle::Cause;
 use crate::time::Time;
 use crate::types::{FencingToken, TaskId};
@@ -30,6 +31,9 @@ pub struct AgentBook {
     /// Slots whose current assignment is on this generation (whatever its state): the index
     /// that keeps the heartbeat path proportional to the copies of one agent.
     pub(crate) slots: BTreeSet<TaskId>,
+    /// The copies the last heartbeat of the current session that listed them listed, and
+    /// that heartbeat's number: what a heartbeat that says "unchanged since" it reports.
+    pub(crate) listed: Option<(u64, Vec<CopyReport>)>,
 }
 
 impl AgentBook {

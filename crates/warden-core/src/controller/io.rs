@@ -103,7 +103,22 @@ pub struct Heartbeat {
     /// Health signals, when measured.
     pub signals: Option<Signals>,
     /// Every copy the agent runs.
-    pub copies: Vec<CopyReport>,
+    pub copies: Copies,
+}
+
+/// The copies a heartbeat reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Copies {
+    /// Every copy the agent runs.
+    Listed(Vec<CopyReport>),
+    /// The same as heartbeat `since` of this session listed: the agent saves sending an
+    /// unchanged list (and the server decoding it). The controller uses the list it kept from
+    /// that heartbeat; when it holds no list from that one (it never read it: the heartbeat was
+    /// dropped by a rate limit, say) this heartbeat says nothing about copies.
+    Unchanged {
+        /// The heartbeat that listed them.
+        since: u64,
+    },
 }
 
 /// The controller's persisted state as the store holds it: desired jobs and task slots.
@@ -317,6 +332,8 @@ pub struct Welcome {
     pub heartbeat_interval: Duration,
     /// Acks later than this after a heartbeat's send time count as a lost session.
     pub session_deadline: Duration,
+    /// Heartbeats may say their copies are unchanged ([`Copies::Unchanged`]).
+    pub accepts_unchanged: bool,
 }
 
 /// An assignment of a task copy to an agent.

@@ -178,7 +178,7 @@ impl H {
             beat: Heartbeat {
                 seq,
                 signals: None,
-                copies,
+                copies: Copies::Listed(copies),
             },
         })
     }
@@ -544,6 +544,57 @@ fn a_singleton_that_vanished_from_the_heartbeat_is_taken_as_fenced() {
     let sent = assigns(&out);
     assert_eq!(sent.len(), 1, "{out:?}");
     assert!(sent[0].2 > epoch);
+}
+
+#[test]
+fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
+    let (mut h, on, _) = two_agents_and_a_singleton();
+    let unchanged = |h: &mut H, seq: u64, since: u64| {
+        h.step(Input::Heartbeat {
+            agent: on.clone(),
+            beat: Heartbeat {
+                seq,
+                signals: None,
+                copies: Copies::Unchanged { since },
+            },
+        })
+    };
+    let fenced = |out: &[Command]| {
+        out.iter()
+            .any(|c| matches!(c, Command::AppendEvent(e) if e.message.contains("fenced")))
+    };
+    // The session's last list had the singleton: "unchanged since" it keeps it running.
+    let listed_at = h.seq[&on];
+    let out = unchanged(&mut h, 1_000, listed_at);
+    assert!(!fenced(&out), "{out:?}");
+    assert_eq!(h.slot("cron", 0).state, SlotState::Running);
+    // "Unchanged since" a list this controller never read (that heartbeat was dropped) says
+    // nothing, even with the singleton gone meanwhile.
+    h.runs.get_mut(&on).unwrap().clear();
+    let out = unchanged(&mut h, 1_000, listed_at + 1);
+    assert!(!fenced(&out), "{out:?}");
+    assert_eq!(h.slot("cron", 0).state, SlotState::Running);
+    // A new session of the same generation: no list on it yet, so "unchanged" says nothing —
+    // in particular not that the singleton vanished.
+    h.next_session += 1;
+    h.step(Input::SessionOpened {
+        session: SessionId(h.next_session),
+        agent: on.clone(),
+        hello: Hello {
+            name: on.name.to_string(),
+            generation: on.generation,
+            probe_addr: "127.0.0.1:9".into(),
+            capacity: Resources::new(4000, 4096),
+            running: vec![],
+        },
+    });
+    let out = unchanged(&mut h, 1_001, listed_at);
+    assert!(!fenced(&out), "{out:?}");
+    assert_eq!(h.slot("cron", 0).state, SlotState::Running);
+    // Its first list does.
+    h.seq.insert(on.clone(), 1_001);
+    let out = h.beat(&on);
+    assert!(fenced(&out), "{out:?}");
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::controller::{
-    Command, Controller, CopyPhase, CopyReport, Election, Heartbeat, Hello, Input, Load, Notice,
-    Order, ProbeRound, Refusal, SessionId, Snapshot, Welcome, Write, WriteId, WriteOutcome,
+    Command, Controller, Copies, CopyPhase, CopyReport, Election, Heartbeat, Hello, Input, Load,
+    Notice, Order, ProbeRound, Refusal, SessionId, Snapshot, Welcome, Write, WriteId, WriteOutcome,
 };
 use crate::hash::FxHashMap;
 use crate::lifecycle::{AgentState, ProbeKind, ProbeOutcome, ProbeReport};
@@ -89,6 +89,11 @@ struct Conn {
     established: bool,
     opened: Time,
     last_ack: Time,
+    /// The server accepts heartbeats that say their copies are unchanged.
+    accepts_unchanged: bool,
+    /// The copies the last heartbeat on this connection that listed them listed, and its
+    /// number.
+    listed: Option<(u64, Vec<CopyReport>)>,
 }
 
 /// A running agent process.
@@ -807,6 +812,8 @@ impl<'a> World<'a> {
             established: false,
             opened: now,
             last_ack: now,
+            accepts_unchanged: false,
+            listed: None,
         });
         let running = p.copies.iter().map(|(t, c)| (t.clone(), c.epoch)).collect();
         let hello = Hello {
@@ -865,6 +872,21 @@ impl<'a> World<'a> {
                 endpoint: String::new(),
             })
             .collect();
+        // Like the real agent: the copies are listed when they changed since the last list on
+        // this connection, at least every ten heartbeats, and always to a server that takes
+        // nothing else; else "as of" that list.
+        let copies = match p.conn.as_mut().filter(|c| c.established) {
+            Some(c) => match &c.listed {
+                Some((at, list)) if c.accepts_unchanged && *list == copies && seq - at < 10 => {
+                    Copies::Unchanged { since: *at }
+                }
+                _ => {
+                    c.listed = Some((seq, copies.clone()));
+                    Copies::Listed(copies)
+                }
+            },
+            None => Copies::Listed(copies),
+        };
         let conn = p.conn.as_ref().filter(|c| c.established).map(|c| c.id);
         let idle = p.conn.is_none();
         self.after(every, Ev::Beat { host, inc, chain });
@@ -912,6 +934,7 @@ impl<'a> World<'a> {
                 if let Some(c) = p.conn.as_mut() {
                     c.established = true;
                     c.last_ack = now;
+                    c.accepts_unchanged = w.accepts_unchanged;
                 }
             }
             Msg::Refused(Refusal::Stale(_)) => self.rejoin(host, inc),

@@ -207,6 +207,7 @@ fn heartbeat(seq: u64) -> v1::Heartbeat {
         seq,
         signals: None,
         running: vec![],
+        running_as_of: 0,
     }
 }
 
