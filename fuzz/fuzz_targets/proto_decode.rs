@@ -16,7 +16,9 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use warden_proto::v1::{self, agent_message::Msg};
-use warden_server::control::{ControlConfig, ControlPlane, signals_from_wire};
+use warden_core::Signals;
+use warden_core::controller::ControllerConfig;
+use warden_server::control::ControlPlane;
 use warden_server::view::ControlApi;
 use warden_store::MemStore;
 
@@ -36,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         round_trips(&m);
     }
 
-    let cp = ControlPlane::new(Arc::new(MemStore::new()), ControlConfig::default())
+    let cp = ControlPlane::new(Arc::new(MemStore::new()), ControllerConfig::default())
         .expect("control plane");
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let mut session = None;
@@ -54,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             (Msg::Hello(_), Some(_)) => {}
             (Msg::Heartbeat(hb), Some(who)) => {
                 if let Some(s) = &hb.signals {
-                    let _ = signals_from_wire(s);
+                    let _ = Signals::from(s);
                 }
                 cp.heartbeat(who, &hb);
             }

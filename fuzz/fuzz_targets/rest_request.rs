@@ -18,7 +18,8 @@ use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 use warden_server::api_auth::{AccessPolicy, ApiAuth, Role, TokenEntry, TokenSet, hash_token};
-use warden_server::control::{ControlConfig, ControlPlane};
+use warden_core::controller::ControllerConfig;
+use warden_server::control::ControlPlane;
 use warden_server::history::History;
 use warden_server::http::{HttpConfig, router_with_config};
 use warden_server::view::ControlApi;
@@ -102,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let uri_path = request.uri().path().to_string();
 
-    let cp = ControlPlane::new(Arc::new(MemStore::new()), ControlConfig::default())
+    let cp = ControlPlane::new(Arc::new(MemStore::new()), ControllerConfig::default())
         .expect("control plane");
     let api: Arc<dyn ControlApi> = cp;
     let router = router_with_config(
