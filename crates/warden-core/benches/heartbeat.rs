@@ -28,6 +28,7 @@ fn service(name: String, replicas: u32) -> JobSpec {
         resources: Resources::new(10, 10),
         health: None,
         service: None,
+        state: None,
     }
 }
 

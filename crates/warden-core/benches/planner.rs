@@ -36,6 +36,7 @@ fn fleet() -> (Desired, Observed) {
             resources: res,
             health: None,
             service: None,
+            state: None,
         };
         let slots = (0..spec.desired_count())
             .map(|_| {

@@ -15,6 +15,8 @@
 //!   `Controller::step(input, now) -> Vec<Command>`, around the fleet and the planner;
 //! - [`sim`]: a seeded simulation of a controller and its agents over a faulty network,
 //!   checking at-most-one and no-lost-work on every schedule;
+//! - [`state`]: replicated task state: acknowledgement levels, the in-sync set, promotion
+//!   and epoch fencing;
 //! - [`recovery`]: recovery records and RTO;
 //! - [`qos`] and [`trace`]: failure-detector quality metrics on seeded heartbeat traces.
 //!
@@ -54,6 +56,7 @@ pub mod qos;
 pub mod recovery;
 pub mod rng;
 pub mod sim;
+pub mod state;
 pub mod time;
 pub mod trace;
 pub mod types;

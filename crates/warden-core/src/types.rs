@@ -309,6 +309,10 @@ pub struct JobSpec {
     /// balancers follow (`GET /v1/services/{name}`).
     #[serde(default)]
     pub service: Option<ServiceSpec>,
+    /// Optional replicated state (`[state]`, singletons only): the task writes through its
+    /// agent's state API and standbys follow (see `docs/state.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::state::StateSpec>,
 }
 
 /// Which port a service instance listens on.
@@ -505,6 +509,15 @@ impl JobSpec {
                 return Err(ConfigError::new("service.drain", "must be at most 10m"));
             }
         }
+        if let Some(state) = &self.state {
+            if self.kind != JobKind::Singleton {
+                return Err(ConfigError::new(
+                    "state",
+                    "only a singleton keeps replicated state; use kind = \"singleton\"",
+                ));
+            }
+            state.validate()?;
+        }
         if let Some(check) = &self.health {
             let (interval, timeout, failures) = check.timing();
             if interval.is_zero() {
@@ -649,6 +662,7 @@ mod tests {
             resources: Resources::new(100, 64),
             health: None,
             service: None,
+            state: None,
         }
     }
 

@@ -178,6 +178,7 @@ pub fn job(name: &str, replicas: u32) -> JobSpec {
         resources: Resources::new(100, 64),
         health: None,
         service: None,
+        state: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn job(i: u64) -> JobSpec {
         resources: Resources::new(10, 10),
         health: None,
         service: None,
+        state: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
         resources: Resources::new(100, 64),
         health: None,
         service: None,
+        state: None,
     }
 }
 

@@ -247,6 +247,7 @@ fn jobs(cfg: &SimConfig) -> Vec<JobSpec> {
         resources: Resources::new(100, 64),
         health: None,
         service: None,
+        state: None,
     };
     let mut jobs: Vec<JobSpec> = (0..cfg.singletons)
         .map(|i| spec(format!("single-{i}"), JobKind::Singleton, 1))
