@@ -150,7 +150,8 @@ impl StateSpec {
 
 /// Replicas (the primary plus its standbys) that must hold a write at [`AckLevel::Quorum`].
 pub fn majority(standbys: u8) -> usize {
-    (usize::from(standbys) + 1) / 2 + 1
+    let replicas = usize::from(standbys) + 1;
+    replicas / 2 + 1
 }
 
 /// What the primary knows of its replicas when it decides what is acknowledged.

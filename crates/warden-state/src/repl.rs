@@ -1,0 +1,461 @@
+//! Replication from a primary to its standbys: the standby dials the primary's agent, says
+//! which job it follows and where its log ends, and the primary streams the log's frames from
+//! there (batched: every frame that queued while the previous batch was on the wire goes in
+//! the next one); the standby applies them, syncs, and acknowledges the highest contiguous
+//! sequence number it holds.
+//!
+//! ```text
+//! message = kind:u8 len:u32le payload
+//! H hello       standby → primary   JSON {job, standby, epoch, last_seq, last_epoch}
+//! F frames      primary → standby   epoch:u64le frames
+//! C checkpoint  primary → standby   epoch:u64le checkpoint   (seeding; frames follow)
+//! A ack         standby → primary   synced:u64le
+//! E error       either way          UTF-8 text; the connection closes
+//! ```
+//!
+//! Resuming: a standby whose newest entry is `(last_seq, last_epoch)` continues after it when
+//! the primary's log holds `last_epoch` up to at least `last_seq`. A standby whose log runs
+//! past the end of that epoch in the primary's log (a deposed primary's writes that were
+//! never replicated) is seeded again from a checkpoint, and says how many entries it
+//! discarded. A standby that fell behind everything the primary keeps is seeded too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Role, StateStore};
+use crate::wal::Checkpoint;
+
+/// Largest message accepted (a batch of frames, or a checkpoint).
+pub const MAX_MESSAGE: usize = 2 << 30;
+/// Bytes of frames sent in one message, at most (about).
+pub const BATCH_BYTES: usize = 1 << 20;
+
+/// What a standby says first.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The job whose state it follows.
+    pub job: String,
+    /// Its name (the agent's), as the primary reports it.
+    pub standby: String,
+    /// The epoch it knows.
+    pub epoch: u64,
+    /// Its newest entry.
+    pub last_seq: u64,
+    /// That entry's epoch.
+    pub last_epoch: u64,
+}
+
+/// Replication failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    /// The connection failed.
+    #[error("replication connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer said no.
+    #[error("refused by the primary: {0}")]
+    Refused(String),
+    /// The peer broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The store refused the frames.
+    #[error(transparent)]
+    Apply(#[from] crate::store::ApplyError),
+    /// The log failed.
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+}
+
+async fn write_msg<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    kind: u8,
+    parts: &[&[u8]],
+) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    w.write_u8(kind).await?;
+    w.write_u32_le(u32::try_from(len).unwrap_or(u32::MAX))
+        .await?;
+    for p in parts {
+        w.write_all(p).await?;
+    }
+    w.flush().await
+}
+
+async fn read_msg<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Bytes), ReplError> {
+    let kind = r.read_u8().await?;
+    let len = r.read_u32_le().await? as usize;
+    if len > MAX_MESSAGE {
+        return Err(ReplError::Protocol(format!("message of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok((kind, Bytes::from(buf)))
+}
+
+fn epoch_and_rest(b: &Bytes) -> Result<(u64, Bytes), ReplError> {
+    if b.len() < 8 {
+        return Err(ReplError::Protocol("message without an epoch".into()));
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    Ok((u64::from_le_bytes(a), b.slice(8..)))
+}
+
+/// Counters of one stream, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Bytes of frames sent.
+    pub frame_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes sent in all (frames, headers, checkpoints).
+    pub wire_bytes: std::sync::atomic::AtomicU64,
+    /// Checkpoints sent (seedings).
+    pub seeds: std::sync::atomic::AtomicU64,
+}
+
+/// The primary side on one agent: the stores it is primary for, by job, and the in-sync set
+/// of each (as the server last ordered it).
+#[derive(Clone, Default)]
+pub struct Primaries {
+    jobs: Arc<Mutex<HashMap<String, Served>>>,
+    stats: Arc<StreamStats>,
+}
+
+#[derive(Clone)]
+struct Served {
+    store: StateStore,
+    in_sync: Arc<Mutex<Vec<String>>>,
+}
+
+impl Primaries {
+    /// Serve `job`'s store to standbys; `in_sync` names the standbys (agent names) of the
+    /// in-sync set.
+    pub fn insert(&self, job: &str, store: StateStore, in_sync: Vec<String>) {
+        for s in &in_sync {
+            // A member counts from the start, at sequence 0, until it acknowledges more:
+            // writes at `standby` wait for it (the in-sync rule).
+            store.standby_synced(s, 0, true);
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                job.to_string(),
+                Served {
+                    store,
+                    in_sync: Arc::new(Mutex::new(in_sync)),
+                },
+            );
+    }
+
+    /// Stop serving `job`.
+    pub fn remove(&self, job: &str) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(job);
+    }
+
+    /// Counters over every stream served.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    fn get(&self, job: &str) -> Option<Served> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(job)
+            .cloned()
+    }
+
+    /// Accept standbys on `listener` until `cancel`.
+    pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
+        loop {
+            let conn = tokio::select! {
+                () = cancel.cancelled() => return,
+                c = listener.accept() => c,
+            };
+            let Ok((stream, peer)) = conn else { continue };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.stream_to(stream, cancel).await {
+                    tracing::debug!(%peer, error = %e, "replication stream ended");
+                }
+            });
+        }
+    }
+
+    async fn stream_to(
+        &self,
+        stream: TcpStream,
+        cancel: CancellationToken,
+    ) -> Result<(), ReplError> {
+        let (rd, wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        let mut wr = BufWriter::with_capacity(256 << 10, wr);
+        let (kind, body) = read_msg(&mut rd).await?;
+        if kind != b'H' {
+            return Err(ReplError::Protocol("expected hello".into()));
+        }
+        let hello: Hello = serde_json::from_slice(&body)
+            .map_err(|e| ReplError::Protocol(format!("hello: {e}")))?;
+        let Some(served) = self.get(&hello.job) else {
+            let msg = format!("this agent is not the primary of job {:?}", hello.job);
+            write_msg(&mut wr, b'E', &[msg.as_bytes()]).await?;
+            return Err(ReplError::Refused(msg));
+        };
+        let store = served.store;
+        let role = store.role();
+        if role.role != Role::Primary || hello.epoch > role.epoch {
+            let msg = format!(
+                "this replica is not the primary of epoch {} (it is {} at epoch {})",
+                hello.epoch,
+                role.role.as_str(),
+                role.epoch
+            );
+            write_msg(&mut wr, b'E', &[msg.as_bytes()]).await?;
+            return Err(ReplError::Refused(msg));
+        }
+        let epoch = role.epoch;
+        let epoch_bytes = epoch.to_le_bytes();
+        // Where the standby's log meets ours.
+        let mut next = match store.end_of_epoch(hello.last_epoch) {
+            _ if hello.last_seq == 0 => 1,
+            Some(end) if hello.last_seq <= end => hello.last_seq + 1,
+            _ => 0, // diverged or unknown: seed
+        };
+        let standby = hello.standby.clone();
+        let in_sync = served.in_sync.clone();
+        // Acks come back on the read half.
+        let acks = {
+            let store = store.clone();
+            let standby = standby.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        m = read_msg(&mut rd) => m,
+                    };
+                    match msg {
+                        Ok((b'A', b)) if b.len() == 8 => {
+                            let mut a = [0u8; 8];
+                            a.copy_from_slice(&b);
+                            let member = in_sync
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .contains(&standby);
+                            store.standby_synced(&standby, u64::from_le_bytes(a), member);
+                        }
+                        Ok((b'E', b)) => {
+                            tracing::warn!(standby, error = %String::from_utf8_lossy(&b), "standby refused the stream");
+                            return;
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        };
+        let mut applied = store.applied_watch();
+        let result: Result<(), ReplError> = async {
+            loop {
+                if next == 0 {
+                    let ckpt = store.snapshot();
+                    let bytes = ckpt.encode();
+                    write_msg(&mut wr, b'C', &[&epoch_bytes, &bytes]).await?;
+                    self.stats
+                        .seeds
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.wire_bytes.fetch_add(
+                        bytes.len() as u64 + 13,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    next = ckpt.seq + 1;
+                    continue;
+                }
+                let frames = match store.frames_from(next, BATCH_BYTES)? {
+                    Some(f) => f,
+                    None => {
+                        next = 0;
+                        continue;
+                    }
+                };
+                if frames.is_empty() {
+                    if store.role().epoch != epoch {
+                        return Err(ReplError::Refused("this primary was deposed".into()));
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        r = applied.wait_for(|&a| a >= next) => {
+                            if r.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let last = last_seq(&frames);
+                write_msg(&mut wr, b'F', &[&epoch_bytes, &frames]).await?;
+                self.stats
+                    .frame_bytes
+                    .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.stats.wire_bytes.fetch_add(
+                    frames.len() as u64 + 13,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                next = last + 1;
+            }
+        }
+        .await;
+        acks.abort();
+        result
+    }
+}
+
+/// The sequence number of the last frame in `frames` (all checked already).
+fn last_seq(frames: &[u8]) -> u64 {
+    let mut at = 0;
+    let mut last = 0;
+    while at < frames.len() {
+        let Ok(n) = crate::codec::frame_len(&frames[at..]) else {
+            break;
+        };
+        last = crate::codec::seq_epoch(&frames[at..at + n]).0;
+        at += n;
+    }
+    last
+}
+
+/// What a standby's stream did, for its agent's log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FollowReport {
+    /// Entries discarded when the primary's log showed this replica's tail was never
+    /// replicated (a deposed primary's writes).
+    pub discarded: u64,
+    /// Times the state was seeded from a checkpoint.
+    pub seeds: u64,
+}
+
+/// Follow the primary at `addr` for `job` as standby `name`, until `cancel` or an error (the
+/// caller reconnects). `report` is updated as it goes.
+pub async fn follow(
+    addr: std::net::SocketAddr,
+    job: &str,
+    name: &str,
+    store: &StateStore,
+    report: &Mutex<FollowReport>,
+    cancel: &CancellationToken,
+) -> Result<(), ReplError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let mut wr = BufWriter::new(wr);
+    let (last_seq, last_epoch) = store.position();
+    let hello = Hello {
+        job: job.to_string(),
+        standby: name.to_string(),
+        epoch: store.role().epoch,
+        last_seq,
+        last_epoch,
+    };
+    let body = serde_json::to_vec(&hello).map_err(|e| ReplError::Protocol(e.to_string()))?;
+    write_msg(&mut wr, b'H', &[&body]).await?;
+    // Acks: whenever what is synced here grows.
+    let acker = {
+        let mut committed = store.committed_watch();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let local = committed.borrow_and_update().local;
+                if local > sent {
+                    if write_msg(&mut wr, b'A', &[&local.to_le_bytes()])
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent = local;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = committed.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    };
+    let result = async {
+        loop {
+            let (kind, body) = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                m = read_msg(&mut rd) => m?,
+            };
+            match kind {
+                b'F' => {
+                    let (epoch, frames) = epoch_and_rest(&body)?;
+                    store.apply_frames(epoch, frames)?;
+                }
+                b'C' => {
+                    let (epoch, bytes) = epoch_and_rest(&body)?;
+                    let ckpt = Checkpoint::decode(bytes)
+                        .map_err(|e| ReplError::Protocol(format!("checkpoint: {e}")))?;
+                    let store = store.clone();
+                    let discarded = tokio::task::spawn_blocking(move || store.reseed(epoch, ckpt))
+                        .await
+                        .map_err(|e| ReplError::Protocol(e.to_string()))??;
+                    let mut r = report
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    r.seeds += 1;
+                    if discarded > 0 {
+                        r.discarded += discarded;
+                        tracing::warn!(
+                            job,
+                            discarded,
+                            "discarded writes this replica took as primary and never replicated"
+                        );
+                    }
+                }
+                b'E' => {
+                    return Err(ReplError::Refused(
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ));
+                }
+                other => return Err(ReplError::Protocol(format!("unknown message {other}"))),
+            }
+        }
+    }
+    .await;
+    acker.abort();
+    result
+}
+
+/// [`follow`] again and again (with a short pause after an error) until `cancel`.
+pub async fn follow_forever(
+    addr: std::net::SocketAddr,
+    job: String,
+    name: String,
+    store: StateStore,
+    report: Arc<Mutex<FollowReport>>,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        if let Err(e) = follow(addr, &job, &name, &store, &report, &cancel).await {
+            tracing::debug!(job, error = %e, "replication from the primary broke; reconnecting");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}

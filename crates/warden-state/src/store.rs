@@ -1,0 +1,936 @@
+//! One task's state on one agent: the keys and values in memory, the log on disk, the epoch
+//! fence, the role, and what is acknowledged at each level.
+//!
+//! Writes are applied in memory and queued for the log under one short lock; a flusher thread
+//! appends and syncs whatever queued while it was syncing (group commit: one `fdatasync` for
+//! every write that arrived during the previous one). A caller then waits on a watch channel
+//! until its sequence number is acknowledged at the level it asked for. Standbys' progress
+//! comes from the replication streams ([`crate::repl`]) through [`StateStore::standby_synced`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use warden_core::state::{self, AckLevel, Fence, Fenced, Progress, StandbyProgress};
+
+use crate::codec::{self, BatchOp, Op};
+use crate::wal::{Checkpoint, Wal, WalError};
+
+/// Limits on what a task may store (documented in docs/state.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest key, bytes.
+    pub max_key: usize,
+    /// Largest value or record, bytes.
+    pub max_value: usize,
+    /// Most operations in one batch.
+    pub max_batch_ops: usize,
+    /// Largest batch, bytes of keys and values.
+    pub max_batch_bytes: usize,
+    /// Frames kept in memory for standbys that reconnect (older ones are read from disk).
+    pub backlog_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key: 1024,
+            max_value: 1 << 20,
+            max_batch_ops: 10_000,
+            max_batch_bytes: 16 << 20,
+            backlog_bytes: 64 << 20,
+        }
+    }
+}
+
+/// This replica's part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes writes, ships its log.
+    Primary,
+    /// Follows a primary's log; refuses writes.
+    Standby,
+}
+
+impl Role {
+    /// The role as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// The role and epoch, as the role long-poll reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RoleState {
+    /// Primary or standby.
+    pub role: Role,
+    /// The epoch (fencing token) of this replica's current term.
+    pub epoch: u64,
+}
+
+/// Highest sequence numbers acknowledged at each level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Committed {
+    /// Synced here.
+    pub local: u64,
+    /// Synced here and on every in-sync standby.
+    pub standby: u64,
+    /// Synced on a majority.
+    pub quorum: u64,
+    /// The log failed: nothing more will be acknowledged.
+    pub failed: bool,
+}
+
+impl Committed {
+    /// The number for `level`.
+    pub fn at(&self, level: AckLevel) -> u64 {
+        match level {
+            AckLevel::Local => self.local,
+            AckLevel::Standby => self.standby,
+            AckLevel::Quorum => self.quorum,
+        }
+    }
+}
+
+/// Why a write was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The caller's epoch is not the current one.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    /// This replica is a standby.
+    #[error("this replica is a standby (epoch {epoch}); write to the primary")]
+    NotPrimary {
+        /// The current epoch.
+        epoch: u64,
+    },
+    /// The primary's write lease ran out: it may have been deposed.
+    #[error("the write lease ran out: this primary may have been replaced, so it takes no writes")]
+    LeaseExpired,
+    /// A key, value or batch is out of bounds, or malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The job cannot reach this level (e.g. `standby` without standbys).
+    #[error("ack level `{level}` needs a standby and this job keeps none")]
+    Unreachable {
+        /// The level asked for.
+        level: AckLevel,
+    },
+    /// The log could not be written: the state is read-only until the agent restarts it.
+    #[error("the state log failed: {0}")]
+    Failed(String),
+}
+
+/// Why a wait for acknowledgement ended without it.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// Not acknowledged in time. The write may still become durable.
+    #[error(
+        "not acknowledged at `{level}` within {waited:?} (sequence {seq}, acknowledged up to {at})"
+    )]
+    Timeout {
+        /// The level.
+        level: AckLevel,
+        /// The sequence number waited for.
+        seq: u64,
+        /// Acknowledged at that level when the wait ended.
+        at: u64,
+        /// How long the wait was.
+        waited: Duration,
+    },
+    /// The log failed or the store was closed.
+    #[error("the state log failed: {0}")]
+    Failed(String),
+}
+
+/// A standby applying frames refused them.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// From an older epoch than this replica has seen.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    /// Sequence numbers do not continue this replica's log.
+    #[error("frame {found} does not follow {expected_next}")]
+    Gap {
+        /// The number expected.
+        expected_next: u64,
+        /// The number received.
+        found: u64,
+    },
+    /// A frame does not decode.
+    #[error("bad frame: {0}")]
+    Bad(#[from] codec::DecodeError),
+    /// This replica is the primary.
+    #[error("this replica is the primary")]
+    NotStandby,
+    /// The log failed.
+    #[error("the state log failed: {0}")]
+    Failed(String),
+}
+
+struct Inner {
+    kv: BTreeMap<String, Bytes>,
+    /// The sequence number the next write gets.
+    next_seq: u64,
+    /// Epoch of the newest entry.
+    last_epoch: u64,
+    /// `(first seq, epoch)` of each epoch in the log, oldest first (what a standby that
+    /// rejoins is checked against).
+    epochs: Vec<(u64, u64)>,
+    fence: Fence,
+    role: Role,
+    /// A primary takes no writes at or after this instant (none: no lease, e.g. in tests).
+    lease_until: Option<Instant>,
+    /// Frames applied but not yet appended to the log, and the first one's number.
+    pending: Vec<u8>,
+    pending_first: u64,
+    /// Recent frames for standbys, by first sequence number.
+    backlog: VecDeque<(u64, Bytes)>,
+    backlog_bytes: usize,
+    durable: u64,
+    standbys: BTreeMap<String, StandbyProgress>,
+    configured: u8,
+    blob: Bytes,
+    checkpoint_seq: u64,
+    failed: Option<String>,
+    closed: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    wake_flusher: Condvar,
+    wal: Mutex<Wal>,
+    committed: watch::Sender<Committed>,
+    role: watch::Sender<RoleState>,
+    /// Highest sequence number applied (what followers of the stream wait on).
+    applied: watch::Sender<u64>,
+    limits: Limits,
+    dir: PathBuf,
+}
+
+/// One task's state. Cheap to clone; the flusher thread stops when the last clone is closed.
+#[derive(Clone)]
+pub struct StateStore {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What opening the store found, for the agent's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// Highest sequence number recovered.
+    pub seq: u64,
+    /// Epoch of the newest entry.
+    pub epoch: u64,
+    /// Bytes cut from a torn tail.
+    pub torn_bytes: u64,
+}
+
+fn apply_op(kv: &mut BTreeMap<String, Bytes>, op: &Op) {
+    match op {
+        Op::Put { key, value } => {
+            kv.insert(key.clone(), value.clone());
+        }
+        Op::Delete { key } => {
+            kv.remove(key);
+        }
+        Op::Batch(ops) => {
+            for op in ops {
+                match op {
+                    BatchOp::Put(k, v) => {
+                        kv.insert(k.clone(), v.clone());
+                    }
+                    BatchOp::Delete(k) => {
+                        kv.remove(k);
+                    }
+                }
+            }
+        }
+        Op::Record(_) | Op::Epoch => {}
+    }
+}
+
+impl Inner {
+    fn progress(&self) -> Progress {
+        Progress {
+            local: self.durable,
+            standbys: self.standbys.values().copied().collect(),
+        }
+    }
+
+    fn committed(&self) -> Committed {
+        let p = self.progress();
+        Committed {
+            local: state::committed(AckLevel::Local, &p, self.configured),
+            standby: state::committed(AckLevel::Standby, &p, self.configured),
+            quorum: state::committed(AckLevel::Quorum, &p, self.configured),
+            failed: self.failed.is_some(),
+        }
+    }
+
+    /// Queue one frame (already applied) for the log and the standbys.
+    fn queue(&mut self, seq: u64, frame: &[u8], limits: &Limits) {
+        if self.pending.is_empty() {
+            self.pending_first = seq;
+        }
+        self.pending.extend_from_slice(frame);
+        self.backlog.push_back((seq, Bytes::copy_from_slice(frame)));
+        self.backlog_bytes += frame.len();
+        while self.backlog_bytes > limits.backlog_bytes && self.backlog.len() > 1 {
+            if let Some((_, f)) = self.backlog.pop_front() {
+                self.backlog_bytes -= f.len();
+            }
+        }
+    }
+
+    fn note_epoch(&mut self, seq: u64, epoch: u64) {
+        if self.epochs.last().is_none_or(|&(_, e)| e != epoch) {
+            self.epochs.push((seq, epoch));
+        }
+        self.last_epoch = epoch;
+    }
+}
+
+impl StateStore {
+    /// Open the state in `dir` as `role` at `epoch`, keeping `standbys` standbys.
+    pub fn open(
+        dir: &Path,
+        role: Role,
+        epoch: u64,
+        standbys: u8,
+        limits: Limits,
+    ) -> Result<(StateStore, Opened), WalError> {
+        let (wal, recovered) = Wal::open(dir)?;
+        let mut kv = BTreeMap::new();
+        let mut next_seq = 1;
+        let mut last_epoch = 0;
+        let mut blob = Bytes::new();
+        let mut checkpoint_seq = 0;
+        let mut epochs = Vec::new();
+        if let Some(c) = recovered.checkpoint {
+            kv.extend(c.kv);
+            next_seq = c.seq + 1;
+            last_epoch = c.epoch;
+            blob = c.blob;
+            checkpoint_seq = c.seq;
+            epochs.push((c.seq, c.epoch));
+        }
+        let mut rest = recovered.frames;
+        while !rest.is_empty() {
+            let Ok((entry, n)) = codec::decode(&rest) else {
+                break;
+            };
+            apply_op(&mut kv, &entry.op);
+            next_seq = entry.seq + 1;
+            if epochs.last().is_none_or(|&(_, e)| e != entry.epoch) {
+                epochs.push((entry.seq, entry.epoch));
+            }
+            last_epoch = entry.epoch;
+            rest = rest.slice(n..);
+        }
+        let durable = next_seq - 1;
+        let opened = Opened {
+            seq: durable,
+            epoch: last_epoch,
+            torn_bytes: recovered.torn_bytes,
+        };
+        let inner = Inner {
+            kv,
+            next_seq,
+            last_epoch,
+            epochs,
+            fence: Fence {
+                epoch: epoch.max(last_epoch),
+            },
+            role,
+            lease_until: None,
+            pending: Vec::new(),
+            pending_first: next_seq,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            durable,
+            standbys: BTreeMap::new(),
+            configured: standbys,
+            blob,
+            checkpoint_seq,
+            failed: None,
+            closed: false,
+        };
+        let committed = inner.committed();
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            wake_flusher: Condvar::new(),
+            wal: Mutex::new(wal),
+            committed: watch::Sender::new(committed),
+            role: watch::Sender::new(RoleState {
+                role,
+                epoch: epoch.max(last_epoch),
+            }),
+            applied: watch::Sender::new(durable),
+            limits,
+            dir: dir.to_path_buf(),
+        });
+        let flusher = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("warden-state-flush".into())
+            .spawn(move || flush_loop(&flusher))
+            .map_err(|source| WalError::Io {
+                what: "start flusher thread",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok((StateStore { shared }, opened))
+    }
+
+    /// The directory the state lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// Stop the flusher after it has written what is queued. Further writes fail.
+    pub fn close(&self) {
+        lock(&self.shared.inner).closed = true;
+        self.shared.wake_flusher.notify_all();
+    }
+
+    fn check_op(&self, op: &Op) -> Result<(), WriteError> {
+        let l = &self.shared.limits;
+        let key_ok = |k: &str| -> Result<(), WriteError> {
+            if k.is_empty() {
+                return Err(WriteError::Invalid("a key must not be empty".into()));
+            }
+            if k.len() > l.max_key {
+                return Err(WriteError::Invalid(format!(
+                    "key of {} bytes is longer than the limit of {} bytes",
+                    k.len(),
+                    l.max_key
+                )));
+            }
+            Ok(())
+        };
+        let value_ok = |n: usize| -> Result<(), WriteError> {
+            if n > l.max_value {
+                return Err(WriteError::Invalid(format!(
+                    "value of {n} bytes is larger than the limit of {} bytes",
+                    l.max_value
+                )));
+            }
+            Ok(())
+        };
+        match op {
+            Op::Put { key, value } => {
+                key_ok(key)?;
+                value_ok(value.len())
+            }
+            Op::Delete { key } => key_ok(key),
+            Op::Record(data) => value_ok(data.len()),
+            Op::Epoch => Ok(()),
+            Op::Batch(ops) => {
+                if ops.is_empty() {
+                    return Err(WriteError::Invalid("a batch must hold an operation".into()));
+                }
+                if ops.len() > l.max_batch_ops {
+                    return Err(WriteError::Invalid(format!(
+                        "batch of {} operations exceeds the limit of {}",
+                        ops.len(),
+                        l.max_batch_ops
+                    )));
+                }
+                let mut bytes = 0usize;
+                for op in ops {
+                    match op {
+                        BatchOp::Put(k, v) => {
+                            key_ok(k)?;
+                            value_ok(v.len())?;
+                            bytes += k.len() + v.len();
+                        }
+                        BatchOp::Delete(k) => {
+                            key_ok(k)?;
+                            bytes += k.len();
+                        }
+                    }
+                }
+                if bytes > l.max_batch_bytes {
+                    return Err(WriteError::Invalid(format!(
+                        "batch of {bytes} bytes exceeds the limit of {} bytes",
+                        l.max_batch_bytes
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Apply a write from the task, under `epoch`. Returns its sequence number; it is durable
+    /// at a level once [`StateStore::wait`] says so.
+    pub fn write(&self, epoch: u64, op: Op) -> Result<u64, WriteError> {
+        self.check_op(&op)?;
+        let mut frame = Vec::with_capacity(64);
+        let seq = {
+            let mut g = lock(&self.shared.inner);
+            if let Some(e) = &g.failed {
+                return Err(WriteError::Failed(e.clone()));
+            }
+            if g.closed {
+                return Err(WriteError::Failed("the state is closed".into()));
+            }
+            g.fence.check_write(epoch)?;
+            if g.role != Role::Primary {
+                return Err(WriteError::NotPrimary {
+                    epoch: g.fence.epoch,
+                });
+            }
+            if g.lease_until.is_some_and(|t| Instant::now() >= t) {
+                return Err(WriteError::LeaseExpired);
+            }
+            let seq = g.next_seq;
+            codec::encode(&mut frame, seq, epoch, &op);
+            apply_op(&mut g.kv, &op);
+            g.next_seq += 1;
+            g.note_epoch(seq, epoch);
+            g.queue(seq, &frame, &self.shared.limits);
+            seq
+        };
+        self.shared.wake_flusher.notify_one();
+        self.shared.applied.send_replace(seq);
+        Ok(seq)
+    }
+
+    /// Wait until `seq` is acknowledged at `level`, for at most `timeout`.
+    pub async fn wait(
+        &self,
+        seq: u64,
+        level: AckLevel,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let mut rx = self.shared.committed.subscribe();
+        let fut = rx.wait_for(|c| c.failed || c.at(level) >= seq);
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(c)) if !c.failed => Ok(()),
+            Ok(Ok(_)) => Err(WaitError::Failed(
+                lock(&self.shared.inner).failed.clone().unwrap_or_default(),
+            )),
+            Ok(Err(_)) => Err(WaitError::Failed("the state is closed".into())),
+            Err(_) => {
+                if let Some(e) = &lock(&self.shared.inner).failed {
+                    return Err(WaitError::Failed(e.clone()));
+                }
+                Err(WaitError::Timeout {
+                    level,
+                    seq,
+                    at: self.shared.committed.borrow().at(level),
+                    waited: timeout,
+                })
+            }
+        }
+    }
+
+    /// Whether a write may ask for `level` here.
+    pub fn reachable(&self, level: AckLevel) -> Result<(), WriteError> {
+        let configured = lock(&self.shared.inner).configured;
+        if level != AckLevel::Local && configured == 0 {
+            return Err(WriteError::Unreachable { level });
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, and the sequence number the state is at.
+    pub fn get(&self, key: &str) -> (Option<Bytes>, u64) {
+        let g = lock(&self.shared.inner);
+        (g.kv.get(key).cloned(), g.next_seq - 1)
+    }
+
+    /// Keys starting with `prefix` (at most `limit`, from `after` exclusive), and the sequence
+    /// number the state is at.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(String, Bytes)>, u64) {
+        let g = lock(&self.shared.inner);
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
+            _ => std::ops::Bound::Included(prefix.to_string()),
+        };
+        let items =
+            g.kv.range((start, std::ops::Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        (items, g.next_seq - 1)
+    }
+
+    /// A full copy of the state as it is now (not necessarily durable).
+    pub fn snapshot(&self) -> Checkpoint {
+        let g = lock(&self.shared.inner);
+        Checkpoint {
+            seq: g.next_seq - 1,
+            epoch: g.last_epoch,
+            kv: g.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            blob: g.blob.clone(),
+        }
+    }
+
+    /// Write a checkpoint of the state with the task's own snapshot `blob` of its records,
+    /// under `epoch`; the log before it is dropped. Returns the checkpoint's sequence number.
+    pub fn checkpoint(&self, epoch: u64, blob: Bytes) -> Result<u64, WriteError> {
+        if blob.len() > self.shared.limits.max_batch_bytes {
+            return Err(WriteError::Invalid(format!(
+                "checkpoint of {} bytes exceeds the limit of {} bytes",
+                blob.len(),
+                self.shared.limits.max_batch_bytes
+            )));
+        }
+        let mut wal = lock(&self.shared.wal);
+        let (ckpt, pending) = {
+            let mut g = lock(&self.shared.inner);
+            g.fence.check_write(epoch)?;
+            if g.role != Role::Primary {
+                return Err(WriteError::NotPrimary {
+                    epoch: g.fence.epoch,
+                });
+            }
+            g.blob = blob.clone();
+            let pending = (g.pending_first, std::mem::take(&mut g.pending));
+            let ckpt = Checkpoint {
+                seq: g.next_seq - 1,
+                epoch: g.last_epoch,
+                kv: g.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                blob,
+            };
+            (ckpt, pending)
+        };
+        let result = (|| {
+            if !pending.1.is_empty() {
+                wal.append(pending.0, &pending.1)?;
+            }
+            wal.checkpoint(&ckpt, ckpt.seq + 1)
+        })();
+        drop(wal);
+        let mut g = lock(&self.shared.inner);
+        match result {
+            Ok(()) => {
+                g.checkpoint_seq = ckpt.seq;
+                g.durable = g.durable.max(ckpt.seq);
+                let c = g.committed();
+                drop(g);
+                self.shared.committed.send_replace(c);
+                Ok(ckpt.seq)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                g.failed = Some(msg.clone());
+                Err(WriteError::Failed(msg))
+            }
+        }
+    }
+
+    /// Highest sequence number applied here.
+    pub fn applied(&self) -> u64 {
+        *self.shared.applied.borrow()
+    }
+
+    /// A receiver of the applied sequence number (stream readers wait on it).
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// A receiver of the acknowledged sequence numbers.
+    pub fn committed_watch(&self) -> watch::Receiver<Committed> {
+        self.shared.committed.subscribe()
+    }
+
+    /// The acknowledged sequence numbers now.
+    pub fn committed(&self) -> Committed {
+        *self.shared.committed.borrow()
+    }
+
+    /// A receiver of the role and epoch (the role long-poll waits on it).
+    pub fn role_watch(&self) -> watch::Receiver<RoleState> {
+        self.shared.role.subscribe()
+    }
+
+    /// The role and epoch now.
+    pub fn role(&self) -> RoleState {
+        *self.shared.role.borrow()
+    }
+
+    /// Extend (or set) the primary's write lease: no write is taken at or after `until`.
+    pub fn set_write_lease(&self, until: Option<Instant>) {
+        lock(&self.shared.inner).lease_until = until;
+    }
+
+    /// Become primary at `epoch` (a promotion): the log is sealed where it is, and the first
+    /// entry of the new epoch marks the boundary. Refused for an epoch not newer than every
+    /// epoch this replica has seen, unless it already is primary at it.
+    pub fn promote(&self, epoch: u64) -> Result<u64, WriteError> {
+        let seq = {
+            let mut g = lock(&self.shared.inner);
+            if g.role == Role::Primary && g.fence.epoch == epoch {
+                return Ok(g.next_seq - 1);
+            }
+            // Strictly newer: the epoch a standby followed belongs to the primary it followed.
+            if epoch <= g.fence.epoch {
+                return Err(WriteError::Fenced(Fenced {
+                    got: epoch,
+                    current: g.fence.epoch,
+                }));
+            }
+            g.fence.admit(epoch)?;
+            g.role = Role::Primary;
+            g.standbys.clear();
+            let seq = g.next_seq;
+            let mut frame = Vec::with_capacity(32);
+            codec::encode(&mut frame, seq, epoch, &Op::Epoch);
+            g.next_seq += 1;
+            g.note_epoch(seq, epoch);
+            g.queue(seq, &frame, &self.shared.limits);
+            seq
+        };
+        self.shared.wake_flusher.notify_one();
+        self.shared.applied.send_replace(seq);
+        self.shared.role.send_replace(RoleState {
+            role: Role::Primary,
+            epoch,
+        });
+        Ok(seq)
+    }
+
+    /// Become a standby under `epoch` (a deposed primary, or a new standby).
+    pub fn demote(&self, epoch: u64) -> Result<(), Fenced> {
+        {
+            let mut g = lock(&self.shared.inner);
+            g.fence.admit(epoch)?;
+            g.role = Role::Standby;
+            g.standbys.clear();
+            let c = g.committed();
+            self.shared.committed.send_replace(c);
+        }
+        self.shared.role.send_replace(RoleState {
+            role: Role::Standby,
+            epoch,
+        });
+        Ok(())
+    }
+
+    /// Record a standby's progress (from its acks) and whether it is in the in-sync set.
+    pub fn standby_synced(&self, standby: &str, synced: u64, in_sync: bool) {
+        let mut g = lock(&self.shared.inner);
+        let p = g.standbys.entry(standby.to_string()).or_default();
+        p.synced = p.synced.max(synced);
+        p.in_sync = in_sync;
+        let c = g.committed();
+        drop(g);
+        self.shared.committed.send_if_modified(|old| {
+            let changed = *old != c;
+            *old = c;
+            changed
+        });
+    }
+
+    /// Forget a standby (the server removed it from the job).
+    pub fn standby_removed(&self, standby: &str) {
+        let mut g = lock(&self.shared.inner);
+        g.standbys.remove(standby);
+        let c = g.committed();
+        drop(g);
+        self.shared.committed.send_replace(c);
+    }
+
+    /// Each standby's progress as the primary sees it.
+    pub fn standbys(&self) -> Vec<(String, StandbyProgress)> {
+        lock(&self.shared.inner)
+            .standbys
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// The last sequence number of `epoch` in this log, if the log holds that epoch: where a
+    /// standby whose newest entry has `epoch` must cut its log to match this one.
+    pub fn end_of_epoch(&self, epoch: u64) -> Option<u64> {
+        let g = lock(&self.shared.inner);
+        let i = g.epochs.iter().rposition(|&(_, e)| e == epoch)?;
+        Some(match g.epochs.get(i + 1) {
+            Some(&(next_first, _)) => next_first - 1,
+            None => g.next_seq - 1,
+        })
+    }
+
+    /// `(last seq, its epoch)`: what a standby tells the primary it holds.
+    pub fn position(&self) -> (u64, u64) {
+        let g = lock(&self.shared.inner);
+        (g.next_seq - 1, g.last_epoch)
+    }
+
+    /// Frames from `from` on, at most about `max_bytes`: from memory when the backlog still
+    /// holds `from`, else from disk. `None` when `from` is older than anything kept (the
+    /// standby must be seeded from a checkpoint).
+    pub fn frames_from(&self, from: u64, max_bytes: usize) -> Result<Option<Bytes>, WalError> {
+        {
+            let g = lock(&self.shared.inner);
+            if from >= g.next_seq {
+                return Ok(Some(Bytes::new()));
+            }
+            if let Some(&(first, _)) = g.backlog.front()
+                && from >= first
+            {
+                let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
+                let mut out = Vec::new();
+                for (_, f) in g.backlog.iter().skip(skip) {
+                    out.extend_from_slice(f);
+                    if out.len() >= max_bytes {
+                        break;
+                    }
+                }
+                return Ok(Some(Bytes::from(out)));
+            }
+            if from <= g.checkpoint_seq {
+                return Ok(None);
+            }
+        }
+        let wal = lock(&self.shared.wal);
+        if from < wal.first_seq() {
+            return Ok(None);
+        }
+        let out = wal.read_from(from, max_bytes)?;
+        Ok(Some(Bytes::from(out)))
+    }
+
+    /// Apply frames a primary of `epoch` sent (a standby). Frames already held are skipped.
+    /// Returns the highest sequence number now applied.
+    pub fn apply_frames(&self, epoch: u64, mut frames: Bytes) -> Result<u64, ApplyError> {
+        let last = {
+            let mut g = lock(&self.shared.inner);
+            if let Some(e) = &g.failed {
+                return Err(ApplyError::Failed(e.clone()));
+            }
+            if g.role != Role::Standby {
+                return Err(ApplyError::NotStandby);
+            }
+            g.fence.admit(epoch)?;
+            while !frames.is_empty() {
+                let (entry, n) = codec::decode(&frames)?;
+                if entry.seq >= g.next_seq {
+                    if entry.seq != g.next_seq {
+                        return Err(ApplyError::Gap {
+                            expected_next: g.next_seq,
+                            found: entry.seq,
+                        });
+                    }
+                    if entry.epoch > epoch {
+                        return Err(ApplyError::Bad(codec::DecodeError::Malformed(
+                            "frame from a newer epoch than its stream",
+                        )));
+                    }
+                    apply_op(&mut g.kv, &entry.op);
+                    g.next_seq += 1;
+                    g.note_epoch(entry.seq, entry.epoch);
+                    let frame = frames.slice(..n);
+                    g.queue(entry.seq, &frame, &self.shared.limits);
+                }
+                frames = frames.slice(n..);
+            }
+            g.next_seq - 1
+        };
+        self.shared.wake_flusher.notify_one();
+        self.shared.applied.send_replace(last);
+        Ok(last)
+    }
+
+    /// Replace this standby's whole state with `checkpoint` (seeding, or cutting a log that
+    /// ran past the primary's). Returns how many of its entries were discarded: writes a
+    /// deposed primary took and never replicated.
+    pub fn reseed(&self, epoch: u64, checkpoint: Checkpoint) -> Result<u64, ApplyError> {
+        let mut wal = lock(&self.shared.wal);
+        let mut g = lock(&self.shared.inner);
+        if g.role != Role::Standby {
+            return Err(ApplyError::NotStandby);
+        }
+        g.fence.admit(epoch)?;
+        let had = g.next_seq - 1;
+        let discarded = had.saturating_sub(checkpoint.seq);
+        g.pending.clear();
+        wal.checkpoint(&checkpoint, checkpoint.seq + 1)
+            .map_err(|e| ApplyError::Failed(e.to_string()))?;
+        g.kv = checkpoint.kv.iter().cloned().collect();
+        g.next_seq = checkpoint.seq + 1;
+        g.pending_first = g.next_seq;
+        g.last_epoch = checkpoint.epoch;
+        g.epochs = vec![(checkpoint.seq, checkpoint.epoch)];
+        g.blob = checkpoint.blob;
+        g.checkpoint_seq = checkpoint.seq;
+        g.backlog.clear();
+        g.backlog_bytes = 0;
+        g.durable = checkpoint.seq;
+        let c = g.committed();
+        drop(g);
+        drop(wal);
+        self.shared.committed.send_replace(c);
+        self.shared.applied.send_replace(checkpoint.seq);
+        Ok(discarded)
+    }
+}
+
+fn flush_loop(shared: &Shared) {
+    loop {
+        {
+            let mut g = lock(&shared.inner);
+            while g.pending.is_empty() && !g.closed {
+                g = shared
+                    .wake_flusher
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if g.pending.is_empty() && g.closed {
+                return;
+            }
+        }
+        let mut wal = lock(&shared.wal);
+        let (first, buf, last) = {
+            let mut g = lock(&shared.inner);
+            let buf = std::mem::take(&mut g.pending);
+            (g.pending_first, buf, g.next_seq - 1)
+        };
+        if buf.is_empty() {
+            continue;
+        }
+        let result = wal.append(first, &buf).and_then(|()| wal.sync());
+        drop(wal);
+        let mut g = lock(&shared.inner);
+        match result {
+            Ok(()) => {
+                g.durable = g.durable.max(last);
+                let c = g.committed();
+                drop(g);
+                shared.committed.send_replace(c);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "state log write failed; the state is read-only now");
+                g.failed = Some(e.to_string());
+                g.closed = true;
+                drop(g);
+                // Wake every waiter so it sees the failure rather than a timeout.
+                shared.committed.send_modify(|c| c.failed = true);
+                return;
+            }
+        }
+    }
+}
