@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod shim;
 pub mod signals;
+pub mod state;
 pub mod supervisor;
 pub mod tls;
 

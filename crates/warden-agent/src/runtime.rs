@@ -136,6 +136,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut ids = Ids::default();
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut endpoints = Endpoints::new();
+    let mut states = crate::state::TaskStates::new(&cfg.data_dir);
     let (hello_tx, hello_rx) = watch::channel(HelloState::default());
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
     let links_cancel = CancellationToken::new();
@@ -311,6 +312,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                         for (task, epoch) in supervisor.running() {
                             let _ = supervisor.stop(&task, epoch, Duration::ZERO).await;
                         }
+                        states.close_all();
                         ids.generation = 0;
                         hello_tx.send_modify(|h| h.generation = 0);
                         sent.clear();
@@ -332,6 +334,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                                     let until = at + Duration::from_millis(ack.lease_ttl_ms);
                                     if lease_until.is_none_or(|u| until > u) {
                                         lease_until = Some(until);
+                                        states.set_lease(Some(until.into_std()));
                                         if until > Instant::now() {
                                             supervisor.extend_leases(until - Instant::now());
                                             fenced = false;
@@ -342,7 +345,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                             }
                         }
                         server_message::Msg::Assign(a) => {
-                            assign(&cfg, &supervisor, &a, &links, &mut endpoints);
+                            assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states);
                             note_running(&hello_tx, &supervisor, &health, &endpoints);
                         }
                         server_message::Msg::Stop(s) => {
@@ -378,6 +381,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 let stopped = "stopped on request".to_string();
                 broadcast(&links, &task_report(&task, epoch, CopyPhase::Stopped, false, String::new(), stopped, None));
                 forget_endpoint(&mut endpoints, &task, epoch);
+                states.release(&task, epoch);
                 note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
             Some(ev) = events.recv() => {
@@ -391,6 +395,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     }
     info!("agent stopping: stopping tasks");
     supervisor.shutdown(cfg.shutdown_grace).await;
+    states.close_all();
     // The Leave and the last reports are queued on the links; closing them flushes.
     for l in &mut links {
         l.out = None;
@@ -720,6 +725,7 @@ fn assign(
     a: &v1::Assign,
     links: &[Link],
     endpoints: &mut Endpoints,
+    states: &mut crate::state::TaskStates,
 ) {
     let Some(task) = TaskId::parse(&a.task) else {
         warn!(task = %a.task, "assignment with an invalid task id ignored");
@@ -757,6 +763,18 @@ fn assign(
         endpoints.insert(task.clone(), (epoch, addr));
         env.insert("WARDEN_HOST".into(), ip.to_string());
         env.insert("WARDEN_PORT".into(), addr.port().to_string());
+    }
+    if !a.state_json.is_empty() {
+        let prepared = serde_json::from_str::<warden_core::state::StateSpec>(&a.state_json)
+            .map_err(|e| format!("invalid [state] table: {e}"))
+            .and_then(|spec| states.prepare(&task, epoch, &spec));
+        match prepared {
+            Ok(vars) => env.extend(vars),
+            Err(why) => {
+                refuse(links, &task, epoch, CopyPhase::Failed, why);
+                return;
+            }
+        }
     }
     let spec = TaskSpec {
         task: TaskId::new(JobName::new(task.job.as_str()), task.index),

@@ -235,6 +235,11 @@ impl From<&Assignment> for v1::Assign {
                     ServicePort::Fixed(p) => u32::from(p),
                 },
             }),
+            state_json: a
+                .state
+                .as_ref()
+                .and_then(|s| serde_json::to_string(s).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -248,6 +253,14 @@ pub enum AssignError {
     /// The health check is not valid JSON of a health check.
     #[error("invalid health check of {task}: {error}")]
     Health {
+        /// The task.
+        task: String,
+        /// The parser's error.
+        error: String,
+    },
+    /// The state table is not valid JSON of a `[state]` table.
+    #[error("invalid state table of {task}: {error}")]
+    State {
         /// The task.
         task: String,
         /// The parser's error.
@@ -278,6 +291,16 @@ impl TryFrom<&v1::Assign> for Assignment {
                 })?,
             )
         };
+        let state = if a.state_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&a.state_json).map_err(|e| AssignError::State {
+                    task: a.task.clone(),
+                    error: e.to_string(),
+                })?,
+            )
+        };
         let service = match &a.service {
             None => None,
             Some(s) if s.port == 0 => Some(ServicePort::Dynamic),
@@ -302,6 +325,7 @@ impl TryFrom<&v1::Assign> for Assignment {
                 .unwrap_or_default(),
             health,
             service,
+            state,
         })
     }
 }
@@ -345,6 +369,7 @@ mod tests {
             resources: Resources::new(100, 64),
             health: None,
             service: Some(ServicePort::Fixed(8080)),
+            state: Some(warden_core::state::StateSpec::default()),
         };
         let wire = v1::Assign::from(&a);
         assert_eq!(Assignment::try_from(&wire).unwrap(), a);

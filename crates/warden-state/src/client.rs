@@ -285,6 +285,13 @@ impl StateClient {
         Ok(())
     }
 
+    /// The state's status (`GET /v1/status`): role, epoch, applied and acknowledged sequence
+    /// numbers, the job's default acknowledgement level, the standbys' progress.
+    pub fn status(&mut self) -> Result<serde_json::Value, ClientError> {
+        let a = Self::ok(self.request("GET", "/v1/status", &[])?)?;
+        serde_json::from_slice(&a.body).map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
     /// `(role, epoch)` now; with `wait`, once it differs from `(role, epoch)` given (a
     /// long-poll: a standby waits here to learn it was promoted).
     pub fn role(

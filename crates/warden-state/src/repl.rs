@@ -8,7 +8,7 @@
 //! message = kind:u8 len:u32le payload
 //! H hello       standby → primary   JSON {job, standby, epoch, last_seq, last_epoch}
 //! F frames      primary → standby   epoch:u64le frames
-//! C checkpoint  primary → standby   epoch:u64le checkpoint   (seeding; frames follow)
+//! C checkpoint  primary → standby   epoch:u64le keep:u64le checkpoint   (seeding; frames follow)
 //! A ack         standby → primary   synced:u64le
 //! E error       either way          UTF-8 text; the connection closes
 //! ```
@@ -17,7 +17,9 @@
 //! the primary's log holds `last_epoch` up to at least `last_seq`. A standby whose log runs
 //! past the end of that epoch in the primary's log (a deposed primary's writes that were
 //! never replicated) is seeded again from a checkpoint, and says how many entries it
-//! discarded. A standby that fell behind everything the primary keeps is seeded too.
+//! discarded: `keep` in the checkpoint message is the last of its entries the primary's log
+//! holds too (`u64::MAX`: the primary cannot tell, its log no longer holds that epoch). A
+//! standby that fell behind everything the primary keeps is seeded too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -117,6 +119,8 @@ pub struct StreamStats {
     pub wire_bytes: std::sync::atomic::AtomicU64,
     /// Checkpoints sent (seedings).
     pub seeds: std::sync::atomic::AtomicU64,
+    /// Standbys turned away (unknown job, or this replica is not the primary they follow).
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 /// The primary side on one agent: the stores it is primary for, by job, and the in-sync set
@@ -210,6 +214,9 @@ impl Primaries {
             .map_err(|e| ReplError::Protocol(format!("hello: {e}")))?;
         let Some(served) = self.get(&hello.job) else {
             let msg = format!("this agent is not the primary of job {:?}", hello.job);
+            self.stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             write_msg(&mut wr, b'E', &[msg.as_bytes()]).await?;
             return Err(ReplError::Refused(msg));
         };
@@ -222,16 +229,24 @@ impl Primaries {
                 role.role.as_str(),
                 role.epoch
             );
+            self.stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             write_msg(&mut wr, b'E', &[msg.as_bytes()]).await?;
             return Err(ReplError::Refused(msg));
         }
         let epoch = role.epoch;
         let epoch_bytes = epoch.to_le_bytes();
-        // Where the standby's log meets ours.
-        let mut next = match store.end_of_epoch(hello.last_epoch) {
+        // Where the standby's log meets ours, and how much of it ours holds too.
+        let end = store.end_of_epoch(hello.last_epoch);
+        let mut next = match end {
             _ if hello.last_seq == 0 => 1,
             Some(end) if hello.last_seq <= end => hello.last_seq + 1,
             _ => 0, // diverged or unknown: seed
+        };
+        let keep = match end {
+            Some(end) => hello.last_seq.min(end),
+            None => u64::MAX,
         };
         let standby = hello.standby.clone();
         let in_sync = served.in_sync.clone();
@@ -271,12 +286,12 @@ impl Primaries {
                 if next == 0 {
                     let ckpt = store.snapshot();
                     let bytes = ckpt.encode();
-                    write_msg(&mut wr, b'C', &[&epoch_bytes, &bytes]).await?;
+                    write_msg(&mut wr, b'C', &[&epoch_bytes, &keep.to_le_bytes(), &bytes]).await?;
                     self.stats
                         .seeds
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.stats.wire_bytes.fetch_add(
-                        bytes.len() as u64 + 13,
+                        bytes.len() as u64 + 21,
                         std::sync::atomic::Ordering::Relaxed,
                     );
                     next = ckpt.seq + 1;
@@ -406,13 +421,26 @@ pub async fn follow(
                     store.apply_frames(epoch, frames)?;
                 }
                 b'C' => {
-                    let (epoch, bytes) = epoch_and_rest(&body)?;
+                    let (epoch, rest) = epoch_and_rest(&body)?;
+                    let (keep, bytes) = epoch_and_rest(&rest)?;
                     let ckpt = Checkpoint::decode(bytes)
                         .map_err(|e| ReplError::Protocol(format!("checkpoint: {e}")))?;
                     let store = store.clone();
-                    let discarded = tokio::task::spawn_blocking(move || store.reseed(epoch, ckpt))
+                    let held = tokio::task::spawn_blocking(move || store.reseed(epoch, ckpt))
                         .await
                         .map_err(|e| ReplError::Protocol(e.to_string()))??;
+                    if keep == u64::MAX && held > 0 {
+                        tracing::warn!(
+                            job,
+                            held,
+                            "seeded again; the primary's log no longer shows whether this replica held writes it never had"
+                        );
+                    }
+                    let discarded = if keep == u64::MAX {
+                        0
+                    } else {
+                        held.saturating_sub(keep)
+                    };
                     let mut r = report
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -213,6 +213,7 @@ struct Shared {
     applied: watch::Sender<u64>,
     limits: Limits,
     dir: PathBuf,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// One task's state. Cheap to clone; the flusher thread stops when the last clone is closed.
@@ -379,9 +380,10 @@ impl StateStore {
             applied: watch::Sender::new(durable),
             limits,
             dir: dir.to_path_buf(),
+            flusher: Mutex::new(None),
         });
         let flusher = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("warden-state-flush".into())
             .spawn(move || flush_loop(&flusher))
             .map_err(|source| WalError::Io {
@@ -389,6 +391,7 @@ impl StateStore {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        *lock(&shared.flusher) = Some(handle);
         Ok((StateStore { shared }, opened))
     }
 
@@ -402,10 +405,18 @@ impl StateStore {
         self.shared.limits
     }
 
-    /// Stop the flusher after it has written what is queued. Further writes fail.
+    /// Stop the flusher after it has written what is queued, and wait for it: once this
+    /// returns, nothing more is written to the directory (it may be opened again). Further
+    /// writes fail.
     pub fn close(&self) {
         lock(&self.shared.inner).closed = true;
         self.shared.wake_flusher.notify_all();
+        let handle = lock(&self.shared.flusher).take();
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
     }
 
     fn check_op(&self, op: &Op) -> Result<(), WriteError> {
@@ -856,8 +867,7 @@ impl StateStore {
     }
 
     /// Replace this standby's whole state with `checkpoint` (seeding, or cutting a log that
-    /// ran past the primary's). Returns how many of its entries were discarded: writes a
-    /// deposed primary took and never replicated.
+    /// ran past the primary's). Returns the sequence number this replica held before.
     pub fn reseed(&self, epoch: u64, checkpoint: Checkpoint) -> Result<u64, ApplyError> {
         let mut wal = lock(&self.shared.wal);
         let mut g = lock(&self.shared.inner);
@@ -866,7 +876,6 @@ impl StateStore {
         }
         g.fence.admit(epoch)?;
         let had = g.next_seq - 1;
-        let discarded = had.saturating_sub(checkpoint.seq);
         g.pending.clear();
         wal.checkpoint(&checkpoint, checkpoint.seq + 1)
             .map_err(|e| ApplyError::Failed(e.to_string()))?;
@@ -885,7 +894,7 @@ impl StateStore {
         drop(wal);
         self.shared.committed.send_replace(c);
         self.shared.applied.send_replace(checkpoint.seq);
-        Ok(discarded)
+        Ok(had)
     }
 }
 

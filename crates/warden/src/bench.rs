@@ -49,6 +49,30 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         slots: usize,
     },
+    /// Replicated task state end to end on this machine: clients write through the state
+    /// API's Unix socket to a primary that replicates to standbys over loopback TCP. Reports
+    /// writes/s, acknowledgement latency, CPU per 10,000 writes, bytes shipped against the
+    /// payload, replication lag, and the time to seed a new standby from a checkpoint.
+    State {
+        /// Writes in the measurement.
+        #[arg(long, default_value_t = 200_000)]
+        writes: usize,
+        /// Concurrent clients (connections to the socket).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Acknowledgement level: local, standby or quorum.
+        #[arg(long, default_value = "standby", value_parser = parse_ack)]
+        ack: warden_core::state::AckLevel,
+        /// Standbys (0 to 2).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+        standbys: u8,
+        /// Seed a new standby with this many MiB of state after the measurement (0: skip).
+        #[arg(long, default_value_t = 1024)]
+        seed_mib: usize,
+    },
     /// A heartbeat storm against a real server: many sessions send heartbeats at `factor`
     /// times the normal rate beside a few well-behaved agents; reports the well-behaved agents'
     /// ack latency and longest ack gap (lease 2 s), whether any left Healthy, the heartbeats
@@ -202,6 +226,21 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 .build()?
                 .block_on(crate::bench_sessions::run(&exe, &b))
         }
+        BenchCommand::State {
+            writes,
+            clients,
+            value_bytes,
+            ack,
+            standbys,
+            seed_mib,
+        } => crate::bench_state::run(&crate::bench_state::StateBench {
+            writes: *writes,
+            clients: (*clients).max(1),
+            value_bytes: *value_bytes,
+            ack: *ack,
+            standbys: *standbys,
+            seed_mib: *seed_mib,
+        }),
         BenchCommand::Storm {
             normal,
             storm,
@@ -411,4 +450,9 @@ fn stress(agents: usize, duration: u64, per_core: usize) -> Result<()> {
          false Failed verdicts {failed}, Suspect verdicts {suspects}"
     );
     Ok(())
+}
+
+fn parse_ack(s: &str) -> std::result::Result<warden_core::state::AckLevel, String> {
+    warden_core::state::AckLevel::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected local, standby or quorum"))
 }

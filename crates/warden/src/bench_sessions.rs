@@ -383,8 +383,12 @@ async fn settle(client: &warden_client::Client, sessions: usize, slots: usize) -
             return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(300) {
+            let mut others = std::collections::BTreeMap::<&str, usize>::new();
+            for a in agents.iter().filter(|a| a.state != "healthy") {
+                *others.entry(a.state.as_str()).or_default() += 1;
+            }
             bail!(
-                "not settled after 300 s: {healthy} of {sessions} agents healthy, {running} of {slots} copies running"
+                "not settled after 300 s: {healthy} of {sessions} agents healthy (others: {others:?}), {running} of {slots} copies running"
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,7 +1,9 @@
 //! Built-in workloads for demos and tests, so nothing else needs installing:
 //! `warden workload sleep` (runs until stopped, printing its fencing token) and
 //! `warden workload http` (serves `/` and `/healthz` on `WARDEN_PORT` or `--port`, answering
-//! with the task id that served the request; `/?sleep_ms=N` holds the answer N ms).
+//! with the task id that served the request; `/?sleep_ms=N` holds the answer N ms) and
+//! `warden workload counter` (a stateful task: increments a counter in its replicated state
+//! and reads it back; see docs/state.md).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -27,6 +29,21 @@ pub enum Workload {
         /// Stop after this many seconds (0: until killed).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+    },
+    /// A stateful task (job with `[state]`): increment a counter in the task's replicated
+    /// state every `--every-ms`, read it back, and print every acknowledged write as
+    /// `acked key=K value=N seq=S epoch=E ack=LEVEL`. As a standby it waits to be promoted;
+    /// fenced, it waits for its next role.
+    Counter {
+        /// Milliseconds between increments (0: as fast as acknowledgements come).
+        #[arg(long, default_value_t = 100)]
+        every_ms: u64,
+        /// The key to increment.
+        #[arg(long, default_value = "counter")]
+        key: String,
+        /// Stop after this many increments (0: run until stopped).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
     },
     /// Serve HTTP on WARDEN_PORT (or --port), answering which task served.
     Http {
@@ -77,6 +94,11 @@ pub fn run(w: &Workload) -> Result<()> {
             }
             Ok(())
         }
+        Workload::Counter {
+            every_ms,
+            key,
+            count,
+        } => counter(*every_ms, key, *count),
         Workload::Http { port } => {
             let port = port
                 .or_else(|| {
@@ -125,6 +147,65 @@ fn sleep_ms(head: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix("sleep_ms="))
         .and_then(|v| v.parse::<u64>().ok())
         .map(|v| v.min(60_000))
+}
+
+/// `warden workload counter`.
+fn counter(every_ms: u64, key: &str, count: u64) -> Result<()> {
+    use warden_state::client::StateClient;
+    let mut state =
+        StateClient::from_env().context("warden workload counter needs [state] in its job")?;
+    let mut epoch = state.epoch();
+    let ack = state.status()?["default_ack"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let mut done = 0u64;
+    loop {
+        // Wait until this replica is the primary of the newest epoch it knows.
+        let (role, e) = state.role(None, Duration::ZERO)?;
+        if role != "primary" {
+            println!("standby at epoch {e}: waiting to be promoted");
+            let _ = std::io::stdout().flush();
+            state.role(Some((&role, e)), Duration::from_secs(30))?;
+            continue;
+        }
+        if e != epoch {
+            println!("primary at epoch {e}");
+            epoch = e;
+            state.set_epoch(e);
+        }
+        let current: u64 = match state.get(key)? {
+            Some(v) => String::from_utf8_lossy(&v)
+                .trim()
+                .parse()
+                .with_context(|| format!("the value of {key:?} is not a number"))?,
+            None => 0,
+        };
+        let next = current + 1;
+        match state.put(key, next.to_string().as_bytes(), None) {
+            Ok(seq) => {
+                let back = state.get(key)?;
+                if back.as_deref() != Some(next.to_string().as_bytes()) {
+                    anyhow::bail!("read back {back:?} after writing {next} at {seq}");
+                }
+                println!("acked key={key} value={next} seq={seq} epoch={epoch} ack={ack}");
+                let _ = std::io::stdout().flush();
+                done += 1;
+                if count > 0 && done >= count {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.is_fenced() => {
+                println!("fenced at epoch {epoch}: {e}");
+                let _ = std::io::stdout().flush();
+                state.role(Some(("primary", epoch)), Duration::from_secs(30))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if every_ms > 0 {
+            std::thread::sleep(Duration::from_millis(every_ms));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -686,6 +686,7 @@ impl Controller {
                 resources: spec.resources,
                 health: spec.health.clone(),
                 service: spec.service.as_ref().map(|s| s.port),
+                state: spec.state,
             })),
         });
     }

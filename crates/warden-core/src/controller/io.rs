@@ -357,6 +357,8 @@ pub struct Assignment {
     pub health: Option<HealthCheck>,
     /// The service port, when the job declares a service.
     pub service: Option<ServicePort>,
+    /// The job's replicated state, when it declares `[state]`.
+    pub state: Option<crate::state::StateSpec>,
 }
 
 /// A message for one agent.

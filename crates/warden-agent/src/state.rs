@@ -1,0 +1,171 @@
+//! The state of the stateful task copies this agent runs (jobs with `[state]`; see
+//! `docs/state.md`): one [`StateStore`] per copy in `<data dir>/state/<job>/`, its API served
+//! on `<data dir>/state/<job>.sock`, kept open across restarts of the task in place and closed
+//! when the copy stops for good. A primary's write lease follows the agent's lease, a little
+//! shorter, so a primary whose agent lost the server refuses writes before anyone else may be
+//! promoted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warden_core::state::StateSpec;
+use warden_core::{FencingToken, TaskId};
+use warden_state::api::{ApiConfig, serve_unix};
+use warden_state::store::{Limits, Role, StateStore};
+
+/// How much shorter than the agent's lease a primary's write lease is.
+pub const WRITE_LEASE_MARGIN: Duration = Duration::from_millis(100);
+
+/// Longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+struct Open {
+    epoch: FencingToken,
+    store: StateStore,
+    cancel: CancellationToken,
+    env: BTreeMap<String, String>,
+}
+
+/// The open states, by task.
+pub struct TaskStates {
+    dir: PathBuf,
+    open: HashMap<TaskId, Open>,
+    lease_until: Option<std::time::Instant>,
+}
+
+/// A random token for a task's socket: 128 bits from the kernel, in hex.
+fn new_token() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl TaskStates {
+    /// States under `<data_dir>/state`.
+    pub fn new(data_dir: &Path) -> TaskStates {
+        TaskStates {
+            dir: data_dir.join("state"),
+            open: HashMap::new(),
+            lease_until: None,
+        }
+    }
+
+    /// Open the state of `task` at `epoch` (or keep it open, for the same epoch) and serve
+    /// its API; returns the variables the task gets. Must run inside a tokio runtime.
+    pub fn prepare(
+        &mut self,
+        task: &TaskId,
+        epoch: FencingToken,
+        spec: &StateSpec,
+    ) -> Result<BTreeMap<String, String>, String> {
+        if let Some(open) = self.open.get(task) {
+            if open.epoch == epoch {
+                return Ok(open.env.clone());
+            }
+            if open.epoch > epoch {
+                return Err(format!(
+                    "state of {task} is open at epoch {}, newer than {epoch}",
+                    open.epoch
+                ));
+            }
+            self.release(task, open.epoch);
+        }
+        let job = task.job.as_str();
+        if job.is_empty() || job.contains(['/', '\0']) || job.starts_with('.') {
+            return Err(format!("job name {job:?} cannot name a state directory"));
+        }
+        let data = self.dir.join(job);
+        let sock = self.dir.join(format!("{job}.sock"));
+        if sock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "state socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --data-dir",
+                sock.display()
+            ));
+        }
+        let (store, opened) = StateStore::open(
+            &data,
+            Role::Primary,
+            epoch.0,
+            spec.standbys,
+            Limits::default(),
+        )
+        .map_err(|e| format!("open the state of {task}: {e}"))?;
+        if opened.torn_bytes > 0 {
+            warn!(task = %task, bytes = opened.torn_bytes, "cut a torn write at the end of the state log");
+        }
+        info!(task = %task, epoch = epoch.0, seq = opened.seq, "state open");
+        store.set_write_lease(self.lease_until);
+        let token = new_token().map_err(|e| format!("make a state token: {e}"))?;
+        let cancel = CancellationToken::new();
+        let cfg = ApiConfig {
+            ack: spec.ack(),
+            token: Some(token.clone()),
+        };
+        {
+            let (store, cancel, sock, task) =
+                (store.clone(), cancel.clone(), sock.clone(), task.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serve_unix(&sock, store, cfg, cancel).await {
+                    warn!(task = %task, socket = %sock.display(), error = %e, "state API stopped");
+                }
+            });
+        }
+        let env = BTreeMap::from([
+            ("WARDEN_STATE_SOCK".to_string(), sock.display().to_string()),
+            ("WARDEN_STATE_TOKEN".to_string(), token),
+            (
+                "WARDEN_ROLE".to_string(),
+                Role::Primary.as_str().to_string(),
+            ),
+        ]);
+        self.open.insert(
+            task.clone(),
+            Open {
+                epoch,
+                store,
+                cancel,
+                env: env.clone(),
+            },
+        );
+        Ok(env)
+    }
+
+    /// The agent's lease now runs until `until`: primaries take writes until a little before.
+    pub fn set_lease(&mut self, until: Option<std::time::Instant>) {
+        let until = until.map(|u| u.checked_sub(WRITE_LEASE_MARGIN).unwrap_or(u));
+        self.lease_until = until;
+        for open in self.open.values() {
+            open.store.set_write_lease(until);
+        }
+    }
+
+    /// The copy of `task` at `epoch` stopped for good: stop serving its API and close its
+    /// state (kept on disk).
+    pub fn release(&mut self, task: &TaskId, epoch: FencingToken) {
+        if self.open.get(task).is_some_and(|o| o.epoch == epoch)
+            && let Some(open) = self.open.remove(task)
+        {
+            open.cancel.cancel();
+            open.store.close();
+            info!(task = %task, epoch = epoch.0, "state closed");
+        }
+    }
+
+    /// Close every state (the agent stops).
+    pub fn close_all(&mut self) {
+        for (task, open) in self.open.drain() {
+            open.cancel.cancel();
+            open.store.close();
+            info!(task = %task, "state closed");
+        }
+    }
+
+    /// The store of `task`, if open.
+    pub fn store(&self, task: &TaskId) -> Option<&StateStore> {
+        self.open.get(task).map(|o| &o.store)
+    }
+}
