@@ -7,7 +7,7 @@
 //! ```text
 //! message = kind:u8 len:u32le payload
 //! H hello       standby → primary   JSON {job, standby, epoch, last_seq, last_epoch}
-//! F frames      primary → standby   epoch:u64le frames
+//! F frames      primary → standby   epoch:varint crc:u32le first_seq:varint entries (codec::to_wire)
 //! C checkpoint  primary → standby   epoch:u64le keep:u64le checkpoint   (seeding; frames follow)
 //! A ack         standby → primary   synced:u64le
 //! E error       either way          UTF-8 text; the connection closes
@@ -237,6 +237,8 @@ impl Primaries {
         }
         let epoch = role.epoch;
         let epoch_bytes = epoch.to_le_bytes();
+        let mut epoch_varint = Vec::with_capacity(10);
+        crate::codec::put_varint(&mut epoch_varint, epoch);
         // Where the standby's log meets ours, and how much of it ours holds too.
         let end = store.end_of_epoch(hello.last_epoch);
         let mut next = match end {
@@ -251,10 +253,15 @@ impl Primaries {
         let standby = hello.standby.clone();
         let in_sync = served.in_sync.clone();
         // Acks come back on the read half.
+        // What this stream has given the standby: its consistent prefix, then every batch
+        // sent. An ack counts only up to it: a standby whose log ran past ours (a deposed
+        // primary's) must not be taken as holding our entries of those numbers.
+        let sent_through = Arc::new(std::sync::atomic::AtomicU64::new(next.saturating_sub(1)));
         let acks = {
             let store = store.clone();
             let standby = standby.clone();
             let cancel = cancel.clone();
+            let sent_through = sent_through.clone();
             tokio::spawn(async move {
                 loop {
                     let msg = tokio::select! {
@@ -269,7 +276,8 @@ impl Primaries {
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .contains(&standby);
-                            store.standby_synced(&standby, u64::from_le_bytes(a), member);
+                            let upto = sent_through.load(std::sync::atomic::Ordering::Acquire);
+                            store.standby_synced(&standby, u64::from_le_bytes(a).min(upto), member);
                         }
                         Ok((b'E', b)) => {
                             tracing::warn!(standby, error = %String::from_utf8_lossy(&b), "standby refused the stream");
@@ -281,7 +289,16 @@ impl Primaries {
             })
         };
         let mut applied = store.applied_watch();
+        let mut wire = Vec::with_capacity(BATCH_BYTES);
         let result: Result<(), ReplError> = async {
+            if next != 0 {
+                // An empty batch at once: the standby, its prefix accepted, acknowledges what
+                // it holds even when there is nothing new to send.
+                wire.clear();
+                crate::codec::to_wire(&[], epoch, &mut wire);
+                let crc = crate::codec::crc32(&wire).to_le_bytes();
+                write_msg(&mut wr, b'F', &[&epoch_varint, &crc, &wire]).await?;
+            }
             loop {
                 if next == 0 {
                     let ckpt = store.snapshot();
@@ -294,6 +311,7 @@ impl Primaries {
                         bytes.len() as u64 + 21,
                         std::sync::atomic::Ordering::Relaxed,
                     );
+                    sent_through.store(ckpt.seq, std::sync::atomic::Ordering::Release);
                     next = ckpt.seq + 1;
                     continue;
                 }
@@ -316,17 +334,23 @@ impl Primaries {
                             }
                         }
                     }
+                    // Let the writes that arrive together go in one batch: one turn of the
+                    // scheduler, no timer (no added latency when nothing else is runnable).
+                    tokio::task::yield_now().await;
                     continue;
                 }
                 let last = last_seq(&frames);
-                write_msg(&mut wr, b'F', &[&epoch_bytes, &frames]).await?;
+                sent_through.store(last, std::sync::atomic::Ordering::Release);
+                wire.clear();
+                crate::codec::to_wire(&frames, epoch, &mut wire);
+                let crc = crate::codec::crc32(&wire).to_le_bytes();
+                write_msg(&mut wr, b'F', &[&epoch_varint, &crc, &wire]).await?;
                 self.stats
                     .frame_bytes
                     .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.stats.wire_bytes.fetch_add(
-                    frames.len() as u64 + 13,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.stats
+                    .wire_bytes
+                    .fetch_add(wire.len() as u64 + 17, std::sync::atomic::Ordering::Relaxed);
                 next = last + 1;
             }
         }
@@ -385,11 +409,18 @@ pub async fn follow(
     };
     let body = serde_json::to_vec(&hello).map_err(|e| ReplError::Protocol(e.to_string()))?;
     write_msg(&mut wr, b'H', &[&body]).await?;
-    // Acks: whenever what is synced here grows.
+    // Acks: whenever what is synced here grows, from the first message of the primary on
+    // (before it, this log may hold entries the primary's does not: a deposed primary's).
+    let ready = Arc::new(tokio::sync::Notify::new());
     let acker = {
         let mut committed = store.committed_watch();
         let cancel = cancel.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = ready.notified() => {}
+            }
             let mut sent = 0u64;
             loop {
                 let local = committed.borrow_and_update().local;
@@ -417,16 +448,33 @@ pub async fn follow(
             };
             match kind {
                 b'F' => {
-                    let (epoch, frames) = epoch_and_rest(&body)?;
-                    store.apply_frames(epoch, frames)?;
+                    let mut at = 0;
+                    let epoch = crate::codec::get_varint(&body, &mut at)
+                        .ok_or_else(|| ReplError::Protocol("frames without an epoch".into()))?;
+                    let rest = &body[at..];
+                    if rest.len() < 4 {
+                        return Err(ReplError::Protocol("frames without a checksum".into()));
+                    }
+                    let mut crc = [0u8; 4];
+                    crc.copy_from_slice(&rest[..4]);
+                    let wire = &rest[4..];
+                    if crate::codec::crc32(wire) != u32::from_le_bytes(crc) {
+                        return Err(ReplError::Protocol("frame batch checksum mismatch".into()));
+                    }
+                    let frames = crate::codec::from_wire(wire, epoch)
+                        .map_err(|e| ReplError::Protocol(format!("frames: {e}")))?;
+                    store.apply_frames(epoch, Bytes::from(frames))?;
+                    ready.notify_one();
                 }
                 b'C' => {
                     let (epoch, rest) = epoch_and_rest(&body)?;
                     let (keep, bytes) = epoch_and_rest(&rest)?;
-                    let ckpt = Checkpoint::decode(bytes)
-                        .map_err(|e| ReplError::Protocol(format!("checkpoint: {e}")))?;
                     let store = store.clone();
-                    let held = tokio::task::spawn_blocking(move || store.reseed(epoch, ckpt))
+                    let held = tokio::task::spawn_blocking(move || {
+                        let ckpt = Checkpoint::decode(bytes.clone())
+                            .map_err(|e| ReplError::Protocol(format!("checkpoint: {e}")))?;
+                        store.reseed_encoded(epoch, ckpt, &bytes).map_err(ReplError::from)
+                    })
                         .await
                         .map_err(|e| ReplError::Protocol(e.to_string()))??;
                     if keep == u64::MAX && held > 0 {
@@ -445,6 +493,7 @@ pub async fn follow(
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     r.seeds += 1;
+                    ready.notify_one();
                     if discarded > 0 {
                         r.discarded += discarded;
                         tracing::warn!(

@@ -869,6 +869,18 @@ impl StateStore {
     /// Replace this standby's whole state with `checkpoint` (seeding, or cutting a log that
     /// ran past the primary's). Returns the sequence number this replica held before.
     pub fn reseed(&self, epoch: u64, checkpoint: Checkpoint) -> Result<u64, ApplyError> {
+        let bytes = checkpoint.encode();
+        self.reseed_encoded(epoch, checkpoint, &bytes)
+    }
+
+    /// [`StateStore::reseed`] with the checkpoint's encoding at hand (what the primary sent),
+    /// written to disk as it is.
+    pub fn reseed_encoded(
+        &self,
+        epoch: u64,
+        checkpoint: Checkpoint,
+        bytes: &[u8],
+    ) -> Result<u64, ApplyError> {
         let mut wal = lock(&self.shared.wal);
         let mut g = lock(&self.shared.inner);
         if g.role != Role::Standby {
@@ -877,7 +889,7 @@ impl StateStore {
         g.fence.admit(epoch)?;
         let had = g.next_seq - 1;
         g.pending.clear();
-        wal.checkpoint(&checkpoint, checkpoint.seq + 1)
+        wal.checkpoint_bytes(checkpoint.seq, bytes, checkpoint.seq + 1)
             .map_err(|e| ApplyError::Failed(e.to_string()))?;
         g.kv = checkpoint.kv.iter().cloned().collect();
         g.next_seq = checkpoint.seq + 1;
@@ -922,8 +934,10 @@ fn flush_loop(shared: &Shared) {
             continue;
         }
         let result = wal.append(first, &buf).and_then(|()| wal.sync());
-        drop(wal);
+        // Still holding the log: a reseed cannot slip in between the sync and this update
+        // (it would be overwritten by a number from the log it replaced).
         let mut g = lock(&shared.inner);
+        drop(wal);
         match result {
             Ok(()) => {
                 g.durable = g.durable.max(last);

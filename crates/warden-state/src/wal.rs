@@ -340,12 +340,27 @@ impl Wal {
     /// Write `checkpoint` (aside, synced, renamed into place), begin a new segment after it,
     /// and remove the segments and older checkpoints it covers.
     pub fn checkpoint(&mut self, checkpoint: &Checkpoint, next_seq: u64) -> Result<(), WalError> {
+        self.checkpoint_bytes(checkpoint.seq, &checkpoint.encode(), next_seq)
+    }
+
+    /// [`Wal::checkpoint`] with the checkpoint of `seq` already encoded (a standby writes the
+    /// bytes it received as they are).
+    pub fn checkpoint_bytes(
+        &mut self,
+        seq: u64,
+        bytes: &[u8],
+        next_seq: u64,
+    ) -> Result<(), WalError> {
+        let checkpoint = Checkpoint {
+            seq,
+            ..Checkpoint::default()
+        };
         let name = checkpoint_name(checkpoint.seq);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(&name);
         {
             let mut f = File::create(&tmp).map_err(io_err("create checkpoint", &tmp))?;
-            f.write_all(&checkpoint.encode())
+            f.write_all(bytes)
                 .and_then(|()| f.sync_all())
                 .map_err(io_err("write checkpoint", &tmp))?;
         }

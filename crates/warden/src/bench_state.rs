@@ -316,7 +316,14 @@ fn seed(rt: &tokio::runtime::Runtime, mib: usize) -> Result<()> {
     ));
     let target = primary.store.applied();
     let deadline = t0 + Duration::from_secs(600);
-    while standby.store.committed().local < target {
+    let seeded = || {
+        report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seeds
+            > 0
+    };
+    while standby.store.committed().local < target || !seeded() {
         if Instant::now() > deadline {
             bail!("the standby was not seeded within 600 s");
         }
