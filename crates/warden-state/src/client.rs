@@ -252,6 +252,38 @@ impl StateClient {
         Self::seq_of(&a)
     }
 
+    /// Set several keys at once, atomically (`None`: delete the key): one write, one
+    /// acknowledgement. Returns the batch's sequence number.
+    pub fn batch(
+        &mut self,
+        ops: &[(&str, Option<&[u8]>)],
+        ack: Option<AckLevel>,
+    ) -> Result<u64, ClientError> {
+        use base64::Engine as _;
+        let items: Vec<serde_json::Value> = ops
+            .iter()
+            .map(|(key, value)| match value {
+                None => serde_json::json!({"op": "delete", "key": key}),
+                Some(v) => match std::str::from_utf8(v) {
+                    Ok(s) => serde_json::json!({"op": "put", "key": key, "value": s}),
+                    Err(_) => serde_json::json!({
+                        "op": "put",
+                        "key": key,
+                        "value_b64": base64::engine::general_purpose::STANDARD.encode(v),
+                    }),
+                },
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "ops": items }))
+            .map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let a = Self::ok(self.request(
+            "POST",
+            &format!("/v1/batch{}", Self::ack_query(ack)),
+            &body,
+        )?)?;
+        Self::seq_of(&a)
+    }
+
     /// Remove `key`.
     pub fn delete(&mut self, key: &str, ack: Option<AckLevel>) -> Result<u64, ClientError> {
         let target = format!("/v1/kv/{}{}", encode_key(key), Self::ack_query(ack));

@@ -201,6 +201,51 @@ struct Inner {
     checkpoint_seq: u64,
     failed: Option<String>,
     closed: bool,
+    /// Writes waiting for their acknowledgement, by level (local, standby, quorum) and
+    /// sequence number: woken only when their number is reached, not at every change.
+    waiters: [BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<bool>>>; 3],
+}
+
+fn level_index(level: AckLevel) -> usize {
+    match level {
+        AckLevel::Local => 0,
+        AckLevel::Standby => 1,
+        AckLevel::Quorum => 2,
+    }
+}
+
+/// Publish what is acknowledged now: wake the writes it covers (all of them, with `false`,
+/// when the log failed), then tell the watchers. Takes the lock's guard and releases it.
+fn publish(shared: &Shared, mut g: MutexGuard<'_, Inner>) {
+    let c = g.committed();
+    let mut ready = Vec::new();
+    for (i, level) in [AckLevel::Local, AckLevel::Standby, AckLevel::Quorum]
+        .into_iter()
+        .enumerate()
+    {
+        let map = &mut g.waiters[i];
+        if c.failed {
+            ready.extend(
+                std::mem::take(map)
+                    .into_values()
+                    .flatten()
+                    .map(|w| (w, false)),
+            );
+            continue;
+        }
+        let upto = c.at(level);
+        while let Some(entry) = map.first_entry() {
+            if *entry.key() > upto {
+                break;
+            }
+            ready.extend(entry.remove().into_iter().map(|w| (w, true)));
+        }
+    }
+    drop(g);
+    for (w, ok) in ready {
+        let _ = w.send(ok);
+    }
+    shared.committed.send_replace(c);
 }
 
 struct Shared {
@@ -366,6 +411,7 @@ impl StateStore {
             checkpoint_seq,
             failed: None,
             closed: false,
+            waiters: Default::default(),
         };
         let committed = inner.committed();
         let shared = Arc::new(Shared {
@@ -529,25 +575,40 @@ impl StateStore {
         level: AckLevel,
         timeout: Duration,
     ) -> Result<(), WaitError> {
-        let mut rx = self.shared.committed.subscribe();
-        let fut = rx.wait_for(|c| c.failed || c.at(level) >= seq);
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(c)) if !c.failed => Ok(()),
-            Ok(Ok(_)) => Err(WaitError::Failed(
-                lock(&self.shared.inner).failed.clone().unwrap_or_default(),
-            )),
-            Ok(Err(_)) => Err(WaitError::Failed("the state is closed".into())),
-            Err(_) => {
-                if let Some(e) = &lock(&self.shared.inner).failed {
-                    return Err(WaitError::Failed(e.clone()));
-                }
-                Err(WaitError::Timeout {
-                    level,
-                    seq,
-                    at: self.shared.committed.borrow().at(level),
-                    waited: timeout,
-                })
+        let rx = {
+            let mut g = lock(&self.shared.inner);
+            if let Some(e) = &g.failed {
+                return Err(WaitError::Failed(e.clone()));
             }
+            if g.committed().at(level) >= seq {
+                return Ok(());
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let map = &mut g.waiters[level_index(level)];
+            // Waits that timed out leave their senders behind; drop them now and then.
+            if map.len() > 10_000 {
+                map.retain(|_, ws| {
+                    ws.retain(|w| !w.is_closed());
+                    !ws.is_empty()
+                });
+            }
+            map.entry(seq).or_default().push(tx);
+            rx
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(_) => Err(WaitError::Failed(
+                lock(&self.shared.inner)
+                    .failed
+                    .clone()
+                    .unwrap_or_else(|| "the state is closed".into()),
+            )),
+            Err(_) => Err(WaitError::Timeout {
+                level,
+                seq,
+                at: self.shared.committed.borrow().at(level),
+                waited: timeout,
+            }),
         }
     }
 
@@ -640,9 +701,7 @@ impl StateStore {
             Ok(()) => {
                 g.checkpoint_seq = ckpt.seq;
                 g.durable = g.durable.max(ckpt.seq);
-                let c = g.committed();
-                drop(g);
-                self.shared.committed.send_replace(c);
+                publish(&self.shared, g);
                 Ok(ckpt.seq)
             }
             Err(e) => {
@@ -731,8 +790,7 @@ impl StateStore {
             g.fence.admit(epoch)?;
             g.role = Role::Standby;
             g.standbys.clear();
-            let c = g.committed();
-            self.shared.committed.send_replace(c);
+            publish(&self.shared, g);
         }
         self.shared.role.send_replace(RoleState {
             role: Role::Standby,
@@ -747,22 +805,14 @@ impl StateStore {
         let p = g.standbys.entry(standby.to_string()).or_default();
         p.synced = p.synced.max(synced);
         p.in_sync = in_sync;
-        let c = g.committed();
-        drop(g);
-        self.shared.committed.send_if_modified(|old| {
-            let changed = *old != c;
-            *old = c;
-            changed
-        });
+        publish(&self.shared, g);
     }
 
     /// Forget a standby (the server removed it from the job).
     pub fn standby_removed(&self, standby: &str) {
         let mut g = lock(&self.shared.inner);
         g.standbys.remove(standby);
-        let c = g.committed();
-        drop(g);
-        self.shared.committed.send_replace(c);
+        publish(&self.shared, g);
     }
 
     /// Each standby's progress as the primary sees it.
@@ -901,10 +951,8 @@ impl StateStore {
         g.backlog.clear();
         g.backlog_bytes = 0;
         g.durable = checkpoint.seq;
-        let c = g.committed();
-        drop(g);
+        publish(&self.shared, g);
         drop(wal);
-        self.shared.committed.send_replace(c);
         self.shared.applied.send_replace(checkpoint.seq);
         Ok(had)
     }
@@ -941,17 +989,14 @@ fn flush_loop(shared: &Shared) {
         match result {
             Ok(()) => {
                 g.durable = g.durable.max(last);
-                let c = g.committed();
-                drop(g);
-                shared.committed.send_replace(c);
+                publish(shared, g);
             }
             Err(e) => {
                 tracing::error!(error = %e, "state log write failed; the state is read-only now");
                 g.failed = Some(e.to_string());
                 g.closed = true;
-                drop(g);
                 // Wake every waiter so it sees the failure rather than a timeout.
-                shared.committed.send_modify(|c| c.failed = true);
+                publish(shared, g);
                 return;
             }
         }

@@ -63,6 +63,9 @@ pub enum BenchCommand {
         /// Bytes per value.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
+        /// Writes per request: 1 (one PUT each) or an atomic batch of that many puts.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch: u64,
         /// Acknowledgement level: local, standby or quorum.
         #[arg(long, default_value = "standby", value_parser = parse_ack)]
         ack: warden_core::state::AckLevel,
@@ -230,10 +233,12 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             writes,
             clients,
             value_bytes,
+            batch,
             ack,
             standbys,
             seed_mib,
         } => crate::bench_state::run(&crate::bench_state::StateBench {
+            batch: usize::try_from(*batch).unwrap_or(1),
             writes: *writes,
             clients: (*clients).max(1),
             value_bytes: *value_bytes,

@@ -27,6 +27,8 @@ pub struct StateBench {
     pub clients: usize,
     /// Bytes per value.
     pub value_bytes: usize,
+    /// Writes per request (1: one `PUT` each; more: one atomic batch of that many puts).
+    pub batch: usize,
     /// Acknowledgement level of every write.
     pub ack: AckLevel,
     /// Standbys following the primary.
@@ -161,18 +163,33 @@ pub fn run(b: &StateBench) -> Result<()> {
     }
 
     println!(
-        "state: {} writes of {} B values by {} clients at ack={}, {} standby(s), over a Unix socket and loopback TCP",
-        b.writes, b.value_bytes, b.clients, b.ack, b.standbys
+        "state: {} writes of {} B values by {} clients ({}) at ack={}, {} standby(s), over a Unix socket and loopback TCP",
+        b.writes,
+        b.value_bytes,
+        b.clients,
+        if b.batch > 1 {
+            format!("batches of {} writes per request", b.batch)
+        } else {
+            "one write per request".to_string()
+        },
+        b.ack,
+        b.standbys
     );
     // Warm-up: connections, allocations, the first segment.
-    run_clients(&sock, b, b.writes.min(5_000) / b.clients.max(1), "w")?;
+    run_clients(
+        &sock,
+        b,
+        b.writes.min(5_000) / b.clients.max(1) / b.batch,
+        "w",
+    )?;
     let shipped0 = primaries
         .stats()
         .wire_bytes
         .load(std::sync::atomic::Ordering::Relaxed);
     let cpu0 = process_cpu();
     let t0 = Instant::now();
-    let (mut lat, client_cpu, payload) = run_clients(&sock, b, b.writes / b.clients.max(1), "k")?;
+    let (mut lat, client_cpu, payload) =
+        run_clients(&sock, b, b.writes / b.clients.max(1) / b.batch, "k")?;
     let wall = t0.elapsed();
     let cpu = process_cpu().saturating_sub(cpu0);
     let shipped = primaries
@@ -183,8 +200,9 @@ pub fn run(b: &StateBench) -> Result<()> {
     lat.sort_unstable();
     let n = lat.len();
     let state_cpu = cpu.saturating_sub(client_cpu);
+    let n = n * b.batch;
     println!(
-        "writes: {n} in {:.2} s = {:.0} writes/s; ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "writes: {n} in {:.2} s = {:.0} writes/s; ack latency (per request) p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         wall.as_secs_f64(),
         n as f64 / wall.as_secs_f64(),
         pct(&lat, 0.5),
@@ -245,19 +263,32 @@ fn run_clients(
             let sock = sock.to_path_buf();
             let value = value.clone();
             let prefix = prefix.to_string();
+            let batch = b.batch.max(1);
             std::thread::spawn(move || -> Result<(Vec<u32>, Duration, u64)> {
                 let cpu0 = thread_cpu();
                 let mut client = StateClient::new(&sock, 1, None);
                 let mut lat = Vec::with_capacity(writes_each);
                 let mut payload = 0u64;
                 for i in 0..writes_each {
-                    let key = format!("{prefix}{c}-{}", i % 10_000);
+                    let keys: Vec<String> = (0..batch)
+                        .map(|j| format!("{prefix}{c}-{}", (i * batch + j) % 10_000))
+                        .collect();
                     let t = Instant::now();
-                    client
-                        .put(&key, &value, None)
-                        .with_context(|| format!("write {i} of client {c}"))?;
+                    if batch == 1 {
+                        client.put(&keys[0], &value, None)
+                    } else {
+                        let ops: Vec<(&str, Option<&[u8]>)> = keys
+                            .iter()
+                            .map(|k| (k.as_str(), Some(value.as_slice())))
+                            .collect();
+                        client.batch(&ops, None)
+                    }
+                    .with_context(|| format!("request {i} of client {c}"))?;
                     lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                    payload += (key.len() + value.len()) as u64;
+                    payload += keys
+                        .iter()
+                        .map(|k| (k.len() + value.len()) as u64)
+                        .sum::<u64>();
                 }
                 Ok((lat, thread_cpu().saturating_sub(cpu0), payload))
             })
