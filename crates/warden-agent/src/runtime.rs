@@ -136,7 +136,8 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut ids = Ids::default();
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut endpoints = Endpoints::new();
-    let mut states = crate::state::TaskStates::new(&cfg.data_dir);
+    let owner = cfg.launcher.run_as.as_ref().map(|u| (u.uid, u.gid));
+    let mut states = crate::state::TaskStates::new(&cfg.data_dir, owner);
     let (hello_tx, hello_rx) = watch::channel(HelloState::default());
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
     let links_cancel = CancellationToken::new();

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warden_core::state::StateSpec;
 use warden_core::{FencingToken, TaskId};
-use warden_state::api::{ApiConfig, serve_unix};
+use warden_state::api::{ApiConfig, bind_unix, serve_listener};
 use warden_state::store::{Limits, Role, StateStore};
 
 /// How much shorter than the agent's lease a primary's write lease is.
@@ -33,6 +33,9 @@ struct Open {
 /// The open states, by task.
 pub struct TaskStates {
     dir: PathBuf,
+    /// The tasks' user (uid, gid), when the agent runs them as another user: their sockets
+    /// are theirs.
+    owner: Option<(u32, u32)>,
     open: HashMap<TaskId, Open>,
     lease_until: Option<std::time::Instant>,
 }
@@ -45,10 +48,12 @@ fn new_token() -> std::io::Result<String> {
 }
 
 impl TaskStates {
-    /// States under `<data_dir>/state`.
-    pub fn new(data_dir: &Path) -> TaskStates {
+    /// States under `<data_dir>/state`, with sockets owned by `owner` (uid, gid) when the
+    /// tasks run as another user.
+    pub fn new(data_dir: &Path, owner: Option<(u32, u32)>) -> TaskStates {
         TaskStates {
             dir: data_dir.join("state"),
+            owner,
             open: HashMap::new(),
             lease_until: None,
         }
@@ -86,6 +91,7 @@ impl TaskStates {
                 sock.display()
             ));
         }
+        let _ = std::fs::create_dir_all(&self.dir);
         let (store, opened) = StateStore::open(
             &data,
             Role::Primary,
@@ -105,11 +111,18 @@ impl TaskStates {
             ack: spec.ack(),
             token: Some(token.clone()),
         };
+        let listener = match bind_unix(&sock, self.owner) {
+            Ok(l) => l,
+            Err(e) => {
+                store.close();
+                return Err(format!("bind the state socket {}: {e}", sock.display()));
+            }
+        };
         {
             let (store, cancel, sock, task) =
                 (store.clone(), cancel.clone(), sock.clone(), task.clone());
             tokio::spawn(async move {
-                if let Err(e) = serve_unix(&sock, store, cfg, cancel).await {
+                if let Err(e) = serve_listener(listener, store, cfg, cancel).await {
                     warn!(task = %task, socket = %sock.display(), error = %e, "state API stopped");
                 }
             });

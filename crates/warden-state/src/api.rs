@@ -631,24 +631,47 @@ pub fn router(store: StateStore, cfg: ApiConfig) -> Router {
         .with_state(ctx)
 }
 
-/// Serve the state API on a Unix socket at `path` (an old socket file there is replaced; the
-/// file is made readable and writable by its owner only) until `cancel`.
-pub async fn serve_unix(
+/// Bind the state API's Unix socket at `path` (an old socket file there is replaced): mode
+/// 0600, owned by `owner` (uid, gid) when given (the task's user, when the agent runs tasks
+/// as another user). Bound before the task starts, so its first request finds the socket.
+pub fn bind_unix(
     path: &Path,
-    store: StateStore,
-    cfg: ApiConfig,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let app = router(store, cfg);
-    axum::serve(listener, app)
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+/// Serve the state API on `listener` until `cancel`.
+pub async fn serve_listener(
+    listener: tokio::net::UnixListener,
+    store: StateStore,
+    cfg: ApiConfig,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(store, cfg))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
+}
+
+/// Serve the state API on a Unix socket at `path` (see [`bind_unix`]) until `cancel`.
+pub async fn serve_unix(
+    path: &Path,
+    store: StateStore,
+    cfg: ApiConfig,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = bind_unix(path, None)?;
+    serve_listener(listener, store, cfg, cancel).await
 }
