@@ -102,7 +102,7 @@ fn a_stateful_task_killed_with_sigkill_continues_from_its_state() {
 }
 
 #[test]
-fn state_on_a_service_or_an_impossible_ack_is_refused_naming_the_field() {
+fn state_on_a_service_or_an_impossible_state_table_is_refused_clearly() {
     let c = start_cluster();
     for (spec, field) in [
         (
@@ -119,7 +119,7 @@ fn state_on_a_service_or_an_impossible_ack_is_refused_naming_the_field() {
         ),
         (
             "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nmode = \"cold\"\n",
-            "mode",
+            "expected `hot` or `warm`",
         ),
     ] {
         let err = c.submit(spec).expect_err(spec).to_string();
