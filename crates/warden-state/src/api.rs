@@ -257,6 +257,19 @@ fn value_json(obj: &mut serde_json::Map<String, Value>, v: &[u8]) {
     };
 }
 
+/// Keys and values as JSON items: `[{"key", "value" | "value_b64"}]`.
+fn items_json(items: &[(String, Bytes)]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|(k, v)| {
+            let mut o = serde_json::Map::new();
+            o.insert("key".into(), Value::from(k.as_str()));
+            value_json(&mut o, v);
+            Value::Object(o)
+        })
+        .collect()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScanQuery {
@@ -274,15 +287,7 @@ async fn scan(State(ctx): State<Ctx>, Query(q): Query<ScanQuery>) -> Response {
     let (items, seq) = ctx.store.scan(&q.prefix, q.after.as_deref(), limit);
     let more = items.len() == limit;
     let last = items.last().map(|(k, _)| k.clone());
-    let items: Vec<Value> = items
-        .iter()
-        .map(|(k, v)| {
-            let mut o = serde_json::Map::new();
-            o.insert("key".into(), Value::from(k.as_str()));
-            value_json(&mut o, v);
-            Value::Object(o)
-        })
-        .collect();
+    let items = items_json(&items);
     axum::Json(json!({"seq": seq, "items": items, "next_after": if more { last } else { None }}))
         .into_response()
 }
@@ -412,15 +417,7 @@ async fn checkpoint(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> 
 
 async fn snapshot(State(ctx): State<Ctx>) -> Response {
     let s = ctx.store.snapshot();
-    let items: Vec<Value> =
-        s.kv.iter()
-            .map(|(k, v)| {
-                let mut o = serde_json::Map::new();
-                o.insert("key".into(), Value::from(k.as_str()));
-                value_json(&mut o, v);
-                Value::Object(o)
-            })
-            .collect();
+    let items = items_json(&s.kv);
     axum::Json(json!({
         "seq": s.seq,
         "epoch": s.epoch,
