@@ -10,13 +10,15 @@
 //!   levels (the rules are `warden_core::state`);
 //! - [`api`]: the task's state API, HTTP on a Unix socket;
 //! - [`repl`]: replication from a primary to its standbys over TCP;
-//! - [`client`]: a small blocking client for tasks written in Rust.
+//! - [`client`]: a small blocking client for tasks written in Rust;
+//! - [`failover`]: failovers in one process, checking that no acknowledged write is lost.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod client;
 pub mod codec;
+pub mod failover;
 pub mod repl;
 pub mod store;
 pub mod wal;

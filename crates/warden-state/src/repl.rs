@@ -10,16 +10,19 @@
 //! F frames      primary → standby   epoch:varint crc:u32le first_seq:varint entries (codec::to_wire)
 //! C checkpoint  primary → standby   epoch:u64le keep:u64le checkpoint   (seeding; frames follow)
 //! A ack         standby → primary   synced:u64le
+//! T truncate    primary → standby   epoch:u64le keep:u64le   (cut the log after keep; frames follow)
 //! E error       either way          UTF-8 text; the connection closes
 //! ```
 //!
 //! Resuming: a standby whose newest entry is `(last_seq, last_epoch)` continues after it when
 //! the primary's log holds `last_epoch` up to at least `last_seq`. A standby whose log runs
 //! past the end of that epoch in the primary's log (a deposed primary's writes that were
-//! never replicated) is seeded again from a checkpoint, and says how many entries it
-//! discarded: `keep` in the checkpoint message is the last of its entries the primary's log
-//! holds too (`u64::MAX`: the primary cannot tell, its log no longer holds that epoch). A
-//! standby that fell behind everything the primary keeps is seeded too.
+//! never replicated) is told to cut its log there (`T`), rebuilds its state from its
+//! checkpoint and what is left, says how many entries it discarded, and continues. One that
+//! cannot be cut back so far (its checkpoint is later), whose last epoch the primary no longer
+//! knows, or that fell behind everything the primary keeps, is seeded from a checkpoint; `keep`
+//! in that message is the last of its entries the primary's log holds too (`u64::MAX`: the
+//! primary cannot tell).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +56,9 @@ pub struct Hello {
     pub last_seq: u64,
     /// That entry's epoch.
     pub last_epoch: u64,
+    /// Its checkpoint's sequence number: its log cannot be cut back before it.
+    #[serde(default)]
+    pub base: u64,
 }
 
 /// Replication failed.
@@ -244,7 +250,14 @@ impl Primaries {
         let mut next = match end {
             _ if hello.last_seq == 0 => 1,
             Some(end) if hello.last_seq <= end => hello.last_seq + 1,
-            _ => 0, // diverged or unknown: seed
+            // Its log ran past ours: cut it back where they agree (cheap), unless that is
+            // before its checkpoint.
+            Some(end) if end >= hello.base => {
+                let cut = [&epoch_bytes[..], &end.to_le_bytes()[..]].concat();
+                write_msg(&mut wr, b'T', &[&cut]).await?;
+                end + 1
+            }
+            _ => 0, // unknown: seed
         };
         let keep = match end {
             Some(end) => hello.last_seq.min(end),
@@ -406,6 +419,7 @@ pub async fn follow(
         epoch: store.role().epoch,
         last_seq,
         last_epoch,
+        base: store.checkpoint_seq(),
     };
     let body = serde_json::to_vec(&hello).map_err(|e| ReplError::Protocol(e.to_string()))?;
     write_msg(&mut wr, b'H', &[&body]).await?;
@@ -496,6 +510,26 @@ pub async fn follow(
                     ready.notify_one();
                     if discarded > 0 {
                         r.discarded += discarded;
+                        tracing::warn!(
+                            job,
+                            discarded,
+                            "discarded writes this replica took as primary and never replicated"
+                        );
+                    }
+                }
+                b'T' => {
+                    let (epoch, rest) = epoch_and_rest(&body)?;
+                    let (keep, _) = epoch_and_rest(&rest)?;
+                    let store = store.clone();
+                    let discarded =
+                        tokio::task::spawn_blocking(move || store.truncate_to(epoch, keep))
+                            .await
+                            .map_err(|e| ReplError::Protocol(e.to_string()))??;
+                    if discarded > 0 {
+                        report
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .discarded += discarded;
                         tracing::warn!(
                             job,
                             discarded,

@@ -204,6 +204,9 @@ struct Inner {
     /// Writes waiting for their acknowledgement, by level (local, standby, quorum) and
     /// sequence number: woken only when their number is reached, not at every change.
     waiters: [BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<bool>>>; 3],
+    /// Test-only: `standby` and `quorum` acknowledge what is synced locally (see
+    /// [`StateStore::break_acks_for_tests`]).
+    broken_acks: bool,
 }
 
 fn level_index(level: AckLevel) -> usize {
@@ -315,6 +318,14 @@ impl Inner {
     }
 
     fn committed(&self) -> Committed {
+        if self.broken_acks {
+            return Committed {
+                local: self.durable,
+                standby: self.durable,
+                quorum: self.durable,
+                failed: self.failed.is_some(),
+            };
+        }
         let p = self.progress();
         Committed {
             local: state::committed(AckLevel::Local, &p, self.configured),
@@ -347,6 +358,51 @@ impl Inner {
     }
 }
 
+/// The state rebuilt from what [`Wal::open`] found.
+struct Rebuilt {
+    kv: BTreeMap<String, Bytes>,
+    next_seq: u64,
+    last_epoch: u64,
+    epochs: Vec<(u64, u64)>,
+    blob: Bytes,
+    checkpoint_seq: u64,
+}
+
+impl From<crate::wal::Recovered> for Rebuilt {
+    fn from(recovered: crate::wal::Recovered) -> Rebuilt {
+        let mut r = Rebuilt {
+            kv: BTreeMap::new(),
+            next_seq: 1,
+            last_epoch: 0,
+            epochs: Vec::new(),
+            blob: Bytes::new(),
+            checkpoint_seq: 0,
+        };
+        if let Some(c) = recovered.checkpoint {
+            r.kv.extend(c.kv);
+            r.next_seq = c.seq + 1;
+            r.last_epoch = c.epoch;
+            r.blob = c.blob;
+            r.checkpoint_seq = c.seq;
+            r.epochs.push((c.seq, c.epoch));
+        }
+        let mut rest = recovered.frames;
+        while !rest.is_empty() {
+            let Ok((entry, n)) = codec::decode(&rest) else {
+                break;
+            };
+            apply_op(&mut r.kv, &entry.op);
+            r.next_seq = entry.seq + 1;
+            if r.epochs.last().is_none_or(|&(_, e)| e != entry.epoch) {
+                r.epochs.push((entry.seq, entry.epoch));
+            }
+            r.last_epoch = entry.epoch;
+            rest = rest.slice(n..);
+        }
+        r
+    }
+}
+
 impl StateStore {
     /// Open the state in `dir` as `role` at `epoch`, keeping `standbys` standbys.
     pub fn open(
@@ -357,38 +413,20 @@ impl StateStore {
         limits: Limits,
     ) -> Result<(StateStore, Opened), WalError> {
         let (wal, recovered) = Wal::open(dir)?;
-        let mut kv = BTreeMap::new();
-        let mut next_seq = 1;
-        let mut last_epoch = 0;
-        let mut blob = Bytes::new();
-        let mut checkpoint_seq = 0;
-        let mut epochs = Vec::new();
-        if let Some(c) = recovered.checkpoint {
-            kv.extend(c.kv);
-            next_seq = c.seq + 1;
-            last_epoch = c.epoch;
-            blob = c.blob;
-            checkpoint_seq = c.seq;
-            epochs.push((c.seq, c.epoch));
-        }
-        let mut rest = recovered.frames;
-        while !rest.is_empty() {
-            let Ok((entry, n)) = codec::decode(&rest) else {
-                break;
-            };
-            apply_op(&mut kv, &entry.op);
-            next_seq = entry.seq + 1;
-            if epochs.last().is_none_or(|&(_, e)| e != entry.epoch) {
-                epochs.push((entry.seq, entry.epoch));
-            }
-            last_epoch = entry.epoch;
-            rest = rest.slice(n..);
-        }
+        let torn_bytes = recovered.torn_bytes;
+        let Rebuilt {
+            kv,
+            next_seq,
+            last_epoch,
+            epochs,
+            blob,
+            checkpoint_seq,
+        } = Rebuilt::from(recovered);
         let durable = next_seq - 1;
         let opened = Opened {
             seq: durable,
             epoch: last_epoch,
-            torn_bytes: recovered.torn_bytes,
+            torn_bytes,
         };
         let inner = Inner {
             kv,
@@ -412,6 +450,7 @@ impl StateStore {
             failed: None,
             closed: false,
             waiters: Default::default(),
+            broken_acks: false,
         };
         let committed = inner.committed();
         let shared = Arc::new(Shared {
@@ -439,6 +478,16 @@ impl StateStore {
             })?;
         *lock(&shared.flusher) = Some(handle);
         Ok((StateStore { shared }, opened))
+    }
+
+    /// **Test-only.** Acknowledge writes at `standby` and `quorum` as soon as they are synced
+    /// here, before any standby holds them: the bug the failover check must catch
+    /// ([`crate::failover`]). Never called by the agent.
+    #[doc(hidden)]
+    pub fn break_acks_for_tests(&self) {
+        let mut g = lock(&self.shared.inner);
+        g.broken_acks = true;
+        publish(&self.shared, g);
     }
 
     /// The directory the state lives in.
@@ -955,6 +1004,73 @@ impl StateStore {
         drop(wal);
         self.shared.applied.send_replace(checkpoint.seq);
         Ok(had)
+    }
+}
+
+impl StateStore {
+    /// The sequence number of this replica's checkpoint (0: none): a log can be cut back to
+    /// no earlier than it.
+    pub fn checkpoint_seq(&self) -> u64 {
+        lock(&self.shared.inner).checkpoint_seq
+    }
+
+    /// Cut this standby's log after `keep` (a deposed primary's tail that the new primary of
+    /// `epoch` does not hold): the log on disk is truncated, the state rebuilt from the
+    /// checkpoint and what is left. Returns how many entries were discarded. Refused when
+    /// `keep` is before this replica's checkpoint (it must be seeded instead).
+    pub fn truncate_to(&self, epoch: u64, keep: u64) -> Result<u64, ApplyError> {
+        let mut wal = lock(&self.shared.wal);
+        let mut g = lock(&self.shared.inner);
+        if g.role != Role::Standby {
+            return Err(ApplyError::NotStandby);
+        }
+        g.fence.admit(epoch)?;
+        let had = g.next_seq - 1;
+        if keep >= had {
+            return Ok(0);
+        }
+        if keep < g.checkpoint_seq {
+            return Err(ApplyError::Gap {
+                expected_next: g.checkpoint_seq + 1,
+                found: keep + 1,
+            });
+        }
+        // What is queued goes to disk first, so the cut sees the whole log.
+        let pending = std::mem::take(&mut g.pending);
+        let fail = |g: &mut Inner, e: WalError| {
+            let msg = e.to_string();
+            g.failed = Some(msg.clone());
+            ApplyError::Failed(msg)
+        };
+        if !pending.is_empty()
+            && let Err(e) = wal
+                .append(g.pending_first, &pending)
+                .and_then(|()| wal.sync())
+        {
+            return Err(fail(&mut g, e));
+        }
+        let rebuilt = match wal.truncate_after(keep) {
+            Ok(recovered) => Rebuilt::from(recovered),
+            Err(e) => return Err(fail(&mut g, e)),
+        };
+        g.kv = rebuilt.kv;
+        g.next_seq = rebuilt.next_seq;
+        g.pending_first = rebuilt.next_seq;
+        g.last_epoch = rebuilt.last_epoch;
+        g.epochs = rebuilt.epochs;
+        g.blob = rebuilt.blob;
+        g.checkpoint_seq = rebuilt.checkpoint_seq;
+        while g.backlog.back().is_some_and(|&(seq, _)| seq > keep) {
+            if let Some((_, f)) = g.backlog.pop_back() {
+                g.backlog_bytes -= f.len();
+            }
+        }
+        g.durable = g.next_seq - 1;
+        let now = g.next_seq - 1;
+        publish(&self.shared, g);
+        drop(wal);
+        self.shared.applied.send_replace(now);
+        Ok(had - now)
     }
 }
 

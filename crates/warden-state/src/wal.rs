@@ -385,6 +385,45 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
+    /// Cut the log after frame `keep`: later segments are removed, the one holding `keep` is
+    /// truncated after it, and the log is read again (what opening would find). Frames before
+    /// the newest checkpoint are not touched.
+    pub fn truncate_after(&mut self, keep: u64) -> Result<Recovered, WalError> {
+        self.sync()?;
+        // Segments that start after `keep` go entirely (newest first: a crash half-way leaves
+        // a shorter log, never a gap).
+        while self.segments.len() > 1
+            && self.segments.last().is_some_and(|(first, _)| *first > keep)
+        {
+            if let Some((_, path)) = self.segments.pop() {
+                fs::remove_file(&path).map_err(io_err("remove log", &path))?;
+            }
+        }
+        let path = self.segments[self.segments.len() - 1].1.clone();
+        let buf = fs::read(&path).map_err(io_err("read log", &path))?;
+        let mut at = 0usize;
+        while at < buf.len() {
+            let Ok(n) = codec::check(&buf[at..]) else {
+                break;
+            };
+            if codec::seq_epoch(&buf[at..at + n]).0 > keep {
+                break;
+            }
+            at += n;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open log", &path))?;
+        f.set_len(at as u64)
+            .map_err(io_err("truncate log", &path))?;
+        f.sync_all().map_err(io_err("sync log", &path))?;
+        sync_dir(&self.dir)?;
+        let (wal, recovered) = Wal::open(&self.dir)?;
+        *self = wal;
+        Ok(recovered)
+    }
+
     /// The sequence number of the oldest frame still on disk.
     pub fn first_seq(&self) -> u64 {
         self.segments.first().map_or(1, |(s, _)| *s)

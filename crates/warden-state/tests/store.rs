@@ -217,3 +217,29 @@ fn stale_epochs_standbys_and_bad_input_change_nothing() {
     assert_eq!(store.end_of_epoch(7), Some(marker + 1));
     store.close();
 }
+
+#[test]
+fn a_rejoining_replica_cuts_its_log_back_and_the_cut_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let store = open(dir.path(), Role::Primary, 1);
+    let mut last = 0;
+    for i in 1..=10 {
+        last = store.write(1, put(&format!("k{i}"), "v")).expect("write");
+    }
+    rt.block_on(store.wait(last, AckLevel::Local, Duration::from_secs(30)))
+        .expect("synced");
+    store.demote(2).expect("demote");
+    assert!(store.truncate_to(1, 6).is_err(), "an older epoch may not cut");
+    assert_eq!(store.truncate_to(2, 6).expect("cut"), 4);
+    assert_eq!(store.position(), (6, 1));
+    assert_eq!(store.get("k6").0.as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.get("k7").0, None);
+    assert_eq!(store.truncate_to(2, 9).expect("nothing to cut"), 0);
+    store.close();
+    let (store, opened) =
+        StateStore::open(dir.path(), Role::Standby, 2, 0, Limits::default()).expect("reopen");
+    assert_eq!(opened.seq, 6);
+    assert_eq!(store.get("k7").0, None);
+    store.close();
+}

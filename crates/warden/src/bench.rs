@@ -76,6 +76,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         seed_mib: usize,
     },
+    /// Failovers of a replicated task state in one process (real disks, loopback TCP, no
+    /// control plane): writers write continuously, the primary's streams are cut, the
+    /// promotion rule picks a standby, the old primary rejoins as a standby. Reports the
+    /// writes acknowledged and lost (the no-lost-ack check), and the time from the cut to the
+    /// first write the new primary acknowledges (detection excluded).
+    Failover {
+        /// Failovers to inject.
+        #[arg(long, default_value_t = 1000)]
+        failovers: usize,
+        /// Standbys (1 or 2).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        standbys: u8,
+        /// Acknowledgement level of the writers: local, standby or quorum.
+        #[arg(long, default_value = "standby", value_parser = parse_ack)]
+        ack: warden_core::state::AckLevel,
+        /// Seed of the schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// A heartbeat storm against a real server: many sessions send heartbeats at `factor`
     /// times the normal rate beside a few well-behaved agents; reports the well-behaved agents'
     /// ack latency and longest ack gap (lease 2 s), whether any left Healthy, the heartbeats
@@ -246,6 +265,12 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             standbys: *standbys,
             seed_mib: *seed_mib,
         }),
+        BenchCommand::Failover {
+            failovers,
+            standbys,
+            ack,
+            seed,
+        } => crate::bench_state::failovers(*failovers, *standbys, *ack, *seed),
         BenchCommand::Storm {
             normal,
             storm,

@@ -373,3 +373,46 @@ fn seed(rt: &tokio::runtime::Runtime, mib: usize) -> Result<()> {
     cancel.cancel();
     Ok(())
 }
+
+/// `warden bench failover`.
+pub fn failovers(failovers: usize, standbys: u8, ack: AckLevel, seed: u64) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "failover: {failovers} failovers, {standbys} standby(s), writers at ack={ack}, seed {seed} (in one process: real disks, loopback TCP, detection excluded)"
+    );
+    let r = rt.block_on(warden_state::failover::run(
+        &warden_state::failover::FailoverRun {
+            failovers,
+            standbys,
+            ack,
+            seed,
+            break_acks: false,
+        },
+    ))?;
+    let mut times: Vec<u32> = r
+        .switchover
+        .iter()
+        .map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
+        .collect();
+    times.sort_unstable();
+    println!(
+        "failovers: {}  writes acknowledged: {}  lost: {}  acknowledged under a deposed epoch: {}  entries discarded by rejoining primaries: {}",
+        r.failovers, r.acked, r.lost, r.stale_acks, r.discarded
+    );
+    println!(
+        "cut to first write acknowledged by the new primary: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        pct(&times, 0.5),
+        pct(&times, 0.99),
+        pct(&times, 1.0)
+    );
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    if r.lost > 0 && ack != AckLevel::Local {
+        bail!("{} acknowledged writes lost", r.lost);
+    }
+    Ok(())
+}
