@@ -296,12 +296,13 @@ fn check(
     report: &mut FailoverReport,
 ) {
     let (value, _) = store.get(&format!("k{k}"));
-    if value.as_deref() != Some(k.to_string().as_bytes()) && lost.insert(k) {
-        if report.problems.len() < 5 {
-            report.problems.push(format!(
-                "write k{k} was acknowledged but the primary has {:?}",
-                value.map(|v| String::from_utf8_lossy(&v).into_owned())
-            ));
-        }
+    if value.as_deref() != Some(k.to_string().as_bytes())
+        && lost.insert(k)
+        && report.problems.len() < 5
+    {
+        report.problems.push(format!(
+            "write k{k} was acknowledged but the primary has {:?}",
+            value.map(|v| String::from_utf8_lossy(&v).into_owned())
+        ));
     }
 }

@@ -230,7 +230,10 @@ fn a_rejoining_replica_cuts_its_log_back_and_the_cut_survives_a_reopen() {
     rt.block_on(store.wait(last, AckLevel::Local, Duration::from_secs(30)))
         .expect("synced");
     store.demote(2).expect("demote");
-    assert!(store.truncate_to(1, 6).is_err(), "an older epoch may not cut");
+    assert!(
+        store.truncate_to(1, 6).is_err(),
+        "an older epoch may not cut"
+    );
     assert_eq!(store.truncate_to(2, 6).expect("cut"), 4);
     assert_eq!(store.position(), (6, 1));
     assert_eq!(store.get("k6").0.as_deref(), Some(&b"v"[..]));
