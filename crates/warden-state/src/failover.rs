@@ -8,9 +8,11 @@
 //! every write acknowledged since the previous check back from the new primary; at the end,
 //! every write acknowledged in the whole run.
 //!
-//! Detection is not part of this: the time reported is from the fault to the first write
-//! acknowledged by the new primary when the promotion starts at once. The control plane adds
-//! its detection time (0.3 s after a crash, about 2 s for a silent agent; docs/benchmarks.md).
+//! The fault: the standbys stop hearing the primary at once (frames on the wire are lost),
+//! and the primary, cut off, goes on taking writes for 10 ms (what is left of its write lease)
+//! before it stops. Detection is not part of this: the time reported is from the start of the
+//! promotion to the first write the new primary acknowledges. The control plane adds its
+//! detection time (0.3 s after a crash, about 2 s for a silent agent; docs/benchmarks.md).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,7 +59,7 @@ pub struct FailoverReport {
     /// Entries old primaries discarded when they rejoined (writes never acknowledged at the
     /// level, or taken at `local`).
     pub discarded: u64,
-    /// Fault to first acknowledged write on the new primary, per failover.
+    /// Start of the promotion to the first write the new primary acknowledged, per failover.
     pub switchover: Vec<Duration>,
     /// The first few problems found, described.
     pub problems: Vec<String>,
@@ -85,6 +87,9 @@ struct Follower {
 }
 
 const JOB: &str = "failover";
+
+/// How long a cut-off primary goes on taking writes before it is stopped.
+const CUT_OFF_WRITES: Duration = Duration::from_millis(10);
 
 async fn serve(replica: &mut Replica, in_sync: Vec<String>) -> std::io::Result<()> {
     replica.serve.cancel();
@@ -203,15 +208,16 @@ pub async fn run(cfg: &FailoverRun) -> anyhow::Result<FailoverReport> {
             }));
         }
         tokio::time::sleep(run_for).await;
-        // The fault: the primary's streams are cut while its writers still write; once no
-        // standby can acknowledge anything more, the writers are stopped.
-        let t0 = Instant::now();
-        replicas[primary].serve.cancel();
+        // The fault: the standbys stop hearing the primary (what is on the wire is lost with
+        // it), and the primary, cut off, goes on taking writes for a while (the rest of its
+        // write lease); then its writers are stopped.
         for f in followers.drain(..) {
             f.cancel.cancel();
             let _ = f.task.await;
             report.discarded += f.report.lock().map(|r| r.discarded).unwrap_or(0);
         }
+        replicas[primary].serve.cancel();
+        tokio::time::sleep(CUT_OFF_WRITES).await;
         for t in &tasks {
             t.abort();
         }
@@ -232,6 +238,7 @@ pub async fn run(cfg: &FailoverRun) -> anyhow::Result<FailoverReport> {
         }
 
         // Promote the standby the rule picks, from what each holds on disk.
+        let t0 = Instant::now();
         let candidates: Vec<Candidate<usize>> = (0..n)
             .filter(|&i| i != primary)
             .map(|i| Candidate {

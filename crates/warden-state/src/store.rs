@@ -204,6 +204,8 @@ struct Inner {
     /// Writes waiting for their acknowledgement, by level (local, standby, quorum) and
     /// sequence number: woken only when their number is reached, not at every change.
     waiters: [BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<bool>>>; 3],
+    /// Before-images of the newest entries, by sequence number (at most [`UNDO_ENTRIES`]).
+    undo: VecDeque<(u64, Undo)>,
     /// Test-only: `standby` and `quorum` acknowledge what is synced locally (see
     /// [`StateStore::break_acks_for_tests`]).
     broken_acks: bool,
@@ -285,6 +287,29 @@ pub struct Opened {
     pub torn_bytes: u64,
 }
 
+/// Entries whose before-images are kept, so that a log cut back (a deposed primary's
+/// unreplicated tail) is undone in memory; a longer cut rebuilds the state from disk.
+const UNDO_ENTRIES: usize = 65_536;
+
+/// The before-images of one entry: each key it touched and its value before (none: absent).
+type Undo = Vec<(String, Option<Bytes>)>;
+
+/// Apply `op` and return its before-images.
+fn apply_undoable(kv: &mut BTreeMap<String, Bytes>, op: &Op) -> Undo {
+    match op {
+        Op::Put { key, value } => vec![(key.clone(), kv.insert(key.clone(), value.clone()))],
+        Op::Delete { key } => vec![(key.clone(), kv.remove(key))],
+        Op::Batch(ops) => ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put(k, v) => (k.clone(), kv.insert(k.clone(), v.clone())),
+                BatchOp::Delete(k) => (k.clone(), kv.remove(k)),
+            })
+            .collect(),
+        Op::Record(_) | Op::Epoch => Vec::new(),
+    }
+}
+
 fn apply_op(kv: &mut BTreeMap<String, Bytes>, op: &Op) {
     match op {
         Op::Put { key, value } => {
@@ -310,6 +335,41 @@ fn apply_op(kv: &mut BTreeMap<String, Bytes>, op: &Op) {
 }
 
 impl Inner {
+    fn remember(&mut self, seq: u64, undo: Undo) {
+        if self.undo.len() >= UNDO_ENTRIES {
+            self.undo.pop_front();
+        }
+        self.undo.push_back((seq, undo));
+    }
+
+    /// Undo every entry after `keep` in memory, if their before-images are all kept.
+    fn undo_after(&mut self, keep: u64) -> bool {
+        if self.undo.front().is_none_or(|&(first, _)| first > keep + 1) {
+            return false;
+        }
+        while self.undo.back().is_some_and(|&(seq, _)| seq > keep) {
+            if let Some((_, images)) = self.undo.pop_back() {
+                for (k, before) in images.into_iter().rev() {
+                    match before {
+                        Some(v) => {
+                            self.kv.insert(k, v);
+                        }
+                        None => {
+                            self.kv.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        self.next_seq = keep + 1;
+        self.pending_first = self.next_seq;
+        while self.epochs.last().is_some_and(|&(first, _)| first > keep) {
+            self.epochs.pop();
+        }
+        self.last_epoch = self.epochs.last().map_or(0, |&(_, e)| e);
+        true
+    }
+
     fn progress(&self) -> Progress {
         Progress {
             local: self.durable,
@@ -451,6 +511,7 @@ impl StateStore {
             closed: false,
             waiters: Default::default(),
             broken_acks: false,
+            undo: VecDeque::new(),
         };
         let committed = inner.committed();
         let shared = Arc::new(Shared {
@@ -606,7 +667,8 @@ impl StateStore {
             }
             let seq = g.next_seq;
             codec::encode(&mut frame, seq, epoch, &op);
-            apply_op(&mut g.kv, &op);
+            let undo = apply_undoable(&mut g.kv, &op);
+            g.remember(seq, undo);
             g.next_seq += 1;
             g.note_epoch(seq, epoch);
             g.queue(seq, &frame, &self.shared.limits);
@@ -950,7 +1012,8 @@ impl StateStore {
                             "frame from a newer epoch than its stream",
                         )));
                     }
-                    apply_op(&mut g.kv, &entry.op);
+                    let undo = apply_undoable(&mut g.kv, &entry.op);
+                    g.remember(entry.seq, undo);
                     g.next_seq += 1;
                     g.note_epoch(entry.seq, entry.epoch);
                     let frame = frames.slice(..n);
@@ -999,6 +1062,7 @@ impl StateStore {
         g.checkpoint_seq = checkpoint.seq;
         g.backlog.clear();
         g.backlog_bytes = 0;
+        g.undo.clear();
         g.durable = checkpoint.seq;
         publish(&self.shared, g);
         drop(wal);
@@ -1049,17 +1113,25 @@ impl StateStore {
         {
             return Err(fail(&mut g, e));
         }
-        let rebuilt = match wal.truncate_after(keep) {
-            Ok(recovered) => Rebuilt::from(recovered),
-            Err(e) => return Err(fail(&mut g, e)),
-        };
-        g.kv = rebuilt.kv;
-        g.next_seq = rebuilt.next_seq;
-        g.pending_first = rebuilt.next_seq;
-        g.last_epoch = rebuilt.last_epoch;
-        g.epochs = rebuilt.epochs;
-        g.blob = rebuilt.blob;
-        g.checkpoint_seq = rebuilt.checkpoint_seq;
+        if g.undo_after(keep) {
+            // Cheap: the tail undone in memory, the log file cut.
+            if let Err(e) = wal.cut_after(keep) {
+                return Err(fail(&mut g, e));
+            }
+        } else {
+            let rebuilt = match wal.truncate_after(keep) {
+                Ok(recovered) => Rebuilt::from(recovered),
+                Err(e) => return Err(fail(&mut g, e)),
+            };
+            g.kv = rebuilt.kv;
+            g.next_seq = rebuilt.next_seq;
+            g.pending_first = rebuilt.next_seq;
+            g.last_epoch = rebuilt.last_epoch;
+            g.epochs = rebuilt.epochs;
+            g.blob = rebuilt.blob;
+            g.checkpoint_seq = rebuilt.checkpoint_seq;
+            g.undo.clear();
+        }
         while g.backlog.back().is_some_and(|&(seq, _)| seq > keep) {
             if let Some((_, f)) = g.backlog.pop_back() {
                 g.backlog_bytes -= f.len();

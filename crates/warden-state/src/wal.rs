@@ -385,10 +385,18 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
-    /// Cut the log after frame `keep`: later segments are removed, the one holding `keep` is
-    /// truncated after it, and the log is read again (what opening would find). Frames before
-    /// the newest checkpoint are not touched.
+    /// Cut the log after frame `keep`, and read it again (what opening would find). Frames
+    /// before the newest checkpoint are not touched.
     pub fn truncate_after(&mut self, keep: u64) -> Result<Recovered, WalError> {
+        self.cut_after(keep)?;
+        let (wal, recovered) = Wal::open(&self.dir)?;
+        *self = wal;
+        Ok(recovered)
+    }
+
+    /// Cut the log after frame `keep`: later segments are removed, the one holding `keep` is
+    /// truncated after it, and appends continue there.
+    pub fn cut_after(&mut self, keep: u64) -> Result<(), WalError> {
         self.sync()?;
         // Segments that start after `keep` go entirely (newest first: a crash half-way leaves
         // a shorter log, never a gap).
@@ -419,9 +427,12 @@ impl Wal {
             .map_err(io_err("truncate log", &path))?;
         f.sync_all().map_err(io_err("sync log", &path))?;
         sync_dir(&self.dir)?;
-        let (wal, recovered) = Wal::open(&self.dir)?;
-        *self = wal;
-        Ok(recovered)
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err("open log", &path))?;
+        self.written = at as u64;
+        Ok(())
     }
 
     /// The sequence number of the oldest frame still on disk.

@@ -403,7 +403,7 @@ pub fn failovers(failovers: usize, standbys: u8, ack: AckLevel, seed: u64) -> Re
         r.failovers, r.acked, r.lost, r.stale_acks, r.discarded
     );
     println!(
-        "cut to first write acknowledged by the new primary: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "promotion to first write acknowledged by the new primary: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         pct(&times, 0.5),
         pct(&times, 0.99),
         pct(&times, 1.0)
