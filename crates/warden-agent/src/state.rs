@@ -1,6 +1,7 @@
 //! The state of the stateful task copies this agent runs (jobs with `[state]`; see
 //! `docs/state.md`): one [`StateStore`] per copy in `<data dir>/state/<job>/`, its API served
-//! on `<data dir>/state/<job>.sock`, kept open across restarts of the task in place and closed
+//! on `<data dir>/state/<job>/api.sock` (inside the state's directory: no job name can
+//! collide with it), kept open across restarts of the task in place and closed
 //! when the copy stops for good. A primary's write lease follows the agent's lease, a little
 //! shorter, so a primary whose agent lost the server refuses writes before anyone else may be
 //! promoted.
@@ -84,7 +85,7 @@ impl TaskStates {
             return Err(format!("job name {job:?} cannot name a state directory"));
         }
         let data = self.dir.join(job);
-        let sock = self.dir.join(format!("{job}.sock"));
+        let sock = data.join("api.sock");
         if sock.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(format!(
                 "state socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --data-dir",
