@@ -79,8 +79,8 @@ pub enum BenchCommand {
     /// Failovers of a replicated task state in one process (real disks, loopback TCP, no
     /// control plane): writers write continuously, the primary's streams are cut, the
     /// promotion rule picks a standby, the old primary rejoins as a standby. Reports the
-    /// writes acknowledged and lost (the no-lost-ack check), and the time from the cut to the
-    /// first write the new primary acknowledges (detection excluded).
+    /// writes acknowledged and lost (the no-lost-ack check), and the time from the start of
+    /// the promotion to the first write the new primary acknowledges (detection excluded).
     Failover {
         /// Failovers to inject.
         #[arg(long, default_value_t = 1000)]
