@@ -138,6 +138,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut endpoints = Endpoints::new();
     let owner = cfg.launcher.run_as.as_ref().map(|u| (u.uid, u.gid));
     let mut states = crate::state::TaskStates::new(&cfg.data_dir, owner);
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<StateOpened>();
     let (hello_tx, hello_rx) = watch::channel(HelloState::default());
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
     let links_cancel = CancellationToken::new();
@@ -346,11 +347,13 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                             }
                         }
                         server_message::Msg::Assign(a) => {
-                            assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states);
+                            assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states, &opened_tx);
                             note_running(&hello_tx, &supervisor, &health, &endpoints);
                         }
                         server_message::Msg::Stop(s) => {
                             let Some(task) = TaskId::parse(&s.task) else { continue };
+                            // A state still opening for it is closed once opened.
+                            states.forget_opening(&task, FencingToken(s.epoch));
                             let sup = supervisor.clone();
                             let done = stop_done_tx.clone();
                             let epoch = FencingToken(s.epoch);
@@ -384,6 +387,26 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 forget_endpoint(&mut endpoints, &task, epoch);
                 states.release(&task, epoch);
                 note_running(&hello_tx, &supervisor, &health, &endpoints);
+            }
+            Some(o) = opened_rx.recv() => {
+                let Some(task) = TaskId::parse(&o.assign.task) else { continue };
+                let epoch = FencingToken(o.assign.epoch);
+                let installed = match o.result {
+                    Ok(store) => states.install(&task, epoch, &o.spec, store),
+                    Err(why) => {
+                        states.forget_opening(&task, epoch);
+                        Err(why)
+                    }
+                };
+                match installed {
+                    // The state is open: the assignment goes ahead.
+                    Ok(Some(_)) => {
+                        assign(&cfg, &supervisor, &o.assign, &links, &mut endpoints, &mut states, &opened_tx);
+                        note_running(&hello_tx, &supervisor, &health, &endpoints);
+                    }
+                    Ok(None) => {}
+                    Err(why) => refuse(&links, &task, epoch, CopyPhase::Failed, why),
+                }
             }
             Some(ev) = events.recv() => {
                 if matches!(ev.kind, TaskEventKind::Restarting { .. }) {
@@ -727,6 +750,7 @@ fn assign(
     links: &[Link],
     endpoints: &mut Endpoints,
     states: &mut crate::state::TaskStates,
+    opened: &mpsc::UnboundedSender<StateOpened>,
 ) {
     let Some(task) = TaskId::parse(&a.task) else {
         warn!(task = %a.task, "assignment with an invalid task id ignored");
@@ -766,11 +790,41 @@ fn assign(
         env.insert("WARDEN_PORT".into(), addr.port().to_string());
     }
     if !a.state_json.is_empty() {
-        let prepared = serde_json::from_str::<warden_core::state::StateSpec>(&a.state_json)
-            .map_err(|e| format!("invalid [state] table: {e}"))
-            .and_then(|spec| states.prepare(&task, epoch, &spec));
-        match prepared {
-            Ok(vars) => env.extend(vars),
+        let spec = match serde_json::from_str::<warden_core::state::StateSpec>(&a.state_json) {
+            Ok(spec) => spec,
+            Err(e) => {
+                refuse(
+                    links,
+                    &task,
+                    epoch,
+                    CopyPhase::Failed,
+                    format!("invalid [state] table: {e}"),
+                );
+                return;
+            }
+        };
+        match states.prepare(&task, epoch) {
+            Ok(crate::state::Prepared::Ready(vars)) => env.extend(vars),
+            // A repeated order: the open under way starts the task.
+            Ok(crate::state::Prepared::Opening) => return,
+            Ok(crate::state::Prepared::Open(dir)) => {
+                // Off the loop (it sends the heartbeats): a large log takes a while to read.
+                // The loop takes the assignment again once the state is open.
+                let (a, tx, task) = (Box::new(a.clone()), opened.clone(), task.clone());
+                tokio::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || {
+                        crate::state::TaskStates::open_store(&dir, &task, epoch, &spec)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("open the state: {e}")));
+                    let _ = tx.send(StateOpened {
+                        assign: a,
+                        spec,
+                        result,
+                    });
+                });
+                return;
+            }
             Err(why) => {
                 refuse(links, &task, epoch, CopyPhase::Failed, why);
                 return;
@@ -796,6 +850,13 @@ fn assign(
         };
         refuse(links, &task, epoch, phase, e.to_string());
     }
+}
+
+/// A stateful assignment whose state was opened off the loop.
+struct StateOpened {
+    assign: Box<v1::Assign>,
+    spec: warden_core::state::StateSpec,
+    result: Result<warden_state::StateStore, String>,
 }
 
 fn refuse(links: &[Link], task: &TaskId, epoch: FencingToken, phase: CopyPhase, message: String) {

@@ -31,9 +31,22 @@ struct Open {
     env: BTreeMap<String, String>,
 }
 
+/// What an assignment's state needs (see [`TaskStates::prepare`]).
+#[derive(Debug)]
+pub enum Prepared {
+    /// Open at this epoch: the task's variables.
+    Ready(BTreeMap<String, String>),
+    /// To open, in this directory.
+    Open(PathBuf),
+    /// Being opened already (a repeated order).
+    Opening,
+}
+
 /// The open states, by task.
 pub struct TaskStates {
     dir: PathBuf,
+    /// States being opened off the loop, by task, with the epoch.
+    opening: HashMap<TaskId, FencingToken>,
     /// The tasks' user (uid, gid), when the agent runs them as another user: their sockets
     /// are theirs.
     owner: Option<(u32, u32)>,
@@ -54,23 +67,21 @@ impl TaskStates {
     pub fn new(data_dir: &Path, owner: Option<(u32, u32)>) -> TaskStates {
         TaskStates {
             dir: data_dir.join("state"),
+            opening: HashMap::new(),
             owner,
             open: HashMap::new(),
             lease_until: None,
         }
     }
 
-    /// Open the state of `task` at `epoch` (or keep it open, for the same epoch) and serve
-    /// its API; returns the variables the task gets. Must run inside a tokio runtime.
-    pub fn prepare(
-        &mut self,
-        task: &TaskId,
-        epoch: FencingToken,
-        spec: &StateSpec,
-    ) -> Result<BTreeMap<String, String>, String> {
+    /// What an assignment of `task` at `epoch` needs: [`Prepared::Ready`] with the task's
+    /// variables when its state is open at that epoch; [`Prepared::Open`] with what to open
+    /// (off the agent's loop: reading a large log takes a while, and the loop sends the
+    /// heartbeats) when it is not; [`Prepared::Opening`] when that is under way already.
+    pub fn prepare(&mut self, task: &TaskId, epoch: FencingToken) -> Result<Prepared, String> {
         if let Some(open) = self.open.get(task) {
             if open.epoch == epoch {
-                return Ok(open.env.clone());
+                return Ok(Prepared::Ready(open.env.clone()));
             }
             if open.epoch > epoch {
                 return Err(format!(
@@ -79,6 +90,14 @@ impl TaskStates {
                 ));
             }
             self.release(task, open.epoch);
+        }
+        if let Some(&e) = self.opening.get(task) {
+            if e >= epoch {
+                return Ok(Prepared::Opening);
+            }
+            return Err(format!(
+                "state of {task} is being opened at epoch {e}; the assignment at {epoch} will be taken when it is sent again"
+            ));
         }
         let job = task.job.as_str();
         if job.is_empty() || job.contains(['/', '\0']) || job.starts_with('.') {
@@ -92,9 +111,19 @@ impl TaskStates {
                 sock.display()
             ));
         }
-        let _ = std::fs::create_dir_all(&self.dir);
+        self.opening.insert(task.clone(), epoch);
+        Ok(Prepared::Open(data))
+    }
+
+    /// Open the state in `data` (blocking: run it off the agent's loop).
+    pub fn open_store(
+        data: &Path,
+        task: &TaskId,
+        epoch: FencingToken,
+        spec: &StateSpec,
+    ) -> Result<StateStore, String> {
         let (store, opened) = StateStore::open(
-            &data,
+            data,
             Role::Primary,
             epoch.0,
             spec.standbys,
@@ -105,12 +134,32 @@ impl TaskStates {
             warn!(task = %task, bytes = opened.torn_bytes, "cut a torn write at the end of the state log");
         }
         info!(task = %task, epoch = epoch.0, seq = opened.seq, "state open");
+        Ok(store)
+    }
+
+    /// The state [`TaskStates::open_store`] opened for `task` at `epoch`: serve its API and
+    /// return the task's variables. `None` when the copy was stopped (or superseded) while
+    /// its state opened: the store is closed again. Must run inside a tokio runtime.
+    pub fn install(
+        &mut self,
+        task: &TaskId,
+        epoch: FencingToken,
+        spec: &StateSpec,
+        store: StateStore,
+    ) -> Result<Option<BTreeMap<String, String>>, String> {
+        if self.opening.get(task) != Some(&epoch) {
+            store.close();
+            return Ok(None);
+        }
+        self.opening.remove(task);
+        let sock = store.dir().join("api.sock");
         store.set_write_lease(self.lease_until);
-        let token = new_token().map_err(|e| format!("make a state token: {e}"))?;
-        let cancel = CancellationToken::new();
-        let cfg = ApiConfig {
-            ack: spec.ack(),
-            token: Some(token.clone()),
+        let token = match new_token() {
+            Ok(t) => t,
+            Err(e) => {
+                store.close();
+                return Err(format!("make a state token: {e}"));
+            }
         };
         let listener = match bind_unix(&sock, self.owner) {
             Ok(l) => l,
@@ -118,6 +167,11 @@ impl TaskStates {
                 store.close();
                 return Err(format!("bind the state socket {}: {e}", sock.display()));
             }
+        };
+        let cancel = CancellationToken::new();
+        let cfg = ApiConfig {
+            ack: spec.ack(),
+            token: Some(token.clone()),
         };
         {
             let (store, cancel, sock, task) =
@@ -145,7 +199,15 @@ impl TaskStates {
                 env: env.clone(),
             },
         );
-        Ok(env)
+        Ok(Some(env))
+    }
+
+    /// The opening of `task`'s state at `epoch` failed, or its copy was stopped meanwhile:
+    /// forget it (a store it opens is closed again by [`TaskStates::install`]).
+    pub fn forget_opening(&mut self, task: &TaskId, epoch: FencingToken) {
+        if self.opening.get(task) == Some(&epoch) {
+            self.opening.remove(task);
+        }
     }
 
     /// The agent's lease now runs until `until`: primaries take writes until a little before.
@@ -158,8 +220,11 @@ impl TaskStates {
     }
 
     /// The copy of `task` at `epoch` stopped for good: stop serving its API and close its
-    /// state (kept on disk).
+    /// state (kept on disk); a state still opening for it is closed once opened.
     pub fn release(&mut self, task: &TaskId, epoch: FencingToken) {
+        if self.opening.get(task) == Some(&epoch) {
+            self.opening.remove(task);
+        }
         if self.open.get(task).is_some_and(|o| o.epoch == epoch)
             && let Some(open) = self.open.remove(task)
         {
@@ -169,8 +234,9 @@ impl TaskStates {
         }
     }
 
-    /// Close every state (the agent stops).
+    /// Close every state (the agent stops, or its generation ended).
     pub fn close_all(&mut self) {
+        self.opening.clear();
         for (task, open) in self.open.drain() {
             open.cancel.cancel();
             open.store.close();
@@ -181,5 +247,52 @@ impl TaskStates {
     /// The store of `task`, if open.
     pub fn store(&self, task: &TaskId) -> Option<&StateStore> {
         self.open.get(task).map(|o| &o.store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use warden_core::JobName;
+
+    fn task() -> TaskId {
+        TaskId::new(JobName::new("ledger"), 0)
+    }
+
+    #[tokio::test]
+    async fn a_state_opens_once_and_a_stop_while_it_opens_closes_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut states = TaskStates::new(dir.path(), None);
+        let spec = StateSpec {
+            standbys: 0,
+            ..StateSpec::default()
+        };
+        let (t, e) = (task(), FencingToken(3));
+        let Prepared::Open(data) = states.prepare(&t, e).unwrap() else {
+            panic!("a first assignment opens the state");
+        };
+        // The order sent again while the state opens: nothing more to do.
+        assert!(matches!(states.prepare(&t, e).unwrap(), Prepared::Opening));
+        let store = TaskStates::open_store(&data, &t, e, &spec).unwrap();
+        let env = states.install(&t, e, &spec, store).unwrap().unwrap();
+        assert!(env["WARDEN_STATE_SOCK"].ends_with("ledger/api.sock"));
+        assert_eq!(env["WARDEN_ROLE"], "primary");
+        assert!(matches!(states.prepare(&t, e).unwrap(), Prepared::Ready(_)));
+        // An older epoch is refused; a newer one closes this state and opens again.
+        assert!(states.prepare(&t, FencingToken(2)).is_err());
+        let Prepared::Open(data) = states.prepare(&t, FencingToken(4)).unwrap() else {
+            panic!("a newer epoch opens the state again");
+        };
+        assert!(states.store(&t).is_none());
+        // Stopped while opening: the opened store is closed, the task is not started.
+        states.forget_opening(&t, FencingToken(4));
+        let store = TaskStates::open_store(&data, &t, FencingToken(4), &spec).unwrap();
+        assert_eq!(
+            states.install(&t, FencingToken(4), &spec, store).unwrap(),
+            None
+        );
+        assert!(states.store(&t).is_none());
+        states.close_all();
     }
 }
