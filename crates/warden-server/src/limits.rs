@@ -307,6 +307,20 @@ impl JobLimits {
                 ),
             );
         }
+        if let Some(state) = &spec.state
+            && state.standbys > 0
+        {
+            // Refused rather than accepted and left to time out: with standbys declared, every
+            // write at `standby` would wait for one that is never placed.
+            return over(
+                "state.standbys",
+                format!(
+                    "is {}; this server does not place standbys yet (docs/state.md): \
+                     use standbys = 0 with ack = \"local\"",
+                    state.standbys
+                ),
+            );
+        }
         if let Some(HealthCheck::Exec { command, .. }) = &spec.health {
             let line: usize = command.iter().map(String::len).sum();
             if line > self.max_command_bytes || command.len() > self.max_args {

@@ -121,6 +121,10 @@ fn state_on_a_service_or_an_impossible_state_table_is_refused_clearly() {
             "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nmode = \"cold\"\n",
             "expected `hot` or `warm`",
         ),
+        (
+            "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nstandbys = 1\n",
+            "does not place standbys yet",
+        ),
     ] {
         let err = c.submit(spec).expect_err(spec).to_string();
         assert!(err.contains(field), "{spec}: {err}");
