@@ -335,6 +335,18 @@ fn apply_op(kv: &mut BTreeMap<String, Bytes>, op: &Op) {
 }
 
 impl Inner {
+    /// Take the state `r` rebuilt from disk (or from a checkpoint) as this replica's.
+    fn reset(&mut self, r: Rebuilt) {
+        self.kv = r.kv;
+        self.next_seq = r.next_seq;
+        self.pending_first = r.next_seq;
+        self.last_epoch = r.last_epoch;
+        self.epochs = r.epochs;
+        self.blob = r.blob;
+        self.checkpoint_seq = r.checkpoint_seq;
+        self.undo.clear();
+    }
+
     fn remember(&mut self, seq: u64, undo: Undo) {
         if self.undo.len() >= UNDO_ENTRIES {
             self.undo.pop_front();
@@ -1053,20 +1065,17 @@ impl StateStore {
         g.pending.clear();
         wal.checkpoint_bytes(checkpoint.seq, bytes, checkpoint.seq + 1)
             .map_err(|e| ApplyError::Failed(e.to_string()))?;
-        g.kv = checkpoint.kv.iter().cloned().collect();
-        g.next_seq = checkpoint.seq + 1;
-        g.pending_first = g.next_seq;
-        g.last_epoch = checkpoint.epoch;
-        g.epochs = vec![(checkpoint.seq, checkpoint.epoch)];
-        g.blob = checkpoint.blob;
-        g.checkpoint_seq = checkpoint.seq;
+        let seq = checkpoint.seq;
+        g.reset(Rebuilt::from(crate::wal::Recovered {
+            checkpoint: Some(checkpoint),
+            ..Default::default()
+        }));
         g.backlog.clear();
         g.backlog_bytes = 0;
-        g.undo.clear();
-        g.durable = checkpoint.seq;
+        g.durable = seq;
         publish(&self.shared, g);
         drop(wal);
-        self.shared.applied.send_replace(checkpoint.seq);
+        self.shared.applied.send_replace(seq);
         Ok(had)
     }
 }
@@ -1119,18 +1128,10 @@ impl StateStore {
                 return Err(fail(&mut g, e));
             }
         } else {
-            let rebuilt = match wal.truncate_after(keep) {
-                Ok(recovered) => Rebuilt::from(recovered),
+            match wal.truncate_after(keep) {
+                Ok(recovered) => g.reset(Rebuilt::from(recovered)),
                 Err(e) => return Err(fail(&mut g, e)),
-            };
-            g.kv = rebuilt.kv;
-            g.next_seq = rebuilt.next_seq;
-            g.pending_first = rebuilt.next_seq;
-            g.last_epoch = rebuilt.last_epoch;
-            g.epochs = rebuilt.epochs;
-            g.blob = rebuilt.blob;
-            g.checkpoint_seq = rebuilt.checkpoint_seq;
-            g.undo.clear();
+            }
         }
         while g.backlog.back().is_some_and(|&(seq, _)| seq > keep) {
             if let Some((_, f)) = g.backlog.pop_back() {
