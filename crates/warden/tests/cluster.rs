@@ -17,9 +17,10 @@
 //! they guard the fixes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -35,26 +36,9 @@ const LONG: Duration = Duration::from_secs(45);
 /// the time the server reports an agent has been in its current state (condition, not sleep).
 const SETTLE_MS: u64 = 3_000;
 
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_warden"))
-}
-
-/// The chaos harness's server configuration: every agent runs on this one machine, so host
-/// CPU and pressure say nothing about any one agent (they would make all of them Degraded on a
-/// loaded machine: no new work, no recovery); those two signals are switched off.
-use warden_chaos::run::SERVER_CONFIG;
-
-/// Start a server (no agents yet) with [`SERVER_CONFIG`].
+/// Start a server (no agents yet) with the chaos harness's configuration.
 fn start_cluster() -> Cluster {
-    // Written once per test process under a unique name, then renamed into place: tests run
-    // in parallel processes and must never read a half-written file.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join("warden-e2e-server.toml");
-    let tmp = dir.join(format!("warden-e2e-server.toml.{}", std::process::id()));
-    std::fs::write(&tmp, SERVER_CONFIG).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    let path = path.display().to_string();
-    Cluster::start_with_env(exe(), &[("WARDEN_CONFIG", path.as_str())]).unwrap()
+    common::start_cluster("cluster")
 }
 
 fn singleton(name: &str) -> String {

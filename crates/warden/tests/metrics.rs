@@ -26,27 +26,8 @@ use common::ChildGuard;
 /// run needs, it only matters when a test fails.
 const LONG: Duration = Duration::from_secs(45);
 
-/// The chaos harness's server configuration: every agent runs on this one machine, so host
-/// CPU and pressure say nothing about any one agent (they would make all of them Degraded on a
-/// loaded machine: no new work, no recovery); those two signals are switched off.
-use warden_chaos::run::SERVER_CONFIG;
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_warden"))
-}
-
 fn start_cluster() -> Cluster {
-    // Written under a unique name, then renamed into place: tests run in parallel processes.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join("warden-e2e-metrics-server.toml");
-    let tmp = dir.join(format!(
-        "warden-e2e-metrics-server.toml.{}",
-        std::process::id()
-    ));
-    std::fs::write(&tmp, SERVER_CONFIG).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    let path = path.display().to_string();
-    Cluster::start_with_env(exe(), &[("WARDEN_CONFIG", path.as_str())]).unwrap()
+    common::start_cluster("metrics")
 }
 
 /// A tool of the `prometheus` package, or a failure saying how to get it.

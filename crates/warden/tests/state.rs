@@ -3,7 +3,8 @@
 //! restarts it in place and it continues from the count it had, read back from its state.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -12,21 +13,8 @@ use warden_chaos::cluster::{Cluster, wait_until};
 
 const LONG: Duration = Duration::from_secs(45);
 
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_warden"))
-}
-
 fn start_cluster() -> Cluster {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join("warden-state-e2e-server.toml");
-    let tmp = dir.join(format!(
-        "warden-state-e2e-server.toml.{}",
-        std::process::id()
-    ));
-    std::fs::write(&tmp, warden_chaos::run::SERVER_CONFIG).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    let path = path.display().to_string();
-    Cluster::start_with_env(exe(), &[("WARDEN_CONFIG", path.as_str())]).unwrap()
+    common::start_cluster("state")
 }
 
 /// The counter values the task acknowledged, in the order it printed them.

@@ -17,6 +17,28 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
+/// Start a real cluster's server (no agents yet) with the chaos harness's server
+/// configuration (`warden_chaos::run::SERVER_CONFIG`: every agent runs on this one machine, so
+/// host CPU and pressure, which say nothing about any one agent, are switched off). The file is
+/// written under a unique name, then renamed into place: tests run in parallel processes and
+/// must never read a half-written file. `name` keeps each test binary's file apart.
+pub fn start_cluster(name: &str) -> warden_chaos::cluster::Cluster {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("warden-e2e-{name}-server.toml"));
+    let tmp = dir.join(format!(
+        "warden-e2e-{name}-server.toml.{}",
+        std::process::id()
+    ));
+    std::fs::write(&tmp, warden_chaos::run::SERVER_CONFIG).expect("write the server config");
+    std::fs::rename(&tmp, &path).expect("put the server config in place");
+    let path = path.display().to_string();
+    warden_chaos::cluster::Cluster::start_with_env(
+        &warden_bin(),
+        &[("WARDEN_CONFIG", path.as_str())],
+    )
+    .expect("start the cluster")
+}
+
 // Liveness (zombies count as dead) and condition waits are the chaos harness's own.
 pub use warden_chaos::cluster::{is_alive, wait_until};
 
