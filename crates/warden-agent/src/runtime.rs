@@ -63,6 +63,9 @@ pub struct AgentConfig {
     pub data_dir: std::path::PathBuf,
     /// Address the probe listener is bound to (as reported to the server).
     pub probe_addr: SocketAddr,
+    /// Port of the replication listener (replicated task state), on the probe address's IP;
+    /// 0 picks a free one.
+    pub state_port: u16,
     /// Capacity offered.
     pub capacity: Resources,
     /// How the supervisor launches shims.
@@ -79,6 +82,16 @@ pub enum AgentError {
     /// The supervisor could not start.
     #[error("start the supervisor: {0}")]
     Supervisor(#[from] crate::supervisor::SupervisorError),
+    /// A listener could not be bound.
+    #[error("bind the {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 type Tx = mpsc::Sender<v1::AgentMessage>;
@@ -114,6 +127,7 @@ fn task_report(
         phase: Some(phase),
         healthy,
         endpoint,
+        in_sync: Vec::new(),
     };
     msg(agent_message::Msg::TaskReport(convert::report_to_wire(
         &copy, message, exit_code,
@@ -138,6 +152,29 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut endpoints = Endpoints::new();
     let owner = cfg.launcher.run_as.as_ref().map(|u| (u.uid, u.gid));
     let mut states = crate::state::TaskStates::new(&cfg.data_dir, owner);
+    // The replication listener: standbys of the primaries this agent runs connect here.
+    let repl_cancel = CancellationToken::new();
+    let state_addr = {
+        let bind = SocketAddr::new(cfg.probe_addr.ip(), cfg.state_port);
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| AgentError::Bind {
+                what: "replication listener",
+                addr: bind,
+                source: e,
+            })?;
+        let addr = listener.local_addr().map_err(|e| AgentError::Bind {
+            what: "replication listener",
+            addr: bind,
+            source: e,
+        })?;
+        tokio::spawn(
+            states
+                .replicate_as(&cfg.name)
+                .serve(listener, repl_cancel.clone()),
+        );
+        addr
+    };
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<StateOpened>();
     let (hello_tx, hello_rx) = watch::channel(HelloState::default());
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
@@ -152,6 +189,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 server: server.clone(),
                 name: cfg.name.clone(),
                 probe_addr: cfg.probe_addr,
+                state_addr,
                 capacity: cfg.capacity,
                 tls: cfg.tls.clone(),
                 join_token: cfg.join_token.clone(),
@@ -216,7 +254,13 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 if !checks.is_empty() {
                     signals.task_success = Some(checks.iter().filter(|h| **h).count() as f64 / checks.len() as f64);
                 }
-                let running = running_tasks(&supervisor, &health, &endpoints);
+                let mut running = running_tasks(&supervisor, &health, &endpoints);
+                // A primary of a replicated state names the standbys it waits for.
+                for r in &mut running {
+                    if let Some(task) = TaskId::parse(&r.task) {
+                        r.in_sync = states.in_sync(&task);
+                    }
+                }
                 // Quietly: a link waiting to reconnect wakes only for a new generation.
                 hello_tx.send_if_modified(|h| {
                     h.running.clone_from(&running);
@@ -377,6 +421,10 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                                 })));
                             });
                         }
+                        server_message::Msg::Replica(r) => match convert::replica_from_wire(&r) {
+                            Ok((task, epoch, order)) => states.set_replica(&task, epoch, order),
+                            Err(e) => warn!(error = %e, "role order ignored"),
+                        },
                         server_message::Msg::Rejoin(_) | server_message::Msg::Welcome(_) => {}
                     },
                 }
@@ -420,6 +468,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     info!("agent stopping: stopping tasks");
     supervisor.shutdown(cfg.shutdown_grace).await;
     states.close_all();
+    repl_cancel.cancel();
     // The Leave and the last reports are queued on the links; closing them flushes.
     for l in &mut links {
         l.out = None;
@@ -523,6 +572,7 @@ struct LinkParams {
     server: String,
     name: String,
     probe_addr: SocketAddr,
+    state_addr: SocketAddr,
     capacity: Resources,
     tls: Option<crate::tls::ClientTls>,
     join_token: Option<crate::tls::JoinToken>,
@@ -618,6 +668,7 @@ async fn link_session(
         }),
         running,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        state_addr: p.state_addr.to_string(),
     };
     if tx
         .send(msg(agent_message::Msg::Hello(hello)))
@@ -695,6 +746,7 @@ fn running_tasks(
             convert::copy_to_wire(&CopyReport {
                 healthy: health.get(&r.task).copied().unwrap_or(true),
                 endpoint: endpoint_of(endpoints, &r.task, r.epoch),
+                in_sync: Vec::new(),
                 phase: Some(phase_of(&r.state)),
                 task: r.task,
                 epoch: r.epoch,
@@ -803,6 +855,17 @@ fn assign(
                 return;
             }
         };
+        if !a.replica_json.is_empty() {
+            match serde_json::from_str::<warden_core::state::ReplicaOrder>(&a.replica_json) {
+                Ok(order) => states.set_replica(&task, epoch, order),
+                Err(e) => {
+                    let why = format!("invalid replica role: {e}");
+                    refuse(links, &task, epoch, CopyPhase::Failed, why);
+                    return;
+                }
+            }
+        }
+        let role = states.role_for(&task, epoch);
         match states.prepare(&task, epoch) {
             Ok(crate::state::Prepared::Ready(vars)) => env.extend(vars),
             // A repeated order: the open under way starts the task.
@@ -813,7 +876,7 @@ fn assign(
                 let (a, tx, task) = (Box::new(a.clone()), opened.clone(), task.clone());
                 tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        crate::state::TaskStates::open_store(&dir, &task, epoch, &spec)
+                        crate::state::TaskStates::open_store(&dir, &task, epoch, &spec, role)
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("open the state: {e}")));

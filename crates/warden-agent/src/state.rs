@@ -11,11 +11,14 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warden_core::state::StateSpec;
+use warden_core::state::{ReplicaOrder, StateSpec};
 use warden_core::{FencingToken, TaskId};
 use warden_state::api::{ApiConfig, bind_unix, serve_listener};
+use warden_state::repl::{FollowReport, Primaries, follow_forever};
 use warden_state::store::{Limits, Role, StateStore};
 
 /// How much shorter than the agent's lease a primary's write lease is.
@@ -29,6 +32,8 @@ struct Open {
     store: StateStore,
     cancel: CancellationToken,
     env: BTreeMap<String, String>,
+    /// A standby's stream from its primary: the primary's address, and how to stop it.
+    follower: Option<(String, CancellationToken, Arc<Mutex<FollowReport>>)>,
 }
 
 /// What an assignment's state needs (see [`TaskStates::prepare`]).
@@ -52,6 +57,12 @@ pub struct TaskStates {
     owner: Option<(u32, u32)>,
     open: HashMap<TaskId, Open>,
     lease_until: Option<std::time::Instant>,
+    /// The primaries this agent serves to standbys (its replication listener).
+    primaries: Primaries,
+    /// This agent's name: what it says when it follows a primary.
+    name: String,
+    /// The newest role order of each replica copy, by task: (copy epoch, role).
+    roles: HashMap<TaskId, (FencingToken, ReplicaOrder)>,
 }
 
 /// A random token for a task's socket: 128 bits from the kernel, in hex.
@@ -71,7 +82,122 @@ impl TaskStates {
             owner,
             open: HashMap::new(),
             lease_until: None,
+            primaries: Primaries::default(),
+            name: String::new(),
+            roles: HashMap::new(),
         }
+    }
+
+    /// Serve replication as agent `name`: the registry the replication listener serves.
+    pub fn replicate_as(&mut self, name: &str) -> Primaries {
+        self.name = name.to_string();
+        self.primaries.clone()
+    }
+
+    /// The role the server gave the copy of `task` at `epoch` (from its assignment, or a role
+    /// order): kept, and carried out at once when its state is open.
+    pub fn set_replica(&mut self, task: &TaskId, epoch: FencingToken, order: ReplicaOrder) {
+        if self
+            .roles
+            .get(task)
+            .is_some_and(|(e, o)| *e > epoch || (*e == epoch && o.epoch > order.epoch))
+        {
+            return; // older than what this agent was told
+        }
+        self.roles.insert(task.clone(), (epoch, order));
+        self.apply_role(task);
+    }
+
+    /// The role to open `task`'s state in, at `epoch`: (role, state epoch).
+    pub fn role_for(&self, task: &TaskId, epoch: FencingToken) -> Option<(Role, u64)> {
+        let (e, o) = self.roles.get(task)?;
+        (*e == epoch).then(|| {
+            let role = if o.primary {
+                Role::Primary
+            } else {
+                Role::Standby
+            };
+            (role, o.epoch)
+        })
+    }
+
+    fn apply_role(&mut self, task: &TaskId) {
+        let Some((epoch, order)) = self.roles.get(task).cloned() else {
+            return;
+        };
+        let Some(open) = self.open.get_mut(task).filter(|o| o.epoch == epoch) else {
+            return;
+        };
+        let job = task.job.as_str();
+        let now = open.store.role();
+        if order.primary {
+            if let Some((_, cancel, _)) = open.follower.take() {
+                cancel.cancel();
+            }
+            let fresh = now.role != Role::Primary || now.epoch < order.epoch;
+            if fresh {
+                match open.store.promote(order.epoch) {
+                    Ok(seq) => {
+                        info!(task = %task, epoch = order.epoch, seq, "state promoted to primary");
+                    }
+                    Err(e) => {
+                        warn!(task = %task, epoch = order.epoch, error = %e, "promotion refused");
+                        return;
+                    }
+                }
+            }
+            let (in_sync, roster) = (order.in_sync.clone(), order.standbys.clone());
+            if fresh
+                || !self
+                    .primaries
+                    .set_in_sync(job, in_sync.clone(), roster.clone())
+            {
+                self.primaries.insert(job, open.store.clone(), Vec::new());
+                self.primaries.set_in_sync(job, in_sync, roster);
+            }
+            return;
+        }
+        // A standby: deposed if it was primary, and following the primary named.
+        if now.role == Role::Primary || now.epoch < order.epoch {
+            self.primaries.remove(job);
+            if let Err(e) = open.store.demote(order.epoch) {
+                warn!(task = %task, epoch = order.epoch, error = %e, "demotion refused");
+                return;
+            }
+        }
+        let same = open
+            .follower
+            .as_ref()
+            .is_some_and(|(addr, _, _)| *addr == order.primary_addr);
+        if same {
+            return;
+        }
+        if let Some((_, cancel, _)) = open.follower.take() {
+            cancel.cancel();
+        }
+        let Ok(addr) = order.primary_addr.parse::<std::net::SocketAddr>() else {
+            return; // no primary to follow yet
+        };
+        let cancel = CancellationToken::new();
+        let report = Arc::new(Mutex::new(FollowReport::default()));
+        tokio::spawn(follow_forever(
+            addr,
+            job.to_string(),
+            self.name.clone(),
+            open.store.clone(),
+            report.clone(),
+            cancel.clone(),
+        ));
+        info!(task = %task, primary = %addr, epoch = order.epoch, "following the primary");
+        open.follower = Some((order.primary_addr.clone(), cancel, report));
+    }
+
+    /// The standbys the primary copy of `task` waits for (empty unless it is one).
+    pub fn in_sync(&self, task: &TaskId) -> Vec<String> {
+        if !self.roles.get(task).is_some_and(|(_, o)| o.primary) {
+            return Vec::new();
+        }
+        self.primaries.in_sync(task.job.as_str())
     }
 
     /// What an assignment of `task` at `epoch` needs: [`Prepared::Ready`] with the task's
@@ -116,24 +242,23 @@ impl TaskStates {
     }
 
     /// Open the state in `data` (blocking: run it off the agent's loop).
+    /// `role`: the replica's role and state epoch when the job keeps standbys (see
+    /// [`TaskStates::role_for`]); without, the copy is the only replica, primary at its
+    /// fencing token.
     pub fn open_store(
         data: &Path,
         task: &TaskId,
         epoch: FencingToken,
         spec: &StateSpec,
+        role: Option<(Role, u64)>,
     ) -> Result<StateStore, String> {
-        let (store, opened) = StateStore::open(
-            data,
-            Role::Primary,
-            epoch.0,
-            spec.standbys,
-            Limits::default(),
-        )
-        .map_err(|e| format!("open the state of {task}: {e}"))?;
+        let (role, epoch) = role.unwrap_or((Role::Primary, epoch.0));
+        let (store, opened) = StateStore::open(data, role, epoch, spec.standbys, Limits::default())
+            .map_err(|e| format!("open the state of {task}: {e}"))?;
         if opened.torn_bytes > 0 {
             warn!(task = %task, bytes = opened.torn_bytes, "cut a torn write at the end of the state log");
         }
-        info!(task = %task, epoch = epoch.0, seq = opened.seq, "state open");
+        info!(task = %task, epoch, role = role.as_str(), seq = opened.seq, "state open");
         Ok(store)
     }
 
@@ -187,7 +312,7 @@ impl TaskStates {
             ("WARDEN_STATE_TOKEN".to_string(), token),
             (
                 "WARDEN_ROLE".to_string(),
-                Role::Primary.as_str().to_string(),
+                store.role().role.as_str().to_string(),
             ),
         ]);
         self.open.insert(
@@ -197,8 +322,10 @@ impl TaskStates {
                 store,
                 cancel,
                 env: env.clone(),
+                follower: None,
             },
         );
+        self.apply_role(task);
         Ok(Some(env))
     }
 
@@ -225,11 +352,13 @@ impl TaskStates {
         if self.opening.get(task) == Some(&epoch) {
             self.opening.remove(task);
         }
+        if self.roles.get(task).is_some_and(|(e, _)| *e <= epoch) {
+            self.roles.remove(task);
+        }
         if self.open.get(task).is_some_and(|o| o.epoch == epoch)
             && let Some(open) = self.open.remove(task)
         {
-            open.cancel.cancel();
-            open.store.close();
+            close(task, open, &self.primaries);
             info!(task = %task, epoch = epoch.0, "state closed");
         }
     }
@@ -237,9 +366,9 @@ impl TaskStates {
     /// Close every state (the agent stops, or its generation ended).
     pub fn close_all(&mut self) {
         self.opening.clear();
+        self.roles.clear();
         for (task, open) in self.open.drain() {
-            open.cancel.cancel();
-            open.store.close();
+            close(&task, open, &self.primaries);
             info!(task = %task, "state closed");
         }
     }
@@ -248,6 +377,17 @@ impl TaskStates {
     pub fn store(&self, task: &TaskId) -> Option<&StateStore> {
         self.open.get(task).map(|o| &o.store)
     }
+}
+
+fn close(task: &TaskId, open: Open, primaries: &Primaries) {
+    if let Some((_, cancel, _)) = open.follower {
+        cancel.cancel();
+    }
+    if open.store.role().role == Role::Primary {
+        primaries.remove(task.job.as_str());
+    }
+    open.cancel.cancel();
+    open.store.close();
 }
 
 #[cfg(test)]
@@ -274,7 +414,7 @@ mod tests {
         };
         // The order sent again while the state opens: nothing more to do.
         assert!(matches!(states.prepare(&t, e).unwrap(), Prepared::Opening));
-        let store = TaskStates::open_store(&data, &t, e, &spec).unwrap();
+        let store = TaskStates::open_store(&data, &t, e, &spec, None).unwrap();
         let env = states.install(&t, e, &spec, store).unwrap().unwrap();
         assert!(env["WARDEN_STATE_SOCK"].ends_with("ledger/api.sock"));
         assert_eq!(env["WARDEN_ROLE"], "primary");
@@ -287,7 +427,7 @@ mod tests {
         assert!(states.store(&t).is_none());
         // Stopped while opening: the opened store is closed, the task is not started.
         states.forget_opening(&t, FencingToken(4));
-        let store = TaskStates::open_store(&data, &t, FencingToken(4), &spec).unwrap();
+        let store = TaskStates::open_store(&data, &t, FencingToken(4), &spec, None).unwrap();
         assert_eq!(
             states.install(&t, FencingToken(4), &spec, store).unwrap(),
             None

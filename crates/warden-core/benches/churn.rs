@@ -100,6 +100,7 @@ fn main() {
                     name,
                     generation: *g,
                     probe_addr: "10.0.0.1:7402".into(),
+                    state_addr: String::new(),
                     capacity: Resources::new(4000, 4096),
                     running: vec![],
                 },

@@ -79,6 +79,7 @@ impl Fleet {
                 name: id.name.to_string(),
                 generation: 1,
                 probe_addr: "10.0.0.1:7402".into(),
+                state_addr: String::new(),
                 capacity: Resources::new(4000, 4096),
                 running: vec![],
             };
@@ -137,6 +138,7 @@ impl Fleet {
                 phase: Some(CopyPhase::Running),
                 healthy: true,
                 endpoint: String::new(),
+                in_sync: Vec::new(),
             })
             .collect();
         let input = Input::Heartbeat {

@@ -49,6 +49,7 @@ fn fleet() -> (Desired, Observed) {
                     state: SlotState::Running,
                     failures: 0,
                     last_failure_at: None,
+                    replica: None,
                 }
             })
             .collect();

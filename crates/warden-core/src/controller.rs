@@ -41,6 +41,7 @@ mod config;
 mod election;
 mod io;
 mod reconcile;
+mod replicas;
 #[cfg(test)]
 mod tests;
 
@@ -54,6 +55,7 @@ pub use io::{
     LeaderInfo, Load, Notice, Order, ProbeRound, Refusal, SessionId, Snapshot, SubmitOutcome,
     Welcome, Write, WriteId, WriteOutcome,
 };
+pub use replicas::REPLICA_REFRESH;
 
 use crate::endpoints::Registry;
 use crate::error::ConfigError;
@@ -143,6 +145,11 @@ pub struct Controller {
     last_plan: Option<Time>,
     /// Ended generations in the order they ended, for the retention window.
     ended: VecDeque<(Time, AgentId)>,
+    /// Standbys their primary reports caught up, to be added to the in-sync set: standby
+    /// slot → (its copy's epoch, the state epoch).
+    in_sync_wanted: FxHashMap<TaskId, (FencingToken, u64)>,
+    /// When every replica was last told its role.
+    last_replica_refresh: Option<Time>,
 }
 
 impl Controller {
@@ -188,6 +195,8 @@ impl Controller {
             replan_at: None,
             last_plan: None,
             ended: VecDeque::new(),
+            in_sync_wanted: FxHashMap::default(),
+            last_replica_refresh: None,
         };
         c.take_over(snapshot, now);
         if let Some(term) = c.term_now(now) {

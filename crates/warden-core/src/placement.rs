@@ -96,12 +96,14 @@ impl Placer {
 
     /// Pick the node for one copy of a job needing `request`, given how many copies of the job
     /// each node already holds (`copies`, updated), avoiding `avoid` unless nothing else fits.
-    /// `None` when nothing fits.
+    /// `apart`: only a node holding no copy of the job, never `avoid` (the replicas of a
+    /// replicated state). `None` when nothing fits.
     pub fn place(
         &mut self,
         request: &Resources,
         copies: &mut FxHashMap<AgentId, u32>,
         avoid: Option<&AgentId>,
+        apart: bool,
     ) -> Option<AgentId> {
         if self.order.is_none() {
             let order = (0..self.nodes.len()).map(|i| self.key(i)).collect();
@@ -119,6 +121,7 @@ impl Placer {
         });
         let i = match fast {
             Some(i) => i,
+            None if apart => return None,
             None => self.best_of_all(request, copies, avoid)?,
         };
         let before = self.key(i);
@@ -191,10 +194,10 @@ mod tests {
         let mut p = Placer::new(vec![node("a", 1000, 1000, 0), node("b", 1000, 1000, 0)]);
         let req = Resources::new(100, 100);
         let mut copies = FxHashMap::default();
-        let first = p.place(&req, &mut copies, None).unwrap();
-        let second = p.place(&req, &mut copies, None).unwrap();
+        let first = p.place(&req, &mut copies, None, false).unwrap();
+        let second = p.place(&req, &mut copies, None, false).unwrap();
         assert_ne!(first, second);
-        let third = p.place(&req, &mut copies, None).unwrap();
+        let third = p.place(&req, &mut copies, None, false).unwrap();
         assert!(third == first || third == second);
     }
 
@@ -206,17 +209,27 @@ mod tests {
             node("c", 1000, 1000, 500),
         ]);
         assert_eq!(
-            p.place(&Resources::new(10, 10), &mut FxHashMap::default(), None)
-                .unwrap()
-                .name
-                .as_ref(),
+            p.place(
+                &Resources::new(10, 10),
+                &mut FxHashMap::default(),
+                None,
+                false
+            )
+            .unwrap()
+            .name
+            .as_ref(),
             "a"
         );
         assert_eq!(
-            p.place(&Resources::new(10, 10), &mut FxHashMap::default(), None)
-                .unwrap()
-                .name
-                .as_ref(),
+            p.place(
+                &Resources::new(10, 10),
+                &mut FxHashMap::default(),
+                None,
+                false
+            )
+            .unwrap()
+            .name
+            .as_ref(),
             "b"
         );
     }
@@ -226,17 +239,23 @@ mod tests {
         let mut p = Placer::new(vec![node("a", 1000, 1000, 0), node("b", 1000, 1000, 900)]);
         let a = AgentId::new("a", 1);
         assert_eq!(
-            p.place(&Resources::new(50, 50), &mut FxHashMap::default(), Some(&a))
-                .unwrap()
-                .name
-                .as_ref(),
+            p.place(
+                &Resources::new(50, 50),
+                &mut FxHashMap::default(),
+                Some(&a),
+                false
+            )
+            .unwrap()
+            .name
+            .as_ref(),
             "b"
         );
         assert_eq!(
             p.place(
                 &Resources::new(500, 50),
                 &mut FxHashMap::default(),
-                Some(&a)
+                Some(&a),
+                false
             )
             .unwrap(),
             a
@@ -247,11 +266,21 @@ mod tests {
     fn refuses_what_fits_nowhere() {
         let mut p = Placer::new(vec![node("a", 1000, 100, 0)]);
         assert_eq!(
-            p.place(&Resources::new(100, 200), &mut FxHashMap::default(), None),
+            p.place(
+                &Resources::new(100, 200),
+                &mut FxHashMap::default(),
+                None,
+                false
+            ),
             None
         );
         assert_eq!(
-            p.place(&Resources::new(2000, 10), &mut FxHashMap::default(), None),
+            p.place(
+                &Resources::new(2000, 10),
+                &mut FxHashMap::default(),
+                None,
+                false
+            ),
             None
         );
     }
@@ -277,7 +306,7 @@ mod tests {
             for (c, m, job, avoid) in &reqs {
                 let req = Resources::new(*c, *m);
                 let avoid = nodes.get(*avoid).map(|n| n.id.clone());
-                let a = fast.place(&req, &mut jobs_fast[*job], avoid.as_ref());
+                let a = fast.place(&req, &mut jobs_fast[*job], avoid.as_ref(), false);
                 // The reference: the rules over every node, reserving the same way.
                 let b = slow.best_of_all(&req, &jobs_slow[*job], avoid.as_ref()).map(|i| {
                     let n = &mut slow.nodes[i];
@@ -299,7 +328,7 @@ mod tests {
                 .collect();
             let run = |nodes: Vec<Node>| {
                 let mut p = Placer::new(nodes);
-                let picks: Vec<Option<AgentId>> = reqs.iter().map(|(c, m)| p.place(&Resources::new(*c, *m), &mut FxHashMap::default(), None)).collect();
+                let picks: Vec<Option<AgentId>> = reqs.iter().map(|(c, m)| p.place(&Resources::new(*c, *m), &mut FxHashMap::default(), None, false)).collect();
                 (picks, p)
             };
             let (picks, p) = run(nodes.clone());

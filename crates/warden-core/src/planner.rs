@@ -34,6 +34,7 @@ use crate::fencing::{DeathEvidence, FencingConfig, ReplacementVerdict, singleton
 use crate::hash::FxHashMap;
 use crate::lifecycle::AgentState;
 use crate::placement::{Node, Placer};
+use crate::state::Replica;
 use crate::time::{Time, mul_duration};
 use crate::types::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId};
 
@@ -153,6 +154,9 @@ pub struct TaskView {
     pub failures: u32,
     /// When it last failed.
     pub last_failure_at: Option<Time>,
+    /// The slot's part in its job's replicated state (`[state]` with standbys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<crate::state::Replica>,
 }
 
 impl TaskView {
@@ -164,6 +168,7 @@ impl TaskView {
             state: SlotState::Pending,
             failures: 0,
             last_failure_at: None,
+            replica: None,
         }
     }
 }
@@ -271,6 +276,18 @@ pub enum Action {
         /// Why.
         reason: StopReason,
     },
+    /// Change a replica slot's part in its job's replicated state (a promotion, or a standby
+    /// joining the in-sync set), for the slot's current copy at `epoch`.
+    SetReplica {
+        /// Operation id.
+        op: OperationId,
+        /// The slot.
+        task: TaskId,
+        /// Its current copy's fencing token (the write is checked against it).
+        epoch: FencingToken,
+        /// The new role.
+        replica: Replica,
+    },
     /// Cordon a flapping agent: no new work until it is released.
     Quarantine {
         /// Operation id.
@@ -290,6 +307,7 @@ impl Action {
             | Action::Reschedule { op, .. }
             | Action::Evict { op, .. }
             | Action::Stop { op, .. }
+            | Action::SetReplica { op, .. }
             | Action::Quarantine { op, .. } => Some(op),
             Action::Alarm(_) => None,
         }
@@ -385,6 +403,86 @@ fn needs_stop(t: &TaskView, status: Copy) -> bool {
 }
 
 /// Copies of a job per agent among its first `want` slots.
+/// The promotion rule of a job with standbys. When its primary is gone (its copy surely dead,
+/// by the same fencing rule as any singleton's) or there is none, a standby takes its place at
+/// the next state epoch: an in-sync standby that runs on a live agent; while an in-sync standby
+/// may yet come back (its agent is only suspected), nothing is promoted, since any other could
+/// lack writes acknowledged at `standby`; once no in-sync standby is left, the live standby
+/// with the lowest slot (it holds what was replicated to it; writes acknowledged at `standby`
+/// cannot exist without an in-sync standby). Returns the slot to leave alone this round.
+#[allow(clippy::too_many_arguments)]
+fn promote<'a>(
+    cfg: &PlannerConfig,
+    name: &JobName,
+    slots: &[TaskView],
+    want: usize,
+    on_terminal: impl Fn(&AgentId) -> Option<&'a AgentView>,
+    on_any: impl Fn(&AgentId) -> Option<&'a AgentView>,
+    now: Time,
+    wake: &mut Option<Time>,
+    actions: &mut Vec<Action>,
+) -> Option<usize> {
+    let slots = &slots[..want.min(slots.len())];
+    let replicas = || slots.iter().map(|t| t.replica.as_ref());
+    let epoch = crate::state::state_epoch(replicas());
+    if epoch == 0 {
+        return None; // nothing placed yet: the first start names the primary
+    }
+    let primary = crate::state::primary_index(replicas());
+    if let Some(p) = primary
+        && copy_status(cfg, JobKind::Singleton, &slots[p], on_terminal, now, wake) != Copy::Dead
+    {
+        return None;
+    }
+    let live = |t: &TaskView| {
+        t.state == SlotState::Running
+            && t.agent
+                .as_ref()
+                .and_then(&on_any)
+                .is_some_and(|v| !v.state.is_terminal() && v.state != AgentState::Suspect)
+    };
+    // In-sync standbys stay in the set across a promotion: each held every write acknowledged
+    // under the old epoch, and the new primary waits for them from its first write.
+    let in_sync = |t: &TaskView| t.replica.is_some_and(|r| r.in_sync && !r.primary);
+    let others = || {
+        slots
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != primary)
+    };
+    let waiting = others().any(|(_, t)| {
+        in_sync(t)
+            && !live(t)
+            && copy_status(cfg, JobKind::Singleton, t, &on_any, now, wake) != Copy::Dead
+    });
+    let pick = others().find(|(_, t)| in_sync(t) && live(t)).or_else(|| {
+        if waiting {
+            None
+        } else {
+            others().find(|(_, t)| live(t))
+        }
+    });
+    let Some((i, t)) = pick else {
+        // Nothing to promote now. While an in-sync standby may come back, the old primary's
+        // slot waits: started afresh it would be an empty primary that the standbys follow.
+        // With no standby left at all, the slot starts again (on what its agent still holds).
+        return if waiting { primary } else { None };
+    };
+    let task = TaskId::new(name.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+    actions.push(Action::SetReplica {
+        op: OperationId(format!("{task}@{}:promote-{}", t.epoch, epoch + 1)),
+        task,
+        epoch: t.epoch,
+        replica: Replica {
+            epoch: epoch + 1,
+            primary: true,
+            in_sync: false,
+        },
+    });
+    // The old primary's slot comes back as a standby once the promotion is applied.
+    primary
+}
+
 fn job_copies(slots: &[TaskView], want: usize) -> FxHashMap<AgentId, u32> {
     let mut m = FxHashMap::default();
     for t in slots.iter().take(want) {
@@ -462,7 +560,27 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
             // Copies per agent, for spreading; built only if this job needs a placement.
             let mut copies: Option<FxHashMap<AgentId, u32>> = None;
             let mut unplaced = 0u32;
+            // A replicated state's lost primary is replaced by promoting a standby; its own
+            // slot waits for the promotion (and then comes back as a standby).
+            let held = if spec.standbys() > 0 {
+                promote(
+                    cfg,
+                    name,
+                    slots,
+                    want,
+                    on_terminal,
+                    on_any,
+                    now,
+                    &mut wake,
+                    &mut actions,
+                )
+            } else {
+                None
+            };
             for index in 0..want.max(slots.len()) {
+                if held == Some(index) {
+                    continue;
+                }
                 let view = slots.get(index);
                 let status = match view {
                     None => Copy::Dead,
@@ -515,7 +633,8 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     }
                     budget -= 1;
                     let copies = copies.get_or_insert_with(|| job_copies(slots, want));
-                    match placer.place(&spec.resources, copies, Some(&from)) {
+                    let apart = spec.standbys() > 0;
+                    match placer.place(&spec.resources, copies, Some(&from), apart) {
                         Some(to) => {
                             actions.push(Action::Reschedule {
                                 op: OperationId::task(&task, next, "reschedule"),
@@ -553,7 +672,7 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     Some(_) | None => None,
                 };
                 let copies = copies.get_or_insert_with(|| job_copies(slots, want));
-                match placer.place(&spec.resources, copies, avoid) {
+                match placer.place(&spec.resources, copies, avoid, spec.standbys() > 0) {
                     Some(agent) => {
                         actions.push(Action::Start {
                             op: OperationId::task(&task, next, "start"),
@@ -795,6 +914,17 @@ pub fn apply(
             Action::Quarantine { agent, .. } => {
                 if let Some(v) = observed.agents.get_mut(agent) {
                     v.cordoned = true;
+                }
+            }
+            Action::SetReplica {
+                task,
+                epoch,
+                replica,
+                ..
+            } => {
+                let t = slot(observed, task);
+                if t.epoch == *epoch {
+                    t.replica = Some(*replica);
                 }
             }
             Action::Alarm(_) => {}

@@ -148,6 +148,64 @@ impl StateSpec {
     }
 }
 
+/// A replica slot's part in its job's replicated state, as the controller records it with the
+/// slot. A job with `standbys = k` has `k + 1` slots on distinct agents; the job's *state
+/// epoch* is the highest `epoch` among them, and its primary is the slot marked `primary` at
+/// that epoch (a slot still marked primary at an older epoch was deposed and is a standby).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// The job's state epoch when the slot got this role.
+    pub epoch: u64,
+    /// The slot is the primary of that epoch.
+    pub primary: bool,
+    /// A standby in the in-sync set: it holds every write acknowledged at `standby`.
+    #[serde(default)]
+    pub in_sync: bool,
+}
+
+/// The state epoch of a job whose slots carry `replicas`: the highest among them (0 before
+/// the first primary was chosen).
+pub fn state_epoch<'a>(replicas: impl IntoIterator<Item = Option<&'a Replica>>) -> u64 {
+    replicas
+        .into_iter()
+        .flatten()
+        .map(|r| r.epoch)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The index of the primary among `replicas` (the slot marked primary at the state epoch).
+pub fn primary_index<'a>(
+    replicas: impl IntoIterator<Item = Option<&'a Replica>> + Clone,
+) -> Option<usize> {
+    let epoch = state_epoch(replicas.clone());
+    replicas
+        .into_iter()
+        .position(|r| r.is_some_and(|r| r.primary && r.epoch == epoch))
+}
+
+/// What an agent is told about one replica copy: its role and where its peers are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaOrder {
+    /// The job's state epoch: the primary writes under it, standbys refuse older frames.
+    pub epoch: u64,
+    /// This copy is the primary.
+    pub primary: bool,
+    /// For a standby: the replication address (`host:port`) of the primary's agent; empty
+    /// while the primary has none (being replaced).
+    #[serde(default)]
+    pub primary_addr: String,
+    /// For the primary: the agent names of the standbys in the in-sync set.
+    #[serde(default)]
+    pub in_sync: Vec<String>,
+    /// For the primary: the agent names of all the job's standbys (a standby it finds caught
+    /// up may join the set only while it is one of them).
+    #[serde(default)]
+    pub standbys: Vec<String>,
+}
+
 /// Replicas (the primary plus its standbys) that must hold a write at [`AckLevel::Quorum`].
 pub fn majority(standbys: u8) -> usize {
     let replicas = usize::from(standbys) + 1;

@@ -406,12 +406,18 @@ fn default_replicas() -> u32 {
 pub const MAX_REPLICAS: u32 = 10_000;
 
 impl JobSpec {
-    /// Number of task slots this job wants.
+    /// Number of task slots this job wants: a singleton with replicated state has one slot per
+    /// replica (the primary and its standbys, on distinct agents).
     pub fn desired_count(&self) -> u32 {
         match self.kind {
-            JobKind::Singleton => 1,
+            JobKind::Singleton => 1 + u32::from(self.standbys()),
             JobKind::Service => self.replicas,
         }
+    }
+
+    /// Standbys its `[state]` keeps (0 without one).
+    pub fn standbys(&self) -> u8 {
+        self.state.map_or(0, |s| s.standbys)
     }
 
     /// Task ids of every slot of this job.

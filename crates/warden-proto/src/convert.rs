@@ -14,6 +14,7 @@ use warden_core::controller::{
     Assignment, Copies, CopyPhase, CopyReport, Heartbeat, Hello, Order, Welcome,
 };
 use warden_core::lifecycle::ProbeOutcome;
+use warden_core::state::ReplicaOrder;
 use warden_core::{FencingToken, Resources, ServicePort, Signals, TaskId};
 
 use crate::v1;
@@ -128,6 +129,7 @@ pub fn copy_from_wire(r: &v1::RunningTask) -> Option<CopyReport> {
         phase: phase_from_wire(r.phase),
         healthy: r.healthy,
         endpoint: r.endpoint.clone(),
+        in_sync: r.in_sync.clone(),
     })
 }
 
@@ -140,6 +142,7 @@ pub fn copy_to_wire(c: &CopyReport) -> v1::RunningTask {
         restarts: 0,
         healthy: c.healthy,
         endpoint: c.endpoint.clone(),
+        in_sync: c.in_sync.clone(),
     }
 }
 
@@ -149,6 +152,7 @@ impl From<&v1::Hello> for Hello {
             name: h.name.clone(),
             generation: h.generation,
             probe_addr: h.probe_addr.clone(),
+            state_addr: h.state_addr.clone(),
             capacity: h.capacity.as_ref().map(Resources::from).unwrap_or_default(),
             running: h
                 .running
@@ -183,6 +187,7 @@ pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
         phase: phase_from_wire(r.phase),
         healthy: r.healthy,
         endpoint: r.endpoint.clone(),
+        in_sync: Vec::new(),
     };
     Some((copy, r.message.clone()))
 }
@@ -240,6 +245,11 @@ impl From<&Assignment> for v1::Assign {
                 .as_ref()
                 .and_then(|s| serde_json::to_string(s).ok())
                 .unwrap_or_default(),
+            replica_json: a
+                .replica
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -261,6 +271,14 @@ pub enum AssignError {
     /// The state table is not valid JSON of a `[state]` table.
     #[error("invalid state table of {task}: {error}")]
     State {
+        /// The task.
+        task: String,
+        /// The parser's error.
+        error: String,
+    },
+    /// The replica role is not valid JSON of a role.
+    #[error("invalid replica role of {task}: {error}")]
+    Replica {
         /// The task.
         task: String,
         /// The parser's error.
@@ -301,6 +319,11 @@ impl TryFrom<&v1::Assign> for Assignment {
                 })?,
             )
         };
+        let replica = if a.replica_json.is_empty() {
+            None
+        } else {
+            Some(replica_from_json(&a.task, &a.replica_json)?)
+        };
         let service = match &a.service {
             None => None,
             Some(s) if s.port == 0 => Some(ServicePort::Dynamic),
@@ -326,8 +349,28 @@ impl TryFrom<&v1::Assign> for Assignment {
             health,
             service,
             state,
+            replica,
         })
     }
+}
+
+fn replica_from_json(task: &str, json: &str) -> Result<ReplicaOrder, AssignError> {
+    serde_json::from_str(json).map_err(|e| AssignError::Replica {
+        task: task.to_string(),
+        error: e.to_string(),
+    })
+}
+
+/// A role order as the agent reads it: the copy and its role.
+pub fn replica_from_wire(
+    r: &v1::ReplicaRole,
+) -> Result<(TaskId, FencingToken, ReplicaOrder), AssignError> {
+    let task = TaskId::parse(&r.task).ok_or_else(|| AssignError::Task(r.task.clone()))?;
+    Ok((
+        task,
+        FencingToken(r.epoch),
+        replica_from_json(&r.task, &r.replica_json)?,
+    ))
 }
 
 /// An order as the message that carries it.
@@ -346,6 +389,15 @@ pub fn order_to_wire(o: &Order) -> v1::server_message::Msg {
         }),
         Order::Rejoin { reason } => Msg::Rejoin(v1::Rejoin {
             reason: reason.clone(),
+        }),
+        Order::Replica {
+            task,
+            epoch,
+            replica,
+        } => Msg::Replica(v1::ReplicaRole {
+            task: task.to_string(),
+            epoch: epoch.0,
+            replica_json: serde_json::to_string(replica).unwrap_or_default(),
         }),
     }
 }
@@ -370,9 +422,24 @@ mod tests {
             health: None,
             service: Some(ServicePort::Fixed(8080)),
             state: Some(warden_core::state::StateSpec::default()),
+            replica: Some(ReplicaOrder {
+                epoch: 2,
+                primary: false,
+                primary_addr: "127.0.0.1:7001".into(),
+                in_sync: Vec::new(),
+                standbys: Vec::new(),
+            }),
         };
         let wire = v1::Assign::from(&a);
         assert_eq!(Assignment::try_from(&wire).unwrap(), a);
+        let bad = v1::Assign {
+            replica_json: "{\"epoch\": -1}".into(),
+            ..wire.clone()
+        };
+        assert!(matches!(
+            Assignment::try_from(&bad),
+            Err(AssignError::Replica { .. })
+        ));
         let bad = v1::Assign {
             task: "no-slot".into(),
             ..wire.clone()
@@ -434,6 +501,7 @@ mod tests {
                     restarts: 0,
                     healthy: true,
                     endpoint: String::new(),
+                    in_sync: vec!["b".into()],
                 },
                 v1::RunningTask {
                     task: "garbage".into(),

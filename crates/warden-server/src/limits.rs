@@ -310,16 +310,25 @@ impl JobLimits {
         if let Some(state) = &spec.state
             && state.standbys > 0
         {
-            // Refused rather than accepted and left to time out: with standbys declared, every
-            // write at `standby` would wait for one that is never placed.
-            return over(
-                "state.standbys",
-                format!(
-                    "is {}; this server does not place standbys yet (docs/state.md): \
-                     use standbys = 0 with ack = \"local\"",
-                    state.standbys
-                ),
-            );
+            // Refused rather than accepted and left to misbehave: these need a promotion that
+            // compares the standbys' logs (quorum) or a standby that runs no task (warm),
+            // which this server does not do yet.
+            if state.ack() == warden_core::state::AckLevel::Quorum {
+                return over(
+                    "state.ack",
+                    "is \"quorum\"; this server promotes by the in-sync set only \
+                     (docs/state.md): use ack = \"standby\""
+                        .to_string(),
+                );
+            }
+            if state.mode == warden_core::state::StateMode::Warm {
+                return over(
+                    "state.mode",
+                    "is \"warm\"; this server runs hot standbys only (docs/state.md): \
+                     use mode = \"hot\""
+                        .to_string(),
+                );
+            }
         }
         if let Some(HealthCheck::Exec { command, .. }) = &spec.health {
             let line: usize = command.iter().map(String::len).sum();

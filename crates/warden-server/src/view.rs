@@ -54,6 +54,20 @@ pub struct TaskInfo {
     pub epoch: u64,
     /// Failures in a row.
     pub failures: u32,
+    /// Its part in the job's replicated state (jobs with `[state] standbys` > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaInfo>,
+}
+
+/// A replica slot's role, as `GET /v1/tasks` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// `primary` or `standby`.
+    pub role: String,
+    /// The job's state epoch (grows at every promotion).
+    pub state_epoch: u64,
+    /// A standby in the in-sync set (it holds every write acknowledged at `standby`).
+    pub in_sync: bool,
 }
 
 /// A job, as `GET /v1/jobs` lists it.

@@ -185,6 +185,7 @@ fn task(job: &str, index: u32, agent: Option<&str>, epoch: u64) -> TaskInfo {
         .into(),
         epoch,
         failures: 0,
+        replica: None,
     }
 }
 

@@ -123,6 +123,7 @@ async fn open(addr: SocketAddr, name: &str) -> Result<Session, tonic::Status> {
         }),
         running: vec![],
         version: "test".into(),
+        state_addr: String::new(),
     })))
     .await
     .expect("queue Hello");

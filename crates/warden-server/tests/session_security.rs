@@ -189,6 +189,7 @@ fn hello(name: &str, generation: u64) -> Msg {
         }),
         running: vec![],
         version: "test".into(),
+        state_addr: String::new(),
     })
 }
 
@@ -425,6 +426,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
         restarts: 0,
         healthy: true,
         endpoint: String::new(),
+        in_sync: Vec::new(),
     }];
     b.send(report(v1::TaskPhase::Running)).await;
     b.barrier().await;
@@ -451,6 +453,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
             restarts: 9,
             healthy: false,
             endpoint: String::new(),
+            in_sync: Vec::new(),
         }],
         running_as_of: 0,
     }))

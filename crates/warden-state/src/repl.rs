@@ -130,7 +130,15 @@ pub struct StreamStats {
 }
 
 /// The primary side on one agent: the stores it is primary for, by job, and the in-sync set
-/// of each (as the server last ordered it).
+/// of each.
+///
+/// The in-sync set a primary waits for is the set the server last ordered, plus the standbys
+/// it found caught up since (it reports them; the server adds them to the set it stores). A
+/// standby joins only when it holds every write that may have been acknowledged
+/// ([`StateStore::standby_join`]), so the set the server stores never names one that lacks an
+/// acknowledged write. A member leaves only when the server's set drops it (the server
+/// replaced its slot), or, joined here and never stored, when it is no longer a standby of the
+/// job.
 #[derive(Clone, Default)]
 pub struct Primaries {
     jobs: Arc<Mutex<HashMap<String, Served>>>,
@@ -140,7 +148,35 @@ pub struct Primaries {
 #[derive(Clone)]
 struct Served {
     store: StateStore,
-    in_sync: Arc<Mutex<Vec<String>>>,
+    in_sync: Arc<Mutex<InSync>>,
+}
+
+#[derive(Default)]
+struct InSync {
+    /// The server's set.
+    ordered: Vec<String>,
+    /// Found caught up here, not (yet) in the server's set.
+    joined: std::collections::BTreeSet<String>,
+    /// The job's standbys (`None`: not told; any standby may join).
+    roster: Option<Vec<String>>,
+}
+
+impl InSync {
+    fn members(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.ordered.clone();
+        all.extend(
+            self.joined
+                .iter()
+                .filter(|j| !self.ordered.contains(j))
+                .cloned(),
+        );
+        all.sort();
+        all
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Primaries {
@@ -152,24 +188,71 @@ impl Primaries {
             // writes at `standby` wait for it (the in-sync rule).
             store.standby_synced(s, 0, true);
         }
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                job.to_string(),
-                Served {
-                    store,
-                    in_sync: Arc::new(Mutex::new(in_sync)),
-                },
-            );
+        locked(&self.jobs).insert(
+            job.to_string(),
+            Served {
+                store,
+                in_sync: Arc::new(Mutex::new(InSync {
+                    ordered: in_sync,
+                    ..InSync::default()
+                })),
+            },
+        );
+    }
+
+    /// The server's in-sync set for `job` and its standbys (agent names), as last ordered.
+    /// Returns false when this agent serves no primary of `job`.
+    pub fn set_in_sync(&self, job: &str, ordered: Vec<String>, roster: Vec<String>) -> bool {
+        let Some(served) = self.get(job) else {
+            return false;
+        };
+        let mut g = locked(&served.in_sync);
+        for gone in g.ordered.iter().filter(|s| !ordered.contains(s)) {
+            // Removed by the server: stop waiting for it.
+            let synced = served
+                .store
+                .standbys()
+                .into_iter()
+                .find(|(n, _)| n == gone)
+                .map_or(0, |(_, p)| p.synced);
+            served.store.standby_synced(gone, synced, false);
+        }
+        for s in &ordered {
+            if !g.ordered.contains(s) && !g.joined.contains(s) {
+                served.store.standby_synced(s, 0, true);
+            }
+        }
+        let removed: Vec<String> = g
+            .ordered
+            .iter()
+            .filter(|s| !ordered.contains(s))
+            .cloned()
+            .collect();
+        g.joined
+            .retain(|j| !ordered.contains(j) && !removed.contains(j) && roster.contains(j));
+        for (name, p) in served.store.standbys() {
+            if p.in_sync && !ordered.contains(&name) && !g.joined.contains(&name) {
+                served.store.standby_synced(&name, p.synced, false);
+            }
+            if !roster.contains(&name) {
+                served.store.standby_removed(&name);
+            }
+        }
+        g.ordered = ordered;
+        g.roster = Some(roster);
+        true
+    }
+
+    /// The standbys `job`'s primary waits for now (agent names, sorted): what it reports.
+    pub fn in_sync(&self, job: &str) -> Vec<String> {
+        self.get(job)
+            .map(|s| locked(&s.in_sync).members())
+            .unwrap_or_default()
     }
 
     /// Stop serving `job`.
     pub fn remove(&self, job: &str) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(job);
+        locked(&self.jobs).remove(job);
     }
 
     /// Counters over every stream served.
@@ -178,11 +261,7 @@ impl Primaries {
     }
 
     fn get(&self, job: &str) -> Option<Served> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(job)
-            .cloned()
+        locked(&self.jobs).get(job).cloned()
     }
 
     /// Accept standbys on `listener` until `cancel`.
@@ -285,12 +364,18 @@ impl Primaries {
                         Ok((b'A', b)) if b.len() == 8 => {
                             let mut a = [0u8; 8];
                             a.copy_from_slice(&b);
-                            let member = in_sync
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .contains(&standby);
                             let upto = sent_through.load(std::sync::atomic::Ordering::Acquire);
-                            store.standby_synced(&standby, u64::from_le_bytes(a).min(upto), member);
+                            let synced = u64::from_le_bytes(a).min(upto);
+                            let mut g = locked(&in_sync);
+                            if g.ordered.contains(&standby) {
+                                store.standby_synced(&standby, synced, true);
+                            } else if g.roster.as_ref().is_none_or(|r| r.contains(&standby)) {
+                                if store.standby_join(&standby, synced) {
+                                    g.joined.insert(standby.clone());
+                                }
+                            } else {
+                                store.standby_synced(&standby, synced, false);
+                            }
                         }
                         Ok((b'E', b)) => {
                             tracing::warn!(standby, error = %String::from_utf8_lossy(&b), "standby refused the stream");

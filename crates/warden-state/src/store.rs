@@ -209,6 +209,10 @@ struct Inner {
     /// Test-only: `standby` and `quorum` acknowledge what is synced locally (see
     /// [`StateStore::break_acks_for_tests`]).
     broken_acks: bool,
+    /// No write up to here may have been acknowledged at `standby` (by this replica as
+    /// primary, or by the primaries before it, whose log this one's ends with): where a standby
+    /// must have caught up to before it may join the in-sync set.
+    acked_floor: u64,
 }
 
 fn level_index(level: AckLevel) -> usize {
@@ -223,6 +227,7 @@ fn level_index(level: AckLevel) -> usize {
 /// when the log failed), then tell the watchers. Takes the lock's guard and releases it.
 fn publish(shared: &Shared, mut g: MutexGuard<'_, Inner>) {
     let c = g.committed();
+    g.acked_floor = g.acked_floor.max(c.at(AckLevel::Standby));
     let mut ready = Vec::new();
     for (i, level) in [AckLevel::Local, AckLevel::Standby, AckLevel::Quorum]
         .into_iter()
@@ -524,6 +529,7 @@ impl StateStore {
             waiters: Default::default(),
             broken_acks: false,
             undo: VecDeque::new(),
+            acked_floor: durable,
         };
         let committed = inner.committed();
         let shared = Arc::new(Shared {
@@ -890,6 +896,8 @@ impl StateStore {
             g.role = Role::Primary;
             g.standbys.clear();
             let seq = g.next_seq;
+            // Everything before the new epoch may have been acknowledged by earlier primaries.
+            g.acked_floor = g.acked_floor.max(seq);
             let mut frame = Vec::with_capacity(32);
             codec::encode(&mut frame, seq, epoch, &Op::Epoch);
             g.next_seq += 1;
@@ -929,6 +937,25 @@ impl StateStore {
         p.synced = p.synced.max(synced);
         p.in_sync = in_sync;
         publish(&self.shared, g);
+    }
+
+    /// A standby that acknowledged `synced` joins the in-sync set if it holds every write
+    /// that may have been acknowledged at `standby` (by this primary or the ones before it);
+    /// from then on writes wait for it. Returns whether it is in the set.
+    pub fn standby_join(&self, standby: &str, synced: u64) -> bool {
+        let mut g = lock(&self.shared.inner);
+        if g.role != Role::Primary {
+            return false;
+        }
+        let floor = g.acked_floor;
+        let p = g.standbys.entry(standby.to_string()).or_default();
+        p.synced = p.synced.max(synced);
+        if !p.in_sync && p.synced >= floor {
+            p.in_sync = true;
+        }
+        let member = p.in_sync;
+        publish(&self.shared, g);
+        member
     }
 
     /// Forget a standby (the server removed it from the job).

@@ -158,6 +158,7 @@ mod tests {
             state: SlotState::Running,
             failures: 1,
             updated_unix_ms: 1_700_000_000_000,
+            replica: None,
         }
     }
 

@@ -200,6 +200,7 @@ pub fn record(job: &str, index: u32, epoch: u64, agent: Option<&str>) -> TaskRec
         },
         failures: 0,
         updated_unix_ms: 1_700_000_000_000 + epoch,
+        replica: None,
     }
 }
 

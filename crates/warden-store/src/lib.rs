@@ -29,6 +29,7 @@
 //!     state: SlotState::Starting,
 //!     failures: 0,
 //!     updated_unix_ms: 0,
+//!     replica: None,
 //! };
 //! // First assignment: the slot has no epoch yet.
 //! assert!(store.cas_task(FencingToken::NONE, &assign(1, "a"))?.is_applied());

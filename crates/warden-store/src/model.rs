@@ -66,6 +66,9 @@ pub struct TaskRecord {
     pub failures: u32,
     /// Wall-clock time of the last change, milliseconds since the Unix epoch.
     pub updated_unix_ms: u64,
+    /// The slot's part in its job's replicated state, when the job keeps standbys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<warden_core::state::Replica>,
 }
 
 impl TaskRecord {
@@ -78,6 +81,7 @@ impl TaskRecord {
             state: self.state,
             failures: self.failures,
             last_failure_at: None,
+            replica: self.replica,
         }
     }
 }

@@ -102,6 +102,7 @@ fn crash_child_writer() {
             state: SlotState::Starting,
             failures: 0,
             updated_unix_ms: i,
+            replica: None,
         };
         let batch = [
             WriteOp::CasTask {

@@ -35,6 +35,10 @@ pub struct AgentArgs {
     /// Address of the probe listener (`/healthz` and TCP probes); port 0 picks a free one.
     #[arg(long, env = "WARDEN_PROBE_ADDR", default_value = "127.0.0.1:0")]
     pub probe_addr: SocketAddr,
+    /// Port of the replication listener (on the probe address's IP), where the standbys of
+    /// the stateful primaries this agent runs connect (docs/state.md); 0 picks a free one.
+    #[arg(long, env = "WARDEN_STATE_PORT", default_value_t = 0)]
+    pub state_port: u16,
     /// CPU offered to tasks, millicores [default: all cores]
     #[arg(long, env = "WARDEN_CPU_MILLIS")]
     pub cpu_millis: Option<u64>,
@@ -173,6 +177,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         name: args.name.clone().unwrap_or_else(host_name),
         data_dir: args.data_dir.clone(),
         probe_addr,
+        state_port: args.state_port,
         capacity: Resources::new(
             args.cpu_millis.unwrap_or(cores * 1000),
             args.memory_mb.unwrap_or_else(physical_memory_mb),

@@ -419,6 +419,7 @@ async fn agent(
         }),
         running: vec![],
         version: "sim".into(),
+        state_addr: String::new(),
     })))
     .await?;
     let Ok(opened) = client.session(ReceiverStream::new(rx)).await else {
@@ -471,6 +472,7 @@ async fn agent(
                             restarts: 0,
                             healthy: true,
                             endpoint: String::new(),
+                            in_sync: Vec::new(),
                         });
                     }
                     let _ = tx

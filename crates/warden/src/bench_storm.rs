@@ -338,6 +338,7 @@ fn hello(name: String) -> v1::AgentMessage {
             }),
             running: vec![],
             version: "bench".into(),
+            state_addr: String::new(),
         })),
     }
 }

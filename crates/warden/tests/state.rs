@@ -110,8 +110,12 @@ fn state_on_a_service_or_an_impossible_state_table_is_refused_clearly() {
             "expected `hot` or `warm`",
         ),
         (
-            "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nstandbys = 1\n",
-            "does not place standbys yet",
+            "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nstandbys = 2\nack = \"quorum\"\n",
+            "promotes by the in-sync set only",
+        ),
+        (
+            "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nmode = \"warm\"\n",
+            "runs hot standbys only",
         ),
     ] {
         let err = c.submit(spec).expect_err(spec).to_string();
@@ -119,4 +123,98 @@ fn state_on_a_service_or_an_impossible_state_table_is_refused_clearly() {
     }
     let jobs = c.server_client(0).unwrap().get("/v1/jobs").unwrap();
     assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
+}
+
+/// The counter values a slot's copies acknowledged on `agent`, with the epoch of each.
+fn acked_on(c: &Cluster, agent: &str, job: &str, index: u32) -> Vec<(u64, u64)> {
+    let log = c
+        .dir()
+        .join(agent)
+        .join("logs")
+        .join(format!("{job}.{index}.stdout.log"));
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("acked ")?;
+            let field = |k: &str| {
+                rest.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k)?.parse::<u64>().ok())
+            };
+            Some((field("value=")?, field("epoch=")?))
+        })
+        .collect()
+}
+
+fn replica(c: &Cluster, id: &str) -> Option<(String, String, bool)> {
+    let t = c.task(id)?;
+    let r = t.get("replica")?;
+    Some((
+        t.get("agent")?.as_str()?.to_string(),
+        r.get("role")?.as_str()?.to_string(),
+        r.get("in_sync")?.as_bool()?,
+    ))
+}
+
+#[test]
+fn a_primary_whose_agent_is_killed_fails_over_to_its_standby_with_every_acked_write() {
+    let mut c = start_cluster();
+    c.add_agents(3).unwrap();
+    let job = "ledger2";
+    c.submit(&format!(
+        "name = \"{job}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
+         args = [\"workload\", \"counter\", \"--every-ms\", \"10\"]\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+         [state]\nstandbys = 1\nack = \"standby\"\n"
+    ))
+    .unwrap();
+    // Slot 0 is the first primary, slot 1 its standby on another agent; the standby joins
+    // the in-sync set once it caught up, and only then are writes at `standby` acknowledged.
+    let placed = wait_until(LONG, || {
+        let (Some(p), Some(s)) = (
+            replica(&c, &format!("{job}/0")),
+            replica(&c, &format!("{job}/1")),
+        ) else {
+            return false;
+        };
+        p.1 == "primary" && s.1 == "standby" && s.2 && p.0 != s.0
+    });
+    assert!(
+        placed,
+        "no primary with an in-sync standby on another agent: {:?} {:?}\n{}",
+        c.task(&format!("{job}/0")),
+        c.task(&format!("{job}/1")),
+        c.log(&c.server_name(0))
+    );
+    let (primary, _, _) = replica(&c, &format!("{job}/0")).unwrap();
+    let (standby, _, _) = replica(&c, &format!("{job}/1")).unwrap();
+    assert!(
+        wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 20),
+        "the primary never acknowledged 20 writes\n{}",
+        c.log(&primary)
+    );
+    c.kill_agent(&primary).unwrap();
+    let old = acked_on(&c, &primary, job, 0);
+    let (last_old, old_epoch) = *old.last().unwrap();
+    // The standby is promoted at the next state epoch and counts on from every write the
+    // old primary acknowledged.
+    assert!(
+        wait_until(LONG, || acked_on(&c, &standby, job, 1).len() >= 10),
+        "the standby was not promoted and writing\n{:?}\n{}\n{}",
+        c.task(&format!("{job}/1")),
+        c.log(&standby),
+        c.log(&c.server_name(0))
+    );
+    let new = acked_on(&c, &standby, job, 1);
+    let (first_new, new_epoch) = new[0];
+    assert!(new_epoch > old_epoch, "epochs {old_epoch} then {new_epoch}");
+    assert!(
+        first_new > last_old && first_new <= last_old + 2,
+        "the old primary acknowledged up to {last_old}; the new one started at {first_new}"
+    );
+    for w in new.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "values {new:?}");
+    }
+    let (_, role, _) = replica(&c, &format!("{job}/1")).unwrap();
+    assert_eq!(role, "primary");
 }

@@ -69,6 +69,7 @@ impl Controller {
             if let Ok(addr) = hello.probe_addr.parse() {
                 book.probe_addr = Some(addr);
             }
+            book.state_addr = (!hello.state_addr.is_empty()).then(|| hello.state_addr.clone());
             // A new session: its first heartbeat lists the copies again.
             book.listed = None;
         }
@@ -168,6 +169,9 @@ impl Controller {
             listed.iter().map(|c| (c.task.clone(), c.epoch)).collect();
         for c in listed {
             self.note_endpoint(&c.task, c.epoch, &c.endpoint, c.healthy);
+            if !c.in_sync.is_empty() {
+                self.note_in_sync(who, c);
+            }
         }
         self.resend_pending(who, &copies, now, false, out);
         // A copy the server saw running here that the agent no longer reports has ended
@@ -687,6 +691,7 @@ impl Controller {
                 health: spec.health.clone(),
                 service: spec.service.as_ref().map(|s| s.port),
                 state: spec.state,
+                replica: self.replica_order(task),
             })),
         });
     }

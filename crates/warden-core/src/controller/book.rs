@@ -17,6 +17,9 @@ use crate::types::{FencingToken, TaskId};
 pub struct AgentBook {
     /// Its probe listener, as its Hello said.
     pub probe_addr: Option<SocketAddr>,
+    /// Its replication listener (`host:port`), as its Hello said: where the standbys of the
+    /// primaries it runs connect.
+    pub state_addr: Option<String>,
     /// When it last turned Suspect (kept once Failed: recovery records need it).
     pub suspect_since: Option<Time>,
     /// When it was declared Failed, and why.

@@ -33,6 +33,9 @@ pub struct Hello {
     pub generation: u64,
     /// `host:port` of the agent's probe listener, as sent.
     pub probe_addr: String,
+    /// `host:port` of the agent's replication listener (replicated task state); empty when it
+    /// has none.
+    pub state_addr: String,
     /// What the agent offers.
     pub capacity: Resources,
     /// Copies the agent runs right now (non-empty on a reconnect).
@@ -93,6 +96,9 @@ pub struct CopyReport {
     pub healthy: bool,
     /// `host:port` it serves on, when its job declares a service; empty otherwise.
     pub endpoint: String,
+    /// For the primary of a replicated state: the agent names of the standbys it waits for
+    /// (the in-sync set it was sent, and those it found caught up since).
+    pub in_sync: Vec<String>,
 }
 
 /// A heartbeat.
@@ -359,6 +365,8 @@ pub struct Assignment {
     pub service: Option<ServicePort>,
     /// The job's replicated state, when it declares `[state]`.
     pub state: Option<crate::state::StateSpec>,
+    /// The copy's role in that state, when the job keeps standbys.
+    pub replica: Option<crate::state::ReplicaOrder>,
 }
 
 /// A message for one agent.
@@ -382,6 +390,15 @@ pub enum Order {
         epoch: FencingToken,
         /// SIGTERM to SIGKILL.
         grace: Duration,
+    },
+    /// The role of the copy of `task` at `epoch` in its job's replicated state.
+    Replica {
+        /// The slot.
+        task: TaskId,
+        /// The copy's fencing token.
+        epoch: FencingToken,
+        /// Its role.
+        replica: crate::state::ReplicaOrder,
     },
     /// The generation is over: stop its work and join again as a new generation.
     Rejoin {

@@ -64,6 +64,7 @@ impl Controller {
         self.forget_ended(now, out);
         if acting {
             self.reconcile(now, out);
+            self.refresh_replicas(now, out);
         }
     }
 
@@ -86,7 +87,8 @@ impl Controller {
         self.observed.reschedule_budget = self.bucket.available(now);
         let planned = plan_next(&self.cfg.planner, &self.desired, &self.observed, now);
         let mut replan_at = planned.wake_at;
-        let actions = planned.actions;
+        let mut actions = planned.actions;
+        self.in_sync_actions(&mut actions);
         if actions.is_empty() {
             self.standing_alarms.clear();
             self.replan_at = replan_at;
@@ -166,6 +168,27 @@ impl Controller {
                         state: SlotState::Starting,
                         failures,
                         last_failure_at: None,
+                        replica: self.new_replica(task),
+                    },
+                };
+                self.persist_then(write, action, round, out);
+            }
+            Action::SetReplica {
+                task,
+                epoch,
+                replica,
+                ..
+            } => {
+                let Some(current) = self.slot(task).filter(|t| t.epoch == *epoch).cloned() else {
+                    return; // the copy changed since the plan
+                };
+                let write = Write::Slot {
+                    id: self.next_write_id(),
+                    expected: *epoch,
+                    task: task.clone(),
+                    record: TaskView {
+                        replica: Some(*replica),
+                        ..current
                     },
                 };
                 self.persist_then(write, action, round, out);
@@ -291,19 +314,66 @@ impl Controller {
             .as_ref()
             .and_then(|t| self.slot(t))
             .and_then(|s| s.agent.clone());
+        // A new copy of a replica slot takes the role its record was written with.
+        let replica = match &action {
+            Action::Start { task, .. } | Action::Reschedule { task, .. } => self.new_replica(task),
+            _ => None,
+        };
         let desired = &self.desired;
         apply(
             &mut self.observed,
             std::slice::from_ref(&action),
             |j: &JobName| desired.get(j).map(|s| s.resources).unwrap_or_default(),
         );
+        if let (Some(r), Some(task)) = (replica, &task)
+            && let Some(slot) = self
+                .observed
+                .tasks
+                .get_mut(&task.job)
+                .and_then(|s| s.get_mut(task.index as usize))
+        {
+            slot.replica = Some(r);
+        }
         if let Some(task) = &task {
             let after = self.slot(task).and_then(|s| s.agent.clone());
             self.reindex(task, before.as_ref(), after.as_ref());
         }
         self.dirty = true;
         self.endpoints_dirty = true;
+        // Every replica of a replicated state hears of a change in its job's roles at once.
+        let replicated = task
+            .as_ref()
+            .filter(|t| self.desired.get(&t.job).is_some_and(|s| s.standbys() > 0))
+            .map(|t| t.job.clone());
+        self.applied_action(action, now, out);
+        if let Some(job) = replicated {
+            self.send_replicas(&job, out);
+        }
+    }
+
+    fn applied_action(&mut self, action: Action, now: Time, out: &mut Vec<Command>) {
         match action {
+            Action::SetReplica { task, replica, .. } => {
+                let agent = self.slot(&task).and_then(|t| t.agent.clone());
+                let (kind, msg) = if replica.primary {
+                    (
+                        "state.promote",
+                        format!(
+                            "{task} promoted to primary at state epoch {}",
+                            replica.epoch
+                        ),
+                    )
+                } else {
+                    (
+                        "state.in_sync",
+                        format!(
+                            "{task} joined the in-sync set at state epoch {}",
+                            replica.epoch
+                        ),
+                    )
+                };
+                self.event(out, now, kind, agent.as_ref(), Some(&task), msg);
+            }
             Action::Start {
                 task, epoch, agent, ..
             } => {
@@ -448,8 +518,14 @@ impl Controller {
             let Some(slots) = self.observed.tasks.get(job) else {
                 continue;
             };
+            // A replicated state serves from its primary only.
+            let primary = (spec.standbys() > 0)
+                .then(|| crate::state::primary_index(slots.iter().map(|t| t.replica.as_ref())));
             for (i, slot) in slots.iter().enumerate() {
                 let Some(agent) = &slot.agent else { continue };
+                if primary.is_some_and(|p| p != Some(i)) {
+                    continue;
+                }
                 let Ok(index) = u32::try_from(i) else {
                     continue;
                 };
@@ -595,6 +671,7 @@ fn action_task(a: &Action) -> Option<&TaskId> {
         Action::Start { task, .. }
         | Action::Reschedule { task, .. }
         | Action::Evict { task, .. }
+        | Action::SetReplica { task, .. }
         | Action::Stop { task, .. } => Some(task),
         Action::Quarantine { .. } | Action::Alarm(_) => None,
     }

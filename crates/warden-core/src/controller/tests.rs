@@ -131,7 +131,7 @@ impl H {
                     runs.remove(task);
                 }
             }
-            Order::Ack { .. } | Order::Rejoin { .. } => {}
+            Order::Ack { .. } | Order::Rejoin { .. } | Order::Replica { .. } => {}
         }
     }
 
@@ -145,6 +145,7 @@ impl H {
                 name: name.into(),
                 generation,
                 probe_addr: "127.0.0.1:9".into(),
+                state_addr: String::new(),
                 capacity: Resources::new(4000, 4096),
                 running: vec![],
             },
@@ -171,6 +172,7 @@ impl H {
                     phase: Some(*phase),
                     healthy: true,
                     endpoint: String::new(),
+                    in_sync: Vec::new(),
                 })
                 .collect()
         });
@@ -433,6 +435,7 @@ fn a_partitioned_generation_that_comes_back_is_told_to_rejoin() {
                 name: on.name.to_string(),
                 generation: on.generation,
                 probe_addr: "127.0.0.1:9".into(),
+                state_addr: String::new(),
                 capacity: Resources::new(4000, 4096),
                 running: vec![(TaskId::new(JobName::new("cron"), 0), FencingToken(1))],
             },
@@ -477,6 +480,7 @@ fn an_unacted_assignment_is_sent_again_and_at_once_on_a_new_session() {
             name: "a".into(),
             generation: 1,
             probe_addr: "127.0.0.1:9".into(),
+            state_addr: String::new(),
             capacity: Resources::new(4000, 4096),
             running: vec![],
         },
@@ -509,6 +513,7 @@ fn a_fenced_copy_restarts_without_counting_a_failure() {
             phase: Some(CopyPhase::Fenced),
             healthy: false,
             endpoint: String::new(),
+            in_sync: Vec::new(),
         },
         message: "lease ran out".into(),
     });
@@ -585,6 +590,7 @@ fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
             name: on.name.to_string(),
             generation: on.generation,
             probe_addr: "127.0.0.1:9".into(),
+            state_addr: String::new(),
             capacity: Resources::new(4000, 4096),
             running: vec![],
         },
@@ -669,6 +675,7 @@ fn a_new_leader_respects_the_old_leases_and_waits_for_agents_it_never_heard() {
                 state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
+                replica: None,
             },
         )],
     };
@@ -738,6 +745,7 @@ fn a_generation_named_by_a_slot_is_kept_past_the_window() {
                 state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
+                replica: None,
             },
         )],
     };

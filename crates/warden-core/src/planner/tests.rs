@@ -140,6 +140,7 @@ fn singleton_waits_for_the_fencing_rule_and_service_moves_at_once() {
                 state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
+                replica: None,
             }],
         );
     }
@@ -183,6 +184,7 @@ fn suspect_agents_keep_their_work() {
             state: SlotState::Running,
             failures: 0,
             last_failure_at: None,
+            replica: None,
         }],
     );
     assert!(plan(&cfg(), &desired, &obs, ms(60_000)).is_empty());
@@ -206,6 +208,7 @@ fn brake_freezes_and_budget_defers_reschedules() {
                 state: SlotState::Running,
                 failures: 0,
                 last_failure_at: None,
+                replica: None,
             }],
         );
     }
@@ -244,6 +247,7 @@ fn crash_looping_task_backs_off_exponentially_and_prefers_another_agent() {
             state: SlotState::Failed,
             failures: 3,
             last_failure_at: Some(ms(10_000)),
+            replica: None,
         }],
     );
     assert_eq!(cfg().backoff(3), Duration::from_secs(4));
@@ -270,6 +274,7 @@ fn no_capacity_evicts_and_alarms() {
             state: SlotState::Running,
             failures: 0,
             last_failure_at: None,
+            replica: None,
         }],
     );
     let actions = plan(&cfg(), &desired, &obs, ms(0));
@@ -585,6 +590,7 @@ proptest! {
                 state: TASK_STATES[s],
                 failures: 1,
                 last_failure_at: Some(ms(0)),
+                replica: None,
             });
         }
         let actions = plan(&cfg(), &desired, &obs, ms(now));

@@ -821,6 +821,7 @@ impl<'a> World<'a> {
             name,
             generation: p.generation,
             probe_addr: probe_addr(host).to_string(),
+            state_addr: String::new(),
             capacity: Resources::new(4000, 4096),
             running,
         };
@@ -871,6 +872,7 @@ impl<'a> World<'a> {
                 phase: Some(CopyPhase::Running),
                 healthy: true,
                 endpoint: String::new(),
+                in_sync: Vec::new(),
             })
             .collect();
         // Like the real agent: the copies are listed when they changed since the last list on
@@ -1029,6 +1031,8 @@ impl<'a> World<'a> {
                     self.report_copy(host, inc, &task, epoch, CopyPhase::Stopped);
                 }
             }
+            // The simulation runs no replicated state.
+            Order::Replica { .. } => {}
             Order::Rejoin { .. } => self.rejoin(host, inc),
         }
     }
@@ -1066,6 +1070,7 @@ impl<'a> World<'a> {
             phase: Some(phase),
             healthy: phase == CopyPhase::Running,
             endpoint: String::new(),
+            in_sync: Vec::new(),
         };
         if p.paused {
             p.outbox.push(copy);

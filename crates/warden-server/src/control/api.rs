@@ -14,7 +14,7 @@ use super::{ControlPlane, lock};
 use crate::clock::{Clock, ms, unix_now_ms};
 use crate::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
-    LeaderView, RecoveryInfo, ServiceInfo, ServicesInfo, TaskInfo,
+    LeaderView, RecoveryInfo, ReplicaInfo, ServiceInfo, ServicesInfo, TaskInfo,
 };
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -147,8 +147,20 @@ impl ControlApi for ControlPlane {
         jobs.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::new();
         for (job, slots) in jobs {
+            let replicas = || slots.iter().map(|t| t.replica.as_ref());
+            let primary = warden_core::state::primary_index(replicas());
+            let state_epoch = warden_core::state::state_epoch(replicas());
             for (i, t) in slots.iter().enumerate() {
+                let replica = t.replica.map(|r| {
+                    let is_primary = primary == Some(i);
+                    ReplicaInfo {
+                        role: if is_primary { "primary" } else { "standby" }.to_string(),
+                        state_epoch,
+                        in_sync: r.in_sync && !r.primary,
+                    }
+                });
                 out.push(TaskInfo {
+                    replica,
                     id: format!("{job}/{i}"),
                     job: job.to_string(),
                     agent: t.agent.as_ref().map(|a| a.name.to_string()),

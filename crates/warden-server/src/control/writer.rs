@@ -158,6 +158,7 @@ fn to_op(w: Write) -> (Option<WriteId>, WriteOp) {
                     state: record.state,
                     failures: record.failures,
                     updated_unix_ms: unix_now_ms(),
+                    replica: record.replica,
                 },
             },
         ),
@@ -278,6 +279,7 @@ mod tests {
                 state: SlotState::Starting,
                 failures: 0,
                 last_failure_at: None,
+                replica: None,
             },
         })
     }
