@@ -61,6 +61,80 @@ pub struct Record {
     /// Every `leader-kill` of a replicated control plane and the failover that followed.
     #[serde(default)]
     pub failovers: Vec<Failover>,
+    /// Every write the stateful workload acknowledged, as its processes printed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<StateAck>,
+}
+
+/// One write the stateful workload (`warden workload counter`) acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateAck {
+    /// The slot whose copy acknowledged it (`job/index`).
+    pub task: String,
+    /// The agent it ran on.
+    pub agent: String,
+    /// The counter's value it wrote.
+    pub value: u64,
+    /// The state epoch it was written under.
+    pub epoch: u64,
+    /// The level it was acknowledged at (`local`, `standby`).
+    pub ack: String,
+    /// When (ms since the run started; from the process's wall-clock stamp).
+    pub t_ms: u64,
+}
+
+/// Read the acknowledgements the stateful workload `job` printed in the task logs under
+/// `dir/<agent>/logs/`, placed on the run's clock (`start_unix_ms`), oldest first.
+pub fn read_acks(
+    dir: &std::path::Path,
+    agents: &[String],
+    job: &str,
+    start_unix_ms: u64,
+) -> Vec<StateAck> {
+    let mut out = Vec::new();
+    for agent in agents {
+        let Ok(entries) = std::fs::read_dir(dir.join(agent).join("logs")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(index) = name
+                .strip_prefix(&format!("{job}."))
+                .and_then(|r| r.strip_suffix(".stdout.log"))
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix("acked ") else {
+                    continue;
+                };
+                let field = |k: &str| {
+                    rest.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(k))
+                        .map(str::to_string)
+                };
+                let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+                let (Some(value), Some(epoch), Some(at)) =
+                    (num("value="), num("epoch="), num("at_ms="))
+                else {
+                    continue;
+                };
+                out.push(StateAck {
+                    task: format!("{job}/{index}"),
+                    agent: agent.clone(),
+                    value,
+                    epoch,
+                    ack: field("ack=").unwrap_or_default(),
+                    t_ms: at.saturating_sub(start_unix_ms),
+                });
+            }
+        }
+    }
+    out.sort_by_key(|a| (a.t_ms, a.epoch, a.value));
+    out
 }
 
 /// A leader killed, and who took over when (times in ms since the run started; the servers'

@@ -4,6 +4,7 @@
 //! ground truth, the detector's mistakes, and the checkers' verdicts. Serialised as JSON; [`Report::summary`] renders the
 //! short table the CLI prints. `docs/chaos.md` explains every field.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,88 @@ pub struct Report {
     /// detected and recovered them.
     #[serde(default)]
     pub after_failover: AfterFailover,
+    /// The stateful workload, when the scenario has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateReport>,
+}
+
+/// What the stateful workload saw: its writes, and each fault that hit its primary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateReport {
+    /// Writes acknowledged.
+    pub acked: usize,
+    /// State epochs that acknowledged writes (1 + the failovers that took).
+    pub epochs: usize,
+    /// Writes acknowledged at `local` a later primary did not have (allowed at that level).
+    pub lost_local: u64,
+    /// Per fault kind (on the primary, or on another agent): how writing came back.
+    pub kinds: Vec<StateKind>,
+}
+
+/// Faults of one kind, on the stateful workload's primary or elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateKind {
+    /// Fault kind, with ` (not the primary)` for faults that hit another agent.
+    pub kind: String,
+    /// Faults.
+    pub faults: usize,
+    /// Of those, followed by a promotion (a newer epoch acknowledged a write).
+    pub switched: usize,
+    /// Switchover: the fault → the first write a newer epoch acknowledged.
+    pub switchover: Stats,
+    /// The fault → the first write acknowledged after it, by any epoch (the old primary's
+    /// when it kept its role).
+    pub write_gap: Stats,
+}
+
+impl StateReport {
+    fn of(record: &Record) -> StateReport {
+        let acks = &record.acks;
+        let mut epochs: Vec<u64> = acks.iter().map(|a| a.epoch).collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        let mut per: BTreeMap<String, (usize, usize, Vec<u64>, Vec<u64>)> = BTreeMap::new();
+        for f in record.faults.iter().filter(|f| f.skipped.is_none()) {
+            // The primary at the fault: who acknowledged the last write before it.
+            let Some(last) = acks.iter().rev().find(|a| a.t_ms <= f.start_ms) else {
+                continue;
+            };
+            let on_primary = last.agent == f.target;
+            let kind = if on_primary {
+                f.kind.as_str().to_string()
+            } else {
+                format!("{} (not the primary)", f.kind.as_str())
+            };
+            let e = per.entry(kind).or_default();
+            e.0 += 1;
+            if let Some(next) = acks.iter().find(|a| a.t_ms >= f.start_ms) {
+                e.3.push(next.t_ms - f.start_ms);
+            }
+            if let Some(new) = acks
+                .iter()
+                .find(|a| a.t_ms >= f.start_ms && a.epoch > last.epoch)
+                .filter(|_| on_primary)
+            {
+                e.1 += 1;
+                e.2.push(new.t_ms - f.start_ms);
+            }
+        }
+        StateReport {
+            acked: acks.len(),
+            epochs: epochs.len(),
+            lost_local: crate::check::no_lost_ack::lost_local(record),
+            kinds: per
+                .into_iter()
+                .map(|(kind, (faults, switched, sw, gap))| StateKind {
+                    kind,
+                    faults,
+                    switched,
+                    switchover: Stats::of(sw),
+                    write_gap: Stats::of(gap),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Detection and recovery of agent faults injected right after a failover.
@@ -636,6 +719,11 @@ impl Report {
                 .count(),
             failovers: record.failovers.clone(),
             after_failover,
+            state: record
+                .scenario
+                .as_ref()
+                .and_then(|s| s.stateful())
+                .map(|_| StateReport::of(record)),
         }
     }
 
@@ -816,6 +904,29 @@ impl Report {
                     f(a.singleton_rto.p99_ms),
                     f(a.service_rto.p50_ms),
                     f(a.service_rto.p99_ms)
+                );
+            }
+        }
+        if let Some(st) = &self.state {
+            let _ = writeln!(
+                s,
+                "stateful workload: {} writes acknowledged under {} epochs; {} acknowledged at \
+                 local lost (allowed)",
+                st.acked, st.epochs, st.lost_local
+            );
+            for k in &st.kinds {
+                let _ = writeln!(
+                    s,
+                    "  {:<26} {} faults, {} switched: switchover p50 {}, p99 {}, max {}; first \
+                     write after the fault p50 {}, p99 {}",
+                    k.kind,
+                    k.faults,
+                    k.switched,
+                    f(k.switchover.p50_ms),
+                    f(k.switchover.p99_ms),
+                    f(k.switchover.max_ms),
+                    f(k.write_gap.p50_ms),
+                    f(k.write_gap.p99_ms)
                 );
             }
         }

@@ -571,6 +571,14 @@ pub fn run(
         .map(FailoverWatch::finish)
         .collect();
     run.record.end_ms = run.now_ms();
+    if let Some(w) = run.scenario.stateful() {
+        run.record.acks = crate::record::read_acks(
+            run.cluster.dir(),
+            &run.record.agents,
+            &w.name,
+            run.record.start_unix_ms,
+        );
+    }
     run.record.samples = samples;
     run.record.events = events;
     run.record.reconcile_deaths();
@@ -761,6 +769,29 @@ impl Run<'_> {
         })
     }
 
+    /// The agent of the stateful workload's `role` (`primary`, or `standby`: an in-sync one
+    /// first) as the server's task list shows it, while that copy runs.
+    fn replica_holder(&self, role: &str) -> Option<String> {
+        let w = self.scenario.stateful()?;
+        let tasks = self.cluster.client.get("/v1/tasks").ok()?;
+        let mut found: Vec<(bool, String)> = tasks
+            .as_array()?
+            .iter()
+            .filter(|t| t.get("job").and_then(serde_json::Value::as_str) == Some(w.name.as_str()))
+            .filter(|t| t.get("state").and_then(serde_json::Value::as_str) == Some("running"))
+            .filter_map(|t| {
+                let r = t.get("replica")?;
+                if r.get("role")?.as_str()? != role {
+                    return None;
+                }
+                let in_sync = r.get("in_sync")?.as_bool()?;
+                Some((!in_sync, t.get("agent")?.as_str()?.to_string()))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().next().map(|(_, a)| a)
+    }
+
     fn open_truth(&mut self, agent: &str, state: TruthState) -> usize {
         self.record.truth.push(TruthInterval {
             agent: agent.to_string(),
@@ -803,6 +834,26 @@ impl Run<'_> {
                 usize::try_from(pick)
                     .ok()
                     .and_then(|k| free.get(k).cloned())
+            }
+            Target::Primary | Target::Standby => {
+                // Between a promotion and the next standby the roles may be in flux: give
+                // them a moment.
+                let want = if spec.target() == Target::Primary {
+                    "primary"
+                } else {
+                    "standby"
+                };
+                let mut holder = self.replica_holder(want);
+                if holder.is_none() {
+                    wait_until(Duration::from_secs(5), || {
+                        holder = self.replica_holder(want);
+                        holder.is_some()
+                    });
+                }
+                match holder {
+                    Some(name) => Some(name),
+                    None => return Err(format!("no {want} of the stateful workload runs now")),
+                }
             }
             Target::All => None,
         };
@@ -1103,6 +1154,8 @@ impl Run<'_> {
         let how = match spec.target() {
             Target::Random => " (random)",
             Target::SingletonHolder => " (singleton holder)",
+            Target::Primary => " (primary)",
+            Target::Standby => " (standby)",
             _ => "",
         };
         let mut truth = Vec::new();

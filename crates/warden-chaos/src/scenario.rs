@@ -189,6 +189,37 @@ pub struct Workload {
     /// Copies (services only; a singleton has exactly one).
     #[serde(default = "one")]
     pub replicas: u32,
+    /// A stateful singleton: it runs `warden workload counter` on a replicated state instead,
+    /// and the **no-lost-ack** checker reads what it acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<WorkloadState>,
+}
+
+/// `[workload.state]`: the replicated state of a stateful workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadState {
+    /// Standbys (default 1).
+    #[serde(default = "default_standbys")]
+    pub standbys: u8,
+    /// `local` or `standby` (default).
+    #[serde(default = "default_ack")]
+    pub ack: warden_core::state::AckLevel,
+    /// Milliseconds between the counter's increments (default 5).
+    #[serde(default = "default_every_ms")]
+    pub every_ms: u64,
+}
+
+fn default_standbys() -> u8 {
+    1
+}
+
+fn default_ack() -> warden_core::state::AckLevel {
+    warden_core::state::AckLevel::Standby
+}
+
+fn default_every_ms() -> u64 {
+    5
 }
 
 fn one() -> u32 {
@@ -196,11 +227,14 @@ fn one() -> u32 {
 }
 
 impl Workload {
-    /// The task ids of this job's slots (`name/0` …).
+    /// The task ids of this job's slots (`name/0` …; a stateful singleton has one per
+    /// replica).
     pub fn slots(&self) -> Vec<String> {
-        (0..self.replicas)
-            .map(|i| format!("{}/{i}", self.name))
-            .collect()
+        let n = match self.state {
+            Some(st) => 1 + u32::from(st.standbys),
+            None => self.replicas,
+        };
+        (0..n).map(|i| format!("{}/{i}", self.name)).collect()
     }
 
     /// The job spec submitted to the server (`{exe}` is filled in by the cluster).
@@ -213,6 +247,15 @@ impl Workload {
             WorkloadKind::Singleton => String::new(),
             WorkloadKind::Service => format!("replicas = {}\n", self.replicas),
         };
+        if let Some(st) = self.state {
+            return format!(
+                "name = \"{}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
+                 args = [\"workload\", \"counter\", \"--every-ms\", \"{}\"]\n\
+                 [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+                 [state]\nstandbys = {}\nack = \"{}\"\n",
+                self.name, st.every_ms, st.standbys, st.ack
+            );
+        }
         format!(
             "name = \"{}\"\nkind = \"{kind}\"\n{replicas}command = \"{{exe}}\"\n\
              args = [\"workload\", \"sleep\", \"--every\", \"60\"]\n\
@@ -351,6 +394,10 @@ pub enum Target {
     Random,
     /// The agent running a singleton at the moment the fault starts.
     SingletonHolder,
+    /// The agent running the primary of the stateful workload, as the server names it.
+    Primary,
+    /// The agent running a standby of the stateful workload (an in-sync one if any).
+    Standby,
     /// Every agent (loss, delay, cpu, memory).
     All,
 }
@@ -457,6 +504,8 @@ impl FaultSpec {
         match self.target.as_deref() {
             None | Some("random") => Target::Random,
             Some("singleton-holder") => Target::SingletonHolder,
+            Some("primary") => Target::Primary,
+            Some("standby") => Target::Standby,
             Some("all") => Target::All,
             Some(name) => Target::Agent(name.to_string()),
         }
@@ -625,6 +674,11 @@ impl Scenario {
             .collect()
     }
 
+    /// The stateful workload, if any (at most one).
+    pub fn stateful(&self) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.state.is_some())
+    }
+
     /// Task ids of every desired slot.
     pub fn all_slots(&self) -> Vec<String> {
         self.workloads.iter().flat_map(Workload::slots).collect()
@@ -697,6 +751,32 @@ impl Scenario {
                 }
                 _ => {}
             }
+            if let Some(st) = w.state {
+                if w.kind != WorkloadKind::Singleton {
+                    bail!("workload[{i}].state: only a singleton keeps a replicated state");
+                }
+                if st.standbys == 0 || st.standbys > 2 {
+                    bail!(
+                        "workload[{i}].state.standbys: {} is out of range (1 or 2)",
+                        st.standbys
+                    );
+                }
+                if st.ack == warden_core::state::AckLevel::Quorum {
+                    bail!("workload[{i}].state.ack: \"local\" or \"standby\"");
+                }
+                if usize::from(st.standbys) + 1 > self.agents {
+                    bail!(
+                        "workload[{i}].state.standbys: {} standbys and a primary need {} agents \
+                         (the scenario has {})",
+                        st.standbys,
+                        st.standbys + 1,
+                        self.agents
+                    );
+                }
+            }
+        }
+        if self.workloads.iter().filter(|w| w.state.is_some()).count() > 1 {
+            bail!("workload: at most one workload may keep a state");
         }
         let c = &self.cluster;
         if c.servers == 0 || c.servers > MAX_SERVERS {
@@ -783,12 +863,21 @@ impl Scenario {
                 {
                     bail!(
                         "fault[{i}].target: {name:?} is not an agent of this scenario \
-                         (agent-1 to agent-{}, \"random\", \"singleton-holder\" or \"all\")",
+                         (agent-1 to agent-{}, \"random\", \"singleton-holder\", \"primary\", \
+                         \"standby\" or \"all\")",
                         self.agents
                     );
                 }
                 if f.target() == Target::SingletonHolder && self.singleton_slots().is_empty() {
                     bail!("fault[{i}].target: \"singleton-holder\" needs a singleton workload");
+                }
+                if matches!(f.target(), Target::Primary | Target::Standby)
+                    && self.stateful().is_none()
+                {
+                    bail!(
+                        "fault[{i}].target: \"primary\" and \"standby\" need a workload with \
+                         [workload.state]"
+                    );
                 }
             } else if f.target.is_some() {
                 bail!("fault[{i}].target: {kind} has no target");

@@ -231,11 +231,13 @@ impl Primaries {
         g.joined
             .retain(|j| !ordered.contains(j) && !removed.contains(j) && roster.contains(j));
         for (name, p) in served.store.standbys() {
-            if p.in_sync && !ordered.contains(&name) && !g.joined.contains(&name) {
-                served.store.standby_synced(&name, p.synced, false);
-            }
             if !roster.contains(&name) {
                 served.store.standby_removed(&name);
+            } else if p.in_sync && !ordered.contains(&name) && !g.joined.contains(&name) {
+                served.store.standby_synced(&name, p.synced, false);
+            } else if !p.in_sync && served.store.standby_join(&name, p.synced) {
+                // Caught up before the server named it a standby of the job.
+                g.joined.insert(name);
             }
         }
         g.ordered = ordered;

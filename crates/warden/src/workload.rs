@@ -32,7 +32,8 @@ pub enum Workload {
     },
     /// A stateful task (job with `[state]`): increment a counter in the task's replicated
     /// state every `--every-ms`, read it back, and print every acknowledged write as
-    /// `acked key=K value=N seq=S epoch=E ack=LEVEL`. As a standby it waits to be promoted;
+    /// `acked key=K value=N seq=S epoch=E ack=LEVEL at_ms=T` (T: wall-clock ms since the Unix
+    /// epoch). As a standby it waits to be promoted;
     /// fenced, it waits for its next role.
     Counter {
         /// Milliseconds between increments (0: as fast as acknowledgements come).
@@ -149,6 +150,13 @@ fn sleep_ms(head: &str) -> Option<u64> {
         .map(|v| v.min(60_000))
 }
 
+/// Wall-clock milliseconds since the Unix epoch (to line acknowledgements up with faults).
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 /// `warden workload counter`.
 fn counter(every_ms: u64, key: &str, count: u64) -> Result<()> {
     use warden_state::client::StateClient;
@@ -170,7 +178,7 @@ fn counter(every_ms: u64, key: &str, count: u64) -> Result<()> {
             continue;
         }
         if e != epoch {
-            println!("primary at epoch {e}");
+            println!("primary at epoch {e} at_ms={}", unix_ms());
             epoch = e;
             state.set_epoch(e);
         }
@@ -188,7 +196,10 @@ fn counter(every_ms: u64, key: &str, count: u64) -> Result<()> {
                 if back.as_deref() != Some(next.to_string().as_bytes()) {
                     anyhow::bail!("read back {back:?} after writing {next} at {seq}");
                 }
-                println!("acked key={key} value={next} seq={seq} epoch={epoch} ack={ack}");
+                println!(
+                    "acked key={key} value={next} seq={seq} epoch={epoch} ack={ack} at_ms={}",
+                    unix_ms()
+                );
                 let _ = std::io::stdout().flush();
                 done += 1;
                 if count > 0 && done >= count {

@@ -9,6 +9,7 @@ use crate::record::Record;
 pub mod at_most_one;
 pub mod brake;
 pub mod no_false_verdict;
+pub mod no_lost_ack;
 pub mod no_lost_work;
 
 /// One broken property.
@@ -48,11 +49,12 @@ pub struct CheckResult {
 pub type Checker = (&'static str, fn(&Record) -> Vec<Violation>);
 
 /// Every checker.
-pub const CHECKERS: [Checker; 4] = [
+pub const CHECKERS: [Checker; 5] = [
     (at_most_one::NAME, at_most_one::check),
     (no_lost_work::NAME, no_lost_work::check),
     (no_false_verdict::NAME, no_false_verdict::check),
     (brake::NAME, brake::check),
+    (no_lost_ack::NAME, no_lost_ack::check),
 ];
 
 /// Run every checker.
