@@ -1116,3 +1116,109 @@ at = "20s"
         assert!(err(&overlap).contains("overlaps"));
     }
 }
+
+/// The fault kinds of the replicated-state soak ([`state_soak`]), in the order each round
+/// injects them.
+pub const STATE_SOAK_FAULTS: [&str; 6] = [
+    "kill",
+    "pause",
+    "partition",
+    "oneway",
+    "flap",
+    "standby-kill",
+];
+
+/// A soak of the replicated state: `rounds` rounds of faults of the stateful workload's
+/// primary — kill -9, SIGSTOP, partition, one-way cut (both directions in turn), a flapping
+/// link — and the loss of a standby; with `standbys = 2`, each round also loses the primary
+/// and a standby at once. Every fault lasts 3 s (longer than the lease: each fault of the
+/// primary ends in a promotion) and the next starts 4 s after it ended (a new standby catches
+/// up and joins the in-sync set in that time). As TOML, for `warden chaos run`.
+pub fn state_soak(rounds: usize, standbys: u8, ack: warden_core::state::AckLevel) -> String {
+    use std::fmt::Write as _;
+    let per_round = STATE_SOAK_FAULTS.len() + usize::from(standbys == 2);
+    let period_s = 7u64;
+    let faults = rounds * per_round;
+    let settle_s = 12u64;
+    let duration_s = 2 + faults as u64 * period_s + settle_s;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "name = \"state-soak\"\ndescription = \"{rounds} rounds of faults of a replicated \
+         state's primary and standbys ({faults} faults)\"\nagents = {}\nduration = \"{duration_s}s\"\n\
+         settle = \"{settle_s}s\"\nrto_bound = \"15s\"\n\n[[workload]]\nname = \"ledger\"\n\
+         kind = \"singleton\"\n[workload.state]\nstandbys = {standbys}\nack = \"{ack}\"\n\
+         every_ms = 5\n",
+        usize::from(standbys) + 3
+    );
+    let mut at = 2u64;
+    for round in 0..rounds {
+        let mut kinds: Vec<&str> = STATE_SOAK_FAULTS.to_vec();
+        if standbys == 2 {
+            kinds.push("both");
+        }
+        for kind in kinds {
+            let fault = |t: &mut String, kind: &str, target: &str, extra: &str| {
+                let _ = writeln!(
+                    t,
+                    "[[fault]]\nkind = \"{kind}\"\nat = \"{at}s\"\nduration = \"3s\"\n\
+                     target = \"{target}\"\n{extra}"
+                );
+            };
+            match kind {
+                "oneway" => {
+                    let dir = if round % 2 == 0 {
+                        "to-server"
+                    } else {
+                        "from-server"
+                    };
+                    fault(
+                        &mut t,
+                        "oneway",
+                        "primary",
+                        &format!("direction = \"{dir}\"\n"),
+                    );
+                }
+                "flap" => fault(
+                    &mut t,
+                    "flap",
+                    "primary",
+                    "on = \"2500ms\"\noff = \"500ms\"\n",
+                ),
+                "standby-kill" => fault(&mut t, "kill", "standby", ""),
+                "both" => {
+                    fault(&mut t, "kill", "primary", "");
+                    fault(&mut t, "kill", "standby", "");
+                }
+                k => fault(&mut t, k, "primary", ""),
+            }
+            at += period_s;
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod soak_tests {
+    use super::*;
+
+    #[test]
+    fn the_state_soak_is_a_valid_scenario_with_every_fault_kind() {
+        for standbys in [1, 2] {
+            let sc = Scenario::from_toml(&state_soak(
+                2,
+                standbys,
+                warden_core::state::AckLevel::Standby,
+            ))
+            .unwrap_or_else(|e| panic!("standbys {standbys}: {e:#}"));
+            let per = STATE_SOAK_FAULTS.len() + usize::from(standbys == 2) * 2;
+            assert_eq!(sc.faults.len(), 2 * per);
+            assert!(sc.faults.iter().any(|f| f.kind == FaultKind::Flap));
+            assert!(sc.faults.iter().any(|f| f.target() == Target::Standby));
+            assert_eq!(
+                sc.stateful().and_then(|w| w.state).map(|s| s.standbys),
+                Some(standbys)
+            );
+        }
+    }
+}

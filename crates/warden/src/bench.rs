@@ -95,6 +95,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Failovers of a replicated task state through the whole system: a server and agents
+    /// in network namespaces (the chaos harness), `warden workload counter` writing at the
+    /// chosen level, and rounds of faults of its primary (kill -9, SIGSTOP, partition, one-way
+    /// cut, flapping link) and of its standbys (`state-soak`, see `warden_chaos::scenario::
+    /// state_soak`). Prints the chaos report: switchover per fault kind (the fault → the
+    /// first write a newer epoch acknowledged), writes acknowledged, and the no-lost-ack
+    /// checker's verdict. Seven seconds per fault.
+    StateSoak {
+        /// Rounds (each: one fault of every kind; 6 faults, 8 with --standbys 2).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Standbys (1 or 2).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        standbys: u8,
+        /// Acknowledgement level of the writer: local or standby.
+        #[arg(long, default_value = "standby", value_parser = parse_ack)]
+        ack: warden_core::state::AckLevel,
+        /// Seed of the run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the record and report go.
+        #[arg(long, default_value = "chaos-out/state-soak")]
+        out: std::path::PathBuf,
+        /// `netns` (default) or `loopback`.
+        #[arg(long, default_value = "netns")]
+        network: String,
+    },
     /// A heartbeat storm against a real server: many sessions send heartbeats at `factor`
     /// times the normal rate beside a few well-behaved agents; reports the well-behaved agents'
     /// ack latency and longest ack gap (lease 2 s), whether any left Healthy, the heartbeats
@@ -271,6 +298,24 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             ack,
             seed,
         } => crate::bench_state::failovers(*failovers, *standbys, *ack, *seed),
+        BenchCommand::StateSoak {
+            rounds,
+            standbys,
+            ack,
+            seed,
+            out,
+            network,
+        } => {
+            if *ack == warden_core::state::AckLevel::Quorum {
+                anyhow::bail!(
+                    "--ack: local or standby (quorum is not promoted through agents yet)"
+                );
+            }
+            let sc = warden_chaos::scenario::Scenario::from_toml(
+                &warden_chaos::scenario::state_soak(*rounds, *standbys, *ack),
+            )?;
+            crate::chaos::run_scenario(&sc, out, *seed, network)
+        }
         BenchCommand::Storm {
             normal,
             storm,

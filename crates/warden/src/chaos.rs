@@ -2,7 +2,7 @@
 //! Warden detected and recovered (see `docs/chaos.md`). The work is in `warden_chaos`; this
 //! module parses the command line, writes the output files and sets the exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -110,48 +110,54 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
             let out = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("chaos-out").join(&sc.name));
-            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-            let opts = RunOptions {
-                exe: std::env::current_exe()?,
-                seed: *seed,
-                logs_to: Some(out.join("logs")),
-                cancel: cancel_on_signal(),
-                network: run::NetworkMode::parse(network)?,
-                clock: Arc::new(run::ScheduleClock::default()),
-            };
-            eprintln!(
-                "chaos: scenario {} ({} faults, {:?}), seed {seed}, output {}",
-                sc.name,
-                sc.faults.len(),
-                sc.duration,
-                out.display()
-            );
-            let bar = ProgressBar::start(opts.clock.clone());
-            let record = run::run(&sc, &opts, &mut |line| bar.line(line));
-            drop(bar);
-            let record = record?;
-            let report = Report::build(&record);
-            std::fs::write(out.join("record.json"), serde_json::to_vec(&record)?)?;
-            std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
-            std::fs::write(
-                out.join("report.html"),
-                warden_chaos::html::render(&record, &report),
-            )?;
-            println!("{}", report.summary());
-            println!(
-                "report: {} (and report.html, record.json, logs/)",
-                out.join("report.json").display()
-            );
-            if report.violations > 0 {
-                bail!(
-                    "{} checker violation(s); see {}",
-                    report.violations,
-                    out.join("report.json").display()
-                );
-            }
-            Ok(())
+            run_scenario(&sc, &out, *seed, network)
         }
     }
+}
+
+/// Run `sc`, write its record and report under `out` and print the summary; an error when a
+/// checker found a violation.
+pub fn run_scenario(sc: &Scenario, out: &Path, seed: u64, network: &str) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let opts = RunOptions {
+        exe: std::env::current_exe()?,
+        seed,
+        logs_to: Some(out.join("logs")),
+        cancel: cancel_on_signal(),
+        network: run::NetworkMode::parse(network)?,
+        clock: Arc::new(run::ScheduleClock::default()),
+    };
+    eprintln!(
+        "chaos: scenario {} ({} faults, {:?}), seed {seed}, output {}",
+        sc.name,
+        sc.faults.len(),
+        sc.duration,
+        out.display()
+    );
+    let bar = ProgressBar::start(opts.clock.clone());
+    let record = run::run(sc, &opts, &mut |line| bar.line(line));
+    drop(bar);
+    let record = record?;
+    let report = Report::build(&record);
+    std::fs::write(out.join("record.json"), serde_json::to_vec(&record)?)?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        out.join("report.html"),
+        warden_chaos::html::render(&record, &report),
+    )?;
+    println!("{}", report.summary());
+    println!(
+        "report: {} (and report.html, record.json, logs/)",
+        out.join("report.json").display()
+    );
+    if report.violations > 0 {
+        bail!(
+            "{} checker violation(s); see {}",
+            report.violations,
+            out.join("report.json").display()
+        );
+    }
+    Ok(())
 }
 
 /// The phases as lines on stderr and, on a terminal, a bar for the fault schedule below them.
