@@ -1135,9 +1135,25 @@ pub const STATE_SOAK_FAULTS: [&str; 6] = [
 /// primary ends in a promotion) and the next starts 4 s after it ended (a new standby catches
 /// up and joins the in-sync set in that time). As TOML, for `warden chaos run`.
 pub fn state_soak(rounds: usize, standbys: u8, ack: warden_core::state::AckLevel) -> String {
+    let mut kinds: Vec<&str> = STATE_SOAK_FAULTS.to_vec();
+    if standbys == 2 {
+        kinds.push("both");
+    }
+    state_faults(rounds, standbys, ack, &kinds, 3)
+}
+
+/// Like [`state_soak`], with the fault kinds of each round (`kill`, `pause`, `partition`,
+/// `oneway`, `flap`, `standby-kill`, `both`) and how long each fault lasts, in seconds.
+pub fn state_faults(
+    rounds: usize,
+    standbys: u8,
+    ack: warden_core::state::AckLevel,
+    kinds: &[&str],
+    fault_s: u64,
+) -> String {
     use std::fmt::Write as _;
-    let per_round = STATE_SOAK_FAULTS.len() + usize::from(standbys == 2);
-    let period_s = 7u64;
+    let per_round = kinds.len();
+    let period_s = fault_s + 4;
     let faults = rounds * per_round;
     let settle_s = 12u64;
     let duration_s = 2 + faults as u64 * period_s + settle_s;
@@ -1153,15 +1169,11 @@ pub fn state_soak(rounds: usize, standbys: u8, ack: warden_core::state::AckLevel
     );
     let mut at = 2u64;
     for round in 0..rounds {
-        let mut kinds: Vec<&str> = STATE_SOAK_FAULTS.to_vec();
-        if standbys == 2 {
-            kinds.push("both");
-        }
-        for kind in kinds {
+        for &kind in kinds {
             let fault = |t: &mut String, kind: &str, target: &str, extra: &str| {
                 let _ = writeln!(
                     t,
-                    "[[fault]]\nkind = \"{kind}\"\nat = \"{at}s\"\nduration = \"3s\"\n\
+                    "[[fault]]\nkind = \"{kind}\"\nat = \"{at}s\"\nduration = \"{fault_s}s\"\n\
                      target = \"{target}\"\n{extra}"
                 );
             };

@@ -122,6 +122,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "netns")]
         network: String,
     },
+    /// The same faults and write load against Warden's replicated state and against Redis
+    /// with one replica and three Sentinels (Debian `redis-server`, `redis-sentinel`; tuned
+    /// `down-after-milliseconds 1000`, and the default 30 s), side by side in one run: kill -9
+    /// and a 4 s SIGSTOP of the primary; switchover (the fault → the first write a new
+    /// primary acknowledged) and acknowledged writes lost. Writes wait for one replica
+    /// (Warden `ack = "standby"`, Redis `WAIT 1`).
+    StateVsRedis {
+        /// Faults of each kind for Warden and for tuned Redis.
+        #[arg(long, default_value_t = 10)]
+        faults: usize,
+        /// Faults of each kind for Redis with Sentinel's defaults (each takes over 30 s).
+        #[arg(long, default_value_t = 2)]
+        default_faults: usize,
+        /// Where the chaos run's record and report and Redis's files go.
+        #[arg(long, default_value = "chaos-out/state-vs-redis")]
+        out: std::path::PathBuf,
+    },
     /// A heartbeat storm against a real server: many sessions send heartbeats at `factor`
     /// times the normal rate beside a few well-behaved agents; reports the well-behaved agents'
     /// ack latency and longest ack gap (lease 2 s), whether any left Healthy, the heartbeats
@@ -314,8 +331,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             let sc = warden_chaos::scenario::Scenario::from_toml(
                 &warden_chaos::scenario::state_soak(*rounds, *standbys, *ack),
             )?;
-            crate::chaos::run_scenario(&sc, out, *seed, network)
+            crate::chaos::run_scenario(&sc, out, *seed, network).map(drop)
         }
+        BenchCommand::StateVsRedis {
+            faults,
+            default_faults,
+            out,
+        } => state_vs_redis(*faults, *default_faults, out),
         BenchCommand::Storm {
             normal,
             storm,
@@ -530,4 +552,107 @@ fn stress(agents: usize, duration: u64, per_core: usize) -> Result<()> {
 fn parse_ack(s: &str) -> std::result::Result<warden_core::state::AckLevel, String> {
     warden_core::state::AckLevel::parse(s)
         .ok_or_else(|| format!("{s:?}: expected local, standby or quorum"))
+}
+
+/// `warden bench state-vs-redis`.
+fn state_vs_redis(faults: usize, default_faults: usize, out: &std::path::Path) -> Result<()> {
+    use warden_chaos::report::Stats;
+    let fmt = |s: &Stats| {
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"));
+        format!(
+            "p50 {:>8}  p99 {:>8}  max {:>8}",
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            ms(s.max_ms)
+        )
+    };
+    let stats = |v: &[crate::bench_redis::Outcome]| {
+        let mut ms: Vec<f64> = v
+            .iter()
+            .filter_map(|o| o.switchover)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        Stats {
+            count: ms.len(),
+            p50_ms: warden_core::qos::percentile(&ms, 0.5),
+            p95_ms: warden_core::qos::percentile(&ms, 0.95),
+            p99_ms: warden_core::qos::percentile(&ms, 0.99),
+            max_ms: ms.last().copied(),
+        }
+    };
+    let sc = warden_chaos::scenario::Scenario::from_toml(&warden_chaos::scenario::state_faults(
+        faults,
+        1,
+        warden_core::state::AckLevel::Standby,
+        &["kill", "pause"],
+        4,
+    ))?;
+    let report = crate::chaos::run_scenario(&sc, &out.join("warden"), 1, "netns")?;
+    let st = report.state.clone().unwrap_or_default();
+    let mut rows: Vec<(String, Stats, u64, usize)> = Vec::new();
+    for kind in ["kill", "pause"] {
+        let k = st.kinds.iter().find(|k| k.kind == kind);
+        rows.push((
+            format!("warden {kind}"),
+            k.map(|k| k.switchover.clone()).unwrap_or_default(),
+            0,
+            k.map_or(0, |k| k.faults),
+        ));
+    }
+    let lost_warden = report
+        .checkers
+        .iter()
+        .find(|c| c.checker == "no-lost-ack")
+        .map_or(0, |c| c.violations.len());
+    for (label, down_after, n) in [
+        ("redis tuned (1 s)", 1000, faults),
+        ("redis default (30 s)", 30_000, default_faults),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        for kind in ["kill", "pause"] {
+            let dir = out.join(format!("redis-{down_after}-{kind}"));
+            eprintln!("bench: {label}, {n} x {kind}");
+            let (outcomes, acked) = crate::bench_redis::redis_failovers(&dir, kind, n, down_after)?;
+            let lost: u64 = outcomes.iter().map(|o| o.lost).sum();
+            eprintln!("bench: {label} {kind}: {acked} writes acknowledged, {lost} lost");
+            rows.push((
+                format!("{label} {kind}"),
+                stats(&outcomes),
+                lost,
+                outcomes.len(),
+            ));
+        }
+    }
+    println!(
+        "switchover (the fault -> the first write a new primary acknowledged), writes waiting for one replica"
+    );
+    for (label, s, lost, n) in &rows {
+        println!(
+            "{label:<28} {n:>3} faults  {}  acked writes lost {lost}",
+            fmt(s)
+        );
+    }
+    println!(
+        "warden: {} writes acknowledged, no-lost-ack violations {lost_warden}",
+        st.acked
+    );
+    let p99 = |label: &str| rows.iter().find(|r| r.0 == label).and_then(|r| r.1.p99_ms);
+    for kind in ["kill", "pause"] {
+        if let (Some(w), Some(r)) = (
+            p99(&format!("warden {kind}")),
+            p99(&format!("redis tuned (1 s) {kind}")),
+        ) {
+            println!("{kind}: redis tuned p99 / warden p99 = {:.1}x", r / w);
+        }
+        if let (Some(w), Some(r)) = (
+            p99(&format!("warden {kind}")),
+            p99(&format!("redis default (30 s) {kind}")),
+        ) {
+            println!("{kind}: redis default p99 / warden p99 = {:.1}x", r / w);
+        }
+    }
+    Ok(())
 }

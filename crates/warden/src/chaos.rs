@@ -110,14 +110,14 @@ pub fn run(cmd: &ChaosCommand) -> Result<()> {
             let out = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("chaos-out").join(&sc.name));
-            run_scenario(&sc, &out, *seed, network)
+            run_scenario(&sc, &out, *seed, network).map(drop)
         }
     }
 }
 
 /// Run `sc`, write its record and report under `out` and print the summary; an error when a
 /// checker found a violation.
-pub fn run_scenario(sc: &Scenario, out: &Path, seed: u64, network: &str) -> Result<()> {
+pub fn run_scenario(sc: &Scenario, out: &Path, seed: u64, network: &str) -> Result<Report> {
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     let opts = RunOptions {
         exe: std::env::current_exe()?,
@@ -157,7 +157,7 @@ pub fn run_scenario(sc: &Scenario, out: &Path, seed: u64, network: &str) -> Resu
             out.join("report.json").display()
         );
     }
-    Ok(())
+    Ok(report)
 }
 
 /// The phases as lines on stderr and, on a terminal, a bar for the fault schedule below them.

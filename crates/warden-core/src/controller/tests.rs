@@ -49,6 +49,10 @@ struct H {
     seq: HashMap<AgentId, u64>,
     /// What each agent runs: (task, epoch) → phase, kept by `obey`.
     runs: HashMap<AgentId, BTreeMap<TaskId, (FencingToken, CopyPhase)>>,
+    /// The standbys a primary copy reports it waits for (replicated state), by task.
+    in_sync: HashMap<TaskId, Vec<String>>,
+    /// The newest role each agent was told for each copy.
+    roles: HashMap<(AgentId, TaskId), crate::state::ReplicaOrder>,
 }
 
 impl H {
@@ -68,6 +72,8 @@ impl H {
             ticks: 0,
             seq: HashMap::new(),
             runs: HashMap::new(),
+            in_sync: HashMap::new(),
+            roles: HashMap::new(),
         }
     }
 
@@ -125,13 +131,20 @@ impl H {
         match order {
             Order::Assign(a) => {
                 runs.insert(a.task.clone(), (a.epoch, CopyPhase::Running));
+                if let Some(r) = &a.replica {
+                    self.roles.insert((to.clone(), a.task.clone()), r.clone());
+                }
+            }
+            Order::Replica { task, replica, .. } => {
+                self.roles
+                    .insert((to.clone(), task.clone()), replica.clone());
             }
             Order::Stop { task, epoch, .. } => {
                 if runs.get(task).is_some_and(|(e, _)| e == epoch) {
                     runs.remove(task);
                 }
             }
-            Order::Ack { .. } | Order::Rejoin { .. } | Order::Replica { .. } => {}
+            Order::Ack { .. } | Order::Rejoin { .. } => {}
         }
     }
 
@@ -172,7 +185,7 @@ impl H {
                     phase: Some(*phase),
                     healthy: true,
                     endpoint: String::new(),
-                    in_sync: Vec::new(),
+                    in_sync: self.in_sync.get(task).cloned().unwrap_or_default(),
                 })
                 .collect()
         });
@@ -792,4 +805,152 @@ fn the_heartbeat_path_looks_only_at_the_agents_own_slots() {
     for t in h.c.book(&a).unwrap().slots() {
         assert_eq!(h.c.slot(t).unwrap().agent.as_ref(), Some(&a));
     }
+}
+
+fn stateful(name: &str, standbys: u8) -> JobSpec {
+    JobSpec {
+        state: Some(crate::state::StateSpec {
+            standbys,
+            ..crate::state::StateSpec::default()
+        }),
+        ..job(name, JobKind::Singleton, 1)
+    }
+}
+
+/// Agents `a`, `b`, `c` (and `d` with `four`) and job `db` with `standbys` standbys, placed.
+fn replicated(standbys: u8, four: bool) -> (H, Vec<AgentId>) {
+    let mut h = H::new();
+    let mut ids: Vec<AgentId> = ["a", "b", "c"].iter().map(|n| h.join(n, 1)).collect();
+    if four {
+        ids.push(h.join("d", 1));
+    }
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(1), &refs);
+    h.submit(stateful("db", standbys));
+    h.run(Duration::from_secs(1), &refs);
+    (h, ids)
+}
+
+fn kill(h: &mut H, agent: &AgentId) -> Vec<Command> {
+    let out = h.step(Input::SessionClosed {
+        agent: agent.clone(),
+        session: h.c.session_of(&agent.name).unwrap().1,
+    });
+    let rounds = probe_rounds(&out);
+    let out2 = h.step(Input::Probes {
+        agent: agent.clone(),
+        report: report(rounds[0].round, ProbeOutcome::Refused),
+    });
+    [out, out2].concat()
+}
+
+#[test]
+fn replicas_are_placed_apart_and_a_caught_up_standby_joins_the_in_sync_set() {
+    let (mut h, ids) = replicated(1, false);
+    let (p, s) = (h.slot("db", 0), h.slot("db", 1));
+    assert_eq!(
+        (p.state, s.state),
+        (SlotState::Running, SlotState::Running),
+        "{p:?} {s:?}"
+    );
+    assert_ne!(p.agent, s.agent, "replicas on distinct agents");
+    let pr = p.replica.unwrap();
+    assert!(pr.primary && pr.epoch == 1, "{pr:?}");
+    let sr = s.replica.unwrap();
+    assert!(!sr.primary && !sr.in_sync, "{sr:?}");
+    // The standby is told where its primary is; the primary, its standbys.
+    let (pa, sa) = (p.agent.unwrap(), s.agent.unwrap());
+    let task = |i| TaskId::new(JobName::new("db"), i);
+    let told = h.roles[&(pa.clone(), task(0))].clone();
+    assert!(
+        told.primary && told.standbys == vec![sa.name.to_string()],
+        "{told:?}"
+    );
+    assert!(!h.roles[&(sa.clone(), task(1))].primary);
+    // The primary reports the standby caught up: the store's set gets it, then the primary.
+    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(1), &refs);
+    assert!(h.slot("db", 1).replica.unwrap().in_sync);
+    assert_eq!(h.roles[&(pa, task(0))].in_sync, vec![sa.name.to_string()]);
+    // Someone reporting for a slot that is not the primary changes nothing.
+    h.in_sync.insert(task(1), vec!["c".into()]);
+    h.run(Duration::from_secs(1), &refs);
+    assert!(!h.slot("db", 0).replica.unwrap().in_sync);
+}
+
+#[test]
+fn a_lost_primary_is_replaced_by_promoting_its_in_sync_standby() {
+    let (mut h, ids) = replicated(1, false);
+    let task = |i| TaskId::new(JobName::new("db"), i);
+    let (pa, sa) = (
+        h.slot("db", 0).agent.unwrap(),
+        h.slot("db", 1).agent.unwrap(),
+    );
+    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(1), &refs);
+    let third = ids.iter().find(|a| **a != pa && **a != sa).unwrap().clone();
+    let mut out = kill(&mut h, &pa);
+    out.extend(h.run(Duration::from_millis(600), &[&sa, &third]));
+    // Promoted at the next epoch, persisted before the agent hears of it.
+    let s = h.slot("db", 1).replica.unwrap();
+    assert!(s.primary && s.epoch == 2, "{s:?}");
+    let persisted = out.iter().position(|c| {
+        matches!(c,
+        Command::Persist(Write::Slot { task: t, record, .. })
+            if *t == task(1) && record.replica.is_some_and(|r| r.primary))
+    });
+    let told = out.iter().position(|c| {
+        matches!(c,
+        Command::Send { to, order: Order::Replica { task: t, replica, .. } }
+            if *to == sa && *t == task(1) && replica.primary && replica.epoch == 2)
+    });
+    assert!(
+        persisted.is_some() && told.is_some() && persisted < told,
+        "{out:?}"
+    );
+    // The old primary's slot comes back as a standby of the new one, on the third agent.
+    let old = h.slot("db", 0);
+    assert_eq!(old.agent.as_ref(), Some(&third));
+    let r = old.replica.unwrap();
+    assert!(!r.primary && !r.in_sync && r.epoch == 2, "{r:?}");
+    let standby_told = h.roles[&(third, task(0))].clone();
+    assert!(
+        !standby_told.primary && standby_told.epoch == 2,
+        "{standby_told:?}"
+    );
+}
+
+#[test]
+fn no_standby_outside_the_in_sync_set_is_promoted_while_an_in_sync_one_may_come_back() {
+    let (mut h, ids) = replicated(2, false);
+    let task = |i| TaskId::new(JobName::new("db"), i);
+    let agents: Vec<AgentId> = (0..3).map(|i| h.slot("db", i).agent.unwrap()).collect();
+    // Slot 1 is in sync, slot 2 is not.
+    h.in_sync.insert(task(0), vec![agents[1].name.to_string()]);
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(1), &refs);
+    assert!(h.slot("db", 1).replica.unwrap().in_sync);
+    assert!(!h.slot("db", 2).replica.unwrap().in_sync);
+    // The in-sync standby's agent goes silent (paused) and is suspected; then the primary's
+    // agent dies.
+    let state = |h: &H| h.c.fleet().agent(&agents[1]).map(|r| r.state());
+    for _ in 0..80 {
+        if state(&h) == Some(AgentState::Suspect) {
+            break;
+        }
+        h.run(Duration::from_millis(50), &[&agents[0], &agents[2]]);
+    }
+    assert_eq!(state(&h), Some(AgentState::Suspect));
+    kill(&mut h, &agents[0]);
+    h.run(Duration::from_millis(500), &[&agents[2]]);
+    assert!(
+        !h.slot("db", 2).replica.unwrap().primary,
+        "a standby lacking acknowledged writes was promoted while the in-sync one may return"
+    );
+    // Once the silent one is surely gone (its lease ran out), the other is the best left.
+    h.run(Duration::from_secs(4), &[&agents[2]]);
+    let r = h.slot("db", 2).replica.unwrap();
+    assert!(r.primary && r.epoch == 2, "{r:?}");
 }
