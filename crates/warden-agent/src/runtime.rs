@@ -128,6 +128,8 @@ fn task_report(
         healthy,
         endpoint,
         in_sync: Vec::new(),
+        state_seq: 0,
+        sealed: false,
     };
     msg(agent_message::Msg::TaskReport(convert::report_to_wire(
         &copy, message, exit_code,
@@ -259,6 +261,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 for r in &mut running {
                     if let Some(task) = TaskId::parse(&r.task) {
                         r.in_sync = states.in_sync(&task);
+                        (r.state_seq, r.sealed) = states.progress(&task);
                     }
                 }
                 // Quietly: a link waiting to reconnect wakes only for a new generation.
@@ -747,6 +750,8 @@ fn running_tasks(
                 healthy: health.get(&r.task).copied().unwrap_or(true),
                 endpoint: endpoint_of(endpoints, &r.task, r.epoch),
                 in_sync: Vec::new(),
+                state_seq: 0,
+                sealed: false,
                 phase: Some(phase_of(&r.state)),
                 task: r.task,
                 epoch: r.epoch,

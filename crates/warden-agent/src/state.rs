@@ -34,6 +34,8 @@ struct Open {
     env: BTreeMap<String, String>,
     /// A standby's stream from its primary: the primary's address, and how to stop it.
     follower: Option<(String, CancellationToken, Arc<Mutex<FollowReport>>)>,
+    /// A primary sealed for a planned switchover: it takes no writes.
+    sealed: bool,
 }
 
 /// What an assignment's state needs (see [`TaskStates::prepare`]).
@@ -146,6 +148,17 @@ impl TaskStates {
                     }
                 }
             }
+            if order.sealed && !open.sealed {
+                // A planned switchover: no more writes (its standby catches up, then is
+                // promoted). The write lease ends now.
+                open.sealed = true;
+                open.store.set_write_lease(Some(std::time::Instant::now()));
+                info!(task = %task, epoch = order.epoch, seq = open.store.position().0, "state sealed for a switchover");
+            } else if !order.sealed && open.sealed {
+                open.sealed = false;
+                open.store.set_write_lease(self.lease_until);
+                info!(task = %task, epoch = order.epoch, "state unsealed: the switchover was abandoned");
+            }
             let (in_sync, roster) = (order.in_sync.clone(), order.standbys.clone());
             if fresh
                 || !self
@@ -158,6 +171,10 @@ impl TaskStates {
             return;
         }
         // A standby: deposed if it was primary, and following the primary named.
+        if open.sealed {
+            open.sealed = false;
+            open.store.set_write_lease(self.lease_until);
+        }
         if now.role == Role::Primary || now.epoch < order.epoch {
             self.primaries.remove(job);
             if let Err(e) = open.store.demote(order.epoch) {
@@ -207,7 +224,12 @@ impl TaskStates {
     pub fn prepare(&mut self, task: &TaskId, epoch: FencingToken) -> Result<Prepared, String> {
         if let Some(open) = self.open.get(task) {
             if open.epoch == epoch {
-                return Ok(Prepared::Ready(open.env.clone()));
+                // A restart in place: the role may have changed since the launch.
+                let mut env = open.env.clone();
+                let role = open.store.role();
+                env.insert("WARDEN_ROLE".into(), role.role.as_str().into());
+                env.insert("WARDEN_STATE_EPOCH".into(), role.epoch.to_string());
+                return Ok(Prepared::Ready(env));
             }
             if open.epoch > epoch {
                 return Err(format!(
@@ -314,6 +336,10 @@ impl TaskStates {
                 "WARDEN_ROLE".to_string(),
                 store.role().role.as_str().to_string(),
             ),
+            (
+                "WARDEN_STATE_EPOCH".to_string(),
+                store.role().epoch.to_string(),
+            ),
         ]);
         self.open.insert(
             task.clone(),
@@ -323,6 +349,7 @@ impl TaskStates {
                 cancel,
                 env: env.clone(),
                 follower: None,
+                sealed: false,
             },
         );
         self.apply_role(task);
@@ -337,12 +364,30 @@ impl TaskStates {
         }
     }
 
-    /// The agent's lease now runs until `until`: primaries take writes until a little before.
+    /// The agent's lease now runs until `until`: primaries take writes until a little before
+    /// (a sealed one takes none).
     pub fn set_lease(&mut self, until: Option<std::time::Instant>) {
         let until = until.map(|u| u.checked_sub(WRITE_LEASE_MARGIN).unwrap_or(u));
         self.lease_until = until;
-        for open in self.open.values() {
+        for open in self.open.values().filter(|o| !o.sealed) {
             open.store.set_write_lease(until);
+        }
+    }
+
+    /// What the copy of `task` reports of its replicated state: the last sequence number it
+    /// holds (a primary: written; a standby: synced) and whether it is sealed.
+    pub fn progress(&self, task: &TaskId) -> (u64, bool) {
+        let Some(open) = self
+            .open
+            .get(task)
+            .filter(|_| self.roles.contains_key(task))
+        else {
+            return (0, false);
+        };
+        if open.store.role().role == Role::Primary {
+            (open.store.position().0, open.sealed)
+        } else {
+            (open.store.committed().local, false)
         }
     }
 

@@ -139,6 +139,8 @@ impl Fleet {
                 healthy: true,
                 endpoint: String::new(),
                 in_sync: Vec::new(),
+                state_seq: 0,
+                sealed: false,
             })
             .collect();
         let input = Input::Heartbeat {

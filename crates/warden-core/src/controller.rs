@@ -55,7 +55,7 @@ pub use io::{
     LeaderInfo, Load, Notice, Order, ProbeRound, Refusal, SessionId, Snapshot, SubmitOutcome,
     Welcome, Write, WriteId, WriteOutcome,
 };
-pub use replicas::REPLICA_REFRESH;
+pub use replicas::{REPLICA_REFRESH, SWITCHOVER_TIMEOUT};
 
 use crate::endpoints::Registry;
 use crate::error::ConfigError;
@@ -150,6 +150,11 @@ pub struct Controller {
     in_sync_wanted: FxHashMap<TaskId, (FencingToken, u64)>,
     /// When every replica was last told its role.
     last_replica_refresh: Option<Time>,
+    /// Planned switchovers under way, by job.
+    switchovers: FxHashMap<JobName, replicas::Switchover>,
+    /// What each replica copy last reported: task → (copy epoch, last sequence number held,
+    /// sealed).
+    state_seen: FxHashMap<TaskId, (FencingToken, u64, bool)>,
 }
 
 impl Controller {
@@ -197,6 +202,8 @@ impl Controller {
             ended: VecDeque::new(),
             in_sync_wanted: FxHashMap::default(),
             last_replica_refresh: None,
+            switchovers: FxHashMap::default(),
+            state_seen: FxHashMap::default(),
         };
         c.take_over(snapshot, now);
         if let Some(term) = c.term_now(now) {
@@ -260,6 +267,7 @@ impl Controller {
             }
             Input::JobStored { spec, outcome } => self.job_stored(spec, outcome, now, &mut out),
             Input::JobDeleted { job } => self.job_deleted(job, now, &mut out),
+            Input::Promote { job } => self.start_switchover(&job, now, &mut out),
             Input::ReleaseBrake => {
                 let outs = self.fleet.release_brake(now);
                 self.dirty |= !outs.is_empty();

@@ -204,6 +204,10 @@ pub struct ReplicaOrder {
     /// up may join the set only while it is one of them).
     #[serde(default)]
     pub standbys: Vec<String>,
+    /// For the primary: take no more writes (a planned switchover waits for a standby to
+    /// hold everything, then promotes it).
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 /// Replicas (the primary plus its standbys) that must hold a write at [`AckLevel::Quorum`].

@@ -130,6 +130,8 @@ pub fn copy_from_wire(r: &v1::RunningTask) -> Option<CopyReport> {
         healthy: r.healthy,
         endpoint: r.endpoint.clone(),
         in_sync: r.in_sync.clone(),
+        state_seq: r.state_seq,
+        sealed: r.sealed,
     })
 }
 
@@ -143,6 +145,8 @@ pub fn copy_to_wire(c: &CopyReport) -> v1::RunningTask {
         healthy: c.healthy,
         endpoint: c.endpoint.clone(),
         in_sync: c.in_sync.clone(),
+        state_seq: c.state_seq,
+        sealed: c.sealed,
     }
 }
 
@@ -188,6 +192,8 @@ pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
         healthy: r.healthy,
         endpoint: r.endpoint.clone(),
         in_sync: Vec::new(),
+        state_seq: 0,
+        sealed: false,
     };
     Some((copy, r.message.clone()))
 }
@@ -428,6 +434,7 @@ mod tests {
                 primary_addr: "127.0.0.1:7001".into(),
                 in_sync: Vec::new(),
                 standbys: Vec::new(),
+                sealed: false,
             }),
         };
         let wire = v1::Assign::from(&a);
@@ -502,6 +509,8 @@ mod tests {
                     healthy: true,
                     endpoint: String::new(),
                     in_sync: vec!["b".into()],
+                    state_seq: 9,
+                    sealed: true,
                 },
                 v1::RunningTask {
                     task: "garbage".into(),

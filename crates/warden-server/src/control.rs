@@ -541,6 +541,18 @@ impl ControlPlane {
         Ok(engaged)
     }
 
+    /// An operator asked for a planned switchover of `job`. Returns the standby to be
+    /// promoted. Refused on a standby replica of the control plane.
+    pub fn promote(&self, job: &str) -> Result<warden_core::TaskId, Refusal> {
+        let mut st = lock(&self.state);
+        let now = self.clock.now();
+        self.follow_election(&mut st, now);
+        let job = warden_core::JobName::new(job);
+        let target = st.ctrl.check_promote(&job, now)?;
+        self.step(&mut st, Input::Promote { job });
+        Ok(target)
+    }
+
     /// A snapshot of the endpoints registry.
     pub fn registry(&self) -> warden_core::endpoints::Registry {
         lock(&self.state).ctrl.registry().clone()

@@ -164,6 +164,7 @@ pub fn router_with_config(
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/leader", get(get_leader))
         .route("/v1/brake/release", post(release_brake))
+        .route("/v1/jobs/{name}/promote", post(promote_job))
         .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -587,6 +588,20 @@ async fn release_brake(
         let was_engaged = api.release_brake().map_err(api_error)?;
         tracing::warn!(%by, was_engaged, "mass-failure brake released by an operator");
         Ok(Json(BrakeRelease { was_engaged }))
+    })
+    .await
+}
+
+async fn promote_job(
+    State(AppState { api, .. }): State<AppState>,
+    Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
+) -> Result<Json<crate::view::SwitchoverInfo>, HttpError> {
+    let by = caller.map_or_else(|| "anonymous".to_string(), |Extension(c)| c.label);
+    blocking(&api, move |api| {
+        let info = api.promote(&name).map_err(api_error)?;
+        tracing::info!(job = %name, to = %info.to, %by, "planned switchover started");
+        Ok(Json(info))
     })
     .await
 }

@@ -100,6 +100,15 @@ pub struct BrakeRelease {
     pub was_engaged: bool,
 }
 
+/// The answer to `POST /v1/jobs/{name}/promote`: a planned switchover started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverInfo {
+    /// The job.
+    pub job: String,
+    /// The standby to be promoted (`job/index`) once it holds every write.
+    pub to: String,
+}
+
 /// A recovery, as `GET /v1/recoveries` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryInfo {
@@ -271,6 +280,9 @@ pub trait ControlApi: Send + Sync + 'static {
     /// Release the mass-failure brake (an operator's decision after checking the fleet).
     /// Returns whether it was engaged.
     fn release_brake(&self) -> Result<bool, ApiError>;
+    /// Start a planned switchover of a job's replicated state (`warden job promote`): its
+    /// primary is sealed, and an in-sync standby promoted once it holds every write.
+    fn promote(&self, job: &str) -> Result<SwitchoverInfo, ApiError>;
     /// Events with `seq > since`, oldest first, at most `limit`.
     fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError>;
     /// The newest `limit` events, oldest first. The default pages through [`ControlApi::events`];

@@ -67,6 +67,14 @@ impl ControlApi for Fake {
         Ok(std::mem::take(&mut self.lock().brake_engaged))
     }
 
+    fn promote(&self, job: &str) -> Result<warden_server::view::SwitchoverInfo, ApiError> {
+        self.fail()?;
+        Ok(warden_server::view::SwitchoverInfo {
+            job: job.to_string(),
+            to: format!("{job}/1"),
+        })
+    }
+
     fn metrics(&self) -> String {
         "# TYPE fake_up gauge\nfake_up 1\n".to_string()
     }

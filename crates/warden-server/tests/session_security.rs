@@ -427,6 +427,8 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
         healthy: true,
         endpoint: String::new(),
         in_sync: Vec::new(),
+        state_seq: 0,
+        sealed: false,
     }];
     b.send(report(v1::TaskPhase::Running)).await;
     b.barrier().await;
@@ -454,6 +456,8 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
             healthy: false,
             endpoint: String::new(),
             in_sync: Vec::new(),
+            state_seq: 0,
+            sealed: false,
         }],
         running_as_of: 0,
     }))

@@ -73,17 +73,21 @@ struct Answer {
 }
 
 impl StateClient {
-    /// A client from the task's environment: `WARDEN_STATE_SOCK`, `WARDEN_FENCING_TOKEN` and
-    /// `WARDEN_STATE_TOKEN`.
+    /// A client from the task's environment: `WARDEN_STATE_SOCK`, `WARDEN_STATE_EPOCH` (else
+    /// `WARDEN_FENCING_TOKEN`) and `WARDEN_STATE_TOKEN`.
     pub fn from_env() -> Result<StateClient, ClientError> {
         let path = std::env::var_os("WARDEN_STATE_SOCK").ok_or_else(|| {
             ClientError::Env("WARDEN_STATE_SOCK is not set: is [state] in the job spec?".into())
         })?;
-        let epoch = std::env::var("WARDEN_FENCING_TOKEN")
-            .ok()
-            .and_then(|e| e.parse().ok())
+        // The state's epoch: WARDEN_STATE_EPOCH (a job with standbys writes under the state
+        // epoch its replicas share), else the copy's fencing token.
+        let epoch = ["WARDEN_STATE_EPOCH", "WARDEN_FENCING_TOKEN"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok()?.parse().ok())
             .ok_or_else(|| {
-                ClientError::Env("WARDEN_FENCING_TOKEN is missing or not a number".into())
+                ClientError::Env(
+                    "neither WARDEN_STATE_EPOCH nor WARDEN_FENCING_TOKEN is set to a number".into(),
+                )
             })?;
         let token = std::env::var("WARDEN_STATE_TOKEN").ok();
         Ok(StateClient::new(Path::new(&path), epoch, token))

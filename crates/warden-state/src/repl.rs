@@ -600,6 +600,8 @@ pub async fn follow(
                         tracing::warn!(
                             job,
                             discarded,
+                            first_seq = keep + 1,
+                            last_seq = held,
                             "discarded writes this replica took as primary and never replicated"
                         );
                     }
@@ -620,6 +622,8 @@ pub async fn follow(
                         tracing::warn!(
                             job,
                             discarded,
+                            first_seq = keep + 1,
+                            last_seq = keep + discarded,
                             "discarded writes this replica took as primary and never replicated"
                         );
                     }

@@ -473,6 +473,8 @@ async fn agent(
                             healthy: true,
                             endpoint: String::new(),
                             in_sync: Vec::new(),
+                            state_seq: 0,
+                            sealed: false,
                         });
                     }
                     let _ = tx

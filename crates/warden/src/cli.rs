@@ -83,6 +83,18 @@ pub enum JobCommand {
         /// Job name.
         name: String,
     },
+    /// Planned switchover of a stateful job (`[state]` with standbys, docs/state.md): its
+    /// primary stops taking writes, an in-sync standby catches up with every write, and is
+    /// promoted; the old primary follows it as a standby. No write is lost at any
+    /// acknowledgement level. Abandoned (the primary takes writes again) if the standby has
+    /// not caught up within 10 s.
+    Promote {
+        /// Job name.
+        name: String,
+        /// Return once the switchover started, without waiting for the promotion.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// `warden brake …`
@@ -299,6 +311,55 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
                         "{}",
                         table(&["NAME", "KIND", "DESIRED", "RUNNING", "COMMAND"], &rows)
                     );
+                }
+            }
+        }
+        JobCommand::Promote { name, no_wait } => {
+            let v = client
+                .request("POST", &format!("/v1/jobs/{name}/promote"), None, b"")?
+                .json()?;
+            let to = v
+                .get("to")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if !*no_wait {
+                // Promoted: the standby's slot is the primary of a newer state epoch.
+                let role = |client: &warden_client::Client| -> Option<(String, u64)> {
+                    let tasks = client.get("/v1/tasks").ok()?;
+                    let t = tasks
+                        .as_array()?
+                        .iter()
+                        .find(|t| t.get("id").and_then(serde_json::Value::as_str) == Some(&to))?;
+                    let r = t.get("replica")?;
+                    Some((
+                        r.get("role")?.as_str()?.to_string(),
+                        r.get("state_epoch")?.as_u64()?,
+                    ))
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+                loop {
+                    if role(&client).is_some_and(|(r, _)| r == "primary") {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!(
+                            "{to} was not promoted within 15 s; the switchover is abandoned after \
+                             10 s if the standby does not catch up (see `warden events`)"
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+            match opts.output {
+                OutputFormat::Json => print_json(&v)?,
+                OutputFormat::Table | OutputFormat::Html if *no_wait => {
+                    println!(
+                        "switchover of {name} started: {to} is promoted once it holds every write"
+                    );
+                }
+                OutputFormat::Table | OutputFormat::Html => {
+                    println!("{to} is the primary of {name}")
                 }
             }
         }

@@ -218,3 +218,69 @@ fn a_primary_whose_agent_is_killed_fails_over_to_its_standby_with_every_acked_wr
     let (_, role, _) = replica(&c, &format!("{job}/1")).unwrap();
     assert_eq!(role, "primary");
 }
+
+#[test]
+fn a_planned_switchover_hands_over_every_write_even_at_local() {
+    let mut c = start_cluster();
+    c.add_agents(2).unwrap();
+    let job = "ledger3";
+    c.submit(&format!(
+        "name = \"{job}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
+         args = [\"workload\", \"counter\", \"--every-ms\", \"5\"]\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+         [state]\nstandbys = 1\nack = \"local\"\n"
+    ))
+    .unwrap();
+    let ready = wait_until(LONG, || {
+        replica(&c, &format!("{job}/1")).is_some_and(|s| s.1 == "standby" && s.2)
+    });
+    assert!(ready, "no in-sync standby\n{}", c.log(&c.server_name(0)));
+    let (primary, _, _) = replica(&c, &format!("{job}/0")).unwrap();
+    let (standby, _, _) = replica(&c, &format!("{job}/1")).unwrap();
+    assert!(wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 50));
+    let client = c.server_client(0).unwrap();
+    let answer = client
+        .request("POST", &format!("/v1/jobs/{job}/promote"), None, b"")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["to"], format!("{job}/1"), "{answer}");
+    assert!(
+        wait_until(LONG, || acked_on(&c, &standby, job, 1).len() >= 20),
+        "the standby was not promoted and writing\n{}\n{}",
+        c.log(&standby),
+        c.log(&c.server_name(0))
+    );
+    let old = acked_on(&c, &primary, job, 0);
+    let new = acked_on(&c, &standby, job, 1);
+    let (last_old, old_epoch) = *old.last().unwrap();
+    let (first_new, new_epoch) = new[0];
+    assert!(new_epoch > old_epoch);
+    // Sealed, then handed over: the new primary goes on from the last write, at `local` too.
+    assert!(
+        first_new == last_old + 1 || first_new == last_old + 2,
+        "the old primary acknowledged up to {last_old}; the new one started at {first_new}"
+    );
+    // The old primary's copy was not restarted: it follows the new primary as its standby.
+    let (agent, role, _) = replica(&c, &format!("{job}/0")).unwrap();
+    assert_eq!(
+        (agent.as_str(), role.as_str()),
+        (primary.as_str(), "standby")
+    );
+    // A second switchover at once is refused while none of the standbys is in sync yet, or
+    // goes the other way once it is: either way the answer names the problem or the target.
+    let again = client
+        .request("POST", &format!("/v1/jobs/{job}/promote"), None, b"")
+        .and_then(|r| r.json());
+    match again {
+        Ok(v) => assert_eq!(v["to"], format!("{job}/0"), "{v}"),
+        Err(e) => assert!(e.to_string().contains("in-sync"), "{e}"),
+    }
+    let missing = client
+        .request("POST", "/v1/jobs/nope/promote", None, b"")
+        .and_then(|r| r.json());
+    match missing {
+        Ok(v) => panic!("a switchover of a job that does not exist was accepted: {v}"),
+        Err(e) => assert!(e.to_string().contains("no job nope"), "{e}"),
+    }
+}

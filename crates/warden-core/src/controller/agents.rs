@@ -172,6 +172,9 @@ impl Controller {
             if !c.in_sync.is_empty() {
                 self.note_in_sync(who, c);
             }
+            if c.state_seq > 0 || c.sealed {
+                self.note_state_seq(c);
+            }
         }
         self.resend_pending(who, &copies, now, false, out);
         // A copy the server saw running here that the agent no longer reports has ended

@@ -99,6 +99,11 @@ pub struct CopyReport {
     /// For the primary of a replicated state: the agent names of the standbys it waits for
     /// (the in-sync set it was sent, and those it found caught up since).
     pub in_sync: Vec<String>,
+    /// For a replica of a replicated state: the last sequence number it holds (a primary:
+    /// has written; a standby: has synced); 0 when none.
+    pub state_seq: u64,
+    /// For a primary: it takes no more writes (sealed for a planned switchover).
+    pub sealed: bool,
 }
 
 /// A heartbeat.
@@ -290,6 +295,12 @@ pub enum Input {
     },
     /// An operator released the mass-failure brake.
     ReleaseBrake,
+    /// An operator asked for a planned switchover of `job`'s replicated state (after
+    /// [`Controller::check_promote`](super::Controller::check_promote)).
+    Promote {
+        /// The job.
+        job: JobName,
+    },
 }
 
 /// What a job submission changes.

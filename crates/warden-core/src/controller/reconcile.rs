@@ -89,6 +89,7 @@ impl Controller {
         let mut replan_at = planned.wake_at;
         let mut actions = planned.actions;
         self.in_sync_actions(&mut actions);
+        self.switchover_actions(&mut actions, now, out);
         if actions.is_empty() {
             self.standing_alarms.clear();
             self.replan_at = replan_at;
@@ -354,6 +355,11 @@ impl Controller {
     fn applied_action(&mut self, action: Action, now: Time, out: &mut Vec<Command>) {
         match action {
             Action::SetReplica { task, replica, .. } => {
+                if replica.primary {
+                    // A promotion ends any switchover of the job (it was one, or a failover
+                    // came first).
+                    self.switchovers.remove(&task.job);
+                }
                 let agent = self.slot(&task).and_then(|t| t.agent.clone());
                 let (kind, msg) = if replica.primary {
                     (

@@ -24,10 +24,26 @@ use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobName, TaskId};
 
 use super::Controller;
-use super::io::{Command, CopyReport, Order};
+use super::io::{Command, CopyReport, Order, Refusal};
 
 /// How often every replica's agent is told its role again.
 pub const REPLICA_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a planned switchover may wait for a standby to catch up with the sealed primary
+/// before it is abandoned (the primary takes writes again).
+pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A planned switchover under way: the primary is sealed (takes no writes); once the target
+/// standby holds everything the primary wrote, it is promoted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Switchover {
+    /// The primary's slot and copy.
+    primary: (usize, FencingToken),
+    /// The standby to promote.
+    target: (usize, FencingToken),
+    /// Abandoned after this.
+    until: Time,
+}
 
 fn replicas(slots: &[TaskView]) -> impl Iterator<Item = Option<&Replica>> + Clone {
     slots.iter().map(|t| t.replica.as_ref())
@@ -100,6 +116,7 @@ impl Controller {
                 primary_addr: String::new(),
                 in_sync,
                 standbys,
+                sealed: self.switchovers.contains_key(&task.job),
             });
         }
         let primary_addr = primary
@@ -113,6 +130,7 @@ impl Controller {
             primary_addr,
             in_sync: Vec::new(),
             standbys: Vec::new(),
+            sealed: false,
         })
     }
 
@@ -154,6 +172,15 @@ impl Controller {
 
     /// Every [`REPLICA_REFRESH`], every replica's role again.
     pub(super) fn refresh_replicas(&mut self, now: Time, out: &mut Vec<Command>) {
+        let expired: Vec<JobName> = self
+            .switchovers
+            .iter()
+            .filter(|(_, s)| now >= s.until)
+            .map(|(j, _)| j.clone())
+            .collect();
+        for job in expired {
+            self.end_switchover(&job, "the standby did not catch up in time", now, out);
+        }
         if self
             .last_replica_refresh
             .is_some_and(|t| now.saturating_since(t) < REPLICA_REFRESH)
@@ -204,6 +231,164 @@ impl Controller {
         for (task, copy, epoch) in wanted {
             self.in_sync_wanted.insert(task, (copy, epoch));
             self.dirty = true;
+        }
+    }
+
+    /// A replica's report of the last sequence number it holds.
+    pub(super) fn note_state_seq(&mut self, c: &CopyReport) {
+        if self.replica_slots(&c.task.job).is_none() {
+            return;
+        }
+        let seen = (c.epoch, c.state_seq, c.sealed);
+        if self.state_seen.insert(c.task.clone(), seen) != Some(seen)
+            && self.switchovers.contains_key(&c.task.job)
+        {
+            self.dirty = true;
+        }
+    }
+
+    /// Whether a planned switchover of `job` may start now: the job keeps standbys, its
+    /// primary runs on a live agent, and a standby of the in-sync set does too. Returns the
+    /// standby's slot.
+    pub fn check_promote(&self, job: &JobName, now: Time) -> Result<TaskId, Refusal> {
+        self.writable(now)?;
+        if !self.desired.contains_key(job) {
+            return Err(Refusal::NotFound(format!("no job {job}")));
+        }
+        let Some(slots) = self.replica_slots(job) else {
+            return Err(Refusal::Invalid(format!(
+                "job {job} keeps no standby ([state] standbys = 0, or no [state])"
+            )));
+        };
+        if self.switchovers.contains_key(job) {
+            return Err(Refusal::Busy(format!("a switchover of {job} is under way")));
+        }
+        let live = |t: &TaskView| {
+            t.state == SlotState::Running
+                && t.agent.as_ref().is_some_and(|a| {
+                    self.sessions.get(&a.name).is_some_and(|(s, _)| s == a)
+                        && self
+                            .fleet
+                            .agent(a)
+                            .is_some_and(|r| r.state().accepts_work())
+                })
+        };
+        let p = primary_index(replicas(slots))
+            .filter(|p| live(&slots[*p]))
+            .ok_or_else(|| Refusal::Unavailable(format!("the primary of {job} is not running")))?;
+        let target = slots
+            .iter()
+            .enumerate()
+            .find(|(i, t)| *i != p && t.replica.is_some_and(|r| r.in_sync && !r.primary) && live(t))
+            .map(|(i, _)| i)
+            .ok_or_else(|| {
+                Refusal::Unavailable(format!(
+                    "no standby of {job} is in the in-sync set and running; try again once one is"
+                ))
+            })?;
+        Ok(TaskId::new(
+            job.clone(),
+            u32::try_from(target).unwrap_or(u32::MAX),
+        ))
+    }
+
+    /// Start a planned switchover: seal the primary and wait for the standby.
+    pub(super) fn start_switchover(&mut self, job: &JobName, now: Time, out: &mut Vec<Command>) {
+        let Ok(target) = self.check_promote(job, now) else {
+            return; // checked before, changed since
+        };
+        let Some(slots) = self.replica_slots(job) else {
+            return;
+        };
+        let Some(p) = primary_index(replicas(slots)) else {
+            return;
+        };
+        let t = target.index as usize;
+        let sw = Switchover {
+            primary: (p, slots[p].epoch),
+            target: (t, slots[t].epoch),
+            until: now + SWITCHOVER_TIMEOUT,
+        };
+        self.switchovers.insert(job.clone(), sw);
+        let msg = format!(
+            "planned switchover of {job}: primary sealed, promoting {target} once it holds every write"
+        );
+        self.event(out, now, "state.switchover", None, Some(&target), msg);
+        self.send_replicas(job, out);
+        self.dirty = true;
+    }
+
+    /// End a switchover without a promotion (the primary takes writes again).
+    fn end_switchover(&mut self, job: &JobName, why: &str, now: Time, out: &mut Vec<Command>) {
+        if self.switchovers.remove(job).is_some() {
+            let msg = format!("planned switchover of {job} abandoned: {why}");
+            self.event(
+                out,
+                now,
+                "state.switchover_abandoned",
+                None,
+                None,
+                msg.clone(),
+            );
+            out.push(Command::Notice(super::io::Notice::Alarm(msg)));
+            self.send_replicas(job, out);
+        }
+    }
+
+    /// The promotions of planned switchovers whose standby caught up, as actions of this
+    /// round.
+    pub(super) fn switchover_actions(
+        &mut self,
+        actions: &mut Vec<Action>,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let jobs: Vec<JobName> = self.switchovers.keys().cloned().collect();
+        for job in jobs {
+            let Some(sw) = self.switchovers.get(&job).cloned() else {
+                continue;
+            };
+            let Some(slots) = self.replica_slots(&job) else {
+                self.end_switchover(&job, "the job keeps no standby now", now, out);
+                continue;
+            };
+            let epoch = state_epoch(replicas(slots));
+            let same = |(i, e): (usize, FencingToken)| slots.get(i).is_some_and(|t| t.epoch == e);
+            if primary_index(replicas(slots)) != Some(sw.primary.0)
+                || !same(sw.primary)
+                || !same(sw.target)
+            {
+                self.switchovers.remove(&job);
+                continue; // a failover or a replacement came first
+            }
+            let task = |i: usize| TaskId::new(job.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+            let sealed = self
+                .state_seen
+                .get(&task(sw.primary.0))
+                .filter(|(e, _, sealed)| *e == sw.primary.1 && *sealed)
+                .map(|(_, seq, _)| *seq);
+            let held = self
+                .state_seen
+                .get(&task(sw.target.0))
+                .filter(|(e, _, _)| *e == sw.target.1)
+                .map(|(_, seq, _)| *seq);
+            let (Some(sealed), Some(held)) = (sealed, held) else {
+                continue;
+            };
+            if held < sealed {
+                continue;
+            }
+            let t = task(sw.target.0);
+            actions.push(Action::SetReplica {
+                op: OperationId(format!("{t}@{}:switchover-{}", sw.target.1, epoch + 1)),
+                task: t,
+                epoch: sw.target.1,
+                replica: Replica {
+                    epoch: epoch + 1,
+                    primary: true,
+                    in_sync: false,
+                },
+            });
         }
     }
 

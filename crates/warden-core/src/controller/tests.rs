@@ -53,6 +53,8 @@ struct H {
     in_sync: HashMap<TaskId, Vec<String>>,
     /// The newest role each agent was told for each copy.
     roles: HashMap<(AgentId, TaskId), crate::state::ReplicaOrder>,
+    /// What each replica copy reports it holds: task → (last sequence number, sealed).
+    seqs: HashMap<TaskId, (u64, bool)>,
 }
 
 impl H {
@@ -74,6 +76,7 @@ impl H {
             runs: HashMap::new(),
             in_sync: HashMap::new(),
             roles: HashMap::new(),
+            seqs: HashMap::new(),
         }
     }
 
@@ -186,6 +189,8 @@ impl H {
                     healthy: true,
                     endpoint: String::new(),
                     in_sync: self.in_sync.get(task).cloned().unwrap_or_default(),
+                    state_seq: self.seqs.get(task).map_or(0, |s| s.0),
+                    sealed: self.seqs.get(task).is_some_and(|s| s.1),
                 })
                 .collect()
         });
@@ -527,6 +532,8 @@ fn a_fenced_copy_restarts_without_counting_a_failure() {
             healthy: false,
             endpoint: String::new(),
             in_sync: Vec::new(),
+            state_seq: 0,
+            sealed: false,
         },
         message: "lease ran out".into(),
     });
@@ -953,4 +960,78 @@ fn no_standby_outside_the_in_sync_set_is_promoted_while_an_in_sync_one_may_come_
     h.run(Duration::from_secs(4), &[&agents[2]]);
     let r = h.slot("db", 2).replica.unwrap();
     assert!(r.primary && r.epoch == 2, "{r:?}");
+}
+
+#[test]
+fn a_planned_switchover_seals_the_primary_and_promotes_once_the_standby_holds_everything() {
+    let (mut h, ids) = replicated(1, false);
+    let task = |i| TaskId::new(JobName::new("db"), i);
+    let (pa, sa) = (
+        h.slot("db", 0).agent.unwrap(),
+        h.slot("db", 1).agent.unwrap(),
+    );
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    // Refused while no standby is in sync: there is no one to hand over to.
+    assert!(matches!(
+        h.c.check_promote(&JobName::new("db"), h.now),
+        Err(Refusal::Unavailable(_))
+    ));
+    assert!(matches!(
+        h.c.check_promote(&JobName::new("nope"), h.now),
+        Err(Refusal::NotFound(_))
+    ));
+    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
+    h.run(Duration::from_secs(1), &refs);
+    assert_eq!(h.c.check_promote(&JobName::new("db"), h.now), Ok(task(1)));
+    h.step(Input::Promote {
+        job: JobName::new("db"),
+    });
+    assert!(
+        h.roles[&(pa.clone(), task(0))].sealed,
+        "the primary is sealed"
+    );
+    // The primary sealed at 120; the standby holds 100: nothing yet.
+    h.seqs.insert(task(0), (120, true));
+    h.seqs.insert(task(1), (100, false));
+    h.run(Duration::from_secs(1), &refs);
+    assert!(!h.slot("db", 1).replica.unwrap().primary);
+    // It caught up: promoted at the next epoch; the old primary is told it is a standby.
+    h.seqs.insert(task(1), (120, false));
+    h.run(Duration::from_secs(1), &refs);
+    let r = h.slot("db", 1).replica.unwrap();
+    assert!(r.primary && r.epoch == 2, "{r:?}");
+    let old = h.roles[&(pa, task(0))].clone();
+    assert!(!old.primary && old.epoch == 2 && !old.sealed, "{old:?}");
+    assert!(h.roles[&(sa, task(1))].primary);
+    // The old primary's copy stays where it is, now a standby: nothing was restarted.
+    assert_eq!(h.slot("db", 0).state, SlotState::Running);
+}
+
+#[test]
+fn a_switchover_whose_standby_never_catches_up_is_abandoned_and_the_primary_unsealed() {
+    let (mut h, ids) = replicated(1, false);
+    let task = |i| TaskId::new(JobName::new("db"), i);
+    let (pa, sa) = (
+        h.slot("db", 0).agent.unwrap(),
+        h.slot("db", 1).agent.unwrap(),
+    );
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
+    h.run(Duration::from_secs(1), &refs);
+    h.step(Input::Promote {
+        job: JobName::new("db"),
+    });
+    h.seqs.insert(task(0), (120, true));
+    h.seqs.insert(task(1), (100, false));
+    let out = h.run(SWITCHOVER_TIMEOUT + Duration::from_secs(1), &refs);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Alarm(m)) if m.contains("abandoned"))),
+        "{out:?}"
+    );
+    assert!(
+        !h.roles[&(pa, task(0))].sealed,
+        "the primary takes writes again"
+    );
+    assert!(h.slot("db", 0).replica.unwrap().primary);
 }

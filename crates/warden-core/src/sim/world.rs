@@ -873,6 +873,8 @@ impl<'a> World<'a> {
                 healthy: true,
                 endpoint: String::new(),
                 in_sync: Vec::new(),
+                state_seq: 0,
+                sealed: false,
             })
             .collect();
         // Like the real agent: the copies are listed when they changed since the last list on
@@ -1071,6 +1073,8 @@ impl<'a> World<'a> {
             healthy: phase == CopyPhase::Running,
             endpoint: String::new(),
             in_sync: Vec::new(),
+            state_seq: 0,
+            sealed: false,
         };
         if p.paused {
             p.outbox.push(copy);

@@ -14,7 +14,7 @@ use super::{ControlPlane, lock};
 use crate::clock::{Clock, ms, unix_now_ms};
 use crate::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
-    LeaderView, RecoveryInfo, ReplicaInfo, ServiceInfo, ServicesInfo, TaskInfo,
+    LeaderView, RecoveryInfo, ReplicaInfo, ServiceInfo, ServicesInfo, SwitchoverInfo, TaskInfo,
 };
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -222,6 +222,14 @@ impl ControlApi for ControlPlane {
 
     fn release_brake(&self) -> Result<bool, ApiError> {
         Ok(ControlPlane::release_brake(self)?)
+    }
+
+    fn promote(&self, job: &str) -> Result<SwitchoverInfo, ApiError> {
+        let to = ControlPlane::promote(self, job)?;
+        Ok(SwitchoverInfo {
+            job: job.to_string(),
+            to: to.to_string(),
+        })
     }
 
     fn events(&self, since: u64, limit: usize) -> Result<Vec<EventInfo>, ApiError> {
