@@ -418,10 +418,11 @@ pub fn redis_failovers(
                 }
                 found
             };
-            if kind != "kill" && !resumed {
-                if let Some(pid) = set.servers[i].pid() {
-                    kill(pid, Signal::SIGCONT)?;
-                }
+            if kind != "kill"
+                && !resumed
+                && let Some(pid) = set.servers[i].pid()
+            {
+                kill(pid, Signal::SIGCONT)?;
             }
             let lost = first_new.map_or(0, |f| {
                 acks.lock().map_or(0, |a| {
