@@ -324,3 +324,21 @@ fn ci_leader_failover_scenario_fails_over_and_recovers_agents_after_it() {
         );
     }
 }
+
+#[test]
+fn ci_state_scenario_fails_over_without_losing_an_acknowledged_write() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/state"), 1, &[]);
+    assert_clean(ok, &report, &text);
+    let state = &report["state"];
+    assert!(state["acked"].as_u64().unwrap_or(0) > 100, "{text}");
+    // Each fault of the primary ended in a promotion.
+    for kind in ["kill", "pause", "partition"] {
+        let k = state["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} on the primary\n{text}"));
+        assert_eq!(k["switched"], k["faults"], "{kind}\n{text}");
+    }
+}
