@@ -464,6 +464,11 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                     cfg.metrics.task_restarted();
                 }
                 report_event(&ev, &links, &mut health, &mut endpoints);
+                if matches!(ev.kind, TaskEventKind::Failed { .. } | TaskEventKind::Fenced | TaskEventKind::Stopped) {
+                    // The copy is over: its state is closed (kept on disk), its replication
+                    // stopped; a primary's store of a fenced copy refused writes already.
+                    states.release(&ev.task, ev.epoch);
+                }
                 note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
         }

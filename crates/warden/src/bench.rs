@@ -557,28 +557,16 @@ fn parse_ack(s: &str) -> std::result::Result<warden_core::state::AckLevel, Strin
 /// `warden bench state-vs-redis`.
 fn state_vs_redis(faults: usize, default_faults: usize, out: &std::path::Path) -> Result<()> {
     use warden_chaos::report::Stats;
-    let fmt = |s: &Stats| {
-        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"));
-        format!(
-            "p50 {:>8}  p99 {:>8}  max {:>8}",
-            ms(s.p50_ms),
-            ms(s.p99_ms),
-            ms(s.max_ms)
-        )
-    };
-    let stats = |v: &[crate::bench_redis::Outcome]| {
-        let mut ms: Vec<f64> = v
-            .iter()
-            .filter_map(|o| o.switchover)
-            .map(|d| d.as_secs_f64() * 1e3)
-            .collect();
-        ms.sort_by(f64::total_cmp);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"));
+    let stats = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
         Stats {
-            count: ms.len(),
-            p50_ms: warden_core::qos::percentile(&ms, 0.5),
-            p95_ms: warden_core::qos::percentile(&ms, 0.95),
-            p99_ms: warden_core::qos::percentile(&ms, 0.99),
-            max_ms: ms.last().copied(),
+            count: v.len(),
+            p50_ms: warden_core::qos::percentile(&v, 0.5),
+            p95_ms: warden_core::qos::percentile(&v, 0.95),
+            p99_ms: warden_core::qos::percentile(&v, 0.99),
+            max_ms: v.last().copied(),
         }
     };
     let sc = warden_chaos::scenario::Scenario::from_toml(&warden_chaos::scenario::state_faults(
@@ -590,15 +578,19 @@ fn state_vs_redis(faults: usize, default_faults: usize, out: &std::path::Path) -
     ))?;
     let report = crate::chaos::run_scenario(&sc, &out.join("warden"), 1, "netns")?;
     let st = report.state.clone().unwrap_or_default();
-    let mut rows: Vec<(String, Stats, u64, usize)> = Vec::new();
+    // label, faults, failovers, switchover, first write after the fault, acknowledged lost
+    let mut rows: Vec<(String, usize, usize, Stats, Stats, u64)> = Vec::new();
     for kind in ["kill", "pause"] {
-        let k = st.kinds.iter().find(|k| k.kind == kind);
-        rows.push((
-            format!("warden {kind}"),
-            k.map(|k| k.switchover.clone()).unwrap_or_default(),
-            0,
-            k.map_or(0, |k| k.faults),
-        ));
+        if let Some(k) = st.kinds.iter().find(|k| k.kind == kind) {
+            rows.push((
+                format!("warden {kind}"),
+                k.faults,
+                k.switched,
+                k.switchover.clone(),
+                k.write_gap.clone(),
+                0,
+            ));
+        }
     }
     let lost_warden = report
         .checkers
@@ -615,43 +607,56 @@ fn state_vs_redis(faults: usize, default_faults: usize, out: &std::path::Path) -
         for kind in ["kill", "pause"] {
             let dir = out.join(format!("redis-{down_after}-{kind}"));
             eprintln!("bench: {label}, {n} x {kind}");
-            let (outcomes, acked) = crate::bench_redis::redis_failovers(&dir, kind, n, down_after)?;
+            let (outcomes, total) = crate::bench_redis::redis_failovers(&dir, kind, n, down_after)?;
             let lost: u64 = outcomes.iter().map(|o| o.lost).sum();
-            eprintln!("bench: {label} {kind}: {acked} writes acknowledged, {lost} lost");
+            eprintln!("bench: {label} {kind}: {total} writes, {lost} acknowledged writes lost");
+            let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e3);
             rows.push((
                 format!("{label} {kind}"),
-                stats(&outcomes),
-                lost,
                 outcomes.len(),
+                outcomes.iter().filter(|o| o.switchover.is_some()).count(),
+                stats(outcomes.iter().filter_map(|o| secs(o.switchover)).collect()),
+                stats(
+                    outcomes
+                        .iter()
+                        .filter_map(|o| secs(o.first_write))
+                        .collect(),
+                ),
+                lost,
             ));
         }
     }
     println!(
-        "switchover (the fault -> the first write a new primary acknowledged), writes waiting for one replica"
+        "writes wait for one replica (warden ack = standby; redis INCR + WAIT 1); kill -9 and 4 s SIGSTOP of the primary"
     );
-    for (label, s, lost, n) in &rows {
+    println!(
+        "switchover: the fault -> the first write a new primary acknowledged (warden) or took (redis)"
+    );
+    println!(
+        "{:<28} {:>6} {:>9}  {:>20}  {:>20}  {:>10}",
+        "", "faults", "failovers", "switchover p50/p99", "first write p50/p99", "acked lost"
+    );
+    for (label, n, switched, sw, first, lost) in &rows {
         println!(
-            "{label:<28} {n:>3} faults  {}  acked writes lost {lost}",
-            fmt(s)
+            "{label:<28} {n:>6} {switched:>9}  {:>20}  {:>20}  {lost:>10}",
+            format!("{} / {}", ms(sw.p50_ms), ms(sw.p99_ms)),
+            format!("{} / {}", ms(first.p50_ms), ms(first.p99_ms)),
         );
     }
     println!(
         "warden: {} writes acknowledged, no-lost-ack violations {lost_warden}",
         st.acked
     );
-    let p99 = |label: &str| rows.iter().find(|r| r.0 == label).and_then(|r| r.1.p99_ms);
+    let p99 = |label: &str| rows.iter().find(|r| r.0 == label).and_then(|r| r.3.p99_ms);
     for kind in ["kill", "pause"] {
-        if let (Some(w), Some(r)) = (
-            p99(&format!("warden {kind}")),
-            p99(&format!("redis tuned (1 s) {kind}")),
-        ) {
-            println!("{kind}: redis tuned p99 / warden p99 = {:.1}x", r / w);
-        }
-        if let (Some(w), Some(r)) = (
-            p99(&format!("warden {kind}")),
-            p99(&format!("redis default (30 s) {kind}")),
-        ) {
-            println!("{kind}: redis default p99 / warden p99 = {:.1}x", r / w);
+        let w = p99(&format!("warden {kind}"));
+        for redis in ["redis tuned (1 s)", "redis default (30 s)"] {
+            if let (Some(w), Some(r)) = (w, p99(&format!("{redis} {kind}"))) {
+                println!(
+                    "{kind}: {redis} switchover p99 / warden p99 = {:.1}x",
+                    r / w
+                );
+            }
         }
     }
     Ok(())

@@ -5,10 +5,12 @@
 //! The write load is a counter: read-increment-write, one at a time, every write waiting for
 //! one replica (Warden: `ack = "standby"`; Redis: `INCR` then `WAIT 1 1000`, a write counting
 //! as acknowledged only when `WAIT` says one replica has it). The faults hit the primary:
-//! `kill -9` (then started again) and `SIGSTOP` for 4 s (then `SIGCONT`). Reported for each:
-//! the switchover (the fault → the first write acknowledged by a new primary) and the
-//! acknowledged writes lost (acknowledged, then missing from the new primary: its first
-//! increment gives a value not above them).
+//! `kill -9` and `SIGSTOP`, each for 4 s (then started again, or `SIGCONT`). Reported for
+//! each: the switchover and the acknowledged writes lost (acknowledged, then missing from the
+//! new primary: its first increment gives a value not above them). The switchover favours
+//! Redis: it ends at the first write the new Redis primary *takes* (with one replica, `WAIT`
+//! cannot succeed until the old primary is back as its replica), while Warden's ends at the
+//! first write acknowledged at `standby` (it places a new standby on a third agent).
 //!
 //! Redis runs twice: with Sentinel's default `down-after-milliseconds` (30 s) and tuned to
 //! 1 s. Every process is started here, on loopback ports picked free, and stopped by PID.
@@ -295,12 +297,14 @@ fn field(r: &Reply, name: &str) -> Option<String> {
     })
 }
 
-/// One acknowledged write: its value, which primary acknowledged it, when.
+/// One write a primary took: its value, which primary, when, and whether `WAIT 1` said a
+/// replica has it (acknowledged).
 #[derive(Clone, Copy, Debug)]
 struct Ack {
     value: i64,
     port: u16,
     at: Instant,
+    replicated: bool,
 }
 
 /// The writer: INCR then WAIT 1 1000 against whichever primary the Sentinels name.
@@ -332,18 +336,21 @@ fn writer(sentinels: Vec<u16>, acks: Arc<Mutex<Vec<Ack>>>, stop: Arc<AtomicBool>
                 continue;
             }
         };
-        match c.call(&["WAIT", "1", "1000"]) {
-            Ok(Reply::Int(n)) if n >= 1 => {
-                if let Ok(mut a) = acks.lock() {
-                    a.push(Ack {
-                        value: v,
-                        port,
-                        at: Instant::now(),
-                    });
-                }
+        let at = Instant::now();
+        let replicated = match c.call(&["WAIT", "1", "1000"]) {
+            Ok(Reply::Int(n)) => n >= 1,
+            _ => {
+                conn = None;
+                false
             }
-            Ok(Reply::Int(_)) => {}
-            _ => conn = None,
+        };
+        if let Ok(mut a) = acks.lock() {
+            a.push(Ack {
+                value: v,
+                port,
+                at,
+                replicated,
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -352,8 +359,12 @@ fn writer(sentinels: Vec<u16>, acks: Arc<Mutex<Vec<Ack>>>, stop: Arc<AtomicBool>
 /// What one failover of Redis gave.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
-    /// The fault → the first write a new primary acknowledged.
+    /// The fault → the first write a new primary took (`INCR` answered; `WAIT 1` may still
+    /// say no replica has it: with one replica, none does until the old primary is back).
     pub switchover: Option<Duration>,
+    /// The fault → the first write any primary took (the old one, when there was no
+    /// failover).
+    pub first_write: Option<Duration>,
     /// Acknowledged writes the new primary lacked.
     pub lost: u64,
 }
@@ -382,9 +393,13 @@ pub fn redis_failovers(
             let old = set.master().context("no primary")?;
             let other = set.ports[1 - set.index_of(old)];
             set.wait_synced(other)?;
-            let n0 = acks.lock().map_or(0, |a| a.len());
+            let replicated = |acks: &Mutex<Vec<Ack>>| {
+                acks.lock()
+                    .map_or(0, |a| a.iter().filter(|x| x.replicated).count())
+            };
+            let n0 = replicated(&acks);
             wait_for("writes acknowledged", Duration::from_secs(30), || {
-                acks.lock().map_or(0, |a| a.len()) > n0 + 50
+                replicated(&acks) > n0 + 50
             })?;
             let i = set.index_of(old);
             let t = Instant::now();
@@ -397,51 +412,62 @@ pub fn redis_failovers(
                 }
             }
             let mut resumed = false;
+            // Until a new primary takes a write; a pause also ends when the old primary, resumed
+            // after 4 s, takes writes again without a failover (Sentinel's default 30 s).
+            let pause = Duration::from_secs(4);
+            let mut first_any = None;
             let first_new = {
                 let mut found = None;
                 let deadline = Instant::now() + limit;
                 while Instant::now() < deadline {
-                    if kind != "kill" && !resumed && t.elapsed() >= Duration::from_secs(4) {
+                    if kind != "kill" && !resumed && t.elapsed() >= pause {
                         if let Some(pid) = set.servers[i].pid() {
                             kill(pid, Signal::SIGCONT)?;
                         }
                         resumed = true;
                     }
-                    found = acks
-                        .lock()
-                        .ok()
-                        .and_then(|a| a.iter().find(|x| x.at >= t && x.port != old).copied());
+                    let (new, any) = acks.lock().map_or((None, None), |a| {
+                        (
+                            a.iter().find(|x| x.at >= t && x.port != old).copied(),
+                            a.iter().find(|x| x.at >= t).copied(),
+                        )
+                    });
+                    first_any = any;
+                    found = new;
                     if found.is_some() {
                         break;
+                    }
+                    if resumed && down_after_ms >= 4_000 && any.is_some_and(|a| a.at >= t + pause) {
+                        break; // no failover: the paused primary is back
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 found
             };
-            if kind != "kill"
-                && !resumed
-                && let Some(pid) = set.servers[i].pid()
-            {
-                kill(pid, Signal::SIGCONT)?;
+            if !resumed {
+                if kind == "kill" {
+                    // Started again once a new primary took over: Sentinel makes it a replica.
+                    set.servers[i] = RedisSet::server(&set.dir, i, old, first_new.map(|f| f.port))?;
+                } else if let Some(pid) = set.servers[i].pid() {
+                    kill(pid, Signal::SIGCONT)?;
+                }
             }
             let lost = first_new.map_or(0, |f| {
                 acks.lock().map_or(0, |a| {
                     a.iter()
-                        .filter(|x| x.port == old && x.value >= f.value)
+                        .filter(|x| x.replicated && x.port == old && x.value >= f.value)
                         .count() as u64
                 })
             });
             out.push(Outcome {
                 switchover: first_new.map(|f| f.at - t),
+                first_write: first_any.map(|f| f.at - t),
                 lost,
             });
-            let Some(f) = first_new else {
-                bail!("no new primary acknowledged a write within {limit:?}");
-            };
-            // The old primary comes back as a replica of the new one.
-            if kind == "kill" {
-                set.servers[i] = RedisSet::server(&set.dir, i, old, Some(f.port))?;
+            if first_new.is_none() && first_any.is_none() {
+                bail!("no primary took a write within {limit:?}");
             }
+            // The old primary is (or becomes) a replica of the new one.
             set.wait_synced(old)?;
         }
         Ok(())
