@@ -467,8 +467,9 @@ pub fn redis_failovers(
             if first_new.is_none() && first_any.is_none() {
                 bail!("no primary took a write within {limit:?}");
             }
-            // The old primary is (or becomes) a replica of the new one.
-            set.wait_synced(old)?;
+            // The old primary is (or becomes) a replica of the new one; without a failover
+            // the replica is the one it was.
+            set.wait_synced(if first_new.is_some() { old } else { other })?;
         }
         Ok(())
     })();
