@@ -107,7 +107,8 @@ pub struct StateReport {
 /// Faults of one kind, on the stateful workload's primary or elsewhere.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateKind {
-    /// Fault kind, with ` (not the primary)` for faults that hit another agent.
+    /// Fault kind (`oneway` with its direction), with ` + another at once` when another
+    /// fault started with it and ` (not the primary)` for faults that hit another agent.
     pub kind: String,
     /// Faults.
     pub faults: usize,
@@ -133,11 +134,29 @@ impl StateReport {
                 continue;
             };
             let on_primary = last.agent == f.target;
-            let kind = if on_primary {
-                f.kind.as_str().to_string()
-            } else {
-                format!("{} (not the primary)", f.kind.as_str())
-            };
+            // The kind, with a one-way cut's direction, and whether another fault started
+            // with it (the primary and a standby lost at once).
+            let mut kind = f.kind.as_str().to_string();
+            if let Some(d) = record
+                .scenario
+                .as_ref()
+                .and_then(|s| s.faults.get(f.index))
+                .and_then(|spec| spec.direction)
+            {
+                kind.push_str(match d {
+                    crate::scenario::Direction::ToServer => " to-server",
+                    crate::scenario::Direction::FromServer => " from-server",
+                });
+            }
+            let together = record.faults.iter().any(|g| {
+                g.index != f.index && g.skipped.is_none() && g.start_ms.abs_diff(f.start_ms) < 500
+            });
+            if together {
+                kind.push_str(" + another at once");
+            }
+            if !on_primary {
+                kind.push_str(" (not the primary)");
+            }
             let e = per.entry(kind).or_default();
             e.0 += 1;
             if let Some(next) = acks.iter().find(|a| a.t_ms >= f.start_ms) {
@@ -917,7 +936,7 @@ impl Report {
             for k in &st.kinds {
                 let _ = writeln!(
                     s,
-                    "  {:<26} {} faults, {} switched: switchover p50 {}, p99 {}, max {}; first \
+                    "  {:<40} {} faults, {} switched: switchover p50 {}, p99 {}, max {}; first \
                      write after the fault p50 {}, p99 {}",
                     k.kind,
                     k.faults,

@@ -45,7 +45,7 @@ fn crash_scenario_passes_its_checkers_and_detects_every_fault() {
         serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(report["violations"], 0, "{stdout}");
     let checkers = report["checkers"].as_array().unwrap();
-    assert_eq!(checkers.len(), 4);
+    assert_eq!(checkers.len(), 5);
     assert!(checkers.iter().all(|c| c["passed"] == true), "{stdout}");
     let faults = report["faults"].as_array().unwrap();
     assert_eq!(faults.len(), 3, "{stdout}");
