@@ -402,7 +402,6 @@ fn needs_stop(t: &TaskView, status: Copy) -> bool {
     }
 }
 
-/// Copies of a job per agent among its first `want` slots.
 /// The promotion rule of a job with standbys. When its primary is gone (its copy surely dead,
 /// by the same fencing rule as any singleton's) or there is none, a standby takes its place at
 /// the next state epoch: an in-sync standby that runs on a live agent; while an in-sync standby
@@ -483,6 +482,7 @@ fn promote<'a>(
     primary
 }
 
+/// Copies of a job per agent among its first `want` slots.
 fn job_copies(slots: &[TaskView], want: usize) -> FxHashMap<AgentId, u32> {
     let mut m = FxHashMap::default();
     for t in slots.iter().take(want) {

@@ -208,14 +208,10 @@ impl Primaries {
         };
         let mut g = locked(&served.in_sync);
         for gone in g.ordered.iter().filter(|s| !ordered.contains(s)) {
-            // Removed by the server: stop waiting for it.
-            let synced = served
-                .store
-                .standbys()
-                .into_iter()
-                .find(|(n, _)| n == gone)
-                .map_or(0, |(_, p)| p.synced);
-            served.store.standby_synced(gone, synced, false);
+            // Removed by the server (its slot was replaced): stop waiting for it, and forget
+            // its progress — a new copy under the same agent name must show what it holds
+            // on its own stream before it may join again.
+            served.store.standby_removed(gone);
         }
         for s in &ordered {
             if !g.ordered.contains(s) && !g.joined.contains(s) {

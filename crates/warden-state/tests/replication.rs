@@ -279,3 +279,70 @@ async fn a_standby_that_saw_a_newer_epoch_refuses_an_old_primary() {
     assert_eq!(s.store.get("k").0, None);
     cancel.cancel();
 }
+
+/// The in-sync rules on the primary's side: a standby the server has not named joins only once
+/// it holds every write that may have been acknowledged, and only while it is one of the job's
+/// standbys; once it joined, writes wait for it; the server's removal stops the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_joins_the_in_sync_set_once_caught_up_and_leaves_only_when_the_server_removes_it()
+{
+    let cancel = CancellationToken::new();
+    let p = node(Role::Primary, 1, Limits::default());
+    let s = node(Role::Standby, 1, Limits::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let primaries = Primaries::default();
+    // The server names no member yet; `b` is not (yet) one of the job's standbys.
+    primaries.insert("j", p.store.clone(), Vec::new());
+    assert!(primaries.set_in_sync("j", Vec::new(), Vec::new()));
+    tokio::spawn(primaries.clone().serve(listener, cancel.clone()));
+    let f = Follower::start(addr, &s.store);
+    let seq = p.store.write(1, put("a", "1")).expect("write");
+    wait_applied(&s.store, seq).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        primaries.in_sync("j").is_empty(),
+        "a standby outside the job's roster never joins"
+    );
+    assert!(
+        p.store
+            .wait(seq, AckLevel::Standby, Duration::from_millis(200))
+            .await
+            .is_err(),
+        "no member, no acknowledgement at standby"
+    );
+    // Named a standby of the job: it holds everything, so it joins, and the write is
+    // acknowledged once it does.
+    assert!(primaries.set_in_sync("j", Vec::new(), vec!["b".into()]));
+    p.store
+        .wait(seq, AckLevel::Standby, WAIT)
+        .await
+        .expect("acknowledged once the caught-up standby joined");
+    assert_eq!(primaries.in_sync("j"), vec!["b".to_string()]);
+    // The server stores it; then the standby goes away: writes wait for it...
+    primaries.set_in_sync("j", vec!["b".into()], vec!["b".into()]);
+    f.stop().await;
+    let seq = p.store.write(1, put("b", "2")).expect("write");
+    assert!(
+        p.store
+            .wait(seq, AckLevel::Standby, Duration::from_millis(200))
+            .await
+            .is_err(),
+        "a member that went away is still waited for"
+    );
+    // ...until the server removes it (its slot replaced): the wait ends, nothing is
+    // acknowledged without a member, and its old progress does not let it back in.
+    primaries.set_in_sync("j", Vec::new(), vec!["b".into()]);
+    assert!(
+        primaries.in_sync("j").is_empty(),
+        "{:?}",
+        primaries.in_sync("j")
+    );
+    assert!(
+        p.store
+            .wait(seq, AckLevel::Standby, Duration::from_millis(200))
+            .await
+            .is_err()
+    );
+    cancel.cancel();
+}
