@@ -156,24 +156,22 @@ fn replica(c: &Cluster, id: &str) -> Option<(String, String, bool)> {
     ))
 }
 
-#[test]
-fn a_primary_whose_agent_is_killed_fails_over_to_its_standby_with_every_acked_write() {
-    let mut c = start_cluster();
-    c.add_agents(3).unwrap();
-    let job = "ledger2";
+/// Submit `warden workload counter` as `job` with one standby at `ack`, and wait until slot 0
+/// is the primary and slot 1 an in-sync standby on another agent. Returns their agents.
+fn replicated_counter(c: &Cluster, job: &str, every_ms: u64, ack: &str) -> (String, String) {
     c.submit(&format!(
         "name = \"{job}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
-         args = [\"workload\", \"counter\", \"--every-ms\", \"10\"]\n\
+         args = [\"workload\", \"counter\", \"--every-ms\", \"{every_ms}\"]\n\
          [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
-         [state]\nstandbys = 1\nack = \"standby\"\n"
+         [state]\nstandbys = 1\nack = \"{ack}\"\n"
     ))
     .unwrap();
-    // Slot 0 is the first primary, slot 1 its standby on another agent; the standby joins
-    // the in-sync set once it caught up, and only then are writes at `standby` acknowledged.
+    // The standby joins the in-sync set once it caught up, and only then are writes at
+    // `standby` acknowledged.
     let placed = wait_until(LONG, || {
         let (Some(p), Some(s)) = (
-            replica(&c, &format!("{job}/0")),
-            replica(&c, &format!("{job}/1")),
+            replica(c, &format!("{job}/0")),
+            replica(c, &format!("{job}/1")),
         ) else {
             return false;
         };
@@ -186,8 +184,17 @@ fn a_primary_whose_agent_is_killed_fails_over_to_its_standby_with_every_acked_wr
         c.task(&format!("{job}/1")),
         c.log(&c.server_name(0))
     );
-    let (primary, _, _) = replica(&c, &format!("{job}/0")).unwrap();
-    let (standby, _, _) = replica(&c, &format!("{job}/1")).unwrap();
+    let (primary, _, _) = replica(c, &format!("{job}/0")).unwrap();
+    let (standby, _, _) = replica(c, &format!("{job}/1")).unwrap();
+    (primary, standby)
+}
+
+#[test]
+fn a_primary_whose_agent_is_killed_fails_over_to_its_standby_with_every_acked_write() {
+    let mut c = start_cluster();
+    c.add_agents(3).unwrap();
+    let job = "ledger2";
+    let (primary, standby) = replicated_counter(&c, job, 10, "standby");
     assert!(
         wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 20),
         "the primary never acknowledged 20 writes\n{}",
@@ -224,19 +231,7 @@ fn a_planned_switchover_hands_over_every_write_even_at_local() {
     let mut c = start_cluster();
     c.add_agents(2).unwrap();
     let job = "ledger3";
-    c.submit(&format!(
-        "name = \"{job}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
-         args = [\"workload\", \"counter\", \"--every-ms\", \"5\"]\n\
-         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
-         [state]\nstandbys = 1\nack = \"local\"\n"
-    ))
-    .unwrap();
-    let ready = wait_until(LONG, || {
-        replica(&c, &format!("{job}/1")).is_some_and(|s| s.1 == "standby" && s.2)
-    });
-    assert!(ready, "no in-sync standby\n{}", c.log(&c.server_name(0)));
-    let (primary, _, _) = replica(&c, &format!("{job}/0")).unwrap();
-    let (standby, _, _) = replica(&c, &format!("{job}/1")).unwrap();
+    let (primary, standby) = replicated_counter(&c, job, 5, "local");
     assert!(wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 50));
     let client = c.server_client(0).unwrap();
     let answer = client

@@ -838,6 +838,24 @@ fn replicated(standbys: u8, four: bool) -> (H, Vec<AgentId>) {
     (h, ids)
 }
 
+/// Slot `i` of job `db`.
+fn db(i: u32) -> TaskId {
+    TaskId::new(JobName::new("db"), i)
+}
+
+/// The primary of `db` reports its standby in slot 1 caught up; a second passes. Returns the
+/// agents of the primary and of that standby.
+fn standby_in_sync(h: &mut H, ids: &[AgentId]) -> (AgentId, AgentId) {
+    let (pa, sa) = (
+        h.slot("db", 0).agent.unwrap(),
+        h.slot("db", 1).agent.unwrap(),
+    );
+    h.in_sync.insert(db(0), vec![sa.name.to_string()]);
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(1), &refs);
+    (pa, sa)
+}
+
 fn kill(h: &mut H, agent: &AgentId) -> Vec<Command> {
     let out = h.step(Input::SessionClosed {
         agent: agent.clone(),
@@ -867,7 +885,7 @@ fn replicas_are_placed_apart_and_a_caught_up_standby_joins_the_in_sync_set() {
     assert!(!sr.primary && !sr.in_sync, "{sr:?}");
     // The standby is told where its primary is; the primary, its standbys.
     let (pa, sa) = (p.agent.unwrap(), s.agent.unwrap());
-    let task = |i| TaskId::new(JobName::new("db"), i);
+    let task = db;
     let told = h.roles[&(pa.clone(), task(0))].clone();
     assert!(
         told.primary && told.standbys == vec![sa.name.to_string()],
@@ -889,14 +907,8 @@ fn replicas_are_placed_apart_and_a_caught_up_standby_joins_the_in_sync_set() {
 #[test]
 fn a_lost_primary_is_replaced_by_promoting_its_in_sync_standby() {
     let (mut h, ids) = replicated(1, false);
-    let task = |i| TaskId::new(JobName::new("db"), i);
-    let (pa, sa) = (
-        h.slot("db", 0).agent.unwrap(),
-        h.slot("db", 1).agent.unwrap(),
-    );
-    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
-    let refs: Vec<&AgentId> = ids.iter().collect();
-    h.run(Duration::from_secs(1), &refs);
+    let task = db;
+    let (pa, sa) = standby_in_sync(&mut h, &ids);
     let third = ids.iter().find(|a| **a != pa && **a != sa).unwrap().clone();
     let mut out = kill(&mut h, &pa);
     out.extend(h.run(Duration::from_millis(600), &[&sa, &third]));
@@ -932,7 +944,7 @@ fn a_lost_primary_is_replaced_by_promoting_its_in_sync_standby() {
 #[test]
 fn no_standby_outside_the_in_sync_set_is_promoted_while_an_in_sync_one_may_come_back() {
     let (mut h, ids) = replicated(2, false);
-    let task = |i| TaskId::new(JobName::new("db"), i);
+    let task = db;
     let agents: Vec<AgentId> = (0..3).map(|i| h.slot("db", i).agent.unwrap()).collect();
     // Slot 1 is in sync, slot 2 is not.
     h.in_sync.insert(task(0), vec![agents[1].name.to_string()]);
@@ -965,11 +977,7 @@ fn no_standby_outside_the_in_sync_set_is_promoted_while_an_in_sync_one_may_come_
 #[test]
 fn a_planned_switchover_seals_the_primary_and_promotes_once_the_standby_holds_everything() {
     let (mut h, ids) = replicated(1, false);
-    let task = |i| TaskId::new(JobName::new("db"), i);
-    let (pa, sa) = (
-        h.slot("db", 0).agent.unwrap(),
-        h.slot("db", 1).agent.unwrap(),
-    );
+    let task = db;
     let refs: Vec<&AgentId> = ids.iter().collect();
     // Refused while no standby is in sync: there is no one to hand over to.
     assert!(matches!(
@@ -980,8 +988,7 @@ fn a_planned_switchover_seals_the_primary_and_promotes_once_the_standby_holds_ev
         h.c.check_promote(&JobName::new("nope"), h.now),
         Err(Refusal::NotFound(_))
     ));
-    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
-    h.run(Duration::from_secs(1), &refs);
+    let (pa, sa) = standby_in_sync(&mut h, &ids);
     assert_eq!(h.c.check_promote(&JobName::new("db"), h.now), Ok(task(1)));
     h.step(Input::Promote {
         job: JobName::new("db"),
@@ -1010,14 +1017,9 @@ fn a_planned_switchover_seals_the_primary_and_promotes_once_the_standby_holds_ev
 #[test]
 fn a_switchover_whose_standby_never_catches_up_is_abandoned_and_the_primary_unsealed() {
     let (mut h, ids) = replicated(1, false);
-    let task = |i| TaskId::new(JobName::new("db"), i);
-    let (pa, sa) = (
-        h.slot("db", 0).agent.unwrap(),
-        h.slot("db", 1).agent.unwrap(),
-    );
+    let task = db;
     let refs: Vec<&AgentId> = ids.iter().collect();
-    h.in_sync.insert(task(0), vec![sa.name.to_string()]);
-    h.run(Duration::from_secs(1), &refs);
+    let (pa, _) = standby_in_sync(&mut h, &ids);
     h.step(Input::Promote {
         job: JobName::new("db"),
     });
