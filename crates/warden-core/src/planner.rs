@@ -406,9 +406,11 @@ fn needs_stop(t: &TaskView, status: Copy) -> bool {
 /// by the same fencing rule as any singleton's) or there is none, a standby takes its place at
 /// the next state epoch: an in-sync standby that runs on a live agent; while an in-sync standby
 /// may yet come back (its agent is only suspected), nothing is promoted, since any other could
-/// lack writes acknowledged at `standby`; once no in-sync standby is left, the live standby
-/// with the lowest slot (it holds what was replicated to it; writes acknowledged at `standby`
-/// cannot exist without an in-sync standby). Returns the slot to leave alone this round.
+/// lack writes acknowledged at `standby`; once every in-sync standby is surely gone too, the
+/// live standby with the lowest slot — an *unclean* promotion (op id `…:promote-unclean-…`):
+/// writes acknowledged at `standby` that only the lost replicas held are lost with them, the
+/// documented limit of that level (it survives the loss of the primary and of all standbys
+/// but one in-sync one). Returns the slot to leave alone this round.
 #[allow(clippy::too_many_arguments)]
 fn promote<'a>(
     cfg: &PlannerConfig,
@@ -468,8 +470,13 @@ fn promote<'a>(
         return if waiting { primary } else { None };
     };
     let task = TaskId::new(name.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+    let how = if in_sync(t) {
+        "promote"
+    } else {
+        "promote-unclean"
+    };
     actions.push(Action::SetReplica {
-        op: OperationId(format!("{task}@{}:promote-{}", t.epoch, epoch + 1)),
+        op: OperationId(format!("{task}@{}:{how}-{}", t.epoch, epoch + 1)),
         task,
         epoch: t.epoch,
         replica: Replica {

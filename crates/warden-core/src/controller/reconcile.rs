@@ -354,7 +354,27 @@ impl Controller {
 
     fn applied_action(&mut self, action: Action, now: Time, out: &mut Vec<Command>) {
         match action {
-            Action::SetReplica { task, replica, .. } => {
+            Action::SetReplica {
+                op, task, replica, ..
+            } => {
+                if op.0.contains(":promote-unclean-") {
+                    let msg = format!(
+                        "{task} promoted at state epoch {} although it is not in the in-sync set: \
+                         every in-sync replica was lost, and writes acknowledged at standby that \
+                         only they held are lost with them",
+                        replica.epoch
+                    );
+                    out.push(Command::Notice(Notice::Alarm(msg.clone())));
+                    let agent = self.slot(&task).and_then(|t| t.agent.clone());
+                    self.event(
+                        out,
+                        now,
+                        "state.promote_unclean",
+                        agent.as_ref(),
+                        Some(&task),
+                        msg,
+                    );
+                }
                 if replica.primary {
                     // A promotion ends any switchover of the job (it was one, or a failover
                     // came first).

@@ -912,7 +912,12 @@ fn a_lost_primary_is_replaced_by_promoting_its_in_sync_standby() {
     let third = ids.iter().find(|a| **a != pa && **a != sa).unwrap().clone();
     let mut out = kill(&mut h, &pa);
     out.extend(h.run(Duration::from_millis(600), &[&sa, &third]));
-    // Promoted at the next epoch, persisted before the agent hears of it.
+    // Promoted at the next epoch, persisted before the agent hears of it; a clean promotion.
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Alarm(_)))),
+        "{out:?}"
+    );
     let s = h.slot("db", 1).replica.unwrap();
     assert!(s.primary && s.epoch == 2, "{s:?}");
     let persisted = out.iter().position(|c| {
@@ -968,10 +973,16 @@ fn no_standby_outside_the_in_sync_set_is_promoted_while_an_in_sync_one_may_come_
         !h.slot("db", 2).replica.unwrap().primary,
         "a standby lacking acknowledged writes was promoted while the in-sync one may return"
     );
-    // Once the silent one is surely gone (its lease ran out), the other is the best left.
-    h.run(Duration::from_secs(4), &[&agents[2]]);
+    // Once the silent one is surely gone (its lease ran out), the other is the best left:
+    // an unclean promotion, said out loud.
+    let out = h.run(Duration::from_secs(4), &[&agents[2]]);
     let r = h.slot("db", 2).replica.unwrap();
     assert!(r.primary && r.epoch == 2, "{r:?}");
+    assert!(
+        out.iter().any(|c| matches!(c,
+            Command::Notice(Notice::Alarm(m)) if m.contains("not in the in-sync set"))),
+        "{out:?}"
+    );
 }
 
 #[test]
