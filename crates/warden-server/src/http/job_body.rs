@@ -243,6 +243,22 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_example_passes_the_servers_checks() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).expect("examples/") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let body = std::fs::read(&path).expect("read");
+                decode_job_spec(BodyFormat::Toml, &body, &JobLimits::default())
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "{seen} examples in {}", dir.display());
+    }
+
+    #[test]
     fn unknown_fields_are_told_apart() {
         let err = parse_job_spec(
             BodyFormat::Toml,
