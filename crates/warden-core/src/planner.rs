@@ -287,6 +287,9 @@ pub enum Action {
         epoch: FencingToken,
         /// The new role.
         replica: Replica,
+        /// A promotion of a standby outside the in-sync set (every in-sync replica was lost):
+        /// writes acknowledged at `standby` that only the lost replicas held are lost.
+        unclean: bool,
     },
     /// Cordon a flapping agent: no new work until it is released.
     Quarantine {
@@ -407,7 +410,7 @@ fn needs_stop(t: &TaskView, status: Copy) -> bool {
 /// the next state epoch: an in-sync standby that runs on a live agent; while an in-sync standby
 /// may yet come back (its agent is only suspected), nothing is promoted, since any other could
 /// lack writes acknowledged at `standby`; once every in-sync standby is surely gone too, the
-/// live standby with the lowest slot — an *unclean* promotion (op id `…:promote-unclean-…`):
+/// live standby with the lowest slot — an *unclean* promotion (`unclean` in the action):
 /// writes acknowledged at `standby` that only the lost replicas held are lost with them, the
 /// documented limit of that level (it survives the loss of the primary and of all standbys
 /// but one in-sync one). Returns the slot to leave alone this round.
@@ -470,13 +473,9 @@ fn promote<'a>(
         return if waiting { primary } else { None };
     };
     let task = TaskId::new(name.clone(), u32::try_from(i).unwrap_or(u32::MAX));
-    let how = if in_sync(t) {
-        "promote"
-    } else {
-        "promote-unclean"
-    };
     actions.push(Action::SetReplica {
-        op: OperationId(format!("{task}@{}:{how}-{}", t.epoch, epoch + 1)),
+        op: OperationId(format!("{task}@{}:promote-{}", t.epoch, epoch + 1)),
+        unclean: !in_sync(t),
         task,
         epoch: t.epoch,
         replica: Replica {

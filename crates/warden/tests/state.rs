@@ -17,21 +17,11 @@ fn start_cluster() -> Cluster {
     common::start_cluster("state")
 }
 
-/// The counter values the task acknowledged, in the order it printed them.
+/// The counter values slot 0 acknowledged on `agent`, in the order it printed them.
 fn acked(c: &Cluster, agent: &str, job: &str) -> Vec<u64> {
-    let log = c
-        .dir()
-        .join(agent)
-        .join("logs")
-        .join(format!("{job}.0.stdout.log"));
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("acked ")?
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("value=")?.parse().ok())
-        })
+    acked_on(c, agent, job, 0)
+        .into_iter()
+        .map(|(v, _)| v)
         .collect()
 }
 

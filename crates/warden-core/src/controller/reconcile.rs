@@ -355,9 +355,12 @@ impl Controller {
     fn applied_action(&mut self, action: Action, now: Time, out: &mut Vec<Command>) {
         match action {
             Action::SetReplica {
-                op, task, replica, ..
+                task,
+                replica,
+                unclean,
+                ..
             } => {
-                if op.0.contains(":promote-unclean-") {
+                if unclean {
                     let msg = format!(
                         "{task} promoted at state epoch {} although it is not in the in-sync set: \
                          every in-sync replica was lost, and writes acknowledged at standby that \

@@ -188,6 +188,10 @@ impl Controller {
             return;
         }
         self.last_replica_refresh = Some(now);
+        // Reports of replicas whose job keeps no standby now are no longer needed.
+        let desired = &self.desired;
+        self.state_seen
+            .retain(|t, _| desired.get(&t.job).is_some_and(|s| s.standbys() > 0));
         let jobs: Vec<JobName> = self
             .desired
             .iter()
@@ -381,6 +385,7 @@ impl Controller {
             let t = task(sw.target.0);
             actions.push(Action::SetReplica {
                 op: OperationId(format!("{t}@{}:switchover-{}", sw.target.1, epoch + 1)),
+                unclean: false,
                 task: t,
                 epoch: sw.target.1,
                 replica: Replica {
@@ -420,6 +425,7 @@ impl Controller {
             }
             actions.push(Action::SetReplica {
                 op: OperationId(format!("{task}@{copy}:in-sync-{epoch}")),
+                unclean: false,
                 task,
                 epoch: copy,
                 replica: Replica {
