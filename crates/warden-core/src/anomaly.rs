@@ -18,9 +18,12 @@
 //! turning a tiny wobble into an infinite z-score. Only the harmful direction counts (CPU going
 //! up, task success going down), chosen by [`Direction`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, check_range};
+use crate::tail::{TailConfig, TailDetector, TailObservation};
 use crate::types::SignalKind;
 
 /// Which deviations count as anomalous.
@@ -50,10 +53,28 @@ impl Direction {
     }
 }
 
-/// Settings of an [`AnomalyDetector`].
+/// Which anomaly detector watches the signals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    /// The calibrated detector ([`crate::tail`]): tail probabilities against each signal's
+    /// own history, seasons found from the data, one alarm per episode.
+    #[default]
+    Tail,
+    /// The EWMA z-score detector of this module (kept for comparison).
+    Ewma,
+}
+
+/// Settings of the signals' anomaly detection: which detector, and the settings of each.
+/// The EWMA detector's settings sit at the top level (as before the calibrated detector
+/// existed), the calibrated one's under `tail`, with per-signal overrides under
+/// `signals.<name>` (`cpu`, `memory`, `error_rate`, `latency`, `task_success`, `restarts`,
+/// `pressure`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnomalyConfig {
+    /// `tail` (default) or `ewma`.
+    pub detector: DetectorKind,
     /// EWMA smoothing factor in (0, 1]; larger follows changes faster (default 0.05, about a
     /// 20-sample memory).
     pub alpha: f64,
@@ -67,6 +88,10 @@ pub struct AnomalyConfig {
     pub n: u32,
     /// Winsorizing bound, in standard deviations, for baseline updates (default 3).
     pub clip: f64,
+    /// Settings of the calibrated detector, for every signal without its own.
+    pub tail: TailConfig,
+    /// Settings of the calibrated detector for one signal, by signal name.
+    pub signals: BTreeMap<String, TailConfig>,
 }
 
 impl Default for AnomalyConfig {
@@ -78,6 +103,9 @@ impl Default for AnomalyConfig {
             k: 3,
             n: 5,
             clip: 3.0,
+            detector: DetectorKind::Tail,
+            tail: TailConfig::default(),
+            signals: BTreeMap::new(),
         }
     }
 }
@@ -99,7 +127,23 @@ impl AnomalyConfig {
                 "must be between 1 and anomaly.n",
             ));
         }
+        self.tail.validate("anomaly.tail")?;
+        for (name, cfg) in &self.signals {
+            if !SignalKind::ALL.iter().any(|k| k.as_str() == name) {
+                let known: Vec<&str> = SignalKind::ALL.iter().map(|k| k.as_str()).collect();
+                return Err(ConfigError::new(
+                    format!("anomaly.signals.{name}"),
+                    format!("is not a signal; the signals are {}", known.join(", ")),
+                ));
+            }
+            cfg.validate(&format!("anomaly.signals.{name}"))?;
+        }
         Ok(())
+    }
+
+    /// The calibrated detector's settings for `kind`.
+    pub fn tail_for(&self, kind: SignalKind) -> &TailConfig {
+        self.signals.get(kind.as_str()).unwrap_or(&self.tail)
     }
 
     /// The default σ floor for a signal kind, in its own unit.
@@ -119,7 +163,8 @@ impl AnomalyConfig {
 /// The outcome of one observation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Observation {
-    /// z-score of the sample against the baseline before it (0 during warm-up).
+    /// z-score of the sample against the baseline before it (computed during warm-up too,
+    /// when the baseline means little; 0 for the first sample and a non-finite one).
     pub z: f64,
     /// Whether this sample exceeded the threshold in the harmful direction.
     pub exceeded: bool,
@@ -240,6 +285,50 @@ impl AnomalyDetector {
             exceeded,
             anomalous: self.anomalous,
             changed: before != self.anomalous,
+        }
+    }
+}
+
+/// The anomaly detector of one signal, as [`AnomalyConfig::detector`] chose it.
+#[derive(Clone, Debug)]
+pub enum SignalDetector {
+    /// The calibrated detector (boxed: about 3 KiB).
+    Tail(Box<TailDetector>),
+    /// The EWMA z-score detector.
+    Ewma(AnomalyDetector),
+}
+
+impl SignalDetector {
+    /// The detector for signal `kind`, in its harmful direction.
+    pub fn for_signal(cfg: &AnomalyConfig, kind: SignalKind) -> SignalDetector {
+        match cfg.detector {
+            DetectorKind::Tail => SignalDetector::Tail(Box::new(TailDetector::with_floor(
+                cfg.tail_for(kind).clone(),
+                Direction::harmful(kind),
+                AnomalyConfig::min_std(kind),
+            ))),
+            DetectorKind::Ewma => {
+                SignalDetector::Ewma(AnomalyDetector::for_signal(cfg.clone(), kind))
+            }
+        }
+    }
+
+    /// Feed the value `x` seen at `at_secs` (seconds on any clock); returns the verdict.
+    pub fn observe(&mut self, at_secs: f64, x: f64) -> bool {
+        match self {
+            SignalDetector::Tail(d) => {
+                let TailObservation { anomalous, .. } = d.observe(at_secs, x);
+                anomalous
+            }
+            SignalDetector::Ewma(d) => d.observe(x).anomalous,
+        }
+    }
+
+    /// The current verdict.
+    pub fn is_anomalous(&self) -> bool {
+        match self {
+            SignalDetector::Tail(d) => d.is_anomalous(),
+            SignalDetector::Ewma(d) => d.is_anomalous(),
         }
     }
 }

@@ -5,8 +5,9 @@
 //! - [`health`]: the multi-signal health score (0–100) of an agent;
 //! - [`detector`]: liveness detectors over heartbeat arrivals (fixed timeout, phi accrual,
 //!   two-window);
-//! - [`anomaly`]: adaptive anomaly detection on signals (EWMA z-score with warm-up, outlier
-//!   clipping and k-of-n hysteresis);
+//! - [`anomaly`] and [`tail`]: anomaly detection on signals — the calibrated detector (tail
+//!   probabilities of novelty and residual statistics against each signal's own history) and
+//!   the EWMA z-score detector; [`nab`] scores them the way the Numenta Anomaly Benchmark does;
 //! - [`lifecycle`]: the agent lifecycle state machine, flap damping and the mass-failure brake;
 //! - [`fencing`]: when a singleton's replacement may start;
 //! - [`placement`]: which agent gets which task;
@@ -50,6 +51,7 @@ pub mod fencing;
 pub mod hash;
 pub mod health;
 pub mod lifecycle;
+pub mod nab;
 pub mod placement;
 pub mod planner;
 pub mod qos;
@@ -57,6 +59,7 @@ pub mod recovery;
 pub mod rng;
 pub mod sim;
 pub mod state;
+pub mod tail;
 pub mod time;
 pub mod trace;
 pub mod types;

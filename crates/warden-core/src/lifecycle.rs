@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::FxHashMap;
 
-use crate::anomaly::{AnomalyConfig, AnomalyDetector};
+use crate::anomaly::{AnomalyConfig, SignalDetector};
 use crate::detector::{Detector, DetectorConfig, LivenessDetector};
 use crate::duration_serde;
 use crate::error::{ConfigError, check_range};
@@ -619,7 +619,7 @@ pub struct AgentRecord {
 #[derive(Clone, Debug)]
 struct Live {
     detector: Detector,
-    anomalies: [AnomalyDetector; SignalKind::ALL.len()],
+    anomalies: [SignalDetector; SignalKind::ALL.len()],
 }
 
 impl AgentRecord {
@@ -629,8 +629,7 @@ impl AgentRecord {
             phase: Phase::Joining { since: now },
             live: Some(Box::new(Live {
                 detector: cfg.detector.build(),
-                anomalies: SignalKind::ALL
-                    .map(|k| AnomalyDetector::for_signal(cfg.anomaly.clone(), k)),
+                anomalies: SignalKind::ALL.map(|k| SignalDetector::for_signal(&cfg.anomaly, k)),
             })),
             ended_suspicion: 0.0,
             last_seq: 0,
@@ -974,7 +973,7 @@ impl Fleet {
                 let anomalies = rec.live.iter_mut().flat_map(|l| l.anomalies.iter_mut());
                 for (kind, det) in SignalKind::ALL.into_iter().zip(anomalies) {
                     if let Some(v) = signals.get(kind) {
-                        det.observe(v);
+                        det.observe(now.as_secs_f64(), v);
                     }
                 }
                 match state {

@@ -10,6 +10,28 @@ use warden_core::trace::TraceConfig;
 /// `warden bench …`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Score the signal anomaly detectors on labelled series in the Numenta Anomaly
+    /// Benchmark's layout (DIR/<category>/<series>.csv plus a window file), with NAB's
+    /// scoring: probationary period, scaled-sigmoid windows, first detection per window, one
+    /// threshold for the whole corpus, normalised against the null and perfect detectors,
+    /// three profiles. Prints each detector's scores, windows hit and false alarms by
+    /// category, and its cost (ns per sample, bytes per signal).
+    Anomaly {
+        /// The series: DIR/<category>/<series>.csv, each `timestamp,value`.
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// The labelled windows: {"category/series.csv": [["start", "end"], ...], ...}.
+        #[arg(long)]
+        windows: std::path::PathBuf,
+        /// `all`, `tail` (the calibrated detector, alarm level 0.005), `tail-health` (its
+        /// health-model defaults), `ewma` (the z-score detector) or `windowed-gaussian`
+        /// (NAB's baseline).
+        #[arg(long, default_value = "all")]
+        detector: String,
+        /// Also list every series.
+        #[arg(long)]
+        per_series: bool,
+    },
     /// Compare the liveness detectors on seeded heartbeat traces (lossy, bursty, heavy-tailed,
     /// GC pauses): detection time, mistakes, query accuracy, confusion matrix.
     Detectors {
@@ -234,6 +256,12 @@ pub enum FaultArg {
 /// Run a benchmark.
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Anomaly {
+            data,
+            windows,
+            detector,
+            per_series,
+        } => crate::bench_anomaly::bench(data, windows, detector, *per_series),
         BenchCommand::Detectors { traces, seed } => {
             let detectors = [
                 DetectorConfig::PhiAccrual(PhiConfig::default()),

@@ -16,6 +16,7 @@ use warden_agent::shim::{self, ShimArgs, protocol::EXIT_SHIM_FAILED};
 
 mod agent_cmd;
 mod bench;
+mod bench_anomaly;
 mod bench_redis;
 mod bench_sessions;
 mod bench_state;

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::anomaly::DetectorKind;
 
 const HB: u64 = 500;
 
@@ -119,34 +120,56 @@ fn bad_signals_degrade_and_recovery_needs_the_margin() {
 
 #[test]
 fn an_anomalous_signal_degrades_even_with_a_good_score() {
-    let mut f = fleet();
-    healthy_agent(&mut f, "a", 1_000);
-    let mut t = 1_000;
-    for i in 0..60 {
-        t += 10;
-        let s = Signals {
-            latency_ms: Some(20.0 + f64::from(i % 3)),
-            ..Signals::default()
-        };
-        assert!(transitions(&f.step(&id("a"), AgentEvent::Signals(s), ms(t))).is_empty());
+    for detector in [DetectorKind::Tail, DetectorKind::Ewma] {
+        let mut cfg = LifecycleConfig::default();
+        cfg.anomaly.detector = detector;
+        let mut f = Fleet::new(cfg).unwrap();
+        healthy_agent(&mut f, "a", 1_000);
+        let mut t = 1_000;
+        // Past either detector's warm-up.
+        for i in 0..150 {
+            t += 10;
+            let s = Signals {
+                latency_ms: Some(20.0 + f64::from(i % 3)),
+                ..Signals::default()
+            };
+            let out = f.step(&id("a"), AgentEvent::Signals(s), ms(t));
+            assert!(transitions(&out).is_empty(), "{detector:?} at {i}: {out:?}");
+        }
+        let mut seen = vec![];
+        for _ in 0..3 {
+            t += 10;
+            // 200 ms is still a perfect score but far outside this agent's normal.
+            let s = Signals {
+                latency_ms: Some(200.0),
+                ..Signals::default()
+            };
+            let out = f.step(&id("a"), AgentEvent::Signals(s), ms(t));
+            seen.extend(causes(&out));
+        }
+        assert_eq!(
+            seen,
+            vec![Cause::Anomaly {
+                signal: SignalKind::Latency
+            }],
+            "{detector:?}"
+        );
     }
-    let mut seen = vec![];
-    for _ in 0..3 {
-        t += 10;
-        // 200 ms is still a perfect score but far outside this agent's normal.
-        let s = Signals {
-            latency_ms: Some(200.0),
-            ..Signals::default()
-        };
-        let out = f.step(&id("a"), AgentEvent::Signals(s), ms(t));
-        seen.extend(causes(&out));
-    }
-    assert_eq!(
-        seen,
-        vec![Cause::Anomaly {
-            signal: SignalKind::Latency
-        }]
-    );
+}
+
+#[test]
+fn anomaly_settings_per_signal_are_checked_by_name() {
+    let mut cfg = LifecycleConfig::default();
+    cfg.anomaly
+        .signals
+        .insert("latency".into(), crate::tail::TailConfig::default());
+    assert!(cfg.validate().is_ok());
+    cfg.anomaly
+        .signals
+        .insert("latncy".into(), crate::tail::TailConfig::default());
+    let e = cfg.validate().unwrap_err();
+    assert_eq!(e.field, "anomaly.signals.latncy");
+    assert!(e.reason.contains("error_rate"), "{e:?}");
 }
 
 #[test]

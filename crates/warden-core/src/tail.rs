@@ -1,0 +1,717 @@
+//! The calibrated anomaly detector on one signal: "how unusual is this value, as a
+//! probability against this signal's own history?"
+//!
+//! The EWMA z-score detector ([`crate::anomaly`]) compares a raw z with a fixed threshold.
+//! Real metrics break that: their residuals are far heavier-tailed than a Gaussian (a z that
+//! is rare on one series is daily on another), many follow a daily or weekly cycle, a single
+//! spike is what matters on some and noise on others, and a level shift is absorbed into the
+//! baseline before it alarms. This detector keeps, per signal, in [`TailDetector::BYTES`]
+//! bytes and O(1) per sample, four *surprise statistics*:
+//!
+//! - **value novelty**: how rarely values like this one were seen (a grid of 16 bins over
+//!   the range seen, counts decayed with a half-life of [`TailConfig::memory`] samples);
+//!   a value outside everything seen is as novel as can be — the fast path for a spike, a
+//!   level shift, a flat line at a new level;
+//! - **phase novelty**: how rarely values like this one were seen *at this time of day* (the
+//!   same grid per two-hour phase): a value normal at noon is news at midnight;
+//! - **a forecast residual**: a slow level plus a seasonal profile for each candidate period
+//!   (a day in 48 bins, a week in 168), the period *found from the data* — each candidate's
+//!   one-step forecast error is tracked and the smallest wins (none until a profile has seen
+//!   two whole periods). The residual, scaled by its mean absolute deviation, feeds a
+//!   two-sided **CUSUM** (a level shift or slow drift accumulates until it stands out) and a
+//!   short average (a burst of moderate surprises);
+//! - **calibration**: each statistic's own distribution over the recent past (a decayed
+//!   histogram on a log scale), so a value's score is its *tail probability* against this
+//!   signal's history, not a raw z. `p` is the smallest of the four tails times four
+//!   (Bonferroni); the score is `1 − p`.
+//!
+//! **Episodes**: the verdict turns anomalous when `p` falls below [`TailConfig::alarm`]; it
+//! clears when `p` is back above ten times that and the recent residual is back within three
+//! scales of the forecast (a lasting shift holds the verdict until the forecast, moving by
+//! clipped steps, has made it the new normal). After a verdict rises, a quiet period of
+//! [`TailConfig::quiet`] samples raises no new one and scores 0: one alarm per episode.
+//!
+//! Measured on the Numenta Anomaly Benchmark with `warden bench anomaly` (see
+//! `docs/detectors.md` for the figures, and how they were reached).
+
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::Direction;
+use crate::error::{ConfigError, check_range};
+
+/// Settings of a [`TailDetector`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    /// Smoothing of the forecast's level and of the residual's scale (default 0.01: about
+    /// 100 samples).
+    pub alpha: f64,
+    /// Smoothing of a seasonal bin at each visit (default 0.1).
+    pub season_alpha: f64,
+    /// CUSUM allowance, in scaled residuals (default 1.0).
+    pub cusum_k: f64,
+    /// Half-life of the value counts and of the calibration, in samples (default 2000).
+    pub memory: u32,
+    /// Samples before any verdict (default 100).
+    pub warmup: u32,
+    /// Tail probability below which the verdict turns anomalous (default 0.0001: below the
+    /// calibration's floor, so only a surprise beyond the signal's recent history raises
+    /// it; 0.005 scores best on NAB's 5-minute series, but on signals sampled twice a second
+    /// it would raise a verdict about every few minutes per signal).
+    pub alarm: f64,
+    /// Samples after an alarm during which no new one is raised (default 150).
+    pub quiet: u32,
+    /// Smallest deviation from the forecast, in scales (the residual's mean absolute
+    /// deviation, floored per signal), that may raise the verdict (default 3): a surprise
+    /// must also be material. The first error an agent ever reports is news to the
+    /// calibration, but one error in a hundred requests is not a reason to stop sending it
+    /// work. 0 lets the tail probability alone decide.
+    pub min_z: f64,
+    /// Consecutive surprising samples that raise the verdict (default 2: a signal sampled
+    /// twice a second confirms within a second; 1 raises on a single extreme sample).
+    pub confirm: u32,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        TailConfig {
+            alpha: 0.01,
+            season_alpha: 0.1,
+            cusum_k: 1.0,
+            memory: 2_000,
+            warmup: 100,
+            alarm: 0.000_1,
+            quiet: 150,
+            min_z: 3.0,
+            confirm: 2,
+        }
+    }
+}
+
+impl TailConfig {
+    /// Reject impossible settings, naming the field under `prefix` (e.g. `anomaly.tail`).
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let named = |e: ConfigError| ConfigError::new(format!("{prefix}.{}", e.field), e.reason);
+        check_range("alpha", self.alpha, 1e-5, 1.0).map_err(named)?;
+        check_range("season_alpha", self.season_alpha, 1e-4, 1.0).map_err(named)?;
+        check_range("cusum_k", self.cusum_k, 0.0, 100.0).map_err(named)?;
+        check_range("alarm", self.alarm, 1e-9, 0.05).map_err(named)?;
+        check_range("min_z", self.min_z, 0.0, 1_000.0).map_err(named)?;
+        if self.confirm == 0 || self.confirm > 100 {
+            return Err(ConfigError::new(
+                format!("{prefix}.confirm"),
+                "must be between 1 and 100 samples",
+            ));
+        }
+        if self.memory < 10 {
+            return Err(ConfigError::new(
+                format!("{prefix}.memory"),
+                "must be at least 10 samples",
+            ));
+        }
+        Ok(())
+    }
+}
+
+const DAY: f64 = 86_400.0;
+const WEEK: f64 = 7.0 * DAY;
+const DAY_BINS: usize = 48;
+const WEEK_BINS: usize = 168;
+/// Histogram bins: statistic `s` falls in bin `⌊8·log2(1 + s)⌋`, the last one open-ended.
+const HIST_BINS: usize = 64;
+/// Surprise statistics: value novelty, phase novelty, CUSUM, short average of the residual.
+const STATS: usize = 4;
+/// A raised verdict holds while the short average of the scaled residual stays above this
+/// (the value is still far from what the forecast expected before the episode).
+const HOLD_Z: f64 = 3.0;
+/// Largest CUSUM value kept.
+const CUSUM_CAP: f64 = 1_000.0;
+/// Bins of the value grid.
+const GRID: usize = 16;
+/// Phases of a day in the phase × value grid.
+const PHASES: usize = 12;
+
+/// A decayed histogram of a non-negative statistic on a log scale: its tail probability.
+#[derive(Clone, Debug)]
+struct Tail {
+    bins: [f32; HIST_BINS],
+    total: f32,
+}
+
+impl Tail {
+    fn new() -> Tail {
+        Tail {
+            bins: [0.0; HIST_BINS],
+            total: 0.0,
+        }
+    }
+
+    fn bin(s: f64) -> (usize, f64) {
+        let b = 8.0 * (1.0 + s.max(0.0)).log2();
+        let i = b.floor();
+        if i >= (HIST_BINS - 1) as f64 {
+            (HIST_BINS - 1, 0.0)
+        } else {
+            (i as usize, b - i)
+        }
+    }
+
+    /// P(S ≥ s) over what was added, with the bin of `s` counted by the part at or above
+    /// `s` (linear within the bin), and one pseudo-observation at `s` itself. Beyond the
+    /// highest value seen the pseudo-observation's weight falls by e for every quarter of a
+    /// doubling (a power-law tail), so the rarest values still rank by size.
+    fn p(&self, s: f64) -> f64 {
+        let (i, frac) = Tail::bin(s);
+        let above: f32 = self.bins[i + 1..].iter().sum();
+        let within = f64::from(self.bins[i]) * (1.0 - frac);
+        let top = self.bins.iter().rposition(|b| *b > 0.01).unwrap_or(0);
+        let pseudo = if i > top || (i == top && within + f64::from(above) < 0.01) {
+            let beyond = (i as f64 + frac) - (top + 1) as f64;
+            (-beyond.max(0.0) / 2.0).exp()
+        } else {
+            1.0
+        };
+        (f64::from(above) + within + pseudo) / (f64::from(self.total) + 1.0)
+    }
+
+    fn add(&mut self, s: f64, decay: f32) {
+        for b in &mut self.bins {
+            *b *= decay;
+        }
+        self.total *= decay;
+        self.bins[Tail::bin(s).0] += 1.0;
+        self.total += 1.0;
+    }
+}
+
+/// One seasonal candidate: a profile of offsets from the level by phase, and its error.
+#[derive(Clone, Debug)]
+struct Season<const N: usize> {
+    /// Offset by phase bin; NaN for a bin never visited.
+    offsets: [f32; N],
+    /// Mean absolute one-step forecast error with this profile.
+    error: f64,
+    /// When the profile started (seconds): usable after two periods.
+    since: Option<f64>,
+}
+
+impl<const N: usize> Season<N> {
+    fn new() -> Self {
+        Season {
+            offsets: [f32::NAN; N],
+            error: 0.0,
+            since: None,
+        }
+    }
+
+    fn bin(at: f64, period: f64) -> usize {
+        ((at.rem_euclid(period) / period * N as f64) as usize).min(N - 1)
+    }
+
+    fn offset(&self, at: f64, period: f64) -> f64 {
+        let o = self.offsets[Self::bin(at, period)];
+        if o.is_nan() { 0.0 } else { f64::from(o) }
+    }
+
+    fn ready(&self, at: f64, period: f64) -> bool {
+        self.since.is_some_and(|s| at - s >= 2.0 * period)
+    }
+
+    fn learn(&mut self, at: f64, period: f64, offset: f64, alpha: f64) {
+        self.since.get_or_insert(at);
+        let o = &mut self.offsets[Self::bin(at, period)];
+        *o = if o.is_nan() {
+            offset as f32
+        } else {
+            (f64::from(*o) + alpha * (offset - f64::from(*o))) as f32
+        };
+    }
+}
+
+fn phase(at: f64) -> usize {
+    ((at.rem_euclid(DAY) / DAY * PHASES as f64) as usize).min(PHASES - 1)
+}
+
+/// How often values were seen, overall and by phase of the day, on a grid over the range
+/// seen.
+#[derive(Clone, Debug)]
+struct Grid {
+    lo: f64,
+    hi: f64,
+    values: [f32; GRID],
+    phased: [[f32; GRID]; PHASES],
+    total: f32,
+}
+
+impl Grid {
+    fn new() -> Grid {
+        Grid {
+            lo: 0.0,
+            hi: 0.0,
+            values: [0.0; GRID],
+            phased: [[0.0; GRID]; PHASES],
+            total: 0.0,
+        }
+    }
+
+    fn bin(&self, x: f64) -> usize {
+        if self.hi <= self.lo {
+            return 0;
+        }
+        (((x - self.lo) / (self.hi - self.lo) * GRID as f64) as usize).min(GRID - 1)
+    }
+
+    /// Widen the range to hold `x` (with a margin), moving the counts to the new bins.
+    fn widen(&mut self, x: f64) {
+        if self.total == 0.0 {
+            (self.lo, self.hi) = (x, x);
+            return;
+        }
+        if x >= self.lo && x <= self.hi && self.hi > self.lo {
+            return;
+        }
+        let (old_lo, old_hi) = (self.lo, self.hi);
+        let span = (old_hi - old_lo).max(x.abs() * 1e-6).max(1e-12);
+        let (lo, hi) = if x < old_lo {
+            (x - 0.1 * span, old_hi)
+        } else if x > old_hi {
+            (old_lo, x + 0.1 * span)
+        } else {
+            (old_lo - 0.5 * span, old_hi + 0.5 * span) // a flat history: open it up
+        };
+        let centre = |i: usize| old_lo + (i as f64 + 0.5) / GRID as f64 * (old_hi - old_lo);
+        let map: [usize; GRID] = std::array::from_fn(|i| {
+            (((centre(i) - lo) / (hi - lo) * GRID as f64) as usize).min(GRID - 1)
+        });
+        let mut values = [0.0; GRID];
+        let mut phased = [[0.0; GRID]; PHASES];
+        for (i, &to) in map.iter().enumerate() {
+            values[to] += self.values[i];
+            for (new, old) in phased.iter_mut().zip(&self.phased) {
+                new[to] += old[i];
+            }
+        }
+        self.values = values;
+        self.phased = phased;
+        (self.lo, self.hi) = (lo, hi);
+    }
+
+    /// (value novelty, phase novelty) of `x` at `at`: −ln of the smoothed frequency of its
+    /// bin, overall and at its phase; a value outside the range seen counts as never seen.
+    fn novelty(&self, x: f64, at: f64) -> (f64, f64) {
+        if self.total == 0.0 {
+            return (0.0, 0.0);
+        }
+        let outside = x < self.lo || x > self.hi;
+        let b = self.bin(x);
+        let count = |c: f32| if outside { 0.0 } else { f64::from(c) };
+        let novelty = |c: f64, total: f64| -((c + 0.5) / (total + 0.5 * GRID as f64)).ln();
+        let row = &self.phased[phase(at)];
+        (
+            novelty(count(self.values[b]), f64::from(self.total)),
+            novelty(count(row[b]), f64::from(row.iter().sum::<f32>())),
+        )
+    }
+
+    fn learn(&mut self, x: f64, at: f64, decay: f32) {
+        self.widen(x);
+        for v in &mut self.values {
+            *v *= decay;
+        }
+        for row in &mut self.phased {
+            for c in row.iter_mut() {
+                *c *= decay;
+            }
+        }
+        self.total *= decay;
+        let b = self.bin(x);
+        self.values[b] += 1.0;
+        self.phased[phase(at)][b] += 1.0;
+        self.total += 1.0;
+    }
+}
+
+/// The outcome of one observation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TailObservation {
+    /// `1 − p`, in [0, 1]; 0 during warm-up and during a quiet period after an alarm.
+    pub score: f64,
+    /// The tail probability of this sample's surprise (1 during warm-up).
+    pub p: f64,
+    /// The residual against the forecast, in units of its scale.
+    pub z: f64,
+    /// The verdict after this sample.
+    pub anomalous: bool,
+    /// Whether the verdict changed with this sample.
+    pub changed: bool,
+}
+
+/// The calibrated anomaly detector (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct TailDetector {
+    cfg: TailConfig,
+    direction: Direction,
+    /// Floor of the residual's scale, in the signal's unit.
+    min_scale: f64,
+    decay: f32,
+    count: u32,
+    level: f64,
+    /// Mean absolute residual of the forecast used.
+    scale: f64,
+    /// Mean absolute residual without a season.
+    flat_error: f64,
+    day: Season<DAY_BINS>,
+    week: Season<WEEK_BINS>,
+    up: f64,
+    down: f64,
+    /// Short average of the (directional) scaled residual.
+    short: f64,
+    grid: Grid,
+    tails: [Tail; STATS],
+    quiet_left: u32,
+    /// Surprising samples in a row.
+    streak: u32,
+    /// A surprising sample's statistics, not yet in the histories.
+    held: Option<[f64; STATS]>,
+    anomalous: bool,
+}
+
+impl TailDetector {
+    /// Bytes a detector takes (all inline: no heap).
+    pub const BYTES: usize = std::mem::size_of::<TailDetector>();
+
+    /// A detector whose harmful deviations go `direction`.
+    pub fn new(cfg: TailConfig, direction: Direction) -> TailDetector {
+        Self::with_floor(cfg, direction, 0.0)
+    }
+
+    /// Like [`TailDetector::new`], with the residual's scale floored at `min_scale` (in the
+    /// signal's unit): on a signal that is almost always the same value (an error rate of
+    /// 0), a raw scale near 0 would make every small wobble look extreme.
+    pub fn with_floor(cfg: TailConfig, direction: Direction, min_scale: f64) -> TailDetector {
+        let decay = 0.5f64.powf(1.0 / f64::from(cfg.memory.max(1))) as f32;
+        TailDetector {
+            cfg,
+            direction,
+            min_scale: min_scale.max(0.0),
+            decay,
+            count: 0,
+            level: 0.0,
+            scale: 0.0,
+            flat_error: 0.0,
+            day: Season::new(),
+            week: Season::new(),
+            up: 0.0,
+            down: 0.0,
+            short: 0.0,
+            grid: Grid::new(),
+            tails: std::array::from_fn(|_| Tail::new()),
+            quiet_left: 0,
+            streak: 0,
+            held: None,
+            anomalous: false,
+        }
+    }
+
+    /// The current verdict.
+    pub fn is_anomalous(&self) -> bool {
+        self.anomalous
+    }
+
+    /// The forecast's seasonal offset at `at`: the candidate period with the smallest error
+    /// (none while no profile has seen two periods).
+    fn seasonal(&self, at: f64) -> f64 {
+        let mut best = (self.flat_error, 0.0);
+        if self.day.ready(at, DAY) && self.day.error < best.0 {
+            best = (self.day.error, self.day.offset(at, DAY));
+        }
+        if self.week.ready(at, WEEK) && self.week.error < best.0 {
+            best = (self.week.error, self.week.offset(at, WEEK));
+        }
+        best.1
+    }
+
+    /// Feed the sample `x` taken at `at` seconds (any epoch: only differences and the phase
+    /// within a day and a week matter). Non-finite samples are ignored.
+    pub fn observe(&mut self, at: f64, x: f64) -> TailObservation {
+        let nothing = |anomalous| TailObservation {
+            score: 0.0,
+            p: 1.0,
+            z: 0.0,
+            anomalous,
+            changed: false,
+        };
+        if !x.is_finite() || !at.is_finite() {
+            return nothing(self.anomalous);
+        }
+        if self.count == 0 {
+            self.level = x;
+            self.count = 1;
+            self.grid.learn(x, at, self.decay);
+            return nothing(false);
+        }
+        let offset = self.seasonal(at);
+        let predicted = self.level + offset;
+        let residual = x - predicted;
+        let scale = self
+            .scale
+            .max(self.min_scale)
+            .max(1e-9 * (1.0 + self.level.abs()));
+        let z = residual / (1.253_314 * scale);
+        // The CUSUM starts once the scale means something (before, z is meaningless), and is
+        // capped so that it can come down again.
+        let warm = self.count >= self.cfg.warmup;
+        if warm {
+            let k = self.cfg.cusum_k;
+            self.up = (self.up + z - k).clamp(0.0, CUSUM_CAP);
+            self.down = (self.down - z - k).clamp(0.0, CUSUM_CAP);
+        }
+        let (harmful, dir, cusum) = match self.direction {
+            Direction::Above => (residual > 0.0, z.max(0.0), self.up),
+            Direction::Below => (residual < 0.0, (-z).max(0.0), self.down),
+            Direction::Both => (true, z.abs(), self.up.max(self.down)),
+        };
+        self.short += 0.25 * (dir - self.short);
+        let (value, phased) = self.grid.novelty(x, at);
+        // Novelty in the harmless direction is no news.
+        let novel = |n: f64| if harmful { n } else { 0.0 };
+        let stats = [novel(value), novel(phased), cusum, self.short];
+        // Scored once the statistics' histories hold half a warm-up's worth.
+        let scored = self.count >= self.cfg.warmup + self.cfg.warmup / 2;
+        let p = if scored {
+            let least = self
+                .tails
+                .iter()
+                .zip(stats)
+                .map(|(t, s)| t.p(s))
+                .fold(1.0f64, f64::min);
+            (least * STATS as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let surprising = p < self.cfg.alarm && dir >= self.cfg.min_z;
+        // The statistics' histories start once the scale means something. A surprise that
+        // may start a verdict is held back until the next sample: that one is judged against
+        // the same history, so a lasting surprise can confirm itself (`confirm = 2`), and
+        // a lone one joins the history after all.
+        if warm {
+            let hold = surprising && self.cfg.confirm > 1 && self.held.is_none();
+            if let Some(h) = self.held.take() {
+                self.remember(h);
+            }
+            if hold {
+                self.held = Some(stats);
+            } else {
+                self.remember(stats);
+            }
+        }
+        self.learn(at, x, residual, scale, warm);
+
+        // Episodes: one alarm, then a quiet period; the verdict lasts while the surprise does.
+        let before = self.anomalous;
+        let mut score = 1.0 - p;
+        if self.quiet_left > 0 {
+            self.quiet_left -= 1;
+            score = 0.0;
+        }
+        self.streak = if surprising { self.streak + 1 } else { 0 };
+        if !self.anomalous && self.streak >= self.cfg.confirm && self.quiet_left == 0 {
+            self.anomalous = true;
+            self.quiet_left = self.cfg.quiet;
+            score = 1.0 - p;
+        } else if self.anomalous && p >= (10.0 * self.cfg.alarm).min(0.5) && self.short < HOLD_Z {
+            self.anomalous = false;
+        }
+        TailObservation {
+            score,
+            p,
+            z,
+            anomalous: self.anomalous,
+            changed: before != self.anomalous,
+        }
+    }
+
+    fn remember(&mut self, stats: [f64; STATS]) {
+        for (t, s) in self.tails.iter_mut().zip(stats) {
+            t.add(s, self.decay);
+        }
+    }
+
+    /// Learn from a sample: the level follows the deseasonalised value (a clipped step once
+    /// warm), the seasons their offsets, each candidate its forecast error, the grid the value.
+    fn learn(&mut self, at: f64, x: f64, residual: f64, scale: f64, warmed: bool) {
+        let a = self.cfg.alpha.max(1.0 / f64::from(self.count + 1));
+        let flat = x - self.level;
+        let day = flat - self.day.offset(at, DAY);
+        let week = flat - self.week.offset(at, WEEK);
+        self.flat_error += a * (flat.abs() - self.flat_error);
+        self.day.error += a * (day.abs() - self.day.error);
+        self.week.error += a * (week.abs() - self.week.error);
+        let bound = 4.0 * 1.253_314 * scale;
+        let (step, spread) = if warmed {
+            (residual.clamp(-bound, bound), residual.abs().min(bound))
+        } else {
+            (residual, residual.abs())
+        };
+        self.scale += a * (spread - self.scale);
+        self.level += a * step;
+        let sa = self.cfg.season_alpha;
+        self.day.learn(at, DAY, x - self.level, sa);
+        self.week.learn(at, WEEK, x - self.level, sa);
+        self.grid.learn(x, at, self.decay);
+        self.count = self.count.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The default alarm level: only values beyond the history raise it, so that clean
+    /// noise raises none.
+    fn det(direction: Direction) -> TailDetector {
+        TailDetector::new(TailConfig::default(), direction)
+    }
+
+    /// One extreme sample is enough (`confirm = 1`).
+    fn fast(direction: Direction) -> TailDetector {
+        let cfg = TailConfig {
+            confirm: 1,
+            ..TailConfig::default()
+        };
+        TailDetector::new(cfg, direction)
+    }
+
+    fn noise(i: u32) -> f64 {
+        // A deterministic, irregular wobble in [-1, 1].
+        let x = (f64::from(i) * 12.9898).sin() * 43_758.545;
+        2.0 * (x - x.floor()) - 1.0
+    }
+
+    fn at(i: u32) -> f64 {
+        f64::from(i) * 300.0
+    }
+
+    #[test]
+    fn a_spike_scores_near_one_and_raises_the_verdict_once() {
+        // By default one sample is not enough; two in a row are.
+        let mut d = det(Direction::Both);
+        for i in 0..1_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        let mut e = d.clone();
+        assert!(!d.observe(at(1_000), 130.0).anomalous);
+        assert!(d.observe(at(1_001), 130.0).anomalous);
+        // A lone spike joins the history: the same value again later is less of a surprise.
+        assert!(!e.observe(at(1_000), 130.0).anomalous);
+        assert!(!e.observe(at(1_001), 100.0).anomalous);
+        let again = e.observe(at(1_002), 130.0);
+        assert!(again.p > 1e-4, "{again:?}");
+        // With confirm = 1, the spike alone.
+        let mut d = fast(Direction::Both);
+        for i in 0..1_000 {
+            let o = d.observe(at(i), 100.0 + noise(i));
+            assert!(!o.anomalous, "false alarm at {i}: {o:?}");
+        }
+        let o = d.observe(at(1_000), 130.0);
+        assert!(o.score > 0.999, "{o:?}");
+        assert!(o.anomalous && o.changed);
+        // Back to normal: the verdict clears; the quiet period scores nothing new.
+        let mut cleared = false;
+        for i in 1_001..1_100 {
+            let o = d.observe(at(i), 100.0 + noise(i));
+            assert_eq!(o.score, 0.0, "{o:?}");
+            cleared |= !o.anomalous;
+        }
+        assert!(cleared);
+    }
+
+    #[test]
+    fn the_harmless_direction_raises_nothing() {
+        let mut d = fast(Direction::Above);
+        for i in 0..1_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        let o = d.observe(at(1_000), 40.0);
+        assert!(!o.anomalous, "{o:?}");
+        let o = d.observe(at(1_001), 160.0);
+        assert!(o.anomalous, "{o:?}");
+    }
+
+    #[test]
+    fn a_level_shift_alarms_then_becomes_normal() {
+        let mut d = det(Direction::Both);
+        for i in 0..1_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        let mut raised = 0;
+        let mut late = 0;
+        for i in 1_000..6_000 {
+            let o = d.observe(at(i), 110.0 + noise(i));
+            if o.changed && o.anomalous {
+                raised += 1;
+                if i > 3_000 {
+                    late += 1;
+                }
+            }
+        }
+        assert!(raised >= 1, "the shift was never reported");
+        assert_eq!(late, 0, "still alarming long after the shift");
+        assert!(!d.is_anomalous());
+    }
+
+    #[test]
+    fn a_daily_cycle_is_learnt_and_a_missing_peak_is_news() {
+        // NAB's alarm level: calibrated, it flags about one sample in 200 of what is merely
+        // unusual, so the clean cycle is judged by the share of samples flagged.
+        let cfg = TailConfig {
+            alarm: 0.005,
+            ..TailConfig::default()
+        };
+        let mut d = TailDetector::new(cfg, Direction::Both);
+        let day = |i: u32, x: f64| {
+            let phase = (at(i) % DAY) / DAY;
+            x + 40.0 * (phase * std::f64::consts::TAU).sin() + noise(i)
+        };
+        let mut flagged = 0;
+        for i in 0..(14 * 288) {
+            let o = d.observe(at(i), day(i, 100.0));
+            if i >= 7 * 288 && o.anomalous {
+                flagged += 1;
+            }
+        }
+        assert!(
+            flagged <= 7 * 288 / 100,
+            "{flagged} samples flagged on a clean daily cycle"
+        );
+        // The morning's peak stays flat: a value seen every day, but not at this hour.
+        let mut raised = false;
+        for i in (14 * 288)..(14 * 288 + 144) {
+            raised |= d.observe(at(i), 100.0 - 30.0 + noise(i)).anomalous;
+        }
+        assert!(raised, "a missing daily peak went unnoticed");
+    }
+
+    #[test]
+    fn memory_stays_within_four_kib_and_config_errors_name_the_field() {
+        const { assert!(TailDetector::BYTES <= 4_096) };
+        let c = TailConfig {
+            alarm: 0.0,
+            ..TailConfig::default()
+        };
+        assert_eq!(
+            c.validate("anomaly.tail").unwrap_err().field,
+            "anomaly.tail.alarm"
+        );
+        let c = TailConfig {
+            memory: 3,
+            ..TailConfig::default()
+        };
+        assert_eq!(
+            c.validate("anomaly.tail").unwrap_err().field,
+            "anomaly.tail.memory"
+        );
+        assert!(TailConfig::default().validate("anomaly.tail").is_ok());
+    }
+}
