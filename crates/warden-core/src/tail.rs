@@ -6,7 +6,7 @@
 //! is rare on one series is daily on another), many follow a daily or weekly cycle, a single
 //! spike is what matters on some and noise on others, and a level shift is absorbed into the
 //! baseline before it alarms. This detector keeps, per signal, in [`TailDetector::BYTES`]
-//! bytes and O(1) per sample, four *surprise statistics*:
+//! bytes and O(1) per sample, five *surprise statistics*:
 //!
 //! - **value novelty**: how rarely values like this one were seen (a grid of 16 bins over
 //!   the range seen, counts decayed with a half-life of [`TailConfig::memory`] samples);
@@ -14,21 +14,27 @@
 //!   level shift, a flat line at a new level;
 //! - **phase novelty**: how rarely values like this one were seen *at this time of day* (the
 //!   same grid per two-hour phase): a value normal at noon is news at midnight;
+//! - **divergence**: how far the distribution of the last few dozen values is from the long
+//!   one (Kullback–Leibler, over the same grid): spikes grown denser, a signal gone flat or
+//!   noisier, each value of which would be unremarkable alone;
 //! - **a forecast residual**: a slow level plus a seasonal profile for each candidate period
 //!   (a day in 48 bins, a week in 168), the period *found from the data* — each candidate's
 //!   one-step forecast error is tracked and the smallest wins (none until a profile has seen
 //!   two whole periods). The residual, scaled by its mean absolute deviation, feeds a
 //!   two-sided **CUSUM** (a level shift or slow drift accumulates until it stands out) and a
-//!   short average (a burst of moderate surprises);
-//! - **calibration**: each statistic's own distribution over the recent past (a decayed
-//!   histogram on a log scale), so a value's score is its *tail probability* against this
-//!   signal's history, not a raw z. `p` is the smallest of the four tails times four
-//!   (Bonferroni); the score is `1 − p`.
+//!   short average (a burst of moderate surprises).
 //!
-//! **Episodes**: the verdict turns anomalous when `p` falls below [`TailConfig::alarm`]; it
-//! clears when `p` is back above ten times that and the recent residual is back within three
-//! scales of the forecast (a lasting shift holds the verdict until the forecast, moving by
-//! clipped steps, has made it the new normal). After a verdict rises, a quiet period of
+//! **Calibration**: each statistic is judged against its own distribution over the recent
+//! past (a decayed histogram on a log scale), so a value's score is its *tail probability*
+//! against this signal's history, not a raw z: `p` is the smallest of the five tails times
+//! five (Bonferroni), the score `1 − p`.
+//!
+//! **Episodes**: a sample is surprising when `p` is below [`TailConfig::alarm`] and it lies at
+//! least [`TailConfig::min_z`] scales from the forecast in the harmful direction;
+//! [`TailConfig::confirm`] surprising samples in a row raise the verdict. It clears when `p` is
+//! back above ten times the alarm level and the recent residual within three scales of the
+//! forecast (a lasting shift holds the verdict until the forecast, moving by clipped steps,
+//! has made it the new normal). After a verdict rises, a quiet period of
 //! [`TailConfig::quiet`] samples raises no new one and scores 0: one alarm per episode.
 //!
 //! Measured on the Numenta Anomaly Benchmark with `warden bench anomaly` (see
@@ -119,8 +125,11 @@ const DAY_BINS: usize = 48;
 const WEEK_BINS: usize = 168;
 /// Histogram bins: statistic `s` falls in bin `⌊8·log2(1 + s)⌋`, the last one open-ended.
 const HIST_BINS: usize = 64;
-/// Surprise statistics: value novelty, phase novelty, CUSUM, short average of the residual.
-const STATS: usize = 4;
+/// Surprise statistics: value novelty, phase novelty, CUSUM, short average of the residual,
+/// divergence of the recent distribution.
+const STATS: usize = 5;
+/// Decay per sample of the recent distribution (a half-life of about 23 samples).
+const RECENT_DECAY: f32 = 0.97;
 /// A raised verdict holds while the short average of the scaled residual stays above this
 /// (the value is still far from what the forecast expected before the episode).
 const HOLD_Z: f64 = 3.0;
@@ -241,6 +250,9 @@ struct Grid {
     values: [f32; GRID],
     phased: [[f32; GRID]; PHASES],
     total: f32,
+    /// The recent distribution (half-life of a few dozen samples).
+    recent: [f32; GRID],
+    recent_total: f32,
 }
 
 impl Grid {
@@ -251,6 +263,8 @@ impl Grid {
             values: [0.0; GRID],
             phased: [[0.0; GRID]; PHASES],
             total: 0.0,
+            recent: [0.0; GRID],
+            recent_total: 0.0,
         }
     }
 
@@ -284,14 +298,17 @@ impl Grid {
             (((centre(i) - lo) / (hi - lo) * GRID as f64) as usize).min(GRID - 1)
         });
         let mut values = [0.0; GRID];
+        let mut recent = [0.0; GRID];
         let mut phased = [[0.0; GRID]; PHASES];
         for (i, &to) in map.iter().enumerate() {
             values[to] += self.values[i];
+            recent[to] += self.recent[i];
             for (new, old) in phased.iter_mut().zip(&self.phased) {
                 new[to] += old[i];
             }
         }
         self.values = values;
+        self.recent = recent;
         self.phased = phased;
         (self.lo, self.hi) = (lo, hi);
     }
@@ -313,8 +330,32 @@ impl Grid {
         )
     }
 
+    /// How far the recent distribution is from the long one: KL(recent ‖ long), smoothed.
+    fn divergence(&self) -> f64 {
+        if self.recent_total <= 0.0 {
+            return 0.0;
+        }
+        let rt = f64::from(self.recent_total);
+        let lt = f64::from(self.total) + 0.5 * GRID as f64;
+        self.recent
+            .iter()
+            .zip(&self.values)
+            .filter(|(r, _)| **r > 0.0)
+            .map(|(r, l)| {
+                let p = f64::from(*r) / rt;
+                let q = (f64::from(*l) + 0.5) / lt;
+                p * (p / q).ln()
+            })
+            .sum::<f64>()
+            .max(0.0)
+    }
+
     fn learn(&mut self, x: f64, at: f64, decay: f32) {
         self.widen(x);
+        for v in &mut self.recent {
+            *v *= RECENT_DECAY;
+        }
+        self.recent_total *= RECENT_DECAY;
         for v in &mut self.values {
             *v *= decay;
         }
@@ -326,6 +367,8 @@ impl Grid {
         self.total *= decay;
         let b = self.bin(x);
         self.values[b] += 1.0;
+        self.recent[b] += 1.0;
+        self.recent_total += 1.0;
         self.phased[phase(at)][b] += 1.0;
         self.total += 1.0;
     }
@@ -475,7 +518,13 @@ impl TailDetector {
         let (value, phased) = self.grid.novelty(x, at);
         // Novelty in the harmless direction is no news.
         let novel = |n: f64| if harmful { n } else { 0.0 };
-        let stats = [novel(value), novel(phased), cusum, self.short];
+        let stats = [
+            novel(value),
+            novel(phased),
+            cusum,
+            self.short,
+            self.grid.divergence(),
+        ];
         // Scored once the statistics' histories hold half a warm-up's worth.
         let scored = self.count >= self.cfg.warmup + self.cfg.warmup / 2;
         let p = if scored {
