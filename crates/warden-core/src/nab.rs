@@ -68,7 +68,8 @@ pub struct Series {
     pub timestamps: Vec<i64>,
     /// The values.
     pub values: Vec<f64>,
-    /// Labelled windows, `[start, end]` in seconds, inclusive.
+    /// Labelled windows, `[start, end]` in seconds, inclusive, in order and not overlapping
+    /// (as [`parse_windows`] returns them).
     pub windows: Vec<(i64, i64)>,
 }
 
@@ -118,8 +119,16 @@ pub fn parse_time(s: &str) -> Option<i64> {
     let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
     let (h, mi) = (t.next()??, t.next()??);
     let se = t.next().unwrap_or(Some(0))?;
-    if !(1..=12).contains(&mo)
-        || !(1..=31).contains(&da)
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=month_days).contains(&da)
         || !(0..24).contains(&h)
         || !(0..60).contains(&mi)
         || !(0..=60).contains(&se)
@@ -179,6 +188,15 @@ pub fn parse_windows(
             parsed.push((a_t, b_t));
         }
         parsed.sort_unstable();
+        if let Some(w) = parsed.windows(2).find(|w| w[1].0 <= w[0].1) {
+            return Err(perr(
+                &file,
+                format!(
+                    "windows overlap (one ends at {}, the next starts at {})",
+                    w[0].1, w[1].0
+                ),
+            ));
+        }
         out.insert(file, parsed);
     }
     Ok(out)
@@ -255,6 +273,8 @@ fn prepare(series: &Series, scores: &[f64], first_window: u32) -> Prepared {
             None => {
                 let w = match prev {
                     None => -1.0, // before every window: as far as can be
+                    // NAB divides by the window's width less one; a window of one sample
+                    // would divide by zero, so its width counts as two here.
                     Some((r, width)) => scaled_sigmoid((i - r) as f64 / (width - 1.0).max(1.0)),
                 };
                 (w, None)
@@ -269,7 +289,12 @@ fn prepare(series: &Series, scores: &[f64], first_window: u32) -> Prepared {
             out.windows.push(win);
         }
         out.points.push(Point {
-            score: scores.get(i).copied().unwrap_or(0.0),
+            // A non-finite score is no detection (and would not sort).
+            score: scores
+                .get(i)
+                .copied()
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0),
             weight,
             window,
         });
@@ -336,12 +361,18 @@ impl fmt::Display for ProfileScore {
 ///
 /// # Panics
 ///
-/// If `scores` and `corpus` differ in length.
+/// If `scores` and `corpus` differ in length, or a series and its scores do.
 pub fn score(corpus: &[Series], scores: &[Vec<f64>], profiles: &[Profile]) -> Vec<ProfileScore> {
     assert_eq!(corpus.len(), scores.len(), "one score list per series");
     let mut prepared = Vec::with_capacity(corpus.len());
     let mut next = 0u32;
     for (s, sc) in corpus.iter().zip(scores) {
+        assert_eq!(
+            s.values.len(),
+            sc.len(),
+            "one score per sample of {}",
+            s.name
+        );
         let p = prepare(s, sc, next);
         next += s.windows.len() as u32;
         prepared.push(p);
@@ -533,11 +564,11 @@ mod tests {
             parse_time("2014-04-10 07:15:00.000000"),
             Some(1_397_114_100)
         );
-        assert_eq!(
-            parse_time("2014-02-29 00:00"),
-            parse_time("2014-03-01 00:00:00")
-        );
+        assert_eq!(parse_time("2016-02-29 00:00"), Some(1_456_704_000));
+        assert_eq!(parse_time("2014-02-29 00:00:00"), None);
+        assert_eq!(parse_time("2014-04-31 00:00:00"), None);
         assert_eq!(parse_time("2014-13-01 00:00:00"), None);
+        assert_eq!(parse_time("99999999999999999-01-01 00:00:00"), None);
         assert_eq!(parse_time("yesterday"), None);
     }
 
@@ -638,6 +669,50 @@ mod tests {
             (r.normalized - 100.0 * (2.0 - 0.11 + 2.0) / 4.0).abs() < 1e-6,
             "{r}"
         );
+    }
+
+    #[test]
+    fn non_finite_scores_are_no_detection_and_do_not_hang_the_sweep() {
+        let s = series(2_000, &[(900, 999)]);
+        let mut v = vec![f64::NAN; 2_000];
+        v[900] = 1.0;
+        v[1_500] = f64::INFINITY;
+        let r = standard(&s, v);
+        assert!((r.normalized - 100.0).abs() < 1e-9, "{r}");
+        assert_eq!(r.total.false_alarms, 0);
+    }
+
+    #[test]
+    fn a_false_alarm_right_after_a_window_costs_its_sigmoid() {
+        // Window [900, 999] (width 100); a detection at 1,009 is 10 samples past its end:
+        // position 10 / 99, weight 2 / (1 + e^(5 · 10/99)) − 1, times fp.
+        let s = series(2_000, &[(900, 999)]);
+        let mut v = vec![0.0; 2_000];
+        v[900] = 1.0;
+        v[1_009] = 1.0;
+        let r = standard(&s, v);
+        let w = 2.0 / (1.0 + (5.0 * 10.0 / 99.0f64).exp()) - 1.0;
+        let want = 100.0 * (1.0 + 0.11 * w + 1.0) / 2.0;
+        assert!((r.normalized - want).abs() < 1e-9, "{r} vs {want}");
+        assert_eq!(r.total.false_alarms, 1);
+    }
+
+    #[test]
+    fn overlapping_windows_are_refused() {
+        let raw = BTreeMap::from([(
+            "a.csv".to_string(),
+            vec![
+                (
+                    "2014-01-01 00:00:00".to_string(),
+                    "2014-01-02 00:00:00".to_string(),
+                ),
+                (
+                    "2014-01-01 12:00:00".to_string(),
+                    "2014-01-03 00:00:00".to_string(),
+                ),
+            ],
+        )]);
+        assert!(parse_windows(raw).unwrap_err().why.contains("overlap"));
     }
 
     #[test]

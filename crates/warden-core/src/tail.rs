@@ -9,7 +9,9 @@
 //! bytes and O(1) per sample, five *surprise statistics*:
 //!
 //! - **value novelty**: how rarely values like this one were seen (a grid of 16 bins over
-//!   the range seen, counts decayed with a half-life of [`TailConfig::memory`] samples);
+//!   the range seen, counts decayed with a half-life of [`TailConfig::memory`] samples; the
+//!   range widens by at most four spans per sample and narrows again once the values at its
+//!   edges are all but forgotten, so one absurd value does not blind it for good);
 //!   a value outside everything seen is as novel as can be — the fast path for a spike, a
 //!   level shift, a flat line at a new level;
 //! - **phase novelty**: how rarely values like this one were seen *at this time of day* (the
@@ -30,10 +32,11 @@
 //! five (Bonferroni), the score `1 − p`.
 //!
 //! **Episodes**: a sample is surprising when `p` is below [`TailConfig::alarm`] and it lies at
-//! least [`TailConfig::min_z`] scales from the forecast in the harmful direction;
+//! least [`TailConfig::min_z`] estimated standard deviations (1.25 × the residual's mean
+//! absolute deviation) from the forecast in the harmful direction;
 //! [`TailConfig::confirm`] surprising samples in a row raise the verdict. It clears when `p` is
-//! back above ten times the alarm level and the recent residual within three scales of the
-//! forecast (a lasting shift holds the verdict until the forecast, moving by clipped steps,
+//! back above ten times the alarm level and the recent residual within three estimated
+//! standard deviations of the forecast (a lasting shift holds the verdict until the forecast, moving by clipped steps,
 //! has made it the new normal). After a verdict rises, a quiet period of
 //! [`TailConfig::quiet`] samples raises no new one and scores 0: one alarm per episode.
 //!
@@ -67,8 +70,9 @@ pub struct TailConfig {
     pub alarm: f64,
     /// Samples after an alarm during which no new one is raised (default 150).
     pub quiet: u32,
-    /// Smallest deviation from the forecast, in scales (the residual's mean absolute
-    /// deviation, floored per signal), that may raise the verdict (default 3): a surprise
+    /// Smallest deviation from the forecast, in estimated standard deviations (1.25 × the
+    /// residual's mean absolute deviation, floored per signal), that may raise the verdict
+    /// (default 3): a surprise
     /// must also be material. The first error an agent ever reports is news to the
     /// calibration, but one error in a hundred requests is not a reason to stop sending it
     /// work. 0 lets the tail probability alone decide.
@@ -100,21 +104,25 @@ impl TailConfig {
         let named = |e: ConfigError| ConfigError::new(format!("{prefix}.{}", e.field), e.reason);
         check_range("alpha", self.alpha, 1e-5, 1.0).map_err(named)?;
         check_range("season_alpha", self.season_alpha, 1e-4, 1.0).map_err(named)?;
-        check_range("cusum_k", self.cusum_k, 0.0, 100.0).map_err(named)?;
+        check_range("cusum_k", self.cusum_k, 0.01, 100.0).map_err(named)?;
         check_range("alarm", self.alarm, 1e-9, 0.05).map_err(named)?;
         check_range("min_z", self.min_z, 0.0, 1_000.0).map_err(named)?;
-        if self.confirm == 0 || self.confirm > 100 {
-            return Err(ConfigError::new(
-                format!("{prefix}.confirm"),
-                "must be between 1 and 100 samples",
-            ));
-        }
-        if self.memory < 10 {
-            return Err(ConfigError::new(
-                format!("{prefix}.memory"),
-                "must be at least 10 samples",
-            ));
-        }
+        let count = |field: &str, v: u32, lo: u32, hi: u32| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    format!("{prefix}.{field}"),
+                    format!("must be between {lo} and {hi} samples, got {v}"),
+                ))
+            }
+        };
+        count("confirm", self.confirm, 1, 100)?;
+        // A half-life beyond a million samples would not forget within f32's precision.
+        count("memory", self.memory, 10, 1_000_000)?;
+        // Fewer than 10 samples of warm-up judge the first values against an empty history.
+        count("warmup", self.warmup, 10, 100_000)?;
+        count("quiet", self.quiet, 0, 1_000_000)?;
         Ok(())
     }
 }
@@ -130,9 +138,20 @@ const HIST_BINS: usize = 64;
 const STATS: usize = 5;
 /// Decay per sample of the recent distribution (a half-life of about 23 samples).
 const RECENT_DECAY: f32 = 0.97;
-/// A raised verdict holds while the short average of the scaled residual stays above this
-/// (the value is still far from what the forecast expected before the episode).
+/// A raised verdict holds while the short average of z (the residual in estimated standard
+/// deviations, 1.25 × its mean absolute deviation) stays above this: the value is still far
+/// from what the forecast expected before the episode.
 const HOLD_Z: f64 = 3.0;
+/// Samples between two looks at whether the value grid can be narrowed.
+const NARROW_EVERY: u32 = 64;
+/// Weight below which a bin of the value grid counts as unused when narrowing: one sample's,
+/// forgotten for almost seven half-lives. (A share of the total would drop any rare value's
+/// range within a few dozen samples, and its return would be news again.)
+const NARROW_FLOOR: f32 = 0.01;
+/// Largest step one sample's z adds to the CUSUM and the short average.
+const STEP_Z: f64 = 10.0;
+/// Largest |z| taken from one sample.
+const Z_CAP: f64 = 1e6;
 /// Largest CUSUM value kept.
 const CUSUM_CAP: f64 = 1_000.0;
 /// Bins of the value grid.
@@ -171,7 +190,15 @@ impl Tail {
     /// doubling (a power-law tail), so the rarest values still rank by size.
     fn p(&self, s: f64) -> f64 {
         let (i, frac) = Tail::bin(s);
-        let above: f32 = self.bins[i + 1..].iter().sum();
+        // Eight running sums: a float sum in one chain cannot be vectorised (its order is
+        // part of its result), and this one is the detector's hottest loop.
+        let mut lanes = [0f32; 8];
+        for chunk in self.bins[i + 1..].chunks(8) {
+            for (lane, b) in lanes.iter_mut().zip(chunk) {
+                *lane += b;
+            }
+        }
+        let above: f32 = lanes.iter().sum();
         let within = f64::from(self.bins[i]) * (1.0 - frac);
         let top = self.bins.iter().rposition(|b| *b > 0.01).unwrap_or(0);
         let pseudo = if i > top || (i == top && within + f64::from(above) < 0.01) {
@@ -285,15 +312,71 @@ impl Grid {
             return;
         }
         let (old_lo, old_hi) = (self.lo, self.hi);
-        let span = (old_hi - old_lo).max(x.abs() * 1e-6).max(1e-12);
-        let (lo, hi) = if x < old_lo {
-            (x - 0.1 * span, old_hi)
-        } else if x > old_hi {
-            (old_lo, x + 0.1 * span)
+        let (lo, hi) = if old_hi <= old_lo {
+            // A flat history: open it up around the value seen, and take in `x`.
+            let span = (x - old_lo).abs().max(x.abs() * 1e-6).max(1e-12);
+            (old_lo.min(x) - 0.5 * span, old_hi.max(x) + 0.5 * span)
+        } else if x < old_lo {
+            // A margin of a tenth of the span, and at most four spans at a time: one
+            // absurd value must not squeeze every normal one into a single bin (a value
+            // beyond the range is as novel as can be anyway; a lasting shift widens the
+            // range sample by sample).
+            let span = old_hi - old_lo;
+            ((x - 0.1 * span).max(old_lo - 4.0 * span), old_hi)
         } else {
-            (old_lo - 0.5 * span, old_hi + 0.5 * span) // a flat history: open it up
+            let span = old_hi - old_lo;
+            (old_lo, (x + 0.1 * span).min(old_hi + 4.0 * span))
         };
+        // The margin must not overflow to infinity near f64's limits.
+        let (lo, hi) = (
+            if lo.is_finite() { lo } else { x.min(old_lo) },
+            if hi.is_finite() { hi } else { x.max(old_hi) },
+        );
+        if hi <= lo {
+            return;
+        }
+        self.remap(lo, hi);
+    }
+
+    /// Narrow the range to the bins whose counts are not all but forgotten, when that gains a
+    /// quarter of it at least: one value seen long ago (a glitch) must not squeeze every normal value
+    /// into one bin for good.
+    fn narrow(&mut self) {
+        let floor = NARROW_FLOOR;
+        let (Some(first), Some(last)) = (
+            self.values.iter().position(|v| *v > floor),
+            self.values.iter().rposition(|v| *v > floor),
+        ) else {
+            return;
+        };
+        if first == 0 && last == GRID - 1 {
+            return;
+        }
+        // Keep one bin each side of those in use, and at least half the range per step (the
+        // counts move by their bins' centres, which is only fair for modest steps).
+        let width = (self.hi - self.lo) / GRID as f64;
+        let keep_lo = first.saturating_sub(1);
+        let keep_hi = (last + 2).min(GRID);
+        let mut bins = keep_hi - keep_lo;
+        let mut start = keep_lo;
+        if bins * 2 < GRID {
+            let grow = GRID / 2 - bins;
+            start = start.saturating_sub(grow / 2).min(GRID - GRID / 2);
+            bins = GRID / 2;
+        }
+        if bins * 4 > GRID * 3 {
+            return; // less than a quarter to gain
+        }
+        let lo = self.lo + start as f64 * width;
+        self.remap(lo, lo + bins as f64 * width);
+    }
+
+    /// Move the counts onto a grid over `[lo, hi]`, each old bin's to the new bin holding its
+    /// centre (counts outside go to the edge bins).
+    fn remap(&mut self, lo: f64, hi: f64) {
+        let (old_lo, old_hi) = (self.lo, self.hi);
         let centre = |i: usize| old_lo + (i as f64 + 0.5) / GRID as f64 * (old_hi - old_lo);
+        // Float-to-int casts saturate: a centre below `lo` lands in bin 0.
         let map: [usize; GRID] = std::array::from_fn(|i| {
             (((centre(i) - lo) / (hi - lo) * GRID as f64) as usize).min(GRID - 1)
         });
@@ -500,21 +583,26 @@ impl TailDetector {
             .scale
             .max(self.min_scale)
             .max(1e-9 * (1.0 + self.level.abs()));
-        let z = residual / (1.253_314 * scale);
+        // Bounded: one absurd value must not turn the statistics into inf and NaN for good.
+        let z = (residual / (1.253_314 * scale)).clamp(-Z_CAP, Z_CAP);
         // The CUSUM starts once the scale means something (before, z is meaningless), and is
         // capped so that it can come down again.
         let warm = self.count >= self.cfg.warmup;
         if warm {
             let k = self.cfg.cusum_k;
-            self.up = (self.up + z - k).clamp(0.0, CUSUM_CAP);
-            self.down = (self.down - z - k).clamp(0.0, CUSUM_CAP);
+            // One sample moves the CUSUM by a bounded step: it is there for what persists (a
+            // single extreme value is the novelty statistics' business), and one absurd
+            // value must not keep it high for a thousand samples.
+            let step = z.clamp(-STEP_Z, STEP_Z);
+            self.up = (self.up + step - k).clamp(0.0, CUSUM_CAP);
+            self.down = (self.down - step - k).clamp(0.0, CUSUM_CAP);
         }
         let (harmful, dir, cusum) = match self.direction {
             Direction::Above => (residual > 0.0, z.max(0.0), self.up),
             Direction::Below => (residual < 0.0, (-z).max(0.0), self.down),
             Direction::Both => (true, z.abs(), self.up.max(self.down)),
         };
-        self.short += 0.25 * (dir - self.short);
+        self.short += 0.25 * (dir.min(STEP_Z) - self.short);
         let (value, phased) = self.grid.novelty(x, at);
         // Novelty in the harmless direction is no news.
         let novel = |n: f64| if harmful { n } else { 0.0 };
@@ -526,7 +614,7 @@ impl TailDetector {
             self.grid.divergence(),
         ];
         // Scored once the statistics' histories hold half a warm-up's worth.
-        let scored = self.count >= self.cfg.warmup + self.cfg.warmup / 2;
+        let scored = self.count >= self.cfg.warmup.saturating_add(self.cfg.warmup / 2);
         let p = if scored {
             let least = self
                 .tails
@@ -563,7 +651,11 @@ impl TailDetector {
             self.quiet_left -= 1;
             score = 0.0;
         }
-        self.streak = if surprising { self.streak + 1 } else { 0 };
+        self.streak = if surprising {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        };
         if !self.anomalous && self.streak >= self.cfg.confirm && self.quiet_left == 0 {
             self.anomalous = true;
             self.quiet_left = self.cfg.quiet;
@@ -589,7 +681,7 @@ impl TailDetector {
     /// Learn from a sample: the level follows the deseasonalised value (a clipped step once
     /// warm), the seasons their offsets, each candidate its forecast error, the grid the value.
     fn learn(&mut self, at: f64, x: f64, residual: f64, scale: f64, warmed: bool) {
-        let a = self.cfg.alpha.max(1.0 / f64::from(self.count + 1));
+        let a = self.cfg.alpha.max(1.0 / (f64::from(self.count) + 1.0));
         let flat = x - self.level;
         let day = flat - self.day.offset(at, DAY);
         let week = flat - self.week.offset(at, WEEK);
@@ -608,6 +700,9 @@ impl TailDetector {
         self.day.learn(at, DAY, x - self.level, sa);
         self.week.learn(at, WEEK, x - self.level, sa);
         self.grid.learn(x, at, self.decay);
+        if self.count.is_multiple_of(NARROW_EVERY) {
+            self.grid.narrow();
+        }
         self.count = self.count.saturating_add(1);
     }
 }
@@ -674,6 +769,43 @@ mod tests {
             cleared |= !o.anomalous;
         }
         assert!(cleared);
+    }
+
+    #[test]
+    fn an_absurd_value_does_not_break_the_detector() {
+        let mut d = fast(Direction::Both);
+        for i in 0..1_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        assert!(d.observe(at(1_000), 1e308).anomalous);
+
+        let mut cleared = false;
+        for i in 1_001..3_000 {
+            let o = d.observe(at(i), 100.0 + noise(i));
+            assert!(o.score.is_finite() && o.p.is_finite(), "{o:?}");
+            cleared |= !o.anomalous;
+        }
+        assert!(cleared, "the verdict never cleared after one absurd value");
+        // The glitch widened the grid by a few spans at most, and it narrows back: a jump
+        // within the old range is news again.
+        assert!(
+            d.grid.hi < 1_000.0,
+            "the grid spans {} to {}",
+            d.grid.lo,
+            d.grid.hi
+        );
+        // (The calibration remembers the glitch as long as its weight there is not
+        // negligible: 7.5 half-lives.)
+        for i in 3_000..17_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        assert!(
+            d.grid.hi < 110.0,
+            "the grid spans {} to {}",
+            d.grid.lo,
+            d.grid.hi
+        );
+        assert!(d.observe(at(17_000), 130.0).anomalous);
     }
 
     #[test]
@@ -761,6 +893,26 @@ mod tests {
             c.validate("anomaly.tail").unwrap_err().field,
             "anomaly.tail.memory"
         );
+        for bad in [
+            TailConfig {
+                warmup: 0,
+                ..TailConfig::default()
+            },
+            TailConfig {
+                memory: u32::MAX,
+                ..TailConfig::default()
+            },
+            TailConfig {
+                cusum_k: 0.0,
+                ..TailConfig::default()
+            },
+            TailConfig {
+                quiet: u32::MAX,
+                ..TailConfig::default()
+            },
+        ] {
+            assert!(bad.validate("t").is_err(), "{bad:?}");
+        }
         assert!(TailConfig::default().validate("anomaly.tail").is_ok());
     }
 }

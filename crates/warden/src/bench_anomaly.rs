@@ -286,8 +286,9 @@ pub fn health_trial(detector: DetectorKind, agents: u32, minutes: u64, seed: u64
             }
         }
     }
-    // Every agent back to Healthy first (a clean verdict clears within a few samples), then
-    // its error rate jumps.
+    // Then every agent's error rate jumps to 8 %: the time to its next Degraded verdict is its
+    // detection time (an agent still Degraded from a false alarm above counts once that
+    // verdict has cleared and a new one risen).
     let mut detections = Vec::with_capacity(ids.len());
     let start = now;
     let mut pending: Vec<Option<(u64, Cause)>> = vec![None; ids.len()];
@@ -475,7 +476,11 @@ mod tests {
             assert!((t.agent_hours - 0.5).abs() < 1e-9);
         }
         let text = health_report(&[health_trial(DetectorKind::Tail, 2, 5, 1)]);
-        assert!(text.contains("tail"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("tail ") && l.contains("anomaly on error_rate")),
+            "{text}"
+        );
     }
 
     #[test]
