@@ -190,6 +190,16 @@ fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |x| x.to_string())
 }
 
+/// Phi as a person reads it: `inf` for "certainly dead" (the API sends a large finite
+/// number, JSON having no infinity).
+fn shown_phi(phi: f64) -> String {
+    if phi >= 1e6 || phi.is_infinite() {
+        "inf".to_string()
+    } else {
+        format!("{phi:.2}")
+    }
+}
+
 /// Rows of `GET /v1/agents` for a table.
 pub fn agent_rows(agents: &[AgentInfo]) -> Vec<Vec<String>> {
     agents
@@ -202,7 +212,7 @@ pub fn agent_rows(agents: &[AgentInfo]) -> Vec<Vec<String>> {
                 format!("{}", a.health_score),
                 a.last_heartbeat_ms_ago
                     .map_or("-".into(), |m| format!("{m} ms")),
-                format!("{}", a.phi),
+                shown_phi(a.phi),
                 a.tasks.len().to_string(),
             ]
         })
@@ -655,6 +665,14 @@ pub fn fmt_unix_ms(ms: u64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn phi_of_a_dead_agent_reads_inf() {
+        assert_eq!(shown_phi(1e9), "inf");
+        assert_eq!(shown_phi(f64::INFINITY), "inf");
+        assert_eq!(shown_phi(0.5), "0.50");
+        assert_eq!(shown_phi(7.123), "7.12");
+    }
 
     #[test]
     fn sla_windows_parse_with_clear_errors() {

@@ -26,9 +26,11 @@ pub struct DevArgs {
     /// Number of agents.
     #[arg(long, default_value_t = 3)]
     pub agents: u32,
-    /// Directory for the store, agent data and every process's log.
-    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "warden-dev")]
-    pub data_dir: PathBuf,
+    /// Directory for the store, agent data and every process's log, kept after the run.
+    /// Without it they go to a new temporary directory, removed when the cluster stops
+    /// (and kept, with a message saying where, when it stops on an error).
+    #[arg(long, env = "WARDEN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Server address for agent sessions.
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub grpc_addr: SocketAddr,
@@ -174,26 +176,56 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         bail!("--agents must be between 1 and 64");
     }
     let exe = std::env::current_exe().context("find the warden executable")?;
-    let logs = args.data_dir.join("logs");
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("warden-dev-")
+                .tempdir()
+                .context("create a temporary data directory (or give --data-dir)")?,
+        ),
+    };
+    let data_dir = match (&args.data_dir, &temp) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary directory is made when none is given"),
+    };
+    let result = run_in(args, &exe, &data_dir).await;
+    if let Some(temp) = temp {
+        if result.is_err() {
+            let kept = temp.keep();
+            eprintln!("data and logs kept in {}", kept.display());
+        } else {
+            println!(
+                "removing {} (--data-dir keeps the data and logs)",
+                data_dir.display()
+            );
+        }
+    }
+    result
+}
+
+async fn run_in(args: &DevArgs, exe: &Path, data_dir: &Path) -> Result<()> {
+    let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
     let mut procs = Vec::new();
     let names: Vec<String> = (1..=args.agents).map(|i| format!("agent-{i}")).collect();
     let (tls_server, tls_agents) = if args.no_tls {
         (Vec::new(), vec![Vec::new(); names.len()])
     } else {
-        dev_certificates(&args.data_dir.join("tls"), &names)?
+        dev_certificates(&data_dir.join("tls"), &names)?
     };
     let mut server_args = vec![
         "server".to_string(),
         "--data-dir".into(),
-        args.data_dir.join("server").display().to_string(),
+        data_dir.join("server").display().to_string(),
         "--grpc-addr".into(),
         args.grpc_addr.to_string(),
         "--http-addr".into(),
         args.http_addr.to_string(),
     ];
     server_args.extend(tls_server);
-    procs.push(spawn(&exe, "server", &server_args, &logs)?);
+    procs.push(spawn(exe, "server", &server_args, &logs)?);
     let client = Client::new(&format!("http://{}", args.http_addr))?;
     let result = async {
         wait_healthy(&client, &mut procs[0]).await?;
@@ -205,7 +237,7 @@ pub async fn run(args: &DevArgs) -> Result<()> {
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
-                args.data_dir.join(name).display().to_string(),
+                data_dir.join(name).display().to_string(),
                 "--cpu-millis".into(),
                 "2000".into(),
                 "--memory-mb".into(),
@@ -217,7 +249,7 @@ pub async fn run(args: &DevArgs) -> Result<()> {
             if let Some(user) = warden_agent::isolation::current_user_name() {
                 a.extend(["--task-user".to_string(), user]);
             }
-            procs.push(spawn(&exe, name, &a, &logs)?);
+            procs.push(spawn(exe, name, &a, &logs)?);
         }
         // Submit the jobs once every agent is in, so the first placement can spread them.
         let want = args.agents as usize;
@@ -265,14 +297,14 @@ pub async fn run(args: &DevArgs) -> Result<()> {
             args.http_addr,
             args.grpc_addr,
             args.agents,
-            args.data_dir.display()
+            data_dir.display()
         );
         if args.no_tls {
             println!("agent sessions: plaintext (--no-tls)");
         } else {
             println!(
                 "agent sessions: mutual TLS, certificates in {}",
-                args.data_dir.join("tls").display()
+                data_dir.join("tls").display()
             );
         }
         println!("dashboard: http://{}/", args.http_addr);

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use warden_agent::shim::{self, ShimArgs, protocol::EXIT_SHIM_FAILED};
 
@@ -24,6 +24,7 @@ mod bench_storm;
 mod chaos;
 mod cli;
 mod dev;
+mod docs_cmd;
 mod etcd_cmd;
 mod server_cmd;
 mod tls_cmd;
@@ -33,7 +34,7 @@ mod workload;
 /// Warden keeps a fleet of agents alive and their work running: fast failure detection without
 /// false alarms, safe automatic recovery, and figures to prove it.
 #[derive(Debug, Parser)]
-#[command(name = "warden", version, about, propagate_version = true)]
+#[command(name = "warden", version = docs_cmd::VERSION, about, propagate_version = true)]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "WARDEN_LOG_FORMAT")]
@@ -126,6 +127,21 @@ enum Command {
         #[command(subcommand)]
         cmd: chaos::ChaosCommand,
     },
+    /// Print the version and the commit this binary was built from.
+    Version,
+    /// Print a shell completion script: `warden completion bash > /etc/bash_completion.d/warden`
+    /// (zsh: into a directory of `$fpath` as `_warden`; fish: `~/.config/fish/completions/warden.fish`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages, one per command (`warden.1`, `warden-job-run.1`, …), into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, default_value = "man")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,6 +168,16 @@ fn main() -> ExitCode {
         Command::Brake { cmd, api } => cli::brake(cmd, api),
         Command::Bench { cmd } => bench::run(cmd),
         Command::Chaos { cmd } => chaos::run(cmd),
+        Command::Version => {
+            println!("warden {}", docs_cmd::VERSION);
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            docs_cmd::completion(*shell, &mut Cli::command(), &mut std::io::stdout())
+        }
+        Command::Man { out } => docs_cmd::man_pages(&Cli::command(), out).map(|n| {
+            println!("wrote {n} man pages into {}", out.display());
+        }),
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev::run(args))),
         Command::Server(args) => runtime().and_then(|rt| rt.block_on(server_cmd::run(args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent_cmd::run(args))),
