@@ -94,6 +94,9 @@ struct AppState {
     jobs: JobLimits,
     sla: SlaConfig,
     history: Arc<History>,
+    /// Held from the job-count check to the end of the submit, so concurrent creations
+    /// cannot all pass a check made before any of them was stored.
+    submitting: Arc<std::sync::Mutex<()>>,
 }
 
 /// The REST API's routes over `api`, with the default [`Limits`] and SLA settings.
@@ -187,6 +190,7 @@ pub fn router_with_config(
         jobs,
         sla,
         history,
+        submitting: Arc::default(),
     })
 }
 
@@ -468,7 +472,11 @@ async fn get_job(
 /// What `POST /v1/jobs` and `DELETE /v1/jobs/{name}` answer.
 async fn submit_job(
     State(AppState {
-        api, limits, jobs, ..
+        api,
+        limits,
+        jobs,
+        submitting,
+        ..
     }): State<AppState>,
     request: Request,
 ) -> Result<Response, HttpError> {
@@ -491,6 +499,10 @@ async fn submit_job(
     let (name, outcome) = blocking(&api, move |api| {
         let spec = job_body::decode_job_spec(format, &body, &jobs)?;
         let name = spec.name.to_string();
+        // (A poisoned lock guards nothing: the count is read again under it.)
+        let _one_at_a_time = submitting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         check_job_count(api, &name, jobs.max_jobs)?;
         let outcome = api
             .submit_job(spec)
@@ -526,8 +538,8 @@ fn caller_label(request: &Request) -> String {
         .map_or_else(|| "anonymous".to_string(), |c| c.label.clone())
 }
 
-/// Refuse a new job when the server already holds `max_jobs` (updates always pass). The count
-/// is read just before the submit, so concurrent creations may overshoot by a few.
+/// Refuse a new job when the server already holds `max_jobs` (updates always pass). Called
+/// under the submit lock, so concurrent creations cannot overshoot it.
 fn check_job_count(api: &dyn ControlApi, name: &str, max_jobs: usize) -> Result<(), HttpError> {
     let jobs = api
         .jobs()

@@ -33,6 +33,8 @@ struct FakeState {
     recoveries: Vec<RecoveryInfo>,
     /// Every `submit_job` call that reached the fake.
     submit_calls: usize,
+    /// How long a submit takes before it is stored (a real one writes the store).
+    submit_delay: Option<Duration>,
     /// The mass-failure brake.
     brake_engaged: bool,
     /// When set, every fallible call fails with it.
@@ -107,6 +109,10 @@ impl ControlApi for Fake {
     }
 
     fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
+        let delay = self.lock().submit_delay;
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         let mut state = self.lock();
         state.submit_calls += 1;
         if let Some(e) = &state.fail_with {
@@ -1757,6 +1763,40 @@ async fn the_access_policy_can_open_metrics_and_the_dashboard() {
         .call("GET", "/v1/jobs", None, None)
         .await
         .assert_error(401, "unauthorized");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_job_count_limit_holds_under_concurrent_creations() {
+    let cfg = HttpConfig {
+        jobs: JobLimits {
+            max_jobs: 3,
+            ..JobLimits::default()
+        },
+        ..HttpConfig::default()
+    };
+    let fake = Fake::default();
+    // Slow enough that every request's count check runs while others are being stored.
+    fake.lock().submit_delay = Some(Duration::from_millis(50));
+    let server = Arc::new(Server::start_with_config(Arc::new(fake), cfg).await);
+    let posts: Vec<_> = (0..16)
+        .map(|i| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let spec = format!("name = \"j{i}\"\nkind = \"service\"\ncommand = \"/bin/x\"\n");
+                server.post_toml(&spec).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for p in posts {
+        statuses.push(p.await.unwrap());
+    }
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 422).count();
+    assert_eq!((created, refused), (3, 13), "{statuses:?}");
+    assert_eq!(server.fake.lock().submit_calls, 3);
+    let server = Arc::into_inner(server).unwrap();
     server.stop().await;
 }
 
