@@ -214,6 +214,21 @@ impl Gate {
         }))
     }
 
+    /// Whether sessions must present a join token.
+    pub fn wants_token(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The checks a session passes before its Hello is awaited: a missing or unknown join
+    /// token is refused at once instead of holding a stream (and a session permit) for the
+    /// Hello's timeout. Blocking: may re-read the tokens file.
+    pub fn precheck(&self, token: Option<&str>) -> Result<(), AuthError> {
+        match &self.tokens {
+            Some(t) => t.known(token),
+            None => Ok(()),
+        }
+    }
+
     /// May a session whose client is `peer`, presenting `token`, be admitted as agent
     /// `name`? Blocking: may record a one-time token's binding on disk.
     pub fn check(
@@ -543,13 +558,10 @@ impl JoinTokens {
         }
     }
 
-    /// May agent `name` join with `token`? Binds a one-time token to `name` on its first use,
-    /// durably, before saying yes.
-    pub fn admit(&self, token: Option<&str>, name: &str) -> Result<(), AuthError> {
+    /// The entry `token` matches, in a state just refreshed from the file.
+    fn find(st: &TokenState, token: Option<&str>) -> Result<Entry, AuthError> {
         let token = token.ok_or(AuthError::TokenMissing)?;
         let presented = sha256(token);
-        let mut st = lock(&self.state);
-        self.refresh(&mut st);
         // Every entry is compared, each in constant time: how long this takes says nothing
         // about how close the presented token came to a valid one.
         let mut found: Option<Entry> = None;
@@ -557,7 +569,23 @@ impl JoinTokens {
             let eq: bool = e.hash.ct_eq(&presented).into();
             found = if eq { Some(*e) } else { found };
         }
-        let entry = found.ok_or(AuthError::TokenUnknown)?;
+        found.ok_or(AuthError::TokenUnknown)
+    }
+
+    /// Is `token` present and listed? The check a session passes before it may send its
+    /// Hello (who it binds to is [`JoinTokens::admit`]'s business).
+    pub fn known(&self, token: Option<&str>) -> Result<(), AuthError> {
+        let mut st = lock(&self.state);
+        self.refresh(&mut st);
+        JoinTokens::find(&st, token).map(|_| ())
+    }
+
+    /// May agent `name` join with `token`? Binds a one-time token to `name` on its first use,
+    /// durably, before saying yes.
+    pub fn admit(&self, token: Option<&str>, name: &str) -> Result<(), AuthError> {
+        let mut st = lock(&self.state);
+        self.refresh(&mut st);
+        let entry = JoinTokens::find(&st, token)?;
         if !entry.once {
             return Ok(());
         }

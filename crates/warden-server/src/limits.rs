@@ -112,6 +112,15 @@ pub struct SessionLimits {
     pub heartbeat_rate: f64,
     /// Heartbeats one session may send in a burst above the rate (default 20).
     pub heartbeat_burst: u32,
+    /// Every other message (task reports, probe results, leaves, stray Hellos) one session
+    /// may send per second on average (default 200). These are never dropped — each may
+    /// carry a change the server must see — so beyond the rate the session pauses before
+    /// reading the next, and HTTP/2 flow control slows the agent down. Counted in
+    /// `warden_session_messages_paced_total`.
+    pub message_rate: f64,
+    /// Such messages one session may send in a burst above the rate (default 1 000: an agent
+    /// reporting hundreds of tasks at once is not slowed).
+    pub message_burst: u32,
 }
 
 impl Default for SessionLimits {
@@ -122,6 +131,8 @@ impl Default for SessionLimits {
             outbound_queue: 256,
             heartbeat_rate: 10.0,
             heartbeat_burst: 20,
+            message_rate: 200.0,
+            message_burst: 1_000,
         }
     }
 }
@@ -169,6 +180,18 @@ impl SessionLimits {
         if self.heartbeat_burst < 2 {
             return Err(ConfigError::new("heartbeat_burst", "must be at least 2"));
         }
+        if !(self.message_rate.is_finite() && self.message_rate >= 1.0) {
+            return Err(ConfigError::new(
+                "message_rate",
+                format!(
+                    "must be a number of messages per second, at least 1 (got {})",
+                    self.message_rate
+                ),
+            ));
+        }
+        if self.message_burst < 1 {
+            return Err(ConfigError::new("message_burst", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -195,6 +218,47 @@ impl HeartbeatLimiter {
         }
         self.bucket.take(1, now);
         true
+    }
+}
+
+/// Per-session pacing of every message but heartbeats: a token bucket of
+/// [`SessionLimits::message_rate`] and [`SessionLimits::message_burst`] that may go into
+/// debt, each message beyond the burst waiting for its token. Pure: the caller passes the
+/// time and does the waiting.
+#[derive(Clone, Debug)]
+pub struct MessagePacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Time,
+}
+
+/// Longest single pause (a clock that stands still must not make them grow without bound).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+impl MessagePacer {
+    /// A full bucket at `now`.
+    pub fn new(limits: &SessionLimits, now: Time) -> Self {
+        let burst = f64::from(limits.message_burst.max(1));
+        MessagePacer {
+            rate: limits.message_rate.max(1e-3),
+            burst,
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// A message arrived at `now`: how long the session must pause before handling it (zero
+    /// within the rate). It is never dropped.
+    pub fn pause(&mut self, now: Time) -> Duration {
+        let dt = now.saturating_since(self.updated).as_secs_f64();
+        self.updated = self.updated.max(now);
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst) - 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate).min(MAX_PAUSE)
+        }
     }
 }
 
@@ -384,6 +448,18 @@ mod tests {
                 Box::new(|l| l.sessions.heartbeat_rate = f64::NAN),
             ),
             (
+                "limits.sessions.message_rate",
+                Box::new(|l| l.sessions.message_rate = 0.5),
+            ),
+            (
+                "limits.sessions.message_rate",
+                Box::new(|l| l.sessions.message_rate = f64::INFINITY),
+            ),
+            (
+                "limits.sessions.message_burst",
+                Box::new(|l| l.sessions.message_burst = 0),
+            ),
+            (
                 "limits.sessions.max_sessions",
                 Box::new(|l| l.sessions.max_sessions = 0),
             ),
@@ -437,6 +513,36 @@ mod tests {
         // A normal agent (2/s) is never dropped.
         let mut limiter = HeartbeatLimiter::new(&limits, t0);
         assert!((0..100u64).all(|i| limiter.admit(Time::from_millis(1_000 + i * 500))));
+    }
+
+    #[test]
+    fn the_message_pacer_passes_a_burst_then_paces_to_the_rate() {
+        let limits = SessionLimits {
+            message_rate: 20.0,
+            message_burst: 4,
+            ..SessionLimits::default()
+        };
+        let t0 = Time::from_millis(1_000);
+        let mut pacer = MessagePacer::new(&limits, t0);
+        let pauses: Vec<Duration> = (0..6).map(|_| pacer.pause(t0)).collect();
+        assert_eq!(&pauses[..4], &[Duration::ZERO; 4]);
+        assert_eq!(
+            &pauses[4..],
+            &[Duration::from_millis(50), Duration::from_millis(100)]
+        );
+        // A session that waits as told handles messages at the rate: 200 in 10 s.
+        let mut now = t0 + Duration::from_millis(100);
+        let mut handled = 0;
+        while now < t0 + Duration::from_secs(10) {
+            now = now + pacer.pause(now);
+            handled += 1;
+        }
+        assert!((198..=202).contains(&handled), "handled {handled}");
+        // A clock that stands still makes no pause longer than a second.
+        assert!((0..100).all(|_| pacer.pause(now) <= Duration::from_secs(1)));
+        // One within the rate is never paused.
+        let mut pacer = MessagePacer::new(&limits, t0);
+        assert!((0..100u64).all(|i| pacer.pause(Time::from_millis(1_000 + i * 100)).is_zero()));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const HEARTBEATS_RECEIVED: &str = "warden_heartbeats_received_total";
 /// Heartbeats dropped unread because their session exceeded its heartbeat rate limit
 /// (`[limits.sessions]`).
 pub const HEARTBEATS_DROPPED: &str = "warden_heartbeats_dropped_total";
+/// Times a session paused before handling a message (not a heartbeat) beyond its rate
+/// (`[limits.sessions] message_rate`).
+pub const MESSAGES_PACED: &str = "warden_session_messages_paced_total";
 /// Lifecycle transitions, by `from` and `to` state.
 pub const TRANSITIONS: &str = "warden_lifecycle_transitions_total";
 /// Probes run for suspects, by `kind` and `result`.
@@ -198,6 +201,13 @@ impl Metrics {
         describe(
             r,
             Kind::Counter,
+            MESSAGES_PACED,
+            Some(Unit::Count),
+            "Messages other than heartbeats a session paused for because it sent more than its rate allows (never dropped).",
+        );
+        describe(
+            r,
+            Kind::Counter,
             TRANSITIONS,
             Some(Unit::Count),
             "Lifecycle transitions of agent generations, by from and to state.",
@@ -255,6 +265,8 @@ impl Metrics {
             .absolute(0);
         r.register_counter(&key(HEARTBEATS_DROPPED, vec![]), &METADATA)
             .absolute(0);
+        r.register_counter(&key(MESSAGES_PACED, vec![]), &METADATA)
+            .absolute(0);
         r.register_counter(&key(RECOVERIES_STARTED, vec![]), &METADATA)
             .absolute(0);
         for outcome in ["succeeded", "failed", "superseded"] {
@@ -305,6 +317,11 @@ impl Metrics {
     /// A heartbeat was dropped by its session's rate limit.
     pub fn heartbeat_dropped(&self) {
         self.counter(HEARTBEATS_DROPPED, vec![]).increment(1);
+    }
+
+    /// A session paused before handling a message beyond its rate.
+    pub fn message_paced(&self) {
+        self.counter(MESSAGES_PACED, vec![]).increment(1);
     }
 
     /// An agent generation changed state.

@@ -28,7 +28,7 @@ use warden_proto::v1::{AgentMessage, ServerMessage};
 
 use crate::auth::{Gate, JOIN_TOKEN_METADATA};
 use crate::control::ControlPlane;
-use crate::limits::{HeartbeatLimiter, SessionLimits};
+use crate::limits::{HeartbeatLimiter, MessagePacer, SessionLimits};
 
 /// How long an agent has to say Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +111,14 @@ impl AgentSession for SessionService {
             .get(JOIN_TOKEN_METADATA)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        if self.gate.wants_token() {
+            let gate = self.gate.clone();
+            let presented = token.clone();
+            tokio::task::spawn_blocking(move || gate.precheck(presented.as_deref()))
+                .await
+                .map_err(|e| Status::internal(format!("join token check: {e}")))?
+                .inspect_err(|e| warn!(?remote, reason = %e, "agent session refused"))?;
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -142,6 +150,7 @@ impl AgentSession for SessionService {
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();
         let mut heartbeats = HeartbeatLimiter::new(&self.limits, cp.clock().now());
+        let mut others = MessagePacer::new(&self.limits, cp.clock().now());
         tokio::spawn(async move {
             let _permit = permit;
             loop {
@@ -149,6 +158,20 @@ impl AgentSession for SessionService {
                     () = cancel.cancelled() => break,
                     m = inbound.message() => m,
                 };
+                // Every message but a heartbeat is paced, never dropped: the session pauses
+                // before handling one beyond its rate (and reads nothing meanwhile).
+                if let Ok(Some(AgentMessage { msg })) = &msg
+                    && !matches!(msg, Some(Msg::Heartbeat(_)))
+                {
+                    let pause = others.pause(cp.clock().now());
+                    if !pause.is_zero() {
+                        cp.recorder().message_paced();
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
                 match msg {
                     Ok(Some(AgentMessage { msg: Some(m) })) => match m {
                         Msg::Heartbeat(hb) if heartbeats.admit(cp.clock().now()) => {

@@ -1790,13 +1790,13 @@ async fn the_job_count_limit_holds_under_concurrent_creations() {
         .collect();
     let mut statuses = Vec::new();
     for p in posts {
-        statuses.push(p.await.unwrap());
+        statuses.push(p.await.expect("post task"));
     }
     let created = statuses.iter().filter(|s| **s == 201).count();
     let refused = statuses.iter().filter(|s| **s == 422).count();
     assert_eq!((created, refused), (3, 13), "{statuses:?}");
     assert_eq!(server.fake.lock().submit_calls, 3);
-    let server = Arc::into_inner(server).unwrap();
+    let server = Arc::into_inner(server).expect("every post finished");
     server.stop().await;
 }
 

@@ -227,6 +227,52 @@ async fn a_heartbeat_storm_is_dropped_and_counted_without_hurting_a_calm_agent()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_messages_beyond_their_rate_are_paced_not_dropped() {
+    let server = TestServer::start(SessionLimits {
+        message_rate: 20.0,
+        message_burst: 10,
+        ..SessionLimits::default()
+    })
+    .await;
+    let mut chatty = open(server.grpc, "chatty").await.expect("session");
+    let started = Instant::now();
+    for _ in 0..50 {
+        chatty
+            .tx
+            .send(msg(agent_message::Msg::ProbeResult(
+                v1::ProbeResult::default(),
+            )))
+            .await
+            .expect("send");
+    }
+    // A heartbeat behind them is handled once they all were: the session paced them and
+    // is still open.
+    chatty.tx.send(heartbeat(1)).await.expect("send");
+    let ack = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match chatty.inbound.message().await {
+                Ok(Some(v1::ServerMessage {
+                    msg: Some(server_message::Msg::Ack(a)),
+                })) => return Some(a.seq),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("no ack within 20 s");
+    assert_eq!(ack, Some(1), "the heartbeat behind the paced messages");
+    // 40 messages beyond the burst at 20/s take about 2 s: a lower bound, not a timing goal.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let paced = server.metric("warden_session_messages_paced_total").await;
+    assert!(paced >= 30.0, "paced {paced}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_ends_only_its_own_session() {
     let server = TestServer::start(SessionLimits {
         max_message_bytes: 4096,

@@ -518,6 +518,20 @@ async fn join_tokens_are_required_checked_and_one_time_tokens_bind_to_one_name()
     );
     assert!(s.agent_names().await.is_empty());
 
+    // A stream without a token is refused before any Hello: it does not hold a session for
+    // the Hello's timeout (that would end with DeadlineExceeded, "no Hello within 5s").
+    let channel = s.endpoint(Some(&ca)).connect().await.expect("connect");
+    let mut client = AgentSessionClient::new(channel);
+    let (_silent, rx) = mpsc::channel::<AgentMessage>(1);
+    let Err(e) = tokio::time::timeout(DEADLINE, client.session(ReceiverStream::new(rx)))
+        .await
+        .expect("an answer to a stream that never says Hello")
+    else {
+        panic!("a stream without a token was accepted");
+    };
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("join token is required"), "{e}");
+
     // A one-time token: a uses it first; a may come back, b may not.
     let first = open(s.endpoint(Some(&ca)), Some(&once), "a", 0)
         .await
