@@ -13,14 +13,14 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
     /// The file could not be read.
-    #[error("read {what} {}: {source}", path.display())]
+    #[error("read {what} {}: {reason}", path.display())]
     Read {
         /// What the file should hold ("certificate", "private key", "CA certificate").
         what: &'static str,
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source`: a chain would print it twice).
+        reason: std::io::Error,
     },
     /// The file holds no PEM section of the expected kind.
     #[error("{what} {}: no {section} PEM section found", path.display())]
@@ -45,10 +45,10 @@ pub enum PemError {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
+    std::fs::read(path).map_err(|reason| PemError::Read {
         what,
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 
@@ -137,11 +137,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let missing = dir.join("nope.pem");
-        let e = read_certificate_chain(&missing).unwrap_err().to_string();
+        let e = read_certificate_chain(&missing).unwrap_err();
+        // As error reporters print it: the message, then every source in the chain.
+        let mut chained = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            chained = format!("{chained}: {s}");
+            source = s.source();
+        }
         assert!(
-            e.contains("nope.pem") && e.contains("read certificate"),
-            "{e}"
+            chained.contains("nope.pem") && chained.contains("read certificate"),
+            "{chained}"
         );
+        // The reason is said once, even by a reporter that prints the whole chain.
+        assert_eq!(chained.matches("os error 2").count(), 1, "{chained}");
 
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "hello\n").unwrap();
