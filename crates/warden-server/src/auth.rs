@@ -91,6 +91,8 @@ pub struct SessionSecurity {
     pub tls: Option<ServerTls>,
     /// Join tokens required of every session.
     pub join_tokens: Option<JoinTokens>,
+    /// Revoked agent certificates (with TLS only).
+    pub deny: Option<crate::revoke::DenyList>,
 }
 
 /// Why a session was refused.
@@ -129,6 +131,12 @@ pub enum AuthError {
     /// The binding of a one-time token could not be recorded.
     #[error("record the use of a one-time join token: {0}")]
     Internal(String),
+    /// The client certificate is on the deny list.
+    #[error("the client certificate (serial {serial}) was revoked")]
+    Revoked {
+        /// Its serial number.
+        serial: String,
+    },
 }
 
 impl From<AuthError> for tonic::Status {
@@ -138,7 +146,8 @@ impl From<AuthError> for tonic::Status {
             AuthError::NoCertificate
             | AuthError::BadCertificate(_)
             | AuthError::TokenMissing
-            | AuthError::TokenUnknown => tonic::Status::unauthenticated(message),
+            | AuthError::TokenUnknown
+            | AuthError::Revoked { .. } => tonic::Status::unauthenticated(message),
             AuthError::WrongIdentity { .. } | AuthError::TokenBound { .. } => {
                 tonic::Status::permission_denied(message)
             }
@@ -170,6 +179,8 @@ pub fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, AuthEr
 pub struct PeerIdentity {
     /// The agent names the client certificate is valid for.
     pub names: Vec<String>,
+    /// The certificate's serial number (normalised, see [`crate::revoke::normalise_serial`]).
+    pub serial: Option<String>,
 }
 
 /// The checks a session passes before admission.
@@ -177,6 +188,7 @@ pub struct PeerIdentity {
 pub struct Gate {
     tls: bool,
     tokens: Option<JoinTokens>,
+    deny: Option<std::sync::Arc<crate::revoke::DenyList>>,
 }
 
 impl Gate {
@@ -187,6 +199,7 @@ impl Gate {
             Gate {
                 tls: tls.is_some(),
                 tokens: security.join_tokens,
+                deny: security.deny.map(std::sync::Arc::new),
             },
             tls,
         )
@@ -209,9 +222,23 @@ impl Gate {
         let leaf = peer_certs
             .and_then(<[_]>::first)
             .ok_or(AuthError::NoCertificate)?;
+        let serial = crate::revoke::certificate_serial(leaf.as_ref());
+        if let (Some(deny), Some(serial)) = (&self.deny, &serial)
+            && deny.is_revoked(serial)
+        {
+            return Err(AuthError::Revoked {
+                serial: serial.clone(),
+            });
+        }
         Ok(Some(PeerIdentity {
             names: certificate_names(leaf)?,
+            serial,
         }))
+    }
+
+    /// The deny list of revoked certificates, if any (its watcher closes live sessions).
+    pub fn deny_list(&self) -> Option<std::sync::Arc<crate::revoke::DenyList>> {
+        self.deny.clone()
     }
 
     /// Whether sessions must present a join token.

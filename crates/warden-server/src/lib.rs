@@ -38,6 +38,7 @@ pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod pki;
+pub mod revoke;
 pub mod server;
 pub mod session;
 pub mod sla;

@@ -149,6 +149,9 @@ pub async fn run_replica(
         .map_err(StartError::from)?;
     let cp = ControlPlane::with_leadership(store, cfg, leadership)?;
     let (gate, tls) = Gate::new(security);
+    if let Some(deny) = gate.deny_list() {
+        tokio::spawn(deny.run_watcher(cancel.child_token()));
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(ServerError::Tls)?;

@@ -133,6 +133,7 @@ impl AgentSession for SessionService {
                 ));
             }
         };
+        let serial = peer.as_ref().and_then(|p| p.serial.clone());
         let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
         // The gate may record a one-time token's binding and admission may write the store
         // (a new generation is persisted): off the async workers.
@@ -149,10 +150,16 @@ impl AgentSession for SessionService {
         .map_err(|e| Status::internal(format!("admit: {e}")))??;
         let cp = self.cp.clone();
         let cancel = self.cancel.child_token();
+        // A session of a certificate revoked while it lasts is closed by the deny list.
+        let watched = match (self.gate.deny_list(), serial) {
+            (Some(deny), Some(serial)) => Some(deny.watch(serial, cancel.clone())),
+            _ => None,
+        };
         let mut heartbeats = HeartbeatLimiter::new(&self.limits, cp.clock().now());
         let mut others = MessagePacer::new(&self.limits, cp.clock().now());
         tokio::spawn(async move {
             let _permit = permit;
+            let _watched = watched;
             loop {
                 let msg = tokio::select! {
                     () = cancel.cancelled() => break,

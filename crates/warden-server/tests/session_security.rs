@@ -27,6 +27,7 @@ use warden_proto::v1::server_message::Msg as Smsg;
 use warden_proto::v1::{self, AgentMessage, ServerMessage};
 use warden_server::auth::{JoinTokens, ServerTls, SessionSecurity, add_join_token};
 use warden_server::pki::{Ca, Issued, Validity};
+use warden_server::revoke::{DenyList, pem_serial};
 use warden_server::server::{self, Adapters};
 use warden_server::sla::SlaConfig;
 
@@ -306,6 +307,7 @@ fn tls_only(p: &Pki) -> SessionSecurity {
     SessionSecurity {
         tls: Some(p.server_tls()),
         join_tokens: None,
+        deny: None,
     }
 }
 
@@ -484,6 +486,63 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_loses_its_live_session_and_cannot_open_another() {
+    let p = pki();
+    let dir = tmp();
+    let deny = dir.path().join("deny");
+    std::fs::write(&deny, "# revoked agent certificates\n").expect("write");
+    let s = start(
+        SessionSecurity {
+            tls: Some(p.server_tls()),
+            join_tokens: None,
+            deny: Some(DenyList::open(&deny).expect("deny list")),
+        },
+        dir,
+    )
+    .await;
+    let issued = p.ca.issue_agent("a", Validity::days(1)).expect("cert");
+    let serial = pem_serial(issued.cert_pem.as_bytes()).expect("serial");
+    let a = ClientTls::from_pem(p.ca.cert_pem().to_string(), issued.cert_pem, issued.key_pem);
+    let b = p.agent("b");
+    let mut sa = open(s.endpoint(Some(&a)), None, "a", 0)
+        .await
+        .expect("a joins");
+    let mut sb = open(s.endpoint(Some(&b)), None, "b", 0)
+        .await
+        .expect("b joins");
+    sa.barrier().await;
+
+    std::fs::write(&deny, format!("serial={}\n", serial.to_uppercase())).expect("revoke");
+    let revoked_at = Instant::now();
+    // a's stream ends (the server closed it); b's is untouched.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match sa.rx.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked certificate's session stayed open"
+    );
+    eprintln!(
+        "revoked session closed {:?} after the file changed",
+        revoked_at.elapsed()
+    );
+    sb.barrier().await;
+
+    let e = open(s.endpoint(Some(&a)), None, "a", 1)
+        .await
+        .err()
+        .expect("a revoked certificate: refused");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("revoked"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_are_required_checked_and_one_time_tokens_bind_to_one_name() {
     let p = pki();
     let dir = tmp();
@@ -495,6 +554,7 @@ async fn join_tokens_are_required_checked_and_one_time_tokens_bind_to_one_name()
         SessionSecurity {
             tls: Some(p.server_tls()),
             join_tokens: Some(tokens),
+            deny: None,
         },
         dir,
     )

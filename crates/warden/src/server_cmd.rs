@@ -18,6 +18,7 @@ use warden_server::file_adapter::FileAdapterConfig;
 use warden_server::haproxy::HaproxyConfig;
 use warden_server::leader::Leadership;
 use warden_server::limits::LimitsConfig;
+use warden_server::revoke::DenyList;
 use warden_server::sla::SlaConfig;
 use warden_store::{RedbStore, Store};
 
@@ -49,6 +50,11 @@ pub struct ServerArgs {
     /// DNS name in its certificate.
     #[arg(long, env = "WARDEN_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Revoked agent certificates: one serial number (hex) per line, as `warden tls revoke`
+    /// appends them. Re-read every 250 ms: a revoked certificate's live sessions are closed
+    /// and new ones refused. Needs --tls-cert.
+    #[arg(long, env = "WARDEN_TLS_DENY")]
+    pub tls_deny: Option<PathBuf>,
     /// File of join token hashes, one `sha256:<hex> [once]` per line (`warden token join`
     /// adds one); agents must present one of these tokens. Re-read when it changes. Without
     /// it no token is required.
@@ -97,6 +103,8 @@ pub struct ServerFile {
     pub tls_key: Option<PathBuf>,
     /// CA certificate(s) agents' certificates must chain to (PEM).
     pub tls_client_ca: Option<PathBuf>,
+    /// Revoked agent certificates' serial numbers, one per line (re-read on change).
+    pub tls_deny: Option<PathBuf>,
     /// File of join token hashes (`sha256:<hex> [once]` per line); unset: no token required.
     pub join_tokens: Option<PathBuf>,
     /// `redb` or `etcd://HOST:PORT[,...][/PREFIX]`.
@@ -172,6 +180,8 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     /// Mutual TLS: certificate, key, client CA.
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// The deny list of revoked agent certificates.
+    pub tls_deny: Option<PathBuf>,
     /// Join token hashes file.
     pub join_tokens: Option<PathBuf>,
     /// Where the state lives.
@@ -236,6 +246,7 @@ impl ServerArgs {
                      client certificates whenever it speaks TLS"
                 ),
             },
+            tls_deny: self.tls_deny.clone().or(file.tls_deny),
             join_tokens: self.join_tokens.clone().or(file.join_tokens),
             store: StoreChoice::parse(
                 self.store
@@ -297,6 +308,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             tls_cert: s.tls.as_ref().map(|t| t.0.clone()),
             tls_key: s.tls.as_ref().map(|t| t.1.clone()),
             tls_client_ca: s.tls.as_ref().map(|t| t.2.clone()),
+            tls_deny: s.tls_deny.clone(),
             join_tokens: s.join_tokens.clone(),
             store: Some(s.store.as_text()),
             advertise_addr: Some(s.advertise_addr.clone()),
@@ -395,6 +407,14 @@ fn session_security(s: &ServerSettings) -> Result<SessionSecurity> {
         Some((cert, key, ca)) => Some(ServerTls::from_files(cert, key, ca)?),
         None => None,
     };
+    let deny = match (&s.tls_deny, &tls) {
+        (Some(f), Some(_)) => Some(DenyList::open(f)?),
+        (Some(_), None) => bail!(
+            "--tls-deny (tls_deny) revokes client certificates, which needs mutual TLS: \
+             give --tls-cert, --tls-key and --tls-client-ca too"
+        ),
+        (None, _) => None,
+    };
     let join_tokens = match &s.join_tokens {
         Some(f) => {
             // One-time token bindings are kept here, whatever the store.
@@ -419,5 +439,9 @@ fn session_security(s: &ServerSettings) -> Result<SessionSecurity> {
             "agent sessions use mutual TLS"
         ),
     }
-    Ok(SessionSecurity { tls, join_tokens })
+    Ok(SessionSecurity {
+        tls,
+        join_tokens,
+        deny,
+    })
 }

@@ -311,6 +311,29 @@ fn bad_tls_settings_are_refused_naming_the_file_or_the_flags() {
         &f("server.pem"),
     ]);
     assert!(e.contains("go together"), "{e}");
+    // A deny list needs TLS, and a bad line in it is named.
+    let deny = dir.path().join("deny");
+    std::fs::write(&deny, "0a1b\nnot a serial\n").unwrap();
+    let e = failing(&["server", "--data-dir", &data, "--tls-deny", &p(&deny)]);
+    assert!(e.contains("needs mutual TLS"), "{e}");
+    let e = failing(&[
+        "server",
+        "--data-dir",
+        &data,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &f("server.pem"),
+        "--tls-key",
+        &f("server-key.pem"),
+        "--tls-client-ca",
+        &f("ca.pem"),
+        "--tls-deny",
+        &p(&deny),
+    ]);
+    assert!(e.contains("deny") && e.contains("line 2"), "{e}");
 
     let e = failing(&[
         "agent",
