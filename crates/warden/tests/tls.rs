@@ -272,8 +272,8 @@ fn bad_tls_settings_are_refused_naming_the_file_or_the_flags() {
     let f = |name: &str| p(&certs.join(name));
     let missing = p(&dir.path().join("missing.pem"));
     let data = p(&dir.path().join("data"));
-    let server = |cert: &str, key: &str, ca: &str| {
-        failing(&[
+    let server_with = |cert: &str, key: &str, ca: &str, extra: &[&str]| {
+        let mut args = vec![
             "server",
             "--data-dir",
             &data,
@@ -287,8 +287,11 @@ fn bad_tls_settings_are_refused_naming_the_file_or_the_flags() {
             key,
             "--tls-client-ca",
             ca,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        failing(&args)
     };
+    let server = |cert: &str, key: &str, ca: &str| server_with(cert, key, ca, &[]);
     let e = server(&missing, &f("server-key.pem"), &f("ca.pem"));
     assert!(
         e.contains("read certificate") && e.contains("missing.pem"),
@@ -316,23 +319,12 @@ fn bad_tls_settings_are_refused_naming_the_file_or_the_flags() {
     std::fs::write(&deny, "0a1b\nnot a serial\n").unwrap();
     let e = failing(&["server", "--data-dir", &data, "--tls-deny", &p(&deny)]);
     assert!(e.contains("needs mutual TLS"), "{e}");
-    let e = failing(&[
-        "server",
-        "--data-dir",
-        &data,
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--tls-cert",
+    let e = server_with(
         &f("server.pem"),
-        "--tls-key",
         &f("server-key.pem"),
-        "--tls-client-ca",
         &f("ca.pem"),
-        "--tls-deny",
-        &p(&deny),
-    ]);
+        &["--tls-deny", &p(&deny)],
+    );
     assert!(e.contains("deny") && e.contains("line 2"), "{e}");
 
     let e = failing(&[
