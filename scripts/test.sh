@@ -17,7 +17,8 @@ need_pkgs=()
 #   (crates/warden-store/src/etcd/tests.rs, crates/warden-store/tests/etcd_election.rs), of the
 #   replicated control plane's end-to-end tests (crates/warden/tests/ha.rs) and of the
 #   leader-failover chaos scenario (crates/warden/tests/chaos.rs).
-packages=(prometheus chromium nftables iproute2 stress-ng haproxy protobuf-compiler etcd-server)
+# systemd: systemd-analyze, which checks the Debian package's units (crates/warden/tests/package.rs).
+packages=(prometheus chromium nftables iproute2 stress-ng haproxy protobuf-compiler etcd-server systemd)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
