@@ -22,11 +22,24 @@ packages=(prometheus chromium nftables iproute2 stress-ng haproxy protobuf-compi
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
+sudo_cmd=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_pkgs[@]}"
+fi
+
+# kubernetes-validate and yamllint (PyPI, pinned) check the Kubernetes manifests in
+# deploy/kubernetes (crates/warden/tests/manifests.rs); they live in a virtualenv under target/.
+pyenv_dir="target/pyenv"
+py_tools=(kubernetes-validate==1.37.0 yamllint==1.38.0)
+if ! "$pyenv_dir/bin/python" -m pip show kubernetes-validate yamllint >/dev/null 2>&1; then
+    if ! python3 -m venv "$pyenv_dir" 2>/dev/null; then
+        $sudo_cmd apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv
+        /usr/bin/python3 -m venv "$pyenv_dir"
+    fi
+    "$pyenv_dir/bin/python" -m pip install -q "${py_tools[@]}"
 fi
 
 export CARGO_INCREMENTAL=0
