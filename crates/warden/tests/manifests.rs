@@ -102,7 +102,7 @@ fn the_validator_refuses_a_broken_manifest() {
     )
     .unwrap();
     assert!(
-        validate(&[broken.clone()]).is_err(),
+        validate(std::slice::from_ref(&broken)).is_err(),
         "an unknown field passed"
     );
     std::fs::write(
