@@ -34,6 +34,114 @@ impl Default for ElectionConfig {
     }
 }
 
+/// How the server reaches etcd securely (`[etcd]` in the config file, `--etcd-*` flags): TLS
+/// with the CA that signed etcd's certificate, a client certificate for an etcd started with
+/// `--client-cert-auth`, and a user for an etcd with authentication enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdAccess {
+    /// CA certificate(s) (PEM) etcd's server certificate must chain to; turns on TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), with `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// etcd user name, with `password_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// File whose first line is the etcd user's password (never a flag's value: it would show
+    /// in `ps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl EtcdAccess {
+    /// Reject settings that do not go together, naming them.
+    pub fn validate(&self) -> Result<()> {
+        if self.cert.is_some() != self.key.is_some() {
+            anyhow::bail!("--etcd-cert and --etcd-key (etcd.cert, etcd.key) go together");
+        }
+        if self.cert.is_some() && self.ca.is_none() {
+            anyhow::bail!(
+                "--etcd-cert needs --etcd-ca (etcd.ca): a client certificate is only sent over TLS"
+            );
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            anyhow::bail!(
+                "--etcd-user and --etcd-password-file (etcd.user, etcd.password_file) go together"
+            );
+        }
+        Ok(())
+    }
+
+    /// How the server reaches etcd, for errors: a failed TLS handshake surfaces from the
+    /// client only as "transport error" or "canceled".
+    #[cfg(feature = "etcd")]
+    pub fn describe(&self) -> String {
+        let mut out = match (&self.ca, &self.cert) {
+            (None, _) => "plaintext, no --etcd-ca".to_string(),
+            (Some(ca), None) => format!("TLS with CA {}, no client certificate", ca.display()),
+            (Some(ca), Some(cert)) => format!(
+                "TLS with CA {}, client certificate {}",
+                ca.display(),
+                cert.display()
+            ),
+        };
+        if let Some(u) = &self.user {
+            out.push_str(&format!(", user {u}"));
+        }
+        out
+    }
+
+    /// Whether any setting is given.
+    pub fn is_set(&self) -> bool {
+        *self != EtcdAccess::default()
+    }
+
+    /// `cfg` with these settings, the files read (errors name them).
+    #[cfg(feature = "etcd")]
+    fn apply(
+        &self,
+        mut cfg: warden_store::etcd::EtcdConfig,
+    ) -> Result<warden_store::etcd::EtcdConfig> {
+        use anyhow::Context;
+        use warden_proto::pem;
+        use warden_store::etcd::{EtcdTls, EtcdUser};
+        self.validate()?;
+        if let Some(ca) = &self.ca {
+            let identity = match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => {
+                    Some((pem::read_certificate_chain(c)?, pem::read_private_key(k)?))
+                }
+                _ => None,
+            };
+            cfg = cfg.with_tls(EtcdTls {
+                ca_pem: pem::read_ca_bundle(ca)?,
+                identity,
+            });
+        }
+        if let (Some(name), Some(file)) = (&self.user, &self.password_file) {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("read etcd password file {}", file.display()))?;
+            let password = text.lines().next().unwrap_or("").trim_end().to_string();
+            if password.is_empty() {
+                anyhow::bail!(
+                    "etcd password file {}: its first line is empty",
+                    file.display()
+                );
+            }
+            cfg = cfg.with_user(EtcdUser {
+                name: name.clone(),
+                password,
+            });
+        }
+        Ok(cfg)
+    }
+}
+
 impl ElectionConfig {
     /// Reject impossible settings, naming the field.
     pub fn validate(&self) -> Result<()> {
@@ -62,6 +170,7 @@ impl ElectionConfig {
 #[cfg(feature = "etcd")]
 pub async fn open(
     url: &str,
+    access: &EtcdAccess,
     name: &str,
     election: &ElectionConfig,
     cancel: CancellationToken,
@@ -71,11 +180,12 @@ pub async fn open(
     use warden_store::etcd::{ElectionState, EtcdConfig, EtcdStore};
 
     let cfg = EtcdConfig::parse(url).with_context(|| format!("--store {url}"))?;
+    let cfg = access.apply(cfg)?;
     let store = tokio::task::spawn_blocking(move || {
         EtcdStore::connect(cfg, warden_store::StoreOptions::default())
     })
     .await?
-    .with_context(|| format!("connect to etcd at {url}"))?;
+    .with_context(|| format!("connect to etcd at {url} ({})", access.describe()))?;
     let store = Arc::new(store);
     let campaign = store.election(name.to_string(), election.ttl, election.margin);
     let mut states = campaign.state();
@@ -113,6 +223,7 @@ pub async fn open(
 #[cfg(not(feature = "etcd"))]
 pub async fn open(
     url: &str,
+    _access: &EtcdAccess,
     _name: &str,
     _election: &ElectionConfig,
     _cancel: CancellationToken,

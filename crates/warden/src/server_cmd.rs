@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::etcd_cmd::ElectionConfig;
+use crate::etcd_cmd::{ElectionConfig, EtcdAccess};
 use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,22 @@ pub struct ServerArgs {
     /// several servers on the same URL; one is elected leader). [default: redb]
     #[arg(long, env = "WARDEN_STORE")]
     pub store: Option<String>,
+    /// CA certificate(s) (PEM) etcd's certificate must chain to: the etcd store over TLS.
+    #[arg(long, env = "WARDEN_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an etcd started with --client-cert-auth; needs --etcd-key
+    /// and --etcd-ca.
+    #[arg(long, env = "WARDEN_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, env = "WARDEN_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, for an etcd with authentication enabled; needs --etcd-password-file.
+    #[arg(long, env = "WARDEN_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[arg(long, env = "WARDEN_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
     /// The REST address this replica advertises to the others (`GET /v1/leader`, redirects of
     /// writes) [default: --http-addr]
     #[arg(long, env = "WARDEN_ADVERTISE_ADDR")]
@@ -122,6 +138,9 @@ pub struct ServerFile {
     /// Leader election on etcd (`[election]`).
     #[serde(default)]
     pub election: ElectionConfig,
+    /// TLS and authentication to etcd (`[etcd]`).
+    #[serde(default, skip_serializing_if = "etcd_unset")]
+    pub etcd: EtcdAccess,
     /// Control-plane tuning.
     #[serde(default)]
     pub control: ControllerConfig,
@@ -190,6 +209,8 @@ pub struct ServerSettings {
     pub advertise_addr: String,
     /// Leader election settings.
     pub election: ElectionConfig,
+    /// TLS and authentication to etcd.
+    pub etcd: EtcdAccess,
     /// REST API token file.
     pub api_tokens: Option<PathBuf>,
     /// What the REST API serves without a token.
@@ -256,6 +277,13 @@ impl ServerArgs {
             )?,
             advertise_addr: String::new(),
             election: file.election,
+            etcd: EtcdAccess {
+                ca: self.etcd_ca.clone().or(file.etcd.ca),
+                cert: self.etcd_cert.clone().or(file.etcd.cert),
+                key: self.etcd_key.clone().or(file.etcd.key),
+                user: self.etcd_user.clone().or(file.etcd.user),
+                password_file: self.etcd_password_file.clone().or(file.etcd.password_file),
+            },
             api_tokens: self.api_tokens.clone().or(file.api_tokens),
             api: AccessPolicy {
                 public_metrics: self.public_metrics || file.api.public_metrics,
@@ -274,6 +302,13 @@ impl ServerArgs {
             .or(file.advertise_addr)
             .unwrap_or_else(|| s.http_addr.to_string());
         s.election.validate()?;
+        s.etcd.validate()?;
+        if s.etcd.is_set() && s.store == StoreChoice::Redb {
+            anyhow::bail!(
+                "the etcd settings (--etcd-*, [etcd]) apply to --store etcd://…; this server \
+                 uses the embedded store"
+            );
+        }
         s.control.planner.fencing = s.control.lifecycle.fencing.clone();
         s.control.validate().context("invalid configuration")?;
         s.limits
@@ -313,6 +348,7 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
             store: Some(s.store.as_text()),
             advertise_addr: Some(s.advertise_addr.clone()),
             election: s.election.clone(),
+            etcd: s.etcd.clone(),
             api_tokens: s.api_tokens.clone(),
             api: s.api,
             limits: s.limits.clone(),
@@ -371,7 +407,8 @@ pub async fn run(args: &ServerArgs) -> Result<()> {
                      election.ttl + 1s to ride through failovers (docs/ha.md)"
                 );
             }
-            crate::etcd_cmd::open(url, &advertise, &s.election, cancel.child_token()).await?
+            crate::etcd_cmd::open(url, &s.etcd, &advertise, &s.election, cancel.child_token())
+                .await?
         }
     };
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
@@ -444,4 +481,9 @@ fn session_security(s: &ServerSettings) -> Result<SessionSecurity> {
         join_tokens,
         deny,
     })
+}
+
+/// Whether the `[etcd]` section has nothing to print.
+fn etcd_unset(a: &EtcdAccess) -> bool {
+    !a.is_set()
 }

@@ -28,6 +28,49 @@ pub struct EtcdConfig {
     /// Deadline of one store call: past it the call fails with
     /// [`StoreError::Unavailable`], it never hangs.
     pub request_timeout: Duration,
+    /// TLS to etcd: the endpoints are then `https://`.
+    pub tls: Option<EtcdTls>,
+    /// etcd authentication (`etcdctl auth enable`): a user and its password.
+    pub user: Option<EtcdUser>,
+}
+
+/// TLS settings for etcd, as PEM bytes (the caller reads the files and names them in errors).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA certificate(s) etcd's server certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// A client certificate and its key, for an etcd started with `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|_| "(certificate, key)"),
+            )
+            .finish()
+    }
+}
+
+/// An etcd user; the password never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    /// The user name.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdUser")
+            .field("name", &self.name)
+            .field("password", &"(hidden)")
+            .finish()
+    }
 }
 
 impl EtcdConfig {
@@ -39,7 +82,31 @@ impl EtcdConfig {
             prefix: prefix.into(),
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            tls: None,
+            user: None,
         }
+    }
+
+    /// The same cluster over TLS: every endpoint becomes `https://`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| match e.strip_prefix("http://") {
+                Some(rest) => format!("https://{rest}"),
+                None => e.clone(),
+            })
+            .collect();
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The same cluster, authenticating as `user`.
+    #[must_use]
+    pub fn with_user(mut self, user: EtcdUser) -> Self {
+        self.user = Some(user);
+        self
     }
 
     /// Parse `etcd://host:port[,host:port...][/prefix]`, e.g.
@@ -63,7 +130,9 @@ impl EtcdConfig {
         })?;
         if rest.contains("://") {
             return Err(bad(
-                "endpoints are host:port without a scheme (TLS is not supported)".into(),
+                "endpoints are host:port without a scheme (TLS is set by the etcd TLS \
+                 settings, not the URL)"
+                    .into(),
             ));
         }
         let (hosts, prefix) = match rest.find('/') {
@@ -114,7 +183,9 @@ fn parse_endpoint(host: &str) -> std::result::Result<String, String> {
         return Err("has an empty endpoint (two commas, or a trailing comma?)".into());
     }
     if h.starts_with("https://") {
-        return Err(format!("endpoint {host:?}: TLS is not supported"));
+        return Err(format!(
+            "endpoint {host:?}: give host:port; TLS is set by the etcd TLS settings"
+        ));
     }
     if let Some(c) = h
         .chars()

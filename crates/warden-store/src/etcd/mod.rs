@@ -74,7 +74,9 @@ pub mod testing;
 #[cfg(all(test, feature = "etcd-testing"))]
 mod tests;
 
-pub use config::{DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT, EtcdConfig};
+pub use config::{
+    DEFAULT_DIAL_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT, EtcdConfig, EtcdTls, EtcdUser,
+};
 pub use election::{DEFAULT_MARGIN, DEFAULT_TTL, Election, ElectionState, LeaderInfo, LeaderValue};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -529,9 +531,20 @@ impl EtcdStore {
             None => unreachable!("the runtime was just built"),
         };
         let endpoints = cfg.endpoints.clone();
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(cfg.dial_timeout)
             .with_require_leader(true);
+        if let Some(tls) = &cfg.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(t);
+        }
+        if let Some(user) = &cfg.user {
+            options = options.with_user(user.name.clone(), user.password.clone());
+        }
         let client = run_on(
             &handle,
             cfg.dial_timeout + cfg.request_timeout,

@@ -484,3 +484,42 @@ fn losing_a_follower_member_is_invisible_and_losing_the_raft_leader_brief() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_user_and_password_reach_an_etcd_with_authentication_and_others_are_refused() {
+    // A cluster of its own: authentication is cluster-wide.
+    let cluster = EtcdCluster::start(1).expect("start etcd (Debian package etcd-server)");
+    cluster
+        .wait_healthy(Duration::from_secs(20))
+        .expect("healthy");
+    let raw = Raw::new(&cluster);
+    let mut c = raw.client.clone();
+    raw.rt.block_on(async {
+        c.user_add("root", "s3cret-pw", None)
+            .await
+            .expect("user add");
+        c.user_grant_role("root", "root").await.expect("grant root");
+        c.auth_enable().await.expect("auth enable");
+    });
+    let cfg = cluster.config("/auth");
+    let as_root = |password: &str| {
+        cfg.clone().with_user(super::EtcdUser {
+            name: "root".into(),
+            password: password.into(),
+        })
+    };
+    // The right password: connected, and the schema version written under the prefix.
+    let store = EtcdStore::connect(as_root("s3cret-pw"), StoreOptions::default()).expect("connect");
+    assert_eq!(store.next_generation("a").expect("a write"), 1);
+    // A wrong password, and none at all, are refused with etcd's reason.
+    let e = EtcdStore::connect(as_root("wrong"), StoreOptions::default())
+        .expect_err("a wrong password");
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    let e = EtcdStore::connect(cfg.clone(), StoreOptions::default()).expect_err("no user");
+    assert!(
+        e.to_string().contains("user name is empty") || e.to_string().contains("permission"),
+        "{e}"
+    );
+    // The password is not in the configuration's Debug output (it goes to logs).
+    assert!(!format!("{:?}", as_root("s3cret-pw")).contains("s3cret-pw"));
+}
