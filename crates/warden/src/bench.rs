@@ -205,11 +205,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         per_core: usize,
     },
-    /// One agent at idle with two tasks: its CPU share and resident memory.
+    /// One agent at idle with two tasks: its CPU share and resident memory. `--loaded`: with
+    /// twenty tasks instead (sixteen with an exec health check every second, two stateful
+    /// counters writing ten times a second), the footprint to size a DaemonSet's limits by.
     AgentIdle {
         /// Measurement window, seconds.
         #[arg(long, default_value_t = 60)]
         measure: u64,
+        /// Twenty tasks with health checks and state instead of two idle ones.
+        #[arg(long)]
+        loaded: bool,
     },
     /// Singleton RTO on a real local cluster: kill -9 (or SIGSTOP) the agent running a
     /// singleton, measure until its replacement process runs, check the old copy was gone
@@ -290,7 +295,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             );
             Ok(())
         }
-        BenchCommand::AgentIdle { measure } => agent_idle(*measure),
+        BenchCommand::AgentIdle { measure, loaded } => agent_idle(*measure, *loaded),
         BenchCommand::Stress {
             agents,
             duration,
@@ -468,8 +473,9 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     }
 }
 
-/// Start a server and one agent running two tasks; measure the agent's CPU and RSS at idle.
-fn agent_idle(measure: u64) -> Result<()> {
+/// Start a server and one agent running two tasks (twenty when `loaded`); measure the agent's
+/// CPU and RSS.
+fn agent_idle(measure: u64, loaded: bool) -> Result<()> {
     use std::time::{Duration, Instant};
     use warden_chaos::cluster::{Cluster, cpu_and_rss, wait_until};
     let exe = std::env::current_exe()?;
@@ -480,8 +486,28 @@ fn agent_idle(measure: u64) -> Result<()> {
             "name = \"{name}\"\nkind = \"{kind}\"\ncommand = \"{{exe}}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"60\"]\n"
         ))?;
     }
-    if !wait_until(Duration::from_secs(30), || cluster.task_procs().len() == 2) {
-        anyhow::bail!("the two tasks did not start");
+    if loaded {
+        for i in 0..16 {
+            cluster.submit(&format!(
+                "name = \"checked-{i}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"60\"]\n\
+                 [health]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\ninterval = \"1s\"\n"
+            ))?;
+        }
+        for i in 0..2 {
+            cluster.submit(&format!(
+                "name = \"stateful-{i}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\nargs = [\"workload\", \"counter\", \"--every-ms\", \"100\"]\n\
+                 [state]\nstandbys = 0\n"
+            ))?;
+        }
+    }
+    let tasks = if loaded { 20 } else { 2 };
+    if !wait_until(Duration::from_secs(60), || {
+        cluster.task_procs().len() == tasks
+    }) {
+        anyhow::bail!(
+            "the {tasks} tasks did not start ({} running)",
+            cluster.task_procs().len()
+        );
     }
     let pid = cluster
         .agent_pid("agent-1")
@@ -492,10 +518,26 @@ fn agent_idle(measure: u64) -> Result<()> {
     std::thread::sleep(Duration::from_secs(measure));
     let (c1, rss) = cpu_and_rss(pid).ok_or_else(|| anyhow::anyhow!("read /proc"))?;
     let share = (c1 - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    // The shims (the agent's children, one per task) live in the agent's container too.
+    let shims: Vec<u64> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| warden_chaos::cluster::parent_pid(*p) == Some(pid))
+        .filter_map(|p| cpu_and_rss(p).map(|(_, r)| r))
+        .collect();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let what = if loaded {
+        "with 20 tasks (16 exec health checks every 1 s, 2 stateful counters at 10 writes/s)"
+    } else {
+        "at idle with 2 tasks"
+    };
     println!(
-        "agent at idle with 2 tasks, {measure} s: CPU {:.2}% of a core, RSS {:.1} MiB",
+        "agent {what}, {measure} s: CPU {:.2}% of a core, RSS {:.1} MiB; its {} shims {:.1} MiB \
+         together (the tasks themselves not counted)",
         share * 100.0,
-        rss as f64 / (1024.0 * 1024.0)
+        mib(rss),
+        shims.len(),
+        mib(shims.iter().sum())
     );
     Ok(())
 }
