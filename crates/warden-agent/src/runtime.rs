@@ -644,7 +644,21 @@ async fn link_session(
     cancel: &CancellationToken,
 ) -> LinkEnd {
     let server = p.server.as_str();
-    let endpoint = match crate::tls::endpoint(server, p.tls.as_ref()) {
+    // Certificates rotated on disk are picked up here, at each connection (file reads: off
+    // the async workers).
+    let tls = match &p.tls {
+        Some(t) => {
+            let t = t.clone();
+            let fallback = t.clone();
+            Some(
+                tokio::task::spawn_blocking(move || t.reloaded())
+                    .await
+                    .unwrap_or(fallback),
+            )
+        }
+        None => None,
+    };
+    let endpoint = match crate::tls::endpoint(server, tls.as_ref()) {
         Ok(e) => e,
         Err(e) => return LinkEnd::Lost(e.to_string()),
     };

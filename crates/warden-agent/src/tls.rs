@@ -27,6 +27,8 @@ pub struct ClientTls {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     server_name: Option<String>,
+    /// The files it was read from (CA, certificate, key), re-read at every connection.
+    files: Option<[std::path::PathBuf; 3]>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -49,16 +51,46 @@ impl ClientTls {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
             server_name: None,
+            files: None,
         }
     }
 
     /// From PEM files (`--tls-ca`, `--tls-cert`, `--tls-key`); errors name the file.
+    /// The files are read again at every connection (see [`ClientTls::reloaded`]), so
+    /// certificates rotated on disk are used without a restart.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, PemError> {
-        Ok(Self::from_pem(
+        let mut tls = Self::from_pem(
             pem::read_ca_bundle(ca)?,
             pem::read_certificate_chain(cert)?,
             pem::read_private_key(key)?,
-        ))
+        );
+        tls.files = Some([ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()]);
+        Ok(tls)
+    }
+
+    /// The settings as the files hold them now (for settings read from files): a rotated
+    /// certificate, key or CA bundle takes effect at the next connection. When a file cannot
+    /// be read or parsed (a rotation half done), the settings loaded before are kept, with a
+    /// warning.
+    pub fn reloaded(&self) -> ClientTls {
+        let Some([ca, cert, key]) = &self.files else {
+            return self.clone();
+        };
+        match ClientTls::from_files(ca, cert, key) {
+            Ok(mut fresh) => {
+                if (&fresh.ca_pem, &fresh.cert_pem, &fresh.key_pem)
+                    != (&self.ca_pem, &self.cert_pem, &self.key_pem)
+                {
+                    tracing::info!(cert = %cert.display(), "TLS files changed: using them from this connection on");
+                }
+                fresh.server_name = self.server_name.clone();
+                fresh
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS files unreadable; keeping the ones loaded before");
+                self.clone()
+            }
+        }
     }
 
     /// Verify the server's certificate for `name` instead of the host in its address (e.g.
@@ -309,6 +341,45 @@ mod tests {
         assert!(e.to_string().contains("scheme"), "{e}");
         let e = endpoint("not an address", None).unwrap_err();
         assert!(e.to_string().contains("bad server address"), "{e}");
+    }
+
+    #[test]
+    fn settings_from_files_follow_a_rotation_and_survive_a_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem_of = |name: &str, body: &str| {
+            format!("-----BEGIN {name}-----\n{body}\n-----END {name}-----\n")
+        };
+        // Any DER parses as PEM here only if it is a certificate: use real ones.
+        let ca = rcgen::KeyPair::generate().unwrap();
+        let cert = |cn: &str| {
+            rcgen::CertificateParams::new(vec![cn.to_string()])
+                .unwrap()
+                .self_signed(&ca)
+                .unwrap()
+                .pem()
+        };
+        let (ca_p, cert_p, key_p) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("agent.pem"),
+            dir.path().join("agent-key.pem"),
+        );
+        std::fs::write(&ca_p, cert("ca")).unwrap();
+        std::fs::write(&cert_p, cert("a")).unwrap();
+        std::fs::write(&key_p, ca.serialize_pem()).unwrap();
+        let loaded = ClientTls::from_files(&ca_p, &cert_p, &key_p)
+            .unwrap()
+            .with_server_name("warden");
+        let rotated = cert("a-renewed");
+        std::fs::write(&cert_p, &rotated).unwrap();
+        let now = loaded.reloaded();
+        assert_eq!(now.cert_pem, rotated.as_bytes());
+        assert_eq!(now.server_name.as_deref(), Some("warden"));
+        // Half a rotation (the certificate file is not a certificate): the old settings stay.
+        std::fs::write(&cert_p, pem_of("PRIVATE KEY", "AAAA")).unwrap();
+        assert_eq!(now.reloaded().cert_pem, rotated.as_bytes());
+        // Settings given as bytes are never re-read.
+        let fixed = ClientTls::from_pem("a", "b", "c");
+        assert_eq!(fixed.reloaded().cert_pem, b"b");
     }
 
     #[test]

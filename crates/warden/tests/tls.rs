@@ -378,3 +378,87 @@ fn bad_tls_settings_are_refused_naming_the_file_or_the_flags() {
         "{printed}"
     );
 }
+
+#[test]
+fn a_revoked_agent_certificate_is_replaced_on_disk_and_the_agent_rejoins_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ok(&["tls", "init", "--dir", &p(&certs), "--agent", "a1"]);
+    let deny = dir.path().join("deny");
+    std::fs::write(&deny, "").unwrap();
+    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
+    let s = Setup {
+        certs,
+        grpc: format!("127.0.0.1:{grpc}"),
+        api: Client::new(&format!("http://127.0.0.1:{http}")).unwrap(),
+        dir,
+    };
+    let config = s.dir.path().join("server.toml");
+    std::fs::write(&config, warden_chaos::run::SERVER_CONFIG).unwrap();
+    let server_args: Vec<String> = vec![
+        "server".into(),
+        "--config".into(),
+        p(&config),
+        "--data-dir".into(),
+        p(&s.dir.path().join("server")),
+        "--grpc-addr".into(),
+        s.grpc.clone(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http}"),
+        "--tls-cert".into(),
+        p(&s.certs.join("server.pem")),
+        "--tls-key".into(),
+        p(&s.certs.join("server-key.pem")),
+        "--tls-client-ca".into(),
+        p(&s.certs.join("ca.pem")),
+        "--tls-deny".into(),
+        p(&deny),
+    ];
+    let _server = spawn(&server_args, &[], &s.log("server"));
+    assert!(
+        wait_until(DEADLINE, || s.api.get("/healthz").is_ok()),
+        "server did not come up: {}",
+        s.read_log("server")
+    );
+    let _a1 = s.agent("a1", "a1", &[], &[]);
+    let sessions = || s.read_log("a1").matches("session established").count();
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a1").as_deref()
+            == Some("healthy")),
+        "a1 did not join: {}",
+        s.read_log("a1")
+    );
+
+    // Revoked: the live session is closed and every new one refused.
+    let out = ok(&[
+        "tls",
+        "revoke",
+        "--deny-file",
+        &p(&deny),
+        &p(&s.certs.join("agent-a1.pem")),
+    ]);
+    assert!(out.contains("revoked"), "{out}");
+    assert!(
+        wait_until(DEADLINE, || s.read_log("a1").contains("was revoked")),
+        "a1 was not refused after the revocation: {}",
+        s.read_log("a1")
+    );
+    assert!(s.read_log("server").contains("its certificate was revoked"));
+    let before = sessions();
+
+    // A new certificate for a1, written over the old files: the running agent picks it up at
+    // its next connection attempt and joins again.
+    ok(&["tls", "issue-agent", "--dir", &p(&s.certs), "a1", "--force"]);
+    assert!(
+        wait_until(DEADLINE, || sessions() > before),
+        "a1 did not rejoin with its new certificate: {}",
+        s.read_log("a1")
+    );
+    assert!(s.read_log("a1").contains("TLS files changed"));
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a1").as_deref()
+            == Some("healthy")),
+        "a1 is not healthy again: {:?}",
+        s.agent_state("a1")
+    );
+}
