@@ -5,7 +5,8 @@
 #
 #   scripts/build-deb.sh [--binary PATH] [--out DIR] [--compress xz|gzip|none]
 #
-# Without --binary it builds the release binary first (cargo build --release -p warden).
+# Without --binary it builds the release binary first, with the etcd store (cargo build
+# --release -p warden --features etcd; needs protoc, Debian's protobuf-compiler).
 # --compress: the payload's compression (default xz; the test suite uses none: a debug binary
 # takes minutes to compress).
 # Prints the path of the .deb it wrote.
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ -z "$binary" ]; then
-    cargo build --release --locked -p warden --manifest-path "$root/Cargo.toml" >&2
+    cargo build --release --locked -p warden --features etcd --manifest-path "$root/Cargo.toml" >&2
     binary="$root/target/release/warden"
 fi
 [ -x "$binary" ] || { echo "build-deb.sh: $binary is not an executable" >&2; exit 1; }
@@ -42,8 +43,10 @@ install -D -m 0755 "$binary" "$pkg/usr/bin/warden"
 install -D -m 0644 "$src/warden-server.service" "$pkg/lib/systemd/system/warden-server.service"
 install -D -m 0644 "$src/warden-agent.service" "$pkg/lib/systemd/system/warden-agent.service"
 install -d "$pkg/etc/warden"
-# The server's settings in the schema of --print-config, with the packaged data directory.
-"$binary" server --print-config --data-dir /var/lib/warden/server > "$pkg/etc/warden/server.toml"
+# The server's settings in the schema of --print-config, with the packaged data directory
+# (in a clean environment: WARDEN_* variables of the build machine must not end up in it).
+env -i PATH="$PATH" "$binary" server --print-config --data-dir /var/lib/warden/server \
+    > "$pkg/etc/warden/server.toml"
 chmod 0644 "$pkg/etc/warden/server.toml"
 install -m 0644 "$src/agent.env" "$pkg/etc/warden/agent.env"
 "$binary" man --out "$pkg/usr/share/man/man1" >/dev/null
@@ -56,7 +59,7 @@ install -d "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/zsh/vend
 install -D -m 0644 "$root/README.md" "$pkg/usr/share/doc/warden/README.md"
 
 install -d "$pkg/DEBIAN"
-install -m 0755 "$src/postinst" "$src/postrm" "$pkg/DEBIAN/"
+install -m 0755 "$src/postinst" "$src/prerm" "$src/postrm" "$pkg/DEBIAN/"
 printf '/etc/warden/server.toml\n/etc/warden/agent.env\n' > "$pkg/DEBIAN/conffiles"
 size="$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)"
 cat > "$pkg/DEBIAN/control" <<CONTROL

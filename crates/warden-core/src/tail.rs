@@ -368,6 +368,11 @@ impl Grid {
             return; // less than a quarter to gain
         }
         let lo = self.lo + start as f64 * width;
+        // Not below a millionth of the values' size: a constant signal would otherwise halve
+        // its range every look, down to rounding (where the value itself falls outside).
+        if (bins as f64 * width) < 1e-6 * (1.0 + lo.abs()) {
+            return;
+        }
         self.remap(lo, lo + bins as f64 * width);
     }
 
@@ -806,6 +811,27 @@ mod tests {
             d.grid.hi
         );
         assert!(d.observe(at(17_000), 130.0).anomalous);
+    }
+
+    #[test]
+    fn a_constant_signal_keeps_a_grid_that_a_step_can_be_placed_on() {
+        let mut d = fast(Direction::Both);
+        for i in 0..100_000 {
+            d.observe(at(i), 0.0);
+        }
+        let span = d.grid.hi - d.grid.lo;
+        // The width a flat history opens the grid to (1e-12), and no narrower.
+        assert!(
+            span > 0.5e-12 && span.is_finite(),
+            "the grid narrowed to {span}"
+        );
+        assert!(
+            d.grid.lo <= 0.0 && 0.0 <= d.grid.hi,
+            "{} .. {}",
+            d.grid.lo,
+            d.grid.hi
+        );
+        assert!(d.observe(at(100_000), 5.0).anomalous);
     }
 
     #[test]

@@ -223,12 +223,21 @@ impl Gate {
             .and_then(<[_]>::first)
             .ok_or(AuthError::NoCertificate)?;
         let serial = crate::revoke::certificate_serial(leaf.as_ref());
-        if let (Some(deny), Some(serial)) = (&self.deny, &serial)
-            && deny.is_revoked(serial)
-        {
-            return Err(AuthError::Revoked {
-                serial: serial.clone(),
-            });
+        if let Some(deny) = &self.deny {
+            match &serial {
+                Some(serial) if deny.is_revoked(serial) => {
+                    return Err(AuthError::Revoked {
+                        serial: serial.clone(),
+                    });
+                }
+                Some(_) => {}
+                // A deny list cannot vouch for a certificate whose serial it cannot read.
+                None => {
+                    return Err(AuthError::BadCertificate(
+                        "its serial number cannot be read (needed to check the deny list)".into(),
+                    ));
+                }
+            }
         }
         Ok(Some(PeerIdentity {
             names: certificate_names(leaf)?,

@@ -95,8 +95,9 @@ struct AppState {
     sla: SlaConfig,
     history: Arc<History>,
     /// Held from the job-count check to the end of the submit, so concurrent creations
-    /// cannot all pass a check made before any of them was stored.
-    submitting: Arc<std::sync::Mutex<()>>,
+    /// cannot all pass a check made before any of them was stored. Async: a waiting request
+    /// holds no thread of the blocking pool (session admission uses it too).
+    submitting: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The REST API's routes over `api`, with the default [`Limits`] and SLA settings.
@@ -496,13 +497,10 @@ async fn submit_job(
     let body = Bytes::from_request(request, &())
         .await
         .map_err(|rejection| body_error(rejection, limit))?;
+    let _one_at_a_time = submitting.lock().await;
     let (name, outcome) = blocking(&api, move |api| {
         let spec = job_body::decode_job_spec(format, &body, &jobs)?;
         let name = spec.name.to_string();
-        // (A poisoned lock guards nothing: the count is read again under it.)
-        let _one_at_a_time = submitting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         check_job_count(api, &name, jobs.max_jobs)?;
         let outcome = api
             .submit_job(spec)

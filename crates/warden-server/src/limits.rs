@@ -113,9 +113,9 @@ pub struct SessionLimits {
     /// Heartbeats one session may send in a burst above the rate (default 20).
     pub heartbeat_burst: u32,
     /// Every other message (task reports, probe results, leaves, stray Hellos) one session
-    /// may send per second on average (default 200). These are never dropped — each may
-    /// carry a change the server must see — so beyond the rate the session pauses before
-    /// reading the next, and HTTP/2 flow control slows the agent down. Counted in
+    /// may send per second on average (default 200). The server never drops these — each
+    /// may carry a change it must see — so beyond the rate the session pauses before reading
+    /// the next (its own heartbeats wait behind them). Counted in
     /// `warden_session_messages_paced_total`.
     pub message_rate: f64,
     /// Such messages one session may send in a burst above the rate (default 1 000: an agent

@@ -196,10 +196,20 @@ impl DenyList {
     /// Watch a live session of the certificate with `serial`: `close` is cancelled if it is
     /// revoked while the session lasts.
     pub fn watch(&self, serial: String, close: CancellationToken) -> Watched {
+        // The list is read under its lock before the session is registered (the order
+        // `reload` takes them in): a revocation that landed between the session's first
+        // check and now closes it here, and one that lands later finds it registered.
+        let serials = lock(&self.serials);
+        if serials.1.contains(&serial) {
+            warn!(serial = %serial, "closing a session: its certificate was revoked");
+            close.cancel();
+        }
         let mut live = lock(&self.live);
         live.next += 1;
         let id = live.next;
         live.sessions.insert(id, (serial, close));
+        drop(live);
+        drop(serials);
         Watched {
             id,
             live: self.live.clone(),
@@ -317,6 +327,10 @@ mod tests {
         std::fs::write(&path, "a1\n").unwrap();
         assert_eq!(list.reload(), 1);
         assert!(a.is_cancelled() && !b.is_cancelled());
+        // A session registered after its certificate was revoked is closed at once.
+        let late = CancellationToken::new();
+        let _wl = list.watch("a1".into(), late.clone());
+        assert!(late.is_cancelled());
         // A session that ended is no longer watched.
         drop(wb);
         std::fs::write(&path, "a1\nb2\n").unwrap();

@@ -123,6 +123,12 @@ impl EtcdAccess {
                 identity,
             });
         }
+        if self.user.is_some() && self.ca.is_none() {
+            tracing::warn!(
+                "the etcd password travels in plaintext (--etcd-user without --etcd-ca): \
+                 anyone on the network path can read it"
+            );
+        }
         if let (Some(name), Some(file)) = (&self.user, &self.password_file) {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("read etcd password file {}", file.display()))?;

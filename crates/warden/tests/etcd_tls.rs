@@ -182,6 +182,18 @@ fn the_server_reaches_an_etcd_that_requires_tls_and_client_certificates() {
         &["--etcd-ca"],
     ));
     assert!(err.contains("no client certificate"), "{err}");
+    // Another CA than the one that signed etcd's certificate: etcd is not trusted.
+    let other = Ca::generate(Validity::days(1)).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.cert_pem()).unwrap();
+    let err = failing(server(
+        dir.path(),
+        port,
+        free_port().unwrap(),
+        &[&other_ca, &f.client_cert, &f.client_key],
+        &["--etcd-ca", "--etcd-cert", "--etcd-key"],
+    ));
+    assert!(err.contains("store unavailable"), "{err}");
     // No TLS at all, to an etcd that only speaks TLS.
     let err = failing(server(dir.path(), port, free_port().unwrap(), &[], &[]));
     assert!(err.contains("plaintext, no --etcd-ca"), "{err}");

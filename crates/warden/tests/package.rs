@@ -97,7 +97,7 @@ fn the_debian_package_holds_the_binary_units_config_and_docs_and_its_units_verif
         "{printed}"
     );
     // The maintainer scripts are shell that parses.
-    for script in ["postinst", "postrm"] {
+    for script in ["postinst", "prerm", "postrm"] {
         run(Command::new("sh").arg("-n").arg(control.join(script)));
     }
     let server_unit =
