@@ -67,10 +67,55 @@ struct Setup {
     dir: tempfile::TempDir,
     certs: PathBuf,
     grpc: String,
+    http: String,
     api: Client,
 }
 
 impl Setup {
+    /// Certificates in `certs` (made by `warden tls init`), free ports for a server.
+    fn new(dir: tempfile::TempDir, certs: PathBuf) -> Setup {
+        let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
+        Setup {
+            certs,
+            grpc: format!("127.0.0.1:{grpc}"),
+            http: format!("127.0.0.1:{http}"),
+            api: Client::new(&format!("http://127.0.0.1:{http}")).unwrap(),
+            dir,
+        }
+    }
+
+    /// Start a server with mutual TLS (and `extra` flags) and wait until it answers.
+    fn server(&self, extra: &[String]) -> ChildGuard {
+        // Host-wide CPU signals say nothing about agents that share one (busy) test machine.
+        let config = self.dir.path().join("server.toml");
+        std::fs::write(&config, warden_chaos::run::SERVER_CONFIG).unwrap();
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--config".into(),
+            p(&config),
+            "--data-dir".into(),
+            p(&self.dir.path().join("server")),
+            "--grpc-addr".into(),
+            self.grpc.clone(),
+            "--http-addr".into(),
+            self.http.clone(),
+            "--tls-cert".into(),
+            p(&self.certs.join("server.pem")),
+            "--tls-key".into(),
+            p(&self.certs.join("server-key.pem")),
+            "--tls-client-ca".into(),
+            p(&self.certs.join("ca.pem")),
+        ];
+        args.extend(extra.iter().cloned());
+        let server = spawn(&args, &[], &self.log("server"));
+        assert!(
+            wait_until(DEADLINE, || self.api.get("/healthz").is_ok()),
+            "server did not come up: {}",
+            self.read_log("server")
+        );
+        server
+    }
+
     fn agent(
         &self,
         name: &str,
@@ -142,41 +187,8 @@ fn tls_init_output_runs_server_and_agents_with_join_tokens_end_to_end() {
     let token_file = dir.path().join("a1.token");
     std::fs::write(&token_file, format!("{once}\n")).unwrap();
 
-    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
-    let s = Setup {
-        certs,
-        grpc: format!("127.0.0.1:{grpc}"),
-        api: Client::new(&format!("http://127.0.0.1:{http}")).unwrap(),
-        dir,
-    };
-    // Host-wide CPU signals say nothing about agents that share one (busy) test machine.
-    let config = s.dir.path().join("server.toml");
-    std::fs::write(&config, warden_chaos::run::SERVER_CONFIG).unwrap();
-    let server_args: Vec<String> = vec![
-        "server".into(),
-        "--config".into(),
-        p(&config),
-        "--data-dir".into(),
-        p(&s.dir.path().join("server")),
-        "--grpc-addr".into(),
-        s.grpc.clone(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{http}"),
-        "--tls-cert".into(),
-        p(&s.certs.join("server.pem")),
-        "--tls-key".into(),
-        p(&s.certs.join("server-key.pem")),
-        "--tls-client-ca".into(),
-        p(&s.certs.join("ca.pem")),
-        "--join-tokens".into(),
-        p(&tokens),
-    ];
-    let _server = spawn(&server_args, &[], &s.log("server"));
-    assert!(
-        wait_until(DEADLINE, || s.api.get("/healthz").is_ok()),
-        "server did not come up: {}",
-        s.read_log("server")
-    );
+    let s = Setup::new(dir, certs);
+    let _server = s.server(&["--join-tokens".into(), p(&tokens)]);
 
     // a1: its certificate and the one-time token, from a file.
     let _a1 = s.agent(
@@ -386,40 +398,8 @@ fn a_revoked_agent_certificate_is_replaced_on_disk_and_the_agent_rejoins_without
     ok(&["tls", "init", "--dir", &p(&certs), "--agent", "a1"]);
     let deny = dir.path().join("deny");
     std::fs::write(&deny, "").unwrap();
-    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
-    let s = Setup {
-        certs,
-        grpc: format!("127.0.0.1:{grpc}"),
-        api: Client::new(&format!("http://127.0.0.1:{http}")).unwrap(),
-        dir,
-    };
-    let config = s.dir.path().join("server.toml");
-    std::fs::write(&config, warden_chaos::run::SERVER_CONFIG).unwrap();
-    let server_args: Vec<String> = vec![
-        "server".into(),
-        "--config".into(),
-        p(&config),
-        "--data-dir".into(),
-        p(&s.dir.path().join("server")),
-        "--grpc-addr".into(),
-        s.grpc.clone(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{http}"),
-        "--tls-cert".into(),
-        p(&s.certs.join("server.pem")),
-        "--tls-key".into(),
-        p(&s.certs.join("server-key.pem")),
-        "--tls-client-ca".into(),
-        p(&s.certs.join("ca.pem")),
-        "--tls-deny".into(),
-        p(&deny),
-    ];
-    let _server = spawn(&server_args, &[], &s.log("server"));
-    assert!(
-        wait_until(DEADLINE, || s.api.get("/healthz").is_ok()),
-        "server did not come up: {}",
-        s.read_log("server")
-    );
+    let s = Setup::new(dir, certs);
+    let _server = s.server(&["--tls-deny".into(), p(&deny)]);
     let _a1 = s.agent("a1", "a1", &[], &[]);
     let sessions = || s.read_log("a1").matches("session established").count();
     assert!(
