@@ -31,6 +31,11 @@ pub const CONNECTED: &str = "warden_agent_connected";
 pub const GENERATION: &str = "warden_agent_generation";
 /// Local restarts of crashed tasks.
 pub const TASK_RESTARTS: &str = "warden_agent_task_restarts_total";
+/// Tasks the kernel's OOM killer killed (they went past their memory limit).
+pub const TASK_OOM_KILLS: &str = "warden_agent_task_oom_kills_total";
+/// 1 when tasks run in cgroups with their limits enforced, by `cgroup` version (`v1`, `v2`);
+/// 0 with `cgroup="none"` when they run unconfined.
+pub const LIMITS_ENFORCED: &str = "warden_agent_task_limits_enforced";
 /// Times the lease ran out and the singletons were fenced.
 pub const FENCINGS: &str = "warden_agent_fencings_total";
 /// Tasks known to the supervisor, by `state`.
@@ -109,6 +114,10 @@ impl AgentMetrics {
                 FENCINGS,
                 "Times the lease ran out and every singleton task was fenced.",
             ),
+            (
+                TASK_OOM_KILLS,
+                "Task runs that ended in an OOM kill: the task went past its memory limit.",
+            ),
         ];
         for (name, help) in counters {
             recorder.describe_counter(
@@ -127,6 +136,11 @@ impl AgentMetrics {
                 "The generation this agent runs as (0 before it joined).",
             ),
             (TASKS, "Tasks known to the supervisor, by state."),
+            (
+                LIMITS_ENFORCED,
+                "1 when tasks run in cgroups with their limits enforced (label cgroup: v1 or v2); \
+                 0 with cgroup=\"none\" when they run unconfined.",
+            ),
             (
                 LEASE_REMAINING,
                 "Seconds left on the lease; 0 when it ran out or was never granted.",
@@ -191,6 +205,23 @@ impl AgentMetrics {
     /// The session ended.
     pub fn session_ended(&self) {
         self.set(CONNECTED, 0.0);
+    }
+
+    /// A task run ended in an OOM kill.
+    pub fn task_oom_killed(&self) {
+        self.increment(TASK_OOM_KILLS);
+    }
+
+    /// Whether task limits are enforced, and by which cgroup version (`None`: not enforced).
+    pub fn limits_enforced(&self, version: Option<&str>) {
+        let key = Key::from_parts(
+            LIMITS_ENFORCED,
+            vec![Label::new("cgroup", version.unwrap_or("none").to_string())],
+        );
+        self.inner
+            .recorder
+            .register_gauge(&key, &METADATA)
+            .set(if version.is_some() { 1.0 } else { 0.0 });
     }
 
     /// The supervisor restarted a crashed task.

@@ -463,6 +463,9 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 if matches!(ev.kind, TaskEventKind::Restarting { .. }) {
                     cfg.metrics.task_restarted();
                 }
+                if matches!(ev.kind, TaskEventKind::Exited { oom_killed: true, .. }) {
+                    cfg.metrics.task_oom_killed();
+                }
                 report_event(&ev, &links, &mut health, &mut endpoints);
                 if matches!(ev.kind, TaskEventKind::Failed { .. } | TaskEventKind::Fenced | TaskEventKind::Stopped) {
                     // The copy is over: its state is closed (kept on disk), its replication
@@ -927,6 +930,12 @@ fn assign(
         leased: a.singleton && !fencing_broken_for_tests(),
         log_dir: cfg.data_dir.join("logs"),
         health,
+        resources: a
+            .resources
+            .as_ref()
+            .map_or_else(Resources::default, |r| {
+                Resources::new(r.cpu_millis, r.memory_mb)
+            }),
     };
     if let Err(e) = supervisor.start(spec) {
         // Not started for lack of a lease is no failure of the task: the server restarts it
@@ -981,10 +990,14 @@ fn report_event(
                 *healthy,
             )
         }
-        TaskEventKind::Exited { exit } => (
+        TaskEventKind::Exited { exit, oom_killed } => (
             CopyPhase::Starting,
             None,
-            format!("exited: {exit:?}"),
+            if *oom_killed {
+                format!("exited: oom_killed ({exit:?}): went past its memory limit")
+            } else {
+                format!("exited: {exit:?}")
+            },
             false,
         ),
         TaskEventKind::Restarting { attempt, after } => (

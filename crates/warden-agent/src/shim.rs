@@ -27,8 +27,11 @@
 //! process-group id cannot have been reused: when the leader exits, the shim SIGKILLs what is
 //! left of the group *before* reaping the leader. The shim also makes itself a child
 //! subreaper, so orphaned grandchildren are reparented to it and reaped rather than left as
-//! zombies. A process that leaves the group on purpose (`setsid`) escapes; containing that
-//! needs cgroups.
+//! zombies. A process that leaves the group on purpose (`setsid`) escapes the group kill,
+//! but not the task's cgroup when the agent gives it one (`--cgroup`, see [`crate::cgroup`]):
+//! the shim creates the cgroup with the task's limits before the task starts, kills whatever
+//! is still in it when the task ends or is killed, reports an OOM kill (`oom-killed`), and
+//! removes it.
 //!
 //! The protocol (argv, stdin lines, stdout lines, exit codes) is in [`protocol`] and
 //! [`ShimArgs`].
@@ -112,9 +115,23 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
         (Err(e), _) => return fail(out, format!("open {}: {e}", args.stdout.display())),
         (_, Err(e)) => return fail(out, format!("open {}: {e}", args.stderr.display())),
     };
-    let leader = match spawn_task(args, &stdout, &stderr) {
+    let cgroup = if args.cgroups.is_empty() {
+        None
+    } else {
+        match crate::cgroup::TaskCgroup::create(&args.cgroups, &args.limits) {
+            Ok(c) => Some(c),
+            // Never start a task unconfined that was meant to be limited.
+            Err(e) => return fail(out, format!("cannot confine the task: {e}")),
+        }
+    };
+    let leader = match spawn_task(args, cgroup.as_ref(), &stdout, &stderr) {
         Ok(pid) => pid,
-        Err(SpawnError::Setup(message)) => return fail(out, message),
+        Err(SpawnError::Setup(message)) => {
+            if let Some(c) = &cgroup {
+                c.remove();
+            }
+            return fail(out, message);
+        }
         Err(SpawnError::Exec(errno)) => {
             let (code, kind) = match errno {
                 Errno::ENOENT | Errno::ENOTDIR => (EXIT_NOT_FOUND, "not-found"),
@@ -123,6 +140,9 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
                 }
                 _ => (EXIT_SHIM_FAILED, "error"),
             };
+            if let Some(c) = &cgroup {
+                c.remove();
+            }
             error!(program = %args.program, error = %errno, "cannot start the task");
             out.send(&Status::SpawnFailed {
                 reason: format!("{kind}: {}", errno.desc()),
@@ -147,6 +167,7 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
         parent,
         leader,
         group,
+        cgroup: cgroup.as_ref(),
         deadline,
         kill_at: None,
         killed: false,
@@ -155,7 +176,22 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
         discarding: false,
     };
     let exit = watch.run();
+    if let Some(c) = &cgroup {
+        // Whatever escaped the process group (setsid) dies with the task.
+        c.kill_all(Duration::from_secs(1));
+    }
     watch.reap_orphans();
+    if let Some(c) = &cgroup {
+        let count = c.oom_kills();
+        if count > 0 {
+            warn!(task = %args.task, count, "the task went past its memory limit and was OOM-killed");
+            out.send(&Status::OomKilled { count });
+        }
+        let left = c.remove();
+        if !left.is_empty() {
+            warn!(?left, "cannot remove the task's cgroup");
+        }
+    }
     info!(task = %args.task, exit = %exit, "task exited");
     out.send(&Status::Exited(exit));
     exit.shim_exit_code()
@@ -177,8 +213,13 @@ enum SpawnError {
 /// Not `std::process::Command`: it lets the child inherit the caller's signal mask, and the
 /// shim blocks SIGTERM (to read it from a signalfd), so the task would never see a stop's
 /// SIGTERM. Changing the mask in the child would need `pre_exec`, i.e. `unsafe`.
-fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, SpawnError> {
-    let Some((uid, gid)) = args.user else {
+fn spawn_task(
+    args: &ShimArgs,
+    cgroup: Option<&crate::cgroup::TaskCgroup>,
+    stdout: &File,
+    stderr: &File,
+) -> Result<Pid, SpawnError> {
+    if args.user.is_none() && cgroup.is_none() {
         let program = cstring(args.program.clone().into_bytes())?;
         let mut argv = vec![program.clone()];
         for arg in &args.args {
@@ -187,10 +228,10 @@ fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, Spaw
         let devnull = File::open("/dev/null")
             .map_err(|e| SpawnError::Setup(format!("open /dev/null: {e}")))?;
         return spawn_with(&program, &argv, devnull.as_raw_fd(), stdout, stderr);
-    };
+    }
     let helper = exec_as::ExecAs {
-        uid,
-        gid,
+        user: args.user,
+        join: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
         program: args.program.clone(),
         args: args.args.clone(),
     };
@@ -208,7 +249,8 @@ fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, Spaw
         .map_err(|e| SpawnError::Setup(format!("create the exec status pipe: {e}")))?;
     let pid = spawn_with(&exe, &argv, status_wr.as_raw_fd(), stdout, stderr)?;
     drop(status_wr);
-    let mut buf = [0u8; 4];
+    // errno (4 bytes) and the step that failed (1 byte).
+    let mut buf = [0u8; 5];
     let mut got = 0;
     while got < buf.len() {
         match nix::unistd::read(&status_rd, &mut buf[got..]) {
@@ -221,12 +263,19 @@ fn spawn_task(args: &ShimArgs, stdout: &File, stderr: &File) -> Result<Pid, Spaw
             }
         }
     }
-    if got < buf.len() {
+    if got < 4 {
         return Ok(pid);
     }
     // The helper could not execute the program and is exiting: reap it, report why.
     let _ = waitpid(pid, None);
-    Err(SpawnError::Exec(Errno::from_raw(i32::from_le_bytes(buf))))
+    let errno = Errno::from_raw(i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]));
+    if got == 5 && buf[4] == exec_as::STEP_JOIN_CGROUP {
+        return Err(SpawnError::Setup(format!(
+            "cannot confine the task: join its cgroup: {}",
+            errno.desc()
+        )));
+    }
+    Err(SpawnError::Exec(errno))
 }
 
 fn cstring(bytes: Vec<u8>) -> Result<CString, SpawnError> {
@@ -392,6 +441,8 @@ struct Watch<'a> {
     parent: Pid,
     leader: Pid,
     group: Group,
+    /// The task's cgroup, when it has one: a kill also reaches what left the group.
+    cgroup: Option<&'a crate::cgroup::TaskCgroup>,
     /// Fenced mode: SIGKILL the group when the monotonic clock passes this.
     deadline: Option<Instant>,
     /// After a `stop`: SIGKILL the group when the grace runs out.
@@ -490,6 +541,9 @@ impl Watch<'_> {
 
     fn kill_now(&mut self) {
         self.group.kill(Signal::SIGKILL);
+        if let Some(c) = self.cgroup {
+            c.kill_all(Duration::ZERO);
+        }
         self.killed = true;
         self.kill_at = None;
     }

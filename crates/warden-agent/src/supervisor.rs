@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
-use warden_core::{FencingToken, HealthCheck, JobKind, JobSpec, TaskId};
+use warden_core::{FencingToken, HealthCheck, JobKind, JobSpec, Resources, TaskId};
 
 use crate::health;
 use crate::isolation::{SAFE_PATH, TaskUser};
@@ -65,6 +65,19 @@ pub struct ShimLauncher {
     /// Run tasks (and their exec health checks) as this user; `None`: as the agent's user.
     /// See [`crate::isolation`].
     pub run_as: Option<TaskUser>,
+    /// Run each task in a cgroup of its own with its declared resources as limits;
+    /// `None`: tasks run unconfined, in the agent's cgroup. See [`crate::cgroup`].
+    pub confine: Option<Confinement>,
+}
+
+/// How tasks are confined: where their cgroups go, and the limits every task gets besides its
+/// declared resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    /// The agent's cgroups; each task's goes under `<base>/workloads`.
+    pub cgroups: crate::cgroup::AgentCgroups,
+    /// Most processes and threads one task may have at once (`None`: no limit).
+    pub pids_max: Option<u64>,
 }
 
 impl ShimLauncher {
@@ -74,6 +87,7 @@ impl ShimLauncher {
             program: std::env::current_exe()?,
             args_prefix: vec!["shim".to_string()],
             run_as: None,
+            confine: None,
         })
     }
 
@@ -158,6 +172,8 @@ pub struct TaskSpec {
     pub log_dir: PathBuf,
     /// Health check run while the task runs.
     pub health: Option<HealthCheck>,
+    /// Declared CPU and memory: the task's limits when tasks are confined (zero: none).
+    pub resources: Resources,
 }
 
 impl TaskSpec {
@@ -182,6 +198,7 @@ impl TaskSpec {
             leased: job.kind == JobKind::Singleton,
             log_dir: log_dir.into(),
             health: job.health.clone(),
+            resources: job.resources,
         }
     }
 
@@ -253,6 +270,9 @@ pub enum TaskEventKind {
     Exited {
         /// How it ended.
         exit: TaskExit,
+        /// The kernel's OOM killer killed it (or one of its processes): it went past its
+        /// memory limit. Reported with cause `oom_killed`.
+        oom_killed: bool,
     },
     /// The task will be restarted after `after`; restart number `attempt` in the window.
     Restarting {
@@ -754,7 +774,11 @@ enum Outcome {
 
 /// How one shim run ended.
 enum RunEnd {
-    Exited { exit: TaskExit, detail: String },
+    Exited {
+        exit: TaskExit,
+        detail: String,
+        oom_killed: bool,
+    },
     Stopped,
     Fenced,
     Cancelled,
@@ -773,6 +797,8 @@ struct Observed {
     exit: Option<TaskExit>,
     /// The last `spawn-failed`, `killed` or `error` line, for the Failed reason.
     detail: Option<String>,
+    /// Processes of the task the OOM killer killed (`oom-killed`).
+    oom_kills: u64,
 }
 
 /// The tokio task that runs one copy (one epoch) of one task.
@@ -856,13 +882,17 @@ impl Actor {
                 Err(LaunchError::NoLease) => return Outcome::Fenced,
                 Err(LaunchError::Io(e)) => return Outcome::Failed(format!("launch the shim: {e}")),
             };
-            let (exit, detail) = match self.supervise(child).await {
-                RunEnd::Exited { exit, detail } => (exit, detail),
+            let (exit, detail, oom_killed) = match self.supervise(child).await {
+                RunEnd::Exited {
+                    exit,
+                    detail,
+                    oom_killed,
+                } => (exit, detail, oom_killed),
                 RunEnd::Stopped => return Outcome::Stopped,
                 RunEnd::Fenced => return Outcome::Fenced,
                 RunEnd::Cancelled => return Outcome::Cancelled,
             };
-            self.emit(TaskEventKind::Exited { exit });
+            self.emit(TaskEventKind::Exited { exit, oom_killed });
             if exit.success() {
                 return Outcome::Completed;
             }
@@ -935,6 +965,22 @@ impl Actor {
             deadline: deadline
                 .map(|d| Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))),
             user: self.launcher.run_as.as_ref().map(|u| (u.uid, u.gid)),
+            cgroups: self.launcher.confine.as_ref().map_or_else(Vec::new, |c| {
+                c.cgroups.task_dirs(&format!(
+                    "{}.{}.{}",
+                    self.spec.task.job, self.spec.task.index, self.spec.epoch.0
+                ))
+            }),
+            limits: self.launcher.confine.as_ref().map_or_else(
+                crate::cgroup::TaskLimits::default,
+                |c| {
+                    crate::cgroup::TaskLimits::from_resources(
+                        self.spec.resources.cpu_millis,
+                        self.spec.resources.memory_mb,
+                        c.pids_max,
+                    )
+                },
+            ),
             program: self.spec.command.clone(),
             args: self.spec.args.clone(),
         };
@@ -957,6 +1003,7 @@ impl Actor {
             return RunEnd::Exited {
                 exit: TaskExit::Code(i32::from(crate::shim::protocol::EXIT_SHIM_FAILED)),
                 detail: "shim launched without a status pipe".into(),
+                oom_killed: false,
             };
         };
         let mut lines = BufReader::new(stdout).lines();
@@ -1032,9 +1079,20 @@ impl Actor {
         if stopping {
             return RunEnd::Stopped;
         }
+        if seen.oom_kills > 0 {
+            let limit = match self.spec.resources.memory_mb {
+                0 => String::new(),
+                mb => format!(" of {mb} MiB"),
+            };
+            seen.detail = Some(format!(
+                "oom_killed: went past its memory limit{limit} ({} process(es) killed, exited with {exit})",
+                seen.oom_kills
+            ));
+        }
         RunEnd::Exited {
             exit,
             detail: seen.detail.unwrap_or_else(|| format!("exited with {exit}")),
+            oom_killed: seen.oom_kills > 0,
         }
     }
 
@@ -1063,6 +1121,10 @@ impl Actor {
             Status::Error(message) => {
                 warn!(%message, "shim reported an error");
                 seen.detail = Some(format!("shim error: {message}"));
+            }
+            Status::OomKilled { count } => {
+                warn!(count, "task OOM-killed: it went past its memory limit");
+                seen.oom_kills += count;
             }
             Status::Stopping { .. } | Status::Pong => {}
         }

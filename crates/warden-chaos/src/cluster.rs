@@ -160,6 +160,9 @@ pub struct Cluster {
     /// The API client (every server; see the module documentation).
     pub client: Client,
     env: Vec<(String, String)>,
+    /// When set ([`Cluster::confine_tasks`]): agents run with `--cgroups required` and
+    /// `--cgroup-parent <this>/<agent>`; the tree is removed on shutdown.
+    cgroup_prefix: Option<String>,
     /// Declared last: dropped after [`Cluster::shutdown`] stopped the servers.
     #[cfg(feature = "etcd")]
     etcd: Option<EtcdBackend>,
@@ -214,9 +217,26 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            cgroup_prefix: None,
             #[cfg(feature = "etcd")]
             etcd: None,
         })
+    }
+
+    /// Run the tasks of agents added from now on in cgroups with their declared limits
+    /// (`--cgroups required`), each agent under a cgroup of its own below a prefix unique to
+    /// this cluster, removed with everything in it on shutdown. Needs root.
+    pub fn confine_tasks(&mut self) {
+        let prefix = format!("{}-cg", sanitize(&self.marker));
+        self.cgroup_prefix = Some(prefix);
+    }
+
+    /// The cgroup parent of agent `name` (relative to each hierarchy's root), when tasks are
+    /// confined.
+    pub fn agent_cgroup(&self, name: &str) -> Option<String> {
+        self.cgroup_prefix
+            .as_ref()
+            .map(|p| format!("{p}/{}", sanitize(name)))
     }
 
     /// Start a replicated control plane: an etcd cluster of `etcd_members` real `etcd`
@@ -538,6 +558,17 @@ impl Cluster {
         if let Some(probe) = probe_addr {
             args.extend(["--probe-addr".to_string(), probe.to_string()]);
         }
+        match self.agent_cgroup(name) {
+            Some(parent) => args.extend([
+                "--cgroups".to_string(),
+                "required".into(),
+                "--cgroup-parent".into(),
+                parent,
+            ]),
+            // Scenario jobs declare token resources (10 millicores): confining them would
+            // measure the limits, not the detector.
+            None => args.extend(["--cgroups".to_string(), "off".into()]),
+        }
         // Workloads run as the harness's user (explicitly root when it is root): they are
         // this build's `warden` binary, which need not be reachable by `nobody`. Task
         // isolation has its own tests.
@@ -720,6 +751,14 @@ impl Cluster {
         let _ = wait_until(Duration::from_secs(5), || self.task_procs().is_empty());
         for t in self.task_procs() {
             let _ = kill(Pid::from_raw(t.pid), Signal::SIGKILL);
+        }
+        if let Some(prefix) = self.cgroup_prefix.take()
+            && let Some(layout) = warden_agent::cgroup::detect()
+        {
+            let left = warden_agent::cgroup::remove_tree(&layout, &prefix);
+            if !left.is_empty() {
+                eprintln!("cgroups left behind: {left:?}");
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use warden_agent::metrics::AgentMetrics;
 use warden_agent::runtime::AgentConfig;
-use warden_agent::supervisor::ShimLauncher;
+use warden_agent::supervisor::{Confinement, ShimLauncher};
 use warden_agent::tls::{ClientTls, JoinToken};
 use warden_core::Resources;
 
@@ -75,6 +75,94 @@ pub struct AgentArgs {
     /// and refuses another user. See docs/security.md.
     #[arg(long, env = "WARDEN_TASK_USER", value_name = "NAME")]
     pub task_user: Option<String>,
+    /// Resource isolation: run each task in a cgroup of its own with its declared
+    /// `cpu_millis` and `memory_mb` as limits, and the agent in a cgroup that outweighs its
+    /// tasks. `auto` does it where this process may (root, or a delegated subtree) and warns
+    /// "limits not enforced" otherwise; `required` refuses to start without it; `off` runs
+    /// tasks unconfined. See docs/isolation.md.
+    #[arg(long, env = "WARDEN_CGROUPS", value_enum, default_value_t = CgroupMode::Auto)]
+    pub cgroups: CgroupMode,
+    /// The agent's cgroup, relative to the root of each cgroup hierarchy (e.g.
+    /// `warden.slice/agent`) [default: `warden-<name>` next to the cgroup the agent starts in]
+    #[arg(long, env = "WARDEN_CGROUP_PARENT", value_name = "PATH")]
+    pub cgroup_parent: Option<String>,
+    /// Most processes and threads one task may have at once (cgroup `pids.max`); stops a
+    /// fork bomb. 0: no limit.
+    #[arg(long, env = "WARDEN_TASK_PIDS_MAX", default_value_t = 4096)]
+    pub task_pids_max: u64,
+    /// CPU kept for the agent itself, millicores: subtracted from the capacity it offers.
+    #[arg(long, env = "WARDEN_RESERVED_CPU_MILLIS", default_value_t = 100)]
+    pub reserved_cpu_millis: u64,
+    /// Memory kept for the agent itself, MiB: subtracted from the capacity it offers, and
+    /// guaranteed to it under cgroup v2 (`memory.min`).
+    #[arg(long, env = "WARDEN_RESERVED_MEMORY_MB", default_value_t = 64)]
+    pub reserved_memory_mb: u64,
+}
+
+/// `--cgroups`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CgroupMode {
+    /// Confine tasks where possible; warn when limits cannot be enforced.
+    Auto,
+    /// Confine tasks, or refuse to start.
+    Required,
+    /// Run tasks unconfined.
+    Off,
+}
+
+/// Set up the agent's cgroups as `--cgroups` says: the confinement its shims apply to tasks,
+/// or `None` (after a warning, or with an error under `required`).
+fn confinement(
+    args: &AgentArgs,
+    name: &str,
+    metrics: &AgentMetrics,
+) -> Result<Option<(Confinement, warden_agent::cgroup::AgentCgroups)>> {
+    use warden_agent::cgroup;
+    if args.cgroups == CgroupMode::Off {
+        tracing::warn!("--cgroups off: task limits not enforced; tasks run unconfined");
+        metrics.limits_enforced(None);
+        return Ok(None);
+    }
+    let reserve = cgroup::Reservation {
+        cpu_millis: args.reserved_cpu_millis,
+        memory_mb: args.reserved_memory_mb,
+    };
+    let set_up = cgroup::detect()
+        .ok_or_else(|| anyhow::anyhow!("no cgroup hierarchy with the memory, cpu or pids controller is mounted"))
+        .and_then(|layout| {
+            let cgroups =
+                cgroup::AgentCgroups::setup(&layout, args.cgroup_parent.as_deref(), name, reserve)?;
+            Ok((layout, cgroups))
+        });
+    match set_up {
+        Ok((layout, cgroups)) => {
+            let controllers: Vec<String> = layout
+                .hierarchies
+                .iter()
+                .flat_map(|h| h.controllers.clone())
+                .collect();
+            tracing::info!(
+                cgroup = %layout.version,
+                controllers = %controllers.join(","),
+                base = %cgroups.bases()[0].display(),
+                "task limits enforced: every task runs in a cgroup of its own"
+            );
+            metrics.limits_enforced(Some(&layout.version.to_string()));
+            let confine = Confinement {
+                cgroups: cgroups.clone(),
+                pids_max: (args.task_pids_max > 0).then_some(args.task_pids_max),
+            };
+            Ok(Some((confine, cgroups)))
+        }
+        Err(e) if args.cgroups == CgroupMode::Required => {
+            Err(e.context("--cgroups required: cannot set up the task cgroups"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "task limits not enforced: tasks run unconfined (run as root or in a delegated cgroup, or pass --cgroups off to silence this)");
+            metrics.limits_enforced(None);
+            Ok(None)
+        }
+    }
 }
 
 /// A flag value that must never be printed (its `Debug` hides it).
@@ -170,25 +258,50 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     for s in &args.servers {
         warden_agent::tls::endpoint(s, tls.as_ref())?;
     }
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let confined = confinement(args, &name, &metrics)?;
+    let capacity = Resources::new(
+        args.cpu_millis.unwrap_or(cores * 1000),
+        args.memory_mb.unwrap_or_else(physical_memory_mb),
+    );
+    let reserved = Resources::new(args.reserved_cpu_millis, args.reserved_memory_mb);
+    let offered = capacity.minus(&reserved);
+    if offered.cpu_millis == 0 || offered.memory_mb == 0 {
+        bail!(
+            "the reservation for the agent (--reserved-cpu-millis {}, --reserved-memory-mb {}) \
+             leaves nothing of the capacity ({} millicores, {} MiB) for tasks",
+            reserved.cpu_millis,
+            reserved.memory_mb,
+            capacity.cpu_millis,
+            capacity.memory_mb
+        );
+    }
     let cfg = AgentConfig {
         servers: args.servers.clone(),
         tls,
         join_token,
-        name: args.name.clone().unwrap_or_else(host_name),
+        name,
         data_dir: args.data_dir.clone(),
         probe_addr,
         state_port: args.state_port,
-        capacity: Resources::new(
-            args.cpu_millis.unwrap_or(cores * 1000),
-            args.memory_mb.unwrap_or_else(physical_memory_mb),
-        ),
-        launcher: ShimLauncher::current_exe()
-            .context("find the warden executable for shims")?
-            .run_as(users.switch_to),
+        capacity: offered,
+        launcher: ShimLauncher {
+            confine: confined.as_ref().map(|(c, _)| c.clone()),
+            ..ShimLauncher::current_exe()
+                .context("find the warden executable for shims")?
+                .run_as(users.switch_to)
+        },
         shutdown_grace: Duration::from_secs(5),
         metrics,
     };
     tracing::info!(name = %cfg.name, probe = %probe_addr, tls = cfg.tls.is_some(), join_token = cfg.join_token.is_some(), "warden agent starting");
-    warden_agent::runtime::run(cfg, cancel).await?;
+    let result = warden_agent::runtime::run(cfg, cancel).await;
+    if let Some((_, cgroups)) = confined {
+        let left = cgroups.teardown();
+        if !left.is_empty() {
+            tracing::warn!(?left, "cgroups left behind (still in use)");
+        }
+    }
+    result?;
     Ok(())
 }

@@ -242,6 +242,10 @@ async fn run_in(args: &DevArgs, exe: &Path, data_dir: &Path) -> Result<()> {
                 "2000".into(),
                 "--memory-mb".into(),
                 "2048".into(),
+                // The sample jobs' token resources would throttle them; a development
+                // cluster leaves the host's cgroups alone.
+                "--cgroups".into(),
+                "off".into(),
             ];
             a.extend(tls.iter().cloned());
             // The sample jobs run this very binary, perhaps from a build tree `nobody` cannot

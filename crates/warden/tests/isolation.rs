@@ -85,6 +85,7 @@ impl Sup {
             program: warden_bin(),
             args_prefix: vec!["shim".into()],
             run_as,
+            confine: None,
         }))
         .expect("supervisor");
         Sup {
@@ -232,6 +233,7 @@ async fn shell_metacharacters_in_job_fields_reach_the_task_literally() {
             leased: false,
             log_dir: dir.path().to_path_buf(),
             health: None,
+            resources: Default::default(),
         };
         let (id, out) = (spec.task.clone(), spec.stdout_path());
         sup.run(spec).await.expect("printf started");
@@ -383,6 +385,7 @@ fn agent_tasks_get_the_job_environment_only() {
         .arg("--data-dir")
         .arg(dir.path().join("agent"))
         .args(["--probe-addr", &format!("127.0.0.1:{probe}")])
+        .args(["--cgroups", "off"])
         .env_remove("WARDEN_TASK_USER")
         .env("AGENT_SECRET", "must-not-leak")
         .env("PATH", "/opt/agent-only/bin:/usr/bin:/bin")

@@ -36,6 +36,7 @@ impl Harness {
             program: warden_bin(),
             args_prefix: vec!["shim".into()],
             run_as: None,
+            confine: None,
         });
         config.restart = restart;
         config.replace_grace = Duration::from_secs(2);
@@ -103,6 +104,7 @@ fn spec(dir: &Path, id: &TaskId, epoch: u64, leased: bool, command: &[&str]) -> 
         leased,
         log_dir: dir.to_path_buf(),
         health: None,
+        resources: Default::default(),
     }
 }
 
@@ -172,6 +174,7 @@ async fn a_crashing_task_is_restarted_with_backoff_then_reported_failed() {
     let started = TaskEventKind::Started { pid: 0 };
     let exited = TaskEventKind::Exited {
         exit: TaskExit::Code(3),
+        oom_killed: false,
     };
     let restarting = |attempt, after| TaskEventKind::Restarting { attempt, after };
     let shapes: Vec<TaskEventKind> = events.iter().map(|e| shape(&e.kind)).collect();
@@ -503,7 +506,8 @@ async fn logs_and_identity_reach_the_task() {
     assert_eq!(
         h.next().await.kind,
         TaskEventKind::Exited {
-            exit: TaskExit::Code(0)
+            exit: TaskExit::Code(0),
+            oom_killed: false,
         }
     );
     // Exit 0 means done: no restart, nothing running.
@@ -541,7 +545,8 @@ async fn a_killed_shim_takes_its_task_along_and_the_task_is_restarted() {
     assert_eq!(
         exited.kind,
         TaskEventKind::Exited {
-            exit: TaskExit::Signal(9)
+            exit: TaskExit::Signal(9),
+            oom_killed: false,
         }
     );
     assert!(wait_dead(pid).await, "the unsupervised task was not killed");

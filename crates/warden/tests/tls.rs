@@ -131,6 +131,8 @@ impl Setup {
             name.into(),
             "--data-dir".into(),
             p(&self.dir.path().join(format!("data-{name}"))),
+            "--cgroups".into(),
+            "off".into(),
             "--tls-cert".into(),
             p(&self.certs.join(format!("agent-{cert_of}.pem"))),
             "--tls-key".into(),

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use warden_core::{FencingToken, TaskId};
 
+use crate::cgroup::TaskLimits;
+
 /// Usage text for `warden shim`.
 pub const USAGE: &str = "usage: warden shim --task <job/index> --epoch <n> --stdout <file> \
---stderr <file> [--deadline-ms <ms>] [--user <uid>:<gid>] -- <program> [args...]";
+--stderr <file> [--deadline-ms <ms>] [--user <uid>:<gid>] [--cgroup <dir>]... \
+[--limits mem=<bytes>,cpu=<millis>,pids=<n>] -- <program> [args...]";
 
 /// What `warden shim` runs and how. Built by the supervisor ([`ShimArgs::to_args`]) and parsed
 /// back by the shim process ([`ShimArgs::from_args`]).
@@ -30,6 +33,12 @@ pub struct ShimArgs {
     /// Run the task as this uid and primary gid (`--user uid:gid`), through
     /// `warden shim-exec`; the shim itself keeps its own user. Absent: the shim's user.
     pub user: Option<(u32, u32)>,
+    /// The task's cgroup, one directory per hierarchy (`--cgroup`, repeated): created with
+    /// `limits` before the task starts, removed after it ended (see [`crate::cgroup`]).
+    /// Empty: the task runs in the shim's own cgroup, unconfined.
+    pub cgroups: Vec<PathBuf>,
+    /// Limits written into the task's cgroup (`--limits`).
+    pub limits: TaskLimits,
     /// Program to run, a path or a name looked up in the shim's `PATH`. Never a shell line.
     pub program: String,
     /// The program's arguments, passed as they are.
@@ -46,6 +55,8 @@ impl ShimArgs {
         let mut stderr = None;
         let mut deadline = None;
         let mut user = None;
+        let mut cgroups = Vec::new();
+        let mut limits = None;
         let mut command = None;
         while let Some(arg) = args.next() {
             if arg == "--" {
@@ -91,6 +102,12 @@ impl ShimArgs {
                         .ok_or_else(|| format!("--user {v:?} is not of the form uid:gid"))?;
                     set_once(&mut user, ids, &flag)?;
                 }
+                "--cgroup" => cgroups.push(PathBuf::from(value()?)),
+                "--limits" => {
+                    let v = value()?;
+                    let parsed = TaskLimits::parse(&v).map_err(|e| format!("--limits: {e}"))?;
+                    set_once(&mut limits, parsed, &flag)?;
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -101,6 +118,9 @@ impl ShimArgs {
         if program.is_empty() {
             return Err("the program must not be empty".into());
         }
+        if limits.is_some() && cgroups.is_empty() {
+            return Err("--limits needs --cgroup: limits are enforced by the task's cgroup".into());
+        }
         Ok(ShimArgs {
             task: task.ok_or("missing --task")?,
             epoch: epoch.ok_or("missing --epoch")?,
@@ -108,6 +128,8 @@ impl ShimArgs {
             stderr: stderr.ok_or("missing --stderr")?,
             deadline,
             user,
+            cgroups,
+            limits: limits.unwrap_or_default(),
             program,
             args: command.collect(),
         })
@@ -134,6 +156,15 @@ impl ShimArgs {
         if let Some((uid, gid)) = self.user {
             out.push("--user".into());
             out.push(format!("{uid}:{gid}").into());
+        }
+        for dir in &self.cgroups {
+            out.push("--cgroup".into());
+            out.push(dir.clone().into());
+        }
+        let limits = self.limits.to_arg();
+        if !limits.is_empty() && !self.cgroups.is_empty() {
+            out.push("--limits".into());
+            out.push(limits.into());
         }
         out.push("--".into());
         out.push(self.program.clone().into());
@@ -169,6 +200,11 @@ mod tests {
             stderr: "/tmp/web.3.stderr.log".into(),
             deadline: Some(Duration::from_millis(1500)),
             user: Some((65534, 65533)),
+            cgroups: vec![
+                "/sys/fs/cgroup/memory/warden-a/tasks/web.3.42".into(),
+                "/sys/fs/cgroup/pids/warden-a/tasks/web.3.42".into(),
+            ],
+            limits: TaskLimits::from_resources(200, 64, Some(512)),
             program: "sh".into(),
             // Arguments that look like the shim's own flags and a second `--` must reach the
             // task untouched.
@@ -183,6 +219,8 @@ mod tests {
             ShimArgs {
                 deadline: None,
                 user: None,
+                cgroups: vec![],
+                limits: TaskLimits::default(),
                 args: vec![],
                 ..sample()
             },
@@ -230,6 +268,11 @@ mod tests {
             (vec!["--epoch", "-1", "--", "x"], "whole number"),
             (vec!["--deadline-ms"], "needs a value"),
             (vec!["--user", "nobody", "--", "x"], "uid:gid"),
+            (vec!["--limits", "mem=lots", "--", "x"], "not a whole number"),
+            (
+                [&base[..], &["--limits", "mem=1", "--", "x"]].concat(),
+                "needs --cgroup",
+            ),
         ];
         for (argv, want) in cases {
             let err = ShimArgs::from_args(strings(&argv)).expect_err(want);

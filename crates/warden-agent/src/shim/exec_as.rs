@@ -1,21 +1,25 @@
-//! `warden shim-exec`: the last step before a task, when it runs as another user.
+//! `warden shim-exec`: the last step before a task that runs confined or as another user.
 //!
 //! The shim starts this (its own executable, in the task's place: same process, same group,
-//! same file descriptors) when the task must run as another user. It drops to that user —
+//! same file descriptors) when the task must run in a cgroup of its own, or as another user,
+//! or both. It first joins the task's cgroup (writing its own pid to each `cgroup.procs` it is
+//! given, so everything the task forks is born inside), then drops to the user —
 //! supplementary groups cleared, then the primary group, then the uid — and executes the
-//! task's program from its argument vector. The shim itself never changes user, so the task
-//! cannot signal, stop or trace the watchdog that fences it.
+//! task's program from its argument vector. The shim itself never joins the task's cgroup nor
+//! changes user, so the task can neither signal, stop or trace the watchdog that fences it,
+//! nor starve it of CPU or memory.
 //!
 //! Its standard input on arrival is the write end of a close-on-exec pipe from the shim (the
 //! "exec status" pipe). It keeps a close-on-exec copy of it, puts `/dev/null` on standard
 //! input for the task, and executes. A successful exec closes the copy, and the shim reads end
-//! of file; a failed one writes the `errno` (4 bytes, little-endian) there first, so the shim
-//! reports exactly why the program could not run, as it does for a task it starts itself.
+//! of file; a failed step writes the `errno` (4 bytes, little-endian) and the step (1 byte:
+//! [`STEP_EXEC`] or [`STEP_JOIN_CGROUP`]) there first, so the shim reports exactly why the
+//! program could not run, as it does for a task it starts itself.
 //!
-//! `posix_spawn` cannot change user, and `std::process::Command` would pass the shim's blocked
-//! signals on to the task: doing the switch here, in a fresh process started with a clean
-//! signal mask, avoids both without `unsafe`. `Command::exec` resets `SIGPIPE` (which the Rust
-//! runtime ignores) to its default before the program runs.
+//! `posix_spawn` can neither change user nor cgroup, and `std::process::Command` would pass
+//! the shim's blocked signals on to the task: doing both here, in a fresh process started with
+//! a clean signal mask, avoids that without `unsafe`. `Command::exec` resets `SIGPIPE` (which
+//! the Rust runtime ignores) to its default before the program runs.
 
 use std::io::{self, Write as _};
 use std::os::unix::process::CommandExt as _;
@@ -29,16 +33,22 @@ use super::protocol::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SHIM_FAILED};
 pub const SUBCOMMAND: &str = "shim-exec";
 
 /// Usage text.
-pub const USAGE: &str = "usage: warden shim-exec --uid <uid> --gid <gid> -- <program> [args...] \
-(internal: started by `warden shim` with the exec status pipe on standard input)";
+pub const USAGE: &str = "usage: warden shim-exec [--uid <uid> --gid <gid>] [--join <cgroup.procs>]... \
+-- <program> [args...] (internal: started by `warden shim` with the exec status pipe on standard \
+input)";
 
-/// What to run as whom.
+/// The step that failed, as reported on the status pipe: executing the program.
+pub const STEP_EXEC: u8 = 0;
+/// The step that failed, as reported on the status pipe: joining the task's cgroup.
+pub const STEP_JOIN_CGROUP: u8 = 1;
+
+/// What to run, where and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecAs {
-    /// User to switch to.
-    pub uid: u32,
-    /// Primary group to switch to.
-    pub gid: u32,
+    /// User and primary group to switch to; `None`: stay the shim's user.
+    pub user: Option<(u32, u32)>,
+    /// `cgroup.procs` files to join before anything else (one per cgroup hierarchy).
+    pub join: Vec<std::path::PathBuf>,
     /// Program (a path or a name looked up in `PATH`).
     pub program: String,
     /// Its arguments.
@@ -50,11 +60,17 @@ impl ExecAs {
     pub fn from_args(args: impl Iterator<Item = String>) -> Result<ExecAs, String> {
         let mut args = args;
         let (mut uid, mut gid) = (None, None);
+        let mut join = Vec::new();
         let mut command = None;
         while let Some(arg) = args.next() {
             if arg == "--" {
                 command = Some(args.by_ref().collect::<Vec<_>>());
                 break;
+            }
+            if arg == "--join" {
+                let value = args.next().ok_or("--join needs a value")?;
+                join.push(std::path::PathBuf::from(value));
+                continue;
             }
             let slot = match arg.as_str() {
                 "--uid" => &mut uid,
@@ -76,9 +92,15 @@ impl ExecAs {
             .next()
             .filter(|p| !p.is_empty())
             .ok_or("missing program")?;
+        let user = match (uid, gid) {
+            (Some(u), Some(g)) => Some((u, g)),
+            (None, None) => None,
+            (None, Some(_)) => return Err("missing --uid".into()),
+            (Some(_), None) => return Err("missing --gid".into()),
+        };
         Ok(ExecAs {
-            uid: uid.ok_or("missing --uid")?,
-            gid: gid.ok_or("missing --gid")?,
+            user,
+            join,
             program,
             args: command.collect(),
         })
@@ -86,20 +108,22 @@ impl ExecAs {
 
     /// The arguments that make `warden shim-exec` run this (after the subcommand).
     pub fn to_args(&self) -> Vec<String> {
-        let mut out = vec![
-            "--uid".to_string(),
-            self.uid.to_string(),
-            "--gid".to_string(),
-            self.gid.to_string(),
-            "--".to_string(),
-            self.program.clone(),
-        ];
+        let mut out = Vec::new();
+        if let Some((uid, gid)) = self.user {
+            out.extend(["--uid".to_string(), uid.to_string()]);
+            out.extend(["--gid".to_string(), gid.to_string()]);
+        }
+        for procs in &self.join {
+            out.extend(["--join".to_string(), procs.display().to_string()]);
+        }
+        out.push("--".to_string());
+        out.push(self.program.clone());
         out.extend(self.args.iter().cloned());
         out
     }
 }
 
-/// Switch user and execute; returns only when that failed, with 127 (not found), 126 (cannot
+/// Join the cgroup, switch user and execute; returns only when that failed, with 127 (not found), 126 (cannot
 /// execute) or 125 (anything else), after telling the shim why on the status pipe.
 pub fn main(exec: &ExecAs) -> ExitCode {
     // The status pipe arrives as standard input; keep a close-on-exec copy of it.
@@ -124,29 +148,55 @@ pub fn main(exec: &ExecAs) -> ExitCode {
             );
         }
     };
+    let pid = std::process::id().to_string();
+    for procs in &exec.join {
+        if let Err(e) = std::fs::write(procs, &pid) {
+            return fail_at(
+                Some(&status),
+                STEP_JOIN_CGROUP,
+                e.raw_os_error().unwrap_or(0),
+                &format!("cannot join the task's cgroup ({}): {e}", procs.display()),
+            );
+        }
+    }
+    let mut command = Command::new(&exec.program);
+    command.args(&exec.args).stdin(Stdio::from(devnull));
     // With a uid set, std clears the supplementary groups, sets the group, then the user,
     // and fails the exec if any of those fails.
-    let err = Command::new(&exec.program)
-        .args(&exec.args)
-        .uid(exec.uid)
-        .gid(exec.gid)
-        .stdin(Stdio::from(devnull))
-        .exec();
+    if let Some((uid, gid)) = exec.user {
+        command.uid(uid).gid(gid);
+    }
+    let err = command.exec();
     let errno = err.raw_os_error().unwrap_or(0);
+    let who = exec
+        .user
+        .map(|(u, g)| format!(" as uid {u} gid {g}"))
+        .unwrap_or_default();
     fail(
         Some(&status),
         errno,
-        &format!(
-            "cannot run {:?} as uid {} gid {}: {err}",
-            exec.program, exec.uid, exec.gid
-        ),
+        &format!("cannot run {:?}{who}: {err}", exec.program),
     )
 }
 
 fn fail(status: Option<&std::os::fd::OwnedFd>, errno: i32, message: &str) -> ExitCode {
+    fail_at(status, STEP_EXEC, errno, message)
+}
+
+fn fail_at(
+    status: Option<&std::os::fd::OwnedFd>,
+    step: u8,
+    errno: i32,
+    message: &str,
+) -> ExitCode {
     let _ = writeln!(io::stderr(), "warden shim-exec: {message}");
     if let Some(fd) = status {
-        let _ = nix::unistd::write(fd, &errno.to_le_bytes());
+        let mut report = errno.to_le_bytes().to_vec();
+        report.push(step);
+        let _ = nix::unistd::write(fd, &report);
+    }
+    if step == STEP_JOIN_CGROUP {
+        return ExitCode::from(EXIT_SHIM_FAILED);
     }
     ExitCode::from(match nix::errno::Errno::from_raw(errno) {
         nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => EXIT_NOT_FOUND,
@@ -172,17 +222,25 @@ mod tests {
     #[test]
     fn round_trips_and_passes_arguments_untouched() {
         let exec = ExecAs {
-            uid: 65534,
-            gid: 65534,
+            user: Some((65534, 65534)),
+            join: vec!["/sys/fs/cgroup/memory/w/tasks/a.0.1/cgroup.procs".into()],
             program: "sh".into(),
             args: vec!["-c".into(), "echo $(id) ; --uid".into(), "--".into()],
         };
-        assert_eq!(ExecAs::from_args(exec.to_args().into_iter()), Ok(exec));
+        assert_eq!(ExecAs::from_args(exec.to_args().into_iter()), Ok(exec.clone()));
+        let plain = ExecAs {
+            user: None,
+            join: Vec::new(),
+            ..exec
+        };
+        assert_eq!(plain.to_args()[0], "--");
+        assert_eq!(ExecAs::from_args(plain.to_args().into_iter()), Ok(plain));
     }
 
     #[test]
     fn rejects_what_cannot_work() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
+            (&["--join"], "--join needs a value"),
             (&["--uid", "1", "--gid", "1"], "missing `--`"),
             (&["--uid", "1", "--gid", "1", "--"], "missing program"),
             (&["--gid", "1", "--", "x"], "missing --uid"),

@@ -5,7 +5,8 @@
 //!   `stop <grace_ms>`, `ping`. End of file on stdin means the agent is gone.
 //! - **Status lines**, shim → agent, on the shim's stdout ([`Status`]): `started <pid>`,
 //!   `spawn-failed <reason>`, `stopping <grace_ms>`, `fenced`, `killed agent-gone`,
-//!   `killed signal <n>`, `exited code <n>`, `exited signal <n>`, `pong`, `error <message>`.
+//!   `killed signal <n>`, `oom-killed <n>`, `exited code <n>`, `exited signal <n>`, `pong`,
+//!   `error <message>`.
 //! - **Exit codes** of the shim: see [`TaskExit::shim_exit_code`] and the `EXIT_*` constants.
 //!
 //! Every line is UTF-8 text ending in `\n`; words are separated by one space; durations are
@@ -164,6 +165,12 @@ pub enum Status {
     /// `exited code <n>` or `exited signal <n>`: the task's main process was reaped, after
     /// whatever was left of its group was SIGKILLed. Always the last line when a task ran.
     Exited(TaskExit),
+    /// `oom-killed <n>`: the kernel's OOM killer killed `n` processes of the task's cgroup
+    /// (it went past its memory limit). Sent just before `exited`.
+    OomKilled {
+        /// How many processes were OOM-killed.
+        count: u64,
+    },
     /// `pong`: answer to `ping`.
     Pong,
     /// `error <message>`: a control line was rejected, or the shim hit an internal error.
@@ -200,6 +207,11 @@ impl Status {
                 Some(("signal", n)) => Status::Exited(TaskExit::Signal(parse_int(line, n)?)),
                 _ => return Err(ProtocolError::new(line, "bad exit status")),
             },
+            ("oom-killed", Some(n)) => Status::OomKilled {
+                count: n
+                    .parse()
+                    .map_err(|_| ProtocolError::new(line, "bad count"))?,
+            },
             ("pong", None) => Status::Pong,
             ("error", message) => Status::Error(message.unwrap_or_default().to_string()),
             _ => return Err(ProtocolError::new(line, "unknown status")),
@@ -218,6 +230,7 @@ impl fmt::Display for Status {
             Status::Killed(KillReason::AgentGone) => f.write_str("killed agent-gone"),
             Status::Killed(KillReason::Signal(sig)) => write!(f, "killed signal {sig}"),
             Status::Exited(exit) => write!(f, "exited {exit}"),
+            Status::OomKilled { count } => write!(f, "oom-killed {count}"),
             Status::Pong => f.write_str("pong"),
             Status::Error(message) => write!(f, "error {}", one_line(message)),
         }
@@ -291,6 +304,7 @@ mod tests {
             Status::Killed(KillReason::Signal(15)),
             Status::Exited(TaskExit::Code(3)),
             Status::Exited(TaskExit::Signal(9)),
+            Status::OomKilled { count: 2 },
             Status::Pong,
             Status::Error("bad shim protocol line".into()),
         ] {
