@@ -330,7 +330,13 @@ pub struct CgroupError {
 
 impl fmt::Display for CgroupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.what, self.path.display(), self.source)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.what,
+            self.path.display(),
+            self.source
+        )
     }
 }
 
@@ -487,8 +493,8 @@ impl TaskCgroup {
             if pids.is_empty() {
                 return true;
             }
-            let killed_by_file = !kill_files.is_empty()
-                && kill_files.iter().all(|f| std::fs::write(f, "1").is_ok());
+            let killed_by_file =
+                !kill_files.is_empty() && kill_files.iter().all(|f| std::fs::write(f, "1").is_ok());
             if !killed_by_file {
                 for pid in pids {
                     // A pid read from cgroup.procs stays the cgroup's until it is reaped;
@@ -578,8 +584,8 @@ pub fn usage(dirs: &[PathBuf]) -> Usage {
     let mut u = Usage::default();
     let read = |p: PathBuf| std::fs::read_to_string(p).ok();
     for dir in dirs {
-        if let Some(t) = read(dir.join("memory.current"))
-            .or_else(|| read(dir.join("memory.usage_in_bytes")))
+        if let Some(t) =
+            read(dir.join("memory.current")).or_else(|| read(dir.join("memory.usage_in_bytes")))
         {
             u.memory_bytes = t.trim().parse().unwrap_or(0);
         }
@@ -853,8 +859,8 @@ mod tests {
 
     #[test]
     fn hybrid_hosts_use_the_v1_hierarchies() {
-        let layout = detect_from(HYBRID_MOUNTINFO, HYBRID_SELF, |_| Some(String::new()))
-            .expect("layout");
+        let layout =
+            detect_from(HYBRID_MOUNTINFO, HYBRID_SELF, |_| Some(String::new())).expect("layout");
         assert_eq!(layout.version, Version::V1);
         let names: Vec<_> = layout
             .hierarchies
@@ -890,15 +896,18 @@ mod tests {
         assert_eq!(layout.hierarchies[0].controllers, ["memory", "cpu", "pids"]);
         assert_eq!(layout.hierarchies[0].own, "user.slice/x.scope");
         // No controller offered: nothing usable.
-        assert_eq!(detect_from(mountinfo, "0::/\n", |_| Some("io\n".into())), None);
+        assert_eq!(
+            detect_from(mountinfo, "0::/\n", |_| Some("io\n".into())),
+            None
+        );
     }
 
     #[test]
     fn a_mount_of_a_subtree_gives_paths_relative_to_it() {
         let mountinfo =
             "31 25 0:29 /kubepods/pod1 /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        let layout = detect_from(mountinfo, "5:memory:/kubepods/pod1/ctr\n", |_| None)
-            .expect("layout");
+        let layout =
+            detect_from(mountinfo, "5:memory:/kubepods/pod1/ctr\n", |_| None).expect("layout");
         assert_eq!(layout.hierarchies[0].own, "ctr");
         assert_eq!(unescape(r"/a\040b"), "/a b");
     }

@@ -930,12 +930,9 @@ fn assign(
         leased: a.singleton && !fencing_broken_for_tests(),
         log_dir: cfg.data_dir.join("logs"),
         health,
-        resources: a
-            .resources
-            .as_ref()
-            .map_or_else(Resources::default, |r| {
-                Resources::new(r.cpu_millis, r.memory_mb)
-            }),
+        resources: a.resources.as_ref().map_or_else(Resources::default, |r| {
+            Resources::new(r.cpu_millis, r.memory_mb)
+        }),
     };
     if let Err(e) = supervisor.start(spec) {
         // Not started for lack of a lease is no failure of the task: the server restarts it
@@ -994,7 +991,10 @@ fn report_event(
             CopyPhase::Starting,
             None,
             if *oom_killed {
-                format!("exited: oom_killed ({exit:?}): went past its memory limit")
+                format!(
+                    "{}: went past its memory limit ({exit})",
+                    warden_core::controller::OOM_KILLED
+                )
             } else {
                 format!("exited: {exit:?}")
             },

@@ -163,6 +163,8 @@ pub struct Cluster {
     /// When set ([`Cluster::confine_tasks`]): agents run with `--cgroups required` and
     /// `--cgroup-parent <this>/<agent>`; the tree is removed on shutdown.
     cgroup_prefix: Option<String>,
+    /// Extra flags for every agent started from now on ([`Cluster::set_agent_args`]).
+    agent_args: Vec<String>,
     /// Declared last: dropped after [`Cluster::shutdown`] stopped the servers.
     #[cfg(feature = "etcd")]
     etcd: Option<EtcdBackend>,
@@ -218,6 +220,7 @@ impl Cluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             cgroup_prefix: None,
+            agent_args: Vec::new(),
             #[cfg(feature = "etcd")]
             etcd: None,
         })
@@ -229,6 +232,11 @@ impl Cluster {
     pub fn confine_tasks(&mut self) {
         let prefix = format!("{}-cg", sanitize(&self.marker));
         self.cgroup_prefix = Some(prefix);
+    }
+
+    /// Extra `warden agent` flags for every agent started from now on.
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|a| (*a).to_string()).collect();
     }
 
     /// The cgroup parent of agent `name` (relative to each hierarchy's root), when tasks are
@@ -569,6 +577,7 @@ impl Cluster {
             // measure the limits, not the detector.
             None => args.extend(["--cgroups".to_string(), "off".into()]),
         }
+        args.extend(self.agent_args.iter().cloned());
         // Workloads run as the harness's user (explicitly root when it is root): they are
         // this build's `warden` binary, which need not be reachable by `nobody`. Task
         // isolation has its own tests.

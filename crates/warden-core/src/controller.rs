@@ -35,6 +35,10 @@
 //! # Ok::<(), warden_core::ConfigError>(())
 //! ```
 
+/// How an agent's task report starts when the task was OOM-killed (it went past its memory
+/// limit); the controller records a `task.oom_killed` event for it.
+pub const OOM_KILLED: &str = "oom_killed";
+
 mod agents;
 mod book;
 mod config;

@@ -128,7 +128,11 @@ fn confinement(
         memory_mb: args.reserved_memory_mb,
     };
     let set_up = cgroup::detect()
-        .ok_or_else(|| anyhow::anyhow!("no cgroup hierarchy with the memory, cpu or pids controller is mounted"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no cgroup hierarchy with the memory, cpu or pids controller is mounted"
+            )
+        })
         .and_then(|layout| {
             let cgroups =
                 cgroup::AgentCgroups::setup(&layout, args.cgroup_parent.as_deref(), name, reserve)?;

@@ -3,7 +3,8 @@
 //! `warden workload http` (serves `/` and `/healthz` on `WARDEN_PORT` or `--port`, answering
 //! with the task id that served the request; `/?sleep_ms=N` holds the answer N ms) and
 //! `warden workload counter` (a stateful task: increments a counter in its replicated state
-//! and reads it back; see docs/state.md).
+//! and reads it back; see docs/state.md), `warden workload burn` (busy threads) and
+//! `warden workload alloc` (allocates and holds memory).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -29,6 +30,16 @@ pub enum Workload {
         /// Stop after this many seconds (0: until killed).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+    },
+    /// Allocate memory: `--mb` MiB, every page written, in steps of 8 MiB every `--step-ms`;
+    /// then hold it until killed. For memory limits (`oom_killed`) and pressure.
+    Alloc {
+        /// MiB to allocate.
+        #[arg(long, default_value_t = 64)]
+        mb: usize,
+        /// Milliseconds between steps of 8 MiB.
+        #[arg(long, default_value_t = 10)]
+        step_ms: u64,
     },
     /// A stateful task (job with `[state]`): increment a counter in the task's replicated
     /// state every `--every-ms`, read it back, and print every acknowledged write as
@@ -94,6 +105,23 @@ pub fn run(w: &Workload) -> Result<()> {
                 let _ = h.join();
             }
             Ok(())
+        }
+        Workload::Alloc { mb, step_ms } => {
+            const STEP: usize = 8 << 20;
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            let mut total = 0usize;
+            while total < mb.saturating_mul(1 << 20) {
+                // Written, not just reserved: untouched pages cost nothing.
+                held.push(vec![0xA5; STEP]);
+                total += STEP;
+                println!("{} allocated {} MiB", identity(), total >> 20);
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(Duration::from_millis(*step_ms));
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+                std::hint::black_box(&held);
+            }
         }
         Workload::Counter {
             every_ms,

@@ -268,7 +268,10 @@ mod tests {
             (vec!["--epoch", "-1", "--", "x"], "whole number"),
             (vec!["--deadline-ms"], "needs a value"),
             (vec!["--user", "nobody", "--", "x"], "uid:gid"),
-            (vec!["--limits", "mem=lots", "--", "x"], "not a whole number"),
+            (
+                vec!["--limits", "mem=lots", "--", "x"],
+                "not a whole number",
+            ),
             (
                 [&base[..], &["--limits", "mem=1", "--", "x"]].concat(),
                 "needs --cgroup",

@@ -183,12 +183,7 @@ fn fail(status: Option<&std::os::fd::OwnedFd>, errno: i32, message: &str) -> Exi
     fail_at(status, STEP_EXEC, errno, message)
 }
 
-fn fail_at(
-    status: Option<&std::os::fd::OwnedFd>,
-    step: u8,
-    errno: i32,
-    message: &str,
-) -> ExitCode {
+fn fail_at(status: Option<&std::os::fd::OwnedFd>, step: u8, errno: i32, message: &str) -> ExitCode {
     let _ = writeln!(io::stderr(), "warden shim-exec: {message}");
     if let Some(fd) = status {
         let mut report = errno.to_le_bytes().to_vec();
@@ -227,7 +222,10 @@ mod tests {
             program: "sh".into(),
             args: vec!["-c".into(), "echo $(id) ; --uid".into(), "--".into()],
         };
-        assert_eq!(ExecAs::from_args(exec.to_args().into_iter()), Ok(exec.clone()));
+        assert_eq!(
+            ExecAs::from_args(exec.to_args().into_iter()),
+            Ok(exec.clone())
+        );
         let plain = ExecAs {
             user: None,
             join: Vec::new(),

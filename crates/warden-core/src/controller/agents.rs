@@ -237,6 +237,21 @@ impl Controller {
         now: Time,
         out: &mut Vec<Command>,
     ) {
+        if let Some(cause) = message.strip_prefix(super::OOM_KILLED)
+            && self
+                .slot_mut(&copy.task)
+                .is_some_and(|s| s.epoch == copy.epoch)
+        {
+            let msg = format!("{}@{} oom_killed{cause}", copy.task, copy.epoch);
+            self.event(
+                out,
+                now,
+                "task.oom_killed",
+                Some(who),
+                Some(&copy.task),
+                msg,
+            );
+        }
         match copy.phase {
             Some(CopyPhase::Fenced) => self.copy_fenced(who, &copy.task, copy.epoch, now, out),
             None => {}

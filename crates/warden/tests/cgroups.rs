@@ -1,0 +1,314 @@
+//! Resource isolation with real cgroups: a real server and `warden agent` (started by the chaos
+//! harness with `--cgroups required` under a cgroup prefix of the cluster's own), real tasks
+//! that leak memory, spin on every core or fork without end. Every cgroup a test creates is
+//! removed when its cluster shuts down, and the tests check that it was.
+//!
+//! Writing cgroups needs root; as another user the tests check that `--cgroups required`
+//! refuses to start instead.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{start_cluster, wait_until, warden_bin};
+use serde_json::Value;
+use warden_agent::cgroup::{self, Layout};
+use warden_chaos::cluster::Cluster;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A cluster of one server and one agent whose tasks are confined, with extra agent flags.
+fn confined(name: &str, agent_flags: &[&str]) -> (Cluster, Layout) {
+    let layout = cgroup::detect().expect("a cgroup hierarchy with memory, cpu or pids");
+    let mut cluster = start_cluster(name);
+    cluster.confine_tasks();
+    cluster.set_agent_args(agent_flags);
+    cluster
+        .add_agents(1)
+        .expect("the confined agent turns healthy");
+    (cluster, layout)
+}
+
+/// Shut the cluster down and check that no cgroup of its agents is left in any hierarchy.
+fn shut_down(mut cluster: Cluster, layout: &Layout) {
+    let parent = cluster.agent_cgroup("agent-1").expect("confined");
+    let prefix = parent.split('/').next().expect("prefix").to_string();
+    cluster.shutdown();
+    for h in &layout.hierarchies {
+        let dir = h.mount.join(&prefix);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// The task's cgroup directory in the hierarchy carrying `controller`.
+fn task_cgroup(cluster: &Cluster, layout: &Layout, controller: &str, task: &str) -> PathBuf {
+    let h = layout
+        .hierarchies
+        .iter()
+        .find(|h| h.controllers.iter().any(|c| c == controller))
+        .expect("controller mounted");
+    let epoch = cluster
+        .task(task)
+        .and_then(|t| t["epoch"].as_u64())
+        .expect("epoch");
+    let name = task.replace('/', ".");
+    h.mount
+        .join(cluster.agent_cgroup("agent-1").expect("confined"))
+        .join(cgroup::TASKS_DIR)
+        .join(format!("{name}.{epoch}"))
+}
+
+/// Events of `kind` since the start.
+fn events(cluster: &Cluster, kind: &str) -> Vec<Value> {
+    cluster
+        .client
+        .get("/v1/events?since=0&limit=10000")
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+fn task_pid(cluster: &Cluster, task: &str) -> Option<i32> {
+    cluster
+        .task_procs()
+        .into_iter()
+        .find(|t| t.task == task)
+        .map(|t| t.pid)
+}
+
+/// CPU time (user + system, all threads) of `pid` in seconds.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(ticks as f64 / hz as f64)
+}
+
+fn no_suspect(cluster: &Cluster) -> Vec<Value> {
+    events(cluster, "agent.transition")
+        .into_iter()
+        .filter(|e| matches!(e["data"]["to"].as_str(), Some("suspect" | "failed")))
+        .collect()
+}
+
+const CALM: &str = "name = \"calm\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
+args = [\"workload\", \"sleep\", \"--every\", \"5\"]\n[resources]\ncpu_millis = 100\nmemory_mb = 64\n";
+
+#[test]
+fn without_root_required_limits_refuse_to_start() {
+    if is_root() {
+        return; // the tests below run confined
+    }
+    let out = std::process::Command::new(warden_bin())
+        .args(["agent", "--cgroups", "required", "--server", "127.0.0.1:1"])
+        .output()
+        .expect("run the agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--cgroups required"), "{stderr}");
+}
+
+#[test]
+fn a_task_past_its_memory_limit_is_oom_killed_and_restarted_and_its_neighbour_runs_on() {
+    if !is_root() {
+        return; // see without_root_required_limits_refuse_to_start
+    }
+    let (cluster, layout) = confined("cgroups-oom", &[]);
+    cluster.submit(CALM).expect("submit calm");
+    assert!(wait_until(Duration::from_secs(20), || task_pid(
+        &cluster, "calm/0"
+    )
+    .is_some()));
+    let calm = task_pid(&cluster, "calm/0").expect("calm runs");
+    cluster
+        .submit(
+            "name = \"hog\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
+             args = [\"workload\", \"alloc\", \"--mb\", \"512\"]\n\
+             [resources]\ncpu_millis = 500\nmemory_mb = 48\n",
+        )
+        .expect("submit hog");
+    // Killed at its limit, restarted after a backoff, killed again.
+    assert!(
+        wait_until(Duration::from_secs(40), || events(
+            &cluster,
+            "task.oom_killed"
+        )
+        .len()
+            >= 2),
+        "two OOM kills of hog/0: {:#?}",
+        events(&cluster, "task.oom_killed")
+    );
+    let oom = events(&cluster, "task.oom_killed");
+    assert!(oom.iter().all(|e| e["task"] == "hog/0"), "{oom:#?}");
+    assert!(
+        oom[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("oom_killed: went past its memory limit"),
+        "{oom:#?}"
+    );
+    // The agent counted them, and restarted the task in place.
+    let probe = cluster.agent("agent-1").expect("agent")["probe_addr"]
+        .as_str()
+        .expect("probe address")
+        .to_string();
+    let metrics = http_get(&probe, "/metrics");
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("warden_agent_task_oom_kills_total") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        count("warden_agent_task_restarts_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_agent_task_limits_enforced{cgroup=\"v"),
+        "{metrics}"
+    );
+    // Its neighbour never noticed.
+    assert_eq!(
+        task_pid(&cluster, "calm/0"),
+        Some(calm),
+        "calm/0 was restarted"
+    );
+    assert!(
+        no_suspect(&cluster).is_empty(),
+        "{:#?}",
+        no_suspect(&cluster)
+    );
+    shut_down(cluster, &layout);
+}
+
+#[test]
+fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
+    if !is_root() {
+        return;
+    }
+    let (cluster, layout) = confined("cgroups-cpu", &[]);
+    cluster
+        .submit(
+            "name = \"spin\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
+             args = [\"workload\", \"burn\", \"--threads\", \"4\"]\n\
+             [resources]\ncpu_millis = 200\nmemory_mb = 64\n",
+        )
+        .expect("submit spin");
+    assert!(wait_until(Duration::from_secs(20), || task_pid(
+        &cluster, "spin/0"
+    )
+    .is_some()));
+    let pid = task_pid(&cluster, "spin/0").expect("spin runs");
+    // Let it settle, then measure over a few seconds.
+    std::thread::sleep(Duration::from_secs(1));
+    let (t0, c0) = (Instant::now(), cpu_seconds(pid).expect("cpu time"));
+    std::thread::sleep(Duration::from_secs(5));
+    let (t1, c1) = (Instant::now(), cpu_seconds(pid).expect("cpu time"));
+    let cores = (c1 - c0) / (t1 - t0).as_secs_f64();
+    assert!(
+        cores <= 0.25,
+        "4 spinning threads at cpu_millis = 200 used {cores:.2} cores"
+    );
+    assert!(cores > 0.05, "the task hardly ran ({cores:.2} cores)");
+    let dir = task_cgroup(&cluster, &layout, "cpu", "spin/0");
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat of the task");
+    let throttled = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(throttled > 0, "the quota never throttled it: {stat}");
+    assert_eq!(cluster.agent_state("agent-1").as_deref(), Some("healthy"));
+    assert!(
+        no_suspect(&cluster).is_empty(),
+        "{:#?}",
+        no_suspect(&cluster)
+    );
+    shut_down(cluster, &layout);
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_pids_limit_and_goes_with_its_task() {
+    if !is_root() {
+        return;
+    }
+    let (cluster, layout) = confined("cgroups-pids", &["--task-pids-max", "64"]);
+    cluster.submit(CALM).expect("submit calm");
+    assert!(wait_until(Duration::from_secs(20), || task_pid(
+        &cluster, "calm/0"
+    )
+    .is_some()));
+    let calm = task_pid(&cluster, "calm/0").expect("calm runs");
+    cluster
+        .submit(
+            "name = \"bomb\"\nkind = \"service\"\nreplicas = 1\ncommand = \"sh\"\n\
+             args = [\"-c\", \"while :; do sleep 600 & done\"]\n\
+             [resources]\ncpu_millis = 200\nmemory_mb = 64\n",
+        )
+        .expect("submit bomb");
+    assert!(wait_until(Duration::from_secs(20), || task_pid(
+        &cluster, "bomb/0"
+    )
+    .is_some()));
+    let dir = task_cgroup(&cluster, &layout, "pids", "bomb/0");
+    let current = || -> u64 {
+        std::fs::read_to_string(dir.join("pids.current"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || current() >= 60),
+        "the bomb did not grow: {}",
+        current()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(current() <= 64, "{} processes, limit 64", current());
+    assert_eq!(cluster.agent_state("agent-1").as_deref(), Some("healthy"));
+    assert_eq!(task_pid(&cluster, "calm/0"), Some(calm));
+    // Stopping the job takes every process of the bomb with it, and its cgroup.
+    cluster
+        .client
+        .request("DELETE", "/v1/jobs/bomb", None, b"")
+        .expect("delete bomb");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            !dir.exists() && !cluster.task_procs().iter().any(|t| t.task == "bomb/0")
+        }),
+        "bomb processes or cgroup left: {:?}",
+        cluster
+            .task_procs()
+            .iter()
+            .filter(|t| t.task == "bomb/0")
+            .count()
+    );
+    assert!(
+        no_suspect(&cluster).is_empty(),
+        "{:#?}",
+        no_suspect(&cluster)
+    );
+    shut_down(cluster, &layout);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
