@@ -637,6 +637,11 @@ const AGENT_WEIGHT_V2: u64 = 10_000;
 /// The CPU shares of the agent's own cgroup (v1; tasks' parent has the default 1024).
 const AGENT_SHARES_V1: u64 = 10 * 1024;
 
+/// The name of the cgroup of `task` at `epoch`: `<job>.<index>.<epoch>`.
+pub fn task_cgroup_name(task: &warden_core::TaskId, epoch: warden_core::FencingToken) -> String {
+    format!("{}.{}.{}", task.job, task.index, epoch.0)
+}
+
 /// A name usable as one path component.
 pub fn component(name: &str) -> String {
     let clean: String = name

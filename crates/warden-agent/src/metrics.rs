@@ -81,6 +81,8 @@ struct Inner {
     recorder: PrometheusRecorder,
     /// Set once the runtime has started its supervisor; scrapes before that show no tasks.
     supervisor: OnceLock<Supervisor>,
+    /// Set when tasks run in cgroups: their usage is read at every scrape.
+    cgroups: OnceLock<crate::cgroup::AgentCgroups>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -162,6 +164,7 @@ impl AgentMetrics {
             inner: Arc::new(Inner {
                 recorder,
                 supervisor: OnceLock::new(),
+                cgroups: OnceLock::new(),
             }),
         }
     }
@@ -169,6 +172,11 @@ impl AgentMetrics {
     /// Read task states and the lease from `supervisor` at every scrape. The first call wins.
     pub fn attach(&self, supervisor: Supervisor) {
         let _ = self.inner.supervisor.set(supervisor);
+    }
+
+    /// Read each running task's cgroup usage at every scrape. The first call wins.
+    pub fn attach_cgroups(&self, cgroups: crate::cgroup::AgentCgroups) {
+        let _ = self.inner.cgroups.set(cgroups);
     }
 
     fn increment(&self, name: &'static str) {
@@ -262,8 +270,52 @@ impl AgentMetrics {
             .and_then(Supervisor::lease_remaining)
             .map_or(0.0, |d| d.as_secs_f64());
         self.set(LEASE_REMAINING, lease);
-        r.handle().render()
+        let mut text = r.handle().render();
+        if let Some(cgroups) = self.inner.cgroups.get() {
+            text.push_str(&task_usage(cgroups, &tasks));
+        }
+        text
     }
+}
+
+/// Memory in use by each running task's cgroup, bytes.
+pub const TASK_MEMORY: &str = "warden_agent_task_memory_bytes";
+/// Share of CPU periods in which each running task was throttled by its quota.
+pub const TASK_THROTTLED: &str = "warden_agent_task_cpu_throttled_ratio";
+
+/// The per-task families, written by hand rather than through the recorder: a series per
+/// task would outlive the task there. Only running tasks appear.
+fn task_usage(
+    cgroups: &crate::cgroup::AgentCgroups,
+    tasks: &[crate::supervisor::TaskReport],
+) -> String {
+    use std::fmt::Write as _;
+    let mut memory = String::new();
+    let mut throttled = String::new();
+    for t in tasks {
+        if !matches!(t.state, ProcessState::Running { .. }) {
+            continue;
+        }
+        let dirs = cgroups.task_dirs(&crate::cgroup::task_cgroup_name(&t.task, t.epoch));
+        let u = crate::cgroup::usage(&dirs);
+        let label = t.task.to_string().replace(['\\', '"', '\n'], "_");
+        let _ = writeln!(
+            memory,
+            "{TASK_MEMORY}{{task=\"{label}\"}} {}",
+            u.memory_bytes
+        );
+        if u.periods > 0 {
+            let ratio = u.throttled_periods as f64 / u.periods as f64;
+            let _ = writeln!(throttled, "{TASK_THROTTLED}{{task=\"{label}\"}} {ratio:.4}");
+        }
+    }
+    format!(
+        "# HELP {TASK_MEMORY} Memory in use by a running task's cgroup.\n\
+         # TYPE {TASK_MEMORY} gauge\n{memory}\
+         # HELP {TASK_THROTTLED} Share of CPU periods in which a running task was throttled by its \
+         quota (cpu_millis), since it started; near 1 means it wants more CPU than it declared.\n\
+         # TYPE {TASK_THROTTLED} gauge\n{throttled}"
+    )
 }
 
 #[cfg(test)]

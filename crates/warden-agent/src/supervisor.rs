@@ -966,9 +966,9 @@ impl Actor {
                 .map(|d| Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))),
             user: self.launcher.run_as.as_ref().map(|u| (u.uid, u.gid)),
             cgroups: self.launcher.confine.as_ref().map_or_else(Vec::new, |c| {
-                c.cgroups.task_dirs(&format!(
-                    "{}.{}.{}",
-                    self.spec.task.job, self.spec.task.index, self.spec.epoch.0
+                c.cgroups.task_dirs(&crate::cgroup::task_cgroup_name(
+                    &self.spec.task,
+                    self.spec.epoch,
                 ))
             }),
             limits: self.launcher.confine.as_ref().map_or_else(

@@ -58,6 +58,8 @@ pub const RECOVERIES: &str = "warden_recoveries_total";
 pub const RECOVERY_RTO: &str = "warden_recovery_rto_seconds";
 /// Last heartbeat to Failed.
 pub const DETECTION: &str = "warden_detection_seconds";
+/// Time between two heartbeats of one session, as the server received them.
+pub const HEARTBEAT_GAP: &str = "warden_heartbeat_gap_seconds";
 /// One reconcile round.
 pub const RECONCILE: &str = "warden_reconcile_duration_seconds";
 /// One store operation, by `op`.
@@ -92,6 +94,11 @@ const STATES: [AgentState; 7] = [
 /// waiting for a lease or capacity.
 const RECOVERY_BUCKETS: [f64; 14] = [
     0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0,
+];
+/// Buckets for the gaps between heartbeats, seconds: fine around the default interval (0.5 s),
+/// coarse towards the lease (2 s) and beyond.
+const GAP_BUCKETS: [f64; 14] = [
+    0.45, 0.5, 0.51, 0.52, 0.55, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
 ];
 /// Buckets for reconcile rounds and store operations, seconds: microseconds (in memory) to
 /// fsyncs on a slow disk.
@@ -250,6 +257,14 @@ impl Metrics {
         describe(
             r,
             Kind::Histogram,
+            HEARTBEAT_GAP,
+            Some(Unit::Seconds),
+            "Time between two heartbeats of one session, as received: the agent's interval plus \
+             whatever delayed it (a starved agent, the network, a busy server).",
+        );
+        describe(
+            r,
+            Kind::Histogram,
             RECONCILE,
             Some(Unit::Seconds),
             "Duration of one reconcile round (plan and execute, store writes included).",
@@ -279,7 +294,7 @@ impl Metrics {
             )
             .absolute(0);
         }
-        for name in [RECOVERY_RTO, DETECTION, RECONCILE] {
+        for name in [RECOVERY_RTO, DETECTION, RECONCILE, HEARTBEAT_GAP] {
             let _ = r.register_histogram(&key(name, vec![]), &METADATA);
         }
         Metrics {
@@ -376,6 +391,11 @@ impl Metrics {
         self.observe(DETECTION, vec![], since_last_heartbeat.as_secs_f64());
     }
 
+    /// Two heartbeats of one session arrived `gap` apart.
+    pub fn heartbeat_gap(&self, gap: Duration) {
+        self.observe(HEARTBEAT_GAP, vec![], gap.as_secs_f64());
+    }
+
     /// A reconcile round took `took`.
     pub fn reconcile(&self, took: Duration) {
         self.observe(RECONCILE, vec![], took.as_secs_f64());
@@ -404,6 +424,7 @@ fn histogram_buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
     for (name, buckets) in [
         (RECOVERY_RTO, &RECOVERY_BUCKETS[..]),
         (DETECTION, &RECOVERY_BUCKETS[..]),
+        (HEARTBEAT_GAP, &GAP_BUCKETS[..]),
         (RECONCILE, &LATENCY_BUCKETS[..]),
         (STORE_OPERATION, &LATENCY_BUCKETS[..]),
     ] {

@@ -160,6 +160,8 @@ impl AgentSession for SessionService {
         tokio::spawn(async move {
             let _permit = permit;
             let _watched = watched;
+            // Per session, so the gap costs no shared state.
+            let mut last_heartbeat: Option<std::time::Instant> = None;
             loop {
                 let msg = tokio::select! {
                     () = cancel.cancelled() => break,
@@ -182,6 +184,10 @@ impl AgentSession for SessionService {
                 match msg {
                     Ok(Some(AgentMessage { msg: Some(m) })) => match m {
                         Msg::Heartbeat(hb) if heartbeats.admit(cp.clock().now()) => {
+                            let now = std::time::Instant::now();
+                            if let Some(last) = last_heartbeat.replace(now) {
+                                cp.recorder().heartbeat_gap(now - last);
+                            }
                             cp.heartbeat(&who, &hb);
                         }
                         Msg::Heartbeat(_) => cp.recorder().heartbeat_dropped(),

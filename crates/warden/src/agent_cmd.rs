@@ -152,6 +152,7 @@ fn confinement(
                 "task limits enforced: every task runs in a cgroup of its own"
             );
             metrics.limits_enforced(Some(&layout.version.to_string()));
+            metrics.attach_cgroups(cgroups.clone());
             let confine = Confinement {
                 cgroups: cgroups.clone(),
                 pids_max: (args.task_pids_max > 0).then_some(args.task_pids_max),

@@ -201,9 +201,27 @@ pub enum BenchCommand {
         /// Seconds under stress.
         #[arg(long, default_value_t = 600)]
         duration: u64,
-        /// Busy threads per core.
+        /// Busy threads per core (with `--noise outside`).
         #[arg(long, default_value_t = 2)]
         per_core: usize,
+        /// Where the CPU load comes from: `outside` Warden (burners started by the bench), or
+        /// `tasks`: one noisy task per agent, declaring 500 millicores and burning a whole
+        /// core (twice its declaration).
+        #[arg(long, value_enum, default_value_t = Noise::Outside)]
+        noise: Noise,
+        /// Run the agents' tasks in cgroups with their declared limits (`--cgroups
+        /// required`; needs root) or unconfined (`--cgroups off`).
+        #[arg(long, value_enum, default_value_t = OnOff::Off)]
+        isolation: OnOff,
+    },
+    /// What a task's cgroup costs at start: runs `--count` short tasks (`true`) under real
+    /// shims, each with a cgroup and limits (as `warden agent --cgroups required` runs them)
+    /// and each without, and reports start latency (start order → task running) and the
+    /// whole run (→ exit reported, cgroup removed), p50 and p99. Needs root for the cgroups.
+    TaskStart {
+        /// Tasks per mode.
+        #[arg(long, default_value_t = 200)]
+        count: u32,
     },
     /// One agent at idle with two tasks: its CPU share and resident memory. `--loaded`: with
     /// twenty tasks instead (sixteen with an exec health check every second, two stateful
@@ -296,11 +314,20 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::AgentIdle { measure, loaded } => agent_idle(*measure, *loaded),
+        BenchCommand::TaskStart { count } => task_start(*count),
         BenchCommand::Stress {
             agents,
             duration,
             per_core,
-        } => stress(*agents, *duration, *per_core),
+            noise,
+            isolation,
+        } => stress(
+            *agents,
+            *duration,
+            *per_core,
+            *noise,
+            *isolation == OnOff::On,
+        ),
         BenchCommand::Sessions {
             sessions,
             interval_ms,
@@ -542,12 +569,188 @@ fn agent_idle(measure: u64, loaded: bool) -> Result<()> {
     Ok(())
 }
 
+/// `warden bench task-start`.
+fn task_start(count: u32) -> Result<()> {
+    use warden_agent::cgroup;
+    use warden_agent::supervisor::{Confinement, ShimLauncher, Supervisor, SupervisorConfig};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let confined = if nix::unistd::geteuid().is_root() {
+        let layout = cgroup::detect()
+            .ok_or_else(|| anyhow::anyhow!("no cgroup hierarchy with memory, cpu or pids"))?;
+        let parent = format!("warden-bench-{}", std::process::id());
+        let cgroups = cgroup::AgentCgroups::setup(
+            &layout,
+            Some(&parent),
+            "bench",
+            cgroup::Reservation::default(),
+        )?;
+        Some((layout, parent, cgroups))
+    } else {
+        eprintln!("not root: measuring without cgroups only");
+        None
+    };
+    let mut modes: Vec<(&str, Option<Confinement>)> = vec![("without a cgroup", None)];
+    if let Some((_, _, cgroups)) = &confined {
+        modes.push((
+            "with a cgroup",
+            Some(Confinement {
+                cgroups: cgroups.clone(),
+                pids_max: Some(4096),
+            }),
+        ));
+    }
+    let result = runtime.block_on(async {
+        let mut rows = Vec::new();
+        for (name, confine) in modes {
+            let launcher = ShimLauncher {
+                confine,
+                ..ShimLauncher::current_exe()?
+            };
+            let (sup, mut events) = Supervisor::new(SupervisorConfig::new(launcher))?;
+            let (mut start, mut whole) = (Vec::new(), Vec::new());
+            for i in 0..count {
+                let spec = warden_agent::TaskSpec {
+                    task: warden_core::TaskId::new(warden_core::JobName::new("bench"), i),
+                    epoch: warden_core::FencingToken(1),
+                    command: "true".into(),
+                    args: Vec::new(),
+                    env: [(
+                        "PATH".to_string(),
+                        warden_agent::isolation::SAFE_PATH.to_string(),
+                    )]
+                    .into(),
+                    leased: false,
+                    log_dir: dir.path().to_path_buf(),
+                    health: None,
+                    resources: warden_core::Resources::new(100, 32),
+                };
+                let t0 = tokio::time::Instant::now();
+                sup.start(spec)?;
+                loop {
+                    let ev =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+                            .await
+                            .map_err(|_| anyhow::anyhow!("task {i}: no event within 10 s"))?
+                            .ok_or_else(|| anyhow::anyhow!("the supervisor is gone"))?;
+                    let ms = (ev.at - t0).as_secs_f64() * 1000.0;
+                    match ev.kind {
+                        warden_agent::TaskEventKind::Started { .. } => start.push(ms),
+                        warden_agent::TaskEventKind::Exited { .. } => {
+                            whole.push(ms);
+                            break;
+                        }
+                        warden_agent::TaskEventKind::Failed { reason } => {
+                            anyhow::bail!("task {i} failed: {reason}")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            sup.shutdown(std::time::Duration::from_secs(1)).await;
+            rows.push((name, start, whole));
+        }
+        anyhow::Ok(rows)
+    });
+    if let Some((layout, parent, cgroups)) = &confined {
+        cgroups.teardown();
+        cgroup::remove_tree(layout, parent);
+    }
+    let pct = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        qos::percentile(v, q).unwrap_or(f64::NAN)
+    };
+    for (name, mut start, mut whole) in result? {
+        println!(
+            "{count} tasks {name}: start p50 {:.1} ms p99 {:.1} ms; whole run (start to exit reported) p50 {:.1} ms p99 {:.1} ms",
+            pct(&mut start, 0.5),
+            pct(&mut start, 0.99),
+            pct(&mut whole, 0.5),
+            pct(&mut whole, 0.99),
+        );
+    }
+    Ok(())
+}
+
+/// `warden bench stress --noise`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Noise {
+    /// Burners outside Warden.
+    Outside,
+    /// A noisy task on every agent.
+    Tasks,
+}
+
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+/// `warden_heartbeat_gap_seconds` buckets of the server: `(le, cumulative count)`.
+fn gap_buckets(cluster: &warden_chaos::cluster::Cluster) -> Vec<(f64, f64)> {
+    let Ok(r) = cluster.client.request("GET", "/metrics", None, b"") else {
+        return Vec::new();
+    };
+    r.body
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("warden_heartbeat_gap_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound under which quantile `q` of the gaps recorded between `before` and
+/// `after` lies, and how many gaps there were.
+fn gap_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (Option<f64>, f64) {
+    let count = |v: &[(f64, f64)], le: f64| {
+        v.iter()
+            .find(|(l, _)| (*l - le).abs() < 1e-9 || (l.is_infinite() && le.is_infinite()))
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let deltas: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| (*le, c - count(before, *le)))
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, c)| *c);
+    if total <= 0.0 {
+        return (None, 0.0);
+    }
+    let bound = deltas
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le);
+    (bound, total)
+}
+
 /// Agents under CPU stress: count verdicts.
-fn stress(agents: usize, duration: u64, per_core: usize) -> Result<()> {
+fn stress(
+    agents: usize,
+    duration: u64,
+    per_core: usize,
+    noise: Noise,
+    isolation: bool,
+) -> Result<()> {
     use std::time::{Duration, Instant};
     use warden_chaos::cluster::Cluster;
     let exe = std::env::current_exe()?;
     let mut cluster = Cluster::start(&exe)?;
+    if isolation {
+        cluster.confine_tasks();
+    }
     cluster.add_agents(agents)?;
     cluster.submit("name = \"stress-singleton\"\nkind = \"singleton\"\ncommand = \"{exe}\"\nargs = [\"workload\", \"sleep\", \"--every\", \"10\"]\n")?;
     cluster.submit(&format!(
@@ -564,18 +767,55 @@ fn stress(agents: usize, duration: u64, per_core: usize) -> Result<()> {
         })
         .unwrap_or(0);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let threads = cores * per_core.max(1);
-    let mut burner = std::process::Command::new(&exe)
-        .args([
-            "workload",
-            "burn",
-            "--threads",
-            &threads.to_string(),
-            "--seconds",
-            &duration.to_string(),
-        ])
-        .spawn()?;
-    eprintln!("{agents} agents, {threads} busy threads on {cores} cores for {duration} s…");
+    let (mut burner, load) = match noise {
+        Noise::Outside => {
+            let threads = cores * per_core.max(1);
+            let burner = std::process::Command::new(&exe)
+                .args([
+                    "workload",
+                    "burn",
+                    "--threads",
+                    &threads.to_string(),
+                    "--seconds",
+                    &duration.to_string(),
+                ])
+                .spawn()?;
+            (
+                Some(burner),
+                format!("{threads} busy threads outside Warden on {cores} cores"),
+            )
+        }
+        Noise::Tasks => {
+            cluster.submit(&format!(
+                "name = \"stress-noise\"\nkind = \"service\"\nreplicas = {agents}\ncommand = \"{{exe}}\"\n\
+                 args = [\"workload\", \"burn\", \"--threads\", \"1\"]\n\
+                 [resources]\ncpu_millis = 500\nmemory_mb = 64\n"
+            ))?;
+            let running = || {
+                cluster
+                    .task_procs()
+                    .iter()
+                    .filter(|t| t.task.starts_with("stress-noise/"))
+                    .count()
+            };
+            if !warden_chaos::cluster::wait_until(Duration::from_secs(30), || running() >= agents) {
+                anyhow::bail!(
+                    "the noisy tasks did not all start ({} of {agents})",
+                    running()
+                );
+            }
+            (
+                None,
+                format!(
+                    "{agents} noisy tasks (500 millicores declared, 1 busy thread each) on \
+                     {cores} cores, isolation {}",
+                    if isolation { "on" } else { "off" }
+                ),
+            )
+        }
+    };
+    let gaps_before = gap_buckets(&cluster);
+    eprintln!("{agents} agents, {load}, for {duration} s…");
     let t0 = Instant::now();
     let mut suspects = 0usize;
     let mut failed = 0usize;
@@ -610,11 +850,20 @@ fn stress(agents: usize, duration: u64, per_core: usize) -> Result<()> {
             }
         }
     }
-    let _ = burner.kill();
-    let _ = burner.wait();
+    let gaps_after = gap_buckets(&cluster);
+    if let Some(b) = burner.as_mut() {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let (p99, gaps) = gap_quantile(&gaps_before, &gaps_after, 0.99);
+    let (p50, _) = gap_quantile(&gaps_before, &gaps_after, 0.5);
+    let le = |v: Option<f64>| v.map_or_else(|| "-".into(), |s| format!("≤ {:.0} ms", s * 1000.0));
     println!(
-        "{agents} agents under CPU stress ({threads} busy threads on {cores} cores) for {duration} s: \
-         false Failed verdicts {failed}, Suspect verdicts {suspects}"
+        "{agents} agents under CPU stress ({load}) for {duration} s: \
+         false Failed verdicts {failed}, Suspect verdicts {suspects}; \
+         heartbeat gap p50 {} p99 {} over {gaps:.0} gaps",
+        le(p50),
+        le(p99)
     );
     Ok(())
 }

@@ -155,11 +155,7 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_restarted_and_its_neighbour_ru
         "{oom:#?}"
     );
     // The agent counted them, and restarted the task in place.
-    let probe = cluster.agent("agent-1").expect("agent")["probe_addr"]
-        .as_str()
-        .expect("probe address")
-        .to_string();
-    let metrics = http_get(&probe, "/metrics");
+    let metrics = http_get(&probe_of(&cluster), "/metrics");
     let count = |name: &str| -> f64 {
         metrics
             .lines()
@@ -230,6 +226,21 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         .and_then(|n| n.trim().parse::<u64>().ok())
         .unwrap_or(0);
     assert!(throttled > 0, "the quota never throttled it: {stat}");
+    // The agent shows it: throttled in most periods, and its memory.
+    let metrics = http_get(&probe_of(&cluster), "/metrics");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let ratio = value("warden_agent_task_cpu_throttled_ratio{task=\"spin/0\"}");
+    assert!(ratio > 0.5, "throttled ratio {ratio}:\n{metrics}");
+    assert!(
+        value("warden_agent_task_memory_bytes{task=\"spin/0\"}") > 0.0,
+        "{metrics}"
+    );
     assert_eq!(cluster.agent_state("agent-1").as_deref(), Some("healthy"));
     assert!(
         no_suspect(&cluster).is_empty(),
@@ -300,6 +311,13 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_goes_with_its_task() {
         no_suspect(&cluster)
     );
     shut_down(cluster, &layout);
+}
+
+fn probe_of(cluster: &Cluster) -> String {
+    cluster.agent("agent-1").expect("agent")["probe_addr"]
+        .as_str()
+        .expect("probe address")
+        .to_string()
 }
 
 fn http_get(addr: &str, path: &str) -> String {
