@@ -577,6 +577,8 @@ pub struct Usage {
     pub throttled_periods: u64,
     /// OOM kills so far.
     pub oom_kills: u64,
+    /// The memory limit, bytes (`None`: unlimited).
+    pub memory_limit: Option<u64>,
 }
 
 /// Read the usage of the task cgroup made of `dirs` (one per hierarchy).
@@ -588,6 +590,12 @@ pub fn usage(dirs: &[PathBuf]) -> Usage {
             read(dir.join("memory.current")).or_else(|| read(dir.join("memory.usage_in_bytes")))
         {
             u.memory_bytes = t.trim().parse().unwrap_or(0);
+        }
+        if let Some(t) =
+            read(dir.join("memory.max")).or_else(|| read(dir.join("memory.limit_in_bytes")))
+        {
+            // v2 says "max"; v1 an unreachable page-rounded 2^63.
+            u.memory_limit = t.trim().parse::<u64>().ok().filter(|l| *l < 1 << 62);
         }
         if let Some(t) = read(dir.join("cpu.stat")) {
             u.periods = stat_value(&t, "nr_periods").unwrap_or(u.periods);
@@ -606,6 +614,126 @@ pub fn usage(dirs: &[PathBuf]) -> Usage {
         }
     }
     u
+}
+
+/// A change worth telling about a running task, from two [`Usage`] samples of its cgroup.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UsageSignal {
+    /// Throttled by its CPU quota in at least 90 % of the periods it ran in since the last
+    /// sample (it wants more CPU than it declared).
+    Throttled {
+        /// Share of periods throttled.
+        ratio: f64,
+    },
+    /// No longer throttled (under 50 % of the periods).
+    ThrottledCleared {
+        /// Share of periods throttled.
+        ratio: f64,
+    },
+    /// Memory in use reached 90 % of its limit.
+    MemoryHigh {
+        /// Bytes in use.
+        used: u64,
+        /// The limit, bytes.
+        limit: u64,
+    },
+    /// Memory back under 80 % of its limit.
+    MemoryCleared {
+        /// Bytes in use.
+        used: u64,
+        /// The limit, bytes.
+        limit: u64,
+    },
+}
+
+impl UsageSignal {
+    /// The report message: `throttled: …` or `memory_high: …`, the prefixes the controller
+    /// turns into `task.throttled` and `task.memory_high` events.
+    pub fn message(&self) -> String {
+        let mib = |b: u64| b / (1024 * 1024);
+        match self {
+            UsageSignal::Throttled { ratio } => format!(
+                "throttled: held back by its CPU quota in {:.0} % of periods (it wants more than \
+                 its cpu_millis)",
+                ratio * 100.0
+            ),
+            UsageSignal::ThrottledCleared { ratio } => {
+                format!("throttled: over ({:.0} % of periods now)", ratio * 100.0)
+            }
+            UsageSignal::MemoryHigh { used, limit } => format!(
+                "memory_high: {} MiB of its {} MiB limit in use (past the limit it is OOM-killed)",
+                mib(*used),
+                mib(*limit)
+            ),
+            UsageSignal::MemoryCleared { used, limit } => format!(
+                "memory_high: over ({} MiB of {} MiB now)",
+                mib(*used),
+                mib(*limit)
+            ),
+        }
+    }
+}
+
+/// Follows the cgroup usage of running tasks between samples and says when one starts or
+/// stops being throttled most of the time, or nears its memory limit (with hysteresis, so a
+/// task at the edge does not flap).
+#[derive(Debug, Default)]
+pub struct UsageWatch {
+    tasks: std::collections::HashMap<String, Watched>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    last: Usage,
+    throttled: bool,
+    memory_high: bool,
+}
+
+/// Fewest CPU periods between two samples for a throttling verdict.
+const MIN_PERIODS: u64 = 10;
+
+impl UsageWatch {
+    /// A watch with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new sample of task `name`'s cgroup; the signals it raises.
+    pub fn observe(&mut self, name: &str, now: Usage) -> Vec<UsageSignal> {
+        let w = self.tasks.entry(name.to_string()).or_default();
+        let mut out = Vec::new();
+        let periods = now.periods.saturating_sub(w.last.periods);
+        if periods >= MIN_PERIODS {
+            let ratio = now
+                .throttled_periods
+                .saturating_sub(w.last.throttled_periods) as f64
+                / periods as f64;
+            if !w.throttled && ratio >= 0.9 {
+                w.throttled = true;
+                out.push(UsageSignal::Throttled { ratio });
+            } else if w.throttled && ratio < 0.5 {
+                w.throttled = false;
+                out.push(UsageSignal::ThrottledCleared { ratio });
+            }
+        }
+        if let Some(limit) = now.memory_limit.filter(|l| *l > 0) {
+            let used = now.memory_bytes;
+            if !w.memory_high && used.saturating_mul(10) >= limit.saturating_mul(9) {
+                w.memory_high = true;
+                out.push(UsageSignal::MemoryHigh { used, limit });
+            } else if w.memory_high && used.saturating_mul(10) < limit.saturating_mul(8) {
+                w.memory_high = false;
+                out.push(UsageSignal::MemoryCleared { used, limit });
+            }
+        }
+        w.last = now;
+        out
+    }
+
+    /// Forget every task not in `names` (ended copies).
+    pub fn retain(&mut self, names: &std::collections::HashSet<String>) {
+        self.tasks.retain(|n, _| names.contains(n));
+    }
 }
 
 /// What the agent asks for itself.
@@ -945,6 +1073,62 @@ mod tests {
         assert_eq!(TaskLimits::weight_v2(1), 1);
         assert_eq!(TaskLimits::shares_v1(1000), 1024);
         assert_eq!(TaskLimits::shares_v1(1), 2);
+    }
+
+    #[test]
+    fn the_usage_watch_raises_and_clears_with_hysteresis() {
+        let mib = 1024 * 1024;
+        let sample = |periods, throttled, memory| Usage {
+            periods,
+            throttled_periods: throttled,
+            memory_bytes: memory * mib,
+            memory_limit: Some(64 * mib),
+            ..Usage::default()
+        };
+        let mut w = UsageWatch::new();
+        assert_eq!(w.observe("a", sample(0, 0, 10)), []);
+        // 95 of 100 periods throttled.
+        assert_eq!(
+            w.observe("a", sample(100, 95, 10)),
+            [UsageSignal::Throttled { ratio: 0.95 }]
+        );
+        // Still throttled at 70 %: no change.
+        assert_eq!(w.observe("a", sample(200, 165, 10)), []);
+        // Too few periods to judge (an idle task).
+        assert_eq!(w.observe("a", sample(205, 165, 10)), []);
+        assert_eq!(
+            w.observe("a", sample(305, 175, 10)),
+            [UsageSignal::ThrottledCleared { ratio: 0.1 }]
+        );
+        // Memory: 58 of 64 MiB is past 90 %; 55 keeps it (hysteresis); 40 clears it.
+        let high = w.observe("a", sample(305, 175, 58));
+        assert!(
+            matches!(high[..], [UsageSignal::MemoryHigh { .. }]),
+            "{high:?}"
+        );
+        assert!(
+            high[0]
+                .message()
+                .starts_with("memory_high: 58 MiB of its 64 MiB")
+        );
+        assert_eq!(w.observe("a", sample(305, 175, 55)), []);
+        assert!(matches!(
+            w.observe("a", sample(305, 175, 40))[..],
+            [UsageSignal::MemoryCleared { .. }]
+        ));
+        // No limit: no memory signal.
+        let unlimited = Usage {
+            memory_bytes: u64::MAX / 2,
+            ..Usage::default()
+        };
+        assert_eq!(w.observe("b", unlimited), []);
+        w.retain(&["b".to_string()].into());
+        assert!(!w.tasks.contains_key("a"));
+        assert!(
+            UsageSignal::Throttled { ratio: 0.93 }
+                .message()
+                .starts_with("throttled: held back by its CPU quota in 93 %")
+        );
     }
 
     #[test]

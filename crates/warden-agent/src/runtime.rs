@@ -221,6 +221,12 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut beat = tokio::time::interval(interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (stop_done_tx, mut stop_done_rx) = mpsc::unbounded_channel::<(TaskId, FencingToken)>();
+    // Confined tasks: their cgroups are read every few seconds, and a task throttled most of
+    // the time or near its memory limit is reported (events `task.throttled`,
+    // `task.memory_high`).
+    let mut usage_watch = crate::cgroup::UsageWatch::new();
+    let mut usage_tick = tokio::time::interval(USAGE_EVERY);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let lease_timer = async {
@@ -233,6 +239,11 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             () = cancel.cancelled() => {
                 broadcast(&links, &msg(agent_message::Msg::Leave(v1::Leave {})));
                 break;
+            }
+            _ = usage_tick.tick(), if cfg.launcher.confine.is_some() => {
+                if let Some(confine) = &cfg.launcher.confine {
+                    watch_usage(confine, &supervisor, &mut usage_watch, &links, &health, &endpoints);
+                }
             }
             _ = beat.tick() => {
                 // A link whose server stopped acknowledging (a silent partition gives no
@@ -943,6 +954,47 @@ fn assign(
         };
         refuse(links, &task, epoch, phase, e.to_string());
     }
+}
+
+/// How often the cgroups of running tasks are read for [`watch_usage`].
+const USAGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Read every running task's cgroup and report the signals it raises (a few small files per
+/// task: microseconds).
+fn watch_usage(
+    confine: &crate::supervisor::Confinement,
+    supervisor: &Supervisor,
+    watch: &mut crate::cgroup::UsageWatch,
+    links: &[Link],
+    health: &BTreeMap<TaskId, bool>,
+    endpoints: &Endpoints,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for t in supervisor.tasks() {
+        if !matches!(t.state, ProcessState::Running { .. }) {
+            continue;
+        }
+        let name = crate::cgroup::task_cgroup_name(&t.task, t.epoch);
+        let usage = crate::cgroup::usage(&confine.cgroups.task_dirs(&name));
+        for signal in watch.observe(&name, usage) {
+            let message = signal.message();
+            info!(task = %t.task, epoch = t.epoch.0, %message, "task usage signal");
+            let healthy = health.get(&t.task).copied().unwrap_or(true);
+            let endpoint = endpoint_of(endpoints, &t.task, t.epoch);
+            let report = task_report(
+                &t.task,
+                t.epoch,
+                CopyPhase::Running,
+                healthy,
+                endpoint,
+                message,
+                None,
+            );
+            broadcast(links, &report);
+        }
+        seen.insert(name);
+    }
+    watch.retain(&seen);
 }
 
 /// A stateful assignment whose state was opened off the loop.

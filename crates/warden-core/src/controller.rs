@@ -39,6 +39,14 @@
 /// limit); the controller records a `task.oom_killed` event for it.
 pub const OOM_KILLED: &str = "oom_killed";
 
+/// Task report prefixes that are signals from the task's cgroup, and the event each becomes:
+/// OOM-killed, throttled by its CPU quota most of the time, near its memory limit.
+pub const TASK_SIGNALS: [(&str, &str); 3] = [
+    (OOM_KILLED, "task.oom_killed"),
+    ("throttled", "task.throttled"),
+    ("memory_high", "task.memory_high"),
+];
+
 mod agents;
 mod book;
 mod config;

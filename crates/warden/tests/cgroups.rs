@@ -241,6 +241,15 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         value("warden_agent_task_memory_bytes{task=\"spin/0\"}") > 0.0,
         "{metrics}"
     );
+    // And reports it: throttled most of the time is a signal, not a mystery.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            events(&cluster, "task.throttled")
+                .iter()
+                .any(|e| e["task"] == "spin/0")
+        }),
+        "no task.throttled event"
+    );
     assert_eq!(cluster.agent_state("agent-1").as_deref(), Some("healthy"));
     assert!(
         no_suspect(&cluster).is_empty(),

@@ -237,20 +237,16 @@ impl Controller {
         now: Time,
         out: &mut Vec<Command>,
     ) {
-        if let Some(cause) = message.strip_prefix(super::OOM_KILLED)
+        if let Some((prefix, kind)) = super::TASK_SIGNALS
+            .iter()
+            .find(|(prefix, _)| message.starts_with(&format!("{prefix}:")))
             && self
                 .slot_mut(&copy.task)
                 .is_some_and(|s| s.epoch == copy.epoch)
         {
-            let msg = format!("{}@{} oom_killed{cause}", copy.task, copy.epoch);
-            self.event(
-                out,
-                now,
-                "task.oom_killed",
-                Some(who),
-                Some(&copy.task),
-                msg,
-            );
+            let detail = &message[prefix.len()..];
+            let msg = format!("{}@{} {prefix}{detail}", copy.task, copy.epoch);
+            self.event(out, now, kind, Some(who), Some(&copy.task), msg);
         }
         match copy.phase {
             Some(CopyPhase::Fenced) => self.copy_fenced(who, &copy.task, copy.epoch, now, out),
