@@ -22,19 +22,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use ring::rand::SecureRandom;
 use rustls_pki_types::CertificateDer;
 use subtle::ConstantTimeEq;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 use warden_proto::pem::{self, PemError};
 
 pub use warden_proto::JOIN_TOKEN_METADATA;
-
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's TLS identity and the CA its agents' certificates must chain to (PEM).
 #[derive(Clone)]
@@ -42,6 +38,8 @@ pub struct ServerTls {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     client_ca_pem: Vec<u8>,
+    /// The files it was read from (certificate, key, client CA): watched for rotations.
+    files: Option<[PathBuf; 3]>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -62,24 +60,34 @@ impl ServerTls {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
             client_ca_pem: client_ca_pem.into(),
+            files: None,
         }
     }
 
     /// From PEM files (`--tls-cert`, `--tls-key`, `--tls-client-ca`); errors name the file.
+    /// The server watches the files and takes rotated ones without a restart (see
+    /// [`crate::tls_reload`]).
     pub fn from_files(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, PemError> {
         Ok(ServerTls {
             cert_pem: pem::read_certificate_chain(cert)?,
             key_pem: pem::read_private_key(key)?,
             client_ca_pem: pem::read_ca_bundle(client_ca)?,
+            files: Some([
+                cert.to_path_buf(),
+                key.to_path_buf(),
+                client_ca.to_path_buf(),
+            ]),
         })
     }
 
-    /// tonic's configuration: client certificates required.
-    pub fn config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
-            .timeout(HANDSHAKE_TIMEOUT)
+    /// The PEM bytes: certificate chain, private key, client CA bundle.
+    pub fn pem(&self) -> (&[u8], &[u8], &[u8]) {
+        (&self.cert_pem, &self.key_pem, &self.client_ca_pem)
+    }
+
+    /// The files it was read from (certificate, key, client CA), if any.
+    pub fn files(&self) -> Option<&[PathBuf; 3]> {
+        self.files.as_ref()
     }
 }
 
@@ -192,17 +200,32 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// A gate for these settings; also returns tonic's TLS configuration, if any.
-    pub fn new(security: SessionSecurity) -> (Gate, Option<ServerTlsConfig>) {
-        let tls = security.tls.as_ref().map(ServerTls::config);
+    /// A gate for these settings; also returns the listener's TLS configuration, if any
+    /// (reloaded from its files when they change). Fails when the certificate, key and CA
+    /// cannot make a TLS configuration (say, a key that does not match the certificate).
+    pub fn new(
+        security: SessionSecurity,
+    ) -> Result<
         (
+            Gate,
+            Option<std::sync::Arc<crate::tls_reload::ReloadingTls>>,
+        ),
+        String,
+    > {
+        let tls = security
+            .tls
+            .as_ref()
+            .map(crate::tls_reload::ReloadingTls::new)
+            .transpose()?
+            .map(std::sync::Arc::new);
+        Ok((
             Gate {
                 tls: tls.is_some(),
                 tokens: security.join_tokens,
                 deny: security.deny.map(std::sync::Arc::new),
             },
             tls,
-        )
+        ))
     }
 
     /// Whether any check is configured.

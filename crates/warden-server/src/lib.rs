@@ -42,4 +42,5 @@ pub mod revoke;
 pub mod server;
 pub mod session;
 pub mod sla;
+pub mod tls_reload;
 pub mod view;

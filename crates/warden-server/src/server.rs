@@ -31,7 +31,7 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     /// The TLS settings are unusable (e.g. the key does not match the certificate).
     #[error("TLS settings (--tls-cert, --tls-key, --tls-client-ca): {0}")]
-    Tls(tonic::transport::Error),
+    Tls(String),
     /// The HTTP listener failed.
     #[error("serve HTTP: {0}")]
     Http(#[from] std::io::Error),
@@ -148,14 +148,14 @@ pub async fn run_replica(
         .validate(cfg.lifecycle.heartbeat_interval)
         .map_err(StartError::from)?;
     let cp = ControlPlane::with_leadership(store, cfg, leadership)?;
-    let (gate, tls) = Gate::new(security);
+    let (gate, tls) = Gate::new(security).map_err(ServerError::Tls)?;
     if let Some(deny) = gate.deny_list() {
         tokio::spawn(deny.run_watcher(cancel.child_token()));
     }
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).map_err(ServerError::Tls)?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().run_watcher(cancel.child_token()));
     }
+    let builder = tonic::transport::Server::builder();
     info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "warden server listening");
     let control = tokio::spawn(cp.clone().run(cancel.child_token()));
     let max_message = limits.sessions.max_message_bytes;
@@ -166,12 +166,27 @@ pub async fn run_replica(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let grpc_cancel = cancel.clone();
-    let grpc_task = builder
+    let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .tcp_nodelay(true)
-        .add_service(service)
-        .serve_with_incoming_shutdown(nodelay(grpc), grpc_cancel.cancelled_owned());
+        .add_service(service);
+    let grpc_task = async move {
+        match tls {
+            // The listener does the handshakes, with certificates reloaded on change.
+            Some(tls) => {
+                let incoming = crate::tls_reload::incoming(grpc, tls, grpc_cancel.child_token());
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(nodelay(grpc), grpc_cancel.cancelled_owned())
+                    .await
+            }
+        }
+    };
     let api: Arc<dyn ControlApi> = cp.clone();
     let Adapters { haproxy, files } = adapters;
     let mut adapters: Vec<_> = haproxy

@@ -209,6 +209,9 @@ pub enum BenchCommand {
         /// core (twice its declaration).
         #[arg(long, value_enum, default_value_t = Noise::Outside)]
         noise: Noise,
+        /// Busy threads of each noisy task (`--noise tasks`; 1 burns twice its declaration).
+        #[arg(long, default_value_t = 1)]
+        noise_threads: usize,
         /// Run the agents' tasks in cgroups with their declared limits (`--cgroups
         /// required`; needs root) or unconfined (`--cgroups off`).
         #[arg(long, value_enum, default_value_t = OnOff::Off)]
@@ -320,12 +323,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             duration,
             per_core,
             noise,
+            noise_threads,
             isolation,
         } => stress(
             *agents,
             *duration,
             *per_core,
-            *noise,
+            (*noise, *noise_threads),
             *isolation == OnOff::On,
         ),
         BenchCommand::Sessions {
@@ -741,7 +745,7 @@ fn stress(
     agents: usize,
     duration: u64,
     per_core: usize,
-    noise: Noise,
+    (noise, noise_threads): (Noise, usize),
     isolation: bool,
 ) -> Result<()> {
     use std::time::{Duration, Instant};
@@ -788,7 +792,7 @@ fn stress(
         Noise::Tasks => {
             cluster.submit(&format!(
                 "name = \"stress-noise\"\nkind = \"service\"\nreplicas = {agents}\ncommand = \"{{exe}}\"\n\
-                 args = [\"workload\", \"burn\", \"--threads\", \"1\"]\n\
+                 args = [\"workload\", \"burn\", \"--threads\", \"{noise_threads}\"]\n\
                  [resources]\ncpu_millis = 500\nmemory_mb = 64\n"
             ))?;
             let running = || {
@@ -807,8 +811,8 @@ fn stress(
             (
                 None,
                 format!(
-                    "{agents} noisy tasks (500 millicores declared, 1 busy thread each) on \
-                     {cores} cores, isolation {}",
+                    "{agents} noisy tasks (500 millicores declared, {noise_threads} busy \
+                     thread(s) each) on {cores} cores, isolation {}",
                     if isolation { "on" } else { "off" }
                 ),
             )

@@ -444,3 +444,90 @@ fn a_revoked_agent_certificate_is_replaced_on_disk_and_the_agent_rejoins_without
         s.agent_state("a1")
     );
 }
+
+#[test]
+fn the_server_takes_a_rotated_certificate_and_ca_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ok(&["tls", "init", "--dir", &p(&certs), "--agent", "a1"]);
+    // A second CA, with its own server certificate and an agent certificate for a2.
+    let next = dir.path().join("next");
+    ok(&["tls", "init", "--dir", &p(&next), "--agent", "a2"]);
+    let s = Setup::new(dir, certs);
+    let _server = s.server(&[]);
+    let _a1 = s.agent("a1", "a1", &[], &[]);
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a1").as_deref()
+            == Some("healthy")),
+        "a1 did not join: {}",
+        s.read_log("a1")
+    );
+
+    // Rotate everything the server reads: its certificate and key, and the CA its agents'
+    // certificates must chain to. a2's files go next to them.
+    for f in [
+        "server.pem",
+        "server-key.pem",
+        "ca.pem",
+        "agent-a2.pem",
+        "agent-a2-key.pem",
+    ] {
+        // Written aside and renamed, as a careful operator (or cert-manager) does.
+        let tmp = s.certs.join(format!("{f}.tmp"));
+        std::fs::copy(next.join(f), &tmp).unwrap();
+        std::fs::rename(&tmp, s.certs.join(f)).unwrap();
+    }
+    assert!(
+        wait_until(DEADLINE, || s
+            .read_log("server")
+            .contains("server TLS files changed: reloaded")),
+        "the server did not reload: {}",
+        s.read_log("server")
+    );
+    // a2 trusts only the new CA and holds a certificate of it: it joins, so the server now
+    // presents the new certificate and verifies agents against the new CA.
+    let _a2 = s.agent("a2", "a2", &[], &[]);
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a2").as_deref()
+            == Some("healthy")),
+        "a2 did not join after the rotation: {}",
+        s.read_log("a2")
+    );
+    // a1's session, established before, was not cut.
+    assert_eq!(s.agent_state("a1").as_deref(), Some("healthy"));
+    assert_eq!(
+        s.read_log("a1").matches("session established").count(),
+        1,
+        "{}",
+        s.read_log("a1")
+    );
+}
+
+#[test]
+fn a_broken_rotation_keeps_the_server_on_its_old_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ok(&["tls", "init", "--dir", &p(&certs), "--agent", "a1"]);
+    let s = Setup::new(dir, certs);
+    let _server = s.server(&[]);
+    // A half-written key: the server says so and keeps serving with the old files.
+    std::fs::write(
+        s.certs.join("server-key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA",
+    )
+    .unwrap();
+    assert!(
+        wait_until(DEADLINE, || s
+            .read_log("server")
+            .contains("cannot be used; keeping the previous ones")),
+        "no warning about the broken key: {}",
+        s.read_log("server")
+    );
+    let _a1 = s.agent("a1", "a1", &[], &[]);
+    assert!(
+        wait_until(DEADLINE, || s.agent_state("a1").as_deref()
+            == Some("healthy")),
+        "a1 could not join on the old certificate: {}",
+        s.read_log("a1")
+    );
+}
