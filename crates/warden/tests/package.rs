@@ -115,6 +115,60 @@ fn the_debian_package_holds_the_binary_units_config_and_docs_and_its_units_verif
         assert!(server_unit.contains(hardening), "{hardening}");
     }
 
+    let agent_unit =
+        std::fs::read_to_string(root.join("lib/systemd/system/warden-agent.service")).unwrap();
+    // The agent manages the cgroups of its tasks below its own (docs/isolation.md).
+    assert!(agent_unit.contains("Delegate=yes"), "{agent_unit}");
+    assert!(
+        !agent_unit.contains("ProtectKernelTunables=yes"),
+        "{agent_unit}"
+    );
+
+    // dpkg itself takes the package into an empty root: it unpacks every file and registers
+    // the package and its conffiles (no maintainer script runs at this stage, so nothing of
+    // this machine is touched; `adduser` is not in the empty root, hence --force-depends).
+    let fresh = dir.path().join("fresh");
+    let admin = fresh.join("var/lib/dpkg");
+    std::fs::create_dir_all(admin.join("updates")).unwrap();
+    std::fs::create_dir_all(admin.join("info")).unwrap();
+    std::fs::write(admin.join("status"), "").unwrap();
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", fresh.display()))
+        .arg(format!("--admindir={}", admin.display()))
+        .args(["--force-depends", "--unpack"])
+        .arg(&deb));
+    let status = run(Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admin.display()))
+        .args(["-W", "-f=${Status} ${Version}\n${Conffiles}\n", "warden"]));
+    assert!(
+        status.starts_with(&format!(
+            "install ok unpacked {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{status}"
+    );
+    assert!(status.contains("/etc/warden/server.toml"), "{status}");
+    assert!(status.contains("/etc/warden/agent.env"), "{status}");
+    let listed = run(Command::new("dpkg")
+        .arg(format!("--admindir={}", admin.display()))
+        .args(["-L", "warden"]));
+    // A new conffile waits as `.dpkg-new` until the package is configured.
+    for (path, unpacked) in [
+        ("/usr/bin/warden", "usr/bin/warden"),
+        (
+            "/lib/systemd/system/warden-agent.service",
+            "lib/systemd/system/warden-agent.service",
+        ),
+        ("/etc/warden/server.toml", "etc/warden/server.toml.dpkg-new"),
+    ] {
+        assert!(
+            listed.lines().any(|l| l == path),
+            "{path} not listed:\n{listed}"
+        );
+        let on_disk = fresh.join(unpacked);
+        assert!(on_disk.is_file(), "{} not unpacked", on_disk.display());
+    }
+
     // systemd checks the units against the unpacked root (the executable they name is the
     // package's); the targets they order against come from this machine's systemd.
     let units_dir = root.join("lib/systemd/system");
