@@ -143,6 +143,120 @@ pub fn current_user_name() -> Option<String> {
         .map(|u| u.name)
 }
 
+/// A user per job (`warden agent --task-uids FIRST-LAST`): each job's tasks run under a uid
+/// of their own from the range (its primary group the same number), so one job's tasks
+/// cannot signal, trace or read the processes of another's. The uid a job gets is kept in
+/// `<data dir>/task-uids.json`, written (atomically, synced) before a task runs under it, so
+/// a job keeps its uid across agent restarts and its files stay its own. Uids are never given
+/// to a second job.
+#[derive(Debug)]
+pub struct TaskUids {
+    first: u32,
+    last: u32,
+    file: std::path::PathBuf,
+    by_job: std::collections::BTreeMap<String, u32>,
+}
+
+/// Parse `FIRST-LAST` (inclusive; uid 0 and ranges of more than 2^24 uids refused).
+pub fn parse_uid_range(text: &str) -> Result<(u32, u32), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("--task-uids {text:?}: expected FIRST-LAST, e.g. 200000-265535"))?;
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("--task-uids {text:?}: {s:?} is not a uid"))
+    };
+    let (first, last) = (num(a)?, num(b)?);
+    if first == 0 {
+        return Err(format!(
+            "--task-uids {text:?}: uid 0 is root, never a task's"
+        ));
+    }
+    if last < first {
+        return Err(format!("--task-uids {text:?}: the range is empty"));
+    }
+    if last - first >= 1 << 24 {
+        return Err(format!("--task-uids {text:?}: more than 16,777,216 uids"));
+    }
+    Ok((first, last))
+}
+
+impl TaskUids {
+    /// The allocation kept in `data_dir`, for the uids `first..=last`. A file that cannot be
+    /// read or parsed is an error naming it (never silently replaced: a job could get a uid
+    /// whose files belong to another); uids outside the range in it are kept as they are.
+    pub fn load(data_dir: &std::path::Path, (first, last): (u32, u32)) -> Result<TaskUids, String> {
+        let file = data_dir.join("task-uids.json");
+        let by_job = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{}: not a job → uid map ({e}); move it away to start afresh (jobs may then \
+                     get other uids than their files have)",
+                    file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(format!("read {}: {e}", file.display())),
+        };
+        Ok(TaskUids {
+            first,
+            last,
+            file,
+            by_job,
+        })
+    }
+
+    /// The uid of `job`: the one it has, or the lowest free one in the range, recorded on
+    /// disk before it is returned.
+    pub fn uid_for(&mut self, job: &str) -> Result<u32, String> {
+        if let Some(uid) = self.by_job.get(job) {
+            return Ok(*uid);
+        }
+        let used: std::collections::BTreeSet<u32> = self.by_job.values().copied().collect();
+        let uid = (self.first..=self.last)
+            .find(|u| !used.contains(u))
+            .ok_or_else(|| {
+                format!(
+                    "every uid of --task-uids {}-{} is taken by another job",
+                    self.first, self.last
+                )
+            })?;
+        self.by_job.insert(job.to_string(), uid);
+        if let Err(e) = self.save() {
+            self.by_job.remove(job);
+            return Err(e);
+        }
+        Ok(uid)
+    }
+
+    fn save(&self) -> Result<(), String> {
+        use std::io::Write as _;
+        let tmp = self.file.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&self.by_job).unwrap_or_default())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)?;
+            if let Some(dir) = self.file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| format!("write {}: {e}", self.file.display()))
+    }
+
+    /// The task user of `job`.
+    pub fn user_for(&mut self, job: &str) -> Result<TaskUser, String> {
+        let uid = self.uid_for(job)?;
+        Ok(TaskUser {
+            name: format!("uid {uid} (job {job})"),
+            uid,
+            gid: uid,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +289,39 @@ mod tests {
             uid,
             gid: uid,
         })
+    }
+
+    #[test]
+    fn every_job_gets_a_uid_of_its_own_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = parse_uid_range("300000-300001").unwrap();
+        let mut uids = TaskUids::load(dir.path(), range).unwrap();
+        assert_eq!(uids.uid_for("web"), Ok(300000));
+        assert_eq!(uids.uid_for("db"), Ok(300001));
+        assert_eq!(uids.uid_for("web"), Ok(300000));
+        let full = uids.uid_for("cache").expect_err("range exhausted");
+        assert!(
+            full.contains("every uid of --task-uids 300000-300001"),
+            "{full}"
+        );
+        // A restarted agent reads the same allocation.
+        let mut again = TaskUids::load(dir.path(), range).unwrap();
+        assert_eq!(again.uid_for("db"), Ok(300001));
+        assert_eq!(again.user_for("web").unwrap().gid, 300000);
+        // A corrupt file is refused, naming it.
+        std::fs::write(dir.path().join("task-uids.json"), "{ half").unwrap();
+        let err = TaskUids::load(dir.path(), range).expect_err("corrupt");
+        assert!(err.contains("task-uids.json"), "{err}");
+        for (bad, want) in [
+            ("1000", "expected FIRST-LAST"),
+            ("0-10", "uid 0 is root"),
+            ("10-5", "empty"),
+            ("x-5", "not a uid"),
+            ("1-20000000", "more than"),
+        ] {
+            let err = parse_uid_range(bad).expect_err(bad);
+            assert!(err.contains(want), "{bad}: {err}");
+        }
     }
 
     #[test]

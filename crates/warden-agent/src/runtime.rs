@@ -74,6 +74,8 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// Where the runtime records its metrics (served by the probe listener's `/metrics`).
     pub metrics: AgentMetrics,
+    /// A user per job (`--task-uids`); `None`: every task runs as the launcher's user.
+    pub task_uids: Option<std::sync::Arc<std::sync::Mutex<crate::isolation::TaskUids>>>,
 }
 
 /// Why the agent stopped.
@@ -879,6 +881,26 @@ fn assign(
         env.insert("WARDEN_HOST".into(), ip.to_string());
         env.insert("WARDEN_PORT".into(), addr.port().to_string());
     }
+    // A user of the job's own (`--task-uids`), known before its state socket is bound.
+    let run_as = match &cfg.task_uids {
+        None => None,
+        Some(uids) => {
+            let user = uids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .user_for(task.job.as_str());
+            match user {
+                Ok(u) => {
+                    states.set_job_owner(task.job.as_str(), (u.uid, u.gid));
+                    Some(u)
+                }
+                Err(why) => {
+                    refuse(links, &task, epoch, CopyPhase::Failed, why);
+                    return;
+                }
+            }
+        }
+    };
     if !a.state_json.is_empty() {
         let spec = match serde_json::from_str::<warden_core::state::StateSpec>(&a.state_json) {
             Ok(spec) => spec,
@@ -944,6 +966,7 @@ fn assign(
         resources: a.resources.as_ref().map_or_else(Resources::default, |r| {
             Resources::new(r.cpu_millis, r.memory_mb)
         }),
+        run_as,
     };
     if let Err(e) = supervisor.start(spec) {
         // Not started for lack of a lease is no failure of the task: the server restarts it

@@ -57,6 +57,8 @@ pub struct TaskStates {
     /// The tasks' user (uid, gid), when the agent runs them as another user: their sockets
     /// are theirs.
     owner: Option<(u32, u32)>,
+    /// Socket owners of jobs that run as a user of their own (`--task-uids`).
+    job_owners: BTreeMap<String, (u32, u32)>,
     open: HashMap<TaskId, Open>,
     lease_until: Option<std::time::Instant>,
     /// The primaries this agent serves to standbys (its replication listener).
@@ -82,12 +84,18 @@ impl TaskStates {
             dir: data_dir.join("state"),
             opening: HashMap::new(),
             owner,
+            job_owners: BTreeMap::new(),
             open: HashMap::new(),
             lease_until: None,
             primaries: Primaries::default(),
             name: String::new(),
             roles: HashMap::new(),
         }
+    }
+
+    /// The sockets of `job`'s tasks belong to this (uid, gid): its own user (`--task-uids`).
+    pub fn set_job_owner(&mut self, job: &str, owner: (u32, u32)) {
+        self.job_owners.insert(job.to_string(), owner);
     }
 
     /// Serve replication as agent `name`: the registry the replication listener serves.
@@ -308,7 +316,12 @@ impl TaskStates {
                 return Err(format!("make a state token: {e}"));
             }
         };
-        let listener = match bind_unix(&sock, self.owner) {
+        let owner = self
+            .job_owners
+            .get(task.job.as_str())
+            .copied()
+            .or(self.owner);
+        let listener = match bind_unix(&sock, owner) {
             Ok(l) => l,
             Err(e) => {
                 store.close();

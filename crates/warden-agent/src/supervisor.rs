@@ -174,6 +174,9 @@ pub struct TaskSpec {
     pub health: Option<HealthCheck>,
     /// Declared CPU and memory: the task's limits when tasks are confined (zero: none).
     pub resources: Resources,
+    /// Run this task (and its exec health check) as this user rather than the launcher's
+    /// (`--task-uids`: a user per job).
+    pub run_as: Option<TaskUser>,
 }
 
 impl TaskSpec {
@@ -199,6 +202,7 @@ impl TaskSpec {
             log_dir: log_dir.into(),
             health: job.health.clone(),
             resources: job.resources,
+            run_as: None,
         }
     }
 
@@ -936,6 +940,11 @@ impl Actor {
         }
     }
 
+    /// Who the task runs as: its own user, else the launcher's.
+    fn run_as(&self) -> Option<&TaskUser> {
+        self.spec.run_as.as_ref().or(self.launcher.run_as.as_ref())
+    }
+
     /// Launch the shim. For a leased task its initial deadline is the lease's, read last
     /// thing before the spawn so that it is as fresh as it can be.
     async fn launch(&mut self) -> Result<Child, LaunchError> {
@@ -964,7 +973,7 @@ impl Actor {
             // Rounded down, so the shim's deadline is never later than the lease.
             deadline: deadline
                 .map(|d| Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))),
-            user: self.launcher.run_as.as_ref().map(|u| (u.uid, u.gid)),
+            user: self.run_as().map(|u| (u.uid, u.gid)),
             cgroups: self.launcher.confine.as_ref().map_or_else(Vec::new, |c| {
                 c.cgroups.task_dirs(&crate::cgroup::task_cgroup_name(
                     &self.spec.task,
@@ -1150,7 +1159,7 @@ impl Actor {
             health::run_as(
                 check,
                 self.spec.task_env(),
-                self.launcher.run_as.clone(),
+                self.run_as().cloned(),
                 cancel.clone(),
                 report,
             )

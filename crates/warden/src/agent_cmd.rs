@@ -75,6 +75,17 @@ pub struct AgentArgs {
     /// and refuses another user. See docs/security.md.
     #[arg(long, env = "WARDEN_TASK_USER", value_name = "NAME")]
     pub task_user: Option<String>,
+    /// A user per job: each job's tasks run under a uid of their own from this range
+    /// (`FIRST-LAST`, e.g. `200000-265535`; the group is the same number), so one job cannot
+    /// signal or read another's processes. The allocation is kept in the data directory.
+    /// Needs root; replaces --task-user for tasks. See docs/security.md.
+    #[arg(
+        long,
+        env = "WARDEN_TASK_UIDS",
+        value_name = "FIRST-LAST",
+        conflicts_with = "task_user"
+    )]
+    pub task_uids: Option<String>,
     /// Resource isolation: run each task in a cgroup of its own with its declared
     /// `cpu_millis` and `memory_mb` as limits, and the agent in a cgroup that outweighs its
     /// tasks. `auto` does it where this process may (root, or a delegated subtree) and warns
@@ -242,6 +253,24 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data dir {}", args.data_dir.display()))?;
+    let task_uids = match &args.task_uids {
+        None => None,
+        Some(range) => {
+            let range =
+                warden_agent::isolation::parse_uid_range(range).map_err(anyhow::Error::msg)?;
+            if !nix::unistd::geteuid().is_root() {
+                bail!("--task-uids: only an agent running as root can run tasks as other users");
+            }
+            let uids = warden_agent::isolation::TaskUids::load(&args.data_dir, range)
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                first = range.0,
+                last = range.1,
+                "tasks run as a user of their job's own"
+            );
+            Some(std::sync::Arc::new(std::sync::Mutex::new(uids)))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.probe_addr)
         .await
         .with_context(|| format!("bind probe address {}", args.probe_addr))?;
@@ -298,6 +327,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         },
         shutdown_grace: Duration::from_secs(5),
         metrics,
+        task_uids,
     };
     tracing::info!(name = %cfg.name, probe = %probe_addr, tls = cfg.tls.is_some(), join_token = cfg.join_token.is_some(), "warden agent starting");
     let result = warden_agent::runtime::run(cfg, cancel).await;

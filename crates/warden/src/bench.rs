@@ -631,6 +631,7 @@ fn task_start(count: u32) -> Result<()> {
                     log_dir: dir.path().to_path_buf(),
                     health: None,
                     resources: warden_core::Resources::new(100, 32),
+                    run_as: None,
                 };
                 let t0 = tokio::time::Instant::now();
                 sup.start(spec)?;

@@ -234,6 +234,7 @@ async fn shell_metacharacters_in_job_fields_reach_the_task_literally() {
             log_dir: dir.path().to_path_buf(),
             health: None,
             resources: Default::default(),
+            run_as: None,
         };
         let (id, out) = (spec.task.clone(), spec.stdout_path());
         sup.run(spec).await.expect("printf started");
@@ -376,7 +377,7 @@ fn an_agent_refuses_an_unknown_task_user_at_start() {
 fn agent_tasks_get_the_job_environment_only() {
     // A server from the chaos harness; the agent is started here, as an operator would,
     // without --task-user, and with an environment of its own that must not leak.
-    let cluster = Cluster::start(&warden_bin()).expect("start a server");
+    let cluster = common::start_cluster("isolation");
     let dir = tempfile::tempdir().expect("tempdir");
     let probe = free_port().expect("port");
     let agent = Command::new(warden_bin())
@@ -426,4 +427,84 @@ fn agent_tasks_get_the_job_environment_only() {
         nix::unistd::geteuid().as_raw()
     };
     assert_eq!(credentials(pid).0, vec![want_uid; 4]);
+}
+
+#[test]
+fn with_task_uids_every_job_runs_as_a_user_of_its_own() {
+    if !is_root() {
+        // Not root: the agent refuses at start rather than running every job as itself.
+        let out = Command::new(warden_bin())
+            .args([
+                "agent",
+                "--task-uids",
+                "230000-230099",
+                "--server",
+                "127.0.0.1:1",
+            ])
+            .env_remove("WARDEN_TASK_USER")
+            .output()
+            .expect("run the agent");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("only an agent running as root"), "{stderr}");
+        return;
+    }
+    let cluster = common::start_cluster("isolation");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = free_port().expect("port");
+    let data = dir.path().join("agent");
+    let agent = Command::new(warden_bin())
+        .args(["agent", "--name", "uids-agent", "--server"])
+        .arg(cluster.grpc_addr.to_string())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--probe-addr", &format!("127.0.0.1:{probe}")])
+        .args(["--cgroups", "off", "--task-uids", "230000-230099"])
+        .env_remove("WARDEN_TASK_USER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let _agent = ChildGuard(agent);
+    for job in ["uid-a", "uid-b"] {
+        cluster
+            .submit(&format!(
+                "name = \"{job}\"\nkind = \"service\"\nreplicas = 1\ncommand = \"sleep\"\nargs = [\"600\"]\n"
+            ))
+            .expect("submit");
+    }
+    let mut uids: BTreeMap<String, u32> = BTreeMap::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            for t in cluster.task_procs() {
+                let running_sleep = std::fs::read_to_string(format!("/proc/{}/comm", t.pid))
+                    .is_ok_and(|c| c.trim() == "sleep");
+                if running_sleep {
+                    let (ids, _, _) = credentials(t.pid);
+                    uids.insert(t.task.clone(), ids[0]);
+                }
+            }
+            uids.len() == 2
+        }),
+        "the tasks did not both start: {uids:?}"
+    );
+    let guards: Vec<PidGuard> = cluster
+        .task_procs()
+        .iter()
+        .map(|t| PidGuard::group(t.pid))
+        .collect();
+    let (a, b) = (uids["uid-a/0"], uids["uid-b/0"]);
+    assert_ne!(a, b, "two jobs share a uid");
+    for uid in [a, b] {
+        assert!(
+            (230000..=230099).contains(&uid),
+            "uid {uid} outside the range"
+        );
+    }
+    // The allocation is on disk, so a restarted agent gives each job the same uid.
+    let kept = std::fs::read_to_string(data.join("task-uids.json")).expect("allocation file");
+    let kept: BTreeMap<String, u32> = serde_json::from_str(&kept).expect("json");
+    assert_eq!(kept.get("uid-a"), Some(&a));
+    assert_eq!(kept.get("uid-b"), Some(&b));
+    drop(guards);
 }

@@ -105,6 +105,7 @@ fn spec(dir: &Path, id: &TaskId, epoch: u64, leased: bool, command: &[&str]) -> 
         log_dir: dir.to_path_buf(),
         health: None,
         resources: Default::default(),
+        run_as: None,
     }
 }
 
