@@ -259,6 +259,7 @@ impl TaskUids {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn users(name: &str) -> Result<Option<(u32, u32)>, String> {
