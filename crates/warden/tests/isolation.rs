@@ -20,7 +20,7 @@ use warden_agent::isolation::{self, SAFE_PATH, TaskUser, TaskUserError};
 use warden_agent::{
     ShimLauncher, Supervisor, SupervisorConfig, TaskEvent, TaskEventKind, TaskSpec,
 };
-use warden_chaos::cluster::{Cluster, free_port};
+use warden_chaos::cluster::free_port;
 use warden_core::{FencingToken, HealthCheck, JobSpec};
 
 fn is_root() -> bool {
