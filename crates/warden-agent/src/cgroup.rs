@@ -848,6 +848,21 @@ impl AgentCgroups {
                         .map(|c| format!("+{c}"))
                         .collect();
                     let enable = enable.join(" ");
+                    // The ancestors between the mount and the base must pass the controllers
+                    // down too: the agent's own cgroup (empty now that the agent moved out
+                    // of it) and any level of --cgroup-parent. Best effort: a level that holds
+                    // processes refuses, and then the base's own write below names the
+                    // problem.
+                    let mount = &layout.hierarchies[0].mount;
+                    let mut ancestors: Vec<&Path> = base
+                        .ancestors()
+                        .skip(1)
+                        .take_while(|a| a.starts_with(mount))
+                        .collect();
+                    ancestors.reverse();
+                    for dir in ancestors {
+                        let _ = std::fs::write(dir.join("cgroup.subtree_control"), &enable);
+                    }
                     for dir in [base.clone(), base.join(TASKS_DIR)] {
                         write_file(
                             &dir.join("cgroup.subtree_control"),
@@ -1129,6 +1144,69 @@ mod tests {
                 .message()
                 .starts_with("throttled: held back by its CPU quota in 93 %")
         );
+    }
+
+    /// `setup` on a v2 layout, against a plain directory standing in for the cgroup
+    /// filesystem (the kernel would create the interface files; here the writes do): what it
+    /// writes where.
+    #[test]
+    fn v2_setup_passes_the_controllers_down_and_weights_the_agent() {
+        let fs = tempfile::tempdir().expect("tempdir");
+        let mount = fs.path().to_path_buf();
+        let own = "system.slice/warden-agent.service";
+        std::fs::create_dir_all(mount.join(own)).expect("own cgroup");
+        let layout = Layout {
+            version: Version::V2,
+            hierarchies: vec![Hierarchy {
+                mount: mount.clone(),
+                controllers: vec!["memory".into(), "cpu".into(), "pids".into()],
+                own: own.into(),
+            }],
+        };
+        let reserve = Reservation {
+            cpu_millis: 100,
+            memory_mb: 64,
+        };
+        let cg = AgentCgroups::setup(&layout, None, "node 1", reserve).expect("setup");
+        let base = mount.join(own).join("warden-node_1");
+        assert_eq!(cg.bases(), [base.clone()]);
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("written");
+        assert_eq!(
+            read(base.join("agent/cgroup.procs")),
+            std::process::id().to_string()
+        );
+        for dir in [
+            mount.join("system.slice"),
+            mount.join(own),
+            base.clone(),
+            base.join(TASKS_DIR),
+        ] {
+            assert_eq!(
+                read(dir.join("cgroup.subtree_control")),
+                "+memory +cpu +pids",
+                "{}",
+                dir.display()
+            );
+        }
+        assert_eq!(read(base.join("agent/cpu.weight")), "10000");
+        assert_eq!(
+            read(base.join("agent/memory.min")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            cg.task_dirs("web.0.7"),
+            [base.join(TASKS_DIR).join("web.0.7")]
+        );
+        // A restarted agent (already in <base>/agent) finds the same base.
+        let again = Layout {
+            hierarchies: vec![Hierarchy {
+                own: format!("{own}/warden-node_1/agent"),
+                ..layout.hierarchies[0].clone()
+            }],
+            ..layout
+        };
+        let cg2 = AgentCgroups::setup(&again, None, "node 1", reserve).expect("setup again");
+        assert_eq!(cg2.bases(), [base]);
     }
 
     #[test]
