@@ -1169,7 +1169,7 @@ mod tests {
         };
         let cg = AgentCgroups::setup(&layout, None, "node 1", reserve).expect("setup");
         let base = mount.join(own).join("warden-node_1");
-        assert_eq!(cg.bases(), [base.clone()]);
+        assert_eq!(cg.bases(), std::slice::from_ref(&base));
         let read = |p: PathBuf| std::fs::read_to_string(p).expect("written");
         assert_eq!(
             read(base.join("agent/cgroup.procs")),
