@@ -160,9 +160,14 @@ pub struct Cluster {
     /// The API client (every server; see the module documentation).
     pub client: Client,
     env: Vec<(String, String)>,
-    /// When set ([`Cluster::confine_tasks`]): agents run with `--cgroups required` and
-    /// `--cgroup-parent <this>/<agent>`; the tree is removed on shutdown.
+    /// The cgroup tree of this cluster's agents (relative to each hierarchy's root), when
+    /// [`Cluster::confine_tasks`] or [`Cluster::host_cgroups`] asked for one; removed on
+    /// shutdown.
     cgroup_prefix: Option<String>,
+    /// Agents run with `--cgroups required --cgroup-parent <prefix>/<agent>`.
+    confine: bool,
+    /// Every agent runs inside `<prefix>/<agent>` with these limits: a host of that size.
+    host_limits: Option<warden_agent::cgroup::TaskLimits>,
     /// Extra flags for every agent started from now on ([`Cluster::set_agent_args`]).
     agent_args: Vec<String>,
     /// Declared last: dropped after [`Cluster::shutdown`] stopped the servers.
@@ -220,6 +225,8 @@ impl Cluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             cgroup_prefix: None,
+            confine: false,
+            host_limits: None,
             agent_args: Vec::new(),
             #[cfg(feature = "etcd")]
             etcd: None,
@@ -230,8 +237,66 @@ impl Cluster {
     /// (`--cgroups required`), each agent under a cgroup of its own below a prefix unique to
     /// this cluster, removed with everything in it on shutdown. Needs root.
     pub fn confine_tasks(&mut self) {
-        let prefix = format!("{}-cg", sanitize(&self.marker));
-        self.cgroup_prefix = Some(prefix);
+        self.confine = true;
+        self.cgroup_prefix
+            .get_or_insert_with(|| format!("{}-cg", sanitize(&self.marker)));
+    }
+
+    /// Run every agent added from now on — and what it starts, and the chaos harness's
+    /// stressors aimed at it — inside a cgroup of its own, `<prefix>/<agent>`, limited to
+    /// `cpu_millis` and `memory_mb` (0: unlimited): each agent gets a host of that size, and a
+    /// CPU or memory fault loads that host, not the whole machine. Needs root.
+    pub fn host_cgroups(&mut self, cpu_millis: u64, memory_mb: u64) {
+        self.host_limits = Some(warden_agent::cgroup::TaskLimits::from_resources(
+            cpu_millis, memory_mb, None,
+        ));
+        self.cgroup_prefix
+            .get_or_insert_with(|| format!("{}-cg", sanitize(&self.marker)));
+    }
+
+    /// The `cgroup.procs` files of agent `name`'s host cgroup (one per hierarchy), when
+    /// agents run in host cgroups.
+    pub fn host_cgroup_procs(&self, name: &str) -> Option<Vec<PathBuf>> {
+        self.host_limits?;
+        let parent = self.agent_cgroup(name)?;
+        let layout = warden_agent::cgroup::detect()?;
+        Some(
+            layout
+                .hierarchies
+                .iter()
+                .map(|h| h.mount.join(&parent).join("cgroup.procs"))
+                .collect(),
+        )
+    }
+
+    /// `warden shim-exec --join … --`: the wrapper that starts a process in agent `name`'s
+    /// host cgroup, which it creates with the host limits; `None` without host cgroups.
+    fn host_wrapper(&self, name: &str) -> Result<Option<Vec<String>>> {
+        let (Some(limits), Some(parent)) = (self.host_limits, self.agent_cgroup(name)) else {
+            return Ok(None);
+        };
+        let layout = warden_agent::cgroup::detect()
+            .context("host cgroups: no cgroup hierarchy with memory, cpu or pids")?;
+        let dirs: Vec<PathBuf> = layout
+            .hierarchies
+            .iter()
+            .map(|h| h.mount.join(&parent))
+            .collect();
+        for d in &dirs {
+            if let Some(up) = d.parent() {
+                std::fs::create_dir_all(up)
+                    .with_context(|| format!("create cgroup {}", up.display()))?;
+            }
+        }
+        let host = warden_agent::cgroup::TaskCgroup::create(&dirs, &limits)
+            .map_err(|e| anyhow::anyhow!("host cgroup of {name}: {e}"))?;
+        let mut wrapper = vec![self.exe.display().to_string(), "shim-exec".into()];
+        for procs in host.procs_files() {
+            wrapper.push("--join".into());
+            wrapper.push(procs.display().to_string());
+        }
+        wrapper.push("--".into());
+        Ok(Some(wrapper))
     }
 
     /// Extra `warden agent` flags for every agent started from now on.
@@ -566,7 +631,7 @@ impl Cluster {
         if let Some(probe) = probe_addr {
             args.extend(["--probe-addr".to_string(), probe.to_string()]);
         }
-        match self.agent_cgroup(name) {
+        match self.agent_cgroup(name).filter(|_| self.confine) {
             Some(parent) => args.extend([
                 "--cgroups".to_string(),
                 "required".into(),
@@ -588,7 +653,16 @@ impl Cluster {
         {
             args.extend(["--task-user".to_string(), user]);
         }
-        let p = self.spawn_wrapped(name, wrapper, &args)?;
+        // The host cgroup is joined first: `ip netns exec` mounts a sysfs of the namespace's,
+        // without the cgroup file systems.
+        let wrapper = match self.host_wrapper(name)? {
+            Some(mut host) => {
+                host.extend(wrapper.iter().cloned());
+                host
+            }
+            None => wrapper.to_vec(),
+        };
+        let p = self.spawn_wrapped(name, &wrapper, &args)?;
         self.agents.insert(name.to_string(), p);
         Ok(())
     }

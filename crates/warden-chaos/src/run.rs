@@ -505,11 +505,25 @@ pub fn run(
         )),
     }
     let mut proxies = BTreeMap::new();
-    let cluster = start_cluster(
+    let mut cluster = start_cluster(
         &opts.exe,
         &[("WARDEN_CONFIG", cfg.as_str())],
         &scenario.cluster,
     )?;
+    if scenario.cluster.host_cpu_millis.is_some() || scenario.cluster.host_memory_mb.is_some() {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("[cluster] host_cpu_millis / host_memory_mb need root (cgroups)");
+        }
+        cluster.host_cgroups(
+            scenario.cluster.host_cpu_millis.unwrap_or(0),
+            scenario.cluster.host_memory_mb.unwrap_or(0),
+        );
+        progress(&format!(
+            "every agent in a host cgroup of its own ({} millicores, {} MiB; 0: unlimited)",
+            scenario.cluster.host_cpu_millis.unwrap_or(0),
+            scenario.cluster.host_memory_mb.unwrap_or(0)
+        ));
+    }
     for name in scenario.agent_names() {
         // Every session goes through a proxy (delay, jitter; cuts on loopback), one per
         // server. In namespaces they listen on the server's side of the agent's link.
@@ -991,10 +1005,19 @@ impl Run<'_> {
     fn stressor(&self, name: &str, spec: &FaultSpec) -> Result<Stressor> {
         let secs = spec.duration.unwrap_or_default().as_secs() + 5;
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        let mut cmd: Vec<String> = match &self.netns {
-            Some(n) => n.wrapper(name)?,
-            None => Vec::new(),
-        };
+        // With host cgroups the stressor joins its agent's host, so it loads that agent only
+        // (first: `ip netns exec` mounts a sysfs without the cgroup file systems).
+        let mut cmd: Vec<String> = Vec::new();
+        if let Some(procs) = self.cluster.host_cgroup_procs(name) {
+            cmd.extend([self.cluster_exe(), "shim-exec".into()]);
+            for p in procs {
+                cmd.extend(["--join".into(), p.display().to_string()]);
+            }
+            cmd.push("--".into());
+        }
+        if let Some(n) = &self.netns {
+            cmd.extend(n.wrapper(name)?);
+        }
         match spec.kind {
             FaultKind::Cpu if !have_stress_ng() => {
                 cmd.push(self.cluster_exe());

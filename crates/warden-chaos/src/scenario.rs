@@ -149,6 +149,11 @@ pub struct ClusterSpec {
     pub store: StoreKind,
     /// etcd members when `store = "etcd"` (default 3).
     pub etcd_members: usize,
+    /// Give every agent a host of this much CPU, millicores: the agent, its tasks and the
+    /// stressors aimed at it run in a cgroup of its own with this quota (root only).
+    pub host_cpu_millis: Option<u64>,
+    /// Give every agent a host of this much memory, MiB (as `host_cpu_millis`).
+    pub host_memory_mb: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -157,6 +162,8 @@ impl Default for ClusterSpec {
             servers: 1,
             store: StoreKind::Redb,
             etcd_members: DEFAULT_ETCD_MEMBERS,
+            host_cpu_millis: None,
+            host_memory_mb: None,
         }
     }
 }

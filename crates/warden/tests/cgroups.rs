@@ -339,3 +339,56 @@ fn http_get(addr: &str, path: &str) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+#[test]
+fn a_harness_host_cgroup_holds_its_agent_with_the_host_limits() {
+    if !is_root() {
+        return;
+    }
+    let layout = cgroup::detect().expect("a cgroup hierarchy");
+    let mut cluster = start_cluster("cgroups-hosts");
+    cluster.host_cgroups(500, 512);
+    cluster
+        .add_agents(1)
+        .expect("the agent turns healthy in its host");
+    let parent = cluster.agent_cgroup("agent-1").expect("host cgroup");
+    let pid = cluster.agent_pid("agent-1").expect("agent pid");
+    // The agent process itself sits in its host cgroup, in every hierarchy.
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    for h in &layout.hierarchies {
+        let c = &h.controllers[0];
+        let line = own
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|cs| cs.split(',').any(|x| x == c))
+            })
+            .unwrap_or_else(|| panic!("no {c} line in {own}"));
+        assert!(
+            line.ends_with(&format!("/{parent}")),
+            "{line} (want …/{parent})"
+        );
+    }
+    // With the host's limits.
+    let cpu = layout
+        .hierarchies
+        .iter()
+        .find(|h| h.controllers.iter().any(|c| c == "cpu"))
+        .expect("cpu");
+    let quota = std::fs::read_to_string(cpu.mount.join(&parent).join("cpu.cfs_quota_us"))
+        .or_else(|_| std::fs::read_to_string(cpu.mount.join(&parent).join("cpu.max")))
+        .expect("quota");
+    assert!(quota.trim().starts_with("50000"), "{quota}");
+    let procs = cluster.host_cgroup_procs("agent-1").expect("procs files");
+    assert_eq!(procs.len(), layout.hierarchies.len());
+    let prefix = parent.split('/').next().expect("prefix").to_string();
+    cluster.shutdown();
+    for h in &layout.hierarchies {
+        assert!(
+            !h.mount.join(&prefix).exists(),
+            "{prefix} left in {}",
+            h.mount.display()
+        );
+    }
+}

@@ -224,6 +224,37 @@ fn ci_pause_scenario_detects_the_long_pause_and_ignores_the_short_one() {
 }
 
 #[test]
+fn ci_hosts_scenario_keeps_pressure_inside_one_agents_host_without_false_verdicts() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // host cgroups need root; CI runs as root
+    }
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/hosts"), 7, &[]);
+    assert_clean(ok, &report, &text);
+    assert!(
+        text.contains("every agent in a host cgroup of its own"),
+        "{text}"
+    );
+    // Nothing was down: no fault may end in a Failed verdict.
+    for (i, f) in report["faults"].as_array().unwrap().iter().enumerate() {
+        assert!(
+            f["failed_ms"].is_null(),
+            "fault {i} led to a Failed verdict\n{text}"
+        );
+    }
+    // The hosts' cgroups are gone with the cluster.
+    let layout = warden_agent::cgroup::detect().expect("cgroups");
+    for h in &layout.hierarchies {
+        let left: Vec<String> = std::fs::read_dir(&h.mount)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.to_lowercase().starts_with("warden_cluster_") && n.ends_with("-cg"))
+            .collect();
+        assert!(left.is_empty(), "{left:?} left in {}", h.mount.display());
+    }
+}
+
+#[test]
 fn ci_partition_scenario_detects_full_and_one_way_cuts_without_two_copies() {
     let (ok, report, text) = run_scenario(&ci_scenario("ci/partition"), 5, &[]);
     assert_clean(ok, &report, &text);
