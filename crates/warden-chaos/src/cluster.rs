@@ -254,19 +254,26 @@ impl Cluster {
             .get_or_insert_with(|| format!("{}-cg", sanitize(&self.marker)));
     }
 
-    /// The `cgroup.procs` files of agent `name`'s host cgroup (one per hierarchy), when
-    /// agents run in host cgroups.
-    pub fn host_cgroup_procs(&self, name: &str) -> Option<Vec<PathBuf>> {
+    /// The `cgroup.procs` files (one per hierarchy) of a cgroup for stressors inside agent
+    /// `name`'s host: `<prefix>/<agent>/stress`, created if missing, no limits of its own
+    /// (the host's apply). A hog of the host in a cgroup of its own, as a service on a
+    /// systemd host is, beside the agent rather than inside the agent's cgroup. `None`
+    /// without host cgroups.
+    pub fn host_stress_cgroup(&self, name: &str) -> Option<Vec<PathBuf>> {
         self.host_limits?;
         let parent = self.agent_cgroup(name)?;
         let layout = warden_agent::cgroup::detect()?;
-        Some(
-            layout
-                .hierarchies
-                .iter()
-                .map(|h| h.mount.join(&parent).join("cgroup.procs"))
-                .collect(),
-        )
+        let mut procs = Vec::new();
+        for h in &layout.hierarchies {
+            let dir = h.mount.join(&parent).join("stress");
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(_) => return None,
+            }
+            procs.push(dir.join("cgroup.procs"));
+        }
+        Some(procs)
     }
 
     /// `warden shim-exec --join … --`: the wrapper that starts a process in agent `name`'s

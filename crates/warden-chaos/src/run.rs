@@ -1008,7 +1008,7 @@ impl Run<'_> {
         // With host cgroups the stressor joins its agent's host, so it loads that agent only
         // (first: `ip netns exec` mounts a sysfs without the cgroup file systems).
         let mut cmd: Vec<String> = Vec::new();
-        if let Some(procs) = self.cluster.host_cgroup_procs(name) {
+        if let Some(procs) = self.cluster.host_stress_cgroup(name) {
             cmd.extend([self.cluster_exe(), "shim-exec".into()]);
             for p in procs {
                 cmd.extend(["--join".into(), p.display().to_string()]);

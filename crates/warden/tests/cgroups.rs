@@ -380,8 +380,15 @@ fn a_harness_host_cgroup_holds_its_agent_with_the_host_limits() {
         .or_else(|_| std::fs::read_to_string(cpu.mount.join(&parent).join("cpu.max")))
         .expect("quota");
     assert!(quota.trim().starts_with("50000"), "{quota}");
-    let procs = cluster.host_cgroup_procs("agent-1").expect("procs files");
+    let procs = cluster
+        .host_stress_cgroup("agent-1")
+        .expect("stress cgroup");
     assert_eq!(procs.len(), layout.hierarchies.len());
+    assert!(
+        procs
+            .iter()
+            .all(|p| p.ends_with("stress/cgroup.procs") && p.exists())
+    );
     let prefix = parent.split('/').next().expect("prefix").to_string();
     cluster.shutdown();
     for h in &layout.hierarchies {
