@@ -190,16 +190,28 @@ pub fn detect_from(
             controllers,
         });
     }
+    let unified = mounts.iter().find(|m| m.fstype == "cgroup2");
     if v1
         .iter()
         .any(|h| h.controllers.iter().any(|c| c == "memory"))
     {
+        // A hybrid host: the unified hierarchy carries no controller, but it has pressure
+        // stall information per cgroup. Tasks join it too, for their PSI (and `cgroup.kill`).
+        if let Some(u) = unified
+            && let Some((_, path)) = own.iter().find(|(cs, _)| cs.is_empty())
+        {
+            v1.push(Hierarchy {
+                mount: u.point.clone(),
+                controllers: Vec::new(),
+                own: relative(path, &u.root),
+            });
+        }
         return Some(Layout {
             version: Version::V1,
             hierarchies: v1,
         });
     }
-    let unified = mounts.iter().find(|m| m.fstype == "cgroup2")?;
+    let unified = unified?;
     let (_, path) = own.iter().find(|(cs, _)| cs.is_empty())?;
     let own = relative(path, &unified.root);
     let available = v2_controllers(&unified.point.join(&own))
@@ -405,6 +417,15 @@ impl TaskCgroup {
         for dir in &self.dirs {
             let has = |file: &str| dir.join(file).exists();
             if is_v2(dir) {
+                // The controllers this cgroup has: none in a hybrid host's unified hierarchy
+                // (joined for pressure information only). Under a v2 host the agent's setup
+                // enabled them all, or refused to start.
+                let offered =
+                    std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                let on = |c: &str| offered.split_whitespace().any(|x| x == c);
+                if !on("memory") && !on("cpu") && !on("pids") {
+                    continue;
+                }
                 if let Some(m) = limits.memory_max {
                     write_file(&dir.join("memory.max"), &m.to_string(), "memory limit")?;
                     if has("memory.swap.max") {
@@ -579,6 +600,21 @@ pub struct Usage {
     pub oom_kills: u64,
     /// The memory limit, bytes (`None`: unlimited).
     pub memory_limit: Option<u64>,
+    /// CPU pressure: share of the last 10 s in which some of the task's processes waited for
+    /// a CPU (PSI `some avg10`, 0–100), where the kernel keeps it per cgroup.
+    pub cpu_pressure: Option<f64>,
+    /// Memory pressure: share of the last 10 s in which some of them stalled on memory.
+    pub memory_pressure: Option<f64>,
+}
+
+/// `some avg10` of a PSI file.
+fn psi_some_avg10(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("avg10="))?
+        .parse()
+        .ok()
 }
 
 /// Read the usage of the task cgroup made of `dirs` (one per hierarchy).
@@ -596,6 +632,18 @@ pub fn usage(dirs: &[PathBuf]) -> Usage {
         {
             // v2 says "max"; v1 an unreachable page-rounded 2^63.
             u.memory_limit = t.trim().parse::<u64>().ok().filter(|l| *l < 1 << 62);
+        }
+        if let Some(p) = read(dir.join("cpu.pressure"))
+            .as_deref()
+            .and_then(psi_some_avg10)
+        {
+            u.cpu_pressure = Some(p);
+        }
+        if let Some(p) = read(dir.join("memory.pressure"))
+            .as_deref()
+            .and_then(psi_some_avg10)
+        {
+            u.memory_pressure = Some(p);
         }
         if let Some(t) = read(dir.join("cpu.stat")) {
             u.periods = stat_value(&t, "nr_periods").unwrap_or(u.periods);
@@ -1021,7 +1069,13 @@ mod tests {
                 ("/sys/fs/cgroup/cpu,cpuacct".to_string(), "cpu".to_string()),
                 ("/sys/fs/cgroup/memory".into(), "memory".into()),
                 ("/sys/fs/cgroup/pids".into(), "pids".into()),
+                // For pressure information only.
+                ("/sys/fs/cgroup/unified".into(), String::new()),
             ]
+        );
+        assert_eq!(
+            psi_some_avg10("some avg10=12.50 avg60=3.00 avg300=0.00 total=9\nfull avg10=1.00"),
+            Some(12.5)
         );
         assert!(
             layout

@@ -282,6 +282,8 @@ impl AgentMetrics {
 pub const TASK_MEMORY: &str = "warden_agent_task_memory_bytes";
 /// Share of CPU periods in which each running task was throttled by its quota.
 pub const TASK_THROTTLED: &str = "warden_agent_task_cpu_throttled_ratio";
+/// Pressure stall information of each running task (`some avg10`), by `resource`.
+pub const TASK_PRESSURE: &str = "warden_agent_task_pressure_ratio";
 
 /// The per-task families, written by hand rather than through the recorder: a series per
 /// task would outlive the task there. Only running tasks appear.
@@ -292,6 +294,7 @@ fn task_usage(
     use std::fmt::Write as _;
     let mut memory = String::new();
     let mut throttled = String::new();
+    let mut pressure = String::new();
     for t in tasks {
         if !matches!(t.state, ProcessState::Running { .. }) {
             continue;
@@ -304,6 +307,15 @@ fn task_usage(
             "{TASK_MEMORY}{{task=\"{label}\"}} {}",
             u.memory_bytes
         );
+        for (resource, value) in [("cpu", u.cpu_pressure), ("memory", u.memory_pressure)] {
+            if let Some(v) = value {
+                let _ = writeln!(
+                    pressure,
+                    "{TASK_PRESSURE}{{task=\"{label}\",resource=\"{resource}\"}} {:.4}",
+                    v / 100.0
+                );
+            }
+        }
         if u.periods > 0 {
             let ratio = u.throttled_periods as f64 / u.periods as f64;
             let _ = writeln!(throttled, "{TASK_THROTTLED}{{task=\"{label}\"}} {ratio:.4}");
@@ -314,7 +326,10 @@ fn task_usage(
          # TYPE {TASK_MEMORY} gauge\n{memory}\
          # HELP {TASK_THROTTLED} Share of CPU periods in which a running task was throttled by its \
          quota (cpu_millis), since it started; near 1 means it wants more CPU than it declared.\n\
-         # TYPE {TASK_THROTTLED} gauge\n{throttled}"
+         # TYPE {TASK_THROTTLED} gauge\n{throttled}\
+         # HELP {TASK_PRESSURE} Pressure stall information of a running task: share of the last \
+         10 s in which some of its processes waited for the resource (cpu, memory).\n\
+         # TYPE {TASK_PRESSURE} gauge\n{pressure}"
     )
 }
 

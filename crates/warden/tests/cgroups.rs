@@ -241,6 +241,14 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         value("warden_agent_task_memory_bytes{task=\"spin/0\"}") > 0.0,
         "{metrics}"
     );
+    // Pressure stall information per task, where the kernel keeps it (v2, or the unified
+    // hierarchy of a hybrid host): four threads in a fifth of a core wait most of the time.
+    if layout.hierarchies.iter().any(|h| h.controllers.is_empty())
+        || layout.version == cgroup::Version::V2
+    {
+        let psi = value("warden_agent_task_pressure_ratio{task=\"spin/0\",resource=\"cpu\"}");
+        assert!(psi > 0.2, "cpu pressure {psi}:\n{metrics}");
+    }
     // And reports it: throttled most of the time is a signal, not a mystery.
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -356,15 +364,17 @@ fn a_harness_host_cgroup_holds_its_agent_with_the_host_limits() {
     // The agent process itself sits in its host cgroup, in every hierarchy.
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
     for h in &layout.hierarchies {
-        let c = &h.controllers[0];
+        // v1 lines name their controllers; the unified hierarchy's line names none.
         let line = own
             .lines()
             .find(|l| {
-                l.split(':')
-                    .nth(1)
-                    .is_some_and(|cs| cs.split(',').any(|x| x == c))
+                let cs = l.split(':').nth(1).unwrap_or("");
+                match h.controllers.first() {
+                    Some(c) => cs.split(',').any(|x| x == c),
+                    None => cs.is_empty(),
+                }
             })
-            .unwrap_or_else(|| panic!("no {c} line in {own}"));
+            .unwrap_or_else(|| panic!("no line for {} in {own}", h.mount.display()));
         assert!(
             line.ends_with(&format!("/{parent}")),
             "{line} (want …/{parent})"
