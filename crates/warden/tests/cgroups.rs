@@ -32,8 +32,11 @@ fn confined(name: &str, agent_flags: &[&str]) -> (Cluster, Layout) {
     (cluster, layout)
 }
 
-/// Shut the cluster down and check that no cgroup of its agents is left in any hierarchy.
-fn shut_down(mut cluster: Cluster, layout: &Layout) {
+/// Check that the agent never turned Suspect or Failed, shut the cluster down, and check
+/// that no cgroup of its agents is left in any hierarchy.
+fn finish(mut cluster: Cluster, layout: &Layout) {
+    let verdicts = no_suspect(&cluster);
+    assert!(verdicts.is_empty(), "{verdicts:#?}");
     let parent = cluster.agent_cgroup("agent-1").expect("confined");
     let prefix = parent.split('/').next().expect("prefix").to_string();
     cluster.shutdown();
@@ -181,12 +184,7 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_restarted_and_its_neighbour_ru
         Some(calm),
         "calm/0 was restarted"
     );
-    assert!(
-        no_suspect(&cluster).is_empty(),
-        "{:#?}",
-        no_suspect(&cluster)
-    );
-    shut_down(cluster, &layout);
+    finish(cluster, &layout);
 }
 
 #[test]
@@ -259,12 +257,7 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         "no task.throttled event"
     );
     assert_eq!(cluster.agent_state("agent-1").as_deref(), Some("healthy"));
-    assert!(
-        no_suspect(&cluster).is_empty(),
-        "{:#?}",
-        no_suspect(&cluster)
-    );
-    shut_down(cluster, &layout);
+    finish(cluster, &layout);
 }
 
 #[test]
@@ -322,12 +315,7 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_goes_with_its_task() {
             .filter(|t| t.task == "bomb/0")
             .count()
     );
-    assert!(
-        no_suspect(&cluster).is_empty(),
-        "{:#?}",
-        no_suspect(&cluster)
-    );
-    shut_down(cluster, &layout);
+    finish(cluster, &layout);
 }
 
 fn probe_of(cluster: &Cluster) -> String {
