@@ -249,6 +249,9 @@ pub fn detect() -> Option<Layout> {
 pub struct TaskLimits {
     /// Hard memory limit, bytes (the task is OOM-killed above it).
     pub memory_max: Option<u64>,
+    /// Soft memory mark, bytes: above it the task's memory is reclaimed first (v2
+    /// `memory.high`, v1 `memory.soft_limit_in_bytes`).
+    pub memory_high: Option<u64>,
     /// CPU in millicores: the quota per period, and the weight.
     pub cpu_millis: Option<u64>,
     /// Most processes and threads the task may have at once.
@@ -266,9 +269,17 @@ impl TaskLimits {
     pub fn from_resources(cpu_millis: u64, memory_mb: u64, pids_max: Option<u64>) -> TaskLimits {
         TaskLimits {
             memory_max: (memory_mb > 0).then(|| memory_mb.saturating_mul(1024 * 1024)),
+            memory_high: None,
             cpu_millis: (cpu_millis > 0).then_some(cpu_millis),
             pids_max,
         }
+    }
+
+    /// The same limits with a soft memory mark of `memory_high_mb` MiB (0: none).
+    #[must_use]
+    pub fn with_memory_high(mut self, memory_high_mb: u64) -> TaskLimits {
+        self.memory_high = (memory_high_mb > 0).then(|| memory_high_mb.saturating_mul(1024 * 1024));
+        self
     }
 
     /// `mem=<bytes>,cpu=<millis>,pids=<n>`, the shim's `--limits` value; absent limits are
@@ -277,6 +288,9 @@ impl TaskLimits {
         let mut parts = Vec::new();
         if let Some(m) = self.memory_max {
             parts.push(format!("mem={m}"));
+        }
+        if let Some(h) = self.memory_high {
+            parts.push(format!("high={h}"));
         }
         if let Some(c) = self.cpu_millis {
             parts.push(format!("cpu={c}"));
@@ -302,6 +316,7 @@ impl TaskLimits {
             }
             let slot = match key {
                 "mem" => &mut limits.memory_max,
+                "high" => &mut limits.memory_high,
                 "cpu" => &mut limits.cpu_millis,
                 "pids" => &mut limits.pids_max,
                 other => return Err(format!("unknown limit {other:?}")),
@@ -426,6 +441,9 @@ impl TaskCgroup {
                 if !on("memory") && !on("cpu") && !on("pids") {
                     continue;
                 }
+                if let Some(h) = limits.memory_high {
+                    write_file(&dir.join("memory.high"), &h.to_string(), "soft memory mark")?;
+                }
                 if let Some(m) = limits.memory_max {
                     write_file(&dir.join("memory.max"), &m.to_string(), "memory limit")?;
                     if has("memory.swap.max") {
@@ -459,6 +477,15 @@ impl TaskCgroup {
                         "memory+swap limit",
                     )?;
                 }
+            }
+            if let Some(h) = limits.memory_high
+                && has("memory.soft_limit_in_bytes")
+            {
+                write_file(
+                    &dir.join("memory.soft_limit_in_bytes"),
+                    &h.to_string(),
+                    "soft memory mark",
+                )?;
             }
             if let Some(c) = limits.cpu_millis
                 && has("cpu.cfs_quota_us")
@@ -1116,8 +1143,9 @@ mod tests {
 
     #[test]
     fn limits_round_trip_and_refuse_nonsense() {
-        let limits = TaskLimits::from_resources(200, 64, Some(512));
+        let limits = TaskLimits::from_resources(200, 64, Some(512)).with_memory_high(48);
         assert_eq!(limits.memory_max, Some(64 << 20));
+        assert_eq!(limits.memory_high, Some(48 << 20));
         assert_eq!(TaskLimits::parse(&limits.to_arg()), Ok(limits));
         assert_eq!(TaskLimits::from_resources(0, 0, None).to_arg(), "");
         assert_eq!(TaskLimits::parse(""), Ok(TaskLimits::default()));

@@ -703,6 +703,7 @@ async fn link_session(
         capacity: Some(v1::Resources {
             cpu_millis: p.capacity.cpu_millis,
             memory_mb: p.capacity.memory_mb,
+            memory_high_mb: 0,
         }),
         running,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -963,9 +964,10 @@ fn assign(
         leased: a.singleton && !fencing_broken_for_tests(),
         log_dir: cfg.data_dir.join("logs"),
         health,
-        resources: a.resources.as_ref().map_or_else(Resources::default, |r| {
-            Resources::new(r.cpu_millis, r.memory_mb)
-        }),
+        resources: a
+            .resources
+            .as_ref()
+            .map_or_else(Resources::default, Resources::from),
         run_as,
     };
     if let Err(e) = supervisor.start(spec) {

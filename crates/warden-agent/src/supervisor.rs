@@ -988,6 +988,7 @@ impl Actor {
                         self.spec.resources.memory_mb,
                         c.pids_max,
                     )
+                    .with_memory_high(self.spec.resources.memory_high_mb)
                 },
             ),
             program: self.spec.command.clone(),

@@ -133,6 +133,15 @@ pub struct Resources {
     /// Memory in MiB.
     #[serde(default)]
     pub memory_mb: u64,
+    /// A task's soft memory mark, MiB (0: none): above it the kernel reclaims the task's
+    /// memory first, before the hard limit `memory_mb` OOM-kills it. Not used in placement
+    /// (capacity arithmetic leaves it 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_high_mb: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Resources {
@@ -141,6 +150,7 @@ impl Resources {
         Resources {
             cpu_millis,
             memory_mb,
+            memory_high_mb: 0,
         }
     }
 
@@ -155,6 +165,7 @@ impl Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            memory_high_mb: 0,
         }
     }
 
@@ -164,6 +175,7 @@ impl Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            memory_high_mb: 0,
         }
     }
 }
@@ -496,6 +508,17 @@ impl JobSpec {
                 "more than 64 TiB requested; the unit is MiB",
             ));
         }
+        let r = &self.resources;
+        if r.memory_high_mb > 0 && r.memory_mb > 0 && r.memory_high_mb > r.memory_mb {
+            return Err(ConfigError::new(
+                "resources.memory_high_mb",
+                format!(
+                    "the soft mark ({} MiB) is above the hard limit memory_mb ({} MiB): the \
+                     task would be OOM-killed before it is ever reclaimed",
+                    r.memory_high_mb, r.memory_mb
+                ),
+            ));
+        }
         if let Some(service) = &self.service {
             if let Some(name) = &service.name
                 && !valid_name(name)
@@ -747,6 +770,16 @@ mod tests {
                     ..spec(JobKind::Service, 1)
                 },
                 "resources.cpu_millis",
+            ),
+            (
+                JobSpec {
+                    resources: Resources {
+                        memory_high_mb: 256,
+                        ..Resources::new(100, 128)
+                    },
+                    ..spec(JobKind::Service, 1)
+                },
+                "resources.memory_high_mb",
             ),
             (
                 JobSpec {

@@ -55,7 +55,10 @@ impl From<&Signals> for v1::Signals {
 
 impl From<&v1::Resources> for Resources {
     fn from(r: &v1::Resources) -> Self {
-        Resources::new(r.cpu_millis, r.memory_mb)
+        Resources {
+            memory_high_mb: r.memory_high_mb,
+            ..Resources::new(r.cpu_millis, r.memory_mb)
+        }
     }
 }
 
@@ -64,6 +67,7 @@ impl From<Resources> for v1::Resources {
         v1::Resources {
             cpu_millis: r.cpu_millis,
             memory_mb: r.memory_mb,
+            memory_high_mb: r.memory_high_mb,
         }
     }
 }

@@ -120,6 +120,7 @@ async fn open(addr: SocketAddr, name: &str) -> Result<Session, tonic::Status> {
         capacity: Some(v1::Resources {
             cpu_millis: 1000,
             memory_mb: 1024,
+            memory_high_mb: 0,
         }),
         running: vec![],
         version: "test".into(),

@@ -416,6 +416,7 @@ async fn agent(
         capacity: Some(v1::Resources {
             cpu_millis: 1000,
             memory_mb: 1024,
+            memory_high_mb: 0,
         }),
         running: vec![],
         version: "sim".into(),

@@ -335,6 +335,7 @@ fn hello(name: String) -> v1::AgentMessage {
             capacity: Some(v1::Resources {
                 cpu_millis: 1000,
                 memory_mb: 1024,
+                memory_high_mb: 0,
             }),
             running: vec![],
             version: "bench".into(),

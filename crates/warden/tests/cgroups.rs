@@ -197,7 +197,7 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         .submit(
             "name = \"spin\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
              args = [\"workload\", \"burn\", \"--threads\", \"4\"]\n\
-             [resources]\ncpu_millis = 200\nmemory_mb = 64\n",
+             [resources]\ncpu_millis = 200\nmemory_mb = 64\nmemory_high_mb = 48\n",
         )
         .expect("submit spin");
     assert!(wait_until(Duration::from_secs(20), || task_pid(
@@ -224,6 +224,12 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         .and_then(|n| n.trim().parse::<u64>().ok())
         .unwrap_or(0);
     assert!(throttled > 0, "the quota never throttled it: {stat}");
+    // The soft memory mark is in its memory cgroup.
+    let mem = task_cgroup(&cluster, &layout, "memory", "spin/0");
+    let high = std::fs::read_to_string(mem.join("memory.soft_limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(mem.join("memory.high")))
+        .expect("soft mark");
+    assert_eq!(high.trim(), (48u64 << 20).to_string());
     // The agent shows it: throttled in most periods, and its memory.
     let metrics = http_get(&probe_of(&cluster), "/metrics");
     let value = |series: &str| -> f64 {

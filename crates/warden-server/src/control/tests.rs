@@ -20,6 +20,7 @@ fn hello(name: &str, generation: u64) -> v1::Hello {
         capacity: Some(v1::Resources {
             cpu_millis: 1000,
             memory_mb: 1024,
+            memory_high_mb: 0,
         }),
         running: vec![],
         version: "test".into(),
