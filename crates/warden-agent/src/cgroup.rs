@@ -712,6 +712,21 @@ pub enum UsageSignal {
         /// The limit, bytes.
         limit: u64,
     },
+    /// Some of the task's processes waited for `resource` (`cpu` or `memory`) in at least
+    /// half of the last 10 s (pressure stall information): starved, whatever its quota.
+    Pressure {
+        /// `cpu` or `memory`.
+        resource: &'static str,
+        /// `some avg10`, percent.
+        percent: f64,
+    },
+    /// Pressure on `resource` back under 20 %.
+    PressureCleared {
+        /// `cpu` or `memory`.
+        resource: &'static str,
+        /// `some avg10`, percent.
+        percent: f64,
+    },
     /// Memory back under 80 % of its limit.
     MemoryCleared {
         /// Bytes in use.
@@ -740,6 +755,12 @@ impl UsageSignal {
                 mib(*used),
                 mib(*limit)
             ),
+            UsageSignal::Pressure { resource, percent } => format!(
+                "pressure: its processes waited for {resource} {percent:.0} % of the last 10 s"
+            ),
+            UsageSignal::PressureCleared { resource, percent } => {
+                format!("pressure: over for {resource} ({percent:.0} % of the last 10 s now)")
+            }
             UsageSignal::MemoryCleared { used, limit } => format!(
                 "memory_high: over ({} MiB of {} MiB now)",
                 mib(*used),
@@ -762,6 +783,8 @@ struct Watched {
     last: Usage,
     throttled: bool,
     memory_high: bool,
+    /// Under pressure, per resource: cpu, memory.
+    pressure: [bool; 2],
 }
 
 /// Fewest CPU periods between two samples for a throttling verdict.
@@ -789,6 +812,19 @@ impl UsageWatch {
             } else if w.throttled && ratio < 0.5 {
                 w.throttled = false;
                 out.push(UsageSignal::ThrottledCleared { ratio });
+            }
+        }
+        for (i, (resource, value)) in [("cpu", now.cpu_pressure), ("memory", now.memory_pressure)]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(percent) = value else { continue };
+            if !w.pressure[i] && percent >= 50.0 {
+                w.pressure[i] = true;
+                out.push(UsageSignal::Pressure { resource, percent });
+            } else if w.pressure[i] && percent < 20.0 {
+                w.pressure[i] = false;
+                out.push(UsageSignal::PressureCleared { resource, percent });
             }
         }
         if let Some(limit) = now.memory_limit.filter(|l| *l > 0) {
@@ -1213,6 +1249,25 @@ mod tests {
             w.observe("a", sample(305, 175, 40))[..],
             [UsageSignal::MemoryCleared { .. }]
         ));
+        // Pressure: raised at half the time, cleared under a fifth.
+        let pressed = |cpu| Usage {
+            cpu_pressure: Some(cpu),
+            ..Usage::default()
+        };
+        assert!(matches!(
+            w.observe("c", pressed(62.0))[..],
+            [UsageSignal::Pressure {
+                resource: "cpu",
+                ..
+            }]
+        ));
+        assert_eq!(w.observe("c", pressed(30.0)), []);
+        let over = w.observe("c", pressed(5.0));
+        assert!(
+            matches!(over[..], [UsageSignal::PressureCleared { .. }]),
+            "{over:?}"
+        );
+        assert!(over[0].message().starts_with("pressure: over for cpu"));
         // No limit: no memory signal.
         let unlimited = Usage {
             memory_bytes: u64::MAX / 2,

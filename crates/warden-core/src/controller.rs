@@ -40,11 +40,13 @@
 pub const OOM_KILLED: &str = "oom_killed";
 
 /// Task report prefixes that are signals from the task's cgroup, and the event each becomes:
-/// OOM-killed, throttled by its CPU quota most of the time, near its memory limit.
-pub const TASK_SIGNALS: [(&str, &str); 3] = [
+/// OOM-killed, throttled by its CPU quota most of the time, near its memory limit, starved
+/// (pressure stall information).
+pub const TASK_SIGNALS: [(&str, &str); 4] = [
     (OOM_KILLED, "task.oom_killed"),
     ("throttled", "task.throttled"),
     ("memory_high", "task.memory_high"),
+    ("pressure", "task.pressure"),
 ];
 
 mod agents;

@@ -252,6 +252,15 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
     {
         let psi = value("warden_agent_task_pressure_ratio{task=\"spin/0\",resource=\"cpu\"}");
         assert!(psi > 0.2, "cpu pressure {psi}:\n{metrics}");
+        // Starved most of the time: the agent says so.
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                events(&cluster, "task.pressure")
+                    .iter()
+                    .any(|e| e["task"] == "spin/0")
+            }),
+            "no task.pressure event"
+        );
     }
     // And reports it: throttled most of the time is a signal, not a mystery.
     assert!(
