@@ -15,7 +15,7 @@
 //! limit; a process that left the task's process group (`setsid`) is still found and killed
 //! through the cgroup when the task ends.
 //!
-//! **Layout.** Under a base cgroup per agent (by default `warden-<agent name>` next to the
+//! **Layout.** Under a base cgroup per agent (by default `warden-<agent name>` inside the
 //! cgroup the agent was started in; `--cgroup-parent` sets it):
 //!
 //! ```text
@@ -903,7 +903,7 @@ pub fn component(name: &str) -> String {
 impl AgentCgroups {
     /// Create the agent's cgroups, move this process into `<base>/agent`, and give it its
     /// weight and reservation. `parent` (relative to each hierarchy's root) overrides the
-    /// default base, `warden-<agent>` next to the agent's own cgroup. Leftover task cgroups
+    /// default base, `warden-<agent>` inside the agent's own cgroup. Leftover task cgroups
     /// of an earlier run are killed and removed.
     pub fn setup(
         layout: &Layout,

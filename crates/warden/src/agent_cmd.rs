@@ -94,7 +94,7 @@ pub struct AgentArgs {
     #[arg(long, env = "WARDEN_CGROUPS", value_enum, default_value_t = CgroupMode::Auto)]
     pub cgroups: CgroupMode,
     /// The agent's cgroup, relative to the root of each cgroup hierarchy (e.g.
-    /// `warden.slice/agent`) [default: `warden-<name>` next to the cgroup the agent starts in]
+    /// `warden.slice/agent`) [default: `warden-<name>` inside the cgroup the agent starts in]
     #[arg(long, env = "WARDEN_CGROUP_PARENT", value_name = "PATH")]
     pub cgroup_parent: Option<String>,
     /// Most processes and threads one task may have at once (cgroup `pids.max`); stops a
