@@ -323,8 +323,30 @@ impl Cluster {
     /// processes, then `servers` `warden server` replicas on it (each through its own proxies
     /// to every member), and wait until one of them leads. `exe` must be built with the
     /// feature `etcd`; `env` goes to every Warden process.
+    ///
+    /// Ports are picked free and bound moments later by the processes; another process on
+    /// this machine (a parallel test) may take one in between. A start that fails with
+    /// "Address already in use" is torn down and tried again with new ports, twice at most.
     #[cfg(feature = "etcd")]
     pub fn start_replicated(
+        exe: &Path,
+        env: &[(&str, &str)],
+        servers: usize,
+        etcd_members: usize,
+    ) -> Result<Cluster> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_replicated_once(exe, env, servers, etcd_members) {
+                Err(e) if attempt < 2 && format!("{e:#}").contains("Address already in use") => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    fn start_replicated_once(
         exe: &Path,
         env: &[(&str, &str)],
         servers: usize,
