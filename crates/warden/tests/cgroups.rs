@@ -77,6 +77,17 @@ fn events(cluster: &Cluster, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Submit a job and wait until its task `task` runs; its pid.
+fn run_job(cluster: &Cluster, toml: &str, task: &str) -> i32 {
+    cluster.submit(toml).expect("submit");
+    assert!(
+        wait_until(Duration::from_secs(20), || task_pid(cluster, task)
+            .is_some()),
+        "{task} did not start"
+    );
+    task_pid(cluster, task).expect("running")
+}
+
 fn task_pid(cluster: &Cluster, task: &str) -> Option<i32> {
     cluster
         .task_procs()
@@ -124,12 +135,7 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_restarted_and_its_neighbour_ru
         return; // see without_root_required_limits_refuse_to_start
     }
     let (cluster, layout) = confined("cgroups-oom", &[]);
-    cluster.submit(CALM).expect("submit calm");
-    assert!(wait_until(Duration::from_secs(20), || task_pid(
-        &cluster, "calm/0"
-    )
-    .is_some()));
-    let calm = task_pid(&cluster, "calm/0").expect("calm runs");
+    let calm = run_job(&cluster, CALM, "calm/0");
     cluster
         .submit(
             "name = \"hog\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
@@ -193,18 +199,13 @@ fn a_spinning_task_gets_its_cpu_quota_and_the_agent_stays_healthy() {
         return;
     }
     let (cluster, layout) = confined("cgroups-cpu", &[]);
-    cluster
-        .submit(
-            "name = \"spin\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
-             args = [\"workload\", \"burn\", \"--threads\", \"4\"]\n\
-             [resources]\ncpu_millis = 200\nmemory_mb = 64\nmemory_high_mb = 48\n",
-        )
-        .expect("submit spin");
-    assert!(wait_until(Duration::from_secs(20), || task_pid(
-        &cluster, "spin/0"
-    )
-    .is_some()));
-    let pid = task_pid(&cluster, "spin/0").expect("spin runs");
+    let pid = run_job(
+        &cluster,
+        "name = \"spin\"\nkind = \"service\"\nreplicas = 1\ncommand = \"{exe}\"\n\
+         args = [\"workload\", \"burn\", \"--threads\", \"4\"]\n\
+         [resources]\ncpu_millis = 200\nmemory_mb = 64\nmemory_high_mb = 48\n",
+        "spin/0",
+    );
     // Let it settle, then measure over a few seconds.
     std::thread::sleep(Duration::from_secs(1));
     let (t0, c0) = (Instant::now(), cpu_seconds(pid).expect("cpu time"));
@@ -281,23 +282,14 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_goes_with_its_task() {
         return;
     }
     let (cluster, layout) = confined("cgroups-pids", &["--task-pids-max", "64"]);
-    cluster.submit(CALM).expect("submit calm");
-    assert!(wait_until(Duration::from_secs(20), || task_pid(
-        &cluster, "calm/0"
-    )
-    .is_some()));
-    let calm = task_pid(&cluster, "calm/0").expect("calm runs");
-    cluster
-        .submit(
-            "name = \"bomb\"\nkind = \"service\"\nreplicas = 1\ncommand = \"sh\"\n\
-             args = [\"-c\", \"while :; do sleep 600 & done\"]\n\
-             [resources]\ncpu_millis = 200\nmemory_mb = 64\n",
-        )
-        .expect("submit bomb");
-    assert!(wait_until(Duration::from_secs(20), || task_pid(
-        &cluster, "bomb/0"
-    )
-    .is_some()));
+    let calm = run_job(&cluster, CALM, "calm/0");
+    run_job(
+        &cluster,
+        "name = \"bomb\"\nkind = \"service\"\nreplicas = 1\ncommand = \"sh\"\n\
+         args = [\"-c\", \"while :; do sleep 600 & done\"]\n\
+         [resources]\ncpu_millis = 200\nmemory_mb = 64\n",
+        "bomb/0",
+    );
     let dir = task_cgroup(&cluster, &layout, "pids", "bomb/0");
     let current = || -> u64 {
         std::fs::read_to_string(dir.join("pids.current"))
