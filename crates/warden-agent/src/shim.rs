@@ -12,8 +12,19 @@
 //!    on each lease renewal; when the monotonic clock passes it, the agent is paused, hung or
 //!    cut off and its lease has run out: SIGKILL at once and report `fenced`.
 //! 3. **Signals to the shim itself.** `PR_SET_PDEATHSIG` turns the death of the parent into a
-//!    SIGTERM (a second, independent path besides the pipe); SIGTERM, SIGINT, SIGHUP and
-//!    SIGQUIT all kill the group and end the shim.
+//!    SIGUSR1, taken like the end of the pipe (a second, independent path); SIGTERM, SIGINT,
+//!    SIGHUP and SIGQUIT all kill the group and end the shim.
+//!
+//! **Outliving the agent.** A shim given `--socket` listens on that Unix socket, and a new
+//! agent process that connects there becomes its controller (the agent restarted: an upgrade,
+//! a crash of the agent alone). What happens when the agent goes away depends on the task:
+//! a *fenced* task (a singleton) is killed at once, as above — the server's fast "process
+//! gone" path relies on it — unless the agent announced its restart with `detach <ms>`; a
+//! task without a deadline (a service or daemon copy) keeps running for `--reattach-ms` and
+//! is killed only if no agent attached by then. While it waits, a fenced task still dies at
+//! its deadline, so a singleton survives a planned restart only if the new agent extends its
+//! lease in time. A task that ends while nobody listens has its last status lines kept for
+//! the next agent.
 //!
 //! It is deliberately small, synchronous and single-threaded: one `poll(2)` over the control
 //! pipe and a signalfd, with the next timer as timeout. Signals are blocked and read from the
@@ -40,11 +51,14 @@ mod args;
 pub mod exec_as;
 pub mod protocol;
 
+use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -87,7 +101,7 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
         Ok(s) => s,
         Err(e) => return fail(out, format!("block signals: {e}")),
     };
-    if let Err(e) = prctl::set_pdeathsig(Signal::SIGTERM) {
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGUSR1) {
         return fail(out, format!("set parent-death signal: {e}"));
     }
     // The agent may have died before the parent-death signal was armed: that race is closed
@@ -110,6 +124,15 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
         return EXIT_SHIM_FAILED;
     }
 
+    // The reattach socket, before the task starts: a shim that could not be found again
+    // must not run a task that is meant to outlive its agent.
+    let listener = match &args.socket {
+        None => None,
+        Some(path) => match SocketFile::bind(path) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(out, format!("listen on {}: {e}", path.display())),
+        },
+    };
     let (stdout, stderr) = match (open_log(&args.stdout), open_log(&args.stderr)) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) => return fail(out, format!("open {}: {e}", args.stdout.display())),
@@ -174,8 +197,15 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
         control_open: true,
         line: Vec::new(),
         discarding: false,
+        listener: listener.as_ref(),
+        identity: (args.task.to_string(), args.epoch.0),
+        reattach: args.reattach,
+        detach: None,
+        orphan_until: None,
+        ended: false,
     };
     let exit = watch.run();
+    watch.ended = true;
     if let Some(c) = &cgroup {
         // Whatever escaped the process group (setsid) dies with the task.
         c.kill_all(Duration::from_secs(1));
@@ -194,7 +224,38 @@ fn run(args: &ShimArgs, out: &StatusWriter) -> u8 {
     }
     info!(task = %args.task, exit = %exit, "task exited");
     out.send(&Status::Exited(exit));
+    // Nobody heard it: keep the news for an agent that attaches within the window.
+    watch.linger();
     exit.shim_exit_code()
+}
+
+/// The shim's listening socket; the file is removed when the shim exits.
+struct SocketFile {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl SocketFile {
+    fn bind(path: &Path) -> io::Result<SocketFile> {
+        // A file left by a dead shim of this name: nobody listens on it any more.
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(SocketFile {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 enum SpawnError {
@@ -382,6 +443,7 @@ impl TermSignals {
             Signal::SIGINT,
             Signal::SIGHUP,
             Signal::SIGQUIT,
+            Signal::SIGUSR1,
         ] {
             mask.add(sig);
         }
@@ -397,11 +459,18 @@ impl TermSignals {
     }
 }
 
-/// The status channel: the shim's stdout. Best effort and never blocking, so that a paused
-/// agent that does not read its end cannot stall the shim past a deadline, and a dead agent
-/// (EPIPE) cannot make it fail.
+/// The status channel: the shim's stdout, or the socket of an agent that attached. Best effort
+/// and never blocking, so that a paused agent that does not read its end cannot stall the shim
+/// past a deadline, and a dead agent (EPIPE) cannot make it fail. Terminal lines written while
+/// no agent listens are kept and replayed to the next one that attaches.
 struct StatusWriter {
     stdout: io::Stdout,
+    /// The stdout pipe still reaches the agent that started the shim.
+    pipe: Cell<bool>,
+    /// The connection of an agent that attached through the socket.
+    conn: RefCell<Option<UnixStream>>,
+    /// Lines nobody heard that the next agent must know.
+    unheard: RefCell<Vec<Status>>,
 }
 
 impl StatusWriter {
@@ -418,7 +487,12 @@ impl StatusWriter {
                 warn!(error = %e, "cannot make the status pipe non-blocking");
             }
         }
-        StatusWriter { stdout }
+        StatusWriter {
+            stdout,
+            pipe: Cell::new(true),
+            conn: RefCell::new(None),
+            unheard: RefCell::new(Vec::new()),
+        }
     }
 
     fn send(&self, status: &Status) {
@@ -426,12 +500,64 @@ impl StatusWriter {
         // One write(2) straight to the descriptor, bypassing std's line buffer (which could
         // keep half a line and glue it to the next). Lines are far below PIPE_BUF, so on a
         // pipe the write is all or nothing, even when non-blocking.
-        match nix::unistd::write(&self.stdout, line.as_bytes()) {
-            Ok(n) if n == line.len() => {}
-            Ok(n) => debug!(written = n, status = %status, "status line cut short"),
-            Err(e) => debug!(error = %e, status = %status, "status line not delivered"),
+        let delivered = if let Some(conn) = self.conn.borrow().as_ref() {
+            write_line(conn, &line, status)
+        } else if self.pipe.get() {
+            write_line(&self.stdout, &line, status)
+        } else {
+            false
+        };
+        if !delivered && keep_for_next_agent(status) {
+            self.unheard.borrow_mut().push(status.clone());
         }
     }
+
+    /// The agent that started the shim is gone: its pipe is heard no more.
+    fn pipe_closed(&self) {
+        self.pipe.set(false);
+    }
+
+    /// The attached agent's connection closed.
+    fn conn_closed(&self) {
+        self.conn.borrow_mut().take();
+    }
+
+    fn has_listener(&self) -> bool {
+        self.pipe.get() || self.conn.borrow().is_some()
+    }
+
+    /// A new agent attached: it hears `first`, then what nobody heard, then everything after.
+    fn attach(&self, conn: UnixStream, first: &Status) {
+        self.pipe.set(false);
+        *self.conn.borrow_mut() = Some(conn);
+        self.send(first);
+        let unheard = std::mem::take(&mut *self.unheard.borrow_mut());
+        for status in &unheard {
+            self.send(status);
+        }
+    }
+}
+
+fn write_line(fd: impl AsFd, line: &str, status: &Status) -> bool {
+    match nix::unistd::write(fd, line.as_bytes()) {
+        Ok(n) if n == line.len() => true,
+        Ok(n) => {
+            debug!(written = n, status = %status, "status line cut short");
+            true
+        }
+        Err(e) => {
+            debug!(error = %e, status = %status, "status line not delivered");
+            false
+        }
+    }
+}
+
+/// The lines that tell how a task ended: a new agent must hear them.
+fn keep_for_next_agent(status: &Status) -> bool {
+    matches!(
+        status,
+        Status::Exited(_) | Status::Fenced | Status::OomKilled { .. } | Status::Killed(_)
+    )
 }
 
 /// The running watch over one task.
@@ -455,6 +581,19 @@ struct Watch<'a> {
     line: Vec<u8>,
     /// Dropping the rest of an over-long control line.
     discarding: bool,
+    /// Where a new agent attaches (`--socket`).
+    listener: Option<&'a SocketFile>,
+    /// The task and epoch, for the `attached` line.
+    identity: (String, u64),
+    /// `--reattach-ms`: how long a task without a deadline waits for a new agent.
+    reattach: Duration,
+    /// The agent announced a restart (`detach`): wait this long for the next one, whatever
+    /// the task.
+    detach: Option<Duration>,
+    /// The agent is gone and the task kept: kill it when this passes with nobody attached.
+    orphan_until: Option<Instant>,
+    /// The task's leader has been reaped.
+    ended: bool,
 }
 
 impl Watch<'_> {
@@ -478,10 +617,26 @@ impl Watch<'_> {
             };
 
             let stdin = io::stdin();
+            let conn = self
+                .out
+                .conn
+                .borrow()
+                .as_ref()
+                .and_then(|c| c.try_clone().ok());
             let mut fds = vec![PollFd::new(self.signals.fd.as_fd(), PollFlags::POLLIN)];
-            if self.control_open {
+            let control_at = if let Some(c) = &conn {
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                Some(fds.len() - 1)
+            } else if self.control_open {
                 fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-            }
+                Some(fds.len() - 1)
+            } else {
+                None
+            };
+            let listen_at = self.listener.map(|l| {
+                fds.push(PollFd::new(l.listener.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
@@ -497,21 +652,109 @@ impl Watch<'_> {
                 })
             };
             let signal_ready = ready(fds.first());
-            let control_ready = ready(fds.get(1));
+            let control_ready = ready(control_at.and_then(|i| fds.get(i)));
+            let listen_ready = ready(listen_at.and_then(|i| fds.get(i)));
             drop(fds);
 
             if signal_ready {
                 self.drain_signals();
             }
             if control_ready {
-                match nix::unistd::read(&stdin, &mut buf) {
+                // Err(None): nothing to read after all; try again.
+                let read = match &conn {
+                    Some(c) => {
+                        let mut c: &UnixStream = c;
+                        c.read(&mut buf).map_err(|e| match e.kind() {
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                            _ => Some(e.to_string()),
+                        })
+                    }
+                    None => nix::unistd::read(&stdin, &mut buf).map_err(|e| match e {
+                        Errno::EAGAIN | Errno::EINTR => None,
+                        e => Some(e.to_string()),
+                    }),
+                };
+                match read {
                     Ok(0) => self.control_closed("end of file"),
                     Ok(n) => self.control_bytes(&buf[..n]),
-                    Err(Errno::EAGAIN | Errno::EINTR) => {}
-                    // An unreadable control pipe means we can no longer hear the agent.
-                    Err(e) => self.control_closed(&e.to_string()),
+                    Err(None) => {}
+                    // An unreadable control channel means we can no longer hear the agent.
+                    Err(Some(e)) => self.control_closed(&e),
                 }
             }
+            if listen_ready {
+                self.accept();
+            }
+        }
+    }
+
+    /// A new agent connects: it becomes the controller (superseding any other).
+    fn accept(&mut self) {
+        let Some(listener) = self.listener else {
+            return;
+        };
+        let stream = match listener.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warn!(error = %e, "accept on the reattach socket");
+                return;
+            }
+        };
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!(error = %e, "reattach connection refused: cannot make it non-blocking");
+            return;
+        }
+        if self.control_open {
+            info!("a new agent attached while the old control pipe is open; it is no longer heard");
+            self.control_open = false;
+        }
+        self.line.clear();
+        self.discarding = false;
+        self.orphan_until = None;
+        self.detach = None;
+        let pid = if self.ended {
+            0
+        } else {
+            child_pid(self.leader.as_raw())
+        };
+        info!(pid, "an agent attached");
+        self.out.attach(
+            stream,
+            &Status::Attached {
+                task: self.identity.0.clone(),
+                epoch: self.identity.1,
+                pid,
+                shim_pid: std::process::id(),
+            },
+        );
+    }
+
+    /// After the task ended with nobody listening while the shim waited for a new agent:
+    /// keep waiting, until the window closes, for one to hear how it ended.
+    fn linger(&mut self) {
+        while !self.out.has_listener() {
+            let Some(until) = self.orphan_until else {
+                return;
+            };
+            let Some(listener) = self.listener else {
+                return;
+            };
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let ms = until
+                .saturating_duration_since(now)
+                .as_micros()
+                .div_ceil(1000);
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(listener.listener.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+            self.accept();
         }
     }
 
@@ -526,6 +769,11 @@ impl Watch<'_> {
         } else if self.kill_at.is_some_and(|k| now >= k) {
             info!("stop grace over: killing the task");
             self.kill_now();
+        } else if self.orphan_until.is_some_and(|o| now >= o) {
+            warn!("no agent attached within the reattach window: killing the task");
+            self.orphan_until = None;
+            self.out.send(&Status::Killed(KillReason::AgentGone));
+            self.kill_now();
         }
     }
 
@@ -533,10 +781,10 @@ impl Watch<'_> {
         if self.killed {
             return None;
         }
-        match (self.deadline, self.kill_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.deadline, self.kill_at, self.orphan_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn kill_now(&mut self) {
@@ -555,6 +803,12 @@ impl Watch<'_> {
                     let signo = i32::try_from(info.ssi_signo).unwrap_or_default();
                     if signo == Signal::SIGCHLD as i32 {
                         continue; // reaped at the top of the loop
+                    }
+                    if signo == Signal::SIGUSR1 as i32 {
+                        // The parent-death signal: the agent (or the thread that started
+                        // this shim) is gone.
+                        self.agent_gone("parent-death signal");
+                        continue;
                     }
                     if self.killed {
                         continue;
@@ -580,16 +834,47 @@ impl Watch<'_> {
     }
 
     fn control_closed(&mut self, why: &str) {
-        self.control_open = false;
-        if self.killed {
+        if self.out.conn.borrow().is_some() {
+            self.out.conn_closed();
+        } else {
+            self.control_open = false;
+            self.out.pipe_closed();
+        }
+        self.agent_gone(why);
+    }
+
+    /// The controlling agent is gone (its channel closed, or the parent-death signal). A task
+    /// is kept for a new agent when the agent announced its restart (`detach`), or when it
+    /// has no deadline and a reattach window; otherwise it is killed at once.
+    fn agent_gone(&mut self, why: &str) {
+        if self.out.conn.borrow().is_some() {
+            // A parent-death signal after a new agent attached: that agent is the one heard.
             return;
         }
-        warn!(
-            why,
-            "control pipe closed: the agent is gone; killing the task"
-        );
-        self.out.send(&Status::Killed(KillReason::AgentGone));
-        self.kill_now();
+        self.out.pipe_closed();
+        if self.killed || self.orphan_until.is_some() {
+            return;
+        }
+        let window = match self.detach.take() {
+            Some(w) => Some(w),
+            None if self.deadline.is_none() && !self.reattach.is_zero() => Some(self.reattach),
+            None => None,
+        };
+        match window {
+            Some(w) if self.listener.is_some() => {
+                warn!(
+                    why,
+                    window_ms = w.as_millis() as u64,
+                    "the agent is gone; keeping the task for a new agent to attach"
+                );
+                self.orphan_until = Some(Instant::now() + w);
+            }
+            _ => {
+                warn!(why, "the agent is gone; killing the task");
+                self.out.send(&Status::Killed(KillReason::AgentGone));
+                self.kill_now();
+            }
+        }
     }
 
     fn control_bytes(&mut self, bytes: &[u8]) {
@@ -632,6 +917,14 @@ impl Watch<'_> {
             Control::Extend(d) => {
                 debug!(ms = d.as_millis(), "deadline extended");
                 self.deadline = Some(now + d);
+            }
+            Control::Detach(window) => {
+                info!(
+                    window_ms = window.as_millis() as u64,
+                    "the agent is restarting: the task is kept for the next one"
+                );
+                self.detach = Some(window);
+                self.out.send(&Status::Detached { window });
             }
             Control::Stop(grace) => {
                 let kill_at = now + grace;

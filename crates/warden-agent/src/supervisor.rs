@@ -21,9 +21,14 @@
 //!   signal nobody asked for) is restarted after `initial_backoff · 2^(n-1)` (capped); after
 //!   `max_restarts` restarts within `window` it is reported Failed and left alone. A task
 //!   that exits 0 has completed and is not restarted.
-//! - **The supervisor's death is the tasks' death.** Dropping the last [`Supervisor`] handle
-//!   closes every control pipe, and every shim kills its task. The same happens when the
-//!   agent process dies, by the pipe and by the parent-death signal.
+//! - **The supervisor's death is the tasks' death — unless they may outlive it.** Dropping
+//!   the last [`Supervisor`] handle closes every control pipe, and every shim kills its task.
+//!   The same happens when the agent process dies, by the pipe and by the parent-death
+//!   signal. With a shim directory ([`SupervisorConfig::shim_dir`]) every shim also listens
+//!   on a socket there: a service copy then keeps running for
+//!   [`SupervisorConfig::reattach_window`] after the agent vanished, and a new agent process
+//!   finds it ([`find_shims`]) and takes it over ([`Supervisor::adopt`]). Singletons still
+//!   die with their agent, unless it announced its restart ([`Supervisor::detach_all`]).
 
 mod restart;
 mod spawner;
@@ -38,8 +43,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, Command};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -134,6 +139,12 @@ pub struct SupervisorConfig {
     /// Grace (SIGTERM → SIGKILL) given to a running copy that a start with a newer epoch
     /// replaces. Default 5 s.
     pub replace_grace: Duration,
+    /// Directory of the shims' reattach sockets (`<data dir>/shims` in the agent). `None`:
+    /// shims listen nowhere and every task dies with its agent.
+    pub shim_dir: Option<PathBuf>,
+    /// How long a service or daemon copy keeps running after its agent vanished unannounced,
+    /// waiting for a new agent process to attach (only with a `shim_dir`). Default 30 s.
+    pub reattach_window: Duration,
 }
 
 impl SupervisorConfig {
@@ -143,8 +154,32 @@ impl SupervisorConfig {
             launcher,
             restart: RestartPolicy::default(),
             replace_grace: Duration::from_secs(5),
+            shim_dir: None,
+            reattach_window: DEFAULT_REATTACH_WINDOW,
         }
     }
+}
+
+/// Default of [`SupervisorConfig::reattach_window`].
+pub const DEFAULT_REATTACH_WINDOW: Duration = Duration::from_secs(30);
+
+/// Longest path of a Unix socket (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The reattach socket of copy `epoch` of `task` in `dir`: `<job>.<index>.<epoch>.sock`, or
+/// a hash of it when that would make the path too long for a Unix socket.
+pub fn shim_socket(dir: &std::path::Path, task: &TaskId, epoch: FencingToken) -> PathBuf {
+    let readable = dir.join(format!("{}.{}.{}.sock", task.job, task.index, epoch.0));
+    if readable.as_os_str().len() <= MAX_SOCKET_PATH {
+        return readable;
+    }
+    // FNV-1a: stable across builds, so a restarted agent computes the same name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{task}@{}", epoch.0).bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    dir.join(format!("{h:016x}.sock"))
 }
 
 /// One task to run: what the server assigned, resolved by the agent.
@@ -434,6 +469,8 @@ struct Inner {
     launcher: Arc<ShimLauncher>,
     policy: RestartPolicy,
     replace_grace: Duration,
+    shim_dir: Option<PathBuf>,
+    reattach_window: Duration,
     events: mpsc::UnboundedSender<TaskEvent>,
     spawner: Spawner,
     runtime: Handle,
@@ -474,7 +511,14 @@ struct Run {
 }
 
 enum Order {
-    Stop { grace: Duration },
+    Stop {
+        grace: Duration,
+    },
+    /// Tell the shim the agent restarts on purpose; `done` fires once the line is written.
+    Detach {
+        window: Duration,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 impl Shared {
@@ -527,6 +571,8 @@ impl Supervisor {
             launcher: Arc::new(config.launcher),
             policy: config.restart,
             replace_grace: config.replace_grace,
+            shim_dir: config.shim_dir,
+            reattach_window: config.reattach_window,
             events,
             spawner,
             runtime,
@@ -634,22 +680,112 @@ impl Supervisor {
             },
         );
         drop(tasks);
-        let actor = Actor {
+        let actor = self.actor(spec, generation, orders_rx, predecessor, None);
+        inner.runtime.spawn(actor.run(done).instrument(span));
+        Ok(outcome)
+    }
+
+    fn actor(
+        &self,
+        spec: TaskSpec,
+        generation: u64,
+        orders: mpsc::UnboundedReceiver<Order>,
+        predecessor: Option<CancellationToken>,
+        adopted: Option<ShimConn>,
+    ) -> Actor {
+        let inner = &self.inner;
+        Actor {
             lease: inner.shared.lease.subscribe(),
             spec,
             generation,
             shared: inner.shared.clone(),
             events: inner.events.clone(),
-            orders: orders_rx,
+            orders,
             orders_open: true,
             spawner: inner.spawner.clone(),
             launcher: inner.launcher.clone(),
             policy: inner.policy,
             cancel: inner.cancel.child_token(),
             predecessor,
+            adopted,
+            shim_dir: inner.shim_dir.clone(),
+            reattach_window: inner.reattach_window,
+        }
+    }
+
+    /// Take over a shim that a previous agent process started ([`find_shims`]), for `spec`
+    /// (the copy it runs, from the agent's cache). The task keeps running, with its pid and
+    /// epoch; from now on it is supervised, restarted and stopped like one this supervisor
+    /// started. Refused when the supervisor already has this task (at any epoch).
+    pub fn adopt(&self, spec: TaskSpec, shim: FoundShim) -> Result<(), SupervisorError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(SupervisorError::ShutDown);
+        }
+        spec.validate()
+            .map_err(|reason| SupervisorError::InvalidSpec {
+                task: spec.task.clone(),
+                reason,
+            })?;
+        let mut tasks = inner.shared.lock();
+        if let Some(entry) = tasks.get(&spec.task) {
+            return Err(SupervisorError::StaleEpoch {
+                task: spec.task,
+                current: entry.epoch,
+                got: shim.epoch,
+            });
+        }
+        let generation = inner.shared.next_gen.fetch_add(1, Ordering::Relaxed);
+        let (orders_tx, orders_rx) = mpsc::unbounded_channel();
+        let done = CancellationToken::new();
+        let span = info_span!("task", task = %spec.task, epoch = %spec.epoch);
+        let state = match shim.pid {
+            0 => ProcessState::Starting,
+            pid => ProcessState::Running { pid },
         };
+        tasks.insert(
+            spec.task.clone(),
+            Entry {
+                epoch: spec.epoch,
+                leased: spec.leased,
+                state,
+                run: Some(Run {
+                    generation,
+                    epoch: spec.epoch,
+                    orders: orders_tx,
+                    done: done.clone(),
+                }),
+            },
+        );
+        drop(tasks);
+        info!(task = %spec.task, epoch = %spec.epoch, pid = shim.pid, shim = shim.shim_pid, "adopted a running task from its shim");
+        let actor = self.actor(spec, generation, orders_rx, None, Some(shim.conn));
         inner.runtime.spawn(actor.run(done).instrument(span));
-        Ok(outcome)
+        Ok(())
+    }
+
+    /// The agent is about to restart on purpose: tell every shim to keep its task for a new
+    /// agent process for `window` (singletons still die at their lease's deadline unless the
+    /// new process extends it). Resolves once every shim was told, or after `limit`.
+    pub async fn detach_all(&self, window: Duration, limit: Duration) {
+        let waits: Vec<tokio::sync::oneshot::Receiver<()>> = {
+            let tasks = self.inner.shared.lock();
+            tasks
+                .values()
+                .filter_map(|entry| entry.run.as_ref())
+                .filter_map(|run| {
+                    let (done, rx) = tokio::sync::oneshot::channel();
+                    run.orders.send(Order::Detach { window, done }).ok()?;
+                    Some(rx)
+                })
+                .collect()
+        };
+        let _ = tokio::time::timeout(limit, async {
+            for w in waits {
+                let _ = w.await;
+            }
+        })
+        .await;
     }
 
     /// Stop a task: SIGTERM its process group, SIGKILL after `grace`; resolves once it has
@@ -820,6 +956,166 @@ struct Actor {
     cancel: CancellationToken,
     /// The replaced copy, which must have exited before this one launches.
     predecessor: Option<CancellationToken>,
+    /// A shim of a previous agent process, taken over instead of the first launch.
+    adopted: Option<ShimConn>,
+    shim_dir: Option<PathBuf>,
+    reattach_window: Duration,
+}
+
+/// The agent's two channels to one shim: its status lines, its control lines, and the
+/// process to wait for.
+pub(crate) struct ShimConn {
+    lines: Lines<BufReader<Box<dyn AsyncRead + Send + Unpin>>>,
+    control: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    shim: ShimProcess,
+}
+
+enum ShimProcess {
+    /// Started by this supervisor.
+    Child(Child),
+    /// Started by a previous agent process: pid, and the task's pid when it still ran.
+    Adopted { shim_pid: u32, task_pid: u32 },
+}
+
+/// A shim found on its socket, left running by a previous agent process.
+pub struct FoundShim {
+    /// The task it runs (as it says).
+    pub task: String,
+    /// The copy's epoch.
+    pub epoch: FencingToken,
+    /// The task's pid; 0 when the task has already ended (how follows on the connection).
+    pub pid: u32,
+    /// The shim's pid.
+    pub shim_pid: u32,
+    /// Its socket file.
+    pub path: PathBuf,
+    conn: ShimConn,
+}
+
+impl std::fmt::Debug for FoundShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FoundShim")
+            .field("task", &self.task)
+            .field("epoch", &self.epoch)
+            .field("pid", &self.pid)
+            .field("shim_pid", &self.shim_pid)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`find_shims`] found in a shim directory.
+#[derive(Debug, Default)]
+pub struct ShimsFound {
+    /// Shims that answered.
+    pub shims: Vec<FoundShim>,
+    /// Socket files nobody listened on (left by a dead shim), removed.
+    pub stale_removed: usize,
+    /// Sockets that could not be used, with why.
+    pub errors: Vec<String>,
+}
+
+/// Connect to every shim socket in `dir`, left by a previous agent process: each shim that
+/// answers becomes the caller's to adopt ([`Supervisor::adopt`]) or stop; a socket file
+/// nobody listens on is removed. A missing directory finds nothing.
+pub async fn find_shims(dir: &std::path::Path) -> ShimsFound {
+    let mut found = ShimsFound::default();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return found;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "sock") {
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), connect_shim(&path)).await {
+            Ok(Ok(shim)) => found.shims.push(shim),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                ) =>
+            {
+                debug!(path = %path.display(), "removing the socket of a dead shim");
+                if tokio::fs::remove_file(&path).await.is_ok() {
+                    found.stale_removed += 1;
+                }
+            }
+            Ok(Err(e)) => found.errors.push(format!("{}: {e}", path.display())),
+            Err(_) => found
+                .errors
+                .push(format!("{}: no answer within 2s", path.display())),
+        }
+    }
+    found
+}
+
+async fn connect_shim(path: &std::path::Path) -> io::Result<FoundShim> {
+    let stream = tokio::net::UnixStream::connect(path).await?;
+    let (read, write) = stream.into_split();
+    let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(read);
+    let mut lines = BufReader::new(reader).lines();
+    let first = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a word"))?;
+    let Ok(Status::Attached {
+        task,
+        epoch,
+        pid,
+        shim_pid,
+    }) = Status::parse(&first)
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected first line {first:?}"),
+        ));
+    };
+    Ok(FoundShim {
+        task,
+        epoch: FencingToken(epoch),
+        pid,
+        shim_pid,
+        path: path.to_path_buf(),
+        conn: ShimConn {
+            lines,
+            control: Some(Box::new(write)),
+            shim: ShimProcess::Adopted {
+                shim_pid,
+                task_pid: pid,
+            },
+        },
+    })
+}
+
+impl FoundShim {
+    /// Stop the task this shim runs (a copy nobody wants any more) and wait, up to `limit`,
+    /// until the shim has ended.
+    pub async fn stop(mut self, grace: Duration, limit: Duration) {
+        send(&mut self.conn.control, Control::Stop(grace)).await;
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(Some(_)) = self.conn.lines.next_line().await {}
+        })
+        .await;
+        reap_adopted(self.shim_pid).await;
+    }
+}
+
+/// Reap an adopted shim if it is this process's child (the agent re-executed itself, so the
+/// shims it had started are still its children); otherwise its new parent reaps it.
+async fn reap_adopted(shim_pid: u32) {
+    let Ok(raw) = i32::try_from(shim_pid) else {
+        return;
+    };
+    let pid = Pid::from_raw(raw);
+    for _ in 0..50 {
+        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 impl Actor {
@@ -881,12 +1177,17 @@ impl Actor {
         }
         let mut restarts = RestartTracker::new(self.policy);
         loop {
-            let child = match self.launch().await {
-                Ok(child) => child,
-                Err(LaunchError::NoLease) => return Outcome::Fenced,
-                Err(LaunchError::Io(e)) => return Outcome::Failed(format!("launch the shim: {e}")),
+            let conn = match self.adopted.take() {
+                Some(conn) => conn,
+                None => match self.launch().await {
+                    Ok(conn) => conn,
+                    Err(LaunchError::NoLease) => return Outcome::Fenced,
+                    Err(LaunchError::Io(e)) => {
+                        return Outcome::Failed(format!("launch the shim: {e}"));
+                    }
+                },
             };
-            let (exit, detail, oom_killed) = match self.supervise(child).await {
+            let (exit, detail, oom_killed) = match self.supervise(conn).await {
                 RunEnd::Exited {
                     exit,
                     detail,
@@ -929,6 +1230,9 @@ impl Actor {
                 () = self.cancel.cancelled() => return Outcome::Cancelled,
                 order = self.orders.recv(), if self.orders_open => match order {
                     Some(Order::Stop { .. }) => return Outcome::Stopped,
+                    Some(Order::Detach { done, .. }) => {
+                        let _ = done.send(());
+                    }
                     None => self.orders_open = false,
                 },
                 changed = self.lease.changed(), if self.spec.leased => {
@@ -947,7 +1251,7 @@ impl Actor {
 
     /// Launch the shim. For a leased task its initial deadline is the lease's, read last
     /// thing before the spawn so that it is as fresh as it can be.
-    async fn launch(&mut self) -> Result<Child, LaunchError> {
+    async fn launch(&mut self) -> Result<ShimConn, LaunchError> {
         tokio::fs::create_dir_all(&self.spec.log_dir)
             .await
             .map_err(LaunchError::Io)?;
@@ -991,6 +1295,16 @@ impl Actor {
                     .with_memory_high(self.spec.resources.memory_high_mb)
                 },
             ),
+            socket: self
+                .shim_dir
+                .as_ref()
+                .map(|dir| shim_socket(dir, &self.spec.task, self.spec.epoch)),
+            // Singletons die with their agent (unless it detached them first).
+            reattach: if self.shim_dir.is_some() && !self.spec.leased {
+                self.reattach_window
+            } else {
+                Duration::ZERO
+            },
             program: self.spec.command.clone(),
             args: self.spec.args.clone(),
         };
@@ -1003,25 +1317,43 @@ impl Actor {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(shim_stderr));
-        self.spawner.spawn(command).await.map_err(LaunchError::Io)
+        let mut child = self.spawner.spawn(command).await.map_err(LaunchError::Io)?;
+        let control: Option<Box<dyn AsyncWrite + Send + Unpin>> = child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>);
+        let stdout = child.stdout.take().ok_or_else(|| {
+            LaunchError::Io(io::Error::other("shim launched without a status pipe"))
+        })?;
+        let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(stdout);
+        Ok(ShimConn {
+            lines: BufReader::new(reader).lines(),
+            control,
+            shim: ShimProcess::Child(child),
+        })
     }
 
-    /// Follow one shim from launch to exit.
-    async fn supervise(&mut self, mut child: Child) -> RunEnd {
-        let mut stdin = child.stdin.take();
-        let Some(stdout) = child.stdout.take() else {
-            return RunEnd::Exited {
-                exit: TaskExit::Code(i32::from(crate::shim::protocol::EXIT_SHIM_FAILED)),
-                detail: "shim launched without a status pipe".into(),
-                oom_killed: false,
-            };
-        };
-        let mut lines = BufReader::new(stdout).lines();
+    /// Follow one shim from launch (or adoption) to exit.
+    async fn supervise(&mut self, conn: ShimConn) -> RunEnd {
+        let ShimConn {
+            mut lines,
+            control: mut stdin,
+            shim,
+        } = conn;
         let mut seen = Observed::default();
-        let mut stopping = false;
         // Health checks run from `started` until this run ends.
         let health = self.cancel.child_token();
         let _health = health.clone().drop_guard();
+        if let ShimProcess::Adopted { task_pid, .. } = &shim
+            && *task_pid != 0
+        {
+            let pid = *task_pid;
+            seen.pid = Some(pid);
+            self.set_state(ProcessState::Running { pid });
+            self.emit(TaskEventKind::Started { pid });
+            self.start_health_checks(&health);
+        }
+        let mut stopping = false;
         loop {
             tokio::select! {
                 line = lines.next_line() => match line {
@@ -1037,6 +1369,10 @@ impl Actor {
                         stopping = true;
                         self.set_state(ProcessState::Stopping);
                         send(&mut stdin, Control::Stop(grace)).await;
+                    }
+                    Some(Order::Detach { window, done }) => {
+                        send(&mut stdin, Control::Detach(window)).await;
+                        let _ = done.send(());
                     }
                     None => self.orders_open = false,
                 },
@@ -1058,7 +1394,13 @@ impl Actor {
             }
         }
         drop(stdin);
-        let status = child.wait().await;
+        let status = match shim {
+            ShimProcess::Child(mut child) => Some(child.wait().await),
+            ShimProcess::Adopted { shim_pid, .. } => {
+                reap_adopted(shim_pid).await;
+                None
+            }
+        };
         let exit = match seen.exit {
             Some(exit) => exit,
             None => {
@@ -1073,12 +1415,13 @@ impl Actor {
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
                 }
                 let exit = match &status {
-                    Ok(s) => shim_status_to_exit(s),
-                    Err(_) => TaskExit::Signal(Signal::SIGKILL as i32),
+                    Some(Ok(s)) => shim_status_to_exit(s),
+                    Some(Err(_)) | None => TaskExit::Signal(Signal::SIGKILL as i32),
                 };
                 seen.detail.get_or_insert_with(|| match &status {
-                    Ok(s) => format!("shim ended ({s}) without reporting the task's exit"),
-                    Err(e) => format!("wait for the shim: {e}"),
+                    Some(Ok(s)) => format!("shim ended ({s}) without reporting the task's exit"),
+                    Some(Err(e)) => format!("wait for the shim: {e}"),
+                    None => "the adopted shim ended without reporting the task's exit".into(),
                 });
                 exit
             }
@@ -1136,7 +1479,11 @@ impl Actor {
                 warn!(count, "task OOM-killed: it went past its memory limit");
                 seen.oom_kills += count;
             }
-            Status::Stopping { .. } | Status::Pong => {}
+            Status::Attached { pid, .. } if pid != 0 => seen.pid = Some(pid),
+            Status::Stopping { .. }
+            | Status::Pong
+            | Status::Detached { .. }
+            | Status::Attached { .. } => {}
         }
     }
 
@@ -1170,7 +1517,7 @@ impl Actor {
 }
 
 /// Write a control line; a failure means the shim is gone, which its status pipe reports.
-async fn send(stdin: &mut Option<ChildStdin>, control: Control) {
+async fn send(stdin: &mut Option<Box<dyn AsyncWrite + Send + Unpin>>, control: Control) {
     let Some(pipe) = stdin.as_mut() else {
         return;
     };

@@ -12,7 +12,8 @@ use crate::cgroup::TaskLimits;
 /// Usage text for `warden shim`.
 pub const USAGE: &str = "usage: warden shim --task <job/index> --epoch <n> --stdout <file> \
 --stderr <file> [--deadline-ms <ms>] [--user <uid>:<gid>] [--cgroup <dir>]... \
-[--limits mem=<bytes>,cpu=<millis>,pids=<n>] -- <program> [args...]";
+[--limits mem=<bytes>,cpu=<millis>,pids=<n>] [--socket <path>] [--reattach-ms <ms>] \
+-- <program> [args...]";
 
 /// What `warden shim` runs and how. Built by the supervisor ([`ShimArgs::to_args`]) and parsed
 /// back by the shim process ([`ShimArgs::from_args`]).
@@ -39,6 +40,15 @@ pub struct ShimArgs {
     pub cgroups: Vec<PathBuf>,
     /// Limits written into the task's cgroup (`--limits`).
     pub limits: TaskLimits,
+    /// Unix socket the shim listens on for a new agent process to reattach (`--socket`);
+    /// removed when the shim exits. Absent: no reattach, the task dies with its agent.
+    pub socket: Option<PathBuf>,
+    /// How long a task without a deadline (a service or daemon copy) keeps running after its
+    /// agent vanished unannounced, waiting for a new agent to attach through `socket`
+    /// (`--reattach-ms`). Zero (the default): it is killed at once. A fenced task (with a
+    /// deadline) is always killed at once on an unannounced loss; a `detach` first makes any
+    /// task wait.
+    pub reattach: Duration,
     /// Program to run, a path or a name looked up in the shim's `PATH`. Never a shell line.
     pub program: String,
     /// The program's arguments, passed as they are.
@@ -57,6 +67,8 @@ impl ShimArgs {
         let mut user = None;
         let mut cgroups = Vec::new();
         let mut limits = None;
+        let mut socket = None;
+        let mut reattach = None;
         let mut command = None;
         while let Some(arg) = args.next() {
             if arg == "--" {
@@ -108,6 +120,14 @@ impl ShimArgs {
                     let parsed = TaskLimits::parse(&v).map_err(|e| format!("--limits: {e}"))?;
                     set_once(&mut limits, parsed, &flag)?;
                 }
+                "--socket" => set_once(&mut socket, PathBuf::from(value()?), &flag)?,
+                "--reattach-ms" => {
+                    let v = value()?;
+                    let ms = v
+                        .parse()
+                        .map_err(|_| format!("--reattach-ms {v:?} is not a whole number"))?;
+                    set_once(&mut reattach, Duration::from_millis(ms), &flag)?;
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -121,6 +141,9 @@ impl ShimArgs {
         if limits.is_some() && cgroups.is_empty() {
             return Err("--limits needs --cgroup: limits are enforced by the task's cgroup".into());
         }
+        if reattach.is_some_and(|r| !r.is_zero()) && socket.is_none() {
+            return Err("--reattach-ms needs --socket: a new agent attaches through it".into());
+        }
         Ok(ShimArgs {
             task: task.ok_or("missing --task")?,
             epoch: epoch.ok_or("missing --epoch")?,
@@ -130,6 +153,8 @@ impl ShimArgs {
             user,
             cgroups,
             limits: limits.unwrap_or_default(),
+            socket,
+            reattach: reattach.unwrap_or_default(),
             program,
             args: command.collect(),
         })
@@ -165,6 +190,14 @@ impl ShimArgs {
         if !limits.is_empty() && !self.cgroups.is_empty() {
             out.push("--limits".into());
             out.push(limits.into());
+        }
+        if let Some(socket) = &self.socket {
+            out.push("--socket".into());
+            out.push(socket.clone().into());
+            if !self.reattach.is_zero() {
+                out.push("--reattach-ms".into());
+                out.push(self.reattach.as_millis().to_string().into());
+            }
         }
         out.push("--".into());
         out.push(self.program.clone().into());
@@ -205,6 +238,8 @@ mod tests {
                 "/sys/fs/cgroup/pids/warden-a/tasks/web.3.42".into(),
             ],
             limits: TaskLimits::from_resources(200, 64, Some(512)),
+            socket: Some("/var/lib/warden-agent/shims/0123456789abcdef.sock".into()),
+            reattach: Duration::from_secs(30),
             program: "sh".into(),
             // Arguments that look like the shim's own flags and a second `--` must reach the
             // task untouched.
@@ -221,6 +256,8 @@ mod tests {
                 user: None,
                 cgroups: vec![],
                 limits: TaskLimits::default(),
+                socket: None,
+                reattach: Duration::ZERO,
                 args: vec![],
                 ..sample()
             },
@@ -275,6 +312,10 @@ mod tests {
             (
                 [&base[..], &["--limits", "mem=1", "--", "x"]].concat(),
                 "needs --cgroup",
+            ),
+            (
+                [&base[..], &["--reattach-ms", "100", "--", "x"]].concat(),
+                "needs --socket",
             ),
         ];
         for (argv, want) in cases {

@@ -2,11 +2,16 @@
 //! definition of it.
 //!
 //! - **Control lines**, agent → shim, on the shim's stdin ([`Control`]): `extend <ms>`,
-//!   `stop <grace_ms>`, `ping`. End of file on stdin means the agent is gone.
+//!   `stop <grace_ms>`, `detach <ms>`, `ping`. End of file on stdin means the agent is gone.
 //! - **Status lines**, shim → agent, on the shim's stdout ([`Status`]): `started <pid>`,
 //!   `spawn-failed <reason>`, `stopping <grace_ms>`, `fenced`, `killed agent-gone`,
 //!   `killed signal <n>`, `oom-killed <n>`, `exited code <n>`, `exited signal <n>`, `pong`,
-//!   `error <message>`.
+//!   `detached <ms>`, `error <message>`.
+//! - **Reattach**: a shim started with `--socket` listens there; a new agent process that
+//!   connects becomes its controller (the same control and status lines, over the socket).
+//!   The shim's first line on a new connection is `attached <task> <epoch> <pid> <shim_pid>`
+//!   (`pid` 0 when the task has already ended), followed by the terminal lines the previous
+//!   agent never read (`exited …`, `fenced`, `oom-killed …`).
 //! - **Exit codes** of the shim: see [`TaskExit::shim_exit_code`] and the `EXIT_*` constants.
 //!
 //! Every line is UTF-8 text ending in `\n`; words are separated by one space; durations are
@@ -61,6 +66,11 @@ pub enum Control {
     Stop(Duration),
     /// `ping`: the shim answers `pong`.
     Ping,
+    /// `detach <ms>`: the agent is about to restart on purpose (a planned restart or an
+    /// upgrade). When its control channel closes, the shim keeps the task running — a
+    /// fenced task still only until its deadline — and waits up to `ms` for a new agent to
+    /// attach through the socket; then it kills the task. Answered with `detached <ms>`.
+    Detach(Duration),
 }
 
 impl Control {
@@ -71,6 +81,7 @@ impl Control {
             Some("extend") => Control::Extend(parse_millis(line, words.next())?),
             Some("stop") => Control::Stop(parse_millis(line, words.next())?),
             Some("ping") => Control::Ping,
+            Some("detach") => Control::Detach(parse_millis(line, words.next())?),
             Some(_) => return Err(ProtocolError::new(line, "unknown command")),
             None => return Err(ProtocolError::new(line, "empty line")),
         };
@@ -87,6 +98,7 @@ impl fmt::Display for Control {
             Control::Extend(d) => write!(f, "extend {}", d.as_millis()),
             Control::Stop(d) => write!(f, "stop {}", d.as_millis()),
             Control::Ping => f.write_str("ping"),
+            Control::Detach(d) => write!(f, "detach {}", d.as_millis()),
         }
     }
 }
@@ -173,6 +185,23 @@ pub enum Status {
     },
     /// `pong`: answer to `ping`.
     Pong,
+    /// `detached <ms>`: answer to `detach <ms>`.
+    Detached {
+        /// How long the shim waits for a new agent once its control channel closes.
+        window: Duration,
+    },
+    /// `attached <task> <epoch> <pid> <shim_pid>`: first line on a reattach connection.
+    Attached {
+        /// The task the shim runs (`job/index`).
+        task: String,
+        /// Its epoch.
+        epoch: u64,
+        /// The task's pid (and process group id); 0 when it has already ended (its `exited`
+        /// line follows).
+        pid: u32,
+        /// The shim's own pid.
+        shim_pid: u32,
+    },
     /// `error <message>`: a control line was rejected, or the shim hit an internal error.
     Error(String),
 }
@@ -213,6 +242,32 @@ impl Status {
                     .map_err(|_| ProtocolError::new(line, "bad count"))?,
             },
             ("pong", None) => Status::Pong,
+            ("detached", Some(ms)) => Status::Detached {
+                window: parse_millis(line, Some(ms))?,
+            },
+            ("attached", Some(rest)) => {
+                let words: Vec<&str> = rest.split(' ').collect();
+                let [task, epoch, pid, shim_pid] = words[..] else {
+                    return Err(ProtocolError::new(
+                        line,
+                        "expected task, epoch, pid, shim pid",
+                    ));
+                };
+                let number = |w: &str| {
+                    w.parse::<u64>()
+                        .map_err(|_| ProtocolError::new(line, "expected a whole number"))
+                };
+                let pid32 = |w: &str| {
+                    w.parse::<u32>()
+                        .map_err(|_| ProtocolError::new(line, "bad pid"))
+                };
+                Status::Attached {
+                    task: task.to_string(),
+                    epoch: number(epoch)?,
+                    pid: pid32(pid)?,
+                    shim_pid: pid32(shim_pid)?,
+                }
+            }
             ("error", message) => Status::Error(message.unwrap_or_default().to_string()),
             _ => return Err(ProtocolError::new(line, "unknown status")),
         };
@@ -232,6 +287,17 @@ impl fmt::Display for Status {
             Status::Exited(exit) => write!(f, "exited {exit}"),
             Status::OomKilled { count } => write!(f, "oom-killed {count}"),
             Status::Pong => f.write_str("pong"),
+            Status::Detached { window } => write!(f, "detached {}", window.as_millis()),
+            Status::Attached {
+                task,
+                epoch,
+                pid,
+                shim_pid,
+            } => write!(
+                f,
+                "attached {} {epoch} {pid} {shim_pid}",
+                one_line(task).replace(' ', "_")
+            ),
             Status::Error(message) => write!(f, "error {}", one_line(message)),
         }
     }
@@ -266,6 +332,7 @@ mod tests {
             Control::Extend(Duration::ZERO),
             Control::Stop(Duration::from_secs(10)),
             Control::Ping,
+            Control::Detach(Duration::from_secs(30)),
         ] {
             assert_eq!(Control::parse(&control.to_string()), Ok(control));
         }
@@ -306,6 +373,15 @@ mod tests {
             Status::Exited(TaskExit::Signal(9)),
             Status::OomKilled { count: 2 },
             Status::Pong,
+            Status::Detached {
+                window: Duration::from_secs(30),
+            },
+            Status::Attached {
+                task: "web/3".into(),
+                epoch: 42,
+                pid: 4242,
+                shim_pid: 4241,
+            },
             Status::Error("bad shim protocol line".into()),
         ] {
             assert_eq!(Status::parse(&status.to_string()), Ok(status));
@@ -316,6 +392,7 @@ mod tests {
         );
         assert!(Status::parse("exited maybe").is_err());
         assert!(Status::parse("started x").is_err());
+        assert!(Status::parse("attached web/3 42 4242").is_err());
     }
 
     #[test]
