@@ -197,8 +197,11 @@ impl AgentCache {
             endpoint: endpoint.map(|e| e.to_string()).unwrap_or_default(),
             assign: hex(&assign.encode_to_vec()),
         };
-        if self.state.copies.get(&task.to_string()) == Some(&copy) {
-            return Ok(());
+        match self.state.copies.get(&task.to_string()) {
+            Some(c) if *c == copy => return Ok(()),
+            // A stale order never replaces a newer copy.
+            Some(c) if c.epoch > copy.epoch => return Ok(()),
+            _ => {}
         }
         self.state.copies.insert(task.to_string(), copy);
         self.save()

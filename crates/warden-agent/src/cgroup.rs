@@ -904,7 +904,8 @@ impl AgentCgroups {
     /// Create the agent's cgroups, move this process into `<base>/agent`, and give it its
     /// weight and reservation. `parent` (relative to each hierarchy's root) overrides the
     /// default base, `warden-<agent>` inside the agent's own cgroup. Leftover task cgroups
-    /// of an earlier run are killed and removed.
+    /// of an earlier run are left alone: the tasks of adopted shims still run in them (see
+    /// [`AgentCgroups::remove_stale_tasks`]).
     pub fn setup(
         layout: &Layout,
         parent: Option<&str>,
@@ -1002,7 +1003,6 @@ impl AgentCgroups {
                 }
             }
         }
-        cgroups.remove_stale_tasks();
         Ok(cgroups)
     }
 
@@ -1020,13 +1020,19 @@ impl AgentCgroups {
         &self.bases
     }
 
-    fn remove_stale_tasks(&self) {
+    /// Kill and remove every task cgroup but those named in `keep` (`<job>.<index>.<epoch>`,
+    /// see [`task_cgroup_name`]): left by an earlier agent process whose shims are gone.
+    pub fn remove_stale_tasks(&self, keep: &std::collections::HashSet<String>) {
         for base in &self.bases {
             let Ok(entries) = std::fs::read_dir(base.join(TASKS_DIR)) else {
                 continue;
             };
             for entry in entries.flatten() {
-                if entry.path().is_dir() {
+                let kept = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| keep.iter().any(|k| component(k) == n));
+                if entry.path().is_dir() && !kept {
                     let stale = TaskCgroup {
                         dirs: vec![entry.path()],
                     };
@@ -1043,7 +1049,7 @@ impl AgentCgroups {
         for procs in &self.origin {
             let _ = std::fs::write(procs, &pid);
         }
-        self.remove_stale_tasks();
+        self.remove_stale_tasks(&std::collections::HashSet::new());
         let mut left = Vec::new();
         for base in &self.bases {
             for dir in [base.join(TASKS_DIR), base.join("agent"), base.clone()] {

@@ -42,6 +42,15 @@ pub const FENCINGS: &str = "warden_agent_fencings_total";
 pub const TASKS: &str = "warden_agent_tasks";
 /// Seconds left on the lease (0 when it ran out or was never granted).
 pub const LEASE_REMAINING: &str = "warden_agent_lease_remaining_seconds";
+/// Gauge: 1 while the agent runs its cached work without any server (offline mode).
+pub const OFFLINE: &str = "warden_agent_offline";
+/// Counter: tasks taken over from the shims of a previous agent process.
+pub const TASKS_ADOPTED: &str = "warden_agent_tasks_adopted_total";
+/// Counter: service copies started again from the local cache while offline.
+pub const OFFLINE_STARTS: &str = "warden_agent_offline_starts_total";
+/// Counter: cache files that could not be used (corrupt, truncated, another agent or
+/// cluster) and were set aside.
+pub const CACHE_DISCARDED: &str = "warden_agent_cache_discarded_total";
 
 /// Task states as the `state` label of `warden_agent_tasks` shows them.
 const TASK_STATES: [&str; 8] = [
@@ -83,6 +92,8 @@ struct Inner {
     supervisor: OnceLock<Supervisor>,
     /// Set when tasks run in cgroups: their usage is read at every scrape.
     cgroups: OnceLock<crate::cgroup::AgentCgroups>,
+    /// Offline mode (see [`AgentMetrics::set_offline`]).
+    offline: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -120,6 +131,18 @@ impl AgentMetrics {
                 TASK_OOM_KILLS,
                 "Task runs that ended in an OOM kill: the task went past its memory limit.",
             ),
+            (
+                TASKS_ADOPTED,
+                "Tasks taken over, still running, from the shims of a previous agent process.",
+            ),
+            (
+                OFFLINE_STARTS,
+                "Service copies started again from the local cache while no server answered.",
+            ),
+            (
+                CACHE_DISCARDED,
+                "Local cache files that could not be used and were set aside (the agent started empty).",
+            ),
         ];
         for (name, help) in counters {
             recorder.describe_counter(
@@ -147,6 +170,10 @@ impl AgentMetrics {
                 LEASE_REMAINING,
                 "Seconds left on the lease; 0 when it ran out or was never granted.",
             ),
+            (
+                OFFLINE,
+                "1 while the agent runs its cached work without any server (offline mode).",
+            ),
         ];
         for (name, help) in gauges {
             recorder.describe_gauge(
@@ -155,7 +182,7 @@ impl AgentMetrics {
                 SharedString::const_str(help),
             );
         }
-        for name in [CONNECTED, GENERATION, LEASE_REMAINING] {
+        for name in [CONNECTED, GENERATION, LEASE_REMAINING, OFFLINE] {
             recorder
                 .register_gauge(&Key::from_static_name(name), &METADATA)
                 .set(0.0);
@@ -165,8 +192,42 @@ impl AgentMetrics {
                 recorder,
                 supervisor: OnceLock::new(),
                 cgroups: OnceLock::new(),
+                offline: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Whether the agent runs offline (its cached work, no server reached since it started).
+    pub fn set_offline(&self, offline: bool) {
+        self.inner
+            .offline
+            .store(offline, std::sync::atomic::Ordering::Relaxed);
+        self.set(OFFLINE, if offline { 1.0 } else { 0.0 });
+    }
+
+    /// Whether the agent runs offline (for the probe listener's `/status`).
+    pub fn is_offline(&self) -> bool {
+        self.inner
+            .offline
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `n` tasks were taken over from a previous agent process's shims.
+    pub fn tasks_adopted(&self, n: usize) {
+        self.inner
+            .recorder
+            .register_counter(&Key::from_static_name(TASKS_ADOPTED), &METADATA)
+            .increment(n as u64);
+    }
+
+    /// A service copy was started again from the cache while offline.
+    pub fn offline_start(&self) {
+        self.increment(OFFLINE_STARTS);
+    }
+
+    /// The cache file could not be used.
+    pub fn cache_discarded(&self) {
+        self.increment(CACHE_DISCARDED);
     }
 
     /// Read task states and the lease from `supervisor` at every scrape. The first call wins.

@@ -23,6 +23,20 @@
 //! server what it runs. If the server says the generation is over (`Rejoin`), the agent stops
 //! every task of that generation and joins again as a new generation: its old work was moved
 //! elsewhere.
+//!
+//! ## Restarts and offline operation
+//!
+//! The agent keeps a local cache ([`crate::cache`]): its generation and every copy it holds,
+//! written before an order is carried out. A new agent process (after an upgrade, or a crash
+//! of the agent alone) resumes the same generation, finds the shims its predecessor left
+//! running and takes their tasks over with the same epochs, then tells the servers what runs.
+//! When no server answers within `offline_after` of the start, it goes *offline*: it starts
+//! the service copies of its cache again (never a singleton: that needs a lease) and reports
+//! `offline` (probe listener `/status`, metric `warden_agent_offline`) until a session opens;
+//! then the server's view wins. A planned restart (SIGHUP: [`AgentConfig::restart`]) tells
+//! the servers first (they hold their verdict for the reattach window) and tells every shim to
+//! keep its task for the next process ([`Supervisor::detach_all`]); the caller then executes
+//! the new binary in place ([`Exit::Restart`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +90,30 @@ pub struct AgentConfig {
     pub metrics: AgentMetrics,
     /// A user per job (`--task-uids`); `None`: every task runs as the launcher's user.
     pub task_uids: Option<std::sync::Arc<std::sync::Mutex<crate::isolation::TaskUids>>>,
+    /// The cluster the agent belongs to; a local cache that names another is refused.
+    pub cluster: String,
+    /// How long service copies keep running after the agent process vanished unannounced,
+    /// for a new process to take them over (also the window of a planned restart). Zero: no
+    /// reattach at all — every task dies with its agent, and no cache is used at start.
+    pub reattach_window: Duration,
+    /// Offline mode starts when no session opened this long after the start.
+    pub offline_after: Duration,
+    /// Fired for a planned restart (SIGHUP): [`run`] detaches every task and returns
+    /// [`Exit::Restart`].
+    pub restart: CancellationToken,
+}
+
+/// Default of [`AgentConfig::offline_after`].
+pub const DEFAULT_OFFLINE_AFTER: Duration = Duration::from_millis(500);
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped: every task stopped, the agent left.
+    Stopped,
+    /// A planned restart: every task runs on, detached, for the next agent process, which
+    /// the caller now executes.
+    Restart,
 }
 
 /// Why the agent stopped.
@@ -84,6 +122,14 @@ pub enum AgentError {
     /// The supervisor could not start.
     #[error("start the supervisor: {0}")]
     Supervisor(#[from] crate::supervisor::SupervisorError),
+    /// The local cache could not be written (the data directory is not writable?).
+    #[error("write the local cache {path}: {source}")]
+    Cache {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("bind the {what} on {addr}: {source}")]
     Bind {
@@ -145,15 +191,61 @@ fn task_report(
 /// renewals come only from the leader; a standby's acks carry a TTL of 0 and only keep its
 /// link alive. Reports and heartbeats go to every link.
 #[allow(clippy::too_many_lines)]
-pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, AgentError> {
     if fencing_broken_for_tests() {
         warn!("{BREAK_FENCING_ENV}=1: singletons run WITHOUT self-fencing (test-only switch)");
     }
-    let (supervisor, mut events) = Supervisor::new(SupervisorConfig::new(cfg.launcher.clone()))?;
+    let reattach = !cfg.reattach_window.is_zero();
+    let shim_dir = cfg.data_dir.join("shims");
+    let mut sup_cfg = SupervisorConfig::new(cfg.launcher.clone());
+    if reattach {
+        make_private_dir(&shim_dir).map_err(|source| AgentError::Cache {
+            path: shim_dir.clone(),
+            source,
+        })?;
+        sup_cfg.shim_dir = Some(shim_dir.clone());
+        sup_cfg.reattach_window = cfg.reattach_window;
+    }
+    let (supervisor, mut events) = Supervisor::new(sup_cfg)?;
     cfg.metrics.attach(supervisor.clone());
-    let mut ids = Ids::default();
+    let (mut cache, loaded) =
+        crate::cache::AgentCache::load(&cfg.data_dir, &cfg.name, &cfg.cluster);
+    match &loaded {
+        crate::cache::Loaded::Discarded { reason } => {
+            warn!(%reason, "local cache not used");
+            cfg.metrics.cache_discarded();
+        }
+        crate::cache::Loaded::Loaded { copies } if reattach => {
+            info!(
+                copies,
+                generation = cache.generation(),
+                "local cache loaded"
+            );
+        }
+        crate::cache::Loaded::Loaded { .. } | crate::cache::Loaded::Fresh => {}
+    }
+    if !reattach && cache.generation() != 0 {
+        // Without reattach every task died with the previous process: start afresh.
+        let _ = cache.clear();
+    }
+    let boot = cache
+        .begin_boot(&cfg.servers)
+        .map_err(|source| AgentError::Cache {
+            path: cache.path().to_path_buf(),
+            source,
+        })?;
+    let mut ids = Ids {
+        generation: cache.generation(),
+        // Above every number a previous process of this agent sent.
+        last_seq: boot << 32,
+    };
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut endpoints = Endpoints::new();
+    for copy in cache.copies() {
+        if let Some(addr) = copy.endpoint {
+            endpoints.insert(copy.task.clone(), (copy.epoch(), addr));
+        }
+    }
     let owner = cfg.launcher.run_as.as_ref().map(|u| (u.uid, u.gid));
     let mut states = crate::state::TaskStates::new(&cfg.data_dir, owner);
     // The replication listener: standbys of the primaries this agent runs connect here.
@@ -180,7 +272,25 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
         addr
     };
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<StateOpened>();
-    let (hello_tx, hello_rx) = watch::channel(HelloState::default());
+    // The tasks a previous agent process left running: taken over before any session opens,
+    // so the first Hello reports them.
+    if reattach {
+        adopt_shims(&cfg, &supervisor, &cache, &shim_dir, &mut endpoints).await;
+    }
+    // Task cgroups of an earlier process that nobody runs in any more are removed (with what
+    // is left in them); the adopted tasks' are kept.
+    if let Some(confine) = &cfg.launcher.confine {
+        let keep: std::collections::HashSet<String> = supervisor
+            .tasks()
+            .iter()
+            .map(|t| crate::cgroup::task_cgroup_name(&t.task, t.epoch))
+            .collect();
+        confine.cgroups.remove_stale_tasks(&keep);
+    }
+    let (hello_tx, hello_rx) = watch::channel(HelloState {
+        generation: ids.generation,
+        running: running_tasks(&supervisor, &health, &endpoints),
+    });
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
     let links_cancel = CancellationToken::new();
     let mut links: Vec<Link> = Vec::new();
@@ -197,6 +307,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 capacity: cfg.capacity,
                 tls: cfg.tls.clone(),
                 join_token: cfg.join_token.clone(),
+                reattach_window: cfg.reattach_window,
             },
             link_tx.clone(),
             hello_rx.clone(),
@@ -229,6 +340,12 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
     let mut usage_watch = crate::cgroup::UsageWatch::new();
     let mut usage_tick = tokio::time::interval(USAGE_EVERY);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Offline mode: armed once, at the start, when there is cached work to start.
+    let mut offline = false;
+    let offline_check = tokio::time::sleep(cfg.offline_after);
+    tokio::pin!(offline_check);
+    let mut offline_armed = reattach;
+    let mut exit = Exit::Stopped;
 
     loop {
         let lease_timer = async {
@@ -241,6 +358,25 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
             () = cancel.cancelled() => {
                 broadcast(&links, &msg(agent_message::Msg::Leave(v1::Leave {})));
                 break;
+            }
+            () = cfg.restart.cancelled() => {
+                let window = cfg.reattach_window;
+                info!(window_ms = window.as_millis() as u64, "planned restart: every task is kept for the next agent process");
+                let restarting = v1::Restarting { window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX) };
+                broadcast(&links, &msg(agent_message::Msg::Restarting(restarting)));
+                supervisor.detach_all(window, Duration::from_secs(2)).await;
+                exit = Exit::Restart;
+                break;
+            }
+            () = &mut offline_check, if offline_armed => {
+                offline_armed = false;
+                if links.iter().all(|l| l.out.is_none()) {
+                    offline = true;
+                    cfg.metrics.set_offline(true);
+                    let started = start_offline(&cfg, &supervisor, &mut cache, &links, &mut endpoints, &mut states, &opened_tx);
+                    warn!(started, after_ms = cfg.offline_after.as_millis() as u64, "no server answered: offline, running the service copies of the local cache");
+                    note_running(&hello_tx, &supervisor, &health, &endpoints);
+                }
             }
             _ = usage_tick.tick(), if cfg.launcher.confine.is_some() => {
                 if let Some(confine) = &cfg.launcher.confine {
@@ -331,9 +467,18 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 let Some(ev) = ev else { break };
                 match ev {
                     LinkEvent::Up { index, out, welcome } => {
+                        if offline {
+                            offline = false;
+                            cfg.metrics.set_offline(false);
+                            info!("a server answered: leaving offline mode (the server's view wins)");
+                        }
+                        offline_armed = false;
                         if ids.generation == 0 {
                             ids.generation = welcome.generation;
                             hello_tx.send_modify(|h| h.generation = welcome.generation);
+                            if let Err(e) = cache.set_generation(welcome.generation) {
+                                warn!(error = %e, "cannot write the local cache");
+                            }
                         } else if welcome.generation != ids.generation {
                             // Two servers handed out generations at once (a leadership
                             // change): keep the first; this link joins again with it.
@@ -375,6 +520,9 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                             let _ = supervisor.stop(&task, epoch, Duration::ZERO).await;
                         }
                         states.close_all();
+                        if let Err(e) = cache.clear() {
+                            warn!(error = %e, "cannot write the local cache");
+                        }
                         ids.generation = 0;
                         hello_tx.send_modify(|h| h.generation = 0);
                         sent.clear();
@@ -407,7 +555,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                             }
                         }
                         server_message::Msg::Assign(a) => {
-                            assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states, &opened_tx);
+                            assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states, &opened_tx, &mut cache);
                             note_running(&hello_tx, &supervisor, &health, &endpoints);
                         }
                         server_message::Msg::Stop(s) => {
@@ -450,6 +598,9 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 broadcast(&links, &task_report(&task, epoch, CopyPhase::Stopped, false, String::new(), stopped, None));
                 forget_endpoint(&mut endpoints, &task, epoch);
                 states.release(&task, epoch);
+                if let Err(e) = cache.remove(&task, epoch) {
+                    warn!(error = %e, "cannot write the local cache");
+                }
                 note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
             Some(o) = opened_rx.recv() => {
@@ -465,7 +616,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                 match installed {
                     // The state is open: the assignment goes ahead.
                     Ok(Some(_)) => {
-                        assign(&cfg, &supervisor, &o.assign, &links, &mut endpoints, &mut states, &opened_tx);
+                        assign(&cfg, &supervisor, &o.assign, &links, &mut endpoints, &mut states, &opened_tx, &mut cache);
                         note_running(&hello_tx, &supervisor, &health, &endpoints);
                     }
                     Ok(None) => {}
@@ -485,23 +636,153 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<(), Agen
                     // stopped; a primary's store of a fenced copy refused writes already.
                     states.release(&ev.task, ev.epoch);
                 }
+                let ended = match &ev.kind {
+                    TaskEventKind::Failed { .. } | TaskEventKind::Fenced | TaskEventKind::Stopped => true,
+                    TaskEventKind::Exited { exit, .. } => exit.success(),
+                    _ => false,
+                };
+                if ended && let Err(e) = cache.remove(&ev.task, ev.epoch) {
+                    warn!(error = %e, "cannot write the local cache");
+                }
                 note_running(&hello_tx, &supervisor, &health, &endpoints);
             }
         }
     }
-    info!("agent stopping: stopping tasks");
-    supervisor.shutdown(cfg.shutdown_grace).await;
+    if exit == Exit::Stopped {
+        info!("agent stopping: stopping tasks");
+        supervisor.shutdown(cfg.shutdown_grace).await;
+        // Every copy has ended: nothing to resume.
+        if let Err(e) = cache.clear() {
+            warn!(error = %e, "cannot write the local cache");
+        }
+    }
     states.close_all();
     repl_cancel.cancel();
-    // The Leave and the last reports are queued on the links; closing them flushes.
+    // The Leave (or Restarting) and the last reports are queued on the links: closing the
+    // queues ends each stream after them; the server then closes its side.
+    let open = links.iter().filter(|l| l.out.is_some()).count();
     for l in &mut links {
         l.out = None;
     }
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut closed = 0;
+        while closed < open {
+            match link_rx.recv().await {
+                Some(LinkEvent::Down { .. } | LinkEvent::Rejoin { .. }) => closed += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+    })
+    .await;
     links_cancel.cancel();
     for h in handles {
         let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     }
-    Ok(())
+    Ok(exit)
+}
+
+/// Create `dir` (and its parents) readable by this user only: the shims' sockets control
+/// tasks.
+fn make_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Take over the tasks a previous agent process left running: every shim that answers on its
+/// socket and runs a copy the cache holds is adopted; one the cache does not hold (or a
+/// stateful copy, whose state API died with the old process) is stopped.
+async fn adopt_shims(
+    cfg: &AgentConfig,
+    supervisor: &Supervisor,
+    cache: &crate::cache::AgentCache,
+    dir: &std::path::Path,
+    endpoints: &mut Endpoints,
+) {
+    let found = crate::supervisor::find_shims(dir).await;
+    if found.stale_removed > 0 {
+        info!(
+            removed = found.stale_removed,
+            "removed the sockets of dead shims"
+        );
+    }
+    for e in &found.errors {
+        warn!(error = %e, "shim socket not usable");
+    }
+    let cached: BTreeMap<TaskId, crate::cache::CachedCopy> = cache
+        .copies()
+        .into_iter()
+        .map(|c| (c.task.clone(), c))
+        .collect();
+    let mut adopted = 0;
+    for shim in found.shims {
+        let copy = TaskId::parse(&shim.task)
+            .and_then(|t| cached.get(&t))
+            .filter(|c| c.epoch() == shim.epoch && c.assign.state_json.is_empty());
+        let Some(copy) = copy else {
+            warn!(task = %shim.task, epoch = shim.epoch.0, "a shim runs a copy this agent does not hold (or a stateful one); stopping it");
+            tokio::spawn(shim.stop(Duration::from_secs(5), Duration::from_secs(10)));
+            continue;
+        };
+        let spec = match spec_for(cfg, &copy.assign, endpoints) {
+            Ok((spec, _)) => spec,
+            Err(why) => {
+                warn!(task = %shim.task, %why, "cannot take over a shim's task; stopping it");
+                tokio::spawn(shim.stop(Duration::from_secs(5), Duration::from_secs(10)));
+                continue;
+            }
+        };
+        match supervisor.adopt(spec, shim) {
+            Ok(()) => adopted += 1,
+            Err(e) => warn!(error = %e, "cannot take over a shim's task"),
+        }
+    }
+    if adopted > 0 {
+        info!(adopted, "took over the tasks of the previous agent process");
+        cfg.metrics.tasks_adopted(adopted);
+    }
+}
+
+/// Offline: start the service copies of the cache that do not run (never a singleton, which
+/// needs a lease; never a stateful copy). Returns how many were started.
+#[allow(clippy::too_many_arguments)]
+fn start_offline(
+    cfg: &AgentConfig,
+    supervisor: &Supervisor,
+    cache: &mut crate::cache::AgentCache,
+    links: &[Link],
+    endpoints: &mut Endpoints,
+    states: &mut crate::state::TaskStates,
+    opened: &mpsc::UnboundedSender<StateOpened>,
+) -> usize {
+    let running: std::collections::HashSet<TaskId> =
+        supervisor.tasks().into_iter().map(|t| t.task).collect();
+    let mut started = 0;
+    for copy in cache.copies() {
+        if copy.assign.singleton
+            || !copy.assign.state_json.is_empty()
+            || running.contains(&copy.task)
+        {
+            continue;
+        }
+        assign(
+            cfg,
+            supervisor,
+            &copy.assign,
+            links,
+            endpoints,
+            states,
+            opened,
+            cache,
+        );
+        cfg.metrics.offline_start();
+        started += 1;
+    }
+    started
 }
 
 /// What outlives one session: the agent's generation, and the last heartbeat number. Numbers
@@ -600,6 +881,7 @@ struct LinkParams {
     capacity: Resources,
     tls: Option<crate::tls::ClientTls>,
     join_token: Option<crate::tls::JoinToken>,
+    reattach_window: Duration,
 }
 
 /// One server's link: open a session, forward what the server says, re-open it when it ends
@@ -708,6 +990,7 @@ async fn link_session(
         running,
         version: env!("CARGO_PKG_VERSION").to_string(),
         state_addr: p.state_addr.to_string(),
+        reattach_window_ms: u64::try_from(p.reattach_window.as_millis()).unwrap_or(u64::MAX),
     };
     if tx
         .send(msg(agent_message::Msg::Hello(hello)))
@@ -836,19 +1119,15 @@ pub fn fencing_broken_for_tests() -> bool {
     cfg!(debug_assertions) && std::env::var(BREAK_FENCING_ENV).is_ok_and(|v| v == "1")
 }
 
-fn assign(
+/// The task spec of an order, as this agent runs it: its environment (the job's, `PATH`, and
+/// for a service `WARDEN_HOST`/`WARDEN_PORT` — the port chosen once per copy), its health
+/// check and its user. Also returns the endpoint of a service copy. No state is opened.
+fn spec_for(
     cfg: &AgentConfig,
-    supervisor: &Supervisor,
     a: &v1::Assign,
-    links: &[Link],
     endpoints: &mut Endpoints,
-    states: &mut crate::state::TaskStates,
-    opened: &mpsc::UnboundedSender<StateOpened>,
-) {
-    let Some(task) = TaskId::parse(&a.task) else {
-        warn!(task = %a.task, "assignment with an invalid task id ignored");
-        return;
-    };
+) -> Result<(TaskSpec, Option<SocketAddr>), String> {
+    let task = TaskId::parse(&a.task).ok_or_else(|| format!("invalid task id {:?}", a.task))?;
     let health: Option<HealthCheck> = if a.health_json.is_empty() {
         None
     } else {
@@ -858,6 +1137,7 @@ fn assign(
     env.entry("PATH".into())
         .or_insert_with(|| crate::isolation::SAFE_PATH.into());
     let epoch = FencingToken(a.epoch);
+    let mut endpoint = None;
     if let Some(service) = &a.service {
         let ip = cfg.probe_addr.ip();
         let known = endpoints
@@ -868,42 +1148,73 @@ fn assign(
             Some(addr) => addr,
             None => {
                 let requested = u16::try_from(service.port).unwrap_or(0);
-                match pick_port(ip, requested) {
-                    Ok(port) => SocketAddr::new(ip, port),
-                    Err(e) => {
-                        let why = format!("pick a port on {ip}: {e}");
-                        refuse(links, &task, epoch, CopyPhase::Failed, why);
-                        return;
-                    }
-                }
+                let port =
+                    pick_port(ip, requested).map_err(|e| format!("pick a port on {ip}: {e}"))?;
+                SocketAddr::new(ip, port)
             }
         };
         endpoints.insert(task.clone(), (epoch, addr));
-        env.insert("WARDEN_HOST".into(), ip.to_string());
+        env.insert("WARDEN_HOST".into(), addr.ip().to_string());
         env.insert("WARDEN_PORT".into(), addr.port().to_string());
+        endpoint = Some(addr);
     }
-    // A user of the job's own (`--task-uids`), known before its state socket is bound.
+    // A user of the job's own (`--task-uids`).
     let run_as = match &cfg.task_uids {
         None => None,
-        Some(uids) => {
-            let user = uids
-                .lock()
+        Some(uids) => Some(
+            uids.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .user_for(task.job.as_str());
-            match user {
-                Ok(u) => {
-                    states.set_job_owner(task.job.as_str(), (u.uid, u.gid));
-                    Some(u)
-                }
-                Err(why) => {
-                    refuse(links, &task, epoch, CopyPhase::Failed, why);
-                    return;
-                }
-            }
+                .user_for(task.job.as_str())?,
+        ),
+    };
+    let spec = TaskSpec {
+        task: TaskId::new(JobName::new(task.job.as_str()), task.index),
+        epoch,
+        command: a.command.clone(),
+        args: a.args.clone(),
+        env,
+        leased: a.singleton && !fencing_broken_for_tests(),
+        log_dir: cfg.data_dir.join("logs"),
+        health,
+        resources: a
+            .resources
+            .as_ref()
+            .map_or_else(Resources::default, Resources::from),
+        run_as,
+    };
+    Ok((spec, endpoint))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assign(
+    cfg: &AgentConfig,
+    supervisor: &Supervisor,
+    a: &v1::Assign,
+    links: &[Link],
+    endpoints: &mut Endpoints,
+    states: &mut crate::state::TaskStates,
+    opened: &mpsc::UnboundedSender<StateOpened>,
+    cache: &mut crate::cache::AgentCache,
+) {
+    let Some(task) = TaskId::parse(&a.task) else {
+        warn!(task = %a.task, "assignment with an invalid task id ignored");
+        return;
+    };
+    let epoch = FencingToken(a.epoch);
+    let (mut spec, endpoint) = match spec_for(cfg, a, endpoints) {
+        Ok(s) => s,
+        Err(why) => {
+            refuse(links, &task, epoch, CopyPhase::Failed, why);
+            return;
         }
     };
+    // The job's user is known before its state socket is bound.
+    if let Some(u) = &spec.run_as {
+        states.set_job_owner(task.job.as_str(), (u.uid, u.gid));
+    }
     if !a.state_json.is_empty() {
-        let spec = match serde_json::from_str::<warden_core::state::StateSpec>(&a.state_json) {
+        let state_spec = match serde_json::from_str::<warden_core::state::StateSpec>(&a.state_json)
+        {
             Ok(spec) => spec,
             Err(e) => {
                 refuse(
@@ -928,7 +1239,7 @@ fn assign(
         }
         let role = states.role_for(&task, epoch);
         match states.prepare(&task, epoch) {
-            Ok(crate::state::Prepared::Ready(vars)) => env.extend(vars),
+            Ok(crate::state::Prepared::Ready(vars)) => spec.env.extend(vars),
             // A repeated order: the open under way starts the task.
             Ok(crate::state::Prepared::Opening) => return,
             Ok(crate::state::Prepared::Open(dir)) => {
@@ -937,13 +1248,13 @@ fn assign(
                 let (a, tx, task) = (Box::new(a.clone()), opened.clone(), task.clone());
                 tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        crate::state::TaskStates::open_store(&dir, &task, epoch, &spec, role)
+                        crate::state::TaskStates::open_store(&dir, &task, epoch, &state_spec, role)
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("open the state: {e}")));
                     let _ = tx.send(StateOpened {
                         assign: a,
-                        spec,
+                        spec: state_spec,
                         result,
                     });
                 });
@@ -955,21 +1266,18 @@ fn assign(
             }
         }
     }
-    let spec = TaskSpec {
-        task: TaskId::new(JobName::new(task.job.as_str()), task.index),
-        epoch,
-        command: a.command.clone(),
-        args: a.args.clone(),
-        env,
-        leased: a.singleton && !fencing_broken_for_tests(),
-        log_dir: cfg.data_dir.join("logs"),
-        health,
-        resources: a
-            .resources
-            .as_ref()
-            .map_or_else(Resources::default, Resources::from),
-        run_as,
-    };
+    // Written before the order is carried out: a new agent process resumes what this one
+    // started, and an agent that restarts offline runs it again.
+    if !cfg.reattach_window.is_zero()
+        && let Err(e) = cache.put(&task, a, endpoint)
+    {
+        let why = format!(
+            "cannot write the local cache {}: {e}",
+            cache.path().display()
+        );
+        refuse(links, &task, epoch, CopyPhase::Failed, why);
+        return;
+    }
     if let Err(e) = supervisor.start(spec) {
         // Not started for lack of a lease is no failure of the task: the server restarts it
         // at once (with a new epoch), without a crash backoff.
@@ -977,6 +1285,7 @@ fn assign(
             SupervisorError::NoLease { .. } => CopyPhase::Fenced,
             _ => CopyPhase::Failed,
         };
+        let _ = cache.remove(&task, epoch);
         refuse(links, &task, epoch, phase, e.to_string());
     }
 }

@@ -170,6 +170,8 @@ pub struct Cluster {
     host_limits: Option<warden_agent::cgroup::TaskLimits>,
     /// Extra flags for every agent started from now on ([`Cluster::set_agent_args`]).
     agent_args: Vec<String>,
+    /// `--reattach-window-ms` of agents started from now on ([`Cluster::set_reattach_window`]).
+    reattach_window_ms: u64,
     /// Declared last: dropped after [`Cluster::shutdown`] stopped the servers.
     #[cfg(feature = "etcd")]
     etcd: Option<EtcdBackend>,
@@ -228,6 +230,7 @@ impl Cluster {
             confine: false,
             host_limits: None,
             agent_args: Vec::new(),
+            reattach_window_ms: 0,
             #[cfg(feature = "etcd")]
             etcd: None,
         })
@@ -304,6 +307,13 @@ impl Cluster {
         }
         wrapper.push("--".into());
         Ok(Some(wrapper))
+    }
+
+    /// Agents started from now on keep their service copies running for `window` when their
+    /// process dies, and take them over when started again (`--reattach-window-ms`; default
+    /// 0: tasks die with their agent).
+    pub fn set_reattach_window(&mut self, window: Duration) {
+        self.reattach_window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// Extra `warden agent` flags for every agent started from now on.
@@ -671,6 +681,13 @@ impl Cluster {
             // measure the limits, not the detector.
             None => args.extend(["--cgroups".to_string(), "off".into()]),
         }
+        // Agents of a harness cluster die with their tasks by default (the detection figures
+        // are about hosts and agents failing together); scenarios about agent restarts give
+        // them a reattach window.
+        args.extend([
+            "--reattach-window-ms".to_string(),
+            self.reattach_window_ms.to_string(),
+        ]);
         args.extend(self.agent_args.iter().cloned());
         // Workloads run as the harness's user (explicitly root when it is root): they are
         // this build's `warden` binary, which need not be reachable by `nobody`. Task
@@ -864,6 +881,10 @@ impl Cluster {
         for t in self.task_procs() {
             let _ = kill(Pid::from_raw(t.pid), Signal::SIGKILL);
         }
+        // Shims of killed agents wait for a new agent for their reattach window: ours go now.
+        for pid in scan_shim_pids(&self.marker) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         if let Some(prefix) = self.cgroup_prefix.take()
             && let Some(layout) = warden_agent::cgroup::detect()
         {
@@ -879,6 +900,32 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Shim processes of the cluster whose marker is `marker` (they carry their task's
+/// environment).
+pub fn scan_shim_pids(marker: &str) -> Vec<i32> {
+    let key = format!("CLUSTER_MARKER_{}=1", sanitize(marker));
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|v| v == key.as_bytes()) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// Task processes that exist now (running or stopped, not zombies) of the cluster whose

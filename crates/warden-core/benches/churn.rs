@@ -103,6 +103,7 @@ fn main() {
                     state_addr: String::new(),
                     capacity: Resources::new(4000, 4096),
                     running: vec![],
+                    reattach_window: std::time::Duration::ZERO,
                 },
             },
             now,

@@ -82,6 +82,7 @@ impl Fleet {
                 state_addr: String::new(),
                 capacity: Resources::new(4000, 4096),
                 running: vec![],
+                reattach_window: std::time::Duration::ZERO,
             };
             f.c.step(
                 Input::SessionOpened {

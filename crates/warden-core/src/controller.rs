@@ -262,6 +262,19 @@ impl Controller {
                     .step(&agent, crate::lifecycle::AgentEvent::Leave, now);
                 self.handle(outs, now, &mut out);
             }
+            Input::Restarting { agent, window } => {
+                let outs = self.fleet.step(
+                    &agent,
+                    crate::lifecycle::AgentEvent::Restarting { window },
+                    now,
+                );
+                let msg = format!(
+                    "agent {agent} is restarting; its tasks keep running, verdict held for {} ms",
+                    window.as_millis()
+                );
+                self.event(&mut out, now, "agent.restarting", Some(&agent), None, msg);
+                self.handle(outs, now, &mut out);
+            }
             Input::SessionClosed { agent, session } => {
                 self.session_closed(&agent, session, now, &mut out);
             }

@@ -21,6 +21,15 @@
 //!   agent has fenced itself by then, whatever the probes say). Only Failed moves work.
 //! - A probe that merely *connects* proves nothing (the kernel accepts connections for a
 //!   stopped process); only an application-level answer refutes death.
+//! - **A hold instead of a verdict** while an agent restarts: when it announced a restart
+//!   ([`AgentEvent::Restarting`]), or when its process is gone on a live host and its shims
+//!   keep its service copies for a reattach window (it told its window in its Hello), the
+//!   generation stays Suspect — its services are not moved — until it comes back or the
+//!   window closes (then Failed). Its singletons are released
+//!   ([`Output::ReleaseSingletons`]) as soon as they are surely dead: at once after
+//!   `kill_grace` for an unannounced process death (the shims kill singletons when their
+//!   agent vanishes), only when its lease surely ran out for an announced restart (the
+//!   shims keep them until their deadline, for the new agent process to extend).
 //! - **Flap damping**: an agent with more than `flap_max_transitions` transitions within
 //!   `flap_window` goes to Quarantined instead of Healthy/Degraded, for `quarantine_for`.
 //! - **Mass-failure brake**: when at least `brake_min_agents` agents, and more than
@@ -355,8 +364,28 @@ pub enum AgentEvent {
     LeaseExpired,
     /// Graceful shutdown: the agent has stopped its tasks.
     Leave,
+    /// The agent is restarting on purpose (an upgrade): hold any verdict for `window`, and
+    /// release its singletons only when its lease surely ran out.
+    Restarting {
+        /// How long its shims keep its tasks for the new process.
+        window: Duration,
+    },
     /// Time passed.
     Tick,
+}
+
+/// Longest hold an agent can ask for.
+pub const MAX_HOLD: Duration = Duration::from_secs(600);
+
+/// A verdict held back while the agent restarts (see the module's rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hold {
+    /// Failed if it has not come back by then.
+    until: Time,
+    /// Announced by the agent ([`AgentEvent::Restarting`]).
+    planned: bool,
+    /// [`Output::ReleaseSingletons`] was given.
+    released: bool,
 }
 
 /// Why a transition happened.
@@ -409,6 +438,9 @@ pub enum Cause {
     },
     /// Graceful shutdown.
     Leave,
+    /// It was held for its restart (announced, or its process gone with its services kept)
+    /// and did not come back within the window.
+    NotBackInTime,
 }
 
 impl fmt::Display for Cause {
@@ -428,6 +460,7 @@ impl fmt::Display for Cause {
             Cause::QuarantineOver => write!(f, "quarantine over"),
             Cause::Superseded { by } => write!(f, "superseded by generation {by}"),
             Cause::Leave => write!(f, "left gracefully"),
+            Cause::NotBackInTime => write!(f, "did not come back within its reattach window"),
         }
     }
 }
@@ -491,6 +524,14 @@ pub enum Output {
     },
     /// Raise or clear an alarm.
     Alarm(Alarm),
+    /// The agent is held (restarting) and its singletons are surely dead: they may be
+    /// started elsewhere now, while its other copies stay where they are.
+    ReleaseSingletons {
+        /// The agent.
+        agent: AgentId,
+        /// Why they are surely dead.
+        why: &'static str,
+    },
     /// The agent reported under a generation that is over: tell it to stop its old work and
     /// rejoin with a new generation.
     StaleGeneration {
@@ -613,6 +654,11 @@ pub struct AgentRecord {
     joined_at: Time,
     /// When the fleet's tick must next look at this generation (see [`Fleet::tick`]).
     next_due: Option<Time>,
+    /// How long the agent's shims keep its service copies when its process vanishes (from
+    /// its Hello; zero: they die with it, and so no hold for an unannounced death).
+    reattach_window: Duration,
+    /// A verdict held back while it restarts.
+    hold: Option<Hold>,
 }
 
 /// The part of a record that only a live generation needs.
@@ -643,6 +689,8 @@ impl AgentRecord {
             last_probe_at: None,
             joined_at: now,
             next_due: None,
+            reattach_window: Duration::ZERO,
+            hold: None,
         }
     }
 
@@ -930,6 +978,7 @@ impl Fleet {
                 | AgentEvent::Probes(_)
                 | AgentEvent::LeaseExpired
                 | AgentEvent::Leave
+                | AgentEvent::Restarting { .. }
                 | AgentEvent::Tick,
             ) => {}
             (_, AgentEvent::SessionOpened) => {
@@ -947,6 +996,8 @@ impl Fleet {
                 }
                 rec.last_heartbeat = Some(now);
                 rec.last_renewal = Some(now);
+                // Back (a new process resumed the generation): nothing is held any more.
+                rec.hold = None;
                 out.push(Output::RenewLease {
                     agent: id.clone(),
                     seq,
@@ -1051,6 +1102,13 @@ impl Fleet {
             (_, AgentEvent::LeaseExpired) => self.lease_expired(id, now, &mut out, true),
             (_, AgentEvent::Leave) => {
                 self.transition(id, AgentState::Left, Cause::Leave, now, &mut out);
+            }
+            (_, AgentEvent::Restarting { window }) => {
+                rec.hold = Some(Hold {
+                    until: now + window.min(MAX_HOLD),
+                    planned: true,
+                    released: false,
+                });
             }
             (_, AgentEvent::Tick) => {
                 self.tick_agent(id, now, &mut out);
@@ -1260,6 +1318,13 @@ impl Fleet {
         if self.brake_since.is_some() {
             return;
         }
+        if self.held(id, pending, now, out) {
+            return;
+        }
+        let held_over = self
+            .agents
+            .get(id)
+            .is_some_and(|r| r.hold.is_some_and(|h| now >= h.until));
         let (cause, death) = match pending {
             PendingFailure::ProcessGone { at } => {
                 (Cause::ProcessGone, DeathEvidence::ProcessGone { at })
@@ -1271,7 +1336,82 @@ impl Fleet {
             }
             PendingFailure::LeaseExpired => (Cause::LeaseExpired, DeathEvidence::None),
         };
+        let cause = if held_over {
+            Cause::NotBackInTime
+        } else {
+            cause
+        };
         self.force_failed(id, cause, death, now, out);
+    }
+
+    /// Whether the verdict on `id` is held back (see the module's rules); releases its
+    /// singletons when they are surely dead.
+    fn held(
+        &mut self,
+        id: &AgentId,
+        pending: PendingFailure,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let kill_grace = self.cfg.fencing.kill_grace;
+        let lease_out = |r: &AgentRecord| {
+            r.last_renewal
+                .is_none_or(|t| now >= self.cfg.fencing.lease_surely_expired_at(t))
+        };
+        let Some(rec) = self.agents.get(id) else {
+            return false;
+        };
+        let lease_over = lease_out(rec);
+        let Some(rec) = self.agents.get_mut(id) else {
+            return false;
+        };
+        // An unannounced process death on a live host: its shims keep its service copies
+        // for its reattach window.
+        if let PendingFailure::ProcessGone { at } = pending
+            && rec.hold.is_none()
+            && !rec.reattach_window.is_zero()
+        {
+            rec.hold = Some(Hold {
+                until: at + rec.reattach_window.min(MAX_HOLD),
+                planned: false,
+                released: false,
+            });
+        }
+        let Some(hold) = rec.hold.as_mut() else {
+            return false;
+        };
+        if now >= hold.until {
+            return false;
+        }
+        if !hold.released {
+            let why = match pending {
+                PendingFailure::ProcessGone { at } if !hold.planned && now >= at + kill_grace => {
+                    Some("its agent's process is gone and its shim killed it")
+                }
+                _ if lease_over => Some("its agent's lease surely ran out while it restarted"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                hold.released = true;
+                out.push(Output::ReleaseSingletons {
+                    agent: id.clone(),
+                    why,
+                });
+            }
+        }
+        true
+    }
+
+    /// The reattach window the agent's Hello declared (see [`Output::ReleaseSingletons`]).
+    pub fn set_reattach_window(&mut self, id: &AgentId, window: Duration) {
+        if let Some(rec) = self.agents.get_mut(id) {
+            rec.reattach_window = window;
+        }
+    }
+
+    /// Whether a verdict on `id` is being held while it restarts, and until when.
+    pub fn held_until(&self, id: &AgentId) -> Option<Time> {
+        self.agents.get(id)?.hold.map(|h| h.until)
     }
 
     fn suspect(&mut self, id: &AgentId, cause: Cause, now: Time, out: &mut Vec<Output>) {

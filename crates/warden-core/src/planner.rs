@@ -195,7 +195,7 @@ pub struct Observed {
 pub struct OperationId(pub String);
 
 impl OperationId {
-    fn task(task: &TaskId, epoch: FencingToken, kind: &str) -> Self {
+    pub(crate) fn task(task: &TaskId, epoch: FencingToken, kind: &str) -> Self {
         OperationId(format!("{task}@{epoch}:{kind}"))
     }
 }

@@ -167,6 +167,7 @@ impl From<&v1::Hello> for Hello {
                 .iter()
                 .filter_map(|r| Some((TaskId::parse(&r.task)?, FencingToken(r.epoch))))
                 .collect(),
+            reattach_window: std::time::Duration::from_millis(h.reattach_window_ms),
         }
     }
 }

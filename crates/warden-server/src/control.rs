@@ -513,6 +513,14 @@ impl ControlPlane {
         });
     }
 
+    /// The agent is about to restart on purpose.
+    pub fn restarting(&self, who: &Admitted, r: &v1::Restarting) {
+        self.input(Input::Restarting {
+            agent: who.id.clone(),
+            window: std::time::Duration::from_millis(r.window_ms),
+        });
+    }
+
     /// The session ended (stream closed, reset or failed).
     pub fn session_closed(&self, who: &Admitted) {
         let mut st = lock(&self.state);

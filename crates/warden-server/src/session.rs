@@ -194,6 +194,7 @@ impl AgentSession for SessionService {
                         Msg::TaskReport(r) => cp.task_report(&who, &r),
                         Msg::ProbeResult(r) => cp.probe_result(&who, &r),
                         Msg::Leave(_) => cp.leave(&who),
+                        Msg::Restarting(r) => cp.restarting(&who, &r),
                         Msg::Hello(_) => {
                             warn!(agent = %who.id, "second Hello on one session ignored");
                         }

@@ -125,6 +125,7 @@ async fn open(addr: SocketAddr, name: &str) -> Result<Session, tonic::Status> {
         running: vec![],
         version: "test".into(),
         state_addr: String::new(),
+        reattach_window_ms: 0,
     })))
     .await
     .expect("queue Hello");

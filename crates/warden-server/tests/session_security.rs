@@ -192,6 +192,7 @@ fn hello(name: &str, generation: u64) -> Msg {
         running: vec![],
         version: "test".into(),
         state_addr: String::new(),
+        reattach_window_ms: 0,
     })
 }
 

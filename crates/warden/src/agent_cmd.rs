@@ -108,6 +108,31 @@ pub struct AgentArgs {
     /// guaranteed to it under cgroup v2 (`memory.min`).
     #[arg(long, env = "WARDEN_RESERVED_MEMORY_MB", default_value_t = 64)]
     pub reserved_memory_mb: u64,
+    /// The cluster this agent belongs to: its local cache (in the data directory) is refused
+    /// when it names another cluster or another agent name.
+    #[arg(long, env = "WARDEN_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// How long service copies keep running when the agent process vanishes, for a new one
+    /// to take them over (an upgrade, a crash of the agent alone); also how long the server
+    /// holds its verdict during a planned restart (SIGHUP). Singletons die with the agent
+    /// unless it restarts on purpose. 0: every task dies with its agent and nothing is
+    /// resumed. See docs/operations.md.
+    #[arg(
+        long,
+        env = "WARDEN_REATTACH_WINDOW_MS",
+        default_value_t = 30_000,
+        value_name = "MS"
+    )]
+    pub reattach_window_ms: u64,
+    /// Offline mode: when no server answered this long after the start, the agent starts
+    /// the service copies of its local cache again (never a singleton) and reports `offline`.
+    #[arg(
+        long,
+        env = "WARDEN_OFFLINE_AFTER_MS",
+        default_value_t = 500,
+        value_name = "MS"
+    )]
+    pub offline_after_ms: u64,
 }
 
 /// `--cgroups`.
@@ -241,7 +266,9 @@ fn physical_memory_mb() -> u64 {
         .map_or(1024, |kb| kb / 1024)
 }
 
-/// Run the agent until SIGINT/SIGTERM.
+/// Run the agent until SIGINT/SIGTERM (stops every task and leaves), or SIGHUP (a planned
+/// restart: tells the servers, keeps every task, and executes the agent's binary again in
+/// place — after an upgrade, the new one).
 pub async fn run(args: &AgentArgs) -> Result<()> {
     let users = warden_agent::isolation::resolve(args.task_user.as_deref())?;
     match &users.switch_to {
@@ -277,13 +304,27 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     let probe_addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
     tokio::spawn(crate::shutdown_on_signal(cancel.clone()));
+    let restart = CancellationToken::new();
+    tokio::spawn(restart_on_hangup(restart.clone()));
     let metrics = AgentMetrics::new();
     let scrape = metrics.clone();
     tokio::spawn(warden_probe::listener::serve(
         listener,
         cancel.child_token(),
-        move |path: &str| {
-            (path == "/metrics").then(|| (warden_agent::metrics::CONTENT_TYPE, scrape.render()))
+        move |path: &str| match path {
+            "/metrics" => Some((warden_agent::metrics::CONTENT_TYPE, scrape.render())),
+            // `online` with a session or before the offline check; `offline` while running
+            // the cached work with no server.
+            "/status" => Some((
+                "text/plain; charset=utf-8",
+                if scrape.is_offline() {
+                    "offline\n"
+                } else {
+                    "online\n"
+                }
+                .to_string(),
+            )),
+            _ => None,
         },
     ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
@@ -328,9 +369,17 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs(5),
         metrics,
         task_uids,
+        cluster: args.cluster.clone(),
+        reattach_window: Duration::from_millis(args.reattach_window_ms),
+        offline_after: Duration::from_millis(args.offline_after_ms),
+        restart,
     };
     tracing::info!(name = %cfg.name, probe = %probe_addr, tls = cfg.tls.is_some(), join_token = cfg.join_token.is_some(), "warden agent starting");
     let result = warden_agent::runtime::run(cfg, cancel).await;
+    if let Ok(warden_agent::runtime::Exit::Restart) = result {
+        // The tasks run on in their cgroups, for the new process to take over.
+        return Err(reexec());
+    }
     if let Some((_, cgroups)) = confined {
         let left = cgroups.teardown();
         if !left.is_empty() {
@@ -339,4 +388,35 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// SIGHUP: a planned restart.
+async fn restart_on_hangup(token: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    hup.recv().await;
+    tracing::info!("SIGHUP: restarting in place");
+    token.cancel();
+}
+
+/// Execute the agent's binary again, in this process (same pid, arguments and environment):
+/// the shims stay its children. After an upgrade replaced the file, the new binary runs.
+/// Returns only if that failed.
+fn reexec() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return anyhow::anyhow!("restart: cannot find the warden executable: {e}"),
+    };
+    // A replaced binary shows as "<path> (deleted)": run what is at the path now.
+    let exe = exe
+        .to_str()
+        .and_then(|s| s.strip_suffix(" (deleted)"))
+        .map_or(exe.clone(), PathBuf::from);
+    tracing::info!(exe = %exe.display(), "executing the agent again");
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!("restart: cannot execute {}: {err}", exe.display())
 }

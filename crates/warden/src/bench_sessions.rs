@@ -421,6 +421,7 @@ async fn agent(
         running: vec![],
         version: "sim".into(),
         state_addr: String::new(),
+        reattach_window_ms: 0,
     })))
     .await?;
     let Ok(opened) = client.session(ReceiverStream::new(rx)).await else {

@@ -340,6 +340,7 @@ fn hello(name: String) -> v1::AgentMessage {
             running: vec![],
             version: "bench".into(),
             state_addr: String::new(),
+            reattach_window_ms: 0,
         })),
     }
 }

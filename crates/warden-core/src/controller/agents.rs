@@ -10,6 +10,9 @@ use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobKind, TaskId};
 
 use super::Controller;
+
+/// Why a singleton copy stopped when its agent fenced it.
+const FENCED_BY_AGENT: &str = "fenced by its agent (its lease ran out)";
 use super::config::RESEND_AFTER;
 use super::io::{
     Assignment, Command, Copies, CopyPhase, CopyReport, Event, Heartbeat, Hello, Notice, Order,
@@ -65,6 +68,7 @@ impl Controller {
         }
         self.sessions.insert(id.name.clone(), (id.clone(), session));
         self.ensure_generation(&id, hello.capacity, None);
+        self.fleet.set_reattach_window(&id, hello.reattach_window);
         if let Some(book) = self.books.get_mut(&id) {
             if let Ok(addr) = hello.probe_addr.parse() {
                 book.probe_addr = Some(addr);
@@ -201,7 +205,7 @@ impl Controller {
             if self.is_singleton(&task.job) {
                 // Only singletons are fenced: most likely this one was, and the report of it
                 // was lost (it reached a standby that has taken over since).
-                self.copy_fenced(who, &task, epoch, now, out);
+                self.copy_fenced(who, &task, epoch, FENCED_BY_AGENT, now, out);
             } else {
                 let why = "no longer running on its agent (ended while the session was down)";
                 self.task_seen(
@@ -249,7 +253,9 @@ impl Controller {
             self.event(out, now, kind, Some(who), Some(&copy.task), msg);
         }
         match copy.phase {
-            Some(CopyPhase::Fenced) => self.copy_fenced(who, &copy.task, copy.epoch, now, out),
+            Some(CopyPhase::Fenced) => {
+                self.copy_fenced(who, &copy.task, copy.epoch, FENCED_BY_AGENT, now, out);
+            }
             None => {}
             Some(phase) => {
                 self.note_endpoint(&copy.task, copy.epoch, &copy.endpoint, copy.healthy);
@@ -280,6 +286,7 @@ impl Controller {
         agent: &AgentId,
         task: &TaskId,
         epoch: FencingToken,
+        why: &str,
         now: Time,
         out: &mut Vec<Command>,
     ) {
@@ -302,10 +309,7 @@ impl Controller {
         self.reindex(task, Some(agent), None);
         self.dirty = true;
         self.endpoints_dirty = true;
-        let msg = format!(
-            "{task}@{epoch} {} → stopped: fenced by its agent (its lease ran out)",
-            before.as_str()
-        );
+        let msg = format!("{task}@{epoch} {} → stopped: {why}", before.as_str());
         self.event(out, now, "task.state", Some(agent), Some(task), msg);
         let write = Write::SlotState {
             task: task.clone(),
@@ -471,6 +475,80 @@ impl Controller {
                     }
                 }
                 Output::Transition(t) => self.transition(t, now, out),
+                Output::ReleaseSingletons { agent, why } => {
+                    // Only the leader moves work; a standby's fleet is an opinion.
+                    if self.term_now(now).is_none() {
+                        continue;
+                    }
+                    let singletons: Vec<(TaskId, FencingToken)> = self
+                        .books
+                        .get(&agent)
+                        .map(|b| {
+                            b.slots
+                                .iter()
+                                .filter(|t| self.is_singleton(&t.job))
+                                .filter_map(|t| Some((t.clone(), self.slot(t)?.epoch)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let msg = format!(
+                        "agent {agent} is held while it restarts; its singletons move: {why}"
+                    );
+                    self.event(
+                        out,
+                        now,
+                        "agent.singletons_released",
+                        Some(&agent),
+                        None,
+                        msg,
+                    );
+                    let detected = self
+                        .books
+                        .get(&agent)
+                        .and_then(|b| b.suspect_since)
+                        .unwrap_or(now);
+                    let last_hb = self.fleet.agent(&agent).and_then(|r| r.last_heartbeat());
+                    for (task, epoch) in singletons {
+                        let running = self.slot(&task).is_some_and(|s| {
+                            s.agent.as_ref() == Some(&agent)
+                                && matches!(s.state, SlotState::Starting | SlotState::Running)
+                        });
+                        self.copy_fenced(&agent, &task, epoch, why, now, out);
+                        if !running {
+                            continue;
+                        }
+                        // A recovery like any other: its replacement (the planner's next
+                        // start of the slot) completes the record.
+                        let has_health_check = self
+                            .desired
+                            .get(&task.job)
+                            .is_some_and(|j| j.health.is_some());
+                        let record = RecoveryRecord {
+                            op: crate::planner::OperationId::task(&task, epoch, "release"),
+                            task: task.clone(),
+                            epoch,
+                            from: agent.clone(),
+                            to: None,
+                            last_heartbeat_at: last_hb,
+                            detected_at: detected,
+                            declared_failed_at: now,
+                            replacement_ordered_at: now,
+                            replacement_started_at: None,
+                            replacement_healthy_at: None,
+                            outcome: Outcome::InProgress,
+                            cause: crate::lifecycle::Cause::ProcessGone,
+                        };
+                        let pending = super::PendingRecovery {
+                            record,
+                            has_health_check,
+                        };
+                        if let Some(old) = self.recoveries.insert(task.clone(), pending) {
+                            let mut old = old.record;
+                            old.outcome = Outcome::Superseded;
+                            self.persist_recovery(old, now, out);
+                        }
+                    }
+                }
                 Output::Probe { agent, round } => {
                     // The session may be gone; where it listened is remembered.
                     let target = self.books.get(&agent).and_then(|b| b.probe_addr);

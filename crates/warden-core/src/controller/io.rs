@@ -40,6 +40,9 @@ pub struct Hello {
     pub capacity: Resources,
     /// Copies the agent runs right now (non-empty on a reconnect).
     pub running: Vec<(TaskId, FencingToken)>,
+    /// How long the agent's shims keep its service copies when its process vanishes (zero:
+    /// they die with it).
+    pub reattach_window: std::time::Duration,
 }
 
 impl Hello {
@@ -247,6 +250,14 @@ pub enum Input {
     Leave {
         /// Who.
         agent: AgentId,
+    },
+    /// The agent is about to restart on purpose (an upgrade): its shims keep its tasks for
+    /// `window`; hold any verdict on it until then.
+    Restarting {
+        /// Who.
+        agent: AgentId,
+        /// How long it may be away.
+        window: std::time::Duration,
     },
     /// A session ended: closed, reset or failed.
     SessionClosed {

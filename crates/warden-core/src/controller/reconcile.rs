@@ -408,6 +408,17 @@ impl Controller {
             } => {
                 let msg = format!("start {task}@{epoch} on {agent}");
                 self.event(out, now, "task.start", Some(&agent), Some(&task), msg);
+                // The replacement of a singleton released from a restarting agent.
+                if let Some(p) = self.recoveries.get_mut(&task)
+                    && p.record.to.is_none()
+                    && p.record.epoch < epoch
+                {
+                    p.record.epoch = epoch;
+                    p.record.to = Some(agent.clone());
+                    p.record.replacement_ordered_at = now;
+                    let record = p.record.clone();
+                    self.persist_recovery(record, now, out);
+                }
                 self.send_assign(&task, epoch, &agent, now, out);
             }
             Action::Reschedule {

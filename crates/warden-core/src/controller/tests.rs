@@ -164,6 +164,7 @@ impl H {
                 state_addr: String::new(),
                 capacity: Resources::new(4000, 4096),
                 running: vec![],
+                reattach_window: std::time::Duration::ZERO,
             },
         });
         assert!(
@@ -456,6 +457,7 @@ fn a_partitioned_generation_that_comes_back_is_told_to_rejoin() {
                 state_addr: String::new(),
                 capacity: Resources::new(4000, 4096),
                 running: vec![(TaskId::new(JobName::new("cron"), 0), FencingToken(1))],
+                reattach_window: std::time::Duration::ZERO,
             },
         },
         h.now,
@@ -501,6 +503,7 @@ fn an_unacted_assignment_is_sent_again_and_at_once_on_a_new_session() {
             state_addr: String::new(),
             capacity: Resources::new(4000, 4096),
             running: vec![],
+            reattach_window: std::time::Duration::ZERO,
         },
     });
     assert!(
@@ -613,6 +616,7 @@ fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
             state_addr: String::new(),
             capacity: Resources::new(4000, 4096),
             running: vec![],
+            reattach_window: std::time::Duration::ZERO,
         },
     });
     let out = unchanged(&mut h, 1_001, listed_at);

@@ -824,6 +824,7 @@ impl<'a> World<'a> {
             state_addr: String::new(),
             capacity: Resources::new(4000, 4096),
             running,
+            reattach_window: Duration::ZERO,
         };
         if let Some(old) = old {
             self.send(host, Dir::Up, old.id, Msg::Close);

@@ -25,6 +25,7 @@ fn hello(name: &str, generation: u64) -> v1::Hello {
         running: vec![],
         version: "test".into(),
         state_addr: String::new(),
+        reattach_window_ms: 0,
     }
 }
 
