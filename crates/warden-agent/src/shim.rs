@@ -503,7 +503,12 @@ impl StatusWriter {
         let delivered = if let Some(conn) = self.conn.borrow().as_ref() {
             write_line(conn, &line, status)
         } else if self.pipe.get() {
-            write_line(&self.stdout, &line, status)
+            let ok = write_line(&self.stdout, &line, status);
+            if !ok {
+                // EPIPE: the agent that started the shim is gone.
+                self.pipe.set(false);
+            }
+            ok
         } else {
             false
         };
@@ -512,18 +517,9 @@ impl StatusWriter {
         }
     }
 
-    /// The agent that started the shim is gone: its pipe is heard no more.
-    fn pipe_closed(&self) {
-        self.pipe.set(false);
-    }
-
     /// The attached agent's connection closed.
     fn conn_closed(&self) {
         self.conn.borrow_mut().take();
-    }
-
-    fn has_listener(&self) -> bool {
-        self.pipe.get() || self.conn.borrow().is_some()
     }
 
     /// A new agent attached: it hears `first`, then what nobody heard, then everything after.
@@ -733,7 +729,7 @@ impl Watch<'_> {
     /// After the task ended with nobody listening while the shim waited for a new agent:
     /// keep waiting, until the window closes, for one to hear how it ended.
     fn linger(&mut self) {
-        while !self.out.has_listener() {
+        while self.out.conn.borrow().is_none() {
             let Some(until) = self.orphan_until else {
                 return;
             };
@@ -838,7 +834,6 @@ impl Watch<'_> {
             self.out.conn_closed();
         } else {
             self.control_open = false;
-            self.out.pipe_closed();
         }
         self.agent_gone(why);
     }
@@ -851,7 +846,6 @@ impl Watch<'_> {
             // A parent-death signal after a new agent attached: that agent is the one heard.
             return;
         }
-        self.out.pipe_closed();
         if self.killed || self.orphan_until.is_some() {
             return;
         }
