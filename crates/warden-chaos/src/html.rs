@@ -30,6 +30,7 @@ pub fn kind_color(kind: FaultKind) -> &'static str {
         FaultKind::Kill => "#d62728",
         FaultKind::Pause => "#ff7f0e",
         FaultKind::Restart => "#8c564b",
+        FaultKind::Upgrade => "#2ca02c",
         FaultKind::Partition => "#9467bd",
         FaultKind::Oneway => "#c49c94",
         FaultKind::Flap => "#e377c2",
@@ -56,6 +57,7 @@ fn on_lane(f: &FaultReport, lane: &str) -> bool {
         FaultKind::Kill
         | FaultKind::Pause
         | FaultKind::Restart
+        | FaultKind::Upgrade
         | FaultKind::Partition
         | FaultKind::Oneway
         | FaultKind::Flap
@@ -389,6 +391,7 @@ mod tests {
             FaultKind::Kill,
             FaultKind::Pause,
             FaultKind::Restart,
+            FaultKind::Upgrade,
             FaultKind::Partition,
             FaultKind::Oneway,
             FaultKind::Flap,

@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod record;
 pub mod recovery;
 pub mod report;
+pub mod restart;
 pub mod run;
 pub mod scenario;
 pub mod traffic;

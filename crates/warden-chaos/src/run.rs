@@ -524,6 +524,13 @@ pub fn run(
             scenario.cluster.host_memory_mb.unwrap_or(0)
         ));
     }
+    if scenario.cluster.reattach_window_ms > 0 {
+        cluster.set_reattach_window(Duration::from_millis(scenario.cluster.reattach_window_ms));
+        progress(&format!(
+            "agents keep their service copies for {} ms when their process dies",
+            scenario.cluster.reattach_window_ms
+        ));
+    }
     for name in scenario.agent_names() {
         // Every session goes through a proxy (delay, jitter; cuts on loopback), one per
         // server. In namespaces they listen on the server's side of the agent's link.
@@ -1193,6 +1200,15 @@ impl Run<'_> {
                 truth.push(self.open_truth(&agents[0], TruthState::Paused));
                 self.cluster.signal_agent(&agents[0], Signal::SIGSTOP)?;
             }
+            FaultKind::Upgrade => {
+                // Its process image is replaced: away until the new one reconnects (the
+                // report's tail covers that), its tasks untouched.
+                let t = self.open_truth(&agents[0], TruthState::Down);
+                self.cluster.signal_agent(&agents[0], Signal::SIGHUP)?;
+                self.record.truth[t].end_ms = Some(self.now_ms());
+                rec.end_ms = Some(self.now_ms());
+                done = true;
+            }
             FaultKind::Restart => {
                 let t = self.open_truth(&agents[0], TruthState::Down);
                 self.cluster.restart_agent(&agents[0])?;
@@ -1350,7 +1366,7 @@ impl Run<'_> {
                 }
                 "restarted"
             }
-            FaultKind::Restart => return Ok(None),
+            FaultKind::Restart | FaultKind::Upgrade => return Ok(None),
         };
         // Pressure processes end here (their Drop kills and reaps them).
         drop(active.stressors);

@@ -154,6 +154,10 @@ pub struct ClusterSpec {
     pub host_cpu_millis: Option<u64>,
     /// Give every agent a host of this much memory, MiB (as `host_cpu_millis`).
     pub host_memory_mb: Option<u64>,
+    /// Agents keep their service copies running this long when their process dies, and
+    /// take them over when started again (`warden agent --reattach-window-ms`; default 0:
+    /// tasks die with their agent). `upgrade` faults need it.
+    pub reattach_window_ms: u64,
 }
 
 impl Default for ClusterSpec {
@@ -164,6 +168,7 @@ impl Default for ClusterSpec {
             etcd_members: DEFAULT_ETCD_MEMBERS,
             host_cpu_millis: None,
             host_memory_mb: None,
+            reattach_window_ms: 0,
         }
     }
 }
@@ -282,6 +287,9 @@ pub enum FaultKind {
     Pause,
     /// SIGKILL the agent and start it again at once.
     Restart,
+    /// A planned restart in place (SIGHUP: an upgrade): the agent keeps its tasks, the server
+    /// holds its verdict. Needs `[cluster] reattach_window_ms`.
+    Upgrade,
     /// Cut the agent off from the server, both directions, silently, for `duration`.
     Partition,
     /// Lose one direction only (`direction`) for `duration`.
@@ -315,6 +323,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Restart => "restart",
+            FaultKind::Upgrade => "upgrade",
             FaultKind::Partition => "partition",
             FaultKind::Oneway => "oneway",
             FaultKind::Flap => "flap",
@@ -840,19 +849,23 @@ impl Scenario {
             }
             let optional = matches!(f.kind, FaultKind::Kill | FaultKind::ServerKill);
             match (f.kind, f.duration) {
-                (FaultKind::Restart, None) => {}
+                (FaultKind::Restart | FaultKind::Upgrade, None) => {}
                 (_, None) if !optional => {
                     bail!("fault[{i}].duration: required for {kind}");
                 }
                 (_, Some(d)) if d.is_zero() => {
                     bail!("fault[{i}].duration: must be greater than zero");
                 }
-                (FaultKind::Restart, Some(_)) => {
-                    bail!(
-                        "fault[{i}].duration: not allowed for restart (use kill with a duration)"
-                    );
+                (FaultKind::Restart | FaultKind::Upgrade, Some(_)) => {
+                    bail!("fault[{i}].duration: not allowed for {kind} (use kill with a duration)");
                 }
                 _ => {}
+            }
+            if f.kind == FaultKind::Upgrade && self.cluster.reattach_window_ms == 0 {
+                bail!(
+                    "fault[{i}].kind: upgrade needs [cluster] reattach_window_ms (agents that keep \
+                     their tasks across a restart)"
+                );
             }
             f.validate_fields(i)?;
             if f.kind == FaultKind::Isolate && self.agents < 3 {

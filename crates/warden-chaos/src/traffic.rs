@@ -340,13 +340,13 @@ fn one(exe: &Path, s: &Settings, fault: Fault, mode: Mode) -> Result<Sample> {
 }
 
 /// A running HAProxy, killed on drop.
-struct Haproxy {
+pub(crate) struct Haproxy {
     child: Child,
     socket: PathBuf,
 }
 
 impl Haproxy {
-    fn start(dir: &Path, port: u16, socket: &Path, backend: &str) -> Result<Haproxy> {
+    pub(crate) fn start(dir: &Path, port: u16, socket: &Path, backend: &str) -> Result<Haproxy> {
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(
             &cfg,
@@ -402,7 +402,7 @@ impl Haproxy {
 
     /// Servers taking new requests: up (operational state not 0) and neither in maintenance
     /// (admin bits 0x01, 0x02, 0x20) nor draining (0x08, 0x10).
-    fn taking(&self) -> Vec<String> {
+    pub(crate) fn taking(&self) -> Vec<String> {
         self.servers()
             .into_iter()
             .filter(|(_, op, admin)| *op != 0 && admin & 0x3b == 0)
@@ -419,7 +419,7 @@ impl Drop for Haproxy {
 }
 
 /// One GET through HAProxy: the answering task, or why it failed (no answer within 2 s fails).
-fn request(port: u16) -> Result<String, String> {
+pub(crate) fn request(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -439,14 +439,14 @@ type Log = Arc<Mutex<Vec<(Instant, Result<String, String>)>>>;
 
 /// An open-loop request load: a request every 1/rate s, each on its own thread, so hung
 /// requests do not slow the rate.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     log: Log,
     thread: Option<std::thread::JoinHandle<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Load {
-    fn start(port: u16, rate: u32) -> Load {
+    pub(crate) fn start(port: u16, rate: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let log: Log = Arc::new(Mutex::new(Vec::new()));
         let (st, lg) = (stop.clone(), log.clone());
@@ -479,7 +479,7 @@ impl Load {
     }
 
     /// Stop sending, wait for the requests in flight; every request with when it was sent.
-    fn finish(mut self) -> Vec<(Instant, Result<String, String>)> {
+    pub(crate) fn finish(mut self) -> Vec<(Instant, Result<String, String>)> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take()
             && let Ok(handles) = t.join()

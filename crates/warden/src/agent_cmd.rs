@@ -280,6 +280,10 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data dir {}", args.data_dir.display()))?;
+    // For `warden agent-restart`.
+    let pid_file = args.data_dir.join(PID_FILE);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .with_context(|| format!("write {}", pid_file.display()))?;
     let task_uids = match &args.task_uids {
         None => None,
         Some(range) => {
@@ -419,4 +423,53 @@ fn reexec() -> anyhow::Error {
         .args(std::env::args_os().skip(1))
         .exec();
     anyhow::anyhow!("restart: cannot execute {}: {err}", exe.display())
+}
+
+/// The agent's pid, in its data directory.
+const PID_FILE: &str = "agent.pid";
+
+/// `warden agent-restart` flags.
+#[derive(Clone, Debug, Args)]
+pub struct RestartArgs {
+    /// The agent's process id [default: read from <data-dir>/agent.pid]
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// The agent's data directory (where it wrote agent.pid).
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "warden-agent-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `warden agent-restart`: SIGHUP to the agent, after checking that the pid is a `warden
+/// agent` process (a stale pid file must not signal a stranger).
+pub fn restart(args: &RestartArgs) -> Result<()> {
+    let pid = match args.pid {
+        Some(p) => p,
+        None => {
+            let path = args.data_dir.join(PID_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "read {} (is an agent running with this --data-dir?)",
+                    path.display()
+                )
+            })?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a process id", path.display()))?
+        }
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("no process {pid}: is the agent running?"))?;
+    let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_agent = words.first().is_some_and(|w| w.ends_with(b"warden"))
+        && words.get(1) == Some(&b"agent".as_slice());
+    if !is_agent {
+        bail!("process {pid} is not a `warden agent`; not signalling it");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .with_context(|| format!("signal the agent (pid {pid})"))?;
+    println!("agent {pid} is restarting in place; its tasks keep running");
+    Ok(())
 }

@@ -268,6 +268,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 15)]
         window: u64,
     },
+    /// What an agent restart costs its work: planned restarts (SIGHUP) of every agent in turn
+    /// under HTTP load through a real HAProxy (failed requests, task restarts, singleton
+    /// replacements, time away), and the singleton's RTO after kill -9 of its agent with and
+    /// without a reattach window (docs/operations.md).
+    AgentRestart {
+        /// Agents, one service copy each.
+        #[arg(long, default_value_t = 5)]
+        agents: usize,
+        /// Rounds of restarting every agent.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Requests per second through HAProxy.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Kill -9 repetitions per mode (with and without a reattach window).
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Faults for `bench recovery`.
@@ -430,6 +451,31 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.text());
+            }
+            Ok(())
+        }
+        BenchCommand::AgentRestart {
+            agents,
+            rounds,
+            rate,
+            kills,
+            json,
+        } => {
+            let settings = warden_chaos::restart::Settings {
+                agents: (*agents).max(1),
+                rounds: (*rounds).max(1),
+                rate: (*rate).max(1),
+                kills: *kills,
+            };
+            let exe = std::env::current_exe()?;
+            let report = warden_chaos::restart::run(&exe, &settings, |line| eprintln!("  {line}"))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!(
+                    "{}",
+                    warden_chaos::restart::format_table(&settings, &report)
+                );
             }
             Ok(())
         }

@@ -58,6 +58,10 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Run an agent on this host.
     Agent(agent_cmd::AgentArgs),
+    /// Restart a running agent in place, keeping its tasks (a planned restart, e.g. after an
+    /// upgrade): it tells the servers, keeps every task for the new process and executes its
+    /// binary again. Sends it SIGHUP. See docs/operations.md.
+    AgentRestart(agent_cmd::RestartArgs),
     /// Submit, list and stop jobs.
     Job {
         #[command(subcommand)]
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev::run(args))),
         Command::Server(args) => runtime().and_then(|rt| rt.block_on(server_cmd::run(args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent_cmd::run(args))),
+        Command::AgentRestart(args) => agent_cmd::restart(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
