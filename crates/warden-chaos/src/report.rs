@@ -562,10 +562,12 @@ fn fault_report(record: &Record, f: &FaultRecord) -> FaultReport {
                         .iter()
                         .any(|q| q.task == p.task && q.token == p.token)
                 });
+            // A process the fault did not take away was not replaced because of it (a later
+            // fault may replace it: that is the later fault's recovery).
             let replacement = record
                 .samples
                 .iter()
-                .filter(|s| s.t_ms >= f.start_ms)
+                .filter(|s| lost && s.t_ms >= f.start_ms)
                 .find_map(|s| {
                     s.procs
                         .iter()

@@ -8,7 +8,7 @@
 //!   takes its tasks over); the next one only once the previous is healthy again and every
 //!   copy serves. Counted: requests that failed, task processes restarted (a pid or epoch that
 //!   changed), singleton replacements, recoveries, and the time each agent was away (from the
-//!   SIGHUP until the server has a heartbeat of the new process).
+//!   SIGHUP until the server opened the new process's session, by the server's event).
 //! - **Unplanned agent death**: the agent running the singleton is SIGKILLed; the singleton's
 //!   RTO (its recovery record) is measured, and whether the service copy on that agent kept
 //!   running; then the agent is started again and takes its service copy back. Done with a
@@ -63,7 +63,15 @@ pub struct Report {
     /// With a reattach window: kills after which the service copy on the killed agent kept
     /// running (same pid) and was taken back by the restarted agent.
     pub services_kept: usize,
+    /// Agent restarted with no server reachable and nothing left running (a host reboot):
+    /// from the start of the agent process until its cached service copy runs again, ms.
+    pub offline_start_ms: Vec<f64>,
+    /// Of those, times a singleton was started without a server (must be 0).
+    pub offline_singletons: usize,
 }
+
+/// Time between two planned restarts, with the load running.
+const GAP: Duration = Duration::from_secs(2);
 
 fn job(agents: usize) -> String {
     format!(
@@ -86,6 +94,20 @@ pub fn run(exe: &Path, s: &Settings, mut progress: impl FnMut(&str)) -> Result<R
         bail!("{HAPROXY} is missing: apt-get install haproxy");
     }
     let mut report = planned(exe, s, &mut progress)?;
+    for i in 0..s.kills {
+        let (ms, singleton) = offline(exe)?;
+        progress(&format!(
+            "offline restart {}: service running again {ms:.0} ms after the agent started{}",
+            i + 1,
+            if singleton {
+                " — A SINGLETON RAN"
+            } else {
+                ""
+            }
+        ));
+        report.offline_start_ms.push(ms);
+        report.offline_singletons += usize::from(singleton);
+    }
     for reattach in [true, false] {
         for i in 0..s.kills {
             let (rto, kept) = killed(exe, reattach)?;
@@ -174,27 +196,22 @@ fn planned(exe: &Path, s: &Settings, progress: &mut impl FnMut(&str)) -> Result<
     std::thread::sleep(Duration::from_millis(500));
     let t_start = Instant::now();
     let mut away = Vec::new();
-    for round in 0..s.rounds {
+    for _ in 0..s.rounds {
         for name in &names {
-            let t0 = Instant::now();
+            let t0 = unix_ms();
             c.signal_agent(name, Signal::SIGHUP)?;
-            // Away until the server has a heartbeat of the new process: its takeover log line
-            // appeared, and a heartbeat arrived after that line was seen.
-            let mut took: Option<Instant> = None;
+            // Away from the SIGHUP until the server opened the new process's session (its
+            // event, stamped by the server; the first heartbeat follows at once), and it is
+            // healthy again.
+            let mut opened = None;
             let back = wait_until(Duration::from_secs(30), || {
-                if took.is_none() && c.log(name).matches("took over the tasks").count() > round {
-                    took = Some(Instant::now());
-                }
-                let Some(took) = took else { return false };
-                let Some(a) = c.agent(name) else { return false };
-                let ago = a.get("last_heartbeat_ms_ago").and_then(Value::as_u64);
-                str_of(&a, "state") == "healthy"
-                    && ago.is_some_and(|ms| u128::from(ms) < took.elapsed().as_millis())
+                opened = session_opened_after(&c, name, t0);
+                opened.is_some() && c.agent_state(name).as_deref() == Some("healthy")
             });
-            if !back {
+            let Some(opened) = opened.filter(|_| back) else {
                 bail!("{name} did not come back:\n{}", c.log(name));
-            }
-            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            };
+            let ms = opened.saturating_sub(t0) as f64;
             progress(&format!("planned restart of {name}: away {ms:.0} ms"));
             away.push(ms);
             if !wait_until(Duration::from_secs(30), || {
@@ -202,6 +219,8 @@ fn planned(exe: &Path, s: &Settings, progress: &mut impl FnMut(&str)) -> Result<
             }) {
                 bail!("not every instance serves after restarting {name}");
             }
+            // Load flows through every copy between two restarts (part of the measure).
+            std::thread::sleep(GAP);
         }
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -229,6 +248,25 @@ fn planned(exe: &Path, s: &Settings, progress: &mut impl FnMut(&str)) -> Result<
         away_ms: away,
         ..Report::default()
     })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// When (unix ms, the server's clock: same machine) the server opened a session of `name` at
+/// or after `since`.
+fn session_opened_after(c: &Cluster, name: &str, since: u64) -> Option<u64> {
+    // Oldest first, at most 10,000: a bench run stays far below that.
+    let events = c.client.get("/v1/events?limit=10000").ok()?;
+    events
+        .as_array()?
+        .iter()
+        .filter(|e| str_of(e, "kind") == "agent.session" && base(str_of(e, "agent")) == name)
+        .filter_map(|e| e.get("unix_ms").and_then(Value::as_u64))
+        .find(|t| *t >= since)
 }
 
 fn recoveries(c: &Cluster) -> usize {
@@ -301,6 +339,55 @@ fn killed(exe: &Path, reattach: bool) -> Result<(f64, bool)> {
     Ok((rto.unwrap_or_default(), kept))
 }
 
+/// An agent restarted while its server is unreachable, with nothing of its left running:
+/// how long until its cached service copy runs, and whether a singleton ran.
+fn offline(exe: &Path) -> Result<(f64, bool)> {
+    let dir = tempfile::Builder::new()
+        .prefix("warden-offline-")
+        .tempdir()?;
+    let cfg_path = dir.path().join("server.toml");
+    std::fs::write(&cfg_path, SERVER)?;
+    let cfg_str = cfg_path.display().to_string();
+    let mut c = Cluster::start_with_env(exe, &[("WARDEN_CONFIG", cfg_str.as_str())])?;
+    c.set_reattach_window(Duration::from_secs(30));
+    let proxy = crate::proxy::Proxy::start(c.grpc_addr)?;
+    c.add_agent_with("a1", &[proxy.addr()], &[], None)?;
+    c.submit(SINGLETON)?;
+    c.submit(&job(1).replace("\"http\"]", "\"sleep\", \"--every\", \"60\"]"))?;
+    if !wait_until(Duration::from_secs(30), || c.task_procs().len() == 2) {
+        bail!("tasks never ran on a1");
+    }
+    // Cut off from the server; the host "reboots": agent, shims and tasks die.
+    proxy.cut();
+    c.kill_agent("a1")?;
+    for pid in crate::cluster::scan_shim_pids(c.marker()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    for p in c.task_procs() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), Signal::SIGKILL);
+    }
+    if !wait_until(Duration::from_secs(10), || c.task_procs().is_empty()) {
+        bail!("tasks survived the reboot");
+    }
+    let t0 = Instant::now();
+    c.restart_agent("a1")?;
+    if !wait_until(Duration::from_secs(30), || {
+        c.task_procs().iter().any(|p| p.task == "web/0")
+    }) {
+        bail!("the cached service never ran offline:\n{}", c.log("a1"));
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // Watched for a second more: no singleton may start without a server.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut singleton = false;
+    while Instant::now() < deadline {
+        singleton |= c.task_procs().iter().any(|p| p.task == "solo/0");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.heal();
+    Ok((ms, singleton))
+}
+
 /// The report as a table.
 pub fn format_table(s: &Settings, r: &Report) -> String {
     let mut away = r.away_ms.clone();
@@ -321,7 +408,8 @@ pub fn format_table(s: &Settings, r: &Report) -> String {
          restarts {}  requests {}  failed {}  task restarts {}  singleton replacements {}  recoveries {}\n\
          agent away: {}\n\
          singleton RTO after kill -9 of its agent, reattach window 30 s: {}  (service copy kept and taken back: {}/{})\n\
-         singleton RTO after kill -9 of its agent, no reattach window:   {}\n",
+         singleton RTO after kill -9 of its agent, no reattach window:   {}\n\
+         agent restarted offline (server unreachable, host rebooted): cached service running again {}; singletons started: {}\n",
         s.agents,
         s.rounds,
         s.rate,
@@ -336,5 +424,7 @@ pub fn format_table(s: &Settings, r: &Report) -> String {
         r.services_kept,
         r.rto_reattach_ms.len(),
         pct(&r.rto_plain_ms),
+        pct(&r.offline_start_ms),
+        r.offline_singletons,
     )
 }

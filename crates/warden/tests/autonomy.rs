@@ -307,3 +307,32 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     text.split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
 }
+
+/// Every agent of a 5-agent cluster restarted on purpose, one at a time, under HTTP load
+/// through a real HAProxy driven by the server: nothing fails, nothing restarts, nothing moves.
+#[test]
+fn planned_restarts_of_every_agent_under_load_through_haproxy_disturb_nothing() {
+    let settings = warden_chaos::restart::Settings {
+        agents: 5,
+        rounds: 1,
+        rate: 50,
+        kills: 0,
+    };
+    let report = warden_chaos::restart::run(&common::warden_bin(), &settings, |line| {
+        eprintln!("{line}");
+    })
+    .expect("the restart benchmark runs");
+    eprintln!(
+        "{}",
+        warden_chaos::restart::format_table(&settings, &report)
+    );
+    assert_eq!(report.restarts, 5);
+    assert!(report.sent > 0, "no load was sent");
+    assert_eq!(report.failed, 0, "failed requests");
+    assert_eq!(report.task_restarts, 0, "task processes restarted");
+    assert_eq!(
+        report.singleton_replacements, 0,
+        "the singleton was replaced"
+    );
+    assert_eq!(report.recoveries, 0, "work was moved");
+}

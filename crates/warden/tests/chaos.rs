@@ -373,3 +373,32 @@ fn ci_state_scenario_fails_over_without_losing_an_acknowledged_write() {
         assert_eq!(k["switched"], k["faults"], "{kind}\n{text}");
     }
 }
+
+#[test]
+fn ci_upgrade_scenario_keeps_every_task_through_planned_restarts() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/upgrade"), 1, &[]);
+    assert_clean(ok, &report, &text);
+    let faults = report["faults"].as_array().unwrap();
+    for f in faults.iter().filter(|f| f["kind"] == "upgrade") {
+        // Nothing the upgraded agent ran was lost or replaced, and it was never failed.
+        assert!(f["failed_ms"].is_null(), "{f}\n{text}");
+        for r in f["recoveries"].as_array().unwrap() {
+            assert_eq!(r["lost"], false, "{r}\n{text}");
+            assert!(r["new_token"].is_null(), "{r}\n{text}");
+        }
+    }
+    // The kill: the singleton moved (a new token); the service copy outlived its agent.
+    let kill = faults.iter().find(|f| f["kind"] == "kill").unwrap();
+    let recs = kill["recoveries"].as_array().unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r["singleton"] == true && r["lost"] == true && r["new_token"].is_u64()),
+        "{text}"
+    );
+    assert!(
+        recs.iter()
+            .filter(|r| r["singleton"] == false)
+            .all(|r| r["lost"] == false),
+        "{text}"
+    );
+}
