@@ -591,3 +591,105 @@ async fn health_transitions_are_reported() {
 fn spec_for_shutdown(dir: &Path) -> TaskSpec {
     spec(dir, &task("late"), 1, false, &["true"])
 }
+
+fn reattach_config(shims: &Path, window: Duration) -> SupervisorConfig {
+    let mut config = SupervisorConfig::new(ShimLauncher {
+        program: warden_bin(),
+        args_prefix: vec!["shim".into()],
+        run_as: None,
+        confine: None,
+    });
+    config.shim_dir = Some(shims.to_path_buf());
+    config.reattach_window = window;
+    config
+}
+
+/// A supervisor that goes away (an agent process dying) leaves its service copies running
+/// under their shims and kills its singletons; a second supervisor finds the survivors on
+/// their sockets, removes the socket a dead shim left, adopts the task (same pid), and can
+/// stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_supervisor_adopts_the_services_a_gone_one_left_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shims = dir.path().join("shims");
+    std::fs::create_dir_all(&shims).expect("shims dir");
+    // A socket file nobody listens on: a dead shim's.
+    drop(std::os::unix::net::UnixListener::bind(shims.join("gone.0.1.sock")).expect("bind"));
+
+    let (web, solo) = (task("web"), task("solo"));
+    let mut guards = Vec::new();
+    let (web_pid, solo_pid) = {
+        let config = reattach_config(&shims, Duration::from_secs(20));
+        let (sup, mut events) = Supervisor::new(config).expect("supervisor");
+        sup.start(spec(dir.path(), &web, 3, false, &["sleep", "300"]))
+            .expect("start web");
+        sup.extend_leases(Duration::from_secs(60));
+        sup.start(spec(dir.path(), &solo, 4, true, &["sleep", "300"]))
+            .expect("start solo");
+        let mut pids = BTreeMap::new();
+        while pids.len() < 2 {
+            let ev = timeout(LONG, events.recv())
+                .await
+                .expect("event")
+                .expect("open");
+            if let TaskEventKind::Started { pid } = ev.kind {
+                let pid = i32::try_from(pid).expect("pid");
+                guards.push(PidGuard::group(pid));
+                pids.insert(ev.task.clone(), pid);
+            }
+        }
+        (pids[&web], pids[&solo])
+        // The supervisor is dropped here: every control pipe closes.
+    };
+    assert!(
+        wait_dead(solo_pid).await,
+        "the singleton outlived its supervisor"
+    );
+    assert!(is_alive(web_pid), "the service died with its supervisor");
+
+    let found = warden_agent::supervisor::find_shims(&shims).await;
+    assert_eq!(found.stale_removed, 1, "{found:?}");
+    assert!(!shims.join("gone.0.1.sock").exists());
+    assert!(found.errors.is_empty(), "{found:?}");
+    let [shim] = <[_; 1]>::try_from(found.shims).expect("one shim answered");
+    assert_eq!(
+        (shim.task.as_str(), shim.epoch, shim.pid),
+        (
+            "web/0",
+            FencingToken(3),
+            u32::try_from(web_pid).expect("pid")
+        )
+    );
+
+    let (sup, mut events) =
+        Supervisor::new(reattach_config(&shims, Duration::from_secs(20))).expect("supervisor");
+    sup.adopt(spec(dir.path(), &web, 3, false, &["sleep", "300"]), shim)
+        .expect("adopt");
+    let ev = timeout(LONG, events.recv())
+        .await
+        .expect("event")
+        .expect("open");
+    assert_eq!(
+        ev.kind,
+        TaskEventKind::Started {
+            pid: u32::try_from(web_pid).expect("pid")
+        }
+    );
+    assert_eq!(sup.running(), vec![(web.clone(), FencingToken(3))]);
+    // An older order for it is refused; a stop reaches the adopted shim.
+    assert!(matches!(
+        sup.start(spec(dir.path(), &web, 2, false, &["sleep", "300"])),
+        Err(SupervisorError::StaleEpoch { .. })
+    ));
+    sup.stop(&web, FencingToken(3), Duration::from_millis(500))
+        .await
+        .expect("stop");
+    assert!(
+        wait_dead(web_pid).await,
+        "the adopted task survived its stop"
+    );
+    assert!(
+        std::fs::read_dir(&shims).expect("dir").next().is_none(),
+        "the shim removed its socket"
+    );
+}
