@@ -613,3 +613,121 @@ fn a_host_killed_twice_is_one_suspect_and_one_that_came_back_is_none() {
     assert!(!f.brake_engaged(), "{out:?}");
     assert_eq!(f.agent(&a2).unwrap().state(), AgentState::Suspect);
 }
+
+fn refused(round: u64) -> ProbeReport {
+    ProbeReport {
+        round,
+        direct: vec![
+            (ProbeKind::Http, ProbeOutcome::Refused),
+            (ProbeKind::Tcp, ProbeOutcome::Refused),
+        ],
+        indirect: vec![],
+    }
+}
+
+fn released(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::ReleaseSingletons { .. }))
+        .count()
+}
+
+/// Ticks every 10 ms from `from` to `to`; all outputs.
+fn ticks(f: &mut Fleet, from: u64, to: u64) -> Vec<Output> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t <= to {
+        out.extend(f.tick(ms(t)));
+        t += 10;
+    }
+    out
+}
+
+#[test]
+fn an_agent_whose_process_is_gone_is_held_for_its_reattach_window_and_its_singletons_move() {
+    let mut f = fleet();
+    let last = healthy_agent(&mut f, "a", 5_000);
+    f.set_reattach_window(&id("a"), Duration::from_secs(30));
+    let out = f.step(&id("a"), AgentEvent::SessionLost, ms(last + 100));
+    let round = probe_round(&out).unwrap();
+    let gone_at = last + 110;
+    let out = f.step(&id("a"), AgentEvent::Probes(refused(round)), ms(gone_at));
+    // Not Failed: its shims keep its services; the singletons wait for kill_grace (250 ms).
+    assert!(transitions(&out).is_empty(), "{out:?}");
+    assert_eq!(released(&out), 0);
+    let out = ticks(&mut f, gone_at + 10, gone_at + 5_000);
+    assert_eq!(released(&out), 1, "{out:?}");
+    assert!(transitions(&out).is_empty(), "{out:?}");
+    assert_eq!(f.agent(&id("a")).unwrap().state(), AgentState::Suspect);
+    assert_eq!(f.held_until(&id("a")), Some(ms(gone_at + 30_000)));
+    // A new process resumes the generation within the window: healthy, nothing held.
+    f.step(&id("a"), AgentEvent::SessionOpened, ms(gone_at + 6_000));
+    let out = heartbeat(&mut f, "a", gone_at + 6_010);
+    assert_eq!(
+        transitions(&out),
+        vec![(AgentState::Suspect, AgentState::Healthy)]
+    );
+    assert_eq!(f.held_until(&id("a")), None);
+}
+
+#[test]
+fn an_agent_not_back_within_its_reattach_window_is_failed() {
+    let mut f = fleet();
+    let last = healthy_agent(&mut f, "a", 5_000);
+    f.set_reattach_window(&id("a"), Duration::from_secs(2));
+    let out = f.step(&id("a"), AgentEvent::SessionLost, ms(last + 100));
+    let round = probe_round(&out).unwrap();
+    f.step(&id("a"), AgentEvent::Probes(refused(round)), ms(last + 110));
+    let out = ticks(&mut f, last + 120, last + 2_200);
+    assert_eq!(released(&out), 1);
+    assert_eq!(causes(&out), vec![Cause::NotBackInTime], "{out:?}");
+    assert_eq!(f.agent(&id("a")).unwrap().state(), AgentState::Failed);
+}
+
+#[test]
+fn a_planned_restart_holds_the_verdict_and_releases_singletons_only_after_the_lease() {
+    let mut f = fleet();
+    let last = healthy_agent(&mut f, "a", 5_000);
+    let out = f.step(
+        &id("a"),
+        AgentEvent::Restarting {
+            window: Duration::from_secs(30),
+        },
+        ms(last + 50),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = f.step(&id("a"), AgentEvent::SessionLost, ms(last + 60));
+    let round = probe_round(&out).unwrap();
+    // The old process is gone (re-executing): no verdict, and its singletons live on under
+    // their lease for the new process.
+    let out = f.step(&id("a"), AgentEvent::Probes(refused(round)), ms(last + 70));
+    assert!(transitions(&out).is_empty());
+    let lease_out = f
+        .config()
+        .fencing
+        .lease_surely_expired_at(ms(last))
+        .as_nanos()
+        / 1_000_000;
+    let before = ticks(&mut f, last + 80, lease_out - 20);
+    assert_eq!(released(&before), 0, "released before the lease ran out");
+    let after = ticks(&mut f, lease_out, lease_out + 500);
+    assert_eq!(released(&after), 1);
+    assert!(transitions(&after).is_empty());
+    // Back within the window: healthy again.
+    f.step(&id("a"), AgentEvent::SessionOpened, ms(last + 4_000));
+    let out = heartbeat(&mut f, "a", last + 4_010);
+    assert_eq!(
+        transitions(&out),
+        vec![(AgentState::Suspect, AgentState::Healthy)]
+    );
+}
+
+#[test]
+fn without_a_reattach_window_a_gone_process_is_failed_at_once_as_before() {
+    let mut f = fleet();
+    let last = healthy_agent(&mut f, "a", 5_000);
+    let out = f.step(&id("a"), AgentEvent::SessionLost, ms(last + 100));
+    let round = probe_round(&out).unwrap();
+    let out = f.step(&id("a"), AgentEvent::Probes(refused(round)), ms(last + 110));
+    assert_eq!(causes(&out), vec![Cause::ProcessGone]);
+    assert_eq!(released(&out), 0);
+}
