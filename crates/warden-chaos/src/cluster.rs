@@ -774,6 +774,38 @@ impl Cluster {
         Ok(())
     }
 
+    /// A host reboot of agent `name`: SIGKILL the agent, then every shim it left running
+    /// (found on their sockets in its data directory) with its task's process group, then
+    /// start the agent again with the same arguments (and wrapper: a network namespace stays
+    /// as it is, cut or not).
+    pub fn reboot_agent(&mut self, name: &str) -> Result<()> {
+        self.kill_agent(name)?;
+        let shims = self.dir.path().join(name).join("shims");
+        if let Ok(entries) = std::fs::read_dir(&shims) {
+            for e in entries.flatten() {
+                let Ok(stream) = std::os::unix::net::UnixStream::connect(e.path()) else {
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut first = String::new();
+                let _ =
+                    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut first);
+                // `attached <task> <epoch> <pid> <shim_pid>`
+                let words: Vec<&str> = first.split_whitespace().collect();
+                if let (Some(pid), Some(shim)) = (
+                    words.get(3).and_then(|p| p.parse::<i32>().ok()),
+                    words.get(4).and_then(|p| p.parse::<i32>().ok()),
+                ) {
+                    let _ = kill(Pid::from_raw(shim), Signal::SIGKILL);
+                    if pid > 0 {
+                        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        self.restart_agent(name)
+    }
+
     /// Start agent `name` again with the same arguments (after a kill).
     pub fn restart_agent(&mut self, name: &str) -> Result<()> {
         let (wrapper, args) = self

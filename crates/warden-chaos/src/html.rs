@@ -31,6 +31,7 @@ pub fn kind_color(kind: FaultKind) -> &'static str {
         FaultKind::Pause => "#ff7f0e",
         FaultKind::Restart => "#8c564b",
         FaultKind::Upgrade => "#2ca02c",
+        FaultKind::OfflineRestart => "#98df8a",
         FaultKind::Partition => "#9467bd",
         FaultKind::Oneway => "#c49c94",
         FaultKind::Flap => "#e377c2",
@@ -58,6 +59,7 @@ fn on_lane(f: &FaultReport, lane: &str) -> bool {
         | FaultKind::Pause
         | FaultKind::Restart
         | FaultKind::Upgrade
+        | FaultKind::OfflineRestart
         | FaultKind::Partition
         | FaultKind::Oneway
         | FaultKind::Flap
@@ -392,6 +394,7 @@ mod tests {
             FaultKind::Pause,
             FaultKind::Restart,
             FaultKind::Upgrade,
+            FaultKind::OfflineRestart,
             FaultKind::Partition,
             FaultKind::Oneway,
             FaultKind::Flap,

@@ -1221,6 +1221,12 @@ impl Run<'_> {
                 truth.push(self.open_truth(&agents[0], TruthState::Cut));
                 self.cut(&agents[0], None)?;
             }
+            FaultKind::OfflineRestart => {
+                truth.push(self.open_truth(&agents[0], TruthState::Cut));
+                self.cut(&agents[0], None)?;
+                self.cluster.reboot_agent(&agents[0])?;
+                self.spawned(&agents[0]);
+            }
             FaultKind::Oneway => {
                 truth.push(self.open_truth(&agents[0], TruthState::Cut));
                 self.cut(&agents[0], spec.direction)?;
@@ -1331,6 +1337,7 @@ impl Run<'_> {
                 "resumed"
             }
             FaultKind::Partition
+            | FaultKind::OfflineRestart
             | FaultKind::Oneway
             | FaultKind::Flap
             | FaultKind::Isolate

@@ -290,6 +290,11 @@ pub enum FaultKind {
     /// A planned restart in place (SIGHUP: an upgrade): the agent keeps its tasks, the server
     /// holds its verdict. Needs `[cluster] reattach_window_ms`.
     Upgrade,
+    /// Cut the agent off from the server, then reboot its host (the agent, its shims and its
+    /// tasks SIGKILLed) and start the agent again while still cut off: it runs the services
+    /// of its local cache offline. Heal after `duration`. Needs `[cluster]
+    /// reattach_window_ms`.
+    OfflineRestart,
     /// Cut the agent off from the server, both directions, silently, for `duration`.
     Partition,
     /// Lose one direction only (`direction`) for `duration`.
@@ -324,6 +329,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Restart => "restart",
             FaultKind::Upgrade => "upgrade",
+            FaultKind::OfflineRestart => "offline-restart",
             FaultKind::Partition => "partition",
             FaultKind::Oneway => "oneway",
             FaultKind::Flap => "flap",
@@ -861,9 +867,11 @@ impl Scenario {
                 }
                 _ => {}
             }
-            if f.kind == FaultKind::Upgrade && self.cluster.reattach_window_ms == 0 {
+            if matches!(f.kind, FaultKind::Upgrade | FaultKind::OfflineRestart)
+                && self.cluster.reattach_window_ms == 0
+            {
                 bail!(
-                    "fault[{i}].kind: upgrade needs [cluster] reattach_window_ms (agents that keep \
+                    "fault[{i}].kind: {kind} needs [cluster] reattach_window_ms (agents that keep \
                      their tasks across a restart)"
                 );
             }
