@@ -130,6 +130,9 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The agent's TLS identity cannot serve replication.
+    #[error("TLS for replication: {0}")]
+    ReplicationTls(String),
     /// A listener could not be bound.
     #[error("bind the {what} on {addr}: {source}")]
     Bind {
@@ -248,7 +251,14 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
     }
     let owner = cfg.launcher.run_as.as_ref().map(|u| (u.uid, u.gid));
     let mut states = crate::state::TaskStates::new(&cfg.data_dir, owner);
-    // The replication listener: standbys of the primaries this agent runs connect here.
+    // The replication listener: standbys of the primaries this agent runs connect here; over
+    // mutual TLS with the agent's own identity when it has one.
+    let repl_tls = match &cfg.tls {
+        None => None,
+        Some(t) => Some(std::sync::Arc::new(
+            t.repl_tls().map_err(AgentError::ReplicationTls)?,
+        )),
+    };
     let repl_cancel = CancellationToken::new();
     let state_addr = {
         let bind = SocketAddr::new(cfg.probe_addr.ip(), cfg.state_port);
@@ -266,7 +276,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
         })?;
         tokio::spawn(
             states
-                .replicate_as(&cfg.name)
+                .replicate_as(&cfg.name, repl_tls)
                 .serve(listener, repl_cancel.clone()),
         );
         addr

@@ -65,6 +65,8 @@ pub struct TaskStates {
     primaries: Primaries,
     /// This agent's name: what it says when it follows a primary.
     name: String,
+    /// Mutual TLS for replication, both ways (`None`: plain TCP).
+    tls: Option<Arc<warden_state::tls::ReplTls>>,
     /// The newest role order of each replica copy, by task: (copy epoch, role).
     roles: HashMap<TaskId, (FencingToken, ReplicaOrder)>,
 }
@@ -88,6 +90,7 @@ impl TaskStates {
             open: HashMap::new(),
             lease_until: None,
             primaries: Primaries::default(),
+            tls: None,
             name: String::new(),
             roles: HashMap::new(),
         }
@@ -98,10 +101,17 @@ impl TaskStates {
         self.job_owners.insert(job.to_string(), owner);
     }
 
-    /// Serve replication as agent `name`: the registry the replication listener serves.
-    pub fn replicate_as(&mut self, name: &str) -> Primaries {
+    /// Serve replication as agent `name`, over mutual TLS with the agent's identity when
+    /// `tls` is given (standbys then follow over TLS too): the registry the replication
+    /// listener serves.
+    pub fn replicate_as(
+        &mut self,
+        name: &str,
+        tls: Option<Arc<warden_state::tls::ReplTls>>,
+    ) -> Primaries {
         self.name = name.to_string();
-        self.primaries.clone()
+        self.tls.clone_from(&tls);
+        self.primaries.clone().with_tls(tls)
     }
 
     /// The role the server gave the copy of `task` at `epoch` (from its assignment, or a role
@@ -193,7 +203,7 @@ impl TaskStates {
         let same = open
             .follower
             .as_ref()
-            .is_some_and(|(addr, _, _)| *addr == order.primary_addr);
+            .is_some_and(|(addr, _, _)| *addr == follow_key(&order));
         if same {
             return;
         }
@@ -205,8 +215,13 @@ impl TaskStates {
         };
         let cancel = CancellationToken::new();
         let report = Arc::new(Mutex::new(FollowReport::default()));
-        tokio::spawn(follow_forever(
+        let dial = warden_state::repl::Dial {
             addr,
+            tls: self.tls.clone(),
+            primary: (!order.primary_agent.is_empty()).then(|| order.primary_agent.clone()),
+        };
+        tokio::spawn(follow_forever(
+            dial,
             job.to_string(),
             self.name.clone(),
             open.store.clone(),
@@ -214,7 +229,7 @@ impl TaskStates {
             cancel.clone(),
         ));
         info!(task = %task, primary = %addr, epoch = order.epoch, "following the primary");
-        open.follower = Some((order.primary_addr.clone(), cancel, report));
+        open.follower = Some((follow_key(&order), cancel, report));
     }
 
     /// The standbys the primary copy of `task` waits for (empty unless it is one).
@@ -446,6 +461,12 @@ fn close(task: &TaskId, open: Open, primaries: &Primaries) {
     }
     open.cancel.cancel();
     open.store.close();
+}
+
+/// What a follower follows: the primary's address and agent (a new primary agent at the same
+/// address is a new follow).
+fn follow_key(order: &ReplicaOrder) -> String {
+    format!("{}@{}", order.primary_agent, order.primary_addr)
 }
 
 #[cfg(test)]

@@ -100,6 +100,12 @@ impl ClientTls {
         self
     }
 
+    /// The same identity for replication between agents (docs/state.md): mutual TLS with the
+    /// agent's certificate on its replication listener and when it follows a primary.
+    pub fn repl_tls(&self) -> Result<warden_state::tls::ReplTls, String> {
+        warden_state::tls::ReplTls::from_pem(&self.ca_pem, &self.cert_pem, &self.key_pem)
+    }
+
     fn config(&self) -> ClientTlsConfig {
         let mut c = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))

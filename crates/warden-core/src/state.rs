@@ -197,6 +197,10 @@ pub struct ReplicaOrder {
     /// while the primary has none (being replaced).
     #[serde(default)]
     pub primary_addr: String,
+    /// For a standby: the primary's agent name, which its TLS certificate must carry when
+    /// replication runs over mutual TLS; empty while there is no primary.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub primary_agent: String,
     /// For the primary: the agent names of the standbys in the in-sync set.
     #[serde(default)]
     pub in_sync: Vec<String>,

@@ -437,6 +437,7 @@ mod tests {
                 epoch: 2,
                 primary: false,
                 primary_addr: "127.0.0.1:7001".into(),
+                primary_agent: "a1".into(),
                 in_sync: Vec::new(),
                 standbys: Vec::new(),
                 sealed: false,

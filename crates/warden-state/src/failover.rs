@@ -105,7 +105,7 @@ fn follow(standby: &Replica, primary: &Replica) -> Follower {
     let cancel = CancellationToken::new();
     let report = Arc::new(Mutex::new(FollowReport::default()));
     let task = tokio::spawn(follow_forever(
-        primary.addr,
+        crate::repl::Dial::plain(primary.addr),
         JOB.into(),
         standby.name.clone(),
         standby.store.clone(),

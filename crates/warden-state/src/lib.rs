@@ -21,6 +21,7 @@ pub mod codec;
 pub mod failover;
 pub mod repl;
 pub mod store;
+pub mod tls;
 pub mod wal;
 
 pub use store::{Committed, Limits, Role, RoleState, StateStore};

@@ -14,6 +14,10 @@
 //! E error       either way          UTF-8 text; the connection closes
 //! ```
 //!
+//! With TLS ([`crate::tls`], the agents' own certificates) every connection is mutual TLS:
+//! the primary takes a Hello only from a standby whose certificate names it, and a standby
+//! follows only a primary whose certificate names the agent the server said.
+//!
 //! Resuming: a standby whose newest entry is `(last_seq, last_epoch)` continues after it when
 //! the primary's log holds `last_epoch` up to at least `last_seq`. A standby whose log runs
 //! past the end of that epoch in the primary's log (a deposed primary's writes that were
@@ -30,11 +34,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Role, StateStore};
+use crate::tls::ReplTls;
+
+/// A replication connection: plain TCP or TLS over it.
+trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
 use crate::wal::Checkpoint;
 
 /// Largest message accepted (a batch of frames, or a checkpoint).
@@ -143,6 +152,8 @@ pub struct StreamStats {
 pub struct Primaries {
     jobs: Arc<Mutex<HashMap<String, Served>>>,
     stats: Arc<StreamStats>,
+    /// Mutual TLS on every connection (`None`: plain TCP).
+    tls: Option<Arc<ReplTls>>,
 }
 
 #[derive(Clone)]
@@ -262,6 +273,13 @@ impl Primaries {
         locked(&self.jobs).get(job).cloned()
     }
 
+    /// Serve over mutual TLS (see [`crate::tls`]).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<Arc<ReplTls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Accept standbys on `listener` until `cancel`.
     pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
         loop {
@@ -274,19 +292,37 @@ impl Primaries {
             let me = self.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
-                if let Err(e) = me.stream_to(stream, cancel).await {
+                let result = match &me.tls {
+                    None => me.stream_to(Box::new(stream), None, cancel).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok((tls_stream, names)) => {
+                            me.stream_to(Box::new(tls_stream), Some(names), cancel)
+                                .await
+                        }
+                        Err(e) => {
+                            me.stats
+                                .refused
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(%peer, error = %e, "replication connection refused: TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "replication stream ended");
                 }
             });
         }
     }
 
+    /// Stream to one standby; `peer_names`: the names its certificate vouches for (TLS).
     async fn stream_to(
         &self,
-        stream: TcpStream,
+        stream: Box<dyn Conn>,
+        peer_names: Option<Vec<String>>,
         cancel: CancellationToken,
     ) -> Result<(), ReplError> {
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let mut rd = BufReader::new(rd);
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
         let (kind, body) = read_msg(&mut rd).await?;
@@ -295,6 +331,19 @@ impl Primaries {
         }
         let hello: Hello = serde_json::from_slice(&body)
             .map_err(|e| ReplError::Protocol(format!("hello: {e}")))?;
+        if let Some(names) = &peer_names
+            && !names.contains(&hello.standby)
+        {
+            let msg = format!(
+                "the standby says it is {:?} but its certificate names {names:?}",
+                hello.standby
+            );
+            self.stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            write_msg(&mut wr, b'E', &[msg.as_bytes()]).await?;
+            return Err(ReplError::Refused(msg));
+        }
         let Some(served) = self.get(&hello.job) else {
             let msg = format!("this agent is not the primary of job {:?}", hello.job);
             self.stats
@@ -480,19 +529,46 @@ pub struct FollowReport {
     pub seeds: u64,
 }
 
-/// Follow the primary at `addr` for `job` as standby `name`, until `cancel` or an error (the
+/// How a standby reaches its primary.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    /// The primary agent's replication address.
+    pub addr: std::net::SocketAddr,
+    /// Mutual TLS (`None`: plain TCP).
+    pub tls: Option<Arc<ReplTls>>,
+    /// The primary's agent name, which its certificate must carry (TLS; `None`: any
+    /// certificate of the CA).
+    pub primary: Option<String>,
+}
+
+impl Dial {
+    /// Plain TCP to `addr`.
+    pub fn plain(addr: std::net::SocketAddr) -> Dial {
+        Dial {
+            addr,
+            tls: None,
+            primary: None,
+        }
+    }
+}
+
+/// Follow the primary at `dial` for `job` as standby `name`, until `cancel` or an error (the
 /// caller reconnects). `report` is updated as it goes.
 pub async fn follow(
-    addr: std::net::SocketAddr,
+    dial: &Dial,
     job: &str,
     name: &str,
     store: &StateStore,
     report: &Mutex<FollowReport>,
     cancel: &CancellationToken,
 ) -> Result<(), ReplError> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
+    let tcp = TcpStream::connect(dial.addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream: Box<dyn Conn> = match &dial.tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(tls.connect(tcp, dial.primary.as_deref()).await?),
+    };
+    let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let mut wr = BufWriter::new(wr);
     let (last_seq, last_epoch) = store.position();
@@ -640,7 +716,7 @@ pub async fn follow(
 
 /// [`follow`] again and again (with a short pause after an error) until `cancel`.
 pub async fn follow_forever(
-    addr: std::net::SocketAddr,
+    dial: Dial,
     job: String,
     name: String,
     store: StateStore,
@@ -648,7 +724,7 @@ pub async fn follow_forever(
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
-        if let Err(e) = follow(addr, &job, &name, &store, &report, &cancel).await {
+        if let Err(e) = follow(&dial, &job, &name, &store, &report, &cancel).await {
             tracing::debug!(job, error = %e, "replication from the primary broke; reconnecting");
         }
         tokio::select! {

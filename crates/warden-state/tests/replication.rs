@@ -67,7 +67,7 @@ impl Follower {
         let cancel = CancellationToken::new();
         let report = Arc::new(Mutex::new(FollowReport::default()));
         let task = tokio::spawn(follow_forever(
-            addr,
+            warden_state::repl::Dial::plain(addr),
             "j".into(),
             "b".into(),
             store.clone(),

@@ -107,7 +107,7 @@ pub fn run(b: &StateBench) -> Result<()> {
         let r = replica(Role::Standby, epoch, 0)?;
         let report = Arc::new(Mutex::new(FollowReport::default()));
         rt.spawn(follow_forever(
-            addr,
+            warden_state::repl::Dial::plain(addr),
             "bench".into(),
             name.clone(),
             r.store.clone(),
@@ -338,7 +338,7 @@ fn seed(rt: &tokio::runtime::Runtime, mib: usize) -> Result<()> {
     let report = Arc::new(Mutex::new(FollowReport::default()));
     let t0 = Instant::now();
     rt.spawn(follow_forever(
-        addr,
+        warden_state::repl::Dial::plain(addr),
         "seed".into(),
         "s".into(),
         standby.store.clone(),

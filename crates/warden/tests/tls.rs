@@ -257,6 +257,49 @@ fn tls_init_output_runs_server_and_agents_with_join_tokens_end_to_end() {
     );
     assert_eq!(task().unwrap()["agent"], "a1", "the task stayed on a1");
 
+    // Replicated task state between the two agents, over mutual TLS with their certificates:
+    // a standby on the other agent catches up and joins the in-sync set.
+    let job = format!(
+        "name = \"count\"\nkind = \"singleton\"\ncommand = \"{}\"\n\
+         args = [\"workload\", \"counter\", \"--every-ms\", \"20\"]\n\
+         [state]\nstandbys = 1\nack = \"standby\"\n",
+        p(&warden_bin())
+    );
+    s.api
+        .request("POST", "/v1/jobs", Some("application/toml"), job.as_bytes())
+        .unwrap()
+        .json()
+        .unwrap();
+    let replica = |id: &str| -> Option<(String, String, bool)> {
+        let t = s
+            .api
+            .get("/v1/tasks")
+            .ok()?
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == id)?
+            .clone();
+        let r = t.get("replica")?;
+        Some((
+            t["agent"].as_str()?.to_string(),
+            r["role"].as_str()?.to_string(),
+            r["in_sync"].as_bool()?,
+        ))
+    };
+    assert!(
+        wait_until(DEADLINE, || {
+            let (Some(p), Some(b)) = (replica("count/0"), replica("count/1")) else {
+                return false;
+            };
+            p.1 == "primary" && b.1 == "standby" && b.2 && p.0 != b.0
+        }),
+        "no in-sync standby over TLS: {:?} {:?}\n{}\n{}",
+        replica("count/0"),
+        replica("count/1"),
+        s.read_log("a1"),
+        s.read_log("a2")
+    );
+
     // Tokens appear in no log, and the server kept only hashes.
     for log in ["server", "a1", "a2"] {
         let text = s.read_log(log);

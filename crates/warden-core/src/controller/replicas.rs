@@ -114,13 +114,14 @@ impl Controller {
                 epoch,
                 primary: true,
                 primary_addr: String::new(),
+                primary_agent: String::new(),
                 in_sync,
                 standbys,
                 sealed: self.switchovers.contains_key(&task.job),
             });
         }
-        let primary_addr = primary
-            .and_then(|p| slots[p].agent.as_ref())
+        let primary_agent = primary.and_then(|p| slots[p].agent.as_ref());
+        let primary_addr = primary_agent
             .and_then(|a| self.books.get(a))
             .and_then(|b| b.state_addr.clone())
             .unwrap_or_default();
@@ -128,6 +129,9 @@ impl Controller {
             epoch,
             primary: false,
             primary_addr,
+            primary_agent: primary_agent
+                .map(|a| a.name.to_string())
+                .unwrap_or_default(),
             in_sync: Vec::new(),
             standbys: Vec::new(),
             sealed: false,
