@@ -384,8 +384,6 @@ struct Hold {
     until: Time,
     /// Announced by the agent ([`AgentEvent::Restarting`]).
     planned: bool,
-    /// [`Output::ReleaseSingletons`] was given.
-    released: bool,
 }
 
 /// Why a transition happened.
@@ -1107,7 +1105,6 @@ impl Fleet {
                 rec.hold = Some(Hold {
                     until: now + window.min(MAX_HOLD),
                     planned: true,
-                    released: false,
                 });
             }
             (_, AgentEvent::Tick) => {
@@ -1374,7 +1371,6 @@ impl Fleet {
             rec.hold = Some(Hold {
                 until: at + rec.reattach_window.min(MAX_HOLD),
                 planned: false,
-                released: false,
             });
         }
         let Some(hold) = rec.hold.as_mut() else {
@@ -1383,7 +1379,10 @@ impl Fleet {
         if now >= hold.until {
             return false;
         }
-        if !hold.released {
+        // Given at every look while it applies (not once): only the leader acts on it, and a
+        // replica that becomes leader during the hold must act too. The controller moves only
+        // singletons still placed on the agent, so a repeat changes nothing.
+        {
             let why = match pending {
                 PendingFailure::ProcessGone { at } if !hold.planned && now >= at + kill_grace => {
                     Some("its agent's process is gone and its shim killed it")
@@ -1392,7 +1391,6 @@ impl Fleet {
                 _ => None,
             };
             if let Some(why) = why {
-                hold.released = true;
                 out.push(Output::ReleaseSingletons {
                     agent: id.clone(),
                     why,

@@ -480,6 +480,7 @@ impl Controller {
                     if self.term_now(now).is_none() {
                         continue;
                     }
+                    // Repeated while the hold lasts: only singletons still placed here move.
                     let singletons: Vec<(TaskId, FencingToken)> = self
                         .books
                         .get(&agent)
@@ -487,10 +488,23 @@ impl Controller {
                             b.slots
                                 .iter()
                                 .filter(|t| self.is_singleton(&t.job))
-                                .filter_map(|t| Some((t.clone(), self.slot(t)?.epoch)))
+                                .filter_map(|t| {
+                                    let s = self.slot(t)?;
+                                    (s.agent.as_ref() == Some(&agent)
+                                        && matches!(
+                                            s.state,
+                                            SlotState::Starting
+                                                | SlotState::Running
+                                                | SlotState::Stopping
+                                        ))
+                                    .then(|| (t.clone(), s.epoch))
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
+                    if singletons.is_empty() {
+                        continue;
+                    }
                     let msg = format!(
                         "agent {agent} is held while it restarts; its singletons move: {why}"
                     );

@@ -654,8 +654,10 @@ fn an_agent_whose_process_is_gone_is_held_for_its_reattach_window_and_its_single
     // Not Failed: its shims keep its services; the singletons wait for kill_grace (250 ms).
     assert!(transitions(&out).is_empty(), "{out:?}");
     assert_eq!(released(&out), 0);
-    let out = ticks(&mut f, gone_at + 10, gone_at + 5_000);
-    assert_eq!(released(&out), 1, "{out:?}");
+    let early = ticks(&mut f, gone_at + 10, gone_at + 200);
+    assert_eq!(released(&early), 0, "released before kill_grace");
+    let out = ticks(&mut f, gone_at + 260, gone_at + 5_000);
+    assert!(released(&out) >= 1, "{out:?}");
     assert!(transitions(&out).is_empty(), "{out:?}");
     assert_eq!(f.agent(&id("a")).unwrap().state(), AgentState::Suspect);
     assert_eq!(f.held_until(&id("a")), Some(ms(gone_at + 30_000)));
@@ -678,7 +680,7 @@ fn an_agent_not_back_within_its_reattach_window_is_failed() {
     let round = probe_round(&out).unwrap();
     f.step(&id("a"), AgentEvent::Probes(refused(round)), ms(last + 110));
     let out = ticks(&mut f, last + 120, last + 2_200);
-    assert_eq!(released(&out), 1);
+    assert!(released(&out) >= 1);
     assert_eq!(causes(&out), vec![Cause::NotBackInTime], "{out:?}");
     assert_eq!(f.agent(&id("a")).unwrap().state(), AgentState::Failed);
 }
@@ -710,7 +712,7 @@ fn a_planned_restart_holds_the_verdict_and_releases_singletons_only_after_the_le
     let before = ticks(&mut f, last + 80, lease_out - 20);
     assert_eq!(released(&before), 0, "released before the lease ran out");
     let after = ticks(&mut f, lease_out, lease_out + 500);
-    assert_eq!(released(&after), 1);
+    assert!(released(&after) >= 1);
     assert!(transitions(&after).is_empty());
     // Back within the window: healthy again.
     f.step(&id("a"), AgentEvent::SessionOpened, ms(last + 4_000));
