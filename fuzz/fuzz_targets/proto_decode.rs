@@ -63,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
             (Msg::TaskReport(r), Some(who)) => cp.task_report(who, &r),
             (Msg::ProbeResult(r), Some(who)) => cp.probe_result(who, &r),
             (Msg::Leave(_), Some(who)) => cp.leave(who),
+            (Msg::Restarting(r), Some(who)) => cp.restarting(who, &r),
             (_, None) => {}
         }
         while let Ok(out) = rx.try_recv() {
