@@ -934,9 +934,9 @@ impl Drop for Cluster {
     }
 }
 
-/// Shim processes of the cluster whose marker is `marker` (they carry their task's
-/// environment).
-pub fn scan_shim_pids(marker: &str) -> Vec<i32> {
+/// Every process carrying the cluster's marker `marker` in its environment: its pid, its
+/// environment variables, and whether it is a shim (shims carry their task's environment).
+fn marked_procs(marker: &str) -> Vec<(i32, Vec<u8>, bool)> {
     let key = format!("CLUSTER_MARKER_{}=1", sanitize(marker));
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -953,40 +953,29 @@ pub fn scan_shim_pids(marker: &str) -> Vec<i32> {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()) {
-            out.push(pid);
-        }
+        let shim = cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice());
+        out.push((pid, environ, shim));
     }
     out
+}
+
+/// Shim processes of the cluster whose marker is `marker`.
+pub fn scan_shim_pids(marker: &str) -> Vec<i32> {
+    marked_procs(marker)
+        .into_iter()
+        .filter_map(|(pid, _, shim)| shim.then_some(pid))
+        .collect()
 }
 
 /// Task processes that exist now (running or stopped, not zombies) of the cluster whose
 /// marker is `marker` (see [`Cluster::marker`]). A free function so that a sampler thread can
 /// read the ground truth while another thread injects faults into the [`Cluster`].
 pub fn scan_task_procs(marker: &str) -> Vec<TaskProc> {
-    let key = format!("CLUSTER_MARKER_{}=1", sanitize(marker));
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if !vars.contains(&key.as_bytes()) {
-            continue;
-        }
-        // The shim carries its task's environment too; only the task itself counts.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()) {
-            continue;
-        }
+    // The shim carries its task's environment too; only the task itself counts.
+    for (pid, environ, _) in marked_procs(marker).into_iter().filter(|p| !p.2) {
         let get = |name: &str| {
-            vars.iter().find_map(|v| {
+            environ.split(|b| *b == 0).find_map(|v| {
                 let s = std::str::from_utf8(v).ok()?;
                 s.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
             })

@@ -98,8 +98,9 @@ fn wait_state(c: &Cluster, name: &str, state: &str) {
     );
 }
 
-#[test]
-fn kill_9_of_an_agent_moves_its_singleton_at_once_and_its_service_keeps_running() {
+/// A cluster whose agent a1 runs a singleton `solo` and a service `web`, and a second agent
+/// a2 where a moved singleton goes; the two task processes.
+fn singleton_and_service_on_a1() -> (Cluster, TaskProc, TaskProc) {
     let mut c = cluster();
     c.add_agent("a1").unwrap();
     c.submit(&job("solo", "singleton")).unwrap();
@@ -108,6 +109,12 @@ fn kill_9_of_an_agent_moves_its_singleton_at_once_and_its_service_keeps_running(
     let web = running(&c, "web/0", Some("a1"));
     c.add_agent("a2").unwrap();
     wait_state(&c, "a2", "healthy");
+    (c, solo, web)
+}
+
+#[test]
+fn kill_9_of_an_agent_moves_its_singleton_at_once_and_its_service_keeps_running() {
+    let (mut c, solo, web) = singleton_and_service_on_a1();
     let generation = agent_gen(&c, "a1");
 
     c.kill_agent("a1").unwrap();
@@ -175,15 +182,8 @@ fn kill_9_of_an_agent_moves_its_singleton_at_once_and_its_service_keeps_running(
 
 #[test]
 fn a_planned_restart_keeps_every_task_its_epoch_and_the_agents_generation() {
-    let mut c = cluster();
-    c.add_agent("a1").unwrap();
-    c.submit(&job("solo", "singleton")).unwrap();
-    c.submit(&job("web", "service")).unwrap();
-    let solo = running(&c, "solo/0", Some("a1"));
-    let web = running(&c, "web/0", Some("a1"));
-    // A second agent where a wrongly released singleton would go.
-    c.add_agent("a2").unwrap();
-    wait_state(&c, "a2", "healthy");
+    // a2 is where a wrongly released singleton would go.
+    let (c, solo, web) = singleton_and_service_on_a1();
     let generation = agent_gen(&c, "a1");
     let pid = c.agent_pid("a1").unwrap();
 
