@@ -180,6 +180,8 @@ fn task_report(
         endpoint,
         in_sync: Vec::new(),
         state_seq: 0,
+        state_fence: 0,
+        state_last_epoch: 0,
         sealed: false,
     };
     msg(agent_message::Msg::TaskReport(convert::report_to_wire(
@@ -420,7 +422,9 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 for r in &mut running {
                     if let Some(task) = TaskId::parse(&r.task) {
                         r.in_sync = states.in_sync(&task);
-                        (r.state_seq, r.sealed) = states.progress(&task);
+                        let p = states.progress(&task);
+                        (r.state_seq, r.sealed) = (p.seq, p.sealed);
+                        (r.state_fence, r.state_last_epoch) = (p.fence, p.last_epoch);
                     }
                 }
                 // Quietly: a link waiting to reconnect wakes only for a new generation.
@@ -1084,6 +1088,8 @@ fn running_tasks(
                 endpoint: endpoint_of(endpoints, &r.task, r.epoch),
                 in_sync: Vec::new(),
                 state_seq: 0,
+                state_fence: 0,
+                state_last_epoch: 0,
                 sealed: false,
                 phase: Some(phase_of(&r.state)),
                 task: r.task,

@@ -403,19 +403,25 @@ impl TaskStates {
     }
 
     /// What the copy of `task` reports of its replicated state: the last sequence number it
-    /// holds (a primary: written; a standby: synced) and whether it is sealed.
-    pub fn progress(&self, task: &TaskId) -> (u64, bool) {
+    /// holds (applied: a promotion keeps every entry applied, synced or not; once fenced, a
+    /// standby applies no frame of the lost primary's epoch, so every write that primary can
+    /// ever have acknowledged with this standby's help is counted), whether it is sealed, the
+    /// highest state epoch it has seen and the epoch of its newest entry.
+    pub fn progress(&self, task: &TaskId) -> Progress {
         let Some(open) = self
             .open
             .get(task)
             .filter(|_| self.roles.contains_key(task))
         else {
-            return (0, false);
+            return Progress::default();
         };
-        if open.store.role().role == Role::Primary {
-            (open.store.position().0, open.sealed)
-        } else {
-            (open.store.committed().local, false)
+        let role = open.store.role();
+        let (seq, last_epoch) = open.store.position();
+        Progress {
+            seq,
+            sealed: role.role == Role::Primary && open.sealed,
+            fence: role.epoch,
+            last_epoch,
         }
     }
 
@@ -450,6 +456,19 @@ impl TaskStates {
     pub fn store(&self, task: &TaskId) -> Option<&StateStore> {
         self.open.get(task).map(|o| &o.store)
     }
+}
+
+/// What a replica copy reports of its state in the heartbeats ([`TaskStates::progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The last sequence number it holds (applied).
+    pub seq: u64,
+    /// A primary sealed for a planned switchover.
+    pub sealed: bool,
+    /// The highest state epoch it has seen (its role's epoch): it refuses older frames.
+    pub fence: u64,
+    /// The epoch of its newest entry.
+    pub last_epoch: u64,
 }
 
 fn close(task: &TaskId, open: Open, primaries: &Primaries) {

@@ -783,9 +783,6 @@ impl Scenario {
                         st.standbys
                     );
                 }
-                if st.ack == warden_core::state::AckLevel::Quorum {
-                    bail!("workload[{i}].state.ack: \"local\" or \"standby\"");
-                }
                 if usize::from(st.standbys) + 1 > self.agents {
                     bail!(
                         "workload[{i}].state.standbys: {} standbys and a primary need {} agents \

@@ -141,6 +141,8 @@ impl Fleet {
                 endpoint: String::new(),
                 in_sync: Vec::new(),
                 state_seq: 0,
+                state_fence: 0,
+                state_last_epoch: 0,
                 sealed: false,
             })
             .collect();

@@ -85,6 +85,7 @@ fn fleet() -> (Desired, Observed) {
         tasks,
         brake_engaged: false,
         reschedule_budget: 1_000,
+        replica_reports: Default::default(),
     };
     let failed = observed.agents.get_mut(&ids[42]).unwrap();
     failed.state = AgentState::Failed;

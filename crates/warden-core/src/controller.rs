@@ -166,9 +166,9 @@ pub struct Controller {
     last_replica_refresh: Option<Time>,
     /// Planned switchovers under way, by job.
     switchovers: FxHashMap<JobName, replicas::Switchover>,
-    /// What each replica copy last reported: task → (copy epoch, last sequence number held,
-    /// sealed).
-    state_seen: FxHashMap<TaskId, (FencingToken, u64, bool)>,
+    /// Jobs writing at `quorum` whose replicas are being fenced before a promotion: the
+    /// fence epoch they are told (the planner asks for it at every plan while it applies).
+    fencing: FxHashMap<JobName, u64>,
 }
 
 impl Controller {
@@ -217,7 +217,7 @@ impl Controller {
             in_sync_wanted: FxHashMap::default(),
             last_replica_refresh: None,
             switchovers: FxHashMap::default(),
-            state_seen: FxHashMap::default(),
+            fencing: FxHashMap::default(),
         };
         c.take_over(snapshot, now);
         if let Some(term) = c.term_now(now) {

@@ -187,6 +187,10 @@ pub struct Observed {
     pub brake_engaged: bool,
     /// How many reschedules this plan may order (from the runtime's [`TokenBucket`]).
     pub reschedule_budget: u32,
+    /// What each replica copy of a job with standbys last reported of its state, by slot:
+    /// what a promotion at `quorum` compares. Reports, not stored.
+    #[serde(skip)]
+    pub replica_reports: FxHashMap<TaskId, crate::state::ReplicaReport>,
 }
 
 /// Identifies an operation for idempotence and for recovery records: `job/index@epoch:kind`.
@@ -405,28 +409,44 @@ fn needs_stop(t: &TaskView, status: Copy) -> bool {
     }
 }
 
+/// A job with standbys, as the promotion rule reads it.
+struct ReplicatedJob<'a> {
+    name: &'a JobName,
+    state: crate::state::StateSpec,
+    slots: &'a [TaskView],
+    want: usize,
+    reports: &'a FxHashMap<TaskId, crate::state::ReplicaReport>,
+}
+
 /// The promotion rule of a job with standbys. When its primary is gone (its copy surely dead,
 /// by the same fencing rule as any singleton's) or there is none, a standby takes its place at
-/// the next state epoch: an in-sync standby that runs on a live agent; while an in-sync standby
-/// may yet come back (its agent is only suspected), nothing is promoted, since any other could
-/// lack writes acknowledged at `standby`; once every in-sync standby is surely gone too, the
-/// live standby with the lowest slot — an *unclean* promotion (`unclean` in the action):
-/// writes acknowledged at `standby` that only the lost replicas held are lost with them, the
-/// documented limit of that level (it survives the loss of the primary and of all standbys
-/// but one in-sync one). Returns the slot to leave alone this round.
+/// a newer state epoch.
+///
+/// At `standby` (and `local`): an in-sync standby that runs on a live agent, at the next
+/// epoch; while an in-sync standby may yet come back (its agent is only suspected), nothing is
+/// promoted, since any other could lack writes acknowledged at `standby`; once every in-sync
+/// standby is surely gone too, the live standby with the lowest slot — an *unclean* promotion
+/// (`unclean` in the action): writes acknowledged at `standby` that only the lost replicas
+/// held are lost with them, the documented limit of that level (it survives the loss of the
+/// primary and of all standbys but one in-sync one).
+///
+/// At `quorum` (see [`promote_quorum`]): the live standbys are first fenced at the next epoch
+/// ([`Plan::fence`]); once enough of them reported what they hold under it, the one holding
+/// the most is promoted at the epoch after.
+///
+/// Returns the slot to leave alone this round.
 #[allow(clippy::too_many_arguments)]
 fn promote<'a>(
     cfg: &PlannerConfig,
-    name: &JobName,
-    slots: &[TaskView],
-    want: usize,
+    job: &ReplicatedJob<'_>,
     on_terminal: impl Fn(&AgentId) -> Option<&'a AgentView>,
     on_any: impl Fn(&AgentId) -> Option<&'a AgentView>,
     now: Time,
     wake: &mut Option<Time>,
     actions: &mut Vec<Action>,
+    fence: &mut Vec<(JobName, u64)>,
 ) -> Option<usize> {
-    let slots = &slots[..want.min(slots.len())];
+    let slots = &job.slots[..job.want.min(job.slots.len())];
     let replicas = || slots.iter().map(|t| t.replica.as_ref());
     let epoch = crate::state::state_epoch(replicas());
     if epoch == 0 {
@@ -454,38 +474,126 @@ fn promote<'a>(
             .enumerate()
             .filter(move |(i, _)| Some(*i) != primary)
     };
-    let waiting = others().any(|(_, t)| {
-        in_sync(t)
-            && !live(t)
-            && copy_status(cfg, JobKind::Singleton, t, &on_any, now, wake) != Copy::Dead
-    });
-    let pick = others().find(|(_, t)| in_sync(t) && live(t)).or_else(|| {
-        if waiting {
-            None
-        } else {
-            others().find(|(_, t)| live(t))
+    let pick = if job.state.ack() == crate::state::AckLevel::Quorum {
+        match promote_quorum(job, slots, primary, epoch, &live, |t| {
+            copy_status(cfg, JobKind::Singleton, t, &on_any, now, wake) == Copy::Dead
+        }) {
+            Quorum::Promote { slot, unclean } => Some((slot, unclean, epoch + 2)),
+            Quorum::Fence { hold } => {
+                fence.push((job.name.clone(), epoch + 1));
+                return if hold { primary } else { None };
+            }
         }
-    });
-    let Some((i, t)) = pick else {
-        // Nothing to promote now. While an in-sync standby may come back, the old primary's
-        // slot waits: started afresh it would be an empty primary that the standbys follow.
-        // With no standby left at all, the slot starts again (on what its agent still holds).
-        return if waiting { primary } else { None };
+    } else {
+        let waiting = others().any(|(_, t)| {
+            in_sync(t)
+                && !live(t)
+                && copy_status(cfg, JobKind::Singleton, t, &on_any, now, wake) != Copy::Dead
+        });
+        let pick = others().find(|(_, t)| in_sync(t) && live(t)).or_else(|| {
+            if waiting {
+                None
+            } else {
+                others().find(|(_, t)| live(t))
+            }
+        });
+        let Some((i, t)) = pick else {
+            // Nothing to promote now. While an in-sync standby may come back, the old
+            // primary's slot waits: started afresh it would be an empty primary that the
+            // standbys follow. With no standby left at all, the slot starts again (on what its
+            // agent still holds).
+            return if waiting { primary } else { None };
+        };
+        Some((i, !in_sync(t), epoch + 1))
     };
-    let task = TaskId::new(name.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+    let Some((i, unclean, new_epoch)) = pick else {
+        return primary;
+    };
+    let t = &slots[i];
+    let task = TaskId::new(job.name.clone(), u32::try_from(i).unwrap_or(u32::MAX));
     actions.push(Action::SetReplica {
-        op: OperationId(format!("{task}@{}:promote-{}", t.epoch, epoch + 1)),
-        unclean: !in_sync(t),
+        op: OperationId(format!("{task}@{}:promote-{new_epoch}", t.epoch)),
+        unclean,
         task,
         epoch: t.epoch,
         replica: Replica {
-            epoch: epoch + 1,
+            epoch: new_epoch,
             primary: true,
             in_sync: false,
         },
     });
     // The old primary's slot comes back as a standby once the promotion is applied.
     primary
+}
+
+/// What the quorum rule decides.
+enum Quorum {
+    /// Promote this slot (at the epoch after the fence).
+    Promote { slot: usize, unclean: bool },
+    /// Fence the replicas and wait for their reports; `hold`: leave the old primary's slot
+    /// alone (a standby may still be promoted).
+    Fence { hold: bool },
+}
+
+/// The promotion rule at `quorum`. A write was acknowledged once a majority of `standbys + 1`
+/// replicas held it, so with the primary lost, `standbys + 1 - majority + 1` standbys together
+/// hold every acknowledged write, and the one of them that holds the most
+/// ([`crate::state::Candidate::holds`]) holds each. What they report counts only once it is
+/// final: reported under the fence epoch (`epoch + 1`), which they refuse the lost primary's
+/// frames from. The promotion is clean when enough in-sync standbys reported; while a standby
+/// that has not may yet report (it runs, or its agent is only suspected), the rule waits; once
+/// every other standby is surely gone, the best of those that reported is promoted anyway, an
+/// *unclean* promotion (a majority was lost: writes only the lost replicas held are lost).
+fn promote_quorum(
+    job: &ReplicatedJob<'_>,
+    slots: &[TaskView],
+    primary: Option<usize>,
+    epoch: u64,
+    live: &dyn Fn(&TaskView) -> bool,
+    mut dead: impl FnMut(&TaskView) -> bool,
+) -> Quorum {
+    let fence_at = epoch + 1;
+    let mut ready = Vec::new();
+    let mut members = 0usize;
+    let mut waiting = false;
+    for (i, t) in slots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != primary)
+    {
+        let report = u32::try_from(i)
+            .ok()
+            .and_then(|index| job.reports.get(&TaskId::new(job.name.clone(), index)))
+            .filter(|r| r.copy == t.epoch && r.fence >= fence_at);
+        let in_sync = t.replica.is_some_and(|r| r.in_sync && !r.primary);
+        match report {
+            Some(r) if live(t) => {
+                members += usize::from(in_sync);
+                ready.push(crate::state::Candidate {
+                    id: i,
+                    in_sync,
+                    last_epoch: r.last_epoch,
+                    synced: r.seq,
+                });
+            }
+            _ => waiting |= live(t) || !dead(t),
+        }
+    }
+    let need = usize::from(job.state.standbys) + 1 - crate::state::majority(job.state.standbys) + 1;
+    let best = crate::state::holding_most(&ready);
+    match best {
+        Some(c) if members >= need => Quorum::Promote {
+            slot: c.id,
+            unclean: false,
+        },
+        Some(c) if !waiting => Quorum::Promote {
+            slot: c.id,
+            unclean: true,
+        },
+        _ => Quorum::Fence {
+            hold: waiting || !ready.is_empty(),
+        },
+    }
 }
 
 /// Copies of a job per agent among its first `want` slots.
@@ -523,6 +631,11 @@ pub struct Plan {
     /// The earliest instant at which the same input plans differently: a singleton's fencing
     /// wait or a failed task's backoff ends. `None`: only a change of the input can.
     pub wake_at: Option<Time>,
+    /// Jobs writing at `quorum` whose primary is lost, with the state epoch their other
+    /// replicas must be told (as standbys with no primary) before one is promoted: once a
+    /// replica has seen it, it refuses the lost primary's frames, and what it reports holding
+    /// is final. Not an operation: nothing is stored, it is asked again at every plan.
+    pub fence: Vec<(JobName, u64)>,
 }
 
 /// Compute the actions that move `observed` towards `desired` at `now`.
@@ -535,6 +648,7 @@ pub fn plan(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Ti
 pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, now: Time) -> Plan {
     let mut wake: Option<Time> = None;
     let mut actions = Vec::new();
+    let mut fence = Vec::new();
     let mut placer = Placer::new(eligible_nodes(observed));
     let mut budget = observed.reschedule_budget;
     let (mut frozen, mut deferred) = (0u32, 0u32);
@@ -568,17 +682,23 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
             let mut unplaced = 0u32;
             // A replicated state's lost primary is replaced by promoting a standby; its own
             // slot waits for the promotion (and then comes back as a standby).
-            let held = if spec.standbys() > 0 {
-                promote(
-                    cfg,
+            let held = if let Some(state) = spec.state.filter(|s| s.standbys > 0) {
+                let job = ReplicatedJob {
                     name,
+                    state,
                     slots,
                     want,
+                    reports: &observed.replica_reports,
+                };
+                promote(
+                    cfg,
+                    &job,
                     on_terminal,
                     on_any,
                     now,
                     &mut wake,
                     &mut actions,
+                    &mut fence,
                 )
             } else {
                 None
@@ -791,6 +911,7 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
     }
     Plan {
         actions,
+        fence,
         wake_at: wake,
     }
 }

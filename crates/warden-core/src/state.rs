@@ -214,6 +214,23 @@ pub struct ReplicaOrder {
     pub sealed: bool,
 }
 
+/// What a replica copy last reported of its state (in its agent's heartbeats): what a
+/// promotion at `quorum` compares, and what a planned switchover waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplicaReport {
+    /// The copy it is about (its fencing token).
+    pub copy: crate::types::FencingToken,
+    /// The highest state epoch the replica has seen: once above the lost primary's epoch it
+    /// refuses that primary's frames, so `seq` and `last_epoch` are final for it.
+    pub fence: u64,
+    /// The epoch of its newest entry.
+    pub last_epoch: u64,
+    /// The last sequence number it holds (applied: a primary has written it, a standby received it).
+    pub seq: u64,
+    /// A primary sealed for a planned switchover.
+    pub sealed: bool,
+}
+
 /// Replicas (the primary plus its standbys) that must hold a write at [`AckLevel::Quorum`].
 pub fn majority(standbys: u8) -> usize {
     let replicas = usize::from(standbys) + 1;
@@ -276,8 +293,20 @@ pub struct Candidate<Id> {
     pub id: Id,
     /// Whether the server's in-sync set holds it.
     pub in_sync: bool,
+    /// The epoch of the newest entry it holds: a log that ends in a newer epoch holds that
+    /// epoch's writes, whatever its length (an older epoch's tail, never replicated, can be
+    /// longer).
+    pub last_epoch: u64,
     /// Highest contiguous sequence number it holds (its log is sealed there on promotion).
     pub synced: u64,
+}
+
+impl<Id> Candidate<Id> {
+    /// How much of the history it holds: `(last_epoch, synced)`, compared in that order (the
+    /// rule of Raft's vote).
+    pub fn holds(&self) -> (u64, u64) {
+        (self.last_epoch, self.synced)
+    }
 }
 
 /// Why no replica may be promoted.
@@ -305,12 +334,13 @@ pub enum NoPromotion {
 /// Which standby to promote when the primary is lost, for a job writing at `level` with
 /// `configured` standbys, among the `reachable` ones. Ties go to the first candidate.
 ///
-/// - `standby` (and `local`): an in-sync standby, the one with the highest sequence number
-///   (each holds every write acknowledged at `standby`; the highest also holds the most
-///   `local` writes).
+/// - `standby` (and `local`): an in-sync standby, the one that holds the most (each holds
+///   every write acknowledged at `standby`; the highest also holds the most `local` writes).
 /// - `quorum`: the standbys that answered must, with the lost primary counted as not
 ///   answering, still meet every possible write quorum: `configured + 1 - majority + 1` of
-///   them; the one with the highest sequence number holds every acknowledged write.
+///   them; the one that holds the most ([`Candidate::holds`]) holds every acknowledged
+///   write. Their numbers must be final: each must have stopped taking frames of the lost
+///   primary's epoch before it reported them (see [`ReplicaReport::fence`]).
 pub fn promotion<Id: Clone>(
     level: AckLevel,
     configured: u8,
@@ -319,13 +349,7 @@ pub fn promotion<Id: Clone>(
     if configured == 0 {
         return Err(NoPromotion::NoStandby);
     }
-    let best = |it: &mut dyn Iterator<Item = &Candidate<Id>>| {
-        it.fold(None::<&Candidate<Id>>, |best, c| match best {
-            Some(b) if b.synced >= c.synced => Some(b),
-            _ => Some(c),
-        })
-        .cloned()
-    };
+    let best = |it: &mut dyn Iterator<Item = &Candidate<Id>>| holding_most(it);
     match level {
         AckLevel::Local | AckLevel::Standby => {
             best(&mut reachable.iter().filter(|c| c.in_sync)).ok_or(NoPromotion::NoneInSync)
@@ -347,6 +371,19 @@ pub fn promotion<Id: Clone>(
             })
         }
     }
+}
+
+/// The candidate that holds the most ([`Candidate::holds`]); ties go to the first.
+pub fn holding_most<'a, Id: Clone + 'a>(
+    candidates: impl IntoIterator<Item = &'a Candidate<Id>>,
+) -> Option<Candidate<Id>> {
+    candidates
+        .into_iter()
+        .fold(None::<&Candidate<Id>>, |best, c| match best {
+            Some(b) if b.holds() >= c.holds() => Some(b),
+            _ => Some(c),
+        })
+        .cloned()
 }
 
 /// The epoch check every replica applies. The epoch is the task's fencing token: it grows at
@@ -473,6 +510,7 @@ mod tests {
         let c = |id: &'static str, in_sync, synced| Candidate {
             id,
             in_sync,
+            last_epoch: 1,
             synced,
         };
         let pick = promotion(
@@ -496,6 +534,18 @@ mod tests {
         ));
         let pick = promotion(AckLevel::Quorum, 2, &[c("a", false, 5), c("b", true, 4)]);
         assert_eq!(pick.map(|c| c.id), Ok("a"));
+        // A longer log that ends in an older epoch (a tail never replicated) loses to a
+        // shorter one of the newer epoch.
+        let old_tail = Candidate {
+            last_epoch: 1,
+            ..c("old", false, 50)
+        };
+        let newer = Candidate {
+            last_epoch: 2,
+            ..c("new", false, 30)
+        };
+        let pick = promotion(AckLevel::Quorum, 2, &[old_tail, newer]);
+        assert_eq!(pick.map(|c| c.id), Ok("new"));
     }
 
     #[test]
@@ -552,7 +602,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| !lost[*i])
-                .map(|(i, s)| Candidate { id: i, in_sync: s.in_sync, synced: s.synced })
+                .map(|(i, s)| Candidate { id: i, in_sync: s.in_sync, last_epoch: 1, synced: s.synced })
                 .collect();
             if let Ok(new) = promotion(level, configured, &reachable) {
                 prop_assert!(new.synced >= acked, "promoted {new:?} lacks acked {acked}: {p:?}");

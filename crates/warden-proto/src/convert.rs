@@ -136,6 +136,8 @@ pub fn copy_from_wire(r: &v1::RunningTask) -> Option<CopyReport> {
         in_sync: r.in_sync.clone(),
         state_seq: r.state_seq,
         sealed: r.sealed,
+        state_fence: r.state_fence,
+        state_last_epoch: r.state_last_epoch,
     })
 }
 
@@ -151,6 +153,8 @@ pub fn copy_to_wire(c: &CopyReport) -> v1::RunningTask {
         in_sync: c.in_sync.clone(),
         state_seq: c.state_seq,
         sealed: c.sealed,
+        state_fence: c.state_fence,
+        state_last_epoch: c.state_last_epoch,
     }
 }
 
@@ -198,6 +202,8 @@ pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
         endpoint: r.endpoint.clone(),
         in_sync: Vec::new(),
         state_seq: 0,
+        state_fence: 0,
+        state_last_epoch: 0,
         sealed: false,
     };
     Some((copy, r.message.clone()))
@@ -516,6 +522,8 @@ mod tests {
                     endpoint: String::new(),
                     in_sync: vec!["b".into()],
                     state_seq: 9,
+                    state_fence: 0,
+                    state_last_epoch: 0,
                     sealed: true,
                 },
                 v1::RunningTask {

@@ -374,17 +374,8 @@ impl JobLimits {
         if let Some(state) = &spec.state
             && state.standbys > 0
         {
-            // Refused rather than accepted and left to misbehave: these need a promotion that
-            // compares the standbys' logs (quorum) or a standby that runs no task (warm),
-            // which this server does not do yet.
-            if state.ack() == warden_core::state::AckLevel::Quorum {
-                return over(
-                    "state.ack",
-                    "is \"quorum\"; this server promotes by the in-sync set only \
-                     (docs/state.md): use ack = \"standby\""
-                        .to_string(),
-                );
-            }
+            // Refused rather than accepted and left to misbehave: a standby that runs no task
+            // is not built in this server.
             if state.mode == warden_core::state::StateMode::Warm {
                 return over(
                     "state.mode",

@@ -432,6 +432,8 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
         endpoint: String::new(),
         in_sync: Vec::new(),
         state_seq: 0,
+        state_fence: 0,
+        state_last_epoch: 0,
         sealed: false,
     }];
     b.send(report(v1::TaskPhase::Running)).await;
@@ -461,6 +463,8 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
             endpoint: String::new(),
             in_sync: Vec::new(),
             state_seq: 0,
+            state_fence: 0,
+            state_last_epoch: 0,
             sealed: false,
         }],
         running_as_of: 0,

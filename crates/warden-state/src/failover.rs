@@ -244,6 +244,7 @@ pub async fn run(cfg: &FailoverRun) -> anyhow::Result<FailoverReport> {
             .map(|i| Candidate {
                 id: i,
                 in_sync: true,
+                last_epoch: replicas[i].store.position().1,
                 synced: replicas[i].store.committed().local,
             })
             .collect();

@@ -408,11 +408,6 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             out,
             network,
         } => {
-            if *ack == warden_core::state::AckLevel::Quorum {
-                anyhow::bail!(
-                    "--ack: local or standby (quorum is not promoted through agents yet)"
-                );
-            }
             let sc = warden_chaos::scenario::Scenario::from_toml(
                 &warden_chaos::scenario::state_soak(*rounds, *standbys, *ack),
             )?;

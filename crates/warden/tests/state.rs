@@ -100,10 +100,6 @@ fn state_on_a_service_or_an_impossible_state_table_is_refused_clearly() {
             "expected `hot` or `warm`",
         ),
         (
-            "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nstandbys = 2\nack = \"quorum\"\n",
-            "promotes by the in-sync set only",
-        ),
-        (
             "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nmode = \"warm\"\n",
             "runs hot standbys only",
         ),
@@ -149,23 +145,35 @@ fn replica(c: &Cluster, id: &str) -> Option<(String, String, bool)> {
 /// Submit `warden workload counter` as `job` with one standby at `ack`, and wait until slot 0
 /// is the primary and slot 1 an in-sync standby on another agent. Returns their agents.
 fn replicated_counter(c: &Cluster, job: &str, every_ms: u64, ack: &str) -> (String, String) {
+    replicated_counter_with(c, job, every_ms, ack, 1)
+}
+
+/// [`replicated_counter`] with `standbys` standbys, every one in sync.
+fn replicated_counter_with(
+    c: &Cluster,
+    job: &str,
+    every_ms: u64,
+    ack: &str,
+    standbys: u32,
+) -> (String, String) {
     c.submit(&format!(
         "name = \"{job}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
          args = [\"workload\", \"counter\", \"--every-ms\", \"{every_ms}\"]\n\
          [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
-         [state]\nstandbys = 1\nack = \"{ack}\"\n"
+         [state]\nstandbys = {standbys}\nack = \"{ack}\"\n"
     ))
     .unwrap();
     // The standby joins the in-sync set once it caught up, and only then are writes at
     // `standby` acknowledged.
     let placed = wait_until(LONG, || {
-        let (Some(p), Some(s)) = (
-            replica(c, &format!("{job}/0")),
-            replica(c, &format!("{job}/1")),
-        ) else {
+        let Some(p) = replica(c, &format!("{job}/0")) else {
             return false;
         };
-        p.1 == "primary" && s.1 == "standby" && s.2 && p.0 != s.0
+        p.1 == "primary"
+            && (1..=standbys).all(|i| {
+                replica(c, &format!("{job}/{i}"))
+                    .is_some_and(|s| s.1 == "standby" && s.2 && s.0 != p.0)
+            })
     });
     assert!(
         placed,
@@ -214,6 +222,65 @@ fn a_primary_whose_agent_is_killed_fails_over_to_its_standby_with_every_acked_wr
     }
     let (_, role, _) = replica(&c, &format!("{job}/1")).unwrap();
     assert_eq!(role, "primary");
+}
+
+#[test]
+fn a_quorum_primary_whose_agent_is_killed_fails_over_to_the_standby_holding_the_most() {
+    let mut c = start_cluster();
+    c.add_agents(4).unwrap();
+    let job = "ledger4";
+    let (primary, _) = replicated_counter_with(&c, job, 10, "quorum", 2);
+    assert!(
+        wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 20),
+        "the primary never acknowledged 20 writes at quorum\n{}",
+        c.log(&primary)
+    );
+    c.kill_agent(&primary).unwrap();
+    let old = acked_on(&c, &primary, job, 0);
+    let (last_old, old_epoch) = *old.last().unwrap();
+    // The standbys are fenced, report what they hold, and one of them is promoted; it counts
+    // on from every write the old primary acknowledged at quorum.
+    let promoted = || {
+        (1..=2u32).find_map(|i| {
+            let (agent, role, _) = replica(&c, &format!("{job}/{i}"))?;
+            (role == "primary" && acked_on(&c, &agent, job, i).len() >= 10).then_some((agent, i))
+        })
+    };
+    assert!(
+        wait_until(LONG, || promoted().is_some()),
+        "no standby was promoted and writing\n{:?}\n{:?}\n{}",
+        c.task(&format!("{job}/1")),
+        c.task(&format!("{job}/2")),
+        c.log(&c.server_name(0))
+    );
+    let (agent, index) = promoted().unwrap();
+    let new = acked_on(&c, &agent, job, index);
+    let (first_new, new_epoch) = new[0];
+    // Fenced at the next epoch, promoted at the one after.
+    assert!(
+        new_epoch >= old_epoch + 2,
+        "epochs {old_epoch} then {new_epoch}"
+    );
+    assert!(
+        first_new > last_old && first_new <= last_old + 2,
+        "the old primary acknowledged up to {last_old}; the new one started at {first_new}"
+    );
+    for w in new.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "values {new:?}");
+    }
+    let events = c
+        .server_client(0)
+        .unwrap()
+        .get("/v1/events?since=0&limit=10000")
+        .unwrap();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("kind")?.as_str())
+        .collect();
+    assert!(kinds.contains(&"state.fence"), "{events}");
+    assert!(!kinds.contains(&"state.promote_unclean"), "{events}");
 }
 
 #[test]

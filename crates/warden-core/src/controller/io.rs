@@ -103,10 +103,14 @@ pub struct CopyReport {
     /// (the in-sync set it was sent, and those it found caught up since).
     pub in_sync: Vec<String>,
     /// For a replica of a replicated state: the last sequence number it holds (a primary:
-    /// has written; a standby: has synced); 0 when none.
+    /// has written; a standby: has applied); 0 when none.
     pub state_seq: u64,
     /// For a primary: it takes no more writes (sealed for a planned switchover).
     pub sealed: bool,
+    /// For a replica: the highest state epoch it has seen (it refuses frames of older ones).
+    pub state_fence: u64,
+    /// For a replica: the epoch of the newest entry it holds.
+    pub state_last_epoch: u64,
 }
 
 /// A heartbeat.

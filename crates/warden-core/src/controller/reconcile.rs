@@ -88,6 +88,7 @@ impl Controller {
         let planned = plan_next(&self.cfg.planner, &self.desired, &self.observed, now);
         let mut replan_at = planned.wake_at;
         let mut actions = planned.actions;
+        self.set_fences(planned.fence, now, out);
         self.in_sync_actions(&mut actions);
         self.switchover_actions(&mut actions, now, out);
         if actions.is_empty() {
@@ -361,12 +362,26 @@ impl Controller {
                 ..
             } => {
                 if unclean {
-                    let msg = format!(
-                        "{task} promoted at state epoch {} although it is not in the in-sync set: \
-                         every in-sync replica was lost, and writes acknowledged at standby that \
-                         only they held are lost with them",
-                        replica.epoch
-                    );
+                    let quorum = self
+                        .desired
+                        .get(&task.job)
+                        .and_then(|s| s.state)
+                        .is_some_and(|s| s.ack() == crate::state::AckLevel::Quorum);
+                    let msg = if quorum {
+                        format!(
+                            "{task} promoted at state epoch {} without a quorum of its replicas: \
+                             a majority was lost, and writes acknowledged at quorum that only \
+                             they held are lost with them",
+                            replica.epoch
+                        )
+                    } else {
+                        format!(
+                            "{task} promoted at state epoch {} although it is not in the in-sync \
+                             set: every in-sync replica was lost, and writes acknowledged at \
+                             standby that only they held are lost with them",
+                            replica.epoch
+                        )
+                    };
                     out.push(Command::Notice(Notice::Alarm(msg.clone())));
                     let agent = self.slot(&task).and_then(|t| t.agent.clone());
                     self.event(

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use crate::planner::{Action, OperationId, SlotState, TaskView};
-use crate::state::{Replica, ReplicaOrder, primary_index, state_epoch};
+use crate::state::{Replica, ReplicaOrder, ReplicaReport, primary_index, state_epoch};
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobName, TaskId};
 
@@ -94,6 +94,14 @@ impl Controller {
         let i = task.index as usize;
         slots.get(i)?.replica?;
         let epoch = state_epoch(replicas(slots));
+        if let Some(&fence) = self.fencing.get(&task.job).filter(|f| **f > epoch) {
+            // Before a promotion at `quorum`: every replica stops following the lost primary
+            // (it refuses its epoch from now on) and reports what it holds.
+            return Some(ReplicaOrder {
+                epoch: fence,
+                ..ReplicaOrder::default()
+            });
+        }
         let primary = primary_index(replicas(slots));
         if primary == Some(i) {
             let in_sync = slots
@@ -192,10 +200,24 @@ impl Controller {
             return;
         }
         self.last_replica_refresh = Some(now);
-        // Reports of replicas whose job keeps no standby now are no longer needed.
+        // Reports of replicas whose job keeps no standby now are no longer needed, nor fences
+        // a promotion went past.
         let desired = &self.desired;
-        self.state_seen
+        self.observed
+            .replica_reports
             .retain(|t, _| desired.get(&t.job).is_some_and(|s| s.standbys() > 0));
+        let tasks = &self.observed.tasks;
+        self.fencing.retain(|job, fence| {
+            desired.get(job).is_some_and(|s| s.standbys() > 0)
+                && *fence
+                    > state_epoch(
+                        tasks
+                            .get(job)
+                            .into_iter()
+                            .flatten()
+                            .map(|t| t.replica.as_ref()),
+                    )
+        });
         let jobs: Vec<JobName> = self
             .desired
             .iter()
@@ -242,16 +264,43 @@ impl Controller {
         }
     }
 
-    /// A replica's report of the last sequence number it holds.
+    /// A replica's report of what it holds.
     pub(super) fn note_state_seq(&mut self, c: &CopyReport) {
         if self.replica_slots(&c.task.job).is_none() {
             return;
         }
-        let seen = (c.epoch, c.state_seq, c.sealed);
-        if self.state_seen.insert(c.task.clone(), seen) != Some(seen)
-            && self.switchovers.contains_key(&c.task.job)
+        let seen = ReplicaReport {
+            copy: c.epoch,
+            fence: c.state_fence,
+            last_epoch: c.state_last_epoch,
+            seq: c.state_seq,
+            sealed: c.sealed,
+        };
+        if self.observed.replica_reports.insert(c.task.clone(), seen) != Some(seen)
+            && (self.switchovers.contains_key(&c.task.job)
+                || self.fencing.contains_key(&c.task.job))
         {
             self.dirty = true;
+        }
+    }
+
+    /// The fences the plan asks for: each replica of the job is told the fence epoch (once;
+    /// the periodic refresh repeats it).
+    pub(super) fn set_fences(
+        &mut self,
+        fence: Vec<(JobName, u64)>,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        for (job, epoch) in fence {
+            if self.fencing.insert(job.clone(), epoch) != Some(epoch) {
+                let msg = format!(
+                    "the primary of {job} is lost: its replicas are fenced at state epoch {epoch} \
+                     and report what they hold before one is promoted"
+                );
+                self.event(out, now, "state.fence", None, None, msg);
+                self.send_replicas(&job, out);
+            }
         }
     }
 
@@ -370,16 +419,15 @@ impl Controller {
                 continue; // a failover or a replacement came first
             }
             let task = |i: usize| TaskId::new(job.clone(), u32::try_from(i).unwrap_or(u32::MAX));
-            let sealed = self
-                .state_seen
+            let reports = &self.observed.replica_reports;
+            let sealed = reports
                 .get(&task(sw.primary.0))
-                .filter(|(e, _, sealed)| *e == sw.primary.1 && *sealed)
-                .map(|(_, seq, _)| *seq);
-            let held = self
-                .state_seen
+                .filter(|r| r.copy == sw.primary.1 && r.sealed)
+                .map(|r| r.seq);
+            let held = reports
                 .get(&task(sw.target.0))
-                .filter(|(e, _, _)| *e == sw.target.1)
-                .map(|(_, seq, _)| *seq);
+                .filter(|r| r.copy == sw.target.1)
+                .map(|r| r.seq);
             let (Some(sealed), Some(held)) = (sealed, held) else {
                 continue;
             };

@@ -191,6 +191,12 @@ impl H {
                     endpoint: String::new(),
                     in_sync: self.in_sync.get(task).cloned().unwrap_or_default(),
                     state_seq: self.seqs.get(task).map_or(0, |s| s.0),
+                    // A replica refuses older epochs from the moment it is told a newer one.
+                    state_fence: self
+                        .roles
+                        .get(&(id.clone(), task.clone()))
+                        .map_or(0, |r| r.epoch),
+                    state_last_epoch: 1,
                     sealed: self.seqs.get(task).is_some_and(|s| s.1),
                 })
                 .collect()
@@ -536,6 +542,8 @@ fn a_fenced_copy_restarts_without_counting_a_failure() {
             endpoint: String::new(),
             in_sync: Vec::new(),
             state_seq: 0,
+            state_fence: 0,
+            state_last_epoch: 0,
             sealed: false,
         },
         message: "lease ran out".into(),
@@ -828,6 +836,32 @@ fn stateful(name: &str, standbys: u8) -> JobSpec {
     }
 }
 
+/// Job `db` with two standbys writing at `quorum`, on agents `a`, `b`, `c`; every standby in
+/// the in-sync set.
+fn quorum_job() -> (H, Vec<AgentId>, [AgentId; 3]) {
+    let mut h = H::new();
+    let ids: Vec<AgentId> = ["a", "b", "c"].iter().map(|n| h.join(n, 1)).collect();
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    h.run(Duration::from_secs(1), &refs);
+    let mut spec = stateful("db", 2);
+    spec.state = Some(crate::state::StateSpec {
+        standbys: 2,
+        ack: Some(crate::state::AckLevel::Quorum),
+        mode: crate::state::StateMode::Hot,
+    });
+    h.submit(spec);
+    h.run(Duration::from_secs(1), &refs);
+    let agents = [0, 1, 2].map(|i| h.slot("db", i).agent.unwrap());
+    h.in_sync.insert(
+        db(0),
+        vec![agents[1].name.to_string(), agents[2].name.to_string()],
+    );
+    h.run(Duration::from_secs(1), &refs);
+    assert!(h.slot("db", 1).replica.unwrap().in_sync);
+    assert!(h.slot("db", 2).replica.unwrap().in_sync);
+    (h, ids, agents)
+}
+
 /// Agents `a`, `b`, `c` (and `d` with `four`) and job `db` with `standbys` standbys, placed.
 fn replicated(standbys: u8, four: bool) -> (H, Vec<AgentId>) {
     let mut h = H::new();
@@ -1051,4 +1085,78 @@ fn a_switchover_whose_standby_never_catches_up_is_abandoned_and_the_primary_unse
         "the primary takes writes again"
     );
     assert!(h.slot("db", 0).replica.unwrap().primary);
+}
+
+#[test]
+fn a_quorum_promotion_fences_the_standbys_then_promotes_the_one_holding_the_most() {
+    let (mut h, _, agents) = quorum_job();
+    let task = db;
+    // Slot 2 holds more than slot 1 (slot 1 reports first: the rule must wait for both).
+    h.seqs.insert(task(1), (100, false));
+    h.seqs.insert(task(2), (120, false));
+    let mut out = kill(&mut h, &agents[0]);
+    out.extend(h.run(Duration::from_millis(400), &[&agents[1]]));
+    // Both standbys were told the fence epoch, with no primary to follow; nothing promoted
+    // while slot 2 has not reported under it.
+    for (i, a) in [(1, &agents[1]), (2, &agents[2])] {
+        let told = &h.roles[&(a.clone(), task(i))];
+        assert!(
+            !told.primary && told.epoch == 2 && told.primary_addr.is_empty(),
+            "{told:?}"
+        );
+    }
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::AppendEvent(e) if e.kind == "state.fence")),
+        "{out:?}"
+    );
+    assert!(!h.slot("db", 1).replica.unwrap().primary);
+    assert!(!h.slot("db", 2).replica.unwrap().primary);
+    // Slot 2 reports: it holds the most, and is promoted at the epoch after the fence, clean.
+    let out = h.run(Duration::from_secs(1), &[&agents[1], &agents[2]]);
+    let r = h.slot("db", 2).replica.unwrap();
+    assert!(r.primary && r.epoch == 3, "{r:?}");
+    assert!(!h.slot("db", 1).replica.unwrap().primary);
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Alarm(m)) if m.contains("promoted"))),
+        "{out:?}"
+    );
+    let told = &h.roles[&(agents[1].clone(), task(1))];
+    assert!(
+        !told.primary && told.epoch == 3 && told.primary_agent == agents[2].name.to_string(),
+        "{told:?}"
+    );
+}
+
+#[test]
+fn a_quorum_promotion_waits_for_a_standby_that_may_come_back_then_is_unclean() {
+    let (mut h, _, agents) = quorum_job();
+    h.seqs.insert(db(1), (100, false));
+    h.seqs.insert(db(2), (120, false));
+    // Slot 2's agent goes silent and is suspected; then the primary's agent dies.
+    let state = |h: &H| h.c.fleet().agent(&agents[2]).map(|r| r.state());
+    for _ in 0..80 {
+        if state(&h) == Some(AgentState::Suspect) {
+            break;
+        }
+        h.run(Duration::from_millis(50), &[&agents[0], &agents[1]]);
+    }
+    assert_eq!(state(&h), Some(AgentState::Suspect));
+    kill(&mut h, &agents[0]);
+    h.run(Duration::from_millis(500), &[&agents[1]]);
+    assert!(
+        !h.slot("db", 1).replica.unwrap().primary,
+        "promoted without a quorum while the silent standby may hold more"
+    );
+    // Once the silent one is surely gone, the only one left is promoted, and said to be
+    // unclean: a majority of the replicas was lost.
+    let out = h.run(Duration::from_secs(4), &[&agents[1]]);
+    let r = h.slot("db", 1).replica.unwrap();
+    assert!(r.primary && r.epoch == 3, "{r:?}");
+    assert!(
+        out.iter().any(|c| matches!(c,
+            Command::Notice(Notice::Alarm(m)) if m.contains("without a quorum"))),
+        "{out:?}"
+    );
 }

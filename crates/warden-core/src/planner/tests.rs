@@ -50,6 +50,7 @@ fn world(agents: &[(&str, AgentState)], jobs: &[JobSpec]) -> (Desired, Observed)
         tasks: Default::default(),
         brake_engaged: false,
         reschedule_budget: 100,
+        replica_reports: Default::default(),
     };
     (desired, observed)
 }

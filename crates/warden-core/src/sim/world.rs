@@ -875,6 +875,8 @@ impl<'a> World<'a> {
                 endpoint: String::new(),
                 in_sync: Vec::new(),
                 state_seq: 0,
+                state_fence: 0,
+                state_last_epoch: 0,
                 sealed: false,
             })
             .collect();
@@ -1075,6 +1077,8 @@ impl<'a> World<'a> {
             endpoint: String::new(),
             in_sync: Vec::new(),
             state_seq: 0,
+            state_fence: 0,
+            state_last_epoch: 0,
             sealed: false,
         };
         if p.paused {
