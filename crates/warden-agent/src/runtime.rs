@@ -182,6 +182,7 @@ fn task_report(
         state_seq: 0,
         state_fence: 0,
         state_last_epoch: 0,
+        lagging: Vec::new(),
         sealed: false,
     };
     msg(agent_message::Msg::TaskReport(convert::report_to_wire(
@@ -422,6 +423,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 for r in &mut running {
                     if let Some(task) = TaskId::parse(&r.task) {
                         r.in_sync = states.in_sync(&task);
+                        r.lagging = states.lagging(&task);
                         let p = states.progress(&task);
                         (r.state_seq, r.sealed) = (p.seq, p.sealed);
                         (r.state_fence, r.state_last_epoch) = (p.fence, p.last_epoch);
@@ -1090,6 +1092,7 @@ fn running_tasks(
                 state_seq: 0,
                 state_fence: 0,
                 state_last_epoch: 0,
+                lagging: Vec::new(),
                 sealed: false,
                 phase: Some(phase_of(&r.state)),
                 task: r.task,

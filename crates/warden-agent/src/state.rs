@@ -402,6 +402,18 @@ impl TaskStates {
         }
     }
 
+    /// The in-sync standbys the primary copy of `task` asks the server to take out of the set
+    /// (they held up writes for [`warden_core::state::STANDBY_LAG_LIMIT`]); empty unless it is
+    /// the primary.
+    pub fn lagging(&self, task: &TaskId) -> Vec<String> {
+        if !self.roles.get(task).is_some_and(|(_, o)| o.primary) {
+            return Vec::new();
+        }
+        self.open.get(task).map_or_else(Vec::new, |o| {
+            o.store.lagging(warden_core::state::STANDBY_LAG_LIMIT)
+        })
+    }
+
     /// What the copy of `task` reports of its replicated state: the last sequence number it
     /// holds (applied: a promotion keeps every entry applied, synced or not; once fenced, a
     /// standby applies no frame of the lost primary's epoch, so every write that primary can

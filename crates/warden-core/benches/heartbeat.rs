@@ -143,6 +143,7 @@ impl Fleet {
                 state_seq: 0,
                 state_fence: 0,
                 state_last_epoch: 0,
+                lagging: Vec::new(),
                 sealed: false,
             })
             .collect();

@@ -162,6 +162,9 @@ pub struct Controller {
     /// Standbys their primary reports caught up, to be added to the in-sync set: standby
     /// slot → (its copy's epoch, the state epoch).
     in_sync_wanted: FxHashMap<TaskId, (FencingToken, u64)>,
+    /// In-sync standbys their primary reports lagging, to be taken out of the set: standby
+    /// slot → (its copy's epoch, the state epoch).
+    in_sync_dropped: FxHashMap<TaskId, (FencingToken, u64)>,
     /// When every replica was last told its role.
     last_replica_refresh: Option<Time>,
     /// Planned switchovers under way, by job.
@@ -218,6 +221,7 @@ impl Controller {
             last_replica_refresh: None,
             switchovers: FxHashMap::default(),
             fencing: FxHashMap::default(),
+            in_sync_dropped: FxHashMap::default(),
         };
         c.take_over(snapshot, now);
         if let Some(term) = c.term_now(now) {

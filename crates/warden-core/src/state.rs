@@ -77,6 +77,11 @@ pub enum StateMode {
     Warm,
 }
 
+/// How long an in-sync standby may hold up writes (behind the primary, not catching up) before
+/// the primary asks the server to take it out of the in-sync set, when another in-sync standby
+/// goes on without it. It rejoins once it has caught up.
+pub const STANDBY_LAG_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest number of standbys a job may ask for.
 pub const MAX_STANDBYS: u8 = 2;
 

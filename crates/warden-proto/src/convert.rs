@@ -138,6 +138,7 @@ pub fn copy_from_wire(r: &v1::RunningTask) -> Option<CopyReport> {
         sealed: r.sealed,
         state_fence: r.state_fence,
         state_last_epoch: r.state_last_epoch,
+        lagging: r.lagging.clone(),
     })
 }
 
@@ -155,6 +156,7 @@ pub fn copy_to_wire(c: &CopyReport) -> v1::RunningTask {
         sealed: c.sealed,
         state_fence: c.state_fence,
         state_last_epoch: c.state_last_epoch,
+        lagging: c.lagging.clone(),
     }
 }
 
@@ -204,6 +206,7 @@ pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
         state_seq: 0,
         state_fence: 0,
         state_last_epoch: 0,
+        lagging: Vec::new(),
         sealed: false,
     };
     Some((copy, r.message.clone()))
@@ -524,6 +527,7 @@ mod tests {
                     state_seq: 9,
                     state_fence: 0,
                     state_last_epoch: 0,
+                    lagging: Vec::new(),
                     sealed: true,
                 },
                 v1::RunningTask {

@@ -434,6 +434,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
         state_seq: 0,
         state_fence: 0,
         state_last_epoch: 0,
+        lagging: Vec::new(),
         sealed: false,
     }];
     b.send(report(v1::TaskPhase::Running)).await;
@@ -465,6 +466,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
             state_seq: 0,
             state_fence: 0,
             state_last_epoch: 0,
+            lagging: Vec::new(),
             sealed: false,
         }],
         running_as_of: 0,

@@ -213,6 +213,9 @@ struct Inner {
     /// primary, or by the primaries before it, whose log this one's ends with): where a standby
     /// must have caught up to before it may join the in-sync set.
     acked_floor: u64,
+    /// In-sync standbys holding up writes: since when, and the primary's synced position
+    /// then (what they must reach to count as caught up again).
+    behind: BTreeMap<String, (Instant, u64)>,
 }
 
 fn level_index(level: AckLevel) -> usize {
@@ -227,7 +230,11 @@ fn level_index(level: AckLevel) -> usize {
 /// when the log failed), then tell the watchers. Takes the lock's guard and releases it.
 fn publish(shared: &Shared, mut g: MutexGuard<'_, Inner>) {
     let c = g.committed();
-    g.acked_floor = g.acked_floor.max(c.at(AckLevel::Standby));
+    g.acked_floor = g
+        .acked_floor
+        .max(c.at(AckLevel::Standby))
+        .max(c.at(AckLevel::Quorum));
+    g.note_lag(Instant::now());
     let mut ready = Vec::new();
     for (i, level) in [AckLevel::Local, AckLevel::Standby, AckLevel::Quorum]
         .into_iter()
@@ -387,6 +394,30 @@ impl Inner {
         true
     }
 
+    /// Track which in-sync standbys hold up writes: one whose synced position is behind the
+    /// primary's is behind from that moment until it reaches the position the primary had
+    /// then.
+    fn note_lag(&mut self, now: Instant) {
+        let durable = self.durable;
+        let standbys = &self.standbys;
+        self.behind
+            .retain(|name, _| standbys.get(name).is_some_and(|p| p.in_sync));
+        for (name, p) in standbys.iter().filter(|(_, p)| p.in_sync) {
+            match self.behind.get(name) {
+                _ if p.synced >= durable => {
+                    self.behind.remove(name);
+                }
+                Some(&(_, target)) if p.synced >= target => {
+                    self.behind.insert(name.clone(), (now, durable));
+                }
+                Some(_) => {}
+                None => {
+                    self.behind.insert(name.clone(), (now, durable));
+                }
+            }
+        }
+    }
+
     fn progress(&self) -> Progress {
         Progress {
             local: self.durable,
@@ -521,6 +552,7 @@ impl StateStore {
             backlog_bytes: 0,
             durable,
             standbys: BTreeMap::new(),
+            behind: BTreeMap::new(),
             configured: standbys,
             blob,
             checkpoint_seq,
@@ -963,6 +995,29 @@ impl StateStore {
         let mut g = lock(&self.shared.inner);
         g.standbys.remove(standby);
         publish(&self.shared, g);
+    }
+
+    /// The in-sync standbys that have held up writes for `limit` or longer (behind the
+    /// primary's synced position, not caught up with it since), when at least one other
+    /// in-sync standby is not: what the primary asks the server to take out of the in-sync
+    /// set, so that writes at `standby` go on with the others. Empty on a standby.
+    pub fn lagging(&self, limit: std::time::Duration) -> Vec<String> {
+        let g = lock(&self.shared.inner);
+        if g.role != Role::Primary {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let slow: Vec<String> = g
+            .behind
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= limit)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let members = g.standbys.values().filter(|p| p.in_sync).count();
+        if slow.len() >= members {
+            return Vec::new(); // nothing would go on without them
+        }
+        slow
     }
 
     /// Each standby's progress as the primary sees it.

@@ -246,3 +246,34 @@ fn a_rejoining_replica_cuts_its_log_back_and_the_cut_survives_a_reopen() {
     assert_eq!(store.get("k7").0, None);
     store.close();
 }
+
+#[test]
+fn a_standby_that_holds_up_writes_is_named_lagging_only_while_another_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let store = StateStore::open(dir.path(), Role::Primary, 1, 2, Limits::default())
+        .expect("open")
+        .0;
+    store.standby_synced("a", 0, true);
+    store.standby_synced("b", 0, true);
+    let seq = store.write(1, put("k", "v")).expect("write");
+    rt.block_on(store.wait(seq, AckLevel::Local, Duration::from_secs(30)))
+        .expect("synced");
+    // Both behind: neither is named (nothing would go on without them), nor before the limit.
+    assert!(store.lagging(Duration::ZERO).is_empty());
+    store.standby_synced("a", seq, true);
+    assert!(store.lagging(Duration::from_secs(3600)).is_empty());
+    // `a` caught up, `b` holds the write up.
+    assert_eq!(store.lagging(Duration::ZERO), vec!["b".to_string()]);
+    // Out of the set, `a` no longer counts as going on.
+    store.standby_synced("a", seq, false);
+    assert!(store.lagging(Duration::ZERO).is_empty());
+    // `b` caught up: nobody lags.
+    store.standby_synced("a", seq, true);
+    store.standby_synced("b", seq, true);
+    assert!(store.lagging(Duration::ZERO).is_empty());
+    // A standby replica names nobody.
+    store.demote(2).expect("demote");
+    assert!(store.lagging(Duration::ZERO).is_empty());
+    store.close();
+}

@@ -478,6 +478,7 @@ async fn agent(
                             state_seq: 0,
                             state_fence: 0,
                             state_last_epoch: 0,
+                            lagging: Vec::new(),
                             sealed: false,
                         });
                     }

@@ -284,6 +284,48 @@ fn a_quorum_primary_whose_agent_is_killed_fails_over_to_the_standby_holding_the_
 }
 
 #[test]
+fn a_standby_that_stops_answering_leaves_the_in_sync_set_and_writes_go_on_with_the_other() {
+    let mut c = start_cluster();
+    c.add_agents(4).unwrap();
+    let job = "ledger5";
+    let (primary, _) = replicated_counter_with(&c, job, 10, "standby", 2);
+    let (stalled, _, _) = replica(&c, &format!("{job}/2")).unwrap();
+    assert!(wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 20));
+    c.signal_agent(&stalled, Signal::SIGSTOP).unwrap();
+    let events = || {
+        c.server_client(0)
+            .and_then(|cl| cl.get("/v1/events?since=0&limit=10000"))
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let lagging = wait_until(LONG, || {
+        events().iter().any(|e| {
+            e.get("kind").and_then(|k| k.as_str()) == Some("state.standby_lagging")
+                && e.get("task").and_then(|t| t.as_str()) == Some(&format!("{job}/2"))
+        })
+    });
+    let before = acked_on(&c, &primary, job, 0).len();
+    let went_on = wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= before + 20);
+    c.signal_agent(&stalled, Signal::SIGCONT).unwrap();
+    assert!(
+        lagging,
+        "the primary never had the stalled standby taken out of the in-sync set\n{:?}\n{}",
+        events(),
+        c.log(&primary)
+    );
+    assert!(went_on, "writes did not go on without the stalled standby");
+    // The primary kept its role and epoch throughout: no failover was needed.
+    let values = acked_on(&c, &primary, job, 0);
+    assert!(
+        values
+            .windows(2)
+            .all(|w| w[1].0 == w[0].0 + 1 && w[1].1 == w[0].1),
+        "{values:?}"
+    );
+}
+
+#[test]
 fn a_planned_switchover_hands_over_every_write_even_at_local() {
     let mut c = start_cluster();
     c.add_agents(2).unwrap();

@@ -176,6 +176,9 @@ impl Controller {
             if !c.in_sync.is_empty() {
                 self.note_in_sync(who, c);
             }
+            if !c.lagging.is_empty() {
+                self.note_lagging(who, c, now, out);
+            }
             if c.state_seq > 0 || c.sealed || c.state_fence > 0 {
                 self.note_state_seq(c);
             }

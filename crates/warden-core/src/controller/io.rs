@@ -111,6 +111,9 @@ pub struct CopyReport {
     pub state_fence: u64,
     /// For a replica: the epoch of the newest entry it holds.
     pub state_last_epoch: u64,
+    /// For the primary of a replicated state: in-sync standbys that held up writes for
+    /// [`crate::state::STANDBY_LAG_LIMIT`] (agent names), to be taken out of the set.
+    pub lagging: Vec<String>,
 }
 
 /// A heartbeat.

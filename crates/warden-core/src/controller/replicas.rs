@@ -253,6 +253,7 @@ impl Controller {
                 && !r.in_sync
                 && t.state == SlotState::Running
                 && c.in_sync.iter().any(|n| **n == *agent.name)
+                && !c.lagging.iter().any(|n| **n == *agent.name)
                 && let Ok(index) = u32::try_from(j)
             {
                 wanted.push((TaskId::new(c.task.job.clone(), index), t.epoch, epoch));
@@ -260,6 +261,70 @@ impl Controller {
         }
         for (task, copy, epoch) in wanted {
             self.in_sync_wanted.insert(task, (copy, epoch));
+            self.dirty = true;
+        }
+    }
+
+    /// A primary's report of in-sync standbys that held up its writes for too long: each is
+    /// taken out of the set in the store (then, and only then, the primary stops waiting for
+    /// it), as long as another in-sync standby stays. It joins again once caught up.
+    pub(super) fn note_lagging(
+        &mut self,
+        who: &AgentId,
+        c: &CopyReport,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(slots) = self.replica_slots(&c.task.job) else {
+            return;
+        };
+        let i = c.task.index as usize;
+        let is_primary = primary_index(replicas(slots)) == Some(i)
+            && slots
+                .get(i)
+                .is_some_and(|t| t.epoch == c.epoch && t.agent.as_ref() == Some(who));
+        if !is_primary || self.switchovers.contains_key(&c.task.job) {
+            return;
+        }
+        let epoch = state_epoch(replicas(slots));
+        let named = |t: &TaskView| {
+            t.agent
+                .as_ref()
+                .is_some_and(|a| c.lagging.iter().any(|n| **n == *a.name))
+        };
+        let members = |t: &TaskView| t.replica.is_some_and(|r| r.in_sync && !r.primary);
+        let staying = slots
+            .iter()
+            .enumerate()
+            .filter(|(j, t)| *j != i && members(t) && !named(t))
+            .count();
+        if staying == 0 {
+            return; // writes would wait all the same, and the set would hold no one
+        }
+        let lagging: Vec<(TaskId, FencingToken)> = slots
+            .iter()
+            .enumerate()
+            .filter(|(j, t)| *j != i && members(t) && named(t))
+            .filter_map(|(j, t)| {
+                Some((
+                    TaskId::new(c.task.job.clone(), u32::try_from(j).ok()?),
+                    t.epoch,
+                ))
+            })
+            .collect();
+        for (task, copy) in lagging {
+            if self
+                .in_sync_dropped
+                .insert(task.clone(), (copy, epoch))
+                .is_none()
+            {
+                let msg = format!(
+                    "{task} held up the writes of its primary for {} ms or more: taken out of the \
+                     in-sync set until it has caught up",
+                    crate::state::STANDBY_LAG_LIMIT.as_millis()
+                );
+                self.event(out, now, "state.standby_lagging", None, Some(&task), msg);
+            }
             self.dirty = true;
         }
     }
@@ -449,19 +514,32 @@ impl Controller {
         }
     }
 
-    /// The in-sync additions due, as actions of this round.
+    /// The in-sync additions and removals due, as actions of this round.
     pub(super) fn in_sync_actions(&mut self, actions: &mut Vec<Action>) {
-        if self.in_sync_wanted.is_empty() {
+        if self.in_sync_wanted.is_empty() && self.in_sync_dropped.is_empty() {
             return;
         }
-        let mut wanted: Vec<(TaskId, (FencingToken, u64))> = self.in_sync_wanted.drain().collect();
+        let mut wanted: Vec<(TaskId, (FencingToken, u64), bool)> = self
+            .in_sync_wanted
+            .drain()
+            .map(|(t, v)| (t, v, true))
+            .chain(self.in_sync_dropped.drain().map(|(t, v)| (t, v, false)))
+            .collect();
         wanted.sort_by(|a, b| a.0.cmp(&b.0));
-        for (task, (copy, epoch)) in wanted {
+        for (task, (copy, epoch), join) in wanted {
             let current = self.slot(&task).and_then(|t| {
                 (t.epoch == copy)
                     .then_some(t.replica)
                     .flatten()
-                    .filter(|r| !r.in_sync || r.primary)
+                    // Joining: a standby out of the set, or a deposed primary (marked primary at
+                    // an older epoch). Leaving: a standby of the set.
+                    .filter(|r| {
+                        if join {
+                            !r.in_sync || r.primary
+                        } else {
+                            r.in_sync && !r.primary
+                        }
+                    })
             });
             // Planned actions on the same slot (a replacement, a promotion) go first.
             let planned = actions.iter().any(|a| match a {
@@ -475,15 +553,16 @@ impl Controller {
             if current.is_none() || planned {
                 continue;
             }
+            let kind = if join { "in-sync" } else { "lagging" };
             actions.push(Action::SetReplica {
-                op: OperationId(format!("{task}@{copy}:in-sync-{epoch}")),
+                op: OperationId(format!("{task}@{copy}:{kind}-{epoch}")),
                 unclean: false,
                 task,
                 epoch: copy,
                 replica: Replica {
                     epoch,
                     primary: false,
-                    in_sync: true,
+                    in_sync: join,
                 },
             });
         }

@@ -55,6 +55,8 @@ struct H {
     roles: HashMap<(AgentId, TaskId), crate::state::ReplicaOrder>,
     /// What each replica copy reports it holds: task → (last sequence number, sealed).
     seqs: HashMap<TaskId, (u64, bool)>,
+    /// The standbys a primary copy reports lagging, by task.
+    lagging: HashMap<TaskId, Vec<String>>,
 }
 
 impl H {
@@ -77,6 +79,7 @@ impl H {
             in_sync: HashMap::new(),
             roles: HashMap::new(),
             seqs: HashMap::new(),
+            lagging: HashMap::new(),
         }
     }
 
@@ -197,6 +200,7 @@ impl H {
                         .get(&(id.clone(), task.clone()))
                         .map_or(0, |r| r.epoch),
                     state_last_epoch: 1,
+                    lagging: self.lagging.get(task).cloned().unwrap_or_default(),
                     sealed: self.seqs.get(task).is_some_and(|s| s.1),
                 })
                 .collect()
@@ -544,6 +548,7 @@ fn a_fenced_copy_restarts_without_counting_a_failure() {
             state_seq: 0,
             state_fence: 0,
             state_last_epoch: 0,
+            lagging: Vec::new(),
             sealed: false,
         },
         message: "lease ran out".into(),
@@ -1159,4 +1164,43 @@ fn a_quorum_promotion_waits_for_a_standby_that_may_come_back_then_is_unclean() {
             Command::Notice(Notice::Alarm(m)) if m.contains("without a quorum"))),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_lagging_standby_leaves_the_in_sync_set_while_another_stays_and_joins_again() {
+    let (mut h, ids) = replicated(2, false);
+    let refs: Vec<&AgentId> = ids.iter().collect();
+    let agents: Vec<AgentId> = (0..3).map(|i| h.slot("db", i).agent.unwrap()).collect();
+    let names: Vec<String> = agents.iter().map(|a| a.name.to_string()).collect();
+    h.in_sync
+        .insert(db(0), vec![names[1].clone(), names[2].clone()]);
+    h.run(Duration::from_secs(1), &refs);
+    assert!(h.slot("db", 1).replica.unwrap().in_sync);
+    assert!(h.slot("db", 2).replica.unwrap().in_sync);
+    // The primary reports slot 2 lagging: it leaves the set in the store, and the primary is
+    // told the set without it (only then does it stop waiting).
+    h.lagging.insert(db(0), vec![names[2].clone()]);
+    let out = h.run(Duration::from_secs(1), &refs);
+    assert!(!h.slot("db", 2).replica.unwrap().in_sync);
+    assert!(h.slot("db", 1).replica.unwrap().in_sync);
+    assert_eq!(
+        h.roles[&(agents[0].clone(), db(0))].in_sync,
+        vec![names[1].clone()]
+    );
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::AppendEvent(e) if e.kind == "state.standby_lagging")),
+        "{out:?}"
+    );
+    // The last in-sync standby is never taken out for lagging: writes would wait anyway.
+    h.in_sync.insert(db(0), vec![names[1].clone()]);
+    h.lagging.insert(db(0), vec![names[1].clone()]);
+    h.run(Duration::from_secs(1), &refs);
+    assert!(h.slot("db", 1).replica.unwrap().in_sync);
+    // Caught up, slot 2 is reported in sync again and joins.
+    h.lagging.remove(&db(0));
+    h.in_sync
+        .insert(db(0), vec![names[1].clone(), names[2].clone()]);
+    h.run(Duration::from_secs(1), &refs);
+    assert!(h.slot("db", 2).replica.unwrap().in_sync);
 }

@@ -877,6 +877,7 @@ impl<'a> World<'a> {
                 state_seq: 0,
                 state_fence: 0,
                 state_last_epoch: 0,
+                lagging: Vec::new(),
                 sealed: false,
             })
             .collect();
@@ -1079,6 +1080,7 @@ impl<'a> World<'a> {
             state_seq: 0,
             state_fence: 0,
             state_last_epoch: 0,
+            lagging: Vec::new(),
             sealed: false,
         };
         if p.paused {
