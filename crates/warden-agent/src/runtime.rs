@@ -302,7 +302,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
     }
     let (hello_tx, hello_rx) = watch::channel(HelloState {
         generation: ids.generation,
-        running: running_tasks(&supervisor, &health, &endpoints),
+        running: running_tasks(&supervisor, &states, &health, &endpoints),
     });
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
     let links_cancel = CancellationToken::new();
@@ -388,7 +388,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                     cfg.metrics.set_offline(true);
                     let started = start_offline(&cfg, &supervisor, &mut cache, &links, &mut endpoints, &mut states, &opened_tx);
                     warn!(started, after_ms = cfg.offline_after.as_millis() as u64, "no server answered: offline, running the service copies of the local cache");
-                    note_running(&hello_tx, &supervisor, &health, &endpoints);
+                    note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
                 }
             }
             _ = usage_tick.tick(), if cfg.launcher.confine.is_some() => {
@@ -418,7 +418,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 if !checks.is_empty() {
                     signals.task_success = Some(checks.iter().filter(|h| **h).count() as f64 / checks.len() as f64);
                 }
-                let mut running = running_tasks(&supervisor, &health, &endpoints);
+                let mut running = running_tasks(&supervisor, &states, &health, &endpoints);
                 // A primary of a replicated state names the standbys it waits for.
                 for r in &mut running {
                     if let Some(task) = TaskId::parse(&r.task) {
@@ -576,12 +576,17 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                         }
                         server_message::Msg::Assign(a) => {
                             assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states, &opened_tx, &mut cache);
-                            note_running(&hello_tx, &supervisor, &health, &endpoints);
+                            note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
                         }
                         server_message::Msg::Stop(s) => {
                             let Some(task) = TaskId::parse(&s.task) else { continue };
                             // A state still opening for it is closed once opened.
                             states.forget_opening(&task, FencingToken(s.epoch));
+                            if states.is_warm(&task, FencingToken(s.epoch)) {
+                                // Nothing runs: stopping it is releasing its state.
+                                let _ = stop_done_tx.send((task, FencingToken(s.epoch)));
+                                continue;
+                            }
                             let sup = supervisor.clone();
                             let done = stop_done_tx.clone();
                             let epoch = FencingToken(s.epoch);
@@ -606,7 +611,20 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                             });
                         }
                         server_message::Msg::Replica(r) => match convert::replica_from_wire(&r) {
-                            Ok((task, epoch, order)) => states.set_replica(&task, epoch, order),
+                            Ok((task, epoch, order)) => {
+                                states.set_replica(&task, epoch, order);
+                                if let Some(spec) = states.promoted_warm(&task) {
+                                    info!(task = %task, epoch = epoch.0, "warm standby promoted: starting its task");
+                                    if let Err(e) = supervisor.start(spec) {
+                                        let phase = match e {
+                                            SupervisorError::NoLease { .. } => CopyPhase::Fenced,
+                                            _ => CopyPhase::Failed,
+                                        };
+                                        refuse(&links, &task, epoch, phase, e.to_string());
+                                    }
+                                    note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                                }
+                            }
                             Err(e) => warn!(error = %e, "role order ignored"),
                         },
                         server_message::Msg::Rejoin(_) | server_message::Msg::Welcome(_) => {}
@@ -621,7 +639,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 if let Err(e) = cache.remove(&task, epoch) {
                     warn!(error = %e, "cannot write the local cache");
                 }
-                note_running(&hello_tx, &supervisor, &health, &endpoints);
+                note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
             }
             Some(o) = opened_rx.recv() => {
                 let Some(task) = TaskId::parse(&o.assign.task) else { continue };
@@ -637,7 +655,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                     // The state is open: the assignment goes ahead.
                     Ok(Some(_)) => {
                         assign(&cfg, &supervisor, &o.assign, &links, &mut endpoints, &mut states, &opened_tx, &mut cache);
-                        note_running(&hello_tx, &supervisor, &health, &endpoints);
+                        note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
                     }
                     Ok(None) => {}
                     Err(why) => refuse(&links, &task, epoch, CopyPhase::Failed, why),
@@ -664,7 +682,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 if ended && let Err(e) = cache.remove(&ev.task, ev.epoch) {
                     warn!(error = %e, "cannot write the local cache");
                 }
-                note_running(&hello_tx, &supervisor, &health, &endpoints);
+                note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
             }
         }
     }
@@ -853,10 +871,11 @@ struct Link {
 fn note_running(
     hello: &watch::Sender<HelloState>,
     supervisor: &Supervisor,
+    states: &crate::state::TaskStates,
     health: &BTreeMap<TaskId, bool>,
     endpoints: &Endpoints,
 ) {
-    let running = running_tasks(supervisor, health, endpoints);
+    let running = running_tasks(supervisor, states, health, endpoints);
     hello.send_if_modified(|h| {
         h.running = running;
         false
@@ -1077,9 +1096,25 @@ async fn link_session(
 
 fn running_tasks(
     supervisor: &Supervisor,
+    states: &crate::state::TaskStates,
     health: &BTreeMap<TaskId, bool>,
     endpoints: &Endpoints,
 ) -> Vec<v1::RunningTask> {
+    let warm = states.warm_copies().into_iter().map(|(task, epoch)| {
+        convert::copy_to_wire(&CopyReport {
+            task,
+            epoch,
+            phase: Some(CopyPhase::Running),
+            healthy: true,
+            endpoint: String::new(),
+            in_sync: Vec::new(),
+            state_seq: 0,
+            state_fence: 0,
+            state_last_epoch: 0,
+            lagging: Vec::new(),
+            sealed: false,
+        })
+    });
     supervisor
         .tasks()
         .into_iter()
@@ -1099,6 +1134,7 @@ fn running_tasks(
                 epoch: r.epoch,
             })
         })
+        .chain(warm)
         .collect()
 }
 
@@ -1262,7 +1298,28 @@ fn assign(
         }
         let role = states.role_for(&task, epoch);
         match states.prepare(&task, epoch) {
-            Ok(crate::state::Prepared::Ready(vars)) => spec.env.extend(vars),
+            Ok(crate::state::Prepared::Ready(vars)) => {
+                spec.env.extend(vars);
+                if state_spec.mode == warden_core::state::StateMode::Warm
+                    && role.is_some_and(|(r, _)| r == warden_state::store::Role::Standby)
+                {
+                    // A warm standby: the state follows the primary; the task starts when
+                    // this copy is promoted.
+                    info!(task = %task, epoch = epoch.0, "warm standby: following the primary, the task starts when promoted");
+                    states.hold_warm(spec);
+                    let report = task_report(
+                        &task,
+                        epoch,
+                        CopyPhase::Running,
+                        true,
+                        String::new(),
+                        "warm standby: its state follows the primary; the task starts when promoted".into(),
+                        None,
+                    );
+                    broadcast(links, &report);
+                    return;
+                }
+            }
             // A repeated order: the open under way starts the task.
             Ok(crate::state::Prepared::Opening) => return,
             Ok(crate::state::Prepared::Open(dir)) => {

@@ -69,6 +69,9 @@ pub struct TaskStates {
     tls: Option<Arc<warden_state::tls::ReplTls>>,
     /// The newest role order of each replica copy, by task: (copy epoch, role).
     roles: HashMap<TaskId, (FencingToken, ReplicaOrder)>,
+    /// Warm standbys (`mode = "warm"`): their state is open and follows the primary, their
+    /// task is not started until promoted. By task: (copy epoch, what to start).
+    warm: HashMap<TaskId, (FencingToken, crate::supervisor::TaskSpec)>,
 }
 
 /// A random token for a task's socket: 128 bits from the kernel, in hex.
@@ -93,7 +96,48 @@ impl TaskStates {
             tls: None,
             name: String::new(),
             roles: HashMap::new(),
+            warm: HashMap::new(),
         }
+    }
+
+    /// Hold `spec` of a warm standby's copy instead of starting it: its state follows the
+    /// primary; [`TaskStates::promoted_warm`] hands the task back once it is promoted.
+    pub fn hold_warm(&mut self, spec: crate::supervisor::TaskSpec) {
+        self.warm.insert(spec.task.clone(), (spec.epoch, spec));
+    }
+
+    /// The task of a warm standby's copy that is now its job's primary, to be started, with
+    /// its role and epoch in its environment. `None` while it is a standby, or not warm.
+    pub fn promoted_warm(&mut self, task: &TaskId) -> Option<crate::supervisor::TaskSpec> {
+        let (epoch, _) = self.warm.get(task)?;
+        let open = self.open.get(task).filter(|o| o.epoch == *epoch)?;
+        let role = open.store.role();
+        if role.role != Role::Primary {
+            return None;
+        }
+        let (_, mut spec) = self.warm.remove(task)?;
+        spec.env
+            .insert("WARDEN_ROLE".into(), role.role.as_str().into());
+        spec.env
+            .insert("WARDEN_STATE_EPOCH".into(), role.epoch.to_string());
+        Some(spec)
+    }
+
+    /// Whether the copy of `task` at `epoch` is a warm standby's (held, not started); a
+    /// stop of it is then only the release of its state.
+    pub fn is_warm(&self, task: &TaskId, epoch: FencingToken) -> bool {
+        self.warm.get(task).is_some_and(|(e, _)| *e == epoch)
+    }
+
+    /// The warm standbys' copies: (task, copy epoch).
+    pub fn warm_copies(&self) -> Vec<(TaskId, FencingToken)> {
+        let mut v: Vec<_> = self
+            .warm
+            .iter()
+            .map(|(t, (e, _))| (t.clone(), *e))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The sockets of `job`'s tasks belong to this (uid, gid): its own user (`--task-uids`).
@@ -440,6 +484,9 @@ impl TaskStates {
     /// The copy of `task` at `epoch` stopped for good: stop serving its API and close its
     /// state (kept on disk); a state still opening for it is closed once opened.
     pub fn release(&mut self, task: &TaskId, epoch: FencingToken) {
+        if self.warm.get(task).is_some_and(|(e, _)| *e <= epoch) {
+            self.warm.remove(task);
+        }
         if self.opening.get(task) == Some(&epoch) {
             self.opening.remove(task);
         }
@@ -457,6 +504,7 @@ impl TaskStates {
     /// Close every state (the agent stops, or its generation ended).
     pub fn close_all(&mut self) {
         self.opening.clear();
+        self.warm.clear();
         self.roles.clear();
         for (task, open) in self.open.drain() {
             close(&task, open, &self.primaries);

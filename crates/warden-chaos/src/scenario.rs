@@ -220,6 +220,10 @@ pub struct WorkloadState {
     /// Milliseconds between the counter's increments (default 5).
     #[serde(default = "default_every_ms")]
     pub every_ms: u64,
+    /// `hot` (default: every standby runs the counter) or `warm` (a standby's agent holds
+    /// the state; the counter starts when it is promoted).
+    #[serde(default)]
+    pub mode: warden_core::state::StateMode,
 }
 
 fn default_standbys() -> u8 {
@@ -264,8 +268,12 @@ impl Workload {
                 "name = \"{}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
                  args = [\"workload\", \"counter\", \"--every-ms\", \"{}\"]\n\
                  [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
-                 [state]\nstandbys = {}\nack = \"{}\"\n",
-                self.name, st.every_ms, st.standbys, st.ack
+                 [state]\nstandbys = {}\nack = \"{}\"\nmode = \"{}\"\n",
+                self.name,
+                st.every_ms,
+                st.standbys,
+                st.ack,
+                st.mode.as_str()
             );
         }
         format!(
@@ -1160,11 +1168,25 @@ pub const STATE_SOAK_FAULTS: [&str; 6] = [
 /// primary ends in a promotion) and the next starts 4 s after it ended (a new standby catches
 /// up and joins the in-sync set in that time). As TOML, for `warden chaos run`.
 pub fn state_soak(rounds: usize, standbys: u8, ack: warden_core::state::AckLevel) -> String {
+    state_soak_mode(rounds, standbys, ack, warden_core::state::StateMode::Hot)
+}
+
+/// [`state_soak`] with hot or warm standbys.
+pub fn state_soak_mode(
+    rounds: usize,
+    standbys: u8,
+    ack: warden_core::state::AckLevel,
+    mode: warden_core::state::StateMode,
+) -> String {
     let mut kinds: Vec<&str> = STATE_SOAK_FAULTS.to_vec();
     if standbys == 2 {
         kinds.push("both");
     }
-    state_faults(rounds, standbys, ack, &kinds, 3)
+    state_faults(rounds, standbys, ack, &kinds, 3).replacen(
+        "every_ms = 5\n",
+        &format!("every_ms = 5\nmode = \"{}\"\n", mode.as_str()),
+        1,
+    )
 }
 
 /// Like [`state_soak`], with the fault kinds of each round (`kill`, `pause`, `partition`,

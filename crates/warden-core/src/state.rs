@@ -77,6 +77,16 @@ pub enum StateMode {
     Warm,
 }
 
+impl StateMode {
+    /// The mode as job specs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateMode::Hot => "hot",
+            StateMode::Warm => "warm",
+        }
+    }
+}
+
 /// How long an in-sync standby may hold up writes (behind the primary, not catching up) before
 /// the primary asks the server to take it out of the in-sync set, when another in-sync standby
 /// goes on without it. It rejoins once it has caught up.

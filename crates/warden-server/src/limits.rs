@@ -371,20 +371,6 @@ impl JobLimits {
                 ),
             );
         }
-        if let Some(state) = &spec.state
-            && state.standbys > 0
-        {
-            // Refused rather than accepted and left to misbehave: a standby that runs no task
-            // is not built in this server.
-            if state.mode == warden_core::state::StateMode::Warm {
-                return over(
-                    "state.mode",
-                    "is \"warm\"; this server runs hot standbys only (docs/state.md): \
-                     use mode = \"hot\""
-                        .to_string(),
-                );
-            }
-        }
         if let Some(HealthCheck::Exec { command, .. }) = &spec.health {
             let line: usize = command.iter().map(String::len).sum();
             if line > self.max_command_bytes || command.len() > self.max_args {

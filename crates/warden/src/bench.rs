@@ -131,9 +131,13 @@ pub enum BenchCommand {
         /// Standbys (1 or 2).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
         standbys: u8,
-        /// Acknowledgement level of the writer: local or standby.
+        /// Acknowledgement level of the writer: local, standby or quorum.
         #[arg(long, default_value = "standby", value_parser = parse_ack)]
         ack: warden_core::state::AckLevel,
+        /// Standbys `hot` (they run the counter) or `warm` (their agents hold the state; the
+        /// counter starts on promotion).
+        #[arg(long, default_value = "hot", value_parser = parse_mode)]
+        mode: warden_core::state::StateMode,
         /// Seed of the run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -404,12 +408,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             rounds,
             standbys,
             ack,
+            mode,
             seed,
             out,
             network,
         } => {
             let sc = warden_chaos::scenario::Scenario::from_toml(
-                &warden_chaos::scenario::state_soak(*rounds, *standbys, *ack),
+                &warden_chaos::scenario::state_soak_mode(*rounds, *standbys, *ack, *mode),
             )?;
             crate::chaos::run_scenario(&sc, out, *seed, network).map(drop)
         }
@@ -917,6 +922,14 @@ fn stress(
 fn parse_ack(s: &str) -> std::result::Result<warden_core::state::AckLevel, String> {
     warden_core::state::AckLevel::parse(s)
         .ok_or_else(|| format!("{s:?}: expected local, standby or quorum"))
+}
+
+fn parse_mode(s: &str) -> std::result::Result<warden_core::state::StateMode, String> {
+    match s {
+        "hot" => Ok(warden_core::state::StateMode::Hot),
+        "warm" => Ok(warden_core::state::StateMode::Warm),
+        _ => Err(format!("{s:?}: expected hot or warm")),
+    }
 }
 
 /// `warden bench state-vs-redis`.

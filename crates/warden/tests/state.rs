@@ -99,10 +99,6 @@ fn state_on_a_service_or_an_impossible_state_table_is_refused_clearly() {
             "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nmode = \"cold\"\n",
             "expected `hot` or `warm`",
         ),
-        (
-            "name = \"s\"\nkind = \"singleton\"\ncommand = \"/bin/true\"\n[state]\nmode = \"warm\"\n",
-            "runs hot standbys only",
-        ),
     ] {
         let err = c.submit(spec).expect_err(spec).to_string();
         assert!(err.contains(field), "{spec}: {err}");
@@ -156,11 +152,28 @@ fn replicated_counter_with(
     ack: &str,
     standbys: u32,
 ) -> (String, String) {
+    replicated_counter_spec(
+        c,
+        job,
+        every_ms,
+        &format!("standbys = {standbys}\nack = \"{ack}\"\n"),
+        standbys,
+    )
+}
+
+/// [`replicated_counter`] with the `[state]` table's body given.
+fn replicated_counter_spec(
+    c: &Cluster,
+    job: &str,
+    every_ms: u64,
+    state: &str,
+    standbys: u32,
+) -> (String, String) {
     c.submit(&format!(
         "name = \"{job}\"\nkind = \"singleton\"\ncommand = \"{{exe}}\"\n\
          args = [\"workload\", \"counter\", \"--every-ms\", \"{every_ms}\"]\n\
          [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
-         [state]\nstandbys = {standbys}\nack = \"{ack}\"\n"
+         [state]\n{state}"
     ))
     .unwrap();
     // The standby joins the in-sync set once it caught up, and only then are writes at
@@ -323,6 +336,48 @@ fn a_standby_that_stops_answering_leaves_the_in_sync_set_and_writes_go_on_with_t
             .all(|w| w[1].0 == w[0].0 + 1 && w[1].1 == w[0].1),
         "{values:?}"
     );
+}
+
+#[test]
+fn a_warm_standby_runs_no_task_until_promoted_then_counts_on_from_its_state() {
+    let mut c = start_cluster();
+    c.add_agents(3).unwrap();
+    let job = "ledger6";
+    let (primary, standby) =
+        replicated_counter_spec(&c, job, 10, "standbys = 1\nmode = \"warm\"\n", 1);
+    assert!(wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 20));
+    // In sync, and no process of slot 1 anywhere.
+    let procs = |c: &Cluster, slot: &str| {
+        c.task_procs()
+            .into_iter()
+            .filter(|p| p.task == slot)
+            .count()
+    };
+    assert_eq!(
+        procs(&c, &format!("{job}/1")),
+        0,
+        "a warm standby runs no task"
+    );
+    assert_eq!(procs(&c, &format!("{job}/0")), 1);
+    c.kill_agent(&primary).unwrap();
+    let old = acked_on(&c, &primary, job, 0);
+    let (last_old, old_epoch) = *old.last().unwrap();
+    // Promoted, its task starts on the state the standby's agent holds and counts on.
+    assert!(
+        wait_until(LONG, || acked_on(&c, &standby, job, 1).len() >= 10),
+        "the warm standby was not promoted and writing\n{:?}\n{}\n{}",
+        c.task(&format!("{job}/1")),
+        c.log(&standby),
+        c.log(&c.server_name(0))
+    );
+    let new = acked_on(&c, &standby, job, 1);
+    let (first_new, new_epoch) = new[0];
+    assert!(new_epoch > old_epoch, "epochs {old_epoch} then {new_epoch}");
+    assert!(
+        first_new > last_old && first_new <= last_old + 2,
+        "the old primary acknowledged up to {last_old}; the new one started at {first_new}"
+    );
+    assert_eq!(procs(&c, &format!("{job}/1")), 1);
 }
 
 #[test]
