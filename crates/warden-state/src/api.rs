@@ -355,6 +355,47 @@ async fn batch(
     }
 }
 
+/// `POST /v1/pipe` with `Upgrade: warden-pipe`: see [`crate::pipe`].
+async fn open_pipe(
+    State(ctx): State<Ctx>,
+    Query(q): Query<WriteQuery>,
+    headers: HeaderMap,
+    mut req: Request,
+) -> Response {
+    let upgrade = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok());
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case(crate::pipe::UPGRADE)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "a pipe is opened with `Connection: Upgrade` and `Upgrade: warden-pipe` (docs/state.md)",
+        );
+    }
+    let epoch = match epoch_of(&headers) {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let (level, timeout) = match q.level(&ctx) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let store = ctx.store.clone();
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            crate::pipe::serve(io, store, epoch, level, timeout).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, crate::pipe::UPGRADE)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "response"))
+}
+
 async fn append(
     State(ctx): State<Ctx>,
     Query(q): Query<WriteQuery>,
@@ -614,6 +655,7 @@ pub fn router(store: StateStore, cfg: ApiConfig) -> Router {
         )
         .route("/v1/batch", post(batch))
         .route("/v1/log", post(append))
+        .route("/v1/pipe", post(open_pipe))
         .route("/v1/sync", post(sync))
         .route("/v1/checkpoint", post(checkpoint))
         .route("/v1/snapshot", get(snapshot))

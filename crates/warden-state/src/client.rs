@@ -208,6 +208,75 @@ impl StateClient {
         }
     }
 
+    /// Open a write pipe (see [`crate::pipe`]) on a connection of its own: many writes in
+    /// flight, answered in order, each acknowledged at `ack` (none: the job's level).
+    pub fn pipe(&self, ack: Option<AckLevel>) -> Result<Pipe, ClientError> {
+        let s = UnixStream::connect(&self.path).map_err(self.io())?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))
+            .map_err(self.io())?;
+        let mut head = format!(
+            "POST /v1/pipe{} HTTP/1.1\r\nhost: task\r\nwarden-epoch: {}\r\nconnection: upgrade\r\n\
+             upgrade: {}\r\ncontent-length: 0\r\n",
+            Self::ack_query(ack),
+            self.epoch,
+            crate::pipe::UPGRADE
+        );
+        if let Some(t) = &self.token {
+            head.push_str("warden-token: ");
+            head.push_str(t);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut conn = BufReader::with_capacity(64 * 1024, s);
+        let answer = (|| -> std::io::Result<Answer> {
+            conn.get_mut().write_all(head.as_bytes())?;
+            let mut line = String::new();
+            conn.read_line(&mut line)?;
+            let status: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad status line")
+                })?;
+            let mut len = 0usize;
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            conn.read_exact(&mut body)?;
+            Ok(Answer {
+                status,
+                seq: None,
+                body,
+            })
+        })()
+        .map_err(self.io())?;
+        if answer.status != 101 {
+            Self::ok(answer)?;
+            return Err(ClientError::Malformed(
+                "the pipe was not opened (no 101 answer)".into(),
+            ));
+        }
+        let writer = conn.get_ref().try_clone().map_err(self.io())?;
+        Ok(Pipe {
+            path: self.path.clone(),
+            reader: conn,
+            writer: std::io::BufWriter::with_capacity(64 * 1024, writer),
+            frame: Vec::with_capacity(256),
+        })
+    }
+
     fn ok(a: Answer) -> Result<Answer, ClientError> {
         if (200..300).contains(&a.status) {
             return Ok(a);
@@ -369,4 +438,96 @@ pub fn encode_key(key: &str) -> String {
         }
     }
     out
+}
+
+/// A write pipe ([`StateClient::pipe`]): send writes without waiting, then receive their
+/// answers in the same order. Sent writes are buffered until [`Pipe::flush`] (or until the
+/// buffer fills).
+///
+/// ```no_run
+/// use warden_state::client::StateClient;
+///
+/// let state = StateClient::from_env()?;
+/// let mut pipe = state.pipe(None)?;
+/// for i in 0..100u32 {
+///     pipe.put(&format!("k{i}"), b"v")?;
+/// }
+/// pipe.flush()?;
+/// for _ in 0..100 {
+///     let seq = pipe.recv()?; // acknowledged, in order
+/// }
+/// # Ok::<(), warden_state::client::ClientError>(())
+/// ```
+pub struct Pipe {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: std::io::BufWriter<UnixStream>,
+    frame: Vec<u8>,
+}
+
+impl Pipe {
+    fn io(&self) -> impl Fn(std::io::Error) -> ClientError + '_ {
+        |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn send(&mut self, op: u8, key: &str, value: &[u8]) -> Result<(), ClientError> {
+        self.frame.clear();
+        crate::pipe::encode_write(&mut self.frame, op, key, value);
+        let frame = std::mem::take(&mut self.frame);
+        let r = self.writer.write_all(&frame).map_err(self.io());
+        self.frame = frame;
+        r
+    }
+
+    /// Send a put of `key`.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> Result<(), ClientError> {
+        self.send(crate::pipe::op::PUT, key, value)
+    }
+
+    /// Send a delete of `key`.
+    pub fn delete(&mut self, key: &str) -> Result<(), ClientError> {
+        self.send(crate::pipe::op::DELETE, key, &[])
+    }
+
+    /// Send a log record.
+    pub fn append(&mut self, record: &[u8]) -> Result<(), ClientError> {
+        self.send(crate::pipe::op::LOG, "", record)
+    }
+
+    /// Push what was sent to the socket.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.writer.flush().map_err(self.io())
+    }
+
+    /// The answer to the oldest write not answered yet: its sequence number once
+    /// acknowledged, or the API's refusal (`ClientError::Api` with the HTTP status and code
+    /// the other routes would give).
+    pub fn recv(&mut self) -> Result<u64, ClientError> {
+        let mut head = [0u8; 11];
+        self.reader.read_exact(&mut head).map_err(self.io())?;
+        let status = crate::pipe::Status::from_byte(head[0])
+            .ok_or_else(|| ClientError::Malformed(format!("pipe status {}", head[0])))?;
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&head[1..9]);
+        let seq = u64::from_be_bytes(seq);
+        let len = usize::from(u16::from_be_bytes([head[9], head[10]]));
+        let mut message = vec![0u8; len];
+        self.reader.read_exact(&mut message).map_err(self.io())?;
+        use crate::pipe::Status;
+        let http = match status {
+            Status::Ok => return Ok(seq),
+            Status::Fenced | Status::NotPrimary | Status::LeaseExpired => 409,
+            Status::Invalid | Status::InvalidAck => 400,
+            Status::NotAcknowledged => 504,
+            Status::LogFailed => 503,
+        };
+        Err(ClientError::Api {
+            status: http,
+            code: status.code().to_string(),
+            message: String::from_utf8_lossy(&message).into_owned(),
+        })
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`api`]: the task's state API, HTTP on a Unix socket;
 //! - [`repl`]: replication from a primary to its standbys over TCP;
 //! - [`client`]: a small blocking client for tasks written in Rust;
+//! - [`pipe`]: the write pipe, many single writes in flight on one connection;
 //! - [`failover`]: failovers in one process, checking that no acknowledged write is lost.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub mod api;
 pub mod client;
 pub mod codec;
 pub mod failover;
+pub mod pipe;
 pub mod repl;
 pub mod store;
 pub mod tls;

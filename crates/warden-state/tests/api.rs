@@ -244,3 +244,89 @@ fn the_role_long_poll_answers_when_the_replica_is_promoted() {
     c.set_epoch(4);
     c.put("k", b"v", None).expect("write as the new primary");
 }
+
+#[test]
+fn a_pipe_takes_many_writes_in_flight_and_answers_each_in_order() {
+    let s = serve(3);
+    let client = StateClient::new(&s.sock, 3, Some(TOKEN.into()));
+    let mut pipe = client.pipe(None).expect("pipe");
+    for i in 0..2_000u32 {
+        pipe.put(&format!("k{i:04}"), format!("v{i}").as_bytes())
+            .expect("send");
+    }
+    pipe.append(b"a record").expect("send");
+    pipe.delete("k0000").expect("send");
+    pipe.flush().expect("flush");
+    let mut last = 0;
+    for _ in 0..2_002 {
+        let seq = pipe.recv().expect("acknowledged");
+        assert!(seq > last, "answers in order: {seq} after {last}");
+        last = seq;
+    }
+    let mut reader = StateClient::new(&s.sock, 3, Some(TOKEN.into()));
+    assert_eq!(
+        reader.get("k1999").expect("get").as_deref(),
+        Some(&b"v1999"[..])
+    );
+    assert_eq!(reader.get("k0000").expect("get"), None);
+    // A refused write is answered with its error, and the pipe goes on.
+    pipe.put("", b"no key").expect("send");
+    pipe.put("after", b"1").expect("send");
+    pipe.flush().expect("flush");
+    let err = pipe.recv().expect_err("empty key");
+    assert!(err.to_string().contains("invalid"), "{err}");
+    assert!(pipe.recv().expect("goes on") > last);
+    // A value over the limit is refused like on the other routes; the pipe goes on.
+    let limits = Limits::default();
+    pipe.put("big", &vec![b'x'; limits.max_value + 1])
+        .expect("send");
+    pipe.flush().expect("flush");
+    let err = pipe.recv().expect_err("value over the limit");
+    assert!(err.to_string().contains("larger than the limit"), "{err}");
+    // A frame longer than any write can be is refused and the pipe closed (it cannot be
+    // skipped safely); nothing was stored.
+    let huge = vec![b'x'; limits.max_key + limits.max_value + 1];
+    // The agent closes the pipe once it has read the length: sending the rest may fail.
+    let _ = pipe.put("huge", &huge).and_then(|()| pipe.flush());
+    let err = pipe.recv().expect_err("over the limit");
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    assert!(pipe.recv().is_err(), "the pipe is closed");
+    assert_eq!(reader.get("huge").expect("get"), None);
+    assert_eq!(reader.get("big").expect("get"), None);
+}
+
+#[test]
+fn a_pipe_of_a_deposed_epoch_is_fenced_and_a_bad_opening_is_refused() {
+    let s = serve(5);
+    let stale = StateClient::new(&s.sock, 4, Some(TOKEN.into()));
+    let mut pipe = stale.pipe(None).expect("pipe");
+    pipe.put("k", b"old").expect("send");
+    pipe.flush().expect("flush");
+    let err = pipe.recv().expect_err("fenced");
+    assert!(
+        err.is_fenced() && err.to_string().contains("fenced"),
+        "{err}"
+    );
+    let mut reader = StateClient::new(&s.sock, 5, Some(TOKEN.into()));
+    assert_eq!(reader.get("k").expect("get"), None);
+    // Without the upgrade, with a level the job cannot reach, or without the token.
+    let (status, body) = raw(
+        &s.sock,
+        &format!(
+            "POST /v1/pipe HTTP/1.1\r\nhost: t\r\nwarden-token: {TOKEN}\r\nwarden-epoch: 5\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Upgrade: warden-pipe"), "{body}");
+    let err = StateClient::new(&s.sock, 5, Some(TOKEN.into()))
+        .pipe(Some(AckLevel::Standby))
+        .err()
+        .expect("no standby in this job");
+    assert!(err.to_string().contains("invalid_ack"), "{err}");
+    let err = StateClient::new(&s.sock, 5, None)
+        .pipe(None)
+        .err()
+        .expect("no token");
+    assert!(err.to_string().contains("401"), "{err}");
+}

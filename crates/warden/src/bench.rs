@@ -88,6 +88,10 @@ pub enum BenchCommand {
         /// Writes per request: 1 (one PUT each) or an atomic batch of that many puts.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         batch: u64,
+        /// Single writes in flight per client on a write pipe (`POST /v1/pipe`); 1: one PUT
+        /// request at a time. Not with --batch.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        pipeline: u64,
         /// Acknowledgement level: local, standby or quorum.
         #[arg(long, default_value = "standby", value_parser = parse_ack)]
         ack: warden_core::state::AckLevel,
@@ -386,11 +390,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             clients,
             value_bytes,
             batch,
+            pipeline,
             ack,
             standbys,
             seed_mib,
         } => crate::bench_state::run(&crate::bench_state::StateBench {
             batch: usize::try_from(*batch).unwrap_or(1),
+            pipeline: usize::try_from(*pipeline).unwrap_or(1),
             writes: *writes,
             clients: (*clients).max(1),
             value_bytes: *value_bytes,

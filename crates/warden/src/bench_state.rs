@@ -29,6 +29,8 @@ pub struct StateBench {
     pub value_bytes: usize,
     /// Writes per request (1: one `PUT` each; more: one atomic batch of that many puts).
     pub batch: usize,
+    /// Single writes in flight per client on a write pipe (1: one `PUT` request at a time).
+    pub pipeline: usize,
     /// Acknowledgement level of every write.
     pub ack: AckLevel,
     /// Standbys following the primary.
@@ -86,6 +88,9 @@ fn replica(role: Role, epoch: u64, standbys: u8) -> Result<Replica> {
 
 /// Run the benchmark and print its report.
 pub fn run(b: &StateBench) -> Result<()> {
+    if b.batch > 1 && b.pipeline > 1 {
+        bail!("--batch and --pipeline: a write pipe carries single writes; use one or the other");
+    }
     if b.ack != AckLevel::Local && b.standbys == 0 {
         bail!("--ack {} needs --standbys 1 or more", b.ack);
     }
@@ -169,6 +174,11 @@ pub fn run(b: &StateBench) -> Result<()> {
         b.clients,
         if b.batch > 1 {
             format!("batches of {} writes per request", b.batch)
+        } else if b.pipeline > 1 {
+            format!(
+                "single writes on a write pipe, up to {} in flight per client",
+                b.pipeline
+            )
         } else {
             "one write per request".to_string()
         },
@@ -202,7 +212,7 @@ pub fn run(b: &StateBench) -> Result<()> {
     let state_cpu = cpu.saturating_sub(client_cpu);
     let n = n * b.batch;
     println!(
-        "writes: {n} in {:.2} s = {:.0} writes/s; ack latency (per request) p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "writes: {n} in {:.2} s = {:.0} writes/s; ack latency (per request; on a pipe per write, sent to answered) p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         wall.as_secs_f64(),
         n as f64 / wall.as_secs_f64(),
         pct(&lat, 0.5),
@@ -264,9 +274,14 @@ fn run_clients(
             let value = value.clone();
             let prefix = prefix.to_string();
             let batch = b.batch.max(1);
+            let pipeline = b.pipeline;
             std::thread::spawn(move || -> Result<(Vec<u32>, Duration, u64)> {
                 let cpu0 = thread_cpu();
                 let mut client = StateClient::new(&sock, 1, None);
+                if pipeline > 1 && batch == 1 {
+                    return pipe_client(&client, c, &prefix, &value, writes_each, pipeline)
+                        .map(|(lat, payload)| (lat, thread_cpu().saturating_sub(cpu0), payload));
+                }
                 let mut lat = Vec::with_capacity(writes_each);
                 let mut payload = 0u64;
                 for i in 0..writes_each {
@@ -306,6 +321,40 @@ fn run_clients(
         payload += p;
     }
     Ok((all, cpu, payload))
+}
+
+/// One client's writes on a write pipe, up to `window` in flight: sent in bursts (refilled
+/// once half the window is answered), each write's latency from its send to its answer.
+fn pipe_client(
+    client: &StateClient,
+    c: usize,
+    prefix: &str,
+    value: &[u8],
+    writes: usize,
+    window: usize,
+) -> Result<(Vec<u32>, u64)> {
+    let mut pipe = client.pipe(None).context("open a write pipe")?;
+    let mut sent_at = std::collections::VecDeque::with_capacity(window);
+    let mut lat = Vec::with_capacity(writes);
+    let (mut sent, mut payload) = (0usize, 0u64);
+    while lat.len() < writes {
+        while sent < writes && sent_at.len() < window {
+            let key = format!("{prefix}{c}-{}", sent % 10_000);
+            pipe.put(&key, value)?;
+            payload += (key.len() + value.len()) as u64;
+            sent_at.push_back(Instant::now());
+            sent += 1;
+        }
+        pipe.flush()?;
+        let keep = if sent < writes { window / 2 } else { 0 };
+        while sent_at.len() > keep {
+            pipe.recv()
+                .with_context(|| format!("write {} of client {c}", lat.len()))?;
+            let t: Instant = sent_at.pop_front().unwrap_or_else(Instant::now);
+            lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    Ok((lat, payload))
 }
 
 /// Fill a primary with `mib` MiB of state, checkpoint it, and time a new standby's seeding
