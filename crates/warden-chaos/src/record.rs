@@ -30,6 +30,10 @@ pub struct Record {
     pub singletons: Vec<String>,
     /// Task ids of every desired slot.
     pub slots: Vec<String>,
+    /// Slots of a replicated state with warm standbys, per job: exactly one of each group
+    /// runs a process (the primary's), the others hold the state without one.
+    #[serde(default)]
+    pub warm_groups: Vec<Vec<String>>,
     /// When the run started on the wall clock, ms since the Unix epoch (every `t_ms` is
     /// counted from it; to line the record up with the processes' logs).
     #[serde(default)]

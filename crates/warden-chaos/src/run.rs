@@ -565,6 +565,7 @@ pub fn run(
             agents: scenario.agent_names(),
             singletons: scenario.singleton_slots(),
             slots: scenario.all_slots(),
+            warm_groups: scenario.warm_groups(),
             start_unix_ms: t0_unix,
             rto_bound_ms: millis(scenario.rto_bound),
             verdict_tolerance_ms: millis(scenario.verdict_tolerance),
@@ -708,12 +709,10 @@ impl Run<'_> {
                 .submit(&w.job_toml())
                 .with_context(|| format!("submit workload {}", w.name))?;
         }
-        let slots = self.scenario.all_slots();
         if !wait_until(Duration::from_secs(60), || {
             let procs = self.cluster.task_procs();
-            slots
-                .iter()
-                .all(|s| procs.iter().filter(|p| &p.task == s).count() == 1)
+            let tasks: Vec<&str> = procs.iter().map(|p| p.task.as_str()).collect();
+            self.scenario.runs_every_slot(&tasks)
         }) {
             bail!(
                 "the workload did not start (every slot once): {:?}",
@@ -725,7 +724,7 @@ impl Run<'_> {
         self.record.schedule_start_ms = self.now_ms();
         progress(&format!(
             "workload running ({} slots); fault schedule of {:?} starts",
-            slots.len(),
+            self.scenario.all_slots().len(),
             self.scenario.duration
         ));
 

@@ -714,6 +714,33 @@ impl Scenario {
         self.workloads.iter().flat_map(Workload::slots).collect()
     }
 
+    /// The slots of each replicated state with warm standbys: one process among them.
+    pub fn warm_groups(&self) -> Vec<Vec<String>> {
+        self.workloads
+            .iter()
+            .filter(|w| {
+                w.state
+                    .is_some_and(|s| s.mode == warden_core::state::StateMode::Warm)
+            })
+            .map(Workload::slots)
+            .collect()
+    }
+
+    /// Whether the processes `procs` (task ids) run every slot once — one process per group
+    /// of [`Scenario::warm_groups`].
+    pub fn runs_every_slot(&self, procs: &[&str]) -> bool {
+        let groups = self.warm_groups();
+        let count = |s: &str| procs.iter().filter(|p| **p == s).count();
+        let grouped: Vec<&String> = groups.iter().flatten().collect();
+        self.all_slots()
+            .iter()
+            .filter(|s| !grouped.contains(s))
+            .all(|s| count(s) == 1)
+            && groups
+                .iter()
+                .all(|g| g.iter().map(|s| count(s)).sum::<usize>() == 1)
+    }
+
     /// When the last fault ends, from the schedule start (zero without faults).
     pub fn last_fault_end(&self) -> Duration {
         self.faults

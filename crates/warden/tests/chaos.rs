@@ -375,6 +375,23 @@ fn ci_state_scenario_fails_over_without_losing_an_acknowledged_write() {
 }
 
 #[test]
+fn ci_quorum_scenario_with_warm_standbys_fails_over_without_losing_an_acknowledged_write() {
+    let (ok, report, text) = run_scenario(&ci_scenario("ci/state-quorum"), 1, &[]);
+    assert_clean(ok, &report, &text);
+    let state = &report["state"];
+    assert!(state["acked"].as_u64().unwrap_or(0) > 100, "{text}");
+    for kind in ["kill", "pause", "partition"] {
+        let k = state["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} on the primary\n{text}"));
+        assert_eq!(k["switched"], k["faults"], "{kind}\n{text}");
+    }
+}
+
+#[test]
 fn ci_upgrade_scenario_keeps_every_task_through_planned_restarts() {
     let (ok, report, text) = run_scenario(&ci_scenario("ci/upgrade"), 1, &[]);
     assert_clean(ok, &report, &text);

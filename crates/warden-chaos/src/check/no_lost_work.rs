@@ -9,20 +9,30 @@ use crate::record::{Record, Sample};
 /// The checker's name.
 pub const NAME: &str = "no-lost-work";
 
-/// Slots of `slots` not running exactly once in `sample`, with their copy counts.
-fn wrong_slots<'a>(slots: &'a [String], sample: &Sample) -> Vec<(&'a str, usize)> {
+/// Slots of the record not running exactly once in `sample`, with their copy counts; a
+/// group of warm replicas counts as one (named by its first slot and `+`).
+fn wrong_slots(record: &Record, sample: &Sample) -> Vec<(String, usize)> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &sample.procs {
         *counts.entry(p.task.as_str()).or_default() += 1;
     }
-    slots
+    let count = |s: &str| counts.get(s).copied().unwrap_or(0);
+    let grouped = |s: &String| record.warm_groups.iter().flatten().any(|g| g == s);
+    let singles = record
+        .slots
         .iter()
-        .map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n != 1)
-        .collect()
+        .filter(|s| !grouped(s))
+        .map(|s| (s.clone(), count(s)));
+    let groups = record.warm_groups.iter().map(|g| {
+        (
+            format!("{} (warm replicas: {})", g.join("+"), "one process"),
+            g.iter().map(|s| count(s)).sum(),
+        )
+    });
+    singles.chain(groups).filter(|(_, n)| *n != 1).collect()
 }
 
-fn describe(wrong: &[(&str, usize)]) -> String {
+fn describe(wrong: &[(String, usize)]) -> String {
     wrong
         .iter()
         .map(|(s, n)| format!("{s} has {n} copies"))
@@ -43,13 +53,10 @@ pub fn check(record: &Record) -> Vec<Violation> {
         .filter(|s| s.t_ms >= start && s.t_ms <= deadline)
         .collect();
     let mut out = Vec::new();
-    if !window
-        .iter()
-        .any(|s| wrong_slots(&record.slots, s).is_empty())
-    {
+    if !window.iter().any(|s| wrong_slots(record, s).is_empty()) {
         let last = window.last().map_or_else(
             || "no sample in that time".to_string(),
-            |s| describe(&wrong_slots(&record.slots, s)),
+            |s| describe(&wrong_slots(record, s)),
         );
         out.push(Violation::new(
             NAME,
@@ -62,7 +69,7 @@ pub fn check(record: &Record) -> Vec<Violation> {
     }
     match record.samples.last() {
         Some(s) => {
-            let wrong = wrong_slots(&record.slots, s);
+            let wrong = wrong_slots(record, s);
             if !wrong.is_empty() {
                 out.push(Violation::new(
                     NAME,
@@ -132,5 +139,36 @@ mod tests {
         let v = check(&r);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("web/1 has 2 copies"), "{v:?}");
+    }
+
+    #[test]
+    fn warm_replicas_run_one_process_among_them() {
+        let mut r = record();
+        r.slots = vec!["db/0".into(), "db/1".into(), "web/0".into()];
+        r.warm_groups = vec![vec!["db/0".into(), "db/1".into()]];
+        r.faults_end_ms = 30_000;
+        // The standby (db/1) was promoted and runs; db/0 holds the state without a process.
+        let promoted = sample(
+            31_000,
+            vec![p("db/1", 2, 11, "agent-2"), p("web/0", 1, 20, "agent-2")],
+        );
+        r.samples = vec![promoted.clone(), sample(50_000, promoted.procs.clone())];
+        assert_eq!(check(&r), vec![]);
+        // Two processes among the warm replicas is wrong, as is none.
+        let both = sample(
+            50_000,
+            vec![
+                p("db/0", 3, 10, "agent-1"),
+                p("db/1", 2, 11, "agent-2"),
+                p("web/0", 1, 20, "agent-2"),
+            ],
+        );
+        r.samples = vec![promoted, both];
+        let v = check(&r);
+        assert!(
+            v.iter()
+                .any(|v| v.message.contains("db/0+db/1") && v.message.contains("2 copies")),
+            "{v:?}"
+        );
     }
 }
