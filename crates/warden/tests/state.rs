@@ -381,6 +381,39 @@ fn a_warm_standby_runs_no_task_until_promoted_then_counts_on_from_its_state() {
 }
 
 #[test]
+fn a_planned_switchover_to_a_warm_standby_starts_its_task_and_loses_nothing() {
+    let mut c = start_cluster();
+    c.add_agents(2).unwrap();
+    let job = "ledger7";
+    let (primary, standby) =
+        replicated_counter_spec(&c, job, 5, "standbys = 1\nmode = \"warm\"\n", 1);
+    assert!(wait_until(LONG, || acked_on(&c, &primary, job, 0).len() >= 50));
+    let answer = c
+        .server_client(0)
+        .unwrap()
+        .request("POST", &format!("/v1/jobs/{job}/promote"), None, b"")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["to"], format!("{job}/1"), "{answer}");
+    assert!(
+        wait_until(LONG, || acked_on(&c, &standby, job, 1).len() >= 20),
+        "the warm standby was not promoted and writing\n{}\n{}",
+        c.log(&standby),
+        c.log(&c.server_name(0))
+    );
+    let old = acked_on(&c, &primary, job, 0);
+    let new = acked_on(&c, &standby, job, 1);
+    let (last_old, old_epoch) = *old.last().unwrap();
+    let (first_new, new_epoch) = new[0];
+    assert!(new_epoch > old_epoch);
+    assert!(
+        first_new == last_old + 1 || first_new == last_old + 2,
+        "the old primary acknowledged up to {last_old}; the new one started at {first_new}"
+    );
+}
+
+#[test]
 fn a_planned_switchover_hands_over_every_write_even_at_local() {
     let mut c = start_cluster();
     c.add_agents(2).unwrap();
