@@ -185,6 +185,26 @@ enum Pending {
     Last(Status, String),
 }
 
+/// Most writes taken from the read buffer into one [`StateStore::write_many`].
+const BURST: usize = 1024;
+
+/// The next complete frame already in `rd`'s buffer (no read), or `None`: too short yet, or
+/// a length over `max_frame` (left for the reading path to refuse).
+fn buffered_frame<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, max_frame: usize) -> Option<Bytes> {
+    use tokio::io::AsyncBufRead;
+    let buf = rd.buffer();
+    if buf.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame || buf.len() < 4 + len {
+        return None;
+    }
+    let body = Bytes::copy_from_slice(&buf[4..4 + len]);
+    std::pin::Pin::new(rd).consume(4 + len);
+    Some(body)
+}
+
 /// Serve one upgraded pipe: writes under `epoch`, answered once acknowledged at `level` (or
 /// after `timeout`).
 pub async fn serve<S>(io: S, store: StateStore, epoch: u64, level: AckLevel, timeout: Duration)
@@ -198,7 +218,7 @@ where
     let max_frame = 3 + limits.max_key + limits.max_value;
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     // Until the task closes its end.
-    while let Ok(len) = rd.read_u32().await {
+    'pipe: while let Ok(len) = rd.read_u32().await {
         let len = len as usize;
         if len > max_frame {
             let why = format!(
@@ -213,22 +233,43 @@ where
         if rd.read_exact(&mut body).await.is_err() {
             break;
         }
-        let pending = match decode_write(Bytes::from(body)) {
-            Err(why) => Pending::Now(Status::Invalid, why),
-            Ok(op) => match store.write(epoch, op) {
-                Ok(seq) => Pending::Wait(seq),
-                Err(e) => Pending::Now(write_status(&e), e.to_string()),
-            },
-        };
-        if tx.send(pending).await.is_err() {
-            break;
+        // This frame and every complete one already read: written under one lock.
+        let mut decoded = vec![decode_write(Bytes::from(body))];
+        while decoded.len() < BURST {
+            match buffered_frame(&mut rd, max_frame) {
+                Some(b) => decoded.push(decode_write(b)),
+                None => break,
+            }
+        }
+        let ops: Vec<Op> = decoded
+            .iter_mut()
+            .filter_map(|d| match d {
+                Ok(op) => Some(std::mem::replace(op, Op::Epoch)),
+                Err(_) => None,
+            })
+            .collect();
+        let mut written = store.write_many(epoch, ops).into_iter();
+        for d in decoded {
+            let pending = match d {
+                Err(why) => Pending::Now(Status::Invalid, why),
+                Ok(_) => match written.next() {
+                    Some(Ok(seq)) => Pending::Wait(seq),
+                    Some(Err(e)) => Pending::Now(write_status(&e), e.to_string()),
+                    None => Pending::Now(Status::LogFailed, "the write was not taken".into()),
+                },
+            };
+            if tx.send(pending).await.is_err() {
+                break 'pipe;
+            }
         }
     }
     drop(tx);
     let _ = writer.await;
 }
 
-/// Answer the writes in order, a buffer's worth per socket write.
+/// Answer the writes in order: whatever is acknowledged already without waiting, a
+/// buffer's worth per socket write; the wait for one not yet acknowledged after flushing
+/// the answers before it.
 async fn answer<W: AsyncWrite + Unpin>(
     wr: W,
     mut rx: mpsc::Receiver<Pending>,
@@ -246,15 +287,26 @@ async fn answer<W: AsyncWrite + Unpin>(
                 Pending::Now(status, why) | Pending::Last(status, why) => {
                     encode_answer(&mut frame, status, 0, &why);
                 }
-                Pending::Wait(seq) => match store.wait(seq, level, timeout).await {
-                    Ok(()) => encode_answer(&mut frame, Status::Ok, seq, ""),
-                    Err(e @ WaitError::Timeout { .. }) => {
-                        encode_answer(&mut frame, Status::NotAcknowledged, 0, &e.to_string());
+                Pending::Wait(seq) => {
+                    let done = if store.committed().at(level) >= seq {
+                        Ok(())
+                    } else {
+                        // Not yet: what is answered goes out before the wait.
+                        if wr.flush().await.is_err() {
+                            return;
+                        }
+                        store.wait(seq, level, timeout).await
+                    };
+                    match done {
+                        Ok(()) => encode_answer(&mut frame, Status::Ok, seq, ""),
+                        Err(e @ WaitError::Timeout { .. }) => {
+                            encode_answer(&mut frame, Status::NotAcknowledged, 0, &e.to_string());
+                        }
+                        Err(e @ WaitError::Failed(_)) => {
+                            encode_answer(&mut frame, Status::LogFailed, 0, &e.to_string());
+                        }
                     }
-                    Err(e @ WaitError::Failed(_)) => {
-                        encode_answer(&mut frame, Status::LogFailed, 0, &e.to_string());
-                    }
-                },
+                }
             }
             if wr.write_all(&frame).await.is_err() {
                 return;

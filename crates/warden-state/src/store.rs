@@ -696,37 +696,58 @@ impl StateStore {
     /// Apply a write from the task, under `epoch`. Returns its sequence number; it is durable
     /// at a level once [`StateStore::wait`] says so.
     pub fn write(&self, epoch: u64, op: Op) -> Result<u64, WriteError> {
-        self.check_op(&op)?;
+        self.write_many(epoch, vec![op])
+            .pop()
+            .unwrap_or(Err(WriteError::Invalid("no write".into())))
+    }
+
+    /// Apply several writes from the task, each on its own (not atomically: each is checked,
+    /// numbered and answered by itself, as if written one after the other), under one lock
+    /// and one wake-up of the flusher. Returns each one's sequence number or refusal, in order.
+    pub fn write_many(&self, epoch: u64, ops: Vec<Op>) -> Vec<Result<u64, WriteError>> {
+        let mut out = Vec::with_capacity(ops.len());
         let mut frame = Vec::with_capacity(64);
-        let seq = {
+        let mut last = None;
+        {
             let mut g = lock(&self.shared.inner);
-            if let Some(e) = &g.failed {
-                return Err(WriteError::Failed(e.clone()));
-            }
-            if g.closed {
-                return Err(WriteError::Failed("the state is closed".into()));
-            }
-            g.fence.check_write(epoch)?;
-            if g.role != Role::Primary {
-                return Err(WriteError::NotPrimary {
-                    epoch: g.fence.epoch,
+            for op in ops {
+                let r = self.check_op(&op).and_then(|()| {
+                    if let Some(e) = &g.failed {
+                        return Err(WriteError::Failed(e.clone()));
+                    }
+                    if g.closed {
+                        return Err(WriteError::Failed("the state is closed".into()));
+                    }
+                    g.fence.check_write(epoch)?;
+                    if g.role != Role::Primary {
+                        return Err(WriteError::NotPrimary {
+                            epoch: g.fence.epoch,
+                        });
+                    }
+                    if g.lease_until.is_some_and(|t| Instant::now() >= t) {
+                        return Err(WriteError::LeaseExpired);
+                    }
+                    let seq = g.next_seq;
+                    frame.clear();
+                    codec::encode(&mut frame, seq, epoch, &op);
+                    let undo = apply_undoable(&mut g.kv, &op);
+                    g.remember(seq, undo);
+                    g.next_seq += 1;
+                    g.note_epoch(seq, epoch);
+                    g.queue(seq, &frame, &self.shared.limits);
+                    Ok(seq)
                 });
+                if let Ok(seq) = r {
+                    last = Some(seq);
+                }
+                out.push(r);
             }
-            if g.lease_until.is_some_and(|t| Instant::now() >= t) {
-                return Err(WriteError::LeaseExpired);
-            }
-            let seq = g.next_seq;
-            codec::encode(&mut frame, seq, epoch, &op);
-            let undo = apply_undoable(&mut g.kv, &op);
-            g.remember(seq, undo);
-            g.next_seq += 1;
-            g.note_epoch(seq, epoch);
-            g.queue(seq, &frame, &self.shared.limits);
-            seq
-        };
-        self.shared.wake_flusher.notify_one();
-        self.shared.applied.send_replace(seq);
-        Ok(seq)
+        }
+        if let Some(seq) = last {
+            self.shared.wake_flusher.notify_one();
+            self.shared.applied.send_replace(seq);
+        }
+        out
     }
 
     /// Wait until `seq` is acknowledged at `level`, for at most `timeout`.
