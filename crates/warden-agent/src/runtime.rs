@@ -612,7 +612,14 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                         }
                         server_message::Msg::Replica(r) => match convert::replica_from_wire(&r) {
                             Ok((task, epoch, order)) => {
+                                let before = states.progress(&task).fence;
                                 states.set_replica(&task, epoch, order);
+                                if states.progress(&task).fence != before {
+                                    // A new state epoch (a fence before a promotion at
+                                    // quorum, a promotion): the server waits for what this
+                                    // replica now holds; tell it now, not at the next tick.
+                                    beat.reset_immediately();
+                                }
                                 if let Some(spec) = states.promoted_warm(&task) {
                                     info!(task = %task, epoch = epoch.0, "warm standby promoted: starting its task");
                                     if let Err(e) = supervisor.start(spec) {

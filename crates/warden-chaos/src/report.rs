@@ -563,7 +563,13 @@ fn fault_report(record: &Record, f: &FaultRecord) -> FaultReport {
                         .any(|q| q.task == p.task && q.token == p.token)
                 });
             // A process the fault did not take away was not replaced because of it (a later
-            // fault may replace it: that is the later fault's recovery).
+            // fault may replace it: that is the later fault's recovery). The process of a
+            // group of warm replicas is replaced by the one a promoted replica starts.
+            let group = record.warm_groups.iter().find(|g| g.contains(&p.task));
+            let replaces = |q: &crate::record::ProcSample| match group {
+                Some(g) => g.contains(&q.task) && (q.task != p.task || q.token > p.token),
+                None => q.task == p.task && q.token > p.token,
+            };
             let replacement = record
                 .samples
                 .iter()
@@ -571,7 +577,7 @@ fn fault_report(record: &Record, f: &FaultRecord) -> FaultReport {
                 .find_map(|s| {
                     s.procs
                         .iter()
-                        .find(|q| q.task == p.task && q.token > p.token)
+                        .find(|q| replaces(q))
                         .map(|q| (s.t_ms, q.token))
                 });
             r.recoveries.push(Recovery {
