@@ -72,6 +72,38 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// Read one HTTP/1.1 answer: status line, headers (`Content-Length`, `Warden-Seq`), body.
+fn read_answer(conn: &mut BufReader<UnixStream>) -> std::io::Result<Answer> {
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad status line"))?;
+    let mut len = 0usize;
+    let mut seq = None;
+    loop {
+        line.clear();
+        conn.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.parse().unwrap_or(0);
+            } else if k.eq_ignore_ascii_case("warden-seq") {
+                seq = v.parse().ok();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)?;
+    Ok(Answer { status, seq, body })
+}
+
 impl StateClient {
     /// A client from the task's environment: `WARDEN_STATE_SOCK`, `WARDEN_STATE_EPOCH` (else
     /// `WARDEN_FENCING_TOKEN`) and `WARDEN_STATE_TOKEN`.
@@ -160,36 +192,7 @@ impl StateClient {
             let s = conn.get_mut();
             s.write_all(head.as_bytes())?;
             s.write_all(body)?;
-            let mut line = String::new();
-            conn.read_line(&mut line)?;
-            let status: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad status line")
-                })?;
-            let mut len = 0usize;
-            let mut seq = None;
-            loop {
-                line.clear();
-                conn.read_line(&mut line)?;
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once(':') {
-                    let v = v.trim();
-                    if k.eq_ignore_ascii_case("content-length") {
-                        len = v.parse().unwrap_or(0);
-                    } else if k.eq_ignore_ascii_case("warden-seq") {
-                        seq = v.parse().ok();
-                    }
-                }
-            }
-            let mut body = vec![0u8; len];
-            conn.read_exact(&mut body)?;
-            Ok(Answer { status, seq, body })
+            read_answer(conn)
         })();
         match result {
             Ok(a) => Ok(a),
@@ -230,36 +233,7 @@ impl StateClient {
         let mut conn = BufReader::with_capacity(64 * 1024, s);
         let answer = (|| -> std::io::Result<Answer> {
             conn.get_mut().write_all(head.as_bytes())?;
-            let mut line = String::new();
-            conn.read_line(&mut line)?;
-            let status: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad status line")
-                })?;
-            let mut len = 0usize;
-            loop {
-                line.clear();
-                conn.read_line(&mut line)?;
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            conn.read_exact(&mut body)?;
-            Ok(Answer {
-                status,
-                seq: None,
-                body,
-            })
+            read_answer(&mut conn)
         })()
         .map_err(self.io())?;
         if answer.status != 101 {
