@@ -1107,39 +1107,30 @@ fn running_tasks(
     health: &BTreeMap<TaskId, bool>,
     endpoints: &Endpoints,
 ) -> Vec<v1::RunningTask> {
+    // A warm standby's copy runs no process: it is reported running, its state following.
     let warm = states.warm_copies().into_iter().map(|(task, epoch)| {
-        convert::copy_to_wire(&CopyReport {
+        convert::copy_to_wire(&CopyReport::new(
             task,
             epoch,
-            phase: Some(CopyPhase::Running),
-            healthy: true,
-            endpoint: String::new(),
-            in_sync: Vec::new(),
-            state_seq: 0,
-            state_fence: 0,
-            state_last_epoch: 0,
-            lagging: Vec::new(),
-            sealed: false,
-        })
+            CopyPhase::Running,
+            true,
+            String::new(),
+        ))
     });
     supervisor
         .tasks()
         .into_iter()
         .filter(|r| r.state.is_active())
         .map(|r| {
-            convert::copy_to_wire(&CopyReport {
-                healthy: health.get(&r.task).copied().unwrap_or(true),
-                endpoint: endpoint_of(endpoints, &r.task, r.epoch),
-                in_sync: Vec::new(),
-                state_seq: 0,
-                state_fence: 0,
-                state_last_epoch: 0,
-                lagging: Vec::new(),
-                sealed: false,
-                phase: Some(phase_of(&r.state)),
-                task: r.task,
-                epoch: r.epoch,
-            })
+            let healthy = health.get(&r.task).copied().unwrap_or(true);
+            let endpoint = endpoint_of(endpoints, &r.task, r.epoch);
+            convert::copy_to_wire(&CopyReport::new(
+                r.task,
+                r.epoch,
+                phase_of(&r.state),
+                healthy,
+                endpoint,
+            ))
         })
         .chain(warm)
         .collect()

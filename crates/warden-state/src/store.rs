@@ -403,13 +403,13 @@ impl Inner {
         self.behind
             .retain(|name, _| standbys.get(name).is_some_and(|p| p.in_sync));
         for (name, p) in standbys.iter().filter(|(_, p)| p.in_sync) {
-            match self.behind.get(name) {
-                _ if p.synced >= durable => {
-                    self.behind.remove(name);
-                }
-                Some(&(_, target)) if p.synced >= target => {
-                    self.behind.insert(name.clone(), (now, durable));
-                }
+            if p.synced >= durable {
+                self.behind.remove(name);
+                continue;
+            }
+            // Updated in place: this runs at every publish of a busy primary.
+            match self.behind.get_mut(name) {
+                Some(b) if p.synced >= b.1 => *b = (now, durable),
                 Some(_) => {}
                 None => {
                     self.behind.insert(name.clone(), (now, durable));

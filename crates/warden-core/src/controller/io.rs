@@ -116,6 +116,32 @@ pub struct CopyReport {
     pub lagging: Vec<String>,
 }
 
+impl CopyReport {
+    /// A copy with nothing to say of a replicated state (the fields a primary or replica
+    /// fills in are empty).
+    pub fn new(
+        task: TaskId,
+        epoch: FencingToken,
+        phase: CopyPhase,
+        healthy: bool,
+        endpoint: String,
+    ) -> CopyReport {
+        CopyReport {
+            task,
+            epoch,
+            phase: Some(phase),
+            healthy,
+            endpoint,
+            in_sync: Vec::new(),
+            state_seq: 0,
+            sealed: false,
+            state_fence: 0,
+            state_last_epoch: 0,
+            lagging: Vec::new(),
+        }
+    }
+}
+
 /// A heartbeat.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Heartbeat {

@@ -45,6 +45,15 @@ pub(super) struct Switchover {
     until: Time,
 }
 
+/// Whether `c` is the report of the job's primary copy, from the agent it runs on.
+fn reported_by_primary(slots: &[TaskView], who: &AgentId, c: &CopyReport) -> bool {
+    let i = c.task.index as usize;
+    primary_index(replicas(slots)) == Some(i)
+        && slots
+            .get(i)
+            .is_some_and(|t| t.epoch == c.epoch && t.agent.as_ref() == Some(who))
+}
+
 fn replicas(slots: &[TaskView]) -> impl Iterator<Item = Option<&Replica>> + Clone {
     slots.iter().map(|t| t.replica.as_ref())
 }
@@ -236,10 +245,7 @@ impl Controller {
             return;
         };
         let i = c.task.index as usize;
-        let is_primary = primary_index(replicas(slots)) == Some(i)
-            && slots
-                .get(i)
-                .is_some_and(|t| t.epoch == c.epoch && t.agent.as_ref() == Some(who));
+        let is_primary = reported_by_primary(slots, who, c);
         if !is_primary {
             return;
         }
@@ -279,10 +285,7 @@ impl Controller {
             return;
         };
         let i = c.task.index as usize;
-        let is_primary = primary_index(replicas(slots)) == Some(i)
-            && slots
-                .get(i)
-                .is_some_and(|t| t.epoch == c.epoch && t.agent.as_ref() == Some(who));
+        let is_primary = reported_by_primary(slots, who, c);
         if !is_primary || self.switchovers.contains_key(&c.task.job) {
             return;
         }
