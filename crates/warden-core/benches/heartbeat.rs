@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use warden_core::controller::{
     Command, Controller, ControllerConfig, Copies, CopyPhase, CopyReport, Election, Heartbeat,
-    Hello, Input, Order, SessionId, Snapshot, SubmitOutcome, WriteOutcome,
+    Hello, Input, Order, SessionId, Snapshot, WriteOutcome,
 };
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId, Time};
 
@@ -29,6 +29,7 @@ fn service(name: String, replicas: u32) -> JobSpec {
         health: None,
         service: None,
         state: None,
+        update: None,
     }
 }
 
@@ -104,7 +105,10 @@ impl Fleet {
             let mut next = Vec::new();
             for cmd in queue {
                 match cmd {
-                    Command::Persist(warden_core::controller::Write::Slot { id, .. }) => {
+                    Command::Persist(
+                        warden_core::controller::Write::Slot { id, .. }
+                        | warden_core::controller::Write::Release { id, .. },
+                    ) => {
                         next.extend(self.c.step(
                             Input::Persisted {
                                 write: id,
@@ -186,9 +190,11 @@ impl Fleet {
             let spec = service(format!("job-{j}"), u32::try_from(replicas).expect("small"));
             j += 1;
             let cmds = self.c.step(
-                Input::JobStored {
-                    spec,
-                    outcome: SubmitOutcome::Created,
+                Input::Submit {
+                    spec: Box::new(spec),
+                    unix_ms: 0,
+                    cause: "submit".into(),
+                    revert: false,
                 },
                 self.now,
             );
@@ -222,13 +228,16 @@ fn measure(agents: usize, slots: u64) {
     let mut plans = Duration::ZERO;
     let n_plans = 5;
     for _ in 0..n_plans {
-        f.c.step(
-            Input::JobStored {
-                spec: service("nudge".into(), 1),
-                outcome: SubmitOutcome::Updated,
+        let cmds = f.c.step(
+            Input::Submit {
+                spec: Box::new(service("nudge".into(), 1)),
+                unix_ms: 0,
+                cause: "submit".into(),
+                revert: false,
             },
             f.now,
         );
+        f.absorb(cmds);
         f.now = f.now + Duration::from_millis(50);
         let t0 = Instant::now();
         let cmds = f.c.step(Input::Tick, f.now);

@@ -37,6 +37,7 @@ fn fleet() -> (Desired, Observed) {
             health: None,
             service: None,
             state: None,
+            update: None,
         };
         let slots = (0..spec.desired_count())
             .map(|_| {
@@ -50,6 +51,7 @@ fn fleet() -> (Desired, Observed) {
                     failures: 0,
                     last_failure_at: None,
                     replica: None,
+                    version: 0,
                 }
             })
             .collect();

@@ -56,6 +56,7 @@ mod election;
 mod io;
 mod reconcile;
 mod replicas;
+mod rollouts;
 #[cfg(test)]
 mod tests;
 
@@ -70,6 +71,7 @@ pub use io::{
     Welcome, Write, WriteId, WriteOutcome,
 };
 pub use replicas::{REPLICA_REFRESH, SWITCHOVER_TIMEOUT};
+pub use rollouts::RolloutView;
 
 use crate::endpoints::Registry;
 use crate::error::ConfigError;
@@ -172,6 +174,14 @@ pub struct Controller {
     /// Jobs writing at `quorum` whose replicas are being fenced before a promotion: the
     /// fence epoch they are told (the planner asks for it at every plan while it applies).
     fencing: FxHashMap<JobName, u64>,
+    /// Every job's versions and rollout, as stored.
+    releases: FxHashMap<JobName, crate::release::JobReleases>,
+    /// Rollouts under way, by job.
+    rollouts: FxHashMap<JobName, rollouts::RolloutRun>,
+    /// Release writes asked for and not yet applied, by job (the job's rollout waits).
+    pending_releases: FxHashMap<JobName, rollouts::PendingRelease>,
+    /// The version each assignment being persisted starts its copy from.
+    start_versions: FxHashMap<TaskId, u64>,
 }
 
 impl Controller {
@@ -222,6 +232,10 @@ impl Controller {
             switchovers: FxHashMap::default(),
             fencing: FxHashMap::default(),
             in_sync_dropped: FxHashMap::default(),
+            releases: FxHashMap::default(),
+            rollouts: FxHashMap::default(),
+            pending_releases: FxHashMap::default(),
+            start_versions: FxHashMap::default(),
         };
         c.take_over(snapshot, now);
         if let Some(term) = c.term_now(now) {
@@ -296,7 +310,13 @@ impl Controller {
                 }
                 out.push(Command::Notice(Notice::LoadFailed { load, error }));
             }
-            Input::JobStored { spec, outcome } => self.job_stored(spec, outcome, now, &mut out),
+            Input::Submit {
+                spec,
+                unix_ms,
+                cause,
+                revert,
+            } => self.submit(*spec, unix_ms, cause, revert, now, &mut out),
+            Input::PromoteRollout { job } => self.promote_rollout(&job, now, &mut out),
             Input::JobDeleted { job } => self.job_deleted(job, now, &mut out),
             Input::Promote { job } => self.start_switchover(&job, now, &mut out),
             Input::ReleaseBrake => {
@@ -478,18 +498,23 @@ impl Controller {
     }
 
     /// Check a job submission: a valid spec, a writable replica, and what it would change.
-    /// The runtime stores the job, then feeds [`Input::JobStored`] (not for `Unchanged`).
+    /// The runtime then feeds [`Input::Submit`] (not for `Unchanged`), which stores the job as
+    /// a new version.
     pub fn check_submit(&self, spec: &JobSpec, now: Time) -> Result<SubmitOutcome, Refusal> {
         spec.validate()
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         self.writable(now)?;
         let draining = self.draining.contains_key(&spec.name);
-        Ok(match self.desired.get(&spec.name) {
+        let outcome = match self.desired.get(&spec.name) {
             // Submitting a draining job again cancels its stop (and stores it again).
             Some(old) if old == spec && !draining => SubmitOutcome::Unchanged,
             Some(_) => SubmitOutcome::Updated,
             None => SubmitOutcome::Created,
-        })
+        };
+        if outcome != SubmitOutcome::Unchanged {
+            self.check_release_free(&spec.name, false)?;
+        }
+        Ok(outcome)
     }
 
     /// Check a job deletion: a writable replica and a job of that name. The runtime deletes it

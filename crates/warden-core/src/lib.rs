@@ -18,6 +18,8 @@
 //!   checking at-most-one and no-lost-work on every schedule;
 //! - [`state`]: replicated task state: acknowledgement levels, the in-sync set, promotion
 //!   and epoch fencing;
+//! - [`release`] and [`rollout`]: numbered job versions, and how a new one replaces running
+//!   copies (canaries, waves, checks, automatic revert);
 //! - [`recovery`]: recovery records and RTO;
 //! - [`qos`] and [`trace`]: failure-detector quality metrics on seeded heartbeat traces.
 //!
@@ -56,7 +58,9 @@ pub mod placement;
 pub mod planner;
 pub mod qos;
 pub mod recovery;
+pub mod release;
 pub mod rng;
+pub mod rollout;
 pub mod sim;
 pub mod state;
 pub mod tail;

@@ -157,6 +157,10 @@ pub struct TaskView {
     /// The slot's part in its job's replicated state (`[state]` with standbys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<crate::state::Replica>,
+    /// The job version its copy was started from (0: not known, a record older than
+    /// versions).
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl TaskView {
@@ -169,6 +173,7 @@ impl TaskView {
             failures: 0,
             last_failure_at: None,
             replica: None,
+            version: 0,
         }
     }
 }
@@ -221,6 +226,8 @@ pub enum StopReason {
     /// An older copy still running where a newer epoch exists elsewhere (e.g. an agent that
     /// came back after its work was moved): the replacement wins.
     Superseded,
+    /// Replaced by a copy of its job's new version (a rollout).
+    Update,
 }
 
 /// Something the executor must do.
@@ -1013,7 +1020,7 @@ pub fn apply(
                 task,
                 epoch,
                 agent,
-                reason: StopReason::JobRemoved | StopReason::ScaledDown,
+                reason: StopReason::JobRemoved | StopReason::ScaledDown | StopReason::Update,
                 ..
             } => {
                 let agent_live = agent

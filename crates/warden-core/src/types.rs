@@ -325,6 +325,10 @@ pub struct JobSpec {
     /// agent's state API and standbys follow (see `docs/state.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::state::StateSpec>,
+    /// How a new version replaces running copies (`[update]`; see `docs/releases.md`). Absent:
+    /// the defaults of [`crate::release::UpdateSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::release::UpdateSpec>,
 }
 
 /// Which port a service instance listens on.
@@ -418,6 +422,11 @@ fn default_replicas() -> u32 {
 pub const MAX_REPLICAS: u32 = 10_000;
 
 impl JobSpec {
+    /// Its `[update]` settings, defaults filled in.
+    pub fn update(&self) -> crate::release::UpdateSpec {
+        self.update.unwrap_or_default()
+    }
+
     /// Number of task slots this job wants: a singleton with replicated state has one slot per
     /// replica (the primary and its standbys, on distinct agents).
     pub fn desired_count(&self) -> u32 {
@@ -537,6 +546,9 @@ impl JobSpec {
             if service.drain > MAX_DRAIN {
                 return Err(ConfigError::new("service.drain", "must be at most 10m"));
             }
+        }
+        if let Some(update) = &self.update {
+            update.validate(self.desired_count())?;
         }
         if let Some(state) = &self.state {
             if self.kind != JobKind::Singleton {
@@ -692,6 +704,7 @@ mod tests {
             health: None,
             service: None,
             state: None,
+            update: None,
         }
     }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warden_core::controller::{
     Command, Controller, ControllerConfig, Election, Heartbeat, Hello, Input, Load, Notice,
-    ProbeRound, Refusal, SessionId, Snapshot,
+    ProbeRound, Refusal, SessionId, Snapshot, WriteId, WriteOutcome,
 };
 use warden_core::lifecycle::ProbeOutcome;
 use warden_core::recovery::Outcome;
@@ -70,6 +70,8 @@ struct State {
     /// Indirect probes asked of agents: request id → (the agent asked, its answer).
     waiters: HashMap<u64, (Arc<str>, oneshot::Sender<ProbeOutcome>)>,
     next_probe: u64,
+    /// Operators' release writes (submissions, reverts) waiting for their outcome.
+    release_waiters: HashMap<WriteId, std::sync::mpsc::Sender<WriteOutcome>>,
 }
 
 /// The control plane. Cheap to share: wrap it in an `Arc`.
@@ -94,6 +96,20 @@ type Receivers = (
     mpsc::UnboundedReceiver<writer::Queued>,
     mpsc::UnboundedReceiver<Job>,
 );
+
+/// Longest wait for a job's new version to be stored.
+const SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a new version of a job was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The controller refused it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
 
 /// Errors starting the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +206,7 @@ fn election_of(role: &Standing, now: Time) -> Election {
 fn read_snapshot(store: &dyn Store) -> Result<Snapshot, warden_store::StoreError> {
     Ok(Snapshot {
         jobs: store.list_jobs()?,
+        releases: store.list_releases()?,
         slots: store
             .list_tasks()?
             .into_iter()
@@ -233,6 +250,7 @@ impl ControlPlane {
                 next_serial: 0,
                 waiters: HashMap::new(),
                 next_probe: 0,
+                release_waiters: HashMap::new(),
             }),
             store,
             clock,
@@ -286,8 +304,83 @@ impl ControlPlane {
         // Read under the lock: steps see non-decreasing times.
         let now = self.clock.now();
         self.follow_election(st, now);
+        let answer = match &input {
+            Input::Persisted { write, outcome } => st
+                .release_waiters
+                .remove(write)
+                .map(|tx| (tx, outcome.clone())),
+            _ => None,
+        };
         let cmds = st.ctrl.step(input, now);
         self.execute(st, cmds);
+        if let Some((tx, outcome)) = answer {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Store a new version of a job (a submission, or a revert to an earlier version's spec)
+    /// through the ordered writer and wait until it is stored and in force. Returns the
+    /// version's number.
+    pub fn submit_release(
+        &self,
+        spec: warden_core::JobSpec,
+        cause: String,
+        revert: bool,
+    ) -> Result<u64, SubmitError> {
+        let job = spec.name.clone();
+        let rx = {
+            let mut st = lock(&self.state);
+            let now = self.clock.now();
+            self.follow_election(&mut st, now);
+            let input = Input::Submit {
+                spec: Box::new(spec),
+                unix_ms: crate::clock::unix_now_ms(),
+                cause,
+                revert,
+            };
+            let cmds = st.ctrl.step(input, now);
+            let id = cmds.iter().find_map(|c| match c {
+                Command::Persist(warden_core::controller::Write::Release { id, .. }) => Some(*id),
+                _ => None,
+            });
+            let Some(id) = id else {
+                return Err(SubmitError::Refused(Refusal::Unavailable(
+                    "the job could not be stored now (leadership changing); retry".into(),
+                )));
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            st.release_waiters.insert(id, tx);
+            self.execute(&mut st, cmds);
+            rx
+        };
+        match rx.recv_timeout(SUBMIT_TIMEOUT) {
+            Ok(WriteOutcome::Applied) => Ok(lock(&self.state)
+                .ctrl
+                .releases(&job)
+                .and_then(|r| r.current())
+                .map_or(0, |r| r.version)),
+            Ok(WriteOutcome::Failed(e)) => Err(SubmitError::Store(e)),
+            Ok(WriteOutcome::Conflict { .. }) => Err(SubmitError::Store("conflict".into())),
+            Err(_) => Err(SubmitError::Refused(Refusal::Unavailable(format!(
+                "the store did not answer within {} s; the job may be stored later",
+                SUBMIT_TIMEOUT.as_secs()
+            )))),
+        }
+    }
+
+    /// Promote a job's rollout past its canaries.
+    pub fn promote_rollout(&self, job: &str) -> Result<(), Refusal> {
+        let mut st = lock(&self.state);
+        let now = self.clock.now();
+        self.follow_election(&mut st, now);
+        st.ctrl.check_promote_rollout(job, now)?;
+        self.step(
+            &mut st,
+            Input::PromoteRollout {
+                job: warden_core::JobName::new(job),
+            },
+        );
+        Ok(())
     }
 
     /// Tell the controller when the election published a new role.

@@ -59,8 +59,8 @@ pub use crate::limits::{
 };
 use crate::sla::{JobSlots, SlaConfig, SlaQuery, SlaReport};
 use crate::view::{
-    AgentInfo, BrakeRelease, ControlApi, EventInfo, HealthInfo, JobChange, JobInfo, LeaderView,
-    RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
+    AgentInfo, BrakeRelease, ControlApi, EventInfo, HealthInfo, JobChange, JobInfo, JobPlan,
+    LeaderView, RecoveryInfo, ServiceInfo, ServicesInfo, SubmitOutcome, TaskInfo,
 };
 
 /// After shutdown is signalled, how long [`serve`] waits for open connections to finish (15 s:
@@ -169,6 +169,11 @@ pub fn router_with_config(
         .route("/v1/leader", get(get_leader))
         .route("/v1/brake/release", post(release_brake))
         .route("/v1/jobs/{name}/promote", post(promote_job))
+        .route("/v1/jobs/plan", post(plan_job))
+        .route("/v1/jobs/{name}/versions", get(job_versions))
+        .route("/v1/jobs/{name}/revert", post(revert_job))
+        .route("/v1/jobs/{name}/rollout", get(get_rollout))
+        .route("/v1/jobs/{name}/rollout/promote", post(promote_rollout))
         .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -508,6 +513,7 @@ async fn submit_job(
         Ok((name, outcome))
     })
     .await?;
+    let (outcome, version) = outcome;
     let (status, outcome) = match outcome {
         SubmitOutcome::Created => (StatusCode::CREATED, "created"),
         SubmitOutcome::Updated => (StatusCode::OK, "updated"),
@@ -520,12 +526,115 @@ async fn submit_job(
     let change = JobChange {
         job: name,
         outcome: outcome.to_string(),
+        version,
     };
     let mut response = (status, Json(change)).into_response();
     if let Some(location) = location {
         response.headers_mut().insert(LOCATION, location);
     }
     Ok(response)
+}
+
+/// `POST /v1/jobs/plan`: what submitting the body would change; nothing is stored.
+async fn plan_job(
+    State(AppState {
+        api, limits, jobs, ..
+    }): State<AppState>,
+    request: Request,
+) -> Result<Json<JobPlan>, HttpError> {
+    let format = job_body::body_format(request.headers())?;
+    let limit = limits.max_body_bytes;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| body_error(rejection, limit))?;
+    blocking(&api, move |api| {
+        let spec = job_body::decode_job_spec(format, &body, &jobs)?;
+        api.plan_job(spec)
+            .map(Json)
+            .map_err(|e| HttpError::from_api(e, ErrorCode::InvalidJobSpec))
+    })
+    .await
+}
+
+/// `GET /v1/jobs/{name}/versions`: the kept versions, oldest first, and the rollout.
+async fn job_versions(
+    State(AppState { api, .. }): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<warden_core::release::JobReleases>, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    blocking(&api, move |api| {
+        api.job_versions(&name).map(Json).map_err(api_error)
+    })
+    .await
+}
+
+/// The body of `POST /v1/jobs/{name}/revert`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevertBody {
+    /// The version to go back to (default: the newest earlier one that runs something else).
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// `POST /v1/jobs/{name}/revert`: an earlier version's spec as a new version, rolled out at
+/// once.
+async fn revert_job(
+    State(AppState { api, .. }): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<JobChange>, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    let by = caller.map_or_else(|| "anonymous".to_string(), |Extension(c)| c.label);
+    let body: RevertBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RevertBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            HttpError::new(
+                ErrorCode::MalformedBody,
+                format!("expected {{\"version\": N}} or an empty body: {e}"),
+            )
+        })?
+    };
+    blocking(&api, move |api| {
+        let version = api.revert_job(&name, body.version).map_err(api_error)?;
+        tracing::warn!(job = %name, version, %by, "job reverted by an operator");
+        Ok(Json(JobChange {
+            job: name,
+            outcome: "reverted".to_string(),
+            version: Some(version),
+        }))
+    })
+    .await
+}
+
+/// `GET /v1/jobs/{name}/rollout`: the rollout under way, or the last one.
+async fn get_rollout(
+    State(AppState { api, .. }): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<warden_core::controller::RolloutView>, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    blocking(&api, move |api| {
+        api.rollout(&name).map(Json).map_err(api_error)
+    })
+    .await
+}
+
+/// `POST /v1/jobs/{name}/rollout/promote`: past the canaries.
+async fn promote_rollout(
+    State(AppState { api, .. }): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<warden_core::controller::RolloutView>, HttpError> {
+    let Path(name) = name.map_err(path_error)?;
+    let by = caller.map_or_else(|| "anonymous".to_string(), |Extension(c)| c.label);
+    blocking(&api, move |api| {
+        api.promote_rollout(&name).map_err(api_error)?;
+        tracing::info!(job = %name, %by, "rollout promoted by an operator");
+        api.rollout(&name).map(Json).map_err(api_error)
+    })
+    .await
 }
 
 /// How logs name who made a request: its token's label, or "anonymous" on an open API.
@@ -584,6 +693,7 @@ async fn delete_job(
         Ok(Json(JobChange {
             job: name,
             outcome: "deleted".to_string(),
+            version: None,
         }))
     })
     .await

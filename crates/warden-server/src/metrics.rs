@@ -543,6 +543,15 @@ impl Store for TimedStore {
     fn list_jobs(&self) -> StoreResult<Vec<JobSpec>> {
         self.timed("list_jobs", |s| s.list_jobs())
     }
+    fn get_releases(
+        &self,
+        job: &JobName,
+    ) -> StoreResult<Option<warden_core::release::JobReleases>> {
+        self.timed("get_releases", |s| s.get_releases(job))
+    }
+    fn list_releases(&self) -> StoreResult<Vec<warden_core::release::JobReleases>> {
+        self.timed("list_releases", |s| s.list_releases())
+    }
     fn delete_job(&self, name: &JobName) -> StoreResult<()> {
         self.timed("delete_job", |s| s.delete_job(name))
     }

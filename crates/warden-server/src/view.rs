@@ -5,6 +5,8 @@
 //! Times in these shapes are wall-clock milliseconds since the Unix epoch (`*_unix_ms`) or
 //! durations in milliseconds (`*_ms`, `*_ms_ago`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use warden_core::{JobSpec, Signals};
 
@@ -89,8 +91,58 @@ pub use warden_core::controller::SubmitOutcome;
 pub struct JobChange {
     /// The job.
     pub job: String,
-    /// created, updated, unchanged or deleted.
+    /// created, updated, unchanged, reverted or deleted.
     pub outcome: String,
+    /// The job's version now in force (absent for a deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// What submitting a spec would change (`POST /v1/jobs/plan`): nothing is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPlan {
+    /// The job.
+    pub job: String,
+    /// created, updated or unchanged.
+    pub outcome: String,
+    /// The number the new version would get (absent when unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Field by field, from the version in force to the spec.
+    pub changes: Vec<warden_core::release::FieldChange>,
+    /// Running copies the change would replace (a rollout); 0 when only the copy count or
+    /// the `[update]` settings change.
+    pub replaces: u32,
+    /// Why it would be refused now (another rollout under way), if it would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// A job spec flattened into dotted paths and JSON values, for field-by-field differences.
+pub fn flatten(spec: &JobSpec) -> warden_core::release::Flat {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            serde_json::Value::Null => {}
+            leaf => {
+                out.insert(prefix.to_string(), leaf.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = serde_json::to_value(spec) {
+        walk("", &v, &mut out);
+    }
+    warden_core::release::Flat(out)
 }
 
 /// The answer to `POST /v1/brake/release`.
@@ -259,6 +311,13 @@ impl ApiError {
     }
 }
 
+fn unsupported() -> ApiError {
+    ApiError::new(
+        ApiErrorKind::NotFound,
+        "this server keeps no job versions".to_string(),
+    )
+}
+
 /// The control plane as the REST API sees it. Calls are synchronous and quick (they read
 /// in-memory state or the embedded store).
 pub trait ControlApi: Send + Sync + 'static {
@@ -273,8 +332,36 @@ pub trait ControlApi: Send + Sync + 'static {
     fn tasks(&self) -> Vec<TaskInfo>;
     /// Every job, by name.
     fn jobs(&self) -> Result<Vec<JobInfo>, ApiError>;
-    /// Create or update a job. The spec has been parsed but not validated yet.
-    fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError>;
+    /// Create or update a job. The spec has been parsed but not validated yet. Returns what
+    /// changed and the version now in force (none when nothing changed and the job has no
+    /// versions).
+    fn submit_job(&self, spec: JobSpec) -> Result<(SubmitOutcome, Option<u64>), ApiError>;
+    /// What submitting `spec` would change, without storing it.
+    fn plan_job(&self, spec: JobSpec) -> Result<JobPlan, ApiError> {
+        let _ = spec;
+        Err(unsupported())
+    }
+    /// A job's kept versions and its rollout.
+    fn job_versions(&self, name: &str) -> Result<warden_core::release::JobReleases, ApiError> {
+        let _ = name;
+        Err(unsupported())
+    }
+    /// Go back to an earlier version of a job (default: the newest that runs something else),
+    /// stored as a new version and rolled out at once. Returns the new version's number.
+    fn revert_job(&self, name: &str, version: Option<u64>) -> Result<u64, ApiError> {
+        let _ = (name, version);
+        Err(unsupported())
+    }
+    /// A job's rollout: under way, or the last one.
+    fn rollout(&self, name: &str) -> Result<warden_core::controller::RolloutView, ApiError> {
+        let _ = name;
+        Err(unsupported())
+    }
+    /// Promote a job's rollout past its canaries.
+    fn promote_rollout(&self, name: &str) -> Result<(), ApiError> {
+        let _ = name;
+        Err(unsupported())
+    }
     /// Stop and remove a job.
     fn delete_job(&self, name: &str) -> Result<(), ApiError>;
     /// Release the mass-failure brake (an operator's decision after checking the fleet).

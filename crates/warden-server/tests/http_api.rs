@@ -108,7 +108,7 @@ impl ControlApi for Fake {
             .collect())
     }
 
-    fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
+    fn submit_job(&self, spec: JobSpec) -> Result<(SubmitOutcome, Option<u64>), ApiError> {
         let delay = self.lock().submit_delay;
         if let Some(delay) = delay {
             std::thread::sleep(delay);
@@ -125,7 +125,7 @@ impl ControlApi for Fake {
             Some(_) => SubmitOutcome::Updated,
         };
         state.jobs.insert(name, spec);
-        Ok(outcome)
+        Ok((outcome, None))
     }
 
     fn delete_job(&self, name: &str) -> Result<(), ApiError> {

@@ -50,6 +50,13 @@ pub(crate) enum Write {
     DeleteJob {
         name: String,
     },
+    PutReleases {
+        name: String,
+        bytes: Vec<u8>,
+    },
+    DeleteReleases {
+        name: String,
+    },
     PutTask {
         job: String,
         index: u32,
@@ -108,6 +115,7 @@ fn check_shape(ops: &[WriteOp]) -> Result<()> {
     let mut tasks: HashSet<&TaskId> = HashSet::new();
     let mut cleared: HashSet<&str> = HashSet::new();
     let mut jobs: HashSet<&str> = HashSet::new();
+    let mut releases: HashSet<&str> = HashSet::new();
     let mut recoveries: HashSet<&str> = HashSet::new();
     let twice = |what: String| {
         StoreError::invalid(
@@ -125,6 +133,16 @@ fn check_shape(ops: &[WriteOp]) -> Result<()> {
             WriteOp::DeleteJob(name) => {
                 if !jobs.insert(name.as_str()) {
                     return Err(twice(keys::job(name)));
+                }
+            }
+            WriteOp::PutReleases(r) => {
+                if !releases.insert(r.job.as_str()) {
+                    return Err(twice(keys::releases(&r.job)));
+                }
+            }
+            WriteOp::DeleteReleases(name) => {
+                if !releases.insert(name.as_str()) {
+                    return Err(twice(keys::releases(name)));
                 }
             }
             WriteOp::DeleteJobTasks(name) => {
@@ -177,6 +195,16 @@ pub(crate) fn prepare(read: &impl BatchRead, ops: &[WriteOp]) -> Result<Prepared
                 });
             }
             WriteOp::DeleteJob(name) => writes.push(Write::DeleteJob {
+                name: name.as_str().to_owned(),
+            }),
+            WriteOp::PutReleases(value) => {
+                let name = value.job.as_str();
+                writes.push(Write::PutReleases {
+                    name: name.to_owned(),
+                    bytes: codec::encode(&keys::releases(name), value)?,
+                });
+            }
+            WriteOp::DeleteReleases(name) => writes.push(Write::DeleteReleases {
                 name: name.as_str().to_owned(),
             }),
             WriteOp::DeleteJobTasks(name) => {

@@ -15,6 +15,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use warden_core::release::JobReleases;
 use warden_core::{JobSpec, TaskId};
 
 use crate::error::{Result, StoreError};
@@ -53,6 +54,10 @@ pub(crate) mod keys {
     /// `tasks/{job}/{index}`
     pub fn task(job: impl Display, index: u32) -> String {
         format!("tasks/{job}/{index}")
+    }
+    /// `releases/{job}`
+    pub fn releases(job: impl Display) -> String {
+        format!("releases/{job}")
     }
     /// `generations/{agent}`
     pub fn generation(agent: impl Display) -> String {
@@ -97,6 +102,19 @@ pub(crate) fn decode_job(name: &str, bytes: &[u8]) -> Result<JobSpec> {
         ));
     }
     Ok(spec)
+}
+
+/// Decode a job's releases stored under `job`.
+pub(crate) fn decode_releases(job: &str, bytes: &[u8]) -> Result<JobReleases> {
+    let what = keys::releases(job);
+    let releases: JobReleases = decode(&what, bytes)?;
+    if releases.job.as_str() != job {
+        return Err(StoreError::corrupt(
+            what,
+            format!("holds the releases of job {:?}", releases.job.as_str()),
+        ));
+    }
+    Ok(releases)
 }
 
 /// Decode a task record stored under `job`/`index`.
@@ -159,6 +177,7 @@ mod tests {
             failures: 1,
             updated_unix_ms: 1_700_000_000_000,
             replica: None,
+            version: 0,
         }
     }
 

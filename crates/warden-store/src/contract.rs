@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use warden_core::lifecycle::Cause;
 use warden_core::planner::{OperationId, SlotState};
 use warden_core::recovery::{Outcome, RecoveryRecord};
+use warden_core::release::{JobReleases, Rollout, RolloutPhase};
 use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, TaskId, Time};
 
 use crate::{
@@ -111,6 +112,10 @@ macro_rules! contract_tests {
     ($fresh:expr $(,)?) => {
         $crate::contract_tests!(@each $fresh;
             job_crud,
+            releases_crud,
+            a_job_and_its_releases_commit_together,
+            batches_touch_each_releases_key_once,
+            deleting_a_job_keeps_its_releases,
             cas_creates_and_advances,
             cas_conflict_reports_the_current_record,
             cas_rejects_a_lower_epoch,
@@ -142,6 +147,10 @@ macro_rules! contract_tests {
 /// Run every contract against fresh fixtures from `fresh`.
 pub fn run_all<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     job_crud(fresh);
+    releases_crud(fresh);
+    a_job_and_its_releases_commit_together(fresh);
+    batches_touch_each_releases_key_once(fresh);
+    deleting_a_job_keeps_its_releases(fresh);
     cas_creates_and_advances(fresh);
     cas_conflict_reports_the_current_record(fresh);
     cas_rejects_a_lower_epoch(fresh);
@@ -179,7 +188,38 @@ pub fn job(name: &str, replicas: u32) -> JobSpec {
         health: None,
         service: None,
         state: None,
+        update: None,
     }
+}
+
+/// `name`'s releases: versions 1 to `versions` (at least 1) of [`job`], each with its own
+/// template, and the rollout of the newest from the one before it, in its canary phase.
+pub fn releases(name: &str, versions: u32) -> JobReleases {
+    let mut out: Option<JobReleases> = None;
+    for v in 1..=versions.max(1) {
+        let mut spec = job(name, v);
+        spec.args.push(format!("v{v}"));
+        let cause = if v == 1 { "submit" } else { "update" };
+        out = Some(JobReleases::with_release(
+            out.as_ref(),
+            spec,
+            1_700_000_000_000 + u64::from(v),
+            cause.into(),
+            10,
+        ));
+    }
+    let mut out = out.expect("at least one version");
+    let newest = out.current().map_or(1, |r| r.version);
+    out.rollout = Some(Rollout {
+        from: newest.saturating_sub(1),
+        to: newest,
+        revert: false,
+        phase: RolloutPhase::Canary,
+        started_unix_ms: 1_700_000_000_100,
+        ended_unix_ms: None,
+        reason: String::new(),
+    });
+    out
 }
 
 /// A task id.
@@ -201,6 +241,7 @@ pub fn record(job: &str, index: u32, epoch: u64, agent: Option<&str>) -> TaskRec
         failures: 0,
         updated_unix_ms: 1_700_000_000_000 + epoch,
         replica: None,
+        version: 0,
     }
 }
 
@@ -231,6 +272,10 @@ fn names(jobs: &[JobSpec]) -> Vec<&str> {
     jobs.iter().map(|j| j.name.as_str()).collect()
 }
 
+fn release_jobs(releases: &[JobReleases]) -> Vec<&str> {
+    releases.iter().map(|r| r.job.as_str()).collect()
+}
+
 // ----- contracts -----
 
 /// Jobs: put creates or replaces, get, list by name, delete (idempotent).
@@ -255,6 +300,166 @@ pub fn job_crud<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     s.delete_job(&web)
         .expect("deleting an absent job is a no-op");
     assert_eq!(names(&s.list_jobs().expect("list")), ["api"]);
+}
+
+/// Releases: put creates or replaces a job's whole record (versions and rollout), get, list
+/// by job name, delete (idempotent). They are a key space of their own: no job is needed,
+/// and they never show among the jobs.
+pub fn releases_crud<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
+    let f = fresh_default(fresh);
+    let s = f.store();
+    let web = JobName::new("web");
+    assert_eq!(s.get_releases(&web).expect("get"), None);
+    assert!(s.list_releases().expect("list").is_empty());
+
+    s.put_releases(&releases("web", 2)).expect("put web");
+    s.put_releases(&releases("api", 1)).expect("put api");
+    s.put_releases(&releases("web-2", 1)).expect("put web-2");
+    assert_eq!(s.get_releases(&web).expect("get"), Some(releases("web", 2)));
+    assert_eq!(
+        release_jobs(&s.list_releases().expect("list")),
+        ["api", "web", "web-2"]
+    );
+    assert!(s.list_jobs().expect("list jobs").is_empty());
+
+    let mut replaced = releases("web", 3);
+    if let Some(r) = replaced.rollout.as_mut() {
+        r.phase = RolloutPhase::Succeeded;
+        r.ended_unix_ms = Some(1_700_000_000_200);
+        r.reason = "every copy runs version 3".into();
+    }
+    s.put_releases(&replaced).expect("replace web");
+    assert_eq!(s.get_releases(&web).expect("get"), Some(replaced));
+    assert_eq!(s.list_releases().expect("list").len(), 3);
+
+    s.delete_releases(&web).expect("delete");
+    assert_eq!(s.get_releases(&web).expect("get"), None);
+    s.delete_releases(&web)
+        .expect("deleting absent releases is a no-op");
+    assert_eq!(
+        release_jobs(&s.list_releases().expect("list")),
+        ["api", "web-2"]
+    );
+}
+
+/// A job's spec and its releases written in one batch commit together, or not at all when
+/// another write's condition fails; removing a job whole is one batch too.
+pub fn a_job_and_its_releases_commit_together<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
+    let f = fresh_default(fresh);
+    let s = f.store();
+    let web = JobName::new("web");
+    let submit = [
+        WriteOp::PutJob(job("web", 2)),
+        WriteOp::PutReleases(releases("web", 1)),
+    ];
+    assert!(s.apply(&submit).expect("apply").is_applied());
+    assert_eq!(s.get_job(&web).expect("get"), Some(job("web", 2)));
+    assert_eq!(s.get_releases(&web).expect("get"), Some(releases("web", 1)));
+
+    // A lost epoch-checked write keeps both the spec and the releases as they were.
+    applied(
+        s.cas_task(FencingToken::NONE, &record("web", 0, 1, Some("a")))
+            .expect("cas"),
+        "web/0",
+    );
+    let update = [
+        WriteOp::PutJob(job("web", 3)),
+        WriteOp::PutReleases(releases("web", 2)),
+        WriteOp::CasTask {
+            expected: FencingToken::NONE,
+            record: record("web", 0, 2, Some("b")),
+        },
+    ];
+    assert!(!s.apply(&update).expect("apply").is_applied());
+    assert_eq!(s.get_job(&web).expect("get"), Some(job("web", 2)));
+    assert_eq!(s.get_releases(&web).expect("get"), Some(releases("web", 1)));
+
+    let remove = [
+        WriteOp::DeleteJob(web.clone()),
+        WriteOp::DeleteJobTasks(web.clone()),
+        WriteOp::DeleteReleases(web.clone()),
+    ];
+    assert!(s.apply(&remove).expect("apply").is_applied());
+    assert_eq!(s.get_job(&web).expect("get"), None);
+    assert_eq!(s.get_releases(&web).expect("get"), None);
+    assert!(s.list_job_tasks(&web).expect("list").is_empty());
+}
+
+/// A batch may touch a job's releases once, as any other key; otherwise it is refused as a
+/// whole, naming the key.
+pub fn batches_touch_each_releases_key_once<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
+    let f = fresh_default(fresh);
+    let s = f.store();
+    let web = JobName::new("web");
+    let refused: Vec<Vec<WriteOp>> = vec![
+        vec![
+            WriteOp::PutReleases(releases("web", 1)),
+            WriteOp::PutReleases(releases("web", 2)),
+        ],
+        vec![
+            WriteOp::PutJob(job("web", 1)),
+            WriteOp::PutReleases(releases("web", 1)),
+            WriteOp::DeleteReleases(web.clone()),
+        ],
+        vec![
+            WriteOp::DeleteReleases(web.clone()),
+            WriteOp::DeleteReleases(web.clone()),
+        ],
+    ];
+    for ops in refused {
+        let err = s.apply(&ops).expect_err("overlapping batch");
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("releases/web"), "{err}");
+    }
+    assert!(s.list_releases().expect("list").is_empty());
+    assert!(s.list_jobs().expect("list").is_empty());
+    // Releases of different jobs, and a job's spec with its releases, are fine together.
+    let ok = [
+        WriteOp::PutReleases(releases("web", 1)),
+        WriteOp::PutReleases(releases("api", 1)),
+        WriteOp::PutJob(job("web", 1)),
+    ];
+    assert!(s.apply(&ok).expect("apply").is_applied());
+    assert_eq!(
+        release_jobs(&s.list_releases().expect("list")),
+        ["api", "web"]
+    );
+}
+
+/// Deleting a job's spec and its tasks leaves its releases (a separate key), alone or in one
+/// batch; only [`WriteOp::DeleteReleases`] removes them.
+pub fn deleting_a_job_keeps_its_releases<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
+    let f = fresh_default(fresh);
+    let s = f.store();
+    let (web, api) = (JobName::new("web"), JobName::new("api"));
+    for name in ["web", "api"] {
+        s.put_job(&job(name, 1)).expect("put job");
+        s.put_releases(&releases(name, 2)).expect("put releases");
+        applied(
+            s.cas_task(FencingToken::NONE, &record(name, 0, 1, Some("a")))
+                .expect("cas"),
+            "slot 0",
+        );
+    }
+
+    s.delete_job(&web).expect("delete job");
+    s.delete_job_tasks(&web).expect("delete tasks");
+    let batch = [
+        WriteOp::DeleteJob(api.clone()),
+        WriteOp::DeleteJobTasks(api.clone()),
+    ];
+    assert!(s.apply(&batch).expect("apply").is_applied());
+    assert!(s.list_jobs().expect("list").is_empty());
+    assert!(s.list_tasks().expect("list").is_empty());
+    assert_eq!(s.get_releases(&web).expect("get"), Some(releases("web", 2)));
+    assert_eq!(
+        release_jobs(&s.list_releases().expect("list")),
+        ["api", "web"]
+    );
+
+    s.delete_releases(&web).expect("delete releases");
+    assert_eq!(s.get_releases(&web).expect("get"), None);
+    assert_eq!(s.get_releases(&api).expect("get"), Some(releases("api", 2)));
 }
 
 /// An epoch-checked write creates a slot from epoch NONE, then advances it; the same epoch may be
@@ -905,14 +1110,15 @@ pub fn unencodable_values_are_refused<F: Fixture>(fresh: &impl Fn(StoreOptions) 
     );
 }
 
-/// Everything survives closing and reopening the store, and every counter continues where it
-/// was: generations, event and recovery sequence numbers, retired epochs.
+/// Everything survives closing and reopening the store (jobs, releases, tasks, ...), and every
+/// counter continues where it was: generations, event and recovery sequence numbers, retired epochs.
 pub fn data_survives_reopen<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     let f = fresh_default(fresh);
     let (web0, api0);
     {
         let s = f.store();
         s.put_job(&job("web", 2)).expect("put");
+        s.put_releases(&releases("web", 2)).expect("put releases");
         web0 = record("web", 0, 2, Some("a"));
         applied(s.cas_task(FencingToken::NONE, &web0).expect("cas"), "web/0");
         api0 = record("api", 0, 7, Some("b"));
@@ -940,6 +1146,7 @@ pub fn data_survives_reopen<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) {
     let f = f.reopen();
     let s = f.store();
     assert_eq!(names(&s.list_jobs().expect("list")), ["web"]);
+    assert_eq!(s.list_releases().expect("list"), [releases("web", 2)]);
     assert_eq!(s.list_tasks().expect("list"), [api0, web0]);
     assert_eq!(
         s.task_epoch(&tid("old", 0)).expect("epoch"),

@@ -11,9 +11,10 @@
 //!   replicated control plane, with leader election (`etcd::Election`) and a leader guard
 //!   that fences a deposed leader's writes. See `docs/etcd.md`.
 //!
-//! What it keeps: jobs (desired state), one [`TaskRecord`] per task slot (observed state,
-//! written only through *fenced* writes), a per-agent generation counter, recovery records,
-//! and a bounded append-only event log.
+//! What it keeps: jobs (desired state), each job's releases (its numbered versions and its
+//! rollout, [`JobReleases`]), one [`TaskRecord`] per task slot (observed state, written only
+//! through *fenced* writes), a per-agent generation counter, recovery records, and a bounded
+//! append-only event log.
 //!
 //! ```
 //! use warden_core::planner::SlotState;
@@ -30,6 +31,7 @@
 //!     failures: 0,
 //!     updated_unix_ms: 0,
 //!     replica: None,
+//!     version: 0,
 //! };
 //! // First assignment: the slot has no epoch yet.
 //! assert!(store.cas_task(FencingToken::NONE, &assign(1, "a"))?.is_applied());
@@ -112,6 +114,7 @@ pub use redb_store::RedbStore;
 
 use warden_core::planner::{OperationId, SlotState};
 use warden_core::recovery::RecoveryRecord;
+use warden_core::release::JobReleases;
 use warden_core::{FencingToken, JobName, JobSpec, TaskId};
 
 /// The control plane's persistent state. See the [crate documentation](crate) for the
@@ -143,10 +146,32 @@ pub trait Store: Send + Sync + 'static {
     fn list_jobs(&self) -> Result<Vec<JobSpec>>;
 
     /// Delete a job's spec; a no-op when absent. Its task records stay until
-    /// [`Store::delete_job_tasks`].
+    /// [`Store::delete_job_tasks`], and its releases until [`Store::delete_releases`].
     fn delete_job(&self, name: &JobName) -> Result<()> {
         let outcome = self.apply(&[WriteOp::DeleteJob(name.clone())])?;
         unconditional(outcome, "delete job")
+    }
+
+    // ----- job releases (versions and rollouts) -----
+
+    /// Create or replace a job's releases (`releases/<job>`).
+    fn put_releases(&self, r: &JobReleases) -> Result<()> {
+        let outcome = self.apply(&[WriteOp::PutReleases(r.clone())])?;
+        unconditional(outcome, "put releases")
+    }
+
+    /// A job's releases.
+    fn get_releases(&self, job: &JobName) -> Result<Option<JobReleases>>;
+
+    /// Every job's releases, by job name.
+    fn list_releases(&self) -> Result<Vec<JobReleases>>;
+
+    /// Delete a job's releases; a no-op when absent. Deleting the job's spec
+    /// ([`Store::delete_job`]) leaves them in place: they go only with this, or with a
+    /// [`WriteOp::DeleteReleases`] in a batch.
+    fn delete_releases(&self, job: &JobName) -> Result<()> {
+        let outcome = self.apply(&[WriteOp::DeleteReleases(job.clone())])?;
+        unconditional(outcome, "delete releases")
     }
 
     // ----- task slots (observed state, fenced) -----

@@ -11,6 +11,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use warden_core::planner::OperationId;
+use warden_core::release::JobReleases;
 use warden_core::{FencingToken, JobName, JobSpec, TaskId};
 
 use crate::Store;
@@ -33,6 +34,7 @@ pub struct MemStore {
 struct Inner {
     options: StoreOptions,
     jobs: BTreeMap<String, Vec<u8>>,
+    releases: BTreeMap<String, Vec<u8>>,
     tasks: BTreeMap<(String, u32), Vec<u8>>,
     retired: BTreeMap<(String, u32), FencingToken>,
     generations: BTreeMap<String, u64>,
@@ -81,6 +83,12 @@ impl MemStore {
     pub(crate) fn put_raw_job(&self, name: &str, bytes: &[u8]) {
         self.lock().jobs.insert(name.to_owned(), bytes.to_vec());
     }
+
+    /// Store raw bytes as a job's releases, as a damaged disk could. For tests of corrupt data.
+    #[cfg(test)]
+    pub(crate) fn put_raw_releases(&self, job: &str, bytes: &[u8]) {
+        self.lock().releases.insert(job.to_owned(), bytes.to_vec());
+    }
 }
 
 impl Inner {
@@ -103,6 +111,12 @@ impl Inner {
                 }
                 Write::DeleteJob { name } => {
                     self.jobs.remove(&name);
+                }
+                Write::PutReleases { name, bytes } => {
+                    self.releases.insert(name, bytes);
+                }
+                Write::DeleteReleases { name } => {
+                    self.releases.remove(&name);
                 }
                 Write::PutTask { job, index, bytes } => {
                     self.tasks.insert((job, index), bytes);
@@ -200,6 +214,24 @@ impl Store for MemStore {
             .jobs
             .iter()
             .map(|(name, b)| codec::decode_job(name, b))
+            .collect()
+    }
+
+    fn get_releases(&self, job: &JobName) -> Result<Option<JobReleases>> {
+        let inner = self.lock();
+        inner
+            .releases
+            .get(job.as_str())
+            .map(|b| codec::decode_releases(job.as_str(), b))
+            .transpose()
+    }
+
+    fn list_releases(&self) -> Result<Vec<JobReleases>> {
+        let inner = self.lock();
+        inner
+            .releases
+            .iter()
+            .map(|(job, b)| codec::decode_releases(job, b))
             .collect()
     }
 
@@ -333,5 +365,15 @@ mod tests {
             "{err}"
         );
         assert!(store.list_jobs().is_err());
+
+        store.put_raw_releases("web", b"[1,2]");
+        let err = store
+            .get_releases(&JobName::new("web"))
+            .expect_err("corrupt releases");
+        assert!(
+            matches!(&err, StoreError::Corrupt { what, .. } if what == "releases/web"),
+            "{err}"
+        );
+        assert!(store.list_releases().is_err());
     }
 }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use warden_core::planner::{SlotState, TaskView};
 use warden_core::recovery::RecoveryRecord;
+use warden_core::release::JobReleases;
 use warden_core::{AgentId, FencingToken, JobName, JobSpec, TaskId};
 
 use crate::error::{Result, StoreError};
@@ -69,6 +70,13 @@ pub struct TaskRecord {
     /// The slot's part in its job's replicated state, when the job keeps standbys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<warden_core::state::Replica>,
+    /// The job version its copy was started from (0: not known).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl TaskRecord {
@@ -82,6 +90,7 @@ impl TaskRecord {
             failures: self.failures,
             last_failure_at: None,
             replica: self.replica,
+            version: self.version,
         }
     }
 }
@@ -134,17 +143,24 @@ impl CasOutcome {
 /// A batch has the semantics of an etcd transaction, so every back end can offer it: all
 /// conditions are evaluated against the state *before* the batch, then either every write is
 /// committed or none. A batch may therefore touch each key at most once (a task slot, a job,
-/// a recovery); [`StoreError::Invalid`] otherwise.
+/// a job's releases, a recovery); [`StoreError::Invalid`] otherwise.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WriteOp {
     /// Create or replace a job.
     PutJob(JobSpec),
-    /// Delete a job's spec (a no-op when absent). Its task records stay: see
-    /// [`WriteOp::DeleteJobTasks`].
+    /// Delete a job's spec (a no-op when absent). Its task records stay (see
+    /// [`WriteOp::DeleteJobTasks`]), and so do its releases: they are a key of their own,
+    /// deleted only by [`WriteOp::DeleteReleases`] (in the same batch, to remove a job whole).
     DeleteJob(JobName),
     /// Delete every task record of a job. Each slot remembers its last epoch, so a job created
     /// again under the same name continues from there: tokens never go back.
     DeleteJobTasks(JobName),
+    /// Create or replace a job's releases (`releases/<job>`): its numbered versions and its
+    /// rollout, as one value. Unconditional, like [`WriteOp::PutJob`].
+    PutReleases(JobReleases),
+    /// Delete a job's releases (a no-op when absent). Independent of [`WriteOp::DeleteJob`],
+    /// which leaves them in place.
+    DeleteReleases(JobName),
     /// Epoch-checked write of a task record: applies only if the slot's epoch equals `expected`.
     CasTask {
         /// The epoch the writer read ([`FencingToken::NONE`] for a slot never assigned).

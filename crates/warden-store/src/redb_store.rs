@@ -23,6 +23,7 @@
 //! |---|---|---|
 //! | `meta` | `schema_version`, `next_event_seq`, `next_recovery_seq` | u64 |
 //! | `jobs` | job name | JSON [`JobSpec`] |
+//! | `releases` | job name | JSON [`JobReleases`]: the job's versions and rollout |
 //! | `tasks` | (job name, slot index) | JSON [`TaskRecord`] |
 //! | `retired` | (job name, slot index) | u64: the epoch of a slot whose job's tasks were deleted |
 //! | `generations` | agent name | u64: last generation handed out |
@@ -33,6 +34,10 @@
 //! Tuple keys sort by job name, then numerically by slot, so one job's slots are one range
 //! scan. Counters live in `meta` rather than being derived from the last key, so a sequence
 //! number is never reused, even after retention has dropped every event.
+//!
+//! Every open creates the tables a file lacks (in the same transaction that checks the schema
+//! version), so a file written before a table existed — `releases` came after the others —
+//! opens without a migration and reads as having nothing in it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +48,7 @@ use redb::{
     ReadableTableMetadata, Table, TableDefinition, TableHandle, WriteTransaction,
 };
 use warden_core::planner::OperationId;
+use warden_core::release::JobReleases;
 use warden_core::{FencingToken, JobName, JobSpec, TaskId};
 
 use crate::Store;
@@ -64,6 +70,7 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 const TASKS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("tasks");
 const RETIRED: TableDefinition<(&str, u32), u64> = TableDefinition::new("retired");
 const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
@@ -212,7 +219,8 @@ enum Commit<T> {
     No(T),
 }
 
-/// Check the schema version of a freshly opened file, or stamp a new one; create every table.
+/// Check the schema version of a freshly opened file, or stamp a new one; create every table
+/// (also the ones a file written by an older build lacks).
 fn init_schema(db: &Database) -> Result<()> {
     let wtx = db
         .begin_write()
@@ -242,6 +250,8 @@ fn init_schema(db: &Database) -> Result<()> {
             }
         }
         wtx.open_table(JOBS).map_err(db_err("create jobs table"))?;
+        wtx.open_table(RELEASES)
+            .map_err(db_err("create releases table"))?;
         wtx.open_table(TASKS)
             .map_err(db_err("create tasks table"))?;
         wtx.open_table(RETIRED)
@@ -314,6 +324,7 @@ fn meta_counter(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<
 struct BatchTables<'t> {
     meta: Table<'t, &'static str, u64>,
     jobs: Table<'t, &'static str, &'static [u8]>,
+    releases: Table<'t, &'static str, &'static [u8]>,
     tasks: Table<'t, (&'static str, u32), &'static [u8]>,
     retired: Table<'t, (&'static str, u32), u64>,
     recoveries: Table<'t, &'static str, &'static [u8]>,
@@ -325,6 +336,9 @@ impl<'t> BatchTables<'t> {
         Ok(BatchTables {
             meta: wtx.open_table(META).map_err(db_err("open meta table"))?,
             jobs: wtx.open_table(JOBS).map_err(db_err("open jobs table"))?,
+            releases: wtx
+                .open_table(RELEASES)
+                .map_err(db_err("open releases table"))?,
             tasks: wtx.open_table(TASKS).map_err(db_err("open tasks table"))?,
             retired: wtx
                 .open_table(RETIRED)
@@ -350,6 +364,16 @@ impl<'t> BatchTables<'t> {
                     self.jobs
                         .remove(name.as_str())
                         .map_err(db_err("delete job"))?;
+                }
+                Write::PutReleases { name, bytes } => {
+                    self.releases
+                        .insert(name.as_str(), bytes.as_slice())
+                        .map_err(db_err("write releases"))?;
+                }
+                Write::DeleteReleases { name } => {
+                    self.releases
+                        .remove(name.as_str())
+                        .map_err(db_err("delete releases"))?;
                 }
                 Write::PutTask { job, index, bytes } => {
                     self.tasks
@@ -472,6 +496,31 @@ impl Store for RedbStore {
             for entry in t.iter().map_err(db_err("scan jobs"))? {
                 let (k, v) = entry.map_err(db_err("scan jobs"))?;
                 out.push(codec::decode_job(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn get_releases(&self, job: &JobName) -> Result<Option<JobReleases>> {
+        self.read(|rtx| {
+            let t = rtx
+                .open_table(RELEASES)
+                .map_err(db_err("open releases table"))?;
+            let v = t.get(job.as_str()).map_err(db_err("read releases"))?;
+            v.map(|v| codec::decode_releases(job.as_str(), v.value()))
+                .transpose()
+        })
+    }
+
+    fn list_releases(&self) -> Result<Vec<JobReleases>> {
+        self.read(|rtx| {
+            let t = rtx
+                .open_table(RELEASES)
+                .map_err(db_err("open releases table"))?;
+            let mut out = Vec::new();
+            for entry in t.iter().map_err(db_err("scan releases"))? {
+                let (k, v) = entry.map_err(db_err("scan releases"))?;
+                out.push(codec::decode_releases(k.value(), v.value())?);
             }
             Ok(out)
         })
@@ -758,6 +807,10 @@ mod tests {
                 .expect("insert");
             let mut tasks = wtx.open_table(TASKS).expect("tasks");
             tasks.insert(("web", 2), b"[]".as_slice()).expect("insert");
+            let mut releases = wtx.open_table(RELEASES).expect("releases");
+            releases
+                .insert("web", b"{\"job\":\"web\"}".as_slice())
+                .expect("insert");
         });
         let store = RedbStore::open(dir.path()).expect("reopen");
         let err = store
@@ -772,6 +825,18 @@ mod tests {
             matches!(&err, StoreError::Corrupt { what, .. } if what == "tasks/web/2"),
             "{err}"
         );
+        let err = store
+            .get_releases(&JobName::new("web"))
+            .expect_err("corrupt releases");
+        assert!(
+            matches!(&err, StoreError::Corrupt { what, .. } if what == "releases/web"),
+            "{err}"
+        );
+        let err = store.list_releases().expect_err("corrupt releases");
+        assert!(
+            matches!(&err, StoreError::Corrupt { what, .. } if what == "releases/web"),
+            "{err}"
+        );
         // An epoch-checked write on the corrupt slot fails cleanly and writes nothing.
         let task = TaskId::new(JobName::new("web"), 2);
         let err = store
@@ -784,6 +849,29 @@ mod tests {
             )
             .expect_err("corrupt slot");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_written_before_the_releases_table_opens_and_gains_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("create");
+        store.put_job(&crate::contract::job("web", 1)).expect("put");
+        store.close().expect("close");
+        // What a build from before releases left behind: every other table, no `releases`.
+        raw_write(&dir.path().join(FILE_NAME), |wtx| {
+            assert!(wtx.delete_table(RELEASES).expect("delete table"));
+        });
+        let store = RedbStore::open(dir.path()).expect("open an older file");
+        let web = JobName::new("web");
+        assert_eq!(store.get_releases(&web).expect("get"), None);
+        assert!(store.list_releases().expect("list").is_empty());
+        assert!(store.get_job(&web).expect("get").is_some());
+        let releases =
+            JobReleases::with_release(None, crate::contract::job("web", 1), 1, "submit".into(), 10);
+        store.put_releases(&releases).expect("put releases");
+        store.close().expect("close");
+        let store = RedbStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.get_releases(&web).expect("get"), Some(releases));
     }
 
     #[cfg(unix)]

@@ -38,6 +38,7 @@ fn job(i: u64) -> JobSpec {
         health: None,
         service: None,
         state: None,
+        update: None,
     }
 }
 
@@ -103,6 +104,7 @@ fn crash_child_writer() {
             failures: 0,
             updated_unix_ms: i,
             replica: None,
+            version: 0,
         };
         let batch = [
             WriteOp::CasTask {

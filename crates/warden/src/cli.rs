@@ -29,7 +29,7 @@ pub enum OutputFormat {
 }
 
 /// Refuse `--output html` for commands that have no HTML form.
-fn no_html(opts: &ApiOpts, command: &str) -> Result<()> {
+pub(crate) fn no_html(opts: &ApiOpts, command: &str) -> Result<()> {
     if opts.output == OutputFormat::Html {
         anyhow::bail!(
             "`{command}` has no html output (use table or json; html is for `warden report sla`)"
@@ -82,6 +82,35 @@ pub enum JobCommand {
     Stop {
         /// Job name.
         name: String,
+    },
+    /// The job's kept versions (the last 10), newest last, with the rollout of each change.
+    History {
+        /// Job name.
+        name: String,
+    },
+    /// What changed between two versions of a job, field by field.
+    Diff {
+        /// Job name.
+        name: String,
+        /// The older version.
+        a: u64,
+        /// The newer version (default: the version in force).
+        b: Option<u64>,
+    },
+    /// What submitting a job file would change — the fields, the version it would get, the
+    /// running copies it would replace — without changing anything.
+    Plan {
+        /// The job file.
+        file: PathBuf,
+    },
+    /// Go back to an earlier version: its spec (binary, arguments, environment, config)
+    /// becomes a new version, rolled out to every copy at once, without canaries or checks.
+    /// Without VERSION, the newest earlier version that runs something else.
+    Revert {
+        /// Job name.
+        name: String,
+        /// The version to go back to.
+        version: Option<u64>,
     },
     /// Planned switchover of a stateful job (`[state]` with standbys, docs/state.md): its
     /// primary stops taking writes, an in-sync standby catches up with every write, and is
@@ -175,14 +204,14 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub(crate) fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// An answer read as the server's typed view (`warden_server::view`); JSON output prints the
 /// answer as it came, tables are made from the view.
-fn view<T: DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+pub(crate) fn view<T: DeserializeOwned>(v: Value, what: &str) -> Result<T> {
     serde_json::from_value(v).with_context(|| format!("read the server's {what}"))
 }
 
@@ -280,6 +309,12 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
     no_html(opts, "warden job")?;
     let client = opts.client()?;
     match cmd {
+        JobCommand::History { name } => crate::release_cmd::history(&client, opts, name)?,
+        JobCommand::Diff { name, a, b } => crate::release_cmd::diff(&client, opts, name, *a, *b)?,
+        JobCommand::Plan { file } => crate::release_cmd::plan(&client, opts, file)?,
+        JobCommand::Revert { name, version } => {
+            crate::release_cmd::revert(&client, opts, name, *version)?;
+        }
         JobCommand::Run { file } => {
             let body =
                 std::fs::read(file).with_context(|| format!("read job file {}", file.display()))?;
@@ -295,7 +330,12 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
                 OutputFormat::Json => print_json(&v)?,
                 OutputFormat::Table | OutputFormat::Html => {
                     let done: JobChange = view(v, "answer to the submission")?;
-                    println!("job {} {}", done.job, done.outcome);
+                    match done.version {
+                        Some(version) => {
+                            println!("job {} {} (version {version})", done.job, done.outcome);
+                        }
+                        None => println!("job {} {}", done.job, done.outcome),
+                    }
                 }
             }
         }

@@ -26,6 +26,7 @@ mod cli;
 mod dev;
 mod docs_cmd;
 mod etcd_cmd;
+mod release_cmd;
 mod server_cmd;
 mod tls_cmd;
 mod token_cmd;
@@ -66,6 +67,14 @@ enum Command {
     Job {
         #[command(subcommand)]
         cmd: cli::JobCommand,
+        #[command(flatten)]
+        api: cli::ApiOpts,
+    },
+    /// Follow and steer a job's rollout (a new version replacing its copies; see
+    /// docs/releases.md).
+    Rollout {
+        #[command(subcommand)]
+        cmd: release_cmd::RolloutCommand,
         #[command(flatten)]
         api: cli::ApiOpts,
     },
@@ -165,6 +174,7 @@ fn main() -> ExitCode {
         Command::Tls { cmd } => tls_cmd::run(cmd),
         Command::Token { cmd } => token_cmd::run(cmd),
         Command::Job { cmd, api } => cli::job(cmd, api),
+        Command::Rollout { cmd, api } => release_cmd::rollout(cmd, api),
         Command::Agents { api } => cli::agents(api),
         Command::Tasks { api } => cli::tasks(api),
         Command::Events { follow, since, api } => cli::events(api, *follow, *since),

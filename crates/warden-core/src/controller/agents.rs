@@ -190,7 +190,7 @@ impl Controller {
         // Without this the slot would look Running forever and never be started again. Only
         // the slots indexed on this generation are looked at.
         let reported = Reported::new(&copies);
-        let gone: Vec<(TaskId, FencingToken)> = self
+        let gone: Vec<(TaskId, FencingToken, SlotState)> = self
             .books
             .get(who)
             .map(|b| {
@@ -198,14 +198,29 @@ impl Controller {
                     .iter()
                     .filter_map(|task| {
                         let t = self.slot(task)?;
-                        (t.state == SlotState::Running && !reported.has(task, t.epoch))
-                            .then(|| (task.clone(), t.epoch))
+                        (matches!(t.state, SlotState::Running | SlotState::Stopping)
+                            && !reported.has(task, t.epoch))
+                        .then(|| (task.clone(), t.epoch, t.state))
                     })
                     .collect()
             })
             .unwrap_or_default();
-        for (task, epoch) in gone {
-            if self.is_singleton(&task.job) {
+        for (task, epoch, state) in gone {
+            if state == SlotState::Stopping {
+                // A stop was ordered and the agent no longer runs the copy: it is stopped,
+                // whether or not the report of it arrived.
+                let why = "stopped (no longer listed by its agent)";
+                self.task_seen(
+                    who,
+                    &task,
+                    epoch,
+                    SlotState::Stopped,
+                    false,
+                    Some(why),
+                    now,
+                    out,
+                );
+            } else if self.is_singleton(&task.job) {
                 // Only singletons are fenced: most likely this one was, and the report of it
                 // was lost (it reached a standby that has taken over since).
                 self.copy_fenced(who, &task, epoch, FENCED_BY_AGENT, now, out);
@@ -336,6 +351,7 @@ impl Controller {
         now: Time,
         out: &mut Vec<Command>,
     ) {
+        let in_rollout = self.rollouts.contains_key(&task.job);
         let Some(slot) = self.slot_mut(task) else {
             return;
         };
@@ -383,6 +399,9 @@ impl Controller {
                 failures,
             };
             self.persist(out, now, write);
+        }
+        if in_rollout {
+            self.rollout_copy_seen(task, epoch, phase, next, healthy, message, now);
         }
         if next == SlotState::Running
             && let Some(p) = self.recoveries.get_mut(task)
@@ -777,7 +796,8 @@ impl Controller {
         if let Some(book) = self.books.get_mut(agent) {
             book.assigns.insert(task.clone(), (epoch, now));
         }
-        let Some(spec) = self.desired.get(&task.job) else {
+        let version = self.slot(task).map_or(0, |t| t.version);
+        let Some(spec) = self.version_spec(&task.job, version) else {
             return;
         };
         if self

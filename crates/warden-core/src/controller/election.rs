@@ -79,7 +79,8 @@ impl Controller {
     /// alive outlives `now + lease`. Agents known only from task records must reconnect
     /// before their lease could have run out, counted from now; until then their work is
     /// respected.
-    pub(super) fn take_over(&mut self, snapshot: Snapshot, now: Time) {
+    pub(super) fn take_over(&mut self, mut snapshot: Snapshot, now: Time) {
+        let releases = std::mem::take(&mut snapshot.releases);
         let (desired, tasks) = split(snapshot);
         let alloc = allocations(&desired, &tasks);
         // Persisted, perhaps never delivered: sent again when the agent is back.
@@ -150,6 +151,8 @@ impl Controller {
         }
         self.recoveries.clear();
         self.draining.clear();
+        self.start_versions.clear();
+        self.load_releases(releases, now, true);
         self.last_refresh = Some(now);
         self.rebuild_index(now);
         self.dirty = true;
@@ -157,11 +160,13 @@ impl Controller {
     }
 
     /// A standby's refresh: the desired and observed state as the leader wrote it.
-    fn refresh(&mut self, snapshot: Snapshot, now: Time) {
+    fn refresh(&mut self, mut snapshot: Snapshot, now: Time) {
+        let releases = std::mem::take(&mut snapshot.releases);
         let (desired, tasks) = split(snapshot);
         let alloc = allocations(&desired, &tasks);
         self.desired = desired;
         self.observed.tasks = tasks;
+        self.load_releases(releases, now, false);
         for (id, v) in &mut self.observed.agents {
             v.allocated = alloc.get(id).copied().unwrap_or_default();
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::lifecycle::{AgentState, Cause, ProbeReport, Transition};
 use crate::planner::{SlotState, TaskView};
 use crate::recovery::RecoveryRecord;
+use crate::release::JobReleases;
 use crate::time::Time;
 use crate::types::{
     AgentId, FencingToken, HealthCheck, JobName, JobSpec, Resources, ServicePort, Signals, TaskId,
@@ -175,6 +176,8 @@ pub struct Snapshot {
     pub jobs: Vec<JobSpec>,
     /// Every live slot record.
     pub slots: Vec<(TaskId, TaskView)>,
+    /// Every job's versions and rollout.
+    pub releases: Vec<JobReleases>,
 }
 
 /// A leader as the election publishes it.
@@ -324,12 +327,20 @@ pub enum Input {
         /// The store's error.
         error: String,
     },
-    /// A job was stored (after [`Controller::check_submit`](super::Controller::check_submit)).
-    JobStored {
+    /// An operator submitted a job spec (after
+    /// [`Controller::check_submit`](super::Controller::check_submit)), or asked to go back to
+    /// an earlier version (after [`Controller::check_revert`](super::Controller::check_revert)).
+    /// The controller numbers it and asks to store it with its releases
+    /// ([`Write::Release`]); it takes effect once that write is applied.
+    Submit {
         /// The spec.
-        spec: JobSpec,
-        /// What the submission does.
-        outcome: SubmitOutcome,
+        spec: Box<JobSpec>,
+        /// Wall-clock time of the request, ms since the Unix epoch (for the record).
+        unix_ms: u64,
+        /// Why: `submit`, `revert to 3`.
+        cause: String,
+        /// A revert: rolled out at once, without canaries or checks.
+        revert: bool,
     },
     /// A job was deleted from the store (after
     /// [`Controller::check_delete`](super::Controller::check_delete)).
@@ -339,6 +350,12 @@ pub enum Input {
     },
     /// An operator released the mass-failure brake.
     ReleaseBrake,
+    /// An operator promoted `job`'s rollout past its canaries (after
+    /// [`Controller::check_promote_rollout`](super::Controller::check_promote_rollout)).
+    PromoteRollout {
+        /// The job.
+        job: JobName,
+    },
     /// An operator asked for a planned switchover of `job`'s replicated state (after
     /// [`Controller::check_promote`](super::Controller::check_promote)).
     Promote {
@@ -492,6 +509,16 @@ pub enum Write {
     },
     /// Insert or update a recovery record.
     Recovery(Box<RecoveryRecord>),
+    /// A job's versions and rollout, with its spec when that changes too (one atomic write).
+    /// Its outcome comes back as [`Input::Persisted`].
+    Release {
+        /// Identifies the outcome.
+        id: WriteId,
+        /// The new desired spec, when it changes.
+        spec: Option<Box<JobSpec>>,
+        /// The job's releases.
+        releases: Box<JobReleases>,
+    },
 }
 
 /// An entry for the event log.

@@ -12,10 +12,10 @@ use crate::lifecycle::{AgentEvent, AgentState, Cause};
 use crate::planner::{Action, PlanAlarm, SlotState, TaskView, apply, plan_next};
 use crate::recovery::{Outcome, RecoveryRecord};
 use crate::time::Time;
-use crate::types::{AgentId, FencingToken, JobName, JobSpec, TaskId};
+use crate::types::{AgentId, FencingToken, JobName, TaskId};
 
 use super::config::{MAX_PLAN_INTERVAL, STALL_HOLD};
-use super::io::{Command, Notice, Order, SubmitOutcome, Write, WriteId, WriteOutcome};
+use super::io::{Command, Notice, Order, Write, WriteId, WriteOutcome};
 use super::{Controller, PendingRecovery, Round};
 
 impl Controller {
@@ -91,6 +91,7 @@ impl Controller {
         self.set_fences(planned.fence, now, out);
         self.in_sync_actions(&mut actions);
         self.switchover_actions(&mut actions, now, out);
+        self.rollout_actions(&mut actions, &mut replan_at, now, out);
         if actions.is_empty() {
             self.standing_alarms.clear();
             self.replan_at = replan_at;
@@ -160,6 +161,8 @@ impl Controller {
                 ..
             } => {
                 let failures = self.slot(task).map_or(0, |t| t.failures);
+                let version = self.wanted_version(task);
+                self.start_versions.insert(task.clone(), version);
                 let write = Write::Slot {
                     id: self.next_write_id(),
                     expected: slot_epoch(self, task),
@@ -171,6 +174,7 @@ impl Controller {
                         failures,
                         last_failure_at: None,
                         replica: self.new_replica(task),
+                        version,
                     },
                 };
                 self.persist_then(write, action, round, out);
@@ -234,6 +238,9 @@ impl Controller {
         now: Time,
         out: &mut Vec<Command>,
     ) {
+        if self.release_persisted(write, &outcome, now, out) {
+            return;
+        }
         let Some(round) = self.round.as_mut() else {
             return; // a round of an earlier term, or of before a reload
         };
@@ -327,6 +334,19 @@ impl Controller {
             std::slice::from_ref(&action),
             |j: &JobName| desired.get(j).map(|s| s.resources).unwrap_or_default(),
         );
+        if let Action::Start { task, epoch, .. } | Action::Reschedule { task, epoch, .. } = &action
+        {
+            let version = self.start_versions.remove(task).unwrap_or(0);
+            if let Some(slot) = self
+                .observed
+                .tasks
+                .get_mut(&task.job)
+                .and_then(|s| s.get_mut(task.index as usize))
+            {
+                slot.version = version;
+            }
+            self.rollout_ordered(task, *epoch, version, now);
+        }
         if let (Some(r), Some(task)) = (replica, &task)
             && let Some(slot) = self
                 .observed
@@ -678,21 +698,6 @@ impl Controller {
                 generations: forgotten,
             }));
         }
-    }
-
-    pub(super) fn job_stored(
-        &mut self,
-        spec: JobSpec,
-        outcome: SubmitOutcome,
-        now: Time,
-        out: &mut Vec<Command>,
-    ) {
-        let msg = format!("job {} {outcome:?}", spec.name);
-        self.event(out, now, "job.submit", None, None, msg);
-        self.draining.remove(&spec.name);
-        self.desired.insert(spec.name.clone(), spec);
-        self.dirty = true;
-        self.endpoints_dirty = true;
     }
 
     pub(super) fn job_deleted(&mut self, job: JobName, now: Time, out: &mut Vec<Command>) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::lifecycle::{Cause, ProbeKind, ProbeOutcome, ProbeReport};
+use crate::release::RolloutPhase;
 use crate::types::JobKind;
 
 const T0: Time = Time::from_millis(1_000_000);
@@ -32,6 +33,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
         health: None,
         service: None,
         state: None,
+        update: None,
     }
 }
 
@@ -57,6 +59,10 @@ struct H {
     seqs: HashMap<TaskId, (u64, bool)>,
     /// The standbys a primary copy reports lagging, by task.
     lagging: HashMap<TaskId, Vec<String>>,
+    /// Copies of this command fail at once (a bad version).
+    failing: Option<String>,
+    /// Every assignment sent: (task, epoch, command).
+    assigned: Vec<(TaskId, FencingToken, String)>,
 }
 
 impl H {
@@ -80,6 +86,8 @@ impl H {
             roles: HashMap::new(),
             seqs: HashMap::new(),
             lagging: HashMap::new(),
+            failing: None,
+            assigned: Vec::new(),
         }
     }
 
@@ -122,6 +130,15 @@ impl H {
                             },
                         );
                     }
+                    Command::Persist(Write::Release { id, .. }) => {
+                        queue.insert(
+                            0,
+                            Input::Persisted {
+                                write: *id,
+                                outcome: WriteOutcome::Applied,
+                            },
+                        );
+                    }
                     Command::Send { to, order } => self.obey(to, order),
                     _ => {}
                 }
@@ -136,7 +153,14 @@ impl H {
         let runs = self.runs.entry(to.clone()).or_default();
         match order {
             Order::Assign(a) => {
-                runs.insert(a.task.clone(), (a.epoch, CopyPhase::Running));
+                self.assigned
+                    .push((a.task.clone(), a.epoch, a.command.clone()));
+                let phase = if self.failing.as_deref() == Some(a.command.as_str()) {
+                    CopyPhase::Failed
+                } else {
+                    CopyPhase::Running
+                };
+                runs.insert(a.task.clone(), (a.epoch, phase));
                 if let Some(r) = &a.replica {
                     self.roles.insert((to.clone(), a.task.clone()), r.clone());
                 }
@@ -233,8 +257,13 @@ impl H {
     }
 
     fn submit(&mut self, spec: JobSpec) -> Vec<Command> {
-        let outcome = self.c.check_submit(&spec, self.now).unwrap();
-        self.step(Input::JobStored { spec, outcome })
+        self.c.check_submit(&spec, self.now).unwrap();
+        self.step(Input::Submit {
+            spec: Box::new(spec),
+            unix_ms: 1_000,
+            cause: "submit".into(),
+            revert: false,
+        })
     }
 
     fn slot(&self, job: &str, i: u32) -> TaskView {
@@ -713,8 +742,10 @@ fn a_new_leader_respects_the_old_leases_and_waits_for_agents_it_never_heard() {
                 failures: 0,
                 last_failure_at: None,
                 replica: None,
+                version: 0,
             },
         )],
+        releases: vec![],
     };
     let mut h = H::with(ControllerConfig::default(), leader(), snapshot);
     h.store.insert(task.clone(), FencingToken(3));
@@ -783,8 +814,10 @@ fn a_generation_named_by_a_slot_is_kept_past_the_window() {
                 failures: 0,
                 last_failure_at: None,
                 replica: None,
+                version: 0,
             },
         )],
+        releases: vec![],
     };
     let follower = Election::Follower { leader: None };
     let mut h = H::with(cfg, follower, snapshot);
@@ -1203,4 +1236,246 @@ fn a_lagging_standby_leaves_the_in_sync_set_while_another_stays_and_joins_again(
         .insert(db(0), vec![names[1].clone(), names[2].clone()]);
     h.run(Duration::from_secs(1), &refs);
     assert!(h.slot("db", 2).replica.unwrap().in_sync);
+}
+
+// ----- releases and rollouts -----
+
+fn web(cmd: &str, replicas: u32, update: crate::release::UpdateSpec) -> JobSpec {
+    JobSpec {
+        command: cmd.into(),
+        update: Some(update),
+        ..job("web", JobKind::Service, replicas)
+    }
+}
+
+fn fast_update(max_parallel: u32) -> crate::release::UpdateSpec {
+    crate::release::UpdateSpec {
+        max_parallel,
+        min_healthy_time: Duration::from_secs(1),
+        healthy_deadline: Duration::from_secs(10),
+        progress_deadline: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
+/// Four copies of web (version 1, `/bin/v1`) running on two agents.
+fn web_running() -> (H, AgentId, AgentId) {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    let b = h.join("b", 1);
+    h.run(Duration::from_secs(2), &[&a, &b]);
+    h.submit(web("/bin/v1", 4, fast_update(2)));
+    h.run(Duration::from_secs(3), &[&a, &b]);
+    for i in 0..4 {
+        let s = h.slot("web", i);
+        assert_eq!((s.state, s.version), (SlotState::Running, 1), "slot {i}");
+    }
+    (h, a, b)
+}
+
+fn events_of<'a>(cmds: &'a [Command], kind: &str) -> Vec<&'a str> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::AppendEvent(e) if e.kind == kind => Some(e.message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_version_replaces_copies_in_waves_and_succeeds() {
+    let (mut h, a, b) = web_running();
+    let out = h.submit(web("/bin/v2", 4, fast_update(2)));
+    assert!(events_of(&out, "job.submit")[0].contains("version 2"));
+    let view = h.c.rollout_view(&JobName::new("web")).unwrap();
+    assert_eq!(
+        (view.from, view.to, view.phase),
+        (1, 2, RolloutPhase::Rolling)
+    );
+    // Never more than max_parallel copies of version 2 in flight: count copies not running
+    // version 2 healthy, or not running at all, at each step.
+    let mut all = Vec::new();
+    let mut worst_down = 0;
+    for _ in 0..300 {
+        all.extend(h.run(Duration::from_millis(100), &[&a, &b]));
+        let down = (0..4)
+            .filter(|&i| h.slot("web", i).state != SlotState::Running)
+            .count();
+        worst_down = worst_down.max(down);
+        if !h.c.rollouts.contains_key(&JobName::new("web")) {
+            break;
+        }
+    }
+    assert!(
+        worst_down <= 2,
+        "at most max_parallel copies down: {worst_down}"
+    );
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    for i in 0..4 {
+        let s = h.slot("web", i);
+        assert_eq!((s.state, s.version), (SlotState::Running, 2), "slot {i}");
+    }
+    // Every copy was started again with the new command, once.
+    let v2: Vec<&TaskId> = h
+        .assigned
+        .iter()
+        .filter(|(_, _, c)| c == "/bin/v2")
+        .map(|(t, _, _)| t)
+        .collect();
+    assert_eq!(v2.len(), 4, "{:?}", h.assigned);
+    let rel = h.c.releases(&JobName::new("web")).unwrap();
+    assert_eq!(rel.rollout.as_ref().unwrap().phase, RolloutPhase::Succeeded);
+}
+
+#[test]
+fn a_change_of_replicas_alone_replaces_no_copy() {
+    let (mut h, a, b) = web_running();
+    let out = h.submit(web("/bin/v1", 5, fast_update(2)));
+    assert!(events_of(&out, "rollout.start").is_empty());
+    h.run(Duration::from_secs(2), &[&a, &b]);
+    for i in 0..4 {
+        assert_eq!(
+            h.slot("web", i).epoch,
+            FencingToken(1),
+            "slot {i} untouched"
+        );
+    }
+    assert_eq!(h.slot("web", 4).version, 2);
+    assert_eq!(h.slot("web", 4).state, SlotState::Running);
+}
+
+#[test]
+fn a_failing_version_is_reverted_at_once_and_every_copy_runs_the_old_spec() {
+    let (mut h, a, b) = web_running();
+    h.failing = Some("/bin/bad".into());
+    h.submit(web("/bin/bad", 4, fast_update(2)));
+    // A second change while it rolls out is refused with a clear reason.
+    let busy =
+        h.c.check_submit(&web("/bin/v3", 4, fast_update(2)), h.now)
+            .unwrap_err();
+    assert!(busy.to_string().contains("rolling out version 2"), "{busy}");
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        all.extend(h.run(Duration::from_millis(100), &[&a, &b]));
+        if events_of(&all, "rollout.succeeded").len() == 1 {
+            break;
+        }
+    }
+    let failed = events_of(&all, "rollout.failed");
+    assert_eq!(failed.len(), 1, "{all:?}");
+    assert!(failed[0].contains("failed"), "{failed:?}");
+    assert_eq!(events_of(&all, "rollout.revert").len(), 1);
+    assert!(events_of(&all, "rollout.succeeded")[0].contains("revert"));
+    // Only the first wave ever ran the bad version.
+    let bad = h
+        .assigned
+        .iter()
+        .filter(|(_, _, c)| c == "/bin/bad")
+        .count();
+    assert_eq!(bad, 2, "{:?}", h.assigned);
+    let rel = h.c.releases(&JobName::new("web")).unwrap();
+    let current = rel.current().unwrap();
+    assert_eq!(current.version, 3);
+    assert_eq!(current.spec.command, "/bin/v1");
+    assert!(
+        current.cause.starts_with("auto-revert of version 2"),
+        "{}",
+        current.cause
+    );
+    for i in 0..4 {
+        let s = h.slot("web", i);
+        assert_eq!(s.state, SlotState::Running, "slot {i}");
+        assert!(
+            rel.is_current(s.version),
+            "slot {i} runs version {}",
+            s.version
+        );
+    }
+    // The copies that never ran the bad version were not touched.
+    let restarted: std::collections::BTreeSet<u32> = h
+        .assigned
+        .iter()
+        .filter(|(_, e, _)| *e > FencingToken(1))
+        .map(|(t, _, _)| t.index)
+        .collect();
+    assert_eq!(restarted.len(), 2, "{:?}", h.assigned);
+}
+
+#[test]
+fn canaries_wait_for_an_operator_and_revert_names_a_version() {
+    let (mut h, a, b) = web_running();
+    let update = crate::release::UpdateSpec {
+        canary: 1,
+        ..fast_update(4)
+    };
+    h.submit(web("/bin/v2", 4, update));
+    let mut all = h.run(Duration::from_secs(4), &[&a, &b]);
+    assert_eq!(
+        events_of(&all, "rollout.awaiting_promotion").len(),
+        1,
+        "{all:?}"
+    );
+    let on_v2 = (0..4).filter(|&i| h.slot("web", i).version == 2).count();
+    assert_eq!(on_v2, 1, "one canary only");
+    // Unknown versions and promotions of nothing are refused with clear errors.
+    let err = h.c.check_revert("web", Some(9), h.now).unwrap_err();
+    assert!(err.to_string().contains("no version 9"), "{err}");
+    assert!(h.c.check_promote_rollout("nope", h.now).is_err());
+    h.c.check_promote_rollout("web", h.now).unwrap();
+    all.extend(h.step(Input::PromoteRollout {
+        job: JobName::new("web"),
+    }));
+    all.extend(h.run(Duration::from_secs(5), &[&a, &b]));
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    // Back to version 1 by hand: a revert, every copy at once.
+    let (v, spec) = h.c.check_revert("web", None, h.now).unwrap();
+    assert_eq!((v, spec.command.as_str()), (1, "/bin/v1"));
+    h.step(Input::Submit {
+        spec: Box::new(spec),
+        unix_ms: 2_000,
+        cause: format!("revert to {v}"),
+        revert: true,
+    });
+    let out = h.run(Duration::from_secs(3), &[&a, &b]);
+    assert!(
+        events_of(&out, "rollout.succeeded")[0].contains("revert"),
+        "{out:?}"
+    );
+    let rel = h.c.releases(&JobName::new("web")).unwrap();
+    assert_eq!(rel.current().map(|r| (r.version, r.base)), Some((3, 1)));
+}
+
+#[test]
+fn a_new_leader_resumes_a_rollout_from_the_stores_records() {
+    let (mut h, a, b) = web_running();
+    let update = crate::release::UpdateSpec {
+        canary: 1,
+        ..fast_update(1)
+    };
+    h.submit(web("/bin/v2", 4, update));
+    h.run(Duration::from_secs(4), &[&a, &b]);
+    // What the store holds: the slots and the releases, the rollout awaiting promotion.
+    let rel = h.c.releases(&JobName::new("web")).unwrap().clone();
+    assert_eq!(
+        rel.rollout.as_ref().unwrap().phase,
+        RolloutPhase::AwaitingPromotion
+    );
+    let slots: Vec<(TaskId, TaskView)> = (0..4)
+        .map(|i| (TaskId::new(JobName::new("web"), i), h.slot("web", i)))
+        .collect();
+    let snapshot = Snapshot {
+        jobs: vec![h.c.desired().get(&JobName::new("web")).unwrap().clone()],
+        slots,
+        releases: vec![rel],
+    };
+    let (c2, _) =
+        Controller::new(ControllerConfig::default(), "s2", leader(), snapshot, h.now).unwrap();
+    let view = c2.rollout_view(&JobName::new("web")).unwrap();
+    assert_eq!(view.phase, RolloutPhase::AwaitingPromotion);
+    assert_eq!(
+        (view.updated, view.copies),
+        (1, 4),
+        "the canary stays; nothing repeated"
+    );
+    assert!(c2.check_promote_rollout("web", h.now).is_ok());
 }

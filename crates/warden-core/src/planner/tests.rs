@@ -24,6 +24,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
         health: None,
         service: None,
         state: None,
+        update: None,
     }
 }
 
@@ -142,6 +143,7 @@ fn singleton_waits_for_the_fencing_rule_and_service_moves_at_once() {
                 failures: 0,
                 last_failure_at: None,
                 replica: None,
+                version: 0,
             }],
         );
     }
@@ -186,6 +188,7 @@ fn suspect_agents_keep_their_work() {
             failures: 0,
             last_failure_at: None,
             replica: None,
+            version: 0,
         }],
     );
     assert!(plan(&cfg(), &desired, &obs, ms(60_000)).is_empty());
@@ -210,6 +213,7 @@ fn brake_freezes_and_budget_defers_reschedules() {
                 failures: 0,
                 last_failure_at: None,
                 replica: None,
+                version: 0,
             }],
         );
     }
@@ -249,6 +253,7 @@ fn crash_looping_task_backs_off_exponentially_and_prefers_another_agent() {
             failures: 3,
             last_failure_at: Some(ms(10_000)),
             replica: None,
+            version: 0,
         }],
     );
     assert_eq!(cfg().backoff(3), Duration::from_secs(4));
@@ -276,6 +281,7 @@ fn no_capacity_evicts_and_alarms() {
             failures: 0,
             last_failure_at: None,
             replica: None,
+            version: 0,
         }],
     );
     let actions = plan(&cfg(), &desired, &obs, ms(0));
@@ -592,6 +598,7 @@ proptest! {
                 failures: 1,
                 last_failure_at: Some(ms(0)),
                 replica: None,
+                version: 0,
             });
         }
         let actions = plan(&cfg(), &desired, &obs, ms(now));

@@ -142,6 +142,7 @@ struct Server {
 struct Store {
     jobs: Vec<JobSpec>,
     slots: BTreeMap<TaskId, TaskView>,
+    releases: BTreeMap<JobName, crate::release::JobReleases>,
     generations: FxHashMap<Arc<str>, u64>,
     /// The ordered writer: writes not yet applied, with their server incarnation.
     queue: VecDeque<(u64, Write)>,
@@ -157,6 +158,7 @@ impl Store {
                 .iter()
                 .map(|(t, v)| (t.clone(), v.clone()))
                 .collect(),
+            releases: self.releases.values().cloned().collect(),
         }
     }
 
@@ -200,6 +202,14 @@ impl Store {
                 None
             }
             Write::Recovery(_) => None,
+            Write::Release { id, spec, releases } => {
+                if let Some(spec) = spec {
+                    self.jobs.retain(|j| j.name != spec.name);
+                    self.jobs.push(*spec);
+                }
+                self.releases.insert(releases.job.clone(), *releases);
+                Some((id, WriteOutcome::Applied))
+            }
         }
     }
 }
@@ -248,6 +258,7 @@ fn jobs(cfg: &SimConfig) -> Vec<JobSpec> {
         health: None,
         service: None,
         state: None,
+        update: None,
     };
     let mut jobs: Vec<JobSpec> = (0..cfg.singletons)
         .map(|i| spec(format!("single-{i}"), JobKind::Singleton, 1))

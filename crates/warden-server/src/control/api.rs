@@ -4,18 +4,27 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::watch;
-use warden_core::controller::{Input, Refusal, STANDBY_REFRESH, SubmitOutcome};
+use warden_core::controller::{Input, Refusal, RolloutView, STANDBY_REFRESH, SubmitOutcome};
 use warden_core::lifecycle::AgentRecord;
 use warden_core::planner::SlotState;
 use warden_core::recovery::{Outcome, RecoveryRecord};
-use warden_core::{JobSpec, Time};
+use warden_core::release::JobReleases;
+use warden_core::{JobName, JobSpec, Time};
 
 use super::{ControlPlane, lock};
 use crate::clock::{Clock, ms, unix_now_ms};
 use crate::view::{
     AgentInfo, ApiError, ApiErrorKind, ControlApi, EventInfo, HealthInfo, InstanceInfo, JobInfo,
-    LeaderView, RecoveryInfo, ReplicaInfo, ServiceInfo, ServicesInfo, SwitchoverInfo, TaskInfo,
+    JobPlan, LeaderView, RecoveryInfo, ReplicaInfo, ServiceInfo, ServicesInfo, SwitchoverInfo,
+    TaskInfo, flatten,
 };
+
+fn submit_error(e: super::SubmitError) -> ApiError {
+    match e {
+        super::SubmitError::Refused(r) => r.into(),
+        super::SubmitError::Store(e) => internal(e),
+    }
+}
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ApiErrorKind::Internal, format!("store: {e}"))
@@ -192,7 +201,7 @@ impl ControlApi for ControlPlane {
             .collect())
     }
 
-    fn submit_job(&self, spec: JobSpec) -> Result<SubmitOutcome, ApiError> {
+    fn submit_job(&self, spec: JobSpec) -> Result<(SubmitOutcome, Option<u64>), ApiError> {
         let outcome = {
             let mut st = lock(&self.state);
             let now = self.clock.now();
@@ -200,12 +209,90 @@ impl ControlApi for ControlPlane {
             st.ctrl.check_submit(&spec, now)?
         };
         if outcome == SubmitOutcome::Unchanged {
-            return Ok(outcome);
+            let version = lock(&self.state)
+                .ctrl
+                .releases(&spec.name)
+                .and_then(|r| r.current())
+                .map(|r| r.version);
+            return Ok((outcome, version));
         }
-        // Persist first: a job the API acknowledged survives a crash.
-        self.store.put_job(&spec).map_err(internal)?;
-        self.input(Input::JobStored { spec, outcome });
-        Ok(outcome)
+        // Stored (the spec with its new version, atomically) before the answer: a job the API
+        // acknowledged survives a crash.
+        let version = self
+            .submit_release(spec, "submit".into(), false)
+            .map_err(submit_error)?;
+        Ok((outcome, Some(version)))
+    }
+
+    fn plan_job(&self, spec: JobSpec) -> Result<JobPlan, ApiError> {
+        let st = lock(&self.state);
+        let now = self.clock.now();
+        let (outcome, refused) = match st.ctrl.check_submit(&spec, now) {
+            Ok(o) => (o, None),
+            Err(Refusal::Busy(m)) => (SubmitOutcome::Updated, Some(m)),
+            Err(e) => return Err(e.into()),
+        };
+        let before = st
+            .ctrl
+            .desired()
+            .get(&spec.name)
+            .map(flatten)
+            .unwrap_or_default();
+        let changes = warden_core::release::diff(&before, &flatten(&spec));
+        let (version, replaces) = st.ctrl.preview_submit(&spec);
+        Ok(JobPlan {
+            job: spec.name.to_string(),
+            outcome: match outcome {
+                SubmitOutcome::Created => "created",
+                SubmitOutcome::Updated => "updated",
+                SubmitOutcome::Unchanged => "unchanged",
+            }
+            .to_string(),
+            version: (outcome != SubmitOutcome::Unchanged).then_some(version),
+            changes,
+            replaces,
+            refused,
+        })
+    }
+
+    fn job_versions(&self, name: &str) -> Result<JobReleases, ApiError> {
+        let st = lock(&self.state);
+        st.ctrl
+            .releases(&JobName::new(name))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ApiErrorKind::NotFound,
+                    format!("no versions of a job named {name:?}"),
+                )
+            })
+    }
+
+    fn revert_job(&self, name: &str, version: Option<u64>) -> Result<u64, ApiError> {
+        let (target, spec) = {
+            let mut st = lock(&self.state);
+            let now = self.clock.now();
+            self.follow_election(&mut st, now);
+            st.ctrl.check_revert(name, version, now)?
+        };
+        self.submit_release(spec, format!("revert to {target}"), true)
+            .map_err(submit_error)
+    }
+
+    fn rollout(&self, name: &str) -> Result<RolloutView, ApiError> {
+        lock(&self.state)
+            .ctrl
+            .rollout_view(&JobName::new(name))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ApiErrorKind::NotFound,
+                    format!("job {name:?} has had no rollout"),
+                )
+            })
+    }
+
+    fn promote_rollout(&self, name: &str) -> Result<(), ApiError> {
+        Ok(ControlPlane::promote_rollout(self, name)?)
     }
 
     fn delete_job(&self, name: &str) -> Result<(), ApiError> {

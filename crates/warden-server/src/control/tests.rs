@@ -140,7 +140,17 @@ async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
     let err = b.submit_job(spec.clone()).unwrap_err();
     assert_eq!(err.kind, ApiErrorKind::NotLeader);
     assert!(err.message.contains("a:7401"), "{err}");
-    assert_eq!(a.submit_job(spec).unwrap(), SubmitOutcome::Created);
+    // The leader stores it through its ordered writer, which runs with its loop.
+    let cancel_a = CancellationToken::new();
+    let running_a = tokio::spawn(a.clone().run(cancel_a.clone()));
+    let a2 = a.clone();
+    let submitted = tokio::task::spawn_blocking(move || a2.submit_job(spec))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(submitted, (SubmitOutcome::Created, Some(1)));
+    cancel_a.cancel();
+    running_a.await.unwrap();
     assert_eq!(b.leader().role, "standby");
     assert_eq!(b.leader().leader.as_deref(), Some("a:7401"));
 

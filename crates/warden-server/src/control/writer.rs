@@ -122,7 +122,7 @@ fn write_all(store: &dyn Store, items: Vec<Queued>) -> Vec<(WriteId, WriteOutcom
     for item in items {
         match item {
             Queued::Event(e) => events.push(e),
-            Queued::Write(w) => ops.push(to_op(w)),
+            Queued::Write(w) => ops.push(to_ops(w)),
         }
     }
     apply_ops(store, ops, &mut outcomes);
@@ -139,9 +139,25 @@ fn append_events(store: &dyn Store, events: Vec<NewEvent>) {
     }
 }
 
+/// A write as store operations committed together, with the id its outcome is reported under
+/// (slot and release writes).
+fn to_ops(w: Write) -> (Option<WriteId>, Vec<WriteOp>) {
+    if let Write::Release { id, spec, releases } = w {
+        let mut ops = Vec::with_capacity(2);
+        if let Some(spec) = spec {
+            ops.push(WriteOp::PutJob(*spec));
+        }
+        ops.push(WriteOp::PutReleases(*releases));
+        return (Some(id), ops);
+    }
+    let (id, op) = to_op(w);
+    (id, vec![op])
+}
+
 /// A write as a store operation, with the id its outcome is reported under (slot writes).
 fn to_op(w: Write) -> (Option<WriteId>, WriteOp) {
     match w {
+        Write::Release { .. } => unreachable!("release writes are two operations: to_ops"),
         Write::Slot {
             id,
             expected,
@@ -159,6 +175,7 @@ fn to_op(w: Write) -> (Option<WriteId>, WriteOp) {
                     failures: record.failures,
                     updated_unix_ms: unix_now_ms(),
                     replica: record.replica,
+                    version: record.version,
                 },
             },
         ),
@@ -195,37 +212,43 @@ fn key(op: &WriteOp) -> String {
         WriteOp::UpsertRecovery { record, .. } => format!("recovery/{}", record.op),
         WriteOp::PutJob(j) => format!("job/{}", j.name),
         WriteOp::DeleteJob(j) | WriteOp::DeleteJobTasks(j) => format!("job/{j}"),
+        WriteOp::PutReleases(r) => format!("releases/{}", r.job),
+        WriteOp::DeleteReleases(j) => format!("releases/{j}"),
     }
 }
 
-/// Apply `ops` in order, in batches of distinct keys.
+/// Apply `ops` in order, in batches of distinct keys; each item's operations commit together.
 fn apply_ops(
     store: &dyn Store,
-    ops: Vec<(Option<WriteId>, WriteOp)>,
+    ops: Vec<(Option<WriteId>, Vec<WriteOp>)>,
     outcomes: &mut Vec<(WriteId, WriteOutcome)>,
 ) {
-    let mut batch = Vec::new();
+    let mut batch: Vec<(Option<WriteId>, Vec<WriteOp>)> = Vec::new();
     let mut keys = HashSet::new();
-    for (id, op) in ops {
-        if batch.len() == MAX_BATCH || !keys.insert(key(&op)) {
+    let mut size = 0;
+    for (id, group) in ops {
+        let group_keys: Vec<String> = group.iter().map(key).collect();
+        if size + group.len() > MAX_BATCH || group_keys.iter().any(|k| keys.contains(k)) {
             apply_batch(store, std::mem::take(&mut batch), outcomes);
             keys.clear();
-            keys.insert(key(&op));
+            size = 0;
         }
-        batch.push((id, op));
+        keys.extend(group_keys);
+        size += group.len();
+        batch.push((id, group));
     }
     apply_batch(store, batch, outcomes);
 }
 
 fn apply_batch(
     store: &dyn Store,
-    batch: Vec<(Option<WriteId>, WriteOp)>,
+    batch: Vec<(Option<WriteId>, Vec<WriteOp>)>,
     outcomes: &mut Vec<(WriteId, WriteOutcome)>,
 ) {
     if batch.is_empty() {
         return;
     }
-    let ops: Vec<WriteOp> = batch.iter().map(|(_, op)| op.clone()).collect();
+    let ops: Vec<WriteOp> = batch.iter().flat_map(|(_, g)| g.iter().cloned()).collect();
     if let Ok(BatchOutcome::Applied) = store.apply(&ops) {
         outcomes.extend(
             batch
@@ -236,8 +259,8 @@ fn apply_batch(
     }
     // One write lost its condition (or the store failed): nothing was written. Each write
     // again on its own, for its own outcome.
-    for (id, op) in batch {
-        let outcome = match store.apply(std::slice::from_ref(&op)) {
+    for (id, group) in batch {
+        let outcome = match store.apply(&group) {
             Ok(BatchOutcome::Applied) => WriteOutcome::Applied,
             Ok(BatchOutcome::Conflict {
                 current,
@@ -249,14 +272,15 @@ fn apply_batch(
             },
             Err(e) => WriteOutcome::Failed(e.to_string()),
         };
+        let op = &group[group.len() - 1];
         match (id, outcome) {
             (Some(id), outcome) => outcomes.push((id, outcome)),
             (None, WriteOutcome::Applied) => {}
             (None, WriteOutcome::Conflict { .. }) => {
                 // A report about a copy the slot has moved past: fenced, as it should be.
-                debug!(key = %key(&op), "stale state report ignored by the store");
+                debug!(key = %key(op), "stale state report ignored by the store");
             }
-            (None, WriteOutcome::Failed(e)) => warn!(key = %key(&op), error = %e, "persist"),
+            (None, WriteOutcome::Failed(e)) => warn!(key = %key(op), error = %e, "persist"),
         }
     }
 }
@@ -280,6 +304,7 @@ mod tests {
                 failures: 0,
                 last_failure_at: None,
                 replica: None,
+                version: 0,
             },
         })
     }

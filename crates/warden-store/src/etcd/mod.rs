@@ -32,6 +32,7 @@
 //! | `P/meta/schema_version` | decimal u64 ([`SCHEMA_VERSION`]), checked at connect |
 //! | `P/meta/next_event_seq`, `P/meta/next_recovery_seq` | decimal u64 counters |
 //! | `P/jobs/{job}` | JSON [`JobSpec`] |
+//! | `P/releases/{job}` | JSON [`JobReleases`]: the job's versions and rollout |
 //! | `P/tasks/{job}/{slot:010}` | JSON [`TaskRecord`] (slot zero-padded, so a job's slots sort numerically) |
 //! | `P/retired/{job}` | JSON object slot → epoch: the epochs of the job's deleted task slots |
 //! | `P/generations/{agent}` | decimal u64: last generation handed out |
@@ -92,6 +93,7 @@ use etcd_client::{
 };
 use tokio::runtime::{Handle, Runtime};
 use warden_core::planner::OperationId;
+use warden_core::release::JobReleases;
 use warden_core::{FencingToken, JobName, JobSpec, TaskId};
 
 use crate::Store;
@@ -328,6 +330,12 @@ impl Keys {
     }
     fn jobs(&self) -> Vec<u8> {
         self.key("jobs/")
+    }
+    fn releases(&self, job: &str) -> Vec<u8> {
+        self.key(keys::releases(job))
+    }
+    fn all_releases(&self) -> Vec<u8> {
+        self.key("releases/")
     }
     fn task(&self, job: &str, index: u32) -> Vec<u8> {
         self.key(format_args!("tasks/{job}/{index:010}"))
@@ -685,6 +693,8 @@ fn plan(keys: &Keys, ops: &[WriteOp]) -> Result<(BTreeSet<Vec<u8>>, BTreeSet<Str
         match op {
             WriteOp::PutJob(spec) => check_job_name(spec.name.as_str())?,
             WriteOp::DeleteJob(_) => {}
+            WriteOp::PutReleases(r) => check_job_name(r.job.as_str())?,
+            WriteOp::DeleteReleases(_) => {}
             WriteOp::CasTask { record, .. } => {
                 let job = record.task.job.as_str();
                 check_job_name(job)?;
@@ -812,6 +822,12 @@ impl Shared {
             match w {
                 Write::PutJob { name, bytes } => ops.push(TxnOp::put(keys.job(&name), bytes, None)),
                 Write::DeleteJob { name } => ops.push(TxnOp::delete(keys.job(&name), None)),
+                Write::PutReleases { name, bytes } => {
+                    ops.push(TxnOp::put(keys.releases(&name), bytes, None));
+                }
+                Write::DeleteReleases { name } => {
+                    ops.push(TxnOp::delete(keys.releases(&name), None));
+                }
                 Write::PutTask { job, index, bytes } => {
                     ops.push(TxnOp::put(keys.task(&job, index), bytes, None));
                 }
@@ -1041,6 +1057,29 @@ impl Store for EtcdStore {
                     let rel = s.keys.rel(k);
                     let name = rel.strip_prefix("jobs/").unwrap_or(&rel);
                     codec::decode_job(name, v)
+                })
+                .collect()
+        })
+    }
+
+    fn get_releases(&self, job: &JobName) -> Result<Option<JobReleases>> {
+        let job = job.as_str().to_owned();
+        self.call("read releases", |s| async move {
+            s.get(s.keys.releases(&job), "read releases")
+                .await?
+                .map(|b| codec::decode_releases(&job, &b))
+                .transpose()
+        })
+    }
+
+    fn list_releases(&self) -> Result<Vec<JobReleases>> {
+        self.call("list releases", |s| async move {
+            let all = s.get_prefix(s.keys.all_releases(), "list releases").await?;
+            all.iter()
+                .map(|(k, v)| {
+                    let rel = s.keys.rel(k);
+                    let job = rel.strip_prefix("releases/").unwrap_or(&rel);
+                    codec::decode_releases(job, v)
                 })
                 .collect()
         })

@@ -300,6 +300,40 @@ fn job_names_that_would_break_the_key_layout_are_refused() {
         .expect_err("slash");
     assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("\"a/b\""), "{err}");
+    let err = store
+        .put_releases(&contract::releases("a/b", 1))
+        .expect_err("slash in releases");
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("\"a/b\""), "{err}");
+    assert!(store.list_releases().expect("list").is_empty());
+}
+
+#[test]
+fn corrupt_releases_name_their_key() {
+    let cluster = cluster();
+    let prefix = fresh_prefix("corrupt");
+    let store = store_on(&cluster, &prefix);
+    let raw = Raw::new(&cluster);
+    let web = warden_core::JobName::new("web");
+    raw.put(format!("{prefix}/releases/web").as_bytes(), "{not json");
+    let err = store.get_releases(&web).expect_err("corrupt releases");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what == "releases/web"),
+        "{err}"
+    );
+    let err = store.list_releases().expect_err("corrupt releases");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what == "releases/web"),
+        "{err}"
+    );
+    // Another job's releases under this key are corrupt too.
+    let api = serde_json::to_string(&contract::releases("api", 1)).expect("encode");
+    raw.put(format!("{prefix}/releases/web").as_bytes(), &api);
+    let err = store.get_releases(&web).expect_err("misplaced releases");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what == "releases/web"),
+        "{err}"
+    );
 }
 
 #[test]

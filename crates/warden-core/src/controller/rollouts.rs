@@ -1,0 +1,843 @@
+//! Releases and rollouts: numbering each change of a job, storing it with the job's history,
+//! and replacing running copies with the new version under [`crate::rollout`]'s checks,
+//! reverting on failure.
+//!
+//! Every write of a job's releases goes through the ordered store writer as
+//! [`Write::Release`], a submission's included: a job's releases change only when such a write
+//! is applied, in the order they were asked for, so a rollout's phase written by the controller
+//! can never overwrite a newer submission. While one is out for a job, the job takes no other
+//! submission and its rollout waits.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{FxHashMap, FxHashSet};
+use crate::planner::{Action, OperationId, SlotState, StopReason};
+use crate::release::{DEFAULT_KEEP, JobReleases, Rollout, RolloutPhase};
+use crate::rollout::{self, Run, SlotFacts, Verdict};
+use crate::time::Time;
+use crate::types::{FencingToken, JobName, JobSpec, TaskId};
+
+use super::io::{Command, Notice, Refusal, SubmitOutcome, Write, WriteId, WriteOutcome};
+use super::{Controller, ms};
+
+/// A rollout under way.
+#[derive(Clone, Debug)]
+pub(super) struct RolloutRun {
+    from: u64,
+    to: u64,
+    run: Run,
+    started: Time,
+    started_unix_ms: u64,
+    /// Slots chosen for replacement whose new copy is not ordered yet.
+    replacing: FxHashSet<u32>,
+    /// What was seen of each slot's copy of the new version.
+    copies: FxHashMap<u32, NewCopy>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct NewCopy {
+    epoch: FencingToken,
+    ordered_at: Option<Time>,
+    healthy_since: Option<Time>,
+    seen_running: bool,
+    bad: Option<String>,
+}
+
+/// A release write asked for and not yet applied.
+#[derive(Clone, Debug)]
+pub(super) struct PendingRelease {
+    id: WriteId,
+    spec: Option<JobSpec>,
+    releases: JobReleases,
+    outcome: SubmitOutcome,
+    /// The write failed: ask again at the next round.
+    retry: bool,
+}
+
+/// A rollout as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// The job.
+    pub job: JobName,
+    /// The version copies ran before.
+    pub from: u64,
+    /// The version rolled out.
+    pub to: u64,
+    /// A revert (no canary, no checks, every copy at once).
+    pub revert: bool,
+    /// Where it stands.
+    pub phase: RolloutPhase,
+    /// Why it ended as it did, or why it waits.
+    pub reason: String,
+    /// When it began, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Copies the job wants.
+    pub copies: u32,
+    /// Copies started from the version rolled out.
+    pub updated: u32,
+    /// Of those, copies running healthy.
+    pub healthy: u32,
+    /// Copies being replaced.
+    pub replacing: u32,
+}
+
+/// Whether a copy started from `version` (0: before versions, taken as the oldest kept) runs
+/// what `rel`'s newest release asks for.
+fn slot_current(rel: &JobReleases, version: u64) -> bool {
+    let v = if version == 0 {
+        rel.releases.first().map_or(0, |r| r.version)
+    } else {
+        version
+    };
+    rel.is_current(v)
+}
+
+impl Controller {
+    /// A job's versions and rollout, as stored.
+    pub fn releases(&self, job: &JobName) -> Option<&JobReleases> {
+        self.releases.get(job)
+    }
+
+    /// A job's rollout (under way, or the last one) with its copies counted.
+    pub fn rollout_view(&self, job: &JobName) -> Option<RolloutView> {
+        let rel = self.releases.get(job)?;
+        let rollout = rel.rollout.as_ref()?;
+        let run = self.rollouts.get(job);
+        let spec = self.desired.get(job);
+        let want = spec.map_or(0, JobSpec::desired_count);
+        let slots = self.observed.tasks.get(job);
+        let (mut updated, mut healthy) = (0u32, 0u32);
+        for (i, t) in slots.into_iter().flatten().enumerate().take(want as usize) {
+            if t.agent.is_none() || !slot_current(rel, t.version) {
+                continue;
+            }
+            updated += 1;
+            let seen_healthy = run
+                .and_then(|r| r.copies.get(&u32::try_from(i).unwrap_or(u32::MAX)))
+                .is_some_and(|c| c.epoch == t.epoch && c.healthy_since.is_some());
+            if t.state == SlotState::Running && (seen_healthy || run.is_none()) {
+                healthy += 1;
+            }
+        }
+        Some(RolloutView {
+            job: job.clone(),
+            from: rollout.from,
+            to: rollout.to,
+            revert: rollout.revert,
+            phase: run.map_or(rollout.phase, |r| r.run.phase),
+            reason: rollout.reason.clone(),
+            started_unix_ms: rollout.started_unix_ms,
+            copies: want,
+            updated,
+            healthy,
+            replacing: run.map_or(0, |r| u32::try_from(r.replacing.len()).unwrap_or(u32::MAX)),
+        })
+    }
+
+    /// What submitting `spec` would do: the number its version would get, and how many running
+    /// copies would be replaced (0 when only the copy count or `[update]` changes).
+    pub fn preview_submit(&self, spec: &JobSpec) -> (u64, u32) {
+        let prev = self.releases.get(&spec.name);
+        let next = JobReleases::with_release(prev, spec.clone(), 0, String::new(), DEFAULT_KEEP);
+        let version = next.current().map_or(1, |r| r.version);
+        if spec.standbys() > 0 || prev.is_none() {
+            return (version, 0);
+        }
+        let want = spec.desired_count() as usize;
+        let replaces = self.observed.tasks.get(&spec.name).map_or(0, |slots| {
+            slots
+                .iter()
+                .take(want)
+                .filter(|t| t.agent.is_some() && !slot_current(&next, t.version))
+                .count()
+        });
+        (version, u32::try_from(replaces).unwrap_or(u32::MAX))
+    }
+
+    /// Refuse a change of `job` while another is being stored, or (unless `revert`) while it
+    /// rolls out.
+    pub(super) fn check_release_free(&self, job: &JobName, revert: bool) -> Result<(), Refusal> {
+        if self.pending_releases.contains_key(job) {
+            return Err(Refusal::Busy(format!(
+                "a change of job {job} is being stored; retry in a moment"
+            )));
+        }
+        if !revert && let Some(r) = self.releases.get(job).and_then(JobReleases::active_rollout) {
+            return Err(Refusal::Busy(format!(
+                "job {job} is rolling out version {} (phase {}); wait for it to end, promote it \
+                 (`warden rollout promote {job}`) or go back (`warden job revert {job}`)",
+                r.to,
+                r.phase.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check a revert of `job` to `version` (default: the newest earlier version that runs
+    /// something else) and return the spec to submit, with `revert = true`.
+    pub fn check_revert(
+        &self,
+        job: &str,
+        version: Option<u64>,
+        now: Time,
+    ) -> Result<(u64, JobSpec), Refusal> {
+        self.writable(now)?;
+        let name = JobName::new(job);
+        if !self.desired.contains_key(&name) {
+            return Err(Refusal::NotFound(format!("no job named {job:?}")));
+        }
+        self.check_release_free(&name, true)?;
+        let Some(rel) = self.releases.get(&name) else {
+            return Err(Refusal::NotFound(format!(
+                "job {job} has no stored versions to go back to"
+            )));
+        };
+        let current = rel.current().map_or(0, |r| r.version);
+        let target = match version {
+            Some(v) => rel.get(v).ok_or_else(|| {
+                let kept: Vec<String> =
+                    rel.releases.iter().map(|r| r.version.to_string()).collect();
+                Refusal::NotFound(format!(
+                    "job {job} has no version {v} (kept: {})",
+                    kept.join(", ")
+                ))
+            })?,
+            None => rel
+                .releases
+                .iter()
+                .rev()
+                .find(|r| r.version != current && !rel.is_current(r.version))
+                .ok_or_else(|| {
+                    Refusal::Invalid(format!(
+                        "job {job} has no earlier version that runs something else; name one"
+                    ))
+                })?,
+        };
+        if target.version == current {
+            return Err(Refusal::Invalid(format!(
+                "version {current} is job {job}'s current version already"
+            )));
+        }
+        Ok((target.version, target.spec.clone()))
+    }
+
+    /// Check a promotion of `job`'s rollout past its canaries.
+    pub fn check_promote_rollout(&self, job: &str, now: Time) -> Result<(), Refusal> {
+        self.writable(now)?;
+        let name = JobName::new(job);
+        match self.rollouts.get(&name) {
+            None => Err(Refusal::NotFound(format!(
+                "job {job} has no rollout under way"
+            ))),
+            Some(r) if r.run.revert => Err(Refusal::Invalid(format!(
+                "job {job} is reverting; a revert has no canaries"
+            ))),
+            Some(r) if r.run.phase == RolloutPhase::Rolling => Err(Refusal::Invalid(format!(
+                "job {job}'s rollout is past its canaries already"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub(super) fn promote_rollout(&mut self, job: &JobName, now: Time, out: &mut Vec<Command>) {
+        if let Some(r) = self.rollouts.get_mut(job) {
+            r.run.promoted = true;
+            let msg = format!("rollout of {job} version {} promoted by an operator", r.to);
+            self.dirty = true;
+            self.event(out, now, "rollout.promote", None, None, msg);
+        }
+    }
+
+    /// A submission (or revert) checked by the API: number it and ask to store it.
+    pub(super) fn submit(
+        &mut self,
+        spec: JobSpec,
+        unix_ms: u64,
+        cause: String,
+        revert: bool,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        if self.acting_term(now).is_none() || self.pending_releases.contains_key(&spec.name) {
+            return;
+        }
+        let job = spec.name.clone();
+        let old = self.desired.get(&job);
+        let outcome = match old {
+            Some(_) => SubmitOutcome::Updated,
+            None => SubmitOutcome::Created,
+        };
+        // A job stored before versions existed: its spec becomes the first version.
+        let prev = self.releases.get(&job).cloned().or_else(|| {
+            old.map(|o| {
+                JobReleases::with_release(
+                    None,
+                    o.clone(),
+                    unix_ms,
+                    "stored before versions".into(),
+                    DEFAULT_KEEP,
+                )
+            })
+        });
+        let from = prev.as_ref().and_then(|p| p.current()).map(|r| r.version);
+        let mut releases =
+            JobReleases::with_release(prev.as_ref(), spec.clone(), unix_ms, cause, DEFAULT_KEEP);
+        let to = releases.current().map_or(0, |r| r.version);
+        let want = spec.desired_count() as usize;
+        let stale = self.observed.tasks.get(&job).is_some_and(|slots| {
+            slots
+                .iter()
+                .take(want)
+                .any(|t| t.agent.is_some() && !slot_current(&releases, t.version))
+        });
+        if let Some(r) = releases.rollout.as_mut()
+            && r.phase.is_active()
+        {
+            r.phase = RolloutPhase::Superseded;
+            r.reason = format!("superseded by version {to}");
+        }
+        match from {
+            Some(from) if stale && spec.standbys() == 0 => {
+                let run = Run::new(&spec.update(), revert, now);
+                releases.rollout = Some(Rollout {
+                    from,
+                    to,
+                    revert,
+                    phase: run.phase,
+                    started_unix_ms: unix_ms,
+                    ended_unix_ms: None,
+                    reason: String::new(),
+                });
+            }
+            Some(_) if stale => {
+                let msg = format!(
+                    "job {job} version {to}: copies of a job with replicated state are not \
+                     rolled out; each takes the new version when it is next started"
+                );
+                self.event(out, now, "rollout.skipped", None, None, msg);
+            }
+            _ => {}
+        }
+        self.ask_release(job, Some(spec), releases, outcome, out);
+    }
+
+    fn ask_release(
+        &mut self,
+        job: JobName,
+        spec: Option<JobSpec>,
+        releases: JobReleases,
+        outcome: SubmitOutcome,
+        out: &mut Vec<Command>,
+    ) {
+        let id = self.next_write_id();
+        out.push(Command::Persist(Write::Release {
+            id,
+            spec: spec.clone().map(Box::new),
+            releases: Box::new(releases.clone()),
+        }));
+        self.pending_releases.insert(
+            job,
+            PendingRelease {
+                id,
+                spec,
+                releases,
+                outcome,
+                retry: false,
+            },
+        );
+    }
+
+    /// A release write ended; `false` when `write` is not one.
+    pub(super) fn release_persisted(
+        &mut self,
+        write: WriteId,
+        outcome: &WriteOutcome,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) -> bool {
+        let Some(job) = self
+            .pending_releases
+            .iter()
+            .find(|(_, p)| p.id == write)
+            .map(|(j, _)| j.clone())
+        else {
+            return false;
+        };
+        if !matches!(outcome, WriteOutcome::Applied) {
+            if let Some(p) = self.pending_releases.get_mut(&job) {
+                p.retry = true;
+            }
+            let msg = format!("storing job {job}'s new version failed: {outcome:?}; retrying");
+            out.push(Command::Notice(Notice::Alarm(msg)));
+            return true;
+        }
+        let Some(p) = self.pending_releases.remove(&job) else {
+            return true;
+        };
+        let version = p.releases.current().map_or(0, |r| r.version);
+        let cause = p
+            .releases
+            .current()
+            .map(|r| r.cause.clone())
+            .unwrap_or_default();
+        if let Some(spec) = p.spec {
+            self.draining.remove(&job);
+            self.desired.insert(job.clone(), spec);
+        }
+        let msg = format!("job {job} version {version} {:?}: {cause}", p.outcome);
+        self.event(out, now, "job.submit", None, None, msg);
+        self.install_releases(p.releases, now, out);
+        true
+    }
+
+    /// Take a job's releases as stored; start (or resume) its rollout when one is under way.
+    fn install_releases(&mut self, rel: JobReleases, now: Time, out: &mut Vec<Command>) {
+        let job = rel.job.clone();
+        match rel.active_rollout() {
+            Some(r) => {
+                let update = self
+                    .desired
+                    .get(&job)
+                    .map(JobSpec::update)
+                    .unwrap_or_default();
+                let mut run = Run::new(&update, r.revert, now);
+                run.phase = r.phase;
+                run.promoted = r.phase == RolloutPhase::Rolling;
+                let copies = self.desired.get(&job).map_or(0, JobSpec::desired_count);
+                let msg = if r.revert {
+                    format!(
+                        "revert of {job} to version {} (from {}) over {copies} copies, all at once",
+                        r.to, r.from
+                    )
+                } else {
+                    format!(
+                        "rollout of {job} version {} (from {}) over {copies} copies: canary {}, \
+                         max_parallel {}, min_healthy_time {} ms",
+                        r.to,
+                        r.from,
+                        update.canary,
+                        update.max_parallel,
+                        ms(update.min_healthy_time)
+                    )
+                };
+                self.rollouts.insert(
+                    job.clone(),
+                    RolloutRun {
+                        from: r.from,
+                        to: r.to,
+                        run,
+                        started: now,
+                        started_unix_ms: r.started_unix_ms,
+                        replacing: FxHashSet::default(),
+                        copies: FxHashMap::default(),
+                    },
+                );
+                self.event(out, now, "rollout.start", None, None, msg);
+            }
+            None => {
+                self.rollouts.remove(&job);
+            }
+        }
+        self.releases.insert(job, rel);
+        self.dirty = true;
+        self.endpoints_dirty = true;
+    }
+
+    /// The store's releases, at a take-over or a standby's refresh: rollouts resume where the
+    /// slots' records say they stand.
+    pub(super) fn load_releases(&mut self, all: Vec<JobReleases>, now: Time, acting: bool) {
+        self.pending_releases.clear();
+        self.rollouts.clear();
+        self.releases.clear();
+        // The resumed rollouts' events are the new leader's `rollout.start`s, not needed: the
+        // take-over's own event says a new leader acts.
+        let mut sink = Vec::new();
+        for rel in all {
+            if acting {
+                self.install_releases(rel, now, &mut sink);
+            } else {
+                self.releases.insert(rel.job.clone(), rel);
+            }
+        }
+    }
+
+    /// The version a new copy of `task` is started from: the job's newest (or the one being
+    /// stored), except for a copy of an older version that is not chosen for replacement
+    /// while a rollout is under way, which keeps its version.
+    pub(super) fn wanted_version(&self, task: &TaskId) -> u64 {
+        let rel = match self.pending_releases.get(&task.job) {
+            Some(p) => &p.releases,
+            None => match self.releases.get(&task.job) {
+                Some(r) => r,
+                None => return 0,
+            },
+        };
+        let newest = rel.current().map_or(0, |r| r.version);
+        if self.pending_releases.contains_key(&task.job) {
+            return newest;
+        }
+        let Some(run) = self.rollouts.get(&task.job) else {
+            return newest;
+        };
+        match self.slot(task) {
+            Some(t)
+                if t.version != 0
+                    && !run.replacing.contains(&task.index)
+                    && rel.get(t.version).is_some()
+                    && !slot_current(rel, t.version) =>
+            {
+                t.version
+            }
+            _ => newest,
+        }
+    }
+
+    /// The spec of `job` at `version` (the desired one when that version is not kept).
+    pub(super) fn version_spec(&self, job: &JobName, version: u64) -> Option<&JobSpec> {
+        self.pending_releases
+            .get(job)
+            .and_then(|p| p.releases.get(version))
+            .or_else(|| self.releases.get(job).and_then(|r| r.get(version)))
+            .map(|r| &r.spec)
+            .or_else(|| self.desired.get(job))
+    }
+
+    /// A copy of `task` was ordered at `epoch` from `version`.
+    pub(super) fn rollout_ordered(
+        &mut self,
+        task: &TaskId,
+        epoch: FencingToken,
+        version: u64,
+        now: Time,
+    ) {
+        let Some(run) = self.rollouts.get_mut(&task.job) else {
+            return;
+        };
+        let Some(rel) = self.releases.get(&task.job) else {
+            return;
+        };
+        if slot_current(rel, version) {
+            run.replacing.remove(&task.index);
+            run.copies.insert(
+                task.index,
+                NewCopy {
+                    epoch,
+                    ordered_at: Some(now),
+                    ..NewCopy::default()
+                },
+            );
+        }
+    }
+
+    /// What an agent said of a copy, for the rollout's checks: `reported` is the phase it
+    /// reported, `next` the slot's state after it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rollout_copy_seen(
+        &mut self,
+        task: &TaskId,
+        epoch: FencingToken,
+        reported: SlotState,
+        next: SlotState,
+        healthy: bool,
+        message: Option<&str>,
+        now: Time,
+    ) {
+        let Some(run) = self.rollouts.get_mut(&task.job) else {
+            return;
+        };
+        let (Some(rel), Some(slot)) = (
+            self.releases.get(&task.job),
+            self.observed
+                .tasks
+                .get(&task.job)
+                .and_then(|s| s.get(task.index as usize)),
+        ) else {
+            return;
+        };
+        if slot.epoch != epoch || !slot_current(rel, slot.version) {
+            return;
+        }
+        let c = run.copies.entry(task.index).or_default();
+        if c.epoch != epoch {
+            *c = NewCopy {
+                epoch,
+                ..NewCopy::default()
+            };
+        }
+        let before = (c.healthy_since, c.bad.is_some());
+        let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
+        match (next, reported) {
+            (SlotState::Failed, _) => {
+                c.bad.get_or_insert_with(|| {
+                    format!("{task}@{epoch} of version {} failed{detail}", run.to)
+                });
+            }
+            (SlotState::Running, SlotState::Starting) if c.seen_running => {
+                c.bad.get_or_insert_with(|| {
+                    format!(
+                        "{task}@{epoch} of version {} exited and is being restarted by its agent{detail}",
+                        run.to
+                    )
+                });
+            }
+            (SlotState::Running, SlotState::Running) => {
+                c.seen_running = true;
+                if healthy {
+                    c.healthy_since.get_or_insert(now);
+                } else if c.healthy_since.is_some() {
+                    c.bad.get_or_insert_with(|| {
+                        format!(
+                            "the health check of {task}@{epoch} of version {} failed after it had passed",
+                            run.to
+                        )
+                    });
+                }
+            }
+            _ => {}
+        }
+        if (c.healthy_since, c.bad.is_some()) != before {
+            self.dirty = true;
+        }
+    }
+
+    /// This round's rollout steps: stops of the copies to replace (added to `actions`), phase
+    /// changes, verdicts and reverts.
+    pub(super) fn rollout_actions(
+        &mut self,
+        actions: &mut Vec<Action>,
+        replan_at: &mut Option<Time>,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let retry: Vec<JobName> = self
+            .pending_releases
+            .iter()
+            .filter(|(_, p)| p.retry)
+            .map(|(j, _)| j.clone())
+            .collect();
+        for job in retry {
+            if let Some(p) = self.pending_releases.remove(&job) {
+                self.ask_release(job, p.spec, p.releases, p.outcome, out);
+            }
+        }
+        let mut jobs: Vec<JobName> = self.rollouts.keys().cloned().collect();
+        jobs.sort();
+        for job in jobs {
+            if self.pending_releases.contains_key(&job) {
+                continue;
+            }
+            let Some(spec) = self.desired.get(&job) else {
+                self.rollouts.remove(&job);
+                continue;
+            };
+            let update = spec.update();
+            let want = spec.desired_count() as usize;
+            let (Some(rel), Some(run)) = (self.releases.get(&job), self.rollouts.get_mut(&job))
+            else {
+                continue;
+            };
+            let slots = self.observed.tasks.get(&job);
+            let facts: Vec<SlotFacts> = (0..want)
+                .map(|i| {
+                    let index = u32::try_from(i).unwrap_or(u32::MAX);
+                    let Some(t) = slots.and_then(|s| s.get(i)) else {
+                        return SlotFacts {
+                            replacing: run.replacing.contains(&index),
+                            ..SlotFacts::default()
+                        };
+                    };
+                    let current = t.version != 0 && slot_current(rel, t.version);
+                    let seen = run.copies.get(&index).filter(|c| c.epoch == t.epoch);
+                    SlotFacts {
+                        current,
+                        replacing: run.replacing.contains(&index),
+                        running: t.state == SlotState::Running,
+                        ordered_at: seen.and_then(|c| c.ordered_at),
+                        healthy_since: seen.and_then(|c| c.healthy_since),
+                        bad: seen.and_then(|c| c.bad.clone()),
+                    }
+                })
+                .collect();
+            let step = rollout::step(&update, &mut run.run, &facts, now);
+            if let Some(w) = step.wake_at {
+                *replan_at = Some(replan_at.map_or(w, |r| r.min(w)));
+            }
+            let (from, to) = (run.from, run.to);
+            for i in step.replace {
+                let index = u32::try_from(i).unwrap_or(u32::MAX);
+                run.replacing.insert(index);
+                let task = TaskId::new(job.clone(), index);
+                if let Some(t) = slots.and_then(|s| s.get(i))
+                    && matches!(
+                        t.state,
+                        SlotState::Starting | SlotState::Running | SlotState::Stopping
+                    )
+                {
+                    actions.push(Action::Stop {
+                        op: OperationId::task(&task, t.epoch, "update"),
+                        task,
+                        epoch: t.epoch,
+                        agent: t.agent.clone(),
+                        reason: StopReason::Update,
+                    });
+                }
+                self.dirty = true;
+            }
+            match step.verdict {
+                None => {}
+                Some(Verdict::AwaitPromotion) => {
+                    let msg = format!(
+                        "rollout of {job} version {to}: the canaries are good; waiting for \
+                         `warden rollout promote {job}`"
+                    );
+                    self.event(out, now, "rollout.awaiting_promotion", None, None, msg);
+                    self.persist_rollout(&job, RolloutPhase::AwaitingPromotion, String::new(), out);
+                }
+                Some(Verdict::Rolling) => {
+                    let msg = format!("rollout of {job} version {to}: past the canaries, rolling");
+                    self.event(out, now, "rollout.rolling", None, None, msg);
+                    self.persist_rollout(&job, RolloutPhase::Rolling, String::new(), out);
+                }
+                Some(Verdict::Succeeded) => {
+                    let took = self
+                        .rollouts
+                        .get(&job)
+                        .map_or(0, |r| ms(now.saturating_since(r.started)));
+                    let what = if self.rollouts.get(&job).is_some_and(|r| r.run.revert) {
+                        "revert"
+                    } else {
+                        "rollout"
+                    };
+                    let msg = format!(
+                        "{what} of {job} to version {to} succeeded in {took} ms: every copy runs it"
+                    );
+                    self.event(out, now, "rollout.succeeded", None, None, msg);
+                    self.persist_rollout(&job, RolloutPhase::Succeeded, String::new(), out);
+                    self.rollouts.remove(&job);
+                }
+                Some(Verdict::Failed(reason)) => {
+                    self.rollout_failed(&job, from, to, reason, actions, now, out);
+                }
+            }
+        }
+    }
+
+    /// A rollout's check failed: take the new version's copies out of traffic at once, then
+    /// put the version before back (a revert), or stop for an operator.
+    #[allow(clippy::too_many_arguments)]
+    fn rollout_failed(
+        &mut self,
+        job: &JobName,
+        from: u64,
+        to: u64,
+        reason: String,
+        actions: &mut Vec<Action>,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(run) = self.rollouts.remove(job) else {
+            return;
+        };
+        let auto_revert = self
+            .desired
+            .get(job)
+            .is_some_and(|s| s.update().auto_revert);
+        let from_spec = self
+            .releases
+            .get(job)
+            .and_then(|r| r.get(from))
+            .map(|r| r.spec.clone());
+        let msg = format!("rollout of {job} version {to} failed: {reason}");
+        self.event(out, now, "rollout.failed", None, None, msg.clone());
+        match from_spec {
+            Some(spec) if auto_revert => {
+                // Out of traffic first: every copy of the failed version is stopped now; the
+                // revert starts the version before in their place.
+                if let (Some(rel), Some(slots)) =
+                    (self.releases.get(job), self.observed.tasks.get(job))
+                {
+                    for (i, t) in slots.iter().enumerate() {
+                        if t.version != 0
+                            && slot_current(rel, t.version)
+                            && matches!(t.state, SlotState::Starting | SlotState::Running)
+                        {
+                            let task =
+                                TaskId::new(job.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+                            actions.push(Action::Stop {
+                                op: OperationId::task(&task, t.epoch, "revert"),
+                                task,
+                                epoch: t.epoch,
+                                agent: t.agent.clone(),
+                                reason: StopReason::Update,
+                            });
+                        }
+                    }
+                }
+                let unix_ms = run.started_unix_ms
+                    + u64::try_from(ms(now.saturating_since(run.started))).unwrap_or(0);
+                let Some(mut rel) = self.releases.get(job).cloned() else {
+                    return;
+                };
+                if let Some(r) = rel.rollout.as_mut() {
+                    r.phase = RolloutPhase::Reverted;
+                    r.reason = reason.clone();
+                }
+                let cause = format!("auto-revert of version {to}: {reason}");
+                let mut rel = JobReleases::with_release(
+                    Some(&rel),
+                    spec.clone(),
+                    unix_ms,
+                    cause,
+                    DEFAULT_KEEP,
+                );
+                let new = rel.current().map_or(0, |r| r.version);
+                rel.rollout = Some(Rollout {
+                    from: to,
+                    to: new,
+                    revert: true,
+                    phase: RolloutPhase::Rolling,
+                    started_unix_ms: unix_ms,
+                    ended_unix_ms: None,
+                    reason,
+                });
+                let msg = format!("reverting {job} to version {from}'s spec as version {new}");
+                self.event(out, now, "rollout.revert", None, None, msg);
+                self.ask_release(job.clone(), Some(spec), rel, SubmitOutcome::Updated, out);
+                self.dirty = true;
+            }
+            _ => {
+                let why = if auto_revert {
+                    format!("{msg}; version {from} is no longer kept, so nothing is reverted")
+                } else {
+                    format!("{msg}; copies stay as they are (auto_revert = false)")
+                };
+                out.push(Command::Notice(Notice::Alarm(why)));
+                self.persist_rollout(job, RolloutPhase::Failed, reason, out);
+            }
+        }
+    }
+
+    /// Record a rollout's new phase (written in order with every other release write).
+    fn persist_rollout(
+        &mut self,
+        job: &JobName,
+        phase: RolloutPhase,
+        reason: String,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(rel) = self.releases.get_mut(job) else {
+            return;
+        };
+        if let Some(r) = rel.rollout.as_mut() {
+            r.phase = phase;
+            r.reason = reason;
+        }
+        let releases = Box::new(rel.clone());
+        let id = self.next_write_id();
+        out.push(Command::Persist(Write::Release {
+            id,
+            spec: None,
+            releases,
+        }));
+    }
+}

@@ -1,0 +1,448 @@
+//! Releases: every change of a job is a numbered version, kept, and rolled out.
+//!
+//! A job's [`JobReleases`] holds its last versions ([`Release`], oldest first; the newest is
+//! the desired spec) and its rollout ([`Rollout`]: the one in progress, or the last one).
+//! Versions are numbered by the leader, 1, 2, 3, ..., and never reused; a revert is a new
+//! version carrying an older one's spec, so the history reads in order of what ran.
+//!
+//! Only a change of what a copy *runs* — its [template](template_eq): command, arguments,
+//! environment, resources, health check, service port, replicated state — replaces running
+//! copies. A change of anything else (replica count, `[update]`) is a new version with the same
+//! [`Release::base`], and copies started from either count as current.
+//!
+//! How a rollout proceeds is [`crate::rollout`]'s business; this module holds the records and
+//! the pure functions around them (numbering, trimming, field-by-field differences).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::{JobName, JobSpec, duration_serde};
+
+/// Versions kept per job by default (the newest included).
+pub const DEFAULT_KEEP: usize = 10;
+
+/// A job's `[update]` table: how a new version replaces running copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// Copies replaced at a time (each must be healthy for `min_healthy_time` before the next
+    /// one is taken). Default 1.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: u32,
+    /// Copies of the new version started first and judged before any other is replaced
+    /// (0: no canary phase). Default 0.
+    #[serde(default)]
+    pub canary: u32,
+    /// How long a new copy must run healthy to count as good. Default 5 s.
+    #[serde(default = "default_min_healthy", with = "duration_serde")]
+    pub min_healthy_time: Duration,
+    /// A new copy not healthy this long after it was ordered fails the rollout. Default 60 s.
+    #[serde(default = "default_healthy_deadline", with = "duration_serde")]
+    pub healthy_deadline: Duration,
+    /// A rollout that makes no progress (no new copy turning good) this long fails. Default 10 min.
+    #[serde(default = "default_progress_deadline", with = "duration_serde")]
+    pub progress_deadline: Duration,
+    /// Go on from the canaries to the rest once they are good, without `warden rollout
+    /// promote`. Default false.
+    #[serde(default)]
+    pub auto_promote: bool,
+    /// On failure, put the version that ran before back at once (a new version with its spec).
+    /// Default true; when false a failed rollout stops where it stands for an operator.
+    #[serde(default = "default_true")]
+    pub auto_revert: bool,
+    /// Least time between two waves. Default 0.
+    #[serde(default, with = "duration_serde")]
+    pub stagger: Duration,
+}
+
+fn default_max_parallel() -> u32 {
+    1
+}
+fn default_min_healthy() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_healthy_deadline() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_progress_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            max_parallel: default_max_parallel(),
+            canary: 0,
+            min_healthy_time: default_min_healthy(),
+            healthy_deadline: default_healthy_deadline(),
+            progress_deadline: default_progress_deadline(),
+            auto_promote: false,
+            auto_revert: true,
+            stagger: Duration::ZERO,
+        }
+    }
+}
+
+/// Longest `min_healthy_time`, `healthy_deadline`, `progress_deadline` or `stagger` accepted.
+pub const MAX_UPDATE_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl UpdateSpec {
+    /// Check the values, naming the field at fault.
+    pub fn validate(&self, replicas: u32) -> Result<(), ConfigError> {
+        if self.max_parallel == 0 {
+            return Err(ConfigError::new(
+                "update.max_parallel",
+                "must be at least 1 (copies replaced at a time)",
+            ));
+        }
+        if self.canary > replicas {
+            return Err(ConfigError::new(
+                "update.canary",
+                format!("must be at most the job's copies ({replicas})"),
+            ));
+        }
+        for (field, d) in [
+            ("update.min_healthy_time", self.min_healthy_time),
+            ("update.healthy_deadline", self.healthy_deadline),
+            ("update.progress_deadline", self.progress_deadline),
+            ("update.stagger", self.stagger),
+        ] {
+            if d > MAX_UPDATE_WAIT {
+                return Err(ConfigError::new(field, "must be at most 24h"));
+            }
+        }
+        if self.healthy_deadline <= self.min_healthy_time {
+            return Err(ConfigError::new(
+                "update.healthy_deadline",
+                format!(
+                    "must be longer than min_healthy_time ({}): a copy could never count as good in time",
+                    duration_serde::format(&self.min_healthy_time)
+                ),
+            ));
+        }
+        if self.progress_deadline < self.healthy_deadline {
+            return Err(ConfigError::new(
+                "update.progress_deadline",
+                "must be at least healthy_deadline",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One numbered version of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Its number (1, 2, ...; never reused).
+    pub version: u64,
+    /// The first version with this release's template: copies started from any version with
+    /// the same base run the same thing.
+    pub base: u64,
+    /// The spec.
+    pub spec: JobSpec,
+    /// When it was stored, ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// Why it exists: `submit`, `revert to 3`, `auto-revert of 4: ...`.
+    pub cause: String,
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// Canary copies of the new version run and are judged; nothing else is replaced.
+    Canary,
+    /// The canaries are good; waiting for `warden rollout promote` (`auto_promote = false`).
+    AwaitingPromotion,
+    /// Replacing the remaining copies, `max_parallel` at a time.
+    Rolling,
+    /// Every copy runs the new version and counted as good.
+    Succeeded,
+    /// Stopped by a failed check; a revert to the version before followed (`auto_revert`).
+    Reverted,
+    /// Stopped by a failed check; copies stay as they are for an operator (no `auto_revert`).
+    Failed,
+    /// Replaced by a newer version (a revert, or a submission after it failed).
+    Superseded,
+}
+
+impl RolloutPhase {
+    /// Whether the rollout still acts.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RolloutPhase::Canary | RolloutPhase::AwaitingPromotion | RolloutPhase::Rolling
+        )
+    }
+
+    /// Its name, as in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Canary => "canary",
+            RolloutPhase::AwaitingPromotion => "awaiting_promotion",
+            RolloutPhase::Rolling => "rolling",
+            RolloutPhase::Succeeded => "succeeded",
+            RolloutPhase::Reverted => "reverted",
+            RolloutPhase::Failed => "failed",
+            RolloutPhase::Superseded => "superseded",
+        }
+    }
+}
+
+/// A rollout of one version over a job's copies. Which copies run which version is in the
+/// slots' records (each slot keeps the version its copy was started from), so a new leader
+/// resumes a rollout from the store without repeating or skipping a copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The version the copies ran before.
+    pub from: u64,
+    /// The version rolled out.
+    pub to: u64,
+    /// A revert: no canary, no checks, every copy at once.
+    pub revert: bool,
+    /// Where it stands.
+    pub phase: RolloutPhase,
+    /// When it began, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// When it ended, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_unix_ms: Option<u64>,
+    /// Why it ended the way it did (the failed check and its evidence), or why it waits.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A job's versions and its rollout, as stored (`releases/<job>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReleases {
+    /// The job.
+    pub job: JobName,
+    /// Its last versions, oldest first; the newest is the desired spec.
+    pub releases: Vec<Release>,
+    /// The rollout in progress, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+impl JobReleases {
+    /// The newest release (the desired spec).
+    pub fn current(&self) -> Option<&Release> {
+        self.releases.last()
+    }
+
+    /// The release numbered `version`, if still kept.
+    pub fn get(&self, version: u64) -> Option<&Release> {
+        self.releases.iter().find(|r| r.version == version)
+    }
+
+    /// The base of `version` (its template's first version); `None` when no longer kept.
+    pub fn base_of(&self, version: u64) -> Option<u64> {
+        self.get(version).map(|r| r.base)
+    }
+
+    /// Whether a copy started from `version` runs what the newest release asks for.
+    pub fn is_current(&self, version: u64) -> bool {
+        match (self.current(), self.base_of(version)) {
+            (Some(cur), Some(base)) => cur.base == base,
+            (Some(cur), None) => cur.version == version,
+            (None, _) => true,
+        }
+    }
+
+    /// The rollout, while it acts.
+    pub fn active_rollout(&self) -> Option<&Rollout> {
+        self.rollout.as_ref().filter(|r| r.phase.is_active())
+    }
+
+    /// These releases with `spec` as a new version (numbered after the newest), trimmed to the
+    /// last `keep` — but never dropping `from`, the version copies run now, while its rollout
+    /// may need it back.
+    pub fn with_release(
+        prev: Option<&JobReleases>,
+        spec: JobSpec,
+        unix_ms: u64,
+        cause: String,
+        keep: usize,
+    ) -> JobReleases {
+        let mut next = prev.cloned().unwrap_or_else(|| JobReleases {
+            job: spec.name.clone(),
+            releases: Vec::new(),
+            rollout: None,
+        });
+        let version = next.current().map_or(1, |r| r.version + 1);
+        // The same template as an existing release keeps that release's base, so copies of it
+        // count as current (a revert, or a change of the replica count).
+        let base = next
+            .releases
+            .iter()
+            .rev()
+            .find(|r| template_eq(&r.spec, &spec))
+            .map_or(version, |r| r.base);
+        next.releases.push(Release {
+            version,
+            base,
+            spec,
+            unix_ms,
+            cause,
+        });
+        let keep = keep.max(2);
+        while next.releases.len() > keep {
+            next.releases.remove(0);
+        }
+        next
+    }
+}
+
+/// Whether two specs run the same thing in each copy (a change of anything else replaces no
+/// running copy).
+pub fn template_eq(a: &JobSpec, b: &JobSpec) -> bool {
+    a.kind == b.kind
+        && a.command == b.command
+        && a.args == b.args
+        && a.env == b.env
+        && a.resources == b.resources
+        && a.health == b.health
+        && a.service.as_ref().map(|s| s.port) == b.service.as_ref().map(|s| s.port)
+        && a.state == b.state
+}
+
+/// One field that differs between two specs, with both values in the spec's own notation
+/// (JSON); `None` where the field is absent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// Dotted path (`env.LOG_LEVEL`, `update.max_parallel`).
+    pub field: String,
+    /// The value before.
+    pub before: Option<String>,
+    /// The value after.
+    pub after: Option<String>,
+}
+
+/// A spec flattened into dotted paths and their values, for [`diff`]. The caller serializes
+/// the spec (the core has no JSON library): `flatten` takes any tree of maps and leaves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flat(pub BTreeMap<String, String>);
+
+/// Field-by-field differences from `before` to `after`, in path order.
+pub fn diff(before: &Flat, after: &Flat) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = before.0.keys().chain(after.0.keys()).collect();
+    for k in keys {
+        let (b, a) = (before.0.get(k), after.0.get(k));
+        if b != a {
+            out.push(FieldChange {
+                field: k.clone(),
+                before: b.cloned(),
+                after: a.cloned(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::JobKind;
+
+    fn spec(cmd: &str, replicas: u32) -> JobSpec {
+        JobSpec {
+            name: JobName::new("web"),
+            kind: JobKind::Service,
+            replicas,
+            command: cmd.into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            resources: Default::default(),
+            health: None,
+            service: None,
+            state: None,
+            update: None,
+        }
+    }
+
+    #[test]
+    fn versions_are_numbered_and_bases_follow_the_template() {
+        let r1 = JobReleases::with_release(None, spec("a", 2), 1, "submit".into(), 10);
+        assert_eq!(r1.current().map(|r| (r.version, r.base)), Some((1, 1)));
+        // Scaling keeps the template: same base, copies of 1 stay current.
+        let r2 = JobReleases::with_release(Some(&r1), spec("a", 5), 2, "submit".into(), 10);
+        assert_eq!(r2.current().map(|r| (r.version, r.base)), Some((2, 1)));
+        assert!(r2.is_current(1));
+        // A new command is a new template.
+        let r3 = JobReleases::with_release(Some(&r2), spec("b", 5), 3, "submit".into(), 10);
+        assert_eq!(r3.current().map(|r| (r.version, r.base)), Some((3, 3)));
+        assert!(!r3.is_current(2));
+        // Back to "a": a new version with the old base.
+        let r4 = JobReleases::with_release(Some(&r3), spec("a", 5), 4, "revert to 2".into(), 10);
+        assert_eq!(r4.current().map(|r| (r.version, r.base)), Some((4, 1)));
+        assert!(r4.is_current(1) && r4.is_current(2) && !r4.is_current(3));
+    }
+
+    #[test]
+    fn history_is_trimmed_to_keep() {
+        let mut r = None;
+        for i in 0..15u64 {
+            r = Some(JobReleases::with_release(
+                r.as_ref(),
+                spec(&format!("c{i}"), 1),
+                i,
+                "submit".into(),
+                10,
+            ));
+        }
+        let r = r.unwrap();
+        assert_eq!(r.releases.len(), 10);
+        assert_eq!(r.releases[0].version, 6);
+        assert_eq!(r.current().map(|c| c.version), Some(15));
+    }
+
+    #[test]
+    fn update_validation_names_the_field() {
+        let bad = UpdateSpec {
+            max_parallel: 0,
+            ..UpdateSpec::default()
+        };
+        assert_eq!(bad.validate(3).unwrap_err().field, "update.max_parallel");
+        let bad = UpdateSpec {
+            canary: 4,
+            ..UpdateSpec::default()
+        };
+        assert_eq!(bad.validate(3).unwrap_err().field, "update.canary");
+        let bad = UpdateSpec {
+            healthy_deadline: Duration::from_secs(1),
+            ..UpdateSpec::default()
+        };
+        assert_eq!(
+            bad.validate(3).unwrap_err().field,
+            "update.healthy_deadline"
+        );
+        assert!(UpdateSpec::default().validate(1).is_ok());
+    }
+
+    #[test]
+    fn diff_lists_changed_added_and_removed_fields() {
+        let flat = |pairs: &[(&str, &str)]| {
+            Flat(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+            )
+        };
+        let a = flat(&[("command", "\"a\""), ("env.X", "\"1\""), ("replicas", "2")]);
+        let b = flat(&[("command", "\"b\""), ("replicas", "2"), ("env.Y", "\"2\"")]);
+        let d = diff(&a, &b);
+        let fields: Vec<&str> = d.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["command", "env.X", "env.Y"]);
+        assert_eq!(d[1].after, None);
+        assert_eq!(d[2].before, None);
+    }
+}
