@@ -56,6 +56,9 @@ pub struct TaskInfo {
     pub epoch: u64,
     /// Failures in a row.
     pub failures: u32,
+    /// The job version its copy was started from (0: not known).
+    #[serde(default)]
+    pub version: u64,
     /// Its part in the job's replicated state (jobs with `[state] standbys` > 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaInfo>,

@@ -200,6 +200,7 @@ fn task(job: &str, index: u32, agent: Option<&str>, epoch: u64) -> TaskInfo {
         epoch,
         failures: 0,
         replica: None,
+        version: 0,
     }
 }
 

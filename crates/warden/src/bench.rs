@@ -262,6 +262,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A bad version rolled out over a real cluster of `--copies` copies: abort decision after
+    /// the first bad signal, canaries out of traffic, every copy back on the earlier spec
+    /// (docs/releases.md).
+    Rollout {
+        /// Copies of the service.
+        #[arg(long, default_value_t = 20)]
+        copies: u32,
+        /// Agents (real processes).
+        #[arg(long, default_value_t = 4)]
+        agents: usize,
+        /// Repetitions per kind of bad version.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Kinds of bad version.
+        #[arg(long, value_delimiter = ',', default_value = "crash,health,late")]
+        kind: Vec<crate::bench_rollout::BadKind>,
+    },
     /// Traffic removal with a real HAProxy: failed requests during an agent host crash (kill
     /// -9 or SIGSTOP of the agent and its tasks), HAProxy's own health checks alone (`inter 2s
     /// fall 3`) against Warden's HAProxy adapter, and the time from the crash to the removal.
@@ -485,6 +502,12 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Rollout {
+            copies,
+            agents,
+            reps,
+            kind,
+        } => crate::bench_rollout::run((*copies).max(1), (*agents).max(1), (*reps).max(1), kind),
         BenchCommand::Traffic { reps, rate, window } => {
             let settings = warden_chaos::traffic::Settings {
                 reps: (*reps).max(1),

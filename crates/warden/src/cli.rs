@@ -110,7 +110,8 @@ pub enum JobCommand {
         /// Job name.
         name: String,
         /// The version to go back to.
-        version: Option<u64>,
+        #[arg(value_name = "VERSION")]
+        target: Option<u64>,
     },
     /// Planned switchover of a stateful job (`[state]` with standbys, docs/state.md): its
     /// primary stops taking writes, an in-sync standby catches up with every write, and is
@@ -312,8 +313,8 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
         JobCommand::History { name } => crate::release_cmd::history(&client, opts, name)?,
         JobCommand::Diff { name, a, b } => crate::release_cmd::diff(&client, opts, name, *a, *b)?,
         JobCommand::Plan { file } => crate::release_cmd::plan(&client, opts, file)?,
-        JobCommand::Revert { name, version } => {
-            crate::release_cmd::revert(&client, opts, name, *version)?;
+        JobCommand::Revert { name, target } => {
+            crate::release_cmd::revert(&client, opts, name, *target)?;
         }
         JobCommand::Run { file } => {
             let body =

@@ -18,6 +18,7 @@ mod agent_cmd;
 mod bench;
 mod bench_anomaly;
 mod bench_redis;
+mod bench_rollout;
 mod bench_sessions;
 mod bench_state;
 mod bench_storm;
@@ -290,4 +291,15 @@ fn init_shim_tracing() {
         .log_internal_errors(false)
         .finish();
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks of every subcommand (a duplicate argument name, e.g. one
+    /// called `version`, only panics when that subcommand is parsed).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

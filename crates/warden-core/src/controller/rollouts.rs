@@ -20,6 +20,9 @@ use crate::types::{FencingToken, JobName, JobSpec, TaskId};
 use super::io::{Command, Notice, Refusal, SubmitOutcome, Write, WriteId, WriteOutcome};
 use super::{Controller, ms};
 
+/// How an agent's report of a failed health check begins (see `warden_agent::runtime`).
+const HEALTH_FAILING: &str = "health check failing";
+
 /// A rollout under way.
 #[derive(Clone, Debug)]
 pub(super) struct RolloutRun {
@@ -162,7 +165,11 @@ impl Controller {
                 "a change of job {job} is being stored; retry in a moment"
             )));
         }
-        if !revert && let Some(r) = self.releases.get(job).and_then(JobReleases::active_rollout) {
+        // The live rollout, not the stored record: a deleted job's rollout ends with it.
+        if !revert
+            && self.rollouts.contains_key(job)
+            && let Some(r) = self.releases.get(job).and_then(JobReleases::active_rollout)
+        {
             return Err(Refusal::Busy(format!(
                 "job {job} is rolling out version {} (phase {}); wait for it to end, promote it \
                  (`warden rollout promote {job}`) or go back (`warden job revert {job}`)",
@@ -404,6 +411,24 @@ impl Controller {
                 run.phase = r.phase;
                 run.promoted = r.phase == RolloutPhase::Rolling;
                 let copies = self.desired.get(&job).map_or(0, JobSpec::desired_count);
+                // Copies of an older version already stopped (by this rollout before a new
+                // leader took over, most likely) are started again at the new version: they
+                // count as the wave they were.
+                let replacing: FxHashSet<u32> = self
+                    .observed
+                    .tasks
+                    .get(&job)
+                    .map(|slots| {
+                        (0..slots.len().min(copies as usize))
+                            .filter(|&i| {
+                                let t = &slots[i];
+                                matches!(t.state, SlotState::Stopping | SlotState::Stopped)
+                                    && !slot_current(&rel, t.version)
+                            })
+                            .filter_map(|i| u32::try_from(i).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let msg = if r.revert {
                     format!(
                         "revert of {job} to version {} (from {}) over {copies} copies, all at once",
@@ -428,7 +453,7 @@ impl Controller {
                         run,
                         started: now,
                         started_unix_ms: r.started_unix_ms,
-                        replacing: FxHashSet::default(),
+                        replacing,
                         copies: FxHashMap::default(),
                     },
                 );
@@ -576,6 +601,19 @@ impl Controller {
                 c.bad.get_or_insert_with(|| {
                     format!(
                         "{task}@{epoch} of version {} exited and is being restarted by its agent{detail}",
+                        run.to
+                    )
+                });
+            }
+            (SlotState::Running, SlotState::Running)
+                if !healthy && message.is_some_and(|m| m.starts_with(HEALTH_FAILING)) =>
+            {
+                // The agent's check failed `failures` times in a row: a verdict, not a copy
+                // still starting up.
+                c.seen_running = true;
+                c.bad.get_or_insert_with(|| {
+                    format!(
+                        "the health check of {task}@{epoch} of version {} failed",
                         run.to
                     )
                 });

@@ -177,6 +177,7 @@ impl ControlApi for ControlPlane {
                     state: t.state.as_str().to_string(),
                     epoch: t.epoch.0,
                     failures: t.failures,
+                    version: t.version,
                 });
             }
         }

@@ -1,0 +1,284 @@
+//! `warden bench rollout`: a bad version rolled out over a real cluster, aborted and reverted.
+//!
+//! A server and `--agents` agents (real processes) run a `--copies`-copy service (version 1,
+//! healthy). Each repetition submits a bad version — one that crashes a second after it
+//! starts, or one whose health check fails — with canaries and waves, and measures, from the
+//! server's own event log, task list and endpoints registry:
+//!
+//! - decision: the first bad signal (the bad copy's exit, or its first failed check, as the
+//!   copy itself recorded it in a file) → the `rollout.failed` event;
+//! - out of traffic: the decision → no copy of the bad version left `up` in the registry;
+//! - back: the decision → every copy running the earlier spec again.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use warden_chaos::cluster::{Cluster, wait_until};
+
+/// What went wrong with the bad version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BadKind {
+    /// Exits with status 3 a second after it starts.
+    Crash,
+    /// Runs, but its health check fails.
+    Health,
+    /// Exits with status 3 eight seconds after it starts: the canaries have counted as good
+    /// by then and waves of copies run it when the first one crashes.
+    Late,
+}
+
+/// One repetition's figures, in ms.
+#[derive(Debug, Clone, Copy)]
+struct Rep {
+    decision: u64,
+    out_of_traffic: u64,
+    back: u64,
+    bad_copies: usize,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(0)
+}
+
+fn spec(copies: u32, command: &str, args: &str, health: &str) -> String {
+    format!(
+        "name = \"web\"\nkind = \"service\"\nreplicas = {copies}\ncommand = \"{command}\"\n\
+         args = {args}\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+         [service]\nport = \"dynamic\"\n\
+         [health]\nkind = \"exec\"\ncommand = {health}\ninterval = \"500ms\"\ntimeout = \"400ms\"\nfailures = 2\n\
+         [update]\nmax_parallel = 4\ncanary = 2\nauto_promote = true\nmin_healthy_time = \"3s\"\n\
+         healthy_deadline = \"30s\"\n"
+    )
+}
+
+const GOOD_ARGS: &str = "[\"workload\", \"sleep\", \"--every\", \"60\"]";
+const GOOD_CHECK: &str = "[\"/bin/true\"]";
+
+fn tasks(cluster: &Cluster) -> Vec<Value> {
+    cluster
+        .client
+        .get("/v1/tasks")
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Every copy of web runs, none from `bad` (0: any version).
+fn all_running_but(cluster: &Cluster, copies: usize, bad: u64) -> bool {
+    let t: Vec<Value> = tasks(cluster)
+        .into_iter()
+        .filter(|t| t["job"] == "web")
+        .collect();
+    t.len() >= copies
+        && t.iter()
+            .take(copies)
+            .all(|t| t["state"] == "running" && t["version"].as_u64().is_some_and(|v| v != bad))
+}
+
+fn current_version(cluster: &Cluster) -> Result<u64> {
+    let v = cluster.client.get("/v1/jobs/web/versions")?;
+    v["releases"]
+        .as_array()
+        .and_then(|r| r.last())
+        .and_then(|r| r["version"].as_u64())
+        .context("no versions")
+}
+
+fn events_since(cluster: &Cluster, since: u64) -> Vec<Value> {
+    cluster
+        .client
+        .get(&format!("/v1/events?since={since}&limit=10000"))
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn last_seq(cluster: &Cluster) -> u64 {
+    let mut since = 0;
+    loop {
+        let page = events_since(cluster, since);
+        match page.last().and_then(|e| e["seq"].as_u64()) {
+            Some(s) => since = s,
+            None => return since,
+        }
+    }
+}
+
+fn rep(cluster: &Cluster, copies: u32, kind: BadKind, marks: &std::path::Path) -> Result<Rep> {
+    let _ = std::fs::remove_file(marks);
+    let marks_s = marks.display().to_string();
+    let since = last_seq(cluster);
+    let bad = match kind {
+        BadKind::Crash => spec(
+            copies,
+            "sh",
+            &format!("[\"-c\", \"sleep 1; date +%s%3N >> {marks_s}; exit 3\"]"),
+            GOOD_CHECK,
+        ),
+        BadKind::Late => spec(
+            copies,
+            "sh",
+            &format!("[\"-c\", \"sleep 8; date +%s%3N >> {marks_s}; exit 3\"]"),
+            GOOD_CHECK,
+        ),
+        BadKind::Health => spec(
+            copies,
+            "{exe}",
+            GOOD_ARGS,
+            &format!("[\"sh\", \"-c\", \"date +%s%3N >> {marks_s}; exit 1\"]"),
+        ),
+    };
+    cluster.submit(&bad)?;
+    let bad_version = current_version(cluster)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut decided: Option<u64> = None;
+    let mut out: Option<u64> = None;
+    let mut back: Option<u64> = None;
+    let mut bad_copies: BTreeSet<(String, u64)> = BTreeSet::new();
+    while Instant::now() < deadline && back.is_none() {
+        let t = now_ms();
+        for task in tasks(cluster) {
+            if task["job"] == "web"
+                && task["version"].as_u64() == Some(bad_version)
+                && let (Some(id), Some(e)) = (task["id"].as_str(), task["epoch"].as_u64())
+            {
+                bad_copies.insert((id.to_string(), e));
+            }
+        }
+        if decided.is_none() {
+            decided = events_since(cluster, since)
+                .iter()
+                .find(|e| e["kind"] == "rollout.failed")
+                .and_then(|e| e["unix_ms"].as_u64());
+        }
+        if let Some(d) = decided {
+            if out.is_none() {
+                let services = cluster
+                    .client
+                    .get("/v1/services/web")
+                    .unwrap_or(Value::Null);
+                let bad_up = services["instances"].as_array().is_some_and(|i| {
+                    i.iter().any(|inst| {
+                        inst["state"] == "up"
+                            && bad_copies.contains(&(
+                                inst["task"].as_str().unwrap_or_default().to_string(),
+                                inst["epoch"].as_u64().unwrap_or(0),
+                            ))
+                    })
+                });
+                if !bad_up {
+                    out = Some(t.max(d));
+                }
+            }
+            if current_version(cluster)? > bad_version
+                && all_running_but(cluster, copies as usize, bad_version)
+            {
+                back = Some(t);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (Some(decided), Some(out), Some(back)) = (decided, out, back) else {
+        bail!(
+            "the bad version was not reverted within 120 s (decided {decided:?}, out {out:?}, back {back:?})"
+        );
+    };
+    let first_bad = std::fs::read_to_string(marks)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .min()
+        .context("the bad version left no mark of its first bad signal")?;
+    Ok(Rep {
+        decision: decided.saturating_sub(first_bad),
+        out_of_traffic: out.saturating_sub(decided),
+        back: back.saturating_sub(decided),
+        bad_copies: bad_copies.len(),
+    })
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Run the benchmark.
+pub fn run(copies: u32, agents: usize, reps: usize, kinds: &[BadKind]) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut cluster = Cluster::start(&exe)?;
+    cluster.add_agents(agents)?;
+    // Tasks may run as another user: their marks go to a directory anyone may write.
+    let marks_dir = tempfile::Builder::new()
+        .prefix("warden-rollout-marks-")
+        .tempdir()?;
+    std::fs::set_permissions(
+        marks_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
+    let marks = marks_dir.path().join("bad-marks");
+    cluster.submit(&spec(copies, "{exe}", GOOD_ARGS, GOOD_CHECK))?;
+    if !wait_until(Duration::from_secs(90), || {
+        all_running_but(&cluster, copies as usize, 0)
+    }) {
+        bail!("version 1's {copies} copies did not start");
+    }
+    eprintln!(
+        "{copies} copies on {agents} agents; bad versions rolled out with canary 2, max_parallel 4, auto_revert"
+    );
+    println!(
+        "kind    reps  decision p50/p99/max ms  out of traffic p50/p99/max ms  all back p50/p99/max ms  bad copies started (mean)"
+    );
+    for &kind in kinds {
+        let mut rows = Vec::new();
+        for i in 0..reps {
+            let r = rep(&cluster, copies, kind, &marks)
+                .with_context(|| format!("{kind:?} repetition {}", i + 1))?;
+            eprintln!(
+                "  {kind:?} {}: decision {} ms, out of traffic {} ms, back {} ms, {} bad copies",
+                i + 1,
+                r.decision,
+                r.out_of_traffic,
+                r.back,
+                r.bad_copies
+            );
+            rows.push(r);
+            // Settle: the revert's copies count as good before the next bad version.
+            std::thread::sleep(Duration::from_secs(4));
+        }
+        let mut d: Vec<u64> = rows.iter().map(|r| r.decision).collect();
+        let mut o: Vec<u64> = rows.iter().map(|r| r.out_of_traffic).collect();
+        let mut b: Vec<u64> = rows.iter().map(|r| r.back).collect();
+        let mean_bad =
+            rows.iter().map(|r| r.bad_copies).sum::<usize>() as f64 / rows.len().max(1) as f64;
+        println!(
+            "{:<7} {:>4}  {:>6}/{:>6}/{:>6}           {:>6}/{:>6}/{:>6}                 {:>6}/{:>6}/{:>6}           {:.1}",
+            format!("{kind:?}").to_lowercase(),
+            rows.len(),
+            pct(&mut d, 0.5),
+            pct(&mut d, 0.99),
+            d.iter().max().copied().unwrap_or(0),
+            pct(&mut o, 0.5),
+            pct(&mut o, 0.99),
+            o.iter().max().copied().unwrap_or(0),
+            pct(&mut b, 0.5),
+            pct(&mut b, 0.99),
+            b.iter().max().copied().unwrap_or(0),
+            mean_bad
+        );
+    }
+    cluster.shutdown();
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Releases and rollouts on a real cluster (the `warden` binary as a server and agents, real
+//! task processes): a bad version is caught by its canary and reverted everywhere; a good one
+//! rolls out in waves; versions, plans, diffs and reverts through the CLI and the API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use warden_chaos::cluster::{Cluster, wait_until};
+
+/// Far above what a healthy run needs (a few seconds); matters only when a test fails.
+const LONG: Duration = Duration::from_secs(60);
+
+fn web(command: &str, args: &str, canary: u32) -> String {
+    format!(
+        "name = \"web\"\nkind = \"service\"\nreplicas = 4\ncommand = \"{command}\"\nargs = {args}\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+         [update]\nmax_parallel = 2\ncanary = {canary}\nauto_promote = true\n\
+         min_healthy_time = \"1s\"\nhealthy_deadline = \"30s\"\n"
+    )
+}
+
+const SLEEP: &str = "[\"workload\", \"sleep\", \"--every\", \"60\"]";
+
+fn web_tasks(c: &Cluster) -> Vec<Value> {
+    c.client
+        .get("/v1/tasks")
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["job"] == "web")
+        .collect()
+}
+
+/// Every copy running, and each one's version.
+fn running_versions(c: &Cluster) -> Option<Vec<u64>> {
+    let t = web_tasks(c);
+    (t.len() == 4 && t.iter().all(|t| t["state"] == "running")).then(|| {
+        t.iter()
+            .map(|t| t["version"].as_u64().unwrap_or(0))
+            .collect()
+    })
+}
+
+fn rollout(c: &Cluster) -> Value {
+    c.client.get("/v1/jobs/web/rollout").unwrap_or(Value::Null)
+}
+
+fn cli(c: &Cluster, args: &[&str]) -> (bool, String) {
+    let out = Command::new(common::warden_bin())
+        .args(args)
+        .env("WARDEN_ADDR", format!("http://{}", c.http_addr))
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn diag(c: &Cluster) -> String {
+    format!(
+        "tasks: {:?}\nrollout: {}\nevents: {}\nserver log:\n{}",
+        web_tasks(c),
+        rollout(c),
+        c.client.get("/v1/events?limit=200").unwrap_or(Value::Null),
+        c.log("server")
+    )
+}
+
+#[test]
+fn a_crashing_version_is_reverted_and_a_good_one_rolls_out_in_waves() {
+    let mut c = common::start_cluster("rollout");
+    c.add_agents(2).expect("agents");
+    c.submit(&web("{exe}", SLEEP, 1)).expect("submit version 1");
+    assert!(
+        wait_until(LONG, || running_versions(&c) == Some(vec![1; 4])),
+        "version 1 did not start\n{}",
+        diag(&c)
+    );
+
+    // A plan changes nothing and says what a submission would do.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = web("sh", "[\"-c\", \"sleep 1; exit 3\"]", 1);
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, bad.replace("{exe}", "")).unwrap();
+    let (ok, out) = cli(&c, &["job", "plan", file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("version 2") && out.contains("4 running copies replaced"),
+        "{out}"
+    );
+    assert!(out.contains("command"), "{out}");
+    assert_eq!(
+        running_versions(&c),
+        Some(vec![1; 4]),
+        "a plan stores nothing"
+    );
+
+    // The crashing version: its canary fails, the version before comes back everywhere.
+    c.submit(&bad).expect("submit version 2");
+    assert!(
+        wait_until(LONG, || rollout(&c)["revert"] == true
+            && rollout(&c)["phase"] == "succeeded"),
+        "no revert\n{}",
+        diag(&c)
+    );
+    let versions = c.client.get("/v1/jobs/web/versions").unwrap();
+    let releases = versions["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 3, "{versions}");
+    let cause = releases[2]["cause"].as_str().unwrap();
+    assert!(cause.starts_with("auto-revert of version 2"), "{cause}");
+    assert!(cause.contains("exited"), "the evidence is named: {cause}");
+    assert_eq!(
+        releases[2]["spec"]["command"],
+        releases[0]["spec"]["command"]
+    );
+    assert!(
+        wait_until(LONG, || running_versions(&c)
+            .is_some_and(|v| v.iter().all(|&v| v == 1 || v == 3))),
+        "copies are back on version 1's spec\n{}",
+        diag(&c)
+    );
+    // The canary alone ran the bad version: three copies were never touched.
+    let untouched = web_tasks(&c)
+        .iter()
+        .filter(|t| t["version"] == 1 && t["epoch"] == 1)
+        .count();
+    assert_eq!(untouched, 3, "{}", diag(&c));
+
+    // A good version rolls out in waves to every copy.
+    let good = web("{exe}", "[\"workload\", \"sleep\", \"--every\", \"30\"]", 1);
+    c.submit(&good).expect("submit version 4");
+    assert!(
+        wait_until(LONG, || rollout(&c)["to"] == 4
+            && rollout(&c)["phase"] == "succeeded"),
+        "the good version did not roll out\n{}",
+        diag(&c)
+    );
+    assert_eq!(running_versions(&c), Some(vec![4; 4]), "{}", diag(&c));
+
+    // History, diff and a revert by hand through the CLI.
+    let (ok, out) = cli(&c, &["job", "history", "web"]);
+    assert!(
+        ok && out.contains("auto-revert of version 2") && out.contains("4 *"),
+        "{out}"
+    );
+    let (ok, out) = cli(&c, &["job", "diff", "web", "1", "4"]);
+    assert!(
+        ok && out.contains("args") && out.contains("\"30\""),
+        "{out}"
+    );
+    let (ok, out) = cli(&c, &["job", "diff", "web", "9"]);
+    assert!(!ok && out.contains("no version 9"), "{out}");
+    let (ok, out) = cli(&c, &["job", "revert", "web", "1"]);
+    assert!(ok && out.contains("version 5"), "{out}");
+    assert!(
+        wait_until(LONG, || running_versions(&c) == Some(vec![5; 4])),
+        "the revert did not reach every copy\n{}",
+        diag(&c)
+    );
+    let (ok, out) = cli(&c, &["rollout", "status", "web"]);
+    assert!(
+        ok && out.contains("revert of web") && out.contains("succeeded"),
+        "{out}"
+    );
+}
