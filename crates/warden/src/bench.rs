@@ -278,6 +278,10 @@ pub enum BenchCommand {
         /// Kinds of bad version.
         #[arg(long, value_delimiter = ',', default_value = "crash,health,late")]
         kind: Vec<crate::bench_rollout::BadKind>,
+        /// Instead: a good version rolled out over three servers on etcd, the leader killed
+        /// in the middle (needs the `etcd` feature): resumption time, each copy replaced once.
+        #[arg(long)]
+        leader_kill: bool,
     },
     /// Traffic removal with a real HAProxy: failed requests during an agent host crash (kill
     /// -9 or SIGSTOP of the agent and its tasks), HAProxy's own health checks alone (`inter 2s
@@ -507,7 +511,17 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             agents,
             reps,
             kind,
-        } => crate::bench_rollout::run((*copies).max(1), (*agents).max(1), (*reps).max(1), kind),
+            leader_kill,
+        } => {
+            let (copies, agents, reps) = ((*copies).max(1), (*agents).max(1), (*reps).max(1));
+            if *leader_kill {
+                #[cfg(feature = "etcd")]
+                return crate::bench_rollout::leader_kill(copies, agents, reps);
+                #[cfg(not(feature = "etcd"))]
+                anyhow::bail!("--leader-kill needs a build with `--features etcd`");
+            }
+            crate::bench_rollout::run(copies, agents, reps, kind)
+        }
         BenchCommand::Traffic { reps, rate, window } => {
             let settings = warden_chaos::traffic::Settings {
                 reps: (*reps).max(1),
