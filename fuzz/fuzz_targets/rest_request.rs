@@ -105,6 +105,8 @@ fuzz_target!(|data: &[u8]| {
 
     let cp = ControlPlane::new(Arc::new(MemStore::new()), ControllerConfig::default())
         .expect("control plane");
+    // Its loop runs: a submission is stored by its ordered writer.
+    let (stop, running) = cp.run_on(runtime().handle());
     let api: Arc<dyn ControlApi> = cp;
     let router = router_with_config(
         api.clone(),
@@ -126,6 +128,8 @@ fuzz_target!(|data: &[u8]| {
             .unwrap_or_default();
         (status, String::from_utf8_lossy(&bytes).into_owned())
     });
+    stop.cancel();
+    let _ = runtime().block_on(running);
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
     let public = matches!(method, Method::GET | Method::HEAD) && uri_path == "/healthz";
     if token.is_none() && !public {

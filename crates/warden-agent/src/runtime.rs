@@ -899,7 +899,9 @@ fn broadcast(links: &[Link], m: &v1::AgentMessage) {
     }
 }
 
-/// What a link tells the runtime.
+/// What a link tells the runtime. Most events are server messages, the large variant: boxing
+/// it would cost an allocation per message for no saving.
+#[allow(clippy::large_enum_variant)]
 enum LinkEvent {
     /// A session is open; `out` is its outbound queue.
     Up {
@@ -1176,6 +1178,60 @@ pub fn fencing_broken_for_tests() -> bool {
     cfg!(debug_assertions) && std::env::var(BREAK_FENCING_ENV).is_ok_and(|v| v == "1")
 }
 
+/// Write a copy's configuration files into `<data>/config/<job>.<index>@<epoch>/` (readable by
+/// the task's user, written atomically file by file) and remove the directories of the slot's
+/// older copies; `None` (and nothing written) for a copy without files. Paths are checked again
+/// here: the agent writes only below the directory.
+fn write_config(
+    data_dir: &std::path::Path,
+    task: &TaskId,
+    epoch: FencingToken,
+    files: &[v1::ConfigFile],
+) -> Result<Option<std::path::PathBuf>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = data_dir.join("config");
+    let prefix = format!("{}.{}@", task.job, task.index);
+    let dir = root.join(format!("{prefix}{}", epoch.0));
+    let io =
+        |what: &str, p: &std::path::Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    for f in files {
+        if !warden_core::types::valid_config_path(&f.path) {
+            return Err(format!(
+                "config file path {:?} is not a relative path",
+                f.path
+            ));
+        }
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
+        }
+        let tmp = path.with_extension("warden-tmp");
+        std::fs::write(&tmp, f.content.as_bytes()).map_err(|e| io("write", &tmp, e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io("chmod", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+    }
+    if !files.is_empty() {
+        for d in [&root, &dir] {
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    // Older copies of this slot are replaced: their files go.
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(old) = name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+                && old < epoch.0
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok((!files.is_empty()).then_some(dir))
+}
+
 /// The task spec of an order, as this agent runs it: its environment (the job's, `PATH`, and
 /// for a service `WARDEN_HOST`/`WARDEN_PORT` — the port chosen once per copy), its health
 /// check and its user. Also returns the endpoint of a service copy. No state is opened.
@@ -1214,6 +1270,9 @@ fn spec_for(
         env.insert("WARDEN_HOST".into(), addr.ip().to_string());
         env.insert("WARDEN_PORT".into(), addr.port().to_string());
         endpoint = Some(addr);
+    }
+    if let Some(dir) = write_config(&cfg.data_dir, &task, epoch, &a.config)? {
+        env.insert("WARDEN_CONFIG_DIR".into(), dir.display().to_string());
     }
     // A user of the job's own (`--task-uids`).
     let run_as = match &cfg.task_uids {
@@ -1495,4 +1554,71 @@ fn report_event(
         &ev.task, ev.epoch, phase, healthy, endpoint, message, exit_code,
     );
     broadcast(links, &report);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str) -> v1::ConfigFile {
+        v1::ConfigFile {
+            path: path.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn config_files_go_to_a_directory_per_copy_and_older_copies_lose_theirs() {
+        let data = tempfile::tempdir().unwrap();
+        let task = TaskId::new(JobName::new("web"), 3);
+        let one = write_config(
+            data.path(),
+            &task,
+            FencingToken(1),
+            &[file("app.toml", "level = 1\n"), file("conf.d/x.conf", "x")],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(one.join("app.toml")).unwrap(),
+            "level = 1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(one.join("conf.d/x.conf")).unwrap(),
+            "x"
+        );
+        // Another slot's directory is left alone.
+        let other = TaskId::new(JobName::new("web"), 30);
+        let kept = write_config(data.path(), &other, FencingToken(1), &[file("a", "b")])
+            .unwrap()
+            .unwrap();
+        let two = write_config(
+            data.path(),
+            &task,
+            FencingToken(2),
+            &[file("app.toml", "level = 2\n")],
+        )
+        .unwrap()
+        .unwrap();
+        assert_ne!(one, two);
+        assert_eq!(
+            std::fs::read_to_string(two.join("app.toml")).unwrap(),
+            "level = 2\n"
+        );
+        assert!(!one.exists(), "the older copy's files are removed");
+        assert!(kept.exists());
+        // Nothing is written outside the directory.
+        for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
+            let err = write_config(data.path(), &task, FencingToken(3), &[file(bad, "x")]);
+            assert!(err.is_err(), "{bad:?} accepted");
+        }
+        assert!(!data.path().join("escape").exists());
+        // A newer copy without files: none written, the older ones' removed.
+        assert_eq!(
+            write_config(data.path(), &task, FencingToken(4), &[]).unwrap(),
+            None
+        );
+        assert!(!two.exists());
+    }
 }

@@ -30,6 +30,7 @@ fn service(name: String, replicas: u32) -> JobSpec {
         service: None,
         state: None,
         update: None,
+        config: vec![],
     }
 }
 

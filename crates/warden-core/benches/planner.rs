@@ -38,6 +38,7 @@ fn fleet() -> (Desired, Observed) {
             service: None,
             state: None,
             update: None,
+            config: vec![],
         };
         let slots = (0..spec.desired_count())
             .map(|_| {

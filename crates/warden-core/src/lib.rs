@@ -71,6 +71,6 @@ pub mod types;
 pub use error::ConfigError;
 pub use time::Time;
 pub use types::{
-    AgentId, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Resources, ServicePort,
-    ServiceSpec, SignalKind, Signals, TaskId,
+    AgentId, ConfigFile, FencingToken, HealthCheck, JobKind, JobName, JobSpec, Resources,
+    ServicePort, ServiceSpec, SignalKind, Signals, TaskId,
 };

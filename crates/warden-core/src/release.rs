@@ -310,6 +310,7 @@ pub fn template_eq(a: &JobSpec, b: &JobSpec) -> bool {
         && a.health == b.health
         && a.service.as_ref().map(|s| s.port) == b.service.as_ref().map(|s| s.port)
         && a.state == b.state
+        && a.config == b.config
 }
 
 /// One field that differs between two specs, with both values in the spec's own notation
@@ -365,6 +366,7 @@ mod tests {
             service: None,
             state: None,
             update: None,
+            config: vec![],
         }
     }
 
@@ -384,6 +386,46 @@ mod tests {
         let r4 = JobReleases::with_release(Some(&r3), spec("a", 5), 4, "revert to 2".into(), 10);
         assert_eq!(r4.current().map(|r| (r.version, r.base)), Some((4, 1)));
         assert!(r4.is_current(1) && r4.is_current(2) && !r4.is_current(3));
+    }
+
+    #[test]
+    fn a_config_file_is_part_of_the_template() {
+        let mut a = spec("a", 1);
+        let mut b = a.clone();
+        assert!(template_eq(&a, &b));
+        b.config.push(crate::ConfigFile {
+            path: "app.toml".into(),
+            content: "x = 1".into(),
+        });
+        assert!(!template_eq(&a, &b), "a new file replaces copies");
+        a.config = b.config.clone();
+        a.config[0].content = "x = 2".into();
+        assert!(!template_eq(&a, &b), "a changed file replaces copies");
+    }
+
+    #[test]
+    fn config_files_are_checked_and_bounded() {
+        let with = |files: Vec<(&str, usize)>| {
+            let mut s = spec("a", 1);
+            s.config = files
+                .into_iter()
+                .map(|(p, n)| crate::ConfigFile {
+                    path: p.into(),
+                    content: "x".repeat(n),
+                })
+                .collect();
+            s.validate()
+        };
+        assert!(with(vec![("app.toml", 10), ("conf.d/b.conf", 10)]).is_ok());
+        for bad in ["/etc/x", "../x", "a/./b", "a//b", ""] {
+            let e = with(vec![(bad, 1)]).unwrap_err();
+            assert_eq!(e.field, "config[0].path", "{bad:?}");
+        }
+        let e = with(vec![("a", 1), ("a", 1)]).unwrap_err();
+        assert!(e.reason.contains("twice"), "{e}");
+        let e = with(vec![("a", crate::types::MAX_CONFIG_BYTES), ("b", 1)]).unwrap_err();
+        assert_eq!(e.field, "config");
+        assert!(e.reason.contains("more than"), "{e}");
     }
 
     #[test]

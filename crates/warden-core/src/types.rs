@@ -329,6 +329,38 @@ pub struct JobSpec {
     /// the defaults of [`crate::release::UpdateSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<crate::release::UpdateSpec>,
+    /// Configuration files written for each copy before it starts (`[[config]]`), in a
+    /// directory of its own named by `WARDEN_CONFIG_DIR`. Part of the version: a change of a
+    /// file rolls out and rolls back like a change of the binary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<ConfigFile>,
+}
+
+/// One configuration file of a job (`[[config]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where, relative to the copy's config directory (`app.toml`, `conf.d/limits.conf`).
+    pub path: String,
+    /// The file's text (`warden job run` reads `file = "..."` entries into it).
+    pub content: String,
+}
+
+/// Most configuration files per job.
+pub const MAX_CONFIG_FILES: usize = 64;
+/// Most bytes of configuration per job, all files together.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Whether `path` is a safe relative file path for a config file: no root, no `..`, no empty
+/// or `.` component, no NUL, at most 255 bytes.
+pub fn valid_config_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 255
+        && !path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Which port a service instance listens on.
@@ -550,6 +582,45 @@ impl JobSpec {
         if let Some(update) = &self.update {
             update.validate(self.desired_count())?;
         }
+        if self.config.len() > MAX_CONFIG_FILES {
+            return Err(ConfigError::new(
+                "config",
+                format!(
+                    "{} files; a job may carry at most {MAX_CONFIG_FILES}",
+                    self.config.len()
+                ),
+            ));
+        }
+        let mut total = 0usize;
+        let mut paths = std::collections::BTreeSet::new();
+        for (i, f) in self.config.iter().enumerate() {
+            if !valid_config_path(&f.path) {
+                return Err(ConfigError::new(
+                    format!("config[{i}].path"),
+                    format!(
+                        "{:?} is not a relative file path (no leading '/', no '..' or '.' \
+                         parts, at most 255 bytes)",
+                        f.path
+                    ),
+                ));
+            }
+            if !paths.insert(f.path.as_str()) {
+                return Err(ConfigError::new(
+                    format!("config[{i}].path"),
+                    format!("{:?} is written twice", f.path),
+                ));
+            }
+            total += f.content.len();
+        }
+        if total > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new(
+                "config",
+                format!(
+                    "the config files total {total} bytes, more than the {MAX_CONFIG_BYTES} a job \
+                     may carry; ship large data with the program, not in the job"
+                ),
+            ));
+        }
         if let Some(state) = &self.state {
             if self.kind != JobKind::Singleton {
                 return Err(ConfigError::new(
@@ -705,6 +776,7 @@ mod tests {
             service: None,
             state: None,
             update: None,
+            config: vec![],
         }
     }
 

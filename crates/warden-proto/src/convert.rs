@@ -270,6 +270,14 @@ impl From<&Assignment> for v1::Assign {
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok())
                 .unwrap_or_default(),
+            config: a
+                .config
+                .iter()
+                .map(|f| v1::ConfigFile {
+                    path: f.path.clone(),
+                    content: f.content.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -370,6 +378,14 @@ impl TryFrom<&v1::Assign> for Assignment {
             service,
             state,
             replica,
+            config: a
+                .config
+                .iter()
+                .map(|f| warden_core::ConfigFile {
+                    path: f.path.clone(),
+                    content: f.content.clone(),
+                })
+                .collect(),
         })
     }
 }
@@ -451,6 +467,7 @@ mod tests {
                 standbys: Vec::new(),
                 sealed: false,
             }),
+            config: vec![],
         };
         let wire = v1::Assign::from(&a);
         assert_eq!(Assignment::try_from(&wire).unwrap(), a);

@@ -659,6 +659,16 @@ impl ControlPlane {
         lock(&self.state).ctrl.registry().clone()
     }
 
+    /// [`ControlPlane::run`] spawned on `rt`: returns the token that stops it and its task.
+    pub fn run_on(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let task = rt.spawn(self.clone().run(cancel.clone()));
+        (cancel, task)
+    }
+
     /// Run the control loop until `cancel` fires: ticks, the store writer, probe rounds and
     /// store reads. Call once.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {

@@ -189,6 +189,7 @@ pub fn job(name: &str, replicas: u32) -> JobSpec {
         service: None,
         state: None,
         update: None,
+        config: vec![],
     }
 }
 

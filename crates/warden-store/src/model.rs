@@ -145,6 +145,7 @@ impl CasOutcome {
 /// committed or none. A batch may therefore touch each key at most once (a task slot, a job,
 /// a job's releases, a recovery); [`StoreError::Invalid`] otherwise.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // batches are short-lived and few; a job spec is the payload
 pub enum WriteOp {
     /// Create or replace a job.
     PutJob(JobSpec),

@@ -39,6 +39,7 @@ fn job(i: u64) -> JobSpec {
         service: None,
         state: None,
         update: None,
+        config: vec![],
     }
 }
 

@@ -317,13 +317,7 @@ pub fn job(cmd: &JobCommand, opts: &ApiOpts) -> Result<()> {
             crate::release_cmd::revert(&client, opts, name, *target)?;
         }
         JobCommand::Run { file } => {
-            let body =
-                std::fs::read(file).with_context(|| format!("read job file {}", file.display()))?;
-            let ct = if file.extension().is_some_and(|e| e == "json") {
-                "application/json"
-            } else {
-                "application/toml"
-            };
+            let (body, ct) = crate::release_cmd::job_body(file)?;
             let v = client
                 .request("POST", "/v1/jobs", Some(ct), &body)?
                 .json()?;

@@ -142,14 +142,50 @@ fn print_changes(changes: &[warden_core::release::FieldChange]) {
     print!("{}", table(&["FIELD", "BEFORE", "AFTER"], &rows));
 }
 
+/// A job file as the server takes it, with its content type: a TOML file's `[[config]]`
+/// entries that name a `file` (relative to the job file) get that file's text as `content`.
+pub fn job_body(file: &Path) -> Result<(Vec<u8>, &'static str)> {
+    let body = std::fs::read(file).with_context(|| format!("read job file {}", file.display()))?;
+    if file.extension().is_some_and(|e| e == "json") {
+        return Ok((body, "application/json"));
+    }
+    let text =
+        String::from_utf8(body).with_context(|| format!("{} is not UTF-8", file.display()))?;
+    let mut doc: toml::Table = match toml::from_str(&text) {
+        Ok(doc) => doc,
+        // The server names the error in the spec.
+        Err(_) => return Ok((text.into_bytes(), "application/toml")),
+    };
+    let Some(toml::Value::Array(configs)) = doc.get_mut("config") else {
+        return Ok((text.into_bytes(), "application/toml"));
+    };
+    let base = file.parent().unwrap_or_else(|| Path::new("."));
+    let mut changed = false;
+    for (i, c) in configs.iter_mut().enumerate() {
+        let Some(table) = c.as_table_mut() else {
+            continue;
+        };
+        let Some(toml::Value::String(name)) = table.remove("file") else {
+            continue;
+        };
+        if table.contains_key("content") {
+            bail!("config[{i}] has both `file` and `content`; keep one");
+        }
+        let path = base.join(&name);
+        let content = std::fs::read_to_string(&path)
+            .with_context(|| format!("config[{i}].file: read {}", path.display()))?;
+        table.insert("content".into(), toml::Value::String(content));
+        changed = true;
+    }
+    if !changed {
+        return Ok((text.into_bytes(), "application/toml"));
+    }
+    Ok((toml::to_string(&doc)?.into_bytes(), "application/toml"))
+}
+
 /// `warden job plan FILE`
 pub fn plan(client: &warden_client::Client, opts: &ApiOpts, file: &Path) -> Result<()> {
-    let body = std::fs::read(file).with_context(|| format!("read job file {}", file.display()))?;
-    let ct = if file.extension().is_some_and(|e| e == "json") {
-        "application/json"
-    } else {
-        "application/toml"
-    };
+    let (body, ct) = job_body(file)?;
     let v = client
         .request("POST", "/v1/jobs/plan", Some(ct), &body)?
         .json()?;

@@ -136,8 +136,11 @@ fn a_crashing_version_is_reverted_and_a_good_one_rolls_out_in_waves() {
         .count();
     assert_eq!(untouched, 3, "{}", diag(&c));
 
-    // A good version rolls out in waves to every copy.
-    let good = web("{exe}", "[\"workload\", \"sleep\", \"--every\", \"30\"]", 1);
+    // A good version, with a config file, rolls out in waves to every copy.
+    let good = format!(
+        "{}[[config]]\npath = \"conf.d/app.conf\"\ncontent = \"level = debug\\n\"\n",
+        web("{exe}", "[\"workload\", \"sleep\", \"--every\", \"30\"]", 1)
+    );
     c.submit(&good).expect("submit version 4");
     assert!(
         wait_until(LONG, || rollout(&c)["to"] == 4
@@ -146,6 +149,25 @@ fn a_crashing_version_is_reverted_and_a_good_one_rolls_out_in_waves() {
         diag(&c)
     );
     assert_eq!(running_versions(&c), Some(vec![4; 4]), "{}", diag(&c));
+    // Each copy finds its file where WARDEN_CONFIG_DIR says (read from the task's own
+    // environment in /proc).
+    let procs = c.task_procs();
+    let web_procs: Vec<_> = procs
+        .iter()
+        .filter(|p| p.task.starts_with("web/"))
+        .collect();
+    assert_eq!(web_procs.len(), 4, "{procs:?}");
+    for p in web_procs {
+        let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap();
+        let dir = environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix("WARDEN_CONFIG_DIR="))
+            .unwrap_or_else(|| panic!("{} has no WARDEN_CONFIG_DIR", p.task))
+            .to_string();
+        let text = std::fs::read_to_string(format!("{dir}/conf.d/app.conf")).unwrap();
+        assert_eq!(text, "level = debug\n", "{}", p.task);
+    }
 
     // History, diff and a revert by hand through the CLI.
     let (ok, out) = cli(&c, &["job", "history", "web"]);

@@ -821,6 +821,7 @@ impl Controller {
                 service: spec.service.as_ref().map(|s| s.port),
                 state: spec.state,
                 replica: self.replica_order(task),
+                config: spec.config.clone(),
             })),
         });
     }

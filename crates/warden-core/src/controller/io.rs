@@ -439,6 +439,8 @@ pub struct Assignment {
     pub state: Option<crate::state::StateSpec>,
     /// The copy's role in that state, when the job keeps standbys.
     pub replica: Option<crate::state::ReplicaOrder>,
+    /// Configuration files to write before the copy starts.
+    pub config: Vec<crate::types::ConfigFile>,
 }
 
 /// A message for one agent.

@@ -34,6 +34,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
         service: None,
         state: None,
         update: None,
+        config: vec![],
     }
 }
 

@@ -25,6 +25,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
         service: None,
         state: None,
         update: None,
+        config: vec![],
     }
 }
 

@@ -259,6 +259,7 @@ fn jobs(cfg: &SimConfig) -> Vec<JobSpec> {
         service: None,
         state: None,
         update: None,
+        config: vec![],
     };
     let mut jobs: Vec<JobSpec> = (0..cfg.singletons)
         .map(|i| spec(format!("single-{i}"), JobKind::Singleton, 1))
