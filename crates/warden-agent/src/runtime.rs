@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use warden_core::controller::{CopyPhase, CopyReport};
 use warden_core::lifecycle::ProbeOutcome;
 use warden_core::{FencingToken, HealthCheck, JobName, Resources, TaskId};
@@ -1039,6 +1039,8 @@ async fn link_session(
         version: env!("CARGO_PKG_VERSION").to_string(),
         state_addr: p.state_addr.to_string(),
         reattach_window_ms: u64::try_from(p.reattach_window.as_millis()).unwrap_or(u64::MAX),
+        protocol_min: warden_proto::PROTOCOL_OLDEST,
+        protocol_max: warden_proto::PROTOCOL_NEWEST,
     };
     if tx
         .send(msg(agent_message::Msg::Hello(hello)))
@@ -1072,6 +1074,13 @@ async fn link_session(
         }))) => return LinkEnd::Rejoin(r.reason),
         other => return LinkEnd::Lost(format!("no welcome: {other:?}")),
     };
+    if let Err(e) = warden_proto::negotiate(
+        warden_proto::declared(welcome.protocol_min, welcome.protocol_max),
+        &format!("server {server}"),
+    ) {
+        error!(server, reason = %e, "no session protocol in common with this server");
+        return LinkEnd::Lost(e);
+    }
     let up = LinkEvent::Up {
         index: p.index,
         out: tx,

@@ -235,6 +235,8 @@ impl From<&Welcome> for v1::Welcome {
             heartbeat_interval_ms: ms(w.heartbeat_interval),
             session_deadline_ms: ms(w.session_deadline),
             accepts_running_as_of: w.accepts_unchanged,
+            protocol_min: crate::PROTOCOL_OLDEST,
+            protocol_max: crate::PROTOCOL_NEWEST,
         }
     }
 }

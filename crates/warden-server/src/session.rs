@@ -133,6 +133,21 @@ impl AgentSession for SessionService {
                 ));
             }
         };
+        // No revision of the session protocol in common: refused before anything else, with
+        // both ranges named (an old agent, declaring nothing, speaks revision 1).
+        let who = format!(
+            "agent {:?} (version {:?})",
+            hello.name.trim(),
+            hello.version
+        );
+        warden_proto::negotiate(
+            warden_proto::declared(hello.protocol_min, hello.protocol_max),
+            &who,
+        )
+        .map_err(|e| {
+            warn!(?remote, reason = %e, "agent session refused");
+            Status::unimplemented(e)
+        })?;
         let serial = peer.as_ref().and_then(|p| p.serial.clone());
         let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
         // The gate may record a one-time token's binding and admission may write the store

@@ -104,8 +104,18 @@ fn heartbeat(seq: u64) -> v1::AgentMessage {
     }))
 }
 
-/// Open a session as `name` and wait for its Welcome.
+/// Open a session as `name` and wait for its Welcome (an agent of the release before the
+/// protocol negotiation: its Hello declares no protocol revision).
 async fn open(addr: SocketAddr, name: &str) -> Result<Session, tonic::Status> {
+    open_speaking(addr, name, (0, 0)).await.map(|(s, _)| s)
+}
+
+/// Open a session as `name` declaring the protocol revisions `protocol`; returns the Welcome.
+async fn open_speaking(
+    addr: SocketAddr,
+    name: &str,
+    protocol: (u32, u32),
+) -> Result<(Session, v1::Welcome), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect()
@@ -126,14 +136,16 @@ async fn open(addr: SocketAddr, name: &str) -> Result<Session, tonic::Status> {
         version: "test".into(),
         state_addr: String::new(),
         reattach_window_ms: 0,
+        protocol_min: protocol.0,
+        protocol_max: protocol.1,
     })))
     .await
     .expect("queue Hello");
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     match inbound.message().await? {
         Some(v1::ServerMessage {
-            msg: Some(server_message::Msg::Welcome(_)),
-        }) => Ok(Session { tx, inbound }),
+            msg: Some(server_message::Msg::Welcome(w)),
+        }) => Ok((Session { tx, inbound }, w)),
         other => panic!("expected a Welcome, got {other:?}"),
     }
 }
@@ -303,4 +315,46 @@ async fn an_oversized_message_ends_only_its_own_session() {
     fine.tx.send(heartbeat(1)).await.expect("send");
     let acks = acks_for(&mut fine, Duration::from_secs(2)).await;
     assert_eq!(acks, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_old_and_new_are_welcomed_and_one_with_no_revision_in_common_is_refused() {
+    let server = TestServer::start(SessionLimits::default()).await;
+    // An agent of the previous release (no revisions declared) and a current one.
+    let (_old, w) = open_speaking(server.grpc, "old", (0, 0))
+        .await
+        .expect("old agent");
+    assert_eq!(
+        (w.protocol_min, w.protocol_max),
+        (warden_proto::PROTOCOL_OLDEST, warden_proto::PROTOCOL_NEWEST),
+        "the Welcome names the server's revisions"
+    );
+    let now = (warden_proto::PROTOCOL_OLDEST, warden_proto::PROTOCOL_NEWEST);
+    let (_new, _) = open_speaking(server.grpc, "new", now)
+        .await
+        .expect("current agent");
+    // A newer agent that still speaks this server's newest revision is welcomed too.
+    let later = (
+        warden_proto::PROTOCOL_NEWEST,
+        warden_proto::PROTOCOL_NEWEST + 3,
+    );
+    let (_later, _) = open_speaking(server.grpc, "later", later)
+        .await
+        .expect("newer agent");
+    // One from far in the future is refused, naming both ranges.
+    let future = (
+        warden_proto::PROTOCOL_NEWEST + 5,
+        warden_proto::PROTOCOL_NEWEST + 6,
+    );
+    let Err(refused) = open_speaking(server.grpc, "future", future).await else {
+        panic!("an agent with no revision in common was welcomed");
+    };
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let m = refused.message();
+    assert!(m.contains("agent \"future\""), "{m}");
+    assert!(
+        m.contains(&format!("{}-{}", future.0, future.1))
+            && m.contains(&format!("{}-{}", now.0, now.1)),
+        "{m}"
+    );
 }

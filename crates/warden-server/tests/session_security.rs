@@ -193,6 +193,8 @@ fn hello(name: &str, generation: u64) -> Msg {
         version: "test".into(),
         state_addr: String::new(),
         reattach_window_ms: 0,
+        protocol_max: 0,
+        protocol_min: 0,
     })
 }
 

@@ -422,6 +422,8 @@ async fn agent(
         version: "sim".into(),
         state_addr: String::new(),
         reattach_window_ms: 0,
+        protocol_max: 0,
+        protocol_min: 0,
     })))
     .await?;
     let Ok(opened) = client.session(ReceiverStream::new(rx)).await else {

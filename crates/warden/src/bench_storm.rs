@@ -341,6 +341,8 @@ fn hello(name: String) -> v1::AgentMessage {
             version: "bench".into(),
             state_addr: String::new(),
             reattach_window_ms: 0,
+            protocol_max: 0,
+            protocol_min: 0,
         })),
     }
 }
