@@ -106,6 +106,10 @@ pub enum FaultKind {
     Drop(f64),
     /// The server process dies and starts again when the fault ends, from the store.
     ServerRestart,
+    /// An operator submits a new version of every job (new arguments): its copies are
+    /// replaced in waves while the other faults go on. Not a fault of the fleet, but the
+    /// change most outages follow, so it is scheduled like one.
+    Update,
 }
 
 /// A fault: what, on which host, from when, for how long.
@@ -181,6 +185,20 @@ impl Schedule {
                 });
             }
         }
+        // Half the schedules also roll a new version out at some point (drawn from a stream
+        // of its own, so that the faults above are those of the same seed before rollouts).
+        let mut updates = Rng::stream(seed, 1);
+        if last > first && updates.below(2) == 0 {
+            let at = Duration::from_millis(
+                updates.range_u64(first.as_millis() as u64, last.as_millis() as u64),
+            );
+            faults.push(Fault {
+                at,
+                host: 0,
+                kind: FaultKind::Update,
+                length: Duration::from_millis(1),
+            });
+        }
         faults.sort_by_key(|f| f.at);
         Schedule { seed, faults }
     }
@@ -192,6 +210,7 @@ impl fmt::Display for Schedule {
         for x in &self.faults {
             let what = match x.kind {
                 FaultKind::Kill => format!("kill agent-{}", x.host),
+                FaultKind::Update => "a new version of every job".to_string(),
                 FaultKind::Pause => format!("pause agent-{}", x.host),
                 FaultKind::Cut => format!("cut agent-{}", x.host),
                 FaultKind::CutDown => format!("cut server→agent-{}", x.host),
@@ -281,6 +300,10 @@ pub struct Report {
     pub fenced: u32,
     /// Times the mass-failure brake engaged.
     pub brakes: u32,
+    /// New job versions submitted (each rolled out over its job's copies).
+    pub updates: u32,
+    /// Rollouts still under way at the end of the run.
+    pub rollouts_unfinished: u32,
     /// Every broken promise (empty on a good run).
     pub violations: Vec<Violation>,
 }
@@ -316,6 +339,10 @@ pub struct Summary {
     pub fenced: u64,
     /// Brake engagements over all runs.
     pub brakes: u64,
+    /// New job versions submitted over all runs.
+    pub updates: u64,
+    /// Runs that ended with a rollout still under way.
+    pub rollouts_unfinished: u64,
 }
 
 /// Run the schedules of seeds `first..first + count`.
@@ -329,6 +356,8 @@ pub fn run_many(first: u64, count: u64, cfg: &SimConfig) -> Summary {
         s.replacements += u64::from(r.replacements);
         s.fenced += u64::from(r.fenced);
         s.brakes += u64::from(r.brakes);
+        s.updates += u64::from(r.updates);
+        s.rollouts_unfinished += u64::from(r.rollouts_unfinished > 0);
         if let Some(v) = r.violations.into_iter().next() {
             s.failed.push((seed, v));
         }

@@ -64,6 +64,7 @@ fn every_fault_kind_alone_is_survived_on_every_host() {
         FaultKind::Delay(Duration::from_millis(1500)),
         FaultKind::Drop(0.5),
         FaultKind::ServerRestart,
+        FaultKind::Update,
     ];
     let mut moved = 0;
     for kind in kinds {
@@ -104,11 +105,12 @@ fn seeded_schedules_keep_at_most_one_and_lose_no_work() {
         .map(|(seed, v)| format!("{}\n  {v}", Schedule::generate(*seed, &cfg)))
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-    // The schedules did exercise recovery.
+    // The schedules did exercise recovery, and rollouts under faults.
     assert!(
-        s.declared_failed > 0 && s.replacements > 0 && s.fenced > 0,
+        s.declared_failed > 0 && s.replacements > 0 && s.fenced > 0 && s.updates > 0,
         "{s:?}"
     );
+    assert_eq!(s.rollouts_unfinished, 0, "every rollout ended by the settle phase: {s:?}");
 }
 
 #[test]
@@ -162,7 +164,12 @@ fn schedules_stay_inside_the_safety_phase() {
     let cfg = SimConfig::default();
     for seed in 0..500 {
         let s = Schedule::generate(seed, &cfg);
-        assert!(!s.faults.is_empty() && s.faults.len() <= cfg.max_faults);
+        let faults = s
+            .faults
+            .iter()
+            .filter(|f| f.kind != FaultKind::Update)
+            .count();
+        assert!(faults >= 1 && faults <= cfg.max_faults, "{s}");
         for f in &s.faults {
             assert!(f.at >= Duration::from_secs(3), "{s}");
             assert!(f.at + f.length <= cfg.chaos, "{s}");
@@ -180,5 +187,34 @@ fn the_schedules_that_found_bugs_stay_fixed() {
     let cfg = SimConfig::default();
     for seed in [629, 2070, 3700] {
         assert_clean(&Schedule::generate(seed, &cfg), &cfg);
+    }
+}
+
+#[test]
+fn a_rollout_during_a_kill_or_a_server_restart_keeps_at_most_one_and_finishes() {
+    let cfg = SimConfig {
+        chaos: Duration::from_secs(15),
+        ..SimConfig::default()
+    };
+    for (kind, length) in [
+        (FaultKind::Kill, 6_000),
+        (FaultKind::ServerRestart, 2_000),
+        (FaultKind::Cut, 5_000),
+    ] {
+        for host in 0..cfg.agents {
+            let mut schedule = one(kind, host, 5_000, length);
+            schedule.faults.insert(
+                0,
+                Fault {
+                    at: Duration::from_millis(4_000),
+                    host: 0,
+                    kind: FaultKind::Update,
+                    length: Duration::from_millis(1),
+                },
+            );
+            let r = assert_clean(&schedule, &cfg);
+            assert!(r.updates > 0, "{r:?}");
+            assert_eq!(r.rollouts_unfinished, 0, "{kind:?} on host {host}: {r:?}");
+        }
     }
 }

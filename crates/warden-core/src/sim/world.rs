@@ -370,6 +370,15 @@ impl<'a> World<'a> {
             }
             self.handle(ev);
         }
+        if let Some(s) = self.server.as_ref() {
+            let unfinished = s
+                .ctrl
+                .desired()
+                .keys()
+                .filter(|j| s.ctrl.rollout_view(j).is_some_and(|v| v.phase.is_active()))
+                .count();
+            self.report.rollouts_unfinished = u32::try_from(unfinished).unwrap_or(u32::MAX);
+        }
         self.judge();
     }
 
@@ -1211,6 +1220,37 @@ impl<'a> World<'a> {
             ) => self.heal(host),
             (FaultKind::ServerRestart, true) => self.stop_server(),
             (FaultKind::ServerRestart, false) => self.start_server(),
+            (FaultKind::Update, true) => self.update_jobs(),
+            (FaultKind::Update, false) => {}
+        }
+    }
+
+    /// An operator submits a new version of every job, rolled out two copies at a time.
+    fn update_jobs(&mut self) {
+        let Some(s) = self.server.as_ref() else {
+            return; // the server is down: the operator's request fails
+        };
+        let specs: Vec<JobSpec> = s.ctrl.desired().values().cloned().collect();
+        for mut spec in specs {
+            spec.args.push(format!("v{}", self.now.as_nanos()));
+            spec.update = Some(crate::release::UpdateSpec {
+                max_parallel: 2,
+                min_healthy_time: Duration::from_millis(500),
+                ..crate::release::UpdateSpec::default()
+            });
+            let accepted = self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.ctrl.check_submit(&spec, self.now).is_ok());
+            if accepted {
+                self.report.updates += 1;
+                self.step(Input::Submit {
+                    spec: Box::new(spec),
+                    unix_ms: 0,
+                    cause: "sim".into(),
+                    revert: false,
+                });
+            }
         }
     }
 
