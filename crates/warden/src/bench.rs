@@ -283,6 +283,20 @@ pub enum BenchCommand {
         #[arg(long)]
         leader_kill: bool,
     },
+    /// Failed requests through a real HAProxy while a bad version (crashing 3 s after it
+    /// starts) rolls out over 10 copies: Warden's rollout (a canary, checks, automatic
+    /// revert) against replacing every copy at once with nothing put back (needs haproxy).
+    RolloutTraffic {
+        /// Repetitions per strategy (a fresh cluster and HAProxy each).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Requests per second through HAProxy.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Seconds after the submission whose requests are counted.
+        #[arg(long, default_value_t = 20)]
+        window: u64,
+    },
     /// Traffic removal with a real HAProxy: failed requests during an agent host crash (kill
     /// -9 or SIGSTOP of the agent and its tasks), HAProxy's own health checks alone (`inter 2s
     /// fall 3`) against Warden's HAProxy adapter, and the time from the crash to the removal.
@@ -521,6 +535,38 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 anyhow::bail!("--leader-kill needs a build with `--features etcd`");
             }
             crate::bench_rollout::run(copies, agents, reps, kind)
+        }
+        BenchCommand::RolloutTraffic { reps, rate, window } => {
+            let exe = std::env::current_exe()?;
+            let samples = warden_chaos::rollout_traffic::run(
+                &exe,
+                (*reps).max(1),
+                (*rate).max(1),
+                std::time::Duration::from_secs((*window).max(1)),
+                |s| {
+                    eprintln!(
+                        "  {:?}: {} of {} requests failed; {} copies ran the bad version",
+                        s.strategy, s.failed, s.sent, s.bad_copies
+                    );
+                },
+            )?;
+            for strategy in [
+                warden_chaos::rollout_traffic::Strategy::Checked,
+                warden_chaos::rollout_traffic::Strategy::Plain,
+            ] {
+                let mine: Vec<_> = samples.iter().filter(|s| s.strategy == strategy).collect();
+                let failed: usize = mine.iter().map(|s| s.failed).sum();
+                let sent: usize = mine.iter().map(|s| s.sent).sum();
+                let bad: usize = mine.iter().map(|s| s.bad_copies).sum();
+                println!(
+                    "{strategy:?}: {} reps, failed requests {failed} of {sent} ({:.2} %), mean {:.1} per rep; {:.1} copies ran the bad version per rep",
+                    mine.len(),
+                    100.0 * failed as f64 / sent.max(1) as f64,
+                    failed as f64 / mine.len().max(1) as f64,
+                    bad as f64 / mine.len().max(1) as f64
+                );
+            }
+            Ok(())
         }
         BenchCommand::Traffic { reps, rate, window } => {
             let settings = warden_chaos::traffic::Settings {

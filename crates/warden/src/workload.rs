@@ -62,6 +62,10 @@ pub enum Workload {
         /// Port; default WARDEN_PORT, else 8080.
         #[arg(long)]
         port: Option<u16>,
+        /// Exit with status 3 this long after starting (a bad version that crashes under
+        /// traffic; `warden bench rollout-traffic`).
+        #[arg(long)]
+        exit_after_ms: Option<u64>,
     },
 }
 
@@ -128,7 +132,17 @@ pub fn run(w: &Workload) -> Result<()> {
             key,
             count,
         } => counter(*every_ms, key, *count),
-        Workload::Http { port } => {
+        Workload::Http {
+            port,
+            exit_after_ms,
+        } => {
+            if let Some(ms) = *exit_after_ms {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    eprintln!("exiting with status 3 after {ms} ms, as asked");
+                    std::process::exit(3);
+                });
+            }
             let port = port
                 .or_else(|| {
                     std::env::var("WARDEN_PORT")

@@ -110,7 +110,10 @@ fn seeded_schedules_keep_at_most_one_and_lose_no_work() {
         s.declared_failed > 0 && s.replacements > 0 && s.fenced > 0 && s.updates > 0,
         "{s:?}"
     );
-    assert_eq!(s.rollouts_unfinished, 0, "every rollout ended by the settle phase: {s:?}");
+    assert_eq!(
+        s.rollouts_unfinished, 0,
+        "every rollout ended by the settle phase: {s:?}"
+    );
 }
 
 #[test]
