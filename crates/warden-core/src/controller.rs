@@ -525,6 +525,11 @@ impl Controller {
         if !self.desired.contains_key(&job) {
             return Err(Refusal::NotFound(format!("no job named {name:?}")));
         }
+        if self.pending_releases.contains_key(&job) {
+            return Err(Refusal::Busy(format!(
+                "a change of job {name} is being stored; retry in a moment"
+            )));
+        }
         Ok(job)
     }
 

@@ -348,8 +348,9 @@ pub struct ConfigFile {
 
 /// Most configuration files per job.
 pub const MAX_CONFIG_FILES: usize = 64;
-/// Most bytes of configuration per job, all files together.
-pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// Most bytes of configuration per job, all files together (64 KiB: a job's last ten
+/// versions are stored in one record, which must stay well under etcd's 1.5 MiB requests).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 /// Whether `path` is a safe relative file path for a config file: no root, no `..`, no empty
 /// or `.` component, no NUL, at most 255 bytes.

@@ -339,32 +339,41 @@ impl ControlPlane {
                 revert,
             };
             let cmds = st.ctrl.step(input, now);
-            let id = cmds.iter().find_map(|c| match c {
-                Command::Persist(warden_core::controller::Write::Release { id, .. }) => Some(*id),
+            let asked = cmds.iter().find_map(|c| match c {
+                Command::Persist(warden_core::controller::Write::Release {
+                    id, releases, ..
+                }) if releases.job == job => {
+                    Some((*id, releases.current().map_or(0, |r| r.version)))
+                }
                 _ => None,
             });
-            let Some(id) = id else {
-                return Err(SubmitError::Refused(Refusal::Unavailable(
-                    "the job could not be stored now (leadership changing); retry".into(),
-                )));
+            let Some((id, version)) = asked else {
+                self.execute(&mut st, cmds);
+                return Err(SubmitError::Refused(if st.ctrl.term_now(now).is_some() {
+                    Refusal::Busy(format!(
+                        "another change of job {job} is being stored; retry in a moment"
+                    ))
+                } else {
+                    Refusal::Unavailable("leadership is changing; retry".into())
+                }));
             };
             let (tx, rx) = std::sync::mpsc::channel();
             st.release_waiters.insert(id, tx);
             self.execute(&mut st, cmds);
-            rx
+            (rx, id, version)
         };
+        let (rx, id, version) = rx;
         match rx.recv_timeout(SUBMIT_TIMEOUT) {
-            Ok(WriteOutcome::Applied) => Ok(lock(&self.state)
-                .ctrl
-                .releases(&job)
-                .and_then(|r| r.current())
-                .map_or(0, |r| r.version)),
+            Ok(WriteOutcome::Applied) => Ok(version),
             Ok(WriteOutcome::Failed(e)) => Err(SubmitError::Store(e)),
             Ok(WriteOutcome::Conflict { .. }) => Err(SubmitError::Store("conflict".into())),
-            Err(_) => Err(SubmitError::Refused(Refusal::Unavailable(format!(
-                "the store did not answer within {} s; the job may be stored later",
-                SUBMIT_TIMEOUT.as_secs()
-            )))),
+            Err(_) => {
+                lock(&self.state).release_waiters.remove(&id);
+                Err(SubmitError::Refused(Refusal::Unavailable(format!(
+                    "the store did not answer within {} s; the job may be stored later",
+                    SUBMIT_TIMEOUT.as_secs()
+                ))))
+            }
         }
     }
 

@@ -282,6 +282,13 @@ pub enum BenchCommand {
         /// in the middle (needs the `etcd` feature): resumption time, each copy replaced once.
         #[arg(long)]
         leader_kill: bool,
+        /// Instead: this many A/A rollouts (versions that differ in nothing that matters) over
+        /// a slow, jittery network, counting false aborts.
+        #[arg(long)]
+        aa: Option<usize>,
+        /// With --aa: delay every agent's session by this many ms (and as much jitter).
+        #[arg(long, default_value_t = 100)]
+        delay_ms: u64,
     },
     /// Failed requests through a real HAProxy while a bad version (crashing 3 s after it
     /// starts) rolls out over 10 copies: Warden's rollout (a canary, checks, automatic
@@ -526,8 +533,14 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             reps,
             kind,
             leader_kill,
+            aa,
+            delay_ms,
         } => {
             let (copies, agents, reps) = ((*copies).max(1), (*agents).max(1), (*reps).max(1));
+            if let Some(n) = aa {
+                let d = std::time::Duration::from_millis(*delay_ms);
+                return crate::bench_rollout::aa(copies.min(12), agents, (*n).max(1), d, d);
+            }
             if *leader_kill {
                 #[cfg(feature = "etcd")]
                 return crate::bench_rollout::leader_kill(copies, agents, reps);

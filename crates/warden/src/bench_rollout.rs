@@ -393,3 +393,100 @@ pub fn leader_kill(copies: u32, agents: usize, reps: usize) -> Result<()> {
     cluster.shutdown();
     Ok(())
 }
+
+/// `warden bench rollout --aa N`: N rollouts of versions that differ in nothing that matters
+/// (the same program, a different no-op argument) over a slow, jittery network — every agent
+/// reaches the server through a proxy adding `delay` ± `jitter` to everything it carries — and
+/// counts the aborts: each one is false.
+pub fn aa(
+    copies: u32,
+    agents: usize,
+    rollouts: usize,
+    delay: Duration,
+    jitter: Duration,
+) -> Result<()> {
+    use warden_chaos::proxy::Proxy;
+    let exe = std::env::current_exe()?;
+    let mut cluster = Cluster::start(&exe)?;
+    let mut proxies = Vec::new();
+    for i in 0..agents {
+        let proxy = Proxy::start(cluster.grpc_addr)?;
+        proxy.set_delay(delay, jitter, 17 + i as u64);
+        cluster.add_agent_via(&format!("agent-{}", i + 1), proxy.addr())?;
+        proxies.push(proxy);
+    }
+    let version = |n: usize| {
+        format!(
+            "name = \"web\"\nkind = \"service\"\nreplicas = {copies}\ncommand = \"{{exe}}\"\n\
+             args = [\"workload\", \"sleep\", \"--every\", \"{}\"]\n\
+             [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+             [health]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\ninterval = \"500ms\"\ntimeout = \"400ms\"\n\
+             [update]\nmax_parallel = 3\ncanary = 1\nauto_promote = true\nmin_healthy_time = \"1s\"\n\
+             healthy_deadline = \"30s\"\n",
+            600 + n
+        )
+    };
+    cluster.submit(&version(0))?;
+    if !wait_until(Duration::from_secs(90), || {
+        all_running_but(&cluster, copies as usize, 0)
+    }) {
+        bail!("the first version's {copies} copies did not start");
+    }
+    eprintln!(
+        "{rollouts} A/A rollouts over {copies} copies on {agents} agents, every session through \
+         a proxy adding {} ms ± {} ms",
+        delay.as_millis(),
+        jitter.as_millis()
+    );
+    let (mut ok, mut aborted, mut took) = (0usize, Vec::new(), Vec::new());
+    for n in 1..=rollouts {
+        let started = Instant::now();
+        cluster.submit(&version(n))?;
+        let target = current_version(&cluster)?;
+        let mut phase = String::new();
+        let ended = wait_until(Duration::from_secs(120), || {
+            let r = cluster
+                .client
+                .get("/v1/jobs/web/rollout")
+                .unwrap_or(Value::Null);
+            phase = r["phase"].as_str().unwrap_or_default().to_string();
+            r["to"].as_u64() >= Some(target)
+                && !matches!(phase.as_str(), "canary" | "awaiting_promotion" | "rolling")
+        });
+        if !ended {
+            bail!("A/A rollout {n} did not end within 120 s (phase {phase})");
+        }
+        let r = cluster.client.get("/v1/jobs/web/rollout")?;
+        if r["to"].as_u64() == Some(target) && r["phase"] == "succeeded" && r["revert"] == false {
+            ok += 1;
+            took.push(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        } else {
+            let why = cluster.client.get("/v1/jobs/web/versions")?["releases"]
+                .as_array()
+                .and_then(|r| r.last())
+                .map(|r| r["cause"].to_string())
+                .unwrap_or_default();
+            eprintln!("  A/A rollout {n} aborted: {why}");
+            aborted.push(n);
+            // Let the revert finish before the next one.
+            wait_until(Duration::from_secs(60), || {
+                all_running_but(&cluster, copies as usize, 0)
+            });
+        }
+        if n % 10 == 0 {
+            eprintln!("  {n} rollouts, {} aborted", aborted.len());
+        }
+    }
+    println!(
+        "A/A: {rollouts} rollouts over {copies} copies, network {} ms ± {} ms: {} false aborts ({:.1} %); {ok} succeeded in p50 {} ms, max {} ms",
+        delay.as_millis(),
+        jitter.as_millis(),
+        aborted.len(),
+        100.0 * aborted.len() as f64 / rollouts.max(1) as f64,
+        pct(&mut took.clone(), 0.5),
+        took.iter().max().copied().unwrap_or(0)
+    );
+    cluster.shutdown();
+    drop(proxies);
+    Ok(())
+}

@@ -190,6 +190,15 @@ impl Controller {
         // Without this the slot would look Running forever and never be started again. Only
         // the slots indexed on this generation are looked at.
         let reported = Reported::new(&copies);
+        // What this agent listed before: a copy being stopped that it listed and lists no
+        // more has stopped; one it never listed may not have started yet (its order still
+        // on the way), and is left to the agent's report.
+        let listed_before: FxHashSet<(TaskId, FencingToken)> = self
+            .observed
+            .agents
+            .get(who)
+            .map(|v| v.running.iter().cloned().collect())
+            .unwrap_or_default();
         let gone: Vec<(TaskId, FencingToken, SlotState)> = self
             .books
             .get(who)
@@ -198,9 +207,10 @@ impl Controller {
                     .iter()
                     .filter_map(|task| {
                         let t = self.slot(task)?;
-                        (matches!(t.state, SlotState::Running | SlotState::Stopping)
-                            && !reported.has(task, t.epoch))
-                        .then(|| (task.clone(), t.epoch, t.state))
+                        let stopped = t.state == SlotState::Stopping
+                            && listed_before.contains(&(task.clone(), t.epoch));
+                        ((t.state == SlotState::Running || stopped) && !reported.has(task, t.epoch))
+                            .then(|| (task.clone(), t.epoch, t.state))
                     })
                     .collect()
             })

@@ -92,6 +92,7 @@ impl Controller {
         self.in_sync_actions(&mut actions);
         self.switchover_actions(&mut actions, now, out);
         self.rollout_actions(&mut actions, &mut replan_at, now, out);
+        self.hold_pending_starts(&mut actions);
         if actions.is_empty() {
             self.standing_alarms.clear();
             self.replan_at = replan_at;
@@ -718,6 +719,7 @@ impl Controller {
         } else {
             self.draining.remove(&job);
             self.desired.remove(&job);
+            self.rollout_job_deleted(&job);
             format!("job {job} deleted; stopping its tasks")
         };
         self.dirty = true;

@@ -22,6 +22,8 @@ use super::{Controller, ms};
 
 /// How an agent's report of a failed health check begins (see `warden_agent::runtime`).
 const HEALTH_FAILING: &str = "health check failing";
+/// How an agent's report of a passing health check begins.
+const HEALTH_PASSING: &str = "health check passing";
 
 /// A rollout under way.
 #[derive(Clone, Debug)]
@@ -43,6 +45,9 @@ struct NewCopy {
     ordered_at: Option<Time>,
     healthy_since: Option<Time>,
     seen_running: bool,
+    /// For a job with a health check: a check of this copy passed (until then the agent's
+    /// `healthy` only means "not failed yet").
+    check_passed: bool,
     bad: Option<String>,
 }
 
@@ -53,8 +58,13 @@ pub(super) struct PendingRelease {
     spec: Option<JobSpec>,
     releases: JobReleases,
     outcome: SubmitOutcome,
-    /// The write failed: ask again at the next round.
+    /// The write failed: ask again at the next round (the controller's own writes only).
     retry: bool,
+    /// An operator's submission or revert: a failure is answered, not retried.
+    operator: bool,
+    /// Put the releases in force once written (a new version); a phase change is in force
+    /// already.
+    install: bool,
 }
 
 /// A rollout as the API shows it.
@@ -165,10 +175,13 @@ impl Controller {
                 "a change of job {job} is being stored; retry in a moment"
             )));
         }
-        // The live rollout, not the stored record: a deleted job's rollout ends with it.
+        // The live rollout, not the stored record: a deleted job's rollout ends with it. A
+        // revert under way may be replaced by a fix (it could be stuck: no room, or the old
+        // version failing too).
         if !revert
             && self.rollouts.contains_key(job)
             && let Some(r) = self.releases.get(job).and_then(JobReleases::active_rollout)
+            && !r.revert
         {
             return Err(Refusal::Busy(format!(
                 "job {job} is rolling out version {} (phase {}); wait for it to end, promote it \
@@ -325,33 +338,28 @@ impl Controller {
             }
             _ => {}
         }
-        self.ask_release(job, Some(spec), releases, outcome, out);
+        let pending = PendingRelease {
+            id: WriteId(0),
+            spec: Some(spec),
+            releases,
+            outcome,
+            retry: false,
+            operator: true,
+            install: true,
+        };
+        self.ask_release(job, pending, out);
     }
 
-    fn ask_release(
-        &mut self,
-        job: JobName,
-        spec: Option<JobSpec>,
-        releases: JobReleases,
-        outcome: SubmitOutcome,
-        out: &mut Vec<Command>,
-    ) {
-        let id = self.next_write_id();
+    /// Ask for a release write; the job's rollout waits until it is back.
+    fn ask_release(&mut self, job: JobName, mut p: PendingRelease, out: &mut Vec<Command>) {
+        p.id = self.next_write_id();
+        p.retry = false;
         out.push(Command::Persist(Write::Release {
-            id,
-            spec: spec.clone().map(Box::new),
-            releases: Box::new(releases.clone()),
+            id: p.id,
+            spec: p.spec.clone().map(Box::new),
+            releases: Box::new(p.releases.clone()),
         }));
-        self.pending_releases.insert(
-            job,
-            PendingRelease {
-                id,
-                spec,
-                releases,
-                outcome,
-                retry: false,
-            },
-        );
+        self.pending_releases.insert(job, p);
     }
 
     /// A release write ended; `false` when `write` is not one.
@@ -371,16 +379,28 @@ impl Controller {
             return false;
         };
         if !matches!(outcome, WriteOutcome::Applied) {
+            let operator = self.pending_releases.get(&job).is_some_and(|p| p.operator);
+            if operator {
+                // The operator is told; nothing of it is in force.
+                self.pending_releases.remove(&job);
+                self.dirty = true;
+                return true;
+            }
             if let Some(p) = self.pending_releases.get_mut(&job) {
                 p.retry = true;
             }
-            let msg = format!("storing job {job}'s new version failed: {outcome:?}; retrying");
+            self.dirty = true;
+            let msg = format!("storing job {job}'s versions failed: {outcome:?}; retrying");
             out.push(Command::Notice(Notice::Alarm(msg)));
             return true;
         }
         let Some(p) = self.pending_releases.remove(&job) else {
             return true;
         };
+        self.dirty = true;
+        if !p.install {
+            return true; // a phase change, in force already
+        }
         let version = p.releases.current().map_or(0, |r| r.version);
         let cause = p
             .releases
@@ -486,21 +506,15 @@ impl Controller {
         }
     }
 
-    /// The version a new copy of `task` is started from: the job's newest (or the one being
-    /// stored), except for a copy of an older version that is not chosen for replacement
-    /// while a rollout is under way, which keeps its version.
+    /// The version a new copy of `task` is started from: the job's newest stored version,
+    /// except for a copy of an older version that is not chosen for replacement while a
+    /// rollout is under way, which keeps its version. (While a release write is out for the
+    /// job no copy of it is started: see [`Controller::hold_pending_starts`].)
     pub(super) fn wanted_version(&self, task: &TaskId) -> u64 {
-        let rel = match self.pending_releases.get(&task.job) {
-            Some(p) => &p.releases,
-            None => match self.releases.get(&task.job) {
-                Some(r) => r,
-                None => return 0,
-            },
+        let Some(rel) = self.releases.get(&task.job) else {
+            return 0;
         };
         let newest = rel.current().map_or(0, |r| r.version);
-        if self.pending_releases.contains_key(&task.job) {
-            return newest;
-        }
         let Some(run) = self.rollouts.get(&task.job) else {
             return newest;
         };
@@ -519,12 +533,46 @@ impl Controller {
 
     /// The spec of `job` at `version` (the desired one when that version is not kept).
     pub(super) fn version_spec(&self, job: &JobName, version: u64) -> Option<&JobSpec> {
-        self.pending_releases
+        self.releases
             .get(job)
-            .and_then(|p| p.releases.get(version))
-            .or_else(|| self.releases.get(job).and_then(|r| r.get(version)))
+            .and_then(|r| r.get(version))
             .map(|r| &r.spec)
             .or_else(|| self.desired.get(job))
+    }
+
+    /// No copy of a job whose release write is out is started this round (its version is
+    /// not settled yet); the job is planned again once the write is back.
+    pub(super) fn hold_pending_starts(&mut self, actions: &mut Vec<Action>) {
+        if self.pending_releases.is_empty() {
+            return;
+        }
+        let before = actions.len();
+        let pending = &self.pending_releases;
+        actions.retain(|a| match a {
+            Action::Start { task, .. } | Action::Reschedule { task, .. } => {
+                !pending.contains_key(&task.job)
+            }
+            _ => true,
+        });
+        if actions.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// A job was deleted: its rollout ends with it.
+    pub(super) fn rollout_job_deleted(&mut self, job: &JobName) {
+        self.rollouts.remove(job);
+    }
+
+    /// Whether `agent` is gone for good (a copy there is the planner's to move, never the
+    /// rollout's to stop).
+    fn on_terminal_agent(&self, agent: Option<&crate::types::AgentId>) -> bool {
+        agent.is_some_and(|a| {
+            self.observed
+                .agents
+                .get(a)
+                .is_none_or(|v| v.state.is_terminal())
+        })
     }
 
     /// A copy of `task` was ordered at `epoch` from `version`.
@@ -567,6 +615,10 @@ impl Controller {
         message: Option<&str>,
         now: Time,
     ) {
+        let checked = self
+            .desired
+            .get(&task.job)
+            .is_some_and(|s| s.health.is_some());
         let Some(run) = self.rollouts.get_mut(&task.job) else {
             return;
         };
@@ -620,7 +672,10 @@ impl Controller {
             }
             (SlotState::Running, SlotState::Running) => {
                 c.seen_running = true;
-                if healthy {
+                if message.is_some_and(|m| m.starts_with(HEALTH_PASSING)) {
+                    c.check_passed = true;
+                }
+                if healthy && (c.check_passed || !checked) {
                     c.healthy_since.get_or_insert(now);
                 } else if c.healthy_since.is_some() {
                     c.bad.get_or_insert_with(|| {
@@ -655,7 +710,7 @@ impl Controller {
             .collect();
         for job in retry {
             if let Some(p) = self.pending_releases.remove(&job) {
-                self.ask_release(job, p.spec, p.releases, p.outcome, out);
+                self.ask_release(job, p, out);
             }
         }
         let mut jobs: Vec<JobName> = self.rollouts.keys().cloned().collect();
@@ -701,24 +756,41 @@ impl Controller {
                 *replan_at = Some(replan_at.map_or(w, |r| r.min(w)));
             }
             let (from, to) = (run.from, run.to);
+            let mut stops = Vec::new();
             for i in step.replace {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
-                run.replacing.insert(index);
                 let task = TaskId::new(job.clone(), index);
-                if let Some(t) = slots.and_then(|s| s.get(i))
-                    && matches!(
-                        t.state,
-                        SlotState::Starting | SlotState::Running | SlotState::Stopping
-                    )
-                {
-                    actions.push(Action::Stop {
-                        op: OperationId::task(&task, t.epoch, "update"),
-                        task,
-                        epoch: t.epoch,
-                        agent: t.agent.clone(),
-                        reason: StopReason::Update,
-                    });
+                match slots.and_then(|s| s.get(i)) {
+                    Some(t)
+                        if matches!(
+                            t.state,
+                            SlotState::Starting | SlotState::Running | SlotState::Stopping
+                        ) =>
+                    {
+                        stops.push((index, task, t.epoch, t.agent.clone()));
+                    }
+                    _ => {
+                        run.replacing.insert(index);
+                        self.dirty = true;
+                    }
                 }
+            }
+            for (index, task, epoch, agent) in stops {
+                // A copy on a lost agent may still run until its lease surely ran out: the
+                // planner moves it under the fencing rule, the rollout does not stop it.
+                if self.on_terminal_agent(agent.as_ref()) {
+                    continue;
+                }
+                if let Some(run) = self.rollouts.get_mut(&job) {
+                    run.replacing.insert(index);
+                }
+                actions.push(Action::Stop {
+                    op: OperationId::task(&task, epoch, "update"),
+                    task,
+                    epoch,
+                    agent,
+                    reason: StopReason::Update,
+                });
                 self.dirty = true;
             }
             match step.verdict {
@@ -798,6 +870,7 @@ impl Controller {
                         if t.version != 0
                             && slot_current(rel, t.version)
                             && matches!(t.state, SlotState::Starting | SlotState::Running)
+                            && !self.on_terminal_agent(t.agent.as_ref())
                         {
                             let task =
                                 TaskId::new(job.clone(), u32::try_from(i).unwrap_or(u32::MAX));
@@ -840,7 +913,16 @@ impl Controller {
                 });
                 let msg = format!("reverting {job} to version {from}'s spec as version {new}");
                 self.event(out, now, "rollout.revert", None, None, msg);
-                self.ask_release(job.clone(), Some(spec), rel, SubmitOutcome::Updated, out);
+                let pending = PendingRelease {
+                    id: WriteId(0),
+                    spec: Some(spec),
+                    releases: rel,
+                    outcome: SubmitOutcome::Updated,
+                    retry: false,
+                    operator: false,
+                    install: true,
+                };
+                self.ask_release(job.clone(), pending, out);
                 self.dirty = true;
             }
             _ => {
@@ -855,7 +937,8 @@ impl Controller {
         }
     }
 
-    /// Record a rollout's new phase (written in order with every other release write).
+    /// Record a rollout's new phase, written in order with every other release write and
+    /// asked again until it is stored (a new leader must not resume a rollout that failed).
     fn persist_rollout(
         &mut self,
         job: &JobName,
@@ -870,12 +953,15 @@ impl Controller {
             r.phase = phase;
             r.reason = reason;
         }
-        let releases = Box::new(rel.clone());
-        let id = self.next_write_id();
-        out.push(Command::Persist(Write::Release {
-            id,
+        let pending = PendingRelease {
+            id: WriteId(0),
             spec: None,
-            releases,
-        }));
+            releases: rel.clone(),
+            outcome: SubmitOutcome::Updated,
+            retry: false,
+            operator: false,
+            install: false,
+        };
+        self.ask_release(job.clone(), pending, out);
     }
 }

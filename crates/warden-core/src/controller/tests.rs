@@ -1480,3 +1480,86 @@ fn a_new_leader_resumes_a_rollout_from_the_stores_records() {
     );
     assert!(c2.check_promote_rollout("web", h.now).is_ok());
 }
+
+#[test]
+fn a_rollout_never_stops_a_singleton_whose_lost_agent_may_still_run_it() {
+    let (mut h, on, other) = two_agents_and_a_singleton();
+    let last_renewal = h.c.observed().agents[&on].last_renewal.unwrap();
+    let lease_done =
+        h.c.config()
+            .lifecycle
+            .fencing
+            .lease_surely_expired_at(last_renewal);
+    let mut moved_at = None;
+    let mut submitted = false;
+    while h.now < lease_done + Duration::from_secs(3) && moved_at.is_none() {
+        let mut out = h.run(Duration::from_millis(50), &[&other]);
+        for r in probe_rounds(&out.clone()) {
+            out.extend(h.step(Input::Probes {
+                agent: r.agent.clone(),
+                report: ProbeReport {
+                    indirect: vec![ProbeOutcome::TimedOut],
+                    ..report(r.round, ProbeOutcome::TimedOut)
+                },
+            }));
+        }
+        if !submitted && transitions(&out).contains(&(on.clone(), AgentState::Failed)) {
+            // Declared lost while its lease may still run: a new version arrives now.
+            assert!(
+                h.now < lease_done,
+                "the test needs a verdict before the lease ends"
+            );
+            submitted = true;
+            out.extend(h.submit(JobSpec {
+                args: vec!["2000".into()],
+                ..job("cron", JobKind::Singleton, 1)
+            }));
+        }
+        if !assigns(&out).is_empty() {
+            moved_at = Some(h.now);
+        }
+    }
+    assert!(submitted, "the silent agent was never declared failed");
+    let moved_at = moved_at.expect("the singleton never moved");
+    assert!(
+        moved_at >= lease_done,
+        "started elsewhere at {moved_at:?}, before the lost copy's lease surely ran out at \
+         {lease_done:?}"
+    );
+}
+
+#[test]
+fn a_copy_being_stopped_that_its_agent_never_listed_is_not_taken_as_stopped() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(1), &[&a]);
+    h.submit(job("cron", JobKind::Service, 1));
+    // The assignment goes out; the agent has not carried it out yet when a stop follows.
+    h.hold = true;
+    h.run(Duration::from_millis(200), &[]);
+    h.hold = false;
+    let held: Vec<Write> = std::mem::take(&mut h.held);
+    for w in held {
+        if let Write::Slot { id, .. } = w {
+            h.step(Input::Persisted {
+                write: id,
+                outcome: WriteOutcome::Applied,
+            });
+        }
+    }
+    let slot = h.slot("cron", 0);
+    assert_eq!(slot.state, SlotState::Starting, "{slot:?}");
+    // The agent's copies: none yet (the order is still on its way), so a heartbeat lists none.
+    h.runs.get_mut(&a).unwrap().clear();
+    // The job is deleted: the copy is to be stopped.
+    let job = h.c.check_delete("cron", h.now).unwrap();
+    h.step(Input::JobDeleted { job });
+    h.run(Duration::from_millis(200), &[]);
+    assert_eq!(h.slot("cron", 0).state, SlotState::Stopping);
+    h.beat(&a);
+    assert_eq!(
+        h.slot("cron", 0).state,
+        SlotState::Stopping,
+        "a copy never listed may still start: only its agent's report ends it"
+    );
+}
