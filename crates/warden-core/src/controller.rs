@@ -525,7 +525,7 @@ impl Controller {
         if !self.desired.contains_key(&job) {
             return Err(Refusal::NotFound(format!("no job named {name:?}")));
         }
-        if self.pending_releases.contains_key(&job) {
+        if self.new_version_pending(&job) {
             return Err(Refusal::Busy(format!(
                 "a change of job {name} is being stored; retry in a moment"
             )));

@@ -170,7 +170,7 @@ impl Controller {
     /// Refuse a change of `job` while another is being stored, or (unless `revert`) while it
     /// rolls out.
     pub(super) fn check_release_free(&self, job: &JobName, revert: bool) -> Result<(), Refusal> {
-        if self.pending_releases.contains_key(job) {
+        if self.new_version_pending(job) {
             return Err(Refusal::Busy(format!(
                 "a change of job {job} is being stored; retry in a moment"
             )));
@@ -278,7 +278,9 @@ impl Controller {
         now: Time,
         out: &mut Vec<Command>,
     ) {
-        if self.acting_term(now).is_none() || self.pending_releases.contains_key(&spec.name) {
+        // A phase change still being written may be overtaken: this write, built from the
+        // same in-memory record, comes after it in the writer's order and carries it.
+        if self.acting_term(now).is_none() || self.new_version_pending(&spec.name) {
             return;
         }
         let job = spec.name.clone();
@@ -540,6 +542,11 @@ impl Controller {
             .or_else(|| self.desired.get(job))
     }
 
+    /// Whether a new version of `job` (a submission, a revert) is being stored.
+    pub(super) fn new_version_pending(&self, job: &JobName) -> bool {
+        self.pending_releases.get(job).is_some_and(|p| p.install)
+    }
+
     /// No copy of a job whose release write is out is started this round (its version is
     /// not settled yet); the job is planned again once the write is back.
     pub(super) fn hold_pending_starts(&mut self, actions: &mut Vec<Action>) {
@@ -550,7 +557,7 @@ impl Controller {
         let pending = &self.pending_releases;
         actions.retain(|a| match a {
             Action::Start { task, .. } | Action::Reschedule { task, .. } => {
-                !pending.contains_key(&task.job)
+                !pending.get(&task.job).is_some_and(|p| p.install)
             }
             _ => true,
         });
