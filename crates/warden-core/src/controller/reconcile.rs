@@ -361,7 +361,12 @@ impl Controller {
             let after = self.slot(task).and_then(|s| s.agent.clone());
             self.reindex(task, before.as_ref(), after.as_ref());
         }
-        self.dirty = true;
+        // An alarm changes nothing the plan depends on: taking it for a change would plan
+        // again at once, and again, for as long as it stands (a job with no room kept the
+        // server's control loop at a full core).
+        if !matches!(action, Action::Alarm(_)) {
+            self.dirty = true;
+        }
         self.endpoints_dirty = true;
         // Every replica of a replicated state hears of a change in its job's roles at once.
         let replicated = task

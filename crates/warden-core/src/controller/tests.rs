@@ -1563,3 +1563,29 @@ fn a_copy_being_stopped_that_its_agent_never_listed_is_not_taken_as_stopped() {
         "a copy never listed may still start: only its agent's report ends it"
     );
 }
+
+#[test]
+fn a_job_with_no_room_raises_its_alarm_without_planning_again_at_once() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(1), &[&a]);
+    let mut big = job("big", JobKind::Service, 2);
+    big.resources = Resources::new(900_000, 16);
+    h.submit(big);
+    let out = h.run(Duration::from_millis(500), &[&a]);
+    assert!(
+        out.iter().any(
+            |c| matches!(c, Command::Notice(Notice::Alarm(m)) if m.contains("no agent has room"))
+        ),
+        "{out:?}"
+    );
+    // The standing alarm is no change: nothing asks for a plan before its time.
+    assert!(!h.c.plan_due(), "an alarm alone made planning due again");
+    let rounds = |cmds: &[Command]| {
+        cmds.iter()
+            .filter(|c| matches!(c, Command::Notice(Notice::Reconciled { .. })))
+            .count()
+    };
+    let out = h.run(Duration::from_secs(2), &[&a]);
+    assert!(rounds(&out) <= 4, "{} rounds in 2 s", rounds(&out));
+}
