@@ -317,6 +317,7 @@ impl Controller {
                 revert,
             } => self.submit(*spec, unix_ms, cause, revert, now, &mut out),
             Input::PromoteRollout { job } => self.promote_rollout(&job, now, &mut out),
+            Input::Traffic { samples } => self.traffic_seen(samples, now),
             Input::JobDeleted { job } => self.job_deleted(job, now, &mut out),
             Input::Promote { job } => self.start_switchover(&job, now, &mut out),
             Input::ReleaseBrake => {

@@ -52,6 +52,7 @@ pub mod error;
 pub mod fencing;
 pub mod hash;
 pub mod health;
+pub mod judge;
 pub mod lifecycle;
 pub mod nab;
 pub mod placement;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::judge::AnalysisSpec;
 use crate::{JobName, JobSpec, duration_serde};
 
 /// Versions kept per job by default (the newest included).
@@ -56,6 +57,10 @@ pub struct UpdateSpec {
     /// Least time between two waves. Default 0.
     #[serde(default, with = "duration_serde")]
     pub stagger: Duration,
+    /// The statistical judge (`[update.analysis]`): canaries against baseline copies on the
+    /// requests they served. Absent: the fast checks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
 }
 
 fn default_max_parallel() -> u32 {
@@ -85,6 +90,7 @@ impl Default for UpdateSpec {
             auto_promote: false,
             auto_revert: true,
             stagger: Duration::ZERO,
+            analysis: None,
         }
     }
 }
@@ -131,6 +137,9 @@ impl UpdateSpec {
                 "update.progress_deadline",
                 "must be at least healthy_deadline",
             ));
+        }
+        if let Some(a) = &self.analysis {
+            a.validate()?;
         }
         Ok(())
     }

@@ -58,6 +58,15 @@ pub struct Run {
     pub last_wave: Option<Time>,
     /// Good copies at the last look.
     pub good: u32,
+    /// The statistical judge ([`crate::judge`]): consecutive passing judgements.
+    #[serde(default)]
+    pub passes: u32,
+    /// Consecutive failing judgements.
+    #[serde(default)]
+    pub failures: u32,
+    /// When the judge last judged.
+    #[serde(default)]
+    pub judged_at: Option<Time>,
 }
 
 impl Run {
@@ -74,6 +83,9 @@ impl Run {
             last_progress: now,
             last_wave: None,
             good: 0,
+            passes: 0,
+            failures: 0,
+            judged_at: None,
         }
     }
 }
@@ -128,6 +140,18 @@ pub fn step(update: &UpdateSpec, run: &mut Run, slots: &[SlotFacts], now: Time) 
         run.last_progress = now;
     }
     run.good = good;
+    // Canaries good, the statistical judge not yet satisfied: the judge decides (a hold for
+    // lack of requests is not a lack of progress), or an operator promotes.
+    let judging = run.phase == RolloutPhase::Canary
+        && !run.promoted
+        && good as usize >= update.canary as usize
+        && update
+            .analysis
+            .is_some_and(|a| !a.dry_run && run.passes < a.passes);
+    if judging {
+        // Time spent judging is not time without progress.
+        run.last_progress = now;
+    }
 
     if !run.revert {
         // The fast checks: any bad copy of the new version, any copy late to turn healthy.
@@ -164,7 +188,10 @@ pub fn step(update: &UpdateSpec, run: &mut Run, slots: &[SlotFacts], now: Time) 
                 ),
             );
         }
-        wake(stuck, &mut s);
+        if !judging {
+            // While judging, the judge's own schedule wakes the rollout.
+            wake(stuck, &mut s);
+        }
     }
     for f in slots {
         if f.current
@@ -203,7 +230,7 @@ pub fn step(update: &UpdateSpec, run: &mut Run, slots: &[SlotFacts], now: Time) 
             run.last_wave = Some(now);
             return s;
         }
-        if (good as usize) < canary {
+        if (good as usize) < canary || judging {
             return s; // the canaries are being judged
         }
         if update.auto_promote || run.promoted {

@@ -356,6 +356,11 @@ pub enum Input {
         /// The job.
         job: JobName,
     },
+    /// Requests served by copies, from a traffic adapter (for the rollouts' statistical judge).
+    Traffic {
+        /// One sample per copy that served.
+        samples: Vec<crate::judge::TrafficSample>,
+    },
     /// An operator asked for a planned switchover of `job`'s replicated state (after
     /// [`Controller::check_promote`](super::Controller::check_promote)).
     Promote {

@@ -8,9 +8,12 @@
 //! can never overwrite a newer submission. While one is out for a job, the job takes no other
 //! submission and its rollout waits.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{FxHashMap, FxHashSet};
+use crate::judge::{self, Group, Judgement, TrafficSample};
 use crate::planner::{Action, OperationId, SlotState, StopReason};
 use crate::release::{DEFAULT_KEEP, JobReleases, Rollout, RolloutPhase};
 use crate::rollout::{self, Run, SlotFacts, Verdict};
@@ -37,6 +40,10 @@ pub(super) struct RolloutRun {
     replacing: FxHashSet<u32>,
     /// What was seen of each slot's copy of the new version.
     copies: FxHashMap<u32, NewCopy>,
+    /// Requests served in the judge's window: (when reported, by a canary, what).
+    traffic: VecDeque<(Time, bool, Group)>,
+    /// The judge's last judgement.
+    judgement: Option<Judgement>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -92,6 +99,16 @@ pub struct RolloutView {
     pub healthy: u32,
     /// Copies being replaced.
     pub replacing: u32,
+    /// The statistical judge's last judgement, with its evidence (absent: no
+    /// `[update.analysis]`, or not judged yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judgement: Option<Judgement>,
+    /// Consecutive passing judgements.
+    #[serde(default)]
+    pub passes: u32,
+    /// Consecutive failing judgements.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// Whether a copy started from `version` (0: before versions, taken as the oldest kept) runs
@@ -144,6 +161,9 @@ impl Controller {
             updated,
             healthy,
             replacing: run.map_or(0, |r| u32::try_from(r.replacing.len()).unwrap_or(u32::MAX)),
+            judgement: run.and_then(|r| r.judgement.clone()),
+            passes: run.map_or(0, |r| r.run.passes),
+            failures: run.map_or(0, |r| r.run.failures),
         })
     }
 
@@ -477,6 +497,8 @@ impl Controller {
                         started_unix_ms: r.started_unix_ms,
                         replacing,
                         copies: FxHashMap::default(),
+                        traffic: VecDeque::new(),
+                        judgement: None,
                     },
                 );
                 self.event(out, now, "rollout.start", None, None, msg);
@@ -700,6 +722,110 @@ impl Controller {
         }
     }
 
+    /// Requests served by copies of jobs in rollout (from a traffic adapter's log), kept for
+    /// the statistical judge: a copy counts as a canary when its slot runs the version rolled
+    /// out, as baseline otherwise. Samples of a copy that is no longer the slot's running copy
+    /// are dropped: a copy being replaced must not count for the one that follows it.
+    pub(super) fn traffic_seen(&mut self, samples: Vec<TrafficSample>, now: Time) {
+        for sample in samples {
+            let Some(run) = self.rollouts.get_mut(&sample.task.job) else {
+                continue;
+            };
+            let Some(window) = self
+                .desired
+                .get(&sample.task.job)
+                .and_then(|s| s.update().analysis)
+                .map(|a| a.window)
+            else {
+                continue;
+            };
+            let (Some(rel), Some(slot)) = (
+                self.releases.get(&sample.task.job),
+                self.observed
+                    .tasks
+                    .get(&sample.task.job)
+                    .and_then(|s| s.get(sample.task.index as usize)),
+            ) else {
+                continue;
+            };
+            if slot.epoch != sample.epoch || slot.state != SlotState::Running {
+                continue;
+            }
+            let canary = slot.version != 0 && slot_current(rel, slot.version);
+            while run
+                .traffic
+                .front()
+                .is_some_and(|(t, _, _)| now.saturating_since(*t) > window)
+            {
+                run.traffic.pop_front();
+            }
+            run.traffic.push_back((now, canary, sample.group));
+        }
+    }
+
+    /// The statistical judge, when due for `job`'s rollout: judge the window, count the
+    /// outcome, report it. Returns the reason to fail the rollout, when the failure limit is
+    /// reached (never in `dry_run`).
+    fn judge_rollout(
+        &mut self,
+        job: &JobName,
+        replan_at: &mut Option<Time>,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) -> Option<String> {
+        let a = self.desired.get(job)?.update().analysis?;
+        let run = self.rollouts.get_mut(job)?;
+        if run.run.revert || !run.run.phase.is_active() {
+            return None;
+        }
+        let due = run.run.judged_at.unwrap_or(run.started) + a.interval;
+        if now < due {
+            *replan_at = Some(replan_at.map_or(due, |r| r.min(due)));
+            return None;
+        }
+        run.run.judged_at = Some(now);
+        let next = now + a.interval;
+        *replan_at = Some(replan_at.map_or(next, |r| r.min(next)));
+        let (mut canary, mut baseline) = (Group::default(), Group::default());
+        for (t, is_canary, g) in &run.traffic {
+            if now.saturating_since(*t) <= a.window {
+                if *is_canary {
+                    canary.merge(g);
+                } else {
+                    baseline.merge(g);
+                }
+            }
+        }
+        let j = judge::judge(&a, &canary, &baseline);
+        let (kind, outcome) = match &j {
+            Judgement::Pass(_) => {
+                run.run.passes += 1;
+                run.run.failures = 0;
+                ("rollout.judged", "pass")
+            }
+            Judgement::Hold(_) => ("rollout.judged", "hold"),
+            Judgement::Fail(_) => {
+                run.run.passes = 0;
+                run.run.failures += 1;
+                ("rollout.judged", "fail")
+            }
+        };
+        let (to, passes, failures) = (run.to, run.run.passes, run.run.failures);
+        let evidence = j.evidence().to_string();
+        run.judgement = Some(j);
+        self.dirty = true;
+        let dry = if a.dry_run { " (dry run)" } else { "" };
+        let msg = format!(
+            "rollout of {job} version {to}: judged {outcome}{dry} ({passes} passing, {failures}              failing in a row): {evidence}"
+        );
+        self.event(out, now, kind, None, None, msg);
+        (!a.dry_run && failures >= a.failure_limit).then(|| {
+            format!(
+                "the statistical judge failed the canaries {failures} times in a row: {evidence}"
+            )
+        })
+    }
+
     /// This round's rollout steps: stops of the copies to replace (added to `actions`), phase
     /// changes, verdicts and reverts.
     pub(super) fn rollout_actions(
@@ -726,8 +852,22 @@ impl Controller {
             if self.pending_releases.contains_key(&job) {
                 continue;
             }
-            let Some(spec) = self.desired.get(&job) else {
+            if !self.desired.contains_key(&job) {
                 self.rollouts.remove(&job);
+                continue;
+            }
+            if let Some(reason) = self.judge_rollout(&job, replan_at, now, out) {
+                let (from, to) = self
+                    .rollouts
+                    .get(&job)
+                    .map_or((0, 0), |r| (r.from, r.to));
+                if let Some(run) = self.rollouts.get_mut(&job) {
+                    run.run.phase = RolloutPhase::Failed;
+                }
+                self.rollout_failed(&job, from, to, reason, actions, now, out);
+                continue;
+            }
+            let Some(spec) = self.desired.get(&job) else {
                 continue;
             };
             let update = spec.update();

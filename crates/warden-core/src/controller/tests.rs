@@ -1446,6 +1446,109 @@ fn canaries_wait_for_an_operator_and_revert_names_a_version() {
     assert_eq!(rel.current().map(|r| (r.version, r.base)), Some((3, 1)));
 }
 
+/// Traffic for the judge: every copy of web served 100 requests in the last second; copies
+/// on version 2 failed `canary_errors` of them.
+fn web_traffic(h: &H, canary_errors: u64) -> Input {
+    let samples = (0..4)
+        .map(|i| {
+            let s = h.slot("web", i);
+            let errors = if s.version == 2 { canary_errors } else { 0 };
+            crate::judge::TrafficSample {
+                task: TaskId::new(JobName::new("web"), i),
+                epoch: s.epoch,
+                group: crate::judge::Group {
+                    requests: 100,
+                    errors,
+                    latencies_ms: (0..100 - errors).map(|k| 20.0 + (k % 7) as f64).collect(),
+                },
+            }
+        })
+        .collect();
+    Input::Traffic { samples }
+}
+
+fn judged_update() -> crate::release::UpdateSpec {
+    crate::release::UpdateSpec {
+        canary: 1,
+        auto_promote: true,
+        analysis: Some(crate::judge::AnalysisSpec {
+            interval: Duration::from_secs(2),
+            window: Duration::from_secs(4),
+            ..Default::default()
+        }),
+        ..fast_update(4)
+    }
+}
+
+#[test]
+fn the_judge_fails_a_canary_serving_more_errors_and_the_version_before_comes_back() {
+    let (mut h, a, b) = web_running();
+    h.submit(web("/bin/v2", 4, judged_update()));
+    let mut all = Vec::new();
+    for _ in 0..20 {
+        all.extend(h.run(Duration::from_secs(1), &[&a, &b]));
+        all.extend(h.step(web_traffic(&h, 10)));
+        if !events_of(&all, "rollout.failed").is_empty() {
+            break;
+        }
+    }
+    let failed = events_of(&all, "rollout.failed");
+    assert_eq!(failed.len(), 1, "{all:?}");
+    assert!(failed[0].contains("statistical judge"), "{failed:?}");
+    assert!(failed[0].contains("error rate"), "{failed:?}");
+    let judged = events_of(&all, "rollout.judged");
+    assert!(judged.iter().any(|e| e.contains("judged fail")), "{judged:?}");
+    all.extend(h.run(Duration::from_secs(5), &[&a, &b]));
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    for i in 0..4 {
+        assert_eq!(h.slot("web", i).state, SlotState::Running);
+    }
+    // Only the canary ever ran version 2.
+    assert_eq!(
+        h.assigned.iter().filter(|(_, _, c)| c == "/bin/v2").count(),
+        1
+    );
+}
+
+#[test]
+fn without_requests_the_judge_holds_past_every_deadline_and_a_good_canary_passes() {
+    let (mut h, a, b) = web_running();
+    h.submit(web("/bin/v2", 4, judged_update()));
+    // No traffic at all for longer than progress_deadline (30 s): hold, neither pass nor fail.
+    let mut all = h.run(Duration::from_secs(40), &[&a, &b]);
+    assert!(events_of(&all, "rollout.failed").is_empty(), "{all:?}");
+    assert!(events_of(&all, "rollout.rolling").is_empty(), "{all:?}");
+    let judged = events_of(&all, "rollout.judged");
+    assert!(
+        !judged.is_empty() && judged.iter().all(|e| e.contains("judged hold")),
+        "{judged:?}"
+    );
+    let view = h.c.rollout_view(&JobName::new("web")).unwrap();
+    assert_eq!(view.phase, RolloutPhase::Canary);
+    assert!(matches!(view.judgement, Some(crate::judge::Judgement::Hold(_))));
+    // Identical service from the canary: three passes, then the rest rolls.
+    for _ in 0..30 {
+        all.extend(h.run(Duration::from_secs(1), &[&a, &b]));
+        all.extend(h.step(web_traffic(&h, 0)));
+        if !events_of(&all, "rollout.succeeded").is_empty() {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    assert!(
+        events_of(&all, "rollout.failed").is_empty(),
+        "{:?}",
+        events_of(&all, "rollout.failed")
+    );
+    assert!(
+        events_of(&all, "rollout.judged")
+            .iter()
+            .filter(|e| e.contains("judged pass"))
+            .count()
+            >= 3
+    );
+}
+
 #[test]
 fn a_new_leader_resumes_a_rollout_from_the_stores_records() {
     let (mut h, a, b) = web_running();
