@@ -28,6 +28,7 @@ pub mod record;
 pub mod recovery;
 pub mod report;
 pub mod restart;
+pub mod rollout_judge;
 pub mod rollout_traffic;
 pub mod run;
 pub mod scenario;

@@ -347,12 +347,31 @@ pub(crate) struct Haproxy {
 
 impl Haproxy {
     pub(crate) fn start(dir: &Path, port: u16, socket: &Path, backend: &str) -> Result<Haproxy> {
+        Self::start_logged(dir, port, socket, backend, None)
+    }
+
+    /// Like [`Haproxy::start`], sending the request log (`option httplog`) to UDP
+    /// `127.0.0.1:log_port` when given.
+    pub(crate) fn start_logged(
+        dir: &Path,
+        port: u16,
+        socket: &Path,
+        backend: &str,
+        log_port: Option<u16>,
+    ) -> Result<Haproxy> {
         let cfg = dir.join("haproxy.cfg");
+        let (global_log, defaults_log) = match log_port {
+            Some(p) => (
+                format!("  log 127.0.0.1:{p} local0 info\n"),
+                "  log global\n  option httplog\n",
+            ),
+            None => (String::new(), ""),
+        };
         std::fs::write(
             &cfg,
             format!(
-                "global\n  stats socket {sock} mode 600 level admin\n\
-                 defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
+                "global\n  stats socket {sock} mode 600 level admin\n{global_log}\
+                 defaults\n  mode http\n{defaults_log}  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
                  frontend fe\n  bind 127.0.0.1:{port}\n  default_backend web\n\
                  backend web\n{backend}",
                 sock = socket.display()
@@ -418,7 +437,8 @@ impl Drop for Haproxy {
     }
 }
 
-/// One GET through HAProxy: the answering task, or why it failed (no answer within 2 s fails).
+/// One GET through HAProxy: the answering copy (`job/index@token`), or why it failed (no
+/// answer within 2 s fails).
 pub(crate) fn request(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok();
@@ -431,7 +451,14 @@ pub(crate) fn request(port: u16) -> Result<String, String> {
     }
     out.lines()
         .find_map(|l| l.strip_prefix("task="))
-        .map(|t| t.split_whitespace().next().unwrap_or("").to_string())
+        .map(|t| {
+            let mut w = t.split_whitespace();
+            let task = w.next().unwrap_or("");
+            match w.next().and_then(|k| k.strip_prefix("token=")) {
+                Some(token) => format!("{task}@{token}"),
+                None => task.to_string(),
+            }
+        })
         .ok_or_else(|| "no task in the answer".to_string())
 }
 
@@ -476,6 +503,11 @@ impl Load {
             log,
             thread: Some(thread),
         }
+    }
+
+    /// Every request answered so far, with when it was sent.
+    pub(crate) fn snapshot(&self) -> Vec<(Instant, Result<String, String>)> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Stop sending, wait for the requests in flight; every request with when it was sent.

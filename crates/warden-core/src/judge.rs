@@ -394,16 +394,17 @@ pub fn mann_whitney_greater(a: &[f64], b: &[f64]) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87
-                                    + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 { r } else { 2.0 - r }
 }
 
@@ -568,7 +569,10 @@ mod tests {
                 ..AnalysisSpec::default()
             },
         ];
-        for (s, field) in bad.iter().zip(["alpha", "min_samples", "window", "failure_limit"]) {
+        for (s, field) in bad
+            .iter()
+            .zip(["alpha", "min_samples", "window", "failure_limit"])
+        {
             let e = s.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }

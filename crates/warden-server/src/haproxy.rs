@@ -11,6 +11,11 @@
 //! so resyncs the whole backend — whenever a command fails or HAProxy's process id changes
 //! (a restart or reload puts the servers back as the configuration says), so a missed update
 //! is never permanent. It checks the process id every `poll` (default 500 ms).
+//!
+//! With `log` set, the adapter also receives HAProxy's request log (syslog over UDP, the
+//! `option httplog` format) and hands the controller, every second, what each copy served:
+//! requests, failures (a 5xx answer or none) and response times (`Tr`). Rollouts judge
+//! their canaries against baseline copies on it (`[update.analysis]`, docs/releases.md).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,9 +26,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use warden_core::{ConfigError, duration_serde};
+use warden_core::judge::{Group, TrafficSample};
+use warden_core::{ConfigError, FencingToken, TaskId, duration_serde};
 
-use crate::view::{ControlApi, ServiceInfo};
+use crate::view::{ControlApi, InstanceInfo, ServiceInfo};
 
 /// One HAProxy backend following one service (`[[haproxy]]` in the server's config file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +44,10 @@ pub struct HaproxyConfig {
     /// How often HAProxy is checked for a restart (default 500 ms).
     #[serde(default = "default_poll", with = "duration_serde")]
     pub poll: Duration,
+    /// UDP address to receive HAProxy's request log on (HAProxy: `log ADDR local0` and
+    /// `option httplog`), for rollouts' statistical judge. Absent: no request log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<std::net::SocketAddr>,
 }
 
 fn default_poll() -> Duration {
@@ -99,12 +109,15 @@ pub struct ServerWant {
     pub state: &'static str,
 }
 
-/// The wanted state of every server of the backend (`servers` in id order) for `service`.
-pub fn wanted(servers: &[String], service: Option<&ServiceInfo>) -> Vec<(String, ServerWant)> {
-    let mut by_slot: HashMap<usize, ServerWant> = HashMap::new();
+/// Which instance of `service` each server of the backend (`servers` in id order) carries.
+/// One job: server i is slot i. Several jobs behind one service name (blue/green): servers
+/// follow the instances in task order.
+pub fn placed<'a>(
+    servers: &[String],
+    service: Option<&'a ServiceInfo>,
+) -> Vec<(String, Option<&'a InstanceInfo>)> {
+    let mut by_slot: HashMap<usize, &InstanceInfo> = HashMap::new();
     let instances = service.map(|s| s.instances.as_slice()).unwrap_or_default();
-    // One job: server i is slot i. Several jobs behind one service name (blue/green): servers
-    // follow the instances in task order.
     let job = |task: &str| task.rsplit_once('/').map(|(j, _)| j.to_string());
     let one_job = instances
         .iter()
@@ -127,35 +140,40 @@ pub fn wanted(servers: &[String], service: Option<&ServiceInfo>) -> Vec<(String,
         } else {
             position
         };
-        let Some((ip, port)) = inst
-            .addr
-            .rsplit_once(':')
-            .and_then(|(ip, p)| Some((ip.trim_matches(['[', ']']).to_string(), p.parse().ok()?)))
-        else {
-            continue;
-        };
-        let state = match inst.state.as_str() {
-            "serving" => "ready",
-            "draining" => "drain",
-            _ => "maint",
-        };
-        by_slot.insert(
-            index,
-            ServerWant {
-                addr: Some((ip, port)),
-                state,
-            },
-        );
+        by_slot.insert(index, inst);
     }
     servers
         .iter()
         .enumerate()
-        .map(|(i, name)| {
-            let want = by_slot.remove(&i).unwrap_or(ServerWant {
-                addr: None,
-                state: "maint",
+        .map(|(i, name)| (name.clone(), by_slot.remove(&i)))
+        .collect()
+}
+
+/// The wanted state of every server of the backend (`servers` in id order) for `service`.
+pub fn wanted(servers: &[String], service: Option<&ServiceInfo>) -> Vec<(String, ServerWant)> {
+    placed(servers, service)
+        .into_iter()
+        .map(|(name, inst)| {
+            let addr = inst.and_then(|inst| {
+                inst.addr.rsplit_once(':').and_then(|(ip, p)| {
+                    Some((ip.trim_matches(['[', ']']).to_string(), p.parse().ok()?))
+                })
             });
-            (name.clone(), want)
+            let want = match (inst, addr) {
+                (Some(inst), Some(addr)) => ServerWant {
+                    addr: Some(addr),
+                    state: match inst.state.as_str() {
+                        "serving" => "ready",
+                        "draining" => "drain",
+                        _ => "maint",
+                    },
+                },
+                _ => ServerWant {
+                    addr: None,
+                    state: "maint",
+                },
+            };
+            (name, want)
         })
         .collect()
 }
@@ -266,15 +284,28 @@ struct Applied {
     state: HashMap<String, ServerWant>,
 }
 
+/// Which copy (task, fencing token) each server carries, as last applied to HAProxy.
+type Carried = Arc<std::sync::Mutex<HashMap<String, (TaskId, u64)>>>;
+
 /// Keep `cfg.backend` in step with `cfg.service` until `cancel` fires.
 pub async fn run(cfg: HaproxyConfig, api: Arc<dyn ControlApi>, cancel: CancellationToken) {
     let mut watch = api.watch_services();
     let mut applied = Applied::default();
+    let carried: Carried = Arc::default();
+    if let Some(addr) = cfg.log {
+        tokio::spawn(receive_log(
+            addr,
+            cfg.backend.clone(),
+            carried.clone(),
+            api.clone(),
+            cancel.child_token(),
+        ));
+    }
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     info!(service = %cfg.service, backend = %cfg.backend, socket = %cfg.socket.display(), "HAProxy adapter started");
     loop {
-        match sync_once(&cfg, api.as_ref(), &mut applied).await {
+        match sync_once(&cfg, api.as_ref(), &mut applied, &carried).await {
             Ok(changed) => {
                 if failing || changed > 0 {
                     info!(backend = %cfg.backend, changed, "HAProxy backend in step");
@@ -317,6 +348,7 @@ async fn sync_once(
     cfg: &HaproxyConfig,
     api: &dyn ControlApi,
     applied: &mut Applied,
+    carried: &Carried,
 ) -> Result<usize, AdapterError> {
     let pid = haproxy_pid(&cfg.socket).await?;
     if pid.is_none() || pid != applied.pid || applied.servers.is_empty() {
@@ -342,7 +374,125 @@ async fn sync_once(
         applied.state.insert(server, want);
         changed += 1;
     }
+    if changed > 0 || carried.lock().map(|c| c.is_empty()).unwrap_or(true) {
+        let now: HashMap<String, (TaskId, u64)> = placed(&applied.servers, service)
+            .into_iter()
+            .filter_map(|(server, inst)| {
+                let inst = inst?;
+                Some((server, (TaskId::parse(&inst.task)?, inst.epoch)))
+            })
+            .collect();
+        if let Ok(mut c) = carried.lock() {
+            *c = now;
+        }
+    }
     Ok(changed)
+}
+
+/// One request of HAProxy's log: failed (5xx or no answer), and the server's response time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedRequest {
+    /// The server that served it.
+    pub server: String,
+    /// A 5xx answer, or none at all.
+    pub failed: bool,
+    /// `Tr`, ms (absent when the server never answered).
+    pub response_ms: Option<f64>,
+}
+
+/// Parse one syslog line of HAProxy's `option httplog` format for `backend`:
+/// `… frontend backend/server TR/Tw/Tc/Tr/Ta status …`. Other lines (other backends, no server,
+/// HAProxy's own messages) are `None`.
+pub fn parse_log_line(line: &str, backend: &str) -> Option<LoggedRequest> {
+    let mut words = line.split_ascii_whitespace();
+    let server = words.by_ref().find_map(|w| {
+        let (b, s) = w.split_once('/')?;
+        (b == backend && !s.is_empty() && !s.starts_with('<')).then_some(s)
+    })?;
+    let timers: Vec<i64> = words
+        .next()?
+        .split('/')
+        .map(|t| t.trim_start_matches('+').parse().ok())
+        .collect::<Option<_>>()?;
+    if timers.len() != 5 {
+        return None;
+    }
+    let status: i64 = words.next()?.parse().ok()?;
+    let tr = timers[3];
+    Some(LoggedRequest {
+        server: server.to_string(),
+        failed: !(100..500).contains(&status) || tr < 0,
+        response_ms: (tr >= 0 && status < 500).then_some(tr as f64),
+    })
+}
+
+/// Response times kept per server and second (a uniform sample of them beyond).
+const LATENCIES_PER_SECOND: usize = 256;
+
+/// Receive HAProxy's request log on `addr` and hand the controller, every second, what each
+/// copy served.
+async fn receive_log(
+    addr: std::net::SocketAddr,
+    backend: String,
+    carried: Carried,
+    api: Arc<dyn ControlApi>,
+    cancel: CancellationToken,
+) {
+    let sock = match tokio::net::UdpSocket::bind(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot receive HAProxy's request log; rollouts of this service get no statistical judge");
+            return;
+        }
+    };
+    info!(%addr, %backend, "receiving HAProxy's request log");
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut per_copy: HashMap<(TaskId, u64), (Group, u64)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut rng = warden_core::rng::Rng::new(u64::from(addr.port()));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                let samples: Vec<TrafficSample> = per_copy
+                    .drain()
+                    .map(|((task, epoch), (group, _))| TrafficSample {
+                        task,
+                        epoch: FencingToken(epoch),
+                        group,
+                    })
+                    .collect();
+                if !samples.is_empty() {
+                    api.traffic(samples);
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, _)) = r else { continue };
+                let Ok(line) = std::str::from_utf8(&buf[..n]) else { continue };
+                let Some(req) = parse_log_line(line, &backend) else { continue };
+                let Some(copy) = carried.lock().ok().and_then(|c| c.get(&req.server).cloned()) else {
+                    continue;
+                };
+                let (group, seen) = per_copy.entry(copy).or_default();
+                group.requests += 1;
+                if req.failed {
+                    group.errors += 1;
+                }
+                if let Some(ms) = req.response_ms {
+                    // Reservoir sampling: every answer equally likely to be kept.
+                    *seen += 1;
+                    if group.latencies_ms.len() < LATENCIES_PER_SECOND {
+                        group.latencies_ms.push(ms);
+                    } else {
+                        let k = rng.below(*seen);
+                        if let Some(slot) = usize::try_from(k).ok().and_then(|k| group.latencies_ms.get_mut(k)) {
+                            *slot = ms;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -433,12 +583,51 @@ mod tests {
     }
 
     #[test]
+    fn request_log_lines_give_server_outcome_and_response_time() {
+        let line = |srv: &str, timers: &str, status: &str| {
+            format!(
+                "<134>Dec  7 02:10:01 haproxy[1234]: 127.0.0.1:45678 [07/Dec/2026:02:10:01.123] \
+                 fe web/{srv} {timers} {status} 123 - - ---- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\""
+            )
+        };
+        assert_eq!(
+            parse_log_line(&line("srv3", "0/0/0/17/17", "200"), "web"),
+            Some(LoggedRequest {
+                server: "srv3".into(),
+                failed: false,
+                response_ms: Some(17.0)
+            })
+        );
+        let r = parse_log_line(&line("srv1", "0/0/0/5/5", "503"), "web").expect("a request line");
+        assert!(r.failed && r.response_ms.is_none());
+        // No answer from the server (Tr = -1, HAProxy's own 502).
+        let r =
+            parse_log_line(&line("srv1", "0/0/1/-1/2003", "502"), "web").expect("a request line");
+        assert!(r.failed && r.response_ms.is_none());
+        // Another backend, no server, not a request line: nothing.
+        assert_eq!(
+            parse_log_line(&line("srv1", "0/0/0/5/5", "200"), "api"),
+            None
+        );
+        assert_eq!(
+            parse_log_line(&line("<NOSRV>", "0/-1/-1/-1/0", "503"), "web"),
+            None
+        );
+        assert_eq!(
+            parse_log_line("<133>haproxy[1]: Proxy web started.", "web"),
+            None
+        );
+        assert_eq!(parse_log_line("web/srv1 a/b/c 200", "web"), None);
+    }
+
+    #[test]
     fn bad_config_names_the_field() {
         let ok = HaproxyConfig {
             service: "web".into(),
             socket: "/run/haproxy.sock".into(),
             backend: "web".into(),
             poll: default_poll(),
+            log: None,
         };
         assert!(ok.validate().is_ok());
         let bad = HaproxyConfig {

@@ -365,6 +365,11 @@ pub trait ControlApi: Send + Sync + 'static {
         let _ = name;
         Err(unsupported())
     }
+    /// What copies served, from a traffic adapter's request log (for rollouts' statistical
+    /// judge). Ignored where there is no controller.
+    fn traffic(&self, samples: Vec<warden_core::judge::TrafficSample>) {
+        let _ = samples;
+    }
     /// Stop and remove a job.
     fn delete_job(&self, name: &str) -> Result<(), ApiError>;
     /// Release the mass-failure brake (an operator's decision after checking the fleet).

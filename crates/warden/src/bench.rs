@@ -304,6 +304,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         window: u64,
     },
+    /// The rollouts' statistical judge on real traffic: a 6-copy service behind a real HAProxy
+    /// whose request log the server reads, new versions rolled out with 2 canaries and
+    /// `[update.analysis]` at its defaults. `--change errors` (2 % more 500s), `latency`
+    /// (+200 ms) or `same` (A/A: every abort is false); `--loss` puts every agent in a network
+    /// namespace whose link drops that share of packets (needs root, ip, nft, haproxy).
+    RolloutJudge {
+        /// What the new version does differently: errors, latency or same.
+        #[arg(long, default_value = "errors")]
+        change: String,
+        /// For `errors`: the share of requests the new version fails.
+        #[arg(long, default_value_t = 0.02)]
+        error_rate: f64,
+        /// For `latency`: ms the new version adds to every answer.
+        #[arg(long, default_value_t = 200)]
+        delay_ms: u64,
+        /// Rollouts (one cluster, one after the other).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Requests per second through HAProxy (a third reaches the canaries).
+        #[arg(long, default_value_t = 60)]
+        rate: u32,
+        /// Packet loss on every agent's link, 0–0.5 (0: loopback, no namespaces).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+    },
     /// Traffic removal with a real HAProxy: failed requests during an agent host crash (kill
     /// -9 or SIGSTOP of the agent and its tasks), HAProxy's own health checks alone (`inter 2s
     /// fall 3`) against Warden's HAProxy adapter, and the time from the crash to the removal.
@@ -548,6 +573,79 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 anyhow::bail!("--leader-kill needs a build with `--features etcd`");
             }
             crate::bench_rollout::run(copies, agents, reps, kind)
+        }
+        BenchCommand::RolloutJudge {
+            change,
+            error_rate,
+            delay_ms,
+            reps,
+            rate,
+            loss,
+        } => {
+            use warden_chaos::rollout_judge::{Change, Options};
+            let change = match change.as_str() {
+                "errors" if (0.0..=1.0).contains(error_rate) => Change::Errors(*error_rate),
+                "errors" => anyhow::bail!("--error-rate must be between 0 and 1"),
+                "latency" => Change::Latency(*delay_ms),
+                "same" => Change::Same,
+                other => anyhow::bail!("--change {other}: expected errors, latency or same"),
+            };
+            if !(0.0..=0.5).contains(loss) {
+                anyhow::bail!("--loss must be between 0 and 0.5");
+            }
+            let opts = Options {
+                change,
+                reps: (*reps).max(1),
+                rate: (*rate).max(1),
+                loss: *loss,
+            };
+            eprintln!(
+                "{} rollouts of a {change:?} version over 6 copies (2 canaries) behind HAProxy at {} req/s{}",
+                opts.reps,
+                opts.rate,
+                if *loss > 0.0 {
+                    format!(", {:.1} % packet loss on every agent's link", loss * 100.0)
+                } else {
+                    String::new()
+                }
+            );
+            let exe = std::env::current_exe()?;
+            let samples = warden_chaos::rollout_judge::run(&exe, &opts, |n, s| {
+                if s.aborted {
+                    eprintln!(
+                        "  rollout {n}: aborted {} ms after a canary's first answer ({} canary answers): {}",
+                        s.detect_ms.map_or("?".into(), |d| d.to_string()),
+                        s.canary_requests,
+                        s.reason
+                    );
+                } else {
+                    eprintln!(
+                        "  rollout {n}: succeeded ({} canary answers)",
+                        s.canary_requests
+                    );
+                }
+            })?;
+            let aborted = samples.iter().filter(|s| s.aborted).count();
+            let mut detect: Vec<u64> = samples.iter().filter_map(|s| s.detect_ms).collect();
+            detect.sort_unstable();
+            let pick = |q: f64| {
+                detect
+                    .get(
+                        ((detect.len() as f64 * q).ceil() as usize).clamp(1, detect.len().max(1))
+                            - 1,
+                    )
+                    .copied()
+                    .unwrap_or(0)
+            };
+            println!(
+                "rollout-judge {change:?}, loss {:.1} %: {aborted} of {} rollouts aborted ({:.1} %); detection (first canary answer → abort) p50 {} ms, max {} ms",
+                loss * 100.0,
+                samples.len(),
+                100.0 * aborted as f64 / samples.len().max(1) as f64,
+                pick(0.5),
+                detect.last().copied().unwrap_or(0)
+            );
+            Ok(())
         }
         BenchCommand::RolloutTraffic { reps, rate, window } => {
             let exe = std::env::current_exe()?;

@@ -66,7 +66,24 @@ pub enum Workload {
         /// traffic; `warden bench rollout-traffic`).
         #[arg(long)]
         exit_after_ms: Option<u64>,
+        /// Answer this fraction (0–1) of requests to `/` with 500 (a version that fails a
+        /// little more; `/healthz` is unaffected).
+        #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+        error_rate: f64,
+        /// Hold every answer to `/` this many ms longer (a slower version; `/healthz` is
+        /// unaffected).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("{f} is not between 0 and 1"))
+    }
 }
 
 fn identity() -> String {
@@ -135,7 +152,13 @@ pub fn run(w: &Workload) -> Result<()> {
         Workload::Http {
             port,
             exit_after_ms,
+            error_rate,
+            delay_ms,
         } => {
+            let (error_rate, delay_ms) = (*error_rate, *delay_ms);
+            let rng = std::sync::Arc::new(std::sync::Mutex::new(warden_core::rng::Rng::new(
+                u64::from(std::process::id()),
+            )));
             if let Some(ms) = *exit_after_ms {
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(ms));
@@ -159,6 +182,7 @@ pub fn run(w: &Workload) -> Result<()> {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 let me = me.clone();
+                let rng = rng.clone();
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                     let mut buf = [0u8; 2048];
@@ -167,10 +191,22 @@ pub fn run(w: &Workload) -> Result<()> {
                     if let Some(ms) = sleep_ms(&head) {
                         std::thread::sleep(Duration::from_millis(ms));
                     }
+                    let health = head.starts_with("GET /healthz");
+                    if !health && delay_ms > 0 {
+                        std::thread::sleep(Duration::from_millis(delay_ms));
+                    }
+                    let fail = !health
+                        && error_rate > 0.0
+                        && rng.lock().is_ok_and(|mut r| r.bernoulli(error_rate));
+                    let status = if fail {
+                        "500 Internal Server Error"
+                    } else {
+                        "200 OK"
+                    };
                     let body = format!("{me}\n");
                     let _ = write!(
                         conn,
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                 });

@@ -195,3 +195,28 @@ fn a_crashing_version_is_reverted_and_a_good_one_rolls_out_in_waves() {
         "{out}"
     );
 }
+
+/// The statistical judge on real traffic: a version failing a fifth of its requests (its
+/// health check and process fine) behind a real HAProxy whose request log the server reads is
+/// judged worse than the baseline copies and reverted; the evidence names the error rates.
+#[test]
+fn a_version_failing_more_requests_is_judged_on_haproxys_log_and_reverted() {
+    assert!(
+        std::path::Path::new("/usr/sbin/haproxy").exists(),
+        "/usr/sbin/haproxy is missing: apt-get install haproxy (scripts/test.sh does)"
+    );
+    use warden_chaos::rollout_judge::{Change, Options, run};
+    let opts = Options {
+        change: Change::Errors(0.2),
+        reps: 1,
+        rate: 40,
+        loss: 0.0,
+    };
+    let samples = run(&common::warden_bin(), &opts, |_, _| {}).unwrap();
+    assert_eq!(samples.len(), 1);
+    let s = &samples[0];
+    assert!(s.aborted, "{s:?}");
+    assert!(s.reason.contains("statistical judge"), "{}", s.reason);
+    assert!(s.reason.contains("error rate"), "{}", s.reason);
+    assert!(s.canary_requests > 0, "{s:?}");
+}

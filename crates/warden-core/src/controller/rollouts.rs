@@ -857,10 +857,7 @@ impl Controller {
                 continue;
             }
             if let Some(reason) = self.judge_rollout(&job, replan_at, now, out) {
-                let (from, to) = self
-                    .rollouts
-                    .get(&job)
-                    .map_or((0, 0), |r| (r.from, r.to));
+                let (from, to) = self.rollouts.get(&job).map_or((0, 0), |r| (r.from, r.to));
                 if let Some(run) = self.rollouts.get_mut(&job) {
                     run.run.phase = RolloutPhase::Failed;
                 }

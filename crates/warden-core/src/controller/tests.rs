@@ -1497,7 +1497,10 @@ fn the_judge_fails_a_canary_serving_more_errors_and_the_version_before_comes_bac
     assert!(failed[0].contains("statistical judge"), "{failed:?}");
     assert!(failed[0].contains("error rate"), "{failed:?}");
     let judged = events_of(&all, "rollout.judged");
-    assert!(judged.iter().any(|e| e.contains("judged fail")), "{judged:?}");
+    assert!(
+        judged.iter().any(|e| e.contains("judged fail")),
+        "{judged:?}"
+    );
     all.extend(h.run(Duration::from_secs(5), &[&a, &b]));
     assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
     for i in 0..4 {
@@ -1525,7 +1528,10 @@ fn without_requests_the_judge_holds_past_every_deadline_and_a_good_canary_passes
     );
     let view = h.c.rollout_view(&JobName::new("web")).unwrap();
     assert_eq!(view.phase, RolloutPhase::Canary);
-    assert!(matches!(view.judgement, Some(crate::judge::Judgement::Hold(_))));
+    assert!(matches!(
+        view.judgement,
+        Some(crate::judge::Judgement::Hold(_))
+    ));
     // Identical service from the canary: three passes, then the rest rolls.
     for _ in 0..30 {
         all.extend(h.run(Duration::from_secs(1), &[&a, &b]));

@@ -296,6 +296,10 @@ impl ControlApi for ControlPlane {
         Ok(ControlPlane::promote_rollout(self, name)?)
     }
 
+    fn traffic(&self, samples: Vec<warden_core::judge::TrafficSample>) {
+        self.input(Input::Traffic { samples });
+    }
+
     fn delete_job(&self, name: &str) -> Result<(), ApiError> {
         let job = {
             let mut st = lock(&self.state);
