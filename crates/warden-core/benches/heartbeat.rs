@@ -19,6 +19,7 @@ use warden_core::{AgentId, FencingToken, JobKind, JobName, JobSpec, Resources, T
 
 fn service(name: String, replicas: u32) -> JobSpec {
     JobSpec {
+        data_epoch: 0,
         name: JobName::new(name),
         kind: JobKind::Service,
         replicas,

@@ -27,6 +27,7 @@ fn fleet() -> (Desired, Observed) {
     let res = Resources::new(50, 32);
     let mut add = |name: String, kind: JobKind, replicas: u32| {
         let spec = JobSpec {
+            data_epoch: 0,
             name: JobName::new(name),
             kind,
             replicas,

@@ -514,6 +514,9 @@ impl Controller {
         };
         if outcome != SubmitOutcome::Unchanged {
             self.check_release_free(&spec.name, false)?;
+            if let Some(why) = self.data_epoch_refusal(&spec.name, spec, None) {
+                return Err(Refusal::Invalid(why));
+            }
         }
         Ok(outcome)
     }

@@ -225,6 +225,9 @@ pub struct Rollout {
     /// Why it ended the way it did (the failed check and its evidence), or why it waits.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// An operator promoted it past its canaries (`warden rollout promote`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted: bool,
 }
 
 /// A job's versions and its rollout, as stored (`releases/<job>`).
@@ -364,6 +367,7 @@ mod tests {
 
     fn spec(cmd: &str, replicas: u32) -> JobSpec {
         JobSpec {
+            data_epoch: 0,
             name: JobName::new("web"),
             kind: JobKind::Service,
             replicas,

@@ -334,6 +334,15 @@ pub struct JobSpec {
     /// file rolls out and rolls back like a change of the binary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config: Vec<ConfigFile>,
+    /// The format of the data this version keeps (default 0). Raise it with a version whose
+    /// data the versions before cannot read: Warden then refuses to go back past it — a
+    /// revert, automatic or asked for, would run an older version on data it cannot read.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub data_epoch: u32,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One configuration file of a job (`[[config]]`).
@@ -766,6 +775,7 @@ mod tests {
 
     fn spec(kind: JobKind, replicas: u32) -> JobSpec {
         JobSpec {
+            data_epoch: 0,
             name: JobName::new("web"),
             kind,
             replicas,

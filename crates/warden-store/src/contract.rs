@@ -178,6 +178,7 @@ fn fresh_default<F: Fixture>(fresh: &impl Fn(StoreOptions) -> F) -> F {
 /// A service job.
 pub fn job(name: &str, replicas: u32) -> JobSpec {
     JobSpec {
+        data_epoch: 0,
         name: JobName::new(name),
         kind: JobKind::Service,
         replicas,
@@ -212,6 +213,7 @@ pub fn releases(name: &str, versions: u32) -> JobReleases {
     let mut out = out.expect("at least one version");
     let newest = out.current().map_or(1, |r| r.version);
     out.rollout = Some(Rollout {
+        promoted: false,
         from: newest.saturating_sub(1),
         to: newest,
         revert: false,

@@ -28,6 +28,7 @@ fn task() -> TaskId {
 
 fn job(i: u64) -> JobSpec {
     JobSpec {
+        data_epoch: 0,
         name: JobName::new(format!("job-{i}")),
         kind: JobKind::Singleton,
         replicas: 1,

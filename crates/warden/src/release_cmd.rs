@@ -263,6 +263,19 @@ fn print_rollout(r: &RolloutView) {
         "copies: {} wanted, {} on version {} ({} healthy), {} being replaced",
         r.copies, r.updated, r.to, r.healthy, r.replacing
     );
+    if let Some(j) = &r.judgement {
+        let outcome = match j {
+            warden_core::judge::Judgement::Hold(_) => "hold",
+            warden_core::judge::Judgement::Pass(_) => "pass",
+            warden_core::judge::Judgement::Fail(_) => "fail",
+        };
+        println!(
+            "judge: {outcome} ({} passing, {} failing in a row): {}",
+            r.passes,
+            r.failures,
+            j.evidence()
+        );
+    }
     if !r.reason.is_empty() {
         println!("reason: {}", r.reason);
     }

@@ -46,6 +46,13 @@ pub(super) struct RolloutRun {
     judgement: Option<Judgement>,
 }
 
+impl RolloutRun {
+    /// `now` as ms since the Unix epoch, by the rollout's own start.
+    fn unix_at(&self, now: Time) -> u64 {
+        self.started_unix_ms + u64::try_from(ms(now.saturating_since(self.started))).unwrap_or(0)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct NewCopy {
     epoch: FencingToken,
@@ -258,7 +265,34 @@ impl Controller {
                 "version {current} is job {job}'s current version already"
             )));
         }
+        if let Some(why) = self.data_epoch_refusal(&name, &target.spec, Some(target.version)) {
+            return Err(Refusal::Invalid(why));
+        }
         Ok((target.version, target.spec.clone()))
+    }
+
+    /// Why `spec` (version `version` of `job`, when it is one) must not replace the job's
+    /// current version: it reads an older data epoch than the current version declared, so
+    /// it could meet data it cannot read. `None` when it may.
+    pub(super) fn data_epoch_refusal(
+        &self,
+        job: &JobName,
+        spec: &JobSpec,
+        version: Option<u64>,
+    ) -> Option<String> {
+        let current = self.releases.get(job)?.current()?;
+        let (had, wants) = (current.spec.data_epoch, spec.data_epoch);
+        if wants >= had {
+            return None;
+        }
+        let what = version.map_or_else(|| "this spec".to_string(), |v| format!("version {v}"));
+        Some(format!(
+            "{what} of {job} reads data epoch {wants}, but version {} declared data epoch {had}: \
+             its copies may have written data that {what} cannot read. Roll forward with a fix; \
+             or restore the data from before epoch {had}, then submit the spec with \
+             data_epoch = {had} to declare the data readable by it",
+            current.version
+        ))
     }
 
     /// Check a promotion of `job`'s rollout past its canaries.
@@ -282,9 +316,23 @@ impl Controller {
     pub(super) fn promote_rollout(&mut self, job: &JobName, now: Time, out: &mut Vec<Command>) {
         if let Some(r) = self.rollouts.get_mut(job) {
             r.run.promoted = true;
-            let msg = format!("rollout of {job} version {} promoted by an operator", r.to);
+            let (msg, phase) = (
+                format!("rollout of {job} version {} promoted by an operator", r.to),
+                r.run.phase,
+            );
             self.dirty = true;
             self.event(out, now, "rollout.promote", None, None, msg);
+            // Stored, so that a new leader does not wait for a second promotion.
+            if let Some(rollout) = self.releases.get_mut(job).and_then(|r| r.rollout.as_mut()) {
+                rollout.promoted = true;
+            }
+            let reason = self
+                .releases
+                .get(job)
+                .and_then(|r| r.rollout.as_ref())
+                .map(|r| r.reason.clone())
+                .unwrap_or_default();
+            self.persist_rollout(job, phase, reason, None, out);
         }
     }
 
@@ -342,6 +390,7 @@ impl Controller {
             Some(from) if stale && spec.standbys() == 0 => {
                 let run = Run::new(&spec.update(), revert, now);
                 releases.rollout = Some(Rollout {
+                    promoted: false,
                     from,
                     to,
                     revert,
@@ -451,7 +500,7 @@ impl Controller {
                     .unwrap_or_default();
                 let mut run = Run::new(&update, r.revert, now);
                 run.phase = r.phase;
-                run.promoted = r.phase == RolloutPhase::Rolling;
+                run.promoted = r.promoted || r.phase == RolloutPhase::Rolling;
                 let copies = self.desired.get(&job).map_or(0, JobSpec::desired_count);
                 // Copies of an older version already stopped (by this rollout before a new
                 // leader took over, most likely) are started again at the new version: they
@@ -945,12 +994,18 @@ impl Controller {
                          `warden rollout promote {job}`"
                     );
                     self.event(out, now, "rollout.awaiting_promotion", None, None, msg);
-                    self.persist_rollout(&job, RolloutPhase::AwaitingPromotion, String::new(), out);
+                    self.persist_rollout(
+                        &job,
+                        RolloutPhase::AwaitingPromotion,
+                        String::new(),
+                        None,
+                        out,
+                    );
                 }
                 Some(Verdict::Rolling) => {
                     let msg = format!("rollout of {job} version {to}: past the canaries, rolling");
                     self.event(out, now, "rollout.rolling", None, None, msg);
-                    self.persist_rollout(&job, RolloutPhase::Rolling, String::new(), out);
+                    self.persist_rollout(&job, RolloutPhase::Rolling, String::new(), None, out);
                 }
                 Some(Verdict::Succeeded) => {
                     let took = self
@@ -966,7 +1021,8 @@ impl Controller {
                         "{what} of {job} to version {to} succeeded in {took} ms: every copy runs it"
                     );
                     self.event(out, now, "rollout.succeeded", None, None, msg);
-                    self.persist_rollout(&job, RolloutPhase::Succeeded, String::new(), out);
+                    let ended = self.rollouts.get(&job).map(|r| r.unix_at(now));
+                    self.persist_rollout(&job, RolloutPhase::Succeeded, String::new(), ended, out);
                     self.rollouts.remove(&job);
                 }
                 Some(Verdict::Failed(reason)) => {
@@ -1003,8 +1059,11 @@ impl Controller {
             .map(|r| r.spec.clone());
         let msg = format!("rollout of {job} version {to} failed: {reason}");
         self.event(out, now, "rollout.failed", None, None, msg.clone());
+        let data_refusal = from_spec
+            .as_ref()
+            .and_then(|s| self.data_epoch_refusal(job, s, Some(from)));
         match from_spec {
-            Some(spec) if auto_revert => {
+            Some(spec) if auto_revert && data_refusal.is_none() => {
                 // Out of traffic first: every copy of the failed version is stopped now; the
                 // revert starts the version before in their place.
                 if let (Some(rel), Some(slots)) =
@@ -1028,8 +1087,7 @@ impl Controller {
                         }
                     }
                 }
-                let unix_ms = run.started_unix_ms
-                    + u64::try_from(ms(now.saturating_since(run.started))).unwrap_or(0);
+                let unix_ms = run.unix_at(now);
                 let Some(mut rel) = self.releases.get(job).cloned() else {
                     return;
                 };
@@ -1047,6 +1105,7 @@ impl Controller {
                 );
                 let new = rel.current().map_or(0, |r| r.version);
                 rel.rollout = Some(Rollout {
+                    promoted: false,
                     from: to,
                     to: new,
                     revert: true,
@@ -1070,13 +1129,16 @@ impl Controller {
                 self.dirty = true;
             }
             _ => {
-                let why = if auto_revert {
+                let why = if let Some(refusal) = data_refusal.filter(|_| auto_revert) {
+                    format!("{msg}; not reverted: {refusal}")
+                } else if auto_revert {
                     format!("{msg}; version {from} is no longer kept, so nothing is reverted")
                 } else {
                     format!("{msg}; copies stay as they are (auto_revert = false)")
                 };
                 out.push(Command::Notice(Notice::Alarm(why)));
-                self.persist_rollout(job, RolloutPhase::Failed, reason, out);
+                let ended = Some(run.unix_at(now));
+                self.persist_rollout(job, RolloutPhase::Failed, reason, ended, out);
             }
         }
     }
@@ -1088,6 +1150,7 @@ impl Controller {
         job: &JobName,
         phase: RolloutPhase,
         reason: String,
+        ended_unix_ms: Option<u64>,
         out: &mut Vec<Command>,
     ) {
         let Some(rel) = self.releases.get_mut(job) else {
@@ -1096,6 +1159,9 @@ impl Controller {
         if let Some(r) = rel.rollout.as_mut() {
             r.phase = phase;
             r.reason = reason;
+            if !phase.is_active() && r.ended_unix_ms.is_none() {
+                r.ended_unix_ms = ended_unix_ms;
+            }
         }
         let pending = PendingRelease {
             id: WriteId(0),

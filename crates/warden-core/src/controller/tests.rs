@@ -23,6 +23,7 @@ fn leader() -> Election {
 
 fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
     JobSpec {
+        data_epoch: 0,
         name: JobName::new(name),
         kind,
         replicas,
@@ -1403,6 +1404,55 @@ fn a_failing_version_is_reverted_at_once_and_every_copy_runs_the_old_spec() {
 }
 
 #[test]
+fn a_version_that_raised_the_data_epoch_is_never_reverted_past() {
+    let (mut h, a, b) = web_running();
+    h.failing = Some("/bin/bad".into());
+    h.submit(JobSpec {
+        data_epoch: 1,
+        ..web("/bin/bad", 4, fast_update(2))
+    });
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all.extend(h.run(Duration::from_millis(100), &[&a, &b]));
+        if !events_of(&all, "rollout.failed").is_empty() {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.failed").len(), 1, "{all:?}");
+    all.extend(h.run(Duration::from_secs(2), &[&a, &b]));
+    // No automatic revert: an alarm says why.
+    assert!(events_of(&all, "rollout.revert").is_empty(), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|c| matches!(c, Command::Notice(Notice::Alarm(m))
+            if m.contains("not reverted") && m.contains("data epoch 1"))),
+        "{all:?}"
+    );
+    let current =
+        h.c.releases(&JobName::new("web"))
+            .unwrap()
+            .current()
+            .unwrap()
+            .version;
+    assert_eq!(current, 2);
+    // Nor by hand, nor by submitting the old spec again; declaring the data readable works.
+    let err = h.c.check_revert("web", Some(1), h.now).unwrap_err();
+    assert!(err.to_string().contains("reads data epoch 0"), "{err}");
+    let err =
+        h.c.check_submit(&web("/bin/v1", 4, fast_update(2)), h.now)
+            .unwrap_err();
+    assert!(err.to_string().contains("declared data epoch 1"), "{err}");
+    let fix = JobSpec {
+        data_epoch: 1,
+        ..web("/bin/v1", 4, fast_update(2))
+    };
+    assert_eq!(
+        h.c.check_submit(&fix, h.now).unwrap(),
+        SubmitOutcome::Updated
+    );
+}
+
+#[test]
 fn canaries_wait_for_an_operator_and_revert_names_a_version() {
     let (mut h, a, b) = web_running();
     let update = crate::release::UpdateSpec {
@@ -1426,8 +1476,17 @@ fn canaries_wait_for_an_operator_and_revert_names_a_version() {
     all.extend(h.step(Input::PromoteRollout {
         job: JobName::new("web"),
     }));
+    // The promotion is stored with the rollout: a new leader would not wait for another.
+    let stored = |h: &H| {
+        h.c.releases(&JobName::new("web"))
+            .and_then(|r| r.rollout.clone())
+            .unwrap()
+    };
+    assert!(stored(&h).promoted);
+    assert_eq!(stored(&h).ended_unix_ms, None);
     all.extend(h.run(Duration::from_secs(5), &[&a, &b]));
     assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    assert!(stored(&h).ended_unix_ms.is_some());
     // Back to version 1 by hand: a revert, every copy at once.
     let (v, spec) = h.c.check_revert("web", None, h.now).unwrap();
     assert_eq!((v, spec.command.as_str()), (1, "/bin/v1"));

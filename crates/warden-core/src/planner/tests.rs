@@ -14,6 +14,7 @@ fn ms(v: u64) -> Time {
 
 fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
     JobSpec {
+        data_epoch: 0,
         name: JobName::new(name),
         kind,
         replicas,

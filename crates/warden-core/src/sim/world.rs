@@ -248,6 +248,7 @@ fn probe_addr(host: usize) -> SocketAddr {
 
 fn jobs(cfg: &SimConfig) -> Vec<JobSpec> {
     let spec = |name: String, kind, replicas| JobSpec {
+        data_epoch: 0,
         name: JobName::new(name),
         kind,
         replicas,
