@@ -85,6 +85,7 @@ fn fleet() -> (Desired, Observed) {
         })
         .collect();
     let mut observed = Observed {
+        daemon_pins: Default::default(),
         agents,
         tasks,
         brake_engaged: false,

@@ -52,6 +52,7 @@ pub const TASK_SIGNALS: [(&str, &str); 4] = [
 mod agents;
 mod book;
 mod config;
+mod daemons;
 mod election;
 mod io;
 mod reconcile;

@@ -124,6 +124,35 @@ impl Placer {
             None if apart => return None,
             None => self.best_of_all(request, copies, avoid)?,
         };
+        Some(self.take(i, request, copies))
+    }
+
+    /// Place one copy on the node of agent `name` (any generation offered), if it fits: a
+    /// daemon's copy belongs to its agent. `None` when that agent is not offered or is full.
+    pub fn place_on(
+        &mut self,
+        request: &Resources,
+        copies: &mut FxHashMap<AgentId, u32>,
+        name: &str,
+    ) -> Option<AgentId> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| &*n.id.name == name && n.free().fits(request))?;
+        if self.order.is_none() {
+            let order = (0..self.nodes.len()).map(|i| self.key(i)).collect();
+            self.order = Some(order);
+        }
+        Some(self.take(i, request, copies))
+    }
+
+    /// Reserve `request` on node `i` for one more copy of the job counted in `copies`.
+    fn take(
+        &mut self,
+        i: usize,
+        request: &Resources,
+        copies: &mut FxHashMap<AgentId, u32>,
+    ) -> AgentId {
         let before = self.key(i);
         let node = &mut self.nodes[i];
         node.allocated = node.allocated.plus(request);
@@ -133,7 +162,7 @@ impl Placer {
             order.remove(&before);
             order.insert(after);
         }
-        Some(self.nodes[i].id.clone())
+        self.nodes[i].id.clone()
     }
 
     /// The rules applied to every node.

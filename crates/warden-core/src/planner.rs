@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,11 @@ pub struct Observed {
     /// what a promotion at `quorum` compares. Reports, not stored.
     #[serde(skip)]
     pub replica_reports: FxHashMap<TaskId, crate::state::ReplicaReport>,
+    /// Daemon jobs: the agent (name) each slot belongs to; `None` is a slot whose agent is
+    /// gone for good (its copy is stopped, the slot reused by the next agent to join). The
+    /// controller keeps it in step with the fleet before every plan.
+    #[serde(default)]
+    pub daemon_pins: FxHashMap<JobName, Vec<Option<Arc<str>>>>,
 }
 
 /// Identifies an operation for idempotence and for recovery records: `job/index@epoch:kind`.
@@ -386,7 +392,7 @@ fn copy_status<'a>(
     match view.state {
         AgentState::Left => Copy::Dead,
         AgentState::Failed => match kind {
-            JobKind::Service => Copy::Dead,
+            JobKind::Service | JobKind::Daemon => Copy::Dead,
             JobKind::Singleton => {
                 match singleton_replacement(&cfg.fencing, view.last_renewal, view.death, now) {
                     ReplacementVerdict::Allowed(_) => Copy::Dead,
@@ -674,7 +680,7 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
 
     // Singletons first: under a tight budget the work that cannot run twice, and so cannot run
     // at all until moved, goes first.
-    for kind in [JobKind::Singleton, JobKind::Service] {
+    for kind in [JobKind::Singleton, JobKind::Service, JobKind::Daemon] {
         for (name, spec) in desired.iter().filter(|(_, s)| s.kind == kind) {
             let slots = match observed.tasks.get(name) {
                 Some(slots) => {
@@ -683,7 +689,15 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                 }
                 None => &empty,
             };
-            let want = spec.desired_count() as usize;
+            // A daemon's slot `i` belongs to agent `pins[i]`.
+            let pins: Option<&[Option<Arc<str>>]> = (kind == JobKind::Daemon).then(|| {
+                observed
+                    .daemon_pins
+                    .get(name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+            });
+            let want = pins.map_or(spec.desired_count() as usize, <[_]>::len);
             // Copies per agent, for spreading; built only if this job needs a placement.
             let mut copies: Option<FxHashMap<AgentId, u32>> = None;
             let mut unplaced = 0u32;
@@ -715,20 +729,20 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     continue;
                 }
                 let view = slots.get(index);
+                let pin = pins.and_then(|p| p.get(index)).and_then(Option::as_deref);
+                let wanted = index < want && (pins.is_none() || pin.is_some());
                 let status = match view {
                     None => Copy::Dead,
-                    Some(t) if index < want => {
-                        copy_status(cfg, kind, t, on_terminal, now, &mut wake)
-                    }
+                    Some(t) if wanted => copy_status(cfg, kind, t, on_terminal, now, &mut wake),
                     Some(t) => copy_status(cfg, kind, t, on_any, now, &mut wake),
                 };
-                if index < want && status != Copy::Dead {
+                if wanted && status != Copy::Dead {
                     // The common case, kept cheap: a copy runs (or must be waited for).
                     continue;
                 }
                 let task = TaskId::new(name.clone(), u32::try_from(index).unwrap_or(u32::MAX));
                 let epoch = view.map_or(FencingToken::NONE, |t| t.epoch);
-                if index >= want {
+                if !wanted {
                     // Surplus slot (scaled down).
                     if let Some(t) = view
                         && needs_stop(t, status)
@@ -767,7 +781,17 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     budget -= 1;
                     let copies = copies.get_or_insert_with(|| job_copies(slots, want));
                     let apart = spec.standbys() > 0;
-                    match placer.place(&spec.resources, copies, Some(&from), apart) {
+                    let to = match pin {
+                        // A daemon's copy never moves: only its own agent's next generation
+                        // takes it back.
+                        Some(pin) => placer.place_on(&spec.resources, copies, pin),
+                        None => placer.place(&spec.resources, copies, Some(&from), apart),
+                    };
+                    if pin.is_some() && to.is_none() {
+                        unplaced += 1;
+                        continue;
+                    }
+                    match to {
                         Some(to) => {
                             actions.push(Action::Reschedule {
                                 op: OperationId::task(&task, next, "reschedule"),
@@ -805,7 +829,11 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     Some(_) | None => None,
                 };
                 let copies = copies.get_or_insert_with(|| job_copies(slots, want));
-                match placer.place(&spec.resources, copies, avoid, spec.standbys() > 0) {
+                let placed = match pin {
+                    Some(pin) => placer.place_on(&spec.resources, copies, pin),
+                    None => placer.place(&spec.resources, copies, avoid, spec.standbys() > 0),
+                };
+                match placed {
                     Some(agent) => {
                         actions.push(Action::Start {
                             op: OperationId::task(&task, next, "start"),

@@ -189,6 +189,10 @@ pub enum JobKind {
     Singleton,
     /// `replicas` interchangeable copies; a brief duplicate during recovery is harmless.
     Service,
+    /// One copy on every agent (per-host work: collectors, log shippers, node agents). A copy
+    /// belongs to its agent: it is restarted there and never moved to another one; an agent
+    /// that joins gets one, an agent gone for good takes its copy with it.
+    Daemon,
 }
 
 impl JobKind {
@@ -197,6 +201,7 @@ impl JobKind {
         match self {
             JobKind::Singleton => "singleton",
             JobKind::Service => "service",
+            JobKind::Daemon => "daemon",
         }
     }
 }
@@ -470,11 +475,13 @@ impl JobSpec {
     }
 
     /// Number of task slots this job wants: a singleton with replicated state has one slot per
-    /// replica (the primary and its standbys, on distinct agents).
+    /// replica (the primary and its standbys, on distinct agents). A daemon's slots follow the
+    /// fleet (one per agent, [`crate::planner::Observed::daemon_pins`]): 0 here.
     pub fn desired_count(&self) -> u32 {
         match self.kind {
             JobKind::Singleton => 1 + u32::from(self.standbys()),
             JobKind::Service => self.replicas,
+            JobKind::Daemon => 0,
         }
     }
 
@@ -521,6 +528,12 @@ impl JobSpec {
                 return Err(ConfigError::new(
                     "replicas",
                     "a singleton runs exactly one copy; remove `replicas` or use kind = \"service\"",
+                ));
+            }
+            JobKind::Daemon if self.replicas != 1 => {
+                return Err(ConfigError::new(
+                    "replicas",
+                    "a daemon runs one copy on every agent; remove `replicas`",
                 ));
             }
             JobKind::Service if self.replicas == 0 || self.replicas > MAX_REPLICAS => {
@@ -590,7 +603,11 @@ impl JobSpec {
             }
         }
         if let Some(update) = &self.update {
-            update.validate(self.desired_count())?;
+            let copies = match self.kind {
+                JobKind::Daemon => MAX_REPLICAS,
+                _ => self.desired_count(),
+            };
+            update.validate(copies)?;
         }
         if self.config.len() > MAX_CONFIG_FILES {
             return Err(ConfigError::new(

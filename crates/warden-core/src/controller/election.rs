@@ -99,6 +99,8 @@ impl Controller {
         }
         self.desired = desired;
         self.observed.tasks = tasks;
+        // Rebuilt from the slots' records at the next plan.
+        self.observed.daemon_pins.clear();
         let mut unknown = false;
         let mut ids: Vec<&AgentId> = alloc.keys().collect();
         ids.sort();
@@ -166,6 +168,8 @@ impl Controller {
         let alloc = allocations(&desired, &tasks);
         self.desired = desired;
         self.observed.tasks = tasks;
+        // Rebuilt from the slots' records at the next plan.
+        self.observed.daemon_pins.clear();
         self.load_releases(releases, now, false);
         for (id, v) in &mut self.observed.agents {
             v.allocated = alloc.get(id).copied().unwrap_or_default();

@@ -85,6 +85,7 @@ impl Controller {
         self.last_plan = Some(now);
         self.observed.brake_engaged = self.fleet.brake_engaged();
         self.observed.reschedule_budget = self.bucket.available(now);
+        self.sync_daemon_pins();
         let planned = plan_next(&self.cfg.planner, &self.desired, &self.observed, now);
         let mut replan_at = planned.wake_at;
         let mut actions = planned.actions;

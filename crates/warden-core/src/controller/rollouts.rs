@@ -141,10 +141,14 @@ impl Controller {
         let rollout = rel.rollout.as_ref()?;
         let run = self.rollouts.get(job);
         let spec = self.desired.get(job);
-        let want = spec.map_or(0, JobSpec::desired_count);
+        let wanted: Vec<usize> = spec.map(|s| self.wanted_slots(s)).unwrap_or_default();
+        let want = u32::try_from(wanted.len()).unwrap_or(u32::MAX);
         let slots = self.observed.tasks.get(job);
         let (mut updated, mut healthy) = (0u32, 0u32);
-        for (i, t) in slots.into_iter().flatten().enumerate().take(want as usize) {
+        for &i in &wanted {
+            let Some(t) = slots.and_then(|s| s.get(i)) else {
+                continue;
+            };
             if t.agent.is_none() || !slot_current(rel, t.version) {
                 continue;
             }
@@ -183,7 +187,7 @@ impl Controller {
         if spec.standbys() > 0 || prev.is_none() {
             return (version, 0);
         }
-        let want = spec.desired_count() as usize;
+        let want = self.slot_count(spec);
         let replaces = self.observed.tasks.get(&spec.name).map_or(0, |slots| {
             slots
                 .iter()
@@ -373,7 +377,7 @@ impl Controller {
         let mut releases =
             JobReleases::with_release(prev.as_ref(), spec.clone(), unix_ms, cause, DEFAULT_KEEP);
         let to = releases.current().map_or(0, |r| r.version);
-        let want = spec.desired_count() as usize;
+        let want = self.slot_count(&spec);
         let stale = self.observed.tasks.get(&job).is_some_and(|slots| {
             slots
                 .iter()
@@ -501,7 +505,7 @@ impl Controller {
                 let mut run = Run::new(&update, r.revert, now);
                 run.phase = r.phase;
                 run.promoted = r.promoted || r.phase == RolloutPhase::Rolling;
-                let copies = self.desired.get(&job).map_or(0, JobSpec::desired_count);
+                let copies = self.desired.get(&job).map_or(0, |s| self.slot_count(s));
                 // Copies of an older version already stopped (by this rollout before a new
                 // leader took over, most likely) are started again at the new version: they
                 // count as the wave they were.
@@ -510,7 +514,7 @@ impl Controller {
                     .tasks
                     .get(&job)
                     .map(|slots| {
-                        (0..slots.len().min(copies as usize))
+                        (0..slots.len().min(copies))
                             .filter(|&i| {
                                 let t = &slots[i];
                                 matches!(t.state, SlotState::Stopping | SlotState::Stopped)
@@ -917,14 +921,16 @@ impl Controller {
                 continue;
             };
             let update = spec.update();
-            let want = spec.desired_count() as usize;
+            // The slots the job wants (a daemon's: those of live agents).
+            let wanted: Vec<usize> = self.wanted_slots(spec);
             let (Some(rel), Some(run)) = (self.releases.get(&job), self.rollouts.get_mut(&job))
             else {
                 continue;
             };
             let slots = self.observed.tasks.get(&job);
-            let facts: Vec<SlotFacts> = (0..want)
-                .map(|i| {
+            let facts: Vec<SlotFacts> = wanted
+                .iter()
+                .map(|&i| {
                     let index = u32::try_from(i).unwrap_or(u32::MAX);
                     let Some(t) = slots.and_then(|s| s.get(i)) else {
                         return SlotFacts {
@@ -950,7 +956,11 @@ impl Controller {
             }
             let (from, to) = (run.from, run.to);
             let mut stops = Vec::new();
-            for i in step.replace {
+            for i in step
+                .replace
+                .into_iter()
+                .filter_map(|k| wanted.get(k).copied())
+            {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
                 let task = TaskId::new(job.clone(), index);
                 match slots.and_then(|s| s.get(i)) {

@@ -3,7 +3,7 @@
 //! asked, obedient agents that run what they are assigned.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::*;
@@ -1756,4 +1756,177 @@ fn a_job_with_no_room_raises_its_alarm_without_planning_again_at_once() {
     };
     let out = h.run(Duration::from_secs(2), &[&a]);
     assert!(rounds(&out) <= 4, "{} rounds in 2 s", rounds(&out));
+}
+
+/// Where each slot of `job` runs: (slot, agent name, state).
+fn placed(h: &H, job: &str) -> Vec<(u32, String, SlotState)> {
+    h.c.observed()
+        .tasks
+        .get(&JobName::new(job))
+        .map(|slots| {
+            slots
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    (
+                        u32::try_from(i).unwrap(),
+                        t.agent
+                            .as_ref()
+                            .map_or(String::new(), |a| a.name.to_string()),
+                        t.state,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_daemon_runs_one_copy_on_every_agent_and_follows_the_fleet() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    let b = h.join("b", 1);
+    h.submit(job("node-exporter", JobKind::Daemon, 1));
+    h.run(Duration::from_secs(2), &[&a, &b]);
+    let mut on: Vec<(String, SlotState)> = placed(&h, "node-exporter")
+        .into_iter()
+        .map(|(_, agent, state)| (agent, state))
+        .collect();
+    on.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        on,
+        vec![
+            ("a".to_string(), SlotState::Running),
+            ("b".to_string(), SlotState::Running)
+        ]
+    );
+    // An agent that joins gets a copy; the others are not touched.
+    let c = h.join("c", 1);
+    h.run(Duration::from_secs(2), &[&a, &b, &c]);
+    let p = placed(&h, "node-exporter");
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(p.iter().all(|(_, _, s)| *s == SlotState::Running), "{p:?}");
+    assert_eq!(
+        p.iter()
+            .map(|(_, a, _)| a.as_str())
+            .collect::<BTreeSet<_>>(),
+        ["a", "b", "c"].into_iter().collect()
+    );
+    assert!(
+        h.assigned.iter().all(|(_, e, _)| *e == FencingToken(1)),
+        "no copy restarted: {:?}",
+        h.assigned
+    );
+    // An agent that dies takes its copy with it: nothing moves to the others.
+    h.step(Input::SessionClosed {
+        agent: b.clone(),
+        session: h.c.session_of(&b.name).unwrap().1,
+    });
+    let all = h.run(Duration::from_secs(30), &[&a, &c]);
+    assert!(
+        all.iter()
+            .all(|cmd| !matches!(cmd, Command::Notice(Notice::Alarm(m)) if m.contains("no room"))),
+        "{all:?}"
+    );
+    let p = placed(&h, "node-exporter");
+    let running: Vec<&str> = p
+        .iter()
+        .filter(|(_, _, s)| *s == SlotState::Running)
+        .map(|(_, a, _)| a.as_str())
+        .collect();
+    assert_eq!(running.len(), 2, "{p:?}");
+    assert!(!running.contains(&"b"), "{p:?}");
+    let per_agent = |h: &H, name: &str| {
+        placed(h, "node-exporter")
+            .iter()
+            .filter(|(_, a, s)| a == name && *s == SlotState::Running)
+            .count()
+    };
+    assert_eq!(per_agent(&h, "a"), 1);
+    assert_eq!(per_agent(&h, "c"), 1);
+    // It comes back (a new generation): it gets a copy again, still one per agent.
+    let b2 = h.join("b", 2);
+    h.run(Duration::from_secs(3), &[&a, &b2, &c]);
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            per_agent(&h, name),
+            1,
+            "{name}: {:?}",
+            placed(&h, "node-exporter")
+        );
+    }
+    let jobs = h.c.desired();
+    assert_eq!(h.c.wanted_copies(&jobs[&JobName::new("node-exporter")]), 3);
+}
+
+#[test]
+fn a_daemon_rolls_out_host_by_host_and_a_failing_version_comes_back_everywhere() {
+    let mut h = H::new();
+    let agents: Vec<AgentId> = (0..5).map(|i| h.join(&format!("h{i}"), 1)).collect();
+    let refs: Vec<&AgentId> = agents.iter().collect();
+    let daemon = |cmd: &str| JobSpec {
+        command: cmd.into(),
+        update: Some(crate::release::UpdateSpec {
+            canary: 1,
+            auto_promote: true,
+            ..fast_update(2)
+        }),
+        ..job("collector", JobKind::Daemon, 1)
+    };
+    h.submit(daemon("/bin/v1"));
+    h.run(Duration::from_secs(2), &refs);
+    assert_eq!(placed(&h, "collector").len(), 5);
+    // A good version: every host in waves, one copy per host throughout.
+    h.submit(daemon("/bin/v2"));
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all.extend(h.run(Duration::from_millis(200), &refs));
+        let per_host = placed(&h, "collector")
+            .iter()
+            .filter(|(_, _, s)| matches!(s, SlotState::Running | SlotState::Starting))
+            .map(|(_, a, _)| a.clone())
+            .collect::<Vec<_>>();
+        let distinct: BTreeSet<&String> = per_host.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            per_host.len(),
+            "two copies on one host: {per_host:?}"
+        );
+        if !events_of(&all, "rollout.succeeded").is_empty() {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    assert_eq!(
+        h.assigned.iter().filter(|(_, _, c)| c == "/bin/v2").count(),
+        5
+    );
+    // A failing one: caught on the canary host, every host back on v2.
+    h.failing = Some("/bin/bad".into());
+    h.submit(daemon("/bin/bad"));
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all.extend(h.run(Duration::from_millis(200), &refs));
+        if events_of(&all, "rollout.succeeded").len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.failed").len(), 1, "{all:?}");
+    assert!(events_of(&all, "rollout.succeeded")[0].contains("revert"));
+    let p = placed(&h, "collector");
+    assert_eq!(p.len(), 5);
+    let rel = h.c.releases(&JobName::new("collector")).unwrap();
+    for (i, _, s) in &p {
+        assert_eq!(*s, SlotState::Running);
+        let v = h.slot("collector", *i).version;
+        assert!(rel.is_current(v) && v != 3, "slot {i} on version {v}");
+    }
+    assert_eq!(
+        h.assigned
+            .iter()
+            .filter(|(_, _, c)| c == "/bin/bad")
+            .count(),
+        1,
+        "only the canary host ran it"
+    );
 }

@@ -49,6 +49,7 @@ fn aid(name: &str) -> AgentId {
 fn world(agents: &[(&str, AgentState)], jobs: &[JobSpec]) -> (Desired, Observed) {
     let desired = jobs.iter().map(|j| (j.name.clone(), j.clone())).collect();
     let observed = Observed {
+        daemon_pins: Default::default(),
         agents: agents.iter().map(|(n, s)| (aid(n), agent(*s))).collect(),
         tasks: Default::default(),
         brake_engaged: false,

@@ -195,7 +195,7 @@ impl ControlApi for ControlPlane {
                 });
                 JobInfo {
                     spec: spec.clone(),
-                    desired: spec.desired_count(),
+                    desired: c.wanted_copies(spec),
                     running: u32::try_from(running).unwrap_or(u32::MAX),
                 }
             })
