@@ -289,6 +289,10 @@ pub enum BenchCommand {
         /// With --aa: delay every agent's session by this many ms (and as much jitter).
         #[arg(long, default_value_t = 100)]
         delay_ms: u64,
+        /// Roll out over a daemon job (`kind = "daemon"`, one copy on every agent) instead of
+        /// a service; `--copies` is ignored (use `--agents 20` for 20 hosts).
+        #[arg(long)]
+        daemon: bool,
     },
     /// Failed requests through a real HAProxy while a bad version (crashing 3 s after it
     /// starts) rolls out over 10 copies: Warden's rollout (a canary, checks, automatic
@@ -560,6 +564,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             leader_kill,
             aa,
             delay_ms,
+            daemon,
         } => {
             let (copies, agents, reps) = ((*copies).max(1), (*agents).max(1), (*reps).max(1));
             if let Some(n) = aa {
@@ -572,7 +577,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 #[cfg(not(feature = "etcd"))]
                 anyhow::bail!("--leader-kill needs a build with `--features etcd`");
             }
-            crate::bench_rollout::run(copies, agents, reps, kind)
+            crate::bench_rollout::run(copies, agents, reps, kind, *daemon)
         }
         BenchCommand::RolloutJudge {
             change,

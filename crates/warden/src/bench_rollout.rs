@@ -48,9 +48,22 @@ fn now_ms() -> u64 {
     .unwrap_or(0)
 }
 
-fn spec(copies: u32, command: &str, args: &str, health: &str) -> String {
+/// What the bench rolls out over: a service of `copies` copies, or a daemon (one copy on
+/// every agent; `copies` is then the number of agents).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    copies: u32,
+    daemon: bool,
+}
+
+fn spec(shape: Shape, command: &str, args: &str, health: &str) -> String {
+    let kind = if shape.daemon {
+        "kind = \"daemon\"".to_string()
+    } else {
+        format!("kind = \"service\"\nreplicas = {}", shape.copies)
+    };
     format!(
-        "name = \"web\"\nkind = \"service\"\nreplicas = {copies}\ncommand = \"{command}\"\n\
+        "name = \"web\"\n{kind}\ncommand = \"{command}\"\n\
          args = {args}\n\
          [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
          [service]\nport = \"dynamic\"\n\
@@ -113,25 +126,26 @@ fn last_seq(cluster: &Cluster) -> u64 {
     }
 }
 
-fn rep(cluster: &Cluster, copies: u32, kind: BadKind, marks: &std::path::Path) -> Result<Rep> {
+fn rep(cluster: &Cluster, shape: Shape, kind: BadKind, marks: &std::path::Path) -> Result<Rep> {
+    let copies = shape.copies;
     let _ = std::fs::remove_file(marks);
     let marks_s = marks.display().to_string();
     let since = last_seq(cluster);
     let bad = match kind {
         BadKind::Crash => spec(
-            copies,
+            shape,
             "sh",
             &format!("[\"-c\", \"sleep 1; date +%s%3N >> {marks_s}; exit 3\"]"),
             GOOD_CHECK,
         ),
         BadKind::Late => spec(
-            copies,
+            shape,
             "sh",
             &format!("[\"-c\", \"sleep 8; date +%s%3N >> {marks_s}; exit 3\"]"),
             GOOD_CHECK,
         ),
         BadKind::Health => spec(
-            copies,
+            shape,
             "{exe}",
             GOOD_ARGS,
             &format!("[\"sh\", \"-c\", \"date +%s%3N >> {marks_s}; exit 1\"]"),
@@ -215,8 +229,18 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
     v[i.min(v.len() - 1)]
 }
 
-/// Run the benchmark.
-pub fn run(copies: u32, agents: usize, reps: usize, kinds: &[BadKind]) -> Result<()> {
+/// Run the benchmark; `daemon`: roll out over a daemon job (one copy per agent) instead of a
+/// `copies`-copy service.
+pub fn run(copies: u32, agents: usize, reps: usize, kinds: &[BadKind], daemon: bool) -> Result<()> {
+    let shape = Shape {
+        copies: if daemon {
+            u32::try_from(agents).unwrap_or(u32::MAX)
+        } else {
+            copies
+        },
+        daemon,
+    };
+    let copies = shape.copies;
     let exe = std::env::current_exe()?;
     let mut cluster = Cluster::start(&exe)?;
     cluster.add_agents(agents)?;
@@ -229,14 +253,19 @@ pub fn run(copies: u32, agents: usize, reps: usize, kinds: &[BadKind]) -> Result
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )?;
     let marks = marks_dir.path().join("bad-marks");
-    cluster.submit(&spec(copies, "{exe}", GOOD_ARGS, GOOD_CHECK))?;
+    cluster.submit(&spec(shape, "{exe}", GOOD_ARGS, GOOD_CHECK))?;
     if !wait_until(Duration::from_secs(90), || {
         all_running_but(&cluster, copies as usize, 0)
     }) {
         bail!("version 1's {copies} copies did not start");
     }
     eprintln!(
-        "{copies} copies on {agents} agents; bad versions rolled out with canary 2, max_parallel 4, auto_revert"
+        "{copies} copies ({}) on {agents} agents; bad versions rolled out with canary 2, max_parallel 4, auto_revert",
+        if daemon {
+            "a daemon job, one per agent"
+        } else {
+            "a service"
+        }
     );
     println!(
         "kind    reps  decision p50/p99/max ms  out of traffic p50/p99/max ms  all back p50/p99/max ms  bad copies started (mean)"
@@ -244,7 +273,7 @@ pub fn run(copies: u32, agents: usize, reps: usize, kinds: &[BadKind]) -> Result
     for &kind in kinds {
         let mut rows = Vec::new();
         for i in 0..reps {
-            let r = rep(&cluster, copies, kind, &marks)
+            let r = rep(&cluster, shape, kind, &marks)
                 .with_context(|| format!("{kind:?} repetition {}", i + 1))?;
             eprintln!(
                 "  {kind:?} {}: decision {} ms, out of traffic {} ms, back {} ms, {} bad copies",

@@ -220,3 +220,72 @@ fn a_version_failing_more_requests_is_judged_on_haproxys_log_and_reverted() {
     assert!(s.reason.contains("error rate"), "{}", s.reason);
     assert!(s.canary_requests > 0, "{s:?}");
 }
+
+/// Where each running copy of `job` is: agent names, one entry per running copy.
+fn running_on(c: &Cluster, job: &str) -> Vec<String> {
+    let mut on: Vec<String> = c
+        .client
+        .get("/v1/tasks")
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["job"] == job && t["state"] == "running")
+        .filter_map(|t| {
+            t["agent"]
+                .as_str()
+                .map(|a| a.split('#').next().unwrap_or(a).to_string())
+        })
+        .collect();
+    on.sort();
+    on
+}
+
+/// A daemon job on real agents: one copy on every agent, a new agent gets one, a killed
+/// agent's copy is not moved to the others.
+#[test]
+fn a_daemon_runs_on_every_agent_and_a_killed_agents_copy_does_not_move() {
+    let mut c = common::start_cluster("daemon");
+    c.add_agents(3).expect("agents");
+    c.submit(
+        "name = \"collector\"\nkind = \"daemon\"\ncommand = \"{exe}\"\n\
+         args = [\"workload\", \"sleep\", \"--every\", \"60\"]\n\
+         [resources]\ncpu_millis = 10\nmemory_mb = 16\n",
+    )
+    .expect("submit");
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(
+        wait_until(LONG, || running_on(&c, "collector")
+            == names(&["agent-1", "agent-2", "agent-3"])),
+        "{:?}\n{}",
+        running_on(&c, "collector"),
+        diag(&c)
+    );
+    c.add_agent("agent-4").expect("agent-4");
+    assert!(
+        wait_until(LONG, || running_on(&c, "collector")
+            == names(&["agent-1", "agent-2", "agent-3", "agent-4"])),
+        "{:?}\n{}",
+        running_on(&c, "collector"),
+        diag(&c)
+    );
+    c.kill_agent("agent-2").expect("kill agent-2");
+    assert!(
+        wait_until(LONG, || c.agent_state("agent-2").as_deref()
+            == Some("failed")),
+        "agent-2 not declared failed\n{}",
+        diag(&c)
+    );
+    // Well past the declaration: the others still run exactly one copy each.
+    let settled = std::time::Instant::now();
+    while settled.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            running_on(&c, "collector"),
+            names(&["agent-1", "agent-3", "agent-4"]),
+            "{}",
+            diag(&c)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.shutdown();
+}
