@@ -53,6 +53,11 @@ pub struct Options {
     pub rate: u32,
     /// Packet loss on every agent's link (network namespaces), 0 for none.
     pub loss: f64,
+    /// Traffic steps (`[update] traffic_steps`, percent) and how long each lasts; empty: the
+    /// canaries get their plain share.
+    pub steps: Vec<u8>,
+    /// `[update] step_time`.
+    pub step_time: Duration,
 }
 
 /// One rollout.
@@ -66,15 +71,27 @@ pub struct Sample {
     pub canary_requests: usize,
     /// The decision's reason (aborted rollouts).
     pub reason: String,
+    /// With traffic steps: (step's share, share of the answers the canaries gave during it),
+    /// percent.
+    pub shares: Vec<(u8, f64)>,
 }
 
 const COPIES: usize = 6;
 
-fn job(n: usize, change: Change) -> String {
+fn job(n: usize, change: Change, opts: &Options) -> String {
     let extra = match change {
         Change::Errors(r) if n > 0 => format!(", \"--error-rate\", \"{r}\""),
         Change::Latency(ms) if n > 0 => format!(", \"--delay-ms\", \"{ms}\""),
         _ => String::new(),
+    };
+    let steps = if opts.steps.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "traffic_steps = {:?}\nstep_time = \"{}ms\"\n",
+            opts.steps,
+            opts.step_time.as_millis()
+        )
     };
     // The exit time is a no-op (a day) that makes every version a new template.
     format!(
@@ -82,7 +99,7 @@ fn job(n: usize, change: Change) -> String {
          args = [\"workload\", \"http\", \"--exit-after-ms\", \"{}\"{extra}]\n\
          [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
          [service]\nport = \"dynamic\"\n\
-         [update]\ncanary = 2\nmax_parallel = 2\nauto_promote = true\nmin_healthy_time = \"2s\"\n\
+         [update]\ncanary = 2\nmax_parallel = 2\nauto_promote = true\nmin_healthy_time = \"2s\"\n{steps}\
          [update.analysis]\ninterval = \"5s\"\nwindow = \"20s\"\n",
         86_400_000 + n
     )
@@ -155,7 +172,7 @@ pub fn run(
             }
         }
     }
-    cluster.submit(&job(0, opts.change))?;
+    cluster.submit(&job(0, opts.change, opts))?;
     let serving = |c: &Cluster| -> usize {
         c.client
             .get("/v1/services/web")
@@ -193,7 +210,7 @@ pub fn run(
     let mut out = Vec::new();
     let result = (|| -> Result<()> {
         for n in 1..=opts.reps {
-            let s = one(&cluster, &load, n, opts.change)?;
+            let s = one(&cluster, &load, n, opts)?;
             progress(n, &s);
             out.push(s);
         }
@@ -207,10 +224,10 @@ pub fn run(
     result.map(|()| out)
 }
 
-fn one(cluster: &Cluster, load: &Load, n: usize, change: Change) -> Result<Sample> {
+fn one(cluster: &Cluster, load: &Load, n: usize, opts: &Options) -> Result<Sample> {
     let since = last_seq(cluster);
     let (t0, t0_unix) = (Instant::now(), unix_ms());
-    cluster.submit(&job(n, change))?;
+    cluster.submit(&job(n, opts.change, opts))?;
     let target = cluster
         .client
         .get("/v1/jobs/web/versions")?
@@ -247,9 +264,11 @@ fn one(cluster: &Cluster, load: &Load, n: usize, change: Change) -> Result<Sampl
     if !ended {
         bail!("rollout {n} did not end within 240 s (phase {phase})");
     }
-    let failed = events_since(cluster, since)
-        .into_iter()
-        .find(|e| e["kind"] == "rollout.failed");
+    let events = events_since(cluster, since);
+    let failed = events
+        .iter()
+        .find(|e| e["kind"] == "rollout.failed")
+        .cloned();
     // After an abort, wait for the revert to put every copy back before the next one.
     if failed.is_some()
         && !wait_until(Duration::from_secs(120), || {
@@ -276,6 +295,44 @@ fn one(cluster: &Cluster, load: &Load, n: usize, change: Change) -> Result<Sampl
         (Some(f), Some(d)) => Some(d.saturating_sub(at_unix(f))),
         _ => None,
     };
+    // The canaries' share of the answers during each traffic step: from a second after it
+    // began (HAProxy's weights follow within the adapter's poll) to a second before the next.
+    let marks: Vec<u64> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["kind"].as_str(),
+                Some("rollout.step" | "rollout.rolling" | "rollout.failed")
+            )
+        })
+        .filter_map(|e| e["unix_ms"].as_u64())
+        .collect();
+    let mut shares = Vec::new();
+    if let Some(first) = first.filter(|_| !opts.steps.is_empty()) {
+        let mut from = at_unix(first);
+        for (k, share) in opts.steps.iter().enumerate() {
+            let Some(&to) = marks.get(k) else { break };
+            let (lo, hi) = (from + 1000, to.saturating_sub(1000));
+            let (mut all, mut mine) = (0usize, 0usize);
+            for (at, r) in &log {
+                let u = at_unix(*at);
+                if *at >= t0
+                    && u >= lo
+                    && u < hi
+                    && let Ok(copy) = r
+                {
+                    all += 1;
+                    if canaries.contains(copy) {
+                        mine += 1;
+                    }
+                }
+            }
+            if all > 0 {
+                shares.push((*share, 100.0 * mine as f64 / all as f64));
+            }
+            from = to;
+        }
+    }
     let canary_requests = canary_answers
         .iter()
         .filter(|i| decided_unix.is_none_or(|d| at_unix(**i) <= d))
@@ -287,6 +344,7 @@ fn one(cluster: &Cluster, load: &Load, n: usize, change: Change) -> Result<Sampl
         reason: failed
             .and_then(|e| e["message"].as_str().map(str::to_string))
             .unwrap_or_default(),
+        shares,
     })
 }
 

@@ -61,6 +61,58 @@ pub struct UpdateSpec {
     /// requests they served. Absent: the fast checks only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// Shares of the traffic (percent) the canaries get in turn, through the load balancer's
+    /// weights (`traffic_steps = [1, 10, 50]`), each for `step_time`; the rest of the canary
+    /// phase follows the last. Empty: the canaries get their plain share.
+    #[serde(default, skip_serializing_if = "TrafficSteps::is_empty")]
+    pub traffic_steps: TrafficSteps,
+    /// How long each traffic step lasts. Default 30 s.
+    #[serde(default = "default_step_time", with = "duration_serde")]
+    pub step_time: Duration,
+}
+
+fn default_step_time() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Up to 8 increasing traffic shares, percent (`[update] traffic_steps`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
+pub struct TrafficSteps {
+    len: u8,
+    pct: [u8; 8],
+}
+
+impl TrafficSteps {
+    /// No steps.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The shares, in order.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.pct[..usize::from(self.len)]
+    }
+}
+
+impl TryFrom<Vec<u8>> for TrafficSteps {
+    type Error = String;
+    fn try_from(v: Vec<u8>) -> Result<Self, String> {
+        if v.len() > 8 {
+            return Err(format!("at most 8 traffic steps, got {}", v.len()));
+        }
+        let mut pct = [0u8; 8];
+        pct[..v.len()].copy_from_slice(&v);
+        Ok(TrafficSteps {
+            len: u8::try_from(v.len()).unwrap_or(8),
+            pct,
+        })
+    }
+}
+
+impl From<TrafficSteps> for Vec<u8> {
+    fn from(s: TrafficSteps) -> Vec<u8> {
+        s.as_slice().to_vec()
+    }
 }
 
 fn default_max_parallel() -> u32 {
@@ -91,6 +143,8 @@ impl Default for UpdateSpec {
             auto_revert: true,
             stagger: Duration::ZERO,
             analysis: None,
+            traffic_steps: TrafficSteps::default(),
+            step_time: default_step_time(),
         }
     }
 }
@@ -140,6 +194,27 @@ impl UpdateSpec {
         }
         if let Some(a) = &self.analysis {
             a.validate()?;
+        }
+        let steps = self.traffic_steps.as_slice();
+        if !steps.is_empty() {
+            if self.canary == 0 {
+                return Err(ConfigError::new(
+                    "update.traffic_steps",
+                    "needs canary copies to send the traffic to (set update.canary)",
+                ));
+            }
+            if steps.iter().any(|p| *p == 0 || *p > 100) || steps.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(ConfigError::new(
+                    "update.traffic_steps",
+                    "must be increasing percentages between 1 and 100",
+                ));
+            }
+        }
+        if self.step_time.is_zero() || self.step_time > MAX_UPDATE_WAIT {
+            return Err(ConfigError::new(
+                "update.step_time",
+                "must be greater than zero and at most 24h",
+            ));
         }
         Ok(())
     }

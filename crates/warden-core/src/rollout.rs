@@ -67,6 +67,28 @@ pub struct Run {
     /// When the judge last judged.
     #[serde(default)]
     pub judged_at: Option<Time>,
+    /// The traffic step the canaries are at (`[update] traffic_steps`; the number of steps:
+    /// past the last).
+    #[serde(default)]
+    pub step: u8,
+    /// Since when the canaries have been good at this step.
+    #[serde(default)]
+    pub step_since: Option<Time>,
+}
+
+impl Run {
+    /// The share of the traffic (percent) the canaries should get now, when the job has
+    /// traffic steps and the rollout is in its canary phase.
+    pub fn canary_share(&self, update: &UpdateSpec) -> Option<u8> {
+        let steps = update.traffic_steps.as_slice();
+        let last = steps.len().checked_sub(1)?;
+        let canary_phase = matches!(
+            self.phase,
+            RolloutPhase::Canary | RolloutPhase::AwaitingPromotion
+        );
+        (canary_phase && !self.revert && !self.promoted)
+            .then(|| steps[usize::from(self.step).min(last)])
+    }
 }
 
 impl Run {
@@ -86,6 +108,8 @@ impl Run {
             passes: 0,
             failures: 0,
             judged_at: None,
+            step: 0,
+            step_since: None,
         }
     }
 }
@@ -108,6 +132,8 @@ pub enum Verdict {
     AwaitPromotion,
     /// Past the canaries: the rest is replaced in waves.
     Rolling,
+    /// The canaries went on to the next traffic step (its share, percent).
+    Step(u8),
     /// Every copy runs the new version and is good.
     Succeeded,
     /// A check failed: the reason, with its evidence.
@@ -142,14 +168,21 @@ pub fn step(update: &UpdateSpec, run: &mut Run, slots: &[SlotFacts], now: Time) 
     run.good = good;
     // Canaries good, the statistical judge not yet satisfied: the judge decides (a hold for
     // lack of requests is not a lack of progress), or an operator promotes.
+    let steps = update.traffic_steps.as_slice();
+    let stepping = run.phase == RolloutPhase::Canary
+        && !run.promoted
+        && !run.revert
+        && good as usize >= update.canary as usize
+        && usize::from(run.step) < steps.len();
     let judging = run.phase == RolloutPhase::Canary
         && !run.promoted
+        && !stepping
         && good as usize >= update.canary as usize
         && update
             .analysis
             .is_some_and(|a| !a.dry_run && run.passes < a.passes);
-    if judging {
-        // Time spent judging is not time without progress.
+    if judging || stepping {
+        // Time spent judging or stepping traffic up is not time without progress.
         run.last_progress = now;
     }
 
@@ -188,7 +221,7 @@ pub fn step(update: &UpdateSpec, run: &mut Run, slots: &[SlotFacts], now: Time) 
                 ),
             );
         }
-        if !judging {
+        if !judging && !stepping {
             // While judging, the judge's own schedule wakes the rollout.
             wake(stuck, &mut s);
         }
@@ -229,6 +262,26 @@ pub fn step(update: &UpdateSpec, run: &mut Run, slots: &[SlotFacts], now: Time) 
             s.replace = old.iter().copied().take(canary - chosen).collect();
             run.last_wave = Some(now);
             return s;
+        }
+        if stepping {
+            let since = *run.step_since.get_or_insert(now);
+            let next = since + update.step_time;
+            if now < next {
+                wake(next, &mut s);
+                return s;
+            }
+            run.step = run.step.saturating_add(1);
+            run.step_since = Some(now);
+            // The judge's passes count from the new share's traffic.
+            run.passes = 0;
+            if let Some(&share) = steps.get(usize::from(run.step)) {
+                s.verdict = Some(Verdict::Step(share));
+                wake(now + update.step_time, &mut s);
+                return s;
+            }
+            if update.analysis.is_some_and(|a| !a.dry_run) {
+                return s; // judged at the last share before going on
+            }
         }
         if (good as usize) < canary || judging {
             return s; // the canaries are being judged
@@ -320,6 +373,36 @@ mod tests {
                 ..SlotFacts::default()
             };
         }
+    }
+
+    #[test]
+    fn traffic_steps_hold_the_canaries_at_each_share_for_step_time() {
+        let u = UpdateSpec {
+            traffic_steps: crate::release::TrafficSteps::try_from(vec![10, 50]).unwrap(),
+            step_time: Duration::from_secs(10),
+            ..update(2, 1, true)
+        };
+        let mut run = Run::new(&u, false, T0);
+        let mut slots = old_running(4);
+        let s = step(&u, &mut run, &slots, at(0));
+        assert_eq!(s.replace, vec![0]);
+        assert_eq!(run.canary_share(&u), Some(10));
+        start(&mut slots, &[0], at(0));
+        // Good after min_healthy_time (5 s): the first share's time starts.
+        let s = step(&u, &mut run, &slots, at(5_000));
+        assert!(s.replace.is_empty() && s.verdict.is_none(), "{s:?}");
+        assert_eq!(s.wake_at, Some(at(15_000)));
+        let s = step(&u, &mut run, &slots, at(15_000));
+        assert_eq!(s.verdict, Some(Verdict::Step(50)));
+        assert_eq!(run.canary_share(&u), Some(50));
+        // Long past progress_deadline would not matter: stepping is progress.
+        let s = step(&u, &mut run, &slots, at(25_000));
+        assert_eq!(s.verdict, Some(Verdict::Rolling));
+        assert_eq!(run.canary_share(&u), None);
+        assert_eq!(s.replace, vec![1, 2]);
+        // A revert has no steps.
+        let r = Run::new(&u, true, T0);
+        assert_eq!(r.canary_share(&u), None);
     }
 
     #[test]

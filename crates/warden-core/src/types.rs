@@ -608,6 +608,12 @@ impl JobSpec {
                 _ => self.desired_count(),
             };
             update.validate(copies)?;
+            if !update.traffic_steps.is_empty() && self.service.is_none() {
+                return Err(ConfigError::new(
+                    "update.traffic_steps",
+                    "needs a [service]: traffic steps set load-balancer weights",
+                ));
+            }
         }
         if self.config.len() > MAX_CONFIG_FILES {
             return Err(ConfigError::new(

@@ -107,6 +107,9 @@ pub struct ServerWant {
     pub addr: Option<(String, u16)>,
     /// `ready`, `drain` or `maint`.
     pub state: &'static str,
+    /// Its weight: `None` is the one HAProxy's configuration gives it; set during a rollout
+    /// with traffic steps, so that the canaries get their share.
+    pub weight: Option<u16>,
 }
 
 /// Which instance of `service` each server of the backend (`servers` in id order) carries.
@@ -167,10 +170,12 @@ pub fn wanted(servers: &[String], service: Option<&ServiceInfo>) -> Vec<(String,
                         "draining" => "drain",
                         _ => "maint",
                     },
+                    weight: None,
                 },
                 _ => ServerWant {
                     addr: None,
                     state: "maint",
+                    weight: None,
                 },
             };
             (name, want)
@@ -190,7 +195,72 @@ pub fn commands(backend: &str, server: &str, want: &ServerWant) -> Vec<String> {
         "set server {backend}/{server} state {}",
         want.state
     ));
+    out.push(match want.weight {
+        Some(w) => format!("set weight {backend}/{server} {w}"),
+        // Back to the configured weight.
+        None => format!("set weight {backend}/{server} 100%"),
+    });
     out
+}
+
+/// Baseline servers' weight while the canaries get a share.
+const BASELINE_WEIGHT: f64 = 100.0;
+/// HAProxy's largest weight.
+const MAX_WEIGHT: f64 = 256.0;
+
+/// The weights (canary, baseline) that give `canaries` servers `share` percent of the traffic
+/// against `baseline` servers.
+pub fn step_weights(share: u8, canaries: usize, baseline: usize) -> (u16, u16) {
+    if share >= 100 {
+        return (100, 0);
+    }
+    let (p, nc, nb) = (f64::from(share), canaries as f64, baseline as f64);
+    let mut wc = p * nb * BASELINE_WEIGHT / ((100.0 - p) * nc);
+    let mut wb = BASELINE_WEIGHT;
+    if wc > MAX_WEIGHT {
+        wc = MAX_WEIGHT;
+        wb = MAX_WEIGHT * (100.0 - p) * nc / (p * nb);
+    }
+    let w = |x: f64| x.round().clamp(1.0, MAX_WEIGHT) as u16;
+    (w(wc), w(wb))
+}
+
+/// Set the weights of `want` (server → wanted state, with the instance it carries) for the
+/// rollouts with traffic steps among the instances' jobs.
+fn set_step_weights(
+    api: &dyn ControlApi,
+    placed: &[(String, Option<&InstanceInfo>)],
+    want: &mut [(String, ServerWant)],
+) {
+    let jobs: std::collections::BTreeSet<&str> = placed
+        .iter()
+        .filter_map(|(_, i)| i.and_then(|i| i.task.rsplit_once('/').map(|(j, _)| j)))
+        .collect();
+    for job in jobs {
+        let Ok(view) = api.rollout(job) else { continue };
+        let Some(share) = view.canary_share else {
+            continue;
+        };
+        let of_job = |i: &InstanceInfo| i.task.rsplit_once('/').is_some_and(|(j, _)| j == job);
+        let is_canary = |i: &InstanceInfo| view.canary_tasks.contains(&i.task);
+        let serving = |i: &&InstanceInfo| of_job(i) && i.state == "serving";
+        let live: Vec<&InstanceInfo> = placed
+            .iter()
+            .filter_map(|(_, i)| *i)
+            .filter(serving)
+            .collect();
+        let nc = live.iter().filter(|i| is_canary(i)).count();
+        let nb = live.len() - nc;
+        if nc == 0 || nb == 0 {
+            continue;
+        }
+        let (wc, wb) = step_weights(share, nc, nb);
+        for ((_, inst), (_, w)) in placed.iter().zip(want.iter_mut()) {
+            if let Some(i) = inst.filter(|i| of_job(i)) {
+                w.weight = Some(if is_canary(i) { wc } else { wb });
+            }
+        }
+    }
 }
 
 /// Run one runtime API command (one connection, non-interactive mode) and return the answer.
@@ -364,7 +434,10 @@ async fn sync_once(
     let services = api.services();
     let service = services.services.iter().find(|s| s.name == cfg.service);
     let mut changed = 0;
-    for (server, want) in wanted(&applied.servers, service) {
+    let mut want = wanted(&applied.servers, service);
+    let placed_now = placed(&applied.servers, service);
+    set_step_weights(api, &placed_now, &mut want);
+    for (server, want) in want {
         if applied.state.get(&server) == Some(&want) {
             continue;
         }
@@ -568,12 +641,13 @@ mod tests {
             commands("be", "srv1", &w[0].1),
             [
                 "set server be/srv1 addr 127.0.0.1 port 4000",
-                "set server be/srv1 state ready"
+                "set server be/srv1 state ready",
+                "set weight be/srv1 100%"
             ]
         );
         assert_eq!(
             commands("be", "srv4", &w[3].1),
-            ["set server be/srv4 state maint"]
+            ["set server be/srv4 state maint", "set weight be/srv4 100%"]
         );
         assert!(
             wanted(&servers, None)
@@ -618,6 +692,41 @@ mod tests {
             None
         );
         assert_eq!(parse_log_line("web/srv1 a/b/c 200", "web"), None);
+    }
+
+    #[test]
+    fn step_weights_give_the_canaries_their_share() {
+        for (share, nc, nb) in [
+            (1u8, 1usize, 4usize),
+            (10, 2, 4),
+            (50, 1, 9),
+            (90, 1, 9),
+            (5, 2, 18),
+        ] {
+            let (wc, wb) = step_weights(share, nc, nb);
+            let got = 100.0 * (f64::from(wc) * nc as f64)
+                / (f64::from(wc) * nc as f64 + f64::from(wb) * nb as f64);
+            assert!(
+                (got - f64::from(share)).abs() <= f64::from(share).max(1.0) * 0.15,
+                "{share} % with {nc}/{nb}: weights {wc}/{wb} give {got:.2} %"
+            );
+            assert!((1..=256).contains(&wc) && (1..=256).contains(&wb));
+        }
+        assert_eq!(step_weights(100, 2, 3), (100, 0));
+        assert_eq!(
+            commands(
+                "web",
+                "srv1",
+                &ServerWant {
+                    addr: None,
+                    state: "ready",
+                    weight: Some(7)
+                }
+            )
+            .last()
+            .map(String::as_str),
+            Some("set weight web/srv1 7")
+        );
     }
 
     #[test]

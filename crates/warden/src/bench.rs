@@ -332,6 +332,13 @@ pub enum BenchCommand {
         /// Packet loss on every agent's link, 0–0.5 (0: loopback, no namespaces).
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
+        /// Traffic steps for the canaries, percent (`--steps 10,50`): reports the share of
+        /// answers the canaries gave at each.
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<u8>,
+        /// Seconds each traffic step lasts.
+        #[arg(long, default_value_t = 20)]
+        step_time: u64,
     },
     /// Traffic removal with a real HAProxy: failed requests during an agent host crash (kill
     /// -9 or SIGSTOP of the agent and its tasks), HAProxy's own health checks alone (`inter 2s
@@ -586,6 +593,8 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             reps,
             rate,
             loss,
+            steps,
+            step_time,
         } => {
             use warden_chaos::rollout_judge::{Change, Options};
             let change = match change.as_str() {
@@ -603,6 +612,8 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 reps: (*reps).max(1),
                 rate: (*rate).max(1),
                 loss: *loss,
+                steps: steps.clone(),
+                step_time: std::time::Duration::from_secs((*step_time).max(1)),
             };
             eprintln!(
                 "{} rollouts of a {change:?} version over 6 copies (2 canaries) behind HAProxy at {} req/s{}",
@@ -628,6 +639,9 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                         "  rollout {n}: succeeded ({} canary answers)",
                         s.canary_requests
                     );
+                }
+                for (step, got) in &s.shares {
+                    eprintln!("    traffic step {step} %: the canaries answered {got:.1} %");
                 }
             })?;
             let aborted = samples.iter().filter(|s| s.aborted).count();

@@ -211,6 +211,8 @@ fn a_version_failing_more_requests_is_judged_on_haproxys_log_and_reverted() {
         reps: 1,
         rate: 40,
         loss: 0.0,
+        steps: vec![],
+        step_time: Duration::from_secs(1),
     };
     let samples = run(&common::warden_bin(), &opts, |_, _| {}).unwrap();
     assert_eq!(samples.len(), 1);
@@ -288,4 +290,31 @@ fn a_daemon_runs_on_every_agent_and_a_killed_agents_copy_does_not_move() {
         std::thread::sleep(Duration::from_millis(200));
     }
     c.shutdown();
+}
+
+/// Traffic steps through a real HAProxy: the adapter sets the servers' weights so that the two
+/// canaries of six copies answer about 10 %, then about 50 % of the requests (a third without
+/// weights), and the rollout goes on after the last step.
+#[test]
+fn traffic_steps_set_haproxy_weights_so_canaries_get_their_share() {
+    assert!(
+        std::path::Path::new("/usr/sbin/haproxy").exists(),
+        "/usr/sbin/haproxy is missing: apt-get install haproxy (scripts/test.sh does)"
+    );
+    use warden_chaos::rollout_judge::{Change, Options, run};
+    let opts = Options {
+        change: Change::Same,
+        reps: 1,
+        rate: 40,
+        loss: 0.0,
+        steps: vec![10, 50],
+        step_time: Duration::from_secs(12),
+    };
+    let samples = run(&common::warden_bin(), &opts, |_, _| {}).unwrap();
+    let s = &samples[0];
+    assert!(!s.aborted, "{s:?}");
+    assert_eq!(s.shares.len(), 2, "{s:?}");
+    let (at10, at50) = (s.shares[0].1, s.shares[1].1);
+    assert!((2.0..=22.0).contains(&at10), "{s:?}");
+    assert!((33.0..=67.0).contains(&at50), "{s:?}");
 }

@@ -116,6 +116,13 @@ pub struct RolloutView {
     /// Consecutive failing judgements.
     #[serde(default)]
     pub failures: u32,
+    /// With `[update] traffic_steps`, in the canary phase: the share of the traffic (percent)
+    /// the canaries should get now, through the load balancer's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_share: Option<u8>,
+    /// The copies that are canaries (`job/index`), when `canary_share` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_tasks: Vec<String>,
 }
 
 /// Whether a copy started from `version` (0: before versions, taken as the oldest kept) runs
@@ -145,12 +152,17 @@ impl Controller {
         let want = u32::try_from(wanted.len()).unwrap_or(u32::MAX);
         let slots = self.observed.tasks.get(job);
         let (mut updated, mut healthy) = (0u32, 0u32);
+        let canary_share = run.and_then(|r| r.run.canary_share(&spec?.update()));
+        let mut canary_tasks = Vec::new();
         for &i in &wanted {
             let Some(t) = slots.and_then(|s| s.get(i)) else {
                 continue;
             };
             if t.agent.is_none() || !slot_current(rel, t.version) {
                 continue;
+            }
+            if canary_share.is_some() {
+                canary_tasks.push(format!("{job}/{i}"));
             }
             updated += 1;
             let seen_healthy = run
@@ -175,6 +187,8 @@ impl Controller {
             judgement: run.and_then(|r| r.judgement.clone()),
             passes: run.map_or(0, |r| r.run.passes),
             failures: run.map_or(0, |r| r.run.failures),
+            canary_share,
+            canary_tasks,
         })
     }
 
@@ -1011,6 +1025,12 @@ impl Controller {
                         None,
                         out,
                     );
+                }
+                Some(Verdict::Step(share)) => {
+                    let msg = format!(
+                        "rollout of {job} version {to}: the canaries now get {share} % of the traffic"
+                    );
+                    self.event(out, now, "rollout.step", None, None, msg);
                 }
                 Some(Verdict::Rolling) => {
                     let msg = format!("rollout of {job} version {to}: past the canaries, rolling");
