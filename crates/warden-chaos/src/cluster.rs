@@ -853,6 +853,28 @@ impl Cluster {
             .json()
     }
 
+    /// Events with a sequence number above `since` (`GET /v1/events`), oldest first; empty
+    /// when the server does not answer.
+    pub fn events_since(&self, since: u64) -> Vec<Value> {
+        self.client
+            .get(&format!("/v1/events?since={since}&limit=10000"))
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The sequence number of the newest event (0: none).
+    pub fn last_event_seq(&self) -> u64 {
+        let mut since = 0;
+        loop {
+            let page = self.events_since(since);
+            match page.last().and_then(|e| e["seq"].as_u64()) {
+                Some(s) => since = s,
+                None => return since,
+            }
+        }
+    }
+
     /// The task's entry of `GET /v1/tasks`.
     pub fn task(&self, id: &str) -> Option<Value> {
         let v = self.client.get("/v1/tasks").ok()?;

@@ -225,7 +225,7 @@ pub fn run(
 }
 
 fn one(cluster: &Cluster, load: &Load, n: usize, opts: &Options) -> Result<Sample> {
-    let since = last_seq(cluster);
+    let since = cluster.last_event_seq();
     let (t0, t0_unix) = (Instant::now(), unix_ms());
     cluster.submit(&job(n, opts.change, opts))?;
     let target = cluster
@@ -264,7 +264,7 @@ fn one(cluster: &Cluster, load: &Load, n: usize, opts: &Options) -> Result<Sampl
     if !ended {
         bail!("rollout {n} did not end within 240 s (phase {phase})");
     }
-    let events = events_since(cluster, since);
+    let events = cluster.events_since(since);
     let failed = events
         .iter()
         .find(|e| e["kind"] == "rollout.failed")
@@ -346,24 +346,4 @@ fn one(cluster: &Cluster, load: &Load, n: usize, opts: &Options) -> Result<Sampl
             .unwrap_or_default(),
         shares,
     })
-}
-
-fn events_since(cluster: &Cluster, since: u64) -> Vec<Value> {
-    cluster
-        .client
-        .get(&format!("/v1/events?since={since}&limit=10000"))
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn last_seq(cluster: &Cluster) -> u64 {
-    let mut since = 0;
-    loop {
-        let page = events_since(cluster, since);
-        match page.last().and_then(|e| e["seq"].as_u64()) {
-            Some(s) => since = s,
-            None => return since,
-        }
-    }
 }

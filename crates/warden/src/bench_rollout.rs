@@ -106,31 +106,11 @@ fn current_version(cluster: &Cluster) -> Result<u64> {
         .context("no versions")
 }
 
-fn events_since(cluster: &Cluster, since: u64) -> Vec<Value> {
-    cluster
-        .client
-        .get(&format!("/v1/events?since={since}&limit=10000"))
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn last_seq(cluster: &Cluster) -> u64 {
-    let mut since = 0;
-    loop {
-        let page = events_since(cluster, since);
-        match page.last().and_then(|e| e["seq"].as_u64()) {
-            Some(s) => since = s,
-            None => return since,
-        }
-    }
-}
-
 fn rep(cluster: &Cluster, shape: Shape, kind: BadKind, marks: &std::path::Path) -> Result<Rep> {
     let copies = shape.copies;
     let _ = std::fs::remove_file(marks);
     let marks_s = marks.display().to_string();
-    let since = last_seq(cluster);
+    let since = cluster.last_event_seq();
     let bad = match kind {
         BadKind::Crash => spec(
             shape,
@@ -169,7 +149,8 @@ fn rep(cluster: &Cluster, shape: Shape, kind: BadKind, marks: &std::path::Path) 
             }
         }
         if decided.is_none() {
-            decided = events_since(cluster, since)
+            decided = cluster
+                .events_since(since)
                 .iter()
                 .find(|e| e["kind"] == "rollout.failed")
                 .and_then(|e| e["unix_ms"].as_u64());
