@@ -798,12 +798,10 @@ impl Controller {
             let Some(run) = self.rollouts.get_mut(&sample.task.job) else {
                 continue;
             };
-            let Some(window) = self
-                .desired
-                .get(&sample.task.job)
-                .and_then(|s| s.update().analysis)
-                .map(|a| a.window)
-            else {
+            let Some((window, warm_up)) = self.desired.get(&sample.task.job).and_then(|s| {
+                let u = s.update();
+                u.analysis.map(|a| (a.window, u.min_healthy_time))
+            }) else {
                 continue;
             };
             let (Some(rel), Some(slot)) = (
@@ -819,6 +817,16 @@ impl Controller {
                 continue;
             }
             let canary = slot.version != 0 && slot_current(rel, slot.version);
+            // A canary's requests count once it is good (healthy for `min_healthy_time`):
+            // what a copy meets while it starts is the fast checks' business, and counting it
+            // would hold every new copy's first requests against it.
+            if canary
+                && !run.copies.get(&sample.task.index).is_some_and(|c| {
+                    c.epoch == sample.epoch && c.healthy_since.is_some_and(|t| now >= t + warm_up)
+                })
+            {
+                continue;
+            }
             while run
                 .traffic
                 .front()
