@@ -263,6 +263,12 @@ fn print_rollout(r: &RolloutView) {
         "copies: {} wanted, {} on version {} ({} healthy), {} being replaced",
         r.copies, r.updated, r.to, r.healthy, r.replacing
     );
+    if let Some(share) = r.canary_share {
+        println!(
+            "traffic: the canaries ({}) get {share} % of the requests",
+            r.canary_tasks.join(", ")
+        );
+    }
     if let Some(j) = &r.judgement {
         let outcome = match j {
             warden_core::judge::Judgement::Hold(_) => "hold",

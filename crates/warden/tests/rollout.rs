@@ -194,6 +194,15 @@ fn a_crashing_version_is_reverted_and_a_good_one_rolls_out_in_waves() {
         ok && out.contains("revert of web") && out.contains("succeeded"),
         "{out}"
     );
+    // The dashboard's jobs page shows the rollout, and its events in the job history.
+    let page = c
+        .client
+        .request("GET", "/ui/jobs", None, b"")
+        .expect("jobs page");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<h2>Rollouts</h2>"), "{}", page.body);
+    assert!(page.body.contains("succeeded (revert)"), "{}", page.body);
+    assert!(page.body.contains("rollout.failed"), "{}", page.body);
 }
 
 /// The statistical judge on real traffic: a version failing a fifth of its requests (its

@@ -669,19 +669,87 @@ struct JobRow {
 struct JobsPage {
     layout: Layout,
     jobs: Vec<JobRow>,
+    rollouts: Vec<RolloutRow>,
     events: Vec<EventRow>,
+}
+
+/// A job's rollout (under way, or the last one), as the jobs page shows it.
+struct RolloutRow {
+    job: String,
+    from: u64,
+    to: u64,
+    phase: String,
+    /// A CSS class for the row: ok, short (under way) or failed.
+    class: &'static str,
+    copies: String,
+    traffic: String,
+    judge: String,
+    reason: String,
+}
+
+fn rollout_row(v: &warden_core::controller::RolloutView) -> RolloutRow {
+    let phase = if v.revert {
+        format!("{} (revert)", v.phase.as_str())
+    } else {
+        v.phase.as_str().to_string()
+    };
+    let class = if v.phase.is_active() {
+        "short"
+    } else if matches!(
+        v.phase,
+        warden_core::release::RolloutPhase::Failed | warden_core::release::RolloutPhase::Reverted
+    ) {
+        "failed"
+    } else {
+        "ok"
+    };
+    let judge = v.judgement.as_ref().map_or(String::new(), |j| {
+        let outcome = match j {
+            warden_core::judge::Judgement::Hold(_) => "hold",
+            warden_core::judge::Judgement::Pass(_) => "pass",
+            warden_core::judge::Judgement::Fail(_) => "fail",
+        };
+        format!(
+            "{outcome} ({} passing, {} failing in a row): {}",
+            v.passes,
+            v.failures,
+            j.evidence()
+        )
+    });
+    RolloutRow {
+        job: v.job.to_string(),
+        from: v.from,
+        to: v.to,
+        phase,
+        class,
+        copies: format!(
+            "{} of {} updated, {} healthy, {} being replaced",
+            v.updated, v.copies, v.healthy, v.replacing
+        ),
+        traffic: v
+            .canary_share
+            .map_or(String::new(), |p| format!("canaries {p} %")),
+        judge,
+        reason: v.reason.clone(),
+    }
 }
 
 async fn jobs(State(st): State<AppState>, h: HeaderMap) -> Result<Response, HttpError> {
     let tasks = st.api.tasks();
-    let (jobs, events) = blocking(&st.api, |api| {
+    let (jobs, rollouts, events) = blocking(&st.api, |api| {
         let j = api.jobs().map_err(api_error)?;
+        let r: Vec<RolloutRow> = j
+            .iter()
+            .filter_map(|j| api.rollout(j.spec.name.as_str()).ok())
+            .map(|v| rollout_row(&v))
+            .collect();
         let e = recent_events(api, 5_000, |e| {
             e.kind.starts_with("job.")
                 || e.kind.starts_with("recovery.")
+                || e.kind.starts_with("rollout.")
                 || e.kind == "task.reschedule"
         })?;
-        Ok((j, e))
+        Ok((j, r, e))
     })
     .await?;
     let mut by_job: HashMap<&str, Vec<JobTask>> = HashMap::new();
@@ -726,6 +794,7 @@ async fn jobs(State(st): State<AppState>, h: HeaderMap) -> Result<Response, Http
     let page = JobsPage {
         layout: Layout::new("Jobs", "/ui/jobs", "/ui/jobs".into(), &h),
         jobs: rows,
+        rollouts,
         events,
     };
     render(&page, StatusCode::OK)
