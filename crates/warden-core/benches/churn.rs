@@ -97,6 +97,7 @@ fn main() {
                 session: SessionId(*session),
                 agent: id.clone(),
                 hello: Hello {
+                    config_files: true,
                     name,
                     generation: *g,
                     probe_addr: "10.0.0.1:7402".into(),

@@ -79,6 +79,7 @@ impl Fleet {
             let id = AgentId::new(format!("agent-{i:05}"), 1);
             f.index.insert(id.clone(), i);
             let hello = Hello {
+                config_files: true,
                 name: id.name.to_string(),
                 generation: 1,
                 probe_addr: "10.0.0.1:7402".into(),

@@ -582,6 +582,7 @@ impl Controller {
             .agents
             .entry(id.clone())
             .or_insert_with(|| AgentView {
+                config_files: true,
                 state: AgentState::Joining,
                 capacity,
                 allocated: Resources::default(),
@@ -671,6 +672,7 @@ impl Controller {
                 self.observed.agents.insert(
                     id.clone(),
                     AgentView {
+                        config_files: true,
                         state: r.map_or(AgentState::Failed, |r| r.state()),
                         capacity: Resources::default(),
                         allocated: Resources::default(),

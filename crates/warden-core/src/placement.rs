@@ -22,6 +22,8 @@ pub struct Node {
     pub capacity: Resources,
     /// Already reserved by its tasks.
     pub allocated: Resources,
+    /// It writes a job's `[[config]]` files (see [`Placer::only_config_files`]).
+    pub config_files: bool,
 }
 
 impl Node {
@@ -75,12 +77,28 @@ pub struct Placer {
     nodes: Vec<Node>,
     /// The nodes by (free share taken, id, index); built on the first placement.
     order: Option<std::collections::BTreeSet<(Taken, AgentId, usize)>>,
+    /// Place only on nodes that write configuration files (set per job).
+    config_only: bool,
 }
 
 impl Placer {
     /// A placer over `nodes` (only agents that accept work).
     pub fn new(nodes: Vec<Node>) -> Self {
-        Placer { nodes, order: None }
+        Placer {
+            nodes,
+            order: None,
+            config_only: false,
+        }
+    }
+
+    /// From now on, place only on nodes that write a job's `[[config]]` files (`true`: the
+    /// next placements are for a job that has some), or on any (`false`).
+    pub fn only_config_files(&mut self, yes: bool) {
+        self.config_only = yes;
+    }
+
+    fn usable(&self, i: usize) -> bool {
+        !self.config_only || self.nodes[i].config_files
     }
 
     /// The nodes with what this placer reserved on them.
@@ -113,7 +131,8 @@ impl Placer {
             order
                 .iter()
                 .find(|(_, id, i)| {
-                    self.nodes[*i].free().fits(request)
+                    self.usable(*i)
+                        && self.nodes[*i].free().fits(request)
                         && avoid != Some(id)
                         && copies.get(id).is_none_or(|c| *c == 0)
                 })
@@ -135,10 +154,10 @@ impl Placer {
         copies: &mut FxHashMap<AgentId, u32>,
         name: &str,
     ) -> Option<AgentId> {
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| &*n.id.name == name && n.free().fits(request))?;
+        let i =
+            self.nodes.iter().enumerate().position(|(i, n)| {
+                &*n.id.name == name && n.free().fits(request) && self.usable(i)
+            })?;
         if self.order.is_none() {
             let order = (0..self.nodes.len()).map(|i| self.key(i)).collect();
             self.order = Some(order);
@@ -174,7 +193,7 @@ impl Placer {
     ) -> Option<usize> {
         let mut best: Option<(usize, (bool, u32, f64))> = None;
         for (i, node) in self.nodes.iter().enumerate() {
-            if !node.free().fits(request) {
+            if !node.free().fits(request) || !self.usable(i) {
                 continue;
             }
             // Lower is better on every component; the id breaks ties.
@@ -212,10 +231,34 @@ mod tests {
 
     fn node(name: &str, cpu: u64, mem: u64, used_cpu: u64) -> Node {
         Node {
+            config_files: true,
             id: AgentId::new(name, 1),
             capacity: Resources::new(cpu, mem),
             allocated: Resources::new(used_cpu, 0),
         }
+    }
+
+    #[test]
+    fn a_job_with_config_files_goes_only_to_agents_that_write_them() {
+        let old = Node {
+            config_files: false,
+            ..node("old", 4000, 4000, 0)
+        };
+        let mut p = Placer::new(vec![old, node("new", 1000, 1000, 0)]);
+        let req = Resources::new(600, 100);
+        let mut copies = FxHashMap::default();
+        p.only_config_files(true);
+        let first = p.place(&req, &mut copies, None, false).unwrap();
+        assert_eq!(&*first.name, "new");
+        // The new agent is full: nothing else, however much room the old one has.
+        assert_eq!(p.place(&req, &mut copies, None, false), None);
+        assert_eq!(p.place_on(&req, &mut copies, "old"), None);
+        p.only_config_files(false);
+        assert_eq!(
+            p.place(&req, &mut copies, None, false)
+                .map(|a| a.name.to_string()),
+            Some("old".to_string())
+        );
     }
 
     #[test]
@@ -323,6 +366,7 @@ mod tests {
         ) {
             let nodes: Vec<Node> = caps.iter().enumerate()
                 .map(|(i, (c, m, used))| Node {
+                    config_files: true,
                     id: AgentId::new(format!("n{}", i % 7), i as u64),
                     capacity: Resources::new(*c, *m),
                     allocated: Resources::new((*used).min(*c), 0),
@@ -353,7 +397,7 @@ mod tests {
             reqs in proptest::collection::vec((0u64..1500, 0u64..1500), 0..40),
         ) {
             let nodes: Vec<Node> = caps.iter().enumerate()
-                .map(|(i, (c, m))| Node { id: AgentId::new(format!("n{i}"), 1), capacity: Resources::new(*c, *m), allocated: Resources::default() })
+                .map(|(i, (c, m))| Node { config_files: true, id: AgentId::new(format!("n{i}"), 1), capacity: Resources::new(*c, *m), allocated: Resources::default() })
                 .collect();
             let run = |nodes: Vec<Node>| {
                 let mut p = Placer::new(nodes);

@@ -140,6 +140,10 @@ pub struct AgentView {
     pub death: DeathEvidence,
     /// Task copies the agent reports running, with their epochs.
     pub running: Vec<(TaskId, FencingToken)>,
+    /// It writes a job's `[[config]]` files (an agent of an older release does not: it gets no
+    /// job that has some).
+    #[serde(default)]
+    pub config_files: bool,
 }
 
 /// One task slot as recorded by the controller.
@@ -628,6 +632,7 @@ fn eligible_nodes(obs: &Observed) -> Vec<Node> {
             id: id.clone(),
             capacity: v.capacity,
             allocated: v.allocated,
+            config_files: v.config_files,
         })
         .collect()
 }
@@ -698,6 +703,8 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     .unwrap_or_default()
             });
             let want = pins.map_or(spec.desired_count() as usize, <[_]>::len);
+            // Agents of an older release do not write configuration files.
+            placer.only_config_files(!spec.config.is_empty());
             // Copies per agent, for spreading; built only if this job needs a placement.
             let mut copies: Option<FxHashMap<AgentId, u32>> = None;
             let mut unplaced = 0u32;

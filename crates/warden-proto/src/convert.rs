@@ -174,6 +174,7 @@ impl From<&v1::Hello> for Hello {
                 .filter_map(|r| Some((TaskId::parse(&r.task)?, FencingToken(r.epoch))))
                 .collect(),
             reattach_window: std::time::Duration::from_millis(h.reattach_window_ms),
+            config_files: crate::declared(h.protocol_min, h.protocol_max).1 >= 2,
         }
     }
 }

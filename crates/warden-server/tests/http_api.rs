@@ -844,7 +844,7 @@ async fn malformed_toml_names_the_line() {
     for body in [
         "name = \"web\"\nkind = \"service\"\n",
         "name = \"web\"\nkind = \"service\"\ncommand = 7\n",
-        "name = \"web\"\nkind = \"daemon\"\ncommand = \"x\"\n",
+        "name = \"web\"\nkind = \"cronjob\"\ncommand = \"x\"\n",
     ] {
         server
             .post_toml(body)

@@ -68,6 +68,9 @@ impl Controller {
         }
         self.sessions.insert(id.name.clone(), (id.clone(), session));
         self.ensure_generation(&id, hello.capacity, None);
+        if let Some(v) = self.observed.agents.get_mut(&id) {
+            v.config_files = hello.config_files;
+        }
         self.fleet.set_reattach_window(&id, hello.reattach_window);
         if let Some(book) = self.books.get_mut(&id) {
             if let Ok(addr) = hello.probe_addr.parse() {

@@ -44,6 +44,9 @@ pub struct Hello {
     /// How long the agent's shims keep its service copies when its process vanishes (zero:
     /// they die with it).
     pub reattach_window: std::time::Duration,
+    /// The agent writes a job's `[[config]]` files (session protocol 2 and later): jobs with
+    /// configuration files are placed only on such agents.
+    pub config_files: bool,
 }
 
 impl Hello {

@@ -187,6 +187,7 @@ impl H {
             session: SessionId(self.next_session),
             agent: id.clone(),
             hello: Hello {
+                config_files: true,
                 name: name.into(),
                 generation,
                 probe_addr: "127.0.0.1:9".into(),
@@ -492,6 +493,7 @@ fn a_partitioned_generation_that_comes_back_is_told_to_rejoin() {
             session: SessionId(99),
             agent: on.clone(),
             hello: Hello {
+                config_files: true,
                 name: on.name.to_string(),
                 generation: on.generation,
                 probe_addr: "127.0.0.1:9".into(),
@@ -538,6 +540,7 @@ fn an_unacted_assignment_is_sent_again_and_at_once_on_a_new_session() {
         session: SessionId(h.next_session),
         agent: a.clone(),
         hello: Hello {
+            config_files: true,
             name: "a".into(),
             generation: 1,
             probe_addr: "127.0.0.1:9".into(),
@@ -654,6 +657,7 @@ fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
         session: SessionId(h.next_session),
         agent: on.clone(),
         hello: Hello {
+            config_files: true,
             name: on.name.to_string(),
             generation: on.generation,
             probe_addr: "127.0.0.1:9".into(),

@@ -840,6 +840,7 @@ impl<'a> World<'a> {
         });
         let running = p.copies.iter().map(|(t, c)| (t.clone(), c.epoch)).collect();
         let hello = Hello {
+            config_files: true,
             name,
             generation: p.generation,
             probe_addr: probe_addr(host).to_string(),

@@ -277,7 +277,7 @@ mod tests {
         assert_eq!(err.code, ErrorCode::UnknownField);
         assert_eq!(err.field.as_deref(), Some("colour"));
 
-        let err = parse_job_spec(BodyFormat::Toml, b"name = \"a\"\nkind = \"daemon\"\n")
+        let err = parse_job_spec(BodyFormat::Toml, b"name = \"a\"\nkind = \"cronjob\"\n")
             .expect_err("bad variant");
         assert_eq!(err.code, ErrorCode::MalformedBody);
     }
