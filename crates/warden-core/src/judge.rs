@@ -255,6 +255,11 @@ pub fn judge(spec: &AnalysisSpec, canary: &Group, baseline: &Group) -> Judgement
         fmt_p(p_err)
     );
     let errors_bad = p_err < spec.alpha && rc - rb >= spec.max_error_increase;
+    // A pass must rule the harmful increase out, not merely fail to show it: the upper
+    // confidence bound of the difference stays below the bound.
+    let upper = error_increase_upper_bound(canary, baseline, spec.alpha);
+    let errors_unsettled = !errors_bad && upper >= spec.max_error_increase;
+    evidence.push_str(&format!(", increase at most {:+.2} points", 100.0 * upper));
 
     let finite = |g: &Group| -> Vec<f64> {
         g.latencies_ms
@@ -294,8 +299,75 @@ pub fn judge(spec: &AnalysisSpec, canary: &Group, baseline: &Group) -> Judgement
             what.push(format!("p99 latency up by at least {bound:.0} ms"));
         }
         Judgement::Fail(format!("canaries worse: {}; {evidence}", what.join(", ")))
+    } else if errors_unsettled {
+        Judgement::Hold(format!(
+            "too few requests to rule out an error-rate increase of {:.2} points yet; {evidence}",
+            100.0 * spec.max_error_increase
+        ))
     } else {
         Judgement::Pass(evidence)
+    }
+}
+
+/// A one-sided upper confidence bound (level `1 − alpha`) of the canaries' error rate minus
+/// the baseline's, by the Agresti-Caffo interval (one error and one success added to each
+/// side, which keeps it honest at zero errors).
+fn error_increase_upper_bound(canary: &Group, baseline: &Group, alpha: f64) -> f64 {
+    let adj = |g: &Group| {
+        let n = g.requests as f64 + 2.0;
+        ((g.errors.min(g.requests) as f64 + 1.0) / n, n)
+    };
+    let ((pc, nc), (pb, nb)) = (adj(canary), adj(baseline));
+    let se = (pc * (1.0 - pc) / nc + pb * (1.0 - pb) / nb).sqrt();
+    (pc - pb) + normal_quantile(1.0 - alpha) * se
+}
+
+/// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9),
+/// for `p` in (0, 1).
+fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.024_25 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.024_25 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
 
@@ -408,6 +480,62 @@ mod tests {
             }
         }
         g
+    }
+
+    #[test]
+    fn normal_quantile_matches_known_values() {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.95, 1.644_853_6),
+            (0.99, 2.326_347_9),
+            (0.01, -2.326_347_9),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-6,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    #[test]
+    fn a_pass_needs_enough_requests_to_rule_the_increase_out() {
+        let s = AnalysisSpec::default();
+        let clean = |n: u64| Group {
+            requests: n,
+            errors: 0,
+            latencies_ms: vec![10.0; usize::try_from(n).unwrap()],
+        };
+        // 60 clean requests cannot rule out one point more errors: hold.
+        let j = judge(&s, &clean(60), &clean(600));
+        assert!(matches!(j, Judgement::Hold(_)), "{j:?}");
+        assert!(j.evidence().contains("rule out"), "{j:?}");
+        // 800 can.
+        let j = judge(&s, &clean(800), &clean(1600));
+        assert!(matches!(j, Judgement::Pass(_)), "{j:?}");
+        // 1 % of 400 against none: neither shown worse nor ruled out.
+        let some = Group {
+            errors: 4,
+            ..clean(400)
+        };
+        assert!(matches!(judge(&s, &some, &clean(800)), Judgement::Hold(_)));
+    }
+
+    #[test]
+    fn a_two_point_increase_is_almost_never_passed() {
+        // A canary really failing 2 % more is failed or held, not passed, but for a rare draw
+        // far below its true rate (1 error in 400 where 8 are expected).
+        let s = AnalysisSpec::default();
+        let mut rng = Rng::new(3);
+        let mut passed = 0;
+        for _ in 0..1000 {
+            let c = group(&mut rng, 400, 0.02, 20.0, 0.0);
+            let b = group(&mut rng, 800, 0.0, 20.0, 0.0);
+            if matches!(judge(&s, &c, &b), Judgement::Pass(_)) {
+                passed += 1;
+            }
+        }
+        assert!(passed <= 10, "{passed} of 1000 passed");
     }
 
     #[test]
