@@ -257,7 +257,7 @@ pub fn judge(spec: &AnalysisSpec, canary: &Group, baseline: &Group) -> Judgement
     let errors_bad = p_err < spec.alpha && rc - rb >= spec.max_error_increase;
     // A pass must rule the harmful increase out, not merely fail to show it: the upper
     // confidence bound of the difference stays below the bound.
-    let upper = error_increase_upper_bound(canary, baseline, spec.alpha);
+    let upper = error_increase_upper_bound(canary, baseline, PASS_LEVEL);
     let errors_unsettled = !errors_bad && upper >= spec.max_error_increase;
     evidence.push_str(&format!(", increase at most {:+.2} points", 100.0 * upper));
 
@@ -309,17 +309,20 @@ pub fn judge(spec: &AnalysisSpec, canary: &Group, baseline: &Group) -> Judgement
     }
 }
 
-/// A one-sided upper confidence bound (level `1 − alpha`) of the canaries' error rate minus
-/// the baseline's, by the Agresti-Caffo interval (one error and one success added to each
-/// side, which keeps it honest at zero errors).
-fn error_increase_upper_bound(canary: &Group, baseline: &Group, alpha: f64) -> f64 {
+/// The confidence with which a pass must rule the error-rate increase out.
+const PASS_LEVEL: f64 = 0.95;
+
+/// A one-sided upper confidence bound (at `level`) of the canaries' error rate minus the
+/// baseline's, by the Agresti-Caffo interval (one error and one success added to each side,
+/// which keeps it honest at zero errors).
+fn error_increase_upper_bound(canary: &Group, baseline: &Group, level: f64) -> f64 {
     let adj = |g: &Group| {
         let n = g.requests as f64 + 2.0;
         ((g.errors.min(g.requests) as f64 + 1.0) / n, n)
     };
     let ((pc, nc), (pb, nb)) = (adj(canary), adj(baseline));
     let se = (pc * (1.0 - pc) / nc + pb * (1.0 - pb) / nb).sqrt();
-    (pc - pb) + normal_quantile(1.0 - alpha) * se
+    (pc - pb) + normal_quantile(level) * se
 }
 
 /// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9),
