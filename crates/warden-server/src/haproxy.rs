@@ -354,8 +354,38 @@ struct Applied {
     state: HashMap<String, ServerWant>,
 }
 
-/// Which copy (task, fencing token) each server carries, as last applied to HAProxy.
-type Carried = Arc<std::sync::Mutex<HashMap<String, (TaskId, u64)>>>;
+/// A copy of the service: its task and fencing token.
+type Copy = (TaskId, u64);
+
+/// What one server carries, as last applied to HAProxy: its copy, since when, and the copy it
+/// carried before (requests connected before the change were served by that one).
+#[derive(Clone, Debug)]
+struct CarriedBy {
+    copy: Copy,
+    since: tokio::time::Instant,
+    before: Option<Copy>,
+}
+
+/// Which copy each server carries.
+type Carried = Arc<std::sync::Mutex<HashMap<String, CarriedBy>>>;
+
+/// The copy that served a request to `server` whose connection to it opened `connected_ago`
+/// before `now`: a request logged after the server was pointed at a new copy may still have
+/// been served by the old one (HAProxy writes the line when the request ends, and a killed copy
+/// whose reset was lost is logged only at `timeout server`).
+fn served_by(
+    carried: &HashMap<String, CarriedBy>,
+    server: &str,
+    now: tokio::time::Instant,
+    connected_ago: Duration,
+) -> Option<Copy> {
+    let c = carried.get(server)?;
+    match now.checked_sub(connected_ago) {
+        Some(at) if at >= c.since => Some(c.copy.clone()),
+        // Connected before the change (or earlier than the clock reaches): the previous copy.
+        _ => c.before.clone(),
+    }
+}
 
 /// Keep `cfg.backend` in step with `cfg.service` until `cancel` fires.
 pub async fn run(cfg: HaproxyConfig, api: Arc<dyn ControlApi>, cancel: CancellationToken) {
@@ -437,29 +467,54 @@ async fn sync_once(
     let mut want = wanted(&applied.servers, service);
     let placed_now = placed(&applied.servers, service);
     set_step_weights(api, &placed_now, &mut want);
+    let copies: HashMap<String, Copy> = placed_now
+        .iter()
+        .filter_map(|(server, inst)| {
+            let inst = (*inst)?;
+            Some((server.clone(), (TaskId::parse(&inst.task)?, inst.epoch)))
+        })
+        .collect();
     for (server, want) in want {
         if applied.state.get(&server) == Some(&want) {
             continue;
         }
+        // Noted before the commands go out: a request connected from here on may reach the
+        // new copy; one connected before reached the old.
+        note_carried(carried, &server, copies.get(&server));
         for cmd in commands(&cfg.backend, &server, &want) {
             command(&cfg.socket, &cmd).await?;
         }
         applied.state.insert(server, want);
         changed += 1;
     }
-    if changed > 0 || carried.lock().map(|c| c.is_empty()).unwrap_or(true) {
-        let now: HashMap<String, (TaskId, u64)> = placed(&applied.servers, service)
-            .into_iter()
-            .filter_map(|(server, inst)| {
-                let inst = inst?;
-                Some((server, (TaskId::parse(&inst.task)?, inst.epoch)))
-            })
-            .collect();
-        if let Ok(mut c) = carried.lock() {
-            *c = now;
-        }
+    for (server, copy) in &copies {
+        note_carried(carried, server, Some(copy));
     }
     Ok(changed)
+}
+
+/// Record that `server` carries `copy` (none: nothing), keeping the copy it carried before.
+fn note_carried(carried: &Carried, server: &str, copy: Option<&Copy>) {
+    let Ok(mut c) = carried.lock() else { return };
+    match copy {
+        None => {
+            c.remove(server);
+        }
+        Some(copy) => {
+            if c.get(server).map(|by| &by.copy) == Some(copy) {
+                return;
+            }
+            let before = c.get(server).map(|by| by.copy.clone());
+            c.insert(
+                server.to_string(),
+                CarriedBy {
+                    copy: copy.clone(),
+                    since: tokio::time::Instant::now(),
+                    before,
+                },
+            );
+        }
+    }
 }
 
 /// One request of HAProxy's log: failed (5xx or no answer), and the server's response time.
@@ -471,6 +526,9 @@ pub struct LoggedRequest {
     pub failed: bool,
     /// `Tr`, ms (absent when the server never answered).
     pub response_ms: Option<f64>,
+    /// How long before the line was written the connection to the server opened, ms:
+    /// `Ta − TR − Tw − Tc` (the timers that did not happen, −1, count as 0).
+    pub connected_ms_ago: u64,
 }
 
 /// Parse one syslog line of HAProxy's `option httplog` format for `backend`:
@@ -492,10 +550,12 @@ pub fn parse_log_line(line: &str, backend: &str) -> Option<LoggedRequest> {
     }
     let status: i64 = words.next()?.parse().ok()?;
     let tr = timers[3];
+    let before_connect: i64 = timers[..3].iter().map(|t| (*t).max(0)).sum();
     Some(LoggedRequest {
         server: server.to_string(),
         failed: !(100..500).contains(&status) || tr < 0,
         response_ms: (tr >= 0 && status < 500).then_some(tr as f64),
+        connected_ms_ago: u64::try_from(timers[4].max(0) - before_connect).unwrap_or(0),
     })
 }
 
@@ -520,7 +580,7 @@ async fn receive_log(
     };
     info!(%addr, %backend, "receiving HAProxy's request log");
     let mut buf = vec![0u8; 16 * 1024];
-    let mut per_copy: HashMap<(TaskId, u64), (Group, u64)> = HashMap::new();
+    let mut per_copy: HashMap<Copy, (Group, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut rng = warden_core::rng::Rng::new(u64::from(addr.port()));
     loop {
@@ -543,7 +603,9 @@ async fn receive_log(
                 let Ok((n, _)) = r else { continue };
                 let Ok(line) = std::str::from_utf8(&buf[..n]) else { continue };
                 let Some(req) = parse_log_line(line, &backend) else { continue };
-                let Some(copy) = carried.lock().ok().and_then(|c| c.get(&req.server).cloned()) else {
+                let now = tokio::time::Instant::now();
+                let ago = Duration::from_millis(req.connected_ms_ago);
+                let Some(copy) = carried.lock().ok().and_then(|c| served_by(&c, &req.server, now, ago)) else {
                     continue;
                 };
                 let (group, seen) = per_copy.entry(copy).or_default();
@@ -665,11 +727,12 @@ mod tests {
             )
         };
         assert_eq!(
-            parse_log_line(&line("srv3", "0/0/0/17/17", "200"), "web"),
+            parse_log_line(&line("srv3", "2/0/1/17/20", "200"), "web"),
             Some(LoggedRequest {
                 server: "srv3".into(),
                 failed: false,
-                response_ms: Some(17.0)
+                response_ms: Some(17.0),
+                connected_ms_ago: 17,
             })
         );
         let r = parse_log_line(&line("srv1", "0/0/0/5/5", "503"), "web").expect("a request line");
@@ -678,6 +741,11 @@ mod tests {
         let r =
             parse_log_line(&line("srv1", "0/0/1/-1/2003", "502"), "web").expect("a request line");
         assert!(r.failed && r.response_ms.is_none());
+        assert_eq!(r.connected_ms_ago, 2002);
+        // Never connected (Tc = -1): the whole time counts.
+        let r =
+            parse_log_line(&line("srv1", "0/0/-1/-1/1001", "503"), "web").expect("a request line");
+        assert_eq!(r.connected_ms_ago, 1001);
         // Another backend, no server, not a request line: nothing.
         assert_eq!(
             parse_log_line(&line("srv1", "0/0/0/5/5", "200"), "api"),
@@ -692,6 +760,32 @@ mod tests {
             None
         );
         assert_eq!(parse_log_line("web/srv1 a/b/c 200", "web"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_connected_before_a_change_counts_for_the_copy_before() {
+        let carried: Carried = Arc::default();
+        let old = (TaskId::parse("web/0").expect("task"), 3);
+        let new = (TaskId::parse("web/0").expect("task"), 4);
+        note_carried(&carried, "srv0", Some(&old));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        note_carried(&carried, "srv0", Some(&new));
+        note_carried(&carried, "srv0", Some(&new)); // unchanged: keeps its `since`
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let c = carried.lock().expect("lock").clone();
+        let now = tokio::time::Instant::now();
+        // Logged now, after `timeout server` on a copy killed 10 s ago: the old copy's.
+        assert_eq!(
+            served_by(&c, "srv0", now, Duration::from_millis(10_500)),
+            Some(old.clone())
+        );
+        assert_eq!(
+            served_by(&c, "srv0", now, Duration::from_millis(20)),
+            Some(new.clone())
+        );
+        assert_eq!(served_by(&c, "srv9", now, Duration::ZERO), None);
+        note_carried(&carried, "srv0", None);
+        assert!(carried.lock().expect("lock").is_empty());
     }
 
     #[test]
