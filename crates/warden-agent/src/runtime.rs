@@ -163,6 +163,7 @@ fn phase_of(state: &ProcessState) -> CopyPhase {
 }
 
 /// A report of one copy, on the wire.
+#[allow(clippy::too_many_arguments)]
 fn task_report(
     task: &TaskId,
     epoch: FencingToken,
@@ -171,6 +172,7 @@ fn task_report(
     endpoint: String,
     message: String,
     exit_code: Option<i32>,
+    version: u64,
 ) -> v1::AgentMessage {
     let copy = CopyReport {
         task: task.clone(),
@@ -184,6 +186,7 @@ fn task_report(
         state_last_epoch: 0,
         lagging: Vec::new(),
         sealed: false,
+        version,
     };
     msg(agent_message::Msg::TaskReport(convert::report_to_wire(
         &copy, message, exit_code,
@@ -247,10 +250,12 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
     };
     let mut health: BTreeMap<TaskId, bool> = BTreeMap::new();
     let mut endpoints = Endpoints::new();
+    let mut versions = Versions::new();
     for copy in cache.copies() {
         if let Some(addr) = copy.endpoint {
             endpoints.insert(copy.task.clone(), (copy.epoch(), addr));
         }
+        versions.insert(copy.task.clone(), (copy.epoch(), copy.assign.version));
     }
     let owner = cfg.launcher.run_as.as_ref().map(|u| (u.uid, u.gid));
     let mut states = crate::state::TaskStates::new(&cfg.data_dir, owner);
@@ -302,7 +307,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
     }
     let (hello_tx, hello_rx) = watch::channel(HelloState {
         generation: ids.generation,
-        running: running_tasks(&supervisor, &states, &health, &endpoints),
+        running: running_tasks(&supervisor, &states, &health, &endpoints, &versions),
     });
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
     let links_cancel = CancellationToken::new();
@@ -388,12 +393,12 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                     cfg.metrics.set_offline(true);
                     let started = start_offline(&cfg, &supervisor, &mut cache, &links, &mut endpoints, &mut states, &opened_tx);
                     warn!(started, after_ms = cfg.offline_after.as_millis() as u64, "no server answered: offline, running the service copies of the local cache");
-                    note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                    note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
                 }
             }
             _ = usage_tick.tick(), if cfg.launcher.confine.is_some() => {
                 if let Some(confine) = &cfg.launcher.confine {
-                    watch_usage(confine, &supervisor, &mut usage_watch, &links, &health, &endpoints);
+                    watch_usage(confine, &supervisor, &mut usage_watch, &links, &health, &endpoints, &versions);
                 }
             }
             _ = beat.tick() => {
@@ -418,7 +423,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 if !checks.is_empty() {
                     signals.task_success = Some(checks.iter().filter(|h| **h).count() as f64 / checks.len() as f64);
                 }
-                let mut running = running_tasks(&supervisor, &states, &health, &endpoints);
+                let mut running = running_tasks(&supervisor, &states, &health, &endpoints, &versions);
                 // A primary of a replicated state names the standbys it waits for.
                 for r in &mut running {
                     if let Some(task) = TaskId::parse(&r.task) {
@@ -575,8 +580,13 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                             }
                         }
                         server_message::Msg::Assign(a) => {
+                            if let Some(task) = TaskId::parse(&a.task)
+                                && versions.get(&task).is_none_or(|(e, _)| e.0 <= a.epoch)
+                            {
+                                versions.insert(task, (FencingToken(a.epoch), a.version));
+                            }
                             assign(&cfg, &supervisor, &a, &links, &mut endpoints, &mut states, &opened_tx, &mut cache);
-                            note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                            note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
                         }
                         server_message::Msg::Stop(s) => {
                             let Some(task) = TaskId::parse(&s.task) else { continue };
@@ -629,24 +639,29 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                                         };
                                         refuse(&links, &task, epoch, phase, e.to_string());
                                     }
-                                    note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                                    note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
                                 }
                             }
                             Err(e) => warn!(error = %e, "role order ignored"),
                         },
+                        server_message::Msg::Reload(r) => {
+                            let copies = Copies { health: &health, endpoints: &endpoints };
+                            reload(&cfg, &supervisor, &r, &links, copies, &mut versions, &mut cache);
+                            note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
+                        }
                         server_message::Msg::Rejoin(_) | server_message::Msg::Welcome(_) => {}
                     },
                 }
             }
             Some((task, epoch)) = stop_done_rx.recv() => {
                 let stopped = "stopped on request".to_string();
-                broadcast(&links, &task_report(&task, epoch, CopyPhase::Stopped, false, String::new(), stopped, None));
+                broadcast(&links, &task_report(&task, epoch, CopyPhase::Stopped, false, String::new(), stopped, None, 0));
                 forget_endpoint(&mut endpoints, &task, epoch);
                 states.release(&task, epoch);
                 if let Err(e) = cache.remove(&task, epoch) {
                     warn!(error = %e, "cannot write the local cache");
                 }
-                note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
             }
             Some(o) = opened_rx.recv() => {
                 let Some(task) = TaskId::parse(&o.assign.task) else { continue };
@@ -662,7 +677,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                     // The state is open: the assignment goes ahead.
                     Ok(Some(_)) => {
                         assign(&cfg, &supervisor, &o.assign, &links, &mut endpoints, &mut states, &opened_tx, &mut cache);
-                        note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                        note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
                     }
                     Ok(None) => {}
                     Err(why) => refuse(&links, &task, epoch, CopyPhase::Failed, why),
@@ -675,7 +690,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 if matches!(ev.kind, TaskEventKind::Exited { oom_killed: true, .. }) {
                     cfg.metrics.task_oom_killed();
                 }
-                report_event(&ev, &links, &mut health, &mut endpoints);
+                report_event(&ev, &links, &mut health, &mut endpoints, &versions);
                 if matches!(ev.kind, TaskEventKind::Failed { .. } | TaskEventKind::Fenced | TaskEventKind::Stopped) {
                     // The copy is over: its state is closed (kept on disk), its replication
                     // stopped; a primary's store of a fenced copy refused writes already.
@@ -689,7 +704,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                 if ended && let Err(e) = cache.remove(&ev.task, ev.epoch) {
                     warn!(error = %e, "cannot write the local cache");
                 }
-                note_running(&hello_tx, &supervisor, &states, &health, &endpoints);
+                note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
             }
         }
     }
@@ -844,6 +859,17 @@ struct Ids {
 /// and epoch), so a repeated order or an in-place restart keeps its port.
 type Endpoints = BTreeMap<TaskId, (FencingToken, SocketAddr)>;
 
+/// The job version whose configuration each copy runs: its assignment's, or its last reload's.
+type Versions = BTreeMap<TaskId, (FencingToken, u64)>;
+
+/// The version a copy reports (0: not known).
+fn version_of(versions: &Versions, task: &TaskId, epoch: FencingToken) -> u64 {
+    versions
+        .get(task)
+        .filter(|(e, _)| *e == epoch)
+        .map_or(0, |(_, v)| *v)
+}
+
 /// What a link says in its Hello: the generation (0 asks the leader for a new one) and the
 /// copies running.
 #[derive(Clone, Debug, Default)]
@@ -881,8 +907,9 @@ fn note_running(
     states: &crate::state::TaskStates,
     health: &BTreeMap<TaskId, bool>,
     endpoints: &Endpoints,
+    versions: &Versions,
 ) {
-    let running = running_tasks(supervisor, states, health, endpoints);
+    let running = running_tasks(supervisor, states, health, endpoints, versions);
     hello.send_if_modified(|h| {
         h.running = running;
         false
@@ -1117,6 +1144,7 @@ fn running_tasks(
     states: &crate::state::TaskStates,
     health: &BTreeMap<TaskId, bool>,
     endpoints: &Endpoints,
+    versions: &Versions,
 ) -> Vec<v1::RunningTask> {
     // A warm standby's copy runs no process: it is reported running, its state following.
     let warm = states.warm_copies().into_iter().map(|(task, epoch)| {
@@ -1135,13 +1163,11 @@ fn running_tasks(
         .map(|r| {
             let healthy = health.get(&r.task).copied().unwrap_or(true);
             let endpoint = endpoint_of(endpoints, &r.task, r.epoch);
-            convert::copy_to_wire(&CopyReport::new(
-                r.task,
-                r.epoch,
-                phase_of(&r.state),
-                healthy,
-                endpoint,
-            ))
+            let version = version_of(versions, &r.task, r.epoch);
+            convert::copy_to_wire(&CopyReport {
+                version,
+                ..CopyReport::new(r.task, r.epoch, phase_of(&r.state), healthy, endpoint)
+            })
         })
         .chain(warm)
         .collect()
@@ -1187,6 +1213,156 @@ pub fn fencing_broken_for_tests() -> bool {
     cfg!(debug_assertions) && std::env::var(BREAK_FENCING_ENV).is_ok_and(|v| v == "1")
 }
 
+/// What the agent knows of its copies' health and endpoints.
+#[derive(Clone, Copy)]
+struct Copies<'a> {
+    health: &'a BTreeMap<TaskId, bool>,
+    endpoints: &'a Endpoints,
+}
+
+/// A reload order: rewrite the running copy's configuration files to exactly the order's,
+/// signal its main process (its health checks start afresh), and report the version it now
+/// runs — which the copy reports from then on. A repeated order of a version it runs already
+/// is only confirmed again; one for a copy not running here is ignored (the server learns of
+/// the copy from the heartbeats).
+fn reload(
+    cfg: &AgentConfig,
+    supervisor: &Supervisor,
+    r: &v1::ReloadTask,
+    links: &[Link],
+    copies: Copies<'_>,
+    versions: &mut Versions,
+    cache: &mut crate::cache::AgentCache,
+) {
+    use warden_core::controller::{RELOAD_FAILED, RELOADED};
+    let Some(task) = TaskId::parse(&r.task) else {
+        warn!(task = %r.task, "reload with an invalid task id ignored");
+        return;
+    };
+    let epoch = FencingToken(r.epoch);
+    if !supervisor.running().contains(&(task.clone(), epoch)) {
+        debug!(task = %task, epoch = epoch.0, "reload of a copy not running here ignored");
+        return;
+    }
+    let healthy = copies.health.get(&task).copied().unwrap_or(true);
+    let endpoint = endpoint_of(copies.endpoints, &task, epoch);
+    let report = |healthy: bool, message: String| {
+        let m = task_report(
+            &task,
+            epoch,
+            CopyPhase::Running,
+            healthy,
+            endpoint.clone(),
+            message,
+            None,
+            r.version,
+        );
+        broadcast(links, &m);
+    };
+    if version_of(versions, &task, epoch) == r.version {
+        report(healthy, format!("config at version {}", r.version));
+        return;
+    }
+    let done = reload_signal(&r.signal).and_then(|signal| {
+        rewrite_config(&cfg.data_dir, &task, epoch, &r.config)?;
+        supervisor
+            .signal(&task, epoch, signal)
+            .map_err(|e| e.to_string())
+    });
+    match done {
+        Ok(()) => {
+            info!(task = %task, epoch = epoch.0, version = r.version, signal = %r.signal, "configuration reloaded");
+            versions.insert(task.clone(), (epoch, r.version));
+            // A new agent process resumes the copy with these files and this version.
+            if let Some(mut c) = cache
+                .copies()
+                .into_iter()
+                .find(|c| c.task == task && c.epoch() == epoch)
+            {
+                c.assign.config.clone_from(&r.config);
+                c.assign.version = r.version;
+                if let Err(e) = cache.put(&task, &c.assign, c.endpoint) {
+                    warn!(error = %e, "cannot write the local cache");
+                }
+            }
+            report(
+                healthy,
+                format!("{RELOADED} to version {} ({})", r.version, r.signal),
+            );
+        }
+        Err(why) => {
+            warn!(task = %task, epoch = epoch.0, version = r.version, error = %why, "configuration not reloaded");
+            report(false, format!("{RELOAD_FAILED}: {why}"));
+        }
+    }
+}
+
+/// The number of a reload signal named by the server.
+fn reload_signal(name: &str) -> Result<i32, String> {
+    use nix::sys::signal::Signal;
+    use warden_core::release::ReloadSignal;
+    let signal = match ReloadSignal::parse(name) {
+        Some(ReloadSignal::Hup) => Signal::SIGHUP,
+        Some(ReloadSignal::Usr1) => Signal::SIGUSR1,
+        Some(ReloadSignal::Usr2) => Signal::SIGUSR2,
+        Some(ReloadSignal::Winch) => Signal::SIGWINCH,
+        None => return Err(format!("unknown reload signal {name:?}")),
+    };
+    Ok(signal as i32)
+}
+
+/// Rewrite a running copy's configuration directory to hold exactly `files` (each written
+/// atomically; files of the version before that `files` lacks are removed).
+fn rewrite_config(
+    data_dir: &std::path::Path,
+    task: &TaskId,
+    epoch: FencingToken,
+    files: &[v1::ConfigFile],
+) -> Result<(), String> {
+    let dir = config_dir(data_dir, task, epoch);
+    if !dir.is_dir() {
+        return Err(format!(
+            "the copy has no configuration directory ({})",
+            dir.display()
+        ));
+    }
+    write_config(data_dir, task, epoch, files)?;
+    let keep: std::collections::HashSet<std::path::PathBuf> =
+        files.iter().map(|f| dir.join(&f.path)).collect();
+    prune_config(&dir, &keep).map_err(|e| format!("clean {}: {e}", dir.display()))
+}
+
+/// Remove the files below `dir` that are not in `keep`, and the directories left empty.
+fn prune_config(
+    dir: &std::path::Path,
+    keep: &std::collections::HashSet<std::path::PathBuf>,
+) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            prune_config(&path, keep)?;
+            if std::fs::read_dir(&path)?.next().is_none() {
+                std::fs::remove_dir(&path)?;
+            }
+        } else if !keep.contains(&path) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The configuration directory of a copy: `<data>/config/<job>.<index>@<epoch>/`.
+fn config_dir(
+    data_dir: &std::path::Path,
+    task: &TaskId,
+    epoch: FencingToken,
+) -> std::path::PathBuf {
+    data_dir
+        .join("config")
+        .join(format!("{}.{}@{}", task.job, task.index, epoch.0))
+}
+
 /// Write a copy's configuration files into `<data>/config/<job>.<index>@<epoch>/` (readable by
 /// the task's user, written atomically file by file) and remove the directories of the slot's
 /// older copies; `None` (and nothing written) for a copy without files. Paths are checked again
@@ -1200,7 +1376,7 @@ fn write_config(
     use std::os::unix::fs::PermissionsExt;
     let root = data_dir.join("config");
     let prefix = format!("{}.{}@", task.job, task.index);
-    let dir = root.join(format!("{prefix}{}", epoch.0));
+    let dir = config_dir(data_dir, task, epoch);
     let io =
         |what: &str, p: &std::path::Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     for f in files {
@@ -1381,6 +1557,7 @@ fn assign(
                         String::new(),
                         "warm standby: its state follows the primary; the task starts when promoted".into(),
                         None,
+                        a.version,
                     );
                     broadcast(links, &report);
                     return;
@@ -1448,6 +1625,7 @@ fn watch_usage(
     links: &[Link],
     health: &BTreeMap<TaskId, bool>,
     endpoints: &Endpoints,
+    versions: &Versions,
 ) {
     let mut seen = std::collections::HashSet::new();
     for t in supervisor.tasks() {
@@ -1469,6 +1647,7 @@ fn watch_usage(
                 endpoint,
                 message,
                 None,
+                version_of(versions, &t.task, t.epoch),
             );
             broadcast(links, &report);
         }
@@ -1486,7 +1665,7 @@ struct StateOpened {
 
 fn refuse(links: &[Link], task: &TaskId, epoch: FencingToken, phase: CopyPhase, message: String) {
     warn!(task = %task, epoch = epoch.0, error = %message, "assignment refused");
-    let report = task_report(task, epoch, phase, false, String::new(), message, None);
+    let report = task_report(task, epoch, phase, false, String::new(), message, None, 0);
     broadcast(links, &report);
 }
 
@@ -1495,6 +1674,7 @@ fn report_event(
     links: &[Link],
     health: &mut BTreeMap<TaskId, bool>,
     endpoints: &mut Endpoints,
+    versions: &Versions,
 ) {
     let endpoint = endpoint_of(endpoints, &ev.task, ev.epoch);
     let (phase, exit_code, message, healthy) = match &ev.kind {
@@ -1559,8 +1739,9 @@ fn report_event(
             )
         }
     };
+    let version = version_of(versions, &ev.task, ev.epoch);
     let report = task_report(
-        &ev.task, ev.epoch, phase, healthy, endpoint, message, exit_code,
+        &ev.task, ev.epoch, phase, healthy, endpoint, message, exit_code, version,
     );
     broadcast(links, &report);
 }
@@ -1575,6 +1756,39 @@ mod tests {
             path: path.into(),
             content: content.into(),
         }
+    }
+
+    #[test]
+    fn a_reload_rewrites_the_copys_directory_to_exactly_the_new_files() {
+        let data = tempfile::tempdir().unwrap();
+        let task = TaskId::new(JobName::new("web"), 0);
+        let e = FencingToken(5);
+        // No directory yet: nothing to reload.
+        let err = rewrite_config(data.path(), &task, e, &[file("a.conf", "1")]).unwrap_err();
+        assert!(err.contains("no configuration directory"), "{err}");
+        let dir = write_config(
+            data.path(),
+            &task,
+            e,
+            &[file("a.conf", "1"), file("old/b.conf", "2")],
+        )
+        .unwrap()
+        .unwrap();
+        rewrite_config(
+            data.path(),
+            &task,
+            e,
+            &[file("a.conf", "3"), file("new/c.conf", "4")],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.conf")).unwrap(), "3");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("new/c.conf")).unwrap(),
+            "4"
+        );
+        assert!(!dir.join("old").exists(), "files of the version before go");
+        assert_eq!(reload_signal("SIGHUP"), Ok(1));
+        assert!(reload_signal("SIGKILL").is_err());
     }
 
     #[test]

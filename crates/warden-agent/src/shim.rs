@@ -410,6 +410,21 @@ struct Group {
 }
 
 impl Group {
+    /// Send `signal` to the group's leader alone (the task's main process), while it is
+    /// alive or an unreaped zombie (so its pid cannot have been reused). False when it is not.
+    fn signal_leader(&self, signal: Signal) -> bool {
+        if !self.live {
+            return false;
+        }
+        match nix::sys::signal::kill(self.pgid, signal) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(pid = self.pgid.as_raw(), error = %e, "cannot signal the task");
+                false
+            }
+        }
+    }
+
     fn kill(&self, signal: Signal) {
         if !self.live {
             return;
@@ -920,6 +935,16 @@ impl Watch<'_> {
                 self.detach = Some(window);
                 self.out.send(&Status::Detached { window });
             }
+            Control::Signal(n) => match Signal::try_from(n) {
+                Ok(sig) if self.group.signal_leader(sig) => {
+                    info!(signal = %sig, "signalled the task");
+                    self.out.send(&Status::Signalled(n));
+                }
+                Ok(_) => self.out.send(&Status::Error(format!(
+                    "signal {n} not sent: the task is not running"
+                ))),
+                Err(_) => self.out.send(&Status::Error(format!("no signal {n} here"))),
+            },
             Control::Stop(grace) => {
                 let kill_at = now + grace;
                 if self.kill_at.is_none() {

@@ -455,6 +455,14 @@ pub enum SupervisorError {
     /// The shim spawner thread could not be started.
     #[error("start the shim spawner thread: {0}")]
     Spawner(#[source] io::Error),
+    /// The copy is not running (not started, restarting, stopping or ended).
+    #[error("task {task} epoch {epoch} is not running")]
+    NotRunning {
+        /// The task.
+        task: TaskId,
+        /// The epoch asked for.
+        epoch: FencingToken,
+    },
 }
 
 /// Handle to the supervisor; clones share it. When the last handle is dropped every task's
@@ -519,6 +527,9 @@ enum Order {
         window: Duration,
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// Send the task's main process this signal (a reload), then run its health checks
+    /// afresh: the next verdict is the reloaded task's.
+    Signal(i32),
 }
 
 impl Shared {
@@ -830,6 +841,33 @@ impl Supervisor {
         };
         done.cancelled().await;
         Ok(())
+    }
+
+    /// Send `signal` to the main process of the running copy of `task` at `epoch` (its shim
+    /// sends it; a reload after its configuration files changed), and start its health
+    /// checks afresh, so that the next verdict reported is the reloaded task's.
+    pub fn signal(
+        &self,
+        task: &TaskId,
+        epoch: FencingToken,
+        signal: i32,
+    ) -> Result<(), SupervisorError> {
+        let tasks = self.inner.shared.lock();
+        let not_running = || SupervisorError::NotRunning {
+            task: task.clone(),
+            epoch,
+        };
+        let entry = tasks.get(task).ok_or_else(not_running)?;
+        match &entry.run {
+            Some(run)
+                if run.epoch == epoch && matches!(entry.state, ProcessState::Running { .. }) =>
+            {
+                run.orders
+                    .send(Order::Signal(signal))
+                    .map_err(|_| not_running())
+            }
+            _ => Err(not_running()),
+        }
     }
 
     /// The lease was renewed and now runs out `remaining` from now: every leased task may run
@@ -1233,6 +1271,8 @@ impl Actor {
                     Some(Order::Detach { done, .. }) => {
                         let _ = done.send(());
                     }
+                    // Between two runs: the next one reads the new files anyway.
+                    Some(Order::Signal(_)) => {}
                     None => self.orders_open = false,
                 },
                 changed = self.lease.changed(), if self.spec.leased => {
@@ -1342,8 +1382,8 @@ impl Actor {
         } = conn;
         let mut seen = Observed::default();
         // Health checks run from `started` until this run ends.
-        let health = self.cancel.child_token();
-        let _health = health.clone().drop_guard();
+        let mut health = self.cancel.child_token();
+        let mut _health = health.clone().drop_guard();
         if let ShimProcess::Adopted { task_pid, .. } = &shim
             && *task_pid != 0
         {
@@ -1373,6 +1413,14 @@ impl Actor {
                     Some(Order::Detach { window, done }) => {
                         send(&mut stdin, Control::Detach(window)).await;
                         let _ = done.send(());
+                    }
+                    Some(Order::Signal(n)) => {
+                        send(&mut stdin, Control::Signal(n)).await;
+                        if seen.pid.is_some() && !stopping {
+                            health = self.cancel.child_token();
+                            _health = health.clone().drop_guard();
+                            self.start_health_checks(&health);
+                        }
                     }
                     None => self.orders_open = false,
                 },
@@ -1480,6 +1528,7 @@ impl Actor {
                 seen.oom_kills += count;
             }
             Status::Attached { pid, .. } if pid != 0 => seen.pid = Some(pid),
+            Status::Signalled(n) => info!(signal = n, "task signalled"),
             Status::Stopping { .. }
             | Status::Pong
             | Status::Detached { .. }

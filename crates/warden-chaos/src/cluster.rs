@@ -834,15 +834,20 @@ impl Cluster {
             .cloned()
     }
 
+    /// A job spec as [`Cluster::submit`] sends it (for `warden job plan` and the like).
+    pub fn render(&self, toml: &str) -> String {
+        let body = toml.replace("{exe}", &self.exe.display().to_string());
+        format!(
+            "{body}\n[env]\nCLUSTER_MARKER_{} = \"1\"\n",
+            sanitize(&self.marker)
+        )
+    }
+
     /// Submit a job (TOML without an `[env]` table). `{exe}` is replaced by the `warden`
     /// executable; the cluster's marker is added to its environment so its task processes can
     /// be found in `/proc`.
     pub fn submit(&self, toml: &str) -> Result<Value> {
-        let body = toml.replace("{exe}", &self.exe.display().to_string());
-        let body = format!(
-            "{body}\n[env]\nCLUSTER_MARKER_{} = \"1\"\n",
-            sanitize(&self.marker)
-        );
+        let body = self.render(toml);
         self.client
             .request(
                 "POST",

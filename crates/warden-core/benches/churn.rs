@@ -97,6 +97,7 @@ fn main() {
                 session: SessionId(*session),
                 agent: id.clone(),
                 hello: Hello {
+                    reload: true,
                     config_files: true,
                     name,
                     generation: *g,

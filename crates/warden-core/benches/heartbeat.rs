@@ -79,6 +79,7 @@ impl Fleet {
             let id = AgentId::new(format!("agent-{i:05}"), 1);
             f.index.insert(id.clone(), i);
             let hello = Hello {
+                reload: true,
                 config_files: true,
                 name: id.name.to_string(),
                 generation: 1,
@@ -141,6 +142,7 @@ impl Fleet {
         let copies = self.runs[i]
             .iter()
             .map(|(task, epoch)| CopyReport {
+                version: 0,
                 task: task.clone(),
                 epoch: *epoch,
                 phase: Some(CopyPhase::Running),

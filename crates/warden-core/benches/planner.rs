@@ -73,6 +73,7 @@ fn fleet() -> (Desired, Observed) {
             (
                 id.clone(),
                 AgentView {
+                    reload: true,
                     config_files: true,
                     state: AgentState::Healthy,
                     capacity: Resources::new(8_000, 16_384),

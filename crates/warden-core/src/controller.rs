@@ -39,6 +39,13 @@
 /// limit); the controller records a `task.oom_killed` event for it.
 pub const OOM_KILLED: &str = "oom_killed";
 
+/// How an agent's task report starts when a copy was reloaded to a new version's
+/// configuration (`… to version N (SIGHUP)`).
+pub const RELOADED: &str = "config reloaded";
+/// How an agent's task report starts when it could not reload a copy (`…: why`): a rollout
+/// counts the copy as bad.
+pub const RELOAD_FAILED: &str = "config reload failed";
+
 /// Task report prefixes that are signals from the task's cgroup, and the event each becomes:
 /// OOM-killed, throttled by its CPU quota most of the time, near its memory limit, starved
 /// (pressure stall information).
@@ -582,6 +589,7 @@ impl Controller {
             .agents
             .entry(id.clone())
             .or_insert_with(|| AgentView {
+                reload: false,
                 config_files: true,
                 state: AgentState::Joining,
                 capacity,
@@ -672,6 +680,7 @@ impl Controller {
                 self.observed.agents.insert(
                     id.clone(),
                     AgentView {
+                        reload: false,
                         config_files: true,
                         state: r.map_or(AgentState::Failed, |r| r.state()),
                         capacity: Resources::default(),

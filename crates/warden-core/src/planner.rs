@@ -144,6 +144,9 @@ pub struct AgentView {
     /// job that has some).
     #[serde(default)]
     pub config_files: bool,
+    /// It applies a config-only change in place with a signal (session protocol 3).
+    #[serde(default)]
+    pub reload: bool,
 }
 
 /// One task slot as recorded by the controller.
@@ -312,6 +315,21 @@ pub enum Action {
         /// writes acknowledged at `standby` that only the lost replicas held are lost.
         unclean: bool,
     },
+    /// Move the running copy of `task` at `epoch` to job version `version` in place: a change
+    /// of its configuration files alone, which its agent writes and signals the task to read
+    /// (a rollout with `[update] reload_signal`). The slot keeps its epoch.
+    Reload {
+        /// Operation id.
+        op: OperationId,
+        /// The slot.
+        task: TaskId,
+        /// Its running copy's fencing token (the write is checked against it).
+        epoch: FencingToken,
+        /// The agent running it.
+        agent: AgentId,
+        /// The version it moves to.
+        version: u64,
+    },
     /// Cordon a flapping agent: no new work until it is released.
     Quarantine {
         /// Operation id.
@@ -332,6 +350,7 @@ impl Action {
             | Action::Evict { op, .. }
             | Action::Stop { op, .. }
             | Action::SetReplica { op, .. }
+            | Action::Reload { op, .. }
             | Action::Quarantine { op, .. } => Some(op),
             Action::Alarm(_) => None,
         }
@@ -1094,6 +1113,17 @@ pub fn apply(
                 let t = slot(observed, task);
                 if t.epoch == *epoch {
                     t.replica = Some(*replica);
+                }
+            }
+            Action::Reload {
+                task,
+                epoch,
+                version,
+                ..
+            } => {
+                let t = slot(observed, task);
+                if t.epoch == *epoch {
+                    t.version = *version;
                 }
             }
             Action::Alarm(_) => {}

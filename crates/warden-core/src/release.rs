@@ -69,6 +69,55 @@ pub struct UpdateSpec {
     /// How long each traffic step lasts. Default 30 s.
     #[serde(default = "default_step_time", with = "duration_serde")]
     pub step_time: Duration,
+    /// A version that changes only `[[config]]` files is applied to running copies in place:
+    /// their agents rewrite the files and send the task this signal (`"SIGHUP"`), instead of
+    /// replacing the copies. Absent: every change replaces copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_signal: Option<ReloadSignal>,
+}
+
+/// The signal that tells a task to read its configuration files again (`[update]
+/// reload_signal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReloadSignal {
+    /// `SIGHUP`, the usual one.
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    /// `SIGUSR1`.
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    /// `SIGUSR2`.
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+    /// `SIGWINCH`.
+    #[serde(rename = "SIGWINCH")]
+    Winch,
+}
+
+impl ReloadSignal {
+    /// Its name (`SIGHUP`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReloadSignal::Hup => "SIGHUP",
+            ReloadSignal::Usr1 => "SIGUSR1",
+            ReloadSignal::Usr2 => "SIGUSR2",
+            ReloadSignal::Winch => "SIGWINCH",
+        }
+    }
+
+    /// The signal named `name` (`SIGHUP` or `HUP`, any case).
+    pub fn parse(name: &str) -> Option<ReloadSignal> {
+        let up = name.to_ascii_uppercase();
+        let up = up.strip_prefix("SIG").unwrap_or(&up);
+        [
+            ReloadSignal::Hup,
+            ReloadSignal::Usr1,
+            ReloadSignal::Usr2,
+            ReloadSignal::Winch,
+        ]
+        .into_iter()
+        .find(|s| &s.name()[3..] == up)
+    }
 }
 
 fn default_step_time() -> Duration {
@@ -145,6 +194,7 @@ impl Default for UpdateSpec {
             analysis: None,
             traffic_steps: TrafficSteps::default(),
             step_time: default_step_time(),
+            reload_signal: None,
         }
     }
 }
@@ -400,6 +450,20 @@ pub fn template_eq(a: &JobSpec, b: &JobSpec) -> bool {
         && a.config == b.config
 }
 
+/// Whether a copy started from `from` can become a copy of `to` by a reload: the two run the
+/// same thing but for their `[[config]]` files, and `to` asks for reloads
+/// (`[update] reload_signal`). Returns the signal.
+pub fn reload_only(from: &JobSpec, to: &JobSpec) -> Option<ReloadSignal> {
+    let signal = to.update.and_then(|u| u.reload_signal)?;
+    // A copy started without files has no directory to reload from (nor knows of one).
+    if from.config.is_empty() || to.config.is_empty() {
+        return None;
+    }
+    let mut from = from.clone();
+    from.config.clone_from(&to.config);
+    template_eq(&from, to).then_some(signal)
+}
+
 /// One field that differs between two specs, with both values in the spec's own notation
 /// (JSON); `None` where the field is absent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,6 +578,46 @@ mod tests {
         let e = with(vec![("a", crate::types::MAX_CONFIG_BYTES), ("b", 1)]).unwrap_err();
         assert_eq!(e.field, "config");
         assert!(e.reason.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn only_a_change_of_config_files_with_a_reload_signal_reloads() {
+        let with = |cmd: &str, text: &str, signal: Option<ReloadSignal>| {
+            let mut s = spec(cmd, 1);
+            if !text.is_empty() {
+                s.config = vec![crate::ConfigFile {
+                    path: "app.conf".into(),
+                    content: text.into(),
+                }];
+            }
+            s.update = Some(UpdateSpec {
+                reload_signal: signal,
+                ..UpdateSpec::default()
+            });
+            s
+        };
+        let hup = Some(ReloadSignal::Hup);
+        let v1 = with("a", "x", hup);
+        assert_eq!(
+            reload_only(&v1, &with("a", "y", hup)),
+            Some(ReloadSignal::Hup)
+        );
+        // The new version's own setting decides; anything else changed replaces the copy.
+        assert_eq!(reload_only(&v1, &with("a", "y", None)), None);
+        assert_eq!(reload_only(&v1, &with("b", "y", hup)), None);
+        // A copy started without files has no directory to reload.
+        assert_eq!(
+            reload_only(&with("a", "", None), &with("a", "y", hup)),
+            None
+        );
+        assert_eq!(ReloadSignal::parse("hup"), Some(ReloadSignal::Hup));
+        assert_eq!(ReloadSignal::parse("SIGUSR2"), Some(ReloadSignal::Usr2));
+        assert_eq!(ReloadSignal::parse("SIGKILL"), None);
+        // A reload signal needs files to reload.
+        let e = with("a", "", hup).validate().unwrap_err();
+        assert_eq!(e.field, "update.reload_signal");
+        let bad: Result<UpdateSpec, _> = serde_json::from_str("{\"reload_signal\": \"SIGKILL\"}");
+        assert!(bad.unwrap_err().to_string().contains("SIGKILL"));
     }
 
     #[test]

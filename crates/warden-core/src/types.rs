@@ -614,6 +614,12 @@ impl JobSpec {
                     "needs a [service]: traffic steps set load-balancer weights",
                 ));
             }
+            if update.reload_signal.is_some() && self.config.is_empty() {
+                return Err(ConfigError::new(
+                    "update.reload_signal",
+                    "needs [[config]] files: it applies a change of them in place",
+                ));
+            }
         }
         if self.config.len() > MAX_CONFIG_FILES {
             return Err(ConfigError::new(

@@ -139,6 +139,7 @@ pub fn copy_from_wire(r: &v1::RunningTask) -> Option<CopyReport> {
         state_fence: r.state_fence,
         state_last_epoch: r.state_last_epoch,
         lagging: r.lagging.clone(),
+        version: r.version,
     })
 }
 
@@ -157,6 +158,7 @@ pub fn copy_to_wire(c: &CopyReport) -> v1::RunningTask {
         state_fence: c.state_fence,
         state_last_epoch: c.state_last_epoch,
         lagging: c.lagging.clone(),
+        version: c.version,
     }
 }
 
@@ -175,6 +177,7 @@ impl From<&v1::Hello> for Hello {
                 .collect(),
             reattach_window: std::time::Duration::from_millis(h.reattach_window_ms),
             config_files: crate::declared(h.protocol_min, h.protocol_max).1 >= 2,
+            reload: crate::declared(h.protocol_min, h.protocol_max).1 >= 3,
         }
     }
 }
@@ -209,6 +212,7 @@ pub fn report_from_wire(r: &v1::TaskReport) -> Option<(CopyReport, String)> {
         state_last_epoch: 0,
         lagging: Vec::new(),
         sealed: false,
+        version: r.version,
     };
     Some((copy, r.message.clone()))
 }
@@ -223,6 +227,7 @@ pub fn report_to_wire(c: &CopyReport, message: String, exit_code: Option<i32>) -
         message,
         healthy: c.healthy,
         endpoint: c.endpoint.clone(),
+        version: c.version,
     }
 }
 
@@ -281,6 +286,7 @@ impl From<&Assignment> for v1::Assign {
                     content: f.content.clone(),
                 })
                 .collect(),
+            version: a.version,
         }
     }
 }
@@ -389,6 +395,7 @@ impl TryFrom<&v1::Assign> for Assignment {
                     content: f.content.clone(),
                 })
                 .collect(),
+            version: a.version,
         })
     }
 }
@@ -438,6 +445,20 @@ pub fn order_to_wire(o: &Order) -> v1::server_message::Msg {
             epoch: epoch.0,
             replica_json: serde_json::to_string(replica).unwrap_or_default(),
         }),
+        Order::Reload(r) => Msg::Reload(v1::ReloadTask {
+            task: r.task.to_string(),
+            epoch: r.epoch.0,
+            version: r.version,
+            signal: r.signal.name().to_string(),
+            config: r
+                .config
+                .iter()
+                .map(|f| v1::ConfigFile {
+                    path: f.path.clone(),
+                    content: f.content.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -451,6 +472,7 @@ mod tests {
     #[test]
     fn an_assignment_survives_the_round_trip() {
         let a = Assignment {
+            version: 4,
             task: TaskId::new(JobName::new("web"), 3),
             epoch: FencingToken(7),
             singleton: false,
@@ -537,6 +559,7 @@ mod tests {
             }),
             running: vec![
                 v1::RunningTask {
+                    version: 0,
                     task: "web/0".into(),
                     epoch: 2,
                     phase: v1::TaskPhase::Running as i32,

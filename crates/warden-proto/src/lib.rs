@@ -13,8 +13,10 @@ pub const JOIN_TOKEN_METADATA: &str = "x-warden-join-token";
 /// The oldest revision of the session protocol this build speaks.
 pub const PROTOCOL_OLDEST: u32 = 1;
 /// The newest revision of the session protocol this build speaks. Revisions: 1, the first
-/// (no negotiation); 2, protocol ranges in Hello and Welcome, configuration files in Assign.
-pub const PROTOCOL_NEWEST: u32 = 2;
+/// (no negotiation); 2, protocol ranges in Hello and Welcome, configuration files in Assign;
+/// 3, job versions in Assign and copy reports, and ReloadTask (a config change applied in
+/// place with a signal).
+pub const PROTOCOL_NEWEST: u32 = 3;
 
 /// The range of revisions a peer declared: `(0, 0)` — a peer from before the negotiation —
 /// speaks revision 1 only.
@@ -66,7 +68,8 @@ mod tests {
             Ok(1),
             "a peer from before negotiation"
         );
-        assert_eq!(negotiate(declared(1, 2), "same"), Ok(PROTOCOL_NEWEST));
+        assert_eq!(negotiate(declared(1, 3), "same"), Ok(PROTOCOL_NEWEST));
+        assert_eq!(negotiate(declared(1, 2), "the release before"), Ok(2));
         assert_eq!(
             negotiate(declared(1, 9), "newer, compatible"),
             Ok(PROTOCOL_NEWEST)

@@ -116,6 +116,10 @@ pub struct JobPlan {
     /// Running copies the change would replace (a rollout); 0 when only the copy count or
     /// the `[update]` settings change.
     pub replaces: u32,
+    /// Of those, copies it would change in place: a change of `[[config]]` files alone with
+    /// `[update] reload_signal` (new files and a signal, no new copy).
+    #[serde(default)]
+    pub reloads: u32,
     /// Why it would be refused now (another rollout under way), if it would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,

@@ -416,6 +416,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
     let epoch = assign.epoch;
     let report = |phase: v1::TaskPhase| {
         Msg::TaskReport(v1::TaskReport {
+            version: 0,
             task: "j/0".into(),
             epoch,
             phase: phase as i32,
@@ -426,6 +427,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
         })
     };
     b.running = vec![v1::RunningTask {
+        version: 0,
         task: "j/0".into(),
         epoch,
         phase: v1::TaskPhase::Running as i32,
@@ -458,6 +460,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
         seq: 1_000,
         signals: None,
         running: vec![v1::RunningTask {
+            version: 0,
             task: "j/0".into(),
             epoch,
             phase: v1::TaskPhase::Failed as i32,

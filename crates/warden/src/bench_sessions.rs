@@ -454,6 +454,7 @@ async fn agent(
                 }
                 let report = |task: &str, epoch: u64, phase: v1::TaskPhase| {
                     msg(agent_message::Msg::TaskReport(v1::TaskReport {
+                        version: 0,
                         task: task.to_string(),
                         epoch,
                         phase: phase as i32,
@@ -470,6 +471,7 @@ async fn agent(
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                         c.retain(|r| r.task != a.task);
                         c.push(v1::RunningTask {
+                            version: 0,
                             task: a.task.clone(),
                             epoch: a.epoch,
                             phase: v1::TaskPhase::Running as i32,

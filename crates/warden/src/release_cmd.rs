@@ -200,6 +200,16 @@ pub fn plan(client: &warden_client::Client, opts: &ApiOpts, file: &Path) -> Resu
             p.job,
             v.unwrap_or(1)
         ),
+        (_, v) if p.reloads > 0 => println!(
+            "job {} would become version {}; {} running {} changed: {} reloaded in place \
+             (new config files and a signal), {} replaced",
+            p.job,
+            v.unwrap_or(0),
+            p.replaces,
+            if p.replaces == 1 { "copy" } else { "copies" },
+            p.reloads,
+            p.replaces.saturating_sub(p.reloads)
+        ),
         (_, v) => println!(
             "job {} would become version {}; {} running {} replaced",
             p.job,

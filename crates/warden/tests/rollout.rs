@@ -327,3 +327,98 @@ fn traffic_steps_set_haproxy_weights_so_canaries_get_their_share() {
     assert!((2.0..=22.0).contains(&at10), "{s:?}");
     assert!((33.0..=67.0).contains(&at50), "{s:?}");
 }
+
+/// A change of `[[config]]` files alone, with `[update] reload_signal`: every running copy
+/// gets the new files in its own directory and a real SIGHUP, and keeps its process (same pid,
+/// same fencing token); the task's own trap reads the file again and records what it read.
+#[test]
+fn a_config_change_with_a_reload_signal_rewrites_files_and_signals_the_same_processes() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = common::start_cluster("reload");
+    c.add_agents(2).expect("agents");
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // On SIGHUP the task copies its file to `<out>/<pid>`.
+    let spec = |level: &str| {
+        format!(
+            "{}reload_signal = \"SIGHUP\"\n[[config]]\npath = \"app.conf\"\ncontent = \"level = {level}\\n\"\n",
+            web(
+                "/bin/sh",
+                &format!(
+                    "['-c', '''trap 'cp \"$WARDEN_CONFIG_DIR/app.conf\" \"{}/$$\"' HUP; while :; do sleep 1 & wait $!; done''']",
+                    out.path().display()
+                ),
+                0
+            )
+        )
+    };
+    c.submit(&spec("info")).expect("submit version 1");
+    assert!(
+        wait_until(LONG, || running_versions(&c) == Some(vec![1; 4])),
+        "version 1 did not start\n{}",
+        diag(&c)
+    );
+    let before: Vec<(i32, u64)> = {
+        let mut p: Vec<_> = c
+            .task_procs()
+            .into_iter()
+            .filter(|p| p.task.starts_with("web/") && is_group_leader(p.pid))
+            .map(|p| (p.pid, p.token))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(before.len(), 4, "{before:?}");
+    let file = out.path().join("v2.toml");
+    std::fs::write(&file, c.render(&spec("debug"))).unwrap();
+    let (ok, plan) = cli(&c, &["job", "plan", file.to_str().unwrap()]);
+    assert!(
+        ok && plan.contains("4 running copies changed: 4 reloaded in place"),
+        "{plan}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    c.submit(&spec("debug")).expect("submit version 2");
+    assert!(
+        wait_until(LONG, || rollout(&c)["to"] == 2
+            && rollout(&c)["phase"] == "succeeded"),
+        "the config change did not roll out\n{}",
+        diag(&c)
+    );
+    assert_eq!(running_versions(&c), Some(vec![2; 4]), "{}", diag(&c));
+    // The same processes, each of which read the new file when signalled.
+    let after: Vec<(i32, u64)> = {
+        let mut p: Vec<_> = c
+            .task_procs()
+            .into_iter()
+            .filter(|p| p.task.starts_with("web/") && is_group_leader(p.pid))
+            .map(|p| (p.pid, p.token))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(after, before, "copies were replaced\n{}", diag(&c));
+    for (pid, _) in &before {
+        let read = out.path().join(pid.to_string());
+        assert!(
+            wait_until(LONG, || read.exists()),
+            "pid {pid} was not signalled\n{}",
+            diag(&c)
+        );
+        assert_eq!(std::fs::read_to_string(&read).unwrap(), "level = debug\n");
+    }
+    let events = c.client.get("/v1/events?limit=200").unwrap().to_string();
+    assert_eq!(events.matches("reloads version 2").count(), 4, "{events}");
+    c.shutdown();
+}
+
+/// Whether `pid` leads its process group (a task's main process; its children do not).
+fn is_group_leader(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // After the command name in parentheses: state, ppid, pgrp.
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split(' ').nth(2)?.parse::<i32>().ok()
+        })
+        == Some(pid)
+}

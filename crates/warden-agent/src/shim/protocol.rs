@@ -2,11 +2,11 @@
 //! definition of it.
 //!
 //! - **Control lines**, agent → shim, on the shim's stdin ([`Control`]): `extend <ms>`,
-//!   `stop <grace_ms>`, `detach <ms>`, `ping`. End of file on stdin means the agent is gone.
+//!   `stop <grace_ms>`, `detach <ms>`, `signal <n>`, `ping`. End of file on stdin means the agent is gone.
 //! - **Status lines**, shim → agent, on the shim's stdout ([`Status`]): `started <pid>`,
 //!   `spawn-failed <reason>`, `stopping <grace_ms>`, `fenced`, `killed agent-gone`,
 //!   `killed signal <n>`, `oom-killed <n>`, `exited code <n>`, `exited signal <n>`, `pong`,
-//!   `detached <ms>`, `error <message>`.
+//!   `detached <ms>`, `signalled <n>`, `error <message>`.
 //! - **Reattach**: a shim started with `--socket` listens there; a new agent process that
 //!   connects becomes its controller (the same control and status lines, over the socket).
 //!   The shim's first line on a new connection is `attached <task> <epoch> <pid> <shim_pid>`
@@ -71,6 +71,9 @@ pub enum Control {
     /// fenced task still only until its deadline — and waits up to `ms` for a new agent to
     /// attach through the socket; then it kills the task. Answered with `detached <ms>`.
     Detach(Duration),
+    /// `signal <n>`: send signal `n` to the task's main process (not its group): a reload
+    /// after its configuration files changed. Answered with `signalled <n>`.
+    Signal(i32),
 }
 
 impl Control {
@@ -82,6 +85,13 @@ impl Control {
             Some("stop") => Control::Stop(parse_millis(line, words.next())?),
             Some("ping") => Control::Ping,
             Some("detach") => Control::Detach(parse_millis(line, words.next())?),
+            Some("signal") => match words.next() {
+                Some(n) => match parse_int(line, n)? {
+                    n @ 1..=64 => Control::Signal(n),
+                    _ => return Err(ProtocolError::new(line, "no such signal")),
+                },
+                None => return Err(ProtocolError::new(line, "missing signal number")),
+            },
             Some(_) => return Err(ProtocolError::new(line, "unknown command")),
             None => return Err(ProtocolError::new(line, "empty line")),
         };
@@ -99,6 +109,7 @@ impl fmt::Display for Control {
             Control::Stop(d) => write!(f, "stop {}", d.as_millis()),
             Control::Ping => f.write_str("ping"),
             Control::Detach(d) => write!(f, "detach {}", d.as_millis()),
+            Control::Signal(n) => write!(f, "signal {n}"),
         }
     }
 }
@@ -202,6 +213,8 @@ pub enum Status {
         /// The shim's own pid.
         shim_pid: u32,
     },
+    /// `signalled <n>`: answer to `signal <n>`, the signal was sent.
+    Signalled(i32),
     /// `error <message>`: a control line was rejected, or the shim hit an internal error.
     Error(String),
 }
@@ -268,6 +281,7 @@ impl Status {
                     shim_pid: pid32(shim_pid)?,
                 }
             }
+            ("signalled", Some(n)) => Status::Signalled(parse_int(line, n)?),
             ("error", message) => Status::Error(message.unwrap_or_default().to_string()),
             _ => return Err(ProtocolError::new(line, "unknown status")),
         };
@@ -298,6 +312,7 @@ impl fmt::Display for Status {
                 "attached {} {epoch} {pid} {shim_pid}",
                 one_line(task).replace(' ', "_")
             ),
+            Status::Signalled(n) => write!(f, "signalled {n}"),
             Status::Error(message) => write!(f, "error {}", one_line(message)),
         }
     }
@@ -333,6 +348,7 @@ mod tests {
             Control::Stop(Duration::from_secs(10)),
             Control::Ping,
             Control::Detach(Duration::from_secs(30)),
+            Control::Signal(1),
         ] {
             assert_eq!(Control::parse(&control.to_string()), Ok(control));
         }
@@ -351,6 +367,10 @@ mod tests {
             ("extend -5", "milliseconds must be a whole number"),
             ("stop 1.5", "milliseconds must be a whole number"),
             ("ping pong", "trailing words"),
+            ("signal", "missing signal number"),
+            ("signal 0", "no such signal"),
+            ("signal 99", "no such signal"),
+            ("signal HUP", "expected an integer"),
         ] {
             assert_eq!(Control::parse(line).map_err(|e| e.reason), Err(reason));
         }
@@ -382,6 +402,7 @@ mod tests {
                 pid: 4242,
                 shim_pid: 4241,
             },
+            Status::Signalled(10),
             Status::Error("bad shim protocol line".into()),
         ] {
             assert_eq!(Status::parse(&status.to_string()), Ok(status));

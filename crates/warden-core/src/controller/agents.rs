@@ -16,7 +16,7 @@ const FENCED_BY_AGENT: &str = "fenced by its agent (its lease ran out)";
 use super::config::RESEND_AFTER;
 use super::io::{
     Assignment, Command, Copies, CopyPhase, CopyReport, Event, Heartbeat, Hello, Notice, Order,
-    ProbeRound, Refusal, SessionId, Welcome, Write,
+    ProbeRound, Refusal, Reload, SessionId, Welcome, Write,
 };
 
 impl Controller {
@@ -70,6 +70,7 @@ impl Controller {
         self.ensure_generation(&id, hello.capacity, None);
         if let Some(v) = self.observed.agents.get_mut(&id) {
             v.config_files = hello.config_files;
+            v.reload = hello.reload;
         }
         self.fleet.set_reattach_window(&id, hello.reattach_window);
         if let Some(book) = self.books.get_mut(&id) {
@@ -185,6 +186,7 @@ impl Controller {
             if c.state_seq > 0 || c.sealed || c.state_fence > 0 {
                 self.note_state_seq(c);
             }
+            self.note_copy_version(who, c, now, out);
         }
         self.resend_pending(who, &copies, now, false, out);
         // A copy the server saw running here that the agent no longer reports has ended
@@ -230,6 +232,7 @@ impl Controller {
                     SlotState::Stopped,
                     false,
                     Some(why),
+                    0,
                     now,
                     out,
                 );
@@ -246,6 +249,7 @@ impl Controller {
                     SlotState::Stopped,
                     false,
                     Some(why),
+                    0,
                     now,
                     out,
                 );
@@ -259,7 +263,8 @@ impl Controller {
         }
         for c in listed {
             if let Some(state) = c.phase.and_then(CopyPhase::slot_state) {
-                self.task_seen(who, &c.task, c.epoch, state, c.healthy, None, now, out);
+                let v = c.version;
+                self.task_seen(who, &c.task, c.epoch, state, c.healthy, None, v, now, out);
             }
         }
     }
@@ -290,6 +295,7 @@ impl Controller {
             None => {}
             Some(phase) => {
                 self.note_endpoint(&copy.task, copy.epoch, &copy.endpoint, copy.healthy);
+                self.note_copy_version(who, &copy, now, out);
                 if let Some(state) = phase.slot_state() {
                     let msg = Some(message);
                     self.task_seen(
@@ -299,6 +305,7 @@ impl Controller {
                         state,
                         copy.healthy,
                         msg,
+                        copy.version,
                         now,
                         out,
                     );
@@ -361,6 +368,7 @@ impl Controller {
         phase: SlotState,
         healthy: bool,
         message: Option<&str>,
+        version: u64,
         now: Time,
         out: &mut Vec<Command>,
     ) {
@@ -414,7 +422,7 @@ impl Controller {
             self.persist(out, now, write);
         }
         if in_rollout {
-            self.rollout_copy_seen(task, epoch, phase, next, healthy, message, now);
+            self.rollout_copy_seen(task, epoch, phase, next, healthy, message, version, now);
         }
         if next == SlotState::Running
             && let Some(p) = self.recoveries.get_mut(task)
@@ -798,6 +806,84 @@ impl Controller {
         }
     }
 
+    /// The job version whose configuration a copy runs, as its agent reports it: a reload
+    /// done is no longer in flight; one not done yet (lost with a session, or ordered by a
+    /// leader before this one) is sent again after [`RESEND_AFTER`].
+    fn note_copy_version(
+        &mut self,
+        who: &AgentId,
+        c: &CopyReport,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        if c.version == 0 {
+            return;
+        }
+        let Some(slot) = self.slot(&c.task) else {
+            return;
+        };
+        if slot.epoch != c.epoch || slot.agent.as_ref() != Some(who) || slot.version == 0 {
+            return;
+        }
+        let (target, running) = (slot.version, slot.state == SlotState::Running);
+        if c.version == target {
+            if let Some(b) = self.books.get_mut(who) {
+                b.reloads.remove(&c.task);
+            }
+            return;
+        }
+        if !running || self.acting_term(now).is_none() {
+            return;
+        }
+        let due = self.books.get(who).is_some_and(|b| {
+            b.reloads.get(&c.task).is_none_or(|(e, v, at)| {
+                *e != c.epoch || *v != target || now.saturating_since(*at) >= RESEND_AFTER
+            })
+        });
+        if due {
+            self.send_reload(&c.task, c.epoch, who, now, out);
+        }
+    }
+
+    /// Order `agent` to move the copy of `task` at `epoch` to its slot's version in place:
+    /// rewrite its configuration files, signal it.
+    pub(super) fn send_reload(
+        &mut self,
+        task: &TaskId,
+        epoch: FencingToken,
+        agent: &AgentId,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let version = self.slot(task).map_or(0, |t| t.version);
+        if let Some(book) = self.books.get_mut(agent) {
+            book.reloads.insert(task.clone(), (epoch, version, now));
+        }
+        let Some(spec) = self.version_spec(&task.job, version) else {
+            return;
+        };
+        let Some(signal) = spec.update().reload_signal else {
+            return;
+        };
+        if self
+            .sessions
+            .get(&agent.name)
+            .is_none_or(|(a, _)| a != agent)
+        {
+            return;
+        }
+        out.push(Command::Send {
+            to: agent.clone(),
+            order: Order::Reload(Box::new(Reload {
+                task: task.clone(),
+                epoch,
+                version,
+                signal,
+                config: spec.config.clone(),
+            })),
+        });
+    }
+
     pub(super) fn send_assign(
         &mut self,
         task: &TaskId,
@@ -835,6 +921,7 @@ impl Controller {
                 state: spec.state,
                 replica: self.replica_order(task),
                 config: spec.config.clone(),
+                version,
             })),
         });
     }

@@ -31,6 +31,8 @@ pub struct AgentBook {
     pub(crate) assigns: BTreeMap<TaskId, (FencingToken, Time)>,
     /// Stops sent and not yet confirmed: (task, epoch) → when sent.
     pub(crate) stops: BTreeMap<(TaskId, FencingToken), Time>,
+    /// Reloads sent and not yet reported done: task → (epoch, version, when sent).
+    pub(crate) reloads: BTreeMap<TaskId, (FencingToken, u64, Time)>,
     /// Slots whose current assignment is on this generation (whatever its state): the index
     /// that keeps the heartbeat path proportional to the copies of one agent.
     pub(crate) slots: BTreeSet<TaskId>,
@@ -59,5 +61,6 @@ impl AgentBook {
     pub(crate) fn clear_orders(&mut self) {
         self.assigns.clear();
         self.stops.clear();
+        self.reloads.clear();
     }
 }

@@ -47,6 +47,9 @@ pub struct Hello {
     /// The agent writes a job's `[[config]]` files (session protocol 2 and later): jobs with
     /// configuration files are placed only on such agents.
     pub config_files: bool,
+    /// The agent applies a config change in place with a signal ([`Order::Reload`], session
+    /// protocol 3 and later); others get a new copy instead.
+    pub reload: bool,
 }
 
 impl Hello {
@@ -118,6 +121,8 @@ pub struct CopyReport {
     /// For the primary of a replicated state: in-sync standbys that held up writes for
     /// [`crate::state::STANDBY_LAG_LIMIT`] (agent names), to be taken out of the set.
     pub lagging: Vec<String>,
+    /// The job version whose configuration the copy runs (0: not said).
+    pub version: u64,
 }
 
 impl CopyReport {
@@ -141,6 +146,7 @@ impl CopyReport {
             sealed: false,
             state_fence: 0,
             state_last_epoch: 0,
+            version: 0,
             lagging: Vec::new(),
         }
     }
@@ -449,6 +455,23 @@ pub struct Assignment {
     pub replica: Option<crate::state::ReplicaOrder>,
     /// Configuration files to write before the copy starts.
     pub config: Vec<crate::types::ConfigFile>,
+    /// The job version it is started from (0: not known).
+    pub version: u64,
+}
+
+/// Apply a job version's configuration files to a running copy in place, and signal it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reload {
+    /// The slot.
+    pub task: TaskId,
+    /// The copy's fencing token.
+    pub epoch: FencingToken,
+    /// The version whose files these are.
+    pub version: u64,
+    /// The signal that makes the task read them again.
+    pub signal: crate::release::ReloadSignal,
+    /// The files: the copy's config directory holds exactly these afterwards.
+    pub config: Vec<crate::types::ConfigFile>,
 }
 
 /// A message for one agent.
@@ -482,6 +505,9 @@ pub enum Order {
         /// Its role.
         replica: crate::state::ReplicaOrder,
     },
+    /// Rewrite a running copy's configuration files and signal it (agents of session
+    /// protocol 3 and newer).
+    Reload(Box<Reload>),
     /// The generation is over: stop its work and join again as a new generation.
     Rejoin {
         /// Why.

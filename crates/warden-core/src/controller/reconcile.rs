@@ -201,6 +201,26 @@ impl Controller {
                 };
                 self.persist_then(write, action, round, out);
             }
+            Action::Reload {
+                task,
+                epoch,
+                version,
+                ..
+            } => {
+                let Some(current) = self.slot(task).filter(|t| t.epoch == *epoch).cloned() else {
+                    return; // the copy changed since the plan
+                };
+                let write = Write::Slot {
+                    id: self.next_write_id(),
+                    expected: *epoch,
+                    task: task.clone(),
+                    record: TaskView {
+                        version: *version,
+                        ..current
+                    },
+                };
+                self.persist_then(write, action, round, out);
+            }
             Action::Evict { task, epoch, .. } => {
                 let write = Write::Slot {
                     id: self.next_write_id(),
@@ -568,6 +588,19 @@ impl Controller {
                     self.persist(out, now, write);
                 }
             }
+            Action::Reload {
+                task,
+                epoch,
+                agent,
+                version,
+                ..
+            } => {
+                self.rollout_ordered(&task, epoch, version, now);
+                let msg =
+                    format!("{task}@{epoch} reloads version {version}'s configuration in place");
+                self.event(out, now, "task.reload", Some(&agent), Some(&task), msg);
+                self.send_reload(&task, epoch, &agent, now, out);
+            }
             Action::Quarantine { agent, .. } => {
                 let msg = format!("{agent} cordoned: flapping");
                 self.event(out, now, "agent.cordon", Some(&agent), None, msg);
@@ -740,6 +773,7 @@ fn action_task(a: &Action) -> Option<&TaskId> {
         | Action::Reschedule { task, .. }
         | Action::Evict { task, .. }
         | Action::SetReplica { task, .. }
+        | Action::Reload { task, .. }
         | Action::Stop { task, .. } => Some(task),
         Action::Quarantine { .. } | Action::Alarm(_) => None,
     }

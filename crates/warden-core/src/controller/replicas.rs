@@ -550,6 +550,7 @@ impl Controller {
                 | Action::Reschedule { task: t, .. }
                 | Action::Evict { task: t, .. }
                 | Action::SetReplica { task: t, .. }
+                | Action::Reload { task: t, .. }
                 | Action::Stop { task: t, .. } => *t == task,
                 Action::Quarantine { .. } | Action::Alarm(_) => false,
             });

@@ -18,7 +18,7 @@ use crate::planner::{Action, OperationId, SlotState, StopReason};
 use crate::release::{DEFAULT_KEEP, JobReleases, Rollout, RolloutPhase};
 use crate::rollout::{self, Run, SlotFacts, Verdict};
 use crate::time::Time;
-use crate::types::{FencingToken, JobName, JobSpec, TaskId};
+use crate::types::{AgentId, FencingToken, JobName, JobSpec, TaskId};
 
 use super::io::{Command, Notice, Refusal, SubmitOutcome, Write, WriteId, WriteOutcome};
 use super::{Controller, ms};
@@ -192,24 +192,42 @@ impl Controller {
         })
     }
 
-    /// What submitting `spec` would do: the number its version would get, and how many running
-    /// copies would be replaced (0 when only the copy count or `[update]` changes).
-    pub fn preview_submit(&self, spec: &JobSpec) -> (u64, u32) {
+    /// What submitting `spec` would do: the number its version would get, how many running
+    /// copies it would change (0 when only the copy count or `[update]` changes), and how many
+    /// of those in place, by a reload (`[update] reload_signal`), rather than by a new copy.
+    pub fn preview_submit(&self, spec: &JobSpec) -> (u64, u32, u32) {
         let prev = self.releases.get(&spec.name);
         let next = JobReleases::with_release(prev, spec.clone(), 0, String::new(), DEFAULT_KEEP);
         let version = next.current().map_or(1, |r| r.version);
-        if spec.standbys() > 0 || prev.is_none() {
-            return (version, 0);
-        }
+        let Some(prev) = prev.filter(|_| spec.standbys() == 0) else {
+            return (version, 0, 0);
+        };
         let want = self.slot_count(spec);
-        let replaces = self.observed.tasks.get(&spec.name).map_or(0, |slots| {
-            slots
-                .iter()
-                .take(want)
-                .filter(|t| t.agent.is_some() && !slot_current(&next, t.version))
-                .count()
-        });
-        (version, u32::try_from(replaces).unwrap_or(u32::MAX))
+        let (mut changes, mut reloads) = (0u32, 0u32);
+        for t in self
+            .observed
+            .tasks
+            .get(&spec.name)
+            .into_iter()
+            .flatten()
+            .take(want)
+            .filter(|t| t.agent.is_some() && !slot_current(&next, t.version))
+        {
+            changes += 1;
+            let reloadable = t.state == SlotState::Running
+                && t.agent
+                    .as_ref()
+                    .and_then(|a| self.observed.agents.get(a))
+                    .is_some_and(|v| v.reload)
+                && prev
+                    .get(t.version)
+                    .and_then(|r| crate::release::reload_only(&r.spec, spec))
+                    .is_some();
+            if reloadable {
+                reloads += 1;
+            }
+        }
+        (version, changes, reloads)
     }
 
     /// Refuse a change of `job` while another is being stored, or (unless `revert`) while it
@@ -671,6 +689,30 @@ impl Controller {
         })
     }
 
+    /// Whether the running copy of `task` at `epoch` can become a copy of the job's newest
+    /// version in place — the two differ in their `[[config]]` files alone, the new one has
+    /// `[update] reload_signal`, and its agent can reload — and if so, its agent and that
+    /// version.
+    fn reload_to(&self, task: &TaskId, epoch: FencingToken) -> Option<(AgentId, u64)> {
+        let t = self.slot(task)?;
+        if t.epoch != epoch || t.state != SlotState::Running || t.version == 0 {
+            return None;
+        }
+        let agent = t.agent.clone()?;
+        if !self
+            .observed
+            .agents
+            .get(&agent)
+            .is_some_and(|v| v.reload && !v.state.is_terminal())
+        {
+            return None;
+        }
+        let rel = self.releases.get(&task.job)?;
+        let (from, to) = (rel.get(t.version)?, rel.current()?);
+        crate::release::reload_only(&from.spec, &to.spec)?;
+        Some((agent, to.version))
+    }
+
     /// A copy of `task` was ordered at `epoch` from `version`.
     pub(super) fn rollout_ordered(
         &mut self,
@@ -699,7 +741,9 @@ impl Controller {
     }
 
     /// What an agent said of a copy, for the rollout's checks: `reported` is the phase it
-    /// reported, `next` the slot's state after it.
+    /// reported, `next` the slot's state after it, `version` the job version whose
+    /// configuration it runs (0: not said). A report of a copy not yet reloaded to its slot's
+    /// version says nothing of the new version.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rollout_copy_seen(
         &mut self,
@@ -709,6 +753,7 @@ impl Controller {
         next: SlotState,
         healthy: bool,
         message: Option<&str>,
+        version: u64,
         now: Time,
     ) {
         let checked = self
@@ -727,7 +772,10 @@ impl Controller {
         ) else {
             return;
         };
-        if slot.epoch != epoch || !slot_current(rel, slot.version) {
+        if slot.epoch != epoch
+            || !slot_current(rel, slot.version)
+            || (version != 0 && version != slot.version)
+        {
             return;
         }
         let c = run.copies.entry(task.index).or_default();
@@ -749,6 +797,16 @@ impl Controller {
                 c.bad.get_or_insert_with(|| {
                     format!(
                         "{task}@{epoch} of version {} exited and is being restarted by its agent{detail}",
+                        run.to
+                    )
+                });
+            }
+            (SlotState::Running, SlotState::Running)
+                if message.is_some_and(|m| m.starts_with(super::RELOAD_FAILED)) =>
+            {
+                c.bad.get_or_insert_with(|| {
+                    format!(
+                        "{task}@{epoch} could not be reloaded to version {}{detail}",
                         run.to
                     )
                 });
@@ -1008,6 +1066,17 @@ impl Controller {
                 }
                 if let Some(run) = self.rollouts.get_mut(&job) {
                     run.replacing.insert(index);
+                }
+                if let Some((agent, version)) = self.reload_to(&task, epoch) {
+                    actions.push(Action::Reload {
+                        op: OperationId::task(&task, epoch, &format!("reload-{version}")),
+                        task,
+                        epoch,
+                        agent,
+                        version,
+                    });
+                    self.dirty = true;
+                    continue;
                 }
                 actions.push(Action::Stop {
                     op: OperationId::task(&task, epoch, "update"),

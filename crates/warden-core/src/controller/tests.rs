@@ -65,6 +65,12 @@ struct H {
     failing: Option<String>,
     /// Every assignment sent: (task, epoch, command).
     assigned: Vec<(TaskId, FencingToken, String)>,
+    /// The job version each copy reports (its assignment's, or its last reload's).
+    versions: HashMap<(TaskId, FencingToken), u64>,
+    /// Every reload order: (task, epoch, version, config file contents).
+    reloads: Vec<(TaskId, FencingToken, u64, Vec<String>)>,
+    /// Agents ignore reload orders (a lost order).
+    ignore_reloads: bool,
 }
 
 impl H {
@@ -90,6 +96,9 @@ impl H {
             lagging: HashMap::new(),
             failing: None,
             assigned: Vec::new(),
+            versions: HashMap::new(),
+            reloads: Vec::new(),
+            ignore_reloads: false,
         }
     }
 
@@ -157,6 +166,7 @@ impl H {
             Order::Assign(a) => {
                 self.assigned
                     .push((a.task.clone(), a.epoch, a.command.clone()));
+                self.versions.insert((a.task.clone(), a.epoch), a.version);
                 let phase = if self.failing.as_deref() == Some(a.command.as_str()) {
                     CopyPhase::Failed
                 } else {
@@ -176,6 +186,17 @@ impl H {
                     runs.remove(task);
                 }
             }
+            Order::Reload(r) => {
+                if self.ignore_reloads {
+                    return;
+                }
+                let files = r.config.iter().map(|f| f.content.clone()).collect();
+                self.reloads
+                    .push((r.task.clone(), r.epoch, r.version, files));
+                if runs.get(&r.task).is_some_and(|(e, _)| *e == r.epoch) {
+                    self.versions.insert((r.task.clone(), r.epoch), r.version);
+                }
+            }
             Order::Ack { .. } | Order::Rejoin { .. } => {}
         }
     }
@@ -187,6 +208,7 @@ impl H {
             session: SessionId(self.next_session),
             agent: id.clone(),
             hello: Hello {
+                reload: true,
                 config_files: true,
                 name: name.into(),
                 generation,
@@ -214,6 +236,11 @@ impl H {
         let copies = self.runs.get(id).map_or_else(Vec::new, |r| {
             r.iter()
                 .map(|(task, (epoch, phase))| CopyReport {
+                    version: self
+                        .versions
+                        .get(&(task.clone(), *epoch))
+                        .copied()
+                        .unwrap_or(0),
                     task: task.clone(),
                     epoch: *epoch,
                     phase: Some(*phase),
@@ -493,6 +520,7 @@ fn a_partitioned_generation_that_comes_back_is_told_to_rejoin() {
             session: SessionId(99),
             agent: on.clone(),
             hello: Hello {
+                reload: true,
                 config_files: true,
                 name: on.name.to_string(),
                 generation: on.generation,
@@ -540,6 +568,7 @@ fn an_unacted_assignment_is_sent_again_and_at_once_on_a_new_session() {
         session: SessionId(h.next_session),
         agent: a.clone(),
         hello: Hello {
+            reload: true,
             config_files: true,
             name: "a".into(),
             generation: 1,
@@ -573,6 +602,7 @@ fn a_fenced_copy_restarts_without_counting_a_failure() {
     let out = h.step(Input::TaskReport {
         agent: on.clone(),
         copy: CopyReport {
+            version: 0,
             task: TaskId::new(JobName::new("cron"), 0),
             epoch: slot.epoch,
             phase: Some(CopyPhase::Fenced),
@@ -657,6 +687,7 @@ fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
         session: SessionId(h.next_session),
         agent: on.clone(),
         hello: Hello {
+            reload: true,
             config_files: true,
             name: on.name.to_string(),
             generation: on.generation,
@@ -1331,6 +1362,85 @@ fn a_new_version_replaces_copies_in_waves_and_succeeds() {
     assert_eq!(v2.len(), 4, "{:?}", h.assigned);
     let rel = h.c.releases(&JobName::new("web")).unwrap();
     assert_eq!(rel.rollout.as_ref().unwrap().phase, RolloutPhase::Succeeded);
+}
+
+fn with_config(spec: JobSpec, text: &str) -> JobSpec {
+    let mut update = spec.update.unwrap_or_default();
+    update.reload_signal = Some(crate::release::ReloadSignal::Hup);
+    JobSpec {
+        config: vec![crate::types::ConfigFile {
+            path: "app.conf".into(),
+            content: text.into(),
+        }],
+        update: Some(update),
+        ..spec
+    }
+}
+
+#[test]
+fn a_config_only_change_with_a_reload_signal_reloads_copies_in_place() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    let b = h.join("b", 1);
+    h.run(Duration::from_secs(2), &[&a, &b]);
+    h.submit(with_config(web("/bin/v1", 4, fast_update(2)), "level=info"));
+    h.run(Duration::from_secs(3), &[&a, &b]);
+    let before: Vec<FencingToken> = (0..4).map(|i| h.slot("web", i).epoch).collect();
+    // A reload order lost on the way is sent again until the copy reports the version.
+    h.ignore_reloads = true;
+    h.submit(with_config(
+        web("/bin/v1", 4, fast_update(2)),
+        "level=debug",
+    ));
+    let mut all = h.run(Duration::from_secs(3), &[&a, &b]);
+    assert!(h.reloads.is_empty());
+    assert!(
+        events_of(&all, "rollout.succeeded").is_empty(),
+        "a copy that never reloaded does not count: {all:?}"
+    );
+    h.ignore_reloads = false;
+    for _ in 0..300 {
+        all.extend(h.run(Duration::from_millis(100), &[&a, &b]));
+        if !h.c.rollouts.contains_key(&JobName::new("web")) {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    for i in 0..4 {
+        let s = h.slot("web", i);
+        assert_eq!(
+            (s.state, s.epoch, s.version),
+            (SlotState::Running, before[i as usize], 2),
+            "slot {i} kept its copy and moved to version 2"
+        );
+        assert!(
+            h.reloads.iter().any(|(t, e, v, f)| t.index == i
+                && *e == s.epoch
+                && *v == 2
+                && f == &["level=debug"]),
+            "{:?}",
+            h.reloads
+        );
+    }
+    assert_eq!(events_of(&all, "task.reload").len(), 4, "{all:?}");
+    // No copy was stopped or started again.
+    assert!(h.assigned.iter().all(|(_, e, _)| *e == FencingToken(1)));
+    // A change of anything else replaces copies as before.
+    let out = h.submit(with_config(
+        web("/bin/v2", 4, fast_update(2)),
+        "level=debug",
+    ));
+    assert!(events_of(&out, "job.submit")[0].contains("version 3"));
+    let mut all = Vec::new();
+    for _ in 0..300 {
+        all.extend(h.run(Duration::from_millis(100), &[&a, &b]));
+        if !h.c.rollouts.contains_key(&JobName::new("web")) {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.succeeded").len(), 1, "{all:?}");
+    assert!(events_of(&all, "task.reload").is_empty());
+    assert!((0..4).all(|i| h.slot("web", i).epoch > before[i as usize]));
 }
 
 #[test]

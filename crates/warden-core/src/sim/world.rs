@@ -840,6 +840,7 @@ impl<'a> World<'a> {
         });
         let running = p.copies.iter().map(|(t, c)| (t.clone(), c.epoch)).collect();
         let hello = Hello {
+            reload: false,
             config_files: true,
             name,
             generation: p.generation,
@@ -891,6 +892,7 @@ impl<'a> World<'a> {
             .copies
             .iter()
             .map(|(t, c)| CopyReport {
+                version: 0,
                 task: t.clone(),
                 epoch: c.epoch,
                 phase: Some(CopyPhase::Running),
@@ -1061,7 +1063,8 @@ impl<'a> World<'a> {
                 }
             }
             // The simulation runs no replicated state.
-            Order::Replica { .. } => {}
+            // The simulated agents run no configuration files: they never get a reload.
+            Order::Replica { .. } | Order::Reload(_) => {}
             Order::Rejoin { .. } => self.rejoin(host, inc),
         }
     }
@@ -1094,6 +1097,7 @@ impl<'a> World<'a> {
             return;
         };
         let copy = CopyReport {
+            version: 0,
             task: task.clone(),
             epoch,
             phase: Some(phase),

@@ -240,7 +240,7 @@ impl ControlApi for ControlPlane {
             .map(flatten)
             .unwrap_or_default();
         let changes = warden_core::release::diff(&before, &flatten(&spec));
-        let (version, replaces) = st.ctrl.preview_submit(&spec);
+        let (version, replaces, reloads) = st.ctrl.preview_submit(&spec);
         Ok(JobPlan {
             job: spec.name.to_string(),
             outcome: match outcome {
@@ -252,6 +252,7 @@ impl ControlApi for ControlPlane {
             version: (outcome != SubmitOutcome::Unchanged).then_some(version),
             changes,
             replaces,
+            reloads,
             refused,
         })
     }
