@@ -79,7 +79,7 @@ pub use io::{
     Welcome, Write, WriteId, WriteOutcome,
 };
 pub use replicas::{REPLICA_REFRESH, SWITCHOVER_TIMEOUT};
-pub use rollouts::RolloutView;
+pub use rollouts::{Cohort, RolloutView};
 
 use crate::endpoints::Registry;
 use crate::error::ConfigError;

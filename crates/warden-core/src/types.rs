@@ -448,6 +448,21 @@ pub struct ServiceSpec {
     /// job is stopped (default 0 s: stop at once).
     #[serde(default, with = "duration_serde")]
     pub drain: Duration,
+    /// The API version this version of the service speaks (`"2"`, `"2024-06"`). During a
+    /// rollout to a version that declares a new one, a load balancer with a cohort backend
+    /// sends the requests that ask for it (a header) to the new version's copies alone, and
+    /// keeps every other request on the old copies through the canary phase
+    /// (docs/releases.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+}
+
+/// Whether `v` is a usable API version: 1–32 characters, letters, digits, `.`, `_`, `-`.
+pub fn valid_api_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 32
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Longest `service.drain` accepted (10 minutes).
@@ -600,6 +615,14 @@ impl JobSpec {
             }
             if service.drain > MAX_DRAIN {
                 return Err(ConfigError::new("service.drain", "must be at most 10m"));
+            }
+            if let Some(v) = &service.api_version
+                && !valid_api_version(v)
+            {
+                return Err(ConfigError::new(
+                    "service.api_version",
+                    format!("{v:?}: use 1-32 letters, digits, '.', '_' or '-'"),
+                ));
             }
         }
         if let Some(update) = &self.update {
@@ -844,6 +867,7 @@ mod tests {
             assert!(err.contains("dynamic"), "{bad}: {err}");
         }
         let json = serde_json::to_string(&ServiceSpec {
+            api_version: None,
             name: None,
             port: ServicePort::Dynamic,
             drain: Duration::from_secs(2),
@@ -928,6 +952,7 @@ mod tests {
             (
                 JobSpec {
                     service: Some(ServiceSpec {
+                        api_version: None,
                         name: Some("bad name".into()),
                         port: ServicePort::Dynamic,
                         drain: Duration::ZERO,
@@ -939,6 +964,7 @@ mod tests {
             (
                 JobSpec {
                     service: Some(ServiceSpec {
+                        api_version: None,
                         name: None,
                         port: ServicePort::Fixed(0),
                         drain: Duration::ZERO,

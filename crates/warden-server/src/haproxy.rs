@@ -48,6 +48,16 @@ pub struct HaproxyConfig {
     /// `option httplog`), for rollouts' statistical judge. Absent: no request log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<std::net::SocketAddr>,
+    /// A second backend, with as many servers as `backend` and named alike, that carries the
+    /// new version's copies alone during a rollout that changes the service's `api_version`
+    /// (docs/releases.md). Needs `cohort_map`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort_backend: Option<String>,
+    /// The HAProxy map file (as named in haproxy.cfg) that the frontend looks the requested
+    /// API version up in (`use_backend %[req.hdr(x-api-version),map(FILE,web)]`): during such
+    /// a rollout the adapter maps the new API version to `cohort_backend`, and clears it after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort_map: Option<PathBuf>,
 }
 
 fn default_poll() -> Duration {
@@ -74,6 +84,35 @@ impl HaproxyConfig {
                 "haproxy.poll",
                 "must be greater than zero",
             ));
+        }
+        match (&self.cohort_backend, &self.cohort_map) {
+            (None, None) => {}
+            (Some(b), Some(m)) => {
+                if b.is_empty() || b.contains(char::is_whitespace) || *b == self.backend {
+                    return Err(ConfigError::new(
+                        "haproxy.cohort_backend",
+                        "must be another backend's name, without whitespace",
+                    ));
+                }
+                if m.as_os_str().is_empty() || m.to_string_lossy().contains(char::is_whitespace) {
+                    return Err(ConfigError::new(
+                        "haproxy.cohort_map",
+                        "must be the map file's path as haproxy.cfg names it, without whitespace",
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "haproxy.cohort_map",
+                    "is needed with cohort_backend (the map the frontend routes by)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "haproxy.cohort_backend",
+                    "is needed with cohort_map",
+                ));
+            }
         }
         Ok(())
     }
@@ -352,6 +391,12 @@ struct Applied {
     pid: Option<u64>,
     servers: Vec<String>,
     state: HashMap<String, ServerWant>,
+    /// The cohort backend's servers and their state.
+    cohort_servers: Vec<String>,
+    cohort_state: HashMap<String, ServerWant>,
+    /// The API version mapped to the cohort backend (`Some(None)`: the map is empty; `None`:
+    /// not known).
+    cohort_entry: Option<Option<String>>,
 }
 
 /// A copy of the service: its task and fencing token.
@@ -396,6 +441,7 @@ pub async fn run(cfg: HaproxyConfig, api: Arc<dyn ControlApi>, cancel: Cancellat
         tokio::spawn(receive_log(
             addr,
             cfg.backend.clone(),
+            cfg.cohort_backend.clone(),
             carried.clone(),
             api.clone(),
             cancel.child_token(),
@@ -458,7 +504,7 @@ async fn sync_once(
         *applied = Applied {
             pid,
             servers: backend_servers(&cfg.socket, &cfg.backend).await?,
-            state: HashMap::new(),
+            ..Applied::default()
         };
     }
     let services = api.services();
@@ -467,6 +513,19 @@ async fn sync_once(
     let mut want = wanted(&applied.servers, service);
     let placed_now = placed(&applied.servers, service);
     set_step_weights(api, &placed_now, &mut want);
+    let cohort = cfg
+        .cohort_backend
+        .as_ref()
+        .and_then(|_| cohort_of(api, &placed_now));
+    if let Some(c) = cohort.as_ref().filter(|c| c.exclusive) {
+        // Through the canary phase the new version answers its cohort alone.
+        for ((_, inst), (_, w)) in placed_now.iter().zip(want.iter_mut()) {
+            if inst.is_some_and(|i| c.tasks.contains(&i.task)) {
+                w.state = "maint";
+                w.weight = None;
+            }
+        }
+    }
     let copies: HashMap<String, Copy> = placed_now
         .iter()
         .filter_map(|(server, inst)| {
@@ -489,6 +548,70 @@ async fn sync_once(
     }
     for (server, copy) in &copies {
         note_carried(carried, server, Some(copy));
+    }
+    if let (Some(backend), Some(map)) = (&cfg.cohort_backend, &cfg.cohort_map) {
+        changed += sync_cohort(cfg, backend, map, service, cohort.as_ref(), applied).await?;
+    }
+    Ok(changed)
+}
+
+/// The cohort of a rollout of one of the jobs whose instances `placed` holds, if any.
+fn cohort_of(
+    api: &dyn ControlApi,
+    placed: &[(String, Option<&InstanceInfo>)],
+) -> Option<warden_core::controller::Cohort> {
+    let jobs: std::collections::BTreeSet<&str> = placed
+        .iter()
+        .filter_map(|(_, i)| i.and_then(|i| i.task.rsplit_once('/').map(|(j, _)| j)))
+        .collect();
+    jobs.into_iter()
+        .find_map(|job| api.rollout(job).ok().and_then(|v| v.cohort))
+}
+
+/// Keep the cohort backend carrying the new version's copies alone (every server in
+/// maintenance without a cohort), and the map sending the new API version's requests there.
+async fn sync_cohort(
+    cfg: &HaproxyConfig,
+    backend: &str,
+    map: &std::path::Path,
+    service: Option<&ServiceInfo>,
+    cohort: Option<&warden_core::controller::Cohort>,
+    applied: &mut Applied,
+) -> Result<usize, AdapterError> {
+    if applied.cohort_servers.is_empty() {
+        applied.cohort_servers = backend_servers(&cfg.socket, backend).await?;
+    }
+    let mut changed = 0;
+    let mut want = wanted(&applied.cohort_servers, service);
+    for ((_, inst), (_, w)) in placed(&applied.cohort_servers, service)
+        .iter()
+        .zip(want.iter_mut())
+    {
+        let member = cohort.is_some_and(|c| inst.is_some_and(|i| c.tasks.contains(&i.task)));
+        if !member {
+            w.state = "maint";
+        }
+    }
+    for (server, want) in want {
+        if applied.cohort_state.get(&server) == Some(&want) {
+            continue;
+        }
+        for cmd in commands(backend, &server, &want) {
+            command(&cfg.socket, &cmd).await?;
+        }
+        applied.cohort_state.insert(server, want);
+        changed += 1;
+    }
+    let entry = cohort.map(|c| c.api_version.clone());
+    if applied.cohort_entry.as_ref() != Some(&entry) {
+        let map = map.display();
+        command(&cfg.socket, &format!("clear map {map}")).await?;
+        if let Some(v) = &entry {
+            command(&cfg.socket, &format!("add map {map} {v} {backend}")).await?;
+            info!(api_version = %v, %backend, "requests for the new API version go to the cohort backend");
+        }
+        applied.cohort_entry = Some(entry);
+        changed += 1;
     }
     Ok(changed)
 }
@@ -567,6 +690,7 @@ const LATENCIES_PER_SECOND: usize = 256;
 async fn receive_log(
     addr: std::net::SocketAddr,
     backend: String,
+    cohort: Option<String>,
     carried: Carried,
     api: Arc<dyn ControlApi>,
     cancel: CancellationToken,
@@ -602,7 +726,11 @@ async fn receive_log(
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, _)) = r else { continue };
                 let Ok(line) = std::str::from_utf8(&buf[..n]) else { continue };
-                let Some(req) = parse_log_line(line, &backend) else { continue };
+                let Some(req) = parse_log_line(line, &backend)
+                    .or_else(|| cohort.as_deref().and_then(|b| parse_log_line(line, b)))
+                else {
+                    continue;
+                };
                 let now = tokio::time::Instant::now();
                 let ago = Duration::from_millis(req.connected_ms_ago);
                 let Some(copy) = carried.lock().ok().and_then(|c| served_by(&c, &req.server, now, ago)) else {
@@ -826,6 +954,8 @@ mod tests {
     #[test]
     fn bad_config_names_the_field() {
         let ok = HaproxyConfig {
+            cohort_map: None,
+            cohort_backend: None,
             service: "web".into(),
             socket: "/run/haproxy.sock".into(),
             backend: "web".into(),
@@ -843,11 +973,45 @@ mod tests {
         );
         let bad = HaproxyConfig {
             service: String::new(),
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(
             bad.validate().map_err(|e| e.field).err().as_deref(),
             Some("haproxy.service")
         );
+        let cohort = HaproxyConfig {
+            cohort_backend: Some("web_next".into()),
+            cohort_map: Some("/etc/haproxy/web.map".into()),
+            ..ok.clone()
+        };
+        assert!(cohort.validate().is_ok());
+        for (bad, field) in [
+            (
+                HaproxyConfig {
+                    cohort_map: None,
+                    ..cohort.clone()
+                },
+                "haproxy.cohort_map",
+            ),
+            (
+                HaproxyConfig {
+                    cohort_backend: Some("web".into()),
+                    ..cohort.clone()
+                },
+                "haproxy.cohort_backend",
+            ),
+            (
+                HaproxyConfig {
+                    cohort_backend: None,
+                    ..cohort
+                },
+                "haproxy.cohort_backend",
+            ),
+        ] {
+            assert_eq!(
+                bad.validate().map_err(|e| e.field).err().as_deref(),
+                Some(field)
+            );
+        }
     }
 }

@@ -36,6 +36,12 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(dir: &Path, port: u16) -> Haproxy {
+        Haproxy::start_cfg(dir, port, "  default_backend web\n", "")
+    }
+
+    /// HAProxy with `frontend` as the frontend's routing lines and `extra` after the `web`
+    /// backend.
+    fn start_cfg(dir: &Path, port: u16, frontend: &str, extra: &str) -> Haproxy {
         assert!(
             Path::new(HAPROXY).exists(),
             "{HAPROXY} is missing: apt-get install haproxy (scripts/test.sh does)"
@@ -47,8 +53,8 @@ impl Haproxy {
             format!(
                 "global\n  stats socket {sock} mode 600 level admin\n\
                  defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
-                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend web\n\
-                 backend web\n  server-template srv 1-5 127.0.0.1:1 disabled\n",
+                 frontend fe\n  bind 127.0.0.1:{port}\n{frontend}\
+                 backend web\n  server-template srv 1-5 127.0.0.1:1 disabled\n{extra}",
                 sock = socket.display()
             ),
         )
@@ -142,10 +148,17 @@ fn request(port: u16) -> Result<String, String> {
 
 /// One GET of `path` through HAProxy; the answering task id, or why it failed.
 fn request_path(port: u16, path: &str) -> Result<String, String> {
+    request_with(port, path, "")
+}
+
+/// One GET of `path` with extra header lines (`name: value\r\n` each).
+fn request_with(port: u16, path: &str, headers: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
     if !out.starts_with("HTTP/1.1 200") {
@@ -246,13 +259,18 @@ fn start(haproxy_socket: &Path, dir: &Path) -> Cluster {
 }
 
 fn start_jobs(haproxy_socket: &Path, dir: &Path, jobs: &[&str]) -> Cluster {
+    start_adapted(haproxy_socket, dir, "", jobs)
+}
+
+/// A cluster whose HAProxy adapter has `extra` lines in its `[[haproxy]]` table.
+fn start_adapted(haproxy_socket: &Path, dir: &Path, extra: &str, jobs: &[&str]) -> Cluster {
     let cfg = dir.join("server.toml");
     std::fs::write(
         &cfg,
         format!(
             "[control.lifecycle.health.cpu]\ngood = 0.85\nbad = 0.98\nweight = 0.0\n\n\
              [control.lifecycle.health.pressure]\ngood = 10.0\nbad = 60.0\nweight = 0.0\n\n\
-             [[haproxy]]\nservice = \"web\"\nsocket = \"{}\"\nbackend = \"web\"\npoll = \"200ms\"\n",
+             [[haproxy]]\nservice = \"web\"\nsocket = \"{}\"\nbackend = \"web\"\npoll = \"200ms\"\n{extra}",
             haproxy_socket.display()
         ),
     )
@@ -488,5 +506,116 @@ fn a_stopped_job_drains_before_its_stop_and_no_request_fails() {
     assert!(
         blue_in_flight > 0,
         "no held request was on blue when it was stopped"
+    );
+}
+
+/// `api_version` cohorts through a real HAProxy: while a version declaring API version 2 is
+/// in its canary phase, requests asking for it (`x-api-version: 2`, routed by the map the
+/// adapter keeps) reach the canary alone and every other request the old copies alone; once
+/// promoted and rolled out, the map is cleared and every copy serves everyone.
+#[test]
+fn requests_for_a_new_api_version_reach_its_canary_alone_until_the_rollout_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("cohort.map");
+    std::fs::write(&map, "").unwrap();
+    let haproxy = Haproxy::start_cfg(
+        dir.path(),
+        free_port().unwrap(),
+        &format!(
+            "  use_backend %[req.hdr(x-api-version),map({},web)]\n  default_backend web\n",
+            map.display()
+        ),
+        "backend web_next\n  server-template srv 1-5 127.0.0.1:1 disabled\n",
+    );
+    let job = |api: &str, args: &str| {
+        format!(
+            "name = \"web\"\nkind = \"service\"\nreplicas = 3\ncommand = \"{{exe}}\"\n\
+             args = [\"workload\", \"http\"{args}]\n\
+             [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+             [service]\nport = \"dynamic\"\napi_version = \"{api}\"\n\
+             [update]\ncanary = 1\nmin_healthy_time = \"1s\"\nhealthy_deadline = \"30s\"\n"
+        )
+    };
+    let c = start_adapted(
+        &haproxy.socket,
+        dir.path(),
+        &format!(
+            "cohort_backend = \"web_next\"\ncohort_map = \"{}\"\n",
+            map.display()
+        ),
+        &[&job("1", "")],
+    );
+    assert!(
+        wait_until(LONG, || serving(&c).len() == 3
+            && haproxy.ready().len() == 3),
+        "{:?}\n{}",
+        serving(&c),
+        c.log("server")
+    );
+    c.submit(&job("2", ", \"--delay-ms\", \"1\"")).unwrap();
+    let rollout = || c.client.get("/v1/jobs/web/rollout").unwrap_or(Value::Null);
+    assert!(
+        wait_until(LONG, || rollout()["phase"] == "awaiting_promotion"),
+        "{}\n{}",
+        rollout(),
+        c.log("server")
+    );
+    let canary: Vec<String> = rollout()["cohort"]["tasks"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(canary.len(), 1, "{}", rollout());
+    assert_eq!(rollout()["cohort"]["api_version"], "2");
+    // The adapter applies the cohort within its poll; then the routing holds every time.
+    let cohort_only = || {
+        (0..10).all(|_| {
+            request_with(haproxy.port, "/", "x-api-version: 2\r\n") == Ok(canary[0].clone())
+        })
+    };
+    assert!(wait_until(LONG, cohort_only), "{}", c.log("server"));
+    for _ in 0..30 {
+        let old = request(haproxy.port).expect("a request without the header");
+        assert_ne!(
+            old, canary[0],
+            "the canary served a request outside its cohort"
+        );
+        assert_eq!(
+            request_with(haproxy.port, "/", "x-api-version: 2\r\n"),
+            Ok(canary[0].clone())
+        );
+        // Another API version is not the cohort.
+        let other = request_with(haproxy.port, "/", "x-api-version: 1\r\n").expect("v1");
+        assert_ne!(other, canary[0]);
+    }
+    c.client
+        .request("POST", "/v1/jobs/web/rollout/promote", None, b"")
+        .expect("promote");
+    assert!(
+        wait_until(LONG, || rollout()["phase"] == "succeeded"),
+        "{}\n{}",
+        rollout(),
+        c.log("server")
+    );
+    assert!(rollout().get("cohort").is_none(), "{}", rollout());
+    // Every copy now serves every request, with or without the header.
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(
+        wait_until(LONG, || {
+            for h in ["", "x-api-version: 2\r\n"] {
+                match request_with(haproxy.port, "/", h) {
+                    Ok(t) => {
+                        seen.insert(t);
+                    }
+                    Err(_) => return false,
+                }
+            }
+            seen.len() == 3
+        }),
+        "{seen:?}\n{}",
+        c.log("server")
     );
 }

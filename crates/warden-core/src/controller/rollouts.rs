@@ -123,6 +123,23 @@ pub struct RolloutView {
     /// The copies that are canaries (`job/index`), when `canary_share` is set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub canary_tasks: Vec<String>,
+    /// During a rollout to a version that declares a new `[service] api_version`: who gets
+    /// that API version's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<Cohort>,
+}
+
+/// Header-routed cohorts during a rollout that changes a service's `api_version`: requests
+/// asking for the new API version go to the new version's copies alone; the others stay on
+/// the old copies while the canaries are judged (`exclusive`), and go to every copy after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cohort {
+    /// The new API version.
+    pub api_version: String,
+    /// The copies of the new version (`job/index`).
+    pub tasks: Vec<String>,
+    /// The new version's copies get no other request (the canary phase).
+    pub exclusive: bool,
 }
 
 /// Whether a copy started from `version` (0: before versions, taken as the oldest kept) runs
@@ -154,6 +171,22 @@ impl Controller {
         let (mut updated, mut healthy) = (0u32, 0u32);
         let canary_share = run.and_then(|r| r.run.canary_share(&spec?.update()));
         let mut canary_tasks = Vec::new();
+        let api = |v: u64| {
+            rel.get(v)
+                .and_then(|r| r.spec.service.as_ref())
+                .and_then(|s| s.api_version.clone())
+        };
+        let mut cohort = run
+            .filter(|r| !r.run.revert)
+            .and_then(|_| api(rollout.to).filter(|to| api(rollout.from).as_ref() != Some(to)))
+            .map(|api_version| Cohort {
+                api_version,
+                tasks: Vec::new(),
+                exclusive: matches!(
+                    run.map(|r| r.run.phase),
+                    Some(RolloutPhase::Canary | RolloutPhase::AwaitingPromotion)
+                ),
+            });
         for &i in &wanted {
             let Some(t) = slots.and_then(|s| s.get(i)) else {
                 continue;
@@ -163,6 +196,9 @@ impl Controller {
             }
             if canary_share.is_some() {
                 canary_tasks.push(format!("{job}/{i}"));
+            }
+            if let Some(c) = cohort.as_mut() {
+                c.tasks.push(format!("{job}/{i}"));
             }
             updated += 1;
             let seen_healthy = run
@@ -189,6 +225,7 @@ impl Controller {
             failures: run.map_or(0, |r| r.run.failures),
             canary_share,
             canary_tasks,
+            cohort,
         })
     }
 
