@@ -293,6 +293,11 @@ pub enum BenchCommand {
         /// a service; `--copies` is ignored (use `--agents 20` for 20 hosts).
         #[arg(long)]
         daemon: bool,
+        /// Instead: good changes of a config file alone, rolled out by reloading the copies in
+        /// place (`[update] reload_signal`) and by replacing them: time to roll out, copies
+        /// whose process changed.
+        #[arg(long)]
+        config_change: bool,
     },
     /// Failed requests through a real HAProxy while a bad version (crashing 3 s after it
     /// starts) rolls out over 10 copies: Warden's rollout (a canary, checks, automatic
@@ -572,8 +577,12 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             aa,
             delay_ms,
             daemon,
+            config_change,
         } => {
             let (copies, agents, reps) = ((*copies).max(1), (*agents).max(1), (*reps).max(1));
+            if *config_change {
+                return crate::bench_rollout::config_change(copies, agents, reps);
+            }
             if let Some(n) = aa {
                 let d = std::time::Duration::from_millis(*delay_ms);
                 return crate::bench_rollout::aa(copies.min(12), agents, (*n).max(1), d, d);

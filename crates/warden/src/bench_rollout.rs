@@ -500,3 +500,115 @@ pub fn aa(
     drop(proxies);
     Ok(())
 }
+
+/// `warden bench rollout --config-change`: a change of one config file alone, rolled out over
+/// `copies` copies (5 at a time, `min_healthy_time` 1 s) `reps` times by reloading the copies
+/// in place (`reload_signal = "SIGHUP"`: new files and a signal) and `reps` times by replacing
+/// them (the same job without it). Reports the time from the submission to the rollout's
+/// success and how many copies' processes changed.
+pub fn config_change(copies: u32, agents: usize, reps: usize) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut cluster = Cluster::start(&exe)?;
+    cluster.add_agents(agents)?;
+    let version = |reload: bool, n: usize| {
+        format!(
+            "name = \"web\"\nkind = \"service\"\nreplicas = {copies}\ncommand = \"/bin/sh\"\n\
+             args = ['-c', '''trap 'cat \"$WARDEN_CONFIG_DIR/app.conf\" > /dev/null' HUP; while :; do sleep 1 & wait $!; done''']\n\
+             [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+             [update]\nmax_parallel = 5\nmin_healthy_time = \"1s\"\nhealthy_deadline = \"30s\"\n{}\
+             [[config]]\npath = \"app.conf\"\ncontent = \"generation = {n}\\n\"\n",
+            if reload {
+                "reload_signal = \"SIGHUP\"\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let pids = |cluster: &Cluster| -> std::collections::BTreeMap<String, i32> {
+        cluster
+            .task_procs()
+            .into_iter()
+            .filter(|p| p.task.starts_with("web/"))
+            .filter(|p| {
+                // The task's main process (its group leader), not its `sleep`.
+                std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s.get(s.rfind(')')? + 2..)?;
+                        rest.split(' ').nth(2)?.parse::<i32>().ok()
+                    })
+                    == Some(p.pid)
+            })
+            .map(|p| (p.task, p.pid))
+            .collect()
+    };
+    let mut n = 0;
+    println!(
+        "config-only change over {copies} copies on {agents} agents (max_parallel 5, min_healthy_time 1 s)"
+    );
+    println!("mode     reps  rollout p50/max ms  processes changed (mean)");
+    for reload in [true, false] {
+        n += 1;
+        cluster.submit(&version(reload, n))?;
+        if !wait_until(Duration::from_secs(120), || {
+            all_running_but(&cluster, copies as usize, 0)
+                && pids(&cluster).len() == copies as usize
+                && cluster
+                    .client
+                    .get("/v1/jobs/web/rollout")
+                    .ok()
+                    .is_none_or(|r| {
+                        !matches!(
+                            r["phase"].as_str(),
+                            Some("canary" | "awaiting_promotion" | "rolling")
+                        )
+                    })
+        }) {
+            bail!("the job's {copies} copies did not settle");
+        }
+        let (mut took, mut changed) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            n += 1;
+            let before = pids(&cluster);
+            let started = Instant::now();
+            cluster.submit(&version(reload, n))?;
+            let target = current_version(&cluster)?;
+            let done = wait_until(Duration::from_secs(180), || {
+                cluster
+                    .client
+                    .get("/v1/jobs/web/rollout")
+                    .is_ok_and(|r| r["to"].as_u64() == Some(target) && r["phase"] == "succeeded")
+            });
+            if !done {
+                bail!("config change {} did not roll out within 180 s", rep + 1);
+            }
+            took.push(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            wait_until(Duration::from_secs(30), || {
+                pids(&cluster).len() == copies as usize
+            });
+            let after = pids(&cluster);
+            changed.push(
+                before
+                    .iter()
+                    .filter(|(t, p)| after.get(*t) != Some(*p))
+                    .count() as u64,
+            );
+            eprintln!(
+                "  {} {}: {} ms, {} processes changed",
+                if reload { "reload" } else { "replace" },
+                rep + 1,
+                took.last().copied().unwrap_or(0),
+                changed.last().copied().unwrap_or(0)
+            );
+        }
+        println!(
+            "{:<8} {reps:>4}  {:>7}/{:<7}       {:.1}",
+            if reload { "reload" } else { "replace" },
+            pct(&mut took.clone(), 0.5),
+            took.iter().max().copied().unwrap_or(0),
+            changed.iter().sum::<u64>() as f64 / reps.max(1) as f64
+        );
+    }
+    cluster.shutdown();
+    Ok(())
+}
