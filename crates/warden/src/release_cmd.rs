@@ -279,6 +279,22 @@ fn print_rollout(r: &RolloutView) {
             r.canary_tasks.join(", ")
         );
     }
+    if let Some(c) = &r.cohort {
+        println!(
+            "cohort: requests for API version {} go to {} alone{}",
+            c.api_version,
+            if c.tasks.is_empty() {
+                "no copy yet".to_string()
+            } else {
+                c.tasks.join(", ")
+            },
+            if c.exclusive {
+                "; every other request to the old copies"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(j) = &r.judgement {
         let outcome = match j {
             warden_core::judge::Judgement::Hold(_) => "hold",

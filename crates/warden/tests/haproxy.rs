@@ -570,6 +570,19 @@ fn requests_for_a_new_api_version_reach_its_canary_alone_until_the_rollout_ends(
         .unwrap_or_default();
     assert_eq!(canary.len(), 1, "{}", rollout());
     assert_eq!(rollout()["cohort"]["api_version"], "2");
+    let status = Command::new(exe())
+        .args(["rollout", "status", "web"])
+        .env("WARDEN_ADDR", format!("http://{}", c.http_addr))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!(
+            "cohort: requests for API version 2 go to {} alone; every other request to the old copies",
+            canary[0]
+        )),
+        "{status}"
+    );
     // The adapter applies the cohort within its poll; then the routing holds every time.
     let cohort_only = || {
         (0..10).all(|_| {
