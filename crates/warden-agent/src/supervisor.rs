@@ -858,14 +858,13 @@ impl Supervisor {
             epoch,
         };
         let entry = tasks.get(task).ok_or_else(not_running)?;
+        // A copy between two runs (restarting after a crash) gets no signal: its next run
+        // reads the new files.
         match &entry.run {
-            Some(run)
-                if run.epoch == epoch && matches!(entry.state, ProcessState::Running { .. }) =>
-            {
-                run.orders
-                    .send(Order::Signal(signal))
-                    .map_err(|_| not_running())
-            }
+            Some(run) if run.epoch == epoch => run
+                .orders
+                .send(Order::Signal(signal))
+                .map_err(|_| not_running()),
             _ => Err(not_running()),
         }
     }
@@ -1414,14 +1413,16 @@ impl Actor {
                         send(&mut stdin, Control::Detach(window)).await;
                         let _ = done.send(());
                     }
-                    Some(Order::Signal(n)) => {
+                    // Before the task started it reads the new files anyway.
+                    Some(Order::Signal(n)) if seen.pid.is_some() => {
                         send(&mut stdin, Control::Signal(n)).await;
-                        if seen.pid.is_some() && !stopping {
+                        if !stopping {
                             health = self.cancel.child_token();
                             _health = health.clone().drop_guard();
                             self.start_health_checks(&health);
                         }
                     }
+                    Some(Order::Signal(_)) => {}
                     None => self.orders_open = false,
                 },
                 changed = self.lease.changed(), if self.spec.leased => {
