@@ -345,3 +345,37 @@ fn ping_is_answered_and_bad_lines_do_not_hurt_the_task() {
     shim.close_control();
     assert_eq!(shim.wait_exit(LONG).and_then(|s| s.code()), Some(137));
 }
+
+#[test]
+fn signal_reaches_the_main_process_alone_and_is_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The shell traps SIGUSR1 and prints a line; its `sleep` child would die of it.
+    let mut shim = ShimProc::spawn(
+        dir.path(),
+        None,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo reloaded' USR1; sleep 300 & echo $!; while :; do wait; done",
+        ],
+    );
+    let task = shim.task_pid();
+    let gc = grandchild(&mut shim);
+    shim.send(&format!("signal {}", Signal::SIGUSR1 as i32));
+    shim.wait_line(&format!("signalled {}", Signal::SIGUSR1 as i32), LONG)
+        .expect("signalled line");
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(&shim.stdout_log)
+            .is_ok_and(|s| s.contains("reloaded"))),
+        "the task's trap did not run"
+    );
+    assert!(
+        is_alive(task) && is_alive(gc),
+        "only the main process got it"
+    );
+    shim.send("signal 0");
+    shim.wait_line("error ", LONG).expect("error line");
+    assert!(is_alive(task));
+    shim.close_control();
+    assert_eq!(shim.wait_exit(LONG).and_then(|s| s.code()), Some(137));
+}
