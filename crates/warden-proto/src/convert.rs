@@ -278,17 +278,21 @@ impl From<&Assignment> for v1::Assign {
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok())
                 .unwrap_or_default(),
-            config: a
-                .config
-                .iter()
-                .map(|f| v1::ConfigFile {
-                    path: f.path.clone(),
-                    content: f.content.clone(),
-                })
-                .collect(),
+            config: config_to_wire(&a.config),
             version: a.version,
         }
     }
+}
+
+/// A job's configuration files on the wire.
+fn config_to_wire(files: &[warden_core::ConfigFile]) -> Vec<v1::ConfigFile> {
+    files
+        .iter()
+        .map(|f| v1::ConfigFile {
+            path: f.path.clone(),
+            content: f.content.clone(),
+        })
+        .collect()
 }
 
 /// Why an assignment could not be read.
@@ -450,14 +454,7 @@ pub fn order_to_wire(o: &Order) -> v1::server_message::Msg {
             epoch: r.epoch.0,
             version: r.version,
             signal: r.signal.name().to_string(),
-            config: r
-                .config
-                .iter()
-                .map(|f| v1::ConfigFile {
-                    path: f.path.clone(),
-                    content: f.content.clone(),
-                })
-                .collect(),
+            config: config_to_wire(&r.config),
         }),
     }
 }

@@ -358,8 +358,9 @@ fn a_config_change_with_a_reload_signal_rewrites_files_and_signals_the_same_proc
         "version 1 did not start\n{}",
         diag(&c)
     );
-    let before: Vec<(i32, u64)> = {
-        let mut p: Vec<_> = c
+    // The copies' main processes: (pid, fencing token).
+    let mains = || {
+        let mut p: Vec<(i32, u64)> = c
             .task_procs()
             .into_iter()
             .filter(|p| p.task.starts_with("web/") && is_group_leader(p.pid))
@@ -368,6 +369,7 @@ fn a_config_change_with_a_reload_signal_rewrites_files_and_signals_the_same_proc
         p.sort();
         p
     };
+    let before = mains();
     assert_eq!(before.len(), 4, "{before:?}");
     let file = out.path().join("v2.toml");
     std::fs::write(&file, c.render(&spec("debug"))).unwrap();
@@ -386,17 +388,7 @@ fn a_config_change_with_a_reload_signal_rewrites_files_and_signals_the_same_proc
     );
     assert_eq!(running_versions(&c), Some(vec![2; 4]), "{}", diag(&c));
     // The same processes, each of which read the new file when signalled.
-    let after: Vec<(i32, u64)> = {
-        let mut p: Vec<_> = c
-            .task_procs()
-            .into_iter()
-            .filter(|p| p.task.starts_with("web/") && is_group_leader(p.pid))
-            .map(|p| (p.pid, p.token))
-            .collect();
-        p.sort();
-        p
-    };
-    assert_eq!(after, before, "copies were replaced\n{}", diag(&c));
+    assert_eq!(mains(), before, "copies were replaced\n{}", diag(&c));
     for (pid, _) in &before {
         let read = out.path().join(pid.to_string());
         assert!(

@@ -845,6 +845,13 @@ impl Controller {
         }
     }
 
+    /// Whether `agent` (this generation) has an open session here.
+    fn has_session(&self, agent: &AgentId) -> bool {
+        self.sessions
+            .get(&agent.name)
+            .is_some_and(|(a, _)| a == agent)
+    }
+
     /// Order `agent` to move the copy of `task` at `epoch` to its slot's version in place:
     /// rewrite its configuration files, signal it.
     pub(super) fn send_reload(
@@ -865,11 +872,7 @@ impl Controller {
         let Some(signal) = spec.update().reload_signal else {
             return;
         };
-        if self
-            .sessions
-            .get(&agent.name)
-            .is_none_or(|(a, _)| a != agent)
-        {
+        if !self.has_session(agent) {
             return;
         }
         out.push(Command::Send {
@@ -899,11 +902,7 @@ impl Controller {
         let Some(spec) = self.version_spec(&task.job, version) else {
             return;
         };
-        if self
-            .sessions
-            .get(&agent.name)
-            .is_none_or(|(a, _)| a != agent)
-        {
+        if !self.has_session(agent) {
             return;
         }
         out.push(Command::Send {

@@ -187,19 +187,8 @@ impl Controller {
                 replica,
                 ..
             } => {
-                let Some(current) = self.slot(task).filter(|t| t.epoch == *epoch).cloned() else {
-                    return; // the copy changed since the plan
-                };
-                let write = Write::Slot {
-                    id: self.next_write_id(),
-                    expected: *epoch,
-                    task: task.clone(),
-                    record: TaskView {
-                        replica: Some(*replica),
-                        ..current
-                    },
-                };
-                self.persist_then(write, action, round, out);
+                let (task, epoch, replica) = (task.clone(), *epoch, Some(*replica));
+                self.rewrite_copy(&task, epoch, |t| t.replica = replica, action, round, out);
             }
             Action::Reload {
                 task,
@@ -207,19 +196,8 @@ impl Controller {
                 version,
                 ..
             } => {
-                let Some(current) = self.slot(task).filter(|t| t.epoch == *epoch).cloned() else {
-                    return; // the copy changed since the plan
-                };
-                let write = Write::Slot {
-                    id: self.next_write_id(),
-                    expected: *epoch,
-                    task: task.clone(),
-                    record: TaskView {
-                        version: *version,
-                        ..current
-                    },
-                };
-                self.persist_then(write, action, round, out);
+                let (task, epoch, version) = (task.clone(), *epoch, *version);
+                self.rewrite_copy(&task, epoch, |t| t.version = version, action, round, out);
             }
             Action::Evict { task, epoch, .. } => {
                 let write = Write::Slot {
@@ -237,6 +215,30 @@ impl Controller {
                 self.applied(action, now, out);
             }
         }
+    }
+
+    /// Persist a change of the record of `task`'s current copy at `epoch` (the slot keeps its
+    /// epoch), then apply `action`; nothing when the copy changed since the plan.
+    fn rewrite_copy(
+        &mut self,
+        task: &TaskId,
+        epoch: FencingToken,
+        change: impl FnOnce(&mut TaskView),
+        action: Action,
+        round: &mut Round,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(mut record) = self.slot(task).filter(|t| t.epoch == epoch).cloned() else {
+            return;
+        };
+        change(&mut record);
+        let write = Write::Slot {
+            id: self.next_write_id(),
+            expected: epoch,
+            task: task.clone(),
+            record,
+        };
+        self.persist_then(write, action, round, out);
     }
 
     fn persist_then(
