@@ -197,7 +197,9 @@ impl Controller {
                 ..
             } => {
                 let (task, epoch, version) = (task.clone(), *epoch, *version);
-                self.rewrite_copy(&task, epoch, |t| t.version = version, action, round, out);
+                if !self.rewrite_copy(&task, epoch, |t| t.version = version, action, round, out) {
+                    self.rollout_reload_lost(&task);
+                }
             }
             Action::Evict { task, epoch, .. } => {
                 let write = Write::Slot {
@@ -218,7 +220,7 @@ impl Controller {
     }
 
     /// Persist a change of the record of `task`'s current copy at `epoch` (the slot keeps its
-    /// epoch), then apply `action`; nothing when the copy changed since the plan.
+    /// epoch), then apply `action`; nothing (false) when the copy changed since the plan.
     fn rewrite_copy(
         &mut self,
         task: &TaskId,
@@ -227,9 +229,9 @@ impl Controller {
         action: Action,
         round: &mut Round,
         out: &mut Vec<Command>,
-    ) {
+    ) -> bool {
         let Some(mut record) = self.slot(task).filter(|t| t.epoch == epoch).cloned() else {
-            return;
+            return false;
         };
         change(&mut record);
         let write = Write::Slot {
@@ -239,6 +241,7 @@ impl Controller {
             record,
         };
         self.persist_then(write, action, round, out);
+        true
     }
 
     fn persist_then(
@@ -275,6 +278,12 @@ impl Controller {
             .pending
             .is_empty()
             .then_some((round.started, round.actions));
+        if let (Action::Reload { task, .. }, false) =
+            (&action, matches!(outcome, WriteOutcome::Applied))
+        {
+            // Not reloaded: the rollout chooses the slot again.
+            self.rollout_reload_lost(task);
+        }
         match outcome {
             WriteOutcome::Applied => self.applied(action, now, out),
             WriteOutcome::Conflict {

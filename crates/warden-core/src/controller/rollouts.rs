@@ -750,6 +750,15 @@ impl Controller {
         Some((agent, to.version))
     }
 
+    /// The slot write of a reload of `task` was not applied: the slot is no longer being
+    /// replaced, and the rollout takes it again at its next step.
+    pub(super) fn rollout_reload_lost(&mut self, task: &TaskId) {
+        if let Some(run) = self.rollouts.get_mut(&task.job) {
+            run.replacing.remove(&task.index);
+            self.dirty = true;
+        }
+    }
+
     /// A copy of `task` was ordered at `epoch` from `version`.
     pub(super) fn rollout_ordered(
         &mut self,
