@@ -352,6 +352,8 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
     let mut beat = tokio::time::interval(interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (stop_done_tx, mut stop_done_rx) = mpsc::unbounded_channel::<(TaskId, FencingToken)>();
+    let (reload_done_tx, mut reload_done_rx) = mpsc::unbounded_channel::<ReloadDone>();
+    let mut reloading = std::collections::BTreeSet::new();
     // Confined tasks: their cgroups are read every few seconds, and a task throttled most of
     // the time or near its memory limit is reported (events `task.throttled`,
     // `task.memory_high`).
@@ -646,12 +648,16 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                         },
                         server_message::Msg::Reload(r) => {
                             let copies = Copies { health: &health, endpoints: &endpoints };
-                            reload(&cfg, &supervisor, &r, &links, copies, &mut versions, &mut cache);
-                            note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
+                            reload(&cfg, &supervisor, &r, &links, copies, &versions, &mut reloading, &reload_done_tx);
                         }
                         server_message::Msg::Rejoin(_) | server_message::Msg::Welcome(_) => {}
                     },
                 }
+            }
+            Some(d) = reload_done_rx.recv() => {
+                let copies = Copies { health: &health, endpoints: &endpoints };
+                reload_done(d, &links, copies, &mut versions, &mut reloading, &mut cache);
+                note_running(&hello_tx, &supervisor, &states, &health, &endpoints, &versions);
             }
             Some((task, epoch)) = stop_done_rx.recv() => {
                 let stopped = "stopped on request".to_string();
@@ -1220,21 +1226,31 @@ struct Copies<'a> {
     endpoints: &'a Endpoints,
 }
 
-/// A reload order: rewrite the running copy's configuration files to exactly the order's,
-/// signal its main process (its health checks start afresh), and report the version it now
-/// runs — which the copy reports from then on. A repeated order of a version it runs already
-/// is only confirmed again; one for a copy not running here is ignored (the server learns of
-/// the copy from the heartbeats).
+/// A reload under way: its files are written, its signal is out, the shim's answer awaited.
+#[derive(Debug)]
+struct ReloadDone {
+    order: v1::ReloadTask,
+    /// The shim's answer: signalled, or why not.
+    result: Result<(), String>,
+}
+
+/// A reload order: rewrite the running copy's configuration files to exactly the order's and
+/// have its shim signal its main process (its health checks start afresh); the outcome comes
+/// back as a [`ReloadDone`] once the shim answered. A repeated order of a version the copy runs
+/// already is only confirmed again; one of an older version than it runs, one already under
+/// way, and one for a copy not running here are ignored (the server learns of the copy from
+/// the heartbeats).
+#[allow(clippy::too_many_arguments)]
 fn reload(
     cfg: &AgentConfig,
     supervisor: &Supervisor,
     r: &v1::ReloadTask,
     links: &[Link],
     copies: Copies<'_>,
-    versions: &mut Versions,
-    cache: &mut crate::cache::AgentCache,
+    versions: &Versions,
+    reloading: &mut std::collections::BTreeSet<(TaskId, u64)>,
+    done: &mpsc::UnboundedSender<ReloadDone>,
 ) {
-    use warden_core::controller::{RELOAD_FAILED, RELOADED};
     let Some(task) = TaskId::parse(&r.task) else {
         warn!(task = %r.task, "reload with an invalid task id ignored");
         return;
@@ -1244,32 +1260,75 @@ fn reload(
         debug!(task = %task, epoch = epoch.0, "reload of a copy not running here ignored");
         return;
     }
-    let healthy = copies.health.get(&task).copied().unwrap_or(true);
-    let endpoint = endpoint_of(copies.endpoints, &task, epoch);
-    let report = |healthy: bool, message: String| {
+    let current = version_of(versions, &task, epoch);
+    if r.version < current || reloading.contains(&(task.clone(), r.version)) {
+        return; // a late order, or one being carried out
+    }
+    if current == r.version {
+        let healthy = copies.health.get(&task).copied().unwrap_or(true);
+        let endpoint = endpoint_of(copies.endpoints, &task, epoch);
+        let message = format!("config at version {}", r.version);
         let m = task_report(
             &task,
             epoch,
             CopyPhase::Running,
             healthy,
-            endpoint.clone(),
+            endpoint,
             message,
             None,
             r.version,
         );
         broadcast(links, &m);
-    };
-    if version_of(versions, &task, epoch) == r.version {
-        report(healthy, format!("config at version {}", r.version));
         return;
     }
-    let done = reload_signal(&r.signal).and_then(|signal| {
+    let answer = reload_signal(&r.signal).and_then(|signal| {
         rewrite_config(&cfg.data_dir, &task, epoch, &r.config)?;
         supervisor
             .signal(&task, epoch, signal)
             .map_err(|e| e.to_string())
     });
-    match done {
+    let answer = match answer {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = done.send(ReloadDone {
+                order: r.clone(),
+                result: Err(why),
+            });
+            return;
+        }
+    };
+    reloading.insert((task, r.version));
+    let (order, done) = (r.clone(), done.clone());
+    tokio::spawn(async move {
+        let result = match tokio::time::timeout(Duration::from_secs(5), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the copy ended before it was signalled".to_string()),
+            Err(_) => Err("its shim did not answer the signal within 5 s".to_string()),
+        };
+        let _ = done.send(ReloadDone { order, result });
+    });
+}
+
+/// A reload's outcome: the copy runs the order's version from now on (its cache entry too),
+/// or its failure is reported (`config reload failed: …`, which fails a rollout).
+fn reload_done(
+    d: ReloadDone,
+    links: &[Link],
+    copies: Copies<'_>,
+    versions: &mut Versions,
+    reloading: &mut std::collections::BTreeSet<(TaskId, u64)>,
+    cache: &mut crate::cache::AgentCache,
+) {
+    use warden_core::controller::{RELOAD_FAILED, RELOADED};
+    let r = &d.order;
+    let Some(task) = TaskId::parse(&r.task) else {
+        return;
+    };
+    let epoch = FencingToken(r.epoch);
+    reloading.remove(&(task.clone(), r.version));
+    let healthy = copies.health.get(&task).copied().unwrap_or(true);
+    let endpoint = endpoint_of(copies.endpoints, &task, epoch);
+    let (healthy, message) = match d.result {
         Ok(()) => {
             info!(task = %task, epoch = epoch.0, version = r.version, signal = %r.signal, "configuration reloaded");
             versions.insert(task.clone(), (epoch, r.version));
@@ -1285,16 +1344,27 @@ fn reload(
                     warn!(error = %e, "cannot write the local cache");
                 }
             }
-            report(
+            (
                 healthy,
                 format!("{RELOADED} to version {} ({})", r.version, r.signal),
-            );
+            )
         }
         Err(why) => {
             warn!(task = %task, epoch = epoch.0, version = r.version, error = %why, "configuration not reloaded");
-            report(false, format!("{RELOAD_FAILED}: {why}"));
+            (false, format!("{RELOAD_FAILED}: {why}"))
         }
-    }
+    };
+    let m = task_report(
+        &task,
+        epoch,
+        CopyPhase::Running,
+        healthy,
+        endpoint,
+        message,
+        None,
+        r.version,
+    );
+    broadcast(links, &m);
 }
 
 /// The number of a reload signal named by the server.
@@ -1311,14 +1381,16 @@ fn reload_signal(name: &str) -> Result<i32, String> {
     Ok(signal as i32)
 }
 
-/// Rewrite a running copy's configuration directory to hold exactly `files` (each written
-/// atomically; files of the version before that `files` lacks are removed).
+/// Rewrite a running copy's configuration directory to hold exactly `files`: the new tree is
+/// written beside it and exchanged with it in one `renameat2(RENAME_EXCHANGE)`, so the task
+/// (and a restart of it) sees the old files or the new ones, never a mix.
 fn rewrite_config(
     data_dir: &std::path::Path,
     task: &TaskId,
     epoch: FencingToken,
     files: &[v1::ConfigFile],
 ) -> Result<(), String> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     let dir = config_dir(data_dir, task, epoch);
     if !dir.is_dir() {
         return Err(format!(
@@ -1326,28 +1398,51 @@ fn rewrite_config(
             dir.display()
         ));
     }
-    write_config(data_dir, task, epoch, files)?;
-    let keep: std::collections::HashSet<std::path::PathBuf> =
-        files.iter().map(|f| dir.join(&f.path)).collect();
-    prune_config(&dir, &keep).map_err(|e| format!("clean {}: {e}", dir.display()))
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".next");
+    let next = dir.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&next);
+    std::fs::create_dir(&next).map_err(|e| format!("create {}: {e}", next.display()))?;
+    let written = write_files(&next, files).and_then(|()| {
+        renameat2(
+            AT_FDCWD,
+            &next,
+            AT_FDCWD,
+            &dir,
+            RenameFlags::RENAME_EXCHANGE,
+        )
+        .map_err(|e| format!("exchange {} with {}: {e}", next.display(), dir.display()))
+    });
+    // After the exchange `next` holds the old files; on failure, the half-written new ones.
+    let _ = std::fs::remove_dir_all(&next);
+    written
 }
 
-/// Remove the files below `dir` that are not in `keep`, and the directories left empty.
-fn prune_config(
-    dir: &std::path::Path,
-    keep: &std::collections::HashSet<std::path::PathBuf>,
-) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let path = e.path();
-        if e.file_type()?.is_dir() {
-            prune_config(&path, keep)?;
-            if std::fs::read_dir(&path)?.next().is_none() {
-                std::fs::remove_dir(&path)?;
-            }
-        } else if !keep.contains(&path) {
-            std::fs::remove_file(&path)?;
+/// Write `files` below `dir` (created when missing, readable by the task's user), each
+/// atomically. Paths are checked again here: nothing is written outside `dir`.
+fn write_files(dir: &std::path::Path, files: &[v1::ConfigFile]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let io =
+        |what: &str, p: &std::path::Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    for f in files {
+        if !warden_core::types::valid_config_path(&f.path) {
+            return Err(format!(
+                "config file path {:?} is not a relative path",
+                f.path
+            ));
         }
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
+        }
+        let tmp = path.with_extension("warden-tmp");
+        std::fs::write(&tmp, f.content.as_bytes()).map_err(|e| io("write", &tmp, e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io("chmod", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+    }
+    if !files.is_empty() {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     }
     Ok(())
 }
@@ -1377,29 +1472,9 @@ fn write_config(
     let root = data_dir.join("config");
     let prefix = format!("{}.{}@", task.job, task.index);
     let dir = config_dir(data_dir, task, epoch);
-    let io =
-        |what: &str, p: &std::path::Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
-    for f in files {
-        if !warden_core::types::valid_config_path(&f.path) {
-            return Err(format!(
-                "config file path {:?} is not a relative path",
-                f.path
-            ));
-        }
-        let path = dir.join(&f.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
-        }
-        let tmp = path.with_extension("warden-tmp");
-        std::fs::write(&tmp, f.content.as_bytes()).map_err(|e| io("write", &tmp, e))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| io("chmod", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
-    }
+    write_files(&dir, files)?;
     if !files.is_empty() {
-        for d in [&root, &dir] {
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
-        }
+        let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
     }
     // Older copies of this slot are replaced: their files go.
     if let Ok(entries) = std::fs::read_dir(&root) {

@@ -528,9 +528,17 @@ enum Order {
         done: tokio::sync::oneshot::Sender<()>,
     },
     /// Send the task's main process this signal (a reload), then run its health checks
-    /// afresh: the next verdict is the reloaded task's.
-    Signal(i32),
+    /// afresh: the next verdict is the reloaded task's. `answer` gets the shim's answer.
+    Signal {
+        signal: i32,
+        answer: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
 }
+
+/// The answer to [`Supervisor::signal`]: `Ok` once the shim sent the signal (or the copy is
+/// between two runs, whose next run reads the new files), else why not. A dropped sender means
+/// the copy ended first.
+pub type SignalAnswer = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, HashMap<TaskId, Entry>> {
@@ -851,7 +859,7 @@ impl Supervisor {
         task: &TaskId,
         epoch: FencingToken,
         signal: i32,
-    ) -> Result<(), SupervisorError> {
+    ) -> Result<SignalAnswer, SupervisorError> {
         let tasks = self.inner.shared.lock();
         let not_running = || SupervisorError::NotRunning {
             task: task.clone(),
@@ -861,10 +869,13 @@ impl Supervisor {
         // A copy between two runs (restarting after a crash) gets no signal: its next run
         // reads the new files.
         match &entry.run {
-            Some(run) if run.epoch == epoch => run
-                .orders
-                .send(Order::Signal(signal))
-                .map_err(|_| not_running()),
+            Some(run) if run.epoch == epoch => {
+                let (answer, rx) = tokio::sync::oneshot::channel();
+                run.orders
+                    .send(Order::Signal { signal, answer })
+                    .map_err(|_| not_running())?;
+                Ok(rx)
+            }
             _ => Err(not_running()),
         }
     }
@@ -1271,7 +1282,9 @@ impl Actor {
                         let _ = done.send(());
                     }
                     // Between two runs: the next one reads the new files anyway.
-                    Some(Order::Signal(_)) => {}
+                    Some(Order::Signal { answer, .. }) => {
+                        let _ = answer.send(Ok(()));
+                    }
                     None => self.orders_open = false,
                 },
                 changed = self.lease.changed(), if self.spec.leased => {
@@ -1393,10 +1406,30 @@ impl Actor {
             self.start_health_checks(&health);
         }
         let mut stopping = false;
+        let mut signalled: Option<tokio::sync::oneshot::Sender<Result<(), String>>> = None;
         loop {
             tokio::select! {
                 line = lines.next_line() => match line {
-                    Ok(Some(line)) => self.on_status(&line, &mut seen, &health),
+                    Ok(Some(line)) => {
+                        // The answer to a signal: `signalled`, or an error (an older shim
+                        // does not know the line; a task not running).
+                        if signalled.is_some() {
+                            match Status::parse(&line) {
+                                Ok(Status::Signalled(_)) => {
+                                    if let Some(a) = signalled.take() {
+                                        let _ = a.send(Ok(()));
+                                    }
+                                }
+                                Ok(Status::Error(why)) => {
+                                    if let Some(a) = signalled.take() {
+                                        let _ = a.send(Err(format!("its shim: {why}")));
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        self.on_status(&line, &mut seen, &health)
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         warn!(error = %e, "read the shim's status pipe");
@@ -1414,15 +1447,18 @@ impl Actor {
                         let _ = done.send(());
                     }
                     // Before the task started it reads the new files anyway.
-                    Some(Order::Signal(n)) if seen.pid.is_some() => {
-                        send(&mut stdin, Control::Signal(n)).await;
+                    Some(Order::Signal { signal, answer }) if seen.pid.is_some() => {
+                        send(&mut stdin, Control::Signal(signal)).await;
+                        signalled = Some(answer);
                         if !stopping {
                             health = self.cancel.child_token();
                             _health = health.clone().drop_guard();
                             self.start_health_checks(&health);
                         }
                     }
-                    Some(Order::Signal(_)) => {}
+                    Some(Order::Signal { answer, .. }) => {
+                        let _ = answer.send(Ok(()));
+                    }
                     None => self.orders_open = false,
                 },
                 changed = self.lease.changed(), if self.spec.leased => {

@@ -635,6 +635,7 @@ impl Controller {
             && let Some(book) = self.books.get_mut(b)
         {
             book.slots.remove(task);
+            book.versions.remove(task);
             if book.slots.is_empty() {
                 self.drop_view_if_idle(b);
             }

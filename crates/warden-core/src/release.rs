@@ -459,6 +459,11 @@ pub fn reload_only(from: &JobSpec, to: &JobSpec) -> Option<ReloadSignal> {
     if from.config.is_empty() || to.config.is_empty() {
         return None;
     }
+    // The whole service the same too: a new `api_version` routes requests by version, which
+    // needs copies that are the new version from their start.
+    if from.service != to.service {
+        return None;
+    }
     let mut from = from.clone();
     from.config.clone_from(&to.config);
     template_eq(&from, to).then_some(signal)

@@ -327,6 +327,8 @@ pub async fn command(socket: &std::path::Path, cmd: &str) -> Result<String, Adap
         "invalid",
         "not allowed",
         "permission denied",
+        "unknown map",
+        "unable to",
     ]
     .iter()
     .any(|bad| lower.contains(bad))
@@ -582,6 +584,12 @@ async fn sync_cohort(
         applied.cohort_servers = backend_servers(&cfg.socket, backend).await?;
     }
     let mut changed = 0;
+    let entry = cohort.map(|c| c.api_version.clone());
+    // A cohort that ends leaves the map first (its requests go back to the main backend)
+    // before its servers go into maintenance; a new one gets its servers first.
+    if entry.is_none() {
+        changed += sync_cohort_map(cfg, backend, map, entry.clone(), applied).await?;
+    }
     let mut want = wanted(&applied.cohort_servers, service);
     for ((_, inst), (_, w)) in placed(&applied.cohort_servers, service)
         .iter()
@@ -602,18 +610,39 @@ async fn sync_cohort(
         applied.cohort_state.insert(server, want);
         changed += 1;
     }
-    let entry = cohort.map(|c| c.api_version.clone());
-    if applied.cohort_entry.as_ref() != Some(&entry) {
-        let map = map.display();
-        command(&cfg.socket, &format!("clear map {map}")).await?;
-        if let Some(v) = &entry {
-            command(&cfg.socket, &format!("add map {map} {v} {backend}")).await?;
-            info!(api_version = %v, %backend, "requests for the new API version go to the cohort backend");
-        }
-        applied.cohort_entry = Some(entry);
-        changed += 1;
-    }
+    changed += sync_cohort_map(cfg, backend, map, entry, applied).await?;
     Ok(changed)
+}
+
+/// Keep the cohort map holding `entry → backend` alone: the new key added before the old one
+/// goes (no moment without it), everything cleared first when what it holds is not known.
+async fn sync_cohort_map(
+    cfg: &HaproxyConfig,
+    backend: &str,
+    map: &std::path::Path,
+    entry: Option<String>,
+    applied: &mut Applied,
+) -> Result<usize, AdapterError> {
+    if applied.cohort_entry.as_ref() == Some(&entry) {
+        return Ok(0);
+    }
+    let map = map.display();
+    let before = match applied.cohort_entry.take() {
+        Some(before) => before,
+        None => {
+            command(&cfg.socket, &format!("clear map {map}")).await?;
+            None
+        }
+    };
+    if let Some(v) = &entry {
+        command(&cfg.socket, &format!("add map {map} {v} {backend}")).await?;
+        info!(api_version = %v, %backend, "requests for the new API version go to the cohort backend");
+    }
+    if let Some(old) = before.filter(|old| Some(old) != entry.as_ref()) {
+        command(&cfg.socket, &format!("del map {map} {old}")).await?;
+    }
+    applied.cohort_entry = Some(entry);
+    Ok(1)
 }
 
 /// Record that `server` carries `copy` (none: nothing), keeping the copy it carried before.

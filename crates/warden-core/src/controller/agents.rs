@@ -295,7 +295,11 @@ impl Controller {
             None => {}
             Some(phase) => {
                 self.note_endpoint(&copy.task, copy.epoch, &copy.endpoint, copy.healthy);
-                self.note_copy_version(who, &copy, now, out);
+                if message.starts_with(super::RELOAD_FAILED) {
+                    self.reload_failed(who, &copy, message, now, out);
+                } else {
+                    self.note_copy_version(who, &copy, now, out);
+                }
                 if let Some(state) = phase.slot_state() {
                     let msg = Some(message);
                     self.task_seen(
@@ -819,6 +823,9 @@ impl Controller {
         if c.version == 0 {
             return;
         }
+        if let Some(b) = self.books.get_mut(who) {
+            b.versions.insert(c.task.clone(), (c.epoch, c.version));
+        }
         let Some(slot) = self.slot(&c.task) else {
             return;
         };
@@ -837,11 +844,49 @@ impl Controller {
         }
         let due = self.books.get(who).is_some_and(|b| {
             b.reloads.get(&c.task).is_none_or(|(e, v, at)| {
-                *e != c.epoch || *v != target || now.saturating_since(*at) >= RESEND_AFTER
+                *e != c.epoch
+                    || *v != target
+                    || at.is_some_and(|at| now.saturating_since(at) >= RESEND_AFTER)
             })
         });
         if due {
             self.send_reload(&c.task, c.epoch, who, now, out);
+        }
+    }
+
+    /// The agent could not reload a copy: not sent again (a rollout counts the copy as bad and
+    /// reverts; without one an operator is told).
+    fn reload_failed(
+        &mut self,
+        who: &AgentId,
+        c: &CopyReport,
+        message: &str,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(b) = self.books.get_mut(who) else {
+            return;
+        };
+        match b.reloads.get_mut(&c.task) {
+            Some((e, v, at)) if *e == c.epoch && *v == c.version && at.is_some() => *at = None,
+            _ => return, // already known, or another order's
+        }
+        let msg = format!(
+            "{}@{} was not reloaded to version {}: {message}",
+            c.task, c.epoch, c.version
+        );
+        self.event(
+            out,
+            now,
+            "task.reload_failed",
+            Some(who),
+            Some(&c.task),
+            msg.clone(),
+        );
+        if !self.rollouts.contains_key(&c.task.job) {
+            out.push(Command::Notice(Notice::Alarm(format!(
+                "{msg}; the copy runs its earlier files: submit a fix or revert the job"
+            ))));
         }
     }
 
@@ -864,7 +909,8 @@ impl Controller {
     ) {
         let version = self.slot(task).map_or(0, |t| t.version);
         if let Some(book) = self.books.get_mut(agent) {
-            book.reloads.insert(task.clone(), (epoch, version, now));
+            book.reloads
+                .insert(task.clone(), (epoch, version, Some(now)));
         }
         let Some(spec) = self.version_spec(&task.job, version) else {
             return;

@@ -31,8 +31,11 @@ pub struct AgentBook {
     pub(crate) assigns: BTreeMap<TaskId, (FencingToken, Time)>,
     /// Stops sent and not yet confirmed: (task, epoch) → when sent.
     pub(crate) stops: BTreeMap<(TaskId, FencingToken), Time>,
-    /// Reloads sent and not yet reported done: task → (epoch, version, when sent).
-    pub(crate) reloads: BTreeMap<TaskId, (FencingToken, u64, Time)>,
+    /// The job version whose files each copy here last said it runs: task → (epoch, version).
+    pub(crate) versions: BTreeMap<TaskId, (FencingToken, u64)>,
+    /// Reloads sent and not yet reported done: task → (epoch, version, when sent; `None`
+    /// once the agent reported it failed: not sent again).
+    pub(crate) reloads: BTreeMap<TaskId, (FencingToken, u64, Option<Time>)>,
     /// Slots whose current assignment is on this generation (whatever its state): the index
     /// that keeps the heartbeat path proportional to the copies of one agent.
     pub(crate) slots: BTreeSet<TaskId>,

@@ -744,6 +744,17 @@ impl Controller {
         {
             return None;
         }
+        // The copy must have said which version's files it runs — its slot's (a copy started
+        // before its agent reported versions says nothing, and its reports could not tell a
+        // reloaded copy from one that is not).
+        let said = self
+            .books
+            .get(&agent)
+            .and_then(|b| b.versions.get(task))
+            .is_some_and(|(e, v)| *e == epoch && *v == t.version);
+        if !said {
+            return None;
+        }
         let rel = self.releases.get(&task.job)?;
         let (from, to) = (rel.get(t.version)?, rel.current()?);
         crate::release::reload_only(&from.spec, &to.spec)?;

@@ -1444,6 +1444,71 @@ fn a_config_only_change_with_a_reload_signal_reloads_copies_in_place() {
 }
 
 #[test]
+fn a_reload_the_agent_could_not_carry_out_is_not_sent_again_and_fails_the_rollout() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(2), &[&a]);
+    let update = crate::release::UpdateSpec {
+        max_parallel: 1,
+        ..fast_update(1)
+    };
+    h.submit(with_config(web("/bin/v1", 2, update), "level=info"));
+    h.run(Duration::from_secs(3), &[&a]);
+    h.ignore_reloads = true;
+    h.submit(with_config(web("/bin/v1", 2, update), "level=debug"));
+    let mut all = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        let out = h.run(Duration::from_millis(100), &[&a]);
+        sent.extend(out.iter().filter_map(|c| match c {
+            Command::Send {
+                order: Order::Reload(r),
+                ..
+            } => Some((r.task.clone(), r.epoch)),
+            _ => None,
+        }));
+        all.extend(out);
+    }
+    let (task, epoch) = sent.first().cloned().expect("a reload order");
+    // The agent says it could not write the files.
+    all.extend(h.step(Input::TaskReport {
+        agent: a.clone(),
+        copy: CopyReport {
+            version: 2,
+            ..CopyReport::new(
+                task.clone(),
+                epoch,
+                CopyPhase::Running,
+                false,
+                String::new(),
+            )
+        },
+        message: format!("{RELOAD_FAILED}: create app.conf: read-only file system"),
+    }));
+    let before = sent.len();
+    for _ in 0..100 {
+        let out = h.run(Duration::from_millis(100), &[&a]);
+        sent.extend(out.iter().filter_map(|c| match c {
+            Command::Send {
+                order: Order::Reload(r),
+                ..
+            } if r.task == task && r.epoch == epoch => Some((r.task.clone(), r.epoch)),
+            _ => None,
+        }));
+        all.extend(out);
+    }
+    assert_eq!(sent.len(), before, "sent again after it failed: {sent:?}");
+    assert_eq!(events_of(&all, "task.reload_failed").len(), 1, "{all:?}");
+    let failed = events_of(&all, "rollout.failed");
+    assert!(
+        failed.len() == 1 && failed[0].contains("could not be reloaded"),
+        "{all:?}"
+    );
+    // Reverted: the copy that ran the earlier files was replaced by a new one.
+    assert!(h.slot("web", task.index).epoch > epoch);
+}
+
+#[test]
 fn a_change_of_replicas_alone_replaces_no_copy() {
     let (mut h, a, b) = web_running();
     let out = h.submit(web("/bin/v1", 5, fast_update(2)));
