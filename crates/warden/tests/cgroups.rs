@@ -80,12 +80,17 @@ fn events(cluster: &Cluster, kind: &str) -> Vec<Value> {
 /// Submit a job and wait until its task `task` runs; its pid.
 fn run_job(cluster: &Cluster, toml: &str, task: &str) -> i32 {
     cluster.submit(toml).expect("submit");
+    // The pid seen running: a second scan of /proc may miss it while the task's processes
+    // come and go (the fork bomb).
+    let mut pid = None;
     assert!(
-        wait_until(Duration::from_secs(20), || task_pid(cluster, task)
-            .is_some()),
+        wait_until(Duration::from_secs(20), || {
+            pid = task_pid(cluster, task);
+            pid.is_some()
+        }),
         "{task} did not start"
     );
-    task_pid(cluster, task).expect("running")
+    pid.expect("running")
 }
 
 fn task_pid(cluster: &Cluster, task: &str) -> Option<i32> {

@@ -823,7 +823,9 @@ impl Controller {
         if c.version == 0 {
             return;
         }
-        if let Some(b) = self.books.get_mut(who) {
+        if let Some(b) = self.books.get_mut(who)
+            && b.versions.get(&c.task) != Some(&(c.epoch, c.version))
+        {
             b.versions.insert(c.task.clone(), (c.epoch, c.version));
         }
         let Some(slot) = self.slot(&c.task) else {
