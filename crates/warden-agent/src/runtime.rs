@@ -1266,19 +1266,8 @@ fn reload(
     }
     if current == r.version {
         let healthy = copies.health.get(&task).copied().unwrap_or(true);
-        let endpoint = endpoint_of(copies.endpoints, &task, epoch);
         let message = format!("config at version {}", r.version);
-        let m = task_report(
-            &task,
-            epoch,
-            CopyPhase::Running,
-            healthy,
-            endpoint,
-            message,
-            None,
-            r.version,
-        );
-        broadcast(links, &m);
+        report_reload(links, copies, &task, epoch, healthy, message, r.version);
         return;
     }
     let answer = reload_signal(&r.signal).and_then(|signal| {
@@ -1327,7 +1316,6 @@ fn reload_done(
     let epoch = FencingToken(r.epoch);
     reloading.remove(&(task.clone(), r.version));
     let healthy = copies.health.get(&task).copied().unwrap_or(true);
-    let endpoint = endpoint_of(copies.endpoints, &task, epoch);
     let (healthy, message) = match d.result {
         Ok(()) => {
             info!(task = %task, epoch = epoch.0, version = r.version, signal = %r.signal, "configuration reloaded");
@@ -1354,15 +1342,29 @@ fn reload_done(
             (false, format!("{RELOAD_FAILED}: {why}"))
         }
     };
+    report_reload(links, copies, &task, epoch, healthy, message, r.version);
+}
+
+/// Report a running copy's reload (done, failed, or already done) as of `version`.
+fn report_reload(
+    links: &[Link],
+    copies: Copies<'_>,
+    task: &TaskId,
+    epoch: FencingToken,
+    healthy: bool,
+    message: String,
+    version: u64,
+) {
+    let endpoint = endpoint_of(copies.endpoints, task, epoch);
     let m = task_report(
-        &task,
+        task,
         epoch,
         CopyPhase::Running,
         healthy,
         endpoint,
         message,
         None,
-        r.version,
+        version,
     );
     broadcast(links, &m);
 }
