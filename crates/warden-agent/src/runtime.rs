@@ -1646,9 +1646,17 @@ fn assign(
                 // Off the loop (it sends the heartbeats): a large log takes a while to read.
                 // The loop takes the assignment again once the state is open.
                 let (a, tx, task) = (Box::new(a.clone()), opened.clone(), task.clone());
+                let data_epoch = a.data_epoch;
                 tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        crate::state::TaskStates::open_store(&dir, &task, epoch, &state_spec, role)
+                        crate::state::TaskStates::open_store(
+                            &dir,
+                            &task,
+                            epoch,
+                            &state_spec,
+                            role,
+                            data_epoch,
+                        )
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("open the state: {e}")));

@@ -19,6 +19,7 @@ use warden_core::state::{ReplicaOrder, StateSpec};
 use warden_core::{FencingToken, TaskId};
 use warden_state::api::{ApiConfig, bind_unix, serve_listener};
 use warden_state::repl::{FollowReport, Primaries, follow_forever};
+use warden_state::restore::Aligned;
 use warden_state::store::{Limits, Role, StateStore};
 
 /// How much shorter than the agent's lease a primary's write lease is.
@@ -334,13 +335,42 @@ impl TaskStates {
     /// `role`: the replica's role and state epoch when the job keeps standbys (see
     /// [`TaskStates::role_for`]); without, the copy is the only replica, primary at its
     /// fencing token.
+    ///
+    /// A single-replica state (no standbys) is first brought to `data_epoch`, the copy's
+    /// version's: a restore point is taken before the data epoch rises, and one put back
+    /// when it falls (`warden_state::restore`); a fall with no restore point to go back to
+    /// refuses the copy, with the reason.
     pub fn open_store(
         data: &Path,
         task: &TaskId,
         epoch: FencingToken,
         spec: &StateSpec,
         role: Option<(Role, u64)>,
+        data_epoch: u32,
     ) -> Result<StateStore, String> {
+        if role.is_none() && spec.standbys == 0 {
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            match warden_state::restore::align(data, data_epoch, unix_ms)
+                .map_err(|e| format!("state of {task}: {e}"))?
+            {
+                Aligned::Took { from } => info!(
+                    task = %task, from, to = data_epoch,
+                    "data epoch rises: took a restore point of the state first"
+                ),
+                Aligned::Restored {
+                    from,
+                    point,
+                    set_aside,
+                } => warn!(
+                    task = %task, from, to = data_epoch, point,
+                    set_aside = %set_aside.display(),
+                    "data epoch falls: put the restore point back; the data written since is set aside"
+                ),
+                Aligned::Fresh | Aligned::Same | Aligned::Adopted => {}
+            }
+        }
         let (role, epoch) = role.unwrap_or((Role::Primary, epoch.0));
         let (store, opened) = StateStore::open(data, role, epoch, spec.standbys, Limits::default())
             .map_err(|e| format!("open the state of {task}: {e}"))?;
@@ -572,7 +602,7 @@ mod tests {
         };
         // The order sent again while the state opens: nothing more to do.
         assert!(matches!(states.prepare(&t, e).unwrap(), Prepared::Opening));
-        let store = TaskStates::open_store(&data, &t, e, &spec, None).unwrap();
+        let store = TaskStates::open_store(&data, &t, e, &spec, None, 0).unwrap();
         let env = states.install(&t, e, &spec, store).unwrap().unwrap();
         assert!(env["WARDEN_STATE_SOCK"].ends_with("ledger/api.sock"));
         assert_eq!(env["WARDEN_ROLE"], "primary");
@@ -585,7 +615,7 @@ mod tests {
         assert!(states.store(&t).is_none());
         // Stopped while opening: the opened store is closed, the task is not started.
         states.forget_opening(&t, FencingToken(4));
-        let store = TaskStates::open_store(&data, &t, FencingToken(4), &spec, None).unwrap();
+        let store = TaskStates::open_store(&data, &t, FencingToken(4), &spec, None, 0).unwrap();
         assert_eq!(
             states.install(&t, FencingToken(4), &spec, store).unwrap(),
             None

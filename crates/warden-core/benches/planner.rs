@@ -47,6 +47,7 @@ fn fleet() -> (Desired, Observed) {
                 next_agent += 1;
                 allocated[a] = allocated[a].plus(&res);
                 TaskView {
+                    home: None,
                     epoch: FencingToken(1),
                     agent: Some(ids[a].clone()),
                     state: SlotState::Running,

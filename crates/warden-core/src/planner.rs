@@ -14,7 +14,7 @@
 //! Recovery levels:
 //! 1. a task that crashed is restarted by its agent in place; when the agent gives up it reports
 //!    the task Failed and the planner starts it again after an exponential backoff, preferring
-//!    another agent;
+//!    another agent (but the same one for a single-replica `[state]`, which is held there);
 //! 2. the work of a Failed agent is rescheduled onto healthy agents — a singleton only once the
 //!    [fencing rule](crate::fencing) allows it, a service replica at once;
 //! 3. a Quarantined (flapping) agent is cordoned: it gets no new work.
@@ -169,6 +169,11 @@ pub struct TaskView {
     /// versions).
     #[serde(default)]
     pub version: u64,
+    /// The agent (by name) whose copy was last stopped on purpose (a rollout, a scale-down):
+    /// a single-replica `[state]` job starts there again, where its state is. Kept by the
+    /// leader in memory only (a new leader places such a copy afresh).
+    #[serde(skip)]
+    pub home: Option<Arc<str>>,
 }
 
 impl TaskView {
@@ -182,6 +187,7 @@ impl TaskView {
             last_failure_at: None,
             replica: None,
             version: 0,
+            home: None,
         }
     }
 }
@@ -855,9 +861,24 @@ pub fn plan_next(cfg: &PlannerConfig, desired: &Desired, observed: &Observed, no
                     Some(_) | None => None,
                 };
                 let copies = copies.get_or_insert_with(|| job_copies(slots, want));
-                let placed = match pin {
-                    Some(pin) => placer.place_on(&spec.resources, copies, pin),
-                    None => placer.place(&spec.resources, copies, avoid, spec.standbys() > 0),
+                // A single-replica state is on the agent its copy last ran on: start there
+                // again when it can take the copy (a rollout, a restart after a stop or a
+                // failure: another agent would start it without its data).
+                let home = view
+                    .filter(|_| spec.state.is_some() && spec.standbys() == 0 && pin.is_none())
+                    .and_then(|t| match t.state {
+                        SlotState::Stopped => t.home.as_deref(),
+                        SlotState::Failed => t.agent.as_ref().map(|a| &*a.name),
+                        _ => None,
+                    });
+                let placed = match (pin, home) {
+                    (Some(pin), _) => placer.place_on(&spec.resources, copies, pin),
+                    (None, Some(home)) => placer
+                        .place_on(&spec.resources, copies, home)
+                        .or_else(|| placer.place(&spec.resources, copies, avoid, false)),
+                    (None, None) => {
+                        placer.place(&spec.resources, copies, avoid, spec.standbys() > 0)
+                    }
                 };
                 match placed {
                     Some(agent) => {
@@ -1094,6 +1115,9 @@ pub fn apply(
                 } else {
                     t.state = SlotState::Stopped;
                     let agent = t.agent.take();
+                    if let Some(a) = &agent {
+                        t.home = Some(a.name.clone());
+                    }
                     if was_running || agent.is_some() {
                         release(observed, &agent, resources_of(&task.job));
                     }

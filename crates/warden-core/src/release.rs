@@ -284,6 +284,17 @@ pub struct Release {
     pub unix_ms: u64,
     /// Why it exists: `submit`, `revert to 3`, `auto-revert of 4: ...`.
     pub cause: String,
+    /// The data epoch of the restore point taken before this version's copies first open
+    /// the job's state: set when the version raises `data_epoch` on a job whose `[state]`
+    /// keeps no standby (its agent copies the state aside first; a revert puts it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<u32>,
+}
+
+/// Whether `spec`'s data lives in a single-replica Warden state (`[state]`, no standbys):
+/// the kind of data an agent keeps restore points of.
+pub fn restorable(spec: &JobSpec) -> bool {
+    spec.state.is_some_and(|s| s.standbys == 0)
 }
 
 /// Where a rollout stands.
@@ -421,12 +432,19 @@ impl JobReleases {
             .rev()
             .find(|r| template_eq(&r.spec, &spec))
             .map_or(version, |r| r.base);
+        let restore_point = next
+            .current()
+            .map(|r| &r.spec)
+            .filter(|prev| restorable(prev) && restorable(&spec))
+            .map(|prev| prev.data_epoch)
+            .filter(|&had| had < spec.data_epoch);
         next.releases.push(Release {
             version,
             base,
             spec,
             unix_ms,
             cause,
+            restore_point,
         });
         let keep = keep.max(2);
         while next.releases.len() > keep {

@@ -280,6 +280,7 @@ impl From<&Assignment> for v1::Assign {
                 .unwrap_or_default(),
             config: config_to_wire(&a.config),
             version: a.version,
+            data_epoch: a.data_epoch,
         }
     }
 }
@@ -377,6 +378,7 @@ impl TryFrom<&v1::Assign> for Assignment {
         };
         Ok(Assignment {
             task,
+            data_epoch: a.data_epoch,
             epoch: FencingToken(a.epoch),
             singleton: a.singleton,
             command: a.command.clone(),
@@ -470,6 +472,7 @@ mod tests {
     fn an_assignment_survives_the_round_trip() {
         let a = Assignment {
             version: 4,
+            data_epoch: 2,
             task: TaskId::new(JobName::new("web"), 3),
             epoch: FencingToken(7),
             singleton: false,

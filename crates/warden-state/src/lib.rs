@@ -12,6 +12,7 @@
 //! - [`repl`]: replication from a primary to its standbys over TCP;
 //! - [`client`]: a small blocking client for tasks written in Rust;
 //! - [`pipe`]: the write pipe, many single writes in flight on one connection;
+//! - [`restore`]: data restore points taken before a version raises its data epoch;
 //! - [`failover`]: failovers in one process, checking that no acknowledged write is lost.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod failover;
 pub mod pipe;
 pub mod repl;
+pub mod restore;
 pub mod store;
 pub mod tls;
 pub mod wal;

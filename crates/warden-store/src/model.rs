@@ -84,6 +84,7 @@ impl TaskRecord {
     /// monotonic clock, which does not survive a restart, so it starts empty.
     pub fn to_view(&self) -> TaskView {
         TaskView {
+            home: None,
             epoch: self.epoch,
             agent: self.agent.clone(),
             state: self.state,

@@ -74,13 +74,27 @@ pub fn history(client: &warden_client::Client, opts: &ApiOpts, name: &str) -> Re
                 when(r.unix_ms),
                 r.base.to_string(),
                 r.spec.command.clone(),
+                match r.restore_point {
+                    Some(point) => format!("{} (restore point of {point})", r.spec.data_epoch),
+                    None => r.spec.data_epoch.to_string(),
+                },
                 r.cause.clone(),
             ]
         })
         .collect();
     print!(
         "{}",
-        table(&["VERSION", "STORED", "RUNS AS", "COMMAND", "CAUSE"], &rows)
+        table(
+            &[
+                "VERSION",
+                "STORED",
+                "RUNS AS",
+                "COMMAND",
+                "DATA EPOCH",
+                "CAUSE"
+            ],
+            &rows
+        )
     );
     if let Some(r) = &rel.rollout {
         let kind = if r.revert { "revert" } else { "rollout" };

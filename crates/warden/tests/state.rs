@@ -466,3 +466,117 @@ fn a_planned_switchover_hands_over_every_write_even_at_local() {
         Err(e) => assert!(e.to_string().contains("no job nope"), "{e}"),
     }
 }
+
+/// The agent slot 0 of `job` is assigned to, and its version.
+fn placed(c: &Cluster, job: &str) -> Option<(String, u64, String)> {
+    let t = c.task(&format!("{job}/0"))?;
+    Some((
+        t.get("agent")?.as_str()?.to_string(),
+        t.get("version")?.as_u64()?,
+        t.get("state")?.as_str()?.to_string(),
+    ))
+}
+
+#[test]
+fn a_revert_past_a_raised_data_epoch_puts_the_restore_point_back_on_the_same_agent() {
+    let mut c = start_cluster();
+    c.add_agent("a1").unwrap();
+    c.add_agent("a2").unwrap();
+    let job = "ledger";
+    let spec = |every_ms: u32, data_epoch: u32| {
+        format!(
+            "name = \"{job}\"\nkind = \"singleton\"\ndata_epoch = {data_epoch}\n\
+             command = \"{{exe}}\"\n\
+             args = [\"workload\", \"counter\", \"--every-ms\", \"{every_ms}\"]\n\
+             [resources]\ncpu_millis = 10\nmemory_mb = 16\n\
+             [state]\nstandbys = 0\n\
+             [update]\nmin_healthy_time = \"1s\"\nhealthy_deadline = \"30s\"\n"
+        )
+    };
+    c.submit(&spec(20, 0)).unwrap();
+    let running = |c: &Cluster, version: u64| {
+        placed(c, job).filter(|(_, v, s)| *v == version && s == "running")
+    };
+    assert!(wait_until(LONG, || running(&c, 1).is_some()));
+    let home = placed(&c, job).unwrap().0;
+    let of_epoch = |c: &Cluster, after: usize| -> Vec<(u64, u64)> {
+        acked_on(c, &home, job, 0).split_off(after)
+    };
+    assert!(
+        wait_until(LONG, || of_epoch(&c, 0).len() >= 5),
+        "version 1 never counted\n{}",
+        c.log(&home)
+    );
+    // Version 2 declares a new data format: the agent takes a restore point before it runs.
+    c.submit(&spec(21, 1)).unwrap();
+    assert!(
+        wait_until(LONG, || running(&c, 2).is_some()),
+        "version 2 never ran: {:?}\n{}",
+        placed(&c, job),
+        c.log(&home)
+    );
+    let v2_epoch = c.task(&format!("{job}/0")).unwrap()["epoch"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        wait_until(LONG, || of_epoch(&c, 0)
+            .iter()
+            .filter(|(_, e)| *e == v2_epoch)
+            .count()
+            >= 5),
+        "version 2 never counted\n{}",
+        c.log(&home)
+    );
+    let state = c.dir().join(&home).join("state").join(job);
+    assert!(state.join("restore").join("epoch-0").is_dir());
+    let all = of_epoch(&c, 0);
+    let v1_last = all
+        .iter()
+        .filter(|(_, e)| *e < v2_epoch)
+        .map(|(v, _)| *v)
+        .max()
+        .unwrap();
+    let seen = all.len();
+    // Back to version 1 (its data epoch, 0, is older): allowed, since version 2 took a
+    // restore point; the agent puts it back and version 1 counts on from where it was.
+    let r = c
+        .client
+        .request(
+            "POST",
+            &format!("/v1/jobs/{job}/revert"),
+            Some("application/json"),
+            b"{\"version\": 1}",
+        )
+        .unwrap();
+    assert!(r.status < 300, "revert refused: {} {:?}", r.status, r.body);
+    assert!(
+        wait_until(LONG, || running(&c, 3).is_some()
+            && of_epoch(&c, seen).len() >= 3),
+        "the revert never ran: {:?}\n{}",
+        placed(&c, job),
+        c.log(&home)
+    );
+    assert_eq!(placed(&c, job).unwrap().0, home, "the copy left its state");
+    let after: Vec<u64> = of_epoch(&c, seen).iter().map(|(v, _)| *v).collect();
+    // The killed-by-stop copy of version 1 may have had one write applied it never printed.
+    assert!(
+        after[0] == v1_last + 1 || after[0] == v1_last + 2,
+        "version 1 counted on from {} (it stopped at {v1_last}): {all:?} then {after:?}",
+        after[0]
+    );
+    // The data written under data epoch 1 is set aside, not deleted.
+    let aside: Vec<String> = std::fs::read_dir(state.join("restore"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("set-aside-epoch-1-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let events = c.client.get("/v1/events?limit=500").unwrap().to_string();
+    assert!(events.contains("release.restore"), "{events}");
+    // The version that raised the data epoch names its restore point.
+    let versions = c.client.get(&format!("/v1/jobs/{job}/versions")).unwrap();
+    assert!(
+        versions.to_string().contains("\"restore_point\":0"),
+        "{versions}"
+    );
+}

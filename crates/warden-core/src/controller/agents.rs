@@ -346,7 +346,7 @@ impl Controller {
         }
         let before = slot.state;
         slot.state = SlotState::Stopped;
-        slot.agent = None;
+        slot.home = slot.agent.take().map(|a| a.name);
         let failures = slot.failures;
         self.reindex(task, Some(agent), None);
         self.dirty = true;
@@ -401,7 +401,7 @@ impl Controller {
         let changed = next != before;
         slot.state = next;
         if next == SlotState::Stopped {
-            slot.agent = None;
+            slot.home = slot.agent.take().map(|a| a.name);
         }
         let failures = slot.failures;
         if next == SlotState::Stopped {
@@ -969,6 +969,7 @@ impl Controller {
                 replica: self.replica_order(task),
                 config: spec.config.clone(),
                 version,
+                data_epoch: spec.data_epoch,
             })),
         });
     }

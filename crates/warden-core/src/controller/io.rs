@@ -457,6 +457,9 @@ pub struct Assignment {
     pub config: Vec<crate::types::ConfigFile>,
     /// The job version it is started from (0: not known).
     pub version: u64,
+    /// That version's `data_epoch`: the agent keeping the copy's single-replica state takes
+    /// a restore point before it rises and puts one back when it falls.
+    pub data_epoch: u32,
 }
 
 /// Apply a job version's configuration files to a running copy in place, and signal it.

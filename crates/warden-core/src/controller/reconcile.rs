@@ -170,6 +170,7 @@ impl Controller {
                     expected: slot_epoch(self, task),
                     task: task.clone(),
                     record: TaskView {
+                        home: None,
                         epoch: *epoch,
                         agent: Some(agent.clone()),
                         state: SlotState::Starting,

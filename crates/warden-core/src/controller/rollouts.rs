@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{FxHashMap, FxHashSet};
 use crate::judge::{self, Group, Judgement, TrafficSample};
 use crate::planner::{Action, OperationId, SlotState, StopReason};
-use crate::release::{DEFAULT_KEEP, JobReleases, Rollout, RolloutPhase};
+use crate::release::{self, DEFAULT_KEEP, JobReleases, Rollout, RolloutPhase};
 use crate::rollout::{self, Run, SlotFacts, Verdict};
 use crate::time::Time;
 use crate::types::{AgentId, FencingToken, JobName, JobSpec, TaskId};
@@ -355,17 +355,73 @@ impl Controller {
     ) -> Option<String> {
         let current = self.releases.get(job)?.current()?;
         let (had, wants) = (current.spec.data_epoch, spec.data_epoch);
-        if wants >= had {
+        if wants >= had || self.restore_point_for(job, spec).is_some() {
             return None;
         }
         let what = version.map_or_else(|| "this spec".to_string(), |v| format!("version {v}"));
+        let points = if release::restorable(&current.spec) && release::restorable(spec) {
+            format!(
+                " (no kept version took a restore point of data epoch {wants} or before to \
+                 put back)"
+            )
+        } else {
+            String::new()
+        };
         Some(format!(
             "{what} of {job} reads data epoch {wants}, but version {} declared data epoch {had}: \
-             its copies may have written data that {what} cannot read. Roll forward with a fix; \
-             or restore the data from before epoch {had}, then submit the spec with \
-             data_epoch = {had} to declare the data readable by it",
+             its copies may have written data that {what} cannot read{points}. Roll forward \
+             with a fix; or restore the data from before epoch {had}, then submit the spec \
+             with data_epoch = {had} to declare the data readable by it",
             current.version
         ))
+    }
+
+    /// The restore point a change of `job` to `spec` would put back: `(data epoch, the
+    /// version that took it)`, when `spec` reads an older data epoch than the current
+    /// version and both keep their data in a single-replica state of which a kept version
+    /// took a restore point `spec` can read (the newest such).
+    pub(super) fn restore_point_for(&self, job: &JobName, spec: &JobSpec) -> Option<(u32, u64)> {
+        let rel = self.releases.get(job)?;
+        let current = rel.current()?;
+        if spec.data_epoch >= current.spec.data_epoch
+            || !release::restorable(&current.spec)
+            || !release::restorable(spec)
+        {
+            return None;
+        }
+        rel.releases
+            .iter()
+            .rev()
+            .filter_map(|r| r.restore_point.map(|e| (e, r.version)))
+            .filter(|&(e, _)| e <= spec.data_epoch)
+            .max_by_key(|&(e, v)| (e, v))
+    }
+
+    /// Say, as an event, that a change of `job` to `spec` (version `to`) goes back to a
+    /// restore point of its data.
+    fn note_restore(
+        &mut self,
+        job: &JobName,
+        spec: &JobSpec,
+        to: u64,
+        now: Time,
+        out: &mut Vec<Command>,
+    ) {
+        let Some((point, took)) = self.restore_point_for(job, spec) else {
+            return;
+        };
+        let had = self
+            .releases
+            .get(job)
+            .and_then(|r| r.current())
+            .map_or(0, |r| r.spec.data_epoch);
+        let msg = format!(
+            "version {to} of {job} reads data epoch {}: its agent puts the state's restore point \
+             of data epoch {point} (taken before version {took}) back before the copy starts; \
+             the data written under data epoch {had} is set aside on that agent, not deleted",
+            spec.data_epoch
+        );
+        self.event(out, now, "release.restore", None, None, msg);
     }
 
     /// Check a promotion of `job`'s rollout past its canaries.
@@ -446,6 +502,7 @@ impl Controller {
         let mut releases =
             JobReleases::with_release(prev.as_ref(), spec.clone(), unix_ms, cause, DEFAULT_KEEP);
         let to = releases.current().map_or(0, |r| r.version);
+        self.note_restore(&job, &spec, to, now, out);
         let want = self.slot_count(&spec);
         let stale = self.observed.tasks.get(&job).is_some_and(|slots| {
             slots
@@ -1280,6 +1337,7 @@ impl Controller {
                 });
                 let msg = format!("reverting {job} to version {from}'s spec as version {new}");
                 self.event(out, now, "rollout.revert", None, None, msg);
+                self.note_restore(job, &spec, new, now, out);
                 let pending = PendingRelease {
                     id: WriteId(0),
                     spec: Some(spec),

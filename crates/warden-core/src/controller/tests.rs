@@ -65,6 +65,8 @@ struct H {
     failing: Option<String>,
     /// Every assignment sent: (task, epoch, command).
     assigned: Vec<(TaskId, FencingToken, String)>,
+    /// Every assignment's agent and data epoch, in order.
+    placed: Vec<(AgentId, TaskId, u32)>,
     /// The job version each copy reports (its assignment's, or its last reload's).
     versions: HashMap<(TaskId, FencingToken), u64>,
     /// Every reload order: (task, epoch, version, config file contents).
@@ -96,6 +98,7 @@ impl H {
             lagging: HashMap::new(),
             failing: None,
             assigned: Vec::new(),
+            placed: Vec::new(),
             versions: HashMap::new(),
             reloads: Vec::new(),
             ignore_reloads: false,
@@ -166,6 +169,7 @@ impl H {
             Order::Assign(a) => {
                 self.assigned
                     .push((a.task.clone(), a.epoch, a.command.clone()));
+                self.placed.push((to.clone(), a.task.clone(), a.data_epoch));
                 self.versions.insert((a.task.clone(), a.epoch), a.version);
                 let phase = if self.failing.as_deref() == Some(a.command.as_str()) {
                     CopyPhase::Failed
@@ -773,6 +777,7 @@ fn a_new_leader_respects_the_old_leases_and_waits_for_agents_it_never_heard() {
         slots: vec![(
             task.clone(),
             TaskView {
+                home: None,
                 epoch: FencingToken(3),
                 agent: Some(gone.clone()),
                 state: SlotState::Running,
@@ -845,6 +850,7 @@ fn a_generation_named_by_a_slot_is_kept_past_the_window() {
         slots: vec![(
             TaskId::new(JobName::new("cron"), 0),
             TaskView {
+                home: None,
                 epoch: FencingToken(1),
                 agent: Some(a.clone()),
                 state: SlotState::Running,
@@ -1628,6 +1634,62 @@ fn a_version_that_raised_the_data_epoch_is_never_reverted_past() {
     assert_eq!(
         h.c.check_submit(&fix, h.now).unwrap(),
         SubmitOutcome::Updated
+    );
+}
+
+#[test]
+fn a_failed_rise_of_the_data_epoch_goes_back_to_its_restore_point_on_the_same_agent() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    let b = h.join("b", 1);
+    h.run(Duration::from_secs(2), &[&a, &b]);
+    let ledger = |cmd: &str, data_epoch: u32| JobSpec {
+        command: cmd.into(),
+        data_epoch,
+        state: Some(crate::state::StateSpec {
+            standbys: 0,
+            ..Default::default()
+        }),
+        update: Some(fast_update(1)),
+        ..job("ledger", JobKind::Singleton, 1)
+    };
+    h.submit(ledger("/bin/v1", 0));
+    h.run(Duration::from_secs(3), &[&a, &b]);
+    let home = h.slot("ledger", 0).agent.unwrap();
+    h.failing = Some("/bin/bad".into());
+    let mut all = h.submit(ledger("/bin/bad", 1));
+    for _ in 0..200 {
+        all.extend(h.run(Duration::from_millis(100), &[&a, &b]));
+        if !events_of(&all, "rollout.failed").is_empty() {
+            break;
+        }
+    }
+    assert_eq!(events_of(&all, "rollout.failed").len(), 1, "{all:?}");
+    all.extend(h.run(Duration::from_secs(4), &[&a, &b]));
+    // Reverted, not refused: version 2 took a restore point of data epoch 0.
+    let rel = h.c.releases(&JobName::new("ledger")).unwrap();
+    assert_eq!(rel.get(2).unwrap().restore_point, Some(0));
+    assert_eq!(rel.get(1).unwrap().restore_point, None);
+    let current = rel.current().unwrap();
+    assert_eq!((current.version, current.spec.data_epoch), (3, 0));
+    let restore = events_of(&all, "release.restore");
+    assert_eq!(restore.len(), 1, "{all:?}");
+    assert!(
+        restore[0].contains("data epoch 0 (taken before version 2)"),
+        "{}",
+        restore[0]
+    );
+    let s = h.slot("ledger", 0);
+    assert_eq!((s.state, s.version), (SlotState::Running, 3));
+    // Every copy ran where the state is, told the data epoch of its version.
+    let epochs: Vec<u32> = h.placed.iter().map(|(_, _, e)| *e).collect();
+    assert_eq!(epochs.first(), Some(&0));
+    assert_eq!(epochs.last(), Some(&0));
+    assert!(epochs.contains(&1), "{:?}", h.placed);
+    assert!(
+        h.placed.iter().all(|(to, _, _)| *to == home),
+        "{:?}",
+        h.placed
     );
 }
 

@@ -142,6 +142,7 @@ fn singleton_waits_for_the_fencing_rule_and_service_moves_at_once() {
         obs.tasks.insert(
             JobName::new(name),
             vec![TaskView {
+                home: None,
                 epoch: FencingToken(1),
                 agent: Some(aid("a")),
                 state: SlotState::Running,
@@ -187,6 +188,7 @@ fn suspect_agents_keep_their_work() {
     obs.tasks.insert(
         JobName::new("cron"),
         vec![TaskView {
+            home: None,
             epoch: FencingToken(4),
             agent: Some(aid("a")),
             state: SlotState::Running,
@@ -212,6 +214,7 @@ fn brake_freezes_and_budget_defers_reschedules() {
         obs.tasks.insert(
             j.name.clone(),
             vec![TaskView {
+                home: None,
                 epoch: FencingToken(1),
                 agent: Some(aid("a")),
                 state: SlotState::Running,
@@ -252,6 +255,7 @@ fn crash_looping_task_backs_off_exponentially_and_prefers_another_agent() {
     obs.tasks.insert(
         JobName::new("w"),
         vec![TaskView {
+            home: None,
             epoch: FencingToken(3),
             agent: Some(aid("a")),
             state: SlotState::Failed,
@@ -280,6 +284,7 @@ fn no_capacity_evicts_and_alarms() {
     obs.tasks.insert(
         JobName::new("big"),
         vec![TaskView {
+            home: None,
             epoch: FencingToken(1),
             agent: Some(aid("a")),
             state: SlotState::Running,
@@ -597,6 +602,7 @@ proptest! {
             let name = JobName::new(format!("j{j}"));
             let slots = obs.tasks.entry(name).or_default();
             slots.push(TaskView {
+                home: None,
                 epoch: FencingToken(e),
                 agent: if TASK_STATES[s] == SlotState::Pending { None } else { Some(aid(&names[a % names.len()])) },
                 state: TASK_STATES[s],
@@ -619,4 +625,48 @@ proptest! {
         ops.dedup();
         prop_assert_eq!(ops.len(), n);
     }
+}
+
+#[test]
+fn a_single_replica_state_starts_again_where_its_copy_was_stopped() {
+    let mut ledger = job("ledger", JobKind::Singleton, 1);
+    ledger.state = Some(crate::state::StateSpec {
+        standbys: 0,
+        ..Default::default()
+    });
+    let plain = job("plain", JobKind::Singleton, 1);
+    let (desired, mut obs) = world(
+        &[("a", AgentState::Healthy), ("b", AgentState::Healthy)],
+        &[ledger, plain],
+    );
+    // b is the busier agent: placement alone would pick a.
+    obs.agents.get_mut(&aid("b")).unwrap().allocated = Resources::new(2000, 2048);
+    let stopped_on_b = TaskView {
+        home: Some("b".into()),
+        state: SlotState::Stopped,
+        epoch: FencingToken(3),
+        ..TaskView::pending()
+    };
+    obs.tasks
+        .insert(JobName::new("ledger"), vec![stopped_on_b.clone()]);
+    obs.tasks.insert(JobName::new("plain"), vec![stopped_on_b]);
+    let actions = plan(&cfg(), &desired, &obs, ms(2_000));
+    let started = |job: &str| {
+        actions.iter().find_map(|a| match a {
+            Action::Start { task, agent, .. } if task.job.as_str() == job => Some(agent.clone()),
+            _ => None,
+        })
+    };
+    // The state is on b: the ledger goes back there, though a is freer.
+    assert_eq!(started("ledger"), Some(aid("b")));
+    // A job without state is placed afresh, on the freer agent.
+    assert_eq!(started("plain"), Some(aid("a")));
+    // With b gone, the ledger is placed elsewhere rather than not at all.
+    obs.agents.remove(&aid("b"));
+    let actions = plan(&cfg(), &desired, &obs, ms(2_000));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Start { task, agent, .. } if task.job.as_str() == "ledger" && agent == &aid("a")))
+    );
 }

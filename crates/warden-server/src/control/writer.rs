@@ -298,6 +298,7 @@ mod tests {
             expected: FencingToken(expected),
             task: TaskId::parse(task).unwrap(),
             record: TaskView {
+                home: None,
                 epoch: FencingToken(epoch),
                 agent: Some(AgentId::new("a", 1)),
                 state: SlotState::Starting,
