@@ -97,6 +97,7 @@ fn main() {
                 session: SessionId(*session),
                 agent: id.clone(),
                 hello: Hello {
+                    restore_points: true,
                     reload: true,
                     config_files: true,
                     name,

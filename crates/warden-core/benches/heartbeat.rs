@@ -79,6 +79,7 @@ impl Fleet {
             let id = AgentId::new(format!("agent-{i:05}"), 1);
             f.index.insert(id.clone(), i);
             let hello = Hello {
+                restore_points: true,
                 reload: true,
                 config_files: true,
                 name: id.name.to_string(),

@@ -74,6 +74,7 @@ fn fleet() -> (Desired, Observed) {
             (
                 id.clone(),
                 AgentView {
+                    restore_points: true,
                     reload: true,
                     config_files: true,
                     state: AgentState::Healthy,

@@ -589,6 +589,7 @@ impl Controller {
             .agents
             .entry(id.clone())
             .or_insert_with(|| AgentView {
+                restore_points: false,
                 reload: false,
                 config_files: true,
                 state: AgentState::Joining,
@@ -681,6 +682,7 @@ impl Controller {
                 self.observed.agents.insert(
                     id.clone(),
                     AgentView {
+                        restore_points: false,
                         reload: false,
                         config_files: true,
                         state: r.map_or(AgentState::Failed, |r| r.state()),

@@ -147,6 +147,9 @@ pub struct AgentView {
     /// It applies a config-only change in place with a signal (session protocol 3).
     #[serde(default)]
     pub reload: bool,
+    /// It keeps data restore points of single-replica task state (session protocol 4).
+    #[serde(default)]
+    pub restore_points: bool,
 }
 
 /// One task slot as recorded by the controller.

@@ -178,6 +178,7 @@ impl From<&v1::Hello> for Hello {
             reattach_window: std::time::Duration::from_millis(h.reattach_window_ms),
             config_files: crate::declared(h.protocol_min, h.protocol_max).1 >= 2,
             reload: crate::declared(h.protocol_min, h.protocol_max).1 >= 3,
+            restore_points: crate::declared(h.protocol_min, h.protocol_max).1 >= 4,
         }
     }
 }

@@ -15,8 +15,9 @@ pub const PROTOCOL_OLDEST: u32 = 1;
 /// The newest revision of the session protocol this build speaks. Revisions: 1, the first
 /// (no negotiation); 2, protocol ranges in Hello and Welcome, configuration files in Assign;
 /// 3, job versions in Assign and copy reports, and ReloadTask (a config change applied in
-/// place with a signal).
-pub const PROTOCOL_NEWEST: u32 = 3;
+/// place with a signal); 4, data epochs in Assign (restore points of single-replica task
+/// state).
+pub const PROTOCOL_NEWEST: u32 = 4;
 
 /// The range of revisions a peer declared: `(0, 0)` — a peer from before the negotiation —
 /// speaks revision 1 only.
@@ -68,15 +69,16 @@ mod tests {
             Ok(1),
             "a peer from before negotiation"
         );
-        assert_eq!(negotiate(declared(1, 3), "same"), Ok(PROTOCOL_NEWEST));
-        assert_eq!(negotiate(declared(1, 2), "the release before"), Ok(2));
+        assert_eq!(negotiate(declared(1, 4), "same"), Ok(PROTOCOL_NEWEST));
+        assert_eq!(negotiate(declared(1, 3), "the release before"), Ok(3));
+        assert_eq!(negotiate(declared(1, 2), "two releases before"), Ok(2));
         assert_eq!(
             negotiate(declared(1, 9), "newer, compatible"),
             Ok(PROTOCOL_NEWEST)
         );
-        let e = negotiate(declared(5, 6), "agent a (version 9.0)").unwrap_err();
+        let e = negotiate(declared(6, 7), "agent a (version 9.0)").unwrap_err();
         assert!(
-            e.contains("agent a (version 9.0) speaks session protocol 5-6"),
+            e.contains("agent a (version 9.0) speaks session protocol 6-7"),
             "{e}"
         );
         assert!(

@@ -71,6 +71,7 @@ impl Controller {
         if let Some(v) = self.observed.agents.get_mut(&id) {
             v.config_files = hello.config_files;
             v.reload = hello.reload;
+            v.restore_points = hello.restore_points;
         }
         self.fleet.set_reattach_window(&id, hello.reattach_window);
         if let Some(book) = self.books.get_mut(&id) {

@@ -50,6 +50,9 @@ pub struct Hello {
     /// The agent applies a config change in place with a signal ([`Order::Reload`], session
     /// protocol 3 and later); others get a new copy instead.
     pub reload: bool,
+    /// The agent keeps data restore points of single-replica task state and puts them back
+    /// (session protocol 4 and later): a revert past a data epoch is allowed only then.
+    pub restore_points: bool,
 }
 
 impl Hello {

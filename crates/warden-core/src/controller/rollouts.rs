@@ -362,7 +362,7 @@ impl Controller {
         let points = if release::restorable(&current.spec) && release::restorable(spec) {
             format!(
                 " (no kept version took a restore point of data epoch {wants} or before to \
-                 put back)"
+                 put back, or the agent holding the state is of a release that keeps none)"
             )
         } else {
             String::new()
@@ -386,6 +386,26 @@ impl Controller {
         if spec.data_epoch >= current.spec.data_epoch
             || !release::restorable(&current.spec)
             || !release::restorable(spec)
+        {
+            return None;
+        }
+        // The agent holding the state must be one that puts restore points back (an agent
+        // of an older release would start the version on data it cannot read); one not
+        // known here is checked by the agent itself when the copy starts.
+        let holder = self
+            .observed
+            .tasks
+            .get(job)
+            .and_then(|s| s.first())
+            .and_then(|t| t.agent.as_ref().map(|a| a.name.clone()).or(t.home.clone()));
+        if let Some(name) = holder
+            && self
+                .observed
+                .agents
+                .iter()
+                .filter(|(id, _)| id.name == name)
+                .max_by_key(|(id, _)| id.generation)
+                .is_some_and(|(_, v)| !v.restore_points)
         {
             return None;
         }

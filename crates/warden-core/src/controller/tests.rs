@@ -212,6 +212,7 @@ impl H {
             session: SessionId(self.next_session),
             agent: id.clone(),
             hello: Hello {
+                restore_points: true,
                 reload: true,
                 config_files: true,
                 name: name.into(),
@@ -524,6 +525,7 @@ fn a_partitioned_generation_that_comes_back_is_told_to_rejoin() {
             session: SessionId(99),
             agent: on.clone(),
             hello: Hello {
+                restore_points: true,
                 reload: true,
                 config_files: true,
                 name: on.name.to_string(),
@@ -572,6 +574,7 @@ fn an_unacted_assignment_is_sent_again_and_at_once_on_a_new_session() {
         session: SessionId(h.next_session),
         agent: a.clone(),
         hello: Hello {
+            restore_points: true,
             reload: true,
             config_files: true,
             name: "a".into(),
@@ -691,6 +694,7 @@ fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
         session: SessionId(h.next_session),
         agent: on.clone(),
         hello: Hello {
+            restore_points: true,
             reload: true,
             config_files: true,
             name: on.name.to_string(),
@@ -1691,6 +1695,33 @@ fn a_failed_rise_of_the_data_epoch_goes_back_to_its_restore_point_on_the_same_ag
         "{:?}",
         h.placed
     );
+}
+
+#[test]
+fn a_revert_to_a_restore_point_needs_an_agent_that_keeps_them() {
+    let mut h = H::new();
+    let a = h.join("a", 1);
+    h.run(Duration::from_secs(2), &[&a]);
+    let ledger = |data_epoch: u32| JobSpec {
+        data_epoch,
+        state: Some(crate::state::StateSpec {
+            standbys: 0,
+            ..Default::default()
+        }),
+        update: Some(fast_update(1)),
+        args: vec![data_epoch.to_string()],
+        ..job("ledger", JobKind::Singleton, 1)
+    };
+    h.submit(ledger(0));
+    h.run(Duration::from_secs(3), &[&a]);
+    h.submit(ledger(1));
+    h.run(Duration::from_secs(4), &[&a]);
+    assert_eq!(h.slot("ledger", 0).version, 2);
+    h.c.check_revert("ledger", Some(1), h.now).unwrap();
+    // The same agent, of a release that keeps no restore points.
+    h.c.observed.agents.get_mut(&a).unwrap().restore_points = false;
+    let err = h.c.check_revert("ledger", Some(1), h.now).unwrap_err();
+    assert!(err.to_string().contains("keeps none"), "{err}");
 }
 
 #[test]

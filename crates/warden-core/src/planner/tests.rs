@@ -32,6 +32,7 @@ fn job(name: &str, kind: JobKind, replicas: u32) -> JobSpec {
 
 fn agent(state: AgentState) -> AgentView {
     AgentView {
+        restore_points: true,
         reload: true,
         config_files: true,
         state,

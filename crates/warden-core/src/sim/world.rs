@@ -840,6 +840,7 @@ impl<'a> World<'a> {
         });
         let running = p.copies.iter().map(|(t, c)| (t.clone(), c.epoch)).collect();
         let hello = Hello {
+            restore_points: true,
             reload: false,
             config_files: true,
             name,
