@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Small per-stream buffers: a server holds many sessions of tiny messages.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::SessionCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

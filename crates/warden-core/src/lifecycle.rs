@@ -663,7 +663,9 @@ pub struct AgentRecord {
 #[derive(Clone, Debug)]
 struct Live {
     detector: Detector,
-    anomalies: [SignalDetector; SignalKind::ALL.len()],
+    /// One per signal kind, made at the signal's first sample: an agent pays only for the
+    /// signals it reports (a calibrated detector is about 3 KiB).
+    anomalies: [Option<SignalDetector>; SignalKind::ALL.len()],
 }
 
 impl AgentRecord {
@@ -673,7 +675,7 @@ impl AgentRecord {
             phase: Phase::Joining { since: now },
             live: Some(Box::new(Live {
                 detector: cfg.detector.build(),
-                anomalies: SignalKind::ALL.map(|k| SignalDetector::for_signal(&cfg.anomaly, k)),
+                anomalies: [const { None }; SignalKind::ALL.len()],
             })),
             ended_suspicion: 0.0,
             last_seq: 0,
@@ -722,7 +724,7 @@ impl AgentRecord {
         SignalKind::ALL
             .into_iter()
             .zip(self.live.iter().flat_map(|l| l.anomalies.iter()))
-            .filter(|(_, d)| d.is_anomalous())
+            .filter(|(_, d)| d.as_ref().is_some_and(SignalDetector::is_anomalous))
             .map(|(k, _)| k)
             .collect()
     }
@@ -1022,7 +1024,10 @@ impl Fleet {
                 let anomalies = rec.live.iter_mut().flat_map(|l| l.anomalies.iter_mut());
                 for (kind, det) in SignalKind::ALL.into_iter().zip(anomalies) {
                     if let Some(v) = signals.get(kind) {
-                        det.observe(now.as_secs_f64(), v);
+                        det.get_or_insert_with(|| {
+                            SignalDetector::for_signal(&self.cfg.anomaly, kind)
+                        })
+                        .observe(now.as_secs_f64(), v);
                     }
                 }
                 match state {

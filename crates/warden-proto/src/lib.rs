@@ -3,6 +3,7 @@
 //! types on purpose; every conversion between the two, both directions, is in [`convert`].
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod convert;
 pub mod pem;
 

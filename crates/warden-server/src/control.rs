@@ -40,7 +40,35 @@ use crate::leader::{Leadership, Standing};
 use crate::metrics::{Metrics, TimedStore};
 
 /// A session's outbound queue.
-pub(crate) type Outbox = mpsc::Sender<Result<v1::ServerMessage, tonic::Status>>;
+pub(crate) type Outbox = mpsc::Sender<Outgoing>;
+
+/// A message queued for a session. An ack, most of them, travels inline (24 bytes a slot);
+/// anything else boxed, so a session's queue (whose first block of slots is reserved when
+/// the session opens) stays small however large the rarer messages are.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Heartbeat `seq` acknowledged; the lease runs `lease_ttl_ms` from its send time.
+    Ack {
+        /// The heartbeat.
+        seq: u64,
+        /// The lease's length.
+        lease_ttl_ms: u64,
+    },
+    /// Any other message.
+    Other(Box<v1::ServerMessage>),
+}
+
+impl Outgoing {
+    /// The message on the wire.
+    pub fn into_message(self) -> v1::ServerMessage {
+        match self {
+            Outgoing::Ack { seq, lease_ttl_ms } => v1::ServerMessage {
+                msg: Some(v1::server_message::Msg::Ack(v1::Ack { seq, lease_ttl_ms })),
+            },
+            Outgoing::Other(m) => *m,
+        }
+    }
+}
 
 /// One open session, where the controller's orders for its generation go.
 #[derive(Debug)]
@@ -180,8 +208,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn send(tx: &Outbox, msg: v1::server_message::Msg) {
+    let out = match msg {
+        v1::server_message::Msg::Ack(a) => Outgoing::Ack {
+            seq: a.seq,
+            lease_ttl_ms: a.lease_ttl_ms,
+        },
+        msg => Outgoing::Other(Box::new(v1::ServerMessage { msg: Some(msg) })),
+    };
     // A full or closed channel means the session is going away; the lifecycle handles that.
-    let _ = tx.try_send(Ok(v1::ServerMessage { msg: Some(msg) }));
+    let _ = tx.try_send(out);
 }
 
 /// The election as the controller takes it: a deadline on the controller's clock.

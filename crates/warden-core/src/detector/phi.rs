@@ -8,8 +8,9 @@
 //! therefore adapts the effective timeout to the jitter the network actually shows.
 //!
 //! Why the implementation looks the way it does:
-//! - the interval statistics are kept as *exact integer* running sums (nanoseconds, `u128`),
-//!   so an update is O(1), allocation-free, and the variance can never drift or go negative
+//! - the intervals are kept to the microsecond (4 bytes each, the window grown as they
+//!   arrive) and their statistics as *exact integer* running sums (nanoseconds, `u128`),
+//!   so an update is O(1), allocates only while the window fills, and the variance can never drift or go negative
 //!   through floating-point cancellation — no periodic recomputation needed;
 //! - φ depends on the time since the last heartbeat only through the standardised value
 //!   `y = (elapsed − mean − acceptable_pause) / std`, so the `y*` at which φ reaches the
@@ -92,7 +93,7 @@ impl Default for PhiConfig {
 }
 
 /// Largest accepted window: keeps the exact `u128` sums far from overflow (see
-/// [`MAX_INTERVAL_NANOS`]) and memory per agent bounded (512 KiB).
+/// [`MAX_INTERVAL_NANOS`]) and memory per agent bounded (256 KiB).
 const MAX_WINDOW: usize = 65_536;
 /// Intervals longer than this are recorded as this. An hour of silence is already a dead agent
 /// as far as statistics go, and the cap bounds `window × interval²` below `u128::MAX`.
@@ -199,10 +200,12 @@ pub struct PhiAccrual {
     y_star: f64,
     pause_ms: f64,
     min_std_ms: f64,
-    /// Ring buffer of inter-arrival intervals in nanoseconds; `head` is the next slot to write
-    /// (and, once full, the oldest sample).
-    intervals: Box<[u64]>,
+    /// Inter-arrival intervals in whole microseconds (an hour, the longest recorded, fits in
+    /// a `u32`: 4 bytes an interval). Grows as intervals arrive, up to the window, then a
+    /// ring whose `head` is the oldest sample: a detector holds only what it has seen.
+    intervals: Vec<u32>,
     head: usize,
+    window: usize,
     len: usize,
     /// Exact running sums over the window: Σx fits in u64 (window × max interval < 2⁶⁴),
     /// Σx² needs u128.
@@ -238,8 +241,9 @@ impl PhiAccrual {
             y_star: solve_y_star(threshold),
             pause_ms,
             min_std_ms,
-            intervals: vec![0; window].into_boxed_slice(),
+            intervals: Vec::new(),
             head: 0,
+            window,
             len: 0,
             sum: 0,
             sum_sq: 0,
@@ -308,22 +312,26 @@ impl PhiAccrual {
         self.y_star
     }
 
+    /// Add an interval of `x` nanoseconds (kept to the microsecond: the sums hold exactly
+    /// what the window holds).
     fn push(&mut self, x: u64) {
-        let cap = self.intervals.len();
-        if self.len == cap {
-            let old = self.intervals[self.head];
+        let us = u32::try_from(x / 1_000).unwrap_or(u32::MAX);
+        let x = u64::from(us) * 1_000;
+        if self.intervals.len() < self.window {
+            self.intervals.push(us);
+            self.len = self.intervals.len();
+        } else {
+            let old = u64::from(self.intervals[self.head]) * 1_000;
             self.sum -= old;
             self.sum_sq -= u128::from(old) * u128::from(old);
-        } else {
-            self.len += 1;
+            self.intervals[self.head] = us;
+            self.head += 1;
+            if self.head == self.window {
+                self.head = 0;
+            }
         }
-        self.intervals[self.head] = x;
         self.sum += x;
         self.sum_sq += u128::from(x) * u128::from(x);
-        self.head += 1;
-        if self.head == cap {
-            self.head = 0;
-        }
     }
 
     /// Recompute mean, σ and the deadline from the exact sums.

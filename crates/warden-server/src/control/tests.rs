@@ -61,10 +61,10 @@ fn a_second_generation_is_refused_while_the_first_session_is_open() {
     );
 }
 
-fn acks(rx: &mut mpsc::Receiver<Result<v1::ServerMessage, tonic::Status>>) -> Vec<u64> {
+fn acks(rx: &mut mpsc::Receiver<super::Outgoing>) -> Vec<u64> {
     let mut ttls = Vec::new();
-    while let Ok(Ok(m)) = rx.try_recv() {
-        if let Some(v1::server_message::Msg::Ack(a)) = m.msg {
+    while let Ok(m) = rx.try_recv() {
+        if let Some(v1::server_message::Msg::Ack(a)) = m.into_message().msg {
             ttls.push(a.lease_ttl_ms);
         }
     }
