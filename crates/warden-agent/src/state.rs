@@ -339,16 +339,17 @@ impl TaskStates {
     /// A single-replica state (no standbys) is first brought to `data_epoch`, the copy's
     /// version's: a restore point is taken before the data epoch rises, and one put back
     /// when it falls (`warden_state::restore`); a fall with no restore point to go back to
-    /// refuses the copy, with the reason.
+    /// refuses the copy, with the reason. `None` (a server of protocol 3 or older, which
+    /// does not say it) leaves the state's data epoch as it is.
     pub fn open_store(
         data: &Path,
         task: &TaskId,
         epoch: FencingToken,
         spec: &StateSpec,
         role: Option<(Role, u64)>,
-        data_epoch: u32,
+        data_epoch: Option<u32>,
     ) -> Result<StateStore, String> {
-        if role.is_none() && spec.standbys == 0 {
+        if let Some(data_epoch) = data_epoch.filter(|_| role.is_none() && spec.standbys == 0) {
             let unix_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -602,7 +603,7 @@ mod tests {
         };
         // The order sent again while the state opens: nothing more to do.
         assert!(matches!(states.prepare(&t, e).unwrap(), Prepared::Opening));
-        let store = TaskStates::open_store(&data, &t, e, &spec, None, 0).unwrap();
+        let store = TaskStates::open_store(&data, &t, e, &spec, None, Some(0)).unwrap();
         let env = states.install(&t, e, &spec, store).unwrap().unwrap();
         assert!(env["WARDEN_STATE_SOCK"].ends_with("ledger/api.sock"));
         assert_eq!(env["WARDEN_ROLE"], "primary");
@@ -615,12 +616,42 @@ mod tests {
         assert!(states.store(&t).is_none());
         // Stopped while opening: the opened store is closed, the task is not started.
         states.forget_opening(&t, FencingToken(4));
-        let store = TaskStates::open_store(&data, &t, FencingToken(4), &spec, None, 0).unwrap();
+        let store =
+            TaskStates::open_store(&data, &t, FencingToken(4), &spec, None, Some(0)).unwrap();
         assert_eq!(
             states.install(&t, FencingToken(4), &spec, store).unwrap(),
             None
         );
         assert!(states.store(&t).is_none());
         states.close_all();
+    }
+
+    #[test]
+    fn a_data_epoch_is_acted_on_only_when_the_server_says_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("ledger");
+        let spec = StateSpec {
+            standbys: 0,
+            ..StateSpec::default()
+        };
+        let t = task();
+        TaskStates::open_store(&data, &t, FencingToken(1), &spec, None, Some(2))
+            .unwrap()
+            .close();
+        // A server of protocol 3 says no data epoch: the state is opened as it is, not
+        // taken for a fall to data epoch 0.
+        TaskStates::open_store(&data, &t, FencingToken(2), &spec, None, None)
+            .unwrap()
+            .close();
+        assert_eq!(warden_state::restore::recorded(&data).unwrap(), Some(2));
+        // A fall the agent holds no restore point for refuses the copy, naming both epochs.
+        let Err(why) = TaskStates::open_store(&data, &t, FencingToken(3), &spec, None, Some(1))
+        else {
+            panic!("a fall without a restore point must be refused");
+        };
+        assert!(
+            why.contains("data epoch 2") && why.contains("data epoch 1"),
+            "{why}"
+        );
     }
 }

@@ -281,7 +281,7 @@ impl From<&Assignment> for v1::Assign {
                 .unwrap_or_default(),
             config: config_to_wire(&a.config),
             version: a.version,
-            data_epoch: a.data_epoch,
+            data_epoch: Some(a.data_epoch),
         }
     }
 }
@@ -379,7 +379,7 @@ impl TryFrom<&v1::Assign> for Assignment {
         };
         Ok(Assignment {
             task,
-            data_epoch: a.data_epoch,
+            data_epoch: a.data_epoch.unwrap_or(0),
             epoch: FencingToken(a.epoch),
             singleton: a.singleton,
             command: a.command.clone(),
