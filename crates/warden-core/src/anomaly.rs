@@ -294,8 +294,9 @@ impl AnomalyDetector {
 pub enum SignalDetector {
     /// The calibrated detector (boxed: about 3 KiB).
     Tail(Box<TailDetector>),
-    /// The EWMA z-score detector.
-    Ewma(AnomalyDetector),
+    /// The EWMA z-score detector (boxed too: it carries its settings, and an agent keeps one
+    /// slot per signal kind, most of them empty).
+    Ewma(Box<AnomalyDetector>),
 }
 
 impl SignalDetector {
@@ -308,7 +309,7 @@ impl SignalDetector {
                 AnomalyConfig::min_std(kind),
             ))),
             DetectorKind::Ewma => {
-                SignalDetector::Ewma(AnomalyDetector::for_signal(cfg.clone(), kind))
+                SignalDetector::Ewma(Box::new(AnomalyDetector::for_signal(cfg.clone(), kind)))
             }
         }
     }

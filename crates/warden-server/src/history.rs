@@ -6,9 +6,11 @@
 //! [`BUCKETS`] buckets (10 minutes). A bucket keeps the *worst* score and phi seen in it and
 //! the highest of each signal, so a short dip between two buckets is not averaged away.
 //!
-//! Memory: a [`Sample`] is 32 bytes and each ring is allocated once at exactly [`BUCKETS`]
-//! entries, so an agent costs 120 × 32 B ≈ 3.8 KiB plus its name and a map entry — about
-//! 40 MB for 10,000 agents. Rings of names that leave the view are dropped at the next sample.
+//! Memory: a ring keeps its buckets packed in 20 bytes each (the readings as 16-bit fixed
+//! point, finer than a chart shows: a score to 0.01, a utilisation to 0.0001, a latency to the
+//! millisecond up to 65 s) and grows as buckets arrive, to exactly [`BUCKETS`]: an agent costs
+//! at most 120 × 20 B ≈ 2.3 KiB plus its name and a map entry — about 25 MB for 10,000
+//! agents. Rings of names that leave the view are dropped at the next sample.
 //! Nothing here is persisted; a restarted server starts with empty charts.
 
 use std::collections::HashMap;
@@ -82,10 +84,77 @@ impl Sample {
     }
 }
 
-/// A fixed-capacity ring of buckets, oldest first.
+/// Not reported (a NaN reading), packed.
+const ABSENT: u16 = u16::MAX;
+
+/// A reading in 16-bit fixed point: `v × scale`, rounded, held below [`ABSENT`].
+fn pack(v: f32, scale: f32) -> u16 {
+    if v.is_nan() {
+        ABSENT
+    } else {
+        (v * scale).round().clamp(0.0, f32::from(ABSENT - 1)) as u16
+    }
+}
+
+fn unpack(v: u16, scale: f32) -> f32 {
+    if v == ABSENT {
+        f32::NAN
+    } else {
+        f32::from(v) / scale
+    }
+}
+
+/// Scales of the packed readings.
+const SCORE: f32 = 100.0;
+const PHI: f32 = 50.0;
+const SHARE: f32 = 10_000.0;
+const MS: f32 = 1.0;
+
+/// A [`Sample`] as a ring keeps it (20 bytes instead of 32).
+#[derive(Clone, Copy, Debug)]
+struct Packed {
+    unix_s: u32,
+    score: u16,
+    phi: u16,
+    cpu: u16,
+    memory: u16,
+    error_rate: u16,
+    latency_ms: u16,
+    pressure: u16,
+}
+
+impl Packed {
+    fn of(s: &Sample) -> Packed {
+        Packed {
+            unix_s: s.unix_s,
+            score: pack(s.score, SCORE),
+            phi: pack(s.phi, PHI),
+            cpu: pack(s.cpu, SHARE),
+            memory: pack(s.memory, SHARE),
+            error_rate: pack(s.error_rate, SHARE),
+            latency_ms: pack(s.latency_ms, MS),
+            pressure: pack(s.pressure, SCORE),
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        Sample {
+            unix_s: self.unix_s,
+            score: unpack(self.score, SCORE),
+            phi: unpack(self.phi, PHI),
+            cpu: unpack(self.cpu, SHARE),
+            memory: unpack(self.memory, SHARE),
+            error_rate: unpack(self.error_rate, SHARE),
+            latency_ms: unpack(self.latency_ms, MS),
+            pressure: unpack(self.pressure, SCORE),
+        }
+    }
+}
+
+/// A ring of buckets, oldest first, grown as buckets arrive up to [`BUCKETS`].
 #[derive(Debug)]
 struct Ring {
-    buf: Vec<Sample>,
+    buf: Vec<Packed>,
     /// Index of the oldest sample once the ring is full.
     head: usize,
 }
@@ -93,12 +162,12 @@ struct Ring {
 impl Ring {
     fn new() -> Self {
         Ring {
-            buf: Vec::with_capacity(BUCKETS),
+            buf: Vec::new(),
             head: 0,
         }
     }
 
-    fn newest_mut(&mut self) -> Option<&mut Sample> {
+    fn newest_mut(&mut self) -> Option<&mut Packed> {
         let n = self.buf.len();
         if n == 0 {
             return None;
@@ -111,8 +180,12 @@ impl Ring {
         self.buf.get_mut(i)
     }
 
-    fn push(&mut self, s: Sample) {
+    fn push(&mut self, s: Packed) {
         if self.buf.len() < BUCKETS {
+            // Twelve buckets (a minute) at a time, never past the ring's size.
+            if self.buf.len() == self.buf.capacity() {
+                self.buf.reserve_exact(12.min(BUCKETS - self.buf.len()));
+            }
             self.buf.push(s);
         } else {
             self.buf[self.head] = s;
@@ -122,7 +195,7 @@ impl Ring {
 
     fn samples(&self) -> Vec<Sample> {
         let (a, b) = self.buf.split_at(self.head.min(self.buf.len()));
-        b.iter().chain(a).copied().collect()
+        b.iter().chain(a).map(Packed::sample).collect()
     }
 }
 
@@ -154,10 +227,14 @@ impl History {
             let sample = Sample::of(a, start);
             let ring = rings.entry(a.name.clone()).or_insert_with(Ring::new);
             match ring.newest_mut() {
-                Some(last) if last.unix_s == start => last.fold(&sample),
-                // A clock step backwards: keep the ring in time order by folding into the last.
-                Some(last) if last.unix_s > start => last.fold(&sample),
-                _ => ring.push(sample),
+                // The same bucket, or a clock step backwards (the ring stays in time order
+                // by folding into the last).
+                Some(last) if last.unix_s >= start => {
+                    let mut folded = last.sample();
+                    folded.fold(&sample);
+                    *last = Packed::of(&folded);
+                }
+                _ => ring.push(Packed::of(&sample)),
             }
         }
     }
@@ -230,6 +307,8 @@ mod tests {
         assert!(s.windows(2).all(|w| w[0].unix_s < w[1].unix_s));
         assert_eq!(s[BUCKETS - 1].score, (BUCKETS * 3 - 1) as f32);
         assert_eq!(std::mem::size_of::<Sample>(), 32);
+        assert_eq!(std::mem::size_of::<Packed>(), 20);
+        assert!(h.rings.lock().unwrap()["a"].buf.capacity() <= BUCKETS);
     }
 
     #[test]
