@@ -349,6 +349,10 @@ impl TaskStates {
         role: Option<(Role, u64)>,
         data_epoch: Option<u32>,
     ) -> Result<StateStore, String> {
+        // Held from here until the store is closed: a store of this directory still
+        // closing (a copy stopped a moment ago) finishes first.
+        let dir_lock = warden_state::restore::DirLock::acquire(data)
+            .map_err(|e| format!("state of {task}: {e}"))?;
         if let Some(data_epoch) = data_epoch.filter(|_| role.is_none() && spec.standbys == 0) {
             let unix_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -375,6 +379,7 @@ impl TaskStates {
         let (role, epoch) = role.unwrap_or((Role::Primary, epoch.0));
         let (store, opened) = StateStore::open(data, role, epoch, spec.standbys, Limits::default())
             .map_err(|e| format!("open the state of {task}: {e}"))?;
+        store.hold(dir_lock);
         if opened.torn_bytes > 0 {
             warn!(task = %task, bytes = opened.torn_bytes, "cut a torn write at the end of the state log");
         }

@@ -297,6 +297,39 @@ pub fn restorable(spec: &JobSpec) -> bool {
     spec.state.is_some_and(|s| s.standbys == 0)
 }
 
+/// The restore points the agent holding a job's state keeps after `releases` ran in order,
+/// as `(data epoch, the version that took it)`, by the agent's rules
+/// (`warden_state::restore::align`): a rise from `e` takes a point of `e`; a fall puts back
+/// the newest point it can read, sets the points above it aside, and takes the point again
+/// when it is older than the version's epoch. What ran before the oldest kept version is not
+/// known, and counts as nothing (a revert it would allow is refused).
+pub fn expected_points(releases: &[Release]) -> Vec<(u32, u64)> {
+    let mut points: Vec<(u32, u64)> = Vec::new();
+    for pair in releases.windows(2) {
+        let [before, r] = pair else { continue };
+        if !(restorable(&before.spec) && restorable(&r.spec)) {
+            points.clear();
+            continue;
+        }
+        let (had, to) = (before.spec.data_epoch, r.spec.data_epoch);
+        if to > had {
+            points.retain(|&(e, _)| e != had);
+            points.push((had, r.version));
+        } else if to < had {
+            match points.iter().map(|&(e, _)| e).filter(|&e| e <= to).max() {
+                Some(back) => {
+                    points.retain(|&(e, _)| e < back);
+                    if back < to {
+                        points.push((back, r.version));
+                    }
+                }
+                None => points.clear(),
+            }
+        }
+    }
+    points
+}
+
 /// Where a rollout stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -466,6 +499,10 @@ pub fn template_eq(a: &JobSpec, b: &JobSpec) -> bool {
         && a.service.as_ref().map(|s| s.port) == b.service.as_ref().map(|s| s.port)
         && a.state == b.state
         && a.config == b.config
+        // A single-replica state's data epoch decides what its agent does to the data before
+        // the copy starts (a restore point, or one put back): a change of it alone is a new
+        // copy, so it takes effect in the rollout, not at some later restart.
+        && (a.data_epoch == b.data_epoch || !restorable(a))
 }
 
 /// Whether a copy started from `from` can become a copy of `to` by a reload: the two run the
@@ -543,6 +580,46 @@ mod tests {
             update: None,
             config: vec![],
         }
+    }
+
+    #[test]
+    fn restore_points_follow_the_agents_rules_through_a_history() {
+        let ledger = |data_epoch: u32| JobSpec {
+            data_epoch,
+            state: Some(crate::state::StateSpec {
+                standbys: 0,
+                ..Default::default()
+            }),
+            ..spec("ledger", 1)
+        };
+        let mut rel: Option<JobReleases> = None;
+        let mut after = Vec::new();
+        for e in [0, 1, 2, 0, 2, 1] {
+            let next = JobReleases::with_release(rel.as_ref(), ledger(e), 1, "s".into(), 10);
+            after.push(expected_points(&next.releases));
+            rel = Some(next);
+        }
+        assert_eq!(after[1], vec![(0, 2)]);
+        assert_eq!(after[2], vec![(0, 2), (1, 3)]);
+        // Back to 0: point 0 is used up, point 1 goes aside with the history undone.
+        assert_eq!(after[3], vec![]);
+        assert_eq!(after[4], vec![(0, 5)]);
+        // Back to 1 finds point 0 of the new history (not the old point 1), puts it back and
+        // takes it again on the way up to 1.
+        assert_eq!(after[5], vec![(0, 6)]);
+        let rel = rel.unwrap();
+        // What each version recorded taking, for `warden job history`.
+        assert_eq!(rel.get(3).unwrap().restore_point, Some(1));
+        assert_eq!(rel.get(4).unwrap().restore_point, None);
+        // A change of the data epoch alone is a new template for such a job, not for others.
+        assert!(!template_eq(&ledger(0), &ledger(1)));
+        assert!(template_eq(
+            &JobSpec {
+                data_epoch: 1,
+                ..spec("a", 1)
+            },
+            &spec("a", 1)
+        ));
     }
 
     #[test]

@@ -52,6 +52,50 @@ pub enum Aligned {
     },
 }
 
+/// How long [`DirLock::acquire`] waits for the store before to be closed.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An exclusive lock on a state's directory (`flock` on its `lock` file): taken before the
+/// directory is aligned and opened, held by the store until it is closed
+/// ([`crate::StateStore::hold`]), so a copy's store still closing, or a checkpoint it was
+/// writing, never meets a restore or another store in the same files.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Take the lock of `dir` (created if need be), waiting up to [`LOCK_WAIT`] for a store
+    /// of the directory to be closed; blocking.
+    pub fn acquire(dir: &Path) -> Result<DirLock, String> {
+        fs::create_dir_all(dir).map_err(|e| err("create directory", dir, e))?;
+        let path = dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| err("open", &path, e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(DirLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(format!(
+                        "the state in {} is still held by another store after {} s",
+                        dir.display(),
+                        LOCK_WAIT.as_secs()
+                    ));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(err("lock", &path, e)),
+            }
+        }
+    }
+}
+
 fn err(what: &str, path: &Path, e: io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
@@ -145,14 +189,15 @@ fn point_dir(dir: &Path, epoch: u32) -> PathBuf {
 /// a copy of a version declaring it opens it: take a restore point before the data epoch
 /// rises, put one back when it falls. An error names what is missing or failed; the state is
 /// then as it was (or a restore under way is finished on the next call).
+///
+/// A fall puts back the newest restore point at `data_epoch` or before; the restore points
+/// above it belong to the history being undone and go aside with the data. When the point
+/// put back is older than `data_epoch`, the rise to it follows at once (a new restore point
+/// of the data put back), so the directory always records the epoch its data is written in.
 pub fn align(dir: &Path, data_epoch: u32, unix_ms: u64) -> Result<Aligned, String> {
     fs::create_dir_all(dir).map_err(|e| err("create directory", dir, e))?;
     // A restore cut short by a crash is finished first.
-    if let Some((point, _)) = finish_restore(dir)?
-        && point == data_epoch
-    {
-        return Ok(Aligned::Same);
-    }
+    let mut restored = finish_restore(dir)?;
     let Some(had) = recorded(dir)? else {
         let fresh = data_files(dir)?.is_empty();
         write_atomic(dir, DATA_EPOCH_FILE, &data_epoch.to_string())?;
@@ -162,42 +207,74 @@ pub fn align(dir: &Path, data_epoch: u32, unix_ms: u64) -> Result<Aligned, Strin
             Aligned::Adopted
         });
     };
-    if had == data_epoch {
-        return Ok(Aligned::Same);
+    if had > data_epoch {
+        let have = points(dir)?;
+        let Some(&point) = have.iter().rev().find(|&&e| e <= data_epoch) else {
+            let kept = if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(format!(
+                "the state in {} was written under data epoch {had}, which this version (data \
+                 epoch {data_epoch}) cannot read, and this agent keeps no restore point at data \
+                 epoch {data_epoch} or before (restore points kept: {kept})",
+                dir.display()
+            ));
+        };
+        let aside = new_aside(dir, had, unix_ms)?;
+        write_atomic(dir, JOURNAL, &format!("{point} {had} {aside} discard"))?;
+        restored = finish_restore(dir)?;
+        if restored.is_none() {
+            return Err(format!("restore in {} did not run", dir.display()));
+        }
     }
-    if had < data_epoch {
-        take_point(dir, had)?;
+    let now = recorded(dir)?.unwrap_or(data_epoch);
+    let took = now < data_epoch;
+    if took {
+        take_point(dir, now)?;
         write_atomic(dir, DATA_EPOCH_FILE, &data_epoch.to_string())?;
         prune(dir)?;
-        return Ok(Aligned::Took { from: had });
     }
-    let have = points(dir)?;
-    let Some(&point) = have.iter().rev().find(|&&e| e <= data_epoch) else {
-        let kept = if have.is_empty() {
-            "none".to_string()
-        } else {
-            have.iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(format!(
-            "the state in {} was written under data epoch {had}, which this version (data \
-             epoch {data_epoch}) cannot read, and this agent keeps no restore point at data \
-             epoch {data_epoch} or before (restore points kept: {kept})",
-            dir.display()
-        ));
-    };
-    let aside = format!("set-aside-epoch-{had}-{unix_ms}");
-    write_atomic(dir, JOURNAL, &format!("{point} {aside} discard"))?;
-    let Some((_, set_aside)) = finish_restore(dir)? else {
-        return Err(format!("restore in {} did not run", dir.display()));
-    };
-    Ok(Aligned::Restored {
-        from: had,
-        point,
-        set_aside,
+    Ok(match restored {
+        Some((point, from, set_aside)) => Aligned::Restored {
+            from,
+            point,
+            set_aside,
+        },
+        None if took => Aligned::Took { from: now },
+        None => Aligned::Same,
     })
+}
+
+/// A new, empty directory for the data a restore sets aside (never one that exists: two
+/// restores in one millisecond, or a clock stepped back, get their own).
+fn new_aside(dir: &Path, had: u32, unix_ms: u64) -> Result<String, String> {
+    let restore = dir.join(RESTORE_DIR);
+    fs::create_dir_all(&restore).map_err(|e| err("create directory", &restore, e))?;
+    for n in 0u32..1000 {
+        let name = if n == 0 {
+            format!("set-aside-epoch-{had}-{unix_ms}")
+        } else {
+            format!("set-aside-epoch-{had}-{unix_ms}-{n}")
+        };
+        let path = restore.join(&name);
+        match fs::create_dir(&path) {
+            Ok(()) => {
+                sync_dir(&restore)?;
+                return Ok(name);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err("create directory", &path, e)),
+        }
+    }
+    Err(format!(
+        "no free name for the data to set aside in {}",
+        restore.display()
+    ))
 }
 
 /// Copy the data files into a new restore point of data epoch `epoch` (replacing an older
@@ -236,50 +313,63 @@ fn prune(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Finish a restore written down in the journal, if any: `Some((point, set_aside))` once
-/// done. Each phase can run again after a crash: `discard` moves every data file aside,
-/// `install` moves the restore point's files in.
-fn finish_restore(dir: &Path) -> Result<Option<(u32, PathBuf)>, String> {
+/// Finish a restore written down in the journal, if any: `Some((point, from, set_aside))`
+/// once done. Each phase can run again after a crash: `discard` moves every data file, and
+/// the restore points above the one put back, aside; `install` moves the restore point's
+/// files in.
+fn finish_restore(dir: &Path) -> Result<Option<(u32, u32, PathBuf)>, String> {
     let journal = dir.join(JOURNAL);
     let text = match fs::read_to_string(&journal) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err("read", &journal, e)),
     };
+    let not_journal = || format!("{} is not a restore journal", journal.display());
     let parts: Vec<&str> = text.split_whitespace().collect();
-    let (point, aside, phase) = match parts.as_slice() {
-        [p, a, ph] if !a.contains('/') && a.starts_with("set-aside-") => match p.parse::<u32>() {
-            Ok(p) => (p, *a, *ph),
-            Err(_) => return Err(format!("{} is not a restore journal", journal.display())),
-        },
-        _ => return Err(format!("{} is not a restore journal", journal.display())),
+    let [point, from, aside, phase] = parts.as_slice() else {
+        return Err(not_journal());
     };
-    let from = point_dir(dir, point);
-    let set_aside = dir.join(RESTORE_DIR).join(aside);
-    if phase == "discard" {
-        fs::create_dir_all(&set_aside).map_err(|e| err("create directory", &set_aside, e))?;
-        for name in data_files(dir)? {
-            let (a, b) = (dir.join(&name), set_aside.join(&name));
-            fs::rename(&a, &b).map_err(|e| err("move aside", &a, e))?;
-        }
-        sync_dir(&set_aside)?;
-        sync_dir(dir)?;
-        write_atomic(dir, JOURNAL, &format!("{point} {aside} install"))?;
-    } else if phase != "install" {
-        return Err(format!("{} is not a restore journal", journal.display()));
+    let (Ok(point), Ok(from)) = (point.parse::<u32>(), from.parse::<u32>()) else {
+        return Err(not_journal());
+    };
+    if aside.contains('/') || !aside.starts_with("set-aside-") {
+        return Err(not_journal());
     }
-    for name in data_files(&from)? {
-        let (a, b) = (from.join(&name), dir.join(&name));
+    let restore = dir.join(RESTORE_DIR);
+    let source = point_dir(dir, point);
+    let set_aside = restore.join(aside);
+    match *phase {
+        "discard" => {
+            fs::create_dir_all(&set_aside).map_err(|e| err("create directory", &set_aside, e))?;
+            for name in data_files(dir)? {
+                let (a, b) = (dir.join(&name), set_aside.join(&name));
+                fs::rename(&a, &b).map_err(|e| err("move aside", &a, e))?;
+            }
+            for e in points(dir)?.into_iter().filter(|&e| e > point) {
+                let (a, b) = (point_dir(dir, e), set_aside.join(format!("epoch-{e}")));
+                fs::rename(&a, &b).map_err(|e| err("move aside", &a, e))?;
+            }
+            sync_dir(&set_aside)?;
+            sync_dir(&restore)?;
+            sync_dir(dir)?;
+            write_atomic(dir, JOURNAL, &format!("{point} {from} {aside} install"))?;
+        }
+        "install" => {}
+        _ => return Err(not_journal()),
+    }
+    for name in data_files(&source)? {
+        let (a, b) = (source.join(&name), dir.join(&name));
         fs::rename(&a, &b).map_err(|e| err("restore", &a, e))?;
     }
     sync_dir(dir)?;
     write_atomic(dir, DATA_EPOCH_FILE, &point.to_string())?;
-    if from.exists() {
-        fs::remove_dir_all(&from).map_err(|e| err("remove", &from, e))?;
+    if source.exists() {
+        fs::remove_dir_all(&source).map_err(|e| err("remove", &source, e))?;
     }
     fs::remove_file(&journal).map_err(|e| err("remove", &journal, e))?;
+    sync_dir(&restore)?;
     sync_dir(dir)?;
-    Ok(Some((point, set_aside)))
+    Ok(Some((point, from, set_aside)))
 }
 
 #[cfg(test)]
@@ -388,6 +478,44 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(get(&dir, "k").as_deref(), Some("e1"));
+        // Put back at data epoch 1, then risen to 2 at once: the directory records the
+        // epoch its data is written in from now on, with a restore point of what came back.
+        assert_eq!(recorded(&dir).unwrap(), Some(2));
+        assert_eq!(points(&dir).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_fall_sets_the_undone_history_aside_with_its_restore_points() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ledger");
+        written_at_epochs_0_and_1(&dir);
+        align(&dir, 2, 3).unwrap();
+        put(&dir, 3, "k", "e2");
+        assert_eq!(points(&dir).unwrap(), vec![0, 1]);
+        // Back to 0: point 1 belongs to the history undone, and goes aside with it.
+        let Aligned::Restored { set_aside, .. } = align(&dir, 0, 4).unwrap() else {
+            panic!("expected a restore");
+        };
+        assert!(points(&dir).unwrap().is_empty());
+        assert!(set_aside.join("epoch-1").is_dir());
+        put(&dir, 4, "k", "e0-again");
+        align(&dir, 2, 5).unwrap();
+        put(&dir, 5, "k", "e2-again");
+        // A fall to 1 now finds no point of the undone history: it goes back to what
+        // epoch 0 wrote since, not to the old epoch-1 data.
+        let got = align(&dir, 1, 6).unwrap();
+        assert!(
+            matches!(
+                got,
+                Aligned::Restored {
+                    from: 2,
+                    point: 0,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(get(&dir, "k").as_deref(), Some("e0-again"));
         assert_eq!(recorded(&dir).unwrap(), Some(1));
     }
 
@@ -403,11 +531,43 @@ mod tests {
         for name in data_files(&dir).unwrap() {
             fs::rename(dir.join(&name), set_aside.join(&name)).unwrap();
         }
-        write_atomic(&dir, JOURNAL, &format!("0 {aside} install")).unwrap();
-        assert_eq!(align(&dir, 0, 3).unwrap(), Aligned::Same);
+        write_atomic(&dir, JOURNAL, &format!("0 1 {aside} install")).unwrap();
+        assert_eq!(
+            align(&dir, 0, 3).unwrap(),
+            Aligned::Restored {
+                from: 1,
+                point: 0,
+                set_aside: set_aside.clone()
+            }
+        );
         assert_eq!(get(&dir, "k").as_deref(), Some("e0"));
         assert_eq!(get(&set_aside, "k").as_deref(), Some("e1"));
         assert!(!dir.join(JOURNAL).exists());
+    }
+
+    #[test]
+    fn a_restore_cut_short_while_setting_aside_is_finished_on_the_next_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ledger");
+        written_at_epochs_0_and_1(&dir);
+        // A crash after the journal was written and one data file moved aside.
+        let aside = new_aside(&dir, 1, 9).unwrap();
+        let set_aside = dir.join(RESTORE_DIR).join(&aside);
+        write_atomic(&dir, JOURNAL, &format!("0 1 {aside} discard")).unwrap();
+        let first = data_files(&dir).unwrap().remove(0);
+        fs::rename(dir.join(&first), set_aside.join(&first)).unwrap();
+        assert!(matches!(
+            align(&dir, 0, 10).unwrap(),
+            Aligned::Restored {
+                from: 1,
+                point: 0,
+                ..
+            }
+        ));
+        assert_eq!(get(&dir, "k").as_deref(), Some("e0"));
+        assert_eq!(get(&set_aside, "k").as_deref(), Some("e1"));
+        // A second restore in the same millisecond gets a directory of its own.
+        assert_ne!(new_aside(&dir, 1, 9).unwrap(), aside);
     }
 
     #[test]

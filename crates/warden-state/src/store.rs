@@ -276,6 +276,8 @@ struct Shared {
     limits: Limits,
     dir: PathBuf,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The directory's lock, held until the store is closed ([`StateStore::hold`]).
+    held: Mutex<Option<crate::restore::DirLock>>,
 }
 
 /// One task's state. Cheap to clone; the flusher thread stops when the last clone is closed.
@@ -577,6 +579,7 @@ impl StateStore {
             limits,
             dir: dir.to_path_buf(),
             flusher: Mutex::new(None),
+            held: Mutex::new(None),
         });
         let flusher = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
@@ -611,9 +614,9 @@ impl StateStore {
         self.shared.limits
     }
 
-    /// Stop the flusher after it has written what is queued, and wait for it: once this
-    /// returns, nothing more is written to the directory (it may be opened again). Further
-    /// writes fail.
+    /// Stop the flusher after it has written what is queued, and wait for it and for a
+    /// checkpoint under way: once this returns, nothing more is written to the directory (it
+    /// may be opened again). Further writes and checkpoints fail.
     pub fn close(&self) {
         lock(&self.shared.inner).closed = true;
         self.shared.wake_flusher.notify_all();
@@ -623,6 +626,16 @@ impl StateStore {
         {
             let _ = h.join();
         }
+        // A checkpoint under way holds the log: wait for it (later ones see `closed`).
+        drop(lock(&self.shared.wal));
+        // Nothing more is written: the directory is free for the next store (or restore).
+        lock(&self.shared.held).take();
+    }
+
+    /// Keep the directory's lock until the store is closed (see
+    /// [`DirLock`](crate::restore::DirLock)).
+    pub fn hold(&self, dir_lock: crate::restore::DirLock) {
+        *lock(&self.shared.held) = Some(dir_lock);
     }
 
     fn check_op(&self, op: &Op) -> Result<(), WriteError> {
@@ -855,6 +868,10 @@ impl StateStore {
         let mut wal = lock(&self.shared.wal);
         let (ckpt, pending) = {
             let mut g = lock(&self.shared.inner);
+            // Closed: the directory may be another store's (or a restore's) now.
+            if g.closed {
+                return Err(WriteError::Failed("the state is closed".into()));
+            }
             g.fence.check_write(epoch)?;
             if g.role != Role::Primary {
                 return Err(WriteError::NotPrimary {

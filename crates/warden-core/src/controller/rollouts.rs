@@ -361,8 +361,9 @@ impl Controller {
         let what = version.map_or_else(|| "this spec".to_string(), |v| format!("version {v}"));
         let points = if release::restorable(&current.spec) && release::restorable(spec) {
             format!(
-                " (no kept version took a restore point of data epoch {wants} or before to \
-                 put back, or the agent holding the state is of a release that keeps none)"
+                " (no restore point of data epoch {wants} or before is left by the kept \
+                 versions, or the agent holding the state is not known or of a release that \
+                 keeps none)"
             )
         } else {
             String::new()
@@ -378,8 +379,9 @@ impl Controller {
 
     /// The restore point a change of `job` to `spec` would put back: `(data epoch, the
     /// version that took it)`, when `spec` reads an older data epoch than the current
-    /// version and both keep their data in a single-replica state of which a kept version
-    /// took a restore point `spec` can read (the newest such).
+    /// version, both keep their data in a single-replica state, the agent holding it is known
+    /// and keeps restore points, and by the kept versions it holds one `spec` can read (the
+    /// newest such).
     pub(super) fn restore_point_for(&self, job: &JobName, spec: &JobSpec) -> Option<(u32, u64)> {
         let rel = self.releases.get(job)?;
         let current = rel.current()?;
@@ -389,30 +391,27 @@ impl Controller {
         {
             return None;
         }
-        // The agent holding the state must be one that puts restore points back (an agent
-        // of an older release would start the version on data it cannot read); one not
-        // known here is checked by the agent itself when the copy starts.
+        // The agent holding the state must be known (the copy runs there, or was stopped
+        // there) and put restore points back: one of an older release would start the
+        // version on data it cannot read.
         let holder = self
             .observed
             .tasks
             .get(job)
             .and_then(|s| s.first())
-            .and_then(|t| t.agent.as_ref().map(|a| a.name.clone()).or(t.home.clone()));
-        if let Some(name) = holder
-            && self
-                .observed
-                .agents
-                .iter()
-                .filter(|(id, _)| id.name == name)
-                .max_by_key(|(id, _)| id.generation)
-                .is_some_and(|(_, v)| !v.restore_points)
-        {
+            .and_then(|t| t.agent.as_ref().map(|a| a.name.clone()).or(t.home.clone()))?;
+        let keeps = self
+            .observed
+            .agents
+            .iter()
+            .filter(|(id, _)| id.name == holder)
+            .max_by_key(|(id, _)| id.generation)
+            .is_some_and(|(_, v)| v.restore_points);
+        if !keeps {
             return None;
         }
-        rel.releases
-            .iter()
-            .rev()
-            .filter_map(|r| r.restore_point.map(|e| (e, r.version)))
+        release::expected_points(&rel.releases)
+            .into_iter()
             .filter(|&(e, _)| e <= spec.data_epoch)
             .max_by_key(|&(e, v)| (e, v))
     }

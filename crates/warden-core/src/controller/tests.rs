@@ -1645,8 +1645,7 @@ fn a_version_that_raised_the_data_epoch_is_never_reverted_past() {
 fn a_failed_rise_of_the_data_epoch_goes_back_to_its_restore_point_on_the_same_agent() {
     let mut h = H::new();
     let a = h.join("a", 1);
-    let b = h.join("b", 1);
-    h.run(Duration::from_secs(2), &[&a, &b]);
+    h.run(Duration::from_secs(2), &[&a]);
     let ledger = |cmd: &str, data_epoch: u32| JobSpec {
         command: cmd.into(),
         data_epoch,
@@ -1658,8 +1657,11 @@ fn a_failed_rise_of_the_data_epoch_goes_back_to_its_restore_point_on_the_same_ag
         ..job("ledger", JobKind::Singleton, 1)
     };
     h.submit(ledger("/bin/v1", 0));
-    h.run(Duration::from_secs(3), &[&a, &b]);
+    h.run(Duration::from_secs(3), &[&a]);
     let home = h.slot("ledger", 0).agent.unwrap();
+    // An empty agent joins: placement alone would now pick it.
+    let b = h.join("b", 1);
+    h.run(Duration::from_secs(1), &[&a, &b]);
     h.failing = Some("/bin/bad".into());
     let mut all = h.submit(ledger("/bin/bad", 1));
     for _ in 0..200 {
