@@ -62,6 +62,7 @@ pub mod recovery;
 pub mod release;
 pub mod rng;
 pub mod rollout;
+pub mod shard;
 pub mod sim;
 pub mod state;
 pub mod tail;

@@ -37,6 +37,7 @@
 //! ```
 
 pub mod net;
+pub mod scale;
 mod world;
 
 #[cfg(test)]
