@@ -139,8 +139,8 @@ impl Default for ScaleConfig {
             loss: 0.01,
             peer_delay: Duration::from_micros(200),
             probe_timeout: Duration::from_millis(250),
-            confirm_grace: Duration::from_secs(2),
-            ack_timeout: Duration::from_millis(1300),
+            confirm_grace: Duration::from_secs(1),
+            ack_timeout: Duration::from_millis(1100),
             lease: Duration::from_secs(2),
             kill_grace: Duration::from_millis(500),
             drift: 1e-3,
@@ -986,6 +986,36 @@ impl<'c> World<'c> {
         } else if ag.secondary == Some(r) {
             ag.secondary = None;
         }
+        // Its next witness is the best-ranked replica it has no session with and has not
+        // seen die — what the leader's next set will say, computed without waiting for it
+        // (an election may be under way). Jittered, like every rebuilt session.
+        let ag = &self.agents[a as usize];
+        if ag.secondary.is_none() && !ag.connecting && ag.declared.is_none() {
+            let (primary, skip) = (ag.primary, ag.open | ag.gone);
+            let next = self
+                .stored
+                .ranking(ag.key)
+                .into_iter()
+                .find(|x| Some(*x) != primary && skip & bit(*x) == 0);
+            if let Some(w) = next {
+                self.agents[a as usize].secondary = Some(w);
+                self.rebuild(a, w);
+            }
+        }
+    }
+
+    /// Open a session with the agent's new witness after a random delay.
+    fn rebuild(&mut self, a: u32, w: ReplicaId) {
+        self.agents[a as usize].connecting = true;
+        let jitter = self.rng.below(dur_ns(self.cfg.rebuild_jitter).max(1));
+        self.after(
+            Duration::from_nanos(jitter),
+            Ev::Connect {
+                a,
+                r: w as u8,
+                rescue: false,
+            },
+        );
     }
 
     fn roles_at_agent(&mut self, a: u32, roles: Roles) {
@@ -1004,16 +1034,7 @@ impl<'c> World<'c> {
             && ag.open & bit(w) == 0
             && !ag.connecting
         {
-            ag.connecting = true;
-            let jitter = self.rng.below(dur_ns(self.cfg.rebuild_jitter).max(1));
-            self.after(
-                Duration::from_nanos(jitter),
-                Ev::Connect {
-                    a,
-                    r: w as u8,
-                    rescue: false,
-                },
-            );
+            self.rebuild(a, w);
         }
         if moved && self.agents[a as usize].open & bit(roles.owner) != 0 {
             self.send_beat(a);
