@@ -70,6 +70,10 @@ pub enum BenchCommand {
         /// Share of heartbeat packets lost (each loss delays its TCP stream by 200 ms).
         #[arg(long, default_value_t = 0.01)]
         loss: f64,
+        /// Messages from agents each replica can handle per second (default: unbounded).
+        /// Past it they queue — to see what a given server efficiency sustains.
+        #[arg(long)]
+        replica_capacity: Option<f64>,
     },
     /// A real server under N simulated agent sessions: heartbeat-to-ack latency, server CPU
     /// and memory.
@@ -481,7 +485,19 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             faults,
             kills,
             loss,
-        } => shards(*agents, *replicas, *seed, *duration, *faults, kills, *loss),
+            replica_capacity,
+        } => shards(
+            ShardsArgs {
+                agents: *agents,
+                replicas: *replicas,
+                seed: *seed,
+                duration: *duration,
+                faults: *faults,
+                loss: *loss,
+                replica_capacity: *replica_capacity,
+            },
+            kills,
+        ),
         BenchCommand::Sessions {
             sessions,
             interval_ms,
@@ -1306,15 +1322,26 @@ fn state_vs_redis(faults: usize, default_faults: usize, out: &std::path::Path) -
     Ok(())
 }
 
-fn shards(
+struct ShardsArgs {
     agents: usize,
     replicas: u32,
     seed: u64,
     duration: u64,
     faults: usize,
-    kills: &str,
     loss: f64,
-) -> Result<()> {
+    replica_capacity: Option<f64>,
+}
+
+fn shards(a: ShardsArgs, kills: &str) -> Result<()> {
+    let ShardsArgs {
+        agents,
+        replicas,
+        seed,
+        duration,
+        faults,
+        loss,
+        replica_capacity,
+    } = a;
     use std::time::{Duration, Instant};
     use warden_core::sim::scale::{self, ScaleConfig};
     let mut replica_kills = Vec::new();
@@ -1345,6 +1372,7 @@ fn shards(
         owner_cuts: faults,
         ack_cuts: faults,
         replica_kills,
+        replica_capacity,
         ..ScaleConfig::default()
     };
     eprintln!(

@@ -119,6 +119,9 @@ pub struct ScaleConfig {
     /// The leader declares on the owner's word alone, without asking the witness: a broken
     /// rule, to show that the checkers catch what they must.
     pub skip_witness: bool,
+    /// Messages from agents a replica handles per second (`None`: as many as come). Past it,
+    /// they queue.
+    pub replica_capacity: Option<f64>,
     /// The replacement of a declared agent's singleton starts at once, without waiting for
     /// the old copy's lease: another broken rule, for the at-most-one checker.
     pub replace_at_once: bool,
@@ -159,6 +162,7 @@ impl Default for ScaleConfig {
             ack_cuts: 200,
             replica_kills: vec![(Duration::from_secs(30), 3), (Duration::from_secs(45), 0)],
             skip_witness: false,
+            replica_capacity: None,
             replace_at_once: false,
         }
     }
@@ -191,6 +195,12 @@ impl ScaleConfig {
         }
         if !(0.0..0.1).contains(&self.drift) {
             return Err(format!("drift: {} is outside [0, 0.1)", self.drift));
+        }
+        if self
+            .replica_capacity
+            .is_some_and(|c| !(c.is_finite() && c > 0.0))
+        {
+            return Err("replica_capacity must be a positive number of messages a second".into());
         }
         if self.rebuild_rate <= 0.0 {
             return Err("rebuild_rate must be positive".into());
@@ -328,6 +338,9 @@ pub struct ScaleReport {
     /// When redundancy (a witness for every live agent) was whole again after the last kill,
     /// from that kill; `None` if it was not by the end.
     pub redundancy_rebuilt_ms: Option<f64>,
+    /// The longest a message from an agent waited in a replica's queue (with a bounded
+    /// `replica_capacity`).
+    pub max_queue_ms: f64,
     /// Events processed.
     pub events: u64,
 }
@@ -383,6 +396,13 @@ impl fmt::Display for ScaleReport {
             "sessions per replica (steady) {:?}",
             self.steady_sessions
         )?;
+        if self.max_queue_ms > 0.0 {
+            writeln!(
+                f,
+                "longest wait in a replica's queue {:.0} ms",
+                self.max_queue_ms
+            )?;
+        }
         write!(f, "events {}", self.events)
     }
 }
@@ -453,6 +473,8 @@ enum Ev {
     Sample,
     /// Whether every live agent has a witness again (after a kill).
     Redundancy,
+    /// A replica with a bounded capacity finished handling a message.
+    Serve { r: u8 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -573,6 +595,10 @@ struct Replica {
     /// Token bucket for new witness sessions.
     tokens: f64,
     tokens_at: Time,
+    /// With a bounded capacity: what agents sent, arrived and waiting to be handled (with
+    /// the arrival time), and whether a `Serve` is scheduled.
+    queue: std::collections::VecDeque<(Time, Ev)>,
+    serving: bool,
 }
 
 struct World<'c> {
@@ -797,6 +823,52 @@ impl<'c> World<'c> {
     }
 
     fn step(&mut self, ev: Ev) {
+        // A replica with a bounded capacity handles what agents send one at a time, in the
+        // order it arrives: past its capacity a queue builds and every message waits in it.
+        if let Some(per_s) = self.cfg.replica_capacity {
+            let to = match ev {
+                Ev::Beat { r, .. }
+                | Ev::ClosedAtReplica { r, .. }
+                | Ev::ProbeReply { r, .. }
+                | Ev::Connect { r, .. } => Some(r),
+                _ => None,
+            };
+            if let Some(r) = to {
+                let now = self.now;
+                let rep = &mut self.replicas[r as usize];
+                rep.queue.push_back((now, ev));
+                if !rep.serving {
+                    rep.serving = true;
+                    self.after(Duration::from_secs_f64(1.0 / per_s), Ev::Serve { r });
+                }
+                return;
+            }
+        }
+        self.dispatch(ev);
+    }
+
+    /// The replica finished handling the message at the head of its queue.
+    fn serve(&mut self, r: u8) {
+        let per_s = self.cfg.replica_capacity.unwrap_or(f64::INFINITY);
+        let now = self.now;
+        let rep = &mut self.replicas[r as usize];
+        let Some((arrived, ev)) = rep.queue.pop_front() else {
+            rep.serving = false;
+            return;
+        };
+        if rep.queue.is_empty() {
+            rep.serving = false;
+        } else {
+            self.after(Duration::from_secs_f64(1.0 / per_s), Ev::Serve { r });
+        }
+        let wait = now.saturating_since(arrived).as_secs_f64() * 1e3;
+        if wait > self.report.max_queue_ms {
+            self.report.max_queue_ms = wait;
+        }
+        self.dispatch(ev);
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
         match ev {
             Ev::Tick { a } => self.tick(a),
             Ev::Beat {
@@ -842,6 +914,7 @@ impl<'c> World<'c> {
             Ev::NewSet { r, epoch } => self.new_set(r as ReplicaId, epoch),
             Ev::Sample => self.sample(),
             Ev::Redundancy => self.redundancy(),
+            Ev::Serve { r } => self.serve(r),
         }
     }
 
@@ -1796,6 +1869,8 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleReport, String> {
             received: 0,
             tokens: cfg.rebuild_rate,
             tokens_at: Time::ZERO,
+            queue: std::collections::VecDeque::new(),
+            serving: false,
         })
         .collect();
     let mut w = World {
@@ -1929,6 +2004,27 @@ mod tests {
         .expect("valid");
         assert_eq!(r.false_verdicts, 0, "{r}");
         assert!(r.at_most_one_violations > 0, "{r}");
+    }
+
+    #[test]
+    fn overloaded_replicas_lose_liveness_but_never_run_two_copies() {
+        // Each replica gets ~1,500 messages a second here; it can handle 1,200.
+        let r = run(&ScaleConfig {
+            replica_capacity: Some(1_200.0),
+            ..small(2)
+        })
+        .expect("valid");
+        assert!(r.max_queue_ms > 1_000.0, "{r}");
+        assert!(r.false_verdicts > 0, "{r}");
+        assert_eq!(r.at_most_one_violations, 0, "{r}");
+        // With room to spare, the queue stays short and nothing is lost.
+        let r = run(&ScaleConfig {
+            replica_capacity: Some(3_000.0),
+            ..small(2)
+        })
+        .expect("valid");
+        assert!(r.max_queue_ms < 500.0, "{r}");
+        assert_eq!((r.false_verdicts, r.at_most_one_violations), (0, 0), "{r}");
     }
 
     #[test]
