@@ -307,27 +307,32 @@ impl Confirmer {
         self.asked.len()
     }
 
+    /// Record a verdict already in the store (a new leader reads them when it takes over).
+    pub fn mark_dead(&mut self, agent: u64) {
+        self.dead.insert(agent);
+        self.asked.remove(&agent);
+    }
+
     /// The agent came back as a new generation (a new session after its verdict).
     pub fn rejoined(&mut self, agent: u64) {
         self.dead.remove(&agent);
     }
 
-    /// Adopt a new replica set (a replica declared dead or admitted; the caller stores it
-    /// first). Swaps between members stand; questions put to a
-    /// replica that left are put to the agent's new witness; an owner that left takes its
-    /// suspicions with it (the new owner, its former witness, detects on its own).
+    /// Adopt a new replica set (a replica declared dead; the caller stores it first). Swaps
+    /// end; open questions are asked again under the new epoch (of the agent's witness in the
+    /// new set); an owner that left takes its suspicions with it (the new owner, its former
+    /// witness, detects on its own). Admitting a replica (rebalancing) is not handled yet:
+    /// its agents' suspicions would be dropped the same way.
     pub fn set_replicas(&mut self, set: ReplicaSet, out: &mut Vec<Output>) {
         self.set = set;
-        // A swap between two replicas that are both still members stands (the path it
-        // worked around is likely still bad); one involving a replica that left is void.
-        let members = &self.set;
-        self.swapped.retain(|_, r| {
-            members.contains(r.owner) && r.witness.is_some_and(|w| members.contains(w))
-        });
+        // Swaps end with the epoch: every replica adopts the set's ranking (a path still
+        // broken is found and swapped again).
+        self.swapped.clear();
         let asked: Vec<(u64, Asked)> = self.asked.drain().collect();
         for (agent, q) in asked {
             if self.roles(agent).is_some_and(|r| r.owner == q.owner) {
-                self.ask(agent, q.owner, q.after_seq, false, out);
+                // Asked again under the new epoch; a grace already given is not given twice.
+                self.ask(agent, q.owner, q.after_seq, q.unreachable, out);
             }
         }
     }
@@ -353,6 +358,11 @@ impl Confirmer {
             Report::Suspect { last_seq, .. } => {
                 if from != roles.owner {
                     return refuse(Refusal::NotInRole, out);
+                }
+                // Said again while its question is open: the open question stands (a second
+                // one would let its answers be taken out of order).
+                if self.asked.get(&agent).is_some_and(|q| q.owner == from) {
+                    return;
                 }
                 self.ask(agent, from, last_seq, false, out);
             }
