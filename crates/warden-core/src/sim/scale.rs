@@ -324,7 +324,8 @@ pub struct ScaleReport {
     /// Each replica kill: the agents it owned, from the kill to their first lease grant from
     /// another replica, and to the leader recording their new owner.
     pub kills: Vec<KillReport>,
-    /// Agents without a fault of their own whose lease ran out (their singleton stopped).
+    /// Times a lease ran out before its renewal, for agents without a fault of their own
+    /// (their singleton stopped meanwhile).
     pub lease_lapses: usize,
     /// Likewise for agents with a broken path of their own (a second fault — their good
     /// replica's death — can leave them without a grant until the leader agrees to a new
@@ -387,7 +388,8 @@ impl fmt::Display for ScaleReport {
         }
         writeln!(
             f,
-            "lease lapses: healthy agents {}, agents with a broken path {}",
+            "lease lapses (a lease ran out before its renewal): agents without a fault {}, \
+             with a broken path {}",
             self.lease_lapses, self.lease_lapses_cut
         )?;
         writeln!(
@@ -587,6 +589,9 @@ struct Held {
     closed: bool,
     /// This replica said the agent is silent (this generation): no more grants.
     said_silent: bool,
+    /// The newest heartbeat it had when it said so: one heard after it means the agent was
+    /// not silent after all (still no grants, but no suspicion on that word either).
+    silent_seq: u64,
     /// A Check event is queued for this instant.
     check_at: Option<Time>,
     /// No suspicion before this (a witness just promoted gives the agent time to move its
@@ -602,6 +607,38 @@ struct Held {
 }
 
 impl Held {
+    /// Nothing heard, no session: an entry made by a question or a verdict.
+    fn blank() -> Held {
+        Held {
+            owner: false,
+            witness: false,
+            dead: false,
+            phi: None,
+            last_seq: 0,
+            last_at: Time::ZERO,
+            session: false,
+            closed: false,
+            said_silent: false,
+            silent_seq: 0,
+            check_at: None,
+            not_before: Time::ZERO,
+            since: Time::ZERO,
+            asked: None,
+            takeover_sent: false,
+        }
+    }
+
+    /// Say the agent is silent (or that it cannot tell): from here on no grants.
+    fn say_silent(&mut self) {
+        self.said_silent = true;
+        self.silent_seq = self.last_seq;
+    }
+
+    /// It said the agent is silent and has heard nothing from it since.
+    fn still_silent(&self) -> bool {
+        self.said_silent && self.last_seq <= self.silent_seq
+    }
+
     /// When the owner's detector suspects the agent, unless a heartbeat comes first.
     fn due(&self) -> Option<Time> {
         self.phi
@@ -818,6 +855,7 @@ impl<'c> World<'c> {
             session: true,
             closed: false,
             said_silent: false,
+            silent_seq: 0,
             check_at: None,
             not_before: Time::ZERO,
             since: Time::ZERO,
@@ -1289,7 +1327,7 @@ impl<'c> World<'c> {
         let mut arm = None;
         if let Some(phi) = h.phi.as_mut() {
             phi.heartbeat(seq, now);
-            if h.check_at.is_none() && !h.said_silent {
+            if h.check_at.is_none() && !h.still_silent() {
                 arm = h.due();
                 h.check_at = arm;
             }
@@ -1348,24 +1386,9 @@ impl<'c> World<'c> {
             return;
         }
         rep.received += 1;
-        let h = rep.held.entry(a).or_insert_with(|| Held {
-            owner: false,
-            witness: false,
-            phi: None,
-            last_seq: 0,
-            last_at: Time::ZERO,
-            session: false,
-            closed: false,
-            said_silent: false,
-            dead: false,
-            check_at: None,
-            not_before: Time::ZERO,
-            since: Time::ZERO,
-            asked: None,
-            takeover_sent: false,
-        });
+        let h = rep.held.entry(a).or_insert_with(Held::blank);
         h.dead = true;
-        h.said_silent = true;
+        h.say_silent();
         h.owner = false;
         h.witness = false;
         h.phi = None;
@@ -1386,7 +1409,7 @@ impl<'c> World<'c> {
             return;
         };
         h.check_at = None;
-        if !h.owner || h.said_silent {
+        if !h.owner || h.still_silent() {
             return;
         }
         let Some(due) = h.due() else {
@@ -1397,7 +1420,7 @@ impl<'c> World<'c> {
             self.at(due, Ev::Check { a, r: r as u8 });
             return;
         }
-        h.said_silent = true;
+        h.say_silent();
         let last_seq = h.last_seq;
         self.send_to_leader(a, r, Report::Suspect { epoch, last_seq });
     }
@@ -1415,14 +1438,14 @@ impl<'c> World<'c> {
         h.closed = true;
         let mut reports = Vec::new();
         if h.owner && !h.said_silent {
-            h.said_silent = true;
+            h.say_silent();
             reports.push(Report::Suspect {
                 epoch,
                 last_seq: h.last_seq,
             });
         }
         if let Some((_, epoch)) = h.asked.take() {
-            h.said_silent = true;
+            h.say_silent();
             reports.push(Report::Answer {
                 epoch,
                 heard: Heard::Silent,
@@ -1443,29 +1466,14 @@ impl<'c> World<'c> {
             return;
         }
         rep.received += 1;
-        let h = rep.held.entry(a).or_insert_with(|| Held {
-            owner: false,
-            witness: false,
-            dead: false,
-            phi: None,
-            last_seq: 0,
-            last_at: Time::ZERO,
-            session: false,
-            closed: false,
-            said_silent: false,
-            check_at: None,
-            not_before: Time::ZERO,
-            since: Time::ZERO,
-            asked: None,
-            takeover_sent: false,
-        });
+        let h = rep.held.entry(a).or_insert_with(Held::blank);
         if h.dead {
             return;
         }
         let heard = if h.last_seq > after_seq {
             Some(Heard::Alive)
         } else if h.closed {
-            h.said_silent = true;
+            h.say_silent();
             Some(Heard::Silent)
         } else if !h.session
             || now
@@ -1474,7 +1482,7 @@ impl<'c> World<'c> {
                 > stale
         {
             // "Cannot tell" can end in a verdict: from here on this replica grants nothing.
-            h.said_silent = true;
+            h.say_silent();
             Some(Heard::Unreachable)
         } else {
             None
@@ -1506,7 +1514,7 @@ impl<'c> World<'c> {
         let heard = if alive {
             Heard::Alive
         } else {
-            h.said_silent = true;
+            h.say_silent();
             Heard::Silent
         };
         // Promoted to owner while the question was open (the owner that asked died): the
@@ -1555,8 +1563,10 @@ impl<'c> World<'c> {
                 h.takeover_sent = false;
                 h.not_before = now + grace;
                 h.phi = Some(Box::new(phi));
-                if h.said_silent {
-                    // It already found the agent silent as its witness.
+                if h.still_silent() {
+                    // It already found the agent silent as its witness (and has not heard it
+                    // since: an agent heard after "cannot tell" is suspected afresh only by
+                    // the detector).
                     suspect = Some((rep.set.epoch(), h.last_seq));
                 } else {
                     arm = h.due();
@@ -1883,7 +1893,7 @@ impl<'c> World<'c> {
             if owner_changed || witness_changed || new_witness {
                 changes.push((a, roles));
             }
-            if roles.owner == r && h.said_silent {
+            if roles.owner == r && h.still_silent() {
                 resend.push((
                     a,
                     Report::Suspect {
@@ -2134,15 +2144,15 @@ mod tests {
 
     #[test]
     fn the_checkers_catch_a_leader_that_skips_the_witness_or_the_lease() {
-        // At 10 % loss owners suspect live agents now and then; their witnesses refute it.
+        // At 20 % loss owners suspect live agents now and then; their witnesses refute it.
         let r = run(&ScaleConfig {
-            loss: 0.1,
+            loss: 0.2,
             ..small(1)
         })
         .expect("valid");
         assert!(r.refuted > 0, "{r}");
         assert_eq!((r.false_verdicts, r.at_most_one_violations), (0, 0), "{r}");
-        // On the owner's word alone, at 20 % loss, live agents are declared.
+        // On the owner's word alone, live agents are declared.
         let r = run(&ScaleConfig {
             skip_witness: true,
             loss: 0.2,
