@@ -1030,7 +1030,11 @@ impl<'c> World<'c> {
     /// No working session to move to: reach the next replica of the agent's ranking at once
     /// (not jittered: this agent is about to lose its lease).
     fn rescue(&mut self, a: u32) {
-        let ag = &self.agents[a as usize];
+        // It leaves its primary for want of grants, as when it switches: not back to it.
+        let ag = &mut self.agents[a as usize];
+        if let Some(p) = ag.primary {
+            ag.bad |= bit(p);
+        }
         let (primary, skip, key) = (ag.primary, ag.open | ag.gone | ag.bad, ag.key);
         let next = self
             .stored
@@ -1196,7 +1200,9 @@ impl<'c> World<'c> {
 
     fn connect(&mut self, a: u32, r: ReplicaId, rescue: bool) {
         let ag = &self.agents[a as usize];
-        if !ag.alive() || ag.ended.is_some() || ag.cut_up & bit(r) != 0 {
+        // Already open (a rescue got there first) — or it cannot get through.
+        let open = ag.open & bit(r) != 0 && !rescue;
+        if open || !ag.alive() || ag.ended.is_some() || ag.cut_up & bit(r) != 0 {
             self.agents[a as usize].connecting = false;
             return;
         }
