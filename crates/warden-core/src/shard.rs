@@ -512,6 +512,14 @@ mod tests {
         c.roles(agent).expect("roles")
     }
 
+    fn suspect(epoch: u64, last_seq: u64) -> Report {
+        Report::Suspect { epoch, last_seq }
+    }
+
+    fn answer(epoch: u64, heard: Heard) -> Report {
+        Report::Answer { epoch, heard }
+    }
+
     #[test]
     fn a_suspicion_becomes_a_verdict_only_when_the_witness_agrees() {
         let mut c = Confirmer::new(five());
@@ -519,15 +527,7 @@ mod tests {
         let a = agent_key("a");
         let r = roles_of(&c, a);
         let w = r.witness.expect("witness");
-        c.report(
-            a,
-            r.owner,
-            Report::Suspect {
-                epoch: 1,
-                last_seq: 9,
-            },
-            &mut out,
-        );
+        c.report(a, r.owner, suspect(1, 9), &mut out);
         assert_eq!(
             out,
             vec![Output::Ask {
@@ -538,28 +538,12 @@ mod tests {
             }]
         );
         out.clear();
-        c.report(
-            a,
-            w,
-            Report::Answer {
-                epoch: 1,
-                heard: Heard::Silent,
-            },
-            &mut out,
-        );
+        c.report(a, w, answer(1, Heard::Silent), &mut out);
         assert_eq!(out, vec![Output::Verdict { agent: a, epoch: 1 }]);
         assert!(c.is_dead(a));
         out.clear();
         // A second suspicion of a dead agent writes nothing.
-        c.report(
-            a,
-            r.owner,
-            Report::Suspect {
-                epoch: 1,
-                last_seq: 9,
-            },
-            &mut out,
-        );
+        c.report(a, r.owner, suspect(1, 9), &mut out);
         assert!(matches!(
             out[..],
             [Output::Refused {
@@ -578,25 +562,9 @@ mod tests {
         let a = agent_key("b");
         let r = roles_of(&c, a);
         let w = r.witness.expect("witness");
-        c.report(
-            a,
-            r.owner,
-            Report::Suspect {
-                epoch: 1,
-                last_seq: 3,
-            },
-            &mut out,
-        );
+        c.report(a, r.owner, suspect(1, 3), &mut out);
         out.clear();
-        c.report(
-            a,
-            w,
-            Report::Answer {
-                epoch: 1,
-                heard: Heard::Alive,
-            },
-            &mut out,
-        );
+        c.report(a, w, answer(1, Heard::Alive), &mut out);
         let swapped = Roles {
             owner: w,
             witness: Some(r.owner),
@@ -611,15 +579,7 @@ mod tests {
         assert_eq!(roles_of(&c, a), swapped);
         out.clear();
         // The swapped-out owner's suspicion is fenced; the new owner's is heard.
-        c.report(
-            a,
-            r.owner,
-            Report::Suspect {
-                epoch: 1,
-                last_seq: 4,
-            },
-            &mut out,
-        );
+        c.report(a, r.owner, suspect(1, 4), &mut out);
         assert!(matches!(
             out[..],
             [Output::Refused {
@@ -641,14 +601,8 @@ mod tests {
         let a = agent_key("e");
         let r = roles_of(&c, a);
         let w = r.witness.expect("witness");
-        let suspect = Report::Suspect {
-            epoch: 1,
-            last_seq: 2,
-        };
-        let unreachable = Report::Answer {
-            epoch: 1,
-            heard: Heard::Unreachable,
-        };
+        let suspect = suspect(1, 2);
+        let unreachable = answer(1, Heard::Unreachable);
         c.report(a, r.owner, suspect, &mut out);
         out.clear();
         // The first "cannot tell" asks again later; the second is a verdict.
@@ -716,30 +670,9 @@ mod tests {
             .find(|x| *x != r.owner && Some(*x) != r.witness)
             .expect("third");
         let cases = [
-            (
-                r.owner,
-                Report::Suspect {
-                    epoch: 0,
-                    last_seq: 1,
-                },
-                Refusal::StaleEpoch,
-            ),
-            (
-                stranger,
-                Report::Suspect {
-                    epoch: 1,
-                    last_seq: 1,
-                },
-                Refusal::NotInRole,
-            ),
-            (
-                w,
-                Report::Answer {
-                    epoch: 1,
-                    heard: Heard::Silent,
-                },
-                Refusal::Unasked,
-            ),
+            (r.owner, suspect(0, 1), Refusal::StaleEpoch),
+            (stranger, suspect(1, 1), Refusal::NotInRole),
+            (w, answer(1, Heard::Silent), Refusal::Unasked),
             (9, Report::Takeover { epoch: 1 }, Refusal::NotInRole),
             (r.owner, Report::Takeover { epoch: 1 }, Refusal::NotInRole),
         ];
@@ -766,15 +699,7 @@ mod tests {
         let a = agent_key("d");
         let r = roles_of(&c, a);
         let w = r.witness.expect("witness");
-        c.report(
-            a,
-            r.owner,
-            Report::Suspect {
-                epoch: 1,
-                last_seq: 5,
-            },
-            &mut out,
-        );
+        c.report(a, r.owner, suspect(1, 5), &mut out);
         out.clear();
         // The witness dies before answering: the question goes to the new witness.
         let set = c.set().without(w).expect("member");
@@ -792,15 +717,7 @@ mod tests {
         );
         out.clear();
         // The old witness's late answer carries the old epoch.
-        c.report(
-            a,
-            w,
-            Report::Answer {
-                epoch: 1,
-                heard: Heard::Silent,
-            },
-            &mut out,
-        );
+        c.report(a, w, answer(1, Heard::Silent), &mut out);
         assert!(matches!(
             out[..],
             [Output::Refused {
@@ -812,15 +729,7 @@ mod tests {
         // A single replica's suspicion is a verdict at once.
         let mut solo = Confirmer::new(ReplicaSet::new(1, [0]));
         out.clear();
-        solo.report(
-            a,
-            0,
-            Report::Suspect {
-                epoch: 1,
-                last_seq: 1,
-            },
-            &mut out,
-        );
+        solo.report(a, 0, suspect(1, 1), &mut out);
         assert_eq!(out, vec![Output::Verdict { agent: a, epoch: 1 }]);
     }
 }
