@@ -845,27 +845,15 @@ impl<'c> World<'c> {
 
     fn new_held(&self, owner: bool, warm_from: Option<(u64, Time)>) -> Held {
         let (last_seq, last_at) = warm_from.unwrap_or((0, Time::ZERO));
-        let mut h = Held {
+        Held {
             owner,
             witness: !owner,
-            dead: false,
-            phi: None,
+            phi: owner.then(|| Box::new(self.warm_phi(warm_from))),
             last_seq,
             last_at,
             session: true,
-            closed: false,
-            said_silent: false,
-            silent_seq: 0,
-            check_at: None,
-            not_before: Time::ZERO,
-            since: Time::ZERO,
-            asked: None,
-            takeover_sent: false,
-        };
-        if owner {
-            h.phi = Some(Box::new(self.warm_phi(warm_from)));
+            ..Held::blank()
         }
-        h
     }
 
     /// A detector for an agent a replica takes over: the heartbeat it last heard counts as
@@ -1443,7 +1431,8 @@ impl<'c> World<'c> {
         };
         h.closed = true;
         let mut reports = Vec::new();
-        if h.owner && !h.said_silent {
+        // Unless it said so already and has heard nothing since.
+        if h.owner && !h.still_silent() {
             h.say_silent();
             reports.push(Report::Suspect {
                 epoch,
