@@ -263,9 +263,17 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         percentile(&lat, 0.99).unwrap_or(0.0),
         lat.last().copied().unwrap_or(0.0),
     );
+    // The server's cost per heartbeat, from its own /proc accounting (the simulator shares
+    // the machine).
+    let server_cpu = (cpu1 - cpu0).as_secs_f64();
+    let per_core_second = if server_cpu > 0.0 {
+        acked as f64 / server_cpu
+    } else {
+        0.0
+    };
     println!(
-        "server: CPU {:.2} cores  RSS {:.0} MiB  agents healthy: {healthy}/{}  (simulated agents, same machine: CPU {:.2} cores)",
-        (cpu1 - cpu0).as_secs_f64() / elapsed.as_secs_f64(),
+        "server: CPU {:.2} cores ({per_core_second:.0} heartbeats acked per core-second)  RSS {:.0} MiB  agents healthy: {healthy}/{}  (simulated agents, same machine: CPU {:.2} cores)",
+        server_cpu / elapsed.as_secs_f64(),
         rss as f64 / (1024.0 * 1024.0),
         b.sessions,
         (own1 - own0).as_secs_f64() / elapsed.as_secs_f64(),
