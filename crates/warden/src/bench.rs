@@ -78,7 +78,8 @@ pub enum BenchCommand {
     /// A real server under N simulated agent sessions: heartbeat-to-ack latency, server CPU
     /// and memory.
     Sessions {
-        /// Simulated agents.
+        /// Simulated agents. Above the server's default session limit (10,000) the server
+        /// is started with a limit that admits them all.
         #[arg(long, default_value_t = 10_000)]
         sessions: usize,
         /// Heartbeat interval of each, milliseconds.

@@ -121,12 +121,27 @@ fn etcd_writes(base: &str) -> Result<(f64, f64, f64)> {
 /// Run the benchmark against a fresh server started from `exe`.
 pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     let etcd = if b.etcd { Some(Etcd::start()?) } else { None };
-    let store_url = etcd.as_ref().map(Etcd::url);
+    let mut env = Vec::new();
+    if let Some(url) = etcd.as_ref().map(Etcd::url) {
+        env.push(("WARDEN_STORE", url));
+    }
+    // More sessions than the server's default limit: the server is told to accept them (a
+    // replica's share at 100,000 agents is about 40,000 sessions).
+    let cfg_dir = tempfile::tempdir()?;
+    let default_limit = warden_server::limits::SessionLimits::default().max_sessions;
+    if b.sessions > default_limit {
+        let cfg = cfg_dir.path().join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!("[limits.sessions]\nmax_sessions = {}\n", b.sessions + 100),
+        )?;
+        env.push(("WARDEN_CONFIG", cfg.to_string_lossy().into_owned()));
+    }
     let cluster = tokio::task::spawn_blocking({
         let exe = exe.to_path_buf();
-        move || match store_url {
-            Some(url) => Cluster::start_with_env(&exe, &[("WARDEN_STORE", url.as_str())]),
-            None => Cluster::start(&exe),
+        move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Cluster::start_with_env(&exe, &env)
         }
     })
     .await??;
