@@ -532,10 +532,6 @@ impl Cluster {
         &self.marker
     }
 
-    fn spawn(&self, name: &str, args: &[String]) -> Result<Proc> {
-        self.spawn_wrapped(name, &[], args)
-    }
-
     /// Start `warden ARGS` under `wrapper` (a command prefix such as `ip netns exec NS`, which
     /// must exec the command so that the PID is the process's own).
     fn spawn_wrapped(&self, name: &str, wrapper: &[String], args: &[String]) -> Result<Proc> {
@@ -602,7 +598,12 @@ impl Cluster {
         if let Some(store) = &slot.store {
             args.extend(["--store".to_string(), store.clone()]);
         }
-        let proc = self.spawn(&name, &args)?;
+        // A profiler around the server (`heaptrack`, `perf record -g --`): the command prefix
+        // in WARDEN_SERVER_WRAPPER, split at white space.
+        let wrapper: Vec<String> = std::env::var("WARDEN_SERVER_WRAPPER")
+            .map(|w| w.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let proc = self.spawn_wrapped(&name, &wrapper, &args)?;
         self.servers[i].proc = Some(proc);
         let client = self.server_client(i)?;
         if !wait_until(Duration::from_secs(20), || client.get("/healthz").is_ok()) {

@@ -39,12 +39,11 @@ use crate::clock::ms;
 use crate::leader::{Leadership, Standing};
 use crate::metrics::{Metrics, TimedStore};
 
-/// A session's outbound queue.
-pub(crate) type Outbox = mpsc::Sender<Outgoing>;
+pub use crate::outbox::Outbox;
 
 /// A message queued for a session. An ack, most of them, travels inline (24 bytes a slot);
-/// anything else boxed, so a session's queue (whose first block of slots is reserved when
-/// the session opens) stays small however large the rarer messages are.
+/// anything else boxed, so a session's queue stays small however large the rarer messages
+/// are.
 #[derive(Debug)]
 pub enum Outgoing {
     /// Heartbeat `seq` acknowledged; the lease runs `lease_ttl_ms` from its send time.

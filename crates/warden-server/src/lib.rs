@@ -37,6 +37,7 @@ pub mod http;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod pki;
 pub mod revoke;
 pub mod server;

@@ -16,8 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Semaphore;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,6 +28,7 @@ use warden_proto::v1::{AgentMessage, ServerMessage};
 use crate::auth::{Gate, JOIN_TOKEN_METADATA};
 use crate::control::ControlPlane;
 use crate::limits::{HeartbeatLimiter, MessagePacer, SessionLimits};
+use crate::outbox;
 
 /// How long an agent has to say Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ impl AgentSession for SessionService {
             Status::unimplemented(e)
         })?;
         let serial = peer.as_ref().and_then(|p| p.serial.clone());
-        let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
+        let (tx, rx) = outbox::channel(self.limits.outbound_queue);
         // The gate may record a one-time token's binding and admission may write the store
         // (a new generation is persisted): off the async workers.
         let admitting = self.cp.clone();
@@ -227,8 +227,6 @@ impl AgentSession for SessionService {
             }
             cp.session_closed(&who);
         });
-        Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).map(|o| Ok(o.into_message())),
-        )))
+        Ok(Response::new(Box::pin(rx.map(|o| Ok(o.into_message())))))
     }
 }

@@ -8,8 +8,9 @@
 //! therefore adapts the effective timeout to the jitter the network actually shows.
 //!
 //! Why the implementation looks the way it does:
-//! - the intervals are kept to the microsecond (4 bytes each, the window grown as they
-//!   arrive) and their statistics as *exact integer* running sums (nanoseconds, `u128`),
+//! - the intervals are kept in 2 bytes each (exact to the microsecond below 4 ms, to 12
+//!   significant bits above: within 64 µs at 500 ms; the window grown as they arrive) and
+//!   their statistics as *exact integer* running sums of what is kept (nanoseconds, `u128`),
 //!   so an update is O(1), allocates only while the window fills, and the variance can never drift or go negative
 //!   through floating-point cancellation — no periodic recomputation needed;
 //! - φ depends on the time since the last heartbeat only through the standardised value
@@ -200,10 +201,10 @@ pub struct PhiAccrual {
     y_star: f64,
     pause_ms: f64,
     min_std_ms: f64,
-    /// Inter-arrival intervals in whole microseconds (an hour, the longest recorded, fits in
-    /// a `u32`: 4 bytes an interval). Grows as intervals arrive, up to the window, then a
-    /// ring whose `head` is the oldest sample: a detector holds only what it has seen.
-    intervals: Vec<u32>,
+    /// Inter-arrival intervals, each in 2 bytes ([`encode_us`]). Grows as intervals arrive,
+    /// up to the window, then a ring whose `head` is the oldest sample: a detector holds only
+    /// what it has seen.
+    intervals: Vec<u16>,
     head: usize,
     window: usize,
     len: usize,
@@ -312,19 +313,19 @@ impl PhiAccrual {
         self.y_star
     }
 
-    /// Add an interval of `x` nanoseconds (kept to the microsecond: the sums hold exactly
-    /// what the window holds).
+    /// Add an interval of `x` nanoseconds (kept as [`encode_us`] keeps it: the sums hold
+    /// exactly what the window holds).
     fn push(&mut self, x: u64) {
-        let us = u32::try_from(x / 1_000).unwrap_or(u32::MAX);
-        let x = u64::from(us) * 1_000;
+        let code = encode_us(x / 1_000);
+        let x = decode_us(code) * 1_000;
         if self.intervals.len() < self.window {
-            self.intervals.push(us);
+            self.intervals.push(code);
             self.len = self.intervals.len();
         } else {
-            let old = u64::from(self.intervals[self.head]) * 1_000;
+            let old = decode_us(self.intervals[self.head]) * 1_000;
             self.sum -= old;
             self.sum_sq -= u128::from(old) * u128::from(old);
-            self.intervals[self.head] = us;
+            self.intervals[self.head] = code;
             self.head += 1;
             if self.head == self.window {
                 self.head = 0;
@@ -380,6 +381,40 @@ impl PhiAccrual {
     }
 }
 
+/// Exactly kept below this many microseconds (12 bits).
+const EXACT_US: u64 = 4096;
+
+/// An interval in microseconds (at most [`MAX_INTERVAL_NANOS`] / 1000) in 2 bytes: exact below
+/// 4,096 µs, above rounded to 12 significant bits (a relative error of at most 1/4096; 64 µs
+/// at 500 ms, far below any σ the detector works with). The code is a small float: its top 5
+/// bits `k` and low 11 bits `m` stand for `(2048 + m) << (k − 1)` when `k ≥ 1`, and codes
+/// below 4,096 are the value itself, so the two ranges meet without a gap.
+fn encode_us(us: u64) -> u16 {
+    if us < EXACT_US {
+        return us as u16;
+    }
+    let mut shift = 64 - us.leading_zeros() - 12;
+    let mut m = (us + (1 << (shift - 1))) >> shift;
+    if m == EXACT_US {
+        m = EXACT_US / 2;
+        shift += 1;
+    }
+    // An hour in microseconds has 32 bits: `shift + 1` ≤ 22 fits the 5 bits of `k`.
+    let k = u64::from(shift + 1).min(31);
+    ((k << 11) | (m - EXACT_US / 2)) as u16
+}
+
+/// The microseconds a code of [`encode_us`] stands for.
+fn decode_us(code: u16) -> u64 {
+    let code = u64::from(code);
+    let k = code >> 11;
+    if k == 0 {
+        code
+    } else {
+        (EXACT_US / 2 + (code & 0x7FF)) << (k - 1)
+    }
+}
+
 fn ms_to_duration(ms: f64) -> Duration {
     // `as` saturates and maps NaN to 0, so this cannot panic.
     Duration::from_nanos((ms * 1e6).round() as u64)
@@ -424,6 +459,25 @@ mod tests {
 
     fn ms(v: u64) -> Time {
         Time::from_millis(v)
+    }
+
+    #[test]
+    fn intervals_are_kept_in_two_bytes_exact_when_short_and_close_when_long() {
+        for us in 0..EXACT_US {
+            assert_eq!(decode_us(encode_us(us)), us);
+        }
+        let mut last = 0;
+        let mut us = EXACT_US;
+        while us <= MAX_INTERVAL_NANOS / 1_000 {
+            let back = decode_us(encode_us(us));
+            // Within half a step of 12 significant bits, and never out of order.
+            assert!(back.abs_diff(us) * 4096 <= us, "{us} µs kept as {back}");
+            assert!(back >= last, "{us} µs kept as {back}, below {last}");
+            last = back;
+            us += 1 + us / 3001;
+        }
+        // Half a millisecond, the default heartbeat, within 64 µs.
+        assert!(decode_us(encode_us(500_000)).abs_diff(500_000) <= 64);
     }
 
     /// A detector fed `n` heartbeats `interval_ms` apart starting at 0 (with a deterministic
@@ -599,14 +653,22 @@ mod tests {
             ..PhiConfig::default()
         };
         let mut d = PhiAccrual::new(cfg);
-        // Bootstrap: 375 and 625 ms → mean 500, σ 125.
-        assert_eq!(d.mean(), Duration::from_millis(500));
-        assert_eq!(d.std_dev(), Duration::from_millis(125));
+        // Bootstrap: 375 and 625 ms → mean 500, σ 125 (as kept: to 12 significant bits).
+        let near = |got: Duration, want_ms: u64| {
+            let want = Duration::from_millis(want_ms);
+            assert!(
+                got.abs_diff(want) <= Duration::from_micros(200),
+                "{got:?} vs {want:?}"
+            );
+        };
+        near(d.mean(), 500);
+        near(d.std_dev(), 125);
         assert_eq!(d.suspect_at(), None);
         for seq in 0..=20u64 {
             d.heartbeat(seq + 1, ms(seq * 200));
         }
-        // 20 intervals of 200 ms have flushed the bootstrap out of a 10-slot window.
+        // 20 intervals of 200 ms (kept exactly: 3,125 × 64 µs) have flushed the bootstrap
+        // out of a 10-slot window.
         assert_eq!(d.mean(), Duration::from_millis(200));
         assert_eq!(d.std_dev(), Duration::ZERO);
     }

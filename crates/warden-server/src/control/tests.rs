@@ -2,7 +2,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warden_core::controller::ControllerConfig;
 use warden_core::{JobName, JobSpec};
@@ -38,7 +38,7 @@ fn a_second_generation_is_refused_while_the_first_session_is_open() {
         ControllerConfig::default(),
     )
     .unwrap();
-    let (tx, _rx) = mpsc::channel(16);
+    let (tx, _rx) = crate::outbox::channel(16);
     let first = cp.admit(&hello("a", 0), tx.clone()).unwrap();
     assert_eq!(first.id.generation, 1);
     // Same name, new process (or a duplicate name): refused, and no generation is burnt.
@@ -53,7 +53,7 @@ fn a_second_generation_is_refused_while_the_first_session_is_open() {
     let restarted = cp.admit(&hello("a", 0), tx).unwrap();
     assert_eq!(restarted.id.generation, 2);
     // Garbage names are refused as invalid, not as a stale generation.
-    let (tx, _rx) = mpsc::channel(16);
+    let (tx, _rx) = crate::outbox::channel(16);
     let bad = cp.admit(&hello("a/b", 0), tx).unwrap_err();
     assert_eq!(
         tonic::Status::from(bad).code(),
@@ -61,9 +61,9 @@ fn a_second_generation_is_refused_while_the_first_session_is_open() {
     );
 }
 
-fn acks(rx: &mut mpsc::Receiver<super::Outgoing>) -> Vec<u64> {
+fn acks(rx: &mut crate::outbox::Inbox) -> Vec<u64> {
     let mut ttls = Vec::new();
-    while let Ok(m) = rx.try_recv() {
+    while let Some(m) = rx.try_recv() {
         if let Some(v1::server_message::Msg::Ack(a)) = m.into_message().msg {
             ttls.push(a.lease_ttl_ms);
         }
@@ -105,13 +105,13 @@ async fn a_standby_renews_nothing_and_gives_no_orders_until_it_leads() {
     .unwrap();
 
     // A new generation only from the leader.
-    let (btx, mut brx) = mpsc::channel(64);
+    let (btx, mut brx) = crate::outbox::channel(64);
     let refused = b.admit(&hello("x", 0), btx.clone()).unwrap_err();
     assert!(
         matches!(refused, AdmitError::NotLeader(ref m) if m.contains("a:7401")),
         "{refused:?}"
     );
-    let (atx, mut arx) = mpsc::channel(64);
+    let (atx, mut arx) = crate::outbox::channel(64);
     let on_a = a.admit(&hello("x", 0), atx).unwrap();
     let on_b = b.admit(&hello("x", on_a.id.generation), btx).unwrap();
     assert_eq!(on_a.id, on_b.id);
@@ -238,7 +238,7 @@ fn the_exposition_has_every_family_and_no_series_of_ended_generations() {
         ControllerConfig::default(),
     )
     .unwrap();
-    let (tx, _rx) = mpsc::channel(64);
+    let (tx, _rx) = crate::outbox::channel(64);
     let a = cp.admit(&hello("a", 0), tx.clone()).unwrap();
     // A name that needs escaping in a label value.
     let odd = cp.admit(&hello("q\"x\\y", 0), tx.clone()).unwrap();
