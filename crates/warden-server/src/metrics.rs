@@ -153,6 +153,23 @@ pub struct Metrics {
     recorder: Arc<OwnedRecorder>,
     /// Histogram samples recorded, for [`UPKEEP_EVERY`].
     samples: Arc<AtomicU64>,
+    /// What every heartbeat records, registered once: no key built and looked up per
+    /// heartbeat.
+    per_heartbeat: PerHeartbeat,
+}
+
+#[derive(Clone)]
+struct PerHeartbeat {
+    received: metrics::Counter,
+    dropped: metrics::Counter,
+    paced: metrics::Counter,
+    gap: metrics::Histogram,
+}
+
+impl std::fmt::Debug for PerHeartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PerHeartbeat")
+    }
 }
 
 /// The recorder, drained when the last [`Metrics`] handle goes: a histogram's pending samples
@@ -276,12 +293,15 @@ impl Metrics {
             Some(Unit::Seconds),
             "Latency of store operations, by op.",
         );
-        r.register_counter(&key(HEARTBEATS_RECEIVED, vec![]), &METADATA)
-            .absolute(0);
-        r.register_counter(&key(HEARTBEATS_DROPPED, vec![]), &METADATA)
-            .absolute(0);
-        r.register_counter(&key(MESSAGES_PACED, vec![]), &METADATA)
-            .absolute(0);
+        let per_heartbeat = PerHeartbeat {
+            received: r.register_counter(&key(HEARTBEATS_RECEIVED, vec![]), &METADATA),
+            dropped: r.register_counter(&key(HEARTBEATS_DROPPED, vec![]), &METADATA),
+            paced: r.register_counter(&key(MESSAGES_PACED, vec![]), &METADATA),
+            gap: r.register_histogram(&key(HEARTBEAT_GAP, vec![]), &METADATA),
+        };
+        per_heartbeat.received.absolute(0);
+        per_heartbeat.dropped.absolute(0);
+        per_heartbeat.paced.absolute(0);
         r.register_counter(&key(RECOVERIES_STARTED, vec![]), &METADATA)
             .absolute(0);
         for outcome in ["succeeded", "failed", "superseded"] {
@@ -294,21 +314,29 @@ impl Metrics {
             )
             .absolute(0);
         }
-        for name in [RECOVERY_RTO, DETECTION, RECONCILE, HEARTBEAT_GAP] {
+        for name in [RECOVERY_RTO, DETECTION, RECONCILE] {
             let _ = r.register_histogram(&key(name, vec![]), &METADATA);
         }
         Metrics {
             recorder: Arc::new(OwnedRecorder(recorder)),
             samples: Arc::new(AtomicU64::new(0)),
+            per_heartbeat,
         }
     }
 
     /// Record `value` in a histogram; every [`UPKEEP_EVERY`] samples, drain the pending
     /// samples into the buckets so they cannot pile up.
     fn observe(&self, name: &'static str, labels: Vec<Label>, value: f64) {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
-            .record(value);
+        self.observe_on(
+            &self
+                .recorder
+                .register_histogram(&key(name, labels), &METADATA),
+            value,
+        );
+    }
+
+    fn observe_on(&self, histogram: &metrics::Histogram, value: f64) {
+        histogram.record(value);
         if self.samples.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
             self.recorder.handle().run_upkeep();
         }
@@ -326,17 +354,17 @@ impl Metrics {
 
     /// A heartbeat arrived.
     pub fn heartbeat_received(&self) {
-        self.counter(HEARTBEATS_RECEIVED, vec![]).increment(1);
+        self.per_heartbeat.received.increment(1);
     }
 
     /// A heartbeat was dropped by its session's rate limit.
     pub fn heartbeat_dropped(&self) {
-        self.counter(HEARTBEATS_DROPPED, vec![]).increment(1);
+        self.per_heartbeat.dropped.increment(1);
     }
 
     /// A session paused before handling a message beyond its rate.
     pub fn message_paced(&self) {
-        self.counter(MESSAGES_PACED, vec![]).increment(1);
+        self.per_heartbeat.paced.increment(1);
     }
 
     /// An agent generation changed state.
@@ -393,7 +421,7 @@ impl Metrics {
 
     /// Two heartbeats of one session arrived `gap` apart.
     pub fn heartbeat_gap(&self, gap: Duration) {
-        self.observe(HEARTBEAT_GAP, vec![], gap.as_secs_f64());
+        self.observe_on(&self.per_heartbeat.gap, gap.as_secs_f64());
     }
 
     /// A reconcile round took `took`.
