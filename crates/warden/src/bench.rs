@@ -1376,6 +1376,9 @@ fn shards(a: ShardsArgs, kills: &str) -> Result<()> {
         replica_capacity,
         ..ScaleConfig::default()
     };
+    // Bad flags are named before anything is said to run.
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("bench shards: {e}"))?;
     eprintln!(
         "simulating {agents} agents over {replicas} replicas for {duration} s (seed {seed})…"
     );
