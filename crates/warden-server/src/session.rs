@@ -177,9 +177,13 @@ impl AgentSession for SessionService {
             let _watched = watched;
             // Per session, so the gap costs no shared state.
             let mut last_heartbeat: Option<std::time::Instant> = None;
+            // One wait for the end, registered once for the whole session (a new one per
+            // message would lock the token's node and join its waiters every heartbeat).
+            let ended = cancel.cancelled();
+            tokio::pin!(ended);
             loop {
                 let msg = tokio::select! {
-                    () = cancel.cancelled() => break,
+                    () = &mut ended => break,
                     m = inbound.message() => m,
                 };
                 // Every message but a heartbeat is paced, never dropped: the session pauses
@@ -191,7 +195,7 @@ impl AgentSession for SessionService {
                     if !pause.is_zero() {
                         cp.recorder().message_paced();
                         tokio::select! {
-                            () = cancel.cancelled() => break,
+                            () = &mut ended => break,
                             () = tokio::time::sleep(pause) => {}
                         }
                     }
