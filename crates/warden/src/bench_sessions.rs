@@ -162,6 +162,10 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     let acks = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicU64::new(0));
     let rejoins = Arc::new(AtomicU64::new(0));
+    // Sessions that broke (the stream or its connection) and were opened again, and the
+    // last reason given.
+    let lost = Arc::new(AtomicU64::new(0));
+    let lost_why: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     eprintln!(
         "opening {} sessions over {} connections…",
         b.sessions,
@@ -178,6 +182,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
             started.clone(),
             rejoins.clone(),
         );
+        let (lost, lost_why) = (lost.clone(), lost_why.clone());
         // Stagger the first heartbeats over one interval, as real agents would be.
         let offset = interval.mul_f64(i as f64 / b.sessions as f64);
         tokio::spawn(async move {
@@ -204,11 +209,19 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
                         0
                     }
                     Err(e) => {
-                        if i < 5 || std::env::var_os("WARDEN_BENCH_VERBOSE").is_some() {
-                            // Sessions end when the server stops at the end; report a few.
+                        if std::env::var_os("WARDEN_BENCH_VERBOSE").is_some() {
                             eprintln!("session {i}: {e:#}");
                         }
-                        break;
+                        // Like a real agent, one whose session broke opens it again (the
+                        // channel reconnects); the run's summary counts them.
+                        counted = true;
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        *lost_why
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(format!("{e:#}"));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        0
                     }
                 };
             }
@@ -263,12 +276,21 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(f64::total_cmp);
     let agents = cluster.client.get("/v1/agents")?;
-    let healthy = agents.as_array().map_or(0, |a| {
-        a.iter()
-            .filter(|x| x.get("state").and_then(|s| s.as_str()) == Some("healthy"))
-            .count()
-    });
+    // Agents by state at the end; the ones not healthy are named by state.
+    let mut states: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for a in agents.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let state = a.get("state").and_then(|s| s.as_str()).unwrap_or("unknown");
+        *states.entry(state.to_string()).or_default() += 1;
+    }
+    let healthy = states.remove("healthy").unwrap_or(0);
+    let others = if states.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        format!(" ({})", list.join(", "))
+    };
     let rejoined = rejoins.load(Ordering::Relaxed);
+    let broken = lost.load(Ordering::Relaxed);
     println!(
         "sessions: {}  task slots: {}  (generations ended and rejoined during the run: {rejoined})  heartbeats acked: {:.0}/s  ack latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         b.sessions,
@@ -287,12 +309,20 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
         0.0
     };
     println!(
-        "server: CPU {:.2} cores ({per_core_second:.0} heartbeats acked per core-second)  RSS {:.0} MiB  agents healthy: {healthy}/{}  (simulated agents, same machine: CPU {:.2} cores)",
+        "server: CPU {:.2} cores ({per_core_second:.0} heartbeats acked per core-second)  RSS {:.0} MiB  agents healthy: {healthy}/{}{others}  (simulated agents, same machine: CPU {:.2} cores)",
         server_cpu / elapsed.as_secs_f64(),
         rss as f64 / (1024.0 * 1024.0),
         b.sessions,
         (own1 - own0).as_secs_f64() / elapsed.as_secs_f64(),
     );
+    if broken > 0 {
+        let why = lost_why
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        println!("sessions broken and opened again during the run: {broken} (the last: {why})");
+    }
     let calls: Vec<String> = calls1
         .iter()
         .filter_map(|(op, n)| {
@@ -471,9 +501,14 @@ async fn agent(
         let copies = copies.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            while let Some(Ok(m)) = inbound.next().await {
+            loop {
+                let m = match inbound.next().await {
+                    Some(Ok(m)) => m,
+                    Some(Err(status)) => return Err(format!("the stream broke: {status}")),
+                    None => return Err("the server ended the stream".to_string()),
+                };
                 if let Some(server_message::Msg::Rejoin(_)) = &m.msg {
-                    return true;
+                    return Ok(());
                 }
                 let report = |task: &str, epoch: u64, phase: v1::TaskPhase| {
                     msg(agent_message::Msg::TaskReport(v1::TaskReport {
@@ -547,7 +582,6 @@ async fn agent(
                     }
                 }
             }
-            false
         })
     };
     tokio::time::sleep(offset).await;
@@ -588,8 +622,9 @@ async fn agent(
         }
         if reader.is_finished() {
             return match reader.await {
-                Ok(true) => Ok(Ended::Rejoin),
-                _ => bail!("session {i} ended"),
+                Ok(Ok(())) => Ok(Ended::Rejoin),
+                Ok(Err(why)) => bail!("session {i} ended: {why}"),
+                Err(e) => bail!("session {i} ended: its reader failed: {e}"),
             };
         }
         if tx
