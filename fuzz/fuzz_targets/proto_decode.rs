@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
 
     let cp = ControlPlane::new(Arc::new(MemStore::new()), ControllerConfig::default())
         .expect("control plane");
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let (tx, mut rx) = warden_server::outbox::channel(1024);
     let mut session = None;
     let mut buf = data;
     let mut n = 0;
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             (Msg::Restarting(r), Some(who)) => cp.restarting(who, &r),
             (_, None) => {}
         }
-        while let Ok(out) = rx.try_recv() {
+        while let Some(out) = rx.try_recv() {
             round_trips(&out.into_message());
         }
     }
