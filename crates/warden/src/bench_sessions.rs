@@ -146,6 +146,8 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     })
     .await??;
     let server_pid = cluster.server_pid().context("no server process")?;
+    // The server's memory before any session: what the sessions add is counted against it.
+    let (_, rss_empty) = cpu_and_rss(server_pid).context("read server /proc")?;
     let endpoint = format!("http://{}", cluster.grpc_addr);
     let mut channels = Vec::new();
     for _ in 0..b.connections.max(1) {
@@ -308,10 +310,12 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
     } else {
         0.0
     };
+    let per_session_kib = rss.saturating_sub(rss_empty) as f64 / 1024.0 / b.sessions.max(1) as f64;
     println!(
-        "server: CPU {:.2} cores ({per_core_second:.0} heartbeats acked per core-second)  RSS {:.0} MiB  agents healthy: {healthy}/{}{others}  (simulated agents, same machine: CPU {:.2} cores)",
+        "server: CPU {:.2} cores ({per_core_second:.0} heartbeats acked per core-second)  RSS {:.0} MiB ({per_session_kib:.1} KiB a session over the {:.0} MiB before any)  agents healthy: {healthy}/{}{others}  (simulated agents, same machine: CPU {:.2} cores)",
         server_cpu / elapsed.as_secs_f64(),
         rss as f64 / (1024.0 * 1024.0),
+        rss_empty as f64 / (1024.0 * 1024.0),
         b.sessions,
         (own1 - own0).as_secs_f64() / elapsed.as_secs_f64(),
     );
