@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the detectors' hot paths (`cargo bench --bench detectors`): recording a
 //! heartbeat and asking for the suspicion level / deadline, on detectors warmed up with a full
-//! window of jittery arrivals. The goal is under 100 ns for each.
+//! window of jittery arrivals. The goal is under 100 ns for each. Also the calibrated anomaly
+//! detector's `observe`, which every heartbeat pays once for each signal it carries.
 
 // `criterion_group!` expands to an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -10,10 +11,12 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use warden_core::Time;
+use warden_core::anomaly::Direction;
 use warden_core::detector::{
     Detector, DetectorConfig, FixedTimeout, FixedTimeoutConfig, LivenessDetector, PhiAccrual,
     PhiConfig, TwoWindow, TwoWindowConfig,
 };
+use warden_core::tail::{TailConfig, TailDetector};
 
 /// Deterministic jitter pattern (ms) so intervals vary like on a real network.
 const JITTER_MS: [u64; 16] = [3, 41, 17, 88, 9, 56, 72, 25, 64, 1, 95, 33, 48, 12, 80, 20];
@@ -65,5 +68,32 @@ fn detectors(c: &mut Criterion) {
     bench_detector::<Detector>(c, "detector_enum_phi", DetectorConfig::default().build());
 }
 
-criterion_group!(benches, detectors);
+/// The calibrated anomaly detector on one signal, warmed up with a day of samples at two a
+/// second: a noisy one (a CPU share wandering around 0.4) and a flat one (a value that never
+/// changes, as an idle agent's memory share).
+fn tail(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tail");
+    let noisy = |i: u32| {
+        let x = (f64::from(i) * 12.9898).sin() * 43_758.545;
+        0.4 + 0.05 * (2.0 * (x - x.floor()) - 1.0)
+    };
+    let flat = |_: u32| 0.3;
+    for (name, signal) in [("noisy", &noisy as &dyn Fn(u32) -> f64), ("flat", &flat)] {
+        let mut d = TailDetector::new(TailConfig::default(), Direction::Above);
+        let mut i = 0u32;
+        while i < 2 * 86_400 {
+            d.observe(f64::from(i) * 0.5, signal(i));
+            i += 1;
+        }
+        group.bench_function(format!("observe_{name}"), |b| {
+            b.iter(|| {
+                black_box(d.observe(f64::from(i) * 0.5, signal(i)));
+                i += 1;
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, detectors, tail);
 criterion_main!(benches);

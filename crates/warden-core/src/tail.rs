@@ -137,7 +137,7 @@ const HIST_BINS: usize = 64;
 /// divergence of the recent distribution.
 const STATS: usize = 5;
 /// Decay per sample of the recent distribution (a half-life of about 23 samples).
-const RECENT_DECAY: f32 = 0.97;
+const RECENT_DECAY: f64 = 0.97;
 /// A raised verdict holds while the short average of z (the residual in estimated standard
 /// deviations, 1.25 × its mean absolute deviation) stays above this: the value is still far
 /// from what the forecast expected before the episode.
@@ -159,7 +159,56 @@ const GRID: usize = 16;
 /// Phases of a day in the phase × value grid.
 const PHASES: usize = 12;
 
+/// Weight above which a [`Weight`]'s histograms are scaled back to 1: far inside `f32`'s range
+/// however much a histogram holds (at most `memory / ln 2` samples' worth: 2.9 million), and
+/// rare enough to cost nothing (every 64 half-lives).
+const RESCALE_ABOVE: f64 = 1.8e19; // 2^64
+
+/// Decay without touching every bin at every sample: counts are kept in units that grow by
+/// `1 / decay` per sample, so that a new sample adds the current unit to one bin and what
+/// is already there keeps its place — the same as multiplying every bin by `decay` and
+/// adding 1, at one addition instead of a pass over the histogram. A count in true units is
+/// the stored one divided by [`Weight::unit`]; once the unit passes [`RESCALE_ABOVE`] every
+/// histogram it weighs is divided by it and it starts again from 1.
+#[derive(Clone, Copy, Debug)]
+struct Weight {
+    /// What the newest sample weighs in the stored counts: 1 in true units.
+    unit: f64,
+}
+
+impl Weight {
+    const fn new() -> Weight {
+        Weight { unit: 1.0 }
+    }
+
+    /// Move on to the next sample's unit, `growth` (`1 / decay`) times the last one;
+    /// `Some(factor)` when the histograms must first be scaled by `factor` (and the unit
+    /// starts again from 1).
+    fn advance(&mut self, growth: f64) -> Option<f32> {
+        let next = self.unit * growth;
+        if next > RESCALE_ABOVE {
+            let factor = (1.0 / self.unit) as f32;
+            self.unit = growth;
+            Some(factor)
+        } else {
+            self.unit = next;
+            None
+        }
+    }
+
+    fn get(self) -> f32 {
+        self.unit as f32
+    }
+}
+
+fn scale(bins: &mut [f32], factor: f32) {
+    for b in bins {
+        *b *= factor;
+    }
+}
+
 /// A decayed histogram of a non-negative statistic on a log scale: its tail probability.
+/// Counts are in the units of the detector's `tail_weight` (see [`Weight`]).
 #[derive(Clone, Debug)]
 struct Tail {
     bins: [f32; HIST_BINS],
@@ -187,8 +236,9 @@ impl Tail {
     /// P(S ≥ s) over what was added, with the bin of `s` counted by the part at or above
     /// `s` (linear within the bin), and one pseudo-observation at `s` itself. Beyond the
     /// highest value seen the pseudo-observation's weight falls by e for every quarter of a
-    /// doubling (a power-law tail), so the rarest values still rank by size.
-    fn p(&self, s: f64) -> f64 {
+    /// doubling (a power-law tail), so the rarest values still rank by size. `unit`: what
+    /// the newest sample weighs in the stored counts (1 in true units).
+    fn p(&self, s: f64, unit: f32) -> f64 {
         let (i, frac) = Tail::bin(s);
         // Eight running sums: a float sum in one chain cannot be vectorised (its order is
         // part of its result), and this one is the detector's hottest loop.
@@ -200,23 +250,25 @@ impl Tail {
         }
         let above: f32 = lanes.iter().sum();
         let within = f64::from(self.bins[i]) * (1.0 - frac);
-        let top = self.bins.iter().rposition(|b| *b > 0.01).unwrap_or(0);
-        let pseudo = if i > top || (i == top && within + f64::from(above) < 0.01) {
+        let floor = 0.01 * unit;
+        let top = self.bins.iter().rposition(|b| *b > floor).unwrap_or(0);
+        let unit = f64::from(unit);
+        let pseudo = if i > top || (i == top && within + f64::from(above) < f64::from(floor)) {
             let beyond = (i as f64 + frac) - (top + 1) as f64;
             (-beyond.max(0.0) / 2.0).exp()
         } else {
             1.0
         };
-        (f64::from(above) + within + pseudo) / (f64::from(self.total) + 1.0)
+        (f64::from(above) + within + pseudo * unit) / (f64::from(self.total) + unit)
     }
 
-    fn add(&mut self, s: f64, decay: f32) {
-        for b in &mut self.bins {
-            *b *= decay;
+    fn add(&mut self, s: f64, unit: f32, rescale: Option<f32>) {
+        if let Some(factor) = rescale {
+            scale(&mut self.bins, factor);
+            self.total *= factor;
         }
-        self.total *= decay;
-        self.bins[Tail::bin(s).0] += 1.0;
-        self.total += 1.0;
+        self.bins[Tail::bin(s).0] += unit;
+        self.total += unit;
     }
 }
 
@@ -269,7 +321,8 @@ fn phase(at: f64) -> usize {
 }
 
 /// How often values were seen, overall and by phase of the day, on a grid over the range
-/// seen.
+/// seen. Counts are kept in the units of `weight` (`recent`'s in those of `recent_weight`;
+/// see [`Weight`]).
 #[derive(Clone, Debug)]
 struct Grid {
     lo: f64,
@@ -277,9 +330,11 @@ struct Grid {
     values: [f32; GRID],
     phased: [[f32; GRID]; PHASES],
     total: f32,
+    weight: Weight,
     /// The recent distribution (half-life of a few dozen samples).
     recent: [f32; GRID],
     recent_total: f32,
+    recent_weight: Weight,
 }
 
 impl Grid {
@@ -290,8 +345,10 @@ impl Grid {
             values: [0.0; GRID],
             phased: [[0.0; GRID]; PHASES],
             total: 0.0,
+            weight: Weight::new(),
             recent: [0.0; GRID],
             recent_total: 0.0,
+            recent_weight: Weight::new(),
         }
     }
 
@@ -342,7 +399,7 @@ impl Grid {
     /// quarter of it at least: one value seen long ago (a glitch) must not squeeze every normal value
     /// into one bin for good.
     fn narrow(&mut self) {
-        let floor = NARROW_FLOOR;
+        let floor = NARROW_FLOOR * self.weight.get();
         let (Some(first), Some(last)) = (
             self.values.iter().position(|v| *v > floor),
             self.values.iter().rposition(|v| *v > floor),
@@ -410,7 +467,9 @@ impl Grid {
         let outside = x < self.lo || x > self.hi;
         let b = self.bin(x);
         let count = |c: f32| if outside { 0.0 } else { f64::from(c) };
-        let novelty = |c: f64, total: f64| -((c + 0.5) / (total + 0.5 * GRID as f64)).ln();
+        let unit = self.weight.unit;
+        let novelty =
+            |c: f64, total: f64| -((c + 0.5 * unit) / (total + 0.5 * GRID as f64 * unit)).ln();
         let row = &self.phased[phase(at)];
         (
             novelty(count(self.values[b]), f64::from(self.total)),
@@ -424,41 +483,40 @@ impl Grid {
             return 0.0;
         }
         let rt = f64::from(self.recent_total);
-        let lt = f64::from(self.total) + 0.5 * GRID as f64;
+        let unit = self.weight.unit;
+        let lt = f64::from(self.total) + 0.5 * GRID as f64 * unit;
         self.recent
             .iter()
             .zip(&self.values)
             .filter(|(r, _)| **r > 0.0)
             .map(|(r, l)| {
                 let p = f64::from(*r) / rt;
-                let q = (f64::from(*l) + 0.5) / lt;
+                let q = (f64::from(*l) + 0.5 * unit) / lt;
                 p * (p / q).ln()
             })
             .sum::<f64>()
             .max(0.0)
     }
 
-    fn learn(&mut self, x: f64, at: f64, decay: f32) {
+    /// Count `x` seen at `at`; `growth` is `1 / decay` of the long counts.
+    fn learn(&mut self, x: f64, at: f64, growth: f64) {
         self.widen(x);
-        for v in &mut self.recent {
-            *v *= RECENT_DECAY;
+        if let Some(factor) = self.recent_weight.advance(1.0 / RECENT_DECAY) {
+            scale(&mut self.recent, factor);
+            self.recent_total *= factor;
         }
-        self.recent_total *= RECENT_DECAY;
-        for v in &mut self.values {
-            *v *= decay;
+        if let Some(factor) = self.weight.advance(growth) {
+            scale(&mut self.values, factor);
+            scale(self.phased.as_flattened_mut(), factor);
+            self.total *= factor;
         }
-        for row in &mut self.phased {
-            for c in row.iter_mut() {
-                *c *= decay;
-            }
-        }
-        self.total *= decay;
+        let (unit, recent) = (self.weight.get(), self.recent_weight.get());
         let b = self.bin(x);
-        self.values[b] += 1.0;
-        self.recent[b] += 1.0;
-        self.recent_total += 1.0;
-        self.phased[phase(at)][b] += 1.0;
-        self.total += 1.0;
+        self.values[b] += unit;
+        self.recent[b] += recent;
+        self.recent_total += recent;
+        self.phased[phase(at)][b] += unit;
+        self.total += unit;
     }
 }
 
@@ -484,7 +542,9 @@ pub struct TailDetector {
     direction: Direction,
     /// Floor of the residual's scale, in the signal's unit.
     min_scale: f64,
-    decay: f32,
+    /// `1 / decay` per sample of the value counts and the calibration (a half-life of
+    /// [`TailConfig::memory`] samples).
+    growth: f64,
     count: u32,
     level: f64,
     /// Mean absolute residual of the forecast used.
@@ -499,6 +559,8 @@ pub struct TailDetector {
     short: f64,
     grid: Grid,
     tails: [Tail; STATS],
+    /// The unit of the histograms in `tails`.
+    tail_weight: Weight,
     quiet_left: u32,
     /// Surprising samples in a row.
     streak: u32,
@@ -520,12 +582,12 @@ impl TailDetector {
     /// signal's unit): on a signal that is almost always the same value (an error rate of
     /// 0), a raw scale near 0 would make every small wobble look extreme.
     pub fn with_floor(cfg: TailConfig, direction: Direction, min_scale: f64) -> TailDetector {
-        let decay = 0.5f64.powf(1.0 / f64::from(cfg.memory.max(1))) as f32;
+        let growth = 2f64.powf(1.0 / f64::from(cfg.memory.max(1)));
         TailDetector {
             cfg,
             direction,
             min_scale: min_scale.max(0.0),
-            decay,
+            growth,
             count: 0,
             level: 0.0,
             scale: 0.0,
@@ -537,6 +599,7 @@ impl TailDetector {
             short: 0.0,
             grid: Grid::new(),
             tails: std::array::from_fn(|_| Tail::new()),
+            tail_weight: Weight::new(),
             quiet_left: 0,
             streak: 0,
             held: None,
@@ -578,7 +641,7 @@ impl TailDetector {
         if self.count == 0 {
             self.level = x;
             self.count = 1;
-            self.grid.learn(x, at, self.decay);
+            self.grid.learn(x, at, self.growth);
             return nothing(false);
         }
         let offset = self.seasonal(at);
@@ -625,7 +688,7 @@ impl TailDetector {
                 .tails
                 .iter()
                 .zip(stats)
-                .map(|(t, s)| t.p(s))
+                .map(|(t, s)| t.p(s, self.tail_weight.get()))
                 .fold(1.0f64, f64::min);
             (least * STATS as f64).min(1.0)
         } else {
@@ -678,8 +741,9 @@ impl TailDetector {
     }
 
     fn remember(&mut self, stats: [f64; STATS]) {
+        let rescale = self.tail_weight.advance(self.growth);
         for (t, s) in self.tails.iter_mut().zip(stats) {
-            t.add(s, self.decay);
+            t.add(s, self.tail_weight.get(), rescale);
         }
     }
 
@@ -704,7 +768,7 @@ impl TailDetector {
         let sa = self.cfg.season_alpha;
         self.day.learn(at, DAY, x - self.level, sa);
         self.week.learn(at, WEEK, x - self.level, sa);
-        self.grid.learn(x, at, self.decay);
+        self.grid.learn(x, at, self.growth);
         if self.count.is_multiple_of(NARROW_EVERY) {
             self.grid.narrow();
         }
@@ -774,6 +838,63 @@ mod tests {
             cleared |= !o.anomalous;
         }
         assert!(cleared);
+    }
+
+    #[test]
+    fn weighted_counts_match_counts_decayed_every_sample() {
+        // A half-life of 10 samples: the unit passes 2^64 every 640 samples, so 20,000
+        // samples rescale the histogram 31 times.
+        let growth = 2f64.powf(0.1);
+        let decay = 1.0 / growth;
+        let (mut tail, mut weight) = (Tail::new(), Weight::new());
+        let mut eager = [0f64; HIST_BINS];
+        let mut rescaled = 0;
+        for i in 0..20_000u32 {
+            let s = 40.0 * (noise(i) + 1.0);
+            let rescale = weight.advance(growth);
+            rescaled += usize::from(rescale.is_some());
+            tail.add(s, weight.get(), rescale);
+            for b in &mut eager {
+                *b *= decay;
+            }
+            eager[Tail::bin(s).0] += 1.0;
+            if i % 997 == 0 {
+                let total: f64 = eager.iter().sum();
+                for probe in [0.0, 3.0, 20.0, 79.0, 500.0] {
+                    let (j, frac) = Tail::bin(probe);
+                    let above: f64 = eager[j + 1..].iter().sum::<f64>() + eager[j] * (1.0 - frac);
+                    let top = eager.iter().rposition(|b| *b > 0.01).unwrap_or(0);
+                    let pseudo = if j > top || (j == top && above < 0.01) {
+                        (-((j as f64 + frac) - (top + 1) as f64).max(0.0) / 2.0).exp()
+                    } else {
+                        1.0
+                    };
+                    let want = (above + pseudo) / (total + 1.0);
+                    let got = tail.p(probe, weight.get());
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want + 1e-9,
+                        "sample {i}, s = {probe}: {got} against {want}"
+                    );
+                }
+            }
+        }
+        assert_eq!(rescaled, 31);
+    }
+
+    #[test]
+    fn a_short_memory_rescales_and_still_raises_on_a_spike() {
+        let cfg = TailConfig {
+            memory: 10,
+            confirm: 1,
+            ..TailConfig::default()
+        };
+        let mut d = TailDetector::new(cfg, Direction::Both);
+        for i in 0..20_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        assert!(d.tail_weight.unit < RESCALE_ABOVE && d.grid.weight.unit < RESCALE_ABOVE);
+        let o = d.observe(at(20_000), 130.0);
+        assert!(o.anomalous && o.p.is_finite(), "{o:?}");
     }
 
     #[test]
