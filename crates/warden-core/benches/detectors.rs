@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the detectors' hot paths (`cargo bench --bench detectors`): recording a
 //! heartbeat and asking for the suspicion level / deadline, on detectors warmed up with a full
 //! window of jittery arrivals. The goal is under 100 ns for each. Also the calibrated anomaly
-//! detector's `observe`, which every heartbeat pays once for each signal it carries.
+//! detector's `observe`, and `judge` (the verdict alone), which every heartbeat pays once for
+//! each signal it carries.
 
 // `criterion_group!` expands to an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -88,6 +89,13 @@ fn tail(c: &mut Criterion) {
         group.bench_function(format!("observe_{name}"), |b| {
             b.iter(|| {
                 black_box(d.observe(f64::from(i) * 0.5, signal(i)));
+                i += 1;
+            })
+        });
+        // What the health model calls: the verdict alone.
+        group.bench_function(format!("judge_{name}"), |b| {
+            b.iter(|| {
+                black_box(d.judge(f64::from(i) * 0.5, signal(i)));
                 i += 1;
             })
         });

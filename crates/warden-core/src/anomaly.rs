@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, check_range};
-use crate::tail::{TailConfig, TailDetector, TailObservation};
+use crate::tail::{TailConfig, TailDetector};
 use crate::types::SignalKind;
 
 /// Which deviations count as anomalous.
@@ -317,10 +317,7 @@ impl SignalDetector {
     /// Feed the value `x` seen at `at_secs` (seconds on any clock); returns the verdict.
     pub fn observe(&mut self, at_secs: f64, x: f64) -> bool {
         match self {
-            SignalDetector::Tail(d) => {
-                let TailObservation { anomalous, .. } = d.observe(at_secs, x);
-                anomalous
-            }
+            SignalDetector::Tail(d) => d.judge(at_secs, x),
             SignalDetector::Ewma(d) => d.observe(x).anomalous,
         }
     }

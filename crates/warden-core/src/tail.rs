@@ -133,6 +133,13 @@ const DAY_BINS: usize = 48;
 const WEEK_BINS: usize = 168;
 /// Histogram bins: statistic `s` falls in bin `⌊8·log2(1 + s)⌋`, the last one open-ended.
 const HIST_BINS: usize = 64;
+/// Bins of the histories of the bounded statistics — the novelties, the divergence and the
+/// short average — which never reach bin 32: a novelty or the divergence is at most
+/// `ln(2·total + 16)`, and the values' total weight at most `memory / ln 2 + 1` (1.44 million
+/// samples at the largest memory allowed: 14.9, bin 31); the short average at most
+/// [`STEP_Z`] (bin 27). Only the CUSUM (up to [`CUSUM_CAP`]) needs all of [`HIST_BINS`].
+/// The bins they would leave empty are not kept: 496 bytes a detector.
+const BOUNDED_BINS: usize = 33;
 /// Surprise statistics: value novelty, phase novelty, CUSUM, short average of the residual,
 /// divergence of the recent distribution.
 const STATS: usize = 5;
@@ -210,15 +217,15 @@ fn scale(bins: &mut [f32], factor: f32) {
 /// A decayed histogram of a non-negative statistic on a log scale: its tail probability.
 /// Counts are in the units of the detector's `tail_weight` (see [`Weight`]).
 #[derive(Clone, Debug)]
-struct Tail {
-    bins: [f32; HIST_BINS],
+struct Tail<const N: usize> {
+    bins: [f32; N],
     total: f32,
 }
 
-impl Tail {
-    fn new() -> Tail {
+impl<const N: usize> Tail<N> {
+    fn new() -> Self {
         Tail {
-            bins: [0.0; HIST_BINS],
+            bins: [0.0; N],
             total: 0.0,
         }
     }
@@ -226,8 +233,8 @@ impl Tail {
     fn bin(s: f64) -> (usize, f64) {
         let b = 8.0 * (1.0 + s.max(0.0)).log2();
         let i = b.floor();
-        if i >= (HIST_BINS - 1) as f64 {
-            (HIST_BINS - 1, 0.0)
+        if i >= (N - 1) as f64 {
+            (N - 1, 0.0)
         } else {
             (i as usize, b - i)
         }
@@ -239,7 +246,7 @@ impl Tail {
     /// doubling (a power-law tail), so the rarest values still rank by size. `unit`: what
     /// the newest sample weighs in the stored counts (1 in true units).
     fn p(&self, s: f64, unit: f32) -> f64 {
-        let (i, frac) = Tail::bin(s);
+        let (i, frac) = Self::bin(s);
         // Eight running sums: a float sum in one chain cannot be vectorised (its order is
         // part of its result), and this one is the detector's hottest loop.
         let mut lanes = [0f32; 8];
@@ -267,8 +274,46 @@ impl Tail {
             scale(&mut self.bins, factor);
             self.total *= factor;
         }
-        self.bins[Tail::bin(s).0] += unit;
+        self.bins[Self::bin(s).0] += unit;
         self.total += unit;
+    }
+}
+
+/// The histories of the five statistics, in the order of [`STATS`]: value novelty, phase
+/// novelty, CUSUM, short average, divergence.
+#[derive(Clone, Debug)]
+struct Tails {
+    /// All but the CUSUM's.
+    bounded: [Tail<BOUNDED_BINS>; STATS - 1],
+    cusum: Tail<HIST_BINS>,
+}
+
+/// Where the CUSUM is among the statistics.
+const CUSUM_STAT: usize = 2;
+
+impl Tails {
+    fn bounded(stats: &[f64; STATS]) -> impl Iterator<Item = f64> + '_ {
+        stats
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != CUSUM_STAT)
+            .map(|(_, s)| *s)
+    }
+
+    /// The smallest tail probability of the five.
+    fn least_p(&self, stats: &[f64; STATS], unit: f32) -> f64 {
+        self.bounded
+            .iter()
+            .zip(Self::bounded(stats))
+            .map(|(t, s)| t.p(s, unit))
+            .fold(self.cusum.p(stats[CUSUM_STAT], unit), f64::min)
+    }
+
+    fn add(&mut self, stats: &[f64; STATS], unit: f32, rescale: Option<f32>) {
+        for (t, s) in self.bounded.iter_mut().zip(Self::bounded(stats)) {
+            t.add(s, unit, rescale);
+        }
+        self.cusum.add(stats[CUSUM_STAT], unit, rescale);
     }
 }
 
@@ -558,7 +603,7 @@ pub struct TailDetector {
     /// Short average of the (directional) scaled residual.
     short: f64,
     grid: Grid,
-    tails: [Tail; STATS],
+    tails: Tails,
     /// The unit of the histograms in `tails`.
     tail_weight: Weight,
     quiet_left: u32,
@@ -598,7 +643,10 @@ impl TailDetector {
             down: 0.0,
             short: 0.0,
             grid: Grid::new(),
-            tails: std::array::from_fn(|_| Tail::new()),
+            tails: Tails {
+                bounded: std::array::from_fn(|_| Tail::new()),
+                cusum: Tail::new(),
+            },
             tail_weight: Weight::new(),
             quiet_left: 0,
             streak: 0,
@@ -628,6 +676,20 @@ impl TailDetector {
     /// Feed the sample `x` taken at `at` seconds (any epoch: only differences and the phase
     /// within a day and a week matter). Non-finite samples are ignored.
     pub fn observe(&mut self, at: f64, x: f64) -> TailObservation {
+        self.step(at, x, true)
+    }
+
+    /// Like [`TailDetector::observe`], for a caller that wants the verdict alone: the same
+    /// verdicts, but a sample that cannot raise one (closer than [`TailConfig::min_z`] to the
+    /// forecast, or in the harmless direction) while none is raised skips its tail
+    /// probabilities — the detector's largest cost, a pass over its five histories.
+    pub fn judge(&mut self, at: f64, x: f64) -> bool {
+        self.step(at, x, false).anomalous
+    }
+
+    /// One sample; `want_score`: whether the observation must carry `p` and the score even
+    /// when they cannot change the verdict.
+    fn step(&mut self, at: f64, x: f64, want_score: bool) -> TailObservation {
         let nothing = |anomalous| TailObservation {
             score: 0.0,
             p: 1.0,
@@ -683,13 +745,9 @@ impl TailDetector {
         ];
         // Scored once the statistics' histories hold half a warm-up's worth.
         let scored = self.count >= self.cfg.warmup.saturating_add(self.cfg.warmup / 2);
-        let p = if scored {
-            let least = self
-                .tails
-                .iter()
-                .zip(stats)
-                .map(|(t, s)| t.p(s, self.tail_weight.get()))
-                .fold(1.0f64, f64::min);
+        let matters = want_score || self.anomalous || dir >= self.cfg.min_z;
+        let p = if scored && matters {
+            let least = self.tails.least_p(&stats, self.tail_weight.get());
             (least * STATS as f64).min(1.0)
         } else {
             1.0
@@ -742,9 +800,7 @@ impl TailDetector {
 
     fn remember(&mut self, stats: [f64; STATS]) {
         let rescale = self.tail_weight.advance(self.growth);
-        for (t, s) in self.tails.iter_mut().zip(stats) {
-            t.add(s, self.tail_weight.get(), rescale);
-        }
+        self.tails.add(&stats, self.tail_weight.get(), rescale);
     }
 
     /// Learn from a sample: the level follows the deseasonalised value (a clipped step once
@@ -846,7 +902,7 @@ mod tests {
         // samples rescale the histogram 31 times.
         let growth = 2f64.powf(0.1);
         let decay = 1.0 / growth;
-        let (mut tail, mut weight) = (Tail::new(), Weight::new());
+        let (mut tail, mut weight) = (Tail::<HIST_BINS>::new(), Weight::new());
         let mut eager = [0f64; HIST_BINS];
         let mut rescaled = 0;
         for i in 0..20_000u32 {
@@ -857,11 +913,11 @@ mod tests {
             for b in &mut eager {
                 *b *= decay;
             }
-            eager[Tail::bin(s).0] += 1.0;
+            eager[Tail::<HIST_BINS>::bin(s).0] += 1.0;
             if i % 997 == 0 {
                 let total: f64 = eager.iter().sum();
                 for probe in [0.0, 3.0, 20.0, 79.0, 500.0] {
-                    let (j, frac) = Tail::bin(probe);
+                    let (j, frac) = Tail::<HIST_BINS>::bin(probe);
                     let above: f64 = eager[j + 1..].iter().sum::<f64>() + eager[j] * (1.0 - frac);
                     let top = eager.iter().rposition(|b| *b > 0.01).unwrap_or(0);
                     let pseudo = if j > top || (j == top && above < 0.01) {
@@ -879,6 +935,74 @@ mod tests {
             }
         }
         assert_eq!(rescaled, 31);
+    }
+
+    #[test]
+    fn judging_alone_gives_the_verdicts_of_a_full_observation() {
+        // Noise, then spikes, dips, a level shift and a drift, on every direction and on the
+        // health model's settings as on NAB's.
+        let series = |i: u32| {
+            let base = 100.0 + 3.0 * noise(i);
+            match i {
+                3_000..3_010 | 3_400 | 3_800..3_802 => base + 40.0,
+                3_900..3_905 => base - 40.0,
+                4_000..6_000 => base + 15.0,
+                6_000.. => base + f64::from(i - 6_000) * 0.05,
+                _ => base,
+            }
+        };
+        let nab = TailConfig {
+            alarm: 0.005,
+            min_z: 0.0,
+            confirm: 1,
+            ..TailConfig::default()
+        };
+        for cfg in [TailConfig::default(), nab] {
+            for direction in [Direction::Above, Direction::Below, Direction::Both] {
+                let mut full = TailDetector::new(cfg.clone(), direction);
+                let mut verdict = full.clone();
+                let mut raised = 0;
+                for i in 0..8_000 {
+                    let o = full.observe(at(i), series(i));
+                    assert_eq!(
+                        verdict.judge(at(i), series(i)),
+                        o.anomalous,
+                        "{direction:?}, sample {i}, {cfg:?}"
+                    );
+                    raised += usize::from(o.changed && o.anomalous);
+                }
+                assert!(
+                    raised > 0,
+                    "{direction:?} raised nothing: the test proves little"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_bounded_statistics_never_reach_the_last_bin_of_their_histories() {
+        // The largest memory allowed gives the largest total weight, and with it the
+        // largest novelty and divergence: ln(2·total + 16).
+        let growth = 2f64.powf(1.0 / 1_000_000.0);
+        let total = 1.0 / (1.0 - 1.0 / growth) + 1.0;
+        let worst = (2.0 * total + 16.0).ln();
+        assert!(worst > 14.0, "{worst}");
+        for s in [worst, STEP_Z] {
+            let (i, _) = Tail::<HIST_BINS>::bin(s);
+            assert!(i < BOUNDED_BINS - 1, "{s} falls in bin {i}");
+        }
+        // A novelty (phase or value) at its largest, on a detector of the largest memory.
+        let cfg = TailConfig {
+            memory: 1_000_000,
+            ..TailConfig::default()
+        };
+        let mut d = TailDetector::new(cfg, Direction::Both);
+        for i in 0..1_000 {
+            d.observe(at(i), 100.0 + noise(i));
+        }
+        let (value, phased) = d.grid.novelty(1e9, at(1_000));
+        assert!(value <= worst && phased <= worst, "{value} {phased}");
+        assert!(d.grid.divergence() <= worst);
     }
 
     #[test]
