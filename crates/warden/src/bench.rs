@@ -104,6 +104,11 @@ pub enum BenchCommand {
         /// its agent's copies. 0: none.
         #[arg(long, default_value_t = 0)]
         slots: usize,
+        /// Simulated agents report CPU and memory shares that wander as a real host's do
+        /// (a different CPU share every heartbeat, memory drifting), instead of values that
+        /// never change — which the server's anomaly detectors handle at less cost.
+        #[arg(long)]
+        varied_signals: bool,
     },
     /// Replicated task state end to end on this machine: clients write through the state
     /// API's Unix socket to a primary that replicates to standbys over loopback TCP. Reports
@@ -507,6 +512,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             connections,
             etcd,
             slots,
+            varied_signals,
         } => {
             let exe = std::env::current_exe()?;
             let b = crate::bench_sessions::SessionsBench {
@@ -517,6 +523,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 connections: *connections,
                 etcd: *etcd,
                 slots: *slots,
+                varied_signals: *varied_signals,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -36,6 +36,33 @@ pub struct SessionsBench {
     /// Task slots placed on the sessions before measuring (service jobs of up to 1,000
     /// replicas each); every heartbeat then reports the copies its agent runs.
     pub slots: usize,
+    /// Signals that wander as a real host's do instead of constant ones (see
+    /// [`signals`]).
+    pub varied_signals: bool,
+}
+
+/// The signals of simulated agent `i`'s heartbeat `seq`: constant CPU and memory shares, or,
+/// `varied`, a CPU share around 0.2 with a different ±0.05 each heartbeat and a memory share
+/// drifting slowly around 0.3 — what the server's anomaly detectors see from a real host,
+/// and pay more for than for a value that never changes.
+pub fn signals(i: usize, seq: u64, varied: bool) -> v1::Signals {
+    let (cpu, memory) = if varied {
+        // A cheap deterministic hash of (agent, heartbeat) into [-1, 1).
+        let h = (i as u64 ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+            .rotate_left(29)
+            .wrapping_mul(0x94d0_49bb_1331_11eb);
+        let u = (h >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
+        let phase = seq as f64 / 600.0 + i as f64;
+        (0.2 + 0.05 * u, 0.3 + 0.02 * phase.sin())
+    } else {
+        (0.2, 0.3)
+    };
+    v1::Signals {
+        cpu: Some(cpu),
+        memory: Some(memory),
+        ..Default::default()
+    }
 }
 
 /// A one-member etcd for the benchmark, and where its metrics are.
@@ -185,6 +212,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
             rejoins.clone(),
         );
         let (lost, lost_why) = (lost.clone(), lost_why.clone());
+        let varied = b.varied_signals;
         // Stagger the first heartbeats over one interval, as real agents would be.
         let offset = interval.mul_f64(i as f64 / b.sessions as f64);
         tokio::spawn(async move {
@@ -194,6 +222,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
                 let run = agent(
                     ch.clone(),
                     i,
+                    varied,
                     interval,
                     if counted { Duration::ZERO } else { offset },
                     measuring.clone(),
@@ -456,6 +485,7 @@ async fn settle(client: &warden_client::Client, sessions: usize, slots: usize) -
 async fn agent(
     ch: tonic::transport::Channel,
     i: usize,
+    varied: bool,
     interval: Duration,
     offset: Duration,
     measuring: Arc<std::sync::atomic::AtomicBool>,
@@ -609,11 +639,7 @@ async fn agent(
         };
         let hb = v1::Heartbeat {
             seq,
-            signals: Some(v1::Signals {
-                cpu: Some(0.2),
-                memory: Some(0.3),
-                ..Default::default()
-            }),
+            signals: Some(signals(i, seq, varied)),
             running: if as_of == 0 {
                 running.clone()
             } else {
@@ -638,5 +664,32 @@ async fn agent(
         {
             bail!("session {i} ended");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signals;
+
+    #[test]
+    fn varied_signals_wander_within_a_hosts_range_and_constant_ones_do_not() {
+        let flat = signals(7, 1, false);
+        assert_eq!((flat.cpu, flat.memory), (Some(0.2), Some(0.3)));
+        assert_eq!(signals(7, 2, false), flat);
+        let cpu: Vec<f64> = (0..1_000)
+            .map(|seq| signals(7, seq, true).cpu.unwrap_or(f64::NAN))
+            .collect();
+        assert!(cpu.iter().all(|c| (0.15..0.25).contains(c)), "{cpu:?}");
+        let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
+        assert!((mean - 0.2).abs() < 0.01, "mean {mean}");
+        let distinct = cpu
+            .windows(2)
+            .filter(|w| (w[0] - w[1]).abs() > 1e-6)
+            .count();
+        assert!(distinct > 990, "{distinct} changes in 999");
+        // Agents differ from one another.
+        assert_ne!(signals(7, 5, true), signals(8, 5, true));
+        let memory = signals(7, 5, true).memory.unwrap_or(f64::NAN);
+        assert!((0.28..=0.32).contains(&memory), "{memory}");
     }
 }
