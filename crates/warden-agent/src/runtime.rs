@@ -48,6 +48,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use warden_core::anomaly::{SignalJudge, SignalSet};
 use warden_core::controller::{CopyPhase, CopyReport};
 use warden_core::lifecycle::ProbeOutcome;
 use warden_core::{FencingToken, HealthCheck, JobName, Resources, TaskId};
@@ -55,7 +56,7 @@ use warden_proto::convert;
 use warden_proto::v1::{self, agent_message, server_message};
 
 use crate::metrics::AgentMetrics;
-use crate::signals::HostSampler;
+use crate::signals::{HostSampler, JudgeClock, adopt_settings};
 use crate::supervisor::{
     ProcessState, ShimLauncher, Supervisor, SupervisorConfig, SupervisorError, TaskEvent,
     TaskEventKind, TaskSpec,
@@ -338,10 +339,15 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
             last_ack: Instant::now(),
             reset,
             accepts_unchanged: false,
+            judged: false,
             listed: None,
         });
     }
     drop(link_tx);
+    // The agent's own anomaly detectors, with the settings a server sent (and those settings
+    // as sent, to notice a change).
+    let mut judge: Option<(String, SignalJudge)> = None;
+    let clock = JudgeClock::new();
 
     let mut sampler = HostSampler::new();
     let mut interval = Duration::from_millis(500);
@@ -441,6 +447,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                     h.running.clone_from(&running);
                     false
                 });
+                let verdicts = judge.as_mut().map(|(_, j)| j.judge(clock.now(), &signals));
                 let signals = Some(v1::Signals::from(&signals));
                 let mut any = false;
                 for l in &mut links {
@@ -463,6 +470,8 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                             signals,
                             running: if as_of == 0 { running.clone() } else { Vec::new() },
                             running_as_of: as_of,
+                            judged: l.judged && verdicts.is_some(),
+                            anomalous: verdicts.map_or(0, SignalSet::bits),
                         };
                         if as_of == 0 {
                             l.listed = Some((seq, running.clone()));
@@ -522,6 +531,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<Exit, Ag
                         l.out = Some(out);
                         // A new session: its first heartbeat lists the copies.
                         l.accepts_unchanged = welcome.accepts_running_as_of;
+                        l.judged = adopt_settings(&mut judge, &welcome.anomaly_settings, &l.server);
                         l.listed = None;
                         l.last_ack = Instant::now();
                         cfg.metrics.session_established(ids.generation);
@@ -900,6 +910,9 @@ struct Link {
     reset: watch::Sender<u64>,
     /// The server of the open session accepts heartbeats whose copies are "unchanged".
     accepts_unchanged: bool,
+    /// The server of the open session sent anomaly settings: the agent tells it its own
+    /// verdicts.
+    judged: bool,
     /// The copies the last heartbeat on the open session that listed them listed, and its
     /// number.
     listed: Option<(u64, Vec<v1::RunningTask>)>,

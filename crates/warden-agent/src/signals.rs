@@ -4,9 +4,82 @@
 //! a few small files costs microseconds, so the agent samples once per heartbeat. Where a file
 //! is missing (another OS, a kernel without PSI) the signal is simply not reported.
 
-use std::fs;
+//!
+//! The agent also judges its own signals when its server asks it to (the server's anomaly
+//! settings in the session's Welcome): [`adopt_settings`] keeps one set of detectors for all
+//! its sessions, [`JudgeClock`] gives them their time, and each heartbeat carries the
+//! verdicts — the server then keeps no detector for this agent.
 
+use std::fs;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
 use warden_core::Signals;
+use warden_core::anomaly::{AnomalyConfig, SignalJudge};
+
+/// Seconds for the anomaly detectors: a clock that does not jump (monotonic), set to the wall
+/// clock's reading when the agent started, so that daily and weekly seasons fall on real
+/// hours.
+#[derive(Debug)]
+pub struct JudgeClock {
+    start: Instant,
+    unix_at_start: f64,
+}
+
+impl Default for JudgeClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JudgeClock {
+    /// Set from the wall clock now.
+    pub fn new() -> Self {
+        JudgeClock {
+            start: Instant::now(),
+            unix_at_start: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+
+    /// Seconds now.
+    pub fn now(&self) -> f64 {
+        self.unix_at_start + self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// Take the anomaly settings `server` sent in its Welcome (`settings`, JSON): returns whether
+/// the agent tells that server its own verdicts. Empty settings: that server judges the
+/// signals itself. Settings that do not parse or validate are refused with a warning (the
+/// server then judges). New settings replace the detectors (which warm up again); the same
+/// settings from another session keep them.
+pub fn adopt_settings(
+    judge: &mut Option<(String, SignalJudge)>,
+    settings: &str,
+    server: &str,
+) -> bool {
+    if settings.is_empty() {
+        return false;
+    }
+    if judge.as_ref().is_some_and(|(had, _)| had == settings) {
+        return true;
+    }
+    let parsed = serde_json::from_str::<AnomalyConfig>(settings)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| cfg.validate().map(|()| cfg).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(cfg) => {
+            info!(%server, "judging this host's signals with the server's anomaly settings");
+            *judge = Some((settings.to_string(), SignalJudge::new(cfg)));
+            true
+        }
+        Err(why) => {
+            warn!(%server, %why, "the server's anomaly settings are unusable; it judges the signals itself");
+            false
+        }
+    }
+}
 
 /// Samples host signals; keeps the previous CPU counters to compute utilisation over the
 /// interval between two samples.
@@ -89,6 +162,85 @@ fn parse_pressure(text: &str) -> Option<f64> {
     some.split_whitespace()
         .find_map(|kv| kv.strip_prefix("avg10="))
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod adopt_tests {
+    #![allow(clippy::unwrap_used)]
+    use warden_core::SignalKind;
+    use warden_core::anomaly::{AnomalyConfig, SignalJudge};
+
+    use super::{JudgeClock, adopt_settings};
+
+    #[test]
+    fn settings_are_adopted_once_kept_across_sessions_and_bad_ones_refused() {
+        let mut judge: Option<(String, SignalJudge)> = None;
+        assert!(!adopt_settings(&mut judge, "", "a"));
+        assert!(judge.is_none());
+        assert!(!adopt_settings(&mut judge, "{not json", "a"));
+        let invalid = r#"{"tail": {"alarm": 0.0}}"#;
+        assert!(!adopt_settings(&mut judge, invalid, "a"));
+        assert!(judge.is_none());
+
+        let settings = serde_json::to_string(&AnomalyConfig::default()).unwrap();
+        assert!(adopt_settings(&mut judge, &settings, "a"));
+        // Warm the detectors, then a second session with the same settings keeps them.
+        let clock = JudgeClock::new();
+        let calm = warden_core::Signals {
+            error_rate: Some(0.0),
+            ..Default::default()
+        };
+        for i in 0..400 {
+            let at = clock.now() + f64::from(i) * 0.5;
+            assert!(
+                judge
+                    .as_mut()
+                    .unwrap()
+                    .1
+                    .judge(at, &calm)
+                    .iter()
+                    .next()
+                    .is_none()
+            );
+        }
+        assert!(adopt_settings(&mut judge, &settings, "b"));
+        let sick = warden_core::Signals {
+            error_rate: Some(0.5),
+            ..Default::default()
+        };
+        let mut flagged = false;
+        for i in 400..410 {
+            let at = clock.now() + f64::from(i) * 0.5;
+            flagged |= judge
+                .as_mut()
+                .unwrap()
+                .1
+                .judge(at, &sick)
+                .contains(SignalKind::ErrorRate);
+        }
+        assert!(
+            flagged,
+            "an error rate jumping from 0 to 0.5 was not judged anomalous"
+        );
+        // Other settings replace the detectors; the server's JSON names what it changed.
+        let other = serde_json::to_string(&AnomalyConfig {
+            warmup: 50,
+            ..AnomalyConfig::default()
+        })
+        .unwrap();
+        assert!(adopt_settings(&mut judge, &other, "a"));
+        assert!(
+            judge
+                .as_mut()
+                .unwrap()
+                .1
+                .judge(clock.now(), &sick)
+                .iter()
+                .next()
+                .is_none()
+        );
+        assert_eq!(judge.as_ref().unwrap().1.config().warmup, 50);
+    }
 }
 
 #[cfg(test)]

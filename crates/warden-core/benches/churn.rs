@@ -158,6 +158,7 @@ fn main() {
                         beat: Heartbeat {
                             seq: l.seq,
                             signals: None,
+                            judged: None,
                             copies: Copies::Listed(vec![]),
                         },
                     },

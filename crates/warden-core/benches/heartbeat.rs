@@ -162,6 +162,7 @@ impl Fleet {
             beat: Heartbeat {
                 seq: self.seq[i],
                 signals: None,
+                judged: None,
                 copies: Copies::Listed(copies),
             },
         };

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, check_range};
 use crate::tail::{TailConfig, TailDetector};
-use crate::types::SignalKind;
+use crate::types::{SignalKind, Signals};
 
 /// Which deviations count as anomalous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +92,12 @@ pub struct AnomalyConfig {
     pub tail: TailConfig,
     /// Settings of the calibrated detector for one signal, by signal name.
     pub signals: BTreeMap<String, TailConfig>,
+    /// Agents judge their own signals with these settings (sent in each session's Welcome)
+    /// and send their verdicts with every heartbeat; the server then keeps no detector for
+    /// them (default true: about 3 KiB and a detector's work per signal and heartbeat moved
+    /// off the server). false: the server judges every agent's signals itself. An agent that
+    /// does not judge (an older one) is judged by the server either way.
+    pub on_agents: bool,
 }
 
 impl Default for AnomalyConfig {
@@ -106,6 +112,7 @@ impl Default for AnomalyConfig {
             detector: DetectorKind::Tail,
             tail: TailConfig::default(),
             signals: BTreeMap::new(),
+            on_agents: true,
         }
     }
 }
@@ -289,6 +296,89 @@ impl AnomalyDetector {
     }
 }
 
+/// A set of signal kinds (an agent's anomalous signals), one bit per kind in the order of
+/// [`SignalKind::ALL`] — as the session protocol carries it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SignalSet(u8);
+
+impl SignalSet {
+    /// No signal.
+    pub const EMPTY: SignalSet = SignalSet(0);
+
+    fn bit(kind: SignalKind) -> u8 {
+        let i = SignalKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        1 << i
+    }
+
+    /// The set with `kind` in it.
+    #[must_use]
+    pub fn with(self, kind: SignalKind) -> SignalSet {
+        SignalSet(self.0 | Self::bit(kind))
+    }
+
+    /// Whether `kind` is in it.
+    pub fn contains(self, kind: SignalKind) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+
+    /// The kinds in it, in the order of [`SignalKind::ALL`].
+    pub fn iter(self) -> impl Iterator<Item = SignalKind> {
+        SignalKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
+    }
+
+    /// The wire form: one bit per kind.
+    pub fn bits(self) -> u32 {
+        u32::from(self.0)
+    }
+
+    /// From the wire form; bits beyond the known kinds are ignored.
+    pub fn from_bits(bits: u32) -> SignalSet {
+        let known = (1u32 << SignalKind::ALL.len()) - 1;
+        SignalSet(u8::try_from(bits & known).unwrap_or(0))
+    }
+}
+
+/// An agent's own anomaly detectors over its signals, with the settings its server sent: what
+/// an agent that judges its signals keeps (the server then keeps none for it).
+#[derive(Clone, Debug)]
+pub struct SignalJudge {
+    cfg: AnomalyConfig,
+    detectors: [Option<SignalDetector>; SignalKind::ALL.len()],
+}
+
+impl SignalJudge {
+    /// Detectors with these settings, each made at its signal's first sample.
+    pub fn new(cfg: AnomalyConfig) -> SignalJudge {
+        SignalJudge {
+            cfg,
+            detectors: [const { None }; SignalKind::ALL.len()],
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AnomalyConfig {
+        &self.cfg
+    }
+
+    /// Judge the signals sampled at `at_secs` (seconds on a clock that does not jump):
+    /// the signals held anomalous after them.
+    pub fn judge(&mut self, at_secs: f64, signals: &Signals) -> SignalSet {
+        let mut set = SignalSet::EMPTY;
+        for (kind, det) in SignalKind::ALL.into_iter().zip(&mut self.detectors) {
+            if let Some(v) = signals.get(kind) {
+                det.get_or_insert_with(|| SignalDetector::for_signal(&self.cfg, kind))
+                    .judge(at_secs, v);
+            }
+            if det.as_ref().is_some_and(SignalDetector::is_anomalous) {
+                set = set.with(kind);
+            }
+        }
+        set
+    }
+}
+
 /// The anomaly detector of one signal, as [`AnomalyConfig::detector`] chose it.
 #[derive(Clone, Debug)]
 pub enum SignalDetector {
@@ -315,7 +405,7 @@ impl SignalDetector {
     }
 
     /// Feed the value `x` seen at `at_secs` (seconds on any clock); returns the verdict.
-    pub fn observe(&mut self, at_secs: f64, x: f64) -> bool {
+    pub fn judge(&mut self, at_secs: f64, x: f64) -> bool {
         match self {
             SignalDetector::Tail(d) => d.judge(at_secs, x),
             SignalDetector::Ewma(d) => d.observe(x).anomalous,
@@ -334,6 +424,26 @@ impl SignalDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_set_keeps_one_bit_per_kind_in_the_order_of_the_signals() {
+        let set = SignalSet::EMPTY
+            .with(SignalKind::Pressure)
+            .with(SignalKind::Cpu);
+        assert_eq!(set.bits(), 1 | 1 << 6);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![SignalKind::Cpu, SignalKind::Pressure]
+        );
+        assert!(!set.contains(SignalKind::Memory));
+        assert_eq!(SignalSet::from_bits(set.bits() | 1 << 31), set);
+        for (i, kind) in SignalKind::ALL.into_iter().enumerate() {
+            assert_eq!(
+                SignalSet::from_bits(1 << i).iter().collect::<Vec<_>>(),
+                vec![kind]
+            );
+        }
+    }
 
     fn warmed(values: impl IntoIterator<Item = f64>) -> AnomalyDetector {
         let mut d = AnomalyDetector::for_signal(AnomalyConfig::default(), SignalKind::Latency);

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::FxHashMap;
 
-use crate::anomaly::{AnomalyConfig, SignalDetector};
+use crate::anomaly::{AnomalyConfig, SignalDetector, SignalSet};
 use crate::detector::{Detector, DetectorConfig, LivenessDetector};
 use crate::duration_serde;
 use crate::error::{ConfigError, check_range};
@@ -353,8 +353,17 @@ pub enum AgentEvent {
         /// Sequence number, growing by one per heartbeat sent.
         seq: u64,
     },
-    /// Health signals arrived (normally with a heartbeat).
+    /// Health signals arrived (normally with a heartbeat); the fleet judges them with its
+    /// anomaly detectors.
     Signals(Signals),
+    /// Health signals the agent judged itself with the fleet's anomaly settings: `anomalous`
+    /// are its verdicts, and the fleet keeps no detector for this generation.
+    JudgedSignals {
+        /// The values (for the health score).
+        signals: Signals,
+        /// The signals the agent's detectors hold anomalous.
+        anomalous: SignalSet,
+    },
     /// The session broke (stream error, reset, or its deadline passed).
     SessionLost,
     /// Results of a probe round.
@@ -664,8 +673,11 @@ pub struct AgentRecord {
 struct Live {
     detector: Detector,
     /// One per signal kind, made at the signal's first sample: an agent pays only for the
-    /// signals it reports (a calibrated detector is about 3 KiB).
+    /// signals it reports (a calibrated detector is about 3 KiB). None for an agent that
+    /// judges its signals itself.
     anomalies: [Option<SignalDetector>; SignalKind::ALL.len()],
+    /// The verdicts of an agent that judges its signals itself (its last heartbeat's).
+    judged: Option<SignalSet>,
 }
 
 impl AgentRecord {
@@ -676,6 +688,7 @@ impl AgentRecord {
             live: Some(Box::new(Live {
                 detector: cfg.detector.build(),
                 anomalies: [const { None }; SignalKind::ALL.len()],
+                judged: None,
             })),
             ended_suspicion: 0.0,
             last_seq: 0,
@@ -721,6 +734,9 @@ impl AgentRecord {
 
     /// Signals currently flagged anomalous.
     pub fn anomalous_signals(&self) -> Vec<SignalKind> {
+        if let Some(judged) = self.live.as_ref().and_then(|l| l.judged) {
+            return judged.iter().collect();
+        }
         SignalKind::ALL
             .into_iter()
             .zip(self.live.iter().flat_map(|l| l.anomalies.iter()))
@@ -969,7 +985,10 @@ impl Fleet {
         match (state, event) {
             (AgentState::Failed | AgentState::Left, AgentEvent::Heartbeat { .. })
             | (AgentState::Failed | AgentState::Left, AgentEvent::SessionOpened)
-            | (AgentState::Failed | AgentState::Left, AgentEvent::Signals(_)) => {
+            | (
+                AgentState::Failed | AgentState::Left,
+                AgentEvent::Signals(_) | AgentEvent::JudgedSignals { .. },
+            ) => {
                 out.push(Output::StaleGeneration { agent: id.clone() });
             }
             (
@@ -1018,16 +1037,34 @@ impl Fleet {
                     | AgentState::Left => {}
                 }
             }
-            (_, AgentEvent::Signals(signals)) => {
+            (_, event @ (AgentEvent::Signals(_) | AgentEvent::JudgedSignals { .. })) => {
+                let (signals, judged) = match event {
+                    AgentEvent::JudgedSignals { signals, anomalous } => (signals, Some(anomalous)),
+                    AgentEvent::Signals(signals) => (signals, None),
+                    _ => return out,
+                };
                 rec.signals = signals;
                 rec.score = self.cfg.health.score(&signals);
-                let anomalies = rec.live.iter_mut().flat_map(|l| l.anomalies.iter_mut());
-                for (kind, det) in SignalKind::ALL.into_iter().zip(anomalies) {
-                    if let Some(v) = signals.get(kind) {
-                        det.get_or_insert_with(|| {
-                            SignalDetector::for_signal(&self.cfg.anomaly, kind)
-                        })
-                        .observe(now.as_secs_f64(), v);
+                if let Some(live) = rec.live.as_mut() {
+                    match judged {
+                        // The agent's word: no detector kept (one kept from before the agent
+                        // judged is dropped).
+                        Some(set) => {
+                            live.judged = Some(set);
+                            live.anomalies = [const { None }; SignalKind::ALL.len()];
+                        }
+                        None => {
+                            live.judged = None;
+                            for (kind, det) in SignalKind::ALL.into_iter().zip(&mut live.anomalies)
+                            {
+                                if let Some(v) = signals.get(kind) {
+                                    det.get_or_insert_with(|| {
+                                        SignalDetector::for_signal(&self.cfg.anomaly, kind)
+                                    })
+                                    .judge(now.as_secs_f64(), v);
+                                }
+                            }
+                        }
                     }
                 }
                 match state {

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use warden_core::anomaly::SignalSet;
 use warden_core::controller::{
     Assignment, Copies, CopyPhase, CopyReport, Heartbeat, Hello, Order, Welcome,
 };
@@ -188,6 +189,7 @@ impl From<&v1::Heartbeat> for Heartbeat {
         Heartbeat {
             seq: hb.seq,
             signals: hb.signals.as_ref().map(Signals::from),
+            judged: hb.judged.then(|| SignalSet::from_bits(hb.anomalous)),
             copies: if hb.running_as_of != 0 {
                 Copies::Unchanged {
                     since: hb.running_as_of,
@@ -244,6 +246,11 @@ impl From<&Welcome> for v1::Welcome {
             accepts_running_as_of: w.accepts_unchanged,
             protocol_min: crate::PROTOCOL_OLDEST,
             protocol_max: crate::PROTOCOL_NEWEST,
+            anomaly_settings: w
+                .anomaly
+                .as_ref()
+                .and_then(|a| serde_json::to_string(a).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -551,6 +558,40 @@ mod tests {
     }
 
     #[test]
+    fn an_agents_verdicts_and_the_servers_anomaly_settings_cross_the_wire() {
+        let mut hb = v1::Heartbeat {
+            seq: 1,
+            judged: true,
+            anomalous: 0b10 | 1 << 20,
+            ..Default::default()
+        };
+        // Bits beyond the known signal kinds are ignored.
+        let set = Heartbeat::from(&hb).judged.unwrap();
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![warden_core::SignalKind::Memory]
+        );
+        hb.judged = false;
+        assert_eq!(Heartbeat::from(&hb).judged, None);
+
+        let mut welcome = Welcome {
+            generation: 1,
+            lease_ttl: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(500),
+            session_deadline: Duration::from_secs(2),
+            accepts_unchanged: true,
+            anomaly: None,
+        };
+        assert_eq!(v1::Welcome::from(&welcome).anomaly_settings, "");
+        let mut cfg = warden_core::anomaly::AnomalyConfig::default();
+        cfg.tail.warmup = 42;
+        welcome.anomaly = Some(cfg.clone());
+        let wire = v1::Welcome::from(&welcome).anomaly_settings;
+        let back: warden_core::anomaly::AnomalyConfig = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
     fn unreadable_copies_are_dropped_not_fatal() {
         let hb = v1::Heartbeat {
             seq: 4,
@@ -580,6 +621,8 @@ mod tests {
                 },
             ],
             running_as_of: 0,
+            judged: false,
+            anomalous: 0,
         };
         let beat = Heartbeat::from(&hb);
         let Copies::Listed(copies) = &beat.copies else {

@@ -130,6 +130,7 @@ mod tests {
             accepts_running_as_of: true,
             protocol_min: 0,
             protocol_max: 0,
+            anomaly_settings: String::new(),
         };
         let w = v1::Welcome::decode(welcome.encode_to_vec().as_slice()).unwrap();
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The session service's limits on a real server on `127.0.0.1:0`, spoken to by raw gRPC
-//! sessions: the number of sessions, the per-session heartbeat rate, and the message size.
+//! sessions: the number of sessions, the per-session heartbeat rate, and the message size;
+//! and what its Welcome hands an agent that judges its own signals.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,16 +62,22 @@ impl TestServer {
         }
     }
 
-    /// `GET /metrics`, one sample's value.
-    async fn metric(&self, name: &str) -> f64 {
+    /// `GET path`: the whole response, headers included.
+    async fn get(&self, path: &str) -> String {
         let mut stream = TcpStream::connect(self.http).await.expect("connect HTTP");
         let req = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.http
         );
         stream.write_all(req.as_bytes()).await.expect("send");
         let mut text = String::new();
         stream.read_to_string(&mut text).await.expect("read");
+        text
+    }
+
+    /// `GET /metrics`, one sample's value.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in the metrics"))
@@ -101,6 +108,7 @@ fn heartbeat(seq: u64) -> v1::AgentMessage {
         signals: None,
         running: vec![],
         running_as_of: 0,
+        ..Default::default()
     }))
 }
 
@@ -160,6 +168,46 @@ async fn acks_for(session: &mut Session, window: Duration) -> Vec<u64> {
         }
     }
     seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_gets_the_anomaly_settings_and_its_verdicts_degrade_it() {
+    let server = TestServer::start(SessionLimits::default()).await;
+    let (mut s, welcome) = open_speaking(server.grpc, "judge", (0, 0))
+        .await
+        .expect("session");
+    let settings: warden_core::anomaly::AnomalyConfig =
+        serde_json::from_str(&welcome.anomaly_settings).expect("the Welcome's settings parse");
+    assert_eq!(settings, warden_core::anomaly::AnomalyConfig::default());
+    let judged = |seq: u64, anomalous: u32| {
+        msg(agent_message::Msg::Heartbeat(v1::Heartbeat {
+            seq,
+            signals: Some(v1::Signals {
+                latency_ms: Some(20.0),
+                ..Default::default()
+            }),
+            judged: true,
+            anomalous,
+            ..Default::default()
+        }))
+    };
+    let latency = warden_core::anomaly::SignalSet::EMPTY
+        .with(warden_core::SignalKind::Latency)
+        .bits();
+    s.tx.send(judged(1, 0)).await.expect("send");
+    s.tx.send(judged(2, latency)).await.expect("send");
+    let acked = acks_for(&mut s, Duration::from_millis(500)).await;
+    assert!(acked.contains(&2), "{acked:?}");
+    // The agent's word, on a perfect score: degraded, for its latency.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let agents = server.get("/v1/agents").await;
+        if agents.contains("\"degraded\"") && agents.contains("\"latency\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not degraded: {agents}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +351,7 @@ async fn an_oversized_message_ends_only_its_own_session() {
             ..Default::default()
         }],
         running_as_of: 0,
+        ..Default::default()
     }));
     big.tx.send(huge).await.expect("send");
     // The server drops the session: its stream to the agent ends.

@@ -259,6 +259,7 @@ impl Session {
             signals: None,
             running: self.running.clone(),
             running_as_of: 0,
+            ..Default::default()
         }))
         .await;
         self.wait_for(|m| matches!(m, Smsg::Ack(a) if a.seq == seq))
@@ -475,6 +476,7 @@ async fn a_certificate_for_a_cannot_open_a_session_as_b_nor_report_for_b() {
             sealed: false,
         }],
         running_as_of: 0,
+        ..Default::default()
     }))
     .await;
     a.seq = 1_000;
@@ -668,7 +670,7 @@ fn drive(mut s: Session) -> Driver {
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {
                     s.seq += 1;
-                    let hb = Msg::Heartbeat(v1::Heartbeat { seq: s.seq, signals: None, running: vec![], running_as_of: 0 });
+                    let hb = Msg::Heartbeat(v1::Heartbeat { seq: s.seq, signals: None, running: vec![], running_as_of: 0, ..Default::default() });
                     if s.tx.send(AgentMessage { msg: Some(hb) }).await.is_err() {
                         break;
                     }

@@ -109,6 +109,11 @@ pub enum BenchCommand {
         /// never change — which the server's anomaly detectors handle at less cost.
         #[arg(long)]
         varied_signals: bool,
+        /// Simulated agents leave their signals to the server's anomaly detectors, as
+        /// agents did before they judged them themselves (by default they judge them with
+        /// the server's settings and send the verdicts).
+        #[arg(long)]
+        server_judges: bool,
     },
     /// Replicated task state end to end on this machine: clients write through the state
     /// API's Unix socket to a primary that replicates to standbys over loopback TCP. Reports
@@ -513,6 +518,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             etcd,
             slots,
             varied_signals,
+            server_judges,
         } => {
             let exe = std::env::current_exe()?;
             let b = crate::bench_sessions::SessionsBench {
@@ -524,6 +530,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 etcd: *etcd,
                 slots: *slots,
                 varied_signals: *varied_signals,
+                server_judges: *server_judges,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use warden_chaos::cluster::{Cluster, cpu_and_rss};
+use warden_core::anomaly::{AnomalyConfig, SignalJudge, SignalSet};
 use warden_core::qos::percentile;
 use warden_proto::v1::{self, agent_message, server_message};
 
@@ -39,6 +40,10 @@ pub struct SessionsBench {
     /// Signals that wander as a real host's do instead of constant ones (see
     /// [`signals`]).
     pub varied_signals: bool,
+    /// The simulated agents leave their signals to the server to judge, as agents older
+    /// than the judging did (by default they judge them, as agents do when the server sends
+    /// its anomaly settings).
+    pub server_judges: bool,
 }
 
 /// The signals of simulated agent `i`'s heartbeat `seq`: constant CPU and memory shares, or,
@@ -212,7 +217,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
             rejoins.clone(),
         );
         let (lost, lost_why) = (lost.clone(), lost_why.clone());
-        let varied = b.varied_signals;
+        let (varied, judge_own) = (b.varied_signals, !b.server_judges);
         // Stagger the first heartbeats over one interval, as real agents would be.
         let offset = interval.mul_f64(i as f64 / b.sessions as f64);
         tokio::spawn(async move {
@@ -223,6 +228,7 @@ pub async fn run(exe: &Path, b: &SessionsBench) -> Result<()> {
                     ch.clone(),
                     i,
                     varied,
+                    judge_own,
                     interval,
                     if counted { Duration::ZERO } else { offset },
                     measuring.clone(),
@@ -486,6 +492,7 @@ async fn agent(
     ch: tonic::transport::Channel,
     i: usize,
     varied: bool,
+    judge_own: bool,
     interval: Duration,
     offset: Duration,
     measuring: Arc<std::sync::atomic::AtomicBool>,
@@ -517,10 +524,10 @@ async fn agent(
         return Ok(Ended::Refused);
     };
     let mut inbound = opened.into_inner();
-    let accepts_unchanged = match inbound.next().await {
+    let (accepts_unchanged, settings) = match inbound.next().await {
         Some(Ok(v1::ServerMessage {
             msg: Some(server_message::Msg::Welcome(w)),
-        })) => w.accepts_running_as_of,
+        })) => (w.accepts_running_as_of, w.anomaly_settings),
         // Refused (the old generation's session is not closed yet, say): try again.
         _ => return Ok(Ended::Refused),
     };
@@ -625,6 +632,12 @@ async fn agent(
     // Like a real agent: the copies are listed when they changed since the last list, and at
     // least every ten heartbeats.
     let mut listed: Option<(u64, Vec<v1::RunningTask>)> = None;
+    // Like a real agent, it judges its own signals when the server sent its settings.
+    let mut judge = serde_json::from_str::<AnomalyConfig>(&settings)
+        .ok()
+        .filter(|_| judge_own)
+        .map(SignalJudge::new);
+    let clock = Instant::now();
     loop {
         tick.tick().await;
         seq += 1;
@@ -637,9 +650,18 @@ async fn agent(
             Some((at, list)) if accepts_unchanged && *list == running && seq - at < 10 => *at,
             _ => 0,
         };
+        let sampled = signals(i, seq, varied);
+        let verdicts = judge.as_mut().map(|j| {
+            j.judge(
+                clock.elapsed().as_secs_f64(),
+                &warden_core::Signals::from(&sampled),
+            )
+        });
         let hb = v1::Heartbeat {
             seq,
-            signals: Some(signals(i, seq, varied)),
+            signals: Some(sampled),
+            judged: verdicts.is_some(),
+            anomalous: verdicts.map_or(0, SignalSet::bits),
             running: if as_of == 0 {
                 running.clone()
             } else {

@@ -358,6 +358,8 @@ fn heartbeat(seq: u64) -> v1::AgentMessage {
             }),
             running: vec![],
             running_as_of: 0,
+            // A storm's agents leave their signals to the server to judge.
+            ..Default::default()
         })),
     }
 }

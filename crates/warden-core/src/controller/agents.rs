@@ -100,6 +100,7 @@ impl Controller {
                 heartbeat_interval: l.heartbeat_interval,
                 session_deadline: l.fencing.lease_ttl,
                 accepts_unchanged: true,
+                anomaly: l.anomaly.on_agents.then(|| l.anomaly.clone()),
             },
         });
         // A new session: whatever was sent on the previous one may be lost.
@@ -139,8 +140,15 @@ impl Controller {
         let mut outs = self
             .fleet
             .step(who, AgentEvent::Heartbeat { seq: beat.seq }, now);
-        if let Some(s) = beat.signals {
-            outs.extend(self.fleet.step(who, AgentEvent::Signals(s), now));
+        if let Some(signals) = beat.signals {
+            // The agent's own verdicts count only when this server asked agents to judge.
+            let event = match beat.judged {
+                Some(anomalous) if self.cfg.lifecycle.anomaly.on_agents => {
+                    AgentEvent::JudgedSignals { signals, anomalous }
+                }
+                Some(_) | None => AgentEvent::Signals(signals),
+            };
+            outs.extend(self.fleet.step(who, event, now));
         }
         let (as_of, listed) = match beat.copies {
             Copies::Listed(c) => (beat.seq, c),

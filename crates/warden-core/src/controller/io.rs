@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::anomaly::{AnomalyConfig, SignalSet};
 use crate::lifecycle::{AgentState, Cause, ProbeReport, Transition};
 use crate::planner::{SlotState, TaskView};
 use crate::recovery::RecoveryRecord;
@@ -162,6 +163,9 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Health signals, when measured.
     pub signals: Option<Signals>,
+    /// The signals the agent's own detectors hold anomalous, when it judged them itself
+    /// (with the settings of [`Welcome::anomaly`]).
+    pub judged: Option<SignalSet>,
     /// Every copy the agent runs.
     pub copies: Copies,
 }
@@ -417,7 +421,7 @@ pub enum Refusal {
 }
 
 /// The Welcome of a session: the agent's generation and its timing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Welcome {
     /// The generation the session speaks for.
     pub generation: u64,
@@ -429,6 +433,9 @@ pub struct Welcome {
     pub session_deadline: Duration,
     /// Heartbeats may say their copies are unchanged ([`Copies::Unchanged`]).
     pub accepts_unchanged: bool,
+    /// The anomaly settings the agent judges its own signals with (`None`: the server
+    /// judges them).
+    pub anomaly: Option<AnomalyConfig>,
 }
 
 /// An assignment of a task copy to an agent.

@@ -7,9 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::*;
+use crate::anomaly::SignalSet;
 use crate::lifecycle::{Cause, ProbeKind, ProbeOutcome, ProbeReport};
 use crate::release::RolloutPhase;
 use crate::types::JobKind;
+use crate::types::SignalKind;
 
 const T0: Time = Time::from_millis(1_000_000);
 
@@ -269,6 +271,7 @@ impl H {
             beat: Heartbeat {
                 seq,
                 signals: None,
+                judged: None,
                 copies: Copies::Listed(copies),
             },
         })
@@ -362,6 +365,66 @@ fn two_agents_and_a_singleton() -> (H, AgentId, AgentId) {
     let on = slot.agent.clone().unwrap();
     let other = if on == a { b } else { a };
     (h, on, other)
+}
+
+/// A heartbeat from `id` with signals and the agent's own verdicts.
+fn judged_beat(h: &mut H, id: &AgentId, seq: u64, anomalous: SignalSet) -> Vec<Command> {
+    h.step(Input::Heartbeat {
+        agent: id.clone(),
+        beat: Heartbeat {
+            seq,
+            signals: Some(crate::Signals {
+                latency_ms: Some(20.0),
+                ..Default::default()
+            }),
+            judged: Some(anomalous),
+            copies: Copies::Listed(vec![]),
+        },
+    })
+}
+
+#[test]
+fn agents_are_sent_the_anomaly_settings_and_their_verdicts_count_only_if_they_were() {
+    for on_agents in [true, false] {
+        let mut cfg = ControllerConfig::default();
+        cfg.lifecycle.anomaly.on_agents = on_agents;
+        let mut h = H::with(cfg.clone(), leader(), Snapshot::default());
+        let id = AgentId::new("a", 1);
+        let out = h.step(Input::SessionOpened {
+            session: SessionId(1),
+            agent: id.clone(),
+            hello: Hello {
+                restore_points: true,
+                reload: true,
+                config_files: true,
+                name: "a".into(),
+                generation: 1,
+                probe_addr: "127.0.0.1:9".into(),
+                state_addr: String::new(),
+                capacity: Resources::new(4000, 4096),
+                running: vec![],
+                reattach_window: std::time::Duration::ZERO,
+            },
+        });
+        let sent = out.iter().find_map(|c| match c {
+            Command::Welcome { welcome, .. } => Some(welcome.anomaly.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            sent,
+            Some(on_agents.then(|| cfg.lifecycle.anomaly.clone())),
+            "on_agents = {on_agents}"
+        );
+        judged_beat(&mut h, &id, 1, SignalSet::EMPTY);
+        judged_beat(&mut h, &id, 2, SignalSet::EMPTY.with(SignalKind::Latency));
+        let held = h.c.fleet().agent(&id).unwrap().anomalous_signals();
+        if on_agents {
+            assert_eq!(held, vec![SignalKind::Latency]);
+        } else {
+            // The server judges: two ordinary samples are no anomaly, whatever the agent says.
+            assert!(held.is_empty(), "{held:?}");
+        }
+    }
 }
 
 #[test]
@@ -668,6 +731,7 @@ fn an_unchanged_heartbeat_stands_for_the_last_list_of_its_session() {
             beat: Heartbeat {
                 seq,
                 signals: None,
+                judged: None,
                 copies: Copies::Unchanged { since },
             },
         })

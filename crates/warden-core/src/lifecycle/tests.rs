@@ -119,6 +119,66 @@ fn bad_signals_degrade_and_recovery_needs_the_margin() {
 }
 
 #[test]
+fn an_agent_that_judges_its_signals_is_taken_at_its_word_and_costs_no_detector() {
+    let mut f = fleet();
+    healthy_agent(&mut f, "a", 1_000);
+    let s = Signals {
+        latency_ms: Some(20.0),
+        ..Signals::default()
+    };
+    // The fleet judged this agent's first samples itself (an agent that did not judge yet).
+    let out = f.step(&id("a"), AgentEvent::Signals(s), ms(1_010));
+    assert!(transitions(&out).is_empty(), "{out:?}");
+    let calm = AgentEvent::JudgedSignals {
+        signals: s,
+        anomalous: SignalSet::EMPTY,
+    };
+    let out = f.step(&id("a"), calm.clone(), ms(1_020));
+    assert!(transitions(&out).is_empty(), "{out:?}");
+    // Its verdict alone, on values with a perfect score, degrades it.
+    let out = f.step(
+        &id("a"),
+        AgentEvent::JudgedSignals {
+            signals: s,
+            anomalous: SignalSet::EMPTY.with(SignalKind::Latency),
+        },
+        ms(1_030),
+    );
+    assert_eq!(
+        causes(&out),
+        vec![Cause::Anomaly {
+            signal: SignalKind::Latency
+        }]
+    );
+    assert_eq!(
+        f.agent(&id("a")).unwrap().anomalous_signals(),
+        vec![SignalKind::Latency]
+    );
+    // The verdict cleared: healthy again.
+    let out = f.step(&id("a"), calm, ms(1_040));
+    assert_eq!(
+        transitions(&out),
+        vec![(AgentState::Degraded, AgentState::Healthy)]
+    );
+    // No detector was kept for it after it began to judge: a jump the fleet's detectors
+    // would flag is not flagged while the agent says all is well.
+    for i in 0..200 {
+        let out = f.step(
+            &id("a"),
+            AgentEvent::JudgedSignals {
+                signals: Signals {
+                    latency_ms: Some(if i < 150 { 20.0 } else { 200.0 }),
+                    ..Signals::default()
+                },
+                anomalous: SignalSet::EMPTY,
+            },
+            ms(1_050 + 10 * i),
+        );
+        assert!(transitions(&out).is_empty(), "{i}: {out:?}");
+    }
+}
+
+#[test]
 fn an_anomalous_signal_degrades_even_with_a_good_score() {
     for detector in [DetectorKind::Tail, DetectorKind::Ewma] {
         let mut cfg = LifecycleConfig::default();

@@ -938,6 +938,7 @@ impl<'a> World<'a> {
                 Msg::Beat(Heartbeat {
                     seq,
                     signals: None,
+                    judged: None,
                     copies,
                 }),
             );

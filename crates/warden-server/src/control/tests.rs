@@ -223,6 +223,7 @@ fn heartbeat(seq: u64) -> v1::Heartbeat {
         signals: None,
         running: vec![],
         running_as_of: 0,
+        ..Default::default()
     }
 }
 
