@@ -279,6 +279,12 @@ fn is_stopped(pid: i32) -> bool {
 fn kill_9_of_an_agent_moves_its_singleton_without_overlap() {
     let mut c = start_cluster();
     c.add_agents(3).unwrap();
+    // Real agents take the server's anomaly settings and judge their own signals.
+    let log = c.log("agent-1");
+    assert!(
+        log.contains("judging this host's signals with the server's anomaly settings"),
+        "{log}"
+    );
     c.submit(&singleton("solo")).unwrap();
     let task = "solo/0";
     let (old, info) = running_once(&c, task);
