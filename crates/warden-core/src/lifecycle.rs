@@ -745,6 +745,12 @@ impl AgentRecord {
             .collect()
     }
 
+    /// Whether the agent judges its own signals (its last signals came with its verdicts):
+    /// the fleet keeps no anomaly detector for it.
+    pub fn judges_own_signals(&self) -> bool {
+        self.live.as_ref().is_some_and(|l| l.judged.is_some())
+    }
+
     /// When the last heartbeat arrived.
     pub fn last_heartbeat(&self) -> Option<Time> {
         self.last_heartbeat

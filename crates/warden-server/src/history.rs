@@ -277,6 +277,7 @@ mod tests {
                 ..Signals::default()
             },
             anomalies: vec![],
+            signals_judged_by_agent: false,
             tasks: vec![],
             cordoned: false,
         }

@@ -33,6 +33,10 @@ pub struct AgentInfo {
     pub signals: Signals,
     /// Signals currently anomalous.
     pub anomalies: Vec<String>,
+    /// The agent judges its own signals with the server's anomaly settings (`anomalies` are
+    /// its verdicts); false: the server's detectors judge them.
+    #[serde(default)]
+    pub signals_judged_by_agent: bool,
     /// Tasks assigned to it ("job/index").
     pub tasks: Vec<String>,
     /// Cordoned: receives no new work.

@@ -180,6 +180,7 @@ fn agent(name: &str, generation: u64, state: &str) -> AgentInfo {
             ..Signals::default()
         },
         anomalies: vec![],
+        signals_judged_by_agent: true,
         tasks: vec!["web/0".into()],
         cordoned: false,
     }

@@ -203,6 +203,10 @@ async fn an_agent_gets_the_anomaly_settings_and_its_verdicts_degrade_it() {
     loop {
         let agents = server.get("/v1/agents").await;
         if agents.contains("\"degraded\"") && agents.contains("\"latency\"") {
+            assert!(
+                agents.contains("\"signals_judged_by_agent\":true"),
+                "{agents}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "not degraded: {agents}");

@@ -129,12 +129,14 @@ fn an_agent_that_judges_its_signals_is_taken_at_its_word_and_costs_no_detector()
     // The fleet judged this agent's first samples itself (an agent that did not judge yet).
     let out = f.step(&id("a"), AgentEvent::Signals(s), ms(1_010));
     assert!(transitions(&out).is_empty(), "{out:?}");
+    assert!(!f.agent(&id("a")).unwrap().judges_own_signals());
     let calm = AgentEvent::JudgedSignals {
         signals: s,
         anomalous: SignalSet::EMPTY,
     };
     let out = f.step(&id("a"), calm.clone(), ms(1_020));
     assert!(transitions(&out).is_empty(), "{out:?}");
+    assert!(f.agent(&id("a")).unwrap().judges_own_signals());
     // Its verdict alone, on values with a perfect score, degrades it.
     let out = f.step(
         &id("a"),

@@ -130,6 +130,7 @@ impl ControlPlane {
                         .iter()
                         .map(|k| k.as_str().to_string())
                         .collect(),
+                    signals_judged_by_agent: r.judges_own_signals(),
                     tasks: book
                         .filter(|_| with_tasks)
                         .map(|b| b.slots().filter(live).map(ToString::to_string).collect())
