@@ -1053,11 +1053,12 @@ impl Fleet {
                 rec.score = self.cfg.health.score(&signals);
                 if let Some(live) = rec.live.as_mut() {
                     match judged {
-                        // The agent's word: no detector kept (one kept from before the agent
-                        // judged is dropped).
+                        // The agent's word: no detector kept (those kept from before the agent
+                        // judged are dropped when it starts).
                         Some(set) => {
-                            live.judged = Some(set);
-                            live.anomalies = [const { None }; SignalKind::ALL.len()];
+                            if live.judged.replace(set).is_none() {
+                                live.anomalies = [const { None }; SignalKind::ALL.len()];
+                            }
                         }
                         None => {
                             live.judged = None;
