@@ -208,6 +208,19 @@ impl H {
     }
 
     fn join(&mut self, name: &str, generation: u64) -> AgentId {
+        let (id, out) = self.open(name, generation);
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Command::Welcome { agent, .. } if *agent == id)),
+            "{out:?}"
+        );
+        self.runs.entry(id.clone()).or_default();
+        id
+    }
+
+    /// Open a session of agent `name` (4 cores, 4 GiB, nothing running): its id and the
+    /// commands the controller answered with.
+    fn open(&mut self, name: &str, generation: u64) -> (AgentId, Vec<Command>) {
         self.next_session += 1;
         let id = AgentId::new(name, generation);
         let out = self.step(Input::SessionOpened {
@@ -226,13 +239,7 @@ impl H {
                 reattach_window: std::time::Duration::ZERO,
             },
         });
-        assert!(
-            out.iter()
-                .any(|c| matches!(c, Command::Welcome { agent, .. } if *agent == id)),
-            "{out:?}"
-        );
-        self.runs.entry(id.clone()).or_default();
-        id
+        (id, out)
     }
 
     /// A heartbeat from `id` reporting what it runs.
@@ -389,23 +396,7 @@ fn agents_are_sent_the_anomaly_settings_and_their_verdicts_count_only_if_they_we
         let mut cfg = ControllerConfig::default();
         cfg.lifecycle.anomaly.on_agents = on_agents;
         let mut h = H::with(cfg.clone(), leader(), Snapshot::default());
-        let id = AgentId::new("a", 1);
-        let out = h.step(Input::SessionOpened {
-            session: SessionId(1),
-            agent: id.clone(),
-            hello: Hello {
-                restore_points: true,
-                reload: true,
-                config_files: true,
-                name: "a".into(),
-                generation: 1,
-                probe_addr: "127.0.0.1:9".into(),
-                state_addr: String::new(),
-                capacity: Resources::new(4000, 4096),
-                running: vec![],
-                reattach_window: std::time::Duration::ZERO,
-            },
-        });
+        let (id, out) = h.open("a", 1);
         let sent = out.iter().find_map(|c| match c {
             Command::Welcome { welcome, .. } => Some(welcome.anomaly.clone()),
             _ => None,
